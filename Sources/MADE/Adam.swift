@@ -1,0 +1,105 @@
+import Foundation
+
+/// Adam's hyper-parameters, with weight decay added to the gradient as PyTorch's `Adam` does.
+public struct AdamConfiguration: Sendable, Equatable, Codable {
+    public var learningRate: Double = 1e-3
+    public var beta1: Double = 0.9
+    public var beta2: Double = 0.999
+    public var epsilon: Double = 1e-8
+    /// `lambda` in `g <- g + lambda * p` (L2 through the gradient, not decoupled).
+    public var weightDecay: Double = 1e-4
+
+    public init(learningRate: Double = 1e-3, beta1: Double = 0.9, beta2: Double = 0.999,
+                epsilon: Double = 1e-8, weightDecay: Double = 1e-4) {
+        self.learningRate = learningRate
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = weightDecay
+    }
+}
+
+/// Adam's moment estimates and step count.
+///
+/// Step `t` (counting from 1), for each parameter `p` with raw gradient `g`:
+///
+///     g   = scale * g + weightDecay * p
+///     m   = beta1 * m + (1 - beta1) * g
+///     v   = beta2 * v + (1 - beta2) * g^2
+///     p  -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + epsilon)
+///
+/// which is PyTorch's `torch.optim.Adam` (non-amsgrad) step. `scale` turns a sum of per-example
+/// gradients into their mean without a separate pass.
+public struct AdamState: Sendable, Equatable {
+    public var firstMoment: [Float]
+    public var secondMoment: [Float]
+    /// Steps taken so far.
+    public var step: Int
+
+    public init(parameterCount: Int) {
+        firstMoment = [Float](repeating: 0, count: parameterCount)
+        secondMoment = [Float](repeating: 0, count: parameterCount)
+        step = 0
+    }
+
+    public init(firstMoment: [Float], secondMoment: [Float], step: Int) {
+        precondition(firstMoment.count == secondMoment.count)
+        self.firstMoment = firstMoment
+        self.secondMoment = secondMoment
+        self.step = step
+    }
+
+    /// Takes one step on `parameters` with gradient `scale * gradient` at learning rate `learningRate`.
+    ///
+    /// - Complexity: one pass over the parameters; allocates nothing.
+    public mutating func update(parameters: inout [Float], gradient: [Float], scale: Float,
+                                learningRate: Double, configuration c: AdamConfiguration) {
+        precondition(parameters.count == firstMoment.count && gradient.count == parameters.count,
+                     "Adam: \(parameters.count) parameters, \(gradient.count) gradients, state for \(firstMoment.count)")
+        step += 1
+        let t = Double(step)
+        let b1 = Float(c.beta1), b2 = Float(c.beta2)
+        let oneMinusB1 = Float(1 - c.beta1), oneMinusB2 = Float(1 - c.beta2)
+        let decay = Float(c.weightDecay)
+        let stepSize = Float(learningRate / (1 - Foundation.pow(c.beta1, t)))
+        let inverseRootCorrection2 = Float(1 / (1 - Foundation.pow(c.beta2, t)).squareRoot())
+        let eps = Float(c.epsilon)
+        let n = parameters.count
+        parameters.withUnsafeMutableBufferPointer { p in
+            gradient.withUnsafeBufferPointer { g in
+                firstMoment.withUnsafeMutableBufferPointer { m in
+                    secondMoment.withUnsafeMutableBufferPointer { v in
+                        for i in 0..<n {
+                            let gi = scale * g[i] + decay * p[i]
+                            let mi = b1 * m[i] + oneMinusB1 * gi
+                            let vi = b2 * v[i] + oneMinusB2 * gi * gi
+                            m[i] = mi
+                            v[i] = vi
+                            p[i] -= stepSize * mi / (vi.squareRoot() * inverseRootCorrection2 + eps)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reference's learning-rate schedule: `lr * gamma^floor(epoch / stepEpochs)`.
+public struct StepSchedule: Sendable, Equatable, Codable {
+    public var baseLearningRate: Double
+    /// Epochs between decays; 0 keeps the rate constant.
+    public var stepEpochs: Int
+    public var gamma: Double
+
+    public init(baseLearningRate: Double = 1e-3, stepEpochs: Int = 45, gamma: Double = 0.1) {
+        self.baseLearningRate = baseLearningRate
+        self.stepEpochs = stepEpochs
+        self.gamma = gamma
+    }
+
+    /// The learning rate during `epoch` (0-based).
+    public func learningRate(epoch: Int) -> Double {
+        guard stepEpochs > 0 else { return baseLearningRate }
+        return baseLearningRate * Foundation.pow(gamma, Double(epoch / stepEpochs))
+    }
+}

@@ -1,0 +1,236 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A training run saved to disk: configuration, parameters, Adam state, step, schedule and
+/// early-stopping state, and a fingerprint of the data it trains on.
+///
+/// File format, version 1 (all integers little-endian):
+///
+///     "MADECKPT"                      8 bytes
+///     version                         UInt32 (1)
+///     header length H                 UInt32
+///     header                          H bytes of JSON (``Checkpoint/Header``)
+///     4 arrays, each:                 UInt64 count, then count IEEE-754 float32 values
+///         parameters, Adam first moment, Adam second moment, best parameters (may be empty)
+///     SHA-256 of all the bytes above  32 bytes
+///
+/// Doubles that steer the run (loss sums, the best validation NLL) are stored by bit pattern, so
+/// a resumed run makes exactly the decisions the uninterrupted one would have made. The mask
+/// schedule and data order are pure functions of the configuration and the step, and so need no
+/// generator state of their own.
+public struct Checkpoint: Sendable, Equatable {
+    public static let magic = Array("MADECKPT".utf8)
+    public static let version: UInt32 = 1
+
+    public var configuration: TrainingConfiguration
+    public var state: TrainingState
+    /// Fingerprint of the training data (``DataFingerprint``), checked on resume.
+    public var dataFingerprint: String
+
+    public init(configuration: TrainingConfiguration, state: TrainingState, dataFingerprint: String) {
+        self.configuration = configuration
+        self.state = state
+        self.dataFingerprint = dataFingerprint
+    }
+
+    /// The parameters the model stands by (see ``TrainingState/modelParameters(_:)``).
+    public var modelParameters: [Float] { state.modelParameters(configuration) }
+
+    /// SHA-256 of the little-endian float32 bytes of ``modelParameters``, in layout order.
+    public var parametersSHA256: String { SHA256.hex(floats: modelParameters) }
+
+    /// The JSON header.
+    struct Header: Codable {
+        var configuration: TrainingConfiguration
+        var dataFingerprint: String
+        var step: Int
+        var completedEpochs: Int
+        var epochLossSumBits: UInt64
+        var epochExamples: Int
+        var bestValidNLLBits: UInt64?
+        var bestEpoch: Int
+        var epochsWithoutImprovement: Int
+        var stoppedEarly: Bool
+        var adamStep: Int
+        var history: [EpochRecord]
+        var parametersSHA256: String
+    }
+
+    // MARK: Encoding
+
+    /// The file's bytes.
+    public func encoded() throws -> [UInt8] {
+        let header = Header(
+            configuration: configuration, dataFingerprint: dataFingerprint, step: state.step,
+            completedEpochs: state.completedEpochs, epochLossSumBits: state.epochLossSum.bitPattern,
+            epochExamples: state.epochExamples, bestValidNLLBits: state.bestValidNLL?.bitPattern,
+            bestEpoch: state.bestEpoch, epochsWithoutImprovement: state.epochsWithoutImprovement,
+            stoppedEarly: state.stoppedEarly, adamStep: state.adam.step, history: state.history,
+            parametersSHA256: parametersSHA256)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let json = try encoder.encode(header)
+        var out = Checkpoint.magic
+        let arrays = [state.parameters, state.adam.firstMoment, state.adam.secondMoment, state.bestParameters]
+        out.reserveCapacity(64 + json.count + arrays.reduce(0) { $0 + 8 + 4 * $1.count })
+        append(Checkpoint.version, to: &out)
+        append(UInt32(json.count), to: &out)
+        out += json
+        for a in arrays {
+            append(UInt64(a.count), to: &out)
+            for v in a { append(v.bitPattern, to: &out) }
+        }
+        out += SHA256.hash(out)
+        return out
+    }
+
+    private func append<I: FixedWidthInteger>(_ value: I, to out: inout [UInt8]) {
+        var v = value.littleEndian
+        withUnsafeBytes(of: &v) { out += $0 }
+    }
+
+    /// Writes the checkpoint atomically: a temporary file beside `path`, fsync, rename, fsync of the folder.
+    /// A reader sees the old file or the new one, never a mixture, even across a crash.
+    public func write(to path: String) throws {
+        try AtomicFile.write(try encoded(), to: path)
+    }
+
+    // MARK: Decoding
+
+    /// Reads and verifies a checkpoint file.
+    public static func read(from path: String) throws -> Checkpoint {
+        let bytes: [UInt8]
+        do {
+            bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        } catch {
+            throw MADEError(.io, "cannot read the checkpoint: \(error.localizedDescription)", path: path)
+        }
+        return try decode(bytes, path: path)
+    }
+
+    /// Parses and verifies checkpoint bytes; `path` names the file in errors.
+    public static func decode(_ bytes: [UInt8], path: String = "checkpoint") throws -> Checkpoint {
+        func fail(_ message: String) -> MADEError { MADEError(.invalidCheckpoint, message, path: path) }
+        guard bytes.count >= 8 + 8 + 32 else { throw fail("truncated: \(bytes.count) bytes is too short for a checkpoint") }
+        guard Array(bytes[0..<8]) == magic else { throw fail("not a MADE checkpoint (bad magic)") }
+        let body = bytes[0..<(bytes.count - 32)]
+        guard SHA256.hash(body) == Array(bytes[(bytes.count - 32)...]) else {
+            throw fail("corrupt: the SHA-256 of the contents does not match (truncated or altered file)")
+        }
+        var reader = ByteReader(bytes: Array(body), position: 8)
+        let version: UInt32 = try reader.read(orThrow: fail("truncated version"))
+        guard version == Checkpoint.version else { throw fail("unsupported checkpoint version \(version) (this program reads \(Checkpoint.version))") }
+        let headerLength: UInt32 = try reader.read(orThrow: fail("truncated header length"))
+        guard let json = reader.take(Int(headerLength)) else { throw fail("truncated header") }
+        let header: Header
+        do {
+            header = try JSONDecoder().decode(Header.self, from: Data(json))
+        } catch {
+            throw fail("unreadable header: \(error)")
+        }
+        var arrays: [[Float]] = []
+        for name in ["parameters", "Adam first moment", "Adam second moment", "best parameters"] {
+            let count: UInt64 = try reader.read(orThrow: fail("truncated before the \(name)"))
+            guard count <= UInt64(reader.remaining / 4), let slice = reader.take(Int(count) * 4) else {
+                throw fail("truncated \(name): \(count) values announced")
+            }
+            let raw = Array(slice)
+            var a = [Float](repeating: 0, count: Int(count))
+            for i in 0..<Int(count) {
+                let bits = UInt32(raw[4 * i]) | UInt32(raw[4 * i + 1]) << 8 | UInt32(raw[4 * i + 2]) << 16 | UInt32(raw[4 * i + 3]) << 24
+                a[i] = Float(bitPattern: bits)
+            }
+            arrays.append(a)
+        }
+        guard reader.remaining == 0 else { throw fail("\(reader.remaining) unexpected bytes after the arrays") }
+        let configuration = header.configuration
+        do { try configuration.validate() } catch { throw fail("invalid configuration: \(error)") }
+        let n = ParameterLayout(configuration.model).count
+        guard arrays[0].count == n, arrays[1].count == n, arrays[2].count == n,
+              arrays[3].isEmpty || arrays[3].count == n else {
+            throw fail("array sizes \(arrays.map(\.count)) do not fit the model's \(n) parameters")
+        }
+        var state = TrainingState(configuration: configuration)
+        state.parameters = arrays[0]
+        state.adam = AdamState(firstMoment: arrays[1], secondMoment: arrays[2], step: header.adamStep)
+        state.step = header.step
+        state.completedEpochs = header.completedEpochs
+        state.epochLossSum = Double(bitPattern: header.epochLossSumBits)
+        state.epochExamples = header.epochExamples
+        state.bestValidNLL = header.bestValidNLLBits.map { Double(bitPattern: $0) }
+        state.bestEpoch = header.bestEpoch
+        state.bestParameters = arrays[3]
+        state.epochsWithoutImprovement = header.epochsWithoutImprovement
+        state.stoppedEarly = header.stoppedEarly
+        state.history = header.history
+        let checkpoint = Checkpoint(configuration: configuration, state: state, dataFingerprint: header.dataFingerprint)
+        guard checkpoint.parametersSHA256 == header.parametersSHA256 else {
+            throw fail("the parameters do not match the checksum in the header")
+        }
+        return checkpoint
+    }
+}
+
+/// Reads little-endian values from a byte array, returning nil past the end.
+struct ByteReader {
+    let bytes: [UInt8]
+    var position: Int
+
+    var remaining: Int { bytes.count - position }
+
+    mutating func take(_ n: Int) -> ArraySlice<UInt8>? {
+        guard n >= 0, n <= remaining else { return nil }
+        defer { position += n }
+        return bytes[position..<(position + n)]
+    }
+
+    mutating func read<I: FixedWidthInteger>(orThrow error: @autoclosure () -> Error) throws -> I {
+        guard let raw = take(MemoryLayout<I>.size) else { throw error() }
+        var v: I = 0
+        for (k, b) in raw.enumerated() { v |= I(b) << (8 * k) }
+        return v
+    }
+}
+
+/// Whole-file writes that are atomic across crashes.
+public enum AtomicFile {
+    /// Writes `bytes` to a temporary file in `path`'s folder, fsyncs it, renames it over `path`,
+    /// and fsyncs the folder.
+    public static func write(_ bytes: [UInt8], to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        let folder = url.deletingLastPathComponent().path
+        let temporary = folder + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw MADEError(.io, "cannot create \(temporary): \(String(cString: strerror(errno)))", path: path) }
+        var written = 0
+        let ok: Bool = bytes.withUnsafeBytes { raw in
+            while written < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
+                if n < 0 { if errno == EINTR { continue }; return false }
+                written += n
+            }
+            return true
+        }
+        let errorText = String(cString: strerror(errno))
+        guard ok, fsync(fd) == 0 else {
+            close(fd)
+            unlink(temporary)
+            throw MADEError(.io, "cannot write \(temporary): \(errorText)", path: path)
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else {
+            let e = String(cString: strerror(errno))
+            unlink(temporary)
+            throw MADEError(.io, "cannot rename \(temporary) to \(path): \(e)", path: path)
+        }
+        let dfd = open(folder.isEmpty ? "." : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 {
+            fsync(dfd)
+            close(dfd)
+        }
+    }
+}

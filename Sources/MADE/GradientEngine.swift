@@ -1,0 +1,115 @@
+/// Computes the gradient of the summed negative log-likelihood of some examples under one mask
+/// seed: the unit of work of a training step, whether one process runs it or a cluster worker.
+///
+/// Masks are rebuilt from `(runSeed, maskSeed)` alone and cached by seed, so any process given
+/// the same configuration, parameters, examples and seed computes the same bits.
+public final class GradientEngine {
+    public let configuration: ModelConfiguration
+    public let distribution: OutputDistribution
+    public let runSeed: UInt64
+    public let workspace: NetworkWorkspace<Float>
+    private var maskCache: [UInt64: MaskSet] = [:]
+    private var preparedMaskSeed: UInt64?
+
+    /// - Parameter capacity: the largest number of examples passed to one ``gradient(data:indices:into:)``.
+    public init(configuration: ModelConfiguration, distribution: OutputDistribution, runSeed: UInt64, capacity: Int) {
+        self.configuration = configuration
+        self.distribution = distribution
+        self.runSeed = runSeed
+        self.workspace = NetworkWorkspace(configuration: configuration, capacity: capacity)
+    }
+
+    /// The masks of `maskSeed`, built once and kept (at most `configuration.maskCount` seeds are used in training).
+    public func maskSet(_ maskSeed: UInt64) -> MaskSet {
+        if let m = maskCache[maskSeed] { return m }
+        if maskCache.count >= 64 { maskCache.removeAll() }
+        let m = MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: maskSeed)
+        maskCache[maskSeed] = m
+        return m
+    }
+
+    /// Starts a step: sets the masks of `maskSeed` and masks the parameters once for every shard that follows.
+    public func begin(parameters: UnsafeBufferPointer<Float>, maskSeed: UInt64) {
+        workspace.setMasks(maskSet(maskSeed))
+        workspace.prepare(parameters: parameters)
+        preparedMaskSeed = maskSeed
+    }
+
+    /// ``begin(parameters:maskSeed:)`` for an array.
+    public func begin(parameters: [Float], maskSeed: UInt64) {
+        parameters.withUnsafeBufferPointer { begin(parameters: $0, maskSeed: maskSeed) }
+    }
+
+    /// Writes the gradient of the summed NLL of `data` rows `indices` into `gradient` and returns that sum (nats).
+    ///
+    /// - Precondition: ``begin(parameters:maskSeed:)`` was called for this step.
+    public func gradient(data: DataMatrix, indices: UnsafeBufferPointer<Int32>, into gradient: UnsafeMutableBufferPointer<Float>) -> Double {
+        precondition(preparedMaskSeed != nil, "GradientEngine: begin a step first")
+        workspace.loadRows(from: data, indices: indices)
+        workspace.forward()
+        let loss = workspace.lossAndGradient(distribution)
+        workspace.backward(into: gradient)
+        return loss
+    }
+
+    /// ``gradient(data:indices:into:)`` for arrays.
+    public func gradient(data: DataMatrix, indices: ArraySlice<Int32>, into gradient: inout [Float]) -> Double {
+        indices.withUnsafeBufferPointer { i in
+            gradient.withUnsafeMutableBufferPointer { g in self.gradient(data: data, indices: i, into: g) }
+        }
+    }
+}
+
+/// Sums shard gradients in an order fixed by shard index: a binary tree over `0..<S`.
+///
+/// Level `k` adds shard-slot `i + 2^k` into slot `i` for every `i` that is a multiple of
+/// `2^(k+1)`, so slot 0 ends with `((g0 + g1) + (g2 + g3)) + ...`. Any process holding a whole
+/// aligned block `[j * 2^k, (j + 1) * 2^k)` may add it in advance by the same rule and get the
+/// bits the full reduction would have had for that block: the reduction is bitwise the same
+/// whoever computed which shard.
+public enum GradientReducer {
+    /// Reduces `shards` in place into `shards[0]`, in tree order.
+    ///
+    /// - Complexity: O(S x n) additions; allocates nothing.
+    public static func reduce(_ shards: inout [[Float]]) {
+        let s = shards.count
+        var stride = 1
+        while stride < s {
+            var i = 0
+            while i + stride < s {
+                add(&shards, from: i + stride, to: i)
+                i += 2 * stride
+            }
+            stride *= 2
+        }
+    }
+
+    /// The same tree over scalars (the loss sums of the shards).
+    public static func reduce(_ values: [Double]) -> Double {
+        var v = values
+        let s = v.count
+        guard s > 0 else { return 0 }
+        var stride = 1
+        while stride < s {
+            var i = 0
+            while i + stride < s {
+                v[i] += v[i + stride]
+                i += 2 * stride
+            }
+            stride *= 2
+        }
+        return v[0]
+    }
+
+    private static func add(_ shards: inout [[Float]], from source: Int, to target: Int) {
+        let n = shards[target].count
+        precondition(shards[source].count == n, "GradientReducer: shards of different sizes")
+        shards.withUnsafeMutableBufferPointer { all in
+            all[target].withUnsafeMutableBufferPointer { t in
+                all[source].withUnsafeBufferPointer { s in
+                    for i in 0..<n { t[i] += s[i] }
+                }
+            }
+        }
+    }
+}

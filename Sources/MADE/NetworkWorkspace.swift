@@ -1,0 +1,263 @@
+/// The buffers and kernels of MADE's forward and backward passes, for batches of up to
+/// `capacity` examples, computing in `T`.
+///
+/// A step is:
+/// 1. ``setMasks(_:)`` once per mask seed (cached: a repeated seed costs nothing);
+/// 2. ``prepare(parameters:)``: the one mask multiply of the step, `W_l * M_l` for every matrix;
+/// 3. ``loadRows(from:indices:)`` then ``forward()`` then a loss pass such as
+///    ``bernoulliLossAndGradient()`` and ``backward(into:inputGradient:)``, once per shard.
+///
+/// Hidden units are ReLUs. Nothing here allocates after `init`; every buffer is owned by the
+/// workspace and reached only inside its methods. Weights are row-major `in x out`, so a batch
+/// `X` (rows x in) maps to `X W`, one `?gemm` per layer.
+public final class NetworkWorkspace<T: BLASScalar> {
+    public let configuration: ModelConfiguration
+    public let layout: ParameterLayout
+    public let capacity: Int
+
+    /// Rows loaded by the last ``loadRows(from:indices:)``.
+    public private(set) var rows = 0
+    /// The `(runSeed, maskSeed)` whose masks are materialized.
+    public private(set) var maskKey: (runSeed: UInt64, maskSeed: UInt64)?
+
+    let input: UnsafeMutableBufferPointer<T>
+    let hidden: [UnsafeMutableBufferPointer<T>]
+    let output: UnsafeMutableBufferPointer<T>
+    let outputGradient: UnsafeMutableBufferPointer<T>
+    let deltas: [UnsafeMutableBufferPointer<T>]
+    /// Per matrix of ``ParameterLayout/matrices``: the 0/1 mask, the masked weights and the bias.
+    let masks: [UnsafeMutableBufferPointer<T>]
+    let maskedWeights: [UnsafeMutableBufferPointer<T>]
+    let biases: [UnsafeMutableBufferPointer<T>]
+    /// Per-row losses of the last loss pass, in `Double`.
+    let rowLosses: UnsafeMutableBufferPointer<Double>
+
+    /// Allocates every buffer for batches of up to `capacity` rows.
+    public init(configuration: ModelConfiguration, capacity: Int) {
+        precondition(capacity >= 1, "NetworkWorkspace: capacity must be positive")
+        self.configuration = configuration
+        self.layout = ParameterLayout(configuration)
+        self.capacity = capacity
+        func buffer(_ n: Int) -> UnsafeMutableBufferPointer<T> {
+            let b = UnsafeMutableBufferPointer<T>.allocate(capacity: max(n, 1))
+            b.initialize(repeating: 0)
+            return b
+        }
+        input = buffer(capacity * configuration.inputCount)
+        hidden = configuration.hiddenSizes.map { buffer(capacity * $0) }
+        output = buffer(capacity * configuration.outputCount)
+        outputGradient = buffer(capacity * configuration.outputCount)
+        let widest = configuration.hiddenSizes.max() ?? 0
+        deltas = widest > 0 ? [buffer(capacity * widest), buffer(capacity * widest)] : []
+        let matrices = layout.matrices
+        masks = matrices.map { buffer($0.count) }
+        maskedWeights = matrices.map { buffer($0.count) }
+        biases = layout.layers.map { buffer($0.columns) }
+        rowLosses = UnsafeMutableBufferPointer<Double>.allocate(capacity: capacity)
+        rowLosses.initialize(repeating: 0)
+    }
+
+    deinit {
+        input.deallocate()
+        hidden.forEach { $0.deallocate() }
+        output.deallocate()
+        outputGradient.deallocate()
+        deltas.forEach { $0.deallocate() }
+        masks.forEach { $0.deallocate() }
+        maskedWeights.forEach { $0.deallocate() }
+        biases.forEach { $0.deallocate() }
+        rowLosses.deallocate()
+    }
+
+    // MARK: Masks and parameters
+
+    /// Materializes the masks of `maskSet` in `T`, unless they already are.
+    ///
+    /// - Complexity: O(number of weights) when the seed changes, O(1) otherwise.
+    public func setMasks(_ maskSet: MaskSet) {
+        if let key = maskKey, key.runSeed == maskSet.runSeed, key.maskSeed == maskSet.maskSeed { return }
+        let source = maskSet.matrices
+        precondition(source.count == masks.count, "setMasks: mask set does not fit this network")
+        for (m, bits) in zip(masks, source) {
+            precondition(bits.count == m.count, "setMasks: mask of \(bits.count) entries for a matrix of \(m.count)")
+            for i in 0..<bits.count { m[i] = bits[i] == 0 ? 0 : 1 }
+        }
+        maskKey = (maskSet.runSeed, maskSet.maskSeed)
+    }
+
+    /// Takes the step's parameters: masks every weight matrix (`W * M`) and copies the biases.
+    ///
+    /// - Precondition: masks are set and `parameters.count == layout.count`.
+    /// - Complexity: O(number of parameters): the one mask multiply of a step.
+    public func prepare(parameters: UnsafeBufferPointer<T>) {
+        precondition(maskKey != nil, "prepare: set the masks first")
+        precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        let p = parameters.baseAddress!
+        for (k, matrix) in layout.matrices.enumerated() {
+            let w = p + matrix.offset
+            let m = masks[k].baseAddress!
+            let out = maskedWeights[k].baseAddress!
+            for i in 0..<matrix.count { out[i] = w[i] * m[i] }
+            if let b = matrix.biasOffset {
+                biases[k].baseAddress!.update(from: p + b, count: matrix.columns)
+            }
+        }
+    }
+
+    /// ``prepare(parameters:)`` for an array.
+    public func prepare(parameters: [T]) {
+        parameters.withUnsafeBufferPointer { prepare(parameters: $0) }
+    }
+
+    // MARK: Forward
+
+    /// Copies the examples `indices` of `data` into the input buffer, in order.
+    public func loadRows(from data: DataMatrix, indices: UnsafeBufferPointer<Int32>) {
+        precondition(indices.count <= capacity, "loadRows: \(indices.count) rows for a capacity of \(capacity)")
+        precondition(data.dimension == configuration.inputCount, "loadRows: data of dimension \(data.dimension) for nin = \(configuration.inputCount)")
+        data.copyRows(indices, into: input)
+        rows = indices.count
+    }
+
+    /// ``loadRows(from:indices:)`` for an array of row indices.
+    public func loadRows(from data: DataMatrix, indices: [Int32]) {
+        indices.withUnsafeBufferPointer { loadRows(from: data, indices: $0) }
+    }
+
+    /// Sets the input rows directly (row-major, `values.count / nin` rows).
+    public func loadRows(_ values: [T]) {
+        let n = values.count / configuration.inputCount
+        precondition(n * configuration.inputCount == values.count && n <= capacity, "loadRows: bad input size \(values.count)")
+        values.withUnsafeBufferPointer { input.baseAddress!.update(from: $0.baseAddress!, count: values.count) }
+        rows = n
+    }
+
+    /// The network outputs for the loaded rows: `rows x nout`, chunked by parameter.
+    ///
+    /// `h_l = relu(h_{l-1} (W_l * M_l) + b_l)`, `out = h_L (W * M) + b + x (A * M_A)`.
+    /// - Complexity: one `?gemm` per matrix plus O(rows x units) elementwise work.
+    public func forward() {
+        let n = rows
+        guard n > 0 else { return }
+        let layers = layout.layers
+        var previous = UnsafePointer(input.baseAddress!)
+        for l in 0..<layers.count {
+            let m = layers[l]
+            let isOutput = l == layers.count - 1
+            let target = isOutput ? output.baseAddress! : hidden[l].baseAddress!
+            T.gemm(transposeA: false, transposeB: false, m: n, n: m.columns, k: m.rows,
+                   alpha: 1, a: previous, lda: m.rows, b: maskedWeights[l].baseAddress!, ldb: m.columns,
+                   beta: 0, c: target, ldc: m.columns)
+            if isOutput, let d = layout.direct {
+                T.gemm(transposeA: false, transposeB: false, m: n, n: d.columns, k: d.rows,
+                       alpha: 1, a: input.baseAddress!, lda: d.rows, b: maskedWeights[layers.count].baseAddress!, ldb: d.columns,
+                       beta: 1, c: target, ldc: d.columns)
+            }
+            let b = biases[l].baseAddress!
+            let width = m.columns
+            for r in 0..<n {
+                let row = target + r * width
+                if isOutput {
+                    for j in 0..<width { row[j] += b[j] }
+                } else {
+                    for j in 0..<width { row[j] = Swift.max(row[j] + b[j], 0) }
+                }
+            }
+            previous = UnsafePointer(target)
+        }
+    }
+
+    /// Reads output `j` of row `r` after ``forward()``.
+    public func output(row r: Int, unit j: Int) -> T {
+        precondition(r < rows && j < configuration.outputCount)
+        return output[r * configuration.outputCount + j]
+    }
+
+    // MARK: Backward
+
+    /// Back-propagates `outputGradient` (`d loss / d out`, `rows x nout`) to the parameters.
+    ///
+    /// Overwrites every entry of `gradient` (layout order): masked-out weights get exactly 0.
+    /// When `inputGradient` is given it receives `d loss / d x` (`rows x nin`), used to check
+    /// the autoregressive property.
+    /// - Complexity: two `?gemm` per hidden matrix, one for the first, one or two for direct.
+    public func backward(into gradient: UnsafeMutableBufferPointer<T>, inputGradient: UnsafeMutableBufferPointer<T>? = nil) {
+        precondition(gradient.count == layout.count, "backward: gradient of \(gradient.count) for a layout of \(layout.count)")
+        let n = rows
+        let g = gradient.baseAddress!
+        let layers = layout.layers
+        if n == 0 {
+            gradient.update(repeating: 0)
+            inputGradient?.update(repeating: 0)
+            return
+        }
+        if let ig = inputGradient {
+            precondition(ig.count >= n * configuration.inputCount, "backward: input gradient buffer too small")
+        }
+        var delta = UnsafeMutablePointer(outputGradient.baseAddress!)
+        var pingPong = 0
+        for l in stride(from: layers.count - 1, through: 0, by: -1) {
+            let m = layers[l]
+            let below = l == 0 ? input.baseAddress! : hidden[l - 1].baseAddress!
+            // dW_l = below^T delta, masked; db_l = column sums of delta.
+            T.gemm(transposeA: true, transposeB: false, m: m.rows, n: m.columns, k: n,
+                   alpha: 1, a: below, lda: m.rows, b: delta, ldb: m.columns,
+                   beta: 0, c: g + m.offset, ldc: m.columns)
+            multiply(g + m.offset, by: masks[l].baseAddress!, count: m.count)
+            columnSums(delta, rows: n, columns: m.columns, into: g + m.biasOffset!)
+            if l > 0 {
+                let next = deltas[pingPong].baseAddress!
+                pingPong ^= 1
+                T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
+                       alpha: 1, a: delta, lda: m.columns, b: maskedWeights[l].baseAddress!, ldb: m.columns,
+                       beta: 0, c: next, ldc: m.rows)
+                let h = hidden[l - 1].baseAddress!
+                for i in 0..<(n * m.rows) where h[i] <= 0 { next[i] = 0 }
+                delta = next
+            } else if let ig = inputGradient {
+                T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
+                       alpha: 1, a: delta, lda: m.columns, b: maskedWeights[0].baseAddress!, ldb: m.columns,
+                       beta: 0, c: ig.baseAddress!, ldc: m.rows)
+            }
+        }
+        if let d = layout.direct {
+            let k = layers.count
+            T.gemm(transposeA: true, transposeB: false, m: d.rows, n: d.columns, k: n,
+                   alpha: 1, a: input.baseAddress!, lda: d.rows, b: outputGradient.baseAddress!, ldb: d.columns,
+                   beta: 0, c: g + d.offset, ldc: d.columns)
+            multiply(g + d.offset, by: masks[k].baseAddress!, count: d.count)
+            if let ig = inputGradient {
+                T.gemm(transposeA: false, transposeB: true, m: n, n: d.rows, k: d.columns,
+                       alpha: 1, a: outputGradient.baseAddress!, lda: d.columns, b: maskedWeights[k].baseAddress!, ldb: d.columns,
+                       beta: 1, c: ig.baseAddress!, ldc: d.rows)
+            }
+        }
+    }
+
+    /// ``backward(into:inputGradient:)`` for arrays.
+    public func backward(into gradient: inout [T], inputGradient: inout [T]) {
+        let n = rows * configuration.inputCount
+        if inputGradient.count < n { inputGradient = [T](repeating: 0, count: n) }
+        gradient.withUnsafeMutableBufferPointer { g in
+            inputGradient.withUnsafeMutableBufferPointer { ig in backward(into: g, inputGradient: ig) }
+        }
+    }
+
+    /// Sets `d loss / d out` directly, for checks of the network alone (`rows x nout`).
+    public func setOutputGradient(_ values: [T]) {
+        precondition(values.count == rows * configuration.outputCount, "setOutputGradient: wrong size")
+        for i in 0..<values.count { outputGradient[i] = values[i] }
+    }
+
+    private func multiply(_ a: UnsafeMutablePointer<T>, by m: UnsafePointer<T>, count: Int) {
+        for i in 0..<count { a[i] *= m[i] }
+    }
+
+    private func columnSums(_ a: UnsafePointer<T>, rows: Int, columns: Int, into out: UnsafeMutablePointer<T>) {
+        out.update(from: a, count: columns)
+        for r in 1..<Swift.max(rows, 1) {
+            let row = a + r * columns
+            for j in 0..<columns { out[j] += row[j] }
+        }
+    }
+}

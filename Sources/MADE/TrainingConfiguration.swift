@@ -1,0 +1,135 @@
+/// Everything that determines a training run, bit for bit, given the data.
+public struct TrainingConfiguration: Sendable, Equatable, Codable {
+    public var model: ModelConfiguration
+    public var distribution: OutputDistribution
+    /// The run seed: masks, initialization and data order derive from it.
+    public var seed: UInt64
+    /// Examples per step (the global minibatch).
+    public var batchSize: Int
+    /// Epochs to train (an epoch is `floor(N / batchSize)` steps).
+    public var epochs: Int
+    /// Steps between mask changes (the reference's `resample_every`).
+    public var resampleEvery: Int
+    /// Pieces each minibatch is cut into; their gradients are summed in a fixed tree order.
+    public var shards: Int
+    public var adam: AdamConfiguration
+    public var schedule: StepSchedule
+    /// Epochs without a better validation NLL before stopping; 0 never stops early.
+    public var patience: Int
+    /// Masks in the evaluation ensemble (the reference's `--samples`).
+    public var evaluationMasks: Int
+    public var ensembleMode: EnsembleMode
+    /// Whether each epoch visits the training examples in a fresh seeded order (otherwise file order).
+    public var shuffle: Bool
+
+    public init(model: ModelConfiguration, distribution: OutputDistribution = .bernoulli, seed: UInt64 = 0,
+                batchSize: Int = 100, epochs: Int = 100, resampleEvery: Int = 20, shards: Int = 1,
+                adam: AdamConfiguration = AdamConfiguration(), schedule: StepSchedule = StepSchedule(),
+                patience: Int = 0, evaluationMasks: Int = 1, ensembleMode: EnsembleMode = .likelihood, shuffle: Bool = true) {
+        self.model = model
+        self.distribution = distribution
+        self.seed = seed
+        self.batchSize = batchSize
+        self.epochs = epochs
+        self.resampleEvery = resampleEvery
+        self.shards = shards
+        self.adam = adam
+        self.schedule = schedule
+        self.patience = patience
+        self.evaluationMasks = evaluationMasks
+        self.ensembleMode = ensembleMode
+        self.shuffle = shuffle
+    }
+
+    /// Throws when the run cannot be carried out.
+    public func validate() throws {
+        try model.validate()
+        guard model.outputMultiplier == distribution.parametersPerDimension else {
+            throw MADEError(.invalidConfiguration,
+                            "\(distribution) outputs need nout = \(distribution.parametersPerDimension) x nin, not \(model.outputMultiplier) x nin")
+        }
+        guard batchSize >= 1 else { throw MADEError(.invalidConfiguration, "the batch size must be at least 1, not \(batchSize)") }
+        guard epochs >= 0 else { throw MADEError(.invalidConfiguration, "epochs must not be negative") }
+        guard resampleEvery >= 1 else { throw MADEError(.invalidConfiguration, "--resample-every must be at least 1, not \(resampleEvery)") }
+        guard shards >= 1, shards <= batchSize else {
+            throw MADEError(.invalidConfiguration, "shards must be between 1 and the batch size (\(batchSize)), not \(shards)")
+        }
+        guard evaluationMasks >= 1 else { throw MADEError(.invalidConfiguration, "--samples must be at least 1, not \(evaluationMasks)") }
+        guard patience >= 0 else { throw MADEError(.invalidConfiguration, "patience must not be negative") }
+        guard adam.learningRate > 0, adam.learningRate.isFinite else {
+            throw MADEError(.invalidConfiguration, "the learning rate must be positive, not \(adam.learningRate)")
+        }
+    }
+
+    /// The mask schedule of this run.
+    public var maskSchedule: MaskSchedule { MaskSchedule(maskCount: model.maskCount, resampleEvery: resampleEvery) }
+}
+
+/// Which mask seed each step trains with.
+///
+/// Step `t` (0-based, counted over the whole run) uses mask seed `(t / resampleEvery) mod maskCount`:
+/// the reference's cycle through seeds `0..<num_masks`, changing every `resample_every` steps.
+/// Every shard of a step uses the step's seed. Evaluation has a schedule of its own
+/// (``Evaluator/ensembleSeeds(_:)``), so evaluating never moves this one.
+public struct MaskSchedule: Sendable, Equatable {
+    public let maskCount: Int
+    public let resampleEvery: Int
+
+    public init(maskCount: Int, resampleEvery: Int) {
+        precondition(maskCount >= 1 && resampleEvery >= 1)
+        self.maskCount = maskCount
+        self.resampleEvery = resampleEvery
+    }
+
+    public func maskSeed(step: Int) -> UInt64 {
+        UInt64((step / resampleEvery) % maskCount)
+    }
+}
+
+/// Which examples each step and shard trains on.
+///
+/// Epoch `e` visits the training rows in the order of a permutation drawn from
+/// `RandomStream(seed:, domain: .dataOrder, index: e)` (or in file order without shuffling), in
+/// `floor(N / B)` consecutive minibatches; the remainder is skipped that epoch. Shard `s` of `S`
+/// takes a contiguous piece of the minibatch: the first `B mod S` shards get one extra row.
+public struct DataOrder: Sendable {
+    public let exampleCount: Int
+    public let batchSize: Int
+    public let shards: Int
+    public let seed: UInt64
+    public let shuffle: Bool
+
+    public init(exampleCount: Int, batchSize: Int, shards: Int, seed: UInt64, shuffle: Bool) {
+        self.exampleCount = exampleCount
+        self.batchSize = batchSize
+        self.shards = shards
+        self.seed = seed
+        self.shuffle = shuffle
+    }
+
+    public var stepsPerEpoch: Int { exampleCount / batchSize }
+
+    /// The row order of epoch `epoch`.
+    public func permutation(epoch: Int) -> [Int32] {
+        var order = (0..<exampleCount).map { Int32($0) }
+        if shuffle {
+            var rng = RandomStream(seed: seed, domain: .dataOrder, index: UInt64(epoch))
+            rng.shuffle(&order)
+        }
+        return order
+    }
+
+    /// The positions within a minibatch of shard `shard`.
+    public func shardRange(_ shard: Int) -> Range<Int> {
+        let base = batchSize / shards, extra = batchSize % shards
+        let start = shard * base + min(shard, extra)
+        return start..<(start + base + (shard < extra ? 1 : 0))
+    }
+
+    /// The rows of shard `shard` of step `stepInEpoch`, given the epoch's permutation.
+    public func rows(_ permutation: [Int32], stepInEpoch: Int, shard: Int) -> ArraySlice<Int32> {
+        let r = shardRange(shard)
+        let base = stepInEpoch * batchSize
+        return permutation[(base + r.lowerBound)..<(base + r.upperBound)]
+    }
+}

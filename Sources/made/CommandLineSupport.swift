@@ -1,0 +1,43 @@
+import Foundation
+import Logging
+import MADE
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum CommandLineSupport {
+    /// Sends log lines to standard error and returns a logger for the command.
+    static func bootstrap(label: String) -> Logger {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        return Logger(label: label)
+    }
+
+    /// One line that says what is about to be trained.
+    static func describe(_ c: TrainingConfiguration, dataset: Dataset, parameters: Int) -> String {
+        let sizes = ([c.model.inputCount] + c.model.hiddenSizes + [c.model.outputCount]).map(String.init).joined(separator: "-")
+        let counts = [("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)]
+            .compactMap { name, split in split.map { "\(name) \($0.count)" } }.joined(separator: ", ")
+        return "MADE \(sizes)\(c.model.directConnections ? " +direct" : ""), \(c.distribution), \(parameters) parameters, "
+            + "\(c.model.maskCount) mask(s), \(c.model.naturalOrdering ? "natural" : "random") order; "
+            + "data \(dataset.source) (\(counts)); batch \(c.batchSize), \(c.shards) shard(s), seed \(c.seed)"
+    }
+
+    /// Peak resident memory of this process, in MiB.
+    static var peakResidentMiB: Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_maxrss) / 1024
+    }
+}
+
+/// Set by SIGINT or SIGTERM; the trainer checks it between steps and checkpoints before exiting.
+enum SignalFlag {
+    nonisolated(unsafe) static var raised: sig_atomic_t = 0
+
+    static func install() {
+        signal(SIGINT) { _ in SignalFlag.raised = 1 }
+        signal(SIGTERM) { _ in SignalFlag.raised = 1 }
+    }
+
+    static var isSet: Bool { raised != 0 }
+}

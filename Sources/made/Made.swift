@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct Made: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "made",
+        abstract: "MADE: masked autoencoders for distribution estimation.",
+        version: "0.1.0",
+        subcommands: [Train.self, Eval.self, Checksum.self, Bench.self]
+    )
+}

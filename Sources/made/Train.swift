@@ -1,0 +1,182 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MADE
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train MADE in this process, then report validation and test NLL and the parameter checksum.")
+
+    @OptionGroup var data: DataArguments
+    @OptionGroup var runtime: RuntimeArguments
+
+    @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated (\"500\", \"500,500\"; \"\" for none). [default: 500]")
+    var hiddens: String?
+    @Option(name: [.customShort("n"), .long], help: "Number of masks (orders and connectivities) to cycle through in training. [default: 1]")
+    var numMasks: Int?
+    @Option(name: [.customShort("r"), .long], help: "Steps between mask changes. [default: 20]")
+    var resampleEvery: Int?
+    @Option(name: [.customShort("s"), .long], help: "Masks in the evaluation ensemble. [default: 1]")
+    var samples: Int?
+    @Flag(help: "Keep the inputs in their natural order (otherwise each mask draws an order).")
+    var naturalOrdering = false
+    @Flag(help: "Add direct input-to-output connections, masked strictly.")
+    var direct = false
+    @Option(help: "Output distribution: bernoulli for 0/1 data, gaussian for real values. [default: bernoulli]")
+    var distribution: OutputDistribution?
+    @Option(help: "Epochs to train. [default: 100]")
+    var epochs: Int?
+    @Option(help: "Examples per step. [default: 100]")
+    var batchSize: Int?
+    @Option(help: "Adam learning rate. [default: 0.001]")
+    var lr: Double?
+    @Option(help: "L2 weight decay added to the gradient. [default: 0.0001]")
+    var weightDecay: Double?
+    @Option(help: "Epochs between learning-rate decays (0: never). [default: 45]")
+    var lrStepEpochs: Int?
+    @Option(help: "Learning-rate decay factor. [default: 0.1]")
+    var lrGamma: Double?
+    @Option(help: "Run seed: masks, initialization and data order. [default: 0]")
+    var seed: UInt64?
+    @Option(help: "Stop after this many epochs without a better validation NLL, and keep the best parameters (0: off). [default: 0]")
+    var patience: Int?
+    @Option(help: "How the evaluation ensemble combines masks: likelihood (log-mean-exp, normalized) or logits (the reference's logit averaging; not a normalized likelihood). [default: likelihood]")
+    var ensemble: EnsembleMode?
+    @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order. [default: 1]")
+    var shards: Int?
+    @Flag(help: "Visit training examples in file order every epoch, as the reference does.")
+    var noShuffle = false
+
+    @Option(help: "Checkpoint file, written atomically at every epoch end and on interruption.")
+    var checkpoint: String?
+    @Option(help: "Also checkpoint every N steps (0: only at epoch ends).")
+    var checkpointEvery: Int = 0
+    @Flag(help: "Carry on from --checkpoint when it exists.")
+    var resume = false
+    @Option(help: "Stop (and checkpoint) once this many steps have run in total.")
+    var stopAfterSteps: Int?
+
+    func validate() throws {
+        if resume && checkpoint == nil { throw ValidationError("--resume needs --checkpoint PATH") }
+        if let hiddens { _ = try parseHiddens(hiddens) }
+        if checkpointEvery < 0 { throw ValidationError("--checkpoint-every must not be negative") }
+    }
+
+    /// The configuration the flags describe, defaults filled in.
+    func configuration(inputCount: Int) throws -> TrainingConfiguration {
+        let model = ModelConfiguration(
+            inputCount: inputCount, hiddenSizes: try parseHiddens(hiddens ?? "500"),
+            outputMultiplier: (distribution ?? .bernoulli).parametersPerDimension,
+            naturalOrdering: naturalOrdering, directConnections: direct, maskCount: numMasks ?? 1)
+        return TrainingConfiguration(
+            model: model, distribution: distribution ?? .bernoulli, seed: seed ?? 0, batchSize: batchSize ?? 100,
+            epochs: epochs ?? 100, resampleEvery: resampleEvery ?? 20, shards: shards ?? 1,
+            adam: AdamConfiguration(learningRate: lr ?? 1e-3, weightDecay: weightDecay ?? 1e-4),
+            schedule: StepSchedule(baseLearningRate: lr ?? 1e-3, stepEpochs: lrStepEpochs ?? 45, gamma: lrGamma ?? 0.1),
+            patience: patience ?? 0, evaluationMasks: samples ?? 1, ensembleMode: ensemble ?? .likelihood, shuffle: !noShuffle)
+    }
+
+    /// Flags given explicitly that disagree with a saved configuration.
+    func conflicts(with saved: TrainingConfiguration) -> [String] {
+        var out: [String] = []
+        func check<V: Equatable>(_ name: String, _ given: V?, _ saved: V) {
+            if let given, given != saved { out.append("\(name) \(given) (checkpoint: \(saved))") }
+        }
+        check("--hiddens", try? hiddens.map(parseHiddens), saved.model.hiddenSizes)
+        check("--num-masks", numMasks, saved.model.maskCount)
+        check("--resample-every", resampleEvery, saved.resampleEvery)
+        check("--samples", samples, saved.evaluationMasks)
+        check("--distribution", distribution, saved.distribution)
+        check("--batch-size", batchSize, saved.batchSize)
+        check("--lr", lr, saved.adam.learningRate)
+        check("--weight-decay", weightDecay, saved.adam.weightDecay)
+        check("--lr-step-epochs", lrStepEpochs, saved.schedule.stepEpochs)
+        check("--lr-gamma", lrGamma, saved.schedule.gamma)
+        check("--seed", seed, saved.seed)
+        check("--patience", patience, saved.patience)
+        check("--ensemble", ensemble, saved.ensembleMode)
+        check("--shards", shards, saved.shards)
+        if naturalOrdering && !saved.model.naturalOrdering { out.append("--natural-ordering (checkpoint: random order)") }
+        if direct && !saved.model.directConnections { out.append("--direct (checkpoint: no direct connections)") }
+        if noShuffle && saved.shuffle { out.append("--no-shuffle (checkpoint: shuffled)") }
+        return out
+    }
+
+    func run() throws {
+        let logger = CommandLineSupport.bootstrap(label: "made.train")
+        BLAS.setThreads(runtime.threads)
+        let dataset = try DatasetLoader.load(path: data.dataPath, options: data.options)
+        guard let dimension = dataset.dimension else { throw ValidationError("\(data.dataPath): no data") }
+
+        var configuration = try configuration(inputCount: dimension)
+        var state: TrainingState?
+        if resume, let path = checkpoint, FileManager.default.fileExists(atPath: path) {
+            let saved = try Checkpoint.read(from: path)
+            let conflicts = conflicts(with: saved.configuration)
+            guard conflicts.isEmpty else {
+                throw ValidationError("\(path): flags disagree with the checkpoint's run: \(conflicts.joined(separator: "; "))")
+            }
+            let fingerprint = DataFingerprint.of(dataset)
+            guard saved.dataFingerprint == fingerprint else {
+                throw ValidationError("\(path): the checkpoint was trained on different data (fingerprint \(saved.dataFingerprint.prefix(12)), this data \(fingerprint.prefix(12)))")
+            }
+            configuration = saved.configuration
+            if let epochs { configuration.epochs = epochs }
+            state = saved.state
+            logger.info("resuming", metadata: ["checkpoint": "\(path)", "step": "\(saved.state.step)", "epoch": "\(saved.state.completedEpochs)"])
+        } else if resume, let path = checkpoint {
+            logger.info("no checkpoint yet; starting a new run", metadata: ["checkpoint": "\(path)"])
+        }
+
+        let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)
+        trainer.checkpointPath = checkpoint
+        trainer.checkpointEvery = checkpointEvery
+        print(CommandLineSupport.describe(configuration, dataset: dataset, parameters: ParameterLayout(configuration.model).count))
+        let report = ProgressReport(stepsPerEpoch: trainer.stepsPerEpoch, batchSize: configuration.batchSize, epochs: configuration.epochs)
+        trainer.onEvent = { report.handle($0) }
+
+        SignalFlag.install()
+        let stopAfter = stopAfterSteps
+        let outcome = try trainer.run(until: {
+            SignalFlag.isSet || (stopAfter.map { trainer.state.step >= $0 } ?? false)
+        })
+        if outcome == .interrupted {
+            print("stopped at step \(trainer.state.step)\(checkpoint.map { "; checkpoint \($0)" } ?? "")")
+            if SignalFlag.isSet { throw ExitCode(130) }
+            return
+        }
+        if outcome == .stoppedEarly {
+            print("stopped early after epoch \(trainer.state.completedEpochs): no better validation NLL for \(configuration.patience) epochs; best epoch \(trainer.state.bestEpoch + 1)")
+        }
+        let final = trainer.checkpoint
+        let params = final.modelParameters
+        let k = configuration.evaluationMasks
+        let label = configuration.ensembleMode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
+        if let valid = dataset.valid { print(String(format: "valid_nll=%.4f", trainer.evaluate(valid, parameters: params)) + " masks=\(k)\(label)") }
+        if let test = dataset.test { print(String(format: "test_nll=%.4f", trainer.evaluate(test, parameters: params)) + " masks=\(k)\(label)") }
+        print("params_sha256=\(final.parametersSHA256)")
+    }
+}
+
+/// Prints one plain line per epoch.
+final class ProgressReport {
+    let stepsPerEpoch: Int
+    let batchSize: Int
+    let epochs: Int
+
+    init(stepsPerEpoch: Int, batchSize: Int, epochs: Int) {
+        self.stepsPerEpoch = stepsPerEpoch
+        self.batchSize = batchSize
+        self.epochs = epochs
+    }
+
+    func handle(_ event: TrainingEvent) {
+        guard case .epoch(let record, let improved) = event else { return }
+        let rate = record.seconds > 0 ? Double(stepsPerEpoch * batchSize) / record.seconds : 0
+        var line = String(format: "epoch %d/%d train_nll %.4f", record.epoch + 1, epochs, record.trainNLL)
+        if let v = record.validNLL { line += String(format: " valid_nll %.4f%@", v, improved ? " *" : "") }
+        line += String(format: " lr %.1e %.0f ex/s", record.learningRate, rate)
+        print(line)
+        fflush(nil)
+    }
+}

@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+@testable import MADE
+
+@Suite("Adam and schedules")
+struct AdamTests {
+    /// Two steps computed by hand (in Double, then rounded) from PyTorch's update rule.
+    @Test("two steps match hand-computed values")
+    func handComputed() {
+        let c = AdamConfiguration(learningRate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0.01)
+        var p: [Float] = [1.0, -2.0, 0.0]
+        var state = AdamState(parameterCount: 3)
+        let g1: [Float] = [0.5, 0.0, -4.0]
+        let g2: [Float] = [0.25, 1.0, -4.0]
+        // Reference in Double.
+        var rp = p.map(Double.init), m = [0.0, 0, 0], v = [0.0, 0, 0]
+        for (t, g) in [g1, g2].enumerated() {
+            for i in 0..<3 {
+                let gi = 2 * Double(g[i]) + 0.01 * rp[i]   // scale 2
+                m[i] = 0.9 * m[i] + 0.1 * gi
+                v[i] = 0.999 * v[i] + 0.001 * gi * gi
+                let mhat = m[i] / (1 - pow(0.9, Double(t + 1)))
+                let vhat = v[i] / (1 - pow(0.999, Double(t + 1)))
+                rp[i] -= 0.1 * mhat / (sqrt(vhat) + 1e-8)
+            }
+            state.update(parameters: &p, gradient: g, scale: 2, learningRate: 0.1, configuration: c)
+        }
+        #expect(state.step == 2)
+        for i in 0..<3 {
+            #expect(abs(Double(p[i]) - rp[i]) <= 2e-6 * max(1, abs(rp[i])), "parameter \(i): \(p[i]) vs \(rp[i])")
+        }
+        // First step of Adam moves every parameter with a non-zero gradient by about lr.
+        var q: [Float] = [0]
+        var s = AdamState(parameterCount: 1)
+        s.update(parameters: &q, gradient: [3], scale: 1, learningRate: 0.01, configuration: AdamConfiguration(weightDecay: 0))
+        #expect(abs(q[0] + 0.01) < 1e-7)
+    }
+
+    @Test("step schedule")
+    func schedule() {
+        let s = StepSchedule(baseLearningRate: 1e-3, stepEpochs: 45, gamma: 0.1)
+        #expect(s.learningRate(epoch: 0) == 1e-3)
+        #expect(s.learningRate(epoch: 44) == 1e-3)
+        #expect(abs(s.learningRate(epoch: 45) - 1e-4) < 1e-18)
+        #expect(abs(s.learningRate(epoch: 99) - 1e-5) < 1e-18)
+        #expect(StepSchedule(baseLearningRate: 0.5, stepEpochs: 0, gamma: 0.1).learningRate(epoch: 1000) == 0.5)
+    }
+
+    @Test("tree reduction order is fixed by shard index")
+    func treeReduction() {
+        var shards: [[Float]] = [[1e8], [1], [-1e8], [1], [0.5]]
+        GradientReducer.reduce(&shards)
+        // ((s0 + s1) + (s2 + s3)) + s4, in Float.
+        let expected = ((Float(1e8) + 1) + (Float(-1e8) + 1)) + 0.5
+        #expect(shards[0][0] == expected)
+        #expect(GradientReducer.reduce([1e16, 1, -1e16, 1, 0.5]) == ((1e16 + 1) + (-1e16 + 1)) + 0.5)
+    }
+}

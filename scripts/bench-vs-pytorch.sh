@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Compare MADE training throughput against PyTorch on the CPU, side by side.
+#
+# Builds the package in release mode, runs `made bench --steps $STEPS` (ours,
+# one process) and `scripts/bench_pytorch.py --mode single` (PyTorch, one
+# thread) on the same configuration (784-500-784, batch 100, Adam), then prints
+#   ours examples_per_s=<float>
+#   pytorch_single examples_per_s=<float> peak_rss_mib=<float>
+#   ratio_vs_pytorch_single=<ours/theirs> ours=<float> pytorch_single=<float>
+#
+# Usage:
+#   scripts/bench-vs-pytorch.sh
+#   PYTHON=/usr/bin/python3 STEPS=300 scripts/bench-vs-pytorch.sh
+#
+# PYTHON picks the interpreter for the PyTorch side; by default the first of
+# /usr/bin/python3, python3, python that can import torch. If none can, our
+# own figure is still printed, with a note on installing torch, and the
+# script exits 0.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+STEPS="${STEPS:-300}"
+
+has_torch() {
+    "$1" -c 'import torch, numpy' >/dev/null 2>&1
+}
+
+find_python() {
+    local candidate
+    if [[ -n "${PYTHON:-}" ]]; then
+        echo "$PYTHON"
+        return
+    fi
+    for candidate in /usr/bin/python3 python3 python; do
+        if command -v "$candidate" >/dev/null 2>&1 && has_torch "$candidate"; then
+            echo "$candidate"
+            return
+        fi
+    done
+    echo ""
+}
+
+# Print the value of key=<number> from the first line of stdin carrying it.
+extract() {
+    grep -o "$1=[-+0-9.eE]*" | head -n 1 | cut -d= -f2
+}
+
+echo "== swift build -c release" >&2
+swift build -c release >&2
+
+echo "== .build/release/made bench --steps $STEPS" >&2
+if ! ours_out="$(.build/release/made bench --steps "$STEPS")"; then
+    echo "bench-vs-pytorch: '.build/release/made bench --steps $STEPS' failed" >&2
+    exit 1
+fi
+printf '%s\n' "$ours_out" >&2
+ours="$(printf '%s\n' "$ours_out" | extract examples_per_s || true)"
+if [[ -z "$ours" ]]; then
+    echo "bench-vs-pytorch: no examples_per_s=<number> in the output of 'made bench':" >&2
+    printf '%s\n' "$ours_out" >&2
+    exit 1
+fi
+echo "ours examples_per_s=$ours"
+
+python="$(find_python)"
+if [[ -z "$python" ]] || ! has_torch "$python"; then
+    echo "bench-vs-pytorch: the PyTorch peer is not installed (no torch for ${python:-any of /usr/bin/python3, python3, python})." >&2
+    echo "  Install it with 'sudo apt-get install python3-torch' (Debian, for /usr/bin/python3)" >&2
+    echo "  or 'pip install torch', then rerun, optionally with PYTHON=/path/to/python3." >&2
+    exit 0
+fi
+
+echo "== $python scripts/bench_pytorch.py --mode single --steps $STEPS" >&2
+theirs_out="$("$python" scripts/bench_pytorch.py --mode single --steps "$STEPS")"
+printf '%s\n' "$theirs_out"
+theirs="$(printf '%s\n' "$theirs_out" | extract examples_per_s || true)"
+if [[ -z "$theirs" ]]; then
+    echo "bench-vs-pytorch: no examples_per_s=<number> in the PyTorch output" >&2
+    exit 1
+fi
+
+awk -v a="$ours" -v b="$theirs" 'BEGIN {
+    if (b + 0 <= 0) { print "bench-vs-pytorch: PyTorch figure is not positive" > "/dev/stderr"; exit 1 }
+    printf "ratio_vs_pytorch_single=%.3f ours=%s pytorch_single=%s\n", a / b, a, b
+}'
