@@ -26,9 +26,14 @@ let package = Package(
             providers: [.apt(["zlib1g-dev"])]
         ),
         .target(
+            name: "CKernels",
+            cSettings: [.unsafeFlags(["-O3", "-fno-math-errno", "-ffp-contract=off"])]
+        ),
+        .target(
             name: "MADE",
             dependencies: [
                 "CBLAS",
+                "CKernels",
                 "CGzip",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "RealModule", package: "swift-numerics"),

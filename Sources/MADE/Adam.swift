@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Adam's hyper-parameters, with weight decay added to the gradient as PyTorch's `Adam` does.
@@ -69,14 +70,11 @@ public struct AdamState: Sendable, Equatable {
             gradient.withUnsafeBufferPointer { g in
                 firstMoment.withUnsafeMutableBufferPointer { m in
                     secondMoment.withUnsafeMutableBufferPointer { v in
-                        for i in 0..<n {
-                            let gi = scale * g[i] + decay * p[i]
-                            let mi = b1 * m[i] + oneMinusB1 * gi
-                            let vi = b2 * v[i] + oneMinusB2 * gi * gi
-                            m[i] = mi
-                            v[i] = vi
-                            p[i] -= stepSize * mi / (vi.squareRoot() * inverseRootCorrection2 + eps)
-                        }
+                        made_adam_f32(
+                            n, p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!,
+                            made_adam_constants(scale: scale, decay: decay, beta1: b1, one_minus_beta1: oneMinusB1,
+                                                beta2: b2, one_minus_beta2: oneMinusB2, step_size: stepSize,
+                                                inverse_root_correction2: inverseRootCorrection2, epsilon: eps))
                     }
                 }
             }

@@ -176,7 +176,7 @@ struct DataLoaderTests {
         expectFailure(mentioning: ["truncated", "header says 50000x784 float32 = 156800000 bytes, file has 0"],
                       parse(npy(descr: "<f4", shape: "(50000L, 784L)", payload: [])))
         expectFailure(mentioning: ["1-D", "(784,)"], parse(npy(descr: "<f4", shape: "(784,)", payload: float32LE(Array(repeating: 0, count: 784)))))
-        expectFailure(mentioning: ["trailing", "bytes after"].suffix(1), parse(good + [0, 0, 0, 0]))
+        expectFailure(mentioning: ["4 bytes after"], parse(good + [0, 0, 0, 0]))
         expectFailure(mentioning: ["non-finite", "row 1, column 2"],
                       parse(npy(descr: "<f4", shape: "(2, 3)", payload: float32LE([0, 0, 0, 0, 0, .nan]))))
         expectFailure(mentioning: ["malformed header"], parse(npy(header: "{'descr': '<f4', 'shape': (3, 4)", payload: [])))
@@ -253,7 +253,7 @@ struct DataLoaderTests {
         try writeNPZ(good, splitArrays(), compression: .deflate)
         let whole = try Array(Data(contentsOf: URL(fileURLWithPath: good)))
         let truncated = try dir.write("truncated.npz", Array(whole.prefix(whole.count / 2)))
-        expectFailure(mentioning: [], { try DatasetLoader.load(path: truncated) })
+        expectFailure(mentioning: ["corrupt or truncated zip"]) { try DatasetLoader.load(path: truncated) }
 
         let badEntry = dir.path("bad-entry.npz")
         var arrays = splitArrays()

@@ -301,10 +301,12 @@ struct PythonLiteralParser {
     /// The header text, shortened for messages, with non-printable bytes escaped.
     func excerpt(limit: Int = 120) -> String {
         var s = ""
-        for b in text.prefix(limit) {
+        var end = text.count
+        while end > 0, text[end - 1] == 0x20 || text[end - 1] == 0x0A { end -= 1 }
+        for b in text.prefix(min(end, limit)) {
             if b >= 0x20 && b < 0x7F { s.unicodeScalars.append(Unicode.Scalar(b)) } else if b == 0x0A { s += "\\n" } else { s += "\\x" + String(b, radix: 16) }
         }
-        return text.count > limit ? s + "..." : s
+        return end > limit ? s + "..." : s
     }
 
     /// Parses the whole header: one dict, then only whitespace.

@@ -64,7 +64,11 @@ enum NPZ {
         do {
             return try Archive(url: URL(fileURLWithPath: path), accessMode: .read)
         } catch {
-            throw MADEError(.invalidData, "not a zip archive (an .npz is a zip of .npy files): \(error)", path: path)
+            let head = try DatasetLoader.readFile(path, maxBytes: 4)
+            if head.withUnsafeBytes(hasMagic) {
+                throw MADEError(.invalidData, "corrupt or truncated zip archive: \(error)", path: path)
+            }
+            throw MADEError(.invalidData, "not a zip archive (an .npz is a zip of .npy files)", path: path)
         }
     }
 

@@ -1,0 +1,35 @@
+#ifndef MADE_KERNELS_H
+#define MADE_KERNELS_H
+
+#include <stddef.h>
+
+/* Elementwise kernels of MADE's training step, in float32.
+ *
+ * Plain C loops the compiler vectorizes. Built with -ffp-contract=off and without fast-math, so
+ * each result is the same sequence of IEEE-754 operations whatever the vector width: the bits do
+ * not depend on the machine's instruction set. */
+
+typedef struct {
+    float scale, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inverse_root_correction2, epsilon;
+} made_adam_constants;
+
+/* One Adam step in place: g' = scale g + decay p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+ * p -= step_size m / (sqrt(v) inverse_root_correction2 + epsilon). */
+void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                   made_adam_constants c);
+
+/* Bernoulli negative log-likelihood of n binary targets x under logits z, and its gradient.
+ *
+ * grad[j] = sigmoid(z[j]) - x[j]; returns sum_j softplus(x[j] ? -z[j] : z[j]), summed in 8 fixed
+ * lanes then pairwise. exp and log1p are polynomial approximations (Cephes single precision),
+ * within 2 ulp of the exact function on the ranges used (terms below 1e-37, in the subnormal
+ * range, flush to 0); logits of any size, including infinities, give exact limits. grad may be NULL to compute the loss alone. */
+float made_bernoulli_f32(size_t n, const float *restrict x, const float *restrict z, float *restrict grad);
+
+/* e^x for x <= 0, as used by the Bernoulli kernel (exposed for tests). */
+float made_exp_nonpositive_f32(float x);
+
+/* log(1 + e) for e in [0, 1], as used by the Bernoulli kernel (exposed for tests). */
+float made_log1p_unit_f32(float e);
+
+#endif

@@ -1,0 +1,106 @@
+#include "made_kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+__attribute__((target_clones("avx2", "default")))
+void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                   made_adam_constants c) {
+    for (size_t i = 0; i < n; i++) {
+        float gi = c.scale * g[i] + c.decay * p[i];
+        float mi = c.beta1 * m[i] + c.one_minus_beta1 * gi;
+        float vi = c.beta2 * v[i] + c.one_minus_beta2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] - c.step_size * mi / (sqrtf(vi) * c.inverse_root_correction2 + c.epsilon);
+    }
+}
+
+static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+
+/* Cephes expf on x <= 0: range reduction by n = round(x log2 e), then a degree-6 polynomial. */
+static inline float exp_nonpositive(float x) {
+    const float lo = -87.0f;
+    int underflow = x < lo;
+    x = underflow ? lo : x;
+    /* Round to nearest by adding and removing 1.5 * 2^23 (exact for |t| < 2^22). */
+    const float magic = 12582912.0f;
+    float fx = (x * 1.44269504088896341f + magic) - magic;
+    float r = x - fx * 0.693359375f;
+    r = r - fx * -2.12194440e-4f;
+    float z = r * r;
+    float y = 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * z + r + 1.0f;
+    int32_t k = (int32_t)fx + 127;
+    float scale = bits_to_float((uint32_t)k << 23);
+    float result = y * scale;
+    return underflow ? 0.0f : result;
+}
+
+/* log(1 + e) for e in [0, 1]: u = 1 + e rounded, Cephes logf of u (u = m 2^k, m in [1, sqrt 2)),
+ * plus the rounding error of u, (e - (u - 1)) / u. */
+static inline float log1p_unit(float e) {
+    float u = 1.0f + e;
+    float correction = (e - (u - 1.0f)) / u;
+    int high = u >= 1.41421356237f;
+    float m = high ? u * 0.5f : u;
+    float k = high ? 1.0f : 0.0f;
+    float f = m - 1.0f;
+    float z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z;
+    y = y + k * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    float r = f + y;
+    r = r + k * 0.693359375f;
+    return r + correction;
+}
+
+float made_exp_nonpositive_f32(float x) { return exp_nonpositive(x); }
+float made_log1p_unit_f32(float e) { return log1p_unit(e); }
+
+__attribute__((target_clones("avx2", "default")))
+float made_bernoulli_f32(size_t n, const float *restrict x, const float *restrict z, float *restrict grad) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        for (int l = 0; l < 8; l++) {
+            float zj = z[j + l];
+            float xj = x[j + l];
+            float s = xj > 0.5f ? -zj : zj;
+            float e = exp_nonpositive(-fabsf(zj));
+            acc[l] += (s > 0.0f ? s : 0.0f) + log1p_unit(e);
+            if (grad) {
+                float numerator = zj >= 0.0f ? 1.0f : e;
+                grad[j + l] = numerator / (1.0f + e) - xj;
+            }
+        }
+    }
+    float tail = 0;
+    for (; j < n; j++) {
+        float zj = z[j];
+        float xj = x[j];
+        float s = xj > 0.5f ? -zj : zj;
+        float e = exp_nonpositive(-fabsf(zj));
+        tail += (s > 0.0f ? s : 0.0f) + log1p_unit(e);
+        if (grad) {
+            float numerator = zj >= 0.0f ? 1.0f : e;
+            grad[j] = numerator / (1.0f + e) - xj;
+        }
+    }
+    return (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + tail;
+}
