@@ -4,7 +4,11 @@
 #include <stdint.h>
 #include <string.h>
 
-__attribute__((target_clones("avx2", "default")))
+/* Each hot kernel is built twice, for AVX2 and for the baseline; the loader picks one at run time.
+ * Without FMA contraction both do the same IEEE-754 operations, so they give the same bits. */
+#define MADE_CLONES __attribute__((target_clones("avx2", "default")))
+
+MADE_CLONES
 void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
                    made_adam_constants c) {
     for (size_t i = 0; i < n; i++) {
@@ -73,7 +77,7 @@ static inline float log1p_unit(float e) {
 float made_exp_nonpositive_f32(float x) { return exp_nonpositive(x); }
 float made_log1p_unit_f32(float e) { return log1p_unit(e); }
 
-__attribute__((target_clones("avx2", "default")))
+MADE_CLONES
 float made_bernoulli_f32(size_t n, const float *restrict x, const float *restrict z, float *restrict grad) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     size_t j = 0;
@@ -103,4 +107,48 @@ float made_bernoulli_f32(size_t n, const float *restrict x, const float *restric
         }
     }
     return (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + tail;
+}
+
+
+MADE_CLONES
+void made_mask_select_f32(size_t n, const float *restrict w, const unsigned char *restrict mask, float *restrict out) {
+    for (size_t i = 0; i < n; i++) out[i] = mask[i] ? w[i] : 0.0f;
+}
+
+MADE_CLONES
+void made_mask_inplace_f32(size_t n, float *restrict a, const unsigned char *restrict mask) {
+    for (size_t i = 0; i < n; i++) a[i] = mask[i] ? a[i] : 0.0f;
+}
+
+MADE_CLONES
+void made_bias_relu_f32(size_t rows, size_t cols, float *restrict h, const float *restrict b) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = h + r * cols;
+        for (size_t j = 0; j < cols; j++) {
+            float v = row[j] + b[j];
+            row[j] = v > 0.0f ? v : 0.0f;
+        }
+    }
+}
+
+MADE_CLONES
+void made_bias_add_f32(size_t rows, size_t cols, float *restrict h, const float *restrict b) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = h + r * cols;
+        for (size_t j = 0; j < cols; j++) row[j] = row[j] + b[j];
+    }
+}
+
+MADE_CLONES
+void made_relu_backward_f32(size_t n, float *restrict d, const float *restrict h) {
+    for (size_t i = 0; i < n; i++) d[i] = h[i] > 0.0f ? d[i] : 0.0f;
+}
+
+MADE_CLONES
+void made_column_sums_f32(size_t rows, size_t cols, const float *restrict a, float *restrict out) {
+    for (size_t j = 0; j < cols; j++) out[j] = a[j];
+    for (size_t r = 1; r < rows; r++) {
+        const float *row = a + r * cols;
+        for (size_t j = 0; j < cols; j++) out[j] = out[j] + row[j];
+    }
 }

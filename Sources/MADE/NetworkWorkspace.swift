@@ -1,3 +1,5 @@
+import CKernels
+
 /// The buffers and kernels of MADE's forward and backward passes, for batches of up to
 /// `capacity` examples, computing in `T`.
 ///
@@ -26,7 +28,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     let outputGradient: UnsafeMutableBufferPointer<T>
     let deltas: [UnsafeMutableBufferPointer<T>]
     /// Per matrix of ``ParameterLayout/matrices``: the 0/1 mask, the masked weights and the bias.
-    let masks: [UnsafeMutableBufferPointer<T>]
+    let masks: [UnsafeMutableBufferPointer<UInt8>]
     let maskedWeights: [UnsafeMutableBufferPointer<T>]
     let biases: [UnsafeMutableBufferPointer<T>]
     /// Per-row losses of the last loss pass, in `Double`.
@@ -50,7 +52,11 @@ public final class NetworkWorkspace<T: BLASScalar> {
         let widest = configuration.hiddenSizes.max() ?? 0
         deltas = widest > 0 ? [buffer(capacity * widest), buffer(capacity * widest)] : []
         let matrices = layout.matrices
-        masks = matrices.map { buffer($0.count) }
+        masks = matrices.map {
+            let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max($0.count, 1))
+            b.initialize(repeating: 0)
+            return b
+        }
         maskedWeights = matrices.map { buffer($0.count) }
         biases = layout.layers.map { buffer($0.columns) }
         rowLosses = UnsafeMutableBufferPointer<Double>.allocate(capacity: capacity)
@@ -80,12 +86,13 @@ public final class NetworkWorkspace<T: BLASScalar> {
         precondition(source.count == masks.count, "setMasks: mask set does not fit this network")
         for (m, bits) in zip(masks, source) {
             precondition(bits.count == m.count, "setMasks: mask of \(bits.count) entries for a matrix of \(m.count)")
-            for i in 0..<bits.count { m[i] = bits[i] == 0 ? 0 : 1 }
+            for i in 0..<bits.count { m[i] = bits[i] == 0 ? 0 : 1 }  // copy, normalized to 0/1
         }
         maskKey = (maskSet.runSeed, maskSet.maskSeed)
     }
 
-    /// Takes the step's parameters: masks every weight matrix (`W * M`) and copies the biases.
+    /// Takes the step's parameters: masks every weight matrix (`W * M`, with masked-out entries
+    /// set to +0) and copies the biases.
     ///
     /// - Precondition: masks are set and `parameters.count == layout.count`.
     /// - Complexity: O(number of parameters): the one mask multiply of a step.
@@ -94,10 +101,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
         precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
         let p = parameters.baseAddress!
         for (k, matrix) in layout.matrices.enumerated() {
-            let w = p + matrix.offset
-            let m = masks[k].baseAddress!
-            let out = maskedWeights[k].baseAddress!
-            for i in 0..<matrix.count { out[i] = w[i] * m[i] }
+            maskSelect(p + matrix.offset, masks[k].baseAddress!, maskedWeights[k].baseAddress!, count: matrix.count)
             if let b = matrix.biasOffset {
                 biases[k].baseAddress!.update(from: p + b, count: matrix.columns)
             }
@@ -153,16 +157,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
                        alpha: 1, a: input.baseAddress!, lda: d.rows, b: maskedWeights[layers.count].baseAddress!, ldb: d.columns,
                        beta: 1, c: target, ldc: d.columns)
             }
-            let b = biases[l].baseAddress!
-            let width = m.columns
-            for r in 0..<n {
-                let row = target + r * width
-                if isOutput {
-                    for j in 0..<width { row[j] += b[j] }
-                } else {
-                    for j in 0..<width { row[j] = Swift.max(row[j] + b[j], 0) }
-                }
-            }
+            addBias(target, biases[l].baseAddress!, rows: n, columns: m.columns, relu: !isOutput)
             previous = UnsafePointer(target)
         }
     }
@@ -203,7 +198,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
             T.gemm(transposeA: true, transposeB: false, m: m.rows, n: m.columns, k: n,
                    alpha: 1, a: below, lda: m.rows, b: delta, ldb: m.columns,
                    beta: 0, c: g + m.offset, ldc: m.columns)
-            multiply(g + m.offset, by: masks[l].baseAddress!, count: m.count)
+            multiply(g + m.offset, by: UnsafePointer(masks[l].baseAddress!), count: m.count)
             columnSums(delta, rows: n, columns: m.columns, into: g + m.biasOffset!)
             if l > 0 {
                 let next = deltas[pingPong].baseAddress!
@@ -211,8 +206,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
                 T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
                        alpha: 1, a: delta, lda: m.columns, b: maskedWeights[l].baseAddress!, ldb: m.columns,
                        beta: 0, c: next, ldc: m.rows)
-                let h = hidden[l - 1].baseAddress!
-                for i in 0..<(n * m.rows) where h[i] <= 0 { next[i] = 0 }
+                reluBackward(next, hidden[l - 1].baseAddress!, count: n * m.rows)
                 delta = next
             } else if let ig = inputGradient {
                 T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
@@ -225,7 +219,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
             T.gemm(transposeA: true, transposeB: false, m: d.rows, n: d.columns, k: n,
                    alpha: 1, a: input.baseAddress!, lda: d.rows, b: outputGradient.baseAddress!, ldb: d.columns,
                    beta: 0, c: g + d.offset, ldc: d.columns)
-            multiply(g + d.offset, by: masks[k].baseAddress!, count: d.count)
+            multiply(g + d.offset, by: UnsafePointer(masks[k].baseAddress!), count: d.count)
             if let ig = inputGradient {
                 T.gemm(transposeA: false, transposeB: true, m: n, n: d.rows, k: d.columns,
                        alpha: 1, a: outputGradient.baseAddress!, lda: d.columns, b: maskedWeights[k].baseAddress!, ldb: d.columns,
@@ -249,11 +243,52 @@ public final class NetworkWorkspace<T: BLASScalar> {
         for i in 0..<values.count { outputGradient[i] = values[i] }
     }
 
-    private func multiply(_ a: UnsafeMutablePointer<T>, by m: UnsafePointer<T>, count: Int) {
-        for i in 0..<count { a[i] *= m[i] }
+    // MARK: Elementwise kernels: the C kernels for Float, plain loops for Double.
+
+    private var isFloat: Bool { T.self == Float.self }
+
+    @inline(__always)
+    private func float(_ p: UnsafePointer<T>) -> UnsafePointer<Float> {
+        UnsafeRawPointer(p).assumingMemoryBound(to: Float.self)
     }
 
+    @inline(__always)
+    private func float(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
+        UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+    }
+
+    /// `out = mask ? w : +0` (+0, so the bits never depend on the sign of a dropped weight).
+    private func maskSelect(_ w: UnsafePointer<T>, _ mask: UnsafePointer<UInt8>, _ out: UnsafeMutablePointer<T>, count: Int) {
+        if isFloat { return made_mask_select_f32(count, float(w), mask, float(out)) }
+        for i in 0..<count { out[i] = mask[i] == 0 ? 0 : w[i] }
+    }
+
+    /// Zeroes (to +0) the entries of `a` where the mask is 0.
+    private func multiply(_ a: UnsafeMutablePointer<T>, by mask: UnsafePointer<UInt8>, count: Int) {
+        if isFloat { return made_mask_inplace_f32(count, float(a), mask) }
+        for i in 0..<count { a[i] = mask[i] == 0 ? 0 : a[i] }
+    }
+
+    /// Adds the bias to every row, then applies the ReLU when `relu` is set.
+    private func addBias(_ h: UnsafeMutablePointer<T>, _ b: UnsafePointer<T>, rows: Int, columns: Int, relu: Bool) {
+        if isFloat {
+            return relu ? made_bias_relu_f32(rows, columns, float(h), float(b)) : made_bias_add_f32(rows, columns, float(h), float(b))
+        }
+        for r in 0..<rows {
+            let row = h + r * columns
+            for j in 0..<columns { row[j] = relu ? Swift.max(row[j] + b[j], 0) : row[j] + b[j] }
+        }
+    }
+
+    /// `d = h > 0 ? d : +0`.
+    private func reluBackward(_ d: UnsafeMutablePointer<T>, _ h: UnsafePointer<T>, count: Int) {
+        if isFloat { return made_relu_backward_f32(count, float(d), float(h)) }
+        for i in 0..<count { d[i] = h[i] > 0 ? d[i] : 0 }
+    }
+
+    /// Sums the rows of `a` into `out`, in row order.
     private func columnSums(_ a: UnsafePointer<T>, rows: Int, columns: Int, into out: UnsafeMutablePointer<T>) {
+        if isFloat { return made_column_sums_f32(rows, columns, float(a), float(out)) }
         out.update(from: a, count: columns)
         for r in 1..<Swift.max(rows, 1) {
             let row = a + r * columns

@@ -32,4 +32,22 @@ float made_exp_nonpositive_f32(float x);
 /* log(1 + e) for e in [0, 1], as used by the Bernoulli kernel (exposed for tests). */
 float made_log1p_unit_f32(float e);
 
+/* out[i] = mask[i] ? w[i] : +0. */
+void made_mask_select_f32(size_t n, const float *restrict w, const unsigned char *restrict mask, float *restrict out);
+
+/* a[i] = mask[i] ? a[i] : +0, in place. */
+void made_mask_inplace_f32(size_t n, float *restrict a, const unsigned char *restrict mask);
+
+/* Each of `rows` rows of h (row-major, `cols` wide): h = max(h + b, 0). */
+void made_bias_relu_f32(size_t rows, size_t cols, float *restrict h, const float *restrict b);
+
+/* Each of `rows` rows of h: h = h + b. */
+void made_bias_add_f32(size_t rows, size_t cols, float *restrict h, const float *restrict b);
+
+/* d[i] = h[i] > 0 ? d[i] : +0: the ReLU derivative applied to a back-propagated delta. */
+void made_relu_backward_f32(size_t n, float *restrict d, const float *restrict h);
+
+/* out[j] = sum over rows r, in row order, of a[r * cols + j]. rows >= 1. */
+void made_column_sums_f32(size_t rows, size_t cols, const float *restrict a, float *restrict out);
+
 #endif
