@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "made", targets: ["made"]),
         .library(name: "MADE", targets: ["MADE"]),
+        .library(name: "MADECluster", targets: ["MADECluster"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -25,6 +26,11 @@ let package = Package(
             pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        .systemLibrary(
+            name: "CZeroMQ",
+            pkgConfig: "libzmq",
+            providers: [.apt(["libzmq3-dev"])]
+        ),
         .target(
             name: "CKernels",
             cSettings: [.unsafeFlags(["-O3", "-fno-math-errno", "-ffp-contract=off"])]
@@ -41,10 +47,19 @@ let package = Package(
             ],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
+        .target(
+            name: "MADECluster",
+            dependencies: [
+                "MADE",
+                "CZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "made",
             dependencies: [
                 "MADE",
+                "MADECluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -52,6 +67,10 @@ let package = Package(
         .testTarget(
             name: "MADETests",
             dependencies: ["MADE"]
+        ),
+        .testTarget(
+            name: "MADEClusterTests",
+            dependencies: ["MADECluster", "MADE"]
         ),
     ]
 )

@@ -1,0 +1,307 @@
+import Foundation
+
+/// The coordinator's decisions, with no sockets: who is alive, which shard goes to whom, which
+/// result counts.
+///
+/// A thin loop feeds it decoded frames (``receive(from:runID:message:now:)``), decoding failures
+/// (``malformed(from:error:now:)``) and clock ticks (``tick(now:)``), and carries out the
+/// ``Action``s it returns. Time is milliseconds on any monotonic clock.
+///
+/// Work is pulled: a registered worker holds at most one shard at a time and gets the next
+/// pending one as soon as it is idle. A worker not heard from for `heartbeatTimeout` is dead and
+/// its shard goes back to the queue; a shard in flight longer than `taskTimeout` is queued again
+/// for another worker as well. The first valid result for a shard wins; later ones, and results
+/// for other steps, are dropped and counted. A result whose mask digest differs from the
+/// step's is refused and its worker dismissed, since the two disagree on the masks.
+public struct CoordinatorStateMachine: Sendable {
+    public typealias Peer = [UInt8]
+
+    public struct Settings: Sendable {
+        public var runID: UInt64
+        /// The data fingerprint workers must present (32 bytes).
+        public var dataFingerprint: [UInt8]
+        /// Sent to workers in `welcome`: the run's configuration, opaque here.
+        public var configuration: [UInt8]
+        public var heartbeatInterval: UInt64 = 1000
+        public var heartbeatTimeout: UInt64 = 10_000
+        public var taskTimeout: UInt64 = 60_000
+
+        public init(runID: UInt64, dataFingerprint: [UInt8], configuration: [UInt8]) {
+            self.runID = runID
+            self.dataFingerprint = dataFingerprint
+            self.configuration = configuration
+        }
+    }
+
+    /// One step's work.
+    public struct StepPlan: Sendable, Equatable {
+        public var step: UInt64
+        public var maskSeed: UInt64
+        /// Digest of the step's masks (16 bytes); results must carry the same.
+        public var maskDigest: [UInt8]
+        /// Values in one packed gradient.
+        public var gradientCount: Int
+        /// Rows of each shard, by shard index.
+        public var shards: [[Int32]]
+
+        public init(step: UInt64, maskSeed: UInt64, maskDigest: [UInt8], gradientCount: Int, shards: [[Int32]]) {
+            self.step = step
+            self.maskSeed = maskSeed
+            self.maskDigest = maskDigest
+            self.gradientCount = gradientCount
+            self.shards = shards
+        }
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Send a small control message.
+        case send(Peer, WireMessage)
+        /// Send a task; the loop attaches the step's packed parameters when `includeParameters` is set.
+        case assign(Peer, WireMessage.Task, includeParameters: Bool)
+        case workerJoined(Peer, name: String)
+        case workerLost(Peer, name: String, reason: String)
+        /// A frame or result was refused; for the log.
+        case refused(Peer, reason: String)
+    }
+
+    /// What has been refused or recovered from, for logs and tests.
+    public struct Counters: Sendable, Equatable {
+        public var malformed = 0
+        public var wrongRun = 0
+        public var unknownPeer = 0
+        public var refusedWorkers = 0
+        public var lateResults = 0
+        public var duplicateResults = 0
+        public var maskMismatches = 0
+        public var badResults = 0
+        public var workersJoined = 0
+        public var workersLost = 0
+        public var reassignedShards = 0
+        public init() {}
+
+        /// Frames and results dropped for being malformed, foreign or wrong.
+        public var rejected: Int { malformed + wrongRun + unknownPeer + refusedWorkers + maskMismatches + badResults }
+    }
+
+    struct Worker: Sendable {
+        var name: String
+        var lastHeard: UInt64
+        var shard: UInt32?
+        var assignedAt: UInt64 = 0
+        var parametersStep: UInt64?
+    }
+
+    public let settings: Settings
+    public private(set) var counters = Counters()
+    private var workers: [Peer: Worker] = [:]
+    /// Registration order, so assignment is deterministic for a given sequence of events.
+    private var order: [Peer] = []
+    private var plan: StepPlan?
+    private var pending: [UInt32] = []
+    private var results: [UInt32: WireMessage.Result] = [:]
+    private var lastHeartbeatSent: UInt64 = 0
+    private var heartbeatSequence: UInt64 = 0
+
+    public init(settings: Settings) {
+        self.settings = settings
+    }
+
+    /// Workers currently registered.
+    public var workerCount: Int { workers.count }
+
+    /// Names of the registered workers, in registration order.
+    public var workerNames: [String] { order.compactMap { workers[$0]?.name } }
+
+    /// The step in progress.
+    public var currentStep: UInt64? { plan?.step }
+
+    /// Whether every shard of the current step has a result.
+    public var isStepComplete: Bool {
+        guard let plan else { return false }
+        return results.count == plan.shards.count
+    }
+
+    // MARK: Steps
+
+    /// Starts a step: queues its shards and hands them to idle workers.
+    public mutating func begin(_ plan: StepPlan, now: UInt64) -> [Action] {
+        precondition(!plan.shards.isEmpty, "a step needs at least one shard")
+        self.plan = plan
+        results = [:]
+        pending = (0..<UInt32(plan.shards.count)).map { $0 }
+        for peer in order { workers[peer]?.shard = nil }
+        return assignIdle(now: now)
+    }
+
+    /// The results of the completed step, by shard index, and clears it.
+    public mutating func takeResults() -> [WireMessage.Result] {
+        precondition(isStepComplete, "takeResults: the step is not complete")
+        let out = (0..<UInt32(plan!.shards.count)).map { results[$0]! }
+        plan = nil
+        results = [:]
+        pending = []
+        return out
+    }
+
+    /// Tells every worker to exit.
+    public mutating func shutdownAll(exitCode: UInt8, reason: String) -> [Action] {
+        let actions = order.map { Action.send($0, .shutdown(exitCode: exitCode, reason: reason)) }
+        workers = [:]
+        order = []
+        return actions
+    }
+
+    // MARK: Events
+
+    /// A frame from `peer` that decoded to `message` with header run id `runID`.
+    public mutating func receive(from peer: Peer, runID: UInt64, message: WireMessage, now: UInt64) -> [Action] {
+        if case .hello(let hello) = message { return register(peer, hello, now: now) }
+        guard runID == settings.runID else {
+            counters.wrongRun += 1
+            return [.refused(peer, reason: "run id \(String(runID, radix: 16)) is not this run's"),
+                    .send(peer, .reject(reason: "this coordinator runs another job (run id \(String(settings.runID, radix: 16)))"))]
+        }
+        guard var worker = workers[peer] else {
+            counters.unknownPeer += 1
+            return [.send(peer, .who)]
+        }
+        worker.lastHeard = now
+        workers[peer] = worker
+        switch message {
+        case .heartbeat:
+            return []
+        case .result(let result):
+            return accept(result, from: peer, now: now)
+        case .hello, .welcome, .reject, .task, .shutdown, .who:
+            counters.malformed += 1
+            return [.refused(peer, reason: "unexpected \(message.kind) from a worker")]
+        }
+    }
+
+    /// A frame from `peer` that failed to decode.
+    public mutating func malformed(from peer: Peer, error: WireError, now: UInt64) -> [Action] {
+        counters.malformed += 1
+        var actions: [Action] = [.refused(peer, reason: "malformed frame: \(error)")]
+        if case .unsupportedVersion = error {
+            actions.append(.send(peer, .reject(reason: "unsupported protocol version; this coordinator speaks version \(WireFormat.version)")))
+        }
+        return actions
+    }
+
+    /// Time passes: heartbeats go out, silent workers are declared dead, stuck shards requeued.
+    public mutating func tick(now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        for peer in order {
+            guard let worker = workers[peer], now > worker.lastHeard + settings.heartbeatTimeout else { continue }
+            actions += remove(peer, reason: "no message for \(now - worker.lastHeard) ms")
+        }
+        if let plan {
+            for peer in order {
+                guard let worker = workers[peer], let shard = worker.shard, results[shard] == nil,
+                      now > worker.assignedAt + settings.taskTimeout, !pending.contains(shard) else { continue }
+                pending.append(shard)
+                counters.reassignedShards += 1
+                workers[peer]?.assignedAt = now   // once per timeout period
+            }
+        }
+        if now >= lastHeartbeatSent + settings.heartbeatInterval {
+            lastHeartbeatSent = now
+            heartbeatSequence += 1
+            actions += order.map { .send($0, .heartbeat(sequence: heartbeatSequence)) }
+        }
+        return actions + assignIdle(now: now)
+    }
+
+    // MARK: Internals
+
+    private mutating func register(_ peer: Peer, _ hello: WireMessage.Hello, now: UInt64) -> [Action] {
+        guard hello.dataFingerprint == settings.dataFingerprint else {
+            counters.refusedWorkers += 1
+            let reason = "data mismatch: this run's data has fingerprint \(hex(settings.dataFingerprint.prefix(8))), "
+                + "the worker's \(hex(hello.dataFingerprint.prefix(8))); start the worker on the same data file and options"
+            return [.refused(peer, reason: reason), .send(peer, .reject(reason: reason))]
+        }
+        var actions: [Action] = []
+        if workers[peer] != nil {
+            actions += remove(peer, reason: "said hello again (restarted)", counted: false)
+        }
+        workers[peer] = Worker(name: hello.name, lastHeard: now)
+        order.append(peer)
+        counters.workersJoined += 1
+        actions.append(.workerJoined(peer, name: hello.name))
+        actions.append(.send(peer, .welcome(.init(heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
+                                                    configuration: settings.configuration))))
+        return actions + assignIdle(now: now)
+    }
+
+    private mutating func remove(_ peer: Peer, reason: String, counted: Bool = true) -> [Action] {
+        guard let worker = workers.removeValue(forKey: peer) else { return [] }
+        order.removeAll { $0 == peer }
+        if let shard = worker.shard, plan != nil, results[shard] == nil, !pending.contains(shard),
+           !order.contains(where: { workers[$0]?.shard == shard }) {
+            pending.insert(shard, at: 0)
+            counters.reassignedShards += 1
+        }
+        if counted { counters.workersLost += 1 }
+        return [.workerLost(peer, name: worker.name, reason: reason)]
+    }
+
+    private mutating func accept(_ result: WireMessage.Result, from peer: Peer, now: UInt64) -> [Action] {
+        if workers[peer]?.shard == result.shard { workers[peer]?.shard = nil }
+        guard let plan, result.step == plan.step else {
+            counters.lateResults += 1
+            return assignIdle(now: now)
+        }
+        guard Int(result.shard) < plan.shards.count else {
+            counters.badResults += 1
+            return [.refused(peer, reason: "result for shard \(result.shard) of a \(plan.shards.count)-shard step")] + assignIdle(now: now)
+        }
+        guard results[result.shard] == nil else {
+            counters.duplicateResults += 1
+            return assignIdle(now: now)
+        }
+        guard result.maskDigest == plan.maskDigest else {
+            counters.maskMismatches += 1
+            let reason = "mask digest \(hex(result.maskDigest)) differs from the step's \(hex(plan.maskDigest)): the worker built other masks"
+            var actions: [Action] = [.refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason))]
+            requeue(result.shard)
+            actions += remove(peer, reason: reason)
+            return actions + assignIdle(now: now)
+        }
+        guard result.gradient.count == plan.gradientCount else {
+            counters.badResults += 1
+            requeue(result.shard)
+            return [.refused(peer, reason: "gradient of \(result.gradient.count) values, expected \(plan.gradientCount)")] + assignIdle(now: now)
+        }
+        results[result.shard] = result
+        pending.removeAll { $0 == result.shard }
+        return assignIdle(now: now)
+    }
+
+    private mutating func requeue(_ shard: UInt32) {
+        if results[shard] == nil, !pending.contains(shard) { pending.insert(shard, at: 0) }
+    }
+
+    private mutating func assignIdle(now: UInt64) -> [Action] {
+        guard let plan else { return [] }
+        var actions: [Action] = []
+        for peer in order {
+            guard !pending.isEmpty else { break }
+            guard var worker = workers[peer], worker.shard == nil else { continue }
+            let shard = pending.removeFirst()
+            let includeParameters = worker.parametersStep != plan.step
+            worker.shard = shard
+            worker.assignedAt = now
+            worker.parametersStep = plan.step
+            workers[peer] = worker
+            let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
+                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], parameters: nil)
+            actions.append(.assign(peer, task, includeParameters: includeParameters))
+        }
+        return actions
+    }
+}
+
+func hex<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
+    bytes.map { String(format: "%02x", $0) }.joined()
+}

@@ -1,0 +1,272 @@
+/// Encodes and decodes ``WireMessage`` frames (the layout is documented there).
+public enum WireFormat {
+    public static let magic: [UInt8] = Array("MADW".utf8)
+    public static let version: UInt16 = 1
+    public static let headerSize = 24
+
+    /// Upper bounds on what a decoder accepts, so that a hostile frame cannot make it allocate much.
+    public struct Limits: Sendable, Equatable {
+        public var maxRows: Int = 1 << 20
+        public var maxFloats: Int = 1 << 26
+        public var maxStringBytes: Int = 4096
+        public var maxConfigurationBytes: Int = 1 << 20
+        public init() {}
+    }
+
+    // MARK: Encoding
+
+    /// The frame for `message` in run `runID`.
+    public static func encode(_ message: WireMessage, runID: UInt64) -> [UInt8] {
+        let size = encodedSize(message)
+        return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            var writer = WireWriter(buffer: UnsafeMutableRawBufferPointer(buffer))
+            write(message, runID: runID, size: size, to: &writer)
+            precondition(writer.position == size, "WireFormat: encoded \(writer.position) of \(size) bytes")
+            count = size
+        }
+    }
+
+    /// The frame for `message` in a freshly allocated buffer that the caller owns (for zero-copy sends).
+    public static func encodeOwned(_ message: WireMessage, runID: UInt64) -> UnsafeMutableRawBufferPointer {
+        let size = encodedSize(message)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        var writer = WireWriter(buffer: buffer)
+        write(message, runID: runID, size: size, to: &writer)
+        precondition(writer.position == size)
+        return buffer
+    }
+
+    /// Bytes of the encoded frame.
+    public static func encodedSize(_ message: WireMessage) -> Int {
+        headerSize + payloadSize(message)
+    }
+
+    private static func payloadSize(_ message: WireMessage) -> Int {
+        switch message {
+        case .hello(let h): return 32 + 4 + 2 + h.name.utf8.count
+        case .welcome(let w): return 4 + 4 + w.configuration.count
+        case .reject(let reason): return 2 + reason.utf8.count
+        case .task(let t): return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + 1 + 4 + 4 * (t.parameters?.count ?? 0)
+        case .result(let r): return 8 + 4 + 16 + 8 + 4 + 4 + 4 * r.gradient.count
+        case .heartbeat: return 8
+        case .shutdown(_, let reason): return 1 + 2 + reason.utf8.count
+        case .who: return 0
+        }
+    }
+
+    private static func write(_ message: WireMessage, runID: UInt64, size: Int, to w: inout WireWriter) {
+        w.bytes(magic)
+        w.integer(version)
+        w.integer(message.kind.rawValue)
+        w.integer(UInt8(0))
+        w.integer(runID)
+        w.integer(UInt32(size - headerSize))
+        w.integer(UInt32(0))
+        switch message {
+        case .hello(let h):
+            precondition(h.dataFingerprint.count == 32, "hello: the data fingerprint is 32 bytes")
+            w.bytes(h.dataFingerprint)
+            w.integer(h.processID)
+            w.string(h.name)
+        case .welcome(let welcome):
+            w.integer(welcome.heartbeatIntervalMilliseconds)
+            w.integer(UInt32(welcome.configuration.count))
+            w.bytes(welcome.configuration)
+        case .reject(let reason):
+            w.string(reason)
+        case .task(let t):
+            w.integer(t.step)
+            w.integer(t.shard)
+            w.integer(t.shardCount)
+            w.integer(t.maskSeed)
+            w.integer(UInt32(t.rows.count))
+            t.rows.withUnsafeBytes { w.raw($0) }
+            w.integer(UInt8(t.parameters == nil ? 0 : 1))
+            let p = t.parameters ?? []
+            w.integer(UInt32(p.count))
+            p.withUnsafeBytes { w.raw($0) }
+        case .result(let r):
+            precondition(r.maskDigest.count == 16, "result: the mask digest is 16 bytes")
+            w.integer(r.step)
+            w.integer(r.shard)
+            w.bytes(r.maskDigest)
+            w.integer(r.lossSum.bitPattern)
+            w.integer(r.computeMicroseconds)
+            w.integer(UInt32(r.gradient.count))
+            r.gradient.withUnsafeBytes { w.raw($0) }
+        case .heartbeat(let sequence):
+            w.integer(sequence)
+        case .shutdown(let code, let reason):
+            w.integer(code)
+            w.string(reason)
+        case .who:
+            break
+        }
+    }
+
+    // MARK: Decoding
+
+    /// Parses and validates one frame. Returns the run id of the header and the message.
+    public static func decode(_ frame: [UInt8], limits: Limits = Limits()) throws(WireError) -> (runID: UInt64, message: WireMessage) {
+        let result = frame.withUnsafeBytes { raw in
+            Result { () throws(WireError) in try decode(raw, limits: limits) }
+        }
+        return try result.get()
+    }
+
+    /// ``decode(_:limits:)`` over raw bytes.
+    public static func decode(_ raw: UnsafeRawBufferPointer, limits: Limits = Limits()) throws(WireError) -> (runID: UInt64, message: WireMessage) {
+        guard raw.count >= headerSize else { throw .tooShort(raw.count) }
+        var r = WireReader(buffer: raw)
+        guard try r.bytes(4, "magic") == magic else { throw .badMagic }
+        let v: UInt16 = try r.integer("version")
+        guard v == version else { throw .unsupportedVersion(v) }
+        let typeByte: UInt8 = try r.integer("type")
+        guard let kind = WireMessage.Kind(rawValue: typeByte) else { throw .unknownType(typeByte) }
+        let flags: UInt8 = try r.integer("flags")
+        guard flags == 0 else { throw .nonzeroFlags(flags) }
+        let runID: UInt64 = try r.integer("run id")
+        let length: UInt32 = try r.integer("payload length")
+        let reserved: UInt32 = try r.integer("reserved")
+        guard reserved == 0 else { throw .nonzeroReserved }
+        guard Int(length) == raw.count - headerSize else { throw .lengthMismatch(declared: length, actual: raw.count - headerSize) }
+
+        let message: WireMessage
+        switch kind {
+        case .hello:
+            let fingerprint = try r.bytes(32, "data fingerprint")
+            let pid: UInt32 = try r.integer("process id")
+            let name = try r.string("worker name", limit: limits.maxStringBytes)
+            message = .hello(.init(dataFingerprint: fingerprint, processID: pid, name: name))
+        case .welcome:
+            let interval: UInt32 = try r.integer("heartbeat interval")
+            guard interval > 0 else { throw .invalidField("heartbeat interval is zero") }
+            let count: UInt32 = try r.integer("configuration length")
+            guard Int(count) <= limits.maxConfigurationBytes else {
+                throw .limitExceeded(field: "configuration", count: Int(count), limit: limits.maxConfigurationBytes)
+            }
+            message = .welcome(.init(heartbeatIntervalMilliseconds: interval, configuration: try r.bytes(Int(count), "configuration")))
+        case .reject:
+            message = .reject(reason: try r.string("reason", limit: limits.maxStringBytes))
+        case .task:
+            let step: UInt64 = try r.integer("step")
+            let shard: UInt32 = try r.integer("shard")
+            let shardCount: UInt32 = try r.integer("shard count")
+            guard shardCount > 0, shard < shardCount else { throw .invalidField("shard \(shard) of \(shardCount)") }
+            let maskSeed: UInt64 = try r.integer("mask seed")
+            let rows = try r.int32Array("rows", limit: limits.maxRows)
+            guard rows.allSatisfy({ $0 >= 0 }) else { throw .invalidField("negative row index") }
+            let hasParameters: UInt8 = try r.integer("has-parameters")
+            guard hasParameters <= 1 else { throw .invalidField("has-parameters is \(hasParameters), not 0 or 1") }
+            let parameters = try r.floatArray("parameters", limit: limits.maxFloats)
+            guard hasParameters == 1 || parameters.isEmpty else { throw .invalidField("parameters present but has-parameters is 0") }
+            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows,
+                                  parameters: hasParameters == 1 ? parameters : nil))
+        case .result:
+            let step: UInt64 = try r.integer("step")
+            let shard: UInt32 = try r.integer("shard")
+            let digest = try r.bytes(16, "mask digest")
+            let lossBits: UInt64 = try r.integer("loss sum")
+            let loss = Double(bitPattern: lossBits)
+            guard loss.isFinite else { throw .invalidField("loss sum is not finite") }
+            let micros: UInt32 = try r.integer("compute time")
+            let gradient = try r.floatArray("gradient", limit: limits.maxFloats)
+            message = .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: loss, computeMicroseconds: micros, gradient: gradient))
+        case .heartbeat:
+            message = .heartbeat(sequence: try r.integer("sequence"))
+        case .shutdown:
+            let code: UInt8 = try r.integer("exit code")
+            message = .shutdown(exitCode: code, reason: try r.string("reason", limit: limits.maxStringBytes))
+        case .who:
+            message = .who
+        }
+        guard r.remaining == 0 else { throw .trailingBytes(r.remaining) }
+        return (runID, message)
+    }
+}
+
+/// Writes little-endian fields into a buffer sized in advance.
+struct WireWriter {
+    let buffer: UnsafeMutableRawBufferPointer
+    var position = 0
+
+    mutating func integer<I: FixedWidthInteger>(_ value: I) {
+        buffer.storeBytes(of: value.littleEndian, toByteOffset: position, as: I.self)
+        position += MemoryLayout<I>.size
+    }
+
+    mutating func bytes(_ values: [UInt8]) {
+        values.withUnsafeBytes { raw($0) }
+    }
+
+    /// Copies host-order bytes; floats and integers are little-endian on every platform this runs on.
+    mutating func raw(_ source: UnsafeRawBufferPointer) {
+        #if _endian(big)
+        #error("the wire format stores arrays little-endian; add byte swapping for big-endian hosts")
+        #endif
+        guard source.count > 0 else { return }
+        (buffer.baseAddress! + position).copyMemory(from: source.baseAddress!, byteCount: source.count)
+        position += source.count
+    }
+
+    mutating func string(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(Int(UInt16.max)))
+        integer(UInt16(utf8.count))
+        bytes(utf8)
+    }
+}
+
+/// Reads little-endian fields, failing with the name of the field that runs past the end.
+struct WireReader {
+    let buffer: UnsafeRawBufferPointer
+    var position = 0
+
+    var remaining: Int { buffer.count - position }
+
+    mutating func integer<I: FixedWidthInteger>(_ field: String) throws(WireError) -> I {
+        let n = MemoryLayout<I>.size
+        guard remaining >= n else { throw .truncated(field: field) }
+        defer { position += n }
+        return I(littleEndian: buffer.loadUnaligned(fromByteOffset: position, as: I.self))
+    }
+
+    mutating func bytes(_ count: Int, _ field: String) throws(WireError) -> [UInt8] {
+        guard count >= 0, remaining >= count else { throw .truncated(field: field) }
+        defer { position += count }
+        return Array(buffer[position..<(position + count)])
+    }
+
+    mutating func string(_ field: String, limit: Int) throws(WireError) -> String {
+        let count: UInt16 = try integer(field + " length")
+        guard Int(count) <= limit else { throw .limitExceeded(field: field, count: Int(count), limit: limit) }
+        let raw = try bytes(Int(count), field)
+        guard let s = String(validating: raw, as: UTF8.self) else { throw .invalidField("\(field) is not valid UTF-8") }
+        return s
+    }
+
+    mutating func int32Array(_ field: String, limit: Int) throws(WireError) -> [Int32] {
+        let count = Int(try integer(field + " count") as UInt32)
+        guard count <= limit else { throw .limitExceeded(field: field, count: count, limit: limit) }
+        guard remaining >= 4 * count else { throw .truncated(field: field) }
+        let start = position
+        position += 4 * count
+        return [Int32](unsafeUninitializedCapacity: count) { out, n in
+            UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + 4 * count)]))
+            n = count
+        }
+    }
+
+    mutating func floatArray(_ field: String, limit: Int) throws(WireError) -> [Float] {
+        let count = Int(try integer(field + " count") as UInt32)
+        guard count <= limit else { throw .limitExceeded(field: field, count: count, limit: limit) }
+        guard remaining >= 4 * count else { throw .truncated(field: field) }
+        let start = position
+        position += 4 * count
+        let values = [Float](unsafeUninitializedCapacity: count) { out, n in
+            UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + 4 * count)]))
+            n = count
+        }
+        guard values.allSatisfy({ $0.isFinite }) else { throw .invalidField("\(field) holds a value that is not finite") }
+        return values
+    }
+}

@@ -1,0 +1,152 @@
+/// The messages coordinator and workers exchange, protocol version 1.
+///
+/// Every message is one ZeroMQ frame: a 24-byte header followed by a type-specific payload,
+/// all integers and floats little-endian.
+///
+///     offset  size  field
+///     0       4     magic "MADW"
+///     4       2     protocol version (1)
+///     6       1     message type (``WireMessage/Kind``)
+///     7       1     flags (0)
+///     8       8     run id: the fingerprint of the run's configuration and data; 0 in `hello`
+///     16      4     payload length in bytes (the rest of the frame, exactly)
+///     20      4     reserved (0)
+///
+/// Payloads (strings are a UInt16 byte count and UTF-8; arrays a UInt32 count and values):
+///
+///     hello      data fingerprint (32 bytes), process id (UInt32), worker name (string)
+///     welcome    heartbeat interval ms (UInt32), configuration (UInt32 count + bytes, opaque)
+///     reject     reason (string)
+///     task       step (UInt64), shard (UInt32), shard count (UInt32), mask seed (UInt64),
+///                example rows (Int32 array), has-parameters (UInt8 0/1), parameters (Float32 array)
+///     result     step (UInt64), shard (UInt32), mask digest (16 bytes), loss sum (Float64),
+///                compute microseconds (UInt32), gradient (Float32 array)
+///     heartbeat  sequence (UInt64)
+///     shutdown   exit code (UInt8), reason (string)
+///     who        (empty): "I do not know you; say hello"
+///
+/// Decoding checks the magic, version, type, flags, reserved word, lengths, limits, UTF-8,
+/// and that every float is finite, before any field is used; anything else is a ``WireError``.
+public enum WireMessage: Sendable, Equatable {
+    case hello(Hello)
+    case welcome(Welcome)
+    case reject(reason: String)
+    case task(Task)
+    case result(Result)
+    case heartbeat(sequence: UInt64)
+    case shutdown(exitCode: UInt8, reason: String)
+    case who
+
+    /// The type byte of each message.
+    public enum Kind: UInt8, Sendable, CaseIterable {
+        case hello = 1, welcome = 2, reject = 3, task = 4, result = 5, heartbeat = 6, shutdown = 7, who = 8
+    }
+
+    public struct Hello: Sendable, Equatable {
+        /// SHA-256 of the worker's data set (32 bytes).
+        public var dataFingerprint: [UInt8]
+        public var processID: UInt32
+        /// A name for logs, such as `host:pid`.
+        public var name: String
+        public init(dataFingerprint: [UInt8], processID: UInt32, name: String) {
+            self.dataFingerprint = dataFingerprint
+            self.processID = processID
+            self.name = name
+        }
+    }
+
+    public struct Welcome: Sendable, Equatable {
+        public var heartbeatIntervalMilliseconds: UInt32
+        /// The run's configuration, opaque to the protocol (the model reads it).
+        public var configuration: [UInt8]
+        public init(heartbeatIntervalMilliseconds: UInt32, configuration: [UInt8]) {
+            self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
+            self.configuration = configuration
+        }
+    }
+
+    public struct Task: Sendable, Equatable {
+        public var step: UInt64
+        public var shard: UInt32
+        public var shardCount: UInt32
+        public var maskSeed: UInt64
+        /// Rows of the data set, in order.
+        public var rows: [Int32]
+        /// The step's parameters, packed for its mask; nil when the worker already holds them.
+        public var parameters: [Float]?
+        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], parameters: [Float]?) {
+            self.step = step
+            self.shard = shard
+            self.shardCount = shardCount
+            self.maskSeed = maskSeed
+            self.rows = rows
+            self.parameters = parameters
+        }
+    }
+
+    public struct Result: Sendable, Equatable {
+        public var step: UInt64
+        public var shard: UInt32
+        /// Digest of the masks the worker used (16 bytes).
+        public var maskDigest: [UInt8]
+        /// Sum of the per-example losses of the shard.
+        public var lossSum: Double
+        public var computeMicroseconds: UInt32
+        /// The shard's gradient, packed for its mask.
+        public var gradient: [Float]
+        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, gradient: [Float]) {
+            self.step = step
+            self.shard = shard
+            self.maskDigest = maskDigest
+            self.lossSum = lossSum
+            self.computeMicroseconds = computeMicroseconds
+            self.gradient = gradient
+        }
+    }
+
+    public var kind: Kind {
+        switch self {
+        case .hello: return .hello
+        case .welcome: return .welcome
+        case .reject: return .reject
+        case .task: return .task
+        case .result: return .result
+        case .heartbeat: return .heartbeat
+        case .shutdown: return .shutdown
+        case .who: return .who
+        }
+    }
+}
+
+/// Why a frame was refused. Each case names the field at fault.
+public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
+    case tooShort(Int)
+    case badMagic
+    case unsupportedVersion(UInt16)
+    case unknownType(UInt8)
+    case nonzeroFlags(UInt8)
+    case nonzeroReserved
+    case lengthMismatch(declared: UInt32, actual: Int)
+    case truncated(field: String)
+    case trailingBytes(Int)
+    case limitExceeded(field: String, count: Int, limit: Int)
+    case invalidField(String)
+    case wrongRun(expected: UInt64, got: UInt64)
+
+    public var description: String {
+        switch self {
+        case .tooShort(let n): return "frame of \(n) bytes is shorter than the 24-byte header"
+        case .badMagic: return "bad magic (not a MADE wire message)"
+        case .unsupportedVersion(let v): return "protocol version \(v) (this program speaks \(WireFormat.version))"
+        case .unknownType(let t): return "unknown message type \(t)"
+        case .nonzeroFlags(let f): return "flags \(f) set (none are defined)"
+        case .nonzeroReserved: return "reserved header word is not zero"
+        case .lengthMismatch(let d, let a): return "header declares a \(d)-byte payload, frame holds \(a)"
+        case .truncated(let field): return "payload ends inside \(field)"
+        case .trailingBytes(let n): return "\(n) unexpected bytes after the payload"
+        case .limitExceeded(let field, let count, let limit): return "\(field) holds \(count) items, more than the limit \(limit)"
+        case .invalidField(let what): return what
+        case .wrongRun(let e, let g): return "run id \(String(g, radix: 16)) is not this run's (\(String(e, radix: 16)))"
+        }
+    }
+}

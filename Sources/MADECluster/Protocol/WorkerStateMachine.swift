@@ -1,0 +1,171 @@
+/// A worker's decisions, with no sockets: when to say hello, what to compute, when to give up.
+///
+/// The loop feeds it decoded frames, decoding failures, finished computations and clock ticks
+/// (milliseconds on a monotonic clock) and carries out the returned ``Action``s.
+///
+/// A worker says `hello` until a `welcome` arrives (again every `helloRetry` ms), then computes
+/// each task it is given and answers with its result, and sends a heartbeat whenever it has
+/// been quiet for the coordinator's heartbeat interval. It exits when told to, when refused, or
+/// when nothing has come from the coordinator for `coordinatorTimeout` ms.
+public struct WorkerStateMachine: Sendable {
+    public struct Settings: Sendable {
+        public var dataFingerprint: [UInt8]
+        public var processID: UInt32
+        public var name: String
+        public var coordinatorTimeout: UInt64 = 60_000
+        public var helloRetry: UInt64 = 1000
+
+        public init(dataFingerprint: [UInt8], processID: UInt32, name: String) {
+            self.dataFingerprint = dataFingerprint
+            self.processID = processID
+            self.name = name
+        }
+    }
+
+    public enum Action: Sendable, Equatable {
+        case send(WireMessage)
+        /// Build the model from the run's configuration (from `welcome`) before any task.
+        case configure(runID: UInt64, configuration: [UInt8])
+        /// Compute this task; parameters are attached when the coordinator sent them.
+        case compute(WireMessage.Task)
+        /// Stop the process with this exit code.
+        case exit(code: Int32, reason: String)
+        /// A frame was dropped; for the log.
+        case dropped(reason: String)
+    }
+
+    /// Exit codes a worker ends with.
+    public enum ExitCode {
+        public static let shutdown: Int32 = 0
+        public static let refused: Int32 = 3
+        public static let coordinatorGone: Int32 = 4
+        public static let badConfiguration: Int32 = 5
+    }
+
+    enum State: Sendable, Equatable {
+        case connecting
+        case active(runID: UInt64, heartbeatInterval: UInt64)
+        case finished
+    }
+
+    public let settings: Settings
+    private(set) var state: State = .connecting
+    private var startedAt: UInt64 = 0
+    private var lastHeard: UInt64?
+    private var lastSent: UInt64 = 0
+    private var lastHello: UInt64 = 0
+    private var parametersStep: UInt64?
+    private var heartbeats: UInt64 = 0
+    public private(set) var droppedFrames = 0
+
+    public init(settings: Settings) {
+        self.settings = settings
+    }
+
+    /// The run this worker serves, once welcomed.
+    public var runID: UInt64? {
+        if case .active(let id, _) = state { return id }
+        return nil
+    }
+
+    public var isFinished: Bool { state == .finished }
+
+    private var hello: WireMessage {
+        .hello(.init(dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name))
+    }
+
+    /// The worker starts: it says hello.
+    public mutating func start(now: UInt64) -> [Action] {
+        startedAt = now
+        return sayHello(now: now)
+    }
+
+    /// A decoded frame from the coordinator.
+    public mutating func receive(runID: UInt64, message: WireMessage, now: UInt64) -> [Action] {
+        guard state != .finished else { return [] }
+        lastHeard = now
+        switch message {
+        case .welcome(let welcome):
+            state = .active(runID: runID, heartbeatInterval: UInt64(welcome.heartbeatIntervalMilliseconds))
+            parametersStep = nil
+            return [.configure(runID: runID, configuration: welcome.configuration)]
+        case .reject(let reason):
+            state = .finished
+            return [.exit(code: ExitCode.refused, reason: "the coordinator refused this worker: \(reason)")]
+        case .shutdown(let code, let reason):
+            state = .finished
+            return [.exit(code: Int32(code), reason: reason)]
+        case .who:
+            state = .connecting
+            return sayHello(now: now)
+        case .heartbeat:
+            return []
+        case .task(let task):
+            guard case .active(let id, _) = state, id == runID else {
+                return drop("a task before welcome, or for another run")
+            }
+            if task.parameters != nil {
+                parametersStep = task.step
+            } else if parametersStep != task.step {
+                // The coordinator believes this worker holds parameters it does not: start over.
+                state = .connecting
+                return sayHello(now: now)
+            }
+            return [.compute(task)]
+        case .hello, .result:
+            return drop("unexpected \(message.kind) from the coordinator")
+        }
+    }
+
+    /// A frame that failed to decode.
+    public mutating func malformed(_ error: WireError, now: UInt64) -> [Action] {
+        drop("malformed frame: \(error)")
+    }
+
+    /// The model could not be built from the configuration.
+    public mutating func configurationFailed(_ reason: String) -> [Action] {
+        state = .finished
+        return [.exit(code: ExitCode.badConfiguration, reason: "cannot build the model: \(reason)")]
+    }
+
+    /// A task finished.
+    public mutating func computed(_ result: WireMessage.Result, now: UInt64) -> [Action] {
+        guard case .active = state else { return [] }
+        lastSent = now
+        return [.send(.result(result))]
+    }
+
+    /// Time passes.
+    public mutating func tick(now: UInt64) -> [Action] {
+        switch state {
+        case .finished:
+            return []
+        case .connecting:
+            if now > (lastHeard ?? startedAt) + settings.coordinatorTimeout {
+                state = .finished
+                return [.exit(code: ExitCode.coordinatorGone, reason: "no coordinator answered for \(settings.coordinatorTimeout / 1000) s")]
+            }
+            return now >= lastHello + settings.helloRetry ? sayHello(now: now) : []
+        case .active(_, let interval):
+            if now > (lastHeard ?? startedAt) + settings.coordinatorTimeout {
+                state = .finished
+                return [.exit(code: ExitCode.coordinatorGone, reason: "the coordinator has been silent for \(settings.coordinatorTimeout / 1000) s")]
+            }
+            guard now >= lastSent + interval else { return [] }
+            lastSent = now
+            heartbeats += 1
+            return [.send(.heartbeat(sequence: heartbeats))]
+        }
+    }
+
+    private mutating func sayHello(now: UInt64) -> [Action] {
+        lastHello = now
+        lastSent = now
+        return [.send(hello)]
+    }
+
+    private mutating func drop(_ reason: String) -> [Action] {
+        droppedFrames += 1
+        return [.dropped(reason: reason)]
+    }
+}

@@ -1,0 +1,243 @@
+import Testing
+@testable import MADECluster
+
+@Suite("Coordinator state machine")
+struct CoordinatorStateMachineTests {
+    static let fingerprint = [UInt8](repeating: 7, count: 32)
+    static let digest = [UInt8](repeating: 1, count: 16)
+    let a: [UInt8] = Array("worker-a".utf8)
+    let b: [UInt8] = Array("worker-b".utf8)
+    let c: [UInt8] = Array("worker-c".utf8)
+
+    func machine() -> CoordinatorStateMachine {
+        var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [1, 2, 3])
+        s.heartbeatInterval = 100
+        s.heartbeatTimeout = 1000
+        s.taskTimeout = 5000
+        return CoordinatorStateMachine(settings: s)
+    }
+
+    func hello(_ name: String, fingerprint: [UInt8] = fingerprint) -> WireMessage {
+        .hello(.init(dataFingerprint: fingerprint, processID: 1, name: name))
+    }
+
+    func plan(step: UInt64, shards: Int = 4) -> CoordinatorStateMachine.StepPlan {
+        .init(step: step, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2,
+              shards: (0..<shards).map { [Int32($0 * 10), Int32($0 * 10 + 1)] })
+    }
+
+    func result(step: UInt64, shard: UInt32, digest: [UInt8] = digest, count: Int = 2) -> WireMessage {
+        .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: Double(shard), computeMicroseconds: 1,
+                      gradient: [Float](repeating: Float(shard), count: count)))
+    }
+
+    func assignments(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Bool)] {
+        actions.compactMap { if case .assign(let p, let t, let withParameters) = $0 { (p, t.shard, withParameters) } else { nil } }
+    }
+
+    @Test("workers are welcomed, pull shards in order and get parameters once per step")
+    func assignment() {
+        var m = machine()
+        let joined = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        #expect(joined.contains(.send(a, .welcome(.init(heartbeatIntervalMilliseconds: 100, configuration: [1, 2, 3])))))
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        let first = assignments(m.begin(plan(step: 0), now: 1))
+        #expect(first.map(\.1) == [0, 1])
+        #expect(first.allSatisfy { $0.2 })
+        let next = assignments(m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 2))
+        #expect(next.count == 1 && next[0].0 == b && next[0].1 == 2 && next[0].2 == false)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 3)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 2), now: 4)
+        #expect(!m.isStepComplete)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 3), now: 5)
+        #expect(m.isStepComplete)
+        #expect(m.takeResults().map(\.shard) == [0, 1, 2, 3])
+        let second = assignments(m.begin(plan(step: 1), now: 6))
+        #expect(second.count == 2 && second.allSatisfy { $0.2 })
+    }
+
+    @Test("a worker with other data is refused with the reason")
+    func dataMismatch() {
+        var m = machine()
+        let actions = m.receive(from: a, runID: 0, message: hello("a", fingerprint: [UInt8](repeating: 9, count: 32)), now: 0)
+        #expect(m.workerCount == 0)
+        #expect(m.counters.refusedWorkers == 1)
+        #expect(actions.contains { if case .send(_, .reject(let reason)) = $0 { reason.contains("data mismatch") } else { false } })
+    }
+
+    @Test("duplicate, late, foreign and malformed input is dropped and counted")
+    func drops() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.begin(plan(step: 5, shards: 2), now: 0)
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0), now: 1)
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0), now: 2)
+        #expect(m.counters.duplicateResults == 1)
+        _ = m.receive(from: a, runID: 77, message: result(step: 4, shard: 1), now: 3)
+        #expect(m.counters.lateResults == 1)
+        let foreign = m.receive(from: a, runID: 78, message: result(step: 5, shard: 1), now: 4)
+        #expect(m.counters.wrongRun == 1)
+        #expect(foreign.contains { if case .send(_, .reject) = $0 { true } else { false } })
+        let stranger = m.receive(from: c, runID: 77, message: .heartbeat(sequence: 1), now: 5)
+        #expect(stranger == [.send(c, .who)])
+        _ = m.malformed(from: c, error: .badMagic, now: 6)
+        let old = m.malformed(from: c, error: .unsupportedVersion(9), now: 6)
+        #expect(old.contains { if case .send(_, .reject) = $0 { true } else { false } })
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1, count: 3), now: 7)
+        #expect(m.counters.badResults == 1)
+        #expect(!m.isStepComplete)
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1), now: 8)
+        #expect(m.isStepComplete)
+        #expect(m.counters.malformed == 2)
+        #expect(m.counters.rejected == 5)
+    }
+
+    @Test("a silent worker is declared dead and its shard goes to another")
+    func deadWorker() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        _ = m.begin(plan(step: 0, shards: 2), now: 0)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 500)
+        let actions = m.tick(now: 1200)
+        #expect(actions.contains(.workerLost(a, name: "a", reason: "no message for 1200 ms")))
+        let moved = assignments(actions)
+        #expect(moved.count == 1 && moved[0].0 == b && moved[0].1 == 0)
+        #expect(m.counters.workersLost == 1)
+        // A late result from the dead worker counts for nothing now it is gone.
+        #expect(m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 1300) == [.send(a, .who)])
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0), now: 1400)
+        #expect(m.isStepComplete)
+    }
+
+    @Test("a shard stuck past the task timeout is given to an idle worker too; the first result wins")
+    func stuckShard() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        _ = m.begin(plan(step: 0, shards: 2), now: 0)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 10)
+        for t in stride(from: UInt64(100), through: 5000, by: 100) {
+            _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: t), now: t)
+            _ = m.receive(from: b, runID: 77, message: .heartbeat(sequence: t), now: t)
+            _ = m.tick(now: t)
+        }
+        let actions = m.tick(now: 5100)
+        let moved = assignments(actions)
+        #expect(moved.count == 1 && moved[0].0 == b && moved[0].1 == 0)
+        #expect(m.counters.reassignedShards == 1)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0), now: 5200)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 5300)
+        #expect(m.counters.duplicateResults == 1)
+        #expect(m.isStepComplete)
+    }
+
+    @Test("a result built with other masks is refused and its worker dismissed")
+    func maskMismatch() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        _ = m.begin(plan(step: 0, shards: 2), now: 0)
+        let actions = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, digest: [UInt8](repeating: 2, count: 16)), now: 1)
+        #expect(m.counters.maskMismatches == 1)
+        #expect(m.workerCount == 1)
+        #expect(actions.contains { if case .send(let p, .shutdown) = $0 { p == a } else { false } })
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 2)
+        let moved = assignments(m.tick(now: 3))
+        #expect(moved.count == 0)  // shard 0 went to b right after its result
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0), now: 4)
+        #expect(m.isStepComplete)
+    }
+
+    @Test("a restarted worker that says hello again gets its shard requeued and parameters resent")
+    func rehello() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.begin(plan(step: 0, shards: 1), now: 0)
+        let actions = m.receive(from: a, runID: 0, message: hello("a"), now: 10)
+        let again = assignments(actions)
+        #expect(again.count == 1 && again[0].1 == 0 && again[0].2)
+        #expect(m.counters.workersLost == 0)
+    }
+
+    @Test("heartbeats go to every worker each interval; shutdown reaches all")
+    func heartbeats() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        let beats = m.tick(now: 100).filter { if case .send(_, .heartbeat) = $0 { true } else { false } }
+        #expect(beats.count == 2)
+        #expect(m.tick(now: 150).isEmpty)
+        let bye = m.shutdownAll(exitCode: 0, reason: "done")
+        #expect(bye.count == 2)
+        #expect(m.workerCount == 0)
+    }
+}
+
+@Suite("Worker state machine")
+struct WorkerStateMachineTests {
+    func machine() -> WorkerStateMachine {
+        var s = WorkerStateMachine.Settings(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w")
+        s.coordinatorTimeout = 3000
+        s.helloRetry = 500
+        return WorkerStateMachine(settings: s)
+    }
+
+    func task(step: UInt64, parameters: [Float]?) -> WireMessage {
+        .task(.init(step: step, shard: 0, shardCount: 1, maskSeed: 0, rows: [1], parameters: parameters))
+    }
+
+    @Test("hello until welcomed, then configure, compute and answer")
+    func lifecycle() {
+        var w = machine()
+        #expect(w.start(now: 0).count == 1)
+        #expect(w.tick(now: 100).isEmpty)
+        #expect(w.tick(now: 500).count == 1)   // hello again
+        #expect(w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [4])), now: 600)
+                == [.configure(runID: 5, configuration: [4])])
+        let compute = w.receive(runID: 5, message: task(step: 1, parameters: [1]), now: 700)
+        #expect(compute.count == 1)
+        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, gradient: [1])
+        #expect(w.computed(result, now: 710) == [.send(.result(result))])
+        // Second shard of the same step needs no parameters.
+        #expect(w.receive(runID: 5, message: task(step: 1, parameters: nil), now: 720).count == 1)
+        #expect(w.tick(now: 800).isEmpty)
+        #expect(w.tick(now: 910) == [.send(.heartbeat(sequence: 1))])
+    }
+
+    @Test("a task without the parameters it needs, or a 'who', starts the handshake again")
+    func recovery() {
+        var w = machine()
+        _ = w.start(now: 0)
+        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 10)
+        let missing = w.receive(runID: 5, message: task(step: 3, parameters: nil), now: 20)
+        #expect(missing.count == 1)
+        if case .send(.hello) = missing[0] {} else { Issue.record("expected hello, got \(missing)") }
+        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 30)
+        let who = w.receive(runID: 5, message: .who, now: 40)
+        if case .send(.hello) = who.first {} else { Issue.record("expected hello after who") }
+        #expect(w.receive(runID: 5, message: task(step: 3, parameters: [1]), now: 50).first.map { if case .dropped = $0 { true } else { false } } == true)
+    }
+
+    @Test("exits: refused, shut down, coordinator gone, bad configuration")
+    func exits() {
+        var w = machine()
+        _ = w.start(now: 0)
+        #expect(w.receive(runID: 0, message: .reject(reason: "no"), now: 1).first.map {
+            if case .exit(let code, _) = $0 { code == 3 } else { false } } == true)
+        w = machine()
+        _ = w.start(now: 0)
+        #expect(w.receive(runID: 1, message: .shutdown(exitCode: 0, reason: "done"), now: 1) == [.exit(code: 0, reason: "done")])
+        #expect(w.isFinished)
+        w = machine()
+        _ = w.start(now: 0)
+        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 10)
+        #expect(w.tick(now: 3000).allSatisfy { if case .exit = $0 { false } else { true } })
+        #expect(w.tick(now: 3011).contains { if case .exit(let code, _) = $0 { code == 4 } else { false } })
+        w = machine()
+        _ = w.start(now: 0)
+        #expect(w.tick(now: 3001).contains { if case .exit(let code, _) = $0 { code == 4 } else { false } })
+        w = machine()
+        #expect(w.configurationFailed("bad").first.map { if case .exit(let code, _) = $0 { code == 5 } else { false } } == true)
+    }
+}

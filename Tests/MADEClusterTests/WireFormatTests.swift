@@ -1,0 +1,135 @@
+import Testing
+@testable import MADECluster
+import MADE
+
+@Suite("Wire format")
+struct WireFormatTests {
+    static let samples: [WireMessage] = [
+        .hello(.init(dataFingerprint: (0..<32).map { UInt8($0) }, processID: 4242, name: "node-1:4242 é")),
+        .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: Array("{\"a\":1}".utf8))),
+        .reject(reason: "data mismatch"),
+        .task(.init(step: 1 << 40, shard: 3, shardCount: 4, maskSeed: 7, rows: [0, 5, 49_999], parameters: [1, -2.5, 0, .leastNonzeroMagnitude])),
+        .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: nil)),
+        .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
+                      computeMicroseconds: 777, gradient: [0.25, -0.0, 3e-38])),
+        .heartbeat(sequence: .max),
+        .shutdown(exitCode: 0, reason: "done"),
+        .who,
+    ]
+
+    @Test("every message round-trips", arguments: samples)
+    func roundTrip(message: WireMessage) throws {
+        let frame = WireFormat.encode(message, runID: 0xDEAD_BEEF)
+        #expect(frame.count == WireFormat.encodedSize(message))
+        let (runID, decoded) = try WireFormat.decode(frame)
+        #expect(runID == 0xDEAD_BEEF)
+        #expect(decoded == message)
+        let owned = WireFormat.encodeOwned(message, runID: 0xDEAD_BEEF)
+        defer { owned.deallocate() }
+        #expect(Array(owned) == frame)
+    }
+
+    @Test("the header is laid out as documented")
+    func headerLayout() {
+        let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)
+        #expect(Array(frame[0..<4]) == Array("MADW".utf8))
+        #expect(frame[4] == 1 && frame[5] == 0)        // version 1, little-endian
+        #expect(frame[6] == WireMessage.Kind.heartbeat.rawValue)
+        #expect(frame[7] == 0)
+        #expect(Array(frame[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])
+        #expect(Array(frame[16..<20]) == [8, 0, 0, 0])
+        #expect(Array(frame[20..<24]) == [0, 0, 0, 0])
+        #expect(frame.count == 32)
+    }
+
+    @Test("each kind of damage is refused with its reason")
+    func refusals() {
+        let good = WireFormat.encode(.heartbeat(sequence: 5), runID: 1)
+        func expectError(_ bytes: [UInt8], _ check: (WireError) -> Bool) {
+            do {
+                _ = try WireFormat.decode(bytes)
+                Issue.record("accepted a damaged frame")
+            } catch {
+                #expect(check(error), "unexpected error \(error)")
+            }
+        }
+        expectError(Array(good.prefix(10))) { if case .tooShort = $0 { true } else { false } }
+        var b = good; b[0] = 0x4E
+        expectError(b) { $0 == .badMagic }
+        b = good; b[4] = 2
+        expectError(b) { $0 == .unsupportedVersion(2) }
+        b = good; b[6] = 99
+        expectError(b) { $0 == .unknownType(99) }
+        b = good; b[7] = 1
+        expectError(b) { $0 == .nonzeroFlags(1) }
+        b = good; b[21] = 1
+        expectError(b) { $0 == .nonzeroReserved }
+        expectError(good + [0]) { if case .lengthMismatch = $0 { true } else { false } }
+        b = good; b[16] = 4; b.removeLast(4)
+        expectError(b) { if case .truncated = $0 { true } else { false } }
+        b = good; b[16] = 12; b += [0, 0, 0, 0]
+        expectError(b) { $0 == .trailingBytes(4) }
+        // A NaN in a gradient.
+        let nan = WireFormat.encode(.result(.init(step: 1, shard: 0, maskDigest: Array(repeating: 0, count: 16), lossSum: 1,
+                                                  computeMicroseconds: 0, gradient: [.nan])), runID: 1)
+        expectError(nan) { if case .invalidField = $0 { true } else { false } }
+        // A shard index beyond the shard count.
+        let badShard = WireFormat.encode(.task(.init(step: 1, shard: 4, shardCount: 4, maskSeed: 0, rows: [], parameters: nil)), runID: 1)
+        expectError(badShard) { if case .invalidField = $0 { true } else { false } }
+        // A count far beyond the limit, with nothing behind it.
+        var huge = WireFormat.encode(.task(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: nil)), runID: 1)
+        huge.replaceSubrange(48..<52, with: [0xFF, 0xFF, 0xFF, 0x7F])
+        expectError(huge) { if case .limitExceeded = $0 { true } else { false } }
+        // Invalid UTF-8 in a string.
+        var text = WireFormat.encode(.reject(reason: "ab"), runID: 1)
+        text[26] = 0xFF
+        expectError(text) { if case .invalidField = $0 { true } else { false } }
+    }
+
+    /// Random, truncated, bit-flipped, oversized and wrong-version frames: the decoder answers
+    /// every one with a message or a `WireError`, and never crashes or allocates unboundedly.
+    @Test("decoder fuzz never crashes")
+    func fuzz() {
+        var rng = RandomStream(seed: 99, domain: .sampling)
+        let seeds = Self.samples.map { WireFormat.encode($0, runID: 3) }
+        var decoded = 0, refused = 0
+        for i in 0..<60_000 {
+            var frame: [UInt8]
+            switch i % 6 {
+            case 0:  // random bytes
+                frame = (0..<Int(rng.uniform(below: 200))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            case 1:  // truncated
+                let s = seeds[Int(rng.uniform(below: UInt64(seeds.count)))]
+                frame = Array(s.prefix(Int(rng.uniform(below: UInt64(s.count + 1)))))
+            case 2:  // bit flips
+                frame = seeds[Int(rng.uniform(below: UInt64(seeds.count)))]
+                for _ in 0..<(1 + Int(rng.uniform(below: 4))) {
+                    let k = Int(rng.uniform(below: UInt64(frame.count)))
+                    frame[k] ^= UInt8(1 << rng.uniform(below: 8))
+                }
+            case 3:  // wrong version
+                frame = seeds[Int(rng.uniform(below: UInt64(seeds.count)))]
+                frame[4] = UInt8(truncatingIfNeeded: rng.next() | 2)
+            case 4:  // valid header, random payload of the declared length
+                frame = Array(seeds[Int(rng.uniform(below: UInt64(seeds.count)))].prefix(24))
+                let n = Int(rng.uniform(below: 300))
+                frame.replaceSubrange(16..<20, with: withUnsafeBytes(of: UInt32(n).littleEndian, Array.init))
+                frame += (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            default:  // oversized counts in otherwise valid frames
+                frame = seeds[3]
+                let at = 24 + 8 + 4 + 4 + 8
+                frame.replaceSubrange(at..<(at + 4), with: withUnsafeBytes(of: UInt32(truncatingIfNeeded: rng.next()).littleEndian, Array.init))
+            }
+            do {
+                let (_, message) = try WireFormat.decode(frame)
+                // Whatever decodes must encode back to the same bytes.
+                #expect(WireFormat.encode(message, runID: try WireFormat.decode(frame).runID) == frame)
+                decoded += 1
+            } catch {
+                refused += 1
+            }
+        }
+        #expect(refused > 40_000)
+        #expect(decoded > 0)
+    }
+}
