@@ -21,6 +21,16 @@ public enum TrainingOutcome: Sendable, Equatable {
     case interrupted
 }
 
+/// One step's work: which mask seed, and which rows each shard holds.
+public struct StepPlan: Sendable {
+    /// Index of the step over the whole run.
+    public let step: Int
+    public let epoch: Int
+    public let maskSeed: UInt64
+    /// Rows of each shard, by shard index.
+    public let shards: [ArraySlice<Int32>]
+}
+
 /// Trains MADE in one process: the reference trainer's loop, made reproducible.
 ///
 /// Each step takes the next minibatch of the epoch's order (``DataOrder``) and the step's mask
@@ -99,8 +109,20 @@ public final class Trainer {
     /// Whether the run has nothing left to do.
     public var isDone: Bool { state.stoppedEarly || state.completedEpochs >= configuration.epochs }
 
-    /// Runs steps and epochs until the run is done or `shouldStop` returns true (checked between steps).
+    /// Runs steps and epochs until the run is done or `shouldStop` returns true (checked between steps),
+    /// computing every shard in this process.
     public func run(until shouldStop: () -> Bool = { false }) throws -> TrainingOutcome {
+        try drive(until: shouldStop) { plan in self.localGradient(plan) }
+    }
+
+    /// Runs the schedule, asking `compute` for the reduced gradient of each step.
+    ///
+    /// `compute` receives the step's plan and returns the sum over its shards of the gradients
+    /// (summed by ``GradientReducer``'s tree) and of the losses. Epoch ends, validation, early
+    /// stopping and checkpoints happen here, so a cluster that computes the shards elsewhere
+    /// follows exactly the single-process schedule.
+    public func drive(until shouldStop: () -> Bool,
+                      compute: (StepPlan) throws -> (gradient: [Float], lossSum: Double)) throws -> TrainingOutcome {
         var epochStart = ContinuousClock.now
         var epochSeconds = 0.0
         while !isDone {
@@ -116,7 +138,9 @@ public final class Trainer {
                 try saveCheckpoint()
                 return .interrupted
             }
-            step(stepInEpoch: stepInEpoch)
+            let plan = plan(stepInEpoch: stepInEpoch)
+            let (gradient, loss) = try compute(plan)
+            apply(plan, gradient: gradient, lossSum: loss)
             if checkpointEvery > 0, state.step % checkpointEvery == 0 {
                 try saveCheckpoint()
             }
@@ -124,28 +148,37 @@ public final class Trainer {
         return state.stoppedEarly ? .stoppedEarly : .finished
     }
 
-    /// One training step at position `stepInEpoch` of the current epoch.
-    func step(stepInEpoch: Int) {
+    /// The work of the next step: its mask seed and the rows of each shard.
+    func plan(stepInEpoch: Int) -> StepPlan {
         let epoch = state.completedEpochs
         if permutationEpoch != epoch {
             permutation = order.permutation(epoch: epoch)
             permutationEpoch = epoch
         }
-        let maskSeed = configuration.maskSchedule.maskSeed(step: state.step)
-        engine.begin(parameters: state.parameters, maskSeed: maskSeed)
-        for s in 0..<configuration.shards {
-            let rows = order.rows(permutation, stepInEpoch: stepInEpoch, shard: s)
+        let shards = (0..<configuration.shards).map { order.rows(permutation, stepInEpoch: stepInEpoch, shard: $0) }
+        return StepPlan(step: state.step, epoch: epoch, maskSeed: configuration.maskSchedule.maskSeed(step: state.step), shards: shards)
+    }
+
+    /// Computes every shard here and sums them in tree order.
+    func localGradient(_ plan: StepPlan) -> (gradient: [Float], lossSum: Double) {
+        engine.begin(parameters: state.parameters, maskSeed: plan.maskSeed)
+        for (s, rows) in plan.shards.enumerated() {
             shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s])
         }
         GradientReducer.reduce(&shardGradients)
-        let loss = GradientReducer.reduce(shardLosses)
-        let lr = configuration.schedule.learningRate(epoch: epoch)
-        state.applyAdam(gradient: shardGradients[0], scale: 1 / Float(configuration.batchSize),
+        return (shardGradients[0], GradientReducer.reduce(shardLosses))
+    }
+
+    /// Applies Adam with the step's summed gradient (scaled by `1/B`) and moves to the next step.
+    func apply(_ plan: StepPlan, gradient: [Float], lossSum: Double) {
+        precondition(plan.step == state.step, "apply: plan for step \(plan.step) at step \(state.step)")
+        let lr = configuration.schedule.learningRate(epoch: plan.epoch)
+        state.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),
                         learningRate: lr, configuration: configuration.adam)
-        state.epochLossSum += loss
+        state.epochLossSum += lossSum
         state.epochExamples += configuration.batchSize
         state.step += 1
-        onEvent(.step(step: state.step, epoch: epoch, loss: loss / Double(configuration.batchSize), learningRate: lr))
+        onEvent(.step(step: state.step, epoch: plan.epoch, loss: lossSum / Double(configuration.batchSize), learningRate: lr))
     }
 
     /// Validates, updates early stopping, records the epoch and checkpoints.
@@ -207,7 +240,13 @@ extension Duration {
 
 /// A short digest that identifies a data set's contents: the SHA-256 of each split's shape and values.
 public enum DataFingerprint {
+    /// The fingerprint as 64 hex digits.
     public static func of(_ dataset: Dataset) -> String {
+        bytes(of: dataset).hexString
+    }
+
+    /// The fingerprint as 32 bytes.
+    public static func bytes(of dataset: Dataset) -> [UInt8] {
         var h = SHA256()
         for (name, split) in [("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)] {
             guard let split else { h.update(Array("\(name):none;".utf8)); continue }
@@ -217,6 +256,6 @@ public enum DataFingerprint {
             case .real(let values): h.update(Array("f32;".utf8)); h.update(floats: values)
             }
         }
-        return h.finalize().hexString
+        return h.finalize()
     }
 }

@@ -38,6 +38,12 @@ struct DataArguments: ParsableArguments {
         return DataOptions(binarization: rule, validationFraction: validFraction)
     }
 
+    /// These flags as a worker process must receive them, to load the very same data.
+    var forwarded: [String] {
+        ["--data-path", dataPath, "--binarize", binarize.rawValue, "--binarize-seed", "\(binarizeSeed)",
+         "--threshold", "\(threshold)", "--valid-fraction", "\(validFraction)"]
+    }
+
     func validate() throws {
         guard validFraction > 0, validFraction < 1 else {
             throw ValidationError("--valid-fraction must be between 0 and 1, not \(validFraction)")

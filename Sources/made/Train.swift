@@ -5,11 +5,20 @@ import MADE
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train MADE in this process, then report validation and test NLL and the parameter checksum.")
+        abstract: "Train MADE, in this process or with --workers N local worker processes, then report validation and test NLL and the parameter checksum.")
 
     @OptionGroup var data: DataArguments
+    @OptionGroup var training: TrainingArguments
+    @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
 
+    func run() throws {
+        try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime, role: .local).run()
+    }
+}
+
+/// The model and optimization flags of a training run.
+struct TrainingArguments: ParsableArguments {
     @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated (\"500\", \"500,500\"; \"\" for none). [default: 500]")
     var hiddens: String?
     @Option(name: [.customShort("n"), .long], help: "Number of masks (orders and connectivities) to cycle through in training. [default: 1]")
@@ -102,60 +111,6 @@ struct Train: ParsableCommand {
         return out
     }
 
-    func run() throws {
-        let logger = CommandLineSupport.bootstrap(label: "made.train")
-        BLAS.setThreads(runtime.threads)
-        let dataset = try DatasetLoader.load(path: data.dataPath, options: data.options)
-        guard let dimension = dataset.dimension else { throw ValidationError("\(data.dataPath): no data") }
-
-        var configuration = try configuration(inputCount: dimension)
-        var state: TrainingState?
-        if resume, let path = checkpoint, FileManager.default.fileExists(atPath: path) {
-            let saved = try Checkpoint.read(from: path)
-            let conflicts = conflicts(with: saved.configuration)
-            guard conflicts.isEmpty else {
-                throw ValidationError("\(path): flags disagree with the checkpoint's run: \(conflicts.joined(separator: "; "))")
-            }
-            let fingerprint = DataFingerprint.of(dataset)
-            guard saved.dataFingerprint == fingerprint else {
-                throw ValidationError("\(path): the checkpoint was trained on different data (fingerprint \(saved.dataFingerprint.prefix(12)), this data \(fingerprint.prefix(12)))")
-            }
-            configuration = saved.configuration
-            if let epochs { configuration.epochs = epochs }
-            state = saved.state
-            logger.info("resuming", metadata: ["checkpoint": "\(path)", "step": "\(saved.state.step)", "epoch": "\(saved.state.completedEpochs)"])
-        } else if resume, let path = checkpoint {
-            logger.info("no checkpoint yet; starting a new run", metadata: ["checkpoint": "\(path)"])
-        }
-
-        let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)
-        trainer.checkpointPath = checkpoint
-        trainer.checkpointEvery = checkpointEvery
-        print(CommandLineSupport.describe(configuration, dataset: dataset, parameters: ParameterLayout(configuration.model).count))
-        let report = ProgressReport(stepsPerEpoch: trainer.stepsPerEpoch, batchSize: configuration.batchSize, epochs: configuration.epochs)
-        trainer.onEvent = { report.handle($0) }
-
-        SignalFlag.install()
-        let stopAfter = stopAfterSteps
-        let outcome = try trainer.run(until: {
-            SignalFlag.isSet || (stopAfter.map { trainer.state.step >= $0 } ?? false)
-        })
-        if outcome == .interrupted {
-            print("stopped at step \(trainer.state.step)\(checkpoint.map { "; checkpoint \($0)" } ?? "")")
-            if SignalFlag.isSet { throw ExitCode(130) }
-            return
-        }
-        if outcome == .stoppedEarly {
-            print("stopped early after epoch \(trainer.state.completedEpochs): no better validation NLL for \(configuration.patience) epochs; best epoch \(trainer.state.bestEpoch + 1)")
-        }
-        let final = trainer.checkpoint
-        let params = final.modelParameters
-        let k = configuration.evaluationMasks
-        let label = configuration.ensembleMode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
-        if let valid = dataset.valid { print(String(format: "valid_nll=%.4f", trainer.evaluate(valid, parameters: params)) + " masks=\(k)\(label)") }
-        if let test = dataset.test { print(String(format: "test_nll=%.4f", trainer.evaluate(test, parameters: params)) + " masks=\(k)\(label)") }
-        print("params_sha256=\(final.parametersSHA256)")
-    }
 }
 
 /// Prints one plain line per epoch.

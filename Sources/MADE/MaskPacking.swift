@@ -1,0 +1,63 @@
+/// The parameters a mask keeps, in a compact order: what travels between coordinator and workers.
+///
+/// The active parameters of a mask set are, in parameter-layout order, every weight whose mask
+/// entry is 1 and every bias. Packing gathers them; unpacking scatters them back over zeros.
+/// For 784-500-784 about half of each weight matrix is active, so a packed vector is about half
+/// the dense size.
+public struct MaskPacking: Sendable {
+    /// Indices into the dense parameter vector, ascending.
+    public let activeIndices: [Int32]
+    /// Length of the dense vector.
+    public let denseCount: Int
+    /// First 16 bytes of the SHA-256 of the masks' bytes, matrix after matrix: two processes
+    /// with equal digests built the same masks.
+    public let digest: [UInt8]
+
+    public init(maskSet: MaskSet, layout: ParameterLayout) {
+        var indices: [Int32] = []
+        var hash = SHA256()
+        for (matrix, bits) in zip(layout.matrices, maskSet.matrices) {
+            precondition(bits.count == matrix.count, "MaskPacking: masks do not fit the layout")
+            hash.update(bits)
+            for i in 0..<matrix.count where bits[i] != 0 { indices.append(Int32(matrix.offset + i)) }
+            if let b = matrix.biasOffset { indices.append(contentsOf: (b..<(b + matrix.columns)).map { Int32($0) }) }
+        }
+        activeIndices = indices.sorted()
+        denseCount = layout.count
+        digest = Array(hash.finalize().prefix(16))
+    }
+
+    /// Number of packed values.
+    public var count: Int { activeIndices.count }
+
+    /// The active entries of `dense`, in order.
+    ///
+    /// - Complexity: O(``count``).
+    public func pack(_ dense: [Float]) -> [Float] {
+        precondition(dense.count == denseCount, "pack: \(dense.count) values for a layout of \(denseCount)")
+        return dense.withUnsafeBufferPointer { d in
+            activeIndices.withUnsafeBufferPointer { idx in
+                [Float](unsafeUninitializedCapacity: idx.count) { out, n in
+                    for k in 0..<idx.count { out[k] = d[Int(idx[k])] }
+                    n = idx.count
+                }
+            }
+        }
+    }
+
+    /// Writes `packed` into the active entries of `dense` and +0 everywhere else.
+    ///
+    /// - Complexity: O(dense count).
+    public func unpack(_ packed: [Float], into dense: inout [Float]) {
+        precondition(packed.count == count, "unpack: \(packed.count) values for \(count) active parameters")
+        if dense.count != denseCount { dense = [Float](repeating: 0, count: denseCount) }
+        dense.withUnsafeMutableBufferPointer { d in
+            d.update(repeating: 0)
+            packed.withUnsafeBufferPointer { p in
+                activeIndices.withUnsafeBufferPointer { idx in
+                    for k in 0..<idx.count { d[Int(idx[k])] = p[k] }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+import Foundation
+
+/// Where the coordinator is and which role this process plays, from flags and the usual
+/// environment variables of cluster launchers.
+///
+/// Recognized, in this order of precedence:
+/// - explicit flags (`--bind`, `--connect`);
+/// - `MASTER_ADDR` / `MASTER_PORT` (the coordinator's host and port), with `RANK` / `WORLD_SIZE`
+///   (rank 0 coordinates, the others work), as torchrun and many launchers set them;
+/// - `SLURM_PROCID` / `SLURM_NTASKS` / `SLURM_JOB_NODELIST` under `srun`: task 0 coordinates,
+///   the coordinator's host is the first node of the job's node list.
+public struct ClusterEnvironment: Sendable, Equatable {
+    /// The port used when neither a flag nor `MASTER_PORT` gives one.
+    public static let defaultPort = 29_500
+
+    /// This process's rank: 0 is the coordinator.
+    public var rank: Int
+    /// Number of processes: one coordinator and `worldSize - 1` workers.
+    public var worldSize: Int
+    /// Host the coordinator listens on, as workers should dial it.
+    public var coordinatorHost: String
+    public var coordinatorPort: Int
+    /// Where the values came from, for messages.
+    public var source: String
+
+    /// Reads the variables of `environment`; nil when none of the recognized sets is present.
+    public static func detect(_ environment: [String: String]) throws -> ClusterEnvironment? {
+        func integer(_ name: String) throws -> Int? {
+            guard let text = environment[name] else { return nil }
+            guard let value = Int(text.trimmingCharacters(in: .whitespaces)), value >= 0 else {
+                throw ClusterError(.invalidEnvironment, "\(name)='\(text)' is not a non-negative integer")
+            }
+            return value
+        }
+        let port = try integer("MASTER_PORT") ?? defaultPort
+        guard port > 0, port < 65536 else { throw ClusterError(.invalidEnvironment, "MASTER_PORT=\(port) is not a TCP port") }
+        if let rank = try integer("RANK"), let size = try integer("WORLD_SIZE") {
+            guard let host = environment["MASTER_ADDR"], !host.isEmpty else {
+                throw ClusterError(.invalidEnvironment, "RANK and WORLD_SIZE are set but MASTER_ADDR is not")
+            }
+            return try checked(ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "RANK/WORLD_SIZE"))
+        }
+        if let rank = try integer("SLURM_PROCID"), let size = try integer("SLURM_NTASKS") {
+            var host = environment["MASTER_ADDR"] ?? ""
+            if host.isEmpty {
+                guard let list = environment["SLURM_JOB_NODELIST"] ?? environment["SLURM_NODELIST"],
+                      let first = try SlurmNodeList.expand(list).first else {
+                    throw ClusterError(.invalidEnvironment, "SLURM_PROCID is set but SLURM_JOB_NODELIST is not")
+                }
+                host = first
+            }
+            return try checked(ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "Slurm"))
+        }
+        return nil
+    }
+
+    private static func checked(_ e: ClusterEnvironment) throws -> ClusterEnvironment {
+        guard e.worldSize >= 2 else {
+            throw ClusterError(.invalidEnvironment, "\(e.source): world size \(e.worldSize) leaves no worker (one coordinator plus at least one worker)")
+        }
+        guard e.rank < e.worldSize else {
+            throw ClusterError(.invalidEnvironment, "\(e.source): rank \(e.rank) is not below the world size \(e.worldSize)")
+        }
+        return e
+    }
+
+    /// Whether this process coordinates.
+    public var isCoordinator: Bool { rank == 0 }
+
+    /// The endpoint workers connect to.
+    public var connectEndpoint: String { "tcp://\(Endpoint.bracketed(coordinatorHost)):\(coordinatorPort)" }
+
+    /// The endpoint the coordinator binds: every interface, at the port.
+    public var bindEndpoint: String { "tcp://*:\(coordinatorPort)" }
+}
+
+/// Expands Slurm's compressed host lists: `node[01-03,7],gpu5` is `node01 node02 node03 node7 gpu5`.
+public enum SlurmNodeList {
+    public static func expand(_ list: String) throws -> [String] {
+        var hosts: [String] = []
+        var current = ""
+        var depth = 0
+        for ch in list {
+            if ch == "[" { depth += 1 }
+            if ch == "]" { depth -= 1 }
+            guard depth >= 0 else { throw ClusterError(.invalidEnvironment, "unbalanced ']' in node list '\(list)'") }
+            if ch == "," && depth == 0 {
+                hosts += try expandOne(current, list)
+                current = ""
+            } else {
+                current.append(ch)
+            }
+        }
+        guard depth == 0 else { throw ClusterError(.invalidEnvironment, "unbalanced '[' in node list '\(list)'") }
+        hosts += try expandOne(current, list)
+        return hosts.filter { !$0.isEmpty }
+    }
+
+    private static func expandOne(_ item: String, _ list: String) throws -> [String] {
+        let trimmed = item.trimmingCharacters(in: .whitespaces)
+        guard let open = trimmed.firstIndex(of: "[") else { return [trimmed] }
+        guard let close = trimmed[open...].firstIndex(of: "]") else {
+            throw ClusterError(.invalidEnvironment, "bad node list '\(list)'")
+        }
+        let prefix = String(trimmed[..<open])
+        let suffix = String(trimmed[trimmed.index(after: close)...])
+        var out: [String] = []
+        for part in trimmed[trimmed.index(after: open)..<close].split(separator: ",") {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+            guard bounds.count == 1 || bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds.last!), low <= high,
+                  high - low < 100_000 else {
+                throw ClusterError(.invalidEnvironment, "bad range '\(part)' in node list '\(list)'")
+            }
+            let width = bounds[0].count
+            for n in low...high {
+                let digits = String(n)
+                let padded = String(repeating: "0", count: max(0, width - digits.count)) + digits
+                for rest in try expandOne(suffix, list) { out.append(prefix + padded + rest) }
+            }
+        }
+        return out
+    }
+}
+
+/// ZeroMQ endpoint text.
+public enum Endpoint {
+    /// An IPv6 literal in brackets, other hosts as they are.
+    public static func bracketed(_ host: String) -> String {
+        host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
+    }
+
+    /// The host of a `tcp://host:port` endpoint, or nil for other transports.
+    public static func tcpHost(_ endpoint: String) -> String? {
+        guard endpoint.hasPrefix("tcp://") else { return nil }
+        let rest = endpoint.dropFirst(6)
+        guard let colon = rest.lastIndex(of: ":") else { return String(rest) }
+        var host = String(rest[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if let semicolon = host.lastIndex(of: ";") { host = String(host[host.index(after: semicolon)...]) }  // "src;dst" form
+        return host
+    }
+
+    /// Whether binding or dialing `endpoint` stays on this machine (loopback, ipc, inproc).
+    public static func isLocal(_ endpoint: String) -> Bool {
+        if endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") { return true }
+        guard let host = tcpHost(endpoint) else { return false }
+        return host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "lo"
+    }
+
+    /// A `tcp://host:0` endpoint in ZeroMQ's spelling for "any free port", `tcp://host:*`.
+    public static func zeroMQSpelling(_ endpoint: String) -> String {
+        endpoint.hasPrefix("tcp://") && endpoint.hasSuffix(":0") ? String(endpoint.dropLast()) + "*" : endpoint
+    }
+}
+
+/// An error of the cluster layer: a code and a message that says what went wrong and where.
+public struct ClusterError: Error, CustomStringConvertible, Sendable, Equatable {
+    public struct Code: Hashable, Sendable {
+        let name: String
+        public static let invalidEnvironment = Code(name: "invalidEnvironment")
+        public static let invalidEndpoint = Code(name: "invalidEndpoint")
+        public static let security = Code(name: "security")
+        public static let noWorkers = Code(name: "noWorkers")
+        public static let protocolFailure = Code(name: "protocol")
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}

@@ -1,0 +1,251 @@
+import Foundation
+import Logging
+import MADE
+
+/// The coordinator's socket loop: binds a ROUTER, welcomes workers, hands out each step's
+/// shards, and sums their packed gradients in the fixed tree order.
+///
+/// It drives a ``CoordinatorStateMachine`` with what arrives and carries out what it decides.
+/// The optimizer, schedule and checkpoints stay with the MADE ``Trainer``, which calls
+/// ``computeStep(_:parameters:)`` once per step through ``Trainer/drive(until:compute:)``.
+public final class ClusterCoordinator {
+    public struct Options: Sendable {
+        /// Where to listen, such as `tcp://127.0.0.1:0` (port 0: any free port).
+        public var bind: String
+        /// Write the endpoint workers should dial to this file once bound.
+        public var endpointFile: String?
+        /// The host to write in the endpoint file when binding every interface.
+        public var advertisedHost: String?
+        public var security: ClusterSecurity.Server?
+        /// Listen beyond loopback without CURVE; refused otherwise.
+        public var allowInsecure = false
+        public var heartbeatInterval: UInt64 = 1000
+        public var heartbeatTimeout: UInt64 = 10_000
+        public var taskTimeout: UInt64 = 60_000
+        /// Give up when no worker has been registered for this long (ms) while work is waiting.
+        public var idleTimeout: UInt64 = 120_000
+
+        public init(bind: String) { self.bind = bind }
+    }
+
+    /// Raised out of ``computeStep(_:parameters:)`` when `shouldStop` becomes true mid-step.
+    public struct Interrupted: Error {}
+
+    public let options: Options
+    public let configuration: TrainingConfiguration
+    public private(set) var endpoint = ""
+    public var logger: Logger
+    /// Checked while waiting for results.
+    public var shouldStop: () -> Bool = { false }
+    /// Bytes sent and received on the ROUTER socket.
+    public private(set) var bytesSent = 0
+    public private(set) var bytesReceived = 0
+    /// Per worker name: shards computed and total compute microseconds reported.
+    public private(set) var workerStatistics: [String: (shards: Int, microseconds: Int)] = [:]
+
+    private var machine: CoordinatorStateMachine
+    private let context: ZMQContext
+    private let router: ZMQSocket
+    private var zap: ZAPHandler?
+    private let clock = ContinuousClock()
+    private let origin: ContinuousClock.Instant
+    private var packings: [UInt64: MaskPacking] = [:]
+    private var names: [[UInt8]: String] = [:]
+    private var lastWorkerSeen: UInt64 = 0
+
+    /// Binds and prepares; workers may connect as soon as this returns.
+    public init(configuration: TrainingConfiguration, dataFingerprint: [UInt8], options: Options, logger: Logger) throws {
+        self.options = options
+        self.configuration = configuration
+        self.logger = logger
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let configurationBytes = Array(try encoder.encode(configuration))
+        let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint)
+        var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
+        settings.heartbeatInterval = options.heartbeatInterval
+        settings.heartbeatTimeout = options.heartbeatTimeout
+        settings.taskTimeout = options.taskTimeout
+        machine = CoordinatorStateMachine(settings: settings)
+        origin = clock.now
+
+        context = try ZMQContext()
+        if let security = options.security {
+            zap = try ZAPHandler(context: context, authorizedKeys: security.authorized)
+        } else if !Endpoint.isLocal(options.bind) && !options.allowInsecure {
+            throw ClusterError(.security, "refusing to listen on \(options.bind) without CURVE keys: pass --keys DIR (made keygen DIR), or --insecure on a trusted network")
+        }
+        router = try ZMQSocket(context: context, kind: .router)
+        try router.set(.routerMandatory(true), .linger(milliseconds: 0), .sendHighWaterMark(0), .receiveHighWaterMark(0),
+                       .maxMessageSize(Int64(WireFormat.Limits().maxFloats) * 4 + (1 << 20)))
+        if let security = options.security, let zap {
+            try router.configureCurveServer(keyPair: security.keyPair, authenticator: zap)
+        }
+        try router.bind(Endpoint.zeroMQSpelling(options.bind))
+        endpoint = try router.lastEndpoint
+        if let host = Endpoint.tcpHost(endpoint), host == "0.0.0.0" || host == "::" {
+            let advertised = options.advertisedHost ?? ProcessInfo.processInfo.hostName
+            endpoint = endpoint.replacingOccurrences(of: "//\(host.contains(":") ? "[\(host)]" : host):", with: "//\(Endpoint.bracketed(advertised)):")
+        }
+        if let file = options.endpointFile {
+            try AtomicFile.write(Array((endpoint + "\n").utf8), to: file)
+        }
+        logger.info("coordinator listening", metadata: ["endpoint": "\(endpoint)", "curve": "\(options.security != nil)",
+                                                        "run": "\(String(runID, radix: 16))"])
+    }
+
+    deinit {
+        zap = nil
+        router.close()
+        context.shutdown()
+    }
+
+    /// The run id: the first 8 bytes of SHA-256 over the configuration and the data fingerprint.
+    public static func runID(configuration: [UInt8], dataFingerprint: [UInt8]) -> UInt64 {
+        let digest = SHA256.hash(configuration + dataFingerprint)
+        return digest.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    public var counters: CoordinatorStateMachine.Counters { machine.counters }
+    public var workerCount: Int { machine.workerCount }
+    /// Clients the ZAP handler refused (CURVE keys not authorized).
+    public var refusedClients: Int { zap?.rejected ?? 0 }
+
+    private var now: UInt64 {
+        let d = clock.now - origin
+        return UInt64(d.components.seconds) * 1000 + UInt64(d.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    // MARK: Steps
+
+    /// Has the workers compute every shard of `plan` with `parameters`, and returns the sum of
+    /// their gradients (tree order, unpacked to dense) and of their losses.
+    public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
+        let packing = packing(plan.maskSeed)
+        let packedParameters = packing.pack(parameters)
+        let machinePlan = CoordinatorStateMachine.StepPlan(
+            step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
+            gradientCount: packing.count, shards: plan.shards.map { Array($0) })
+        try perform(machine.begin(machinePlan, now: now), parameters: packedParameters)
+        var lastTick: UInt64 = 0
+        while !machine.isStepComplete {
+            if shouldStop() { throw Interrupted() }
+            try pump(timeout: 20, parameters: packedParameters)
+            let t = now
+            if t >= lastTick + 20 {
+                lastTick = t
+                try perform(machine.tick(now: t), parameters: packedParameters)
+            }
+            if machine.workerCount > 0 { lastWorkerSeen = t }
+            if t > lastWorkerSeen + options.idleTimeout {
+                throw ClusterError(.noWorkers, "no worker has been connected for \(options.idleTimeout / 1000) s; the step cannot go on")
+            }
+        }
+        let results = machine.takeResults()
+        let loss = GradientReducer.reduce(results.map(\.lossSum))
+        var gradients = results.map(\.gradient)
+        GradientReducer.reduce(&gradients)
+        var dense = [Float]()
+        packing.unpack(gradients[0], into: &dense)
+        return (dense, loss)
+    }
+
+    /// Waits up to `timeout` ms for at least `count` workers, handling whatever arrives.
+    public func waitForWorkers(_ count: Int, timeout: UInt64) throws -> Bool {
+        let deadline = now + timeout
+        while machine.workerCount < count {
+            if shouldStop() { throw Interrupted() }
+            if now > deadline { return false }
+            try pump(timeout: 50, parameters: [])
+            try perform(machine.tick(now: now), parameters: [])
+        }
+        return true
+    }
+
+    /// Tells every worker to exit with `exitCode`, and gives the messages a moment to leave.
+    public func shutdownWorkers(exitCode: UInt8 = 0, reason: String) {
+        try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: [])
+        // Keep answering briefly so late hellos also hear the shutdown.
+        let until = now + 200
+        while now < until {
+            try? pump(timeout: 20, parameters: [])
+            try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: [])
+        }
+    }
+
+    private func packing(_ maskSeed: UInt64) -> MaskPacking {
+        if let p = packings[maskSeed] { return p }
+        if packings.count >= 64 { packings.removeAll() }
+        let maskSet = MaskSet(configuration: configuration.model, runSeed: configuration.seed, maskSeed: maskSeed)
+        let p = MaskPacking(maskSet: maskSet, layout: ParameterLayout(configuration.model))
+        packings[maskSeed] = p
+        return p
+    }
+
+    // MARK: I/O
+
+    /// Polls once, then handles every frame waiting on the ROUTER and every ZAP request.
+    private func pump(timeout: Int, parameters: [Float]) throws {
+        var items = [ZMQPollItem.socket(router)]
+        if let zap { items.append(.socket(zap.socket)) }
+        _ = try ZMQSocket.poll(items, timeoutMilliseconds: timeout)
+        zap?.handlePending()
+        while let message = try router.receiveMessage(maxParts: 2, dontWait: true) {
+            zap?.handlePending()
+            guard message.frames.count == 2, !message.isTruncated else {
+                let peer = message.frames.first ?? []
+                try perform(machine.malformed(from: peer, error: .invalidField("\(message.frames.count + message.discardedFrameCount) frames, expected 1"), now: now),
+                            parameters: parameters)
+                continue
+            }
+            let peer = message.frames[0]
+            let frame = message.frames[1]
+            bytesReceived += frame.count
+            let actions: [CoordinatorStateMachine.Action]
+            do {
+                let (runID, decoded) = try WireFormat.decode(frame)
+                if case .result(let r) = decoded, let name = names[peer] {
+                    var s = workerStatistics[name] ?? (0, 0)
+                    s.shards += 1
+                    s.microseconds += Int(r.computeMicroseconds)
+                    workerStatistics[name] = s
+                }
+                actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
+            } catch {
+                actions = machine.malformed(from: peer, error: error, now: now)
+            }
+            try perform(actions, parameters: parameters)
+        }
+    }
+
+    private func perform(_ actions: [CoordinatorStateMachine.Action], parameters: [Float]) throws {
+        for action in actions {
+            switch action {
+            case .send(let peer, let message):
+                send(to: peer, message)
+            case .assign(let peer, var task, let includeParameters):
+                if includeParameters { task.parameters = parameters }
+                send(to: peer, .task(task))
+            case .workerJoined(let peer, let name):
+                names[peer] = name
+                logger.info("worker joined", metadata: ["worker": "\(name)", "workers": "\(machine.workerCount)"])
+            case .workerLost(let peer, let name, let reason):
+                names[peer] = nil
+                logger.warning("worker lost; its shards go to the others", metadata: ["worker": "\(name)", "reason": "\(reason)"])
+            case .refused(let peer, let reason):
+                logger.warning("refused", metadata: ["peer": "\(names[peer] ?? hex(peer.prefix(16)))", "reason": "\(reason)"])
+            }
+        }
+    }
+
+    private func send(to peer: [UInt8], _ message: WireMessage) {
+        let frame = WireFormat.encodeOwned(message, runID: machine.settings.runID)
+        let size = frame.count
+        do {
+            let result = try router.send([.bytes(peer), .owned(frame)], dontWait: true)
+            if result == .sent { bytesSent += size }
+        } catch {
+            logger.warning("send failed", metadata: ["error": "\(error)"])
+        }
+    }
+}

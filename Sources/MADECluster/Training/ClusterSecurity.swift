@@ -1,0 +1,62 @@
+import Foundation
+
+/// CURVE keys for one side of the coordinator-worker connection, read from a key folder.
+///
+/// A key folder (made by `made keygen DIR`) holds `coordinator.key` and `coordinator.pub`, one
+/// key pair per worker identity (`worker.key`, `worker.pub`, ...), and `authorized_keys`: the
+/// public keys the coordinator accepts, one per line. The coordinator reads its secret key and
+/// `authorized_keys`; a worker reads its own secret key and `coordinator.pub`.
+public enum ClusterSecurity {
+    /// What a coordinator needs.
+    public struct Server: Sendable {
+        public var keyPair: CurveKeyPair
+        public var authorized: AuthorizedKeys
+        public init(keyPair: CurveKeyPair, authorized: AuthorizedKeys) {
+            self.keyPair = keyPair
+            self.authorized = authorized
+        }
+
+        /// Reads `DIR/coordinator.key` and `DIR/authorized_keys`.
+        public static func load(folder: String) throws -> Server {
+            Server(keyPair: try CurveKeyPair.read(secretPath: folder + "/coordinator.key"),
+                   authorized: try AuthorizedKeys.read(path: folder + "/authorized_keys"))
+        }
+    }
+
+    /// What a worker needs.
+    public struct Client: Sendable {
+        public var keyPair: CurveKeyPair
+        public var serverPublicKey: String
+        public init(keyPair: CurveKeyPair, serverPublicKey: String) {
+            self.keyPair = keyPair
+            self.serverPublicKey = serverPublicKey
+        }
+
+        /// Reads `DIR/<name>.key` and `DIR/coordinator.pub`.
+        public static func load(folder: String, name: String = "worker") throws -> Client {
+            Client(keyPair: try CurveKeyPair.read(secretPath: folder + "/\(name).key"),
+                   serverPublicKey: try CurveKeyPair.readPublicKey(path: folder + "/coordinator.pub"))
+        }
+    }
+
+    /// Creates a key folder: the coordinator's pair if missing, the named worker's pair, and the
+    /// worker's public key appended to `authorized_keys`.
+    public static func generate(folder: String, workerName: String = "worker") throws -> [String] {
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        var written: [String] = []
+        if !FileManager.default.fileExists(atPath: folder + "/coordinator.key") {
+            try CurveKeyPair.generate().write(secretPath: folder + "/coordinator.key", publicPath: folder + "/coordinator.pub")
+            written += [folder + "/coordinator.key", folder + "/coordinator.pub"]
+        }
+        let worker = try CurveKeyPair.generate()
+        try worker.write(secretPath: folder + "/\(workerName).key", publicPath: folder + "/\(workerName).pub")
+        written += [folder + "/\(workerName).key", folder + "/\(workerName).pub"]
+        let authorized = folder + "/authorized_keys"
+        var text = (try? String(contentsOfFile: authorized, encoding: .utf8)) ?? "# Public keys of the workers this coordinator accepts, one per line.\n"
+        if !text.hasSuffix("\n") { text += "\n" }
+        text += "\(worker.publicKey)  # \(workerName)\n"
+        try text.write(toFile: authorized, atomically: true, encoding: .utf8)
+        written.append(authorized)
+        return written
+    }
+}

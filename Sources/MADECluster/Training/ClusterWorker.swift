@@ -1,0 +1,134 @@
+import Foundation
+import Logging
+import MADE
+
+/// A worker's socket loop: connects a DEALER to the coordinator, says hello, computes the tasks
+/// it is given with a ``ShardComputer`` and sends back the results, until told to stop.
+///
+/// It drives a ``WorkerStateMachine``; the exit code it returns says why it stopped
+/// (``WorkerStateMachine/ExitCode``).
+public final class ClusterWorker {
+    public struct Options: Sendable {
+        /// The coordinator's endpoint, such as `tcp://10.0.0.1:29500`.
+        public var connect: String
+        public var name: String
+        public var security: ClusterSecurity.Client?
+        public var coordinatorTimeout: UInt64 = 60_000
+        /// Exit when this process is gone (the parent that launched the worker).
+        public var parentProcess: Int32?
+
+        public init(connect: String, name: String) {
+            self.connect = connect
+            self.name = name
+        }
+    }
+
+    public let options: Options
+    public var logger: Logger
+    /// Checked between frames; a true value ends the loop with exit code 130.
+    public var shouldStop: () -> Bool = { false }
+    public private(set) var tasksComputed = 0
+
+    private let computer: ShardComputer
+    private var machine: WorkerStateMachine
+    private let clock = ContinuousClock()
+    private let origin: ContinuousClock.Instant
+    private var runID: UInt64 = 0
+
+    public init(computer: ShardComputer, options: Options, logger: Logger) {
+        self.computer = computer
+        self.options = options
+        self.logger = logger
+        var settings = WorkerStateMachine.Settings(dataFingerprint: computer.dataFingerprint,
+                                                   processID: UInt32(truncatingIfNeeded: getpid()), name: options.name)
+        settings.coordinatorTimeout = options.coordinatorTimeout
+        machine = WorkerStateMachine(settings: settings)
+        origin = clock.now
+    }
+
+    private var now: UInt64 {
+        let d = clock.now - origin
+        return UInt64(d.components.seconds) * 1000 + UInt64(d.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// Runs until the coordinator ends the run, refuses this worker or goes silent; returns the exit code.
+    public func run() throws -> Int32 {
+        let context = try ZMQContext()
+        defer { context.shutdown() }
+        let socket = try ZMQSocket(context: context, kind: .dealer)
+        defer { socket.close() }
+        var identity = Array("\(options.name):".utf8.prefix(200))
+        identity += (0..<8).map { _ in UInt8.random(in: 0...255) }
+        try socket.set(.routingID(identity), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
+                       .reconnectIntervalMax(milliseconds: 2000),
+                       .maxMessageSize(Int64(WireFormat.Limits().maxFloats) * 4 + (1 << 20)))
+        if let security = options.security {
+            try socket.configureCurveClient(keyPair: security.keyPair, serverPublicKey: security.serverPublicKey)
+        }
+        try socket.connect(options.connect)
+        logger.info("worker connecting", metadata: ["coordinator": "\(options.connect)", "curve": "\(options.security != nil)"])
+
+        var pendingExit: (Int32, String)?
+        func perform(_ actions: [WorkerStateMachine.Action]) throws {
+            for action in actions {
+                switch action {
+                case .send(let message):
+                    let frame = WireFormat.encodeOwned(message, runID: message.kind == .hello ? 0 : runID)
+                    _ = try socket.send([.owned(frame)], dontWait: true)
+                case .configure(let id, let bytes):
+                    runID = id
+                    do {
+                        try computer.configure(bytes)
+                        logger.info("worker welcomed", metadata: ["run": "\(String(id, radix: 16))"])
+                    } catch {
+                        try perform(machine.configurationFailed("\(error)"))
+                    }
+                case .compute(let task):
+                    do {
+                        let result = try computer.compute(task)
+                        tasksComputed += 1
+                        try perform(machine.computed(result, now: now))
+                    } catch {
+                        // A task this worker cannot do: start over with a fresh hello.
+                        logger.warning("task refused", metadata: ["reason": "\(error)"])
+                        try perform(machine.receive(runID: runID, message: .who, now: now))
+                    }
+                case .exit(let code, let reason):
+                    pendingExit = (code, reason)
+                case .dropped(let reason):
+                    logger.warning("dropped a frame", metadata: ["reason": "\(reason)"])
+                }
+            }
+        }
+
+        try perform(machine.start(now: now))
+        while pendingExit == nil {
+            if shouldStop() { return 130 }
+            if let parent = options.parentProcess, getppid() != parent {
+                logger.warning("the launching process is gone; exiting")
+                return WorkerStateMachine.ExitCode.coordinatorGone
+            }
+            _ = try ZMQSocket.poll([.socket(socket)], timeoutMilliseconds: 50)
+            while pendingExit == nil, let message = try socket.receiveMessage(maxParts: 1, dontWait: true) {
+                guard let frame = message.frames.first, !message.isTruncated else {
+                    try perform(machine.malformed(.invalidField("multipart frame"), now: now))
+                    continue
+                }
+                do {
+                    let (id, decoded) = try WireFormat.decode(frame)
+                    try perform(machine.receive(runID: id, message: decoded, now: now))
+                } catch let error as WireError {
+                    try perform(machine.malformed(error, now: now))
+                }
+            }
+            try perform(machine.tick(now: now))
+        }
+        let (code, reason) = pendingExit!
+        if code == 0 {
+            logger.info("worker done", metadata: ["reason": "\(reason)", "tasks": "\(tasksComputed)"])
+        } else {
+            logger.error("worker stopping", metadata: ["reason": "\(reason)", "code": "\(code)"])
+        }
+        return code
+    }
+}

@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import MADECluster
+
+/// Flags of the data-parallel cluster, shared by `train`, `coordinator` and `launch`.
+struct ClusterArguments: ParsableArguments {
+    @Option(help: "Start this many local worker processes and train through them (0: compute in this process).")
+    var workers: Int = 0
+    @Option(help: "Endpoint the coordinator listens on, e.g. tcp://0.0.0.0:29500; port 0 picks a free port. [default: tcp://127.0.0.1:0 with --workers]")
+    var bind: String?
+    @Option(help: "Write the endpoint workers should dial to this file once bound.")
+    var endpointFile: String?
+    @Option(help: "Host name to advertise in the endpoint file when listening on every interface.")
+    var advertiseHost: String?
+    @Option(help: "CURVE key folder made by `made keygen`: coordinator.key and authorized_keys. Required to listen beyond loopback.")
+    var keys: String?
+    @Flag(help: "Listen beyond loopback without CURVE (only on a trusted network).")
+    var insecure = false
+    @Option(help: "Seconds of silence after which a worker is declared dead and its shards reassigned.")
+    var heartbeatTimeout: Double = 10
+    @Option(help: "Seconds after which a shard still in flight is also given to another worker.")
+    var taskTimeout: Double = 60
+    @Option(help: "Seconds without any worker before the coordinator gives up.")
+    var idleTimeout: Double = 120
+
+    func validate() throws {
+        guard workers >= 0 else { throw ValidationError("--workers must not be negative") }
+        guard heartbeatTimeout > 0, taskTimeout > 0, idleTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+    }
+
+    /// Whether training goes through a coordinator.
+    var isDistributed: Bool { workers > 0 || bind != nil }
+
+    func coordinatorOptions(bind defaultBind: String) throws -> ClusterCoordinator.Options {
+        var options = ClusterCoordinator.Options(bind: bind ?? defaultBind)
+        options.endpointFile = endpointFile
+        options.advertisedHost = advertiseHost
+        if let keys {
+            options.security = try ClusterSecurity.Server.load(folder: keys)
+        } else if !Endpoint.isLocal(options.bind) && !insecure {
+            throw ValidationError("listening on \(options.bind) needs CURVE keys: make them with `made keygen DIR` and pass --keys DIR (or --insecure on a trusted network)")
+        }
+        options.allowInsecure = insecure
+        options.heartbeatTimeout = UInt64(heartbeatTimeout * 1000)
+        options.taskTimeout = UInt64(taskTimeout * 1000)
+        options.idleTimeout = UInt64(idleTimeout * 1000)
+        return options
+    }
+}

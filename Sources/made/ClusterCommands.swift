@@ -1,0 +1,140 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MADE
+import MADECluster
+
+struct Coordinator: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Coordinate a data-parallel run: listen for workers, hand out shards, apply Adam, checkpoint.")
+
+    @OptionGroup var data: DataArguments
+    @OptionGroup var training: TrainingArguments
+    @OptionGroup var cluster: ClusterArguments
+    @OptionGroup var runtime: RuntimeArguments
+
+    func validate() throws {
+        if cluster.bind == nil && ProcessInfo.processInfo.environment["MASTER_PORT"] == nil {
+            throw ValidationError("give --bind ENDPOINT (e.g. tcp://0.0.0.0:29500, or tcp://127.0.0.1:0 with --endpoint-file) or set MASTER_PORT")
+        }
+    }
+
+    func run() throws {
+        let bind = cluster.bind ?? "tcp://*:\(ProcessInfo.processInfo.environment["MASTER_PORT"]!)"
+        try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime, role: .coordinator(bind: bind)).run()
+    }
+}
+
+/// How a worker finds and trusts its coordinator.
+struct WorkerArguments: ParsableArguments {
+    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:29500. [default: from MASTER_ADDR/MASTER_PORT or Slurm]")
+    var connect: String?
+    @Option(help: "Read the coordinator's endpoint from this file (waiting for it to appear).")
+    var endpointFile: String?
+    @Option(help: "A name for logs. [default: host:pid]")
+    var name: String?
+    @Option(help: "CURVE key folder made by `made keygen`: this worker's key and coordinator.pub.")
+    var keys: String?
+    @Option(help: "Which key pair of the folder this worker uses.")
+    var keyName: String = "worker"
+    @Option(help: "Seconds without a word from the coordinator before giving up (exit code 4).")
+    var coordinatorTimeout: Double = 60
+    @Option(help: "Exit when this process (the launcher) is gone.")
+    var parentPid: Int32?
+
+    func validate() throws {
+        guard coordinatorTimeout > 0 else { throw ValidationError("--coordinator-timeout must be positive") }
+    }
+
+    func endpoint(environment: ClusterEnvironment?) throws -> String {
+        if let connect { return connect }
+        if let endpointFile {
+            let deadline = Date().addingTimeInterval(coordinatorTimeout)
+            while Date() < deadline {
+                if let text = try? String(contentsOfFile: endpointFile, encoding: .utf8),
+                   case let line = text.trimmingCharacters(in: .whitespacesAndNewlines), !line.isEmpty {
+                    return line
+                }
+                usleep(100_000)
+            }
+            throw ValidationError("\(endpointFile): no endpoint appeared within \(Int(coordinatorTimeout)) s")
+        }
+        if let environment { return environment.connectEndpoint }
+        throw ValidationError("give --connect ENDPOINT or --endpoint-file FILE, or set MASTER_ADDR/MASTER_PORT (or run under srun)")
+    }
+
+    func run(data: DataArguments, runtime: RuntimeArguments, environment: ClusterEnvironment?) throws {
+        let logger = CommandLineSupport.bootstrap(label: "made.worker")
+        BLAS.setThreads(runtime.threads)
+        let endpoint = try endpoint(environment: environment)
+        let dataset = try DatasetLoader.load(path: data.dataPath, options: data.options)
+        let computer = try ShardComputer(dataset: dataset)
+        var options = ClusterWorker.Options(connect: endpoint, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
+        if let keys { options.security = try ClusterSecurity.Client.load(folder: keys, name: keyName) }
+        options.coordinatorTimeout = UInt64(coordinatorTimeout * 1000)
+        options.parentProcess = parentPid
+        let worker = ClusterWorker(computer: computer, options: options, logger: logger)
+        SignalFlag.install()
+        worker.shouldStop = { SignalFlag.isSet }
+        let code = try worker.run()
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Worker: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compute gradient shards for a coordinator until it ends the run.")
+
+    @OptionGroup var data: DataArguments
+    @OptionGroup var worker: WorkerArguments
+    @OptionGroup var runtime: RuntimeArguments
+
+    func run() throws {
+        try worker.run(data: data, runtime: runtime, environment: try ClusterEnvironment.detect(ProcessInfo.processInfo.environment))
+    }
+}
+
+struct Launch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Be the coordinator or a worker according to RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS (rank 0 coordinates); for srun and similar launchers.")
+
+    @OptionGroup var data: DataArguments
+    @OptionGroup var training: TrainingArguments
+    @OptionGroup var cluster: ClusterArguments
+    @OptionGroup var runtime: RuntimeArguments
+    @Option(help: "Workers: seconds without a word from the coordinator before giving up.")
+    var coordinatorTimeout: Double = 60
+
+    func run() throws {
+        guard let environment = try ClusterEnvironment.detect(ProcessInfo.processInfo.environment) else {
+            throw ValidationError("made launch needs RANK, WORLD_SIZE and MASTER_ADDR, or SLURM_PROCID, SLURM_NTASKS and SLURM_JOB_NODELIST")
+        }
+        if environment.isCoordinator {
+            try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime,
+                            role: .coordinator(bind: cluster.bind ?? environment.bindEndpoint)).run()
+        } else {
+            var worker = try WorkerArguments.parse([])
+            worker.keys = cluster.keys
+            worker.endpointFile = cluster.endpointFile
+            worker.coordinatorTimeout = coordinatorTimeout
+            try worker.run(data: data, runtime: runtime, environment: environment)
+        }
+    }
+}
+
+struct Keygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make CURVE keys in a folder: the coordinator's pair (once), a worker pair, and authorized_keys.")
+
+    @Argument(help: "Key folder (shared with the workers, e.g. on a shared file system, or copied).")
+    var folder: String
+    @Option(help: "Name of the worker key pair to add.")
+    var name: String = "worker"
+
+    func run() throws {
+        guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }), !name.isEmpty else {
+            throw ValidationError("--name may hold letters, digits, '-', '_' and '.' only")
+        }
+        for path in try ClusterSecurity.generate(folder: folder, workerName: name) { print("wrote \(path)") }
+    }
+}

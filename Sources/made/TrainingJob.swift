@@ -1,0 +1,120 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MADE
+import MADECluster
+
+/// A training run as the command line asks for it: in this process, or as the coordinator of
+/// local or remote workers.
+struct TrainingJob {
+    let data: DataArguments
+    let training: TrainingArguments
+    let cluster: ClusterArguments
+    let runtime: RuntimeArguments
+    let role: Role
+
+    enum Role {
+        /// `made train`: this process, or a coordinator of `--workers N` local workers.
+        case local
+        /// `made coordinator` or rank 0 of `made launch`: listen at `bind` for remote workers.
+        case coordinator(bind: String)
+    }
+
+    func run() throws {
+        let logger = CommandLineSupport.bootstrap(label: "made")
+        BLAS.setThreads(runtime.threads)
+        let dataset = try DatasetLoader.load(path: data.dataPath, options: data.options)
+        guard let dimension = dataset.dimension else { throw ValidationError("\(data.dataPath): no data") }
+
+        var configuration = try training.configuration(inputCount: dimension)
+        var state: TrainingState?
+        if training.resume, let path = training.checkpoint, FileManager.default.fileExists(atPath: path) {
+            let saved = try Checkpoint.read(from: path)
+            let conflicts = training.conflicts(with: saved.configuration)
+            guard conflicts.isEmpty else {
+                throw ValidationError("\(path): flags disagree with the checkpoint's run: \(conflicts.joined(separator: "; "))")
+            }
+            let fingerprint = DataFingerprint.of(dataset)
+            guard saved.dataFingerprint == fingerprint else {
+                throw ValidationError("\(path): the checkpoint was trained on different data (fingerprint \(saved.dataFingerprint.prefix(12)), this data \(fingerprint.prefix(12)))")
+            }
+            configuration = saved.configuration
+            if let epochs = training.epochs { configuration.epochs = epochs }
+            state = saved.state
+            logger.info("resuming", metadata: ["checkpoint": "\(path)", "step": "\(saved.state.step)", "epoch": "\(saved.state.completedEpochs)"])
+        } else if training.resume, let path = training.checkpoint {
+            logger.info("no checkpoint yet; starting a new run", metadata: ["checkpoint": "\(path)"])
+        }
+
+        let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)
+        trainer.checkpointPath = training.checkpoint
+        trainer.checkpointEvery = training.checkpointEvery
+        print(CommandLineSupport.describe(configuration, dataset: dataset, parameters: ParameterLayout(configuration.model).count))
+        let report = ProgressReport(stepsPerEpoch: trainer.stepsPerEpoch, batchSize: configuration.batchSize, epochs: configuration.epochs)
+        trainer.onEvent = { report.handle($0) }
+
+        SignalFlag.install()
+        let stopAfter = training.stopAfterSteps
+        let shouldStop = { SignalFlag.isSet || (stopAfter.map { trainer.state.step >= $0 } ?? false) }
+
+        let outcome: TrainingOutcome
+        var coordinator: ClusterCoordinator?
+        var pool: LocalWorkerPool?
+        switch role {
+        case .local where !cluster.isDistributed:
+            outcome = try trainer.run(until: shouldStop)
+        case .local, .coordinator:
+            var bind = "tcp://127.0.0.1:0"
+            if case .coordinator(let b) = role { bind = b }
+            let c = try ClusterCoordinator(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
+                                           options: try cluster.coordinatorOptions(bind: bind), logger: logger)
+            c.shouldStop = { SignalFlag.isSet }
+            coordinator = c
+            if cluster.workers > 0 {
+                let p = LocalWorkerPool(logger: logger)
+                pool = p
+                try p.start(count: cluster.workers) { i in
+                    ["worker", "--connect", c.endpoint, "--name", "local-\(i)", "--parent-pid", "\(getpid())"]
+                        + data.forwarded + (cluster.keys.map { ["--keys", $0] } ?? [])
+                }
+            }
+            do {
+                outcome = try trainer.drive(until: shouldStop) { plan in
+                    try c.computeStep(plan, parameters: trainer.state.parameters)
+                }
+            } catch is ClusterCoordinator.Interrupted {
+                try trainer.saveCheckpoint()
+                outcome = .interrupted
+            } catch {
+                c.shutdownWorkers(exitCode: 1, reason: "the coordinator failed: \(error)")
+                pool?.stop(grace: 2)
+                throw error
+            }
+            c.shutdownWorkers(exitCode: 0, reason: outcome == .interrupted ? "the run was interrupted" : "the run is complete")
+            pool?.stop()
+        }
+
+        if outcome == .interrupted {
+            print("stopped at step \(trainer.state.step)\(training.checkpoint.map { "; checkpoint \($0)" } ?? "")")
+            if SignalFlag.isSet { throw ExitCode(130) }
+            return
+        }
+        if outcome == .stoppedEarly {
+            print("stopped early after epoch \(trainer.state.completedEpochs): no better validation NLL for \(configuration.patience) epochs; best epoch \(trainer.state.bestEpoch + 1)")
+        }
+        let final = trainer.checkpoint
+        let params = final.modelParameters
+        let k = configuration.evaluationMasks
+        let label = configuration.ensembleMode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
+        if let valid = dataset.valid { print(String(format: "valid_nll=%.4f", trainer.evaluate(valid, parameters: params)) + " masks=\(k)\(label)") }
+        if let test = dataset.test { print(String(format: "test_nll=%.4f", trainer.evaluate(test, parameters: params)) + " masks=\(k)\(label)") }
+        if let c = coordinator {
+            let n = c.counters
+            print("cluster workers_joined=\(n.workersJoined) workers_lost=\(n.workersLost) reassigned_shards=\(n.reassignedShards) "
+                  + "rejected=\(n.rejected) malformed=\(n.malformed) wrong_run=\(n.wrongRun) unknown_peer=\(n.unknownPeer) "
+                  + "refused_workers=\(n.refusedWorkers) mask_mismatches=\(n.maskMismatches) late=\(n.lateResults) "
+                  + "duplicates=\(n.duplicateResults) curve_refused=\(c.refusedClients) bytes_sent=\(c.bytesSent) bytes_received=\(c.bytesReceived)")
+        }
+        print("params_sha256=\(final.parametersSHA256)")
+    }
+}

@@ -1,0 +1,49 @@
+import Testing
+@testable import MADECluster
+
+@Suite("Cluster environment")
+struct ClusterEnvironmentTests {
+    @Test("Slurm node lists expand")
+    func nodeLists() throws {
+        #expect(try SlurmNodeList.expand("node[01-03,7],gpu5") == ["node01", "node02", "node03", "node7", "gpu5"])
+        #expect(try SlurmNodeList.expand("localhost") == ["localhost"])
+        #expect(try SlurmNodeList.expand("a[1-2]-b[3-4]") == ["a1-b3", "a1-b4", "a2-b3", "a2-b4"])
+        #expect(throws: ClusterError.self) { try SlurmNodeList.expand("node[01-") }
+        #expect(throws: ClusterError.self) { try SlurmNodeList.expand("node[5-2]") }
+    }
+
+    @Test("MASTER_ADDR, RANK and WORLD_SIZE")
+    func torchStyle() throws {
+        let e = try #require(try ClusterEnvironment.detect(["MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "6000", "RANK": "2", "WORLD_SIZE": "3"]))
+        #expect(e.rank == 2 && e.worldSize == 3 && !e.isCoordinator)
+        #expect(e.connectEndpoint == "tcp://10.0.0.1:6000")
+        #expect(e.bindEndpoint == "tcp://*:6000")
+        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["RANK": "0", "WORLD_SIZE": "2"]) }
+        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "3"]) }
+        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "x", "WORLD_SIZE": "3"]) }
+        #expect(try ClusterEnvironment.detect([:]) == nil)
+    }
+
+    @Test("Slurm variables")
+    func slurm() throws {
+        let e = try #require(try ClusterEnvironment.detect(["SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "cn[07-08]"]))
+        #expect(e.isCoordinator && e.worldSize == 4)
+        #expect(e.connectEndpoint == "tcp://cn07:\(ClusterEnvironment.defaultPort)")
+        let single = try #require(try ClusterEnvironment.detect(["SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "x", "MASTER_PORT": "7000"]))
+        #expect(single.connectEndpoint == "tcp://x:7000")
+        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "x"]) }
+    }
+
+    @Test("endpoints")
+    func endpoints() {
+        #expect(Endpoint.isLocal("tcp://127.0.0.1:5555"))
+        #expect(Endpoint.isLocal("tcp://localhost:0"))
+        #expect(Endpoint.isLocal("ipc:///tmp/x"))
+        #expect(!Endpoint.isLocal("tcp://*:5555"))
+        #expect(!Endpoint.isLocal("tcp://10.1.2.3:5555"))
+        #expect(Endpoint.isLocal("tcp://[::1]:5555"))
+        #expect(Endpoint.zeroMQSpelling("tcp://127.0.0.1:0") == "tcp://127.0.0.1:*")
+        #expect(Endpoint.zeroMQSpelling("tcp://127.0.0.1:5000") == "tcp://127.0.0.1:5000")
+        #expect(Endpoint.tcpHost("tcp://[fe80::1]:9") == "fe80::1")
+    }
+}
