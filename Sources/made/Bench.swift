@@ -1,10 +1,12 @@
 import ArgumentParser
 import Foundation
+import Logging
 import MADE
+import MADECluster
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure training throughput on random binary data: examples per second and peak memory.")
+        abstract: "Measure training throughput on random binary data: examples per second, peak memory, and with --workers the bytes on the wire.")
 
     @Option(help: "Timed steps.")
     var steps: Int = 300
@@ -18,13 +20,15 @@ struct Bench: ParsableCommand {
     var hiddens: String = "500"
     @Option(help: "Examples per step.")
     var batchSize: Int = 100
-    @Option(help: "Shards per step.")
-    var shards: Int = 1
+    @Option(help: "Shards per step. [default: 1, or the number of workers]")
+    var shards: Int?
+    @Option(help: "Local worker processes (0: compute in this process).")
+    var workers: Int = 0
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
-        guard steps >= 1, warmup >= 0, dimension >= 1, batchSize >= 1, examples >= batchSize else {
-            throw ValidationError("need --steps >= 1, --warmup >= 0, --dimension >= 1 and --examples >= --batch-size >= 1")
+        guard steps >= 1, warmup >= 0, dimension >= 1, batchSize >= 1, examples >= batchSize, workers >= 0 else {
+            throw ValidationError("need --steps >= 1, --warmup >= 0, --dimension >= 1, --examples >= --batch-size >= 1, --workers >= 0")
         }
         _ = try parseHiddens(hiddens)
     }
@@ -32,19 +36,61 @@ struct Bench: ParsableCommand {
     func run() throws {
         BLAS.setThreads(runtime.threads)
         var rng = RandomStream(seed: 0, domain: .sampling)
-        var bits = [UInt8](repeating: 0, count: examples * dimension)
-        for i in bits.indices { bits[i] = UInt8(truncatingIfNeeded: rng.next() & 1) }
-        let dataset = Dataset(train: DataMatrix(binary: bits, count: examples, dimension: dimension), valid: nil, test: nil, source: "random bits")
+        func bits(_ n: Int) -> DataMatrix {
+            var b = [UInt8](repeating: 0, count: n * dimension)
+            for i in b.indices { b[i] = UInt8(truncatingIfNeeded: rng.next() & 1) }
+            return DataMatrix(binary: b, count: n, dimension: dimension)
+        }
+        let dataset = Dataset(train: bits(examples), valid: bits(100), test: bits(100), source: "random bits")
         let model = ModelConfiguration(inputCount: dimension, hiddenSizes: try parseHiddens(hiddens))
-        let configuration = TrainingConfiguration(model: model, batchSize: batchSize, epochs: Int.max / 2, shards: shards)
-        let trainer = try Trainer(configuration: configuration, dataset: dataset)
-        _ = try trainer.run(until: { trainer.state.step >= warmup })
-        let start = ContinuousClock.now
-        _ = try trainer.run(until: { trainer.state.step >= warmup + steps })
-        let seconds = (ContinuousClock.now - start).seconds
-        let rate = Double(steps * batchSize) / seconds
+        let shardCount = shards ?? max(1, workers)
+        let configuration = TrainingConfiguration(model: model, batchSize: batchSize, epochs: Int.max / 2, shards: shardCount)
+        let trainer = try Trainer(configuration: configuration, dataset: Dataset(train: dataset.train, valid: nil, test: nil, source: dataset.source))
         let sizes = ([dimension] + model.hiddenSizes + [dimension]).map(String.init).joined(separator: "-")
-        print(String(format: "made_single examples_per_s=%.1f peak_rss_mib=%.1f", rate, CommandLineSupport.peakResidentMiB)
-              + " config=\(sizes) batch=\(batchSize) shards=\(shards) threads=\(runtime.threads) steps=\(steps)")
+        let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) threads=\(runtime.threads) steps=\(steps)"
+
+        guard workers > 0 else {
+            _ = try trainer.run(until: { trainer.state.step >= warmup })
+            let start = ContinuousClock.now
+            _ = try trainer.run(until: { trainer.state.step >= warmup + steps })
+            let rate = Double(steps * batchSize) / (ContinuousClock.now - start).seconds
+            print(String(format: "made_single examples_per_s=%.1f peak_rss_mib=%.1f", rate, CommandLineSupport.peakResidentMiB) + " " + settings)
+            return
+        }
+
+        // Workers load the same bits from a file.
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("made-bench-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let file = folder + "/random.npz"
+        try DatasetWriter.writeNPZ(dataset, to: file)
+        let loaded = try DatasetLoader.load(path: file)
+        var logger = Logger(label: "made.bench")
+        logger.logLevel = .warning
+        let coordinator = try ClusterCoordinator(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
+                                                 options: .init(bind: "ipc://\(folder)/coordinator.ipc"), logger: logger)
+        let pool = LocalWorkerPool(logger: logger)
+        try pool.start(count: workers) { i in
+            ["worker", "--connect", coordinator.endpoint, "-d", file, "--name", "bench-\(i)", "--parent-pid", "\(getpid())", "--threads", "\(runtime.threads)"]
+        }
+        defer {
+            coordinator.shutdownWorkers(reason: "benchmark done")
+            pool.stop()
+        }
+        guard try coordinator.waitForWorkers(workers, timeout: 60_000) else {
+            throw ValidationError("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
+        }
+        let compute = { (plan: StepPlan) in try coordinator.computeStep(plan, parameters: trainer.state.parameters) }
+        _ = try trainer.drive(until: { trainer.state.step >= warmup }, compute: compute)
+        let bytesBefore = coordinator.bytesSent + coordinator.bytesReceived
+        let start = ContinuousClock.now
+        _ = try trainer.drive(until: { trainer.state.step >= warmup + steps }, compute: compute)
+        let seconds = (ContinuousClock.now - start).seconds
+        let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
+        let dense = Double(4 * ParameterLayout(model).count)
+        let packed = Double(4 * MaskPacking(maskSet: MaskSet(configuration: model, runSeed: 0, maskSeed: 0), layout: ParameterLayout(model)).count)
+        print(String(format: "made_cluster workers=%d examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f peak_rss_mib=%.1f",
+                     workers, Double(steps * batchSize) / seconds, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,
+                     CommandLineSupport.peakResidentMiB) + " " + settings)
     }
 }

@@ -361,12 +361,7 @@ struct KeyFile {
                 continue
             }
             if line.hasPrefix("#") || line == "metadata" || line == "curve" { continue }
-            if let equals = line.firstIndex(of: "=") {
-                let name = line[..<equals].trimmingCharacters(in: .whitespaces)
-                var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
-                if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") {
-                    value = String(value.dropFirst().dropLast())
-                }
+            if let (name, value) = setting(line) {
                 switch name {
                 case "public-key":
                     guard file.publicKey == nil else {
@@ -390,6 +385,26 @@ struct KeyFile {
             throw CurveKeyError(.malformedFile, "line \(number): not a key, a `# comment` or a `name = \"value\"` line")
         }
         return file
+    }
+
+    /// The name and value of a `name = "value"` or `name = value` line, as certificates write them.
+    ///
+    /// The value must be quoted or the `=` surrounded by blanks: a key also contains `=` and must
+    /// not be mistaken for a setting.
+    private static func setting(_ line: String) -> (name: String, value: String)? {
+        guard let equals = line.firstIndex(of: "=") else { return nil }
+        let name = line[..<equals]
+        let rest = line[line.index(after: equals)...]
+        let trimmedName = name.trimmingCharacters(in: .whitespaces)
+        let trimmedValue = rest.trimmingCharacters(in: .whitespaces)
+        let nameCharacters = trimmedName.unicodeScalars.allSatisfy {
+            CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_"
+        }
+        guard !trimmedName.isEmpty, nameCharacters else { return nil }
+        let quoted = trimmedValue.count >= 2 && trimmedValue.hasPrefix("\"") && trimmedValue.hasSuffix("\"")
+        if quoted { return (trimmedName, String(trimmedValue.dropFirst().dropLast())) }
+        let spaced = name.last.map { $0 == " " || $0 == "\t" } == true && rest.first.map { $0 == " " || $0 == "\t" } == true
+        return spaced ? (trimmedName, trimmedValue) : nil
     }
 
     private static func entry(_ key: String, line: Int, what: String) throws -> Entry {

@@ -9,11 +9,16 @@ import Logging
 /// `authorizedKeys`, and `400` otherwise; the server then never delivers a message from a
 /// rejected client.
 ///
-/// Order and lifetime matter: create the handler before any CURVE server socket accepts
-/// connections and keep it open as long as they run. libzmq accepts *every* CURVE client of a
-/// connection for which no handler was bound. `handlePending()` must be called whenever
-/// `socket` is readable (include it in the poll loop), or handshakes stall until libzmq's
-/// handshake timeout drops them.
+/// Order and lifetime matter. libzmq looks for a handler at each handshake and admits *every*
+/// CURVE client when none is bound at that moment, so create the handler before any client can
+/// connect to a CURVE server socket of the context (creating it before the server binds is the
+/// simple rule), and keep it open as long as those sockets run: once it is closed, new clients
+/// are let in unchecked. `handlePending()` must be called whenever `socket` is readable (include
+/// it in the poll loop), or handshakes stall until libzmq's handshake timeout drops them.
+///
+/// A rejected client is not retried by libzmq 4.3: its connection ends with a protocol error,
+/// its queued messages are dropped, and it stays disconnected, so a client with the wrong key
+/// notices only through its own timeouts.
 ///
 /// Request frames: version `1.0`, request id, domain, peer address, routing id, mechanism, then
 /// the mechanism's credentials (for CURVE, one 32-byte public key). Reply frames: version,
@@ -53,7 +58,8 @@ public final class ZAPHandler {
         try socket.bind(Self.endpoint)
     }
 
-    /// Closes the handler's socket. CURVE servers in the context must be closed first (see above).
+    /// Closes the handler's socket. Close the CURVE servers of the context first: a server
+    /// left running without its handler admits any client.
     public func close() {
         socket.close()
     }
