@@ -72,5 +72,9 @@ let package = Package(
             name: "MADEClusterTests",
             dependencies: ["MADECluster", "MADE"]
         ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["MADECluster", "MADE"]
+        ),
     ]
 )

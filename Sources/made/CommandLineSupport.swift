@@ -37,6 +37,12 @@ enum SignalFlag {
     static func install() {
         signal(SIGINT) { _ in SignalFlag.raised = 1 }
         signal(SIGTERM) { _ in SignalFlag.raised = 1 }
+        // A launcher may have started this process with these signals blocked; take them back.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
     static var isSet: Bool { raised != 0 }

@@ -63,7 +63,8 @@ public final class ClusterCoordinator {
         let configurationBytes = Array(try encoder.encode(configuration))
         let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint)
         var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
-        settings.heartbeatInterval = options.heartbeatInterval
+        // Workers speak up at least three times per timeout, so a busy moment is not mistaken for death.
+        settings.heartbeatInterval = max(50, min(options.heartbeatInterval, options.heartbeatTimeout / 4))
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.taskTimeout = options.taskTimeout
         machine = CoordinatorStateMachine(settings: settings)

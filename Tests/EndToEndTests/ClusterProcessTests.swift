@@ -1,0 +1,186 @@
+import Foundation
+import MADE
+import MADECluster
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cluster as users run it: real `made` processes over real ZeroMQ sockets.
+@Suite("Cluster end to end", .serialized)
+struct ClusterProcessTests {
+    /// A small run: 600 examples of 24 dimensions, batch 20, 4 shards, 3 masks.
+    static func runFlags(data: String, epochs: Int = 3) -> [String] {
+        ["-d", data, "-q", "32", "--epochs", "\(epochs)", "--batch-size", "20", "--shards", "4", "-n", "3", "-r", "7", "--lr", "0.01"]
+    }
+
+    /// The checksum of the same run in one process with the same shards.
+    static func reference(_ folder: String, data: String, epochs: Int = 3) throws -> String {
+        let (code, out, err) = try EndToEnd.run(["train"] + runFlags(data: data, epochs: epochs), folder: folder, name: "reference")
+        #expect(code == 0, "reference run failed: \(err)")
+        return try #require(EndToEnd.checksum(out))
+    }
+
+    @Test("1, 2, 3 and 4 workers with S = 4 give the single-process checksum")
+    func workerCounts() throws {
+        let folder = EndToEnd.folder("counts")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data)
+        for workers in 1...4 {
+            let (code, out, err) = try EndToEnd.run(["train", "--workers", "\(workers)"] + Self.runFlags(data: data), folder: folder, name: "w\(workers)")
+            #expect(code == 0, "\(workers) workers: \(err)")
+            #expect(EndToEnd.checksum(out) == expected, "\(workers) workers")
+            #expect(EndToEnd.clusterCounters(out)["workers_joined"] == workers)
+        }
+    }
+
+    @Test("a worker killed with SIGKILL mid-run changes nothing")
+    func killWorker() throws {
+        let folder = EndToEnd.folder("killworker")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data, epochs: 8)
+        let endpoint = folder + "/endpoint"
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
+                                              "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 8),
+                                             folder: folder, name: "coordinator")
+        let victim = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"], folder: folder, name: "victim")
+        let survivor = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "survivor"], folder: folder, name: "survivor")
+        #expect(coordinator.waitFor(timeout: 60) { $0.contains("epoch 2/8") }, "training did not get going: \(coordinator.errors)")
+        victim.signal(SIGKILL)
+        #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.checksum(coordinator.output) == expected)
+        let counters = EndToEnd.clusterCounters(coordinator.output)
+        #expect(counters["workers_lost"] == 1)
+        #expect(survivor.wait(timeout: 10) == 0)
+    }
+
+    @Test("a coordinator killed with SIGKILL and restarted with --resume finishes bit-identical")
+    func killCoordinator() throws {
+        let folder = EndToEnd.folder("killcoordinator")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data, epochs: 8)
+        let port = EndToEnd.freePort()
+        let flags = ["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--checkpoint", folder + "/run.ckpt", "--resume",
+                     "--checkpoint-every", "7"] + Self.runFlags(data: data, epochs: 8)
+        let first = try EndToEnd.Child(flags, folder: folder, name: "coordinator1")
+        let workers = try (0..<2).map {
+            try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "w\($0)"], folder: folder, name: "worker\($0)")
+        }
+        #expect(first.waitFor(timeout: 60) { $0.contains("epoch 3/8") }, "training did not get going: \(first.errors)")
+        first.signal(SIGKILL)
+        _ = first.wait(timeout: 10)
+        let saved = try Checkpoint.read(from: folder + "/run.ckpt")
+        #expect(saved.state.step > 0 && saved.state.completedEpochs < 8)
+        let second = try EndToEnd.Child(flags, folder: folder, name: "coordinator2")
+        #expect(second.wait(timeout: 120) == 0, "\(second.errors)")
+        #expect(second.errors.contains("resuming"))
+        #expect(EndToEnd.checksum(second.output) == expected)
+        for w in workers { #expect(w.wait(timeout: 10) == 0) }
+    }
+
+    @Test("malformed frames and unauthenticated clients during training are refused and counted; the result is unchanged")
+    func hostilePeers() throws {
+        let folder = EndToEnd.folder("hostile")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data, epochs: 6)
+        let keys = folder + "/keys"
+        let (keygen, _, keygenErrors) = try EndToEnd.run(["keygen", keys], folder: folder, name: "keygen")
+        #expect(keygen == 0, "\(keygenErrors)")
+        let port = EndToEnd.freePort()
+        let endpoint = "tcp://127.0.0.1:\(port)"
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", endpoint, "--keys", keys] + Self.runFlags(data: data, epochs: 6),
+                                             folder: folder, name: "coordinator")
+        let workers = try (0..<2).map {
+            try EndToEnd.Child(["worker", "-d", data, "--connect", endpoint, "--keys", keys, "--name", "w\($0)"], folder: folder, name: "worker\($0)")
+        }
+        #expect(coordinator.waitFor(timeout: 60) { $0.contains("epoch 1/6") }, "training did not get going: \(coordinator.errors)")
+
+        let context = try ZMQContext()
+        defer { context.shutdown() }
+        // An authenticated peer that sends garbage.
+        let authorized = try ClusterSecurity.Client.load(folder: keys)
+        let noisy = try ZMQSocket(context: context, kind: .dealer)
+        try noisy.configureCurveClient(keyPair: authorized.keyPair, serverPublicKey: authorized.serverPublicKey)
+        try noisy.connect(endpoint)
+        var rng = RandomStream(seed: 1, domain: .sampling)
+        var frames: [[UInt8]] = [
+            Array("GET / HTTP/1.1\r\n\r\n".utf8),
+            [],
+            WireFormat.encode(.heartbeat(sequence: 1), runID: 1).enumerated().map { $0.offset == 4 ? 9 : $0.element },
+        ]
+        for _ in 0..<20 { frames.append((0..<64).map { _ in UInt8(truncatingIfNeeded: rng.next()) }) }
+        for frame in frames { try noisy.send(bytes: [frame]) }
+        try noisy.send(bytes: [[1, 2, 3], [4, 5, 6]])
+        // A CURVE client whose key is not authorized, and a client without CURVE.
+        let stranger = try ZMQSocket(context: context, kind: .dealer)
+        try stranger.configureCurveClient(keyPair: try CurveKeyPair.generate(), serverPublicKey: authorized.serverPublicKey)
+        try stranger.connect(endpoint)
+        try stranger.send(bytes: [WireFormat.encode(.hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: "x")), runID: 0)],
+                          dontWait: true)
+        let plain = try ZMQSocket(context: context, kind: .dealer)
+        try plain.connect(endpoint)
+        try plain.send(bytes: [WireFormat.encode(.heartbeat(sequence: 1), runID: 0)], dontWait: true)
+
+        #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.checksum(coordinator.output) == expected)
+        let counters = EndToEnd.clusterCounters(coordinator.output)
+        #expect((counters["malformed"] ?? 0) >= frames.count)
+        #expect((counters["curve_refused"] ?? 0) >= 1)
+        #expect((counters["rejected"] ?? 0) >= frames.count)
+        for w in workers { #expect(w.wait(timeout: 10) == 0) }
+        noisy.close(); stranger.close(); plain.close()
+    }
+
+    @Test("a worker with other data is refused with the reason and exits 3")
+    func dataMismatch() throws {
+        let folder = EndToEnd.folder("mismatch")
+        let data = try EndToEnd.writeData(to: folder)
+        let otherFolder = folder + "/other"
+        try FileManager.default.createDirectory(atPath: otherFolder, withIntermediateDirectories: true)
+        let other = try EndToEnd.writeData(to: otherFolder, seed: 6)
+        let endpoint = folder + "/endpoint"
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint] + Self.runFlags(data: data, epochs: 1),
+                                             folder: folder, name: "coordinator")
+        let wrong = try EndToEnd.Child(["worker", "-d", other, "--endpoint-file", endpoint], folder: folder, name: "wrong")
+        #expect(wrong.wait(timeout: 30) == 3)
+        #expect(wrong.errors.contains("data mismatch"))
+        let right = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint], folder: folder, name: "right")
+        #expect(coordinator.wait(timeout: 60) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.clusterCounters(coordinator.output)["refused_workers"] == 1)
+        #expect(right.wait(timeout: 10) == 0)
+    }
+
+    @Test("a worker gives up with exit code 4 when the coordinator is gone")
+    func coordinatorGone() throws {
+        let folder = EndToEnd.folder("gone")
+        let data = try EndToEnd.writeData(to: folder)
+        let port = EndToEnd.freePort()
+        let worker = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--coordinator-timeout", "1.5"],
+                                        folder: folder, name: "worker")
+        #expect(worker.wait(timeout: 20) == 4)
+        #expect(worker.errors.contains("no coordinator"))
+    }
+
+    @Test("Ctrl-C stops training, checkpoints, leaves no worker behind, and the run resumes bit-identical")
+    func interrupt() throws {
+        let folder = EndToEnd.folder("interrupt")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data, epochs: 8)
+        let flags = ["train", "--workers", "2", "--checkpoint", folder + "/run.ckpt", "--resume"] + Self.runFlags(data: data, epochs: 8)
+        let first = try EndToEnd.Child(flags, folder: folder, name: "first")
+        #expect(first.waitFor(timeout: 60) { $0.contains("epoch 2/8") })
+        first.signal(SIGINT)
+        #expect(first.wait(timeout: 30) == 130)
+        #expect(first.output.contains("stopped at step"))
+        // No worker of the first run is left.
+        let ps = Process()
+        ps.executableURL = URL(fileURLWithPath: "/usr/bin/pgrep")
+        ps.arguments = ["-f", "--", "parent-pid \(first.pid)"]
+        try ps.run()
+        ps.waitUntilExit()
+        #expect(ps.terminationStatus == 1, "a worker of the interrupted run is still running")
+        let second = try EndToEnd.Child(flags, folder: folder, name: "second")
+        #expect(second.wait(timeout: 120) == 0, "\(second.errors)")
+        #expect(EndToEnd.checksum(second.output) == expected)
+    }
+}
