@@ -35,6 +35,13 @@ public final class GradientEngine {
         preparedMaskSeed = maskSeed
     }
 
+    /// Starts a step from packed parameters (see ``MaskPacking``): one scatter, no dense vector.
+    public func begin(packed: UnsafeBufferPointer<Float>, packing: MaskPacking, maskSeed: UInt64) {
+        workspace.setMasks(maskSet(maskSeed))
+        packing.activeIndices.withUnsafeBufferPointer { workspace.prepare(packed: packed, indices: $0) }
+        preparedMaskSeed = maskSeed
+    }
+
     /// ``begin(parameters:maskSeed:)`` for an array.
     public func begin(parameters: [Float], maskSeed: UInt64) {
         parameters.withUnsafeBufferPointer { begin(parameters: $0, maskSeed: maskSeed) }

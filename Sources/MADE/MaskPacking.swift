@@ -45,19 +45,35 @@ public struct MaskPacking: Sendable {
         }
     }
 
+    /// Writes the active entries of `dense`, in order, into `out` (``count`` values).
+    public func pack(_ dense: [Float], into out: UnsafeMutableBufferPointer<Float>) {
+        precondition(dense.count == denseCount && out.count >= count, "pack: wrong sizes")
+        dense.withUnsafeBufferPointer { d in
+            activeIndices.withUnsafeBufferPointer { idx in
+                for k in 0..<idx.count { out[k] = d[Int(idx[k])] }
+            }
+        }
+    }
+
     /// Writes `packed` into the active entries of `dense` and +0 everywhere else.
     ///
-    /// - Complexity: O(dense count).
-    public func unpack(_ packed: [Float], into dense: inout [Float]) {
+    /// With `zeroing` false the other entries are left as they are: pass it only when `dense`
+    /// last received an unpack of this same packing, so they are still 0.
+    public func unpack(_ packed: UnsafeBufferPointer<Float>, into dense: inout [Float], zeroing: Bool = true) {
         precondition(packed.count == count, "unpack: \(packed.count) values for \(count) active parameters")
         if dense.count != denseCount { dense = [Float](repeating: 0, count: denseCount) }
         dense.withUnsafeMutableBufferPointer { d in
-            d.update(repeating: 0)
-            packed.withUnsafeBufferPointer { p in
-                activeIndices.withUnsafeBufferPointer { idx in
-                    for k in 0..<idx.count { d[Int(idx[k])] = p[k] }
-                }
+            if zeroing { d.update(repeating: 0) }
+            activeIndices.withUnsafeBufferPointer { idx in
+                for k in 0..<idx.count { d[Int(idx[k])] = packed[k] }
             }
         }
+    }
+
+    /// Writes `packed` into the active entries of `dense` and +0 everywhere else.
+    ///
+    /// - Complexity: O(dense count).
+    public func unpack(_ packed: [Float], into dense: inout [Float], zeroing: Bool = true) {
+        packed.withUnsafeBufferPointer { unpack($0, into: &dense, zeroing: zeroing) }
     }
 }

@@ -29,8 +29,13 @@ public final class NetworkWorkspace<T: BLASScalar> {
     let deltas: [UnsafeMutableBufferPointer<T>]
     /// Per matrix of ``ParameterLayout/matrices``: the 0/1 mask, the masked weights and the bias.
     let masks: [UnsafeMutableBufferPointer<UInt8>]
+    /// The step's parameters with the masks applied, in parameter-layout order; the weight
+    /// matrices and biases below are views into it.
+    let prepared: UnsafeMutableBufferPointer<T>
     let maskedWeights: [UnsafeMutableBufferPointer<T>]
     let biases: [UnsafeMutableBufferPointer<T>]
+    /// The masks whose zeros ``prepared`` holds at masked-out weights, after a scatter.
+    private var scatteredKey: (runSeed: UInt64, maskSeed: UInt64)?
     /// Per-row losses of the last loss pass, in `Double`.
     let rowLosses: UnsafeMutableBufferPointer<Double>
 
@@ -57,8 +62,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
             b.initialize(repeating: 0)
             return b
         }
-        maskedWeights = matrices.map { buffer($0.count) }
-        biases = layout.layers.map { buffer($0.columns) }
+        let prepared = buffer(layout.count)
+        self.prepared = prepared
+        maskedWeights = matrices.map { UnsafeMutableBufferPointer(rebasing: prepared[$0.offset..<($0.offset + $0.count)]) }
+        biases = layout.layers.map { UnsafeMutableBufferPointer(rebasing: prepared[$0.biasOffset!..<($0.biasOffset! + $0.columns)]) }
         rowLosses = UnsafeMutableBufferPointer<Double>.allocate(capacity: capacity)
         rowLosses.initialize(repeating: 0)
     }
@@ -70,8 +77,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
         outputGradient.deallocate()
         deltas.forEach { $0.deallocate() }
         masks.forEach { $0.deallocate() }
-        maskedWeights.forEach { $0.deallocate() }
-        biases.forEach { $0.deallocate() }
+        prepared.deallocate()
         rowLosses.deallocate()
     }
 
@@ -89,6 +95,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
             for i in 0..<bits.count { m[i] = bits[i] == 0 ? 0 : 1 }  // copy, normalized to 0/1
         }
         maskKey = (maskSet.runSeed, maskSet.maskSeed)
+        scatteredKey = nil
     }
 
     /// Takes the step's parameters: masks every weight matrix (`W * M`, with masked-out entries
@@ -99,12 +106,36 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func prepare(parameters: UnsafeBufferPointer<T>) {
         precondition(maskKey != nil, "prepare: set the masks first")
         precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        scatteredKey = nil
         let p = parameters.baseAddress!
         for (k, matrix) in layout.matrices.enumerated() {
             maskSelect(p + matrix.offset, masks[k].baseAddress!, maskedWeights[k].baseAddress!, count: matrix.count)
             if let b = matrix.biasOffset {
                 biases[k].baseAddress!.update(from: p + b, count: matrix.columns)
             }
+        }
+    }
+
+    /// Takes the step's parameters in packed form: `packed[k]` is parameter `indices[k]`, and
+    /// every parameter not listed is masked out. Gives the same values as
+    /// ``prepare(parameters:)`` with the dense vector, in one scatter: the zeros of masked-out
+    /// weights are written only when the masks changed since the last scatter.
+    ///
+    /// - Precondition: masks are set; `indices` are ascending layout indices, all active.
+    /// - Complexity: O(`packed.count`), plus O(number of parameters) when the masks changed.
+    public func prepare(packed: UnsafeBufferPointer<T>, indices: UnsafeBufferPointer<Int32>) {
+        precondition(maskKey != nil, "prepare: set the masks first")
+        precondition(packed.count == indices.count, "prepare: \(packed.count) values for \(indices.count) indices")
+        if scatteredKey == nil || scatteredKey! != maskKey! {
+            prepared.update(repeating: 0)
+            scatteredKey = maskKey
+        }
+        let out = prepared.baseAddress!
+        let n = layout.count
+        for k in 0..<packed.count {
+            let i = Int(indices[k])
+            precondition(i < n)
+            out[i] = packed[k]
         }
     }
 

@@ -28,7 +28,7 @@ struct CoordinatorStateMachineTests {
 
     func result(step: UInt64, shard: UInt32, digest: [UInt8] = digest, count: Int = 2) -> WireMessage {
         .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: Double(shard), computeMicroseconds: 1,
-                      gradient: [Float](repeating: Float(shard), count: count)))
+                      gradient: .inline([Float](repeating: Float(shard), count: count))))
     }
 
     func assignments(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Bool)] {
@@ -160,6 +160,33 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.workersLost == 0)
     }
 
+    @Test("workers on this host get their own shared-memory slot, never reused; others get none")
+    func sharedMemoryGrants() {
+        var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [])
+        s.hostID = "here"
+        s.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
+        var m = CoordinatorStateMachine(settings: s)
+        func grant(_ actions: [CoordinatorStateMachine.Action]) -> WireMessage.SharedMemoryGrant?? {
+            for case .send(_, .welcome(let w)) in actions { return .some(w.sharedMemory) }
+            return nil
+        }
+        let local = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here"))
+        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 0)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
+        #expect(m.sharedSlot(of: a) == 1)
+        let remote = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "b", hostID: "elsewhere"))
+        #expect(grant(m.receive(from: b, runID: 0, message: remote, now: 0)) == .some(nil))
+        // Saying hello again gives a new slot; the old one is not handed out again.
+        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 1)) == .some(.init(path: "/dev/shm/run", slot: 2, slotFloats: 10)))
+        // Slots run out: later workers go without.
+        #expect(grant(m.receive(from: c, runID: 0, message: local, now: 2)) == .some(nil))
+        // A gradient said to be in shared memory is not accepted as such.
+        _ = m.begin(plan(step: 0, shards: 1), now: 3)
+        let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, gradient: .shared(count: 2)))
+        for peer in [a, b, c] { _ = m.receive(from: peer, runID: 77, message: shared, now: 4) }
+        #expect(!m.isStepComplete)
+        #expect(m.counters.badResults >= 1)
+    }
+
     @Test("heartbeats go to every worker each interval; shutdown reaches all")
     func heartbeats() {
         var m = machine()
@@ -184,7 +211,7 @@ struct WorkerStateMachineTests {
     }
 
     func task(step: UInt64, parameters: [Float]?) -> WireMessage {
-        .task(.init(step: step, shard: 0, shardCount: 1, maskSeed: 0, rows: [1], parameters: parameters))
+        .task(.init(step: step, shard: 0, shardCount: 1, maskSeed: 0, rows: [1], parameters: parameters.map { .inline($0) } ?? .absent))
     }
 
     @Test("hello until welcomed, then configure, compute and answer")
@@ -194,10 +221,10 @@ struct WorkerStateMachineTests {
         #expect(w.tick(now: 100).isEmpty)
         #expect(w.tick(now: 500).count == 1)   // hello again
         #expect(w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [4])), now: 600)
-                == [.configure(runID: 5, configuration: [4])])
+                == [.configure(runID: 5, configuration: [4], sharedMemory: nil)])
         let compute = w.receive(runID: 5, message: task(step: 1, parameters: [1]), now: 700)
         #expect(compute.count == 1)
-        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, gradient: [1])
+        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, gradient: .inline([1]))
         #expect(w.computed(result, now: 710) == [.send(.result(result))])
         // Second shard of the same step needs no parameters.
         #expect(w.receive(runID: 5, message: task(step: 1, parameters: nil), now: 720).count == 1)

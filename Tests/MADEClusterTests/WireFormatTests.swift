@@ -5,13 +5,16 @@ import MADE
 @Suite("Wire format")
 struct WireFormatTests {
     static let samples: [WireMessage] = [
-        .hello(.init(dataFingerprint: (0..<32).map { UInt8($0) }, processID: 4242, name: "node-1:4242 é")),
+        .hello(.init(dataFingerprint: (0..<32).map { UInt8($0) }, processID: 4242, name: "node-1:4242 é", hostID: "host/boot/net")),
         .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: Array("{\"a\":1}".utf8))),
+        .welcome(.init(heartbeatIntervalMilliseconds: 250, configuration: [], sharedMemory: .init(path: "/dev/shm/x", slot: 3, slotFloats: 1000))),
         .reject(reason: "data mismatch"),
-        .task(.init(step: 1 << 40, shard: 3, shardCount: 4, maskSeed: 7, rows: [0, 5, 49_999], parameters: [1, -2.5, 0, .leastNonzeroMagnitude])),
-        .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: nil)),
+        .task(.init(step: 1 << 40, shard: 3, shardCount: 4, maskSeed: 7, rows: [0, 5, 49_999], parameters: .inline([1, -2.5, 0, .leastNonzeroMagnitude]))),
+        .task(.init(step: 3, shard: 1, shardCount: 2, maskSeed: 1, rows: [7], parameters: .shared(count: 392_000))),
+        .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)),
         .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
-                      computeMicroseconds: 777, gradient: [0.25, -0.0, 3e-38])),
+                      computeMicroseconds: 777, gradient: .inline([0.25, -0.0, 3e-38]))),
+        .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, gradient: .shared(count: 12))),
         .heartbeat(sequence: .max),
         .shutdown(exitCode: 0, reason: "done"),
         .who,
@@ -71,13 +74,13 @@ struct WireFormatTests {
         expectError(b) { $0 == .trailingBytes(4) }
         // A NaN in a gradient.
         let nan = WireFormat.encode(.result(.init(step: 1, shard: 0, maskDigest: Array(repeating: 0, count: 16), lossSum: 1,
-                                                  computeMicroseconds: 0, gradient: [.nan])), runID: 1)
+                                                  computeMicroseconds: 0, gradient: .inline([.nan]))), runID: 1)
         expectError(nan) { if case .invalidField = $0 { true } else { false } }
         // A shard index beyond the shard count.
-        let badShard = WireFormat.encode(.task(.init(step: 1, shard: 4, shardCount: 4, maskSeed: 0, rows: [], parameters: nil)), runID: 1)
+        let badShard = WireFormat.encode(.task(.init(step: 1, shard: 4, shardCount: 4, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)
         expectError(badShard) { if case .invalidField = $0 { true } else { false } }
         // A count far beyond the limit, with nothing behind it.
-        var huge = WireFormat.encode(.task(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: nil)), runID: 1)
+        var huge = WireFormat.encode(.task(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)
         huge.replaceSubrange(48..<52, with: [0xFF, 0xFF, 0xFF, 0x7F])
         expectError(huge) { if case .limitExceeded = $0 { true } else { false } }
         // Invalid UTF-8 in a string.
@@ -116,7 +119,7 @@ struct WireFormatTests {
                 frame.replaceSubrange(16..<20, with: withUnsafeBytes(of: UInt32(n).littleEndian, Array.init))
                 frame += (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             default:  // oversized counts in otherwise valid frames
-                frame = seeds[3]
+                frame = seeds[4]
                 let at = 24 + 8 + 4 + 4 + 8
                 frame.replaceSubrange(at..<(at + 4), with: withUnsafeBytes(of: UInt32(truncatingIfNeeded: rng.next()).littleEndian, Array.init))
             }

@@ -25,6 +25,22 @@ public struct CoordinatorStateMachine: Sendable {
         public var heartbeatInterval: UInt64 = 1000
         public var heartbeatTimeout: UInt64 = 10_000
         public var taskTimeout: UInt64 = 60_000
+        /// This host's id; a worker presenting the same one may share memory.
+        public var hostID = ""
+        /// The shared-memory file offered to same-host workers, if any.
+        public var sharedMemory: SharedMemory?
+
+        /// A file of `slots + 1` slots of `slotFloats` values: slot 0 for parameters, then one per worker.
+        public struct SharedMemory: Sendable {
+            public var path: String
+            public var slotFloats: UInt32
+            public var slots: UInt32
+            public init(path: String, slotFloats: UInt32, slots: UInt32) {
+                self.path = path
+                self.slotFloats = slotFloats
+                self.slots = slots
+            }
+        }
 
         public init(runID: UInt64, dataFingerprint: [UInt8], configuration: [UInt8]) {
             self.runID = runID
@@ -56,7 +72,8 @@ public struct CoordinatorStateMachine: Sendable {
     public enum Action: Sendable, Equatable {
         /// Send a small control message.
         case send(Peer, WireMessage)
-        /// Send a task; the loop attaches the step's packed parameters when `includeParameters` is set.
+        /// Send a task; the loop attaches the step's packed parameters when `includeParameters` is
+        /// set (inline, or in shared memory for a worker with a slot).
         case assign(Peer, WireMessage.Task, includeParameters: Bool)
         case workerJoined(Peer, name: String)
         case workerLost(Peer, name: String, reason: String)
@@ -89,6 +106,7 @@ public struct CoordinatorStateMachine: Sendable {
         var shard: UInt32?
         var assignedAt: UInt64 = 0
         var parametersStep: UInt64?
+        var slot: UInt32?
     }
 
     public let settings: Settings
@@ -100,6 +118,8 @@ public struct CoordinatorStateMachine: Sendable {
     private var pending: [UInt32] = []
     private var results: [UInt32: WireMessage.Result] = [:]
     private var lastHeartbeatSent: UInt64 = 0
+    /// Slots are never reused: a worker declared dead might still write to its old one.
+    private var nextSlot: UInt32 = 1
     private var heartbeatSequence: UInt64 = 0
 
     public init(settings: Settings) {
@@ -111,6 +131,9 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// Names of the registered workers, in registration order.
     public var workerNames: [String] { order.compactMap { workers[$0]?.name } }
+
+    /// The shared-memory slot of `peer`, when it has one.
+    public func sharedSlot(of peer: Peer) -> UInt32? { workers[peer]?.slot }
 
     /// The step in progress.
     public var currentStep: UInt64? { plan?.step }
@@ -225,12 +248,19 @@ public struct CoordinatorStateMachine: Sendable {
         if workers[peer] != nil {
             actions += remove(peer, reason: "said hello again (restarted)", counted: false)
         }
-        workers[peer] = Worker(name: hello.name, lastHeard: now)
+        var worker = Worker(name: hello.name, lastHeard: now)
+        var grant: WireMessage.SharedMemoryGrant?
+        if let shared = settings.sharedMemory, !hello.hostID.isEmpty, hello.hostID == settings.hostID, nextSlot <= shared.slots {
+            worker.slot = nextSlot
+            grant = .init(path: shared.path, slot: nextSlot, slotFloats: shared.slotFloats)
+            nextSlot += 1
+        }
+        workers[peer] = worker
         order.append(peer)
         counters.workersJoined += 1
         actions.append(.workerJoined(peer, name: hello.name))
         actions.append(.send(peer, .welcome(.init(heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
-                                                    configuration: settings.configuration))))
+                                                    configuration: settings.configuration, sharedMemory: grant))))
         return actions + assignIdle(now: now)
     }
 
@@ -268,10 +298,10 @@ public struct CoordinatorStateMachine: Sendable {
             actions += remove(peer, reason: reason)
             return actions + assignIdle(now: now)
         }
-        guard result.gradient.count == plan.gradientCount else {
+        guard case .inline(let values) = result.gradient, values.count == plan.gradientCount else {
             counters.badResults += 1
             requeue(result.shard)
-            return [.refused(peer, reason: "gradient of \(result.gradient.count) values, expected \(plan.gradientCount)")] + assignIdle(now: now)
+            return [.refused(peer, reason: "gradient of \(result.gradient.count) values (\(result.gradient.inlineValues == nil ? "not inline" : "inline")), expected \(plan.gradientCount) inline")] + assignIdle(now: now)
         }
         results[result.shard] = result
         pending.removeAll { $0 == result.shard }
@@ -295,7 +325,7 @@ public struct CoordinatorStateMachine: Sendable {
             worker.parametersStep = plan.step
             workers[peer] = worker
             let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
-                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], parameters: nil)
+                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], parameters: .absent)
             actions.append(.assign(peer, task, includeParameters: includeParameters))
         }
         return actions

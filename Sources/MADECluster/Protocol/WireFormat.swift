@@ -43,15 +43,20 @@ public enum WireFormat {
 
     private static func payloadSize(_ message: WireMessage) -> Int {
         switch message {
-        case .hello(let h): return 32 + 4 + 2 + h.name.utf8.count
-        case .welcome(let w): return 4 + 4 + w.configuration.count
+        case .hello(let h): return 32 + 4 + 2 + h.name.utf8.count + 2 + h.hostID.utf8.count
+        case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + (w.sharedMemory?.path.utf8.count ?? 0) + 4 + 4
         case .reject(let reason): return 2 + reason.utf8.count
-        case .task(let t): return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + 1 + 4 + 4 * (t.parameters?.count ?? 0)
-        case .result(let r): return 8 + 4 + 16 + 8 + 4 + 4 + 4 * r.gradient.count
+        case .task(let t): return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + payloadSize(t.parameters)
+        case .result(let r): return 8 + 4 + 16 + 8 + 4 + payloadSize(r.gradient)
         case .heartbeat: return 8
         case .shutdown(_, let reason): return 1 + 2 + reason.utf8.count
         case .who: return 0
         }
+    }
+
+    private static func payloadSize(_ p: FloatPayload) -> Int {
+        if case .inline(let v) = p { return 1 + 4 + 4 * v.count }
+        return 1 + 4
     }
 
     private static func write(_ message: WireMessage, runID: UInt64, size: Int, to w: inout WireWriter) {
@@ -68,10 +73,14 @@ public enum WireFormat {
             w.bytes(h.dataFingerprint)
             w.integer(h.processID)
             w.string(h.name)
+            w.string(h.hostID)
         case .welcome(let welcome):
             w.integer(welcome.heartbeatIntervalMilliseconds)
             w.integer(UInt32(welcome.configuration.count))
             w.bytes(welcome.configuration)
+            w.string(welcome.sharedMemory?.path ?? "")
+            w.integer(welcome.sharedMemory?.slot ?? 0)
+            w.integer(welcome.sharedMemory?.slotFloats ?? 0)
         case .reject(let reason):
             w.string(reason)
         case .task(let t):
@@ -81,10 +90,7 @@ public enum WireFormat {
             w.integer(t.maskSeed)
             w.integer(UInt32(t.rows.count))
             t.rows.withUnsafeBytes { w.raw($0) }
-            w.integer(UInt8(t.parameters == nil ? 0 : 1))
-            let p = t.parameters ?? []
-            w.integer(UInt32(p.count))
-            p.withUnsafeBytes { w.raw($0) }
+            w.payload(t.parameters)
         case .result(let r):
             precondition(r.maskDigest.count == 16, "result: the mask digest is 16 bytes")
             w.integer(r.step)
@@ -92,8 +98,7 @@ public enum WireFormat {
             w.bytes(r.maskDigest)
             w.integer(r.lossSum.bitPattern)
             w.integer(r.computeMicroseconds)
-            w.integer(UInt32(r.gradient.count))
-            r.gradient.withUnsafeBytes { w.raw($0) }
+            w.payload(r.gradient)
         case .heartbeat(let sequence):
             w.integer(sequence)
         case .shutdown(let code, let reason):
@@ -137,7 +142,8 @@ public enum WireFormat {
             let fingerprint = try r.bytes(32, "data fingerprint")
             let pid: UInt32 = try r.integer("process id")
             let name = try r.string("worker name", limit: limits.maxStringBytes)
-            message = .hello(.init(dataFingerprint: fingerprint, processID: pid, name: name))
+            let hostID = try r.string("host id", limit: limits.maxStringBytes)
+            message = .hello(.init(dataFingerprint: fingerprint, processID: pid, name: name, hostID: hostID))
         case .welcome:
             let interval: UInt32 = try r.integer("heartbeat interval")
             guard interval > 0 else { throw .invalidField("heartbeat interval is zero") }
@@ -145,7 +151,18 @@ public enum WireFormat {
             guard Int(count) <= limits.maxConfigurationBytes else {
                 throw .limitExceeded(field: "configuration", count: Int(count), limit: limits.maxConfigurationBytes)
             }
-            message = .welcome(.init(heartbeatIntervalMilliseconds: interval, configuration: try r.bytes(Int(count), "configuration")))
+            let configuration = try r.bytes(Int(count), "configuration")
+            let path = try r.string("shared-memory path", limit: limits.maxStringBytes)
+            let slot: UInt32 = try r.integer("shared-memory slot")
+            let slotFloats: UInt32 = try r.integer("shared-memory slot size")
+            var grant: WireMessage.SharedMemoryGrant?
+            if !path.isEmpty {
+                guard slot > 0, slotFloats > 0 else { throw .invalidField("shared memory with slot \(slot) of \(slotFloats) floats") }
+                grant = .init(path: path, slot: slot, slotFloats: slotFloats)
+            } else if slot != 0 || slotFloats != 0 {
+                throw .invalidField("a shared-memory slot without a path")
+            }
+            message = .welcome(.init(heartbeatIntervalMilliseconds: interval, configuration: configuration, sharedMemory: grant))
         case .reject:
             message = .reject(reason: try r.string("reason", limit: limits.maxStringBytes))
         case .task:
@@ -156,12 +173,8 @@ public enum WireFormat {
             let maskSeed: UInt64 = try r.integer("mask seed")
             let rows = try r.int32Array("rows", limit: limits.maxRows)
             guard rows.allSatisfy({ $0 >= 0 }) else { throw .invalidField("negative row index") }
-            let hasParameters: UInt8 = try r.integer("has-parameters")
-            guard hasParameters <= 1 else { throw .invalidField("has-parameters is \(hasParameters), not 0 or 1") }
-            let parameters = try r.floatArray("parameters", limit: limits.maxFloats)
-            guard hasParameters == 1 || parameters.isEmpty else { throw .invalidField("parameters present but has-parameters is 0") }
-            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows,
-                                  parameters: hasParameters == 1 ? parameters : nil))
+            let parameters = try r.payload("parameters", limit: limits.maxFloats)
+            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows, parameters: parameters))
         case .result:
             let step: UInt64 = try r.integer("step")
             let shard: UInt32 = try r.integer("shard")
@@ -170,7 +183,8 @@ public enum WireFormat {
             let loss = Double(bitPattern: lossBits)
             guard loss.isFinite else { throw .invalidField("loss sum is not finite") }
             let micros: UInt32 = try r.integer("compute time")
-            let gradient = try r.floatArray("gradient", limit: limits.maxFloats)
+            let gradient = try r.payload("gradient", limit: limits.maxFloats)
+            guard gradient != .absent else { throw .invalidField("a result without a gradient") }
             message = .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: loss, computeMicroseconds: micros, gradient: gradient))
         case .heartbeat:
             message = .heartbeat(sequence: try r.integer("sequence"))
@@ -207,6 +221,18 @@ struct WireWriter {
         guard source.count > 0 else { return }
         (buffer.baseAddress! + position).copyMemory(from: source.baseAddress!, byteCount: source.count)
         position += source.count
+    }
+
+    mutating func payload(_ p: FloatPayload) {
+        switch p {
+        case .absent:
+            integer(UInt8(0)); integer(UInt32(0))
+        case .inline(let values):
+            integer(UInt8(1)); integer(UInt32(values.count))
+            values.withUnsafeBytes { raw($0) }
+        case .shared(let count):
+            integer(UInt8(2)); integer(count)
+        }
     }
 
     mutating func string(_ s: String) {
@@ -253,6 +279,24 @@ struct WireReader {
         return [Int32](unsafeUninitializedCapacity: count) { out, n in
             UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + 4 * count)]))
             n = count
+        }
+    }
+
+    mutating func payload(_ field: String, limit: Int) throws(WireError) -> FloatPayload {
+        let mode: UInt8 = try integer(field + " mode")
+        switch mode {
+        case 0:
+            let count: UInt32 = try integer(field + " count")
+            guard count == 0 else { throw .invalidField("\(field) is absent but counts \(count) values") }
+            return .absent
+        case 1:
+            return .inline(try floatArray(field, limit: limit))
+        case 2:
+            let count: UInt32 = try integer(field + " count")
+            guard Int(count) <= limit else { throw .limitExceeded(field: field, count: Int(count), limit: limit) }
+            return .shared(count: count)
+        default:
+            throw .invalidField("\(field) mode \(mode) (0 absent, 1 inline, 2 shared)")
         }
     }
 

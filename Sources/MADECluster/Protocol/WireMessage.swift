@@ -14,13 +14,19 @@
 ///
 /// Payloads (strings are a UInt16 byte count and UTF-8; arrays a UInt32 count and values):
 ///
-///     hello      data fingerprint (32 bytes), process id (UInt32), worker name (string)
-///     welcome    heartbeat interval ms (UInt32), configuration (UInt32 count + bytes, opaque)
+///     hello      data fingerprint (32 bytes), process id (UInt32), worker name (string),
+///                host id (string)
+///     welcome    heartbeat interval ms (UInt32), configuration (UInt32 count + bytes, opaque),
+///                shared-memory path (string, empty for none), slot (UInt32), slot floats (UInt32)
 ///     reject     reason (string)
 ///     task       step (UInt64), shard (UInt32), shard count (UInt32), mask seed (UInt64),
-///                example rows (Int32 array), has-parameters (UInt8 0/1), parameters (Float32 array)
+///                example rows (Int32 array), parameters (payload)
 ///     result     step (UInt64), shard (UInt32), mask digest (16 bytes), loss sum (Float64),
-///                compute microseconds (UInt32), gradient (Float32 array)
+///                compute microseconds (UInt32), gradient (payload)
+///
+/// A payload is a mode byte and a UInt32 count: mode 0 (absent, count 0), 1 (inline: count
+/// Float32 values follow) or 2 (shared: the count values lie in a shared-memory slot both
+/// processes mapped; only for a worker on the coordinator's host, see ``FloatPayload``).
 ///     heartbeat  sequence (UInt64)
 ///     shutdown   exit code (UInt8), reason (string)
 ///     who        (empty): "I do not know you; say hello"
@@ -48,10 +54,14 @@ public enum WireMessage: Sendable, Equatable {
         public var processID: UInt32
         /// A name for logs, such as `host:pid`.
         public var name: String
-        public init(dataFingerprint: [UInt8], processID: UInt32, name: String) {
+        /// Identifies the worker's host and boot, so the coordinator can tell a worker on its own
+        /// machine (which may share memory with it); empty to decline shared memory.
+        public var hostID: String
+        public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "") {
             self.dataFingerprint = dataFingerprint
             self.processID = processID
             self.name = name
+            self.hostID = hostID
         }
     }
 
@@ -59,9 +69,26 @@ public enum WireMessage: Sendable, Equatable {
         public var heartbeatIntervalMilliseconds: UInt32
         /// The run's configuration, opaque to the protocol (the model reads it).
         public var configuration: [UInt8]
-        public init(heartbeatIntervalMilliseconds: UInt32, configuration: [UInt8]) {
+        /// Shared memory offered to a worker on the coordinator's host.
+        public var sharedMemory: SharedMemoryGrant?
+        public init(heartbeatIntervalMilliseconds: UInt32, configuration: [UInt8], sharedMemory: SharedMemoryGrant? = nil) {
             self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
             self.configuration = configuration
+            self.sharedMemory = sharedMemory
+        }
+    }
+
+    /// A file both processes map: slot 0 holds the step's parameters (written by the
+    /// coordinator), slot `slot` this worker's gradients (written by the worker); each slot is
+    /// `slotFloats` Float32 values.
+    public struct SharedMemoryGrant: Sendable, Equatable {
+        public var path: String
+        public var slot: UInt32
+        public var slotFloats: UInt32
+        public init(path: String, slot: UInt32, slotFloats: UInt32) {
+            self.path = path
+            self.slot = slot
+            self.slotFloats = slotFloats
         }
     }
 
@@ -72,9 +99,9 @@ public enum WireMessage: Sendable, Equatable {
         public var maskSeed: UInt64
         /// Rows of the data set, in order.
         public var rows: [Int32]
-        /// The step's parameters, packed for its mask; nil when the worker already holds them.
-        public var parameters: [Float]?
-        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], parameters: [Float]?) {
+        /// The step's parameters, packed for its mask; absent when the worker already holds them.
+        public var parameters: FloatPayload
+        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], parameters: FloatPayload) {
             self.step = step
             self.shard = shard
             self.shardCount = shardCount
@@ -93,8 +120,8 @@ public enum WireMessage: Sendable, Equatable {
         public var lossSum: Double
         public var computeMicroseconds: UInt32
         /// The shard's gradient, packed for its mask.
-        public var gradient: [Float]
-        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, gradient: [Float]) {
+        public var gradient: FloatPayload
+        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, gradient: FloatPayload) {
             self.step = step
             self.shard = shard
             self.maskDigest = maskDigest
@@ -115,6 +142,29 @@ public enum WireMessage: Sendable, Equatable {
         case .shutdown: return .shutdown
         case .who: return .who
         }
+    }
+}
+
+/// Float32 values in a message: absent, carried inline, or left in shared memory.
+public enum FloatPayload: Sendable, Equatable {
+    case absent
+    case inline([Float])
+    /// `count` values in the sender's shared-memory slot.
+    case shared(count: UInt32)
+
+    /// Number of values.
+    public var count: Int {
+        switch self {
+        case .absent: return 0
+        case .inline(let values): return values.count
+        case .shared(let count): return Int(count)
+        }
+    }
+
+    /// The values when carried inline.
+    public var inlineValues: [Float]? {
+        if case .inline(let v) = self { return v }
+        return nil
     }
 }
 

@@ -12,20 +12,24 @@ public struct WorkerStateMachine: Sendable {
         public var dataFingerprint: [UInt8]
         public var processID: UInt32
         public var name: String
+        /// This host's id (see ``WireMessage/Hello/hostID``); empty to decline shared memory.
+        public var hostID: String
         public var coordinatorTimeout: UInt64 = 60_000
         public var helloRetry: UInt64 = 1000
 
-        public init(dataFingerprint: [UInt8], processID: UInt32, name: String) {
+        public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "") {
             self.dataFingerprint = dataFingerprint
             self.processID = processID
             self.name = name
+            self.hostID = hostID
         }
     }
 
     public enum Action: Sendable, Equatable {
         case send(WireMessage)
-        /// Build the model from the run's configuration (from `welcome`) before any task.
-        case configure(runID: UInt64, configuration: [UInt8])
+        /// Build the model from the run's configuration (from `welcome`) before any task, and map
+        /// the shared memory when offered.
+        case configure(runID: UInt64, configuration: [UInt8], sharedMemory: WireMessage.SharedMemoryGrant?)
         /// Compute this task; parameters are attached when the coordinator sent them.
         case compute(WireMessage.Task)
         /// Stop the process with this exit code.
@@ -71,7 +75,7 @@ public struct WorkerStateMachine: Sendable {
     public var isFinished: Bool { state == .finished }
 
     private var hello: WireMessage {
-        .hello(.init(dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name))
+        .hello(.init(dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name, hostID: settings.hostID))
     }
 
     /// The worker starts: it says hello.
@@ -88,7 +92,7 @@ public struct WorkerStateMachine: Sendable {
         case .welcome(let welcome):
             state = .active(runID: runID, heartbeatInterval: UInt64(welcome.heartbeatIntervalMilliseconds))
             parametersStep = nil
-            return [.configure(runID: runID, configuration: welcome.configuration)]
+            return [.configure(runID: runID, configuration: welcome.configuration, sharedMemory: welcome.sharedMemory)]
         case .reject(let reason):
             state = .finished
             return [.exit(code: ExitCode.refused, reason: "the coordinator refused this worker: \(reason)")]
@@ -104,7 +108,7 @@ public struct WorkerStateMachine: Sendable {
             guard case .active(let id, _) = state, id == runID else {
                 return drop("a task before welcome, or for another run")
             }
-            if task.parameters != nil {
+            if task.parameters != .absent {
                 parametersStep = task.step
             } else if parametersStep != task.step {
                 // The coordinator believes this worker holds parameters it does not: start over.

@@ -19,6 +19,10 @@ public final class ClusterCoordinator {
         public var security: ClusterSecurity.Server?
         /// Listen beyond loopback without CURVE; refused otherwise.
         public var allowInsecure = false
+        /// Offer workers on this host a shared-memory file for parameters and gradients.
+        public var sharedMemory = true
+        /// Most workers that get a shared-memory slot over the run (slots are never reused).
+        public var sharedMemorySlots = 256
         public var heartbeatInterval: UInt64 = 1000
         public var heartbeatTimeout: UInt64 = 10_000
         public var taskTimeout: UInt64 = 60_000
@@ -50,6 +54,10 @@ public final class ClusterCoordinator {
     private let clock = ContinuousClock()
     private let origin: ContinuousClock.Instant
     private var packings: [UInt64: MaskPacking] = [:]
+    private var shared: SharedSlots?
+    /// The dense gradient handed to Adam; its masked-out entries stay 0 while the mask seed stays.
+    private var denseGradient: [Float] = []
+    private var denseGradientSeed: UInt64?
     private var names: [[UInt8]: String] = [:]
     private var lastWorkerSeen: UInt64 = 0
 
@@ -67,6 +75,16 @@ public final class ClusterCoordinator {
         settings.heartbeatInterval = max(50, min(options.heartbeatInterval, options.heartbeatTimeout / 4))
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.taskTimeout = options.taskTimeout
+        if options.sharedMemory, case let host = SharedSlots.hostID, !host.isEmpty {
+            do {
+                let slots = try SharedSlots.create(slotFloats: ParameterLayout(configuration.model).count, workerSlots: options.sharedMemorySlots)
+                shared = slots
+                settings.hostID = host
+                settings.sharedMemory = .init(path: slots.path, slotFloats: UInt32(slots.slotFloats), slots: UInt32(options.sharedMemorySlots))
+            } catch {
+                logger.warning("no shared memory; parameters and gradients go over the socket", metadata: ["reason": "\(error)"])
+            }
+        }
         machine = CoordinatorStateMachine(settings: settings)
         origin = clock.now
 
@@ -123,7 +141,7 @@ public final class ClusterCoordinator {
     /// their gradients (tree order, unpacked to dense) and of their losses.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
         let packing = packing(plan.maskSeed)
-        let packedParameters = packing.pack(parameters)
+        let packedParameters = StepParameters(packing: packing, dense: parameters, shared: shared)
         let machinePlan = CoordinatorStateMachine.StepPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
             gradientCount: packing.count, shards: plan.shards.map { Array($0) })
@@ -142,13 +160,16 @@ public final class ClusterCoordinator {
                 throw ClusterError(.noWorkers, "no worker has been connected for \(options.idleTimeout / 1000) s; the step cannot go on")
             }
         }
-        let results = machine.takeResults()
-        let loss = GradientReducer.reduce(results.map(\.lossSum))
-        var gradients = results.map(\.gradient)
+        var losses: [Double] = []
+        var gradients: [[Float]] = []
+        for result in machine.takeResults() {   // moved out, so the sums below copy nothing
+            losses.append(result.lossSum)
+            gradients.append(result.gradient.inlineValues!)
+        }
         GradientReducer.reduce(&gradients)
-        var dense = [Float]()
-        packing.unpack(gradients[0], into: &dense)
-        return (dense, loss)
+        packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed)
+        denseGradientSeed = plan.maskSeed
+        return (denseGradient, GradientReducer.reduce(losses))
     }
 
     /// Waits up to `timeout` ms for at least `count` workers, handling whatever arrives.
@@ -157,20 +178,48 @@ public final class ClusterCoordinator {
         while machine.workerCount < count {
             if shouldStop() { throw Interrupted() }
             if now > deadline { return false }
-            try pump(timeout: 50, parameters: [])
-            try perform(machine.tick(now: now), parameters: [])
+            try pump(timeout: 50, parameters: nil)
+            try perform(machine.tick(now: now), parameters: nil)
         }
         return true
     }
 
     /// Tells every worker to exit with `exitCode`, and gives the messages a moment to leave.
     public func shutdownWorkers(exitCode: UInt8 = 0, reason: String) {
-        try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: [])
+        try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: nil)
         // Keep answering briefly so late hellos also hear the shutdown.
         let until = now + 200
         while now < until {
-            try? pump(timeout: 20, parameters: [])
-            try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: [])
+            try? pump(timeout: 20, parameters: nil)
+            try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: nil)
+        }
+    }
+
+    /// The step's packed parameters, made once per step and only in the forms workers need:
+    /// in shared-memory slot 0 for workers on this host, as an array for the others.
+    final class StepParameters {
+        let packing: MaskPacking
+        let dense: [Float]
+        let shared: SharedSlots?
+        private var array: [Float]?
+        private var inSharedMemory = false
+
+        init(packing: MaskPacking, dense: [Float], shared: SharedSlots?) {
+            self.packing = packing
+            self.dense = dense
+            self.shared = shared
+        }
+
+        func payload(shared useShared: Bool) -> FloatPayload {
+            if useShared, let shared, packing.count <= shared.slotFloats {
+                if !inSharedMemory {
+                    shared.withSlot(0, count: packing.count) { packing.pack(dense, into: $0) }
+                    inSharedMemory = true
+                }
+                return .shared(count: UInt32(packing.count))
+            }
+            if array == nil { array = packing.pack(dense) }
+            return .inline(array!)
         }
     }
 
@@ -186,7 +235,7 @@ public final class ClusterCoordinator {
     // MARK: I/O
 
     /// Polls once, then handles every frame waiting on the ROUTER and every ZAP request.
-    private func pump(timeout: Int, parameters: [Float]) throws {
+    private func pump(timeout: Int, parameters: StepParameters?) throws {
         var items = [ZMQPollItem.socket(router)]
         if let zap { items.append(.socket(zap.socket)) }
         _ = try ZMQSocket.poll(items, timeoutMilliseconds: timeout)
@@ -204,12 +253,19 @@ public final class ClusterCoordinator {
             bytesReceived += frame.count
             let actions: [CoordinatorStateMachine.Action]
             do {
-                let (runID, decoded) = try WireFormat.decode(frame)
-                if case .result(let r) = decoded, let name = names[peer] {
-                    var s = workerStatistics[name] ?? (0, 0)
-                    s.shards += 1
-                    s.microseconds += Int(r.computeMicroseconds)
-                    workerStatistics[name] = s
+                var (runID, decoded) = try WireFormat.decode(frame)
+                if case .result(var r) = decoded {
+                    if case .shared(let count) = r.gradient, let slot = machine.sharedSlot(of: peer), let shared,
+                       Int(count) <= shared.slotFloats, let values = shared.read(Int(slot), count: Int(count)) {
+                        r.gradient = .inline(values)
+                        decoded = .result(r)
+                    }
+                    if let name = names[peer] {
+                        var s = workerStatistics[name] ?? (0, 0)
+                        s.shards += 1
+                        s.microseconds += Int(r.computeMicroseconds)
+                        workerStatistics[name] = s
+                    }
                 }
                 actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
             } catch {
@@ -219,13 +275,15 @@ public final class ClusterCoordinator {
         }
     }
 
-    private func perform(_ actions: [CoordinatorStateMachine.Action], parameters: [Float]) throws {
+    private func perform(_ actions: [CoordinatorStateMachine.Action], parameters: StepParameters?) throws {
         for action in actions {
             switch action {
             case .send(let peer, let message):
                 send(to: peer, message)
             case .assign(let peer, var task, let includeParameters):
-                if includeParameters { task.parameters = parameters }
+                if includeParameters, let parameters {
+                    task.parameters = parameters.payload(shared: machine.sharedSlot(of: peer) != nil)
+                }
                 send(to: peer, .task(task))
             case .workerJoined(let peer, let name):
                 names[peer] = name

@@ -16,6 +16,8 @@ public final class ClusterWorker {
         public var coordinatorTimeout: UInt64 = 60_000
         /// Exit when this process is gone (the parent that launched the worker).
         public var parentProcess: Int32?
+        /// Accept shared memory from a coordinator on this host.
+        public var sharedMemory = true
 
         public init(connect: String, name: String) {
             self.connect = connect
@@ -34,13 +36,16 @@ public final class ClusterWorker {
     private let clock = ContinuousClock()
     private let origin: ContinuousClock.Instant
     private var runID: UInt64 = 0
+    private var shared: SharedSlots?
+    private var slot: Int?
 
     public init(computer: ShardComputer, options: Options, logger: Logger) {
         self.computer = computer
         self.options = options
         self.logger = logger
         var settings = WorkerStateMachine.Settings(dataFingerprint: computer.dataFingerprint,
-                                                   processID: UInt32(truncatingIfNeeded: getpid()), name: options.name)
+                                                   processID: UInt32(truncatingIfNeeded: getpid()), name: options.name,
+                                                   hostID: options.sharedMemory ? SharedSlots.hostID : "")
         settings.coordinatorTimeout = options.coordinatorTimeout
         machine = WorkerStateMachine(settings: settings)
         origin = clock.now
@@ -75,17 +80,24 @@ public final class ClusterWorker {
                 case .send(let message):
                     let frame = WireFormat.encodeOwned(message, runID: message.kind == .hello ? 0 : runID)
                     _ = try socket.send([.owned(frame)], dontWait: true)
-                case .configure(let id, let bytes):
+                case .configure(let id, let bytes, let grant):
                     runID = id
                     do {
                         try computer.configure(bytes)
-                        logger.info("worker welcomed", metadata: ["run": "\(String(id, radix: 16))"])
+                        if let grant {
+                            if shared?.path != grant.path { shared = try SharedSlots.open(grant) }
+                            slot = Int(grant.slot)
+                        } else {
+                            shared = nil
+                            slot = nil
+                        }
+                        logger.info("worker welcomed", metadata: ["run": "\(String(id, radix: 16))", "shared_memory": "\(grant != nil)"])
                     } catch {
                         try perform(machine.configurationFailed("\(error)"))
                     }
                 case .compute(let task):
                     do {
-                        let result = try computer.compute(task)
+                        let result = try computer.compute(task, shared: shared, slot: slot)
                         tasksComputed += 1
                         try perform(machine.computed(result, now: now))
                     } catch {

@@ -12,7 +12,6 @@ public final class ShardComputer {
     public private(set) var configuration: TrainingConfiguration?
     private var engine: GradientEngine?
     private var packings: [UInt64: MaskPacking] = [:]
-    private var parameters: [Float] = []
     private var parametersKey: (step: UInt64, maskSeed: UInt64)?
     private var gradient: [Float] = []
 
@@ -45,8 +44,7 @@ public final class ShardComputer {
             engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: c.batchSize)
             packings = [:]
             parametersKey = nil
-            parameters = [Float](repeating: 0, count: ParameterLayout(c.model).count)
-            gradient = parameters
+            gradient = [Float](repeating: 0, count: ParameterLayout(c.model).count)
         }
     }
 
@@ -62,9 +60,12 @@ public final class ShardComputer {
 
     /// Computes `task`: the packed gradient of the summed NLL of its rows under its mask seed.
     ///
+    /// Parameters come inline or from slot 0 of `shared`; with `shared` and `slot` the gradient
+    /// is written to that slot and the result says so, otherwise it travels inline.
+    ///
     /// - Throws: when the task does not fit the run (rows out of range, too many rows,
-    ///   parameters of the wrong size, or none for this step).
-    public func compute(_ task: WireMessage.Task) throws -> WireMessage.Result {
+    ///   parameters of the wrong size or not finite, or none for this step).
+    public func compute(_ task: WireMessage.Task, shared: SharedSlots? = nil, slot: Int? = nil) throws -> WireMessage.Result {
         guard let configuration, let engine else { throw ClusterError(.protocolFailure, "a task arrived before the run's configuration") }
         guard task.rows.count <= configuration.batchSize else {
             throw ClusterError(.protocolFailure, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
@@ -74,21 +75,38 @@ public final class ShardComputer {
         }
         let start = ContinuousClock.now
         let packing = packing(task.maskSeed)
-        if let packed = task.parameters {
-            guard packed.count == packing.count else {
-                throw ClusterError(.protocolFailure, "\(packed.count) parameters arrived for \(packing.count) active ones")
+        guard task.parameters.count == packing.count || task.parameters == .absent else {
+            throw ClusterError(.protocolFailure, "\(task.parameters.count) parameters arrived for \(packing.count) active ones")
+        }
+        switch task.parameters {
+        case .inline(let packed):
+            packed.withUnsafeBufferPointer { engine.begin(packed: $0, packing: packing, maskSeed: task.maskSeed) }
+        case .shared(let count):
+            guard let shared, Int(count) <= shared.slotFloats else {
+                throw ClusterError(.protocolFailure, "parameters in shared memory this worker has not mapped")
             }
-            packing.unpack(packed, into: &parameters)
-            parametersKey = (task.step, task.maskSeed)
-        } else {
+            let finite = shared.withSlot(0, count: Int(count)) { slot in
+                guard slot.allSatisfy(\.isFinite) else { return false }
+                engine.begin(packed: UnsafeBufferPointer(slot), packing: packing, maskSeed: task.maskSeed)
+                return true
+            }
+            guard finite else { throw ClusterError(.protocolFailure, "the shared parameters hold values that are not finite") }
+        case .absent:
             guard let key = parametersKey, key.step == task.step, key.maskSeed == task.maskSeed else {
                 throw ClusterError(.protocolFailure, "a task for step \(task.step) came without parameters this worker does not hold")
             }
         }
-        engine.begin(parameters: parameters, maskSeed: task.maskSeed)
+        if task.parameters != .absent { parametersKey = (task.step, task.maskSeed) }
         let loss = engine.gradient(data: train, indices: task.rows[...], into: &gradient)
+        let payload: FloatPayload
+        if let shared, let slot, packing.count <= shared.slotFloats {
+            shared.withSlot(slot, count: packing.count) { packing.pack(gradient, into: $0) }
+            payload = .shared(count: UInt32(packing.count))
+        } else {
+            payload = .inline(packing.pack(gradient))
+        }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: packing.digest, lossSum: loss,
-                                  computeMicroseconds: UInt32(clamping: Int(micros)), gradient: packing.pack(gradient))
+                                  computeMicroseconds: UInt32(clamping: Int(micros)), gradient: payload)
     }
 }

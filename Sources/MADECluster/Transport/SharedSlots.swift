@@ -1,0 +1,106 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A file of Float32 slots mapped by the coordinator and the workers on its host, so that the
+/// bulk of a step (packed parameters out, packed gradients back) does not cross a socket.
+///
+/// Slot 0 holds the step's parameters, written by the coordinator before it sends the step's
+/// tasks; slot `k >= 1` belongs to one worker, which writes its gradient there before it sends
+/// its result. The messages that say "the values are in the slot" go over ZeroMQ as usual and
+/// order the accesses: a worker reads slot 0 only after a task arrives, and the coordinator
+/// copies a worker's slot out as soon as its result arrives, before that worker can be given
+/// another task. Slots are never handed to a second worker.
+///
+/// The file lives in `/dev/shm` (memory, not disk), is readable by its owner only, and is
+/// removed when the coordinator's instance goes away.
+public final class SharedSlots {
+    public let path: String
+    public let slotFloats: Int
+    /// Slots, slot 0 included.
+    public let slotCount: Int
+    private let base: UnsafeMutableRawPointer
+    private let byteCount: Int
+    private let owner: Bool
+
+    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int, owner: Bool) {
+        self.path = path
+        self.slotFloats = slotFloats
+        self.slotCount = slotCount
+        self.base = base
+        self.byteCount = byteCount
+        self.owner = owner
+    }
+
+    deinit {
+        munmap(base, byteCount)
+        if owner { unlink(path) }
+    }
+
+    /// Creates a new file of `1 + workerSlots` slots in `folder` (sparse: untouched slots cost nothing).
+    public static func create(folder: String = "/dev/shm", slotFloats: Int, workerSlots: Int) throws -> SharedSlots {
+        precondition(slotFloats > 0 && workerSlots > 0)
+        let path = folder + "/made-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).slots"
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ClusterError(.protocolFailure, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let count = 1 + workerSlots
+        let bytes = count * slotFloats * 4
+        guard ftruncate(fd, off_t(bytes)) == 0 else {
+            let e = String(cString: strerror(errno))
+            unlink(path)
+            throw ClusterError(.protocolFailure, "cannot size \(path): \(e)")
+        }
+        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+            let e = String(cString: strerror(errno))
+            unlink(path)
+            throw ClusterError(.protocolFailure, "cannot map \(path): \(e)")
+        }
+        return SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes, owner: true)
+    }
+
+    /// Maps the file a coordinator granted; it must hold at least slot `grant.slot`.
+    public static func open(_ grant: WireMessage.SharedMemoryGrant) throws -> SharedSlots {
+        let fd = Glibc.open(grant.path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw ClusterError(.protocolFailure, "cannot open the shared memory \(grant.path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw ClusterError(.protocolFailure, "cannot stat \(grant.path)") }
+        let slotBytes = Int(grant.slotFloats) * 4
+        let bytes = Int(info.st_size)
+        guard slotBytes > 0, bytes % slotBytes == 0, bytes / slotBytes > Int(grant.slot) else {
+            throw ClusterError(.protocolFailure, "\(grant.path) holds \(bytes) bytes, too few for slot \(grant.slot) of \(slotBytes) bytes")
+        }
+        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+            throw ClusterError(.protocolFailure, "cannot map \(grant.path): \(String(cString: strerror(errno)))")
+        }
+        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes, owner: false)
+    }
+
+    /// Calls `body` with the first `count` values of slot `slot`.
+    public func withSlot<R>(_ slot: Int, count: Int, _ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+        precondition(slot >= 0 && slot < slotCount && count >= 0 && count <= slotFloats, "slot \(slot) of \(slotCount), \(count) of \(slotFloats) values")
+        let p = (base + slot * slotFloats * 4).assumingMemoryBound(to: Float.self)
+        return try body(UnsafeMutableBufferPointer(start: p, count: count))
+    }
+
+    /// A copy of the first `count` values of slot `slot`, or nil if any is not finite.
+    public func read(_ slot: Int, count: Int) -> [Float]? {
+        withSlot(slot, count: count) { buffer in
+            let values = Array(buffer)
+            return values.allSatisfy(\.isFinite) ? values : nil
+        }
+    }
+
+    /// An id of this host as seen from the network: the machine's boot id and this process's
+    /// network namespace. Processes with equal ids can map the same file in `/dev/shm` and reach
+    /// each other over loopback; processes in other network namespaces count as other hosts.
+    public static var hostID: String {
+        let boot = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        let net = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")) ?? ""
+        guard !boot.isEmpty, !net.isEmpty, FileManager.default.isWritableFile(atPath: "/dev/shm") else { return "" }
+        return "\(ProcessInfo.processInfo.hostName)/\(boot)/\(net)/uid\(getuid())"
+    }
+}
