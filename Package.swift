@@ -51,6 +51,7 @@ let package = Package(
             name: "MADECluster",
             dependencies: [
                 "MADE",
+                "CKernels",
                 "CZeroMQ",
                 .product(name: "Logging", package: "swift-log"),
             ]

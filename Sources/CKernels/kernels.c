@@ -152,3 +152,32 @@ void made_column_sums_f32(size_t rows, size_t cols, const float *restrict a, flo
         for (size_t j = 0; j < cols; j++) out[j] = out[j] + row[j];
     }
 }
+
+MADE_CLONES
+void made_gather_f32(size_t n, const int *restrict idx, const float *restrict src, float *restrict dst) {
+    for (size_t k = 0; k < n; k++) dst[k] = src[idx[k]];
+}
+
+static inline uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+
+MADE_CLONES
+int made_scatter_f32(size_t n, const int *restrict idx, const float *restrict src, float *restrict dst) {
+    uint32_t special = 0;
+    for (size_t k = 0; k < n; k++) {
+        float v = src[k];
+        special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
+        dst[idx[k]] = v;
+    }
+    return special == 0;
+}
+
+MADE_CLONES
+int made_copy_finite_f32(size_t n, const float *restrict src, float *restrict dst) {
+    uint32_t special = 0;
+    for (size_t k = 0; k < n; k++) {
+        float v = src[k];
+        special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
+        dst[k] = v;
+    }
+    return special == 0;
+}

@@ -36,10 +36,13 @@ public final class GradientEngine {
     }
 
     /// Starts a step from packed parameters (see ``MaskPacking``): one scatter, no dense vector.
-    public func begin(packed: UnsafeBufferPointer<Float>, packing: MaskPacking, maskSeed: UInt64) {
+    ///
+    /// - Returns: whether every parameter was finite.
+    @discardableResult
+    public func begin(packed: UnsafeBufferPointer<Float>, packing: MaskPacking, maskSeed: UInt64) -> Bool {
         workspace.setMasks(maskSet(maskSeed))
-        packing.activeIndices.withUnsafeBufferPointer { workspace.prepare(packed: packed, indices: $0) }
         preparedMaskSeed = maskSeed
+        return packing.activeIndices.withUnsafeBufferPointer { workspace.prepare(packed: packed, indices: $0) }
     }
 
     /// ``begin(parameters:maskSeed:)`` for an array.

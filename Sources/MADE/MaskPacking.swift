@@ -1,3 +1,5 @@
+import CKernels
+
 /// The parameters a mask keeps, in a compact order: what travels between coordinator and workers.
 ///
 /// The active parameters of a mask set are, in parameter-layout order, every weight whose mask
@@ -35,13 +37,9 @@ public struct MaskPacking: Sendable {
     /// - Complexity: O(``count``).
     public func pack(_ dense: [Float]) -> [Float] {
         precondition(dense.count == denseCount, "pack: \(dense.count) values for a layout of \(denseCount)")
-        return dense.withUnsafeBufferPointer { d in
-            activeIndices.withUnsafeBufferPointer { idx in
-                [Float](unsafeUninitializedCapacity: idx.count) { out, n in
-                    for k in 0..<idx.count { out[k] = d[Int(idx[k])] }
-                    n = idx.count
-                }
-            }
+        return [Float](unsafeUninitializedCapacity: count) { out, n in
+            pack(dense, into: out)
+            n = count
         }
     }
 
@@ -50,7 +48,7 @@ public struct MaskPacking: Sendable {
         precondition(dense.count == denseCount && out.count >= count, "pack: wrong sizes")
         dense.withUnsafeBufferPointer { d in
             activeIndices.withUnsafeBufferPointer { idx in
-                for k in 0..<idx.count { out[k] = d[Int(idx[k])] }
+                made_gather_f32(idx.count, idx.baseAddress!, d.baseAddress!, out.baseAddress!)
             }
         }
     }
@@ -65,7 +63,7 @@ public struct MaskPacking: Sendable {
         dense.withUnsafeMutableBufferPointer { d in
             if zeroing { d.update(repeating: 0) }
             activeIndices.withUnsafeBufferPointer { idx in
-                for k in 0..<idx.count { d[Int(idx[k])] = packed[k] }
+                _ = made_scatter_f32(idx.count, idx.baseAddress!, packed.baseAddress!, d.baseAddress!)
             }
         }
     }

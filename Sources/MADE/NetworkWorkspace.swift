@@ -122,21 +122,26 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// weights are written only when the masks changed since the last scatter.
     ///
     /// - Precondition: masks are set; `indices` are ascending layout indices, all active.
+    /// - Returns: whether every value was finite (all are written either way).
     /// - Complexity: O(`packed.count`), plus O(number of parameters) when the masks changed.
-    public func prepare(packed: UnsafeBufferPointer<T>, indices: UnsafeBufferPointer<Int32>) {
+    @discardableResult
+    public func prepare(packed: UnsafeBufferPointer<T>, indices: UnsafeBufferPointer<Int32>) -> Bool {
         precondition(maskKey != nil, "prepare: set the masks first")
         precondition(packed.count == indices.count, "prepare: \(packed.count) values for \(indices.count) indices")
         if scatteredKey == nil || scatteredKey! != maskKey! {
             prepared.update(repeating: 0)
             scatteredKey = maskKey
         }
-        let out = prepared.baseAddress!
-        let n = layout.count
-        for k in 0..<packed.count {
-            let i = Int(indices[k])
-            precondition(i < n)
-            out[i] = packed[k]
+        precondition(indices.last.map { Int($0) < layout.count } ?? true, "prepare: index beyond the layout")
+        if isFloat, packed.count > 0 {
+            return made_scatter_f32(packed.count, indices.baseAddress!, float(packed.baseAddress!), float(prepared.baseAddress!)) != 0
         }
+        var finite = true
+        for k in 0..<packed.count {
+            prepared[Int(indices[k])] = packed[k]
+            finite = finite && packed[k].isFinite
+        }
+        return finite
     }
 
     /// ``prepare(parameters:)`` for an array.

@@ -50,4 +50,13 @@ void made_relu_backward_f32(size_t n, float *restrict d, const float *restrict h
 /* out[j] = sum over rows r, in row order, of a[r * cols + j]. rows >= 1. */
 void made_column_sums_f32(size_t rows, size_t cols, const float *restrict a, float *restrict out);
 
+/* dst[k] = src[idx[k]] for k < n. */
+void made_gather_f32(size_t n, const int *restrict idx, const float *restrict src, float *restrict dst);
+
+/* dst[idx[k]] = src[k] for k < n; returns 1 when every src[k] is finite, 0 otherwise (all are written). */
+int made_scatter_f32(size_t n, const int *restrict idx, const float *restrict src, float *restrict dst);
+
+/* dst[k] = src[k] for k < n; returns 1 when every value is finite, 0 otherwise. */
+int made_copy_finite_f32(size_t n, const float *restrict src, float *restrict dst);
+
 #endif

@@ -86,11 +86,12 @@ public final class ShardComputer {
                 throw ClusterError(.protocolFailure, "parameters in shared memory this worker has not mapped")
             }
             let finite = shared.withSlot(0, count: Int(count)) { slot in
-                guard slot.allSatisfy(\.isFinite) else { return false }
                 engine.begin(packed: UnsafeBufferPointer(slot), packing: packing, maskSeed: task.maskSeed)
-                return true
             }
-            guard finite else { throw ClusterError(.protocolFailure, "the shared parameters hold values that are not finite") }
+            guard finite else {
+                parametersKey = nil
+                throw ClusterError(.protocolFailure, "the shared parameters hold values that are not finite")
+            }
         case .absent:
             guard let key = parametersKey, key.step == task.step, key.maskSeed == task.maskSeed else {
                 throw ClusterError(.protocolFailure, "a task for step \(task.step) came without parameters this worker does not hold")

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -88,8 +89,12 @@ public final class SharedSlots {
     /// A copy of the first `count` values of slot `slot`, or nil if any is not finite.
     public func read(_ slot: Int, count: Int) -> [Float]? {
         withSlot(slot, count: count) { buffer in
-            let values = Array(buffer)
-            return values.allSatisfy(\.isFinite) ? values : nil
+            var finite = true
+            let values = [Float](unsafeUninitializedCapacity: count) { out, n in
+                if count > 0 { finite = made_copy_finite_f32(count, buffer.baseAddress!, out.baseAddress!) != 0 }
+                n = count
+            }
+            return finite ? values : nil
         }
     }
 
