@@ -53,8 +53,9 @@ public struct AdamState: Sendable, Equatable {
     /// Takes one step on `parameters` with gradient `scale * gradient` at learning rate `learningRate`.
     ///
     /// - Complexity: one pass over the parameters; allocates nothing.
+    /// - Parameter threads: threads to split the pass over; the result does not depend on it.
     public mutating func update(parameters: inout [Float], gradient: [Float], scale: Float,
-                                learningRate: Double, configuration c: AdamConfiguration) {
+                                learningRate: Double, configuration c: AdamConfiguration, threads: Int = 1) {
         precondition(parameters.count == firstMoment.count && gradient.count == parameters.count,
                      "Adam: \(parameters.count) parameters, \(gradient.count) gradients, state for \(firstMoment.count)")
         step += 1
@@ -70,11 +71,16 @@ public struct AdamState: Sendable, Equatable {
             gradient.withUnsafeBufferPointer { g in
                 firstMoment.withUnsafeMutableBufferPointer { m in
                     secondMoment.withUnsafeMutableBufferPointer { v in
-                        made_adam_f32(
-                            n, p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!,
-                            made_adam_constants(scale: scale, decay: decay, beta1: b1, one_minus_beta1: oneMinusB1,
-                                                beta2: b2, one_minus_beta2: oneMinusB2, step_size: stepSize,
-                                                inverse_root_correction2: inverseRootCorrection2, epsilon: eps))
+                        let constants = made_adam_constants(
+                            scale: scale, decay: decay, beta1: b1, one_minus_beta1: oneMinusB1,
+                            beta2: b2, one_minus_beta2: oneMinusB2, step_size: stepSize,
+                            inverse_root_correction2: inverseRootCorrection2, epsilon: eps)
+                        let (pp, gp, mp, vp) = (p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!)
+                        let pointers = UncheckedSendable((pp, gp, mp, vp))
+                        forEachChunk(count: n, parts: threads) { r in
+                            let (pp, gp, mp, vp) = pointers.value
+                            made_adam_f32(r.count, pp + r.lowerBound, gp + r.lowerBound, mp + r.lowerBound, vp + r.lowerBound, constants)
+                        }
                     }
                 }
             }

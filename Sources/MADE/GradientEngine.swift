@@ -81,13 +81,13 @@ public enum GradientReducer {
     /// Reduces `shards` in place into `shards[0]`, in tree order.
     ///
     /// - Complexity: O(S x n) additions; allocates nothing.
-    public static func reduce(_ shards: inout [[Float]]) {
+    public static func reduce(_ shards: inout [[Float]], threads: Int = 1) {
         let s = shards.count
         var stride = 1
         while stride < s {
             var i = 0
             while i + stride < s {
-                add(&shards, from: i + stride, to: i)
+                add(&shards, from: i + stride, to: i, threads: threads)
                 i += 2 * stride
             }
             stride *= 2
@@ -111,13 +111,17 @@ public enum GradientReducer {
         return v[0]
     }
 
-    private static func add(_ shards: inout [[Float]], from source: Int, to target: Int) {
+    private static func add(_ shards: inout [[Float]], from source: Int, to target: Int, threads: Int) {
         let n = shards[target].count
         precondition(shards[source].count == n, "GradientReducer: shards of different sizes")
         shards.withUnsafeMutableBufferPointer { all in
             all[target].withUnsafeMutableBufferPointer { t in
                 all[source].withUnsafeBufferPointer { s in
-                    for i in 0..<n { t[i] += s[i] }
+                    let pointers = UncheckedSendable((t.baseAddress!, s.baseAddress!))
+                    forEachChunk(count: n, parts: threads) { r in
+                        let (t, s) = pointers.value
+                        for i in r { t[i] += s[i] }
+                    }
                 }
             }
         }

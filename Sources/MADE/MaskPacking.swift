@@ -44,11 +44,15 @@ public struct MaskPacking: Sendable {
     }
 
     /// Writes the active entries of `dense`, in order, into `out` (``count`` values).
-    public func pack(_ dense: [Float], into out: UnsafeMutableBufferPointer<Float>) {
+    public func pack(_ dense: [Float], into out: UnsafeMutableBufferPointer<Float>, threads: Int = 1) {
         precondition(dense.count == denseCount && out.count >= count, "pack: wrong sizes")
         dense.withUnsafeBufferPointer { d in
             activeIndices.withUnsafeBufferPointer { idx in
-                made_gather_f32(idx.count, idx.baseAddress!, d.baseAddress!, out.baseAddress!)
+                let pointers = UncheckedSendable((idx.baseAddress!, d.baseAddress!, out.baseAddress!))
+                forEachChunk(count: idx.count, parts: threads) { r in
+                    let (i, d, o) = pointers.value
+                    made_gather_f32(r.count, i + r.lowerBound, d, o + r.lowerBound)
+                }
             }
         }
     }
@@ -57,13 +61,17 @@ public struct MaskPacking: Sendable {
     ///
     /// With `zeroing` false the other entries are left as they are: pass it only when `dense`
     /// last received an unpack of this same packing, so they are still 0.
-    public func unpack(_ packed: UnsafeBufferPointer<Float>, into dense: inout [Float], zeroing: Bool = true) {
+    public func unpack(_ packed: UnsafeBufferPointer<Float>, into dense: inout [Float], zeroing: Bool = true, threads: Int = 1) {
         precondition(packed.count == count, "unpack: \(packed.count) values for \(count) active parameters")
         if dense.count != denseCount { dense = [Float](repeating: 0, count: denseCount) }
         dense.withUnsafeMutableBufferPointer { d in
             if zeroing { d.update(repeating: 0) }
             activeIndices.withUnsafeBufferPointer { idx in
-                _ = made_scatter_f32(idx.count, idx.baseAddress!, packed.baseAddress!, d.baseAddress!)
+                let pointers = UncheckedSendable((idx.baseAddress!, packed.baseAddress!, d.baseAddress!))
+                forEachChunk(count: idx.count, parts: threads) { r in
+                    let (i, p, d) = pointers.value
+                    _ = made_scatter_f32(r.count, i + r.lowerBound, p + r.lowerBound, d)
+                }
             }
         }
     }
@@ -71,7 +79,7 @@ public struct MaskPacking: Sendable {
     /// Writes `packed` into the active entries of `dense` and +0 everywhere else.
     ///
     /// - Complexity: O(dense count).
-    public func unpack(_ packed: [Float], into dense: inout [Float], zeroing: Bool = true) {
-        packed.withUnsafeBufferPointer { unpack($0, into: &dense, zeroing: zeroing) }
+    public func unpack(_ packed: [Float], into dense: inout [Float], zeroing: Bool = true, threads: Int = 1) {
+        packed.withUnsafeBufferPointer { unpack($0, into: &dense, zeroing: zeroing, threads: threads) }
     }
 }

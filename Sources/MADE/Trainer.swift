@@ -50,6 +50,9 @@ public final class Trainer {
     public var checkpointPath: String?
     /// Steps between checkpoints within an epoch; 0 writes them only at epoch ends.
     public var checkpointEvery: Int = 0
+    /// Threads for the optimizer's pass over the parameters (a coordinator whose workers wait
+    /// meanwhile uses every core); the results do not depend on it.
+    public var optimizerThreads: Int = 1
     public var onEvent: (TrainingEvent) -> Void = { _ in }
     public var logger: Logger
 
@@ -174,7 +177,7 @@ public final class Trainer {
         precondition(plan.step == state.step, "apply: plan for step \(plan.step) at step \(state.step)")
         let lr = configuration.schedule.learningRate(epoch: plan.epoch)
         state.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),
-                        learningRate: lr, configuration: configuration.adam)
+                        learningRate: lr, configuration: configuration.adam, threads: optimizerThreads)
         state.epochLossSum += lossSum
         state.epochExamples += configuration.batchSize
         state.step += 1

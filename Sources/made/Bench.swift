@@ -80,6 +80,7 @@ struct Bench: ParsableCommand {
         guard try coordinator.waitForWorkers(workers, timeout: 60_000) else {
             throw ValidationError("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
         }
+        trainer.optimizerThreads = coordinator.threads
         let compute = { (plan: StepPlan) in try coordinator.computeStep(plan, parameters: trainer.state.parameters) }
         _ = try trainer.drive(until: { trainer.state.step >= warmup }, compute: compute)
         let bytesBefore = coordinator.bytesSent + coordinator.bytesReceived

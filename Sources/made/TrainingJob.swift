@@ -69,6 +69,8 @@ struct TrainingJob {
             let c = try ClusterCoordinator(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
                                            options: try cluster.coordinatorOptions(bind: bind), logger: logger)
             c.shouldStop = { SignalFlag.isSet }
+            // Workers wait while the coordinator updates the parameters: let it use every core then.
+            trainer.optimizerThreads = c.threads
             coordinator = c
             if cluster.workers > 0 {
                 let p = LocalWorkerPool(logger: logger)

@@ -55,6 +55,8 @@ public final class ClusterCoordinator {
     private let origin: ContinuousClock.Instant
     private var packings: [UInt64: MaskPacking] = [:]
     private var shared: SharedSlots?
+    /// Threads for the coordinator's passes over the parameters, which run while workers wait.
+    public var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// The dense gradient handed to Adam; its masked-out entries stay 0 while the mask seed stays.
     private var denseGradient: [Float] = []
     private var denseGradientSeed: UInt64?
@@ -141,7 +143,7 @@ public final class ClusterCoordinator {
     /// their gradients (tree order, unpacked to dense) and of their losses.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
         let packing = packing(plan.maskSeed)
-        let packedParameters = StepParameters(packing: packing, dense: parameters, shared: shared)
+        let packedParameters = StepParameters(packing: packing, dense: parameters, shared: shared, threads: threads)
         let machinePlan = CoordinatorStateMachine.StepPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
             gradientCount: packing.count, shards: plan.shards.map { Array($0) })
@@ -166,8 +168,8 @@ public final class ClusterCoordinator {
             losses.append(result.lossSum)
             gradients.append(result.gradient.inlineValues!)
         }
-        GradientReducer.reduce(&gradients)
-        packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed)
+        GradientReducer.reduce(&gradients, threads: threads)
+        packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed, threads: threads)
         denseGradientSeed = plan.maskSeed
         return (denseGradient, GradientReducer.reduce(losses))
     }
@@ -201,19 +203,21 @@ public final class ClusterCoordinator {
         let packing: MaskPacking
         let dense: [Float]
         let shared: SharedSlots?
+        let threads: Int
         private var array: [Float]?
         private var inSharedMemory = false
 
-        init(packing: MaskPacking, dense: [Float], shared: SharedSlots?) {
+        init(packing: MaskPacking, dense: [Float], shared: SharedSlots?, threads: Int) {
             self.packing = packing
             self.dense = dense
             self.shared = shared
+            self.threads = threads
         }
 
         func payload(shared useShared: Bool) -> FloatPayload {
             if useShared, let shared, packing.count <= shared.slotFloats {
                 if !inSharedMemory {
-                    shared.withSlot(0, count: packing.count) { packing.pack(dense, into: $0) }
+                    shared.withSlot(0, count: packing.count) { packing.pack(dense, into: $0, threads: threads) }
                     inSharedMemory = true
                 }
                 return .shared(count: UInt32(packing.count))
