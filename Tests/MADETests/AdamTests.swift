@@ -36,6 +36,28 @@ struct AdamTests {
         #expect(abs(q[0] + 0.01) < 1e-7)
     }
 
+    @Test("splitting Adam, packing and reduction across threads changes no bit")
+    func threadsDoNotChangeResults() {
+        var rng = RandomStream(seed: 4, domain: .sampling)
+        let n = 300_001
+        let p0 = (0..<n).map { _ in Float(rng.unitDouble() - 0.5) }
+        let g = (0..<n).map { _ in Float(rng.unitDouble() - 0.5) }
+        var results: [[Float]] = []
+        for threads in [1, 2, 3, 8] {
+            var p = p0
+            var state = AdamState(parameterCount: n)
+            for _ in 0..<3 {
+                state.update(parameters: &p, gradient: g, scale: 0.01, learningRate: 1e-3, configuration: AdamConfiguration(), threads: threads)
+            }
+            results.append(p + state.firstMoment + state.secondMoment)
+        }
+        #expect(results.allSatisfy { $0 == results[0] })
+        var a = [g, p0, g], b = [g, p0, g]
+        GradientReducer.reduce(&a, threads: 1)
+        GradientReducer.reduce(&b, threads: 4)
+        #expect(a[0] == b[0])
+    }
+
     @Test("step schedule")
     func schedule() {
         let s = StepSchedule(baseLearningRate: 1e-3, stepEpochs: 45, gamma: 0.1)
