@@ -3,10 +3,16 @@
 #
 # Builds the package in release mode, runs `made bench --steps $STEPS` (ours,
 # one process) and `scripts/bench_pytorch.py --mode single` (PyTorch, one
-# thread) on the same configuration (784-500-784, batch 100, Adam), then prints
+# thread) on the same configuration (784-500-784, batch 100, Adam), then
+# `made bench --workers 2` (coordinator and two workers) against PyTorch
+# DistributedDataParallel (gloo, two processes) at the same global batch, and prints
 #   ours examples_per_s=<float>
 #   pytorch_single examples_per_s=<float> peak_rss_mib=<float>
 #   ratio_vs_pytorch_single=<ours/theirs> ours=<float> pytorch_single=<float>
+#   ours_cluster examples_per_s=<float>
+#   pytorch_ddp procs=2 examples_per_s=<float>
+#   ratio_vs_pytorch_ddp=<ours/theirs> cluster_vs_our_single=<cluster/single>
+# All figures come from this one run. WORKERS (default 2) sets the process count of both.
 #
 # Usage:
 #   scripts/bench-vs-pytorch.sh
@@ -84,4 +90,19 @@ fi
 awk -v a="$ours" -v b="$theirs" 'BEGIN {
     if (b + 0 <= 0) { print "bench-vs-pytorch: PyTorch figure is not positive" > "/dev/stderr"; exit 1 }
     printf "ratio_vs_pytorch_single=%.3f ours=%s pytorch_single=%s\n", a / b, a, b
+}'
+
+WORKERS="${WORKERS:-2}"
+echo "== .build/release/made bench --workers $WORKERS --steps $STEPS" >&2
+cluster_out="$(.build/release/made bench --workers "$WORKERS" --steps "$STEPS" 2>/dev/null)"
+printf '%s\n' "$cluster_out" >&2
+cluster="$(printf '%s\n' "$cluster_out" | extract examples_per_s || true)"
+echo "ours_cluster examples_per_s=$cluster"
+echo "== $python scripts/bench_pytorch.py --mode ddp --procs $WORKERS --steps $STEPS" >&2
+ddp_out="$("$python" scripts/bench_pytorch.py --mode ddp --procs "$WORKERS" --steps "$STEPS")"
+printf '%s\n' "$ddp_out"
+ddp="$(printf '%s\n' "$ddp_out" | extract examples_per_s || true)"
+awk -v c="$cluster" -v d="$ddp" -v s="$ours" 'BEGIN {
+    if (d + 0 <= 0 || s + 0 <= 0) { print "bench-vs-pytorch: a DDP or single figure is not positive" > "/dev/stderr"; exit 1 }
+    printf "ratio_vs_pytorch_ddp=%.3f cluster_vs_our_single=%.3f ours_cluster=%s pytorch_ddp=%s ours_single=%s\n", c / d, c / s, c, d, s
 }'

@@ -111,7 +111,8 @@ struct Launch: ParsableCommand {
         }
         if environment.isCoordinator {
             try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime,
-                            role: .coordinator(bind: cluster.bind ?? environment.bindEndpoint)).run()
+                            role: .coordinator(bind: cluster.bind ?? environment.bindEndpoint),
+                            expectedWorkers: environment.worldSize - 1).run()
         } else {
             var worker = try WorkerArguments.parse([])
             worker.keys = cluster.keys

@@ -51,7 +51,7 @@ struct TrainingArguments: ParsableArguments {
     var patience: Int?
     @Option(help: "How the evaluation ensemble combines masks: likelihood (log-mean-exp, normalized) or logits (the reference's logit averaging; not a normalized likelihood). [default: likelihood]")
     var ensemble: EnsembleMode?
-    @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order. [default: 1]")
+    @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order, so the result is the same for any number of workers. [default: the number of workers, 1 in one process]")
     var shards: Int?
     @Flag(help: "Visit training examples in file order every epoch, as the reference does.")
     var noShuffle = false
@@ -72,14 +72,14 @@ struct TrainingArguments: ParsableArguments {
     }
 
     /// The configuration the flags describe, defaults filled in.
-    func configuration(inputCount: Int) throws -> TrainingConfiguration {
+    func configuration(inputCount: Int, defaultShards: Int = 1) throws -> TrainingConfiguration {
         let model = ModelConfiguration(
             inputCount: inputCount, hiddenSizes: try parseHiddens(hiddens ?? "500"),
             outputMultiplier: (distribution ?? .bernoulli).parametersPerDimension,
             naturalOrdering: naturalOrdering, directConnections: direct, maskCount: numMasks ?? 1)
         return TrainingConfiguration(
             model: model, distribution: distribution ?? .bernoulli, seed: seed ?? 0, batchSize: batchSize ?? 100,
-            epochs: epochs ?? 100, resampleEvery: resampleEvery ?? 20, shards: shards ?? 1,
+            epochs: epochs ?? 100, resampleEvery: resampleEvery ?? 20, shards: shards ?? defaultShards,
             adam: AdamConfiguration(learningRate: lr ?? 1e-3, weightDecay: weightDecay ?? 1e-4),
             schedule: StepSchedule(baseLearningRate: lr ?? 1e-3, stepEpochs: lrStepEpochs ?? 45, gamma: lrGamma ?? 0.1),
             patience: patience ?? 0, evaluationMasks: samples ?? 1, ensembleMode: ensemble ?? .likelihood, shuffle: !noShuffle)

@@ -12,6 +12,10 @@ struct TrainingJob {
     let cluster: ClusterArguments
     let runtime: RuntimeArguments
     let role: Role
+    /// Shards when `--shards` is not given: the workers expected at the start.
+    var defaultShards: Int { max(1, expectedWorkers ?? cluster.workers) }
+    /// Workers a launcher announced (WORLD_SIZE - 1), when known.
+    var expectedWorkers: Int? = nil
 
     enum Role {
         /// `made train`: this process, or a coordinator of `--workers N` local workers.
@@ -26,7 +30,10 @@ struct TrainingJob {
         let dataset = try DatasetLoader.load(path: data.dataPath, options: data.options)
         guard let dimension = dataset.dimension else { throw ValidationError("\(data.dataPath): no data") }
 
-        var configuration = try training.configuration(inputCount: dimension)
+        if case .coordinator = role, training.shards == nil, expectedWorkers == nil, cluster.workers == 0 {
+            throw ValidationError("give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends on S, not on how many workers run)")
+        }
+        var configuration = try training.configuration(inputCount: dimension, defaultShards: defaultShards)
         var state: TrainingState?
         if training.resume, let path = training.checkpoint, FileManager.default.fileExists(atPath: path) {
             let saved = try Checkpoint.read(from: path)
