@@ -20,6 +20,9 @@ public struct Evaluator<T: BLASScalar> {
     public let runSeed: UInt64
     /// Rows per forward pass.
     public var chunkSize: Int
+    /// Called after every forward pass, so a long evaluation can let its caller keep up with
+    /// other duties (a coordinator answering its workers).
+    public var betweenPasses: () -> Void = {}
 
     public init(configuration: ModelConfiguration, distribution: OutputDistribution, runSeed: UInt64, chunkSize: Int = 1000) {
         self.configuration = configuration
@@ -63,6 +66,7 @@ public struct Evaluator<T: BLASScalar> {
                 case .logits:
                     workspace.addOutputs(into: &outputSum)
                 }
+                betweenPasses()
             }
             switch mode {
             case .likelihood:

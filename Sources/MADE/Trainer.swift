@@ -54,6 +54,9 @@ public final class Trainer {
     /// meanwhile uses every core); the results do not depend on it.
     public var optimizerThreads: Int = 1
     public var onEvent: (TrainingEvent) -> Void = { _ in }
+    /// Called now and then during long work between steps (validation), so a coordinator can
+    /// answer its workers' heartbeats meanwhile.
+    public var keepAlive: () -> Void = {}
     public var logger: Logger
 
     private let train: DataMatrix
@@ -216,8 +219,10 @@ public final class Trainer {
 
     /// Mean NLL of `data` under the evaluation ensemble.
     public func evaluate(_ data: DataMatrix, parameters: [Float]? = nil) -> Double {
-        Evaluator<Float>(configuration: configuration.model, distribution: configuration.distribution, runSeed: configuration.seed)
-            .meanNLL(parameters: parameters ?? state.parameters, data: data, masks: configuration.evaluationMasks, mode: configuration.ensembleMode)
+        var evaluator = Evaluator<Float>(configuration: configuration.model, distribution: configuration.distribution, runSeed: configuration.seed)
+        evaluator.betweenPasses = keepAlive
+        return evaluator.meanNLL(parameters: parameters ?? state.parameters, data: data, masks: configuration.evaluationMasks,
+                                 mode: configuration.ensembleMode)
     }
 
     /// The checkpoint of the current state.

@@ -78,6 +78,7 @@ struct TrainingJob {
             c.shouldStop = { SignalFlag.isSet }
             // Workers wait while the coordinator updates the parameters: let it use every core then.
             trainer.optimizerThreads = c.threads
+            trainer.keepAlive = { c.keepAlive() }
             coordinator = c
             if cluster.workers > 0 {
                 let p = LocalWorkerPool(logger: logger)

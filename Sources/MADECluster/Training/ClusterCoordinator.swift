@@ -62,6 +62,7 @@ public final class ClusterCoordinator {
     private var denseGradientSeed: UInt64?
     private var names: [[UInt8]: String] = [:]
     private var lastWorkerSeen: UInt64 = 0
+    private var lastKeepAlive: UInt64 = 0
 
     /// Binds and prepares; workers may connect as soon as this returns.
     public init(configuration: TrainingConfiguration, dataFingerprint: [UInt8], options: Options, logger: Logger) throws {
@@ -172,6 +173,16 @@ public final class ClusterCoordinator {
         packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed, threads: threads)
         denseGradientSeed = plan.maskSeed
         return (denseGradient, GradientReducer.reduce(losses))
+    }
+
+    /// Handles whatever has arrived and sends due heartbeats, without waiting: for long work
+    /// between steps, so workers are neither declared dead nor left without news.
+    public func keepAlive() {
+        let t = now
+        guard t >= lastKeepAlive + 100 else { return }
+        lastKeepAlive = t
+        try? pump(timeout: 0, parameters: nil)
+        try? perform(machine.tick(now: now), parameters: nil)
     }
 
     /// Waits up to `timeout` ms for at least `count` workers, handling whatever arrives.
