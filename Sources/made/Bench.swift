@@ -73,9 +73,12 @@ struct Bench: ParsableCommand {
         try pool.start(count: workers) { i in
             ["worker", "--connect", coordinator.endpoint, "-d", file, "--name", "bench-\(i)", "--parent-pid", "\(getpid())", "--threads", "\(runtime.threads)"]
         }
+        var stopped = false
         defer {
-            coordinator.shutdownWorkers(reason: "benchmark done")
-            pool.stop()
+            if !stopped {
+                coordinator.shutdownWorkers(reason: "benchmark failed")
+                pool.stop()
+            }
         }
         guard try coordinator.waitForWorkers(workers, timeout: 60_000) else {
             throw ValidationError("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
@@ -90,8 +93,11 @@ struct Bench: ParsableCommand {
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         let dense = Double(4 * ParameterLayout(model).count)
         let packed = Double(4 * MaskPacking(maskSet: MaskSet(configuration: model, runSeed: 0, maskSeed: 0), layout: ParameterLayout(model)).count)
-        print(String(format: "made_cluster workers=%d examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f peak_rss_mib=%.1f",
+        coordinator.shutdownWorkers(reason: "benchmark done")
+        pool.stop()
+        stopped = true
+        print(String(format: "made_cluster workers=%d examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
                      workers, Double(steps * batchSize) / seconds, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,
-                     CommandLineSupport.peakResidentMiB) + " " + settings)
+                     CommandLineSupport.peakResidentMiB, CommandLineSupport.peakChildResidentMiB) + " " + settings)
     }
 }

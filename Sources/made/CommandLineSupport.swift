@@ -22,6 +22,13 @@ enum CommandLineSupport {
             + "data \(dataset.source) (\(counts)); batch \(c.batchSize), \(c.shards) shard(s), seed \(c.seed)"
     }
 
+    /// Peak resident memory of the largest child process waited for, in MiB.
+    static var peakChildResidentMiB: Double {
+        var usage = rusage()
+        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
+        return Double(usage.ru_maxrss) / 1024
+    }
+
     /// Peak resident memory of this process, in MiB.
     static var peakResidentMiB: Double {
         var usage = rusage()
