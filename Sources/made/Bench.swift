@@ -24,6 +24,8 @@ struct Bench: ParsableCommand {
     var shards: Int?
     @Option(help: "Local worker processes (0: compute in this process).")
     var workers: Int = 0
+    @Flag(help: "With --workers: send parameters and gradients over the socket, as to workers on other hosts.")
+    var noSharedMemory = false
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
@@ -67,8 +69,10 @@ struct Bench: ParsableCommand {
         let loaded = try DatasetLoader.load(path: file)
         var logger = Logger(label: "made.bench")
         logger.logLevel = .warning
+        var options = ClusterCoordinator.Options(bind: noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator.ipc")
+        options.sharedMemory = !noSharedMemory
         let coordinator = try ClusterCoordinator(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
-                                                 options: .init(bind: "ipc://\(folder)/coordinator.ipc"), logger: logger)
+                                                 options: options, logger: logger)
         let pool = LocalWorkerPool(logger: logger)
         try pool.start(count: workers) { i in
             ["worker", "--connect", coordinator.endpoint, "-d", file, "--name", "bench-\(i)", "--parent-pid", "\(getpid())", "--threads", "\(runtime.threads)"]
@@ -96,7 +100,7 @@ struct Bench: ParsableCommand {
         coordinator.shutdownWorkers(reason: "benchmark done")
         pool.stop()
         stopped = true
-        print(String(format: "made_cluster workers=%d examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
+        print(String(format: "made_cluster workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
                      workers, Double(steps * batchSize) / seconds, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,
                      CommandLineSupport.peakResidentMiB, CommandLineSupport.peakChildResidentMiB) + " " + settings)
     }

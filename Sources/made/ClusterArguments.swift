@@ -16,6 +16,8 @@ struct ClusterArguments: ParsableArguments {
     var keys: String?
     @Flag(help: "Listen beyond loopback without CURVE (only on a trusted network).")
     var insecure = false
+    @Flag(help: "Send parameters and gradients over the socket even to workers on this host (no shared-memory file).")
+    var noSharedMemory = false
     @Option(help: "Seconds of silence after which a worker is declared dead and its shards reassigned.")
     var heartbeatTimeout: Double = 10
     @Option(help: "Seconds after which a shard still in flight is also given to another worker.")
@@ -41,6 +43,7 @@ struct ClusterArguments: ParsableArguments {
             throw ValidationError("listening on \(options.bind) needs CURVE keys: make them with `made keygen DIR` and pass --keys DIR (or --insecure on a trusted network)")
         }
         options.allowInsecure = insecure
+        options.sharedMemory = !noSharedMemory
         options.heartbeatTimeout = UInt64(heartbeatTimeout * 1000)
         options.taskTimeout = UInt64(taskTimeout * 1000)
         options.idleTimeout = UInt64(idleTimeout * 1000)
