@@ -1,0 +1,80 @@
+import Foundation
+import MADE
+import Testing
+
+/// The `made` command line on small data: what a user types and sees.
+@Suite("Command line")
+struct CommandLineTests {
+    @Test("train, checksum and eval agree; --per-example writes one log-likelihood per example")
+    func trainCheckEval() throws {
+        let folder = EndToEnd.folder("cli")
+        let data = try EndToEnd.writeData(to: folder)
+        let checkpoint = folder + "/run.ckpt"
+        let (code, out, err) = try EndToEnd.run(["train", "-d", data, "-q", "16", "--epochs", "2", "--batch-size", "50", "-s", "3", "-n", "3",
+                                                 "--checkpoint", checkpoint], folder: folder, name: "train")
+        #expect(code == 0, "\(err)")
+        let trained = try #require(EndToEnd.checksum(out))
+        #expect(out.contains("valid_nll=") && out.contains("test_nll=") && out.contains("masks=3"))
+
+        let (sumCode, sumOut, _) = try EndToEnd.run(["checksum", checkpoint], folder: folder, name: "checksum")
+        #expect(sumCode == 0)
+        #expect(EndToEnd.checksum(sumOut) == trained)
+
+        let perExample = folder + "/ll.txt"
+        let (evalCode, evalOut, evalErr) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "-d", data, "--split", "test",
+                                                             "--per-example", perExample], folder: folder, name: "eval")
+        #expect(evalCode == 0, "\(evalErr)")
+        let values = try String(contentsOfFile: perExample, encoding: .utf8).split(separator: "\n").compactMap { Double($0) }
+        #expect(values.count == 100)
+        #expect(values.allSatisfy { $0 < 0 })
+        let printed = try #require(evalOut.split(separator: " ").first { $0.hasPrefix("nll=") }.flatMap { Double($0.dropFirst(4)) })
+        let test = try #require(out.split(separator: "\n").first { $0.hasPrefix("test_nll=") })
+        #expect(test.hasPrefix(String(format: "test_nll=%.4f", printed)))
+        #expect(abs(-values.reduce(0, +) / 100 - printed) < 1e-3)
+
+        let (logitCode, logitOut, _) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "-d", data, "--ensemble", "logits"],
+                                                        folder: folder, name: "logits")
+        #expect(logitCode == 0)
+        #expect(logitOut.contains("not a normalized likelihood"))
+    }
+
+    @Test("bad input gets a clear error and a non-zero exit", arguments: [
+        (["train", "-d", "/nonexistent/data.npz"], "/nonexistent/data.npz"),
+        (["train", "-d", "DATA", "-q", "10,x"], "--hiddens"),
+        (["train", "-d", "DATA", "--batch-size", "0", "-q", "4"], "batch size"),
+        (["train", "-d", "DATA", "--resume"], "--resume needs --checkpoint"),
+        (["train", "-d", "DATA", "--shards", "500", "-q", "4"], "shards must be between"),
+        (["eval", "--checkpoint", "DATA", "-d", "DATA"], "checkpoint"),
+        (["coordinator", "-d", "DATA", "--bind", "tcp://0.0.0.0:0", "--shards", "2", "-q", "4"], "CURVE"),
+        (["train", "-d", "BROKEN"], "BROKEN"),
+    ])
+    func badInput(arguments: [String], expected: String) throws {
+        let folder = EndToEnd.folder("bad-\(abs(arguments.joined().hashValue))")
+        let data = try EndToEnd.writeData(to: folder, count: 200)
+        let broken = folder + "/broken.npz"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: data))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: broken))
+        let args = arguments.map { $0 == "DATA" ? data : $0 == "BROKEN" ? broken : $0 }
+        let (code, out, err) = try EndToEnd.run(args, folder: folder, name: "bad", timeout: 60)
+        #expect(code != nil && code != 0, "exit \(String(describing: code)) for \(args)")
+        let expectedText = expected == "BROKEN" ? broken : expected
+        #expect((out + err).contains(expectedText), "no '\(expectedText)' in: \(err)")
+        #expect(!(out + err).contains("Fatal error"), "crashed: \(err)")
+    }
+
+    @Test("Gaussian outputs train on grey levels")
+    func gaussian() throws {
+        let folder = EndToEnd.folder("gaussian")
+        var rng = RandomStream(seed: 2, domain: .sampling)
+        func split(_ n: Int) -> DataMatrix {
+            DataMatrix(real: (0..<(n * 8)).map { _ in Float(rng.unitDouble()) }, count: n, dimension: 8)
+        }
+        let data = folder + "/grey.npz"
+        try DatasetWriter.writeNPZ(Dataset(train: split(200), valid: split(50), test: split(50), source: "grey"), to: data)
+        let (code, out, err) = try EndToEnd.run(["train", "-d", data, "--distribution", "gaussian", "-q", "16", "--epochs", "3",
+                                                 "--batch-size", "20"], folder: folder, name: "train")
+        #expect(code == 0, "\(err)")
+        #expect(EndToEnd.checksum(out) != nil)
+        #expect(out.contains("valid_nll="))
+    }
+}
