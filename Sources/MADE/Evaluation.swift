@@ -39,6 +39,8 @@ public struct Evaluator<T: BLASScalar> {
     /// `log p(x)` in nats for every row of `data`, in row order.
     ///
     /// - Complexity: `K` forward passes per row.
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public func logLikelihoods(parameters: [T], data: DataMatrix, masks k: Int, mode: EnsembleMode = .likelihood) -> [Double] {
         let n = data.count
         guard n > 0 else { return [] }
