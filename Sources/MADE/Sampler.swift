@@ -110,22 +110,24 @@ public struct Sampler<T: BLASScalar> {
         let b = draws.count
         let layout = ParameterLayout(c)
         let perDimension = distribution == .bernoulli ? 1 : 2
-        // Masked weights per matrix.
-        let masked: [[T]] = zip(layout.matrices, masks.matrices).map { m, bits in
-            (0..<m.count).map { bits[$0] == 0 ? 0 : parameters[m.offset + $0] }
-        }
         let hidden = c.hiddenSizes
         let layers = layout.layers
-        // Pre-activations of each hidden layer and of the outputs, starting at the biases.
-        var pre: [[T]] = hidden.indices.map { l in
-            let bias = Array(parameters[layers[l].biasOffset!..<(layers[l].biasOffset! + hidden[l])])
-            return (0..<b).flatMap { _ in bias }
+        // Masked weights, in parameter-layout order (biases as they are).
+        var masked = parameters
+        for (m, bits) in zip(layout.matrices, masks.matrices) {
+            for i in 0..<m.count where bits[i] == 0 { masked[m.offset + i] = 0 }
         }
-        var act: [[T]] = hidden.map { [T](repeating: 0, count: b * $0) }
-        let outBias = Array(parameters[layers.last!.biasOffset!..<(layers.last!.biasOffset! + nout)])
-        var z = (0..<b).flatMap { _ in outBias }
-        var x = [T](repeating: 0, count: b * d)
-        // Inputs by position, and hidden units by degree.
+        // One buffer: per hidden layer its pre-activations then activations (b x width each),
+        // then the output pre-activations (b x nout), then the samples (b x d).
+        var offsets: [(pre: Int, act: Int)] = []
+        var size = 0
+        for width in hidden {
+            offsets.append((size, size + b * width))
+            size += 2 * b * width
+        }
+        let zOffset = size
+        let xOffset = size + b * nout
+        var state = [T](repeating: 0, count: xOffset + b * d)
         var dimensionAt = [Int](repeating: 0, count: d)
         for (dim, position) in masks.order.enumerated() { dimensionAt[position] = dim }
         let unitsOfDegree: [[[Int]]] = hidden.indices.map { l in
@@ -134,54 +136,63 @@ public struct Sampler<T: BLASScalar> {
             return byDegree
         }
 
-        /// `target[i, :] += scale_i * W[row, :]` for each sample `i` (skipping zero scales).
-        func addRow(_ target: inout [T], width: Int, weights: [T], row: Int, scales: (Int) -> T) {
-            weights.withUnsafeBufferPointer { w in
-                target.withUnsafeMutableBufferPointer { t in
-                    let r = w.baseAddress! + row * width
-                    for i in 0..<b {
-                        let s = scales(i)
-                        if s == 0 { continue }
-                        let out = t.baseAddress! + i * width
-                        for j in 0..<width { out[j] += s * r[j] }
-                    }
+        masked.withUnsafeBufferPointer { w in
+            state.withUnsafeMutableBufferPointer { s in
+                let base = s.baseAddress!
+                let wp = w.baseAddress!
+                // Pre-activations start at the biases.
+                for (l, width) in hidden.enumerated() {
+                    let bias = wp + layers[l].biasOffset!
+                    for i in 0..<b { (base + offsets[l].pre + i * width).update(from: bias, count: width) }
                 }
-            }
-        }
+                let outBias = wp + layers.last!.biasOffset!
+                for i in 0..<b { (base + zOffset + i * nout).update(from: outBias, count: nout) }
 
-        for t in 0..<d {
-            let dim = dimensionAt[t]
-            for i in 0..<b {
-                let first = z[i * nout + dim]
-                let second = perDimension == 2 ? z[i * nout + d + dim] : 0
-                let u = draws[i][(t * perDimension)..<(t * perDimension + perDimension)]
-                x[i * d + dim] = draw((first, second), u)
-            }
-            // The new input reaches the first layer (or the outputs) and the direct connections.
-            let firstWidth = hidden.first ?? nout
-            if hidden.isEmpty {
-                addRow(&z, width: nout, weights: masked[0], row: dim, scales: { x[$0 * d + dim] })
-            } else {
-                addRow(&pre[0], width: firstWidth, weights: masked[0], row: dim, scales: { x[$0 * d + dim] })
-            }
-            if layout.direct != nil {
-                addRow(&z, width: nout, weights: masked[layers.count], row: dim, scales: { x[$0 * d + dim] })
-            }
-            // Units of degree t are final now: activate them and pass them on.
-            for l in hidden.indices {
-                let width = hidden[l]
-                for unit in unitsOfDegree[l][t] {
-                    for i in 0..<b { act[l][i * width + unit] = Swift.max(pre[l][i * width + unit], 0) }
-                    let h = act[l]
-                    if l + 1 < hidden.count {
-                        addRow(&pre[l + 1], width: hidden[l + 1], weights: masked[l + 1], row: unit, scales: { h[$0 * width + unit] })
+                /// `target[i, :] += scale_i * W[row, :]` for every sample `i` with a non-zero scale.
+                @inline(__always)
+                func addRow(_ target: UnsafeMutablePointer<T>, width: Int, matrix: Int, row: Int,
+                            scales: UnsafePointer<T>, scaleStride: Int) {
+                    let r = wp + matrix + row * width
+                    for i in 0..<b {
+                        let scale = scales[i * scaleStride]
+                        if scale == 0 { continue }
+                        let out = target + i * width
+                        for j in 0..<width { out[j] += scale * r[j] }
+                    }
+                }
+
+                let x = base + xOffset
+                for t in 0..<d {
+                    let dim = dimensionAt[t]
+                    for i in 0..<b {
+                        let z = base + zOffset + i * nout
+                        let u = draws[i][(t * perDimension)..<(t * perDimension + perDimension)]
+                        x[i * d + dim] = draw((z[dim], perDimension == 2 ? z[d + dim] : 0), u)
+                    }
+                    // The new input reaches the first layer (or the outputs) and the direct connections.
+                    if hidden.isEmpty {
+                        addRow(base + zOffset, width: nout, matrix: layers[0].offset, row: dim, scales: x + dim, scaleStride: d)
                     } else {
-                        addRow(&z, width: nout, weights: masked[l + 1], row: unit, scales: { h[$0 * width + unit] })
+                        addRow(base + offsets[0].pre, width: hidden[0], matrix: layers[0].offset, row: dim, scales: x + dim, scaleStride: d)
+                    }
+                    if let direct = layout.direct {
+                        addRow(base + zOffset, width: nout, matrix: direct.offset, row: dim, scales: x + dim, scaleStride: d)
+                    }
+                    // Units of degree t are final now: activate them once and pass them on.
+                    for l in hidden.indices {
+                        let width = hidden[l]
+                        let pre = base + offsets[l].pre
+                        let act = base + offsets[l].act
+                        for unit in unitsOfDegree[l][t] {
+                            for i in 0..<b { act[i * width + unit] = Swift.max(pre[i * width + unit], 0) }
+                            let above = l + 1 < hidden.count ? (base + offsets[l + 1].pre, hidden[l + 1]) : (base + zOffset, nout)
+                            addRow(above.0, width: above.1, matrix: layers[l + 1].offset, row: unit, scales: act + unit, scaleStride: width)
+                        }
                     }
                 }
             }
         }
-        return x
+        return Array(state[xOffset...])
     }
 
     // MARK: Naive

@@ -5,6 +5,25 @@ import MADE
 import MADECluster
 
 struct Bench: ParsableCommand {
+    /// Samples per second of both methods on an untrained network of the benchmark's shape.
+    func benchSampling() throws {
+        let model = ModelConfiguration(inputCount: dimension, hiddenSizes: try parseHiddens(hiddens), naturalOrdering: false)
+        let parameters = ParameterLayout(model).initialParameters(seed: 1, as: Float.self)
+        var sampler = Sampler<Float>(configuration: model, distribution: .bernoulli, runSeed: 0)
+        sampler.batchSize = 32
+        func rate(_ method: Sampler<Float>.Method, count: Int) -> Double {
+            let start = ContinuousClock.now
+            _ = sampler.sample(parameters: parameters, count: count, seed: 7, method: method)
+            return Double(count) / (ContinuousClock.now - start).seconds
+        }
+        _ = rate(.cached, count: 32)
+        let cached = rate(.cached, count: 512)
+        let naive = rate(.naive, count: 32)
+        let sizes = ([dimension] + model.hiddenSizes + [dimension]).map(String.init).joined(separator: "-")
+        print(String(format: "made_sampling cached_samples_per_s=%.1f naive_samples_per_s=%.2f speedup=%.1f", cached, naive, cached / naive)
+              + " config=\(sizes) batch=32 threads=\(runtime.threads)")
+    }
+
     static let configuration = CommandConfiguration(
         abstract: "Measure training throughput on random binary data: examples per second, peak memory, and with --workers the bytes on the wire.")
 
@@ -26,6 +45,8 @@ struct Bench: ParsableCommand {
     var workers: Int = 0
     @Flag(help: "With --workers: send parameters and gradients over the socket, as to workers on other hosts.")
     var noSharedMemory = false
+    @Flag(help: "Measure sampling instead: cached activations against one forward pass per dimension.")
+    var sampling = false
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
@@ -37,6 +58,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         BLAS.setThreads(runtime.threads)
+        if sampling { return try benchSampling() }
         var rng = RandomStream(seed: 0, domain: .sampling)
         func bits(_ n: Int) -> DataMatrix {
             var b = [UInt8](repeating: 0, count: n * dimension)

@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import MADE
+
+struct Sample: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Draw samples from a checkpoint and write them as a PNG grid.")
+
+    @Option(help: "Checkpoint to sample from.")
+    var checkpoint: String
+    @Option(help: "Number of samples.")
+    var count: Int = 64
+    @Option(help: "PNG file to write.")
+    var out: String
+    @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble; each sample draws one of them (a mixture). [default: the checkpoint's number of masks]")
+    var samples: Int?
+    @Option(help: "Seed of the draws; the same seed gives the same images.")
+    var seed: UInt64 = 0
+    @Option(help: "Images per row of the grid. [default: about the square root of the count]")
+    var columns: Int?
+    @Option(help: "Image shape as ROWSxCOLUMNS. [default: square when the dimension is a square, else one row]")
+    var imageShape: String?
+    @Option(help: "cached (one forward pass per sample) or naive (one per dimension).")
+    var method: Sampler<Float>.Method = .cached
+    @OptionGroup var runtime: RuntimeArguments
+
+    func validate() throws {
+        guard count >= 1 else { throw ValidationError("--count must be at least 1") }
+        if let samples, samples < 1 { throw ValidationError("--samples must be at least 1") }
+        if let columns, columns < 1 { throw ValidationError("--columns must be at least 1") }
+    }
+
+    func run() throws {
+        BLAS.setThreads(runtime.threads)
+        let saved = try Checkpoint.read(from: checkpoint)
+        let c = saved.configuration
+        let d = c.model.inputCount
+        let (rows, cols) = try shape(dimension: d)
+        let sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
+        let start = ContinuousClock.now
+        let values = sampler.sample(parameters: saved.modelParameters, count: count, masks: samples ?? c.model.maskCount,
+                                    seed: seed, method: method)
+        let seconds = (ContinuousClock.now - start).seconds
+        let grid = ImageGrid(images: values, imageRows: rows, imageColumns: cols,
+                             gridColumns: columns ?? Int(Double(count).squareRoot().rounded(.up)))
+        try grid.writePNG(to: out)
+        print(String(format: "sampled %d images (%dx%d) in %.3f s, %.1f samples/s -> %@ (%dx%d pixels)",
+                     count, rows, cols, seconds, Double(count) / seconds, out, grid.width, grid.height))
+    }
+
+    func shape(dimension d: Int) throws -> (Int, Int) {
+        if let imageShape {
+            let parts = imageShape.lowercased().split(separator: "x").compactMap { Int($0) }
+            guard parts.count == 2, parts[0] > 0, parts[1] > 0, parts[0] * parts[1] == d else {
+                throw ValidationError("--image-shape \(imageShape) does not hold \(d) values (give ROWSxCOLUMNS)")
+            }
+            return (parts[0], parts[1])
+        }
+        let side = Int(Double(d).squareRoot().rounded())
+        return side * side == d ? (side, side) : (1, d)
+    }
+}
+
+extension Sampler.Method: ExpressibleByArgument {}
