@@ -62,6 +62,8 @@ struct TrainingArguments: ParsableArguments {
     var checkpointEvery: Int = 0
     @Flag(help: "Carry on from --checkpoint when it exists.")
     var resume = false
+    @Option(help: "Write training metrics to this file as JSON Lines: one object per step (loss, lr, examples/s, per-worker times) and per epoch (validation NLL).")
+    var metrics: String?
     @Option(help: "Stop (and checkpoint) once this many steps have run in total.")
     var stopAfterSteps: Int?
 
@@ -113,25 +115,3 @@ struct TrainingArguments: ParsableArguments {
 
 }
 
-/// Prints one plain line per epoch.
-final class ProgressReport {
-    let stepsPerEpoch: Int
-    let batchSize: Int
-    let epochs: Int
-
-    init(stepsPerEpoch: Int, batchSize: Int, epochs: Int) {
-        self.stepsPerEpoch = stepsPerEpoch
-        self.batchSize = batchSize
-        self.epochs = epochs
-    }
-
-    func handle(_ event: TrainingEvent) {
-        guard case .epoch(let record, let improved) = event else { return }
-        let rate = record.seconds > 0 ? Double(stepsPerEpoch * batchSize) / record.seconds : 0
-        var line = String(format: "epoch %d/%d train_nll %.4f", record.epoch + 1, epochs, record.trainNLL)
-        if let v = record.validNLL { line += String(format: " valid_nll %.4f%@", v, improved ? " *" : "") }
-        line += String(format: " lr %.1e %.0f ex/s", record.learningRate, rate)
-        print(line)
-        fflush(nil)
-    }
-}

@@ -58,7 +58,9 @@ struct TrainingJob {
         trainer.checkpointEvery = training.checkpointEvery
         print(CommandLineSupport.describe(configuration, dataset: dataset, parameters: ParameterLayout(configuration.model).count))
         let report = ProgressReport(stepsPerEpoch: trainer.stepsPerEpoch, batchSize: configuration.batchSize, epochs: configuration.epochs)
+        if let path = training.metrics { report.metrics = try MetricsFile(path: path) }
         trainer.onEvent = { report.handle($0) }
+        defer { report.metrics?.flush() }
 
         SignalFlag.install()
         let stopAfter = training.stopAfterSteps
@@ -79,6 +81,7 @@ struct TrainingJob {
             // Workers wait while the coordinator updates the parameters: let it use every core then.
             trainer.optimizerThreads = c.threads
             trainer.keepAlive = { c.keepAlive() }
+            report.cluster = { (c.workerCount, c.lastStepTimings) }
             coordinator = c
             if cluster.workers > 0 {
                 let p = LocalWorkerPool(logger: logger)
@@ -104,6 +107,7 @@ struct TrainingJob {
             pool?.stop()
         }
 
+        report.clearLiveLine()
         if outcome == .interrupted {
             print("stopped at step \(trainer.state.step)\(training.checkpoint.map { "; checkpoint \($0)" } ?? "")")
             if SignalFlag.isSet { throw ExitCode(130) }

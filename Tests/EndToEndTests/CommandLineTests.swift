@@ -62,6 +62,32 @@ struct CommandLineTests {
         #expect(!(out + err).contains("Fatal error"), "crashed: \(err)")
     }
 
+    @Test("--metrics writes a JSON object per step and per epoch, with per-worker times in a cluster run")
+    func metrics() throws {
+        let folder = EndToEnd.folder("metrics")
+        let data = try EndToEnd.writeData(to: folder)
+        let path = folder + "/metrics.jsonl"
+        let (code, _, err) = try EndToEnd.run(["train", "-d", data, "-q", "16", "--epochs", "2", "--batch-size", "50", "--workers", "2",
+                                               "--metrics", path], folder: folder, name: "train")
+        #expect(code == 0, "\(err)")
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        let objects = try lines.map { try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
+        let steps = objects.filter { $0["type"] as? String == "step" }
+        let epochs = objects.filter { $0["type"] as? String == "epoch" }
+        #expect(steps.count == 2 * 12 && epochs.count == 2)
+        #expect(steps.map { $0["step"] as? Int } == (1...24).map { $0 })
+        #expect(steps.allSatisfy { ($0["loss"] as? Double).map { $0 > 0 } == true && $0["lr"] as? Double == 0.001 })
+        // Every step names the workers that computed its two shards (one may have done both
+        // while the other was still starting).
+        for step in steps {
+            let workers = try #require(step["workers"] as? [[String: Any]])
+            #expect((1...2).contains(workers.count))
+            #expect(workers.map { $0["shards"] as? Int ?? 0 }.reduce(0, +) == 2)
+            #expect(workers.allSatisfy { ($0["name"] as? String)?.hasPrefix("local-") == true && $0["compute_ms"] is Double && $0["wait_ms"] is Double })
+        }
+        #expect(epochs.allSatisfy { $0["valid_nll"] is Double })
+    }
+
     @Test("Gaussian outputs train on grey levels")
     func gaussian() throws {
         let folder = EndToEnd.folder("gaussian")

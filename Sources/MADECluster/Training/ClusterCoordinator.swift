@@ -47,6 +47,21 @@ public final class ClusterCoordinator {
     /// Per worker name: shards computed and total compute microseconds reported.
     public private(set) var workerStatistics: [String: (shards: Int, microseconds: Int)] = [:]
 
+    /// What one worker did in the last step: compute time it reported, and the rest of the time
+    /// from sending it a task to holding its result (queues, transfer, scheduling).
+    public struct StepTiming: Sendable {
+        public var worker: String
+        public var shards = 0
+        public var computeMilliseconds = 0.0
+        public var waitMilliseconds = 0.0
+    }
+
+    /// Per worker, in order of first result, the timings of the last completed step.
+    public private(set) var lastStepTimings: [StepTiming] = []
+    private var stepTimings: [String: StepTiming] = [:]
+    private var timingOrder: [String] = []
+    private var taskSentAt: [[UInt8]: ContinuousClock.Instant] = [:]
+
     private var machine: CoordinatorStateMachine
     private let context: ZMQContext
     private let router: ZMQSocket
@@ -148,6 +163,8 @@ public final class ClusterCoordinator {
         let machinePlan = CoordinatorStateMachine.StepPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
             gradientCount: packing.count, shards: plan.shards.map { Array($0) })
+        stepTimings = [:]
+        timingOrder = []
         try perform(machine.begin(machinePlan, now: now), parameters: packedParameters)
         var lastTick: UInt64 = 0
         while !machine.isStepComplete {
@@ -163,6 +180,7 @@ public final class ClusterCoordinator {
                 throw ClusterError(.noWorkers, "no worker has been connected for \(options.idleTimeout / 1000) s; the step cannot go on")
             }
         }
+        lastStepTimings = timingOrder.compactMap { stepTimings[$0] }
         var losses: [Double] = []
         var gradients: [[Float]] = []
         for result in machine.takeResults() {   // moved out, so the sums below copy nothing
@@ -280,6 +298,15 @@ public final class ClusterCoordinator {
                         s.shards += 1
                         s.microseconds += Int(r.computeMicroseconds)
                         workerStatistics[name] = s
+                        if let sent = taskSentAt.removeValue(forKey: peer) {
+                            var timing = stepTimings[name] ?? StepTiming(worker: name)
+                            if stepTimings[name] == nil { timingOrder.append(name) }
+                            let compute = Double(r.computeMicroseconds) / 1000
+                            timing.shards += 1
+                            timing.computeMilliseconds += compute
+                            timing.waitMilliseconds += max(0, (clock.now - sent).seconds * 1000 - compute)
+                            stepTimings[name] = timing
+                        }
                     }
                 }
                 actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
@@ -299,6 +326,7 @@ public final class ClusterCoordinator {
                 if includeParameters, let parameters {
                     task.parameters = parameters.payload(shared: machine.sharedSlot(of: peer) != nil)
                 }
+                taskSentAt[peer] = clock.now
                 send(to: peer, .task(task))
             case .workerJoined(let peer, let name):
                 names[peer] = name

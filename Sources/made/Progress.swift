@@ -1,0 +1,152 @@
+import Foundation
+import MADE
+import MADECluster
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a person sees while training runs, and the metrics file.
+///
+/// On a terminal one live line is redrawn a few times a second: epoch, step, loss, examples/s,
+/// time left and workers alive. Otherwise (a file, a pipe, a batch system's log) a plain line is
+/// printed every `plainInterval` seconds. Each finished epoch prints a line either way.
+final class ProgressReport {
+    let stepsPerEpoch: Int
+    let batchSize: Int
+    let epochs: Int
+    let interactive: Bool
+    let plainInterval: Double
+    var metrics: MetricsFile?
+    /// Workers alive and the last step's per-worker timings, when training through a cluster.
+    var cluster: (() -> (alive: Int, timings: [ClusterCoordinator.StepTiming]))?
+
+    private var lastStepAt = ContinuousClock.now
+    private var lastDrawn = ContinuousClock.now
+    private var rate = 0.0
+    private var liveLineShown = false
+
+    init(stepsPerEpoch: Int, batchSize: Int, epochs: Int, interactive: Bool = isatty(STDOUT_FILENO) != 0, plainInterval: Double = 10) {
+        self.stepsPerEpoch = stepsPerEpoch
+        self.batchSize = batchSize
+        self.epochs = epochs
+        self.interactive = interactive
+        self.plainInterval = plainInterval
+    }
+
+    func handle(_ event: TrainingEvent) {
+        switch event {
+        case .step(let step, let epoch, let loss, let learningRate):
+            let now = ContinuousClock.now
+            let seconds = (now - lastStepAt).seconds
+            lastStepAt = now
+            let instant = seconds > 0 ? Double(batchSize) / seconds : 0
+            rate = rate == 0 ? instant : 0.95 * rate + 0.05 * instant
+            let info = cluster?()
+            metrics?.step(step: step, epoch: epoch, loss: loss, learningRate: learningRate, examplesPerSecond: instant, timings: info?.timings ?? [])
+            let since = (now - lastDrawn).seconds
+            guard since >= (interactive ? 0.2 : plainInterval) else { return }
+            lastDrawn = now
+            let remaining = Double(max(0, epochs * stepsPerEpoch - step)) * Double(batchSize) / max(rate, 1e-9)
+            var line = String(format: "epoch %d/%d step %d loss %.4f %.0f ex/s eta %@", epoch + 1, epochs, step, loss, rate, Self.duration(remaining))
+            if let info { line += " workers \(info.alive)" }
+            if interactive {
+                FileHandle.standardOutput.write(Data(("\r\u{1B}[K" + line).utf8))
+                liveLineShown = true
+            } else {
+                print(line)
+                fflush(nil)
+            }
+        case .epoch(let record, let improved):
+            clearLiveLine()
+            metrics?.epoch(record)
+            let rate = record.seconds > 0 ? Double(stepsPerEpoch * batchSize) / record.seconds : 0
+            var line = String(format: "epoch %d/%d train_nll %.4f", record.epoch + 1, epochs, record.trainNLL)
+            if let v = record.validNLL { line += String(format: " valid_nll %.4f%@", v, improved ? " *" : "") }
+            line += String(format: " lr %.1e %.0f ex/s", record.learningRate, rate)
+            print(line)
+            fflush(nil)
+        case .checkpoint:
+            break
+        }
+    }
+
+    /// Ends the live line so that later output starts on a fresh line.
+    func clearLiveLine() {
+        guard liveLineShown else { return }
+        FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8))
+        liveLineShown = false
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite else { return "?" }
+        let s = Int(seconds.rounded())
+        if s >= 3600 { return "\(s / 3600)h\(String(format: "%02d", (s % 3600) / 60))m" }
+        if s >= 60 { return "\(s / 60)m\(String(format: "%02d", s % 60))s" }
+        return "\(s)s"
+    }
+}
+
+/// Training metrics as JSON Lines, one object per step and per epoch.
+///
+///     {"type":"step","step":12,"epoch":0,"loss":203.1,"lr":0.001,"examples_per_s":18000.5,
+///      "workers":[{"name":"local-0","shards":1,"compute_ms":2.7,"wait_ms":0.4}]}
+///     {"type":"epoch","epoch":0,"train_nll":240.2,"valid_nll":238.9,"lr":0.001,"seconds":3.1}
+///
+/// `step` counts steps done over the whole run; `epoch` is 0-based. Appends, so a resumed run
+/// continues the same file.
+final class MetricsFile {
+    private let handle: FileHandle
+    private var buffer = ""
+
+    init(path: String) throws {
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil) else {
+                throw MADEError(.io, "cannot create the metrics file", path: path)
+            }
+        }
+        guard let handle = FileHandle(forWritingAtPath: path) else {
+            throw MADEError(.io, "cannot open the metrics file for writing", path: path)
+        }
+        handle.seekToEndOfFile()
+        self.handle = handle
+    }
+
+    deinit {
+        flush()
+        try? handle.close()
+    }
+
+    func step(step: Int, epoch: Int, loss: Double, learningRate: Double, examplesPerSecond: Double, timings: [ClusterCoordinator.StepTiming]) {
+        var line = "{\"type\":\"step\",\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(Self.number(loss)),\"lr\":\(Self.number(learningRate)),"
+            + "\"examples_per_s\":\(Self.number(examplesPerSecond))"
+        if !timings.isEmpty {
+            line += ",\"workers\":[" + timings.map {
+                "{\"name\":\(Self.string($0.worker)),\"shards\":\($0.shards),\"compute_ms\":\(Self.number($0.computeMilliseconds)),\"wait_ms\":\(Self.number($0.waitMilliseconds))}"
+            }.joined(separator: ",") + "]"
+        }
+        buffer += line + "}\n"
+        if buffer.utf8.count > 1 << 16 { flush() }
+    }
+
+    func epoch(_ record: EpochRecord) {
+        buffer += "{\"type\":\"epoch\",\"epoch\":\(record.epoch),\"train_nll\":\(Self.number(record.trainNLL)),"
+            + "\"valid_nll\":\(record.validNLL.map(Self.number) ?? "null"),\"lr\":\(Self.number(record.learningRate)),"
+            + "\"seconds\":\(Self.number(record.seconds))}\n"
+        flush()
+    }
+
+    func flush() {
+        guard !buffer.isEmpty else { return }
+        handle.write(Data(buffer.utf8))
+        buffer = ""
+    }
+
+    static func number(_ v: Double) -> String {
+        v.isFinite ? "\(v)" : "null"
+    }
+
+    static func string(_ s: String) -> String {
+        let data = (try? JSONEncoder().encode(s)) ?? Data("\"\"".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+}
