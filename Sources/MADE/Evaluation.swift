@@ -42,45 +42,76 @@ public struct Evaluator<T: BLASScalar> {
     @_specialize(exported: true, where T == Float)
     @_specialize(exported: true, where T == Double)
     public func logLikelihoods(parameters: [T], data: DataMatrix, masks k: Int, mode: EnsembleMode = .likelihood) -> [Double] {
+        switch mode {
+        case .likelihood: return Evaluator.combine(maskLogLikelihoods(parameters: parameters, data: data, masks: k))
+        case .logits: return logitAveragedLogLikelihoods(parameters: parameters, data: data, masks: k)
+        }
+    }
+
+    /// `log p_k(x)` of every row under each mask `k` of the ensemble: `[mask][row]`.
+    ///
+    /// Rows are scored in chunks of ``chunkSize`` from the first row, so the values of a row
+    /// depend only on its chunk's position: a worker scoring one chunk gets the same bits.
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
+    public func maskLogLikelihoods(parameters: [T], data: DataMatrix, masks k: Int) -> [[Double]] {
         let n = data.count
-        guard n > 0 else { return [] }
-        let seeds = ensembleSeeds(k)
-        let maskSets = seeds.map { MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: $0) }
+        let maskSets = ensembleSeeds(k).map { MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: $0) }
+        var result = [[Double]](repeating: [Double](repeating: 0, count: n), count: maskSets.count)
+        guard n > 0 else { return result }
         let chunk = min(chunkSize, n)
         let workspace = NetworkWorkspace<T>(configuration: configuration, capacity: chunk)
-        var result = [Double](repeating: 0, count: n)
-        var perMask = [[Double]](repeating: [Double](repeating: 0, count: chunk), count: seeds.count)
-        let nout = configuration.outputCount
-        var outputSum = [T](repeating: 0, count: mode == .logits ? chunk * nout : 0)
         var start = 0
         while start < n {
             let end = min(n, start + chunk)
-            let indices = (start..<end).map { Int32($0) }
-            workspace.loadRows(from: data, indices: indices)
-            if mode == .logits { for i in 0..<outputSum.count { outputSum[i] = 0 } }
-            for (k, maskSet) in maskSets.enumerated() {
+            workspace.loadRows(from: data, indices: (start..<end).map { Int32($0) })
+            for (m, maskSet) in maskSets.enumerated() {
                 workspace.setMasks(maskSet)
                 workspace.prepare(parameters: parameters)
                 workspace.forward()
-                switch mode {
-                case .likelihood:
-                    perMask[k].withUnsafeMutableBufferPointer { workspace.logLikelihoods(distribution, into: $0) }
-                case .logits:
-                    workspace.addOutputs(into: &outputSum)
+                result[m].withUnsafeMutableBufferPointer {
+                    workspace.logLikelihoods(distribution, into: UnsafeMutableBufferPointer(rebasing: $0[start..<end]))
                 }
                 betweenPasses()
             }
-            switch mode {
-            case .likelihood:
-                for r in 0..<(end - start) {
-                    result[start + r] = Evaluator.logMeanExp(perMask.map { $0[r] })
-                }
-            case .logits:
-                let scale = 1 / T(maskSets.count)
-                workspace.setOutputs(outputSum.map { $0 * scale })
-                let ll = workspace.logLikelihoods(distribution)
-                for r in 0..<(end - start) { result[start + r] = ll[r] }
+            start = end
+        }
+        return result
+    }
+
+    /// The ensemble likelihood of each row from its per-mask values (`[mask][row]`): log-mean-exp over masks.
+    public static func combine(_ perMask: [[Double]]) -> [Double] {
+        guard let rows = perMask.first?.count else { return [] }
+        return (0..<rows).map { r in logMeanExp(perMask.map { $0[r] }) }
+    }
+
+    /// The reference's logit averaging (see ``EnsembleMode/logits``): not a normalized likelihood.
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
+    public func logitAveragedLogLikelihoods(parameters: [T], data: DataMatrix, masks k: Int) -> [Double] {
+        let n = data.count
+        guard n > 0 else { return [] }
+        let maskSets = ensembleSeeds(k).map { MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: $0) }
+        let chunk = min(chunkSize, n)
+        let workspace = NetworkWorkspace<T>(configuration: configuration, capacity: chunk)
+        var result = [Double](repeating: 0, count: n)
+        var outputSum = [T](repeating: 0, count: chunk * configuration.outputCount)
+        var start = 0
+        while start < n {
+            let end = min(n, start + chunk)
+            workspace.loadRows(from: data, indices: (start..<end).map { Int32($0) })
+            for i in 0..<outputSum.count { outputSum[i] = 0 }
+            for maskSet in maskSets {
+                workspace.setMasks(maskSet)
+                workspace.prepare(parameters: parameters)
+                workspace.forward()
+                workspace.addOutputs(into: &outputSum)
+                betweenPasses()
             }
+            let scale = 1 / T(maskSets.count)
+            workspace.setOutputs(outputSum.map { $0 * scale })
+            let ll = workspace.logLikelihoods(distribution)
+            for r in 0..<(end - start) { result[start + r] = ll[r] }
             start = end
         }
         return result

@@ -39,51 +39,50 @@ public struct Sampler<T: BLASScalar> {
     @_specialize(exported: true, where T == Double)
     public func sample(parameters: [T], count: Int, masks: Int = 1, seed: UInt64, method: Method = .cached) -> [T] {
         precondition(parameters.count == ParameterLayout(configuration).count, "sample: parameters do not fit the model")
-        let d = configuration.inputCount
-        var out = [T](repeating: 0, count: count * d)
-        let maskSeeds = (0..<max(1, masks)).map { UInt64($0 % configuration.maskCount) }
-        var maskSets: [UInt64: MaskSet] = [:]
-        var start = 0
-        var batch: UInt64 = 0
-        while start < count {
-            let n = min(batchSize, count - start)
-            var rng = RandomStream(seed: seed, domain: .sampling, index: batch)
-            let choice = (0..<n).map { _ in maskSeeds[Int(rng.uniform(below: UInt64(maskSeeds.count)))] }
-            // Within a batch, samples are grouped by mask; the draws stay in (position, sample) order.
-            var samples = [T](repeating: 0, count: n * d)
-            var groups: [(UInt64, [Int])] = []
-            for seed in Set(choice).sorted() { groups.append((seed, (0..<n).filter { choice[$0] == seed })) }
-            let masksOfGroups = groups.map { g -> MaskSet in
-                if let m = maskSets[g.0] { return m }
-                let m = MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: g.0)
-                maskSets[g.0] = m
-                return m
-            }
-            // The uniforms are read in (position, sample) order whatever the grouping:
-            // `draws[i]` holds sample i's, position by position.
-            let perDimension = distribution == .bernoulli ? 1 : 2
-            var draws = [[Double]](repeating: [], count: n)
-            for _ in 0..<d {
-                for i in 0..<n {
-                    for _ in 0..<perDimension { draws[i].append(rng.unitDouble()) }
-                }
-            }
-            for (g, (_, group)) in groups.enumerated() {
-                let groupDraws = group.map { draws[$0] }
-                let values: [T]
-                switch method {
-                case .cached: values = cached(parameters: parameters, masks: masksOfGroups[g], draws: groupDraws)
-                case .naive: values = naive(parameters: parameters, masks: masksOfGroups[g], draws: groupDraws)
-                }
-                for (row, i) in group.enumerated() {
-                    for j in 0..<d { samples[i * d + j] = values[row * d + j] }
-                }
-            }
-            for k in 0..<(n * d) { out[start * d + k] = samples[k] }
-            start += n
+        var out: [T] = []
+        out.reserveCapacity(count * configuration.inputCount)
+        var batch = 0
+        while batch * batchSize < count {
+            out += sampleBatch(batch, parameters: parameters, count: min(batchSize, count - batch * batchSize),
+                               masks: masks, seed: seed, method: method)
             batch += 1
         }
         return out
+    }
+
+    /// Batch `batch` of a sampling run: `count` samples drawn from its own random stream, so
+    /// batches can be drawn anywhere, in any order, and give the same values.
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
+    public func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int = 1, seed: UInt64, method: Method = .cached) -> [T] {
+        let d = configuration.inputCount
+        let maskSeeds = (0..<max(1, masks)).map { UInt64($0 % configuration.maskCount) }
+        var rng = RandomStream(seed: seed, domain: .sampling, index: UInt64(batch))
+        let choice = (0..<n).map { _ in maskSeeds[Int(rng.uniform(below: UInt64(maskSeeds.count)))] }
+        // The uniforms are read in (position, sample) order whatever the grouping by mask:
+        // `draws[i]` holds sample i's, position by position.
+        let perDimension = distribution == .bernoulli ? 1 : 2
+        var draws = [[Double]](repeating: [], count: n)
+        for _ in 0..<d {
+            for i in 0..<n {
+                for _ in 0..<perDimension { draws[i].append(rng.unitDouble()) }
+            }
+        }
+        var samples = [T](repeating: 0, count: n * d)
+        for maskSeed in Set(choice).sorted() {
+            let group = (0..<n).filter { choice[$0] == maskSeed }
+            let masks = MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: maskSeed)
+            let groupDraws = group.map { draws[$0] }
+            let values: [T]
+            switch method {
+            case .cached: values = cached(parameters: parameters, masks: masks, draws: groupDraws)
+            case .naive: values = naive(parameters: parameters, masks: masks, draws: groupDraws)
+            }
+            for (row, i) in group.enumerated() {
+                for j in 0..<d { samples[i * d + j] = values[row * d + j] }
+            }
+        }
+        return samples
     }
 
     /// The value of one dimension from its network outputs and its uniforms.

@@ -41,9 +41,16 @@ struct WorkerArguments: ParsableArguments {
     var coordinatorTimeout: Double = 60
     @Option(help: "Exit when this process (the launcher) is gone.")
     var parentPid: Int32?
+    @Flag(help: "The data file holds one split (one .amat or IDX file), scored whole: for evaluation jobs.")
+    var singleSplit = false
+    @Flag(help: "Hold no data: serve sampling jobs only.")
+    var noData = false
+    @Flag(help: "Decline shared memory from a coordinator on this host.")
+    var noSharedMemory = false
 
     func validate() throws {
         guard coordinatorTimeout > 0 else { throw ValidationError("--coordinator-timeout must be positive") }
+        if noData && singleSplit { throw ValidationError("--no-data and --single-split exclude each other") }
     }
 
     func endpoint(environment: ClusterEnvironment?) throws -> String {
@@ -67,12 +74,21 @@ struct WorkerArguments: ParsableArguments {
         let logger = CommandLineSupport.bootstrap(label: "made.worker")
         BLAS.setThreads(runtime.threads)
         let endpoint = try endpoint(environment: environment)
-        let dataset = try DatasetLoader.load(path: data.dataPath, options: data.options)
-        let computer = try ShardComputer(dataset: dataset)
+        let dataset: Dataset
+        if noData {
+            dataset = Dataset(train: nil, valid: nil, test: nil, source: "no data")
+        } else if singleSplit {
+            let path = try data.path()
+            dataset = Dataset(train: nil, valid: nil, test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
+        } else {
+            dataset = try DatasetLoader.load(path: try data.path(), options: data.options)
+        }
+        let computer = ShardComputer(dataset: dataset)
         var options = ClusterWorker.Options(connect: endpoint, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
         if let keys { options.security = try ClusterSecurity.Client.load(folder: keys, name: keyName) }
         options.coordinatorTimeout = UInt64(coordinatorTimeout * 1000)
         options.parentProcess = parentPid
+        options.sharedMemory = !noSharedMemory
         let worker = ClusterWorker(computer: computer, options: options, logger: logger)
         SignalFlag.install()
         worker.shouldStop = { SignalFlag.isSet }
@@ -88,6 +104,10 @@ struct Worker: ParsableCommand {
     @OptionGroup var data: DataArguments
     @OptionGroup var worker: WorkerArguments
     @OptionGroup var runtime: RuntimeArguments
+
+    func validate() throws {
+        if data.dataPath == nil && !worker.noData { throw ValidationError("give the data with -d/--data-path (or --no-data for a sampling-only worker)") }
+    }
 
     func run() throws {
         try worker.run(data: data, runtime: runtime, environment: try ClusterEnvironment.detect(ProcessInfo.processInfo.environment))

@@ -9,9 +9,10 @@ struct Eval: ParsableCommand {
     @Option(help: "Checkpoint to evaluate.")
     var checkpoint: String
     @OptionGroup var data: DataArguments
+    @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
-    @Option(help: "Split of an .npz or a train file with siblings: train, valid or test. A single-split file (one .amat or IDX file) is scored whole.")
-    var split: String = "test"
+    @Option(help: "Split to score: train, valid or test. [default: test for an .npz or a folder; a single-split file (one .amat or IDX file) is scored whole]")
+    var split: String?
     @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble. [default: the checkpoint's]")
     var samples: Int?
     @Option(help: "likelihood (log-mean-exp of per-mask likelihoods) or logits (the reference's logit averaging; not a normalized likelihood). [default: the checkpoint's]")
@@ -20,25 +21,56 @@ struct Eval: ParsableCommand {
     var perExample: String?
 
     func validate() throws {
-        guard ["train", "valid", "test"].contains(split) else { throw ValidationError("--split must be train, valid or test, not '\(split)'") }
+        if let split, !["train", "valid", "test"].contains(split) { throw ValidationError("--split must be train, valid or test, not '\(split)'") }
         if let samples, samples < 1 { throw ValidationError("--samples must be at least 1") }
     }
 
     func run() throws {
         BLAS.setThreads(runtime.threads)
         let saved = try Checkpoint.read(from: checkpoint)
-        let matrix = try DatasetLoader.loadSplit(path: data.dataPath, split: split, options: data.options)
+        let path = try data.path()
+        var isDirectory: ObjCBool = false
+        let severalSplits = path.hasSuffix(".npz") || (FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue)
+        let effectiveSplit = split ?? (severalSplits ? "test" : nil)
         let c = saved.configuration
-        guard matrix.dimension == c.model.inputCount else {
-            throw ValidationError("\(data.dataPath): data of dimension \(matrix.dimension), but the model was trained on dimension \(c.model.inputCount)")
-        }
-        if c.distribution == .bernoulli && !matrix.isBinary {
-            throw ValidationError("\(data.dataPath): Bernoulli model, but the data is not 0/1 (choose --binarize)")
-        }
         let k = samples ?? c.evaluationMasks
         let mode = ensemble ?? c.ensembleMode
-        let ll = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
-            .logLikelihoods(parameters: saved.modelParameters, data: matrix, masks: k, mode: mode)
+
+        let ll: [Double]
+        if cluster.isDistributed {
+            // Workers load the data as this process does, and score chunks of the split's rows.
+            let dataset: Dataset
+            let splitIndex: Int
+            var workerArguments = data.forwarded
+            if let effectiveSplit {
+                dataset = try DatasetLoader.load(path: path, options: data.options)
+                splitIndex = ["train", "valid", "test"].firstIndex(of: effectiveSplit)!
+            } else {
+                dataset = Dataset(train: nil, valid: nil, test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
+                splitIndex = 2
+                workerArguments.append("--single-split")
+            }
+            guard let matrix = [dataset.train, dataset.valid, dataset.test][splitIndex] else {
+                throw ValidationError("\(path): no \(effectiveSplit ?? "test") split")
+            }
+            try check(matrix, path: path, configuration: c)
+            let chunk = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed).chunkSize
+            ll = try JobCluster.run(checkpoint: saved, dataFingerprint: DataFingerprint.bytes(of: dataset), cluster: cluster,
+                                    workerArguments: workerArguments) { coordinator in
+                let chunks = try coordinator.scoreRows(split: UInt8(splitIndex), rowCount: matrix.count, chunkSize: chunk,
+                                                       masks: k, mode: mode == .likelihood ? 0 : 1, parameters: saved.modelParameters)
+                return chunks.flatMap { values -> [Double] in
+                    guard mode == .likelihood else { return values.map(Double.init) }
+                    let rows = values.count / k
+                    return Evaluator<Float>.combine((0..<k).map { m in values[(m * rows)..<((m + 1) * rows)].map(Double.init) })
+                }
+            }
+        } else {
+            let matrix = try DatasetLoader.loadSplit(path: path, split: effectiveSplit, options: data.options)
+            try check(matrix, path: path, configuration: c)
+            ll = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
+                .logLikelihoods(parameters: saved.modelParameters, data: matrix, masks: k, mode: mode)
+        }
         if let perExample {
             var text = ""
             text.reserveCapacity(ll.count * 12)
@@ -48,6 +80,15 @@ struct Eval: ParsableCommand {
         let nll = -ll.reduce(0, +) / Double(max(1, ll.count))
         let label = mode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
         print(String(format: "nll=%.4f", nll) + " examples=\(ll.count) masks=\(k) ensemble=\(mode.rawValue)\(label)")
+    }
+
+    func check(_ matrix: DataMatrix, path: String, configuration c: TrainingConfiguration) throws {
+        guard matrix.dimension == c.model.inputCount else {
+            throw ValidationError("\(path): data of dimension \(matrix.dimension), but the model was trained on dimension \(c.model.inputCount)")
+        }
+        if c.distribution == .bernoulli && !matrix.isBinary {
+            throw ValidationError("\(path): Bernoulli model, but the data is not 0/1 (choose --binarize)")
+        }
     }
 }
 

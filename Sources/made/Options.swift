@@ -14,7 +14,13 @@ enum BinarizeRule: String, ExpressibleByArgument, CaseIterable {
 struct DataArguments: ParsableArguments {
     @Option(name: [.customShort("d"), .customLong("data-path")],
             help: "Data: binarized_mnist.npz, a *_train.amat, a train-images-idx3-ubyte[.gz], or a folder holding one.")
-    var dataPath: String
+    var dataPath: String?
+
+    /// The data path; an error when it was not given.
+    func path() throws -> String {
+        guard let dataPath else { throw ValidationError("give the data with -d/--data-path") }
+        return dataPath
+    }
 
     @Option(help: ArgumentHelp("How IDX grey levels become 0/1.", valueName: "rule"))
     var binarize: BinarizeRule = .stochastic
@@ -40,7 +46,7 @@ struct DataArguments: ParsableArguments {
 
     /// These flags as a worker process must receive them, to load the very same data.
     var forwarded: [String] {
-        ["--data-path", dataPath, "--binarize", binarize.rawValue, "--binarize-seed", "\(binarizeSeed)",
+        (dataPath.map { ["--data-path", $0] } ?? []) + ["--binarize", binarize.rawValue, "--binarize-seed", "\(binarizeSeed)",
          "--threshold", "\(threshold)", "--valid-fraction", "\(validFraction)"]
     }
 

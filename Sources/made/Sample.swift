@@ -22,6 +22,7 @@ struct Sample: ParsableCommand {
     var imageShape: String?
     @Option(help: "cached (one forward pass per sample) or naive (one per dimension).")
     var method: Sampler<Float>.Method = .cached
+    @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
@@ -37,9 +38,18 @@ struct Sample: ParsableCommand {
         let d = c.model.inputCount
         let (rows, cols) = try shape(dimension: d)
         let sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
+        let masks = samples ?? c.model.maskCount
         let start = ContinuousClock.now
-        let values = sampler.sample(parameters: saved.modelParameters, count: count, masks: samples ?? c.model.maskCount,
-                                    seed: seed, method: method)
+        let values: [Float]
+        if cluster.isDistributed {
+            // Workers need no data to sample; each draws whole batches from their own streams.
+            values = try JobCluster.run(checkpoint: saved, dataFingerprint: nil, cluster: cluster, workerArguments: ["--no-data"]) { coordinator in
+                try coordinator.drawSamples(count: count, dimension: d, batchSize: sampler.batchSize, masks: masks, seed: seed,
+                                            method: UInt8(Sampler<Float>.Method.allCases.firstIndex(of: method)!), parameters: saved.modelParameters)
+            }
+        } else {
+            values = sampler.sample(parameters: saved.modelParameters, count: count, masks: masks, seed: seed, method: method)
+        }
         let seconds = (ContinuousClock.now - start).seconds
         let grid = ImageGrid(images: values, imageRows: rows, imageColumns: cols,
                              gridColumns: columns ?? Int(Double(count).squareRoot().rounded(.up)))

@@ -27,8 +27,9 @@ struct TrainingJob {
     func run() throws {
         let logger = CommandLineSupport.bootstrap(label: "made")
         BLAS.setThreads(runtime.threads)
-        let dataset = try DatasetLoader.load(path: data.dataPath, options: data.options)
-        guard let dimension = dataset.dimension else { throw ValidationError("\(data.dataPath): no data") }
+        let dataPath = try data.path()
+        let dataset = try DatasetLoader.load(path: dataPath, options: data.options)
+        guard let dimension = dataset.dimension else { throw ValidationError("\(dataPath): no data") }
 
         if case .coordinator = role, training.shards == nil, expectedWorkers == nil, cluster.workers == 0 {
             throw ValidationError("give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends on S, not on how many workers run)")

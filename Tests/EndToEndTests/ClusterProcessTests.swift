@@ -34,6 +34,25 @@ struct ClusterProcessTests {
         }
     }
 
+    @Test("workers started before their coordinator give the same checksum")
+    func workersFirst() throws {
+        let folder = EndToEnd.folder("workersfirst")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data, epochs: 4)
+        let port = EndToEnd.freePort()
+        let workers = try (0..<2).map {
+            try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early\($0)"], folder: folder, name: "worker\($0)")
+        }
+        usleep(2_500_000)   // several hello retries go out before anyone listens
+        let (code, out, err) = try EndToEnd.run(["coordinator", "--bind", "tcp://127.0.0.1:\(port)"] + Self.runFlags(data: data, epochs: 4),
+                                                folder: folder, name: "coordinator")
+        #expect(code == 0, "\(err)")
+        #expect(EndToEnd.checksum(out) == expected)
+        let counters = EndToEnd.clusterCounters(out)
+        #expect(counters["workers_joined"] == 2 && counters["workers_lost"] == 0)
+        for w in workers { #expect(w.wait(timeout: 10) == 0) }
+    }
+
     @Test("a worker killed with SIGKILL mid-run changes nothing")
     func killWorker() throws {
         let folder = EndToEnd.folder("killworker")

@@ -88,6 +88,40 @@ struct CommandLineTests {
         #expect(epochs.allSatisfy { $0["valid_nll"] is Double })
     }
 
+    @Test("evaluation and sampling spread over workers give exactly the single-process results")
+    func distributedEvalAndSample() throws {
+        let folder = EndToEnd.folder("distributed-eval")
+        let data = try EndToEnd.writeData(to: folder, count: 600)
+        let checkpoint = folder + "/run.ckpt"
+        let (code, _, err) = try EndToEnd.run(["train", "-d", data, "-q", "16", "--epochs", "2", "--batch-size", "50", "-n", "4",
+                                               "--checkpoint", checkpoint], folder: folder, name: "train")
+        #expect(code == 0, "\(err)")
+        // A single-split file too: the test split alone, as .npy.
+        let single = folder + "/test.npy"
+        let dataset = try DatasetLoader.load(path: data)
+        try Data(DatasetWriter.npy(dataset.test!)).write(to: URL(fileURLWithPath: single))
+        for (name, arguments) in [("npz", ["-d", data, "--split", "valid", "-s", "4"]),
+                                  ("logits", ["-d", data, "-s", "3", "--ensemble", "logits"]),
+                                  ("single", ["-d", single, "-s", "2"])] {
+            let local = folder + "/\(name)-local.txt", spread = folder + "/\(name)-spread.txt"
+            let (a, outA, errA) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "--per-example", local] + arguments, folder: folder, name: "eval-\(name)")
+            let (b, outB, errB) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "--per-example", spread, "--workers", "2"] + arguments,
+                                                   folder: folder, name: "eval-\(name)-workers")
+            #expect(a == 0 && b == 0, "\(errA) \(errB)")
+            #expect(outA == outB, "\(name): \(outA) vs \(outB)")
+            #expect(try String(contentsOfFile: local, encoding: .utf8) == String(contentsOfFile: spread, encoding: .utf8), "\(name)")
+        }
+        let (a, outA, errA) = try EndToEnd.run(["sample", "--checkpoint", checkpoint, "--count", "70", "--out", folder + "/local.png", "--seed", "3"],
+                                               folder: folder, name: "sample")
+        let (b, _, errB) = try EndToEnd.run(["sample", "--checkpoint", checkpoint, "--count", "70", "--out", folder + "/spread.png", "--seed", "3",
+                                             "--workers", "3"], folder: folder, name: "sample-workers")
+        #expect(a == 0 && b == 0, "\(errA) \(errB)")
+        #expect(outA.contains("sampled 70 images"))
+        let pngA = try Data(contentsOf: URL(fileURLWithPath: folder + "/local.png"))
+        let pngB = try Data(contentsOf: URL(fileURLWithPath: folder + "/spread.png"))
+        #expect(pngA == pngB)
+    }
+
     @Test("Gaussian outputs train on grey levels")
     func gaussian() throws {
         let folder = EndToEnd.folder("gaussian")

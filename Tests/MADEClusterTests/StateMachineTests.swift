@@ -28,7 +28,7 @@ struct CoordinatorStateMachineTests {
 
     func result(step: UInt64, shard: UInt32, digest: [UInt8] = digest, count: Int = 2) -> WireMessage {
         .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: Double(shard), computeMicroseconds: 1,
-                      gradient: .inline([Float](repeating: Float(shard), count: count))))
+                      values: .inline([Float](repeating: Float(shard), count: count))))
     }
 
     func assignments(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Bool)] {
@@ -175,16 +175,53 @@ struct CoordinatorStateMachineTests {
         #expect(m.sharedSlot(of: a) == 1)
         let remote = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "b", hostID: "elsewhere"))
         #expect(grant(m.receive(from: b, runID: 0, message: remote, now: 0)) == .some(nil))
-        // Saying hello again gives a new slot; the old one is not handed out again.
-        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 1)) == .some(.init(path: "/dev/shm/run", slot: 2, slotFloats: 10)))
-        // Slots run out: later workers go without.
-        #expect(grant(m.receive(from: c, runID: 0, message: local, now: 2)) == .some(nil))
+        // The same process saying hello again keeps its slot.
+        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 1)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
+        #expect(m.counters.workersJoined == 2)
+        // A new process gets the next slot; then slots run out and later workers go without.
+        #expect(grant(m.receive(from: c, runID: 0, message: local, now: 2)) == .some(.init(path: "/dev/shm/run", slot: 2, slotFloats: 10)))
+        let d: [UInt8] = Array("worker-d".utf8)
+        #expect(grant(m.receive(from: d, runID: 0, message: local, now: 2)) == .some(nil))
+        // A lost worker's slot is not handed out again.
+        _ = m.tick(now: 1_000_000)
+        #expect(m.workerCount == 0)
+        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 1_000_001)) == .some(nil))
         // A gradient said to be in shared memory is not accepted as such.
         _ = m.begin(plan(step: 0, shards: 1), now: 3)
-        let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, gradient: .shared(count: 2)))
-        for peer in [a, b, c] { _ = m.receive(from: peer, runID: 77, message: shared, now: 4) }
+        let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, values: .shared(slot: 1, count: 2)))
+        for peer in [a, b, c] { _ = m.receive(from: peer, runID: 77, message: shared, now: 1_000_002) }
         #expect(!m.isStepComplete)
         #expect(m.counters.badResults >= 1)
+    }
+
+    @Test("hellos queued before the coordinator listened change nothing: one registration, shards not lost")
+    func repeatedHellos() {
+        var m = machine()
+        for t in 0..<5 { _ = m.receive(from: a, runID: 0, message: hello("a"), now: UInt64(t)) }
+        #expect(m.workerCount == 1 && m.counters.workersJoined == 1 && m.counters.workersLost == 0)
+        let first = assignments(m.begin(plan(step: 0, shards: 2), now: 10))
+        #expect(first.map(\.1) == [0])
+        // A late duplicate hello while the shard is out: it is queued again and handed back with parameters.
+        let again = assignments(m.receive(from: a, runID: 0, message: hello("a"), now: 11))
+        #expect(again.count == 1 && again[0].1 == 0 && again[0].2)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 12)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 1), now: 13)
+        #expect(m.isStepComplete)
+    }
+
+    @Test("a task that fails goes to another worker; a shard that fails on every try ends the step with the reason")
+    func failedTasks() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        _ = m.begin(plan(step: 4, shards: 1), now: 0)
+        let retry = assignments(m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, reason: "out of memory"), now: 1))
+        #expect(retry.count == 1 && retry[0].0 == a && retry[0].2)   // a is idle again and first in order
+        #expect(m.failure == nil)
+        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, reason: "out of memory"), now: 2)
+        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, reason: "out of memory"), now: 3)
+        #expect(m.failure?.contains("out of memory") == true)
+        #expect(m.counters.failedTasks == 3)
     }
 
     @Test("heartbeats go to every worker each interval; shutdown reaches all")
@@ -224,7 +261,7 @@ struct WorkerStateMachineTests {
                 == [.configure(runID: 5, configuration: [4], sharedMemory: nil)])
         let compute = w.receive(runID: 5, message: task(step: 1, parameters: [1]), now: 700)
         #expect(compute.count == 1)
-        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, gradient: .inline([1]))
+        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, values: .inline([1]))
         #expect(w.computed(result, now: 710) == [.send(.result(result))])
         // Second shard of the same step needs no parameters.
         #expect(w.receive(runID: 5, message: task(step: 1, parameters: nil), now: 720).count == 1)

@@ -10,11 +10,15 @@ struct WireFormatTests {
         .welcome(.init(heartbeatIntervalMilliseconds: 250, configuration: [], sharedMemory: .init(path: "/dev/shm/x", slot: 3, slotFloats: 1000))),
         .reject(reason: "data mismatch"),
         .task(.init(step: 1 << 40, shard: 3, shardCount: 4, maskSeed: 7, rows: [0, 5, 49_999], parameters: .inline([1, -2.5, 0, .leastNonzeroMagnitude]))),
-        .task(.init(step: 3, shard: 1, shardCount: 2, maskSeed: 1, rows: [7], parameters: .shared(count: 392_000))),
+        .task(.init(step: 3, shard: 1, shardCount: 2, maskSeed: 1, rows: [7], parameters: .shared(slot: 0, count: 392_000))),
+        .task(.init(step: 1 << 62, shard: 0, shardCount: 3, maskSeed: 0, rows: [0, 1, 2], work: .logLikelihood(split: 2, masks: 32, mode: 0),
+                    parameters: .inline([0.5]))),
+        .task(.init(step: 7, shard: 2, shardCount: 3, maskSeed: 0, rows: [], work: .sample(count: 64, masks: 4, seed: 99, method: 1),
+                    parameters: .absent)),
         .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)),
         .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
-                      computeMicroseconds: 777, gradient: .inline([0.25, -0.0, 3e-38]))),
-        .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, gradient: .shared(count: 12))),
+                      computeMicroseconds: 777, values: .inline([0.25, -0.0, 3e-38]))),
+        .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, values: .shared(slot: 3, count: 12))),
         .heartbeat(sequence: .max),
         .shutdown(exitCode: 0, reason: "done"),
         .who,
@@ -74,7 +78,7 @@ struct WireFormatTests {
         expectError(b) { $0 == .trailingBytes(4) }
         // A NaN in a gradient.
         let nan = WireFormat.encode(.result(.init(step: 1, shard: 0, maskDigest: Array(repeating: 0, count: 16), lossSum: 1,
-                                                  computeMicroseconds: 0, gradient: .inline([.nan]))), runID: 1)
+                                                  computeMicroseconds: 0, values: .inline([.nan]))), runID: 1)
         expectError(nan) { if case .invalidField = $0 { true } else { false } }
         // A shard index beyond the shard count.
         let badShard = WireFormat.encode(.task(.init(step: 1, shard: 4, shardCount: 4, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)

@@ -18,8 +18,8 @@ public struct CoordinatorStateMachine: Sendable {
 
     public struct Settings: Sendable {
         public var runID: UInt64
-        /// The data fingerprint workers must present (32 bytes).
-        public var dataFingerprint: [UInt8]
+        /// The data fingerprint workers must present (32 bytes); nil accepts any (sampling needs no data).
+        public var dataFingerprint: [UInt8]?
         /// Sent to workers in `welcome`: the run's configuration, opaque here.
         public var configuration: [UInt8]
         public var heartbeatInterval: UInt64 = 1000
@@ -42,30 +42,40 @@ public struct CoordinatorStateMachine: Sendable {
             }
         }
 
-        public init(runID: UInt64, dataFingerprint: [UInt8], configuration: [UInt8]) {
+        public init(runID: UInt64, dataFingerprint: [UInt8]?, configuration: [UInt8]) {
             self.runID = runID
             self.dataFingerprint = dataFingerprint
             self.configuration = configuration
         }
     }
 
-    /// One step's work.
+    /// One step's work: a gradient step of training, or a piece of an evaluation or sampling job.
     public struct StepPlan: Sendable, Equatable {
         public var step: UInt64
         public var maskSeed: UInt64
-        /// Digest of the step's masks (16 bytes); results must carry the same.
-        public var maskDigest: [UInt8]
-        /// Values in one packed gradient.
-        public var gradientCount: Int
+        public var work: WireMessage.Work
+        /// Digest of the step's masks (16 bytes) that results must carry; nil to check none.
+        public var maskDigest: [UInt8]?
         /// Rows of each shard, by shard index.
         public var shards: [[Int32]]
+        /// Values each shard's result must hold, by shard index.
+        public var resultCounts: [Int]
 
-        public init(step: UInt64, maskSeed: UInt64, maskDigest: [UInt8], gradientCount: Int, shards: [[Int32]]) {
+        public init(step: UInt64, maskSeed: UInt64, work: WireMessage.Work = .gradient, maskDigest: [UInt8]?,
+                    shards: [[Int32]], resultCounts: [Int]) {
+            precondition(shards.count == resultCounts.count, "StepPlan: one result count per shard")
             self.step = step
             self.maskSeed = maskSeed
+            self.work = work
             self.maskDigest = maskDigest
-            self.gradientCount = gradientCount
             self.shards = shards
+            self.resultCounts = resultCounts
+        }
+
+        /// A gradient step: every shard answers with `gradientCount` packed values.
+        public init(step: UInt64, maskSeed: UInt64, maskDigest: [UInt8], gradientCount: Int, shards: [[Int32]]) {
+            self.init(step: step, maskSeed: maskSeed, work: .gradient, maskDigest: maskDigest, shards: shards,
+                      resultCounts: Array(repeating: gradientCount, count: shards.count))
         }
     }
 
@@ -94,6 +104,7 @@ public struct CoordinatorStateMachine: Sendable {
         public var workersJoined = 0
         public var workersLost = 0
         public var reassignedShards = 0
+        public var failedTasks = 0
         public init() {}
 
         /// Frames and results dropped for being malformed, foreign or wrong.
@@ -117,6 +128,8 @@ public struct CoordinatorStateMachine: Sendable {
     private var plan: StepPlan?
     private var pending: [UInt32] = []
     private var results: [UInt32: WireMessage.Result] = [:]
+    /// The shards the current step waits for.
+    private var expected: Set<UInt32> = []
     private var lastHeartbeatSent: UInt64 = 0
     /// Slots are never reused: a worker declared dead might still write to its old one.
     private var nextSlot: UInt32 = 1
@@ -140,18 +153,22 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// Whether every shard of the current step has a result.
     public var isStepComplete: Bool {
-        guard let plan else { return false }
-        return results.count == plan.shards.count
+        plan != nil && results.count == expected.count
     }
 
     // MARK: Steps
 
-    /// Starts a step: queues its shards and hands them to idle workers.
-    public mutating func begin(_ plan: StepPlan, now: UInt64) -> [Action] {
+    /// Starts a step: queues its shards (or only those listed in `only`; the step is then
+    /// complete when they are) and hands them to idle workers.
+    public mutating func begin(_ plan: StepPlan, now: UInt64, only: [UInt32]? = nil) -> [Action] {
         precondition(!plan.shards.isEmpty, "a step needs at least one shard")
         self.plan = plan
         results = [:]
-        pending = (0..<UInt32(plan.shards.count)).map { $0 }
+        failures = [:]
+        failure = nil
+        pending = only ?? (0..<UInt32(plan.shards.count)).map { $0 }
+        precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
+        expected = Set(pending)
         for peer in order { workers[peer]?.shard = nil }
         return assignIdle(now: now)
     }
@@ -159,7 +176,7 @@ public struct CoordinatorStateMachine: Sendable {
     /// The results of the completed step, by shard index, and clears it.
     public mutating func takeResults() -> [WireMessage.Result] {
         precondition(isStepComplete, "takeResults: the step is not complete")
-        let out = (0..<UInt32(plan!.shards.count)).map { results[$0]! }
+        let out = expected.sorted().map { results[$0]! }
         plan = nil
         results = [:]
         pending = []
@@ -195,6 +212,8 @@ public struct CoordinatorStateMachine: Sendable {
             return []
         case .result(let result):
             return accept(result, from: peer, now: now)
+        case .failed(let step, let shard, let reason):
+            return taskFailed(step: step, shard: shard, reason: reason, from: peer, now: now)
         case .hello, .welcome, .reject, .task, .shutdown, .who:
             counters.malformed += 1
             return [.refused(peer, reason: "unexpected \(message.kind) from a worker")]
@@ -237,17 +256,55 @@ public struct CoordinatorStateMachine: Sendable {
 
     // MARK: Internals
 
+    /// Tasks a shard may fail before the step is given up.
+    public static let maxTaskFailures = 3
+
+    /// Why the current step cannot complete (a shard failed on every try), if it cannot.
+    public private(set) var failure: String?
+    private var failures: [UInt32: Int] = [:]
+
+    private mutating func taskFailed(step: UInt64, shard: UInt32, reason: String, from peer: Peer, now: UInt64) -> [Action] {
+        if workers[peer]?.shard == shard {
+            workers[peer]?.shard = nil
+            workers[peer]?.parametersStep = nil
+        }
+        guard let plan, step == plan.step, expected.contains(shard), results[shard] == nil else {
+            counters.lateResults += 1
+            return assignIdle(now: now)
+        }
+        counters.failedTasks += 1
+        failures[shard, default: 0] += 1
+        if failures[shard]! >= Self.maxTaskFailures {
+            failure = "shard \(shard) of step \(step) failed \(failures[shard]!) times; last: \(reason)"
+            return [.refused(peer, reason: "task failed: \(reason)")]
+        }
+        requeue(shard)
+        return [.refused(peer, reason: "task failed: \(reason)")] + assignIdle(now: now)
+    }
+
     private mutating func register(_ peer: Peer, _ hello: WireMessage.Hello, now: UInt64) -> [Action] {
-        guard hello.dataFingerprint == settings.dataFingerprint else {
+        if let required = settings.dataFingerprint, hello.dataFingerprint != required {
             counters.refusedWorkers += 1
-            let reason = "data mismatch: this run's data has fingerprint \(hex(settings.dataFingerprint.prefix(8))), "
+            let reason = "data mismatch: this run's data has fingerprint \(hex(required.prefix(8))), "
                 + "the worker's \(hex(hello.dataFingerprint.prefix(8))); start the worker on the same data file and options"
             return [.refused(peer, reason: reason), .send(peer, .reject(reason: reason))]
         }
-        var actions: [Action] = []
-        if workers[peer] != nil {
-            actions += remove(peer, reason: "said hello again (restarted)", counted: false)
+        if var known = workers[peer] {
+            // The same process again (a routing id is never reused by another process): hellos
+            // queued before this coordinator listened, or a worker that lost its parameters.
+            // It keeps its registration and slot; a shard it held goes back to the queue.
+            if let shard = known.shard { known.shard = nil; workers[peer] = known; requeueIfUnheld(shard) }
+            known.shard = nil
+            known.parametersStep = nil
+            known.lastHeard = now
+            workers[peer] = known
+            let grant = known.slot.flatMap { slot in
+                settings.sharedMemory.map { WireMessage.SharedMemoryGrant(path: $0.path, slot: slot, slotFloats: $0.slotFloats) }
+            }
+            return [.send(peer, .welcome(.init(heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
+                                               configuration: settings.configuration, sharedMemory: grant)))] + assignIdle(now: now)
         }
+        var actions: [Action] = []
         var worker = Worker(name: hello.name, lastHeard: now)
         var grant: WireMessage.SharedMemoryGrant?
         if let shared = settings.sharedMemory, !hello.hostID.isEmpty, hello.hostID == settings.hostID, nextSlot <= shared.slots {
@@ -282,7 +339,7 @@ public struct CoordinatorStateMachine: Sendable {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
-        guard Int(result.shard) < plan.shards.count else {
+        guard expected.contains(result.shard) else {
             counters.badResults += 1
             return [.refused(peer, reason: "result for shard \(result.shard) of a \(plan.shards.count)-shard step")] + assignIdle(now: now)
         }
@@ -290,22 +347,31 @@ public struct CoordinatorStateMachine: Sendable {
             counters.duplicateResults += 1
             return assignIdle(now: now)
         }
-        guard result.maskDigest == plan.maskDigest else {
+        if let expected = plan.maskDigest, result.maskDigest != expected {
             counters.maskMismatches += 1
-            let reason = "mask digest \(hex(result.maskDigest)) differs from the step's \(hex(plan.maskDigest)): the worker built other masks"
+            let reason = "mask digest \(hex(result.maskDigest)) differs from the step's \(hex(expected)): the worker built other masks"
             var actions: [Action] = [.refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason))]
             requeue(result.shard)
             actions += remove(peer, reason: reason)
             return actions + assignIdle(now: now)
         }
-        guard case .inline(let values) = result.gradient, values.count == plan.gradientCount else {
+        let expected = plan.resultCounts[Int(result.shard)]
+        guard case .inline(let values) = result.values, values.count == expected else {
             counters.badResults += 1
             requeue(result.shard)
-            return [.refused(peer, reason: "gradient of \(result.gradient.count) values (\(result.gradient.inlineValues == nil ? "not inline" : "inline")), expected \(plan.gradientCount) inline")] + assignIdle(now: now)
+            return [.refused(peer, reason: "a result of \(result.values.count) values (\(result.values.inlineValues == nil ? "not inline" : "inline")), expected \(expected) inline")] + assignIdle(now: now)
         }
         results[result.shard] = result
         pending.removeAll { $0 == result.shard }
         return assignIdle(now: now)
+    }
+
+    /// Requeues `shard` unless it has a result, is queued, or another worker holds it.
+    private mutating func requeueIfUnheld(_ shard: UInt32) {
+        guard plan != nil, expected.contains(shard), results[shard] == nil, !pending.contains(shard),
+              !order.contains(where: { workers[$0]?.shard == shard }) else { return }
+        pending.insert(shard, at: 0)
+        counters.reassignedShards += 1
     }
 
     private mutating func requeue(_ shard: UInt32) {
@@ -325,7 +391,7 @@ public struct CoordinatorStateMachine: Sendable {
             worker.parametersStep = plan.step
             workers[peer] = worker
             let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
-                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], parameters: .absent)
+                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], work: plan.work, parameters: .absent)
             actions.append(.assign(peer, task, includeParameters: includeParameters))
         }
         return actions

@@ -46,17 +46,29 @@ public enum WireFormat {
         case .hello(let h): return 32 + 4 + 2 + h.name.utf8.count + 2 + h.hostID.utf8.count
         case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + (w.sharedMemory?.path.utf8.count ?? 0) + 4 + 4
         case .reject(let reason): return 2 + reason.utf8.count
-        case .task(let t): return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + payloadSize(t.parameters)
-        case .result(let r): return 8 + 4 + 16 + 8 + 4 + payloadSize(r.gradient)
+        case .task(let t): return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + workSize(t.work) + payloadSize(t.parameters)
+        case .result(let r): return 8 + 4 + 16 + 8 + 4 + payloadSize(r.values)
         case .heartbeat: return 8
         case .shutdown(_, let reason): return 1 + 2 + reason.utf8.count
         case .who: return 0
+        case .failed(_, _, let reason): return 8 + 4 + 2 + reason.utf8.count
+        }
+    }
+
+    private static func workSize(_ work: WireMessage.Work) -> Int {
+        switch work {
+        case .gradient: return 1
+        case .logLikelihood: return 1 + 1 + 4 + 1
+        case .sample: return 1 + 4 + 4 + 8 + 1
         }
     }
 
     private static func payloadSize(_ p: FloatPayload) -> Int {
-        if case .inline(let v) = p { return 1 + 4 + 4 * v.count }
-        return 1 + 4
+        switch p {
+        case .absent: return 1 + 4
+        case .inline(let v): return 1 + 4 + 4 * v.count
+        case .shared: return 1 + 4 + 4
+        }
     }
 
     private static func write(_ message: WireMessage, runID: UInt64, size: Int, to w: inout WireWriter) {
@@ -90,6 +102,14 @@ public enum WireFormat {
             w.integer(t.maskSeed)
             w.integer(UInt32(t.rows.count))
             t.rows.withUnsafeBytes { w.raw($0) }
+            switch t.work {
+            case .gradient:
+                w.integer(UInt8(0))
+            case .logLikelihood(let split, let masks, let mode):
+                w.integer(UInt8(1)); w.integer(split); w.integer(masks); w.integer(mode)
+            case .sample(let count, let masks, let seed, let method):
+                w.integer(UInt8(2)); w.integer(count); w.integer(masks); w.integer(seed); w.integer(method)
+            }
             w.payload(t.parameters)
         case .result(let r):
             precondition(r.maskDigest.count == 16, "result: the mask digest is 16 bytes")
@@ -98,7 +118,7 @@ public enum WireFormat {
             w.bytes(r.maskDigest)
             w.integer(r.lossSum.bitPattern)
             w.integer(r.computeMicroseconds)
-            w.payload(r.gradient)
+            w.payload(r.values)
         case .heartbeat(let sequence):
             w.integer(sequence)
         case .shutdown(let code, let reason):
@@ -106,6 +126,10 @@ public enum WireFormat {
             w.string(reason)
         case .who:
             break
+        case .failed(let step, let shard, let reason):
+            w.integer(step)
+            w.integer(shard)
+            w.string(reason)
         }
     }
 
@@ -173,8 +197,29 @@ public enum WireFormat {
             let maskSeed: UInt64 = try r.integer("mask seed")
             let rows = try r.int32Array("rows", limit: limits.maxRows)
             guard rows.allSatisfy({ $0 >= 0 }) else { throw .invalidField("negative row index") }
+            let kind: UInt8 = try r.integer("work kind")
+            let work: WireMessage.Work
+            switch kind {
+            case 0:
+                work = .gradient
+            case 1:
+                let split: UInt8 = try r.integer("split")
+                let masks: UInt32 = try r.integer("masks")
+                let mode: UInt8 = try r.integer("ensemble mode")
+                guard masks > 0 else { throw .invalidField("an ensemble of 0 masks") }
+                work = .logLikelihood(split: split, masks: masks, mode: mode)
+            case 2:
+                let count: UInt32 = try r.integer("sample count")
+                let masks: UInt32 = try r.integer("masks")
+                let seed: UInt64 = try r.integer("sample seed")
+                let method: UInt8 = try r.integer("sampling method")
+                guard masks > 0, count > 0, Int(count) <= limits.maxRows else { throw .invalidField("sampling \(count) values with \(masks) masks") }
+                work = .sample(count: count, masks: masks, seed: seed, method: method)
+            default:
+                throw .invalidField("work kind \(kind) (0 gradient, 1 log-likelihood, 2 sample)")
+            }
             let parameters = try r.payload("parameters", limit: limits.maxFloats)
-            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows, parameters: parameters))
+            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows, work: work, parameters: parameters))
         case .result:
             let step: UInt64 = try r.integer("step")
             let shard: UInt32 = try r.integer("shard")
@@ -183,9 +228,9 @@ public enum WireFormat {
             let loss = Double(bitPattern: lossBits)
             guard loss.isFinite else { throw .invalidField("loss sum is not finite") }
             let micros: UInt32 = try r.integer("compute time")
-            let gradient = try r.payload("gradient", limit: limits.maxFloats)
-            guard gradient != .absent else { throw .invalidField("a result without a gradient") }
-            message = .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: loss, computeMicroseconds: micros, gradient: gradient))
+            let values = try r.payload("values", limit: limits.maxFloats)
+            guard values != .absent else { throw .invalidField("a result without values") }
+            message = .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: loss, computeMicroseconds: micros, values: values))
         case .heartbeat:
             message = .heartbeat(sequence: try r.integer("sequence"))
         case .shutdown:
@@ -193,6 +238,10 @@ public enum WireFormat {
             message = .shutdown(exitCode: code, reason: try r.string("reason", limit: limits.maxStringBytes))
         case .who:
             message = .who
+        case .failed:
+            let step: UInt64 = try r.integer("step")
+            let shard: UInt32 = try r.integer("shard")
+            message = .failed(step: step, shard: shard, reason: try r.string("reason", limit: limits.maxStringBytes))
         }
         guard r.remaining == 0 else { throw .trailingBytes(r.remaining) }
         return (runID, message)
@@ -230,8 +279,8 @@ struct WireWriter {
         case .inline(let values):
             integer(UInt8(1)); integer(UInt32(values.count))
             values.withUnsafeBytes { raw($0) }
-        case .shared(let count):
-            integer(UInt8(2)); integer(count)
+        case .shared(let slot, let count):
+            integer(UInt8(2)); integer(count); integer(slot)
         }
     }
 
@@ -294,7 +343,8 @@ struct WireReader {
         case 2:
             let count: UInt32 = try integer(field + " count")
             guard Int(count) <= limit else { throw .limitExceeded(field: field, count: Int(count), limit: limit) }
-            return .shared(count: count)
+            let slot: UInt32 = try integer(field + " slot")
+            return .shared(slot: slot, count: count)
         default:
             throw .invalidField("\(field) mode \(mode) (0 absent, 1 inline, 2 shared)")
         }

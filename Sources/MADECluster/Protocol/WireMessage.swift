@@ -20,16 +20,19 @@
 ///                shared-memory path (string, empty for none), slot (UInt32), slot floats (UInt32)
 ///     reject     reason (string)
 ///     task       step (UInt64), shard (UInt32), shard count (UInt32), mask seed (UInt64),
-///                example rows (Int32 array), parameters (payload)
+///                example rows (Int32 array), work (a kind byte and its fields, see
+///                ``WireMessage/Work``), parameters (payload)
 ///     result     step (UInt64), shard (UInt32), mask digest (16 bytes), loss sum (Float64),
-///                compute microseconds (UInt32), gradient (payload)
+///                compute microseconds (UInt32), values (payload)
 ///
 /// A payload is a mode byte and a UInt32 count: mode 0 (absent, count 0), 1 (inline: count
-/// Float32 values follow) or 2 (shared: the count values lie in a shared-memory slot both
-/// processes mapped; only for a worker on the coordinator's host, see ``FloatPayload``).
+/// Float32 values follow) or 2 (shared: a UInt32 slot index follows; the count values lie in
+/// that slot of a shared-memory file both processes mapped; only for a worker on the
+/// coordinator's host, see ``FloatPayload``).
 ///     heartbeat  sequence (UInt64)
 ///     shutdown   exit code (UInt8), reason (string)
 ///     who        (empty): "I do not know you; say hello"
+///     failed     step (UInt64), shard (UInt32), reason (string): the worker could not do the task
 ///
 /// Decoding checks the magic, version, type, flags, reserved word, lengths, limits, UTF-8,
 /// and that every float is finite, before any field is used; anything else is a ``WireError``.
@@ -42,10 +45,11 @@ public enum WireMessage: Sendable, Equatable {
     case heartbeat(sequence: UInt64)
     case shutdown(exitCode: UInt8, reason: String)
     case who
+    case failed(step: UInt64, shard: UInt32, reason: String)
 
     /// The type byte of each message.
     public enum Kind: UInt8, Sendable, CaseIterable {
-        case hello = 1, welcome = 2, reject = 3, task = 4, result = 5, heartbeat = 6, shutdown = 7, who = 8
+        case hello = 1, welcome = 2, reject = 3, task = 4, result = 5, heartbeat = 6, shutdown = 7, who = 8, failed = 9
     }
 
     public struct Hello: Sendable, Equatable {
@@ -92,6 +96,21 @@ public enum WireMessage: Sendable, Equatable {
         }
     }
 
+    /// What a task asks for. The fields are numbers the model side interprets; the protocol
+    /// only carries them.
+    ///
+    ///     0 gradient        (no fields) the packed gradient of the rows' summed loss under the
+    ///                       mask seed, given the packed parameters
+    ///     1 logLikelihood   split (UInt8), masks (UInt32), mode (UInt8): one log-likelihood per
+    ///                       row of the split under an ensemble of masks, given dense parameters
+    ///     2 sample          count (UInt32), masks (UInt32), seed (UInt64), method (UInt8): batch
+    ///                       `shard` of a sampling run, given dense parameters
+    public enum Work: Sendable, Equatable {
+        case gradient
+        case logLikelihood(split: UInt8, masks: UInt32, mode: UInt8)
+        case sample(count: UInt32, masks: UInt32, seed: UInt64, method: UInt8)
+    }
+
     public struct Task: Sendable, Equatable {
         public var step: UInt64
         public var shard: UInt32
@@ -99,14 +118,18 @@ public enum WireMessage: Sendable, Equatable {
         public var maskSeed: UInt64
         /// Rows of the data set, in order.
         public var rows: [Int32]
-        /// The step's parameters, packed for its mask; absent when the worker already holds them.
+        public var work: Work
+        /// The step's parameters (packed for its mask for gradients, dense otherwise); absent
+        /// when the worker already holds them.
         public var parameters: FloatPayload
-        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], parameters: FloatPayload) {
+        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], work: Work = .gradient,
+                    parameters: FloatPayload) {
             self.step = step
             self.shard = shard
             self.shardCount = shardCount
             self.maskSeed = maskSeed
             self.rows = rows
+            self.work = work
             self.parameters = parameters
         }
     }
@@ -119,15 +142,15 @@ public enum WireMessage: Sendable, Equatable {
         /// Sum of the per-example losses of the shard.
         public var lossSum: Double
         public var computeMicroseconds: UInt32
-        /// The shard's gradient, packed for its mask.
-        public var gradient: FloatPayload
-        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, gradient: FloatPayload) {
+        /// The shard's answer: its packed gradient, its rows' log-likelihoods, or its samples.
+        public var values: FloatPayload
+        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, values: FloatPayload) {
             self.step = step
             self.shard = shard
             self.maskDigest = maskDigest
             self.lossSum = lossSum
             self.computeMicroseconds = computeMicroseconds
-            self.gradient = gradient
+            self.values = values
         }
     }
 
@@ -141,6 +164,7 @@ public enum WireMessage: Sendable, Equatable {
         case .heartbeat: return .heartbeat
         case .shutdown: return .shutdown
         case .who: return .who
+        case .failed: return .failed
         }
     }
 }
@@ -149,15 +173,15 @@ public enum WireMessage: Sendable, Equatable {
 public enum FloatPayload: Sendable, Equatable {
     case absent
     case inline([Float])
-    /// `count` values in the sender's shared-memory slot.
-    case shared(count: UInt32)
+    /// `count` values in shared-memory slot `slot` (0 for parameters, the worker's own for results).
+    case shared(slot: UInt32, count: UInt32)
 
     /// Number of values.
     public var count: Int {
         switch self {
         case .absent: return 0
         case .inline(let values): return values.count
-        case .shared(let count): return Int(count)
+        case .shared(_, let count): return Int(count)
         }
     }
 

@@ -15,7 +15,7 @@ public struct WorkerStateMachine: Sendable {
         /// This host's id (see ``WireMessage/Hello/hostID``); empty to decline shared memory.
         public var hostID: String
         public var coordinatorTimeout: UInt64 = 60_000
-        public var helloRetry: UInt64 = 1000
+        public var helloRetry: UInt64 = 250
 
         public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "") {
             self.dataFingerprint = dataFingerprint
@@ -116,7 +116,7 @@ public struct WorkerStateMachine: Sendable {
                 return sayHello(now: now)
             }
             return [.compute(task)]
-        case .hello, .result:
+        case .hello, .result, .failed:
             return drop("unexpected \(message.kind) from the coordinator")
         }
     }
@@ -130,6 +130,14 @@ public struct WorkerStateMachine: Sendable {
     public mutating func configurationFailed(_ reason: String) -> [Action] {
         state = .finished
         return [.exit(code: ExitCode.badConfiguration, reason: "cannot build the model: \(reason)")]
+    }
+
+    /// A task could not be done; the coordinator hears why and gives it to another worker.
+    public mutating func taskFailed(_ task: WireMessage.Task, reason: String, now: UInt64) -> [Action] {
+        guard case .active = state else { return [] }
+        lastSent = now
+        parametersStep = nil
+        return [.send(.failed(step: task.step, shard: task.shard, reason: reason))]
     }
 
     /// A task finished.

@@ -80,14 +80,15 @@ public final class ClusterCoordinator {
     private var lastKeepAlive: UInt64 = 0
 
     /// Binds and prepares; workers may connect as soon as this returns.
-    public init(configuration: TrainingConfiguration, dataFingerprint: [UInt8], options: Options, logger: Logger) throws {
+    /// - Parameter dataFingerprint: what workers' data must hash to; nil accepts any (sampling).
+    public init(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, options: Options, logger: Logger) throws {
         self.options = options
         self.configuration = configuration
         self.logger = logger
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let configurationBytes = Array(try encoder.encode(configuration))
-        let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint)
+        let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint ?? [])
         var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
         // Workers speak up at least three times per timeout, so a busy moment is not mistaken for death.
         settings.heartbeatInterval = max(50, min(options.heartbeatInterval, options.heartbeatTimeout / 4))
@@ -159,38 +160,91 @@ public final class ClusterCoordinator {
     /// their gradients (tree order, unpacked to dense) and of their losses.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
         let packing = packing(plan.maskSeed)
-        let packedParameters = StepParameters(packing: packing, dense: parameters, shared: shared, threads: threads)
+        let threads = self.threads
+        let packedParameters = StepParameters(count: packing.count, shared: shared) { packing.pack(parameters, into: $0, threads: threads) }
         let machinePlan = CoordinatorStateMachine.StepPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
             gradientCount: packing.count, shards: plan.shards.map { Array($0) })
-        stepTimings = [:]
-        timingOrder = []
-        try perform(machine.begin(machinePlan, now: now), parameters: packedParameters)
-        var lastTick: UInt64 = 0
-        while !machine.isStepComplete {
-            if shouldStop() { throw Interrupted() }
-            try pump(timeout: 20, parameters: packedParameters)
-            let t = now
-            if t >= lastTick + 20 {
-                lastTick = t
-                try perform(machine.tick(now: t), parameters: packedParameters)
-            }
-            if machine.workerCount > 0 { lastWorkerSeen = t }
-            if t > lastWorkerSeen + options.idleTimeout {
-                throw ClusterError(.noWorkers, "no worker has been connected for \(options.idleTimeout / 1000) s; the step cannot go on")
-            }
-        }
-        lastStepTimings = timingOrder.compactMap { stepTimings[$0] }
         var losses: [Double] = []
         var gradients: [[Float]] = []
-        for result in machine.takeResults() {   // moved out, so the sums below copy nothing
+        for result in try execute(machinePlan, parameters: packedParameters) {   // moved out, so the sums below copy nothing
             losses.append(result.lossSum)
-            gradients.append(result.gradient.inlineValues!)
+            gradients.append(result.values.inlineValues!)
         }
         GradientReducer.reduce(&gradients, threads: threads)
         packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed, threads: threads)
         denseGradientSeed = plan.maskSeed
         return (denseGradient, GradientReducer.reduce(losses))
+    }
+
+    /// Has the workers score rows `0..<rowCount` of split `split` (0 train, 1 valid, 2 test) in
+    /// chunks of `chunkSize`, and returns each chunk's values in order (see
+    /// ``ShardComputer/computeJob(_:configuration:shared:)``: per mask then per row for mode 0,
+    /// per row for mode 1).
+    public func scoreRows(split: UInt8, rowCount: Int, chunkSize: Int, masks: Int, mode: UInt8, parameters: [Float]) throws -> [[Float]] {
+        let chunks = stride(from: 0, to: rowCount, by: chunkSize).map { Array(Int32($0)..<Int32(min(rowCount, $0 + chunkSize))) }
+        let perRow = mode == 0 ? masks : 1
+        let plan = CoordinatorStateMachine.StepPlan(
+            step: nextJobID(), maskSeed: 0, work: .logLikelihood(split: split, masks: UInt32(masks), mode: mode), maskDigest: nil,
+            shards: chunks, resultCounts: chunks.map { $0.count * perRow })
+        return try execute(plan, parameters: dense(parameters)).map { $0.values.inlineValues! }
+    }
+
+    /// Has the workers draw `count` samples of `dimension` values in batches of `batchSize`
+    /// (batch `b` is shard `b`, drawn from its own random stream), and returns them in order.
+    public func drawSamples(count: Int, dimension: Int, batchSize: Int, masks: Int, seed: UInt64, method: UInt8, parameters: [Float]) throws -> [Float] {
+        let full = count / batchSize
+        let rest = count % batchSize
+        let parameters = dense(parameters)
+        var out: [Float] = []
+        // The full batches, then the shorter last one (its count changes how its stream is read).
+        for (first, batches, size) in [(0, full, batchSize), (full, rest > 0 ? 1 : 0, rest)] where batches > 0 {
+            let plan = CoordinatorStateMachine.StepPlan(
+                step: nextJobID(), maskSeed: 0, work: .sample(count: UInt32(size), masks: UInt32(masks), seed: seed, method: method),
+                maskDigest: nil, shards: Array(repeating: [], count: first + batches),
+                resultCounts: Array(repeating: size * dimension, count: first + batches))
+            let results = try execute(plan, parameters: parameters, only: first..<(first + batches))
+            for result in results { out += result.values.inlineValues! }
+        }
+        return out
+    }
+
+    private var jobs: UInt64 = 0
+    /// Ids of evaluation and sampling jobs, apart from training steps.
+    private func nextJobID() -> UInt64 {
+        jobs += 1
+        return (1 << 62) | jobs
+    }
+
+    private func dense(_ parameters: [Float]) -> StepParameters {
+        StepParameters(count: parameters.count, shared: shared) { out in
+            parameters.withUnsafeBufferPointer { out.baseAddress!.update(from: $0.baseAddress!, count: parameters.count) }
+        }
+    }
+
+    /// Runs one plan to completion: hands out its shards, follows the workers, and returns the
+    /// results by shard index.
+    private func execute(_ plan: CoordinatorStateMachine.StepPlan, parameters: StepParameters, only: Range<Int>? = nil) throws -> [WireMessage.Result] {
+        stepTimings = [:]
+        timingOrder = []
+        try perform(machine.begin(plan, now: now, only: only.map { $0.map(UInt32.init) }), parameters: parameters)
+        var lastTick: UInt64 = 0
+        while !machine.isStepComplete {
+            if shouldStop() { throw Interrupted() }
+            if let failure = machine.failure { throw ClusterError(.protocolFailure, "the workers cannot do this work: \(failure)") }
+            try pump(timeout: 20, parameters: parameters)
+            let t = now
+            if t >= lastTick + 20 {
+                lastTick = t
+                try perform(machine.tick(now: t), parameters: parameters)
+            }
+            if machine.workerCount > 0 { lastWorkerSeen = t }
+            if t > lastWorkerSeen + options.idleTimeout {
+                throw ClusterError(.noWorkers, "no worker has been connected for \(options.idleTimeout / 1000) s; the work cannot go on")
+            }
+        }
+        lastStepTimings = timingOrder.compactMap { stepTimings[$0] }
+        return machine.takeResults()
     }
 
     /// Handles whatever has arrived and sends due heartbeats, without waiting: for long work
@@ -226,32 +280,35 @@ public final class ClusterCoordinator {
         }
     }
 
-    /// The step's packed parameters, made once per step and only in the forms workers need:
-    /// in shared-memory slot 0 for workers on this host, as an array for the others.
+    /// The parameters a step's workers need, made once per step and only in the forms asked
+    /// for: in shared-memory slot 0 for workers on this host, as an array for the others.
     final class StepParameters {
-        let packing: MaskPacking
-        let dense: [Float]
+        let count: Int
         let shared: SharedSlots?
-        let threads: Int
+        let fill: (UnsafeMutableBufferPointer<Float>) -> Void
         private var array: [Float]?
         private var inSharedMemory = false
 
-        init(packing: MaskPacking, dense: [Float], shared: SharedSlots?, threads: Int) {
-            self.packing = packing
-            self.dense = dense
+        init(count: Int, shared: SharedSlots?, fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) {
+            self.count = count
             self.shared = shared
-            self.threads = threads
+            self.fill = fill
         }
 
         func payload(shared useShared: Bool) -> FloatPayload {
-            if useShared, let shared, packing.count <= shared.slotFloats {
+            if useShared, let shared, count <= shared.slotFloats {
                 if !inSharedMemory {
-                    shared.withSlot(0, count: packing.count) { packing.pack(dense, into: $0, threads: threads) }
+                    shared.withSlot(0, count: count) { fill($0) }
                     inSharedMemory = true
                 }
-                return .shared(count: UInt32(packing.count))
+                return .shared(slot: 0, count: UInt32(count))
             }
-            if array == nil { array = packing.pack(dense) }
+            if array == nil {
+                array = [Float](unsafeUninitializedCapacity: count) { buffer, n in
+                    fill(buffer)
+                    n = count
+                }
+            }
             return .inline(array!)
         }
     }
@@ -288,9 +345,10 @@ public final class ClusterCoordinator {
             do {
                 var (runID, decoded) = try WireFormat.decode(frame)
                 if case .result(var r) = decoded {
-                    if case .shared(let count) = r.gradient, let slot = machine.sharedSlot(of: peer), let shared,
+                    // Values in shared memory count only from the slot this worker was given.
+                    if case .shared(let slot, let count) = r.values, slot == machine.sharedSlot(of: peer), let shared,
                        Int(count) <= shared.slotFloats, let values = shared.read(Int(slot), count: Int(count)) {
-                        r.gradient = .inline(values)
+                        r.values = .inline(values)
                         decoded = .result(r)
                     }
                     if let name = names[peer] {

@@ -64,7 +64,8 @@ public final class ClusterWorker {
         defer { socket.close() }
         var identity = Array("\(options.name):".utf8.prefix(200))
         identity += (0..<8).map { _ in UInt8.random(in: 0...255) }
-        try socket.set(.routingID(identity), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
+        // Immediate: nothing queues for a coordinator not yet connected, so hellos do not pile up.
+        try socket.set(.routingID(identity), .immediate(true), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
                        .reconnectIntervalMax(milliseconds: 2000),
                        .maxMessageSize(Int64(WireFormat.Limits().maxFloats) * 4 + (1 << 20)))
         if let security = options.security {
@@ -101,9 +102,8 @@ public final class ClusterWorker {
                         tasksComputed += 1
                         try perform(machine.computed(result, now: now))
                     } catch {
-                        // A task this worker cannot do: start over with a fresh hello.
-                        logger.warning("task refused", metadata: ["reason": "\(error)"])
-                        try perform(machine.receive(runID: runID, message: .who, now: now))
+                        logger.warning("task failed", metadata: ["reason": "\(error)"])
+                        try perform(machine.taskFailed(task, reason: "\(error)", now: now))
                     }
                 case .exit(let code, let reason):
                     pendingExit = (code, reason)

@@ -8,6 +8,7 @@ import MADE
 /// matches the coordinator's exactly when both built the same masks.
 public final class ShardComputer {
     public let dataset: Dataset
+    /// The training split (empty when the data set has none: such a worker only scores and samples).
     public let train: DataMatrix
     public private(set) var configuration: TrainingConfiguration?
     private var engine: GradientEngine?
@@ -15,14 +16,14 @@ public final class ShardComputer {
     private var parametersKey: (step: UInt64, maskSeed: UInt64)?
     private var gradient: [Float] = []
 
-    /// - Throws: when the data set has no training split.
-    public init(dataset: Dataset) throws {
-        guard let train = dataset.train else {
-            throw MADEError(.invalidData, "the data has no training split", path: dataset.source)
-        }
+    public init(dataset: Dataset) {
         self.dataset = dataset
-        self.train = train
+        self.train = dataset.train ?? DataMatrix(binary: [], count: 0, dimension: dataset.dimension ?? 0)
     }
+
+    /// Dense parameters of evaluation and sampling tasks, kept for the later tasks of the same job.
+    private var denseParameters: [Float] = []
+    private var denseKey: UInt64?
 
     /// The 32-byte fingerprint of this worker's data.
     public var dataFingerprint: [UInt8] { DataFingerprint.bytes(of: dataset) }
@@ -36,8 +37,8 @@ public final class ShardComputer {
             throw ClusterError(.protocolFailure, "unreadable run configuration: \(error)")
         }
         try c.validate()
-        guard c.model.inputCount == train.dimension else {
-            throw ClusterError(.protocolFailure, "the run's model takes \(c.model.inputCount) inputs, this data has \(train.dimension)")
+        if let dimension = dataset.dimension, dimension != c.model.inputCount {
+            throw ClusterError(.protocolFailure, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
         }
         if c != configuration {
             configuration = c
@@ -67,6 +68,7 @@ public final class ShardComputer {
     ///   parameters of the wrong size or not finite, or none for this step).
     public func compute(_ task: WireMessage.Task, shared: SharedSlots? = nil, slot: Int? = nil) throws -> WireMessage.Result {
         guard let configuration, let engine else { throw ClusterError(.protocolFailure, "a task arrived before the run's configuration") }
+        if task.work != .gradient { return try computeJob(task, configuration: configuration, shared: shared) }
         guard task.rows.count <= configuration.batchSize else {
             throw ClusterError(.protocolFailure, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
         }
@@ -81,8 +83,8 @@ public final class ShardComputer {
         switch task.parameters {
         case .inline(let packed):
             packed.withUnsafeBufferPointer { engine.begin(packed: $0, packing: packing, maskSeed: task.maskSeed) }
-        case .shared(let count):
-            guard let shared, Int(count) <= shared.slotFloats else {
+        case .shared(let slot, let count):
+            guard let shared, slot == 0, Int(count) <= shared.slotFloats else {
                 throw ClusterError(.protocolFailure, "parameters in shared memory this worker has not mapped")
             }
             let finite = shared.withSlot(0, count: Int(count)) { slot in
@@ -102,12 +104,73 @@ public final class ShardComputer {
         let payload: FloatPayload
         if let shared, let slot, packing.count <= shared.slotFloats {
             shared.withSlot(slot, count: packing.count) { packing.pack(gradient, into: $0) }
-            payload = .shared(count: UInt32(packing.count))
+            payload = .shared(slot: UInt32(slot), count: UInt32(packing.count))
         } else {
             payload = .inline(packing.pack(gradient))
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: packing.digest, lossSum: loss,
-                                  computeMicroseconds: UInt32(clamping: Int(micros)), gradient: payload)
+                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: payload)
+    }
+
+    /// Scores rows or draws a sampling batch (see ``WireMessage/Work``); the values travel inline.
+    ///
+    /// - Log-likelihood: split 0, 1, 2 is train, valid, test; mode 0 returns `log p_k(x)` for
+    ///   every mask `k` then every row (`[mask][row]`), mode 1 the logit-averaged value per row.
+    /// - Sample: batch `task.shard` of `count` samples; method 0 is cached, 1 naive.
+    func computeJob(_ task: WireMessage.Task, configuration c: TrainingConfiguration, shared: SharedSlots?) throws -> WireMessage.Result {
+        let start = ContinuousClock.now
+        let dense = ParameterLayout(c.model).count
+        switch task.parameters {
+        case .inline(let values):
+            guard values.count == dense else { throw ClusterError(.protocolFailure, "\(values.count) parameters arrived for \(dense)") }
+            denseParameters = values
+        case .shared(let slot, let count):
+            guard let shared, slot == 0, Int(count) == dense, dense <= shared.slotFloats, let values = shared.read(0, count: dense) else {
+                throw ClusterError(.protocolFailure, "dense parameters in shared memory this worker cannot read")
+            }
+            denseParameters = values
+        case .absent:
+            guard denseKey == task.step, denseParameters.count == dense else {
+                throw ClusterError(.protocolFailure, "a task for job \(task.step) came without parameters this worker does not hold")
+            }
+        }
+        denseKey = task.step
+        var values: [Float]
+        switch task.work {
+        case .gradient:
+            preconditionFailure("gradients are computed by compute(_:shared:slot:)")
+        case .logLikelihood(let split, let masks, let mode):
+            let splits = [dataset.train, dataset.valid, dataset.test]
+            guard Int(split) < splits.count, let data = splits[Int(split)] else {
+                throw ClusterError(.protocolFailure, "no split \(split) in this worker's data")
+            }
+            guard let last = task.rows.last, task.rows.allSatisfy({ Int($0) < data.count }),
+                  task.rows == Array(task.rows.first!...last) else {
+                throw ClusterError(.protocolFailure, "a scoring task needs a contiguous range of the split's rows")
+            }
+            let rows = data.rows(task.rows.map(Int.init))
+            var evaluator = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
+            evaluator.chunkSize = rows.count
+            switch mode {
+            case 0:
+                values = evaluator.maskLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).flatMap { $0.map { Float($0) } }
+            case 1:
+                values = evaluator.logitAveragedLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).map { Float($0) }
+            default:
+                throw ClusterError(.protocolFailure, "unknown ensemble mode \(mode)")
+            }
+        case .sample(let count, let masks, let seed, let method):
+            guard let m = Sampler<Float>.Method.allCases.dropFirst(Int(method)).first else {
+                throw ClusterError(.protocolFailure, "unknown sampling method \(method)")
+            }
+            var sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
+            sampler.batchSize = Int(count)
+            values = sampler.sampleBatch(Int(task.shard), parameters: denseParameters, count: Int(count), masks: Int(masks), seed: seed, method: m)
+        }
+        // Per-mask log-likelihoods are float sums, so Float carries them exactly; samples are floats.
+        let micros = (ContinuousClock.now - start).seconds * 1e6
+        return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 0,
+                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: .inline(values))
     }
 }

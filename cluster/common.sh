@@ -1,0 +1,72 @@
+# Helpers shared by the cluster/ scripts; sourced, not run.
+#
+#   . "$(dirname "$0")/common.sh"
+#
+# Defines:
+#   MADE_REPO_ROOT                 the repository root (the folder above cluster/)
+#   made_worker_flags FLAGS...     sets WORKER_FLAGS to the flags of FLAGS a `made worker` also
+#                                  needs (data: -d, --binarize..., --valid-fraction; --threads;
+#                                  --keys), dropping the training-only ones
+#   made_wait_pids SECONDS PID...  waits until the processes are gone; fails after SECONDS
+#   made_stop_pids SECONDS PID...  SIGTERM, then SIGKILL after SECONDS those still alive
+#   made_checksum FILE             the params_sha256 value printed in FILE (empty if none)
+
+# shellcheck shell=bash
+
+MADE_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export MADE_REPO_ROOT
+
+made_worker_flags() {
+    WORKER_FLAGS=()
+    while (($#)); do
+        case $1 in
+            -d | --data-path | --binarize | --binarize-seed | --threshold | --valid-fraction | --threads | --keys)
+                if (($# < 2)); then
+                    echo "$1 needs a value" >&2
+                    return 2
+                fi
+                WORKER_FLAGS+=("$1" "$2")
+                shift 2
+                ;;
+            --data-path=* | --binarize=* | --binarize-seed=* | --threshold=* | --valid-fraction=* | --threads=* | --keys=*)
+                WORKER_FLAGS+=("$1")
+                shift
+                ;;
+            -d?*)
+                WORKER_FLAGS+=("$1")
+                shift
+                ;;
+            *)
+                shift
+                ;;
+        esac
+    done
+}
+
+made_wait_pids() {
+    local grace=$1 pid alive deadline
+    shift
+    deadline=$((SECONDS + grace))
+    while :; do
+        alive=0
+        for pid in "$@"; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done
+        ((alive)) || return 0
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+made_stop_pids() {
+    local grace=$1 pid
+    shift
+    (($#)) || return 0
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    made_wait_pids "$grace" "$@" && return 0
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+
+made_checksum() {
+    sed -n 's/^params_sha256=\([0-9a-f]\{64\}\).*$/\1/p' "$1" 2>/dev/null | tail -n 1
+}

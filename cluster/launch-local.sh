@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Usage: cluster/launch-local.sh N [made flags...]
+#
+# Runs a data-parallel training on this machine the by-hand way, as separate processes: one
+# `made coordinator` bound to tcp://127.0.0.1 on a free port (port 0, endpoint written to a file)
+# and N `made worker --endpoint-file FILE` processes. The made flags go to the coordinator; the
+# data flags among them (-d, --binarize, --binarize-seed, --threshold, --valid-fraction, --threads,
+# --keys) also go to the workers.
+#
+#   cluster/launch-local.sh 3 -d /usr/share/datasets/fashion-mnist -q 64 --epochs 1 --shards 4
+#
+# Prints the coordinator's output (stdout and stderr). Worker logs go to $MADE_LOG_DIR/worker-I.log
+# (default: a temporary folder, removed at the end; the tails are printed when the run fails).
+# On exit, error, Ctrl-C or SIGTERM every process started here is stopped (the coordinator is
+# asked first, so it checkpoints). Exits with the coordinator's status.
+#
+# Environment:
+#   MADE_BIN                  the made binary (default: .build/release/made under the repo root)
+#   MADE_LOG_DIR              keep the worker logs in this folder
+#   MADE_COORDINATOR_TIMEOUT  workers' --coordinator-timeout in seconds (default: 60)
+set -euo pipefail
+
+# shellcheck source=cluster/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; }
+
+if (($# < 1)) || [[ $1 == -h || $1 == --help ]]; then
+    usage
+    exit 2
+fi
+workers=$1
+shift
+if ! [[ $workers =~ ^[0-9]+$ ]] || ((workers < 1)); then
+    echo "launch-local: N must be a positive number of workers, not '$workers'" >&2
+    exit 2
+fi
+
+made=${MADE_BIN:-$MADE_REPO_ROOT/.build/release/made}
+if [[ ! -x $made ]]; then
+    echo "launch-local: no executable made at $made (build it: swift build -c release --product made, or set MADE_BIN)" >&2
+    exit 2
+fi
+made_worker_flags "$@"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/made-local.XXXXXX")
+logs=${MADE_LOG_DIR:-$work}
+mkdir -p "$logs"
+endpoint_file=$work/endpoint
+coordinator_pid=
+worker_pids=()
+
+# shellcheck disable=SC2317  # run by the trap
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM HUP
+    if [[ -n $coordinator_pid ]]; then made_stop_pids 30 "$coordinator_pid"; fi
+    made_stop_pids 5 "${worker_pids[@]}"
+    if ((status != 0)); then
+        local log
+        for log in "$logs"/worker-*.log; do
+            [[ -s $log ]] || continue
+            echo "--- last lines of $log" >&2
+            tail -n 5 "$log" >&2
+        done
+    fi
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+
+# shellcheck disable=SC2317  # run by the trap
+interrupt() {
+    # Let the coordinator finish its step and checkpoint; the main loop then waits for it.
+    if [[ -n $coordinator_pid ]]; then kill -INT "$coordinator_pid" 2>/dev/null || true; else exit 130; fi
+}
+trap interrupt INT TERM HUP
+
+"$made" coordinator --bind tcp://127.0.0.1:0 --endpoint-file "$endpoint_file" "$@" 2>&1 &
+coordinator_pid=$!
+
+for ((i = 0; i < workers; i++)); do
+    "$made" worker --endpoint-file "$endpoint_file" --name "local-$i" --parent-pid "$$" \
+        --coordinator-timeout "${MADE_COORDINATOR_TIMEOUT:-60}" "${WORKER_FLAGS[@]}" \
+        >"$logs/worker-$i.log" 2>&1 &
+    worker_pids+=("$!")
+done
+
+# `wait` returns early when a trapped signal arrives; wait again until the coordinator is gone.
+status=0
+wait "$coordinator_pid" || status=$?
+while kill -0 "$coordinator_pid" 2>/dev/null; do
+    status=0
+    wait "$coordinator_pid" || status=$?
+done
+status=0
+wait "$coordinator_pid" || status=$?
+coordinator_pid=
+exit "$status"

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Usage: sudo cluster/netns-harness.sh [K]
+#
+# Checks a cluster run over a real (virtual) network with CURVE: K (default 3, at least 2)
+# network namespaces made-h0 .. made-h(K-1), each with a veth pair into a bridge that lives in its
+# own namespace made-hub (the root namespace is not touched), addresses 10.213.0.(i+1)/24. Only
+# these namespaces' own addresses are used; nothing is sent anywhere else.
+#
+#   made-h0:       made coordinator --bind tcp://10.213.0.1:$MADE_PORT --keys KEYS MADE_FLAGS
+#   made-h1 .. :   made worker --connect tcp://10.213.0.1:$MADE_PORT --keys KEYS
+#   root namespace, at the same time: made train MADE_FLAGS (one process)
+#
+# The two params_sha256 must be equal: prints `netns: PASS ...` and exits 0, or `netns: FAIL ...`
+# and exits 1. Before the run it checks that `ip netns exec made-h1 ping -c1 -W1 10.213.0.1`
+# answers. The namespaces are always removed (trap), on success, failure, Ctrl-C or timeout; every
+# wait is bounded.
+#
+# Must run as root, with `ip` (iproute2); ping (iputils-ping) is installed with apt-get if missing.
+#
+# Environment:
+#   MADE_BIN        the made binary (default: .build/release/made under the repo root)
+#   DATA            data for -d (default: /usr/share/datasets/fashion-mnist)
+#   MADE_FLAGS      training flags (default: -q 32 --epochs 1 --batch-size 500 --shards 4)
+#   MADE_PORT       the coordinator's port inside made-h0 (default: 29500)
+#   HARNESS_KEEP    set to keep the temporary folder (logs, outputs, keys)
+#   HARNESS_TIMEOUT seconds allowed to each training run (default: 150)
+set -euo pipefail
+
+# shellcheck source=cluster/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+export PATH=$PATH:/usr/sbin:/sbin
+
+hosts=${1:-3}
+made=${MADE_BIN:-$MADE_REPO_ROOT/.build/release/made}
+data=${DATA:-/usr/share/datasets/fashion-mnist}
+read -r -a made_flags <<<"${MADE_FLAGS:--q 32 --epochs 1 --batch-size 500 --shards 4}"
+port=${MADE_PORT:-29500}
+run_timeout=${HARNESS_TIMEOUT:-150}
+hub="made-hub"
+subnet=10.213.0
+started=$SECONDS
+
+fail() {
+    echo "netns: FAIL $*"
+    exit 1
+}
+log() { echo "netns-harness: $*" >&2; }
+
+if ! [[ $hosts =~ ^[0-9]+$ ]] || ((hosts < 2 || hosts > 200)); then fail "K must be a number from 2 to 200, not '$hosts'"; fi
+((EUID == 0)) || fail "must run as root"
+command -v ip >/dev/null || fail "needs ip (iproute2)"
+[[ -x $made ]] || fail "no executable made at $made (set MADE_BIN)"
+[[ -e $data ]] || fail "no data at $data (set DATA)"
+
+namespaces=("$hub")
+for ((i = 0; i < hosts; i++)); do namespaces+=("made-h$i"); done
+
+work=$(mktemp -d /tmp/made-netns.XXXXXX)
+pids=()
+
+ns_exists() { [[ -e /run/netns/$1 ]]; }
+
+remove_namespaces() {
+    local ns
+    for ns in "${namespaces[@]}"; do
+        if ns_exists "$ns"; then ip netns del "$ns" 2>/dev/null || true; fi
+    done
+}
+
+# shellcheck disable=SC2317  # run by the trap
+cleanup() {
+    local status=$? pid ns
+    trap - EXIT INT TERM HUP
+    made_stop_pids 5 "${pids[@]}"
+    # Anything else still inside our namespaces (there should be nothing).
+    for ns in "${namespaces[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    done
+    remove_namespaces
+    if ((status != 0)); then
+        local f
+        for f in "$work"/*.log; do
+            [[ -s $f ]] || continue
+            echo "--- last lines of $(basename "$f")" >&2
+            tail -n 6 "$f" >&2
+        done
+    fi
+    if [[ -n ${HARNESS_KEEP:-} ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+# --- the network
+for ns in "${namespaces[@]}"; do
+    if ns_exists "$ns"; then
+        log "removing the namespace $ns left by an earlier run"
+        ip netns del "$ns"
+    fi
+done
+ip netns add "$hub"
+ip -n "$hub" link add br0 type bridge
+ip -n "$hub" link set br0 up
+ip -n "$hub" link set lo up
+for ((i = 0; i < hosts; i++)); do
+    ns=made-h$i
+    ip netns add "$ns"
+    ip -n "$hub" link add "port$i" type veth peer name eth0 netns "$ns"
+    ip -n "$hub" link set "port$i" master br0 up
+    ip -n "$ns" addr add "$subnet.$((i + 1))/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+done
+
+if ! command -v ping >/dev/null && command -v apt-get >/dev/null; then
+    log "installing iputils-ping"
+    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q iputils-ping >/dev/null 2>&1 || true
+fi
+if command -v ping >/dev/null; then
+    reached=0
+    for _ in $(seq 10); do
+        if timeout 5 ip netns exec made-h1 ping -c1 -W1 "$subnet.1" >"$work/ping.log" 2>&1; then
+            reached=1
+            break
+        fi
+        sleep 0.5
+    done
+    ((reached)) || fail "made-h1 cannot ping $subnet.1 (made-h0)"
+else
+    log "no ping and no way to install it: skipping the ping check"
+fi
+log "$hosts namespaces up after $((SECONDS - started)) s"
+
+# --- the runs
+keys=$work/keys
+"$made" keygen "$keys" >/dev/null
+
+timeout "$run_timeout" "$made" train -d "$data" "${made_flags[@]}" >"$work/reference.out" 2>"$work/reference.log" &
+reference_pid=$!
+pids+=("$reference_pid")
+
+ip netns exec made-h0 timeout "$run_timeout" "$made" coordinator -d "$data" "${made_flags[@]}" \
+    --bind "tcp://$subnet.1:$port" --keys "$keys" >"$work/coordinator.out" 2>"$work/coordinator.log" &
+coordinator_pid=$!
+pids+=("$coordinator_pid")
+
+worker_pids=()
+for ((i = 1; i < hosts; i++)); do
+    ip netns exec "made-h$i" timeout "$run_timeout" "$made" worker -d "$data" \
+        --connect "tcp://$subnet.1:$port" --keys "$keys" --name "made-h$i" --coordinator-timeout 30 \
+        >"$work/worker-h$i.log" 2>&1 &
+    worker_pids+=("$!")
+    pids+=("$!")
+done
+
+coordinator_status=0
+wait "$coordinator_pid" || coordinator_status=$?
+reference_status=0
+wait "$reference_pid" || reference_status=$?
+workers_failed=0
+for pid in "${worker_pids[@]}"; do
+    # The workers leave once the coordinator has ended the run; bounded by their own timeout.
+    wait "$pid" || workers_failed=$((workers_failed + 1))
+done
+
+cluster=$(made_checksum "$work/coordinator.out")
+single=$(made_checksum "$work/reference.out")
+counters=$(grep -m1 '^cluster ' "$work/coordinator.out" | grep -o 'workers_joined=[0-9]* workers_lost=[0-9]* reassigned_shards=[0-9]*' || true)
+curve=$(grep -o 'curve=[a-z]*' "$work/coordinator.log" | head -n 1 || true)
+elapsed=$((SECONDS - started))
+if ((coordinator_status != 0)) || [[ -z $cluster ]]; then
+    fail "the coordinator in made-h0 exited with $coordinator_status (124: timed out), checksum '${cluster:-none}' (${elapsed} s)"
+fi
+if ((reference_status != 0)) || [[ -z $single ]]; then
+    fail "single-process made train exited with $reference_status, checksum '${single:-none}' (${elapsed} s)"
+fi
+if [[ $cluster != "$single" ]]; then
+    grep -m1 '^cluster ' "$work/coordinator.out" >&2 || true
+    fail "coordinator + $((hosts - 1)) worker namespaces gave params_sha256=$cluster, made train gave $single (${elapsed} s)"
+fi
+if ((workers_failed)); then
+    fail "$workers_failed worker(s) exited with an error, though the checksums match (${elapsed} s)"
+fi
+echo "netns: PASS coordinator in made-h0 ($subnet.1, $curve) + $((hosts - 1)) worker namespace(s) ($counters) params_sha256=$cluster equals single-process made train (${elapsed} s)"
