@@ -41,13 +41,19 @@ public struct Sampler<T: BLASScalar> {
         precondition(parameters.count == ParameterLayout(configuration).count, "sample: parameters do not fit the model")
         var out: [T] = []
         out.reserveCapacity(count * configuration.inputCount)
+        let cache = MaskCache()
         var batch = 0
         while batch * batchSize < count {
             out += sampleBatch(batch, parameters: parameters, count: min(batchSize, count - batch * batchSize),
-                               masks: masks, seed: seed, method: method)
+                               masks: masks, seed: seed, method: method, cache: cache)
             batch += 1
         }
         return out
+    }
+
+    /// The masks of each seed and the weights masked by them, built once per call.
+    final class MaskCache {
+        var entries: [UInt64: (masks: MaskSet, masked: [T])] = [:]
     }
 
     /// Batch `batch` of a sampling run: `count` samples drawn from its own random stream, so
@@ -55,6 +61,10 @@ public struct Sampler<T: BLASScalar> {
     @_specialize(exported: true, where T == Float)
     @_specialize(exported: true, where T == Double)
     public func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int = 1, seed: UInt64, method: Method = .cached) -> [T] {
+        sampleBatch(batch, parameters: parameters, count: n, masks: masks, seed: seed, method: method, cache: MaskCache())
+    }
+
+    func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int, seed: UInt64, method: Method, cache: MaskCache) -> [T] {
         let d = configuration.inputCount
         let maskSeeds = (0..<max(1, masks)).map { UInt64($0 % configuration.maskCount) }
         var rng = RandomStream(seed: seed, domain: .sampling, index: UInt64(batch))
@@ -71,12 +81,16 @@ public struct Sampler<T: BLASScalar> {
         var samples = [T](repeating: 0, count: n * d)
         for maskSeed in Set(choice).sorted() {
             let group = (0..<n).filter { choice[$0] == maskSeed }
-            let masks = MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: maskSeed)
+            if cache.entries[maskSeed] == nil {
+                let maskSet = MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: maskSeed)
+                cache.entries[maskSeed] = (maskSet, maskedParameters(parameters, maskSet))
+            }
+            let (maskSet, masked) = cache.entries[maskSeed]!
             let groupDraws = group.map { draws[$0] }
             let values: [T]
             switch method {
-            case .cached: values = cached(parameters: parameters, masks: masks, draws: groupDraws)
-            case .naive: values = naive(parameters: parameters, masks: masks, draws: groupDraws)
+            case .cached: values = cached(masked: masked, masks: maskSet, draws: groupDraws)
+            case .naive: values = naive(parameters: parameters, masks: maskSet, draws: groupDraws)
             }
             for (row, i) in group.enumerated() {
                 for j in 0..<d { samples[i * d + j] = values[row * d + j] }
@@ -102,7 +116,16 @@ public struct Sampler<T: BLASScalar> {
 
     // MARK: Cached
 
-    func cached(parameters: [T], masks: MaskSet, draws: [[Double]]) -> [T] {
+    /// The parameters with masked-out weights set to 0 (biases as they are).
+    func maskedParameters(_ parameters: [T], _ masks: MaskSet) -> [T] {
+        var masked = parameters
+        for (m, bits) in zip(ParameterLayout(configuration).matrices, masks.matrices) {
+            for i in 0..<m.count where bits[i] == 0 { masked[m.offset + i] = 0 }
+        }
+        return masked
+    }
+
+    func cached(masked: [T], masks: MaskSet, draws: [[Double]]) -> [T] {
         let c = configuration
         let d = c.inputCount
         let nout = c.outputCount
@@ -111,11 +134,6 @@ public struct Sampler<T: BLASScalar> {
         let perDimension = distribution == .bernoulli ? 1 : 2
         let hidden = c.hiddenSizes
         let layers = layout.layers
-        // Masked weights, in parameter-layout order (biases as they are).
-        var masked = parameters
-        for (m, bits) in zip(layout.matrices, masks.matrices) {
-            for i in 0..<m.count where bits[i] == 0 { masked[m.offset + i] = 0 }
-        }
         // One buffer: per hidden layer its pre-activations then activations (b x width each),
         // then the output pre-activations (b x nout), then the samples (b x d).
         var offsets: [(pre: Int, act: Int)] = []

@@ -278,7 +278,7 @@ public struct CoordinatorStateMachine: Sendable {
             failure = "shard \(shard) of step \(step) failed \(failures[shard]!) times; last: \(reason)"
             return [.refused(peer, reason: "task failed: \(reason)")]
         }
-        requeue(shard)
+        requeueIfUnheld(shard)
         return [.refused(peer, reason: "task failed: \(reason)")] + assignIdle(now: now)
     }
 
@@ -321,15 +321,11 @@ public struct CoordinatorStateMachine: Sendable {
         return actions + assignIdle(now: now)
     }
 
-    private mutating func remove(_ peer: Peer, reason: String, counted: Bool = true) -> [Action] {
+    private mutating func remove(_ peer: Peer, reason: String) -> [Action] {
         guard let worker = workers.removeValue(forKey: peer) else { return [] }
         order.removeAll { $0 == peer }
-        if let shard = worker.shard, plan != nil, results[shard] == nil, !pending.contains(shard),
-           !order.contains(where: { workers[$0]?.shard == shard }) {
-            pending.insert(shard, at: 0)
-            counters.reassignedShards += 1
-        }
-        if counted { counters.workersLost += 1 }
+        if let shard = worker.shard { requeueIfUnheld(shard) }
+        counters.workersLost += 1
         return [.workerLost(peer, name: worker.name, reason: reason)]
     }
 
@@ -351,14 +347,14 @@ public struct CoordinatorStateMachine: Sendable {
             counters.maskMismatches += 1
             let reason = "mask digest \(hex(result.maskDigest)) differs from the step's \(hex(expected)): the worker built other masks"
             var actions: [Action] = [.refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason))]
-            requeue(result.shard)
+            requeueIfUnheld(result.shard)
             actions += remove(peer, reason: reason)
             return actions + assignIdle(now: now)
         }
         let expected = plan.resultCounts[Int(result.shard)]
         guard case .inline(let values) = result.values, values.count == expected else {
             counters.badResults += 1
-            requeue(result.shard)
+            requeueIfUnheld(result.shard)
             return [.refused(peer, reason: "a result of \(result.values.count) values (\(result.values.inlineValues == nil ? "not inline" : "inline")), expected \(expected) inline")] + assignIdle(now: now)
         }
         results[result.shard] = result
@@ -372,10 +368,6 @@ public struct CoordinatorStateMachine: Sendable {
               !order.contains(where: { workers[$0]?.shard == shard }) else { return }
         pending.insert(shard, at: 0)
         counters.reassignedShards += 1
-    }
-
-    private mutating func requeue(_ shard: UInt32) {
-        if results[shard] == nil, !pending.contains(shard) { pending.insert(shard, at: 0) }
     }
 
     private mutating func assignIdle(now: UInt64) -> [Action] {
