@@ -57,6 +57,9 @@ public final class Trainer {
     /// Called now and then during long work between steps (validation), so a coordinator can
     /// answer its workers' heartbeats meanwhile.
     public var keepAlive: () -> Void = {}
+    /// Scores the validation split elsewhere (a cluster's workers) and returns its mean NLL;
+    /// nil scores it here. It must give what ``evaluate(_:parameters:)`` gives, bit for bit.
+    public var validationScorer: (([Float]) throws -> Double)?
     public var logger: Logger
 
     private let train: DataMatrix
@@ -192,7 +195,7 @@ public final class Trainer {
         let epoch = state.completedEpochs
         var validNLL: Double?
         if let valid = dataset.valid, valid.count > 0 {
-            validNLL = evaluate(valid, parameters: state.parameters)
+            validNLL = try validationScorer?(state.parameters) ?? evaluate(valid, parameters: state.parameters)
         }
         var improved = false
         if let v = validNLL, state.bestValidNLL.map({ v < $0 }) ?? true {

@@ -54,16 +54,10 @@ struct Eval: ParsableCommand {
                 throw ValidationError("\(path): no \(effectiveSplit ?? "test") split")
             }
             try check(matrix, path: path, configuration: c)
-            let chunk = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed).chunkSize
             ll = try JobCluster.run(checkpoint: saved, dataFingerprint: DataFingerprint.bytes(of: dataset), cluster: cluster,
                                     workerArguments: workerArguments) { coordinator in
-                let chunks = try coordinator.scoreRows(split: UInt8(splitIndex), rowCount: matrix.count, chunkSize: chunk,
-                                                       masks: k, mode: mode == .likelihood ? 0 : 1, parameters: saved.modelParameters)
-                return chunks.flatMap { values -> [Double] in
-                    guard mode == .likelihood else { return values.map(Double.init) }
-                    let rows = values.count / k
-                    return Evaluator<Float>.combine((0..<k).map { m in values[(m * rows)..<((m + 1) * rows)].map(Double.init) })
-                }
+                try coordinator.logLikelihoods(split: UInt8(splitIndex), rowCount: matrix.count, masks: k, mode: mode,
+                                               parameters: saved.modelParameters)
             }
         } else {
             let matrix = try DatasetLoader.loadSplit(path: path, split: effectiveSplit, options: data.options)

@@ -67,12 +67,24 @@ struct TrainingJob {
         let stopAfter = training.stopAfterSteps
         let shouldStop = { SignalFlag.isSet || (stopAfter.map { trainer.state.step >= $0 } ?? false) }
 
-        let outcome: TrainingOutcome
+        var outcome: TrainingOutcome
         var coordinator: ClusterCoordinator?
         var pool: LocalWorkerPool?
+        let k = configuration.evaluationMasks
+        let mode = configuration.ensembleMode
+        /// The final validation and test NLL of the parameters the run stands by.
+        func finalScores(_ score: (_ split: UInt8, _ data: DataMatrix) throws -> Double) throws -> [(String, Double)] {
+            try [("valid", 1, dataset.valid), ("test", 2, dataset.test)].compactMap { name, split, data in
+                try data.map { (name, try score(UInt8(split), $0)) }
+            }
+        }
+        var scores: [(String, Double)] = []
         switch role {
         case .local where !cluster.isDistributed:
             outcome = try trainer.run(until: shouldStop)
+            if outcome != .interrupted {
+                scores = try finalScores { _, data in trainer.evaluate(data, parameters: trainer.checkpoint.modelParameters) }
+            }
         case .local, .coordinator:
             var bind = "tcp://127.0.0.1:0"
             if case .coordinator(let b) = role { bind = b }
@@ -83,6 +95,12 @@ struct TrainingJob {
             trainer.optimizerThreads = c.threads
             trainer.keepAlive = { c.keepAlive() }
             report.cluster = { (c.workerCount, c.lastStepTimings) }
+            // Validation goes to the workers too, chunk by chunk, with the same bits as here.
+            func clusterScore(_ split: UInt8, _ data: DataMatrix, _ parameters: [Float]) throws -> Double {
+                let ll = try c.logLikelihoods(split: split, rowCount: data.count, masks: k, mode: mode, parameters: parameters)
+                return -ll.reduce(0, +) / Double(max(1, ll.count))
+            }
+            if let valid = dataset.valid { trainer.validationScorer = { try clusterScore(1, valid, $0) } }
             coordinator = c
             if cluster.workers > 0 {
                 let p = LocalWorkerPool(logger: logger)
@@ -95,6 +113,10 @@ struct TrainingJob {
             do {
                 outcome = try trainer.drive(until: shouldStop) { plan in
                     try c.computeStep(plan, parameters: trainer.state.parameters)
+                }
+                if outcome != .interrupted {
+                    let parameters = trainer.checkpoint.modelParameters
+                    scores = try finalScores { split, data in try clusterScore(split, data, parameters) }
                 }
             } catch is ClusterCoordinator.Interrupted {
                 try trainer.saveCheckpoint()
@@ -118,11 +140,8 @@ struct TrainingJob {
             print("stopped early after epoch \(trainer.state.completedEpochs): no better validation NLL for \(configuration.patience) epochs; best epoch \(trainer.state.bestEpoch + 1)")
         }
         let final = trainer.checkpoint
-        let params = final.modelParameters
-        let k = configuration.evaluationMasks
-        let label = configuration.ensembleMode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
-        if let valid = dataset.valid { print(String(format: "valid_nll=%.4f", trainer.evaluate(valid, parameters: params)) + " masks=\(k)\(label)") }
-        if let test = dataset.test { print(String(format: "test_nll=%.4f", trainer.evaluate(test, parameters: params)) + " masks=\(k)\(label)") }
+        let label = mode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
+        for (name, nll) in scores { print(String(format: "%@_nll=%.4f", name, nll) + " masks=\(k)\(label)") }
         if let c = coordinator {
             let n = c.counters
             print("cluster workers_joined=\(n.workersJoined) workers_lost=\(n.workersLost) reassigned_shards=\(n.reassignedShards) "

@@ -190,6 +190,20 @@ public final class ClusterCoordinator {
         return try execute(plan, parameters: dense(parameters)).map { $0.values.inlineValues! }
     }
 
+    /// `log p(x)` of every row of split `split` (0 train, 1 valid, 2 test), scored by the workers
+    /// exactly as ``Evaluator/logLikelihoods(parameters:data:masks:mode:)`` scores it in one
+    /// process: chunks of the evaluator's size, per-mask values combined here in the same order.
+    public func logLikelihoods(split: UInt8, rowCount: Int, masks: Int, mode: EnsembleMode, parameters: [Float]) throws -> [Double] {
+        let evaluator = Evaluator<Float>(configuration: configuration.model, distribution: configuration.distribution, runSeed: configuration.seed)
+        let chunks = try scoreRows(split: split, rowCount: rowCount, chunkSize: evaluator.chunkSize, masks: masks,
+                                   mode: mode == .likelihood ? 0 : 1, parameters: parameters)
+        return chunks.flatMap { values -> [Double] in
+            guard mode == .likelihood else { return values.map(Double.init) }
+            let rows = values.count / masks
+            return Evaluator<Float>.combine((0..<masks).map { m in values[(m * rows)..<((m + 1) * rows)].map(Double.init) })
+        }
+    }
+
     /// Has the workers draw `count` samples of `dimension` values in batches of `batchSize`
     /// (batch `b` is shard `b`, drawn from its own random stream), and returns them in order.
     public func drawSamples(count: Int, dimension: Int, batchSize: Int, masks: Int, seed: UInt64, method: UInt8, parameters: [Float]) throws -> [Float] {
