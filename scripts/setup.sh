@@ -3,7 +3,7 @@
 # Runs apt-get only when something is missing; needs root (or sudo) in that case.
 set -euo pipefail
 
-packages=(pkg-config libopenblas-dev libzmq3-dev zlib1g-dev libpng-dev dataset-fashion-mnist)
+packages=(pkg-config libopenblas-dev libzmq3-dev zlib1g-dev libpng-dev dataset-fashion-mnist gnuplot-nox)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

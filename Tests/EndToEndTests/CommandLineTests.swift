@@ -122,6 +122,33 @@ struct CommandLineTests {
         #expect(pngA == pngB)
     }
 
+    @Test("scripts/plot.sh renders a metrics file to a PNG, and refuses a broken one", .enabled(if: EndToEnd.commandExists("gnuplot")))
+    func plot() throws {
+        let folder = EndToEnd.folder("plot")
+        let data = try EndToEnd.writeData(to: folder)
+        let metrics = folder + "/metrics.jsonl"
+        let (code, _, err) = try EndToEnd.run(["train", "-d", data, "-q", "16", "--epochs", "3", "--batch-size", "50", "--metrics", metrics],
+                                              folder: folder, name: "train")
+        #expect(code == 0, "\(err)")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("scripts/plot.sh").path
+        func plot(_ input: String, _ output: String) throws -> Int32 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/bash")
+            p.arguments = [script, input, output]
+            p.standardError = FileHandle.nullDevice
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            p.waitUntilExit()
+            return p.terminationStatus
+        }
+        #expect(try plot(metrics, folder + "/curve.png") == 0)
+        let png = try [UInt8](Data(contentsOf: URL(fileURLWithPath: folder + "/curve.png")))
+        #expect(Array(png.prefix(4)) == [0x89, 0x50, 0x4E, 0x47])
+        try "not json\n".write(toFile: folder + "/broken.jsonl", atomically: true, encoding: .utf8)
+        #expect(try plot(folder + "/broken.jsonl", folder + "/broken.png") != 0)
+    }
+
     @Test("Gaussian outputs train on grey levels")
     func gaussian() throws {
         let folder = EndToEnd.folder("gaussian")
