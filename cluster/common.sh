@@ -70,3 +70,13 @@ made_stop_pids() {
 made_checksum() {
     sed -n 's/^params_sha256=\([0-9a-f]\{64\}\).*$/\1/p' "$1" 2>/dev/null | tail -n 1
 }
+
+# made_print_log_tails FILE...: the last lines of each non-empty log, to standard error.
+made_print_log_tails() {
+    local log
+    for log in "$@"; do
+        [[ -s $log ]] || continue
+        echo "--- last lines of $log" >&2
+        tail -n 5 "$log" >&2
+    done
+}

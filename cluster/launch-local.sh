@@ -56,14 +56,7 @@ cleanup() {
     trap - EXIT INT TERM HUP
     if [[ -n $coordinator_pid ]]; then made_stop_pids 30 "$coordinator_pid"; fi
     made_stop_pids 5 "${worker_pids[@]}"
-    if ((status != 0)); then
-        local log
-        for log in "$logs"/worker-*.log; do
-            [[ -s $log ]] || continue
-            echo "--- last lines of $log" >&2
-            tail -n 5 "$log" >&2
-        done
-    fi
+    if ((status != 0)); then made_print_log_tails "$logs"/worker-*.log; fi
     rm -rf "$work"
     exit "$status"
 }

@@ -172,14 +172,7 @@ cleanup() {
     if ((status == 0 || status == 130)); then grace=10; fi
     made_wait_pids "$grace" "${ssh_pids[@]}" || true
     made_stop_pids 5 "${ssh_pids[@]}"
-    if ((status != 0)); then
-        local log
-        for log in "$logs"/*.log; do
-            [[ -s $log ]] || continue
-            echo "--- last lines of $log" >&2
-            tail -n 5 "$log" >&2
-        done
-    fi
+    if ((status != 0)); then made_print_log_tails "$logs"/*.log; fi
     rm -rf "$work"
     exit "$status"
 }
