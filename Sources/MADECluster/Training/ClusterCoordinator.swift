@@ -44,8 +44,6 @@ public final class ClusterCoordinator {
     /// Bytes sent and received on the ROUTER socket.
     public private(set) var bytesSent = 0
     public private(set) var bytesReceived = 0
-    /// Per worker name: shards computed and total compute microseconds reported.
-    public private(set) var workerStatistics: [String: (shards: Int, microseconds: Int)] = [:]
 
     /// What one worker did in the last step: compute time it reported, and the rest of the time
     /// from sending it a task to holding its result (queues, transfer, scheduling).
@@ -365,20 +363,14 @@ public final class ClusterCoordinator {
                         r.values = .inline(values)
                         decoded = .result(r)
                     }
-                    if let name = names[peer] {
-                        var s = workerStatistics[name] ?? (0, 0)
-                        s.shards += 1
-                        s.microseconds += Int(r.computeMicroseconds)
-                        workerStatistics[name] = s
-                        if let sent = taskSentAt.removeValue(forKey: peer) {
-                            var timing = stepTimings[name] ?? StepTiming(worker: name)
-                            if stepTimings[name] == nil { timingOrder.append(name) }
-                            let compute = Double(r.computeMicroseconds) / 1000
-                            timing.shards += 1
-                            timing.computeMilliseconds += compute
-                            timing.waitMilliseconds += max(0, (clock.now - sent).seconds * 1000 - compute)
-                            stepTimings[name] = timing
-                        }
+                    if let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
+                        var timing = stepTimings[name] ?? StepTiming(worker: name)
+                        if stepTimings[name] == nil { timingOrder.append(name) }
+                        let compute = Double(r.computeMicroseconds) / 1000
+                        timing.shards += 1
+                        timing.computeMilliseconds += compute
+                        timing.waitMilliseconds += max(0, (clock.now - sent).seconds * 1000 - compute)
+                        stepTimings[name] = timing
                     }
                 }
                 actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
