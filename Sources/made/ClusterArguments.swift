@@ -20,7 +20,7 @@ struct ClusterArguments: ParsableArguments {
     var noSharedMemory = false
     @Option(help: "Seconds of silence after which a worker is declared dead and its shards reassigned.")
     var heartbeatTimeout: Double = 10
-    @Option(help: "Seconds after which a shard still in flight is also given to another worker.")
+    @Option(help: "Seconds after which a shard still in flight is taken back and given to the first idle worker.")
     var taskTimeout: Double = 60
     @Option(help: "Seconds without any worker before the coordinator gives up.")
     var idleTimeout: Double = 120

@@ -72,9 +72,9 @@ struct CoordinatorStateMachineTests {
         _ = m.begin(plan(step: 5, shards: 2), now: 0)
         _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0), now: 1)
         _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0), now: 2)
-        #expect(m.counters.duplicateResults == 1)
+        #expect(m.counters.lateResults == 1)   // a holds shard 1 now, not shard 0
         _ = m.receive(from: a, runID: 77, message: result(step: 4, shard: 1), now: 3)
-        #expect(m.counters.lateResults == 1)
+        #expect(m.counters.lateResults == 2)
         let foreign = m.receive(from: a, runID: 78, message: result(step: 5, shard: 1), now: 4)
         #expect(m.counters.wrongRun == 1)
         #expect(foreign.contains { if case .send(_, .reject) = $0 { true } else { false } })
@@ -110,7 +110,37 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
     }
 
-    @Test("a shard stuck past the task timeout is given to an idle worker too; the first result wins")
+    @Test("a lone worker whose task was lost gets it again after the task timeout")
+    func lostTask() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.begin(plan(step: 0, shards: 1), now: 0)
+        var again: [([UInt8], UInt32, Bool)] = []
+        for t in stride(from: UInt64(100), through: 5200, by: 100) {
+            _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: t), now: t)
+            again += assignments(m.tick(now: t))
+        }
+        #expect(again.count == 1 && again[0].0 == a && again[0].1 == 0 && again[0].2)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 5300)
+        #expect(m.isStepComplete)
+    }
+
+    @Test("a late result from an earlier step does not cancel the worker's current task")
+    func lateResultKeepsAssignment() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.begin(plan(step: 1, shards: 1), now: 0)
+        _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0), now: 1)
+        _ = m.takeResults()
+        _ = m.begin(plan(step: 2, shards: 1), now: 2)
+        // A stale copy of step 1's result arrives: a still holds step 2's shard 0.
+        _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0), now: 3)
+        #expect(m.holds(a, step: 2, shard: 0))
+        _ = m.receive(from: a, runID: 77, message: result(step: 2, shard: 0), now: 4)
+        #expect(m.isStepComplete)
+    }
+
+    @Test("a shard stuck past the task timeout is taken back and given to an idle worker; the late result does not count")
     func stuckShard() {
         var m = machine()
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
@@ -128,7 +158,7 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.reassignedShards == 1)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0), now: 5200)
         _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 5300)
-        #expect(m.counters.duplicateResults == 1)
+        #expect(m.counters.lateResults == 1)   // a's task was taken back: its result no longer counts
         #expect(m.isStepComplete)
     }
 

@@ -9,9 +9,9 @@ import Foundation
 ///
 /// Work is pulled: a registered worker holds at most one shard at a time and gets the next
 /// pending one as soon as it is idle. A worker not heard from for `heartbeatTimeout` is dead and
-/// its shard goes back to the queue; a shard in flight longer than `taskTimeout` is queued again
-/// for another worker as well. The first valid result for a shard wins; later ones, and results
-/// for other steps, are dropped and counted. A result whose mask digest differs from the
+/// its shard goes back to the queue; a shard in flight longer than `taskTimeout` is taken back
+/// and queued for the first idle worker. Only a result for the task its sender holds counts;
+/// results for earlier steps or for tasks taken back are dropped and counted. A result whose mask digest differs from the
 /// step's is refused and its worker dismissed, since the two disagree on the masks.
 public struct CoordinatorStateMachine: Sendable {
     public typealias Peer = [UInt8]
@@ -97,8 +97,9 @@ public struct CoordinatorStateMachine: Sendable {
         public var wrongRun = 0
         public var unknownPeer = 0
         public var refusedWorkers = 0
+        /// Results and failures for tasks their sender no longer holds (an earlier step, a task
+        /// taken back after its timeout): dropped.
         public var lateResults = 0
-        public var duplicateResults = 0
         public var maskMismatches = 0
         public var badResults = 0
         public var workersJoined = 0
@@ -111,10 +112,19 @@ public struct CoordinatorStateMachine: Sendable {
         public var rejected: Int { malformed + wrongRun + unknownPeer + refusedWorkers + maskMismatches + badResults }
     }
 
+    /// A shard of a step handed to a worker.
+    struct Assignment: Sendable, Equatable {
+        var step: UInt64
+        var shard: UInt32
+    }
+
     struct Worker: Sendable {
         var name: String
         var lastHeard: UInt64
-        var shard: UInt32?
+        /// The task this worker holds; only its result counts.
+        var assignment: Assignment?
+        /// A task was taken back from this worker for taking too long: others go first.
+        var stalled = false
         var assignedAt: UInt64 = 0
         var parametersStep: UInt64?
         var slot: UInt32?
@@ -145,6 +155,11 @@ public struct CoordinatorStateMachine: Sendable {
     /// Names of the registered workers, in registration order.
     public var workerNames: [String] { order.compactMap { workers[$0]?.name } }
 
+    /// Whether a result from `peer` for this step and shard would be taken (it holds that task).
+    public func holds(_ peer: Peer, step: UInt64, shard: UInt32) -> Bool {
+        workers[peer]?.assignment == Assignment(step: step, shard: shard)
+    }
+
     /// The shared-memory slot of `peer`, when it has one.
     public func sharedSlot(of peer: Peer) -> UInt32? { workers[peer]?.slot }
 
@@ -169,7 +184,7 @@ public struct CoordinatorStateMachine: Sendable {
         pending = only ?? (0..<UInt32(plan.shards.count)).map { $0 }
         precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
         expected = Set(pending)
-        for peer in order { workers[peer]?.shard = nil }
+        for peer in order { workers[peer]?.assignment = nil }
         return assignIdle(now: now)
     }
 
@@ -237,14 +252,16 @@ public struct CoordinatorStateMachine: Sendable {
             guard let worker = workers[peer], now > worker.lastHeard + settings.heartbeatTimeout else { continue }
             actions += remove(peer, reason: "no message for \(now - worker.lastHeard) ms")
         }
-        if let plan {
-            for peer in order {
-                guard let worker = workers[peer], let shard = worker.shard, results[shard] == nil,
-                      now > worker.assignedAt + settings.taskTimeout, !pending.contains(shard) else { continue }
-                pending.append(shard)
-                counters.reassignedShards += 1
-                workers[peer]?.assignedAt = now   // once per timeout period
-            }
+        // A task out longer than the timeout is taken back (its result will no longer count)
+        // and queued for whichever worker is idle first, this one included: a lost task or
+        // result cannot stall a step.
+        for peer in order {
+            guard let worker = workers[peer], let assignment = worker.assignment,
+                  now > worker.assignedAt + settings.taskTimeout else { continue }
+            workers[peer]?.assignment = nil
+            workers[peer]?.parametersStep = nil
+            workers[peer]?.stalled = true
+            if assignment.step == plan?.step { requeueIfUnheld(assignment.shard) }
         }
         if now >= lastHeartbeatSent + settings.heartbeatInterval {
             lastHeartbeatSent = now
@@ -264,10 +281,12 @@ public struct CoordinatorStateMachine: Sendable {
     private var failures: [UInt32: Int] = [:]
 
     private mutating func taskFailed(step: UInt64, shard: UInt32, reason: String, from peer: Peer, now: UInt64) -> [Action] {
-        if workers[peer]?.shard == shard {
-            workers[peer]?.shard = nil
-            workers[peer]?.parametersStep = nil
+        guard holds(peer, step: step, shard: shard) else {
+            counters.lateResults += 1
+            return assignIdle(now: now)
         }
+        workers[peer]?.assignment = nil
+        workers[peer]?.parametersStep = nil
         guard let plan, step == plan.step, expected.contains(shard), results[shard] == nil else {
             counters.lateResults += 1
             return assignIdle(now: now)
@@ -293,8 +312,11 @@ public struct CoordinatorStateMachine: Sendable {
             // The same process again (a routing id is never reused by another process): hellos
             // queued before this coordinator listened, or a worker that lost its parameters.
             // It keeps its registration and slot; a shard it held goes back to the queue.
-            if let shard = known.shard { known.shard = nil; workers[peer] = known; requeueIfUnheld(shard) }
-            known.shard = nil
+            if let assignment = known.assignment {
+                known.assignment = nil
+                workers[peer] = known
+                if assignment.step == plan?.step { requeueIfUnheld(assignment.shard) }
+            }
             known.parametersStep = nil
             known.lastHeard = now
             workers[peer] = known
@@ -324,13 +346,20 @@ public struct CoordinatorStateMachine: Sendable {
     private mutating func remove(_ peer: Peer, reason: String) -> [Action] {
         guard let worker = workers.removeValue(forKey: peer) else { return [] }
         order.removeAll { $0 == peer }
-        if let shard = worker.shard { requeueIfUnheld(shard) }
+        if let assignment = worker.assignment, assignment.step == plan?.step { requeueIfUnheld(assignment.shard) }
         counters.workersLost += 1
         return [.workerLost(peer, name: worker.name, reason: reason)]
     }
 
     private mutating func accept(_ result: WireMessage.Result, from peer: Peer, now: UInt64) -> [Action] {
-        if workers[peer]?.shard == result.shard { workers[peer]?.shard = nil }
+        // Only the task a worker holds counts: a result from an earlier step, for a task taken
+        // back, or for a shard it was never given is dropped.
+        workers[peer]?.stalled = false
+        guard holds(peer, step: result.step, shard: result.shard) else {
+            counters.lateResults += 1
+            return assignIdle(now: now)
+        }
+        workers[peer]?.assignment = nil
         guard let plan, result.step == plan.step else {
             counters.lateResults += 1
             return assignIdle(now: now)
@@ -338,10 +367,6 @@ public struct CoordinatorStateMachine: Sendable {
         guard expected.contains(result.shard) else {
             counters.badResults += 1
             return [.refused(peer, reason: "result for shard \(result.shard) of a \(plan.shards.count)-shard step")] + assignIdle(now: now)
-        }
-        guard results[result.shard] == nil else {
-            counters.duplicateResults += 1
-            return assignIdle(now: now)
         }
         if let expected = plan.maskDigest, result.maskDigest != expected {
             counters.maskMismatches += 1
@@ -365,7 +390,7 @@ public struct CoordinatorStateMachine: Sendable {
     /// Requeues `shard` unless it has a result, is queued, or another worker holds it.
     private mutating func requeueIfUnheld(_ shard: UInt32) {
         guard plan != nil, expected.contains(shard), results[shard] == nil, !pending.contains(shard),
-              !order.contains(where: { workers[$0]?.shard == shard }) else { return }
+              !order.contains(where: { workers[$0]?.assignment == Assignment(step: plan!.step, shard: shard) }) else { return }
         pending.insert(shard, at: 0)
         counters.reassignedShards += 1
     }
@@ -373,12 +398,12 @@ public struct CoordinatorStateMachine: Sendable {
     private mutating func assignIdle(now: UInt64) -> [Action] {
         guard let plan else { return [] }
         var actions: [Action] = []
-        for peer in order {
+        for peer in order.filter({ workers[$0]?.stalled == false }) + order.filter({ workers[$0]?.stalled == true }) {
             guard !pending.isEmpty else { break }
-            guard var worker = workers[peer], worker.shard == nil else { continue }
+            guard var worker = workers[peer], worker.assignment == nil else { continue }
             let shard = pending.removeFirst()
             let includeParameters = worker.parametersStep != plan.step
-            worker.shard = shard
+            worker.assignment = Assignment(step: plan.step, shard: shard)
             worker.assignedAt = now
             worker.parametersStep = plan.step
             workers[peer] = worker

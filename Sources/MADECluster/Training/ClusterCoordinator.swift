@@ -358,7 +358,8 @@ public final class ClusterCoordinator {
                 var (runID, decoded) = try WireFormat.decode(frame)
                 if case .result(var r) = decoded {
                     // Values in shared memory count only from the slot this worker was given.
-                    if case .shared(let slot, let count) = r.values, slot == machine.sharedSlot(of: peer), let shared,
+                    if case .shared(let slot, let count) = r.values, machine.holds(peer, step: r.step, shard: r.shard),
+                       slot == machine.sharedSlot(of: peer), let shared,
                        Int(count) <= shared.slotFloats, let values = shared.read(Int(slot), count: Int(count)) {
                         r.values = .inline(values)
                         decoded = .result(r)
