@@ -73,6 +73,8 @@ public struct Checkpoint: Sendable, Equatable {
             parametersSHA256: parametersSHA256)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
+        // A diverged run's history may hold infinities or NaN; they are written as strings.
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         let json = try encoder.encode(header)
         var out = Checkpoint.magic
         let arrays = [state.parameters, state.adam.firstMoment, state.adam.secondMoment, state.bestParameters]
@@ -128,7 +130,9 @@ public struct Checkpoint: Sendable, Equatable {
         guard let json = reader.take(Int(headerLength)) else { throw fail("truncated header") }
         let header: Header
         do {
-            header = try JSONDecoder().decode(Header.self, from: Data(json))
+            let decoder = JSONDecoder()
+            decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            header = try decoder.decode(Header.self, from: Data(json))
         } catch {
             throw fail("unreadable header: \(error)")
         }
@@ -153,6 +157,13 @@ public struct Checkpoint: Sendable, Equatable {
         guard arrays[0].count == n, arrays[1].count == n, arrays[2].count == n,
               arrays[3].isEmpty || arrays[3].count == n else {
             throw fail("array sizes \(arrays.map(\.count)) do not fit the model's \(n) parameters")
+        }
+        // The counters must describe a point the schedule can reach.
+        guard header.completedEpochs >= 0, header.completedEpochs <= configuration.epochs + 1_000_000, header.step >= 0,
+              header.adamStep == header.step, header.epochExamples >= 0, header.epochsWithoutImprovement >= 0,
+              header.bestEpoch >= -1, header.bestEpoch < max(header.completedEpochs, 1),
+              configuration.evaluationMasks <= 1_000_000 else {
+            throw fail("inconsistent counters: step \(header.step), Adam step \(header.adamStep), epochs \(header.completedEpochs)")
         }
         var state = TrainingState(configuration: configuration)
         state.parameters = arrays[0]

@@ -26,6 +26,9 @@ public struct Sampler<T: BLASScalar> {
     public let runSeed: UInt64
     /// Samples drawn together (they share the work of their mask).
     public var batchSize = 64
+    /// Called after each position of the order, so long draws can let their caller keep up
+    /// with other duties (a worker's heartbeats).
+    public var betweenPasses: () -> Void = {}
 
     public init(configuration: ModelConfiguration, distribution: OutputDistribution, runSeed: UInt64) {
         self.configuration = configuration
@@ -186,6 +189,7 @@ public struct Sampler<T: BLASScalar> {
                         let u = draws[i][(t * perDimension)..<(t * perDimension + perDimension)]
                         x[i * d + dim] = draw((z[dim], perDimension == 2 ? z[d + dim] : 0), u)
                     }
+                    if t % 64 == 63 { betweenPasses() }
                     // The new input reaches the first layer (or the outputs) and the direct connections.
                     if hidden.isEmpty {
                         addRow(base + zOffset, width: nout, matrix: layers[0].offset, row: dim, scales: x + dim, scaleStride: d)
@@ -225,6 +229,7 @@ public struct Sampler<T: BLASScalar> {
         var dimensionAt = [Int](repeating: 0, count: d)
         for (dim, position) in masks.order.enumerated() { dimensionAt[position] = dim }
         for t in 0..<d {
+            betweenPasses()
             workspace.loadRows(x)
             workspace.forward()
             let dim = dimensionAt[t]

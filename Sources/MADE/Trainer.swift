@@ -97,6 +97,12 @@ public final class Trainer {
         guard state.parameters.count == layout.count else {
             throw MADEError(.invalidCheckpoint, "the saved state holds \(state.parameters.count) parameters, the model \(layout.count)")
         }
+        // The saved step must fall within the saved epoch on this data.
+        let steps = train.count / configuration.batchSize
+        let (low, overflow) = state.completedEpochs.multipliedReportingOverflow(by: steps)
+        guard !overflow, state.step >= low, state.step <= low + steps else {
+            throw MADEError(.invalidCheckpoint, "the saved step \(state.step) does not fall in epoch \(state.completedEpochs + 1) of \(steps) steps on this data")
+        }
         self.configuration = configuration
         self.dataset = dataset
         self.state = state

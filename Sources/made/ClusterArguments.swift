@@ -27,7 +27,9 @@ struct ClusterArguments: ParsableArguments {
 
     func validate() throws {
         guard workers >= 0 else { throw ValidationError("--workers must not be negative") }
-        guard heartbeatTimeout > 0, taskTimeout > 0, idleTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout), ("--idle-timeout", idleTimeout)] {
+            guard value > 0, value <= 1_000_000 else { throw ValidationError("\(name) must be between 0 and 1000000 seconds, not \(value)") }
+        }
     }
 
     /// Whether training goes through a coordinator.

@@ -49,7 +49,10 @@ struct WorkerArguments: ParsableArguments {
     var noSharedMemory = false
 
     func validate() throws {
-        guard coordinatorTimeout > 0 else { throw ValidationError("--coordinator-timeout must be positive") }
+        guard coordinatorTimeout > 0, coordinatorTimeout <= 1_000_000 else {
+            throw ValidationError("--coordinator-timeout must be between 0 and 1000000 seconds, not \(coordinatorTimeout)")
+        }
+        if let name, name.isEmpty || name.utf8.count > 200 { throw ValidationError("--name must hold 1 to 200 bytes") }
         if noData && singleSplit { throw ValidationError("--no-data and --single-split exclude each other") }
     }
 
@@ -124,6 +127,12 @@ struct Launch: ParsableCommand {
     @OptionGroup var runtime: RuntimeArguments
     @Option(help: "Workers: seconds without a word from the coordinator before giving up.")
     var coordinatorTimeout: Double = 60
+
+    func validate() throws {
+        guard coordinatorTimeout > 0, coordinatorTimeout <= 1_000_000 else {
+            throw ValidationError("--coordinator-timeout must be between 0 and 1000000 seconds, not \(coordinatorTimeout)")
+        }
+    }
 
     func run() throws {
         guard let environment = try ClusterEnvironment.detect(ProcessInfo.processInfo.environment) else {

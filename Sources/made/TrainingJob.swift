@@ -122,6 +122,8 @@ struct TrainingJob {
                 try trainer.saveCheckpoint()
                 outcome = .interrupted
             } catch {
+                // The state is at a step boundary: keep what was done.
+                try? trainer.saveCheckpoint()
                 c.shutdownWorkers(exitCode: 1, reason: "the coordinator failed: \(error)")
                 pool?.stop(grace: 2)
                 throw error

@@ -313,6 +313,17 @@ struct WorkerStateMachineTests {
         #expect(w.receive(runID: 5, message: task(step: 3, parameters: [1]), now: 50).first.map { if case .dropped = $0 { true } else { false } } == true)
     }
 
+    @Test("declining shared memory says hello again without a host id")
+    func declineSharedMemory() {
+        var s = WorkerStateMachine.Settings(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w", hostID: "here")
+        s.helloRetry = 500
+        var w = WorkerStateMachine(settings: s)
+        _ = w.start(now: 0)
+        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [],
+                                                          sharedMemory: .init(path: "/x", slot: 1, slotFloats: 4))), now: 10)
+        #expect(w.declineSharedMemory(now: 20) == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "w", hostID: "")))])
+    }
+
     @Test("exits: refused, shut down, coordinator gone, bad configuration")
     func exits() {
         var w = machine()

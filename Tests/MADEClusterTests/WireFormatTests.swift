@@ -36,6 +36,15 @@ struct WireFormatTests {
         #expect(Array(owned) == frame)
     }
 
+    @Test("strings longer than the limit are cut at a character boundary and still decode")
+    func longStrings() throws {
+        let name = String(repeating: "é", count: 10_000)
+        let frame = WireFormat.encode(.hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: name)), runID: 0)
+        guard case .hello(let hello) = try WireFormat.decode(frame).message else { Issue.record("not a hello"); return }
+        #expect(hello.name.utf8.count <= WireFormat.Limits().maxStringBytes)
+        #expect(hello.name.allSatisfy { $0 == "é" } && !hello.name.isEmpty)
+    }
+
     @Test("the header is laid out as documented")
     func headerLayout() {
         let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)

@@ -87,6 +87,28 @@ struct TrainerTests {
         }
     }
 
+    @Test("a diverged history still checkpoints; counters that no schedule reaches are refused")
+    func checkpointEdgeCases() throws {
+        let trainer = try Trainer(configuration: Self.configuration(), dataset: Self.dataset())
+        _ = try trainer.run(until: { trainer.state.step >= 12 })
+        var checkpoint = trainer.checkpoint
+        checkpoint.state.history.append(EpochRecord(epoch: 0, trainNLL: .nan, validNLL: .infinity, learningRate: 0.01, seconds: 1))
+        let decoded = try Checkpoint.decode(try checkpoint.encoded())
+        #expect(decoded.state.history.last!.trainNLL.isNaN && decoded.state.history.last!.validNLL == .infinity)
+        for mutate in [{ (s: inout TrainingState) in s.step = -5; s.adam.step = -5 },
+                       { (s: inout TrainingState) in s.adam.step = s.step + 1 },
+                       { (s: inout TrainingState) in s.completedEpochs = -1 }] {
+            var bad = trainer.checkpoint
+            mutate(&bad.state)
+            #expect(throws: MADEError.self) { try Checkpoint.decode(try bad.encoded()) }
+        }
+        // A step outside the saved epoch on this data is refused when training resumes.
+        var far = trainer.state
+        far.step = 500
+        far.adam.step = 500
+        #expect(throws: MADEError.self) { try Trainer(configuration: Self.configuration(), dataset: Self.dataset(), state: far) }
+    }
+
     @Test("checkpoint writes are atomic: the old file survives until the new one is complete")
     func atomicWrite() throws {
         let path = Self.temporaryPath("atomic.bin")

@@ -160,6 +160,12 @@ public struct CoordinatorStateMachine: Sendable {
         workers[peer]?.assignment == Assignment(step: step, shard: shard)
     }
 
+    /// Takes back `peer`'s shared-memory slot (its memory could not be reserved); it then
+    /// exchanges everything over the socket.
+    public mutating func revokeSharedSlot(of peer: Peer) {
+        workers[peer]?.slot = nil
+    }
+
     /// The shared-memory slot of `peer`, when it has one.
     public func sharedSlot(of peer: Peer) -> UInt32? { workers[peer]?.slot }
 
@@ -319,6 +325,7 @@ public struct CoordinatorStateMachine: Sendable {
             }
             known.parametersStep = nil
             known.lastHeard = now
+            if hello.hostID.isEmpty || hello.hostID != settings.hostID { known.slot = nil }   // shared memory declined
             workers[peer] = known
             let grant = known.slot.flatMap { slot in
                 settings.sharedMemory.map { WireMessage.SharedMemoryGrant(path: $0.path, slot: slot, slotFloats: $0.slotFloats) }

@@ -43,16 +43,30 @@ public enum WireFormat {
 
     private static func payloadSize(_ message: WireMessage) -> Int {
         switch message {
-        case .hello(let h): return 32 + 4 + 2 + h.name.utf8.count + 2 + h.hostID.utf8.count
-        case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + (w.sharedMemory?.path.utf8.count ?? 0) + 4 + 4
-        case .reject(let reason): return 2 + reason.utf8.count
+        case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count
+        case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
+        case .reject(let reason): return 2 + stringBytes(reason).count
         case .task(let t): return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + workSize(t.work) + payloadSize(t.parameters)
         case .result(let r): return 8 + 4 + 16 + 8 + 4 + payloadSize(r.values)
         case .heartbeat: return 8
-        case .shutdown(_, let reason): return 1 + 2 + reason.utf8.count
+        case .shutdown(_, let reason): return 1 + 2 + stringBytes(reason).count
         case .who: return 0
-        case .failed(_, _, let reason): return 8 + 4 + 2 + reason.utf8.count
+        case .failed(_, _, let reason): return 8 + 4 + 2 + stringBytes(reason).count
         }
+    }
+
+    /// A string's UTF-8 bytes as sent: cut at a character boundary to fit `Limits().maxStringBytes`,
+    /// so that every string this side sends, the other side accepts.
+    static func stringBytes(_ s: String) -> [UInt8] {
+        let limit = Limits().maxStringBytes
+        guard s.utf8.count > limit else { return Array(s.utf8) }
+        var out: [UInt8] = []
+        for ch in s {
+            let bytes = Array(String(ch).utf8)
+            if out.count + bytes.count > limit { break }
+            out += bytes
+        }
+        return out
     }
 
     private static func workSize(_ work: WireMessage.Work) -> Int {
@@ -285,7 +299,7 @@ struct WireWriter {
     }
 
     mutating func string(_ s: String) {
-        let utf8 = Array(s.utf8.prefix(Int(UInt16.max)))
+        let utf8 = WireFormat.stringBytes(s)
         integer(UInt16(utf8.count))
         bytes(utf8)
     }

@@ -52,7 +52,7 @@ public struct WorkerStateMachine: Sendable {
         case finished
     }
 
-    public let settings: Settings
+    public private(set) var settings: Settings
     private(set) var state: State = .connecting
     private var startedAt: UInt64 = 0
     private var lastHeard: UInt64?
@@ -130,6 +130,14 @@ public struct WorkerStateMachine: Sendable {
     public mutating func configurationFailed(_ reason: String) -> [Action] {
         state = .finished
         return [.exit(code: ExitCode.badConfiguration, reason: "cannot build the model: \(reason)")]
+    }
+
+    /// The shared memory offered could not be mapped: say hello again without a host id, so
+    /// the coordinator sends everything over the socket.
+    public mutating func declineSharedMemory(now: UInt64) -> [Action] {
+        settings.hostID = ""
+        state = .connecting
+        return sayHello(now: now)
     }
 
     /// A task could not be done; the coordinator hears why and gives it to another worker.

@@ -105,6 +105,10 @@ public final class ClusterCoordinator {
         machine = CoordinatorStateMachine(settings: settings)
         origin = clock.now
 
+        let parameterCount = ParameterLayout(configuration.model).count
+        guard parameterCount <= WireFormat.Limits().maxFloats else {
+            throw ClusterError(.protocolFailure, "the model has \(parameterCount) parameters; a cluster carries at most \(WireFormat.Limits().maxFloats) per message")
+        }
         context = try ZMQContext()
         if let security = options.security {
             zap = try ZAPHandler(context: context, authorizedKeys: security.authorized)
@@ -385,7 +389,13 @@ public final class ClusterCoordinator {
     private func perform(_ actions: [CoordinatorStateMachine.Action], parameters: StepParameters?) throws {
         for action in actions {
             switch action {
-            case .send(let peer, let message):
+            case .send(let peer, var message):
+                if case .welcome(var welcome) = message, let grant = welcome.sharedMemory, shared?.reserve(Int(grant.slot)) != true {
+                    logger.warning("no room for a worker's shared-memory slot; it uses the socket", metadata: ["slot": "\(grant.slot)"])
+                    welcome.sharedMemory = nil
+                    machine.revokeSharedSlot(of: peer)
+                    message = .welcome(welcome)
+                }
                 send(to: peer, message)
             case .assign(let peer, var task, let includeParameters):
                 if includeParameters, let parameters {

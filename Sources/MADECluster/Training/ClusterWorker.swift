@@ -85,12 +85,17 @@ public final class ClusterWorker {
                     runID = id
                     do {
                         try computer.configure(bytes)
+                        shared = nil
+                        slot = nil
                         if let grant {
-                            if shared?.path != grant.path { shared = try SharedSlots.open(grant) }
-                            slot = Int(grant.slot)
-                        } else {
-                            shared = nil
-                            slot = nil
+                            do {
+                                shared = try SharedSlots.open(grant)
+                                slot = Int(grant.slot)
+                            } catch {
+                                logger.warning("cannot map the shared memory; using the socket", metadata: ["reason": "\(error)"])
+                                try perform(machine.declineSharedMemory(now: now))
+                                continue
+                            }
                         }
                         logger.info("worker welcomed", metadata: ["run": "\(String(id, radix: 16))", "shared_memory": "\(grant != nil)"])
                     } catch {
@@ -113,6 +118,18 @@ public final class ClusterWorker {
             }
         }
 
+        // During long tasks, a heartbeat every half interval keeps the coordinator from
+        // declaring this worker dead.
+        var lastBeat: UInt64 = 0
+        var beats: UInt64 = 0
+        computer.keepAlive = { [unowned self] in
+            let t = self.now
+            guard self.runID != 0, t >= lastBeat + 250 else { return }
+            lastBeat = t
+            beats += 1
+            _ = try? socket.send([.owned(WireFormat.encodeOwned(.heartbeat(sequence: beats), runID: self.runID))], dontWait: true)
+        }
+        defer { computer.keepAlive = {} }
         try perform(machine.start(now: now))
         while pendingExit == nil {
             if shouldStop() { return 130 }

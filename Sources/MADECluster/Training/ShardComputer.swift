@@ -21,6 +21,14 @@ public final class ShardComputer {
         self.train = dataset.train ?? DataMatrix(binary: [], count: 0, dimension: dataset.dimension ?? 0)
     }
 
+    /// Called now and then during long computations (scoring, sampling), so the worker can
+    /// keep sending heartbeats.
+    public var keepAlive: () -> Void = {}
+
+    /// Largest ensemble and sampling batch a task may ask for.
+    public static let maxMasks: UInt32 = 4096
+    public static let maxSampleBatch: UInt32 = 4096
+
     /// Dense parameters of evaluation and sampling tasks, kept for the later tasks of the same job.
     private var denseParameters: [Float] = []
     private var denseKey: UInt64?
@@ -145,13 +153,15 @@ public final class ShardComputer {
             guard Int(split) < splits.count, let data = splits[Int(split)] else {
                 throw ClusterError(.protocolFailure, "no split \(split) in this worker's data")
             }
-            guard let last = task.rows.last, task.rows.allSatisfy({ Int($0) < data.count }),
-                  task.rows == Array(task.rows.first!...last) else {
-                throw ClusterError(.protocolFailure, "a scoring task needs a contiguous range of the split's rows")
+            guard let first = task.rows.first, let last = task.rows.last, first <= last, Int(last) < data.count,
+                  task.rows == Array(first...last) else {
+                throw ClusterError(.protocolFailure, "a scoring task needs a contiguous, ascending range of the split's rows")
             }
+            guard masks <= Self.maxMasks else { throw ClusterError(.protocolFailure, "an ensemble of \(masks) masks (at most \(Self.maxMasks))") }
             let rows = data.rows(task.rows.map(Int.init))
             var evaluator = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
             evaluator.chunkSize = rows.count
+            evaluator.betweenPasses = keepAlive
             switch mode {
             case 0:
                 values = evaluator.maskLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).flatMap { $0.map { Float($0) } }
@@ -161,11 +171,15 @@ public final class ShardComputer {
                 throw ClusterError(.protocolFailure, "unknown ensemble mode \(mode)")
             }
         case .sample(let count, let masks, let seed, let method):
+            guard masks <= Self.maxMasks, count <= Self.maxSampleBatch else {
+                throw ClusterError(.protocolFailure, "a sampling batch of \(count) samples and \(masks) masks (at most \(Self.maxSampleBatch) and \(Self.maxMasks))")
+            }
             guard let m = Sampler<Float>.Method.allCases.dropFirst(Int(method)).first else {
                 throw ClusterError(.protocolFailure, "unknown sampling method \(method)")
             }
             var sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
             sampler.batchSize = Int(count)
+            sampler.betweenPasses = keepAlive
             values = sampler.sampleBatch(Int(task.shard), parameters: denseParameters, count: Int(count), masks: Int(masks), seed: seed, method: m)
         }
         // Per-mask log-likelihoods are float sums, so Float carries them exactly; samples are floats.

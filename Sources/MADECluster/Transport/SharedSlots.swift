@@ -24,28 +24,52 @@ public final class SharedSlots {
     private let base: UnsafeMutableRawPointer
     private let byteCount: Int
     private let owner: Bool
+    /// The open file, kept by the owner to reserve slots.
+    private let descriptor: Int32
 
-    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int, owner: Bool) {
+    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int, owner: Bool, descriptor: Int32) {
         self.path = path
         self.slotFloats = slotFloats
         self.slotCount = slotCount
         self.base = base
         self.byteCount = byteCount
         self.owner = owner
+        self.descriptor = descriptor
     }
 
     deinit {
         munmap(base, byteCount)
+        if descriptor >= 0 { close(descriptor) }
         if owner { unlink(path) }
+    }
+
+    /// Allocates the memory of slot `slot` now, so that a full `/dev/shm` is an answer here
+    /// (false: the slot must not be used) rather than a SIGBUS when the slot is first written.
+    public func reserve(_ slot: Int) -> Bool {
+        guard owner, slot >= 0, slot < slotCount else { return false }
+        let bytes = slotFloats * 4
+        return posix_fallocate(descriptor, off_t(slot * bytes), off_t(bytes)) == 0
+    }
+
+    /// Removes slot files left in `folder` by coordinators that died without cleaning up.
+    public static func removeStale(folder: String = "/dev/shm") {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
+        for name in names where name.hasPrefix("made-") && name.hasSuffix(".slots") {
+            let parts = name.dropFirst(5).split(separator: "-")
+            guard let pid = parts.first.flatMap({ Int32($0) }), pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { unlink(folder + "/" + name) }
+        }
     }
 
     /// Creates a new file of `1 + workerSlots` slots in `folder` (sparse: untouched slots cost nothing).
     public static func create(folder: String = "/dev/shm", slotFloats: Int, workerSlots: Int) throws -> SharedSlots {
         precondition(slotFloats > 0 && workerSlots > 0)
+        removeStale(folder: folder)
         let path = folder + "/made-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).slots"
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw ClusterError(.protocolFailure, "cannot create \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+        var keep = false
+        defer { if !keep { close(fd) } }
         let count = 1 + workerSlots
         let bytes = count * slotFloats * 4
         guard ftruncate(fd, off_t(bytes)) == 0 else {
@@ -58,7 +82,12 @@ public final class SharedSlots {
             unlink(path)
             throw ClusterError(.protocolFailure, "cannot map \(path): \(e)")
         }
-        return SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes, owner: true)
+        keep = true
+        let slots = SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes, owner: true, descriptor: fd)
+        guard slots.reserve(0) else {
+            throw ClusterError(.protocolFailure, "no room in \(folder) for the parameters' slot")
+        }
+        return slots
     }
 
     /// Maps the file a coordinator granted; it must hold at least slot `grant.slot`.
@@ -76,7 +105,7 @@ public final class SharedSlots {
         guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
             throw ClusterError(.protocolFailure, "cannot map \(grant.path): \(String(cString: strerror(errno)))")
         }
-        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes, owner: false)
+        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes, owner: false, descriptor: -1)
     }
 
     /// Calls `body` with the first `count` values of slot `slot`.
