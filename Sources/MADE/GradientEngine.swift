@@ -52,20 +52,24 @@ public final class GradientEngine {
 
     /// Writes the gradient of the summed NLL of `data` rows `indices` into `gradient` and returns that sum (nats).
     ///
+    /// With `maskingGradient` false, masked-out weights' entries are left unzeroed (see
+    /// ``NetworkWorkspace/backward(into:inputGradient:maskingGradient:)``): for callers that pack.
+    ///
     /// - Precondition: ``begin(parameters:maskSeed:)`` was called for this step.
-    public func gradient(data: DataMatrix, indices: UnsafeBufferPointer<Int32>, into gradient: UnsafeMutableBufferPointer<Float>) -> Double {
+    public func gradient(data: DataMatrix, indices: UnsafeBufferPointer<Int32>, into gradient: UnsafeMutableBufferPointer<Float>,
+                         maskingGradient: Bool = true) -> Double {
         precondition(preparedMaskSeed != nil, "GradientEngine: begin a step first")
         workspace.loadRows(from: data, indices: indices)
         workspace.forward()
         let loss = workspace.lossAndGradient(distribution)
-        workspace.backward(into: gradient)
+        workspace.backward(into: gradient, maskingGradient: maskingGradient)
         return loss
     }
 
     /// ``gradient(data:indices:into:)`` for arrays.
-    public func gradient(data: DataMatrix, indices: ArraySlice<Int32>, into gradient: inout [Float]) -> Double {
+    public func gradient(data: DataMatrix, indices: ArraySlice<Int32>, into gradient: inout [Float], maskingGradient: Bool = true) -> Double {
         indices.withUnsafeBufferPointer { i in
-            gradient.withUnsafeMutableBufferPointer { g in self.gradient(data: data, indices: i, into: g) }
+            gradient.withUnsafeMutableBufferPointer { g in self.gradient(data: data, indices: i, into: g, maskingGradient: maskingGradient) }
         }
     }
 }

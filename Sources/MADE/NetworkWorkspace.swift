@@ -212,7 +212,12 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// When `inputGradient` is given it receives `d loss / d x` (`rows x nin`), used to check
     /// the autoregressive property.
     /// - Complexity: two `?gemm` per hidden matrix, one for the first, one or two for direct.
-    public func backward(into gradient: UnsafeMutableBufferPointer<T>, inputGradient: UnsafeMutableBufferPointer<T>? = nil) {
+    ///
+    /// With `maskingGradient` false the masked-out weights' entries are left as the products
+    /// give them: for a caller that reads only the active entries (``MaskPacking/pack(_:)``),
+    /// this saves a pass over the weights.
+    public func backward(into gradient: UnsafeMutableBufferPointer<T>, inputGradient: UnsafeMutableBufferPointer<T>? = nil,
+                         maskingGradient: Bool = true) {
         precondition(gradient.count == layout.count, "backward: gradient of \(gradient.count) for a layout of \(layout.count)")
         let n = rows
         let g = gradient.baseAddress!
@@ -234,7 +239,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
             T.gemm(transposeA: true, transposeB: false, m: m.rows, n: m.columns, k: n,
                    alpha: 1, a: below, lda: m.rows, b: delta, ldb: m.columns,
                    beta: 0, c: g + m.offset, ldc: m.columns)
-            multiply(g + m.offset, by: UnsafePointer(masks[l].baseAddress!), count: m.count)
+            if maskingGradient { multiply(g + m.offset, by: UnsafePointer(masks[l].baseAddress!), count: m.count) }
             columnSums(delta, rows: n, columns: m.columns, into: g + m.biasOffset!)
             if l > 0 {
                 let next = deltas[pingPong].baseAddress!
@@ -255,7 +260,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
             T.gemm(transposeA: true, transposeB: false, m: d.rows, n: d.columns, k: n,
                    alpha: 1, a: input.baseAddress!, lda: d.rows, b: outputGradient.baseAddress!, ldb: d.columns,
                    beta: 0, c: g + d.offset, ldc: d.columns)
-            multiply(g + d.offset, by: UnsafePointer(masks[k].baseAddress!), count: d.count)
+            if maskingGradient { multiply(g + d.offset, by: UnsafePointer(masks[k].baseAddress!), count: d.count) }
             if let ig = inputGradient {
                 T.gemm(transposeA: false, transposeB: true, m: n, n: d.rows, k: d.columns,
                        alpha: 1, a: outputGradient.baseAddress!, lda: d.columns, b: maskedWeights[k].baseAddress!, ldb: d.columns,

@@ -108,7 +108,8 @@ public final class ShardComputer {
             }
         }
         if task.parameters != .absent { parametersKey = (task.step, task.maskSeed) }
-        let loss = engine.gradient(data: train, indices: task.rows[...], into: &gradient)
+        // Only the active entries are packed, so the masked-out ones need no zeroing.
+        let loss = engine.gradient(data: train, indices: task.rows[...], into: &gradient, maskingGradient: false)
         let payload: FloatPayload
         if let shared, let slot, packing.count <= shared.slotFloats {
             shared.withSlot(slot, count: packing.count) { packing.pack(gradient, into: $0) }
