@@ -80,3 +80,17 @@ made_print_log_tails() {
         tail -n 5 "$log" >&2
     done
 }
+
+# made_wait_for PID: waits until PID has exited, also through trapped signals that cut `wait`
+# short, and returns its exit status.
+made_wait_for() {
+    local pid=$1 status=0
+    wait "$pid" || status=$?
+    while kill -0 "$pid" 2>/dev/null; do
+        status=0
+        wait "$pid" || status=$?
+    done
+    status=0
+    wait "$pid" || status=$?
+    return "$status"
+}

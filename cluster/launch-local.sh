@@ -5,7 +5,7 @@
 # `made coordinator` bound to tcp://127.0.0.1 on a free port (port 0, endpoint written to a file)
 # and N `made worker --endpoint-file FILE` processes. The made flags go to the coordinator; the
 # data flags among them (-d, --binarize, --binarize-seed, --threshold, --valid-fraction, --threads,
-# --keys) also go to the workers.
+# --keys) also go to the workers. Without --shards, each batch is cut into N shards.
 #
 #   cluster/launch-local.sh 3 -d /usr/share/datasets/fashion-mnist -q 64 --epochs 1 --shards 4
 #
@@ -69,7 +69,11 @@ interrupt() {
 }
 trap interrupt INT TERM HUP
 
-"$made" coordinator --bind tcp://127.0.0.1:0 --endpoint-file "$endpoint_file" "$@" 2>&1 &
+# One shard per worker unless the flags say otherwise.
+shard_flags=(--shards "$workers")
+for arg in "$@"; do [[ $arg == --shards || $arg == --shards=* ]] && shard_flags=(); done
+
+"$made" coordinator --bind tcp://127.0.0.1:0 --endpoint-file "$endpoint_file" "${shard_flags[@]}" "$@" 2>&1 &
 coordinator_pid=$!
 
 for ((i = 0; i < workers; i++)); do
@@ -79,14 +83,7 @@ for ((i = 0; i < workers; i++)); do
     worker_pids+=("$!")
 done
 
-# `wait` returns early when a trapped signal arrives; wait again until the coordinator is gone.
 status=0
-wait "$coordinator_pid" || status=$?
-while kill -0 "$coordinator_pid" 2>/dev/null; do
-    status=0
-    wait "$coordinator_pid" || status=$?
-done
-status=0
-wait "$coordinator_pid" || status=$?
+made_wait_for "$coordinator_pid" || status=$?
 coordinator_pid=
 exit "$status"

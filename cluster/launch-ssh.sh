@@ -211,12 +211,6 @@ for ((i = 0; i < ${#hosts[@]}; i++)); do
 done
 
 status=0
-wait "$coordinator_pid" || status=$?
-while kill -0 "$coordinator_pid" 2>/dev/null; do
-    status=0
-    wait "$coordinator_pid" || status=$?
-done
-status=0
-wait "$coordinator_pid" || status=$?
+made_wait_for "$coordinator_pid" || status=$?
 coordinator_pid=
 exit "$status"
