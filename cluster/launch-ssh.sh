@@ -125,7 +125,10 @@ done <"$hostfile"
 
 coordinator=("$made" coordinator --bind "tcp://0.0.0.0:$port" --advertise-host "$advertise")
 [[ -z $keys ]] || coordinator+=(--keys "$keys")
-coordinator+=("${flags[@]}")
+# One shard per worker unless the flags say otherwise.
+shard_flags=(--shards "${#hosts[@]}")
+for arg in "${flags[@]}"; do [[ $arg == --shards || $arg == --shards=* ]] && shard_flags=(); done
+coordinator+=("${shard_flags[@]}" "${flags[@]}")
 
 # The remote command, one shell word per argument: ssh hands the remote shell a single string.
 remote_command() { # ENDPOINT NAME
