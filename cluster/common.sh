@@ -81,6 +81,18 @@ made_print_log_tails() {
     done
 }
 
+# made_shard_flags N ARGS...: sets the array `shard_flags` to `--shards N`, or to nothing when
+# ARGS already name --shards: by default each batch is cut into one shard per worker.
+# shellcheck disable=SC2034  # shard_flags is read by the caller
+made_shard_flags() {
+    local n=$1 arg
+    shift
+    shard_flags=(--shards "$n")
+    for arg in "$@"; do
+        if [[ $arg == --shards || $arg == --shards=* ]]; then shard_flags=(); fi
+    done
+}
+
 # made_wait_for PID: waits until PID has exited, also through trapped signals that cut `wait`
 # short, and returns its exit status.
 made_wait_for() {

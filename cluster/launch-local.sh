@@ -69,9 +69,7 @@ interrupt() {
 }
 trap interrupt INT TERM HUP
 
-# One shard per worker unless the flags say otherwise.
-shard_flags=(--shards "$workers")
-for arg in "$@"; do [[ $arg == --shards || $arg == --shards=* ]] && shard_flags=(); done
+made_shard_flags "$workers" "$@"
 
 "$made" coordinator --bind tcp://127.0.0.1:0 --endpoint-file "$endpoint_file" "${shard_flags[@]}" "$@" 2>&1 &
 coordinator_pid=$!

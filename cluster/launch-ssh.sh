@@ -125,9 +125,7 @@ done <"$hostfile"
 
 coordinator=("$made" coordinator --bind "tcp://0.0.0.0:$port" --advertise-host "$advertise")
 [[ -z $keys ]] || coordinator+=(--keys "$keys")
-# One shard per worker unless the flags say otherwise.
-shard_flags=(--shards "${#hosts[@]}")
-for arg in "${flags[@]}"; do [[ $arg == --shards || $arg == --shards=* ]] && shard_flags=(); done
+made_shard_flags "${#hosts[@]}" "${flags[@]}"
 coordinator+=("${shard_flags[@]}" "${flags[@]}")
 
 # The remote command, one shell word per argument: ssh hands the remote shell a single string.

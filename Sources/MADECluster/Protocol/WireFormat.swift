@@ -333,16 +333,22 @@ struct WireReader {
         return s
     }
 
-    mutating func int32Array(_ field: String, limit: Int) throws(WireError) -> [Int32] {
+    /// A UInt32 count, then that many 4-byte little-endian values copied as they are.
+    mutating func array<Element>(_ field: String, limit: Int, of _: Element.Type) throws(WireError) -> [Element] {
+        precondition(MemoryLayout<Element>.size == 4)
         let count = Int(try integer(field + " count") as UInt32)
         guard count <= limit else { throw .limitExceeded(field: field, count: count, limit: limit) }
         guard remaining >= 4 * count else { throw .truncated(field: field) }
         let start = position
         position += 4 * count
-        return [Int32](unsafeUninitializedCapacity: count) { out, n in
+        return [Element](unsafeUninitializedCapacity: count) { out, n in
             UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + 4 * count)]))
             n = count
         }
+    }
+
+    mutating func int32Array(_ field: String, limit: Int) throws(WireError) -> [Int32] {
+        try array(field, limit: limit, of: Int32.self)
     }
 
     mutating func payload(_ field: String, limit: Int) throws(WireError) -> FloatPayload {
@@ -365,15 +371,7 @@ struct WireReader {
     }
 
     mutating func floatArray(_ field: String, limit: Int) throws(WireError) -> [Float] {
-        let count = Int(try integer(field + " count") as UInt32)
-        guard count <= limit else { throw .limitExceeded(field: field, count: count, limit: limit) }
-        guard remaining >= 4 * count else { throw .truncated(field: field) }
-        let start = position
-        position += 4 * count
-        let values = [Float](unsafeUninitializedCapacity: count) { out, n in
-            UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + 4 * count)]))
-            n = count
-        }
+        let values = try array(field, limit: limit, of: Float.self)
         guard values.allSatisfy({ $0.isFinite }) else { throw .invalidField("\(field) holds a value that is not finite") }
         return values
     }
