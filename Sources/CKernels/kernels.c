@@ -181,3 +181,12 @@ int made_copy_finite_f32(size_t n, const float *restrict src, float *restrict ds
     }
     return special == 0;
 }
+
+MADE_CLONES
+int made_all_finite_f32(size_t n, const float *src) {
+    uint32_t special = 0;
+    for (size_t k = 0; k < n; k++) {
+        special |= (uint32_t)((float_bits(src[k]) & 0x7f800000u) == 0x7f800000u);
+    }
+    return special == 0;
+}

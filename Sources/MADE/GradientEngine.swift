@@ -45,6 +45,14 @@ public final class GradientEngine {
         return packing.activeIndices.withUnsafeBufferPointer { workspace.prepare(packed: packed, indices: $0) }
     }
 
+    /// Starts a step on parameters already masked for `maskSeed` (see
+    /// ``MaskPacking/mask(_:into:threads:)``), read where they are until the next `begin`.
+    public func begin(inPlace masked: UnsafeBufferPointer<Float>, maskSeed: UInt64) {
+        workspace.setMasks(maskSet(maskSeed))
+        workspace.prepare(inPlace: masked)
+        preparedMaskSeed = maskSeed
+    }
+
     /// ``begin(parameters:maskSeed:)`` for an array.
     public func begin(parameters: [Float], maskSeed: UInt64) {
         parameters.withUnsafeBufferPointer { begin(parameters: $0, maskSeed: maskSeed) }
@@ -98,6 +106,27 @@ public enum GradientReducer {
         }
     }
 
+    /// Reduces the `count` values behind each of `shards` in tree order and writes the sum to
+    /// `out`, with the same bits as ``reduce(_:threads:)``. The shards serve as scratch: every
+    /// level but the last adds in place.
+    public static func reduce(_ shards: [UnsafeMutablePointer<Float>], count: Int, into out: UnsafeMutablePointer<Float>, threads: Int = 1) {
+        let s = shards.count
+        precondition(s > 0, "GradientReducer: no shards")
+        if s == 1 {
+            out.update(from: shards[0], count: count)
+            return
+        }
+        var stride = 1
+        while stride < s {
+            var i = 0
+            while i + stride < s {
+                add(shards[i], shards[i + stride], into: 2 * stride >= s ? out : shards[i], count: count, threads: threads)
+                i += 2 * stride
+            }
+            stride *= 2
+        }
+    }
+
     /// The same tree over scalars (the loss sums of the shards).
     public static func reduce(_ values: [Double]) -> Double {
         var v = values
@@ -120,14 +149,20 @@ public enum GradientReducer {
         precondition(shards[source].count == n, "GradientReducer: shards of different sizes")
         shards.withUnsafeMutableBufferPointer { all in
             all[target].withUnsafeMutableBufferPointer { t in
-                all[source].withUnsafeBufferPointer { s in
-                    let pointers = UncheckedSendable((t.baseAddress!, s.baseAddress!))
-                    forEachChunk(count: n, parts: threads) { r in
-                        let (t, s) = pointers.value
-                        for i in r { t[i] += s[i] }
-                    }
+                all[source].withUnsafeMutableBufferPointer { s in
+                    add(t.baseAddress!, s.baseAddress!, into: t.baseAddress!, count: n, threads: threads)
                 }
             }
+        }
+    }
+
+    /// `out[i] = a[i] + b[i]`; `out` may be `a`.
+    private static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
+                            count n: Int, threads: Int) {
+        let pointers = UncheckedSendable((a, b, out))
+        forEachChunk(count: n, parts: threads) { r in
+            let (a, b, out) = pointers.value
+            for i in r { out[i] = a[i] + b[i] }
         }
     }
 }

@@ -26,8 +26,14 @@ public struct MaskPacking: Sendable {
         }
         activeIndices = indices.sorted()
         denseCount = layout.count
+        var active = [UInt8](repeating: 0, count: layout.count)
+        for i in indices { active[Int(i)] = 1 }
+        activeMask = active
         digest = Array(hash.finalize().prefix(16))
     }
+
+    /// Per dense parameter, 1 when it is active, 0 when a mask drops it.
+    public let activeMask: [UInt8]
 
     /// Number of packed values.
     public var count: Int { activeIndices.count }
@@ -57,21 +63,40 @@ public struct MaskPacking: Sendable {
         }
     }
 
+    /// Writes `dense` with every masked-out weight set to +0 into `out` (``denseCount`` values):
+    /// the parameters as a step reads them, ready for ``GradientEngine/begin(inPlace:maskSeed:)``.
+    public func mask(_ dense: [Float], into out: UnsafeMutableBufferPointer<Float>, threads: Int = 1) {
+        precondition(dense.count == denseCount && out.count >= denseCount, "mask: wrong sizes")
+        dense.withUnsafeBufferPointer { d in
+            activeMask.withUnsafeBufferPointer { m in
+                let pointers = UncheckedSendable((d.baseAddress!, m.baseAddress!, out.baseAddress!))
+                forEachChunk(count: denseCount, parts: threads) { r in
+                    let (d, m, o) = pointers.value
+                    made_mask_select_f32(r.count, d + r.lowerBound, m + r.lowerBound, o + r.lowerBound)
+                }
+            }
+        }
+    }
+
     /// Writes `packed` into the active entries of `dense` and +0 everywhere else.
     ///
     /// With `zeroing` false the other entries are left as they are: pass it only when `dense`
     /// last received an unpack of this same packing, so they are still 0.
     public func unpack(_ packed: UnsafeBufferPointer<Float>, into dense: inout [Float], zeroing: Bool = true, threads: Int = 1) {
-        precondition(packed.count == count, "unpack: \(packed.count) values for \(count) active parameters")
         if dense.count != denseCount { dense = [Float](repeating: 0, count: denseCount) }
-        dense.withUnsafeMutableBufferPointer { d in
-            if zeroing { d.update(repeating: 0) }
-            activeIndices.withUnsafeBufferPointer { idx in
-                let pointers = UncheckedSendable((idx.baseAddress!, packed.baseAddress!, d.baseAddress!))
-                forEachChunk(count: idx.count, parts: threads) { r in
-                    let (i, p, d) = pointers.value
-                    _ = made_scatter_f32(r.count, i + r.lowerBound, p + r.lowerBound, d)
-                }
+        dense.withUnsafeMutableBufferPointer { unpack(packed, into: $0, zeroing: zeroing, threads: threads) }
+    }
+
+    /// ``unpack(_:into:zeroing:threads:)`` into ``denseCount`` values at `dense`.
+    public func unpack(_ packed: UnsafeBufferPointer<Float>, into dense: UnsafeMutableBufferPointer<Float>, zeroing: Bool = true, threads: Int = 1) {
+        precondition(packed.count == count, "unpack: \(packed.count) values for \(count) active parameters")
+        precondition(dense.count == denseCount, "unpack: \(dense.count) dense values for a layout of \(denseCount)")
+        if zeroing { dense.update(repeating: 0) }
+        activeIndices.withUnsafeBufferPointer { idx in
+            let pointers = UncheckedSendable((idx.baseAddress!, packed.baseAddress!, dense.baseAddress!))
+            forEachChunk(count: idx.count, parts: threads) { r in
+                let (i, p, d) = pointers.value
+                _ = made_scatter_f32(r.count, i + r.lowerBound, p + r.lowerBound, d)
             }
         }
     }

@@ -27,13 +27,14 @@ public final class NetworkWorkspace<T: BLASScalar> {
     let output: UnsafeMutableBufferPointer<T>
     let outputGradient: UnsafeMutableBufferPointer<T>
     let deltas: [UnsafeMutableBufferPointer<T>]
-    /// Per matrix of ``ParameterLayout/matrices``: the 0/1 mask, the masked weights and the bias.
+    /// Per matrix of ``ParameterLayout/matrices``: the 0/1 mask.
     let masks: [UnsafeMutableBufferPointer<UInt8>]
-    /// The step's parameters with the masks applied, in parameter-layout order; the weight
-    /// matrices and biases below are views into it.
+    /// The step's parameters with the masks applied, in parameter-layout order, when the
+    /// workspace holds its own copy.
     let prepared: UnsafeMutableBufferPointer<T>
-    let maskedWeights: [UnsafeMutableBufferPointer<T>]
-    let biases: [UnsafeMutableBufferPointer<T>]
+    /// Where the passes read the masked parameters: ``prepared``, or memory the caller lent
+    /// with ``prepare(inPlace:)``.
+    private var parameters: UnsafePointer<T>
     /// The masks whose zeros ``prepared`` holds at masked-out weights, after a scatter.
     private var scatteredKey: (runSeed: UInt64, maskSeed: UInt64)?
     /// Per-row losses of the last loss pass, in `Double`.
@@ -62,10 +63,8 @@ public final class NetworkWorkspace<T: BLASScalar> {
             b.initialize(repeating: 0)
             return b
         }
-        let prepared = buffer(layout.count)
-        self.prepared = prepared
-        maskedWeights = matrices.map { UnsafeMutableBufferPointer(rebasing: prepared[$0.offset..<($0.offset + $0.count)]) }
-        biases = layout.layers.map { UnsafeMutableBufferPointer(rebasing: prepared[$0.biasOffset!..<($0.biasOffset! + $0.columns)]) }
+        prepared = buffer(layout.count)
+        parameters = UnsafePointer(prepared.baseAddress!)
         rowLosses = UnsafeMutableBufferPointer<Double>.allocate(capacity: capacity)
         rowLosses.initialize(repeating: 0)
     }
@@ -107,13 +106,27 @@ public final class NetworkWorkspace<T: BLASScalar> {
         precondition(maskKey != nil, "prepare: set the masks first")
         precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
         scatteredKey = nil
+        self.parameters = UnsafePointer(prepared.baseAddress!)
         let p = parameters.baseAddress!
+        let out = prepared.baseAddress!
         for (k, matrix) in layout.matrices.enumerated() {
-            maskSelect(p + matrix.offset, masks[k].baseAddress!, maskedWeights[k].baseAddress!, count: matrix.count)
+            maskSelect(p + matrix.offset, masks[k].baseAddress!, out + matrix.offset, count: matrix.count)
             if let b = matrix.biasOffset {
-                biases[k].baseAddress!.update(from: p + b, count: matrix.columns)
+                (out + b).update(from: p + b, count: matrix.columns)
             }
         }
+    }
+
+    /// Reads the step's parameters where they are, without a copy: `parameters` already holds
+    /// them masked (every masked-out weight +0, as ``prepare(parameters:)`` would leave them).
+    /// The caller keeps that memory valid and unchanged until the next `prepare`.
+    ///
+    /// - Precondition: masks are set and `parameters.count == layout.count`.
+    /// - Complexity: O(1).
+    public func prepare(inPlace parameters: UnsafeBufferPointer<T>) {
+        precondition(maskKey != nil, "prepare: set the masks first")
+        precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        self.parameters = parameters.baseAddress!
     }
 
     /// Takes the step's parameters in packed form: `packed[k]` is parameter `indices[k]`, and
@@ -128,6 +141,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func prepare(packed: UnsafeBufferPointer<T>, indices: UnsafeBufferPointer<Int32>) -> Bool {
         precondition(maskKey != nil, "prepare: set the masks first")
         precondition(packed.count == indices.count, "prepare: \(packed.count) values for \(indices.count) indices")
+        parameters = UnsafePointer(prepared.baseAddress!)
         if scatteredKey == nil || scatteredKey! != maskKey! {
             prepared.update(repeating: 0)
             scatteredKey = maskKey
@@ -147,6 +161,12 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// ``prepare(parameters:)`` for an array.
     public func prepare(parameters: [T]) {
         parameters.withUnsafeBufferPointer { prepare(parameters: $0) }
+    }
+
+    /// The masked weights of matrix `k` of ``ParameterLayout/matrices``.
+    @inline(__always)
+    private func weights(_ k: Int) -> UnsafePointer<T> {
+        parameters + (k < layout.layers.count ? layout.layers[k].offset : layout.direct!.offset)
     }
 
     // MARK: Forward
@@ -186,14 +206,14 @@ public final class NetworkWorkspace<T: BLASScalar> {
             let isOutput = l == layers.count - 1
             let target = isOutput ? output.baseAddress! : hidden[l].baseAddress!
             T.gemm(transposeA: false, transposeB: false, m: n, n: m.columns, k: m.rows,
-                   alpha: 1, a: previous, lda: m.rows, b: maskedWeights[l].baseAddress!, ldb: m.columns,
+                   alpha: 1, a: previous, lda: m.rows, b: weights(l), ldb: m.columns,
                    beta: 0, c: target, ldc: m.columns)
             if isOutput, let d = layout.direct {
                 T.gemm(transposeA: false, transposeB: false, m: n, n: d.columns, k: d.rows,
-                       alpha: 1, a: input.baseAddress!, lda: d.rows, b: maskedWeights[layers.count].baseAddress!, ldb: d.columns,
+                       alpha: 1, a: input.baseAddress!, lda: d.rows, b: weights(layers.count), ldb: d.columns,
                        beta: 1, c: target, ldc: d.columns)
             }
-            addBias(target, biases[l].baseAddress!, rows: n, columns: m.columns, relu: !isOutput)
+            addBias(target, parameters + m.biasOffset!, rows: n, columns: m.columns, relu: !isOutput)
             previous = UnsafePointer(target)
         }
     }
@@ -245,13 +265,13 @@ public final class NetworkWorkspace<T: BLASScalar> {
                 let next = deltas[pingPong].baseAddress!
                 pingPong ^= 1
                 T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
-                       alpha: 1, a: delta, lda: m.columns, b: maskedWeights[l].baseAddress!, ldb: m.columns,
+                       alpha: 1, a: delta, lda: m.columns, b: weights(l), ldb: m.columns,
                        beta: 0, c: next, ldc: m.rows)
                 reluBackward(next, hidden[l - 1].baseAddress!, count: n * m.rows)
                 delta = next
             } else if let ig = inputGradient {
                 T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
-                       alpha: 1, a: delta, lda: m.columns, b: maskedWeights[0].baseAddress!, ldb: m.columns,
+                       alpha: 1, a: delta, lda: m.columns, b: weights(0), ldb: m.columns,
                        beta: 0, c: ig.baseAddress!, ldc: m.rows)
             }
         }
@@ -263,7 +283,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
             if maskingGradient { multiply(g + d.offset, by: UnsafePointer(masks[k].baseAddress!), count: d.count) }
             if let ig = inputGradient {
                 T.gemm(transposeA: false, transposeB: true, m: n, n: d.rows, k: d.columns,
-                       alpha: 1, a: outputGradient.baseAddress!, lda: d.columns, b: maskedWeights[k].baseAddress!, ldb: d.columns,
+                       alpha: 1, a: outputGradient.baseAddress!, lda: d.columns, b: weights(k), ldb: d.columns,
                        beta: 1, c: ig.baseAddress!, ldc: d.rows)
             }
         }

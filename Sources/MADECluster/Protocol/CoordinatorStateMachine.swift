@@ -58,8 +58,11 @@ public struct CoordinatorStateMachine: Sendable {
         public var maskDigest: [UInt8]?
         /// Rows of each shard, by shard index.
         public var shards: [[Int32]]
-        /// Values each shard's result must hold, by shard index.
+        /// Values each shard's result must hold, by shard index, when it comes inline.
         public var resultCounts: [Int]
+        /// Values a result holds when it comes in the sender's own shared-memory slot (dense
+        /// gradients of workers on this host); nil when results must come inline.
+        public var sharedResultCount: Int?
 
         public init(step: UInt64, maskSeed: UInt64, work: WireMessage.Work = .gradient, maskDigest: [UInt8]?,
                     shards: [[Int32]], resultCounts: [Int]) {
@@ -72,18 +75,20 @@ public struct CoordinatorStateMachine: Sendable {
             self.resultCounts = resultCounts
         }
 
-        /// A gradient step: every shard answers with `gradientCount` packed values.
-        public init(step: UInt64, maskSeed: UInt64, maskDigest: [UInt8], gradientCount: Int, shards: [[Int32]]) {
+        /// A gradient step: every shard answers with `gradientCount` packed values inline, or
+        /// with `denseCount` values in the worker's shared-memory slot.
+        public init(step: UInt64, maskSeed: UInt64, maskDigest: [UInt8], gradientCount: Int, denseCount: Int? = nil, shards: [[Int32]]) {
             self.init(step: step, maskSeed: maskSeed, work: .gradient, maskDigest: maskDigest, shards: shards,
                       resultCounts: Array(repeating: gradientCount, count: shards.count))
+            sharedResultCount = denseCount
         }
     }
 
     public enum Action: Sendable, Equatable {
         /// Send a small control message.
         case send(Peer, WireMessage)
-        /// Send a task; the loop attaches the step's packed parameters when `includeParameters` is
-        /// set (inline, or in shared memory for a worker with a slot).
+        /// Send a task; the loop attaches the step's parameters when `includeParameters` is set
+        /// (packed inline, or in shared memory for a worker with a slot).
         case assign(Peer, WireMessage.Task, includeParameters: Bool)
         case workerJoined(Peer, name: String)
         case workerLost(Peer, name: String, reason: String)
@@ -384,10 +389,17 @@ public struct CoordinatorStateMachine: Sendable {
             return actions + assignIdle(now: now)
         }
         let expected = plan.resultCounts[Int(result.shard)]
-        guard case .inline(let values) = result.values, values.count == expected else {
+        let fits: Bool
+        switch result.values {
+        case .inline(let values): fits = values.count == expected
+        case .shared(let slot, let count): fits = slot == workers[peer]?.slot && Int(count) == plan.sharedResultCount
+        case .absent: fits = false
+        }
+        guard fits else {
             counters.badResults += 1
             requeueIfUnheld(result.shard)
-            return [.refused(peer, reason: "a result of \(result.values.count) values (\(result.values.inlineValues == nil ? "not inline" : "inline")), expected \(expected) inline")] + assignIdle(now: now)
+            let shared = plan.sharedResultCount.map { " or \($0) in its shared-memory slot" } ?? ""
+            return [.refused(peer, reason: "a result of \(result.values.count) values (\(result.values.inlineValues == nil ? "not inline" : "inline")), expected \(expected) inline\(shared)")] + assignIdle(now: now)
         }
         results[result.shard] = result
         pending.removeAll { $0 == result.shard }

@@ -122,7 +122,7 @@ public final class ClusterCoordinator {
             try router.configureCurveServer(keyPair: security.keyPair, authenticator: zap)
         }
         try router.bind(Endpoint.zeroMQSpelling(options.bind))
-        endpoint = try router.lastEndpoint
+        endpoint = router.lastEndpoint
         if let host = Endpoint.tcpHost(endpoint), host == "0.0.0.0" || host == "::" {
             let advertised = options.advertisedHost ?? ProcessInfo.processInfo.hostName
             endpoint = endpoint.replacingOccurrences(of: "//\(host.contains(":") ? "[\(host)]" : host):", with: "//\(Endpoint.bracketed(advertised)):")
@@ -135,6 +135,7 @@ public final class ClusterCoordinator {
     }
 
     deinit {
+        scratchBuffers.forEach { $0.deallocate() }
         zap = nil
         router.close()
         context.shutdown()
@@ -159,24 +160,79 @@ public final class ClusterCoordinator {
     // MARK: Steps
 
     /// Has the workers compute every shard of `plan` with `parameters`, and returns the sum of
-    /// their gradients (tree order, unpacked to dense) and of their losses.
+    /// their gradients (tree order, dense) and of their losses.
+    ///
+    /// Workers on other hosts get packed parameters and send packed gradients. Workers on this
+    /// host read the masked parameters in slot 0 and write dense gradients into their own
+    /// slots, which are summed where they lie unless the worker was given another shard first.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
         let packing = packing(plan.maskSeed)
         let threads = self.threads
-        let packedParameters = StepParameters(count: packing.count, shared: shared) { packing.pack(parameters, into: $0, threads: threads) }
+        let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
+                                            fillShared: { packing.mask(parameters, into: $0, threads: threads) },
+                                            fill: { packing.pack(parameters, into: $0, threads: threads) })
         let machinePlan = CoordinatorStateMachine.StepPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
-            gradientCount: packing.count, shards: plan.shards.map { Array($0) })
-        var losses: [Double] = []
-        var gradients: [[Float]] = []
-        for result in try execute(machinePlan, parameters: packedParameters) {   // moved out, so the sums below copy nothing
-            losses.append(result.lossSum)
-            gradients.append(result.values.inlineValues!)
+            gradientCount: packing.count, denseCount: shared == nil ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
+        inPlace = [:]
+        copiedOut = []
+        defer { inPlace = [:] }
+        let results = try execute(machinePlan, parameters: stepParameters)
+        let lossSum = GradientReducer.reduce(results.map(\.lossSum))
+        let dense = packing.denseCount
+        if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
+        if results.allSatisfy({ $0.values.inlineValues != nil }) {
+            var gradients = results.map { $0.values.inlineValues! }
+            GradientReducer.reduce(&gradients, threads: threads)
+            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed, threads: threads)
+        } else {
+            // Dense sums: masked-out entries are +0 in every term, so they stay +0.
+            var terms: [UnsafeMutablePointer<Float>] = []
+            for (s, result) in results.enumerated() {
+                switch result.values {
+                case .shared(let slot, _) where !copiedOut.contains(s):
+                    terms.append(shared!.pointer(Int(slot)))
+                case .shared:
+                    terms.append(scratch(s))
+                case .inline(let packed):
+                    let out = UnsafeMutableBufferPointer(start: scratch(s), count: dense)
+                    packed.withUnsafeBufferPointer { packing.unpack($0, into: out, threads: threads) }
+                    terms.append(out.baseAddress!)
+                case .absent:
+                    preconditionFailure("the state machine accepts no result without values")
+                }
+            }
+            denseGradient.withUnsafeMutableBufferPointer { GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads) }
         }
-        GradientReducer.reduce(&gradients, threads: threads)
-        packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed, threads: threads)
         denseGradientSeed = plan.maskSeed
-        return (denseGradient, GradientReducer.reduce(losses))
+        return (denseGradient, lossSum)
+    }
+
+    /// Dense buffers of the shards whose gradients had to leave shared memory (or arrived
+    /// packed) before the step's sum: one per shard index, made on first use.
+    private var scratchBuffers: [UnsafeMutablePointer<Float>] = []
+    /// Per worker slot, the shard of the current step whose gradient lies there unread.
+    private var inPlace: [UInt32: Int] = [:]
+    /// Shards of the current step whose gradients were copied out of their slot into scratch.
+    private var copiedOut: Set<Int> = []
+
+    private func scratch(_ shard: Int) -> UnsafeMutablePointer<Float> {
+        let dense = ParameterLayout(configuration.model).count
+        while scratchBuffers.count <= shard {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: dense)
+            p.initialize(repeating: 0, count: dense)
+            scratchBuffers.append(p)
+        }
+        return scratchBuffers[shard]
+    }
+
+    /// Copies the gradient lying in `peer`'s slot out to scratch before that worker is given
+    /// a task that would overwrite it.
+    private func keepSlotContents(of peer: [UInt8]) {
+        guard let shared, let slot = machine.sharedSlot(of: peer), let shard = inPlace.removeValue(forKey: slot) else { return }
+        let dense = ParameterLayout(configuration.model).count
+        scratch(shard).update(from: shared.pointer(Int(slot)), count: dense)
+        copiedOut.insert(shard)
     }
 
     /// Has the workers score rows `0..<rowCount` of split `split` (0 train, 1 valid, 2 test) in
@@ -233,9 +289,10 @@ public final class ClusterCoordinator {
     }
 
     private func dense(_ parameters: [Float]) -> StepParameters {
-        StepParameters(count: parameters.count, shared: shared) { out in
+        let fill = { (out: UnsafeMutableBufferPointer<Float>) in
             parameters.withUnsafeBufferPointer { out.baseAddress!.update(from: $0.baseAddress!, count: parameters.count) }
         }
+        return StepParameters(count: parameters.count, sharedCount: parameters.count, shared: shared, fillShared: fill, fill: fill)
     }
 
     /// Runs one plan to completion: hands out its shards, follows the workers, and returns the
@@ -297,27 +354,33 @@ public final class ClusterCoordinator {
     }
 
     /// The parameters a step's workers need, made once per step and only in the forms asked
-    /// for: in shared-memory slot 0 for workers on this host, as an array for the others.
+    /// for: `sharedCount` values in shared-memory slot 0 for workers on this host, an array of
+    /// `count` for the others.
     final class StepParameters {
         let count: Int
+        let sharedCount: Int
         let shared: SharedSlots?
+        let fillShared: (UnsafeMutableBufferPointer<Float>) -> Void
         let fill: (UnsafeMutableBufferPointer<Float>) -> Void
         private var array: [Float]?
         private var inSharedMemory = false
 
-        init(count: Int, shared: SharedSlots?, fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) {
+        init(count: Int, sharedCount: Int, shared: SharedSlots?, fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
+             fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) {
             self.count = count
+            self.sharedCount = sharedCount
             self.shared = shared
+            self.fillShared = fillShared
             self.fill = fill
         }
 
         func payload(shared useShared: Bool) -> FloatPayload {
-            if useShared, let shared, count <= shared.slotFloats {
+            if useShared, let shared, sharedCount <= shared.slotFloats {
                 if !inSharedMemory {
-                    shared.withSlot(0, count: count) { fill($0) }
+                    shared.withSlot(0, count: sharedCount) { fillShared($0) }
                     inSharedMemory = true
                 }
-                return .shared(slot: 0, count: UInt32(count))
+                return .shared(slot: 0, count: UInt32(sharedCount))
             }
             if array == nil {
                 array = [Float](unsafeUninitializedCapacity: count) { buffer, n in
@@ -361,12 +424,16 @@ public final class ClusterCoordinator {
             do {
                 var (runID, decoded) = try WireFormat.decode(frame)
                 if case .result(var r) = decoded {
-                    // Values in shared memory count only from the slot this worker was given.
-                    if case .shared(let slot, let count) = r.values, machine.holds(peer, step: r.step, shard: r.shard),
-                       slot == machine.sharedSlot(of: peer), let shared,
-                       Int(count) <= shared.slotFloats, let values = shared.read(Int(slot), count: Int(count)) {
-                        r.values = .inline(values)
-                        decoded = .result(r)
+                    // Values in shared memory count only from the slot this worker was given, for
+                    // a task it holds, and only when every one is finite; they stay where they are.
+                    if case .shared(let slot, let count) = r.values {
+                        if machine.holds(peer, step: r.step, shard: r.shard), slot == machine.sharedSlot(of: peer), let shared,
+                           Int(count) <= shared.slotFloats, shared.isFinite(Int(slot), count: Int(count), threads: threads) {
+                            inPlace[slot] = Int(r.shard)
+                        } else {
+                            r.values = .absent
+                            decoded = .result(r)
+                        }
                     }
                     if let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
                         var timing = stepTimings[name] ?? StepTiming(worker: name)
@@ -398,6 +465,7 @@ public final class ClusterCoordinator {
                 }
                 send(to: peer, message)
             case .assign(let peer, var task, let includeParameters):
+                keepSlotContents(of: peer)
                 if includeParameters, let parameters {
                     task.parameters = parameters.payload(shared: machine.sharedSlot(of: peer) != nil)
                 }

@@ -13,7 +13,10 @@ public final class ShardComputer {
     public private(set) var configuration: TrainingConfiguration?
     private var engine: GradientEngine?
     private var packings: [UInt64: MaskPacking] = [:]
-    private var parametersKey: (step: UInt64, maskSeed: UInt64)?
+    /// The step whose parameters the engine holds, and whether it reads them in shared memory.
+    private var parametersKey: (step: UInt64, maskSeed: UInt64, inPlace: Bool)?
+    /// The mapping the engine reads parameters from, kept mapped while it does.
+    private var parameterMemory: SharedSlots?
     private var gradient: [Float] = []
 
     public init(dataset: Dataset) {
@@ -67,10 +70,12 @@ public final class ShardComputer {
         return p
     }
 
-    /// Computes `task`: the packed gradient of the summed NLL of its rows under its mask seed.
+    /// Computes `task`: the gradient of the summed NLL of its rows under its mask seed.
     ///
-    /// Parameters come inline or from slot 0 of `shared`; with `shared` and `slot` the gradient
-    /// is written to that slot and the result says so, otherwise it travels inline.
+    /// Parameters come inline, packed by mask (from another host), or masked and dense in
+    /// slot 0 of `shared` (from this host), where the engine reads them without a copy. The
+    /// gradient goes back the way the parameters came: packed inline, or, with `shared` and
+    /// `slot`, dense (masked-out weights +0) straight into that slot.
     ///
     /// - Throws: when the task does not fit the run (rows out of range, too many rows,
     ///   parameters of the wrong size or not finite, or none for this step).
@@ -85,36 +90,38 @@ public final class ShardComputer {
         }
         let start = ContinuousClock.now
         let packing = packing(task.maskSeed)
-        guard task.parameters.count == packing.count || task.parameters == .absent else {
-            throw ClusterError(.protocolFailure, "\(task.parameters.count) parameters arrived for \(packing.count) active ones")
-        }
         switch task.parameters {
         case .inline(let packed):
-            packed.withUnsafeBufferPointer { engine.begin(packed: $0, packing: packing, maskSeed: task.maskSeed) }
+            guard packed.count == packing.count else {
+                throw ClusterError(.protocolFailure, "\(packed.count) parameters arrived for \(packing.count) active ones")
+            }
+            parametersKey = nil
+            let finite = packed.withUnsafeBufferPointer { engine.begin(packed: $0, packing: packing, maskSeed: task.maskSeed) }
+            guard finite else { throw ClusterError(.protocolFailure, "the parameters hold values that are not finite") }
+            parametersKey = (task.step, task.maskSeed, false)
         case .shared(let slot, let count):
-            guard let shared, slot == 0, Int(count) <= shared.slotFloats else {
-                throw ClusterError(.protocolFailure, "parameters in shared memory this worker has not mapped")
+            guard let shared, slot == 0, Int(count) == packing.denseCount, Int(count) <= shared.slotFloats else {
+                throw ClusterError(.protocolFailure, "\(count) parameters in shared memory this worker has not mapped, for \(packing.denseCount)")
             }
-            let finite = shared.withSlot(0, count: Int(count)) { slot in
-                engine.begin(packed: UnsafeBufferPointer(slot), packing: packing, maskSeed: task.maskSeed)
-            }
-            guard finite else {
-                parametersKey = nil
-                throw ClusterError(.protocolFailure, "the shared parameters hold values that are not finite")
-            }
+            // The coordinator writes slot 0 only between steps, so it holds still while this step reads it.
+            shared.withSlot(0, count: Int(count)) { engine.begin(inPlace: UnsafeBufferPointer($0), maskSeed: task.maskSeed) }
+            parameterMemory = shared
+            parametersKey = (task.step, task.maskSeed, true)
         case .absent:
             guard let key = parametersKey, key.step == task.step, key.maskSeed == task.maskSeed else {
                 throw ClusterError(.protocolFailure, "a task for step \(task.step) came without parameters this worker does not hold")
             }
         }
-        if task.parameters != .absent { parametersKey = (task.step, task.maskSeed) }
-        // Only the active entries are packed, so the masked-out ones need no zeroing.
-        let loss = engine.gradient(data: train, indices: task.rows[...], into: &gradient, maskingGradient: false)
         let payload: FloatPayload
-        if let shared, let slot, packing.count <= shared.slotFloats {
-            shared.withSlot(slot, count: packing.count) { packing.pack(gradient, into: $0) }
-            payload = .shared(slot: UInt32(slot), count: UInt32(packing.count))
+        let loss: Double
+        if parametersKey!.inPlace, let shared, let slot, slot > 0, packing.denseCount <= shared.slotFloats {
+            loss = task.rows.withUnsafeBufferPointer { rows in
+                shared.withSlot(slot, count: packing.denseCount) { engine.gradient(data: train, indices: rows, into: $0) }
+            }
+            payload = .shared(slot: UInt32(slot), count: UInt32(packing.denseCount))
         } else {
+            // Only the active entries are packed, so the masked-out ones need no zeroing.
+            loss = engine.gradient(data: train, indices: task.rows[...], into: &gradient, maskingGradient: false)
             payload = .inline(packing.pack(gradient))
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
