@@ -65,6 +65,26 @@ struct ClusterProcessTests {
         for w in workers { #expect(w.wait(timeout: 10) == 0) }
     }
 
+    @Test("a worker using shared memory and one using the socket, in one run, give the single-process checksum")
+    func mixedTransports() throws {
+        let folder = EndToEnd.folder("mixed")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data)
+        let port = EndToEnd.freePort()
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)"] + Self.runFlags(data: data),
+                                             folder: folder, name: "coordinator")
+        let workers = try [[], ["--no-shared-memory"]].enumerated().map { i, flags in
+            try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "mixed\(i)"] + flags,
+                               folder: folder, name: "worker\(i)")
+        }
+        #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.checksum(coordinator.output) == expected)
+        for w in workers { #expect(w.wait(timeout: 10) == 0) }
+        #expect(workers[0].errors.contains("shared_memory=true"), "\(workers[0].errors)")
+        #expect(workers[1].errors.contains("shared_memory=false"), "\(workers[1].errors)")
+        for w in workers { #expect(w.errors.range(of: "tasks=[1-9]", options: .regularExpression) != nil, "both workers computed shards") }
+    }
+
     @Test("a worker killed with SIGKILL mid-run changes nothing")
     func killWorker() throws {
         let folder = EndToEnd.folder("killworker")

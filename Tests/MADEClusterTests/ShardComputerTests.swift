@@ -1,6 +1,9 @@
 import Foundation
 import MADE
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import MADECluster
 
 @Suite("Shard computer")
@@ -39,5 +42,47 @@ struct ShardComputerTests {
                                     parameters: dense)
         let result = try computer.compute(good)
         #expect(result.values.count == 6)
+    }
+
+    @Test("parameters read in place from shared memory give the gradient of packed parameters, dense, bit for bit")
+    func inPlaceGradients() throws {
+        let (computer, c) = try Self.computer()
+        let layout = ParameterLayout(c.model)
+        let parameters = layout.initialParameters(seed: 3, as: Float.self)
+        let maskSeed: UInt64 = 1
+        let packing = computer.packing(maskSeed)
+        let rows: [Int32] = [4, 0, 9, 9, 31]
+        // What one process computes: the dense, masked gradient.
+        let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: 10)
+        engine.begin(parameters: parameters, maskSeed: maskSeed)
+        var expected = [Float](repeating: .nan, count: layout.count)
+        let expectedLoss = engine.gradient(data: computer.train, indices: rows[...], into: &expected)
+
+        let packed = try computer.compute(.init(step: 1, shard: 0, shardCount: 2, maskSeed: maskSeed, rows: rows,
+                                                parameters: .inline(packing.pack(parameters))))
+        #expect(packed.values.inlineValues == packing.pack(expected))
+        #expect(packed.lossSum == expectedLoss)
+
+        let folder = FileManager.default.temporaryDirectory.path + "/made-slots-\(getpid())"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let slots = try SharedSlots.create(folder: folder, slotFloats: layout.count, workerSlots: 1)
+        #expect(slots.reserve(1))
+        slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0, threads: 2) }
+        slots.withSlot(1, count: layout.count) { $0.update(repeating: .nan) }
+        for (shard, parameters) in [(0, FloatPayload.shared(slot: 0, count: UInt32(layout.count))), (1, .absent)] {
+            let result = try computer.compute(.init(step: 2, shard: UInt32(shard), shardCount: 2, maskSeed: maskSeed, rows: rows, parameters: parameters),
+                                              shared: slots, slot: 1)
+            #expect(result.values == .shared(slot: 1, count: UInt32(layout.count)))
+            #expect(result.lossSum == expectedLoss)
+            let written = try #require(slots.read(1, count: layout.count))
+            #expect(written.map(\.bitPattern) == expected.map(\.bitPattern), "masked-out entries are +0, the rest as one process")
+        }
+        // Packed-size parameters in shared memory, or a slot other than 0, are refused.
+        for bad in [FloatPayload.shared(slot: 0, count: UInt32(packing.count)), .shared(slot: 1, count: UInt32(layout.count))] {
+            #expect(throws: ClusterError.self) {
+                _ = try computer.compute(.init(step: 3, shard: 0, shardCount: 2, maskSeed: maskSeed, rows: rows, parameters: bad), shared: slots, slot: 1)
+            }
+        }
     }
 }

@@ -224,6 +224,40 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.badResults >= 1)
     }
 
+    @Test("a gradient in shared memory counts only from the sender's own slot, at the dense size")
+    func sharedResults() {
+        var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [])
+        s.hostID = "here"
+        s.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 4)
+        var m = CoordinatorStateMachine(settings: s)
+        func hello(_ name: String, host: String) -> WireMessage {
+            .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: name, hostID: host))
+        }
+        _ = m.receive(from: a, runID: 0, message: hello("a", host: "here"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b", host: "elsewhere"), now: 0)
+        _ = m.receive(from: c, runID: 0, message: hello("c", host: "here"), now: 0)
+        #expect(m.sharedSlot(of: a) == 1 && m.sharedSlot(of: b) == nil && m.sharedSlot(of: c) == 2)
+        let plan = CoordinatorStateMachine.StepPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10,
+                                                    shards: [[0], [1], [2]])
+        #expect(assignments(m.begin(plan, now: 1)).map(\.1) == [0, 1, 2])
+        func shared(_ shard: UInt32, slot: UInt32, count: UInt32) -> WireMessage {
+            .result(.init(step: 0, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, values: .shared(slot: slot, count: count)))
+        }
+        // Another worker's slot, or the packed size: refused, and the shard goes out again.
+        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 2, count: 10), now: 2)).map(\.1) == [0])
+        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 2), now: 3)).map(\.1) == [0])
+        // A worker without a slot cannot claim one.
+        #expect(assignments(m.receive(from: b, runID: 77, message: shared(1, slot: 1, count: 10), now: 4)).map(\.1) == [1])
+        #expect(m.counters.badResults == 3)
+        _ = m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 10), now: 5)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 6)
+        _ = m.receive(from: c, runID: 77, message: shared(2, slot: 2, count: 10), now: 7)
+        #expect(m.isStepComplete)
+        let results = m.takeResults()
+        #expect(results.map(\.values) == [.shared(slot: 1, count: 10), .inline([1, 1]), .shared(slot: 2, count: 10)])
+        #expect(m.counters.badResults == 3)
+    }
+
     @Test("hellos queued before the coordinator listened change nothing: one registration, shards not lost")
     func repeatedHellos() {
         var m = machine()

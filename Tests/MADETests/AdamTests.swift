@@ -77,4 +77,22 @@ struct AdamTests {
         #expect(shards[0][0] == expected)
         #expect(GradientReducer.reduce([1e16, 1, -1e16, 1, 0.5]) == ((1e16 + 1) + (-1e16 + 1)) + 0.5)
     }
+
+    @Test("the tree over pointers writes the same bits as the tree over arrays", arguments: 1...9)
+    func pointerReduction(shardCount: Int) {
+        var rng = RandomStream(seed: UInt64(shardCount), domain: .sampling)
+        let n = 70_001
+        let shards = (0..<shardCount).map { _ in (0..<n).map { _ in Float(rng.unitDouble() - 0.5) * Float(1 << (rng.next() % 24)) } }
+        var arrays = shards
+        GradientReducer.reduce(&arrays)
+        let buffers = shards.map { s in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
+            p.initialize(from: s, count: n)
+            return p
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        var out = [Float](repeating: .nan, count: n)
+        out.withUnsafeMutableBufferPointer { GradientReducer.reduce(buffers, count: n, into: $0.baseAddress!, threads: 3) }
+        #expect(out == arrays[0])
+    }
 }
