@@ -28,7 +28,10 @@
 /// A payload is a mode byte and a UInt32 count: mode 0 (absent, count 0), 1 (inline: count
 /// Float32 values follow) or 2 (shared: a UInt32 slot index follows; the count values lie in
 /// that slot of a shared-memory file both processes mapped; only for a worker on the
-/// coordinator's host, see ``FloatPayload``).
+/// coordinator's host, see ``FloatPayload``). In a gradient step, inline parameters and
+/// gradients are packed by mask (``MaskPacking``: the active weights and the biases); in shared
+/// memory they are dense, in parameter-layout order with masked-out weights +0, so the worker
+/// computes on them where they lie.
 ///     heartbeat  sequence (UInt64)
 ///     shutdown   exit code (UInt8), reason (string)
 ///     who        (empty): "I do not know you; say hello"
@@ -173,7 +176,8 @@ public enum WireMessage: Sendable, Equatable {
 public enum FloatPayload: Sendable, Equatable {
     case absent
     case inline([Float])
-    /// `count` values in shared-memory slot `slot` (0 for parameters, the worker's own for results).
+    /// `count` values in shared-memory slot `slot` (0 for parameters, the worker's own for
+    /// results), dense in parameter-layout order.
     case shared(slot: UInt32, count: UInt32)
 
     /// Number of values.

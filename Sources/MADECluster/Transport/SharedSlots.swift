@@ -6,13 +6,15 @@ import Glibc
 #endif
 
 /// A file of Float32 slots mapped by the coordinator and the workers on its host, so that the
-/// bulk of a step (packed parameters out, packed gradients back) does not cross a socket.
+/// bulk of a step (parameters out, gradients back) neither crosses a socket nor is copied.
 ///
-/// Slot 0 holds the step's parameters, written by the coordinator before it sends the step's
-/// tasks; slot `k >= 1` belongs to one worker, which writes its gradient there before it sends
-/// its result. The messages that say "the values are in the slot" go over ZeroMQ as usual and
-/// order the accesses: a worker reads slot 0 only after a task arrives, and the coordinator
-/// copies a worker's slot out as soon as its result arrives, before that worker can be given
+/// Slot 0 holds the step's masked parameters, written by the coordinator before it sends the
+/// step's tasks; workers compute on them in place. Slot `k >= 1` belongs to one worker, which
+/// writes its dense gradient there before it sends its result. The messages that say "the
+/// values are in the slot" go over ZeroMQ as usual and order the accesses: slot 0 changes only
+/// once every shard of the step has its result (a worker still busy with a shard taken back
+/// from it may then read changed values, but its result is late and dropped), and the
+/// coordinator sums a worker's slot where it lies, or copies it out before giving that worker
 /// another task. Slots are never handed to a second worker.
 ///
 /// The file lives in `/dev/shm` (memory, not disk), is readable by its owner only, and is
