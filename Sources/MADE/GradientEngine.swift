@@ -1,3 +1,6 @@
+import CKernels
+import Dispatch
+
 /// Computes the gradient of the summed negative log-likelihood of some examples under one mask
 /// seed: the unit of work of a training step, whether one process runs it or a cluster worker.
 ///
@@ -109,22 +112,25 @@ public enum GradientReducer {
     /// Reduces the `count` values behind each of `shards` in tree order and writes the sum to
     /// `out`, with the same bits as ``reduce(_:threads:)``. The shards serve as scratch: every
     /// level but the last adds in place.
-    public static func reduce(_ shards: [UnsafeMutablePointer<Float>], count: Int, into out: UnsafeMutablePointer<Float>, threads: Int = 1) {
+    ///
+    /// - Returns: whether every value of the sum is finite. A term that is not finite makes its
+    ///   sum not finite, so false means some term was not, or a sum overflowed.
+    @discardableResult
+    public static func reduce(_ shards: [UnsafeMutablePointer<Float>], count: Int, into out: UnsafeMutablePointer<Float>, threads: Int = 1) -> Bool {
         let s = shards.count
         precondition(s > 0, "GradientReducer: no shards")
-        if s == 1 {
-            out.update(from: shards[0], count: count)
-            return
-        }
+        if s == 1 { return made_copy_finite_f32(count, shards[0], out) != 0 }
+        var finite = true
         var stride = 1
         while stride < s {
             var i = 0
             while i + stride < s {
-                add(shards[i], shards[i + stride], into: 2 * stride >= s ? out : shards[i], count: count, threads: threads)
+                finite = add(shards[i], shards[i + stride], into: 2 * stride >= s ? out : shards[i], count: count, threads: threads)
                 i += 2 * stride
             }
             stride *= 2
         }
+        return finite
     }
 
     /// The same tree over scalars (the loss sums of the shards).
@@ -156,13 +162,21 @@ public enum GradientReducer {
         }
     }
 
-    /// `out[i] = a[i] + b[i]`; `out` may be `a`.
+    /// `out[i] = a[i] + b[i]`; `out` may be `a`. Returns whether every sum is finite.
+    @discardableResult
     private static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
-                            count n: Int, threads: Int) {
-        let pointers = UncheckedSendable((a, b, out))
-        forEachChunk(count: n, parts: threads) { r in
-            let (a, b, out) = pointers.value
-            for i in r { out[i] = a[i] + b[i] }
+                            count n: Int, threads: Int) -> Bool {
+        let parts = max(1, min(threads, 64, n / 65_536))
+        guard parts > 1 else { return made_add_f32(n, a, b, out) != 0 }
+        var flags = [Int32](repeating: 1, count: parts)
+        flags.withUnsafeMutableBufferPointer { f in
+            let pointers = UncheckedSendable((a, b, out, f.baseAddress!))
+            DispatchQueue.concurrentPerform(iterations: parts) { i in
+                let (a, b, out, f) = pointers.value
+                let start = n * i / parts
+                f[i] = made_add_f32(n * (i + 1) / parts - start, a + start, b + start, out + start)
+            }
         }
+        return flags.allSatisfy { $0 != 0 }
     }
 }

@@ -17,6 +17,8 @@ public struct MADEError: Error, CustomStringConvertible, Sendable, Equatable {
         public static let invalidCheckpoint = Code("invalidCheckpoint")
         /// An operating-system call on a file failed.
         public static let io = Code("io")
+        /// Training left the finite numbers: a loss or a score came out infinite or NaN.
+        public static let diverged = Code("diverged")
     }
 
     public var code: Code

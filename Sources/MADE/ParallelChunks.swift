@@ -1,4 +1,3 @@
-import CKernels
 import Dispatch
 
 /// Splits `0..<count` into `parts` contiguous ranges and runs `body` on each, concurrently.
@@ -21,22 +20,6 @@ public func forEachChunk(count: Int, parts: Int, minimumChunk: Int = 65_536, _ b
             box.value(start..<end)
         }
     }
-}
-
-/// Whether all `count` values at `values` are finite, checked in up to `threads` parts.
-public func allFinite(_ values: UnsafePointer<Float>, count: Int, threads: Int = 1) -> Bool {
-    let parts = max(1, min(threads, 64, count / 65_536))
-    guard parts > 1 else { return made_all_finite_f32(count, values) != 0 }
-    var flags = [Int32](repeating: 1, count: parts)
-    flags.withUnsafeMutableBufferPointer { f in
-        let pointers = UncheckedSendable((values, f.baseAddress!))
-        DispatchQueue.concurrentPerform(iterations: parts) { i in
-            let (values, f) = pointers.value
-            let start = count * i / parts
-            f[i] = made_all_finite_f32(count * (i + 1) / parts - start, values + start)
-        }
-    }
-    return flags.allSatisfy { $0 != 0 }
 }
 
 /// Carries a value across a concurrency boundary the caller has made safe (disjoint ranges).

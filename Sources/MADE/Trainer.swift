@@ -155,6 +155,9 @@ public final class Trainer {
             }
             let plan = plan(stepInEpoch: stepInEpoch)
             let (gradient, loss) = try compute(plan)
+            guard loss.isFinite else {
+                throw MADEError(.diverged, "training diverged at step \(state.step) (epoch \(plan.epoch + 1)): the loss is not finite; a smaller --lr may help")
+            }
             apply(plan, gradient: gradient, lossSum: loss)
             if checkpointEvery > 0, state.step % checkpointEvery == 0 {
                 try saveCheckpoint()
@@ -202,6 +205,9 @@ public final class Trainer {
         var validNLL: Double?
         if let valid = dataset.valid, valid.count > 0 {
             validNLL = try validationScorer?(state.parameters) ?? evaluate(valid, parameters: state.parameters)
+            if let v = validNLL, !v.isFinite {
+                throw MADEError(.diverged, "training diverged by the end of epoch \(epoch + 1): the validation NLL is not finite; a smaller --lr may help")
+            }
         }
         var improved = false
         if let v = validNLL, state.bestValidNLL.map({ v < $0 }) ?? true {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Logging
 import MADE
 #if canImport(Glibc)
@@ -38,12 +39,15 @@ enum CommandLineSupport {
 }
 
 /// Set by SIGINT or SIGTERM; the trainer checks it between steps and checkpoints before exiting.
+///
+/// An atomic, not a plain variable: the handler may run while the main thread is reading it.
 enum SignalFlag {
-    nonisolated(unsafe) static var raised: sig_atomic_t = 0
+    static let raised = Atomic<Int32>(0)
 
     static func install() {
-        signal(SIGINT) { _ in SignalFlag.raised = 1 }
-        signal(SIGTERM) { _ in SignalFlag.raised = 1 }
+        _ = raised.load(ordering: .relaxed)   // initialized before any handler can run
+        signal(SIGINT) { _ in SignalFlag.raised.store(1, ordering: .relaxed) }
+        signal(SIGTERM) { _ in SignalFlag.raised.store(1, ordering: .relaxed) }
         // A launcher may have started this process with these signals blocked; take them back.
         var set = sigset_t()
         sigemptyset(&set)
@@ -52,5 +56,5 @@ enum SignalFlag {
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
-    static var isSet: Bool { raised != 0 }
+    static var isSet: Bool { raised.load(ordering: .relaxed) != 0 }
 }

@@ -47,6 +47,9 @@ struct CommandLineTests {
         (["eval", "--checkpoint", "DATA", "-d", "DATA"], "checkpoint"),
         (["coordinator", "-d", "DATA", "--bind", "tcp://0.0.0.0:0", "--shards", "2", "-q", "4"], "CURVE"),
         (["train", "-d", "BROKEN"], "BROKEN"),
+        (["train", "-d", "DATA", "-q", "8", "--lr", "1e30"], "training diverged at step 1"),
+        (["train", "-d", "DATA", "-q", "8", "--lr", "1e30", "--workers", "2"], "not finite: training diverged"),
+        (["train", "-d", "DATA", "-q", "8", "--lr", "1e30", "--workers", "2", "--no-shared-memory"], "not finite: training diverged"),
     ])
     func badInput(arguments: [String], expected: String) throws {
         let folder = EndToEnd.folder("bad-\(abs(arguments.joined().hashValue))")

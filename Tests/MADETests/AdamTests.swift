@@ -95,4 +95,28 @@ struct AdamTests {
         out.withUnsafeMutableBufferPointer { GradientReducer.reduce(buffers, count: n, into: $0.baseAddress!, threads: 3) }
         #expect(out == arrays[0])
     }
+
+    @Test("the tree over pointers says whether its sum is finite", arguments: [Float.nan, .infinity, -.infinity, .greatestFiniteMagnitude])
+    func pointerReductionFinite(bad: Float) {
+        for shardCount in 1...5 {
+            for culprit in 0..<shardCount {
+                let n = 200_000
+                let buffers = (0..<shardCount).map { s in
+                    let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
+                    p.initialize(repeating: Float(s) + 0.5, count: n)
+                    return p
+                }
+                defer { buffers.forEach { $0.deallocate() } }
+                let out = UnsafeMutablePointer<Float>.allocate(capacity: n)
+                defer { out.deallocate() }
+                #expect(GradientReducer.reduce(buffers, count: n, into: out, threads: 2))
+                for (s, p) in buffers.enumerated() { p.update(repeating: Float(s) + 0.5, count: n) }
+                buffers[culprit][n - 1 - culprit] = bad
+                if shardCount > 1 { buffers[(culprit + 1) % shardCount][n - 1 - culprit] = bad == .greatestFiniteMagnitude ? bad : 1 }
+                let finite = GradientReducer.reduce(buffers, count: n, into: out, threads: 2)
+                // Only the largest float added to itself (two shards or more) overflows; anything not finite stays so.
+                #expect(finite == (bad == .greatestFiniteMagnitude && shardCount == 1), "\(bad) in shard \(culprit) of \(shardCount)")
+            }
+        }
+    }
 }

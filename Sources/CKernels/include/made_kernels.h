@@ -59,7 +59,7 @@ int made_scatter_f32(size_t n, const int *restrict idx, const float *restrict sr
 /* dst[k] = src[k] for k < n; returns 1 when every value is finite, 0 otherwise. */
 int made_copy_finite_f32(size_t n, const float *restrict src, float *restrict dst);
 
-/* Returns 1 when every one of the n values is finite, 0 otherwise. */
-int made_all_finite_f32(size_t n, const float *src);
+/* out[k] = a[k] + b[k] for k < n (out may be a); returns 1 when every sum is finite, 0 otherwise. */
+int made_add_f32(size_t n, const float *a, const float *b, float *out);
 
 #endif

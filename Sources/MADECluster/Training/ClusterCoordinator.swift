@@ -202,7 +202,13 @@ public final class ClusterCoordinator {
                     preconditionFailure("the state machine accepts no result without values")
                 }
             }
-            denseGradient.withUnsafeMutableBufferPointer { GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads) }
+            let finite = denseGradient.withUnsafeMutableBufferPointer {
+                GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
+            }
+            guard finite else {
+                denseGradientSeed = nil
+                throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this host wrote values that are not finite, or training diverged")
+            }
         }
         denseGradientSeed = plan.maskSeed
         return (denseGradient, lossSum)
@@ -425,10 +431,10 @@ public final class ClusterCoordinator {
                 var (runID, decoded) = try WireFormat.decode(frame)
                 if case .result(var r) = decoded {
                     // Values in shared memory count only from the slot this worker was given, for
-                    // a task it holds, and only when every one is finite; they stay where they are.
+                    // a task it holds; they stay where they are (their sum is checked to be finite).
                     if case .shared(let slot, let count) = r.values {
                         if machine.holds(peer, step: r.step, shard: r.shard), slot == machine.sharedSlot(of: peer), let shared,
-                           Int(count) <= shared.slotFloats, shared.isFinite(Int(slot), count: Int(count), threads: threads) {
+                           Int(count) <= shared.slotFloats {
                             inPlace[slot] = Int(r.shard)
                         } else {
                             r.values = .absent

@@ -124,6 +124,10 @@ public final class ShardComputer {
             loss = engine.gradient(data: train, indices: task.rows[...], into: &gradient, maskingGradient: false)
             payload = .inline(packing.pack(gradient))
         }
+        // The wire carries finite values only: a diverged shard is reported as failed, not sent.
+        guard loss.isFinite, payload.inlineValues?.allSatisfy(\.isFinite) ?? true else {
+            throw ClusterError(.protocolFailure, "the \(loss.isFinite ? "gradient" : "loss") of step \(task.step), shard \(task.shard) is not finite: training diverged; a smaller --lr may help")
+        }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: packing.digest, lossSum: loss,
                                   computeMicroseconds: UInt32(clamping: Int(micros)), values: payload)
@@ -191,6 +195,9 @@ public final class ShardComputer {
             values = sampler.sampleBatch(Int(task.shard), parameters: denseParameters, count: Int(count), masks: Int(masks), seed: seed, method: m)
         }
         // Per-mask log-likelihoods are float sums, so Float carries them exactly; samples are floats.
+        guard values.allSatisfy(\.isFinite) else {
+            throw ClusterError(.protocolFailure, "values of job \(task.step) that are not finite: the parameters are not finite (training diverged)")
+        }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 0,
                                   computeMicroseconds: UInt32(clamping: Int(micros)), values: .inline(values))

@@ -1,6 +1,5 @@
 import CKernels
 import Foundation
-import MADE
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -122,11 +121,6 @@ public final class SharedSlots {
     public func pointer(_ slot: Int) -> UnsafeMutablePointer<Float> {
         precondition(slot >= 0 && slot < slotCount, "slot \(slot) of \(slotCount)")
         return (base + slot * slotFloats * 4).assumingMemoryBound(to: Float.self)
-    }
-
-    /// Whether the first `count` values of slot `slot` are all finite, checked in `threads` parts.
-    public func isFinite(_ slot: Int, count: Int, threads: Int = 1) -> Bool {
-        withSlot(slot, count: count) { count == 0 || allFinite($0.baseAddress!, count: count, threads: threads) }
     }
 
     /// A copy of the first `count` values of slot `slot`, or nil if any is not finite.
