@@ -224,6 +224,30 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.badResults >= 1)
     }
 
+    @Test("a malformed frame from a worker holding a task fails that task at once; three end the step with the reason")
+    func malformedResult() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        #expect(assignments(m.begin(plan(step: 0, shards: 2), now: 1)).map(\.1) == [0, 1])
+        // b's result does not decode: its shard goes out again now, to b, the one idle worker.
+        let again = m.malformed(from: b, error: .invalidField("loss sum is not finite"), now: 2)
+        #expect(assignments(again).map(\.1) == [1])
+        #expect(m.counters.malformed == 1 && m.counters.failedTasks == 1)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 3)
+        // The second failure sends the shard to a, now idle and first in line; a fails it too.
+        #expect(assignments(m.malformed(from: b, error: .badMagic, now: 4)).map { $0.0 == a && $0.1 == 1 } == [true])
+        #expect(m.failure == nil)
+        _ = m.malformed(from: a, error: .badMagic, now: 5)
+        #expect(m.failure?.contains("shard 1 of step 0 failed 3 times") == true)
+        #expect(m.failure?.contains("malformed frame") == true)
+        // A malformed frame from a worker with no task only counts.
+        var idle = machine()
+        _ = idle.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        #expect(assignments(idle.malformed(from: a, error: .badMagic, now: 1)).isEmpty)
+        #expect(idle.counters.failedTasks == 0 && idle.counters.malformed == 1)
+    }
+
     @Test("a gradient in shared memory counts only from the sender's own slot, at the dense size")
     func sharedResults() {
         var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [])

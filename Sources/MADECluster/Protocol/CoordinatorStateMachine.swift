@@ -247,11 +247,17 @@ public struct CoordinatorStateMachine: Sendable {
     }
 
     /// A frame from `peer` that failed to decode.
+    ///
+    /// When `peer` is a worker holding a task of this step, the frame was likely its result: the
+    /// task counts as failed and goes out again at once, rather than after the task timeout.
     public mutating func malformed(from peer: Peer, error: WireError, now: UInt64) -> [Action] {
         counters.malformed += 1
         var actions: [Action] = [.refused(peer, reason: "malformed frame: \(error)")]
         if case .unsupportedVersion = error {
             actions.append(.send(peer, .reject(reason: "unsupported protocol version; this coordinator speaks version \(WireFormat.version)")))
+        }
+        if let assignment = workers[peer]?.assignment, assignment.step == plan?.step {
+            actions += taskFailed(step: assignment.step, shard: assignment.shard, reason: "malformed frame: \(error)", from: peer, now: now)
         }
         return actions
     }
