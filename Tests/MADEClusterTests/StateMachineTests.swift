@@ -26,9 +26,10 @@ struct CoordinatorStateMachineTests {
               shards: (0..<shards).map { [Int32($0 * 10), Int32($0 * 10 + 1)] })
     }
 
-    func result(step: UInt64, shard: UInt32, digest: [UInt8] = digest, count: Int = 2) -> WireMessage {
+    /// A result carrying `ticket`: pass `m.lastTicket(of: peer)`, the last hand-out to the sender.
+    func result(step: UInt64, shard: UInt32, ticket: UInt64?, digest: [UInt8] = digest, count: Int = 2) -> WireMessage {
         .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: Double(shard), computeMicroseconds: 1,
-                      values: .inline([Float](repeating: Float(shard), count: count))))
+                      values: .inline([Float](repeating: Float(shard), count: count)), ticket: ticket ?? 0))
     }
 
     func assignments(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Bool)] {
@@ -44,12 +45,12 @@ struct CoordinatorStateMachineTests {
         let first = assignments(m.begin(plan(step: 0), now: 1))
         #expect(first.map(\.1) == [0, 1])
         #expect(first.allSatisfy { $0.2 })
-        let next = assignments(m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 2))
+        let next = assignments(m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 2))
         #expect(next.count == 1 && next[0].0 == b && next[0].1 == 2 && next[0].2 == false)
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 3)
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 2), now: 4)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 3)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 2, ticket: m.lastTicket(of: b)), now: 4)
         #expect(!m.isStepComplete)
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 3), now: 5)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 3, ticket: m.lastTicket(of: a)), now: 5)
         #expect(m.isStepComplete)
         #expect(m.takeResults().map(\.shard) == [0, 1, 2, 3])
         let second = assignments(m.begin(plan(step: 1), now: 6))
@@ -70,12 +71,12 @@ struct CoordinatorStateMachineTests {
         var m = machine()
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.begin(plan(step: 5, shards: 2), now: 0)
-        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0), now: 1)
-        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0), now: 2)
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0, ticket: m.lastTicket(of: a)), now: 1)
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0, ticket: m.lastTicket(of: a)), now: 2)
         #expect(m.counters.lateResults == 1)   // a holds shard 1 now, not shard 0
-        _ = m.receive(from: a, runID: 77, message: result(step: 4, shard: 1), now: 3)
+        _ = m.receive(from: a, runID: 77, message: result(step: 4, shard: 1, ticket: m.lastTicket(of: a)), now: 3)
         #expect(m.counters.lateResults == 2)
-        let foreign = m.receive(from: a, runID: 78, message: result(step: 5, shard: 1), now: 4)
+        let foreign = m.receive(from: a, runID: 78, message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a)), now: 4)
         #expect(m.counters.wrongRun == 1)
         #expect(foreign.contains { if case .send(_, .reject) = $0 { true } else { false } })
         let stranger = m.receive(from: c, runID: 77, message: .heartbeat(sequence: 1), now: 5)
@@ -83,10 +84,10 @@ struct CoordinatorStateMachineTests {
         _ = m.malformed(from: c, error: .badMagic, now: 6)
         let old = m.malformed(from: c, error: .unsupportedVersion(9), now: 6)
         #expect(old.contains { if case .send(_, .reject) = $0 { true } else { false } })
-        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1, count: 3), now: 7)
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a), count: 3), now: 7)
         #expect(m.counters.badResults == 1)
         #expect(!m.isStepComplete)
-        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1), now: 8)
+        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a)), now: 8)
         #expect(m.isStepComplete)
         #expect(m.counters.malformed == 2)
         #expect(m.counters.rejected == 5)
@@ -98,15 +99,15 @@ struct CoordinatorStateMachineTests {
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         _ = m.begin(plan(step: 0, shards: 2), now: 0)
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 500)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 500)
         let actions = m.tick(now: 1200)
         #expect(actions.contains(.workerLost(a, name: "a", reason: "no message for 1200 ms")))
         let moved = assignments(actions)
         #expect(moved.count == 1 && moved[0].0 == b && moved[0].1 == 0)
         #expect(m.counters.workersLost == 1)
         // A late result from the dead worker counts for nothing now it is gone.
-        #expect(m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 1300) == [.send(a, .who)])
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0), now: 1400)
+        #expect(m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 1300) == [.send(a, .who)])
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 1400)
         #expect(m.isStepComplete)
     }
 
@@ -121,7 +122,7 @@ struct CoordinatorStateMachineTests {
             again += assignments(m.tick(now: t))
         }
         #expect(again.count == 1 && again[0].0 == a && again[0].1 == 0 && again[0].2)
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 5300)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 5300)
         #expect(m.isStepComplete)
     }
 
@@ -130,13 +131,13 @@ struct CoordinatorStateMachineTests {
         var m = machine()
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.begin(plan(step: 1, shards: 1), now: 0)
-        _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0), now: 1)
+        _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: a)), now: 1)
         _ = m.takeResults()
         _ = m.begin(plan(step: 2, shards: 1), now: 2)
         // A stale copy of step 1's result arrives: a still holds step 2's shard 0.
-        _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0), now: 3)
-        #expect(m.holds(a, step: 2, shard: 0))
-        _ = m.receive(from: a, runID: 77, message: result(step: 2, shard: 0), now: 4)
+        _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: a)), now: 3)
+        #expect(m.holds(a, step: 2, shard: 0, ticket: m.lastTicket(of: a)!))
+        _ = m.receive(from: a, runID: 77, message: result(step: 2, shard: 0, ticket: m.lastTicket(of: a)), now: 4)
         #expect(m.isStepComplete)
     }
 
@@ -146,7 +147,7 @@ struct CoordinatorStateMachineTests {
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         _ = m.begin(plan(step: 0, shards: 2), now: 0)
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 10)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 10)
         for t in stride(from: UInt64(100), through: 5000, by: 100) {
             _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: t), now: t)
             _ = m.receive(from: b, runID: 77, message: .heartbeat(sequence: t), now: t)
@@ -156,8 +157,8 @@ struct CoordinatorStateMachineTests {
         let moved = assignments(actions)
         #expect(moved.count == 1 && moved[0].0 == b && moved[0].1 == 0)
         #expect(m.counters.reassignedShards == 1)
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0), now: 5200)
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 5300)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 5200)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 5300)
         #expect(m.counters.lateResults == 1)   // a's task was taken back: its result no longer counts
         #expect(m.isStepComplete)
     }
@@ -168,14 +169,14 @@ struct CoordinatorStateMachineTests {
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         _ = m.begin(plan(step: 0, shards: 2), now: 0)
-        let actions = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, digest: [UInt8](repeating: 2, count: 16)), now: 1)
+        let actions = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a), digest: [UInt8](repeating: 2, count: 16)), now: 1)
         #expect(m.counters.maskMismatches == 1)
         #expect(m.workerCount == 1)
         #expect(actions.contains { if case .send(let p, .shutdown) = $0 { p == a } else { false } })
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 2)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 2)
         let moved = assignments(m.tick(now: 3))
         #expect(moved.count == 0)  // shard 0 went to b right after its result
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0), now: 4)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 4)
         #expect(m.isStepComplete)
     }
 
@@ -218,10 +219,38 @@ struct CoordinatorStateMachineTests {
         #expect(grant(m.receive(from: a, runID: 0, message: local, now: 1_000_001)) == .some(nil))
         // A gradient said to be in shared memory is not accepted as such.
         _ = m.begin(plan(step: 0, shards: 1), now: 3)
-        let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, values: .shared(slot: 1, count: 2)))
-        for peer in [a, b, c] { _ = m.receive(from: peer, runID: 77, message: shared, now: 1_000_002) }
+        for peer in [a, b, c] {
+            let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
+                                                  values: .shared(slot: 1, count: 2), ticket: m.lastTicket(of: peer) ?? 0))
+            _ = m.receive(from: peer, runID: 77, message: shared, now: 1_000_002)
+        }
         #expect(!m.isStepComplete)
         #expect(m.counters.badResults >= 1)
+    }
+
+    @Test("an answer to an earlier hand-out of the same shard to the same worker does not count: only the last ticket does")
+    func tickets() throws {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        let first = m.begin(plan(step: 0, shards: 1), now: 1)
+        let firstTicket = try #require(m.lastTicket(of: a))
+        #expect(first.contains { if case .assign(a, let t, _) = $0 { t.ticket == firstTicket } else { false } })
+        // The task times out and, a being the only worker, goes back to a under a new ticket.
+        _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 5000)
+        let again = m.tick(now: 1 + 5001)
+        let secondTicket = try #require(m.lastTicket(of: a))
+        #expect(secondTicket != firstTicket)
+        #expect(again.contains { if case .assign(a, let t, _) = $0 { t.ticket == secondTicket && t.shard == 0 } else { false } })
+        // The answer to the first hand-out arrives: late, while a still computes the second.
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: firstTicket), now: 5100)
+        #expect(!m.isStepComplete)
+        #expect(m.counters.lateResults == 1)
+        #expect(m.holds(a, step: 0, shard: 0, ticket: secondTicket))
+        // A failure of the first hand-out does not count either.
+        _ = m.receive(from: a, runID: 77, message: .failed(step: 0, shard: 0, ticket: firstTicket, reason: "x"), now: 5101)
+        #expect(m.counters.failedTasks == 0 && m.holds(a, step: 0, shard: 0, ticket: secondTicket))
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: secondTicket), now: 5200)
+        #expect(m.isStepComplete)
     }
 
     @Test("a malformed frame from a worker holding a task fails that task at once; three end the step with the reason")
@@ -234,7 +263,7 @@ struct CoordinatorStateMachineTests {
         let again = m.malformed(from: b, error: .invalidField("loss sum is not finite"), now: 2)
         #expect(assignments(again).map(\.1) == [1])
         #expect(m.counters.malformed == 1 && m.counters.failedTasks == 1)
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 3)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 3)
         // The second failure sends the shard to a, now idle and first in line; a fails it too.
         #expect(assignments(m.malformed(from: b, error: .badMagic, now: 4)).map { $0.0 == a && $0.1 == 1 } == [true])
         #expect(m.failure == nil)
@@ -264,18 +293,19 @@ struct CoordinatorStateMachineTests {
         let plan = CoordinatorStateMachine.StepPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10,
                                                     shards: [[0], [1], [2]])
         #expect(assignments(m.begin(plan, now: 1)).map(\.1) == [0, 1, 2])
-        func shared(_ shard: UInt32, slot: UInt32, count: UInt32) -> WireMessage {
-            .result(.init(step: 0, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, values: .shared(slot: slot, count: count)))
+        func shared(_ shard: UInt32, slot: UInt32, count: UInt32, ticket: UInt64?) -> WireMessage {
+            .result(.init(step: 0, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, values: .shared(slot: slot, count: count),
+                          ticket: ticket ?? 0))
         }
         // Another worker's slot, or the packed size: refused, and the shard goes out again.
-        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 2, count: 10), now: 2)).map(\.1) == [0])
-        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 2), now: 3)).map(\.1) == [0])
+        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 2, count: 10, ticket: m.lastTicket(of: a)), now: 2)).map(\.1) == [0])
+        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 2, ticket: m.lastTicket(of: a)), now: 3)).map(\.1) == [0])
         // A worker without a slot cannot claim one.
-        #expect(assignments(m.receive(from: b, runID: 77, message: shared(1, slot: 1, count: 10), now: 4)).map(\.1) == [1])
+        #expect(assignments(m.receive(from: b, runID: 77, message: shared(1, slot: 1, count: 10, ticket: m.lastTicket(of: b)), now: 4)).map(\.1) == [1])
         #expect(m.counters.badResults == 3)
-        _ = m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 10), now: 5)
-        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1), now: 6)
-        _ = m.receive(from: c, runID: 77, message: shared(2, slot: 2, count: 10), now: 7)
+        _ = m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 10, ticket: m.lastTicket(of: a)), now: 5)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 6)
+        _ = m.receive(from: c, runID: 77, message: shared(2, slot: 2, count: 10, ticket: m.lastTicket(of: c)), now: 7)
         #expect(m.isStepComplete)
         let results = m.takeResults()
         #expect(results.map(\.values) == [.shared(slot: 1, count: 10), .inline([1, 1]), .shared(slot: 2, count: 10)])
@@ -292,8 +322,8 @@ struct CoordinatorStateMachineTests {
         // A late duplicate hello while the shard is out: it is queued again and handed back with parameters.
         let again = assignments(m.receive(from: a, runID: 0, message: hello("a"), now: 11))
         #expect(again.count == 1 && again[0].1 == 0 && again[0].2)
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0), now: 12)
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 1), now: 13)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 12)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: a)), now: 13)
         #expect(m.isStepComplete)
     }
 
@@ -303,11 +333,11 @@ struct CoordinatorStateMachineTests {
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         _ = m.begin(plan(step: 4, shards: 1), now: 0)
-        let retry = assignments(m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, reason: "out of memory"), now: 1))
+        let retry = assignments(m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 1))
         #expect(retry.count == 1 && retry[0].0 == a && retry[0].2)   // a is idle again and first in order
         #expect(m.failure == nil)
-        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, reason: "out of memory"), now: 2)
-        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, reason: "out of memory"), now: 3)
+        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 2)
+        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 3)
         #expect(m.failure?.contains("out of memory") == true)
         #expect(m.counters.failedTasks == 3)
     }

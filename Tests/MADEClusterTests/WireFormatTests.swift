@@ -9,7 +9,8 @@ struct WireFormatTests {
         .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: Array("{\"a\":1}".utf8))),
         .welcome(.init(heartbeatIntervalMilliseconds: 250, configuration: [], sharedMemory: .init(path: "/dev/shm/x", slot: 3, slotFloats: 1000))),
         .reject(reason: "data mismatch"),
-        .task(.init(step: 1 << 40, shard: 3, shardCount: 4, maskSeed: 7, rows: [0, 5, 49_999], parameters: .inline([1, -2.5, 0, .leastNonzeroMagnitude]))),
+        .task(.init(step: 1 << 40, shard: 3, shardCount: 4, maskSeed: 7, rows: [0, 5, 49_999], parameters: .inline([1, -2.5, 0, .leastNonzeroMagnitude]),
+                    ticket: 0x0123_4567_89AB_CDEF)),
         .task(.init(step: 3, shard: 1, shardCount: 2, maskSeed: 1, rows: [7], parameters: .shared(slot: 0, count: 392_000))),
         .task(.init(step: 1 << 62, shard: 0, shardCount: 3, maskSeed: 0, rows: [0, 1, 2], work: .logLikelihood(split: 2, masks: 32, mode: 0),
                     parameters: .inline([0.5]))),
@@ -17,11 +18,12 @@ struct WireFormatTests {
                     parameters: .absent)),
         .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)),
         .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
-                      computeMicroseconds: 777, values: .inline([0.25, -0.0, 3e-38]))),
+                      computeMicroseconds: 777, values: .inline([0.25, -0.0, 3e-38]), ticket: .max)),
         .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, values: .shared(slot: 3, count: 12))),
         .heartbeat(sequence: .max),
         .shutdown(exitCode: 0, reason: "done"),
         .who,
+        .failed(step: 12, shard: 2, ticket: 1 << 50, reason: "out of memory"),
     ]
 
     @Test("every message round-trips", arguments: samples)
@@ -49,7 +51,7 @@ struct WireFormatTests {
     func headerLayout() {
         let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)
         #expect(Array(frame[0..<4]) == Array("MADW".utf8))
-        #expect(frame[4] == 1 && frame[5] == 0)        // version 1, little-endian
+        #expect(frame[4] == 2 && frame[5] == 0)        // version 2, little-endian
         #expect(frame[6] == WireMessage.Kind.heartbeat.rawValue)
         #expect(frame[7] == 0)
         #expect(Array(frame[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])
@@ -72,8 +74,8 @@ struct WireFormatTests {
         expectError(Array(good.prefix(10))) { if case .tooShort = $0 { true } else { false } }
         var b = good; b[0] = 0x4E
         expectError(b) { $0 == .badMagic }
-        b = good; b[4] = 2
-        expectError(b) { $0 == .unsupportedVersion(2) }
+        b = good; b[4] = 1
+        expectError(b) { $0 == .unsupportedVersion(1) }
         b = good; b[6] = 99
         expectError(b) { $0 == .unknownType(99) }
         b = good; b[7] = 1
@@ -94,7 +96,7 @@ struct WireFormatTests {
         expectError(badShard) { if case .invalidField = $0 { true } else { false } }
         // A count far beyond the limit, with nothing behind it.
         var huge = WireFormat.encode(.task(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)
-        huge.replaceSubrange(48..<52, with: [0xFF, 0xFF, 0xFF, 0x7F])
+        huge.replaceSubrange(56..<60, with: [0xFF, 0xFF, 0xFF, 0x7F])   // the row count, after step, shard, shard count, ticket and mask seed
         expectError(huge) { if case .limitExceeded = $0 { true } else { false } }
         // Invalid UTF-8 in a string.
         var text = WireFormat.encode(.reject(reason: "ab"), runID: 1)

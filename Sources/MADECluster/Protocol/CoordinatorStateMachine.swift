@@ -25,6 +25,9 @@ public struct CoordinatorStateMachine: Sendable {
         public var heartbeatInterval: UInt64 = 1000
         public var heartbeatTimeout: UInt64 = 10_000
         public var taskTimeout: UInt64 = 60_000
+        /// The first ticket handed out. Random by default, so a restarted coordinator does not
+        /// take an answer to a task of its predecessor for one of its own.
+        public var firstTicket = UInt64.random(in: 1...(UInt64.max / 2))
         /// This host's id; a worker presenting the same one may share memory.
         public var hostID = ""
         /// The shared-memory file offered to same-host workers, if any.
@@ -117,10 +120,11 @@ public struct CoordinatorStateMachine: Sendable {
         public var rejected: Int { malformed + wrongRun + unknownPeer + refusedWorkers + maskMismatches + badResults }
     }
 
-    /// A shard of a step handed to a worker.
+    /// A shard of a step handed to a worker, and the ticket of that hand-out.
     struct Assignment: Sendable, Equatable {
         var step: UInt64
         var shard: UInt32
+        var ticket: UInt64
     }
 
     struct Worker: Sendable {
@@ -133,6 +137,7 @@ public struct CoordinatorStateMachine: Sendable {
         var assignedAt: UInt64 = 0
         var parametersStep: UInt64?
         var slot: UInt32?
+        var lastTicket: UInt64?
     }
 
     public let settings: Settings
@@ -149,9 +154,12 @@ public struct CoordinatorStateMachine: Sendable {
     /// Slots are never reused: a worker declared dead might still write to its old one.
     private var nextSlot: UInt32 = 1
     private var heartbeatSequence: UInt64 = 0
+    /// The next task's ticket; tickets are never reused within a run of this machine.
+    private var nextTicket: UInt64
 
     public init(settings: Settings) {
         self.settings = settings
+        nextTicket = settings.firstTicket
     }
 
     /// Workers currently registered.
@@ -160,10 +168,19 @@ public struct CoordinatorStateMachine: Sendable {
     /// Names of the registered workers, in registration order.
     public var workerNames: [String] { order.compactMap { workers[$0]?.name } }
 
-    /// Whether a result from `peer` for this step and shard would be taken (it holds that task).
-    public func holds(_ peer: Peer, step: UInt64, shard: UInt32) -> Bool {
-        workers[peer]?.assignment == Assignment(step: step, shard: shard)
+    /// Whether a result from `peer` for this step, shard and ticket would be taken (it holds
+    /// that very hand-out of the task).
+    public func holds(_ peer: Peer, step: UInt64, shard: UInt32, ticket: UInt64) -> Bool {
+        workers[peer]?.assignment == Assignment(step: step, shard: shard, ticket: ticket)
     }
+
+    /// Whether shard `shard` of step `step`, the current one, has its result.
+    public func hasResult(step: UInt64, shard: UInt32) -> Bool {
+        plan?.step == step && results[shard] != nil
+    }
+
+    /// The ticket of the last task handed to `peer`, whether it still holds it or not.
+    public func lastTicket(of peer: Peer) -> UInt64? { workers[peer]?.lastTicket }
 
     /// Takes back `peer`'s shared-memory slot (its memory could not be reserved); it then
     /// exchanges everything over the socket.
@@ -238,8 +255,8 @@ public struct CoordinatorStateMachine: Sendable {
             return []
         case .result(let result):
             return accept(result, from: peer, now: now)
-        case .failed(let step, let shard, let reason):
-            return taskFailed(step: step, shard: shard, reason: reason, from: peer, now: now)
+        case .failed(let step, let shard, let ticket, let reason):
+            return taskFailed(step: step, shard: shard, ticket: ticket, reason: reason, from: peer, now: now)
         case .hello, .welcome, .reject, .task, .shutdown, .who:
             counters.malformed += 1
             return [.refused(peer, reason: "unexpected \(message.kind) from a worker")]
@@ -257,7 +274,8 @@ public struct CoordinatorStateMachine: Sendable {
             actions.append(.send(peer, .reject(reason: "unsupported protocol version; this coordinator speaks version \(WireFormat.version)")))
         }
         if let assignment = workers[peer]?.assignment, assignment.step == plan?.step {
-            actions += taskFailed(step: assignment.step, shard: assignment.shard, reason: "malformed frame: \(error)", from: peer, now: now)
+            actions += taskFailed(step: assignment.step, shard: assignment.shard, ticket: assignment.ticket,
+                                  reason: "malformed frame: \(error)", from: peer, now: now)
         }
         return actions
     }
@@ -297,8 +315,8 @@ public struct CoordinatorStateMachine: Sendable {
     public private(set) var failure: String?
     private var failures: [UInt32: Int] = [:]
 
-    private mutating func taskFailed(step: UInt64, shard: UInt32, reason: String, from peer: Peer, now: UInt64) -> [Action] {
-        guard holds(peer, step: step, shard: shard) else {
+    private mutating func taskFailed(step: UInt64, shard: UInt32, ticket: UInt64, reason: String, from peer: Peer, now: UInt64) -> [Action] {
+        guard holds(peer, step: step, shard: shard, ticket: ticket) else {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
@@ -373,7 +391,7 @@ public struct CoordinatorStateMachine: Sendable {
         // Only the task a worker holds counts: a result from an earlier step, for a task taken
         // back, or for a shard it was never given is dropped.
         workers[peer]?.stalled = false
-        guard holds(peer, step: result.step, shard: result.shard) else {
+        guard holds(peer, step: result.step, shard: result.shard, ticket: result.ticket) else {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
@@ -415,7 +433,7 @@ public struct CoordinatorStateMachine: Sendable {
     /// Requeues `shard` unless it has a result, is queued, or another worker holds it.
     private mutating func requeueIfUnheld(_ shard: UInt32) {
         guard plan != nil, expected.contains(shard), results[shard] == nil, !pending.contains(shard),
-              !order.contains(where: { workers[$0]?.assignment == Assignment(step: plan!.step, shard: shard) }) else { return }
+              !order.contains(where: { workers[$0]?.assignment.map { $0.step == plan!.step && $0.shard == shard } == true }) else { return }
         pending.insert(shard, at: 0)
         counters.reassignedShards += 1
     }
@@ -428,12 +446,16 @@ public struct CoordinatorStateMachine: Sendable {
             guard var worker = workers[peer], worker.assignment == nil else { continue }
             let shard = pending.removeFirst()
             let includeParameters = worker.parametersStep != plan.step
-            worker.assignment = Assignment(step: plan.step, shard: shard)
+            let ticket = nextTicket
+            nextTicket &+= 1
+            worker.assignment = Assignment(step: plan.step, shard: shard, ticket: ticket)
+            worker.lastTicket = ticket
             worker.assignedAt = now
             worker.parametersStep = plan.step
             workers[peer] = worker
             let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
-                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], work: plan.work, parameters: .absent)
+                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], work: plan.work, parameters: .absent,
+                                        ticket: ticket)
             actions.append(.assign(peer, task, includeParameters: includeParameters))
         }
         return actions

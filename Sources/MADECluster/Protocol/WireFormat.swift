@@ -1,7 +1,7 @@
 /// Encodes and decodes ``WireMessage`` frames (the layout is documented there).
 public enum WireFormat {
     public static let magic: [UInt8] = Array("MADW".utf8)
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     public static let headerSize = 24
 
     /// Upper bounds on what a decoder accepts, so that a hostile frame cannot make it allocate much.
@@ -46,12 +46,12 @@ public enum WireFormat {
         case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count
         case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
         case .reject(let reason): return 2 + stringBytes(reason).count
-        case .task(let t): return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + workSize(t.work) + payloadSize(t.parameters)
-        case .result(let r): return 8 + 4 + 16 + 8 + 4 + payloadSize(r.values)
+        case .task(let t): return 8 + 4 + 4 + 8 + 8 + 4 + 4 * t.rows.count + workSize(t.work) + payloadSize(t.parameters)
+        case .result(let r): return 8 + 4 + 8 + 16 + 8 + 4 + payloadSize(r.values)
         case .heartbeat: return 8
         case .shutdown(_, let reason): return 1 + 2 + stringBytes(reason).count
         case .who: return 0
-        case .failed(_, _, let reason): return 8 + 4 + 2 + stringBytes(reason).count
+        case .failed(_, _, _, let reason): return 8 + 4 + 8 + 2 + stringBytes(reason).count
         }
     }
 
@@ -113,6 +113,7 @@ public enum WireFormat {
             w.integer(t.step)
             w.integer(t.shard)
             w.integer(t.shardCount)
+            w.integer(t.ticket)
             w.integer(t.maskSeed)
             w.integer(UInt32(t.rows.count))
             t.rows.withUnsafeBytes { w.raw($0) }
@@ -129,6 +130,7 @@ public enum WireFormat {
             precondition(r.maskDigest.count == 16, "result: the mask digest is 16 bytes")
             w.integer(r.step)
             w.integer(r.shard)
+            w.integer(r.ticket)
             w.bytes(r.maskDigest)
             w.integer(r.lossSum.bitPattern)
             w.integer(r.computeMicroseconds)
@@ -140,9 +142,10 @@ public enum WireFormat {
             w.string(reason)
         case .who:
             break
-        case .failed(let step, let shard, let reason):
+        case .failed(let step, let shard, let ticket, let reason):
             w.integer(step)
             w.integer(shard)
+            w.integer(ticket)
             w.string(reason)
         }
     }
@@ -208,6 +211,7 @@ public enum WireFormat {
             let shard: UInt32 = try r.integer("shard")
             let shardCount: UInt32 = try r.integer("shard count")
             guard shardCount > 0, shard < shardCount else { throw .invalidField("shard \(shard) of \(shardCount)") }
+            let ticket: UInt64 = try r.integer("ticket")
             let maskSeed: UInt64 = try r.integer("mask seed")
             let rows = try r.int32Array("rows", limit: limits.maxRows)
             guard rows.allSatisfy({ $0 >= 0 }) else { throw .invalidField("negative row index") }
@@ -233,10 +237,12 @@ public enum WireFormat {
                 throw .invalidField("work kind \(kind) (0 gradient, 1 log-likelihood, 2 sample)")
             }
             let parameters = try r.payload("parameters", limit: limits.maxFloats)
-            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows, work: work, parameters: parameters))
+            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows, work: work,
+                                  parameters: parameters, ticket: ticket))
         case .result:
             let step: UInt64 = try r.integer("step")
             let shard: UInt32 = try r.integer("shard")
+            let ticket: UInt64 = try r.integer("ticket")
             let digest = try r.bytes(16, "mask digest")
             let lossBits: UInt64 = try r.integer("loss sum")
             let loss = Double(bitPattern: lossBits)
@@ -244,7 +250,8 @@ public enum WireFormat {
             let micros: UInt32 = try r.integer("compute time")
             let values = try r.payload("values", limit: limits.maxFloats)
             guard values != .absent else { throw .invalidField("a result without values") }
-            message = .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: loss, computeMicroseconds: micros, values: values))
+            message = .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: loss, computeMicroseconds: micros, values: values,
+                                    ticket: ticket))
         case .heartbeat:
             message = .heartbeat(sequence: try r.integer("sequence"))
         case .shutdown:
@@ -255,7 +262,8 @@ public enum WireFormat {
         case .failed:
             let step: UInt64 = try r.integer("step")
             let shard: UInt32 = try r.integer("shard")
-            message = .failed(step: step, shard: shard, reason: try r.string("reason", limit: limits.maxStringBytes))
+            let ticket: UInt64 = try r.integer("ticket")
+            message = .failed(step: step, shard: shard, ticket: ticket, reason: try r.string("reason", limit: limits.maxStringBytes))
         }
         guard r.remaining == 0 else { throw .trailingBytes(r.remaining) }
         return (runID, message)

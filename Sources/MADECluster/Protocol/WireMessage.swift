@@ -1,11 +1,11 @@
-/// The messages coordinator and workers exchange, protocol version 1.
+/// The messages coordinator and workers exchange, protocol version 2.
 ///
 /// Every message is one ZeroMQ frame: a 24-byte header followed by a type-specific payload,
 /// all integers and floats little-endian.
 ///
 ///     offset  size  field
 ///     0       4     magic "MADW"
-///     4       2     protocol version (1)
+///     4       2     protocol version (2)
 ///     6       1     message type (``WireMessage/Kind``)
 ///     7       1     flags (0)
 ///     8       8     run id: the fingerprint of the run's configuration and data; 0 in `hello`
@@ -19,11 +19,11 @@
 ///     welcome    heartbeat interval ms (UInt32), configuration (UInt32 count + bytes, opaque),
 ///                shared-memory path (string, empty for none), slot (UInt32), slot floats (UInt32)
 ///     reject     reason (string)
-///     task       step (UInt64), shard (UInt32), shard count (UInt32), mask seed (UInt64),
-///                example rows (Int32 array), work (a kind byte and its fields, see
-///                ``WireMessage/Work``), parameters (payload)
-///     result     step (UInt64), shard (UInt32), mask digest (16 bytes), loss sum (Float64),
-///                compute microseconds (UInt32), values (payload)
+///     task       step (UInt64), shard (UInt32), shard count (UInt32), ticket (UInt64),
+///                mask seed (UInt64), example rows (Int32 array), work (a kind byte and its
+///                fields, see ``WireMessage/Work``), parameters (payload)
+///     result     step (UInt64), shard (UInt32), ticket (UInt64), mask digest (16 bytes),
+///                loss sum (Float64), compute microseconds (UInt32), values (payload)
 ///
 /// A payload is a mode byte and a UInt32 count: mode 0 (absent, count 0), 1 (inline: count
 /// Float32 values follow) or 2 (shared: a UInt32 slot index follows; the count values lie in
@@ -35,7 +35,11 @@
 ///     heartbeat  sequence (UInt64)
 ///     shutdown   exit code (UInt8), reason (string)
 ///     who        (empty): "I do not know you; say hello"
-///     failed     step (UInt64), shard (UInt32), reason (string): the worker could not do the task
+///     failed     step (UInt64), shard (UInt32), ticket (UInt64), reason (string): the worker
+///                could not do the task
+///
+/// A ticket names one hand-out of a task: a result or failure counts only with the ticket of
+/// the task its sender holds, so an answer to an earlier copy of the same shard never does.
 ///
 /// Decoding checks the magic, version, type, flags, reserved word, lengths, limits, UTF-8,
 /// and that every float is finite, before any field is used; anything else is a ``WireError``.
@@ -48,7 +52,7 @@ public enum WireMessage: Sendable, Equatable {
     case heartbeat(sequence: UInt64)
     case shutdown(exitCode: UInt8, reason: String)
     case who
-    case failed(step: UInt64, shard: UInt32, reason: String)
+    case failed(step: UInt64, shard: UInt32, ticket: UInt64, reason: String)
 
     /// The type byte of each message.
     public enum Kind: UInt8, Sendable, CaseIterable {
@@ -125,11 +129,14 @@ public enum WireMessage: Sendable, Equatable {
         /// The step's parameters (packed for its mask for gradients, dense otherwise); absent
         /// when the worker already holds them.
         public var parameters: FloatPayload
+        /// This hand-out of the task; its result must carry the same.
+        public var ticket: UInt64
         public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], work: Work = .gradient,
-                    parameters: FloatPayload) {
+                    parameters: FloatPayload, ticket: UInt64 = 0) {
             self.step = step
             self.shard = shard
             self.shardCount = shardCount
+            self.ticket = ticket
             self.maskSeed = maskSeed
             self.rows = rows
             self.work = work
@@ -147,9 +154,13 @@ public enum WireMessage: Sendable, Equatable {
         public var computeMicroseconds: UInt32
         /// The shard's answer: its packed gradient, its rows' log-likelihoods, or its samples.
         public var values: FloatPayload
-        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, values: FloatPayload) {
+        /// The ticket of the task this answers.
+        public var ticket: UInt64
+        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, values: FloatPayload,
+                    ticket: UInt64 = 0) {
             self.step = step
             self.shard = shard
+            self.ticket = ticket
             self.maskDigest = maskDigest
             self.lossSum = lossSum
             self.computeMicroseconds = computeMicroseconds

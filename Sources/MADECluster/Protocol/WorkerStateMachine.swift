@@ -145,7 +145,7 @@ public struct WorkerStateMachine: Sendable {
         guard case .active = state else { return [] }
         lastSent = now
         parametersStep = nil
-        return [.send(.failed(step: task.step, shard: task.shard, reason: reason))]
+        return [.send(.failed(step: task.step, shard: task.shard, ticket: task.ticket, reason: reason))]
     }
 
     /// A task finished.

@@ -135,7 +135,7 @@ public final class ClusterCoordinator {
     }
 
     deinit {
-        scratchBuffers.forEach { $0.deallocate() }
+        scratchBuffers.values.forEach { $0.deallocate() }
         zap = nil
         router.close()
         context.shutdown()
@@ -215,21 +215,20 @@ public final class ClusterCoordinator {
     }
 
     /// Dense buffers of the shards whose gradients had to leave shared memory (or arrived
-    /// packed) before the step's sum: one per shard index, made on first use.
-    private var scratchBuffers: [UnsafeMutablePointer<Float>] = []
+    /// packed) before the step's sum: one per shard index, made on first use and reused.
+    private var scratchBuffers: [Int: UnsafeMutablePointer<Float>] = [:]
     /// Per worker slot, the shard of the current step whose gradient lies there unread.
     private var inPlace: [UInt32: Int] = [:]
     /// Shards of the current step whose gradients were copied out of their slot into scratch.
     private var copiedOut: Set<Int> = []
 
     private func scratch(_ shard: Int) -> UnsafeMutablePointer<Float> {
+        if let p = scratchBuffers[shard] { return p }
         let dense = ParameterLayout(configuration.model).count
-        while scratchBuffers.count <= shard {
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: dense)
-            p.initialize(repeating: 0, count: dense)
-            scratchBuffers.append(p)
-        }
-        return scratchBuffers[shard]
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: dense)
+        p.initialize(repeating: 0, count: dense)
+        scratchBuffers[shard] = p
+        return p
     }
 
     /// Copies the gradient lying in `peer`'s slot out to scratch before that worker is given
@@ -429,13 +428,14 @@ public final class ClusterCoordinator {
             let actions: [CoordinatorStateMachine.Action]
             do {
                 var (runID, decoded) = try WireFormat.decode(frame)
+                var sharedResult: (slot: UInt32, step: UInt64, shard: UInt32)?
                 if case .result(var r) = decoded {
                     // Values in shared memory count only from the slot this worker was given, for
-                    // a task it holds; they stay where they are (their sum is checked to be finite).
+                    // the task it holds; they stay where they are (their sum is checked to be finite).
                     if case .shared(let slot, let count) = r.values {
-                        if machine.holds(peer, step: r.step, shard: r.shard), slot == machine.sharedSlot(of: peer), let shared,
-                           Int(count) <= shared.slotFloats {
-                            inPlace[slot] = Int(r.shard)
+                        if machine.holds(peer, step: r.step, shard: r.shard, ticket: r.ticket), slot == machine.sharedSlot(of: peer),
+                           let shared, Int(count) <= shared.slotFloats {
+                            sharedResult = (slot, r.step, r.shard)
                         } else {
                             r.values = .absent
                             decoded = .result(r)
@@ -452,6 +452,11 @@ public final class ClusterCoordinator {
                     }
                 }
                 actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
+                // Taken: the gradient lies in that slot until the worker is given another task.
+                if let taken = sharedResult, machine.hasResult(step: taken.step, shard: taken.shard) {
+                    inPlace[taken.slot] = Int(taken.shard)
+                    copiedOut.remove(Int(taken.shard))
+                }
             } catch {
                 actions = machine.malformed(from: peer, error: error, now: now)
             }

@@ -130,7 +130,7 @@ public final class ShardComputer {
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: packing.digest, lossSum: loss,
-                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: payload)
+                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: payload, ticket: task.ticket)
     }
 
     /// Scores rows or draws a sampling batch (see ``WireMessage/Work``); the values travel inline.
@@ -200,6 +200,6 @@ public final class ShardComputer {
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 0,
-                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: .inline(values))
+                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: .inline(values), ticket: task.ticket)
     }
 }
