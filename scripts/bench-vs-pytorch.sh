@@ -16,7 +16,7 @@
 #
 # Usage:
 #   scripts/bench-vs-pytorch.sh
-#   PYTHON=/usr/bin/python3 STEPS=300 scripts/bench-vs-pytorch.sh
+#   PYTHON=/usr/bin/python3 STEPS=300 scripts/bench-vs-pytorch.sh   # default 1000 timed steps
 #
 # PYTHON picks the interpreter for the PyTorch side; by default the first of
 # /usr/bin/python3, python3, python that can import torch. If none can, our
@@ -27,7 +27,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
-STEPS="${STEPS:-300}"
+STEPS="${STEPS:-1000}"
 
 has_torch() {
     "$1" -c 'import torch, numpy' >/dev/null 2>&1
