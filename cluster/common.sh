@@ -81,16 +81,20 @@ made_print_log_tails() {
     done
 }
 
-# made_shard_flags N ARGS...: sets the array `shard_flags` to `--shards N`, or to nothing when
-# ARGS already name --shards: by default each batch is cut into one shard per worker.
+# made_shard_flags N ARGS...: sets the array `shard_flags` to `--shards N --wait-for-workers N`,
+# leaving out either flag when ARGS already name it: by default each batch is cut into one shard
+# per worker, and the coordinator starts once all N workers have joined.
 # shellcheck disable=SC2034  # shard_flags is read by the caller
 made_shard_flags() {
-    local n=$1 arg
+    local n=$1 arg shards=1 wait=1
     shift
-    shard_flags=(--shards "$n")
     for arg in "$@"; do
-        if [[ $arg == --shards || $arg == --shards=* ]]; then shard_flags=(); fi
+        if [[ $arg == --shards || $arg == --shards=* ]]; then shards=0; fi
+        if [[ $arg == --wait-for-workers || $arg == --wait-for-workers=* ]]; then wait=0; fi
     done
+    shard_flags=()
+    if ((shards)); then shard_flags+=(--shards "$n"); fi
+    if ((wait)); then shard_flags+=(--wait-for-workers "$n"); fi
 }
 
 # made_wait_for PID: waits until PID has exited, also through trapped signals that cut `wait`

@@ -13,6 +13,8 @@
 # coordinator; its data flags (-d, --binarize, --binarize-seed, --threshold, --valid-fraction,
 # --threads) also go to the workers. The data, the keys folder and the binary must exist at the
 # same paths on every host (a shared file system), or be named with the MADE_REMOTE_* variables.
+# Without --shards, each batch is cut into one shard per worker; without --wait-for-workers, the
+# coordinator starts once every worker has joined.
 #
 #   MADE_KEYS=$HOME/made-keys cluster/launch-ssh.sh hosts.txt -d /data/mnist --shards 16 --epochs 100
 #

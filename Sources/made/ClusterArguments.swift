@@ -24,10 +24,16 @@ struct ClusterArguments: ParsableArguments {
     var taskTimeout: Double = 60
     @Option(help: "Seconds without any worker before the coordinator gives up.")
     var idleTimeout: Double = 120
+    @Option(help: "Workers to wait for before the first step. [default: N with --workers N, WORLD_SIZE - 1 under made launch, else 0]")
+    var waitForWorkers: Int?
+    @Option(help: "Seconds to wait for them; then training starts with the workers that joined.")
+    var joinTimeout: Double = 60
 
     func validate() throws {
         guard workers >= 0 else { throw ValidationError("--workers must not be negative") }
-        for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout), ("--idle-timeout", idleTimeout)] {
+        guard (waitForWorkers ?? 0) >= 0 else { throw ValidationError("--wait-for-workers must not be negative") }
+        for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout), ("--idle-timeout", idleTimeout),
+                              ("--join-timeout", joinTimeout)] {
             guard value > 0, value <= 1_000_000 else { throw ValidationError("\(name) must be between 0 and 1000000 seconds, not \(value)") }
         }
     }

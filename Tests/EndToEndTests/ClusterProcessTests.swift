@@ -85,6 +85,34 @@ struct ClusterProcessTests {
         for w in workers { #expect(w.errors.range(of: "tasks=[1-9]", options: .regularExpression) != nil, "both workers computed shards") }
     }
 
+    @Test("the coordinator waits for the workers it expects before the first step, and no longer than --join-timeout")
+    func waitForWorkers() throws {
+        let folder = EndToEnd.folder("wait")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data)
+        let port = EndToEnd.freePort()
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
+                                             folder: folder, name: "coordinator")
+        let early = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early"], folder: folder, name: "early")
+        usleep(2_000_000)   // the whole run takes less than this with one worker
+        let late = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "late"], folder: folder, name: "late")
+        #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.checksum(coordinator.output) == expected)
+        for w in [early, late] {
+            #expect(w.wait(timeout: 10) == 0)
+            #expect(w.errors.range(of: "tasks=[1-9]", options: .regularExpression) != nil, "\(w.errors)")
+        }
+        // Expecting more workers than come: training starts after the join timeout all the same.
+        let port2 = EndToEnd.freePort()
+        let patient = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port2)", "--wait-for-workers", "3", "--join-timeout", "1"]
+                                         + Self.runFlags(data: data), folder: folder, name: "patient")
+        let only = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port2)"], folder: folder, name: "only")
+        #expect(patient.wait(timeout: 120) == 0, "\(patient.errors)")
+        #expect(EndToEnd.checksum(patient.output) == expected)
+        #expect(patient.errors.contains("starting without every expected worker"))
+        #expect(only.wait(timeout: 10) == 0)
+    }
+
     @Test("a worker killed with SIGKILL mid-run changes nothing")
     func killWorker() throws {
         let folder = EndToEnd.folder("killworker")
