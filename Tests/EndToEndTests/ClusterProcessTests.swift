@@ -71,7 +71,7 @@ struct ClusterProcessTests {
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data)
         let port = EndToEnd.freePort()
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)"] + Self.runFlags(data: data),
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
                                              folder: folder, name: "coordinator")
         let workers = try [[], ["--no-shared-memory"]].enumerated().map { i, flags in
             try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "mixed\(i)"] + flags,

@@ -8,11 +8,11 @@ import Glibc
 
 @Suite("Shard computer")
 struct ShardComputerTests {
-    static func computer() throws -> (ShardComputer, TrainingConfiguration) {
+    static func computer(shards: Int = 2) throws -> (ShardComputer, TrainingConfiguration) {
         let bits = (0..<(40 * 6)).map { UInt8($0 % 3 == 0 ? 1 : 0) }
         let split = DataMatrix(binary: bits, count: 40, dimension: 6)
         let computer = ShardComputer(dataset: Dataset(train: split, valid: split, test: split, source: "test"))
-        let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 6, hiddenSizes: [8], maskCount: 2), batchSize: 10, shards: 2)
+        let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 6, hiddenSizes: [8], maskCount: 2), batchSize: 10, shards: shards)
         try computer.configure(Array(try JSONEncoder().encode(c)))
         return (computer, c)
     }
@@ -84,5 +84,46 @@ struct ShardComputerTests {
                 _ = try computer.compute(.init(step: 3, shard: 0, shardCount: 2, maskSeed: maskSeed, rows: rows, parameters: bad), shared: slots, slot: 1)
             }
         }
+    }
+
+    @Test("a block of shards comes back as their gradients summed in tree order, packed or in shared memory")
+    func blocks() throws {
+        let (computer, c) = try Self.computer(shards: 4)
+        let layout = ParameterLayout(c.model)
+        let parameters = layout.initialParameters(seed: 5, as: Float.self)
+        let maskSeed: UInt64 = 0
+        let packing = computer.packing(maskSeed)
+        let shards: [[Int32]] = [[0, 1], [2, 3, 4], [5], [6, 7]]
+        // One process: each shard's dense gradient, then the tree.
+        let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: 10)
+        engine.begin(parameters: parameters, maskSeed: maskSeed)
+        var gradients = shards.map { _ in [Float](repeating: 0, count: layout.count) }
+        var losses: [Double] = []
+        for (k, rows) in shards.enumerated() { losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k])) }
+        GradientReducer.reduce(&gradients)
+        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: Array(shards.joined()),
+                                    parameters: .inline(packing.pack(parameters)), rowsPerShard: shards.map { UInt32($0.count) })
+        let packed = try computer.compute(task)
+        #expect(packed.values.inlineValues == packing.pack(gradients[0]))
+        #expect(packed.lossSum == GradientReducer.reduce(losses))
+
+        let folder = FileManager.default.temporaryDirectory.path + "/made-blocks-\(getpid())"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let slots = try SharedSlots.create(folder: folder, slotFloats: layout.count, workerSlots: 1)
+        #expect(slots.reserve(1))
+        slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0) }
+        var inPlace = task
+        inPlace.step = 2
+        inPlace.parameters = .shared(slot: 0, count: UInt32(layout.count))
+        let result = try computer.compute(inPlace, shared: slots, slot: 1)
+        #expect(result.lossSum == GradientReducer.reduce(losses))
+        #expect(slots.read(1, count: layout.count)?.map(\.bitPattern) == gradients[0].map(\.bitPattern))
+        // Scoring takes one shard per task.
+        var scoring = WireMessage.Task(step: 3, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1], work: .logLikelihood(split: 2, masks: 1, mode: 0),
+                                       parameters: .inline(parameters), rowsPerShard: [1, 1])
+        #expect(throws: ClusterError.self) { _ = try computer.compute(scoring) }
+        scoring.rowsPerShard = [2]
+        #expect(try computer.compute(scoring).values.count == 2)
     }
 }

@@ -253,6 +253,45 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
     }
 
+    @Test("shards per task: the largest power of two that gives no worker more shards to compute")
+    func blockSizes() {
+        // (shards, workers, limit) -> shards per task
+        let cases: [((Int, Int, Int), Int)] = [((4, 1, 8), 4), ((4, 2, 8), 2), ((4, 3, 8), 2), ((4, 4, 8), 1), ((2, 2, 8), 1),
+                                               ((7, 2, 8), 4), ((8, 3, 8), 1), ((64, 1, 8), 8), ((16, 2, 8), 8), ((4, 1, 1), 1), ((4, 0, 8), 1)]
+        for ((shards, workers, limit), expected) in cases {
+            #expect(CoordinatorStateMachine.blockSize(shards: shards, workers: workers, limit: limit) == expected, "\(shards) \(workers) \(limit)")
+        }
+    }
+
+    @Test("with fewer workers than shards, a task holds a whole aligned block of shards and its one result stands for them")
+    func blockTasks() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
+        var p = plan(step: 0, shards: 4)
+        p.maxShardsPerTask = 8
+        let tasks = m.begin(p, now: 1).compactMap { if case .assign(let peer, let t, _) = $0 { (peer, t) } else { nil } }
+        #expect(tasks.map(\.1.shard) == [0, 2])
+        #expect(tasks.map(\.1.rowsPerShard) == [[2, 2], [2, 2]])
+        #expect(tasks[0].1.rows == [0, 1, 10, 11] && tasks[1].1.rows == [20, 21, 30, 31])
+        #expect(m.shardsInTask(startingAt: 2) == 2)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 2, ticket: m.lastTicket(of: b)), now: 2)
+        #expect(!m.isStepComplete)
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 3)
+        #expect(m.isStepComplete)
+        #expect(m.takeResults().map(\.shard) == [0, 2])
+        // A worker lost mid-step leaves its whole block to the other.
+        p.step = 1
+        _ = m.begin(p, now: 10)
+        _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 900)
+        _ = m.tick(now: 1011)
+        #expect(m.workerCount == 1)
+        let next = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: a)), now: 1012)
+        #expect(next.contains { if case .assign(a, let t, _) = $0 { t.shard == 2 && t.rowsPerShard == [2, 2] } else { false } })
+        _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 2, ticket: m.lastTicket(of: a)), now: 1013)
+        #expect(m.isStepComplete)
+    }
+
     @Test("a malformed frame from a worker holding a task fails that task at once; three end the step with the reason")
     func malformedResult() {
         var m = machine()

@@ -17,6 +17,7 @@ struct WireFormatTests {
         .task(.init(step: 7, shard: 2, shardCount: 3, maskSeed: 0, rows: [], work: .sample(count: 64, masks: 4, seed: 99, method: 1),
                     parameters: .absent)),
         .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)),
+        .task(.init(step: 5, shard: 4, shardCount: 7, maskSeed: 2, rows: [9, 8, 7, 6, 5], parameters: .absent, ticket: 3, rowsPerShard: [2, 2, 1])),
         .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
                       computeMicroseconds: 777, values: .inline([0.25, -0.0, 3e-38]), ticket: .max)),
         .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, values: .shared(slot: 3, count: 12))),
@@ -45,6 +46,24 @@ struct WireFormatTests {
         guard case .hello(let hello) = try WireFormat.decode(frame).message else { Issue.record("not a hello"); return }
         #expect(hello.name.utf8.count <= WireFormat.Limits().maxStringBytes)
         #expect(hello.name.allSatisfy { $0 == "é" } && !hello.name.isEmpty)
+    }
+
+    @Test("a task's shards are a whole subtree of the reduction tree, and its row counts add up")
+    func blocks() {
+        // (first, count, total): aligned powers of two, and the truncated last block.
+        for (first, count, total) in [(0, 1, 1), (3, 1, 4), (0, 4, 4), (2, 2, 4), (4, 3, 7), (8, 3, 11), (4, 2, 6), (0, 8, 100), (96, 4, 100)] {
+            #expect(WireFormat.isAlignedBlock(first: first, count: count, of: total), "\(first) \(count) \(total)")
+        }
+        for (first, count, total) in [(1, 2, 4), (2, 3, 7), (0, 3, 4), (4, 3, 8), (2, 2, 3), (0, 0, 4), (6, 4, 8), (-1, 1, 4)] {
+            #expect(!WireFormat.isAlignedBlock(first: first, count: count, of: total), "\(first) \(count) \(total)")
+        }
+        func refused(_ task: WireMessage.Task) -> Bool {
+            (try? WireFormat.decode(WireFormat.encode(.task(task), runID: 1))) == nil
+        }
+        #expect(refused(.init(step: 1, shard: 1, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 2])))
+        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [])))
+        #expect(!refused(.init(step: 1, shard: 2, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
     }
 
     @Test("the header is laid out as documented")

@@ -66,6 +66,9 @@ public struct CoordinatorStateMachine: Sendable {
         /// Values a result holds when it comes in the sender's own shared-memory slot (dense
         /// gradients of workers on this host); nil when results must come inline.
         public var sharedResultCount: Int?
+        /// Most shards one task may hold: a worker then sums a whole aligned block of the
+        /// reduction tree itself and answers once. 1 keeps one shard per task.
+        public var maxShardsPerTask = 1
 
         public init(step: UInt64, maskSeed: UInt64, work: WireMessage.Work = .gradient, maskDigest: [UInt8]?,
                     shards: [[Int32]], resultCounts: [Int]) {
@@ -146,7 +149,10 @@ public struct CoordinatorStateMachine: Sendable {
     /// Registration order, so assignment is deterministic for a given sequence of events.
     private var order: [Peer] = []
     private var plan: StepPlan?
+    /// Shards not handed out yet, each the first of a task of up to `block` shards.
     private var pending: [UInt32] = []
+    /// Shards per task in the current step.
+    private var block: UInt32 = 1
     private var results: [UInt32: WireMessage.Result] = [:]
     /// The shards the current step waits for.
     private var expected: Set<UInt32> = []
@@ -209,11 +215,34 @@ public struct CoordinatorStateMachine: Sendable {
         results = [:]
         failures = [:]
         failure = nil
-        pending = only ?? (0..<UInt32(plan.shards.count)).map { $0 }
+        block = UInt32(only == nil ? Self.blockSize(shards: plan.shards.count, workers: workers.count, limit: plan.maxShardsPerTask) : 1)
+        pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
         precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
         expected = Set(pending)
         for peer in order { workers[peer]?.assignment = nil }
         return assignIdle(now: now)
+    }
+
+    /// Shards per task for `shards` shards among `workers` workers: the largest power of two up
+    /// to `limit` that leaves no worker more shards to compute than one shard per task would.
+    /// With 4 shards: 4 for one worker, 2 for two or three (the third would wait either way), 1 for four.
+    static func blockSize(shards: Int, workers: Int, limit: Int) -> Int {
+        guard workers > 0, shards > 1 else { return 1 }
+        let perWorker = (shards + workers - 1) / workers
+        var best = 1
+        var size = 2
+        while size <= limit {
+            let blocks = (shards + size - 1) / size
+            if (blocks + workers - 1) / workers * size <= perWorker { best = size }
+            size *= 2
+        }
+        return best
+    }
+
+    /// Shards in the task that starts at shard `first` of the current step.
+    public func shardsInTask(startingAt first: UInt32) -> Int {
+        guard let plan else { return 1 }
+        return min(Int(block), plan.shards.count - Int(first))
     }
 
     /// The results of the completed step, by shard index, and clears it.
@@ -453,9 +482,10 @@ public struct CoordinatorStateMachine: Sendable {
             worker.assignedAt = now
             worker.parametersStep = plan.step
             workers[peer] = worker
+            let members = plan.shards[Int(shard)..<(Int(shard) + shardsInTask(startingAt: shard))]
             let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
-                                        maskSeed: plan.maskSeed, rows: plan.shards[Int(shard)], work: plan.work, parameters: .absent,
-                                        ticket: ticket)
+                                        maskSeed: plan.maskSeed, rows: Array(members.joined()), work: plan.work, parameters: .absent,
+                                        ticket: ticket, rowsPerShard: members.map { UInt32($0.count) })
             actions.append(.assign(peer, task, includeParameters: includeParameters))
         }
         return actions

@@ -9,6 +9,8 @@ public enum WireFormat {
         public var maxRows: Int = 1 << 20
         public var maxFloats: Int = 1 << 26
         public var maxStringBytes: Int = 4096
+        /// Most shards in one task (a block of the reduction tree).
+        public var maxBlockShards: Int = 64
         public var maxConfigurationBytes: Int = 1 << 20
         public init() {}
     }
@@ -37,6 +39,16 @@ public enum WireFormat {
     }
 
     /// Bytes of the encoded frame.
+    /// Whether shards `first ..< first + count` of `total` are a whole subtree of the reduction
+    /// tree over `total` shards: `count` a power of two and `first` a multiple of it, or the
+    /// truncated last block (`first` a multiple of the next power of two, ending at `total`).
+    public static func isAlignedBlock(first: Int, count: Int, of total: Int) -> Bool {
+        guard count >= 1, first >= 0, first + count <= total else { return false }
+        var size = 1
+        while size < count { size *= 2 }
+        return first % size == 0 && (count == size || first + count == total)
+    }
+
     public static func encodedSize(_ message: WireMessage) -> Int {
         headerSize + payloadSize(message)
     }
@@ -46,7 +58,7 @@ public enum WireFormat {
         case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count
         case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
         case .reject(let reason): return 2 + stringBytes(reason).count
-        case .task(let t): return 8 + 4 + 4 + 8 + 8 + 4 + 4 * t.rows.count + workSize(t.work) + payloadSize(t.parameters)
+        case .task(let t): return 8 + 4 + 4 + 8 + 8 + 4 + 4 * t.rows.count + 4 + 4 * t.rowsPerShard.count + workSize(t.work) + payloadSize(t.parameters)
         case .result(let r): return 8 + 4 + 8 + 16 + 8 + 4 + payloadSize(r.values)
         case .heartbeat: return 8
         case .shutdown(_, let reason): return 1 + 2 + stringBytes(reason).count
@@ -117,6 +129,8 @@ public enum WireFormat {
             w.integer(t.maskSeed)
             w.integer(UInt32(t.rows.count))
             t.rows.withUnsafeBytes { w.raw($0) }
+            w.integer(UInt32(t.rowsPerShard.count))
+            t.rowsPerShard.withUnsafeBytes { w.raw($0) }
             switch t.work {
             case .gradient:
                 w.integer(UInt8(0))
@@ -215,6 +229,13 @@ public enum WireFormat {
             let maskSeed: UInt64 = try r.integer("mask seed")
             let rows = try r.int32Array("rows", limit: limits.maxRows)
             guard rows.allSatisfy({ $0 >= 0 }) else { throw .invalidField("negative row index") }
+            let rowsPerShard = try r.array("rows per shard", limit: limits.maxBlockShards, of: UInt32.self)
+            guard !rowsPerShard.isEmpty, rowsPerShard.reduce(0, { $0 + Int($1) }) == rows.count else {
+                throw .invalidField("rows per shard \(rowsPerShard) do not add up to the \(rows.count) rows")
+            }
+            guard WireFormat.isAlignedBlock(first: Int(shard), count: rowsPerShard.count, of: Int(shardCount)) else {
+                throw .invalidField("shards \(shard)..<\(Int(shard) + rowsPerShard.count) of \(shardCount) are not a whole subtree of the reduction tree")
+            }
             let kind: UInt8 = try r.integer("work kind")
             let work: WireMessage.Work
             switch kind {
@@ -238,7 +259,7 @@ public enum WireFormat {
             }
             let parameters = try r.payload("parameters", limit: limits.maxFloats)
             message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows, work: work,
-                                  parameters: parameters, ticket: ticket))
+                                  parameters: parameters, ticket: ticket, rowsPerShard: rowsPerShard))
         case .result:
             let step: UInt64 = try r.integer("step")
             let shard: UInt32 = try r.integer("shard")

@@ -20,8 +20,9 @@
 ///                shared-memory path (string, empty for none), slot (UInt32), slot floats (UInt32)
 ///     reject     reason (string)
 ///     task       step (UInt64), shard (UInt32), shard count (UInt32), ticket (UInt64),
-///                mask seed (UInt64), example rows (Int32 array), work (a kind byte and its
-///                fields, see ``WireMessage/Work``), parameters (payload)
+///                mask seed (UInt64), example rows (Int32 array), rows per shard (UInt32
+///                array), work (a kind byte and its fields, see ``WireMessage/Work``),
+///                parameters (payload)
 ///     result     step (UInt64), shard (UInt32), ticket (UInt64), mask digest (16 bytes),
 ///                loss sum (Float64), compute microseconds (UInt32), values (payload)
 ///
@@ -37,6 +38,11 @@
 ///     who        (empty): "I do not know you; say hello"
 ///     failed     step (UInt64), shard (UInt32), ticket (UInt64), reason (string): the worker
 ///                could not do the task
+///
+/// A gradient task may hold a block of consecutive shards, `shard ..< shard + n` for `n` rows
+/// counts: a whole aligned subtree of the step's reduction tree (`n` a power of two and `shard`
+/// a multiple of it, or the tree's truncated last block). Its result is their gradients summed
+/// in tree order, the bits the coordinator's own tree would have given.
 ///
 /// A ticket names one hand-out of a task: a result or failure counts only with the ticket of
 /// the task its sender holds, so an answer to an earlier copy of the same shard never does.
@@ -125,6 +131,9 @@ public enum WireMessage: Sendable, Equatable {
         public var maskSeed: UInt64
         /// Rows of the data set, in order.
         public var rows: [Int32]
+        /// How many of `rows` each shard of the task takes, in order: one count for one shard,
+        /// `n` for a block of `n` shards starting at `shard`.
+        public var rowsPerShard: [UInt32]
         public var work: Work
         /// The step's parameters (packed for its mask for gradients, dense otherwise); absent
         /// when the worker already holds them.
@@ -132,7 +141,8 @@ public enum WireMessage: Sendable, Equatable {
         /// This hand-out of the task; its result must carry the same.
         public var ticket: UInt64
         public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], work: Work = .gradient,
-                    parameters: FloatPayload, ticket: UInt64 = 0) {
+                    parameters: FloatPayload, ticket: UInt64 = 0, rowsPerShard: [UInt32]? = nil) {
+            self.rowsPerShard = rowsPerShard ?? [UInt32(rows.count)]
             self.step = step
             self.shard = shard
             self.shardCount = shardCount

@@ -171,9 +171,11 @@ public final class ClusterCoordinator {
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
                                             fillShared: { packing.mask(parameters, into: $0, threads: threads) },
                                             fill: { packing.pack(parameters, into: $0, threads: threads) })
-        let machinePlan = CoordinatorStateMachine.StepPlan(
+        var machinePlan = CoordinatorStateMachine.StepPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
             gradientCount: packing.count, denseCount: shared == nil ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
+        // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
+        machinePlan.maxShardsPerTask = Self.maxShardsPerTask
         inPlace = [:]
         copiedOut = []
         defer { inPlace = [:] }
@@ -188,7 +190,8 @@ public final class ClusterCoordinator {
         } else {
             // Dense sums: masked-out entries are +0 in every term, so they stay +0.
             var terms: [UnsafeMutablePointer<Float>] = []
-            for (s, result) in results.enumerated() {
+            for result in results {
+                let s = Int(result.shard)   // the task's first shard: the key of its slot's copy and of its scratch
                 switch result.values {
                 case .shared(let slot, _) where !copiedOut.contains(s):
                     terms.append(shared!.pointer(Int(slot)))
@@ -213,6 +216,10 @@ public final class ClusterCoordinator {
         denseGradientSeed = plan.maskSeed
         return (denseGradient, lossSum)
     }
+
+    /// Most shards of a step one worker sums before answering; each beyond the first costs the
+    /// worker a dense buffer.
+    public static let maxShardsPerTask = 8
 
     /// Dense buffers of the shards whose gradients had to leave shared memory (or arrived
     /// packed) before the step's sum: one per shard index, made on first use and reused.
@@ -445,7 +452,7 @@ public final class ClusterCoordinator {
                         var timing = stepTimings[name] ?? StepTiming(worker: name)
                         if stepTimings[name] == nil { timingOrder.append(name) }
                         let compute = Double(r.computeMicroseconds) / 1000
-                        timing.shards += 1
+                        timing.shards += machine.shardsInTask(startingAt: r.shard)
                         timing.computeMilliseconds += compute
                         timing.waitMilliseconds += max(0, (clock.now - sent).seconds * 1000 - compute)
                         stepTimings[name] = timing

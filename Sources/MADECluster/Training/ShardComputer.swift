@@ -17,6 +17,8 @@ public final class ShardComputer {
     private var parametersKey: (step: UInt64, maskSeed: UInt64, inPlace: Bool)?
     /// The mapping the engine reads parameters from, kept mapped while it does.
     private var parameterMemory: SharedSlots?
+    /// Gradients of a block's shards after its first, summed into the first.
+    private var blockBuffers: [UnsafeMutableBufferPointer<Float>] = []
     private var gradient: [Float] = []
 
     public init(dataset: Dataset) {
@@ -85,6 +87,9 @@ public final class ShardComputer {
         guard task.rows.count <= configuration.batchSize else {
             throw ClusterError(.protocolFailure, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
         }
+        guard task.rowsPerShard.count <= configuration.shards else {
+            throw ClusterError(.protocolFailure, "a task of \(task.rowsPerShard.count) shards in a run of \(configuration.shards)")
+        }
         guard task.rows.allSatisfy({ Int($0) < train.count }) else {
             throw ClusterError(.protocolFailure, "a task names rows beyond the \(train.count) training examples")
         }
@@ -115,13 +120,11 @@ public final class ShardComputer {
         let payload: FloatPayload
         let loss: Double
         if parametersKey!.inPlace, let shared, let slot, slot > 0, packing.denseCount <= shared.slotFloats {
-            loss = task.rows.withUnsafeBufferPointer { rows in
-                shared.withSlot(slot, count: packing.denseCount) { engine.gradient(data: train, indices: rows, into: $0) }
-            }
+            loss = shared.withSlot(slot, count: packing.denseCount) { blockGradient(task, engine: engine, into: $0.baseAddress!, masking: true) }
             payload = .shared(slot: UInt32(slot), count: UInt32(packing.denseCount))
         } else {
             // Only the active entries are packed, so the masked-out ones need no zeroing.
-            loss = engine.gradient(data: train, indices: task.rows[...], into: &gradient, maskingGradient: false)
+            loss = gradient.withUnsafeMutableBufferPointer { blockGradient(task, engine: engine, into: $0.baseAddress!, masking: false) }
             payload = .inline(packing.pack(gradient))
         }
         // The wire carries finite values only: a diverged shard is reported as failed, not sent.
@@ -133,12 +136,37 @@ public final class ShardComputer {
                                   computeMicroseconds: UInt32(clamping: Int(micros)), values: payload, ticket: task.ticket)
     }
 
+    /// Dense gradients of the task's shards, each as one process computes it, summed into `out`
+    /// in the order of the reduction tree; returns the shards' losses summed in the same order.
+    private func blockGradient(_ task: WireMessage.Task, engine: GradientEngine, into out: UnsafeMutablePointer<Float>, masking: Bool) -> Double {
+        let dense = engine.workspace.layout.count
+        var terms = [out]
+        while blockBuffers.count < task.rowsPerShard.count - 1 {
+            blockBuffers.append(UnsafeMutableBufferPointer<Float>.allocate(capacity: dense))
+        }
+        terms += blockBuffers.prefix(task.rowsPerShard.count - 1).map { $0.baseAddress! }
+        var losses: [Double] = []
+        var start = 0
+        task.rows.withUnsafeBufferPointer { rows in
+            for (k, count) in task.rowsPerShard.enumerated() {
+                let shardRows = UnsafeBufferPointer(rebasing: rows[start..<(start + Int(count))])
+                losses.append(engine.gradient(data: train, indices: shardRows, into: UnsafeMutableBufferPointer(start: terms[k], count: dense),
+                                              maskingGradient: masking))
+                start += Int(count)
+            }
+        }
+        // Finiteness is checked by whoever reads the sum (the packed values here, the coordinator's sum in shared memory).
+        if terms.count > 1 { GradientReducer.reduce(terms, count: dense, into: out) }
+        return GradientReducer.reduce(losses)
+    }
+
     /// Scores rows or draws a sampling batch (see ``WireMessage/Work``); the values travel inline.
     ///
     /// - Log-likelihood: split 0, 1, 2 is train, valid, test; mode 0 returns `log p_k(x)` for
     ///   every mask `k` then every row (`[mask][row]`), mode 1 the logit-averaged value per row.
     /// - Sample: batch `task.shard` of `count` samples; method 0 is cached, 1 naive.
     func computeJob(_ task: WireMessage.Task, configuration c: TrainingConfiguration, shared: SharedSlots?) throws -> WireMessage.Result {
+        guard task.rowsPerShard.count == 1 else { throw ClusterError(.protocolFailure, "scoring and sampling take one shard per task") }
         let start = ContinuousClock.now
         let dense = ParameterLayout(c.model).count
         switch task.parameters {
