@@ -72,7 +72,7 @@ trap interrupt INT TERM HUP
 
 made_shard_flags "$workers" "$@"
 
-"$made" coordinator --bind tcp://127.0.0.1:0 --endpoint-file "$endpoint_file" "${shard_flags[@]}" "$@" 2>&1 &
+"$made" coordinator --bind tcp://127.0.0.1:0 --endpoint-file "$endpoint_file" ${shard_flags[@]+"${shard_flags[@]}"} "$@" 2>&1 &
 coordinator_pid=$!
 
 for ((i = 0; i < workers; i++)); do

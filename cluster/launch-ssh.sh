@@ -128,7 +128,7 @@ done <"$hostfile"
 coordinator=("$made" coordinator --bind "tcp://0.0.0.0:$port" --advertise-host "$advertise")
 [[ -z $keys ]] || coordinator+=(--keys "$keys")
 made_shard_flags "${#hosts[@]}" "${flags[@]}"
-coordinator+=("${shard_flags[@]}" "${flags[@]}")
+coordinator+=(${shard_flags[@]+"${shard_flags[@]}"} "${flags[@]}")
 
 # The remote command, one shell word per argument: ssh hands the remote shell a single string.
 remote_command() { # ENDPOINT NAME

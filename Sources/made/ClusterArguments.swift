@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import MADECluster
 
 /// Flags of the data-parallel cluster, shared by `train`, `coordinator` and `launch`.
@@ -35,6 +36,26 @@ struct ClusterArguments: ParsableArguments {
         for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout), ("--idle-timeout", idleTimeout),
                               ("--join-timeout", joinTimeout)] {
             guard value > 0, value <= 1_000_000 else { throw ValidationError("\(name) must be between 0 and 1000000 seconds, not \(value)") }
+        }
+    }
+
+    /// Waits until the workers to wait for have joined `coordinator`: `--wait-for-workers`, else
+    /// `announced` (WORLD_SIZE - 1), else `--workers`. Gives up after `--join-timeout`, or at once
+    /// when a process of `pool` has died and the count cannot be reached; training then starts
+    /// with the workers that came.
+    func awaitWorkers(_ coordinator: ClusterCoordinator, announced: Int? = nil, pool: LocalWorkerPool?, logger: Logger) throws {
+        let awaited = waitForWorkers ?? announced ?? workers
+        guard awaited > 0 else { return }
+        let deadline = ContinuousClock.now + .milliseconds(Int(joinTimeout * 1000))
+        while try !coordinator.waitForWorkers(awaited, timeout: 200) {
+            let local = pool?.processes.count ?? 0
+            let localLost = local > 0 && (pool?.running.count ?? 0) < min(awaited, local)
+            if localLost || ContinuousClock.now >= deadline {
+                logger.warning("starting without every expected worker", metadata: [
+                    "joined": "\(coordinator.workerCount)", "expected": "\(awaited)",
+                    "reason": "\(localLost ? "a local worker process exited" : "--join-timeout passed")"])
+                return
+            }
         }
     }
 

@@ -23,6 +23,7 @@ enum JobCluster {
         }
         defer { pool.stop() }
         do {
+            try cluster.awaitWorkers(coordinator, pool: pool, logger: logger)
             let result = try body(coordinator)
             coordinator.shutdownWorkers(reason: "the job is complete")
             return result

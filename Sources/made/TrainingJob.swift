@@ -112,10 +112,7 @@ struct TrainingJob {
             }
             do {
                 // Start with every worker the launch announced, so none arrives after the work is done.
-                let awaited = cluster.waitForWorkers ?? expectedWorkers ?? cluster.workers
-                if awaited > 0, try !c.waitForWorkers(awaited, timeout: UInt64(cluster.joinTimeout * 1000)) {
-                    logger.warning("starting without every expected worker", metadata: ["joined": "\(c.workerCount)", "expected": "\(awaited)"])
-                }
+                try cluster.awaitWorkers(c, announced: expectedWorkers, pool: pool, logger: logger)
                 outcome = try trainer.drive(until: shouldStop) { plan in
                     try c.computeStep(plan, parameters: trainer.state.parameters)
                 }

@@ -113,6 +113,55 @@ struct ClusterProcessTests {
         #expect(only.wait(timeout: 10) == 0)
     }
 
+    @Test("local workers that cannot start: the coordinator stops waiting for them at once and fails with the reason")
+    func localWorkersFail() throws {
+        let folder = EndToEnd.folder("nostart")
+        let data = try EndToEnd.writeData(to: folder)
+        let keys = folder + "/keys"
+        let (keygen, _, _) = try EndToEnd.run(["keygen", keys], folder: folder, name: "keygen")
+        #expect(keygen == 0)
+        try FileManager.default.removeItem(atPath: keys + "/worker.key")   // the workers' key pair is gone
+        let started = Date()
+        let (code, _, err) = try EndToEnd.run(["train", "--workers", "2", "--keys", keys, "--idle-timeout", "3"] + Self.runFlags(data: data),
+                                              folder: folder, name: "train", timeout: 50)
+        #expect(code != nil && code != 0)
+        #expect(Date().timeIntervalSince(started) < 45, "waited out the 60 s join timeout")
+        #expect(err.contains("worker.key"), "\(err)")
+        #expect(err.contains("a local worker process exited"), "\(err)")
+    }
+
+    @Test("a worker speaking an older protocol version is refused in a frame of its own version, with the reason")
+    func olderProtocol() throws {
+        let folder = EndToEnd.folder("older")
+        let data = try EndToEnd.writeData(to: folder)
+        let port = EndToEnd.freePort()
+        let endpoint = "tcp://127.0.0.1:\(port)"
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", endpoint, "--wait-for-workers", "1", "--join-timeout", "30"]
+                                             + Self.runFlags(data: data, epochs: 1), folder: folder, name: "coordinator")
+        defer { coordinator.signal(SIGKILL) }
+        let context = try ZMQContext()
+        defer { context.shutdown() }
+        let old = try ZMQSocket(context: context, kind: .dealer)
+        defer { old.close() }
+        try old.connect(endpoint)
+        var hello = WireFormat.encode(.hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: "old")), runID: 0)
+        hello[4] = 1   // protocol version 1
+        var reply: [UInt8]?
+        for _ in 0..<100 where reply == nil {
+            try old.send(bytes: [hello], dontWait: true)
+            _ = try ZMQSocket.poll([.socket(old)], timeoutMilliseconds: 200)
+            reply = try old.receiveMessage(maxParts: 1, dontWait: true)?.frames.first
+        }
+        let frame = try #require(reply, "no answer to a version-1 hello")
+        #expect(frame[4] == 1 && frame[5] == 0, "the reply is not in version 1")
+        #expect(frame[6] == WireMessage.Kind.reject.rawValue)
+        guard case .reject(let reason) = try WireFormat.decode(frame).message else {
+            Issue.record("not a reject")
+            return
+        }
+        #expect(reason.contains("protocol version"))
+    }
+
     @Test("a worker killed with SIGKILL mid-run changes nothing")
     func killWorker() throws {
         let folder = EndToEnd.folder("killworker")

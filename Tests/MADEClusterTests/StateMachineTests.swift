@@ -228,29 +228,45 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.badResults >= 1)
     }
 
-    @Test("an answer to an earlier hand-out of the same shard to the same worker does not count: only the last ticket does")
+    @Test("tickets: an answer in shared memory counts only with the last ticket; an inline answer to an earlier hand-out of the step counts; deadlines double")
     func tickets() throws {
-        var m = machine()
-        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
-        let first = m.begin(plan(step: 0, shards: 1), now: 1)
+        var settings = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [])
+        settings.heartbeatTimeout = 100_000
+        settings.taskTimeout = 5000
+        settings.hostID = "here"
+        settings.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
+        var m = CoordinatorStateMachine(settings: settings)
+        _ = m.receive(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
+        let p = CoordinatorStateMachine.StepPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10, shards: [[0]])
+        _ = m.begin(p, now: 1)
         let firstTicket = try #require(m.lastTicket(of: a))
-        #expect(first.contains { if case .assign(a, let t, _) = $0 { t.ticket == firstTicket } else { false } })
         // The task times out and, a being the only worker, goes back to a under a new ticket.
-        _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 5000)
         let again = m.tick(now: 1 + 5001)
         let secondTicket = try #require(m.lastTicket(of: a))
         #expect(secondTicket != firstTicket)
         #expect(again.contains { if case .assign(a, let t, _) = $0 { t.ticket == secondTicket && t.shard == 0 } else { false } })
-        // The answer to the first hand-out arrives: late, while a still computes the second.
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: firstTicket), now: 5100)
-        #expect(!m.isStepComplete)
-        #expect(m.counters.lateResults == 1)
+        // Its deadline doubled: not taken back after another 5 s, but after 10 s.
+        #expect(m.tick(now: 5002 + 5001).isEmpty || m.holds(a, step: 0, shard: 0, ticket: secondTicket))
         #expect(m.holds(a, step: 0, shard: 0, ticket: secondTicket))
+        // The first hand-out's answer in shared memory does not count: a may be writing its slot again.
+        let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
+                                              values: .shared(slot: 1, count: 10), ticket: firstTicket))
+        _ = m.receive(from: a, runID: 77, message: shared, now: 10_100)
+        #expect(!m.isStepComplete && m.counters.lateResults == 1)
         // A failure of the first hand-out does not count either.
-        _ = m.receive(from: a, runID: 77, message: .failed(step: 0, shard: 0, ticket: firstTicket, reason: "x"), now: 5101)
+        _ = m.receive(from: a, runID: 77, message: .failed(step: 0, shard: 0, ticket: firstTicket, reason: "x"), now: 10_101)
         #expect(m.counters.failedTasks == 0 && m.holds(a, step: 0, shard: 0, ticket: secondTicket))
-        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: secondTicket), now: 5200)
+        // The same answer inline counts: the values are those of the step, whichever hand-out made them.
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: firstTicket), now: 10_102)
         #expect(m.isStepComplete)
+        // An answer with a ticket never handed out for that shard does not.
+        var other = CoordinatorStateMachine(settings: settings)
+        _ = other.receive(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
+        _ = other.begin(plan(step: 0, shards: 2), now: 1)
+        let held = try #require(other.lastTicket(of: a))
+        _ = other.receive(from: a, runID: 77, message: result(step: 0, shard: 1, ticket: held), now: 2)
+        _ = other.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: held &+ 99), now: 3)
+        #expect(!other.isStepComplete)
     }
 
     @Test("shards per task: the largest power of two that gives no worker more shards to compute")
@@ -418,7 +434,7 @@ struct WorkerStateMachineTests {
                 == [.configure(runID: 5, configuration: [4], sharedMemory: nil)])
         let compute = w.receive(runID: 5, message: task(step: 1, parameters: [1]), now: 700)
         #expect(compute.count == 1)
-        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, values: .inline([1]))
+        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, values: .inline([1]), ticket: 4)
         #expect(w.computed(result, now: 710) == [.send(.result(result))])
         // Second shard of the same step needs no parameters.
         #expect(w.receive(runID: 5, message: task(step: 1, parameters: nil), now: 720).count == 1)

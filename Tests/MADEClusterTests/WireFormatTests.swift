@@ -20,7 +20,7 @@ struct WireFormatTests {
         .task(.init(step: 5, shard: 4, shardCount: 7, maskSeed: 2, rows: [9, 8, 7, 6, 5], parameters: .absent, ticket: 3, rowsPerShard: [2, 2, 1])),
         .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
                       computeMicroseconds: 777, values: .inline([0.25, -0.0, 3e-38]), ticket: .max)),
-        .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, values: .shared(slot: 3, count: 12))),
+        .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, values: .shared(slot: 3, count: 12), ticket: 2)),
         .heartbeat(sequence: .max),
         .shutdown(exitCode: 0, reason: "done"),
         .who,
@@ -108,7 +108,7 @@ struct WireFormatTests {
         expectError(b) { $0 == .trailingBytes(4) }
         // A NaN in a gradient.
         let nan = WireFormat.encode(.result(.init(step: 1, shard: 0, maskDigest: Array(repeating: 0, count: 16), lossSum: 1,
-                                                  computeMicroseconds: 0, values: .inline([.nan]))), runID: 1)
+                                                  computeMicroseconds: 0, values: .inline([.nan]), ticket: 1)), runID: 1)
         expectError(nan) { if case .invalidField = $0 { true } else { false } }
         // A shard index beyond the shard count.
         let badShard = WireFormat.encode(.task(.init(step: 1, shard: 4, shardCount: 4, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)
@@ -154,13 +154,14 @@ struct WireFormatTests {
                 frame += (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             default:  // oversized counts in otherwise valid frames
                 frame = seeds[4]
-                let at = 24 + 8 + 4 + 4 + 8
+                let at = 24 + 8 + 4 + 4 + 8 + 8   // the row count, after step, shard, shard count, ticket and mask seed
                 frame.replaceSubrange(at..<(at + 4), with: withUnsafeBytes(of: UInt32(truncatingIfNeeded: rng.next()).littleEndian, Array.init))
             }
             do {
                 let (_, message) = try WireFormat.decode(frame)
-                // Whatever decodes must encode back to the same bytes.
-                #expect(WireFormat.encode(message, runID: try WireFormat.decode(frame).runID) == frame)
+                // Whatever decodes must encode back to the same bytes (a reject in the version it came in).
+                let version = UInt16(frame[4]) | UInt16(frame[5]) << 8
+                #expect(WireFormat.encode(message, runID: try WireFormat.decode(frame).runID, version: version) == frame)
                 decoded += 1
             } catch {
                 refused += 1

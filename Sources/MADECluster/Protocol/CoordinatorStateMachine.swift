@@ -137,7 +137,8 @@ public struct CoordinatorStateMachine: Sendable {
         var assignment: Assignment?
         /// A task was taken back from this worker for taking too long: others go first.
         var stalled = false
-        var assignedAt: UInt64 = 0
+        /// When the task it holds is taken back.
+        var deadline: UInt64 = 0
         var parametersStep: UInt64?
         var slot: UInt32?
         var lastTicket: UInt64?
@@ -153,6 +154,10 @@ public struct CoordinatorStateMachine: Sendable {
     private var pending: [UInt32] = []
     /// Shards per task in the current step.
     private var block: UInt32 = 1
+    /// Times each shard of the current step was taken back for taking too long.
+    private var retakes: [UInt32: Int] = [:]
+    /// The tickets handed out in the current step: to whom, for which shard.
+    private var issued: [UInt64: (peer: Peer, shard: UInt32)] = [:]
     private var results: [UInt32: WireMessage.Result] = [:]
     /// The shards the current step waits for.
     private var expected: Set<UInt32> = []
@@ -215,6 +220,8 @@ public struct CoordinatorStateMachine: Sendable {
         results = [:]
         failures = [:]
         failure = nil
+        retakes = [:]
+        issued = [:]
         block = UInt32(only == nil ? Self.blockSize(shards: plan.shards.count, workers: workers.count, limit: plan.maxShardsPerTask) : 1)
         pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
         precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
@@ -316,16 +323,19 @@ public struct CoordinatorStateMachine: Sendable {
             guard let worker = workers[peer], now > worker.lastHeard + settings.heartbeatTimeout else { continue }
             actions += remove(peer, reason: "no message for \(now - worker.lastHeard) ms")
         }
-        // A task out longer than the timeout is taken back (its result will no longer count)
-        // and queued for whichever worker is idle first, this one included: a lost task or
-        // result cannot stall a step.
+        // A task out longer than the timeout is taken back and queued for whichever worker is
+        // idle first, this one included: a lost task or result cannot stall a step. Each time a
+        // shard is taken back its next deadline doubles, so a task that simply takes long
+        // still finishes.
         for peer in order {
-            guard let worker = workers[peer], let assignment = worker.assignment,
-                  now > worker.assignedAt + settings.taskTimeout else { continue }
+            guard let worker = workers[peer], let assignment = worker.assignment, now > worker.deadline else { continue }
             workers[peer]?.assignment = nil
             workers[peer]?.parametersStep = nil
             workers[peer]?.stalled = true
-            if assignment.step == plan?.step { requeueIfUnheld(assignment.shard) }
+            if assignment.step == plan?.step {
+                retakes[assignment.shard, default: 0] += 1
+                requeueIfUnheld(assignment.shard)
+            }
         }
         if now >= lastHeartbeatSent + settings.heartbeatInterval {
             lastHeartbeatSent = now
@@ -417,14 +427,20 @@ public struct CoordinatorStateMachine: Sendable {
     }
 
     private mutating func accept(_ result: WireMessage.Result, from peer: Peer, now: UInt64) -> [Action] {
-        // Only the task a worker holds counts: a result from an earlier step, for a task taken
-        // back, or for a shard it was never given is dropped.
+        // The task a worker holds counts. So does an inline answer to an earlier hand-out of
+        // a shard still without a result, made to this worker in this step (a task taken back
+        // for taking long): its values are the same. Anything else is dropped: a result from an
+        // earlier step, for a shard it was never given, or in shared memory the worker may
+        // already be writing again.
         workers[peer]?.stalled = false
-        guard holds(peer, step: result.step, shard: result.shard, ticket: result.ticket) else {
+        let held = holds(peer, step: result.step, shard: result.shard, ticket: result.ticket)
+        let earlier = !held && result.values.inlineValues != nil && result.step == plan?.step
+            && issued[result.ticket].map { $0.peer == peer && $0.shard == result.shard } == true && results[result.shard] == nil
+        guard held || earlier else {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
-        workers[peer]?.assignment = nil
+        if held { workers[peer]?.assignment = nil }
         guard let plan, result.step == plan.step else {
             counters.lateResults += 1
             return assignIdle(now: now)
@@ -479,7 +495,8 @@ public struct CoordinatorStateMachine: Sendable {
             nextTicket &+= 1
             worker.assignment = Assignment(step: plan.step, shard: shard, ticket: ticket)
             worker.lastTicket = ticket
-            worker.assignedAt = now
+            worker.deadline = now + settings.taskTimeout << min(retakes[shard] ?? 0, 10)
+            issued[ticket] = (peer, shard)
             worker.parametersStep = plan.step
             workers[peer] = worker
             let members = plan.shards[Int(shard)..<(Int(shard) + shardsInTask(startingAt: shard))]

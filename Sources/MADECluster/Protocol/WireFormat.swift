@@ -17,23 +17,24 @@ public enum WireFormat {
 
     // MARK: Encoding
 
-    /// The frame for `message` in run `runID`.
-    public static func encode(_ message: WireMessage, runID: UInt64) -> [UInt8] {
+    /// The frame for `message` in run `runID`. `version` other than ``version`` is only for a
+    /// `reject` to a peer of that version (a reject's payload, one string, is the same in all).
+    public static func encode(_ message: WireMessage, runID: UInt64, version: UInt16 = version) -> [UInt8] {
         let size = encodedSize(message)
         return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
             var writer = WireWriter(buffer: UnsafeMutableRawBufferPointer(buffer))
-            write(message, runID: runID, size: size, to: &writer)
+            write(message, runID: runID, size: size, version: version, to: &writer)
             precondition(writer.position == size, "WireFormat: encoded \(writer.position) of \(size) bytes")
             count = size
         }
     }
 
     /// The frame for `message` in a freshly allocated buffer that the caller owns (for zero-copy sends).
-    public static func encodeOwned(_ message: WireMessage, runID: UInt64) -> UnsafeMutableRawBufferPointer {
+    public static func encodeOwned(_ message: WireMessage, runID: UInt64, version: UInt16 = version) -> UnsafeMutableRawBufferPointer {
         let size = encodedSize(message)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         var writer = WireWriter(buffer: buffer)
-        write(message, runID: runID, size: size, to: &writer)
+        write(message, runID: runID, size: size, version: version, to: &writer)
         precondition(writer.position == size)
         return buffer
     }
@@ -97,7 +98,8 @@ public enum WireFormat {
         }
     }
 
-    private static func write(_ message: WireMessage, runID: UInt64, size: Int, to w: inout WireWriter) {
+    private static func write(_ message: WireMessage, runID: UInt64, size: Int, version: UInt16, to w: inout WireWriter) {
+        precondition(version == WireFormat.version || message.kind == .reject, "only a reject goes out in another protocol version")
         w.bytes(magic)
         w.integer(version)
         w.integer(message.kind.rawValue)
@@ -180,8 +182,9 @@ public enum WireFormat {
         var r = WireReader(buffer: raw)
         guard try r.bytes(4, "magic") == magic else { throw .badMagic }
         let v: UInt16 = try r.integer("version")
-        guard v == version else { throw .unsupportedVersion(v) }
         let typeByte: UInt8 = try r.integer("type")
+        // A reject is read in any version, so a peer of another version hears why it is refused.
+        guard v == version || (v >= 1 && typeByte == WireMessage.Kind.reject.rawValue) else { throw .unsupportedVersion(v) }
         guard let kind = WireMessage.Kind(rawValue: typeByte) else { throw .unknownType(typeByte) }
         let flags: UInt8 = try r.integer("flags")
         guard flags == 0 else { throw .nonzeroFlags(flags) }

@@ -167,7 +167,7 @@ public enum WireMessage: Sendable, Equatable {
         /// The ticket of the task this answers.
         public var ticket: UInt64
         public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, values: FloatPayload,
-                    ticket: UInt64 = 0) {
+                    ticket: UInt64) {
             self.step = step
             self.shard = shard
             self.ticket = ticket

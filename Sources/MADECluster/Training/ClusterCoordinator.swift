@@ -466,6 +466,14 @@ public final class ClusterCoordinator {
                 }
             } catch {
                 actions = machine.malformed(from: peer, error: error, now: now)
+                // A worker of another protocol version is told why in a frame it can read.
+                if case WireError.unsupportedVersion(let v) = error, v >= 1, v < WireFormat.version {
+                    for case .send(let to, let message) in actions where message.kind == .reject {
+                        send(to: to, message, version: v)
+                    }
+                    try perform(actions.filter { if case .send(_, let m) = $0 { m.kind != .reject } else { true } }, parameters: parameters)
+                    continue
+                }
             }
             try perform(actions, parameters: parameters)
         }
@@ -501,8 +509,8 @@ public final class ClusterCoordinator {
         }
     }
 
-    private func send(to peer: [UInt8], _ message: WireMessage) {
-        let frame = WireFormat.encodeOwned(message, runID: machine.settings.runID)
+    private func send(to peer: [UInt8], _ message: WireMessage, version: UInt16 = WireFormat.version) {
+        let frame = WireFormat.encodeOwned(message, runID: machine.settings.runID, version: version)
         let size = frame.count
         do {
             let result = try router.send([.bytes(peer), .owned(frame)], dontWait: true)
