@@ -6,7 +6,7 @@
 # own namespace made-hub (the root namespace is not touched), addresses 10.213.0.(i+1)/24. Only
 # these namespaces' own addresses are used; nothing is sent anywhere else.
 #
-#   made-h0:       made coordinator --bind tcp://10.213.0.1:$MADE_PORT --keys KEYS MADE_FLAGS
+#   made-h0:       made coordinator --bind tcp://10.213.0.1:$MADE_PORT --keys KEYS --wait-for-workers K-1 MADE_FLAGS
 #   made-h1 .. :   made worker --connect tcp://10.213.0.1:$MADE_PORT --keys KEYS
 #   root namespace, at the same time: made train MADE_FLAGS (one process)
 #
@@ -140,7 +140,7 @@ reference_pid=$!
 pids+=("$reference_pid")
 
 ip netns exec made-h0 timeout "$run_timeout" "$made" coordinator -d "$data" "${made_flags[@]}" \
-    --bind "tcp://$subnet.1:$port" --keys "$keys" >"$work/coordinator.out" 2>"$work/coordinator.log" &
+    --bind "tcp://$subnet.1:$port" --keys "$keys" --wait-for-workers $((hosts - 1)) >"$work/coordinator.out" 2>"$work/coordinator.log" &
 coordinator_pid=$!
 pids+=("$coordinator_pid")
 

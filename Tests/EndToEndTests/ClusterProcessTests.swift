@@ -166,10 +166,11 @@ struct ClusterProcessTests {
     func killWorker() throws {
         let folder = EndToEnd.folder("killworker")
         let data = try EndToEnd.writeData(to: folder)
-        let expected = try Self.reference(folder, data: data, epochs: 30)
+        // Long enough that the victim dies mid-run and its silence (1 s) is noticed before the end.
+        let expected = try Self.reference(folder, data: data, epochs: 300)
         let endpoint = folder + "/endpoint"
         let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
-                                              "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 30),
+                                              "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 300),
                                              folder: folder, name: "coordinator")
         let victim = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"], folder: folder, name: "victim")
         let survivor = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "survivor"], folder: folder, name: "survivor")
@@ -189,19 +190,19 @@ struct ClusterProcessTests {
     func killCoordinator() throws {
         let folder = EndToEnd.folder("killcoordinator")
         let data = try EndToEnd.writeData(to: folder)
-        let expected = try Self.reference(folder, data: data, epochs: 20)
+        let expected = try Self.reference(folder, data: data, epochs: 200)
         let port = EndToEnd.freePort()
         let flags = ["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--checkpoint", folder + "/run.ckpt", "--resume",
-                     "--checkpoint-every", "7"] + Self.runFlags(data: data, epochs: 20)
+                     "--checkpoint-every", "7"] + Self.runFlags(data: data, epochs: 200)
         let first = try EndToEnd.Child(flags, folder: folder, name: "coordinator1")
         let workers = try (0..<2).map {
             try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "w\($0)"], folder: folder, name: "worker\($0)")
         }
-        #expect(first.waitFor(timeout: 60) { $0.contains("epoch 3/20") }, "training did not get going: \(first.errors)")
+        #expect(first.waitFor(timeout: 60) { $0.contains("epoch 3/200") }, "training did not get going: \(first.errors)")
         first.signal(SIGKILL)
         _ = first.wait(timeout: 10)
         let saved = try Checkpoint.read(from: folder + "/run.ckpt")
-        #expect(saved.state.step > 0 && saved.state.completedEpochs < 20)
+        #expect(saved.state.step > 0 && saved.state.completedEpochs < 200)
         let second = try EndToEnd.Child(flags, folder: folder, name: "coordinator2")
         #expect(second.wait(timeout: 120) == 0, "\(second.errors)")
         #expect(second.errors.contains("resuming"))
@@ -213,18 +214,18 @@ struct ClusterProcessTests {
     func hostilePeers() throws {
         let folder = EndToEnd.folder("hostile")
         let data = try EndToEnd.writeData(to: folder)
-        let expected = try Self.reference(folder, data: data, epochs: 40)
+        let expected = try Self.reference(folder, data: data, epochs: 300)
         let keys = folder + "/keys"
         let (keygen, _, keygenErrors) = try EndToEnd.run(["keygen", keys], folder: folder, name: "keygen")
         #expect(keygen == 0, "\(keygenErrors)")
         let port = EndToEnd.freePort()
         let endpoint = "tcp://127.0.0.1:\(port)"
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", endpoint, "--keys", keys] + Self.runFlags(data: data, epochs: 40),
+        let coordinator = try EndToEnd.Child(["coordinator", "--bind", endpoint, "--keys", keys] + Self.runFlags(data: data, epochs: 300),
                                              folder: folder, name: "coordinator")
         let workers = try (0..<2).map {
             try EndToEnd.Child(["worker", "-d", data, "--connect", endpoint, "--keys", keys, "--name", "w\($0)"], folder: folder, name: "worker\($0)")
         }
-        #expect(coordinator.waitFor(timeout: 60) { $0.contains("epoch 1/40") }, "training did not get going: \(coordinator.errors)")
+        #expect(coordinator.waitFor(timeout: 60) { $0.contains("epoch 1/300") }, "training did not get going: \(coordinator.errors)")
 
         let context = try ZMQContext()
         defer { context.shutdown() }
@@ -296,10 +297,10 @@ struct ClusterProcessTests {
     func interrupt() throws {
         let folder = EndToEnd.folder("interrupt")
         let data = try EndToEnd.writeData(to: folder)
-        let expected = try Self.reference(folder, data: data, epochs: 20)
-        let flags = ["train", "--workers", "2", "--checkpoint", folder + "/run.ckpt", "--resume"] + Self.runFlags(data: data, epochs: 20)
+        let expected = try Self.reference(folder, data: data, epochs: 200)
+        let flags = ["train", "--workers", "2", "--checkpoint", folder + "/run.ckpt", "--resume"] + Self.runFlags(data: data, epochs: 200)
         let first = try EndToEnd.Child(flags, folder: folder, name: "first")
-        #expect(first.waitFor(timeout: 60) { $0.contains("epoch 2/20") })
+        #expect(first.waitFor(timeout: 60) { $0.contains("epoch 2/200") })
         first.signal(SIGINT)
         #expect(first.wait(timeout: 30) == 130)
         #expect(first.output.contains("stopped at step"))
