@@ -126,8 +126,9 @@ struct ClusterProcessTests {
                                               folder: folder, name: "train", timeout: 50)
         #expect(code != nil && code != 0)
         #expect(Date().timeIntervalSince(started) < 45, "waited out the 60 s join timeout")
-        #expect(err.contains("worker.key"), "\(err)")
+        // (The two workers' own errors share this stream and may interleave; the coordinator's lines do not.)
         #expect(err.contains("a local worker process exited"), "\(err)")
+        #expect(err.contains("no worker has been connected"), "\(err)")
     }
 
     @Test("a worker speaking an older protocol version is refused in a frame of its own version, with the reason")
