@@ -37,6 +37,19 @@ struct ShardComputerTests {
         for task in bad {
             #expect(throws: ClusterError.self, "\(task)") { _ = try computer.compute(task) }
         }
+        // Block counts that do not add up, or more shards than the run has.
+        let packed = FloatPayload.inline(computer.packing(0).pack(ParameterLayout(c.model).initialParameters(seed: 0, as: Float.self)))
+        for rowsPerShard: [UInt32] in [[], [1, 1], [2, 2], [1, 1, 1]] {
+            let task = WireMessage.Task(step: 9, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1, 2], parameters: packed, rowsPerShard: rowsPerShard)
+            #expect(throws: ClusterError.self, "\(rowsPerShard)") { _ = try computer.compute(task) }
+        }
+        // A worker without training data refuses training work, even of no rows.
+        let bits = (0..<(4 * 6)).map { UInt8($0 % 2) }
+        let scoring = ShardComputer(dataset: Dataset(train: nil, valid: DataMatrix(binary: bits, count: 4, dimension: 6), test: nil, source: "test"))
+        try scoring.configure(Array(try JSONEncoder().encode(c)))
+        #expect(throws: ClusterError.self) {
+            _ = try scoring.compute(.init(step: 1, shard: 0, shardCount: 2, maskSeed: 0, rows: [], parameters: packed))
+        }
         // A good task still works afterwards.
         let good = WireMessage.Task(step: 4, shard: 0, shardCount: 1, maskSeed: 0, rows: [0, 1, 2], work: .logLikelihood(split: 2, masks: 2, mode: 0),
                                     parameters: dense)

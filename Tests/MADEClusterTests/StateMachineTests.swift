@@ -273,7 +273,8 @@ struct CoordinatorStateMachineTests {
     func blockSizes() {
         // (shards, workers, limit) -> shards per task
         let cases: [((Int, Int, Int), Int)] = [((4, 1, 8), 4), ((4, 2, 8), 2), ((4, 3, 8), 2), ((4, 4, 8), 1), ((2, 2, 8), 1),
-                                               ((7, 2, 8), 4), ((8, 3, 8), 1), ((64, 1, 8), 8), ((16, 2, 8), 8), ((4, 1, 1), 1), ((4, 0, 8), 1)]
+                                               ((7, 2, 8), 4), ((8, 3, 8), 1), ((64, 1, 8), 8), ((16, 2, 8), 8), ((4, 1, 1), 1), ((4, 0, 8), 1),
+                                               ((3, 1, 8), 4), ((5, 1, 8), 8), ((6, 2, 8), 1), ((1, 1, 8), 1)]
         for ((shards, workers, limit), expected) in cases {
             #expect(CoordinatorStateMachine.blockSize(shards: shards, workers: workers, limit: limit) == expected, "\(shards) \(workers) \(limit)")
         }

@@ -240,7 +240,9 @@ public struct CoordinatorStateMachine: Sendable {
         var size = 2
         while size <= limit {
             let blocks = (shards + size - 1) / size
-            if (blocks + workers - 1) / workers * size <= perWorker { best = size }
+            // The busiest worker's blocks, counted as full ones; all of them hold no more than `shards`.
+            if min((blocks + workers - 1) / workers * size, shards) <= perWorker { best = size }
+            if size >= shards { break }   // one block already holds every shard
             size *= 2
         }
         return best
@@ -495,7 +497,9 @@ public struct CoordinatorStateMachine: Sendable {
             nextTicket &+= 1
             worker.assignment = Assignment(step: plan.step, shard: shard, ticket: ticket)
             worker.lastTicket = ticket
-            worker.deadline = now + settings.taskTimeout << min(retakes[shard] ?? 0, 10)
+            let (allowed, overflow) = settings.taskTimeout.multipliedReportingOverflow(by: 1 << min(retakes[shard] ?? 0, 10))
+            let (deadline, late) = now.addingReportingOverflow(overflow ? .max : allowed)
+            worker.deadline = late ? .max : deadline
             issued[ticket] = (peer, shard)
             worker.parametersStep = plan.step
             workers[peer] = worker

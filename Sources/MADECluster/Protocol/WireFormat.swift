@@ -1,7 +1,7 @@
 /// Encodes and decodes ``WireMessage`` frames (the layout is documented there).
 public enum WireFormat {
     public static let magic: [UInt8] = Array("MADW".utf8)
-    public static let version: UInt16 = 2
+    public static let version: UInt16 = 3
     public static let headerSize = 24
 
     /// Upper bounds on what a decoder accepts, so that a hostile frame cannot make it allocate much.
@@ -9,8 +9,9 @@ public enum WireFormat {
         public var maxRows: Int = 1 << 20
         public var maxFloats: Int = 1 << 26
         public var maxStringBytes: Int = 4096
-        /// Most shards in one task (a block of the reduction tree).
-        public var maxBlockShards: Int = 64
+        /// Most shards in one task (a block of the reduction tree); each beyond the first costs
+        /// the worker a dense gradient buffer.
+        public var maxBlockShards: Int = 8
         public var maxConfigurationBytes: Int = 1 << 20
         public init() {}
     }
@@ -39,7 +40,6 @@ public enum WireFormat {
         return buffer
     }
 
-    /// Bytes of the encoded frame.
     /// Whether shards `first ..< first + count` of `total` are a whole subtree of the reduction
     /// tree over `total` shards: `count` a power of two and `first` a multiple of it, or the
     /// truncated last block (`first` a multiple of the next power of two, ending at `total`).
@@ -50,6 +50,7 @@ public enum WireFormat {
         return first % size == 0 && (count == size || first + count == total)
     }
 
+    /// Bytes of the encoded frame.
     public static func encodedSize(_ message: WireMessage) -> Int {
         headerSize + payloadSize(message)
     }

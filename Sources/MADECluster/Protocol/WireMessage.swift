@@ -1,11 +1,11 @@
-/// The messages coordinator and workers exchange, protocol version 2.
+/// The messages coordinator and workers exchange, protocol version 3.
 ///
 /// Every message is one ZeroMQ frame: a 24-byte header followed by a type-specific payload,
 /// all integers and floats little-endian.
 ///
 ///     offset  size  field
 ///     0       4     magic "MADW"
-///     4       2     protocol version (2)
+///     4       2     protocol version (3)
 ///     6       1     message type (``WireMessage/Kind``)
 ///     7       1     flags (0)
 ///     8       8     run id: the fingerprint of the run's configuration and data; 0 in `hello`

@@ -217,9 +217,8 @@ public final class ClusterCoordinator {
         return (denseGradient, lossSum)
     }
 
-    /// Most shards of a step one worker sums before answering; each beyond the first costs the
-    /// worker a dense buffer.
-    public static let maxShardsPerTask = 8
+    /// Most shards of a step one worker sums before answering (the wire's limit).
+    public static let maxShardsPerTask = WireFormat.Limits().maxBlockShards
 
     /// Dense buffers of the shards whose gradients had to leave shared memory (or arrived
     /// packed) before the step's sum: one per shard index, made on first use and reused.

@@ -26,6 +26,10 @@ public final class ShardComputer {
         self.train = dataset.train ?? DataMatrix(binary: [], count: 0, dimension: dataset.dimension ?? 0)
     }
 
+    deinit {
+        blockBuffers.forEach { $0.deallocate() }
+    }
+
     /// Called now and then during long computations (scoring, sampling), so the worker can
     /// keep sending heartbeats.
     public var keepAlive: () -> Void = {}
@@ -54,6 +58,8 @@ public final class ShardComputer {
             throw ClusterError(.protocolFailure, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
         }
         if c != configuration {
+            blockBuffers.forEach { $0.deallocate() }
+            blockBuffers = []
             configuration = c
             engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: c.batchSize)
             packings = [:]
@@ -87,9 +93,11 @@ public final class ShardComputer {
         guard task.rows.count <= configuration.batchSize else {
             throw ClusterError(.protocolFailure, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
         }
-        guard task.rowsPerShard.count <= configuration.shards else {
-            throw ClusterError(.protocolFailure, "a task of \(task.rowsPerShard.count) shards in a run of \(configuration.shards)")
+        guard !task.rowsPerShard.isEmpty, task.rowsPerShard.count <= min(configuration.shards, WireFormat.Limits().maxBlockShards),
+              task.rowsPerShard.reduce(0, { $0 + Int($1) }) == task.rows.count else {
+            throw ClusterError(.protocolFailure, "a task of \(task.rowsPerShard.count) shards (\(task.rowsPerShard) rows) for \(task.rows.count) rows in a run of \(configuration.shards) shards")
         }
+        guard train.count > 0 else { throw ClusterError(.protocolFailure, "a training task for a worker without training data") }
         guard task.rows.allSatisfy({ Int($0) < train.count }) else {
             throw ClusterError(.protocolFailure, "a task names rows beyond the \(train.count) training examples")
         }
@@ -153,6 +161,7 @@ public final class ShardComputer {
                 losses.append(engine.gradient(data: train, indices: shardRows, into: UnsafeMutableBufferPointer(start: terms[k], count: dense),
                                               maskingGradient: masking))
                 start += Int(count)
+                if k + 1 < task.rowsPerShard.count { keepAlive() }   // a block takes several shards' time: keep the heartbeats going
             }
         }
         // Finiteness is checked by whoever reads the sum (the packed values here, the coordinator's sum in shared memory).
