@@ -119,11 +119,12 @@ struct Bench: ParsableCommand {
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         let dense = Double(4 * ParameterLayout(model).count)
         let packed = Double(4 * MaskPacking(maskSet: MaskSet(configuration: model, runSeed: 0, maskSeed: 0), layout: ParameterLayout(model)).count)
+        let workerPeak = pool.running.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
         coordinator.shutdownWorkers(reason: "benchmark done")
         pool.stop()
         stopped = true
         print(String(format: "made_cluster workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
                      workers, Double(steps * batchSize) / seconds, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,
-                     CommandLineSupport.peakResidentMiB, CommandLineSupport.peakChildResidentMiB) + " " + settings)
+                     CommandLineSupport.peakResidentMiB, workerPeak) + " " + settings)
     }
 }

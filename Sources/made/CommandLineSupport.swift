@@ -24,10 +24,13 @@ enum CommandLineSupport {
     }
 
     /// Peak resident memory of the largest child process waited for, in MiB.
-    static var peakChildResidentMiB: Double {
-        var usage = rusage()
-        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
-        return Double(usage.ru_maxrss) / 1024
+    /// Peak resident memory of the running process `pid` (its `VmHWM`), in MiB. Unlike the
+    /// children's `ru_maxrss`, it does not count what a spawned child saw of its parent before exec.
+    static func peakResidentMiB(pid: Int32) -> Double? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kib = line.split(separator: " ").dropFirst().first.flatMap({ Double($0) }) else { return nil }
+        return kib / 1024
     }
 
     /// Peak resident memory of this process, in MiB.
