@@ -3,9 +3,9 @@
 #
 # Runs a data-parallel training on this machine the by-hand way, as separate processes: one
 # `made coordinator` bound to tcp://127.0.0.1 on a free port (port 0, endpoint written to a file)
-# and N `made worker --endpoint-file FILE` processes. The made flags go to the coordinator; the
-# data flags among them (-d, --binarize, --binarize-seed, --threshold, --valid-fraction, --threads,
-# --keys) also go to the workers. Without --shards, each batch is cut into N shards; without
+# and N `made worker --endpoint-file FILE` processes. The made flags go to the coordinator; its
+# data flags (-d, --binarize, --binarize-seed, --threshold, --valid-fraction) and --threads and
+# --keys also go to the workers. Without --shards, each batch is cut into N shards; without
 # --wait-for-workers, the coordinator starts once all N workers have joined.
 #
 #   cluster/launch-local.sh 3 -d /usr/share/datasets/fashion-mnist -q 64 --epochs 1 --shards 4

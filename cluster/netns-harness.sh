@@ -7,7 +7,7 @@
 # these namespaces' own addresses are used; nothing is sent anywhere else.
 #
 #   made-h0:       made coordinator --bind tcp://10.213.0.1:$MADE_PORT --keys KEYS --wait-for-workers K-1 MADE_FLAGS
-#   made-h1 .. :   made worker --connect tcp://10.213.0.1:$MADE_PORT --keys KEYS
+#   made-h1 .. :   made worker --connect tcp://10.213.0.1:$MADE_PORT --keys KEYS --name made-hI --coordinator-timeout 30
 #   root namespace, at the same time: made train MADE_FLAGS (one process)
 #
 # The two params_sha256 must be equal: prints `netns: PASS ...` and exits 0, or `netns: FAIL ...`

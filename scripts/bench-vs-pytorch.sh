@@ -11,7 +11,7 @@
 #   ratio_vs_pytorch_single=<ours/theirs> ours=<float> pytorch_single=<float>
 #   ours_cluster examples_per_s=<float>
 #   pytorch_ddp procs=2 examples_per_s=<float>
-#   ratio_vs_pytorch_ddp=<ours/theirs> cluster_vs_our_single=<cluster/single>
+#   ratio_vs_pytorch_ddp=<ours/theirs> cluster_vs_our_single=<cluster/single> ours_cluster=<float> pytorch_ddp=<float> ours_single=<float>
 # All figures come from this one run. WORKERS (default 2) sets the process count of both.
 #
 # Usage:

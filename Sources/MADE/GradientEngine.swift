@@ -66,7 +66,7 @@ public final class GradientEngine {
     /// With `maskingGradient` false, masked-out weights' entries are left unzeroed (see
     /// ``NetworkWorkspace/backward(into:inputGradient:maskingGradient:)``): for callers that pack.
     ///
-    /// - Precondition: ``begin(parameters:maskSeed:)`` was called for this step.
+    /// - Precondition: one of the `begin` methods was called for this step.
     public func gradient(data: DataMatrix, indices: UnsafeBufferPointer<Int32>, into gradient: UnsafeMutableBufferPointer<Float>,
                          maskingGradient: Bool = true) -> Double {
         precondition(preparedMaskSeed != nil, "GradientEngine: begin a step first")
@@ -156,7 +156,7 @@ public enum GradientReducer {
         shards.withUnsafeMutableBufferPointer { all in
             all[target].withUnsafeMutableBufferPointer { t in
                 all[source].withUnsafeMutableBufferPointer { s in
-                    add(t.baseAddress!, s.baseAddress!, into: t.baseAddress!, count: n, threads: threads)
+                    _ = add(t.baseAddress!, s.baseAddress!, into: t.baseAddress!, count: n, threads: threads)
                 }
             }
         }

@@ -1,6 +1,8 @@
 import CKernels
 
-/// The parameters a mask keeps, in a compact order: what travels between coordinator and workers.
+/// The parameters a mask keeps, in a compact order: what travels over the socket between
+/// coordinator and workers (workers on the coordinator's host read ``mask(_:into:threads:)``'s
+/// dense output in shared memory instead).
 ///
 /// The active parameters of a mask set are, in parameter-layout order, every weight whose mask
 /// entry is 1 and every bias. Packing gathers them; unpacking scatters them back over zeros.

@@ -5,12 +5,15 @@ import CKernels
 ///
 /// A step is:
 /// 1. ``setMasks(_:)`` once per mask seed (cached: a repeated seed costs nothing);
-/// 2. ``prepare(parameters:)``: the one mask multiply of the step, `W_l * M_l` for every matrix;
+/// 2. ``prepare(parameters:)`` (the one mask multiply of the step, `W_l * M_l` for every
+///    matrix), ``prepare(packed:indices:)`` (one scatter) or ``prepare(inPlace:)`` (parameters
+///    already masked, read where they are);
 /// 3. ``loadRows(from:indices:)`` then ``forward()`` then a loss pass such as
 ///    ``bernoulliLossAndGradient()`` and ``backward(into:inputGradient:)``, once per shard.
 ///
 /// Hidden units are ReLUs. Nothing here allocates after `init`; every buffer is owned by the
-/// workspace and reached only inside its methods. Weights are row-major `in x out`, so a batch
+/// workspace and reached only inside its methods, except parameters lent by
+/// ``prepare(inPlace:)``. Weights are row-major `in x out`, so a batch
 /// `X` (rows x in) maps to `X W`, one `?gemm` per layer.
 public final class NetworkWorkspace<T: BLASScalar> {
     public let configuration: ModelConfiguration

@@ -3,9 +3,9 @@ import Foundation
 import Logging
 import MADECluster
 
-/// Flags of the data-parallel cluster, shared by `train`, `coordinator` and `launch`.
+/// Flags of the data-parallel cluster, shared by `train`, `coordinator`, `launch`, `eval` and `sample`.
 struct ClusterArguments: ParsableArguments {
-    @Option(help: "Start this many local worker processes and train through them (0: compute in this process).")
+    @Option(help: "Start this many local worker processes and compute through them (0: compute in this process).")
     var workers: Int = 0
     @Option(help: "Endpoint the coordinator listens on, e.g. tcp://0.0.0.0:29500; port 0 picks a free port. [default: tcp://127.0.0.1:0 with --workers]")
     var bind: String?

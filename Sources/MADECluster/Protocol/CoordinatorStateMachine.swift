@@ -7,12 +7,15 @@ import Foundation
 /// (``malformed(from:error:now:)``) and clock ticks (``tick(now:)``), and carries out the
 /// ``Action``s it returns. Time is milliseconds on any monotonic clock.
 ///
-/// Work is pulled: a registered worker holds at most one shard at a time and gets the next
-/// pending one as soon as it is idle. A worker not heard from for `heartbeatTimeout` is dead and
-/// its shard goes back to the queue; a shard in flight longer than `taskTimeout` is taken back
-/// and queued for the first idle worker. Only a result for the task its sender holds counts;
-/// results for earlier steps or for tasks taken back are dropped and counted. A result whose mask digest differs from the
-/// step's is refused and its worker dismissed, since the two disagree on the masks.
+/// Work is pulled: a registered worker holds at most one task (a shard, or an aligned block of
+/// shards) at a time and gets the next pending one as soon as it is idle. A worker not heard
+/// from for `heartbeatTimeout` is dead and its task goes back to the queue; a task in flight
+/// longer than its deadline (`taskTimeout`, doubled each time that shard was taken back) is
+/// taken back and queued for the first idle worker. A result counts when it carries the ticket
+/// of the task its sender holds, or, inline, the ticket of an earlier hand-out of that shard to
+/// it in this step while the shard has no result; anything else is dropped and counted. A
+/// result whose mask digest differs from the step's is refused and its worker dismissed, since
+/// the two disagree on the masks.
 public struct CoordinatorStateMachine: Sendable {
     public typealias Peer = [UInt8]
 
@@ -108,8 +111,8 @@ public struct CoordinatorStateMachine: Sendable {
         public var wrongRun = 0
         public var unknownPeer = 0
         public var refusedWorkers = 0
-        /// Results and failures for tasks their sender no longer holds (an earlier step, a task
-        /// taken back after its timeout): dropped.
+        /// Results and failures that do not count (an earlier step, a shard already answered,
+        /// an answer in shared memory or a failure for a task taken back): dropped.
         public var lateResults = 0
         public var maskMismatches = 0
         public var badResults = 0
@@ -179,8 +182,8 @@ public struct CoordinatorStateMachine: Sendable {
     /// Names of the registered workers, in registration order.
     public var workerNames: [String] { order.compactMap { workers[$0]?.name } }
 
-    /// Whether a result from `peer` for this step, shard and ticket would be taken (it holds
-    /// that very hand-out of the task).
+    /// Whether `peer` holds that very hand-out of the task (answers in shared memory, and
+    /// failures, count only then).
     public func holds(_ peer: Peer, step: UInt64, shard: UInt32, ticket: UInt64) -> Bool {
         workers[peer]?.assignment == Assignment(step: step, shard: shard, ticket: ticket)
     }

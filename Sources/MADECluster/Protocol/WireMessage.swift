@@ -25,6 +25,11 @@
 ///                parameters (payload)
 ///     result     step (UInt64), shard (UInt32), ticket (UInt64), mask digest (16 bytes),
 ///                loss sum (Float64), compute microseconds (UInt32), values (payload)
+///     heartbeat  sequence (UInt64)
+///     shutdown   exit code (UInt8), reason (string)
+///     who        (empty): "I do not know you; say hello"
+///     failed     step (UInt64), shard (UInt32), ticket (UInt64), reason (string): the worker
+///                could not do the task
 ///
 /// A payload is a mode byte and a UInt32 count: mode 0 (absent, count 0), 1 (inline: count
 /// Float32 values follow) or 2 (shared: a UInt32 slot index follows; the count values lie in
@@ -33,19 +38,20 @@
 /// gradients are packed by mask (``MaskPacking``: the active weights and the biases); in shared
 /// memory they are dense, in parameter-layout order with masked-out weights +0, so the worker
 /// computes on them where they lie.
-///     heartbeat  sequence (UInt64)
-///     shutdown   exit code (UInt8), reason (string)
-///     who        (empty): "I do not know you; say hello"
-///     failed     step (UInt64), shard (UInt32), ticket (UInt64), reason (string): the worker
-///                could not do the task
 ///
 /// A gradient task may hold a block of consecutive shards, `shard ..< shard + n` for `n` rows
-/// counts: a whole aligned subtree of the step's reduction tree (`n` a power of two and `shard`
-/// a multiple of it, or the tree's truncated last block). Its result is their gradients summed
-/// in tree order, the bits the coordinator's own tree would have given.
+/// counts (at most ``WireFormat/Limits/maxBlockShards``): a whole aligned subtree of the step's
+/// reduction tree (`n` a power of two and `shard` a multiple of it, or the tree's truncated last
+/// block). Its result is their gradients summed in tree order, the bits the coordinator's own
+/// tree would have given.
 ///
-/// A ticket names one hand-out of a task: a result or failure counts only with the ticket of
-/// the task its sender holds, so an answer to an earlier copy of the same shard never does.
+/// A ticket names one hand-out of a task. A result counts with the ticket of the task its
+/// sender holds or, when it comes inline, with the ticket of an earlier hand-out of the same
+/// shard to the same worker in this step while that shard has no result; a failure counts
+/// only with the ticket held.
+///
+/// A `reject` is read in any version from 1 on (its payload, one string, never changed), so a
+/// peer of another version hears why it is refused.
 ///
 /// Decoding checks the magic, version, type, flags, reserved word, lengths, limits, UTF-8,
 /// and that every float is finite, before any field is used; anything else is a ``WireError``.
@@ -112,8 +118,9 @@ public enum WireMessage: Sendable, Equatable {
     /// What a task asks for. The fields are numbers the model side interprets; the protocol
     /// only carries them.
     ///
-    ///     0 gradient        (no fields) the packed gradient of the rows' summed loss under the
-    ///                       mask seed, given the packed parameters
+    ///     0 gradient        (no fields) the gradient of the rows' summed loss under the mask
+    ///                       seed (summed over the task's shards in tree order), packed inline
+    ///                       or dense in the sender's slot
     ///     1 logLikelihood   split (UInt8), masks (UInt32), mode (UInt8): one log-likelihood per
     ///                       row of the split under an ensemble of masks, given dense parameters
     ///     2 sample          count (UInt32), masks (UInt32), seed (UInt64), method (UInt8): batch
@@ -135,8 +142,8 @@ public enum WireMessage: Sendable, Equatable {
         /// `n` for a block of `n` shards starting at `shard`.
         public var rowsPerShard: [UInt32]
         public var work: Work
-        /// The step's parameters (packed for its mask for gradients, dense otherwise); absent
-        /// when the worker already holds them.
+        /// The step's parameters: for gradients packed for its mask inline, or masked and dense
+        /// in shared slot 0; dense otherwise. Absent when the worker already holds them.
         public var parameters: FloatPayload
         /// This hand-out of the task; its result must carry the same.
         public var ticket: UInt64
@@ -159,10 +166,11 @@ public enum WireMessage: Sendable, Equatable {
         public var shard: UInt32
         /// Digest of the masks the worker used (16 bytes).
         public var maskDigest: [UInt8]
-        /// Sum of the per-example losses of the shard.
+        /// Sum of the per-example losses of the task's shards.
         public var lossSum: Double
         public var computeMicroseconds: UInt32
-        /// The shard's answer: its packed gradient, its rows' log-likelihoods, or its samples.
+        /// The task's answer: its gradient (packed inline or dense in the sender's slot), its
+        /// rows' log-likelihoods, or its samples.
         public var values: FloatPayload
         /// The ticket of the task this answers.
         public var ticket: UInt64

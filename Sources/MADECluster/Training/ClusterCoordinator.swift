@@ -3,7 +3,8 @@ import Logging
 import MADE
 
 /// The coordinator's socket loop: binds a ROUTER, welcomes workers, hands out each step's
-/// shards, and sums their packed gradients in the fixed tree order.
+/// shards, and sums their gradients in the fixed tree order (unpacked from the socket, or where
+/// they lie in shared memory).
 ///
 /// It drives a ``CoordinatorStateMachine`` with what arrives and carries out what it decides.
 /// The optimizer, schedule and checkpoints stay with the MADE ``Trainer``, which calls
@@ -164,7 +165,7 @@ public final class ClusterCoordinator {
     ///
     /// Workers on other hosts get packed parameters and send packed gradients. Workers on this
     /// host read the masked parameters in slot 0 and write dense gradients into their own
-    /// slots, which are summed where they lie unless the worker was given another shard first.
+    /// slots, which are summed where they lie unless the worker was given another task first.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
         let packing = packing(plan.maskSeed)
         let threads = self.threads

@@ -2,7 +2,9 @@ import Foundation
 import MADE
 
 /// A worker's model side: builds the network from the run's configuration and turns a task
-/// (rows, mask seed, packed parameters) into a result (packed gradient, loss, mask digest).
+/// (the rows of a shard or an aligned block of shards, a mask seed, parameters packed inline or
+/// masked in shared memory) into a result (the tree-order gradient, packed inline or dense in
+/// the worker's slot; the loss; the mask digest).
 ///
 /// The masks come from `(run seed, mask seed)` alone (``MaskSet``), so the digest it reports
 /// matches the coordinator's exactly when both built the same masks.
@@ -30,8 +32,8 @@ public final class ShardComputer {
         blockBuffers.forEach { $0.deallocate() }
     }
 
-    /// Called now and then during long computations (scoring, sampling), so the worker can
-    /// keep sending heartbeats.
+    /// Called now and then during long computations (scoring, sampling, and between a block's
+    /// shards), so the worker can keep sending heartbeats.
     public var keepAlive: () -> Void = {}
 
     /// Largest ensemble and sampling batch a task may ask for.
@@ -85,8 +87,10 @@ public final class ShardComputer {
     /// gradient goes back the way the parameters came: packed inline, or, with `shared` and
     /// `slot`, dense (masked-out weights +0) straight into that slot.
     ///
-    /// - Throws: when the task does not fit the run (rows out of range, too many rows,
-    ///   parameters of the wrong size or not finite, or none for this step).
+    /// - Throws: when the task does not fit the run (rows out of range, too many rows, block
+    ///   counts that do not add up or exceed 8 or the run's shards, no training data here,
+    ///   parameters of the wrong size or not finite, or none for this step), or when its loss
+    ///   or gradient is not finite (training diverged).
     public func compute(_ task: WireMessage.Task, shared: SharedSlots? = nil, slot: Int? = nil) throws -> WireMessage.Result {
         guard let configuration, let engine else { throw ClusterError(.protocolFailure, "a task arrived before the run's configuration") }
         if task.work != .gradient { return try computeJob(task, configuration: configuration, shared: shared) }
