@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct Made: ParsableCommand {
@@ -8,4 +9,25 @@ struct Made: ParsableCommand {
         version: "0.1.0",
         subcommands: [Train.self, Coordinator.self, Worker.self, Launch.self, Keygen.self, Eval.self, Sample.self, Checksum.self, Bench.self]
     )
+
+    /// Parses and runs the command. An error goes to standard error in one write, so that the
+    /// messages of processes sharing the stream (a coordinator and its local workers) do not
+    /// interleave; help and version go to standard output.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            let text = fullMessage(for: error)
+            if !text.isEmpty {
+                if code == .success {
+                    print(text)
+                } else {
+                    FileHandle.standardError.write(Data((text + "\n").utf8))
+                }
+            }
+            Foundation.exit(code.rawValue)
+        }
+    }
 }

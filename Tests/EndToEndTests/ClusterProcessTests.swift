@@ -126,7 +126,8 @@ struct ClusterProcessTests {
                                               folder: folder, name: "train", timeout: 50)
         #expect(code != nil && code != 0)
         #expect(Date().timeIntervalSince(started) < 45, "waited out the 60 s join timeout")
-        // (The two workers' own errors share this stream and may interleave; the coordinator's lines do not.)
+        // The two workers write their errors to this same stream, each in one write, so they do not interleave.
+        #expect(err.contains("Error: \(keys)/worker.key: no such file"), "\(err)")
         #expect(err.contains("a local worker process exited"), "\(err)")
         #expect(err.contains("no worker has been connected"), "\(err)")
     }
