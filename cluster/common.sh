@@ -71,13 +71,14 @@ made_checksum() {
     sed -n 's/^params_sha256=\([0-9a-f]\{64\}\).*$/\1/p' "$1" 2>/dev/null | tail -n 1
 }
 
-# made_print_log_tails FILE...: the last lines of each non-empty log, to standard error.
+# made_print_log_tails N FILE...: the last N lines of each non-empty log, to standard error.
 made_print_log_tails() {
-    local log
+    local lines=$1 log
+    shift
     for log in "$@"; do
         [[ -s $log ]] || continue
         echo "--- last lines of $log" >&2
-        tail -n 5 "$log" >&2
+        tail -n "$lines" "$log" >&2
     done
 }
 

@@ -57,7 +57,7 @@ cleanup() {
     trap - EXIT INT TERM HUP
     if [[ -n $coordinator_pid ]]; then made_stop_pids 30 "$coordinator_pid"; fi
     made_stop_pids 5 "${worker_pids[@]}"
-    if ((status != 0)); then made_print_log_tails "$logs"/worker-*.log; fi
+    if ((status != 0)); then made_print_log_tails 5 "$logs"/worker-*.log; fi
     rm -rf "$work"
     exit "$status"
 }

@@ -175,7 +175,7 @@ cleanup() {
     if ((status == 0 || status == 130)); then grace=10; fi
     made_wait_pids "$grace" "${ssh_pids[@]}" || true
     made_stop_pids 5 "${ssh_pids[@]}"
-    if ((status != 0)); then made_print_log_tails "$logs"/*.log; fi
+    if ((status != 0)); then made_print_log_tails 5 "$logs"/*.log; fi
     rm -rf "$work"
     exit "$status"
 }

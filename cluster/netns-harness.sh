@@ -78,12 +78,7 @@ cleanup() {
     done
     remove_namespaces
     if ((status != 0)); then
-        local f
-        for f in "$work"/*.log; do
-            [[ -s $f ]] || continue
-            echo "--- last lines of $(basename "$f")" >&2
-            tail -n 6 "$f" >&2
-        done
+        made_print_log_tails 6 "$work"/*.log
     fi
     if [[ -n ${HARNESS_KEEP:-} ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
     exit "$status"

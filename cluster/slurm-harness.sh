@@ -105,12 +105,7 @@ cleanup() {
     if [[ -n $munged_pid ]]; then made_stop_pids 5 "$munged_pid"; fi
     if ((wrote_etc_conf)) && grep -qF "$marker" "$conf" 2>/dev/null; then rm -f "$conf"; fi
     if ((status != 0)) && [[ -d $work ]]; then
-        local f
-        for f in "$work"/*.log; do
-            [[ -s $f ]] || continue
-            echo "--- last lines of $(basename "$f")" >&2
-            tail -n 8 "$f" >&2
-        done
+        made_print_log_tails 8 "$work"/*.log
     fi
     if [[ -n ${HARNESS_KEEP:-} ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
     exit "$status"

@@ -119,8 +119,12 @@ public struct Evaluator<T: BLASScalar> {
 
     /// The mean negative log-likelihood (nats per example) of `data`.
     public func meanNLL(parameters: [T], data: DataMatrix, masks k: Int, mode: EnsembleMode = .likelihood) -> Double {
-        let ll = logLikelihoods(parameters: parameters, data: data, masks: k, mode: mode)
-        return -ll.reduce(0, +) / Double(max(1, ll.count))
+        Self.meanNLL(logLikelihoods(parameters: parameters, data: data, masks: k, mode: mode))
+    }
+
+    /// The mean negative of `logLikelihoods`, summed in order: every caller gets the same bits.
+    public static func meanNLL(_ logLikelihoods: [Double]) -> Double {
+        -logLikelihoods.reduce(0, +) / Double(max(1, logLikelihoods.count))
     }
 
     /// `log((1/K) sum_k exp(v_k))`, computed stably around the largest term. Empty input gives -infinity.

@@ -1,5 +1,4 @@
 import CKernels
-import Dispatch
 
 /// Computes the gradient of the summed negative log-likelihood of some examples under one mask
 /// seed: the unit of work of a training step, whether one process runs it or a cluster worker.
@@ -166,17 +165,10 @@ public enum GradientReducer {
     @discardableResult
     private static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
                             count n: Int, threads: Int) -> Bool {
-        let parts = max(1, min(threads, 64, n / 65_536))
-        guard parts > 1 else { return made_add_f32(n, a, b, out) != 0 }
-        var flags = [Int32](repeating: 1, count: parts)
-        flags.withUnsafeMutableBufferPointer { f in
-            let pointers = UncheckedSendable((a, b, out, f.baseAddress!))
-            DispatchQueue.concurrentPerform(iterations: parts) { i in
-                let (a, b, out, f) = pointers.value
-                let start = n * i / parts
-                f[i] = made_add_f32(n * (i + 1) / parts - start, a + start, b + start, out + start)
-            }
+        let pointers = UncheckedSendable((a, b, out))
+        return allChunks(count: n, parts: threads) { r in
+            let (a, b, out) = pointers.value
+            return made_add_f32(r.count, a + r.lowerBound, b + r.lowerBound, out + r.lowerBound) != 0
         }
-        return flags.allSatisfy { $0 != 0 }
     }
 }

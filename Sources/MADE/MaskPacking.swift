@@ -18,7 +18,9 @@ public struct MaskPacking: Sendable {
     public let digest: [UInt8]
 
     public init(maskSet: MaskSet, layout: ParameterLayout) {
+        // Each matrix's weights, then its bias, in layout order: the indices come out ascending.
         var indices: [Int32] = []
+        var active = [UInt8](repeating: 0, count: layout.count)
         var hash = SHA256()
         for (matrix, bits) in zip(layout.matrices, maskSet.matrices) {
             precondition(bits.count == matrix.count, "MaskPacking: masks do not fit the layout")
@@ -26,10 +28,9 @@ public struct MaskPacking: Sendable {
             for i in 0..<matrix.count where bits[i] != 0 { indices.append(Int32(matrix.offset + i)) }
             if let b = matrix.biasOffset { indices.append(contentsOf: (b..<(b + matrix.columns)).map { Int32($0) }) }
         }
-        activeIndices = indices.sorted()
-        denseCount = layout.count
-        var active = [UInt8](repeating: 0, count: layout.count)
         for i in indices { active[Int(i)] = 1 }
+        activeIndices = indices
+        denseCount = layout.count
         activeMask = active
         digest = Array(hash.finalize().prefix(16))
     }

@@ -19,6 +19,8 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public let configuration: ModelConfiguration
     public let layout: ParameterLayout
     public let capacity: Int
+    /// ``ParameterLayout/matrices``, kept: the passes look them up every step.
+    let matrices: [ParameterLayout.Matrix]
 
     /// Rows loaded by the last ``loadRows(from:indices:)``.
     public private(set) var rows = 0
@@ -60,7 +62,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
         outputGradient = buffer(capacity * configuration.outputCount)
         let widest = configuration.hiddenSizes.max() ?? 0
         deltas = widest > 0 ? [buffer(capacity * widest), buffer(capacity * widest)] : []
-        let matrices = layout.matrices
+        matrices = layout.matrices
         masks = matrices.map {
             let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max($0.count, 1))
             b.initialize(repeating: 0)
@@ -112,7 +114,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
         self.parameters = UnsafePointer(prepared.baseAddress!)
         let p = parameters.baseAddress!
         let out = prepared.baseAddress!
-        for (k, matrix) in layout.matrices.enumerated() {
+        for (k, matrix) in matrices.enumerated() {
             maskSelect(p + matrix.offset, masks[k].baseAddress!, out + matrix.offset, count: matrix.count)
             if let b = matrix.biasOffset {
                 (out + b).update(from: p + b, count: matrix.columns)
@@ -169,7 +171,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// The masked weights of matrix `k` of ``ParameterLayout/matrices``.
     @inline(__always)
     private func weights(_ k: Int) -> UnsafePointer<T> {
-        parameters + (k < layout.layers.count ? layout.layers[k].offset : layout.direct!.offset)
+        parameters + matrices[k].offset
     }
 
     // MARK: Forward

@@ -7,18 +7,25 @@ import Dispatch
 /// `count`) everything runs on the calling thread.
 @inlinable
 public func forEachChunk(count: Int, parts: Int, minimumChunk: Int = 65_536, _ body: (Range<Int>) -> Void) {
+    allChunks(count: count, parts: parts, minimumChunk: minimumChunk) { body($0); return true }
+}
+
+/// ``forEachChunk(count:parts:minimumChunk:_:)`` for a body that answers: whether it answered
+/// true for every range (each range is run either way).
+@inlinable
+@discardableResult
+public func allChunks(count: Int, parts: Int, minimumChunk: Int = 65_536, _ body: (Range<Int>) -> Bool) -> Bool {
     let n = max(1, min(parts, count / max(1, minimumChunk)))
-    if n <= 1 {
-        body(0..<count)
-        return
-    }
-    withoutActuallyEscaping(body) { body in
-        let box = UncheckedSendable(body)
-        DispatchQueue.concurrentPerform(iterations: n) { i in
-            let start = count * i / n
-            let end = count * (i + 1) / n
-            box.value(start..<end)
+    if n <= 1 { return body(0..<count) }
+    return withUnsafeTemporaryAllocation(of: Bool.self, capacity: n) { answers in
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedSendable((body, answers.baseAddress!))
+            DispatchQueue.concurrentPerform(iterations: n) { i in
+                let (body, answers) = box.value
+                (answers + i).initialize(to: body((count * i / n)..<(count * (i + 1) / n)))
+            }
         }
+        return answers.allSatisfy { $0 }
     }
 }
 

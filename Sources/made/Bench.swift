@@ -117,8 +117,9 @@ struct Bench: ParsableCommand {
         _ = try trainer.drive(until: { trainer.state.step >= warmup + steps }, compute: compute)
         let seconds = (ContinuousClock.now - start).seconds
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
-        let dense = Double(4 * ParameterLayout(model).count)
-        let packed = Double(4 * MaskPacking(maskSet: MaskSet(configuration: model, runSeed: 0, maskSeed: 0), layout: ParameterLayout(model)).count)
+        let layout = ParameterLayout(model)
+        let dense = Double(4 * layout.count)
+        let packed = Double(4 * MaskPacking(maskSet: MaskSet(configuration: model, runSeed: 0, maskSeed: 0), layout: layout).count)
         let workerPeak = pool.running.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
         coordinator.shutdownWorkers(reason: "benchmark done")
         pool.stop()

@@ -23,7 +23,6 @@ enum CommandLineSupport {
             + "data \(dataset.source) (\(counts)); batch \(c.batchSize), \(c.shards) shard(s), seed \(c.seed)"
     }
 
-    /// Peak resident memory of the largest child process waited for, in MiB.
     /// Peak resident memory of the running process `pid` (its `VmHWM`), in MiB. Unlike the
     /// children's `ru_maxrss`, it does not count what a spawned child saw of its parent before exec.
     static func peakResidentMiB(pid: Int32) -> Double? {

@@ -71,7 +71,7 @@ struct Eval: ParsableCommand {
             for v in ll { text += String(format: "%.6f\n", v) }
             try AtomicFile.write(Array(text.utf8), to: perExample)
         }
-        let nll = -ll.reduce(0, +) / Double(max(1, ll.count))
+        let nll = Evaluator<Float>.meanNLL(ll)
         let label = mode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
         print(String(format: "nll=%.4f", nll) + " examples=\(ll.count) masks=\(k) ensemble=\(mode.rawValue)\(label)")
     }

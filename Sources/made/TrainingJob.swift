@@ -97,8 +97,7 @@ struct TrainingJob {
             report.cluster = { (c.workerCount, c.lastStepTimings) }
             // Validation goes to the workers too, chunk by chunk, with the same bits as here.
             func clusterScore(_ split: UInt8, _ data: DataMatrix, _ parameters: [Float]) throws -> Double {
-                let ll = try c.logLikelihoods(split: split, rowCount: data.count, masks: k, mode: mode, parameters: parameters)
-                return -ll.reduce(0, +) / Double(max(1, ll.count))
+                Evaluator<Float>.meanNLL(try c.logLikelihoods(split: split, rowCount: data.count, masks: k, mode: mode, parameters: parameters))
             }
             if let valid = dataset.valid { trainer.validationScorer = { try clusterScore(1, valid, $0) } }
             coordinator = c

@@ -52,8 +52,8 @@ enum EndToEnd {
         init(_ arguments: [String], folder: String, name: String, environment: [String: String]? = nil) throws {
             outputPath = folder + "/\(name).out"
             errorPath = folder + "/\(name).err"
-            FileManager.default.createFile(atPath: outputPath, contents: nil)
-            FileManager.default.createFile(atPath: errorPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: errorPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: EndToEnd.executable)
             process.arguments = arguments
             if let environment { process.environment = environment }

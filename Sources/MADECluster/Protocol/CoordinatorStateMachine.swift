@@ -1,4 +1,5 @@
 import Foundation
+import MADE
 
 /// The coordinator's decisions, with no sockets: who is alive, which shard goes to whom, which
 /// result counts.
@@ -179,9 +180,6 @@ public struct CoordinatorStateMachine: Sendable {
     /// Workers currently registered.
     public var workerCount: Int { workers.count }
 
-    /// Names of the registered workers, in registration order.
-    public var workerNames: [String] { order.compactMap { workers[$0]?.name } }
-
     /// Whether `peer` holds that very hand-out of the task (answers in shared memory, and
     /// failures, count only then).
     public func holds(_ peer: Peer, step: UInt64, shard: UInt32, ticket: UInt64) -> Bool {
@@ -205,8 +203,6 @@ public struct CoordinatorStateMachine: Sendable {
     /// The shared-memory slot of `peer`, when it has one.
     public func sharedSlot(of peer: Peer) -> UInt32? { workers[peer]?.slot }
 
-    /// The step in progress.
-    public var currentStep: UInt64? { plan?.step }
 
     /// Whether every shard of the current step has a result.
     public var isStepComplete: Bool {
@@ -383,8 +379,8 @@ public struct CoordinatorStateMachine: Sendable {
     private mutating func register(_ peer: Peer, _ hello: WireMessage.Hello, now: UInt64) -> [Action] {
         if let required = settings.dataFingerprint, hello.dataFingerprint != required {
             counters.refusedWorkers += 1
-            let reason = "data mismatch: this run's data has fingerprint \(hex(required.prefix(8))), "
-                + "the worker's \(hex(hello.dataFingerprint.prefix(8))); start the worker on the same data file and options"
+            let reason = "data mismatch: this run's data has fingerprint \(Array(required.prefix(8)).hexString), "
+                + "the worker's \(Array(hello.dataFingerprint.prefix(8)).hexString); start the worker on the same data file and options"
             return [.refused(peer, reason: reason), .send(peer, .reject(reason: reason))]
         }
         if var known = workers[peer] {
@@ -456,7 +452,7 @@ public struct CoordinatorStateMachine: Sendable {
         }
         if let expected = plan.maskDigest, result.maskDigest != expected {
             counters.maskMismatches += 1
-            let reason = "mask digest \(hex(result.maskDigest)) differs from the step's \(hex(expected)): the worker built other masks"
+            let reason = "mask digest \(result.maskDigest.hexString) differs from the step's \(expected.hexString): the worker built other masks"
             var actions: [Action] = [.refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason))]
             requeueIfUnheld(result.shard)
             actions += remove(peer, reason: reason)
@@ -514,8 +510,4 @@ public struct CoordinatorStateMachine: Sendable {
         }
         return actions
     }
-}
-
-func hex<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
-    bytes.map { String(format: "%02x", $0) }.joined()
 }

@@ -238,7 +238,6 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case trailingBytes(Int)
     case limitExceeded(field: String, count: Int, limit: Int)
     case invalidField(String)
-    case wrongRun(expected: UInt64, got: UInt64)
 
     public var description: String {
         switch self {
@@ -253,7 +252,6 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
         case .trailingBytes(let n): return "\(n) unexpected bytes after the payload"
         case .limitExceeded(let field, let count, let limit): return "\(field) holds \(count) items, more than the limit \(limit)"
         case .invalidField(let what): return what
-        case .wrongRun(let e, let g): return "run id \(String(g, radix: 16)) is not this run's (\(String(e, radix: 16)))"
         }
     }
 }

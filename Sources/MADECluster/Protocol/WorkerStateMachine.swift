@@ -60,16 +60,9 @@ public struct WorkerStateMachine: Sendable {
     private var lastHello: UInt64 = 0
     private var parametersStep: UInt64?
     private var heartbeats: UInt64 = 0
-    public private(set) var droppedFrames = 0
 
     public init(settings: Settings) {
         self.settings = settings
-    }
-
-    /// The run this worker serves, once welcomed.
-    public var runID: UInt64? {
-        if case .active(let id, _) = state { return id }
-        return nil
     }
 
     public var isFinished: Bool { state == .finished }
@@ -184,8 +177,7 @@ public struct WorkerStateMachine: Sendable {
         return [.send(hello)]
     }
 
-    private mutating func drop(_ reason: String) -> [Action] {
-        droppedFrames += 1
-        return [.dropped(reason: reason)]
+    private func drop(_ reason: String) -> [Action] {
+        [.dropped(reason: reason)]
     }
 }

@@ -38,6 +38,7 @@ public final class ClusterCoordinator {
 
     public let options: Options
     public let configuration: TrainingConfiguration
+    private let layout: ParameterLayout
     public private(set) var endpoint = ""
     public var logger: Logger
     /// Checked while waiting for results.
@@ -83,6 +84,7 @@ public final class ClusterCoordinator {
     public init(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, options: Options, logger: Logger) throws {
         self.options = options
         self.configuration = configuration
+        self.layout = ParameterLayout(configuration.model)
         self.logger = logger
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
@@ -95,7 +97,7 @@ public final class ClusterCoordinator {
         settings.taskTimeout = options.taskTimeout
         if options.sharedMemory, case let host = SharedSlots.hostID, !host.isEmpty {
             do {
-                let slots = try SharedSlots.create(slotFloats: ParameterLayout(configuration.model).count, workerSlots: options.sharedMemorySlots)
+                let slots = try SharedSlots.create(slotFloats: layout.count, workerSlots: options.sharedMemorySlots)
                 shared = slots
                 settings.hostID = host
                 settings.sharedMemory = .init(path: slots.path, slotFloats: UInt32(slots.slotFloats), slots: UInt32(options.sharedMemorySlots))
@@ -106,7 +108,7 @@ public final class ClusterCoordinator {
         machine = CoordinatorStateMachine(settings: settings)
         origin = clock.now
 
-        let parameterCount = ParameterLayout(configuration.model).count
+        let parameterCount = layout.count
         guard parameterCount <= WireFormat.Limits().maxFloats else {
             throw ClusterError(.protocolFailure, "the model has \(parameterCount) parameters; a cluster carries at most \(WireFormat.Limits().maxFloats) per message")
         }
@@ -177,8 +179,6 @@ public final class ClusterCoordinator {
             gradientCount: packing.count, denseCount: shared == nil ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
-        inPlace = [:]
-        copiedOut = []
         defer { inPlace = [:] }
         let results = try execute(machinePlan, parameters: stepParameters)
         let lossSum = GradientReducer.reduce(results.map(\.lossSum))
@@ -194,7 +194,7 @@ public final class ClusterCoordinator {
             for result in results {
                 let s = Int(result.shard)   // the task's first shard: the key of its slot's copy and of its scratch
                 switch result.values {
-                case .shared(let slot, _) where !copiedOut.contains(s):
+                case .shared(let slot, _) where inPlace[slot] == s:   // not copied out since
                     terms.append(shared!.pointer(Int(slot)))
                 case .shared:
                     terms.append(scratch(s))
@@ -224,16 +224,14 @@ public final class ClusterCoordinator {
     /// Dense buffers of the shards whose gradients had to leave shared memory (or arrived
     /// packed) before the step's sum: one per shard index, made on first use and reused.
     private var scratchBuffers: [Int: UnsafeMutablePointer<Float>] = [:]
-    /// Per worker slot, the shard of the current step whose gradient lies there unread.
+    /// Per worker slot, the shard of the current step whose gradient lies there unread; a
+    /// shard's gradient taken in shared memory and no longer listed here is in its scratch.
     private var inPlace: [UInt32: Int] = [:]
-    /// Shards of the current step whose gradients were copied out of their slot into scratch.
-    private var copiedOut: Set<Int> = []
 
     private func scratch(_ shard: Int) -> UnsafeMutablePointer<Float> {
         if let p = scratchBuffers[shard] { return p }
-        let dense = ParameterLayout(configuration.model).count
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: dense)
-        p.initialize(repeating: 0, count: dense)
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: layout.count)
+        p.initialize(repeating: 0, count: layout.count)
         scratchBuffers[shard] = p
         return p
     }
@@ -242,9 +240,7 @@ public final class ClusterCoordinator {
     /// a task that would overwrite it.
     private func keepSlotContents(of peer: [UInt8]) {
         guard let shared, let slot = machine.sharedSlot(of: peer), let shard = inPlace.removeValue(forKey: slot) else { return }
-        let dense = ParameterLayout(configuration.model).count
-        scratch(shard).update(from: shared.pointer(Int(slot)), count: dense)
-        copiedOut.insert(shard)
+        scratch(shard).update(from: shared.pointer(Int(slot)), count: layout.count)
     }
 
     /// Has the workers score rows `0..<rowCount` of split `split` (0 train, 1 valid, 2 test) in
@@ -408,7 +404,7 @@ public final class ClusterCoordinator {
         if let p = packings[maskSeed] { return p }
         if packings.count >= 64 { packings.removeAll() }
         let maskSet = MaskSet(configuration: configuration.model, runSeed: configuration.seed, maskSeed: maskSeed)
-        let p = MaskPacking(maskSet: maskSet, layout: ParameterLayout(configuration.model))
+        let p = MaskPacking(maskSet: maskSet, layout: layout)
         packings[maskSeed] = p
         return p
     }
@@ -462,7 +458,6 @@ public final class ClusterCoordinator {
                 // Taken: the gradient lies in that slot until the worker is given another task.
                 if let taken = sharedResult, machine.hasResult(step: taken.step, shard: taken.shard) {
                     inPlace[taken.slot] = Int(taken.shard)
-                    copiedOut.remove(Int(taken.shard))
                 }
             } catch {
                 actions = machine.malformed(from: peer, error: error, now: now)
@@ -504,7 +499,7 @@ public final class ClusterCoordinator {
                 names[peer] = nil
                 logger.warning("worker lost; its shards go to the others", metadata: ["worker": "\(name)", "reason": "\(reason)"])
             case .refused(let peer, let reason):
-                logger.warning("refused", metadata: ["peer": "\(names[peer] ?? hex(peer.prefix(16)))", "reason": "\(reason)"])
+                logger.warning("refused", metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)", "reason": "\(reason)"])
             }
         }
     }

@@ -73,9 +73,9 @@ public final class ShardComputer {
     /// The packing of `maskSeed`'s masks.
     public func packing(_ maskSeed: UInt64) -> MaskPacking {
         if let p = packings[maskSeed] { return p }
-        guard let configuration, let engine else { preconditionFailure("ShardComputer: configure first") }
+        guard let engine else { preconditionFailure("ShardComputer: configure first") }
         if packings.count >= 64 { packings.removeAll() }
-        let p = MaskPacking(maskSet: engine.maskSet(maskSeed), layout: ParameterLayout(configuration.model))
+        let p = MaskPacking(maskSet: engine.maskSet(maskSeed), layout: engine.workspace.layout)
         packings[maskSeed] = p
         return p
     }
