@@ -9,10 +9,6 @@ import Glibc
 /// the same `params_sha256` as a single-process run and print its PASS line.
 @Suite("Cluster harnesses (root)", .serialized)
 struct ClusterHarnessTests {
-    /// The repository root: this file is Tests/EndToEndTests/ClusterHarnessTests.swift.
-    static let repositoryRoot = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
     /// Seconds a harness may take before it is stopped (SIGTERM, so that it tears down, then SIGKILL).
     static let timeLimit: Double = 170
 
@@ -48,7 +44,7 @@ struct ClusterHarnessTests {
         environment["DATA"] = data
         environment["MADE_FLAGS"] = "-q 32 --epochs 2 --batch-size 50 --shards 4"
         environment["HARNESS_TIMEOUT"] = "120"
-        let pid = try Self.spawn(["/bin/bash", Self.repositoryRoot.appendingPathComponent("cluster/\(script)").path],
+        let pid = try Self.spawn(["/bin/bash", EndToEnd.repositoryRoot.appendingPathComponent("cluster/\(script)").path],
                                  environment: environment, outputPath: outputPath)
 
         var code = Self.waitExit(pid, timeout: Self.timeLimit)

@@ -133,8 +133,7 @@ struct CommandLineTests {
         let (code, _, err) = try EndToEnd.run(["train", "-d", data, "-q", "16", "--epochs", "3", "--batch-size", "50", "--metrics", metrics],
                                               folder: folder, name: "train")
         #expect(code == 0, "\(err)")
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("scripts/plot.sh").path
+        let script = EndToEnd.repositoryRoot.appendingPathComponent("scripts/plot.sh").path
         func plot(_ input: String, _ output: String) throws -> Int32 {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/bin/bash")

@@ -19,6 +19,15 @@ enum EndToEnd {
     }
 
     /// A fresh folder for one test.
+    /// The repository root: this file is Tests/EndToEndTests/Support.swift.
+    static let repositoryRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Whether a worker's log says it computed at least one task.
+    static func computedTasks(_ log: String) -> Bool {
+        log.range(of: "tasks=[1-9]", options: .regularExpression) != nil
+    }
+
     static func folder(_ name: String) -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("made-e2e-\(getpid())-\(name)").path
         try? FileManager.default.removeItem(atPath: path)

@@ -1,9 +1,6 @@
 import Foundation
 import MADE
 import Testing
-#if canImport(Glibc)
-import Glibc
-#endif
 @testable import MADECluster
 
 @Suite("Shard computer")
@@ -15,6 +12,13 @@ struct ShardComputerTests {
         let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 6, hiddenSizes: [8], maskCount: 2), batchSize: 10, shards: shards)
         try computer.configure(Array(try JSONEncoder().encode(c)))
         return (computer, c)
+    }
+
+    /// Slot 0 and one worker slot of `floats` values, in a file removed with the returned object.
+    static func slots(floats: Int) throws -> SharedSlots {
+        let slots = try SharedSlots.create(folder: FileManager.default.temporaryDirectory.path, slotFloats: floats, workerSlots: 1)
+        #expect(slots.reserve(1))
+        return slots
     }
 
     @Test("malformed tasks are refused with an error, never a crash")
@@ -76,11 +80,7 @@ struct ShardComputerTests {
         #expect(packed.values.inlineValues == packing.pack(expected))
         #expect(packed.lossSum == expectedLoss)
 
-        let folder = FileManager.default.temporaryDirectory.path + "/made-slots-\(getpid())"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: folder) }
-        let slots = try SharedSlots.create(folder: folder, slotFloats: layout.count, workerSlots: 1)
-        #expect(slots.reserve(1))
+        let slots = try Self.slots(floats: layout.count)
         slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0, threads: 2) }
         slots.withSlot(1, count: layout.count) { $0.update(repeating: .nan) }
         for (shard, parameters) in [(0, FloatPayload.shared(slot: 0, count: UInt32(layout.count))), (1, .absent)] {
@@ -120,11 +120,7 @@ struct ShardComputerTests {
         #expect(packed.values.inlineValues == packing.pack(gradients[0]))
         #expect(packed.lossSum == GradientReducer.reduce(losses))
 
-        let folder = FileManager.default.temporaryDirectory.path + "/made-blocks-\(getpid())"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: folder) }
-        let slots = try SharedSlots.create(folder: folder, slotFloats: layout.count, workerSlots: 1)
-        #expect(slots.reserve(1))
+        let slots = try Self.slots(floats: layout.count)
         slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0) }
         var inPlace = task
         inPlace.step = 2

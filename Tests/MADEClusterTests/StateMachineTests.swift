@@ -246,8 +246,11 @@ struct CoordinatorStateMachineTests {
         #expect(secondTicket != firstTicket)
         #expect(again.contains { if case .assign(a, let t, _) = $0 { t.ticket == secondTicket && t.shard == 0 } else { false } })
         // Its deadline doubled: not taken back after another 5 s, but after 10 s.
-        #expect(m.tick(now: 5002 + 5001).isEmpty || m.holds(a, step: 0, shard: 0, ticket: secondTicket))
+        #expect(assignments(m.tick(now: 5002 + 5001)).isEmpty)
         #expect(m.holds(a, step: 0, shard: 0, ticket: secondTicket))
+        var later = m
+        #expect(assignments(later.tick(now: 5002 + 10_001)).map(\.1) == [0])
+        #expect(later.lastTicket(of: a) != secondTicket)
         // The first hand-out's answer in shared memory does not count: a may be writing its slot again.
         let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
                                               values: .shared(slot: 1, count: 10), ticket: firstTicket))
