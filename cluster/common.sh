@@ -6,7 +6,7 @@
 #   MADE_REPO_ROOT                 the repository root (the folder above cluster/)
 #   made_worker_flags FLAGS...     sets WORKER_FLAGS to the flags of FLAGS a `made worker` also
 #                                  needs (data: -d, --binarize..., --valid-fraction; --threads;
-#                                  --keys), dropping the training-only ones
+#                                  --keys; -v/--verbose), dropping the training-only ones
 #   made_wait_pids SECONDS PID...  waits until the processes are gone; fails after SECONDS
 #   made_stop_pids SECONDS PID...  SIGTERM, then SIGKILL after SECONDS those still alive
 #   made_checksum FILE             the params_sha256 value printed in FILE (empty if none)
@@ -34,6 +34,10 @@ made_worker_flags() {
                 ;;
             -d?*)
                 WORKER_FLAGS+=("$1")
+                shift
+                ;;
+            -v | --verbose)
+                WORKER_FLAGS+=(--verbose)
                 shift
                 ;;
             *)

@@ -10,8 +10,9 @@
 #
 #   cluster/launch-local.sh 3 -d /usr/share/datasets/fashion-mnist -q 64 --epochs 1 --shards 4
 #
-# Prints the coordinator's output (stdout and stderr). Worker logs go to $MADE_LOG_DIR/worker-I.log
-# (default: a temporary folder, removed at the end; the tails are printed when the run fails).
+# Prints the coordinator's output (stdout and stderr). Worker logs, verbose (connecting, joined,
+# done and the tasks computed), go to $MADE_LOG_DIR/worker-I.log (default: a temporary folder,
+# removed at the end; the tails are printed when the run fails).
 # On exit, error, Ctrl-C or SIGTERM every process started here is stopped (the coordinator is
 # asked first, so it checkpoints). Exits with the coordinator's status.
 #
@@ -77,7 +78,7 @@ coordinator_pid=$!
 
 for ((i = 0; i < workers; i++)); do
     "$made" worker --endpoint-file "$endpoint_file" --name "local-$i" --parent-pid "$$" \
-        --coordinator-timeout "${MADE_COORDINATOR_TIMEOUT:-60}" "${WORKER_FLAGS[@]}" \
+        --coordinator-timeout "${MADE_COORDINATOR_TIMEOUT:-60}" --verbose "${WORKER_FLAGS[@]}" \
         >"$logs/worker-$i.log" 2>&1 &
     worker_pids+=("$!")
 done

@@ -30,11 +30,18 @@ public struct Checkpoint: Sendable, Equatable {
     public var state: TrainingState
     /// Fingerprint of the training data (``DataFingerprint``), checked on resume.
     public var dataFingerprint: String
+    /// Where the training data came from; nil in checkpoints written before it was recorded.
+    public var dataSource: DataSource?
+    /// The run's identity, kept across resumes; metrics records carry it. Nil in older checkpoints.
+    public var runID: String?
 
-    public init(configuration: TrainingConfiguration, state: TrainingState, dataFingerprint: String) {
+    public init(configuration: TrainingConfiguration, state: TrainingState, dataFingerprint: String,
+                dataSource: DataSource? = nil, runID: String? = nil) {
         self.configuration = configuration
         self.state = state
         self.dataFingerprint = dataFingerprint
+        self.dataSource = dataSource
+        self.runID = runID
     }
 
     /// The parameters the model stands by (see ``TrainingState/modelParameters(_:)``).
@@ -58,6 +65,9 @@ public struct Checkpoint: Sendable, Equatable {
         var adamStep: Int
         var history: [EpochRecord]
         var parametersSHA256: String
+        /// Absent from checkpoints written before they were recorded.
+        var dataSource: DataSource?
+        var runID: String?
     }
 
     // MARK: Encoding
@@ -70,7 +80,7 @@ public struct Checkpoint: Sendable, Equatable {
             epochExamples: state.epochExamples, bestValidNLLBits: state.bestValidNLL?.bitPattern,
             bestEpoch: state.bestEpoch, epochsWithoutImprovement: state.epochsWithoutImprovement,
             stoppedEarly: state.stoppedEarly, adamStep: state.adam.step, history: state.history,
-            parametersSHA256: parametersSHA256)
+            parametersSHA256: parametersSHA256, dataSource: dataSource, runID: runID)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         // A diverged run's history may hold infinities or NaN; they are written as strings.
@@ -178,7 +188,8 @@ public struct Checkpoint: Sendable, Equatable {
         state.epochsWithoutImprovement = header.epochsWithoutImprovement
         state.stoppedEarly = header.stoppedEarly
         state.history = header.history
-        let checkpoint = Checkpoint(configuration: configuration, state: state, dataFingerprint: header.dataFingerprint)
+        let checkpoint = Checkpoint(configuration: configuration, state: state, dataFingerprint: header.dataFingerprint,
+                                    dataSource: header.dataSource, runID: header.runID)
         guard checkpoint.parametersSHA256 == header.parametersSHA256 else {
             throw fail("the parameters do not match the checksum in the header")
         }

@@ -16,6 +16,11 @@ import Foundation
 ///
 /// **Naive** runs a whole forward pass per dimension, as the reference does; it exists to check
 /// the cached method and to measure the speed-up.
+///
+/// **Means.** With `means`, the chain is drawn exactly as without, but each value returned is
+/// the mean of its dimension's distribution given the values drawn before it in the order
+/// (`sigmoid(z)` for a Bernoulli dimension, the mean `mu` for a Gaussian one) instead of the
+/// draw: a smoother picture of the same samples.
 public struct Sampler<T: BLASScalar> {
     public enum Method: String, Sendable, CaseIterable {
         case cached, naive
@@ -40,7 +45,7 @@ public struct Sampler<T: BLASScalar> {
     /// (each mask seed taken modulo the model's mask count).
     @_specialize(exported: true, where T == Float)
     @_specialize(exported: true, where T == Double)
-    public func sample(parameters: [T], count: Int, masks: Int = 1, seed: UInt64, method: Method = .cached) -> [T] {
+    public func sample(parameters: [T], count: Int, masks: Int = 1, seed: UInt64, method: Method = .cached, means: Bool = false) -> [T] {
         precondition(parameters.count == ParameterLayout(configuration).count, "sample: parameters do not fit the model")
         var out: [T] = []
         out.reserveCapacity(count * configuration.inputCount)
@@ -48,7 +53,7 @@ public struct Sampler<T: BLASScalar> {
         var batch = 0
         while batch * batchSize < count {
             out += sampleBatch(batch, parameters: parameters, count: min(batchSize, count - batch * batchSize),
-                               masks: masks, seed: seed, method: method, cache: cache)
+                               masks: masks, seed: seed, method: method, means: means, cache: cache)
             batch += 1
         }
         return out
@@ -64,10 +69,10 @@ public struct Sampler<T: BLASScalar> {
     @_specialize(exported: true, where T == Float)
     @_specialize(exported: true, where T == Double)
     public func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int = 1, seed: UInt64, method: Method = .cached) -> [T] {
-        sampleBatch(batch, parameters: parameters, count: n, masks: masks, seed: seed, method: method, cache: MaskCache())
+        sampleBatch(batch, parameters: parameters, count: n, masks: masks, seed: seed, method: method, means: false, cache: MaskCache())
     }
 
-    func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int, seed: UInt64, method: Method, cache: MaskCache) -> [T] {
+    func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int, seed: UInt64, method: Method, means: Bool, cache: MaskCache) -> [T] {
         let d = configuration.inputCount
         let maskSeeds = (0..<max(1, masks)).map { UInt64($0 % configuration.maskCount) }
         var rng = RandomStream(seed: seed, domain: .sampling, index: UInt64(batch))
@@ -92,14 +97,26 @@ public struct Sampler<T: BLASScalar> {
             let groupDraws = group.map { draws[$0] }
             let values: [T]
             switch method {
-            case .cached: values = cached(masked: masked, masks: maskSet, draws: groupDraws)
-            case .naive: values = naive(parameters: parameters, masks: maskSet, draws: groupDraws)
+            case .cached: values = cached(masked: masked, masks: maskSet, draws: groupDraws, means: means)
+            case .naive: values = naive(parameters: parameters, masks: maskSet, draws: groupDraws, means: means)
             }
             for (row, i) in group.enumerated() {
                 for j in 0..<d { samples[i * d + j] = values[row * d + j] }
             }
         }
         return samples
+    }
+
+    /// The mean of one dimension's distribution given its network outputs.
+    @inline(__always)
+    func mean(_ outputs: (T, T)) -> T {
+        switch distribution {
+        case .bernoulli:
+            let z = Double(outputs.0)
+            return T(z >= 0 ? 1 / (1 + Foundation.exp(-z)) : Foundation.exp(z) / (1 + Foundation.exp(z)))
+        case .gaussian:
+            return outputs.0
+        }
     }
 
     /// The value of one dimension from its network outputs and its uniforms.
@@ -128,7 +145,7 @@ public struct Sampler<T: BLASScalar> {
         return masked
     }
 
-    func cached(masked: [T], masks: MaskSet, draws: [[Double]]) -> [T] {
+    func cached(masked: [T], masks: MaskSet, draws: [[Double]], means: Bool) -> [T] {
         let c = configuration
         let d = c.inputCount
         let nout = c.outputCount
@@ -148,6 +165,7 @@ public struct Sampler<T: BLASScalar> {
         let zOffset = size
         let xOffset = size + b * nout
         var state = [T](repeating: 0, count: xOffset + b * d)
+        var meanValues = [T](repeating: 0, count: means ? b * d : 0)
         var dimensionAt = [Int](repeating: 0, count: d)
         for (dim, position) in masks.order.enumerated() { dimensionAt[position] = dim }
         let unitsOfDegree: [[[Int]]] = hidden.indices.map { l in
@@ -187,7 +205,9 @@ public struct Sampler<T: BLASScalar> {
                     for i in 0..<b {
                         let z = base + zOffset + i * nout
                         let u = draws[i][(t * perDimension)..<(t * perDimension + perDimension)]
-                        x[i * d + dim] = draw((z[dim], perDimension == 2 ? z[d + dim] : 0), u)
+                        let outputs = (z[dim], perDimension == 2 ? z[d + dim] : 0)
+                        x[i * d + dim] = draw(outputs, u)
+                        if means { meanValues[i * d + dim] = mean(outputs) }
                     }
                     if t % 64 == 63 { betweenPasses() }
                     // The new input reaches the first layer (or the outputs) and the direct connections.
@@ -213,12 +233,12 @@ public struct Sampler<T: BLASScalar> {
                 }
             }
         }
-        return Array(state[xOffset...])
+        return means ? meanValues : Array(state[xOffset...])
     }
 
     // MARK: Naive
 
-    func naive(parameters: [T], masks: MaskSet, draws: [[Double]]) -> [T] {
+    func naive(parameters: [T], masks: MaskSet, draws: [[Double]], means: Bool) -> [T] {
         let d = configuration.inputCount
         let b = draws.count
         let perDimension = distribution == .bernoulli ? 1 : 2
@@ -226,6 +246,7 @@ public struct Sampler<T: BLASScalar> {
         workspace.setMasks(masks)
         workspace.prepare(parameters: parameters)
         var x = [T](repeating: 0, count: b * d)
+        var meanValues = [T](repeating: 0, count: means ? b * d : 0)
         var dimensionAt = [Int](repeating: 0, count: d)
         for (dim, position) in masks.order.enumerated() { dimensionAt[position] = dim }
         for t in 0..<d {
@@ -238,8 +259,9 @@ public struct Sampler<T: BLASScalar> {
                 let second = perDimension == 2 ? workspace.output(row: i, unit: d + dim) : 0
                 let u = draws[i][(t * perDimension)..<(t * perDimension + perDimension)]
                 x[i * d + dim] = draw((first, second), u)
+                if means { meanValues[i * d + dim] = mean((first, second)) }
             }
         }
-        return x
+        return means ? meanValues : x
     }
 }

@@ -60,6 +60,9 @@ public final class Trainer {
     /// Scores the validation split elsewhere (a cluster's workers) and returns its mean NLL;
     /// nil scores it here. It must give what ``evaluate(_:parameters:)`` gives, bit for bit.
     public var validationScorer: (([Float]) throws -> Double)?
+    /// Recorded in every checkpoint: where the data came from, and the run's identity.
+    public var dataSource: DataSource?
+    public var runID: String?
     public var logger: Logger
 
     private let train: DataMatrix
@@ -242,7 +245,7 @@ public final class Trainer {
 
     /// The checkpoint of the current state.
     public var checkpoint: Checkpoint {
-        Checkpoint(configuration: configuration, state: state, dataFingerprint: dataFingerprint)
+        Checkpoint(configuration: configuration, state: state, dataFingerprint: dataFingerprint, dataSource: dataSource, runID: runID)
     }
 
     /// Writes the current state to ``checkpointPath`` when one is set.

@@ -39,7 +39,7 @@ struct Bench: ParsableCommand {
     var hiddens: String = "500"
     @Option(help: "Examples per step.")
     var batchSize: Int = 100
-    @Option(help: "Shards per step. [default: 1, or the number of workers]")
+    @Option(help: "Shards per step. (default: 1, or the number of workers)")
     var shards: Int?
     @Option(help: "Local worker processes (0: compute in this process).")
     var workers: Int = 0

@@ -6,14 +6,16 @@ import MADECluster
 
 struct Coordinator: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Coordinate a data-parallel run: listen for workers, hand out shards, apply Adam, checkpoint.")
+        abstract: "Coordinate a data-parallel run: listen for workers, hand out shards, apply Adam, checkpoint.",
+        usage: "made coordinator -d <path> --bind <endpoint> [--shards <n>] [<options>]")
 
-    @OptionGroup var data: DataArguments
+    @OptionGroup var data: DataArguments<TrainingData>
     @OptionGroup var training: TrainingArguments
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
+        _ = try data.path()
         if cluster.bind == nil && ProcessInfo.processInfo.environment["MASTER_PORT"] == nil {
             throw ValidationError("give --bind ENDPOINT (e.g. tcp://0.0.0.0:29500, or tcp://127.0.0.1:0 with --endpoint-file) or set MASTER_PORT")
         }
@@ -27,11 +29,11 @@ struct Coordinator: ParsableCommand {
 
 /// How a worker finds and trusts its coordinator.
 struct WorkerArguments: ParsableArguments {
-    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:29500. [default: from MASTER_ADDR/MASTER_PORT or Slurm]")
+    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:29500. (default: from MASTER_ADDR/MASTER_PORT or Slurm)")
     var connect: String?
     @Option(help: "Read the coordinator's endpoint from this file (waiting for it to appear).")
     var endpointFile: String?
-    @Option(help: "A name for logs. [default: host:pid]")
+    @Option(help: "A name for logs. (default: host:pid)")
     var name: String?
     @Option(help: "CURVE key folder made by `made keygen`: this worker's key and coordinator.pub.")
     var keys: String?
@@ -39,8 +41,8 @@ struct WorkerArguments: ParsableArguments {
     var keyName: String = "worker"
     @Option(help: "Seconds without a word from the coordinator before giving up (exit code 4).")
     var coordinatorTimeout: Double = 60
-    @Option(help: "Exit when this process (the launcher) is gone.")
-    var parentPid: Int32?
+    @Option(help: .private)
+    var parentPid: Int32?   // internal: exit when this process (the launcher) is gone
     @Flag(help: "The data file holds one split (one .amat or IDX file), scored whole: for evaluation jobs.")
     var singleSplit = false
     @Flag(help: "Hold no data: serve sampling jobs only.")
@@ -73,8 +75,8 @@ struct WorkerArguments: ParsableArguments {
         throw ValidationError("give --connect ENDPOINT or --endpoint-file FILE, or set MASTER_ADDR/MASTER_PORT (or run under srun)")
     }
 
-    func run(data: DataArguments, runtime: RuntimeArguments, environment: ClusterEnvironment?) throws {
-        let logger = CommandLineSupport.bootstrap(label: "made.worker")
+    func run<Role>(data: DataArguments<Role>, runtime: RuntimeArguments, environment: ClusterEnvironment?) throws {
+        let logger = CommandLineSupport.bootstrap(label: "made.worker", verbose: runtime.verbose)
         BLAS.setThreads(runtime.threads)
         let endpoint = try endpoint(environment: environment)
         let dataset: Dataset
@@ -102,9 +104,10 @@ struct WorkerArguments: ParsableArguments {
 
 struct Worker: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Compute gradient shards for a coordinator until it ends the run.")
+        abstract: "Compute gradient shards for a coordinator until it ends the run.",
+        usage: "made worker (-d <path> | --no-data) [--connect <endpoint> | --endpoint-file <file>] [<options>]")
 
-    @OptionGroup var data: DataArguments
+    @OptionGroup var data: DataArguments<WorkerData>
     @OptionGroup var worker: WorkerArguments
     @OptionGroup var runtime: RuntimeArguments
 
@@ -119,9 +122,10 @@ struct Worker: ParsableCommand {
 
 struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Be the coordinator or a worker according to RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS (rank 0 coordinates); for srun and similar launchers.")
+        abstract: "Be the coordinator or a worker according to RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS (rank 0 coordinates); for srun and similar launchers.",
+        usage: "made launch -d <path> [<options>]")
 
-    @OptionGroup var data: DataArguments
+    @OptionGroup var data: DataArguments<TrainingData>
     @OptionGroup var training: TrainingArguments
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
@@ -129,6 +133,7 @@ struct Launch: ParsableCommand {
     var coordinatorTimeout: Double = 60
 
     func validate() throws {
+        _ = try data.path()
         guard coordinatorTimeout > 0, coordinatorTimeout <= 1_000_000 else {
             throw ValidationError("--coordinator-timeout must be between 0 and 1000000 seconds, not \(coordinatorTimeout)")
         }
@@ -160,11 +165,13 @@ struct Keygen: ParsableCommand {
     var folder: String
     @Option(help: "Name of the worker key pair to add.")
     var name: String = "worker"
+    @Flag(help: "Replace an existing worker key pair of that name; its old public key leaves authorized_keys.")
+    var force = false
 
     func run() throws {
         guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }), !name.isEmpty else {
             throw ValidationError("--name may hold letters, digits, '-', '_' and '.' only")
         }
-        for path in try ClusterSecurity.generate(folder: folder, workerName: name) { print("wrote \(path)") }
+        for path in try ClusterSecurity.generate(folder: folder, workerName: name, replace: force) { print("wrote \(path)") }
     }
 }

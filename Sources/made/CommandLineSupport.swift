@@ -8,8 +8,15 @@ import Glibc
 
 enum CommandLineSupport {
     /// Sends log lines to standard error and returns a logger for the command.
-    static func bootstrap(label: String) -> Logger {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    ///
+    /// Warnings and notices always show; the info lines of the cluster's comings and goings
+    /// (a worker connecting, welcomed, joined, done) only with `verbose` (`-v`).
+    static func bootstrap(label: String, verbose: Bool) -> Logger {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = verbose ? .info : .notice
+            return handler
+        }
         return Logger(label: label)
     }
 

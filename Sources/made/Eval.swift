@@ -4,18 +4,19 @@ import MADE
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Score data under a checkpoint: mean NLL in nats per example, optionally one log-likelihood per example.")
+        abstract: "Score data under a checkpoint: mean NLL in nats per example, optionally one log-likelihood per example.",
+        usage: "made eval --checkpoint <path> [-d <path>] [<options>]")
 
     @Option(help: "Checkpoint to evaluate.")
     var checkpoint: String
-    @OptionGroup var data: DataArguments
+    @OptionGroup var data: DataArguments<ScoredData>
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
-    @Option(help: "Split to score: train, valid or test. [default: test for an .npz or a folder; a single-split file (one .amat or IDX file) is scored whole]")
+    @Option(help: "Split to score: train, valid or test. (default: test for an .npz or a folder; a single-split file (one .amat or IDX file) is scored whole)")
     var split: String?
-    @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble. [default: the checkpoint's]")
+    @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble. (default: the checkpoint's)")
     var samples: Int?
-    @Option(help: "likelihood (log-mean-exp of per-mask likelihoods) or logits (the reference's logit averaging; not a normalized likelihood). [default: the checkpoint's]")
+    @Option(help: "likelihood (log-mean-exp of per-mask likelihoods) or logits (the reference's logit averaging; not a normalized likelihood). (default: the checkpoint's)")
     var ensemble: EnsembleMode?
     @Option(help: "Write log p(x) in nats, one per line, in input order, to this file.")
     var perExample: String?
@@ -28,6 +29,15 @@ struct Eval: ParsableCommand {
     func run() throws {
         BLAS.setThreads(runtime.threads)
         let saved = try Checkpoint.read(from: checkpoint)
+        // The data the checkpoint was trained on, read the same way, unless told otherwise.
+        var data = self.data
+        if data.dataPath == nil, let source = saved.dataSource {
+            data.dataPath = source.path
+            data.adopt(source.options)
+        }
+        guard data.dataPath != nil else {
+            throw ValidationError("give the data with -d/--data-path (\(checkpoint) was written before checkpoints recorded their data)")
+        }
         let path = try data.path()
         var isDirectory: ObjCBool = false
         let severalSplits = path.hasSuffix(".npz") || (FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue)
@@ -35,6 +45,9 @@ struct Eval: ParsableCommand {
         let c = saved.configuration
         let k = samples ?? c.evaluationMasks
         let mode = ensemble ?? c.ensembleMode
+        if let warning = Self.ensembleWarning(masks: k, trained: c.model.maskCount) {
+            FileHandle.standardError.write(Data(("warning: " + warning + "\n").utf8))
+        }
 
         let ll: [Double]
         if cluster.isDistributed {
@@ -55,7 +68,7 @@ struct Eval: ParsableCommand {
             }
             try check(matrix, path: path, configuration: c)
             ll = try JobCluster.run(checkpoint: saved, dataFingerprint: DataFingerprint.bytes(of: dataset), cluster: cluster,
-                                    workerArguments: workerArguments) { coordinator in
+                                    workerArguments: workerArguments, verbose: runtime.verbose) { coordinator in
                 try coordinator.logLikelihoods(split: UInt8(splitIndex), rowCount: matrix.count, masks: k, mode: mode,
                                                parameters: saved.modelParameters)
             }
@@ -74,6 +87,14 @@ struct Eval: ParsableCommand {
         let nll = Evaluator<Float>.meanNLL(ll)
         let label = mode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
         print(String(format: "nll=%.4f", nll) + " examples=\(ll.count) masks=\(k) ensemble=\(mode.rawValue)\(label)")
+    }
+
+    /// What to say when the ensemble asks for more masks than were trained: mask seeds are taken
+    /// modulo the trained count, so the extra members repeat masks already in it.
+    static func ensembleWarning(masks k: Int, trained n: Int) -> String? {
+        guard k > n else { return nil }
+        return "-s \(k) asks for \(k) masks, but the model was trained with -n \(n): the ensemble repeats "
+            + (n == 1 ? "its one mask \(k) times and scores as that mask alone" : "its \(n) masks (seeds taken modulo \(n))")
     }
 
     func check(_ matrix: DataMatrix, path: String, configuration c: TrainingConfiguration) throws {

@@ -8,8 +8,8 @@ import MADECluster
 /// starts them here, `--bind` also lets remote `made worker` processes in.
 enum JobCluster {
     static func run<R>(checkpoint: Checkpoint, dataFingerprint: [UInt8]?, cluster: ClusterArguments, workerArguments: [String],
-                       body: (ClusterCoordinator) throws -> R) throws -> R {
-        let logger = CommandLineSupport.bootstrap(label: "made")
+                       verbose: Bool, body: (ClusterCoordinator) throws -> R) throws -> R {
+        let logger = CommandLineSupport.bootstrap(label: "made", verbose: verbose)
         let coordinator = try ClusterCoordinator(configuration: checkpoint.configuration, dataFingerprint: dataFingerprint,
                                                  options: try cluster.coordinatorOptions(bind: "tcp://127.0.0.1:0"), logger: logger)
         SignalFlag.install()
@@ -18,7 +18,7 @@ enum JobCluster {
         if cluster.workers > 0 {
             try pool.start(count: cluster.workers) { i in
                 ["worker", "--connect", coordinator.endpoint, "--name", "local-\(i)", "--parent-pid", "\(getpid())"]
-                    + workerArguments + (cluster.keys.map { ["--keys", $0] } ?? [])
+                    + workerArguments + (cluster.keys.map { ["--keys", $0] } ?? []) + (verbose ? ["--verbose"] : [])
             }
         }
         defer { pool.stop() }

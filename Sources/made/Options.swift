@@ -10,10 +10,31 @@ enum BinarizeRule: String, ExpressibleByArgument, CaseIterable {
     case stochastic, threshold, none
 }
 
+/// What `-d/--data-path` means to a command, for its help text.
+protocol DataPathRole {
+    static var help: ArgumentHelp { get }
+}
+
+/// Training: the data is required.
+enum TrainingData: DataPathRole {
+    static let help = ArgumentHelp("Training data (required): binarized_mnist.npz, a *_train.amat, a train-images-idx3-ubyte[.gz], or a folder holding one.",
+                                   valueName: "path")
+}
+
+/// A worker holds the run's data.
+enum WorkerData: DataPathRole {
+    static let help = ArgumentHelp("The run's data (required unless --no-data), as the coordinator was given it.", valueName: "path")
+}
+
+/// Evaluation: the data to score, by default the data the checkpoint was trained on.
+enum ScoredData: DataPathRole {
+    static let help = ArgumentHelp("Data to score: binarized_mnist.npz, a *_train.amat, an IDX file, a single-split .npy or .amat, or a folder. (default: the data the checkpoint was trained on)",
+                                   valueName: "path")
+}
+
 /// Where the data comes from and how it is read.
-struct DataArguments: ParsableArguments {
-    @Option(name: [.customShort("d"), .customLong("data-path")],
-            help: "Data: binarized_mnist.npz, a *_train.amat, a train-images-idx3-ubyte[.gz], or a folder holding one.")
+struct DataArguments<Role: DataPathRole>: ParsableArguments {
+    @Option(name: [.customShort("d"), .customLong("data-path")], help: Role.help)
     var dataPath: String?
 
     /// The data path; an error when it was not given.
@@ -22,17 +43,24 @@ struct DataArguments: ParsableArguments {
         return dataPath
     }
 
-    @Option(help: ArgumentHelp("How IDX grey levels become 0/1.", valueName: "rule"))
-    var binarize: BinarizeRule = .stochastic
+    // Optional, so that `made eval` can tell a flag given from one to take from the checkpoint.
+    @Option(name: .customLong("binarize"), help: ArgumentHelp("How IDX grey levels become 0/1: stochastic, threshold or none. (default: stochastic)", valueName: "rule"))
+    var binarizeGiven: BinarizeRule?
+    @Option(name: .customLong("binarize-seed"), help: ArgumentHelp("Seed of the stochastic binarization. (default: 0)", valueName: "seed"))
+    var binarizeSeedGiven: UInt64?
+    @Option(name: .customLong("threshold"), help: ArgumentHelp("Grey level above which a pixel is 1, for --binarize threshold. (default: 127)", valueName: "level"))
+    var thresholdGiven: UInt8?
 
-    @Option(help: "Seed of the stochastic binarization.")
-    var binarizeSeed: UInt64 = 0
+    var binarize: BinarizeRule { binarizeGiven ?? .stochastic }
+    var binarizeSeed: UInt64 { binarizeSeedGiven ?? 0 }
+    var threshold: UInt8 { thresholdGiven ?? Binarization.defaultThreshold }
 
-    @Option(help: "Grey level above which a pixel is 1, for --binarize threshold.")
-    var threshold: UInt8 = Binarization.defaultThreshold
+    @Option(name: .customLong("valid-fraction"),
+            help: ArgumentHelp("Fraction of the training file carved out for validation when the data has no validation split. (default: 1/6)", valueName: "fraction"))
+    var validFractionGiven: Double?
 
-    @Option(help: "Fraction of the training file carved out for validation when the data has no validation split.")
-    var validFraction: Double = 1.0 / 6.0
+    /// The validation fraction, 1/6 unless given.
+    var validFraction: Double { validFractionGiven ?? 1.0 / 6.0 }
 
     var options: DataOptions {
         let rule: Binarization
@@ -42,6 +70,18 @@ struct DataArguments: ParsableArguments {
         case .none: rule = .none
         }
         return DataOptions(binarization: rule, validationFraction: validFraction)
+    }
+
+    /// Takes the reading rules of a recorded data source, for those flags not given.
+    mutating func adopt(_ options: DataOptions) {
+        if binarizeGiven == nil, binarizeSeedGiven == nil, thresholdGiven == nil {
+            switch options.binarization {
+            case .stochastic(let seed): binarizeGiven = .stochastic; binarizeSeedGiven = seed
+            case .threshold(let t): binarizeGiven = .threshold; thresholdGiven = t
+            case .none: binarizeGiven = BinarizeRule.none
+            }
+        }
+        if validFractionGiven == nil { validFractionGiven = options.validationFraction }
     }
 
     /// These flags as a worker process must receive them, to load the very same data.
@@ -73,6 +113,8 @@ func parseHiddens(_ text: String) throws -> [Int] {
 struct RuntimeArguments: ParsableArguments {
     @Option(help: "BLAS threads for this process (1: one process per core).")
     var threads: Int = 1
+    @Flag(name: [.customShort("v"), .long], help: "Log the cluster's comings and goings (workers connecting, joining, done).")
+    var verbose = false
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }

@@ -9,7 +9,8 @@ import Glibc
 ///
 /// On a terminal one live line is redrawn a few times a second: epoch, step, loss, examples/s,
 /// time left and workers alive. Otherwise (a file, a pipe, a batch system's log) a plain line is
-/// printed every `plainInterval` seconds. Each finished epoch prints a line either way.
+/// printed every `plainInterval` seconds. Each finished epoch prints a line either way. Rates
+/// come from a ``ProgressMeter``: steps of this process only, start-up and pauses excluded.
 final class ProgressReport {
     let stepsPerEpoch: Int
     let batchSize: Int
@@ -20,10 +21,13 @@ final class ProgressReport {
     /// Workers alive and the last step's per-worker timings, when training through a cluster.
     var cluster: (() -> (alive: Int, timings: [ClusterCoordinator.StepTiming]))?
 
-    private var lastStepAt = ContinuousClock.now
+    private let clockStart = ContinuousClock.now
     private var lastDrawn = ContinuousClock.now
-    private var rate = 0.0
+    private var meter: ProgressMeter
     private var liveLineShown = false
+
+    /// Seconds since this report was made.
+    private var now: Double { (ContinuousClock.now - clockStart).seconds }
 
     init(stepsPerEpoch: Int, batchSize: Int, epochs: Int, interactive: Bool = isatty(STDOUT_FILENO) != 0, plainInterval: Double = 10) {
         self.stepsPerEpoch = stepsPerEpoch
@@ -31,22 +35,21 @@ final class ProgressReport {
         self.epochs = epochs
         self.interactive = interactive
         self.plainInterval = plainInterval
+        self.meter = ProgressMeter(batchSize: batchSize)
     }
 
     func handle(_ event: TrainingEvent) {
         switch event {
         case .step(let step, let epoch, let loss, let learningRate):
-            let now = ContinuousClock.now
-            let seconds = (now - lastStepAt).seconds
-            lastStepAt = now
-            let instant = seconds > 0 ? Double(batchSize) / seconds : 0
-            rate = rate == 0 ? instant : 0.95 * rate + 0.05 * instant
+            let instant = meter.stepEnded(at: now)
             let info = cluster?()
             metrics?.step(step: step, epoch: epoch, loss: loss, learningRate: learningRate, examplesPerSecond: instant, timings: info?.timings ?? [])
-            let since = (now - lastDrawn).seconds
-            guard since >= (interactive ? 0.2 : plainInterval) else { return }
-            lastDrawn = now
-            let remaining = Double(max(0, epochs * stepsPerEpoch - step)) * Double(batchSize) / max(rate, 1e-9)
+            // Nothing to show until a rate is known: two steps have ended.
+            guard let rate = meter.examplesPerSecond else { return }
+            let drawnAt = ContinuousClock.now
+            guard (drawnAt - lastDrawn).seconds >= (interactive ? 0.2 : plainInterval) else { return }
+            lastDrawn = drawnAt
+            let remaining = meter.secondsLeft(steps: epochs * stepsPerEpoch - step) ?? .infinity
             var line = String(format: "epoch %d/%d step %d loss %.4f %.0f ex/s eta %@", epoch + 1, epochs, step, loss, rate, Self.duration(remaining))
             if let info { line += " workers \(info.alive)" }
             if interactive {
@@ -59,14 +62,16 @@ final class ProgressReport {
         case .epoch(let record, let improved):
             clearLiveLine()
             metrics?.epoch(record)
-            let rate = record.seconds > 0 ? Double(stepsPerEpoch * batchSize) / record.seconds : 0
+            let rate = meter.epochEnded(seconds: record.seconds)
             var line = String(format: "epoch %d/%d train_nll %.4f", record.epoch + 1, epochs, record.trainNLL)
             if let v = record.validNLL { line += String(format: " valid_nll %.4f%@", v, improved ? " *" : "") }
             line += String(format: " lr %.1e %.0f ex/s", record.learningRate, rate)
             print(line)
             fflush(nil)
+            meter.restart(at: now)
         case .checkpoint:
-            break
+            // Writing it is no step: the next step's time starts here.
+            meter.restart(at: now)
         }
     }
 
@@ -86,19 +91,26 @@ final class ProgressReport {
     }
 }
 
-/// Training metrics as JSON Lines, one object per step and per epoch.
+/// Training metrics as JSON Lines: one object when a process starts (or resumes) the run, then
+/// one per step and per epoch, each with the run's id.
 ///
-///     {"type":"step","step":12,"epoch":0,"loss":203.1,"lr":0.001,"examples_per_s":18000.5,
-///      "workers":[{"name":"local-0","shards":1,"compute_ms":2.7,"wait_ms":0.4}]}
-///     {"type":"epoch","epoch":0,"train_nll":240.2,"valid_nll":238.9,"lr":0.001,"seconds":3.1}
+///     {"type":"start","run":"20261130-053512-4f2a9c01","step":0}
+///     {"type":"step","run":"20261130-053512-4f2a9c01","step":12,"epoch":0,"loss":203.1,"lr":0.001,
+///      "examples_per_s":18000.5,"workers":[{"name":"local-0","shards":1,"compute_ms":2.7,"wait_ms":0.4}]}
+///     {"type":"epoch","run":"20261130-053512-4f2a9c01","epoch":0,"train_nll":240.2,"valid_nll":238.9,"lr":0.001,"seconds":3.1}
 ///
-/// `step` counts steps done over the whole run; `epoch` is 0-based. Appends, so a resumed run
-/// continues the same file.
+/// `step` counts steps done over the whole run; `epoch` is 0-based; `examples_per_s` is null for
+/// a step whose start is unknown (the first of a process). Appends: a run resumed from its
+/// checkpoint keeps its id and continues its curves (steps redone after an interruption appear
+/// twice; the later record counts), and another run in the same file has another id.
 final class MetricsFile {
     private let handle: FileHandle
     private var buffer = ""
+    /// `"run":"ID",` as every record carries it.
+    private let runField: String
 
-    init(path: String) throws {
+    init(path: String, runID: String, startStep: Int) throws {
+        runField = "\"run\":\(Self.string(runID)),"
         if !FileManager.default.fileExists(atPath: path) {
             guard FileManager.default.createFile(atPath: path, contents: nil) else {
                 throw MADEError(.io, "cannot create the metrics file", path: path)
@@ -109,6 +121,7 @@ final class MetricsFile {
         }
         handle.seekToEndOfFile()
         self.handle = handle
+        buffer += "{\"type\":\"start\",\(runField)\"step\":\(startStep)}\n"
     }
 
     deinit {
@@ -116,9 +129,9 @@ final class MetricsFile {
         try? handle.close()
     }
 
-    func step(step: Int, epoch: Int, loss: Double, learningRate: Double, examplesPerSecond: Double, timings: [ClusterCoordinator.StepTiming]) {
-        var line = "{\"type\":\"step\",\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(Self.number(loss)),\"lr\":\(Self.number(learningRate)),"
-            + "\"examples_per_s\":\(Self.number(examplesPerSecond))"
+    func step(step: Int, epoch: Int, loss: Double, learningRate: Double, examplesPerSecond: Double?, timings: [ClusterCoordinator.StepTiming]) {
+        var line = "{\"type\":\"step\",\(runField)\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(Self.number(loss)),\"lr\":\(Self.number(learningRate)),"
+            + "\"examples_per_s\":\(examplesPerSecond.map(Self.number) ?? "null")"
         if !timings.isEmpty {
             line += ",\"workers\":[" + timings.map {
                 "{\"name\":\(Self.string($0.worker)),\"shards\":\($0.shards),\"compute_ms\":\(Self.number($0.computeMilliseconds)),\"wait_ms\":\(Self.number($0.waitMilliseconds))}"
@@ -129,7 +142,7 @@ final class MetricsFile {
     }
 
     func epoch(_ record: EpochRecord) {
-        buffer += "{\"type\":\"epoch\",\"epoch\":\(record.epoch),\"train_nll\":\(Self.number(record.trainNLL)),"
+        buffer += "{\"type\":\"epoch\",\(runField)\"epoch\":\(record.epoch),\"train_nll\":\(Self.number(record.trainNLL)),"
             + "\"valid_nll\":\(record.validNLL.map(Self.number) ?? "null"),\"lr\":\(Self.number(record.learningRate)),"
             + "\"seconds\":\(Self.number(record.seconds))}\n"
         flush()
@@ -148,5 +161,17 @@ final class MetricsFile {
     static func string(_ s: String) -> String {
         let data = (try? JSONEncoder().encode(s)) ?? Data("\"\"".utf8)
         return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Identities of training runs: the UTC time the run started and 32 random bits, such as
+/// `20261130-053512-4f2a9c01`. Sorts by start time; kept in the checkpoint across resumes.
+enum RunID {
+    static func make(now: Date = Date()) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd-HHmmss"
+        return formatter.string(from: now) + "-" + String(format: "%08x", UInt32.random(in: .min ... .max))
     }
 }

@@ -10,18 +10,22 @@ struct Sample: ParsableCommand {
     var checkpoint: String
     @Option(help: "Number of samples.")
     var count: Int = 64
-    @Option(help: "PNG file to write.")
+    @Option(help: "PNG file to write (its name ends in .png).")
     var out: String
-    @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble; each sample draws one of them (a mixture). [default: the checkpoint's number of masks]")
+    @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble; each sample draws one of them (a mixture). (default: the checkpoint's number of masks)")
     var samples: Int?
     @Option(help: "Seed of the draws; the same seed gives the same images.")
     var seed: UInt64 = 0
-    @Option(help: "Images per row of the grid. [default: about the square root of the count]")
+    @Option(help: "Images per row of the grid. (default: about the square root of the count)")
     var columns: Int?
-    @Option(help: "Image shape as ROWSxCOLUMNS. [default: square when the dimension is a square, else one row]")
+    @Option(help: "Image shape as ROWSxCOLUMNS. (default: square when the dimension is a square, else one row)")
     var imageShape: String?
     @Option(help: "cached (one forward pass per sample) or naive (one per dimension).")
     var method: Sampler<Float>.Method = .cached
+    @Option(help: "Pixels per side of each value in the grid.")
+    var scale: Int = 3
+    @Flag(help: "Show each pixel's probability (a Bernoulli's p, a Gaussian's mean) given the pixels drawn before it, instead of the 0/1 draw.")
+    var mean = false
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
 
@@ -29,6 +33,13 @@ struct Sample: ParsableCommand {
         guard count >= 1 else { throw ValidationError("--count must be at least 1") }
         if let samples, samples < 1 { throw ValidationError("--samples must be at least 1") }
         if let columns, columns < 1 { throw ValidationError("--columns must be at least 1") }
+        guard (1...64).contains(scale) else { throw ValidationError("--scale must be between 1 and 64, not \(scale)") }
+        guard out.lowercased().hasSuffix(".png") else {
+            throw ValidationError("--out \(out): sample writes PNG images; give a name ending in .png")
+        }
+        if mean && cluster.isDistributed {
+            throw ValidationError("--mean draws in this process; leave out --workers and --bind")
+        }
     }
 
     func run() throws {
@@ -43,16 +54,16 @@ struct Sample: ParsableCommand {
         let values: [Float]
         if cluster.isDistributed {
             // Workers need no data to sample; each draws whole batches from their own streams.
-            values = try JobCluster.run(checkpoint: saved, dataFingerprint: nil, cluster: cluster, workerArguments: ["--no-data"]) { coordinator in
+            values = try JobCluster.run(checkpoint: saved, dataFingerprint: nil, cluster: cluster, workerArguments: ["--no-data"], verbose: runtime.verbose) { coordinator in
                 try coordinator.drawSamples(count: count, dimension: d, batchSize: sampler.batchSize, masks: masks, seed: seed,
                                             method: UInt8(Sampler<Float>.Method.allCases.firstIndex(of: method)!), parameters: saved.modelParameters)
             }
         } else {
-            values = sampler.sample(parameters: saved.modelParameters, count: count, masks: masks, seed: seed, method: method)
+            values = sampler.sample(parameters: saved.modelParameters, count: count, masks: masks, seed: seed, method: method, means: mean)
         }
         let seconds = (ContinuousClock.now - start).seconds
         let grid = ImageGrid(images: values, imageRows: rows, imageColumns: cols,
-                             gridColumns: columns ?? Int(Double(count).squareRoot().rounded(.up)))
+                             gridColumns: columns ?? Int(Double(count).squareRoot().rounded(.up)), scale: scale)
         try grid.writePNG(to: out)
         print(String(format: "sampled %d images (%dx%d) in %.3f s, %.1f samples/s -> %@ (%dx%d pixels)",
                      count, rows, cols, seconds, Double(count) / seconds, out, grid.width, grid.height))

@@ -5,12 +5,17 @@ import MADE
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train MADE, in this process or with --workers N local worker processes, then report validation and test NLL and the parameter checksum.")
+        abstract: "Train MADE, in this process or with --workers N local worker processes, then report validation and test NLL and the parameter checksum.",
+        usage: "made train -d <path> [<options>]")
 
-    @OptionGroup var data: DataArguments
+    @OptionGroup var data: DataArguments<TrainingData>
     @OptionGroup var training: TrainingArguments
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
+
+    func validate() throws {
+        _ = try data.path()
+    }
 
     func run() throws {
         try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime, role: .local).run()
@@ -19,39 +24,39 @@ struct Train: ParsableCommand {
 
 /// The model and optimization flags of a training run.
 struct TrainingArguments: ParsableArguments {
-    @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated (\"500\", \"500,500\"; \"\" for none). [default: 500]")
+    @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated (\"500\", \"500,500\"; \"\" for none). (default: 500)")
     var hiddens: String?
-    @Option(name: [.customShort("n"), .long], help: "Number of masks (orders and connectivities) to cycle through in training. [default: 1]")
+    @Option(name: [.customShort("n"), .long], help: "Number of masks (orders and connectivities) to cycle through in training. (default: 1)")
     var numMasks: Int?
-    @Option(name: [.customShort("r"), .long], help: "Steps between mask changes. [default: 20]")
+    @Option(name: [.customShort("r"), .long], help: "Steps between mask changes. (default: 20)")
     var resampleEvery: Int?
-    @Option(name: [.customShort("s"), .long], help: "Masks in the evaluation ensemble. [default: 1]")
+    @Option(name: [.customShort("s"), .long], help: "Masks in the evaluation ensemble. (default: 1)")
     var samples: Int?
     @Flag(help: "Keep the inputs in their natural order (otherwise each mask draws an order).")
     var naturalOrdering = false
     @Flag(help: "Add direct input-to-output connections, masked strictly.")
     var direct = false
-    @Option(help: "Output distribution: bernoulli for 0/1 data, gaussian for real values. [default: bernoulli]")
+    @Option(help: "Output distribution: bernoulli for 0/1 data, gaussian for real values. (default: bernoulli)")
     var distribution: OutputDistribution?
-    @Option(help: "Epochs to train. [default: 100]")
+    @Option(help: "Epochs to train. (default: 100)")
     var epochs: Int?
-    @Option(help: "Examples per step. [default: 100]")
+    @Option(help: "Examples per step. (default: 100)")
     var batchSize: Int?
-    @Option(help: "Adam learning rate. [default: 0.001]")
+    @Option(help: "Adam learning rate. (default: 0.001)")
     var lr: Double?
-    @Option(help: "L2 weight decay added to the gradient. [default: 0.0001]")
+    @Option(help: "L2 weight decay added to the gradient. (default: 0.0001)")
     var weightDecay: Double?
-    @Option(help: "Epochs between learning-rate decays (0: never). [default: 45]")
+    @Option(help: "Epochs between learning-rate decays (0: never). (default: 45)")
     var lrStepEpochs: Int?
-    @Option(help: "Learning-rate decay factor. [default: 0.1]")
+    @Option(help: "Learning-rate decay factor. (default: 0.1)")
     var lrGamma: Double?
-    @Option(help: "Run seed: masks, initialization and data order. [default: 0]")
+    @Option(help: "Run seed: masks, initialization and data order. (default: 0)")
     var seed: UInt64?
-    @Option(help: "Stop after this many epochs without a better validation NLL, and keep the best parameters (0: off). [default: 0]")
+    @Option(help: "Stop after this many epochs without a better validation NLL, and keep the best parameters (0: off). (default: 0)")
     var patience: Int?
-    @Option(help: "How the evaluation ensemble combines masks: likelihood (log-mean-exp, normalized) or logits (the reference's logit averaging; not a normalized likelihood). [default: likelihood]")
+    @Option(help: "How the evaluation ensemble combines masks: likelihood (log-mean-exp, normalized) or logits (the reference's logit averaging; not a normalized likelihood). (default: likelihood)")
     var ensemble: EnsembleMode?
-    @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order, so the result is the same for any number of workers. [default: the number of workers, 1 in one process]")
+    @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order, so the result is the same for any number of workers. (default: the number of workers, 1 in one process)")
     var shards: Int?
     @Flag(help: "Visit training examples in file order every epoch, as the reference does.")
     var noShuffle = false

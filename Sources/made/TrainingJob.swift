@@ -7,7 +7,7 @@ import MADECluster
 /// A training run as the command line asks for it: in this process, or as the coordinator of
 /// local or remote workers.
 struct TrainingJob {
-    let data: DataArguments
+    let data: DataArguments<TrainingData>
     let training: TrainingArguments
     let cluster: ClusterArguments
     let runtime: RuntimeArguments
@@ -25,7 +25,7 @@ struct TrainingJob {
     }
 
     func run() throws {
-        let logger = CommandLineSupport.bootstrap(label: "made")
+        let logger = CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose)
         BLAS.setThreads(runtime.threads)
         let dataPath = try data.path()
         let dataset = try DatasetLoader.load(path: dataPath, options: data.options)
@@ -36,6 +36,7 @@ struct TrainingJob {
         }
         var configuration = try training.configuration(inputCount: dimension, defaultShards: defaultShards)
         var state: TrainingState?
+        var runID = RunID.make()
         if training.resume, let path = training.checkpoint, FileManager.default.fileExists(atPath: path) {
             let saved = try Checkpoint.read(from: path)
             let conflicts = training.conflicts(with: saved.configuration)
@@ -49,17 +50,20 @@ struct TrainingJob {
             configuration = saved.configuration
             if let epochs = training.epochs { configuration.epochs = epochs }
             state = saved.state
-            logger.info("resuming", metadata: ["checkpoint": "\(path)", "step": "\(saved.state.step)", "epoch": "\(saved.state.completedEpochs)"])
+            if let id = saved.runID { runID = id }
+            logger.notice("resuming", metadata: ["checkpoint": "\(path)", "step": "\(saved.state.step)", "epoch": "\(saved.state.completedEpochs)"])
         } else if training.resume, let path = training.checkpoint {
-            logger.info("no checkpoint yet; starting a new run", metadata: ["checkpoint": "\(path)"])
+            logger.notice("no checkpoint yet; starting a new run", metadata: ["checkpoint": "\(path)"])
         }
 
         let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)
         trainer.checkpointPath = training.checkpoint
         trainer.checkpointEvery = training.checkpointEvery
+        trainer.dataSource = DataSource(path: dataPath, options: data.options)
+        trainer.runID = runID
         print(CommandLineSupport.describe(configuration, dataset: dataset, parameters: ParameterLayout(configuration.model).count))
         let report = ProgressReport(stepsPerEpoch: trainer.stepsPerEpoch, batchSize: configuration.batchSize, epochs: configuration.epochs)
-        if let path = training.metrics { report.metrics = try MetricsFile(path: path) }
+        if let path = training.metrics { report.metrics = try MetricsFile(path: path, runID: runID, startStep: trainer.state.step) }
         trainer.onEvent = { report.handle($0) }
         defer { report.metrics?.flush() }
 
@@ -106,7 +110,7 @@ struct TrainingJob {
                 pool = p
                 try p.start(count: cluster.workers) { i in
                     ["worker", "--connect", c.endpoint, "--name", "local-\(i)", "--parent-pid", "\(getpid())"]
-                        + data.forwarded + (cluster.keys.map { ["--keys", $0] } ?? [])
+                        + data.forwarded + (cluster.keys.map { ["--keys", $0] } ?? []) + (runtime.verbose ? ["--verbose"] : [])
                 }
             }
             do {

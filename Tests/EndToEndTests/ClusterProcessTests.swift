@@ -74,7 +74,7 @@ struct ClusterProcessTests {
         let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
                                              folder: folder, name: "coordinator")
         let workers = try [[], ["--no-shared-memory"]].enumerated().map { i, flags in
-            try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "mixed\(i)"] + flags,
+            try EndToEnd.Child(["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "mixed\(i)"] + flags,
                                folder: folder, name: "worker\(i)")
         }
         #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
@@ -93,10 +93,10 @@ struct ClusterProcessTests {
         let port = EndToEnd.freePort()
         let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
                                              folder: folder, name: "coordinator")
-        let early = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early"], folder: folder, name: "early")
+        let early = try EndToEnd.Child(["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early"], folder: folder, name: "early")
         usleep(2_000_000)   // the whole run takes less than this with one worker
         #expect(!coordinator.output.contains("epoch "), "training started before the second worker: \(coordinator.output)")
-        let late = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "late"], folder: folder, name: "late")
+        let late = try EndToEnd.Child(["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "late"], folder: folder, name: "late")
         #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
         #expect(EndToEnd.checksum(coordinator.output) == expected)
         for w in [early, late] {
@@ -172,7 +172,7 @@ struct ClusterProcessTests {
         // Long enough that the victim dies mid-run and its silence (1 s) is noticed before the end.
         let expected = try Self.reference(folder, data: data, epochs: 300)
         let endpoint = folder + "/endpoint"
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
+        let coordinator = try EndToEnd.Child(["coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
                                               "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 300),
                                              folder: folder, name: "coordinator")
         let victim = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"], folder: folder, name: "victim")

@@ -11,7 +11,7 @@ import Darwin
 ///
 /// Sources that already hold 0/1 or real values (`.npz`, `.npy`, `.amat`) are loaded as they are;
 /// this applies only to grey-level sources.
-public enum Binarization: Sendable, Equatable, CustomStringConvertible {
+public enum Binarization: Sendable, Equatable, Codable, CustomStringConvertible {
     /// Pixel `p` becomes 1 with probability `p/255`, drawn from a seeded stream in file order:
     /// the same on every machine. The training file (and the validation split carved from it) uses
     /// stream index 0 of domain `.binarization`, a separate validation file 1, the test file 2.
@@ -34,7 +34,7 @@ public enum Binarization: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Choices that shape a loaded data set.
-public struct DataOptions: Sendable, Equatable {
+public struct DataOptions: Sendable, Equatable, Codable {
     /// How grey-level images are turned into inputs.
     public var binarization: Binarization = .stochastic(seed: 0)
     /// The fraction of a training file carved out as the validation split when a source has no

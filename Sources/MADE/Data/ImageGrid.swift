@@ -9,24 +9,31 @@ public struct ImageGrid: Sendable {
     public private(set) var pixels: [UInt8]
 
     /// Tiles `images` (each `rows x columns` values in [0, 1], row-major) into `gridColumns`
-    /// columns, with `padding` pixels of grey between tiles; values are clamped to [0, 1].
-    public init(images: [Float], imageRows: Int, imageColumns: Int, gridColumns: Int, padding: Int = 1) {
+    /// columns, with `padding` pixels of grey between tiles; values are clamped to [0, 1]. Each
+    /// value becomes a `scale x scale` square of pixels, and the padding is scaled alike.
+    public init(images: [Float], imageRows: Int, imageColumns: Int, gridColumns: Int, padding: Int = 1, scale: Int = 1) {
+        precondition(scale >= 1, "ImageGrid: scale \(scale) is not positive")
         let size = imageRows * imageColumns
         precondition(size > 0 && images.count % size == 0, "ImageGrid: \(images.count) values are not whole \(imageRows)x\(imageColumns) images")
+        let padding = padding * scale
         let count = images.count / size
         let columns = max(1, min(gridColumns, count))
         let rows = (count + columns - 1) / columns
-        width = columns * imageColumns + (columns + 1) * padding
-        height = rows * imageRows + (rows + 1) * padding
+        width = columns * imageColumns * scale + (columns + 1) * padding
+        height = rows * imageRows * scale + (rows + 1) * padding
         pixels = [UInt8](repeating: 128, count: width * height)
         for k in 0..<count {
-            let top = padding + (k / columns) * (imageRows + padding)
-            let left = padding + (k % columns) * (imageColumns + padding)
+            let top = padding + (k / columns) * (imageRows * scale + padding)
+            let left = padding + (k % columns) * (imageColumns * scale + padding)
             for r in 0..<imageRows {
                 for c in 0..<imageColumns {
                     let v = images[k * size + r * imageColumns + c]
                     let clamped = v.isNaN ? 0 : min(1, max(0, v))
-                    pixels[(top + r) * width + left + c] = UInt8((clamped * 255).rounded())
+                    let grey = UInt8((clamped * 255).rounded())
+                    for dy in 0..<scale {
+                        let row = (top + r * scale + dy) * width + left + c * scale
+                        for dx in 0..<scale { pixels[row + dx] = grey }
+                    }
                 }
             }
         }

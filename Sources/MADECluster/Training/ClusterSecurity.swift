@@ -41,8 +41,21 @@ public enum ClusterSecurity {
 
     /// Creates a key folder: the coordinator's pair if missing, the named worker's pair, and the
     /// worker's public key appended to `authorized_keys`.
-    public static func generate(folder: String, workerName: String = "worker") throws -> [String] {
+    ///
+    /// A worker pair of that name that already exists is kept, and this throws `.exists`,
+    /// unless `replace` is set: then the new pair replaces it and the old public key leaves
+    /// `authorized_keys`, so the replaced secret key no longer gets in.
+    public static func generate(folder: String, workerName: String = "worker", replace: Bool = false) throws -> [String] {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let secretPath = folder + "/\(workerName).key", publicPath = folder + "/\(workerName).pub"
+        var stale: Set<String> = []
+        for path in [secretPath, publicPath] where FileManager.default.fileExists(atPath: path) {
+            guard replace else {
+                throw CurveKeyError(.exists, "the worker key pair '\(workerName)' exists; give --force to replace it (its public key then leaves authorized_keys), or --name NAME for another pair", path: path)
+            }
+            if let key = try? CurveKeyPair.readPublicKey(path: path) { stale.insert(key) }
+            if path == secretPath, let pair = try? CurveKeyPair.read(secretPath: path) { stale.insert(pair.publicKey) }
+        }
         var written: [String] = []
         if !FileManager.default.fileExists(atPath: folder + "/coordinator.key") {
             try CurveKeyPair.generate().write(secretPath: folder + "/coordinator.key", publicPath: folder + "/coordinator.pub")
@@ -53,6 +66,14 @@ public enum ClusterSecurity {
         written += [folder + "/\(workerName).key", folder + "/\(workerName).pub"]
         let authorized = folder + "/authorized_keys"
         var text = (try? String(contentsOfFile: authorized, encoding: .utf8)) ?? "# Public keys of the workers this coordinator accepts, one per line.\n"
+        if !stale.isEmpty {
+            // Drop the lines that grant the replaced key.
+            let kept = text.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
+                let key = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first.map(String.init) ?? ""
+                return !stale.contains(key)
+            }
+            text = kept.joined(separator: "\n")
+        }
         if !text.hasSuffix("\n") { text += "\n" }
         text += "\(worker.publicKey)  # \(workerName)\n"
         try text.write(toFile: authorized, atomically: true, encoding: .utf8)

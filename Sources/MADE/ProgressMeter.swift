@@ -1,0 +1,66 @@
+/// Examples per second for people: the live rate and time left, and each epoch's rate.
+///
+/// The live rate is measured over the last `window` steps, from step end to step end, or from a
+/// ``restart(at:)`` (the moment the next step begins, after a pause) to a step end. The time
+/// before the first step ends (loading, workers joining, masks built) and pauses between epochs
+/// (validation, checkpoints) never count, so the first figure shown is the rate of training
+/// itself. An epoch's rate counts only the steps this process ran
+/// in that epoch, so the epoch a resumed run finishes is not credited with the steps done before
+/// the resume.
+///
+/// Times are seconds on any monotonic clock; the meter reads no clock itself.
+public struct ProgressMeter: Sendable {
+    public let batchSize: Int
+    public let window: Int
+    /// End times of the recent steps, oldest first, at most `window + 1`.
+    private var ends: [Double] = []
+    private var first = 0
+    private var stepsThisEpoch = 0
+
+    public init(batchSize: Int, window: Int = 200) {
+        precondition(batchSize >= 1 && window >= 1)
+        self.batchSize = batchSize
+        self.window = window
+    }
+
+    /// Forgets the time before `time` (a pause, an epoch end): the next step begins at `time`.
+    public mutating func restart(at time: Double) {
+        ends.removeAll(keepingCapacity: true)
+        ends.append(time)
+        first = 0
+    }
+
+    /// Records that a step ended at `time`. Returns that step's own rate when its beginning is
+    /// known (a step ended or a restart happened before it), else nil.
+    @discardableResult
+    public mutating func stepEnded(at time: Double) -> Double? {
+        stepsThisEpoch += 1
+        let previous = ends.count > first ? ends.last : nil
+        ends.append(time)
+        if ends.count - first > window + 1 { first += 1 }
+        if first > 4 * window { ends.removeFirst(first); first = 0 }
+        guard let previous, time > previous else { return nil }
+        return Double(batchSize) / (time - previous)
+    }
+
+    /// Examples per second over the recorded steps; nil until a step's beginning and end are
+    /// known: two steps at the start, one after a restart.
+    public var examplesPerSecond: Double? {
+        let n = ends.count - first
+        guard n >= 2, let last = ends.last, last > ends[first] else { return nil }
+        return Double((n - 1) * batchSize) / (last - ends[first])
+    }
+
+    /// Seconds to run `steps` more steps at the current rate; nil while the rate is unknown.
+    public func secondsLeft(steps: Int) -> Double? {
+        examplesPerSecond.map { Double(max(0, steps) * batchSize) / $0 }
+    }
+
+    /// Ends an epoch whose steps took `seconds` in this process: the examples per second of the
+    /// steps run here (0 when none ran or no time passed). Starts counting the next epoch.
+    public mutating func epochEnded(seconds: Double) -> Double {
+        defer { stepsThisEpoch = 0 }
+        guard seconds > 0 else { return 0 }
+        return Double(stepsThisEpoch * batchSize) / seconds
+    }
+}
