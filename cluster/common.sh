@@ -7,6 +7,7 @@
 #   made_worker_flags FLAGS...     sets WORKER_FLAGS to the flags of FLAGS a `made worker` also
 #                                  needs (data: -d, --binarize..., --valid-fraction; --threads;
 #                                  --keys; -v/--verbose), dropping the training-only ones
+#   made_has_data_flag FLAGS...    whether FLAGS name the data (-d, --data-path)
 #   made_wait_pids SECONDS PID...  waits until the processes are gone; fails after SECONDS
 #   made_stop_pids SECONDS PID...  SIGTERM, then SIGKILL after SECONDS those still alive
 #   made_checksum FILE             the params_sha256 value printed in FILE (empty if none)
@@ -45,6 +46,16 @@ made_worker_flags() {
                 ;;
         esac
     done
+}
+
+made_has_data_flag() {
+    local arg
+    for arg in "$@"; do
+        case $arg in
+            -d | -d?* | --data-path | --data-path=*) return 0 ;;
+        esac
+    done
+    return 1
 }
 
 made_wait_pids() {

@@ -10,6 +10,9 @@
 #
 #   cluster/launch-local.sh 3 -d /usr/share/datasets/fashion-mnist -q 64 --epochs 1 --shards 4
 #
+# Without -d, the data is what scripts/run.sh trains on (scripts/get-data.sh: binarized MNIST in
+# data/ when it is there, else Debian's Fashion-MNIST).
+#
 # Prints the coordinator's output (stdout and stderr). Worker logs, verbose (connecting, joined,
 # done and the tasks computed), go to $MADE_LOG_DIR/worker-I.log (default: a temporary folder,
 # removed at the end; the tails are printed when the run fails).
@@ -42,6 +45,10 @@ made=${MADE_BIN:-$MADE_REPO_ROOT/.build/release/made}
 if [[ ! -x $made ]]; then
     echo "launch-local: no executable made at $made (build it: swift build -c release --product made, or set MADE_BIN)" >&2
     exit 2
+fi
+if ! made_has_data_flag "$@"; then
+    data=$("$MADE_REPO_ROOT/scripts/get-data.sh") || exit 2
+    set -- -d "$data" "$@"
 fi
 made_worker_flags "$@"
 

@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Renders training curves from a `made train --metrics FILE` JSON Lines file to a PNG.
 #
-#   scripts/plot.sh METRICS.jsonl OUT.png
+#   scripts/plot.sh METRICS.jsonl OUT.png [--run ID | --run all]
 #
 # Two panels: the training loss of every step (thin) with its running mean over an epoch's
-# worth of steps, and, per epoch, the mean training NLL and the validation NLL. Needs gnuplot
-# (Debian's gnuplot-nox, installed here when missing) and python3.
+# worth of steps, and, per epoch, the mean training NLL and the validation NLL. A metrics file
+# may hold several runs (each record names its run); the last run in the file is drawn unless
+# --run names another (or `all`). A run resumed from its checkpoint keeps its id; steps redone
+# after an interruption count once, as their last record says. Needs gnuplot (Debian's
+# gnuplot-nox, installed here when missing) and python3.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
-    exit 2
-fi
-metrics="$1"
-out="$2"
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
+run=last
+positional=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --run) [ $# -ge 2 ] || usage; run=$2; shift 2 ;;
+        --run=*) run=${1#--run=}; shift ;;
+        -h | --help) usage ;;
+        *) positional+=("$1"); shift ;;
+    esac
+done
+[ ${#positional[@]} -eq 2 ] || usage
+metrics="${positional[0]}"
+out="${positional[1]}"
 [ -r "$metrics" ] || { echo "plot: cannot read $metrics" >&2; exit 1; }
 if ! command -v gnuplot >/dev/null 2>&1; then
     sudo_cmd=()
@@ -22,10 +33,10 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-python3 - "$metrics" "$work" <<'PY'
+python3 - "$metrics" "$work" "$run" <<'PY'
 import json, sys
-metrics, work = sys.argv[1], sys.argv[2]
-steps, epochs = [], []
+metrics, work, wanted = sys.argv[1], sys.argv[2], sys.argv[3]
+records, runs = [], []
 with open(metrics) as f:
     for number, line in enumerate(f, 1):
         line = line.strip()
@@ -35,12 +46,33 @@ with open(metrics) as f:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             sys.exit(f"plot: {metrics}:{number}: not JSON ({error})")
-        if record.get("type") == "step" and record.get("loss") is not None:
-            steps.append((record["step"], record["loss"]))
-        elif record.get("type") == "epoch":
-            epochs.append((record["epoch"] + 1, record.get("train_nll"), record.get("valid_nll")))
+        if not isinstance(record, dict):
+            sys.exit(f"plot: {metrics}:{number}: not a JSON object")
+        run = record.get("run", "")   # files written before runs had ids hold one unnamed run
+        if run not in runs:
+            runs.append(run)
+        records.append((run, record))
+if wanted == "last":
+    wanted = runs[-1] if runs else ""
+elif wanted != "all" and wanted not in runs:
+    sys.exit(f"plot: {metrics} holds no run {wanted} (runs: {', '.join(r or '(unnamed)' for r in runs)})")
+steps, epochs = {}, {}
+for index, (run, record) in enumerate(records):
+    if wanted != "all" and run != wanted:
+        continue
+    # Within one run the last record of a step or epoch counts (steps redone after a resume);
+    # with --run all every record is kept.
+    key = record.get("step") if wanted != "all" else index
+    if record.get("type") == "step" and record.get("loss") is not None:
+        steps[key] = (record["step"], record["loss"])
+    elif record.get("type") == "epoch":
+        epochs[record.get("epoch") if wanted != "all" else index] = (record["epoch"] + 1, record.get("train_nll"), record.get("valid_nll"))
+steps = sorted(steps.values()) if wanted != "all" else list(steps.values())
+epochs = sorted(epochs.values()) if wanted != "all" else list(epochs.values())
 if not steps and not epochs:
     sys.exit(f"plot: {metrics} holds no step or epoch records")
+label = "all runs" if wanted == "all" else f"run {wanted}" if wanted else "the run"
+print(f"plot: {label} of {len(runs)}: {len(steps)} steps, {len(epochs)} epochs")
 window = max(1, min(500, len(steps) // 20 or 1))
 with open(f"{work}/steps.dat", "w") as f:
     total, queue = 0.0, []
