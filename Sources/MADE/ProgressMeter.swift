@@ -12,15 +12,18 @@
 public struct ProgressMeter: Sendable {
     public let batchSize: Int
     public let window: Int
+    /// Steps measured before a live rate is given, so one step's noise is not shown as the rate.
+    public let minimumSteps: Int
     /// End times of the recent steps, oldest first, at most `window + 1`.
     private var ends: [Double] = []
     private var first = 0
     private var stepsThisEpoch = 0
 
-    public init(batchSize: Int, window: Int = 200) {
-        precondition(batchSize >= 1 && window >= 1)
+    public init(batchSize: Int, window: Int = 200, minimumSteps: Int = 1) {
+        precondition(batchSize >= 1 && window >= 1 && minimumSteps >= 1 && minimumSteps <= window)
         self.batchSize = batchSize
         self.window = window
+        self.minimumSteps = minimumSteps
     }
 
     /// Forgets the time before `time` (a pause, an epoch end): the next step begins at `time`.
@@ -43,11 +46,12 @@ public struct ProgressMeter: Sendable {
         return Double(batchSize) / (time - previous)
     }
 
-    /// Examples per second over the recorded steps; nil until a step's beginning and end are
-    /// known: two steps at the start, one after a restart.
+    /// Examples per second over the recorded steps; nil until `minimumSteps` steps have been
+    /// measured from beginning to end (a step's beginning is known after a restart or once the
+    /// step before it has ended).
     public var examplesPerSecond: Double? {
         let n = ends.count - first
-        guard n >= 2, let last = ends.last, last > ends[first] else { return nil }
+        guard n >= 1 + minimumSteps, let last = ends.last, last > ends[first] else { return nil }
         return Double((n - 1) * batchSize) / (last - ends[first])
     }
 

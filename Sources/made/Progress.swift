@@ -35,7 +35,7 @@ final class ProgressReport {
         self.epochs = epochs
         self.interactive = interactive
         self.plainInterval = plainInterval
-        self.meter = ProgressMeter(batchSize: batchSize)
+        self.meter = ProgressMeter(batchSize: batchSize, minimumSteps: min(10, max(1, stepsPerEpoch)))
     }
 
     func handle(_ event: TrainingEvent) {
@@ -44,7 +44,7 @@ final class ProgressReport {
             let instant = meter.stepEnded(at: now)
             let info = cluster?()
             metrics?.step(step: step, epoch: epoch, loss: loss, learningRate: learningRate, examplesPerSecond: instant, timings: info?.timings ?? [])
-            // Nothing to show until a rate is known: two steps have ended.
+            // Nothing to show until a rate is known: ten steps measured (fewer in a short epoch).
             guard let rate = meter.examplesPerSecond else { return }
             let drawnAt = ContinuousClock.now
             guard (drawnAt - lastDrawn).seconds >= (interactive ? 0.2 : plainInterval) else { return }

@@ -22,6 +22,17 @@ struct ProgressMeterTests {
         #expect(abs(try #require(meter.examplesPerSecond) - 5000) < 1e-6)
     }
 
+    @Test("no rate is given before the minimum number of steps is measured")
+    func minimumSteps() {
+        var meter = ProgressMeter(batchSize: 10, minimumSteps: 3)
+        meter.restart(at: 0)
+        meter.stepEnded(at: 1)
+        meter.stepEnded(at: 2)
+        #expect(meter.examplesPerSecond == nil)
+        meter.stepEnded(at: 3)
+        #expect(meter.examplesPerSecond == 10)
+    }
+
     @Test("the rate is measured over the last steps only")
     func window() throws {
         var meter = ProgressMeter(batchSize: 10, window: 4)
