@@ -18,6 +18,10 @@ public struct ProgressMeter: Sendable {
     private var ends: [Double] = []
     private var first = 0
     private var stepsThisEpoch = 0
+    /// Seconds of pauses (validation, checkpoints) since the last epoch end, and those of the
+    /// epoch end before it.
+    private var pausesSinceEpoch = 0.0
+    public private(set) var lastEpochPause = 0.0
 
     public init(batchSize: Int, window: Int = 200, minimumSteps: Int = 1) {
         precondition(batchSize >= 1 && window >= 1 && minimumSteps >= 1 && minimumSteps <= window)
@@ -28,6 +32,7 @@ public struct ProgressMeter: Sendable {
 
     /// Forgets the time before `time` (a pause, an epoch end): the next step begins at `time`.
     public mutating func restart(at time: Double) {
+        if let last = ends.last, time > last { pausesSinceEpoch += time - last }
         ends.removeAll(keepingCapacity: true)
         ends.append(time)
         first = 0
@@ -55,15 +60,18 @@ public struct ProgressMeter: Sendable {
         return Double((n - 1) * batchSize) / (last - ends[first])
     }
 
-    /// Seconds to run `steps` more steps at the current rate; nil while the rate is unknown.
-    public func secondsLeft(steps: Int) -> Double? {
-        examplesPerSecond.map { Double(max(0, steps) * batchSize) / $0 }
+    /// Seconds to run `steps` more steps at the current rate, and `epochEnds` more epoch ends
+    /// each pausing as long as the last did (validation, checkpoint); nil while the rate is unknown.
+    public func secondsLeft(steps: Int, epochEnds: Int = 0) -> Double? {
+        examplesPerSecond.map { Double(max(0, steps) * batchSize) / $0 + Double(max(0, epochEnds)) * lastEpochPause }
     }
 
     /// Ends an epoch whose steps took `seconds` in this process: the examples per second of the
     /// steps run here (0 when none ran or no time passed). Starts counting the next epoch.
     public mutating func epochEnded(seconds: Double) -> Double {
         defer { stepsThisEpoch = 0 }
+        if pausesSinceEpoch > 0 { lastEpochPause = pausesSinceEpoch }
+        pausesSinceEpoch = 0
         guard seconds > 0 else { return 0 }
         return Double(stepsThisEpoch * batchSize) / seconds
     }

@@ -49,7 +49,7 @@ final class ProgressReport {
             let drawnAt = ContinuousClock.now
             guard (drawnAt - lastDrawn).seconds >= (interactive ? 0.2 : plainInterval) else { return }
             lastDrawn = drawnAt
-            let remaining = meter.secondsLeft(steps: epochs * stepsPerEpoch - step) ?? .infinity
+            let remaining = meter.secondsLeft(steps: epochs * stepsPerEpoch - step, epochEnds: epochs - epoch) ?? .infinity
             var line = String(format: "epoch %d/%d step %d loss %.4f %.0f ex/s eta %@", epoch + 1, epochs, step, loss, rate, Self.duration(remaining))
             if let info { line += " workers \(info.alive)" }
             if interactive {

@@ -20,6 +20,11 @@ struct ProgressMeterTests {
         let first = meter.stepEnded(at: 90.52)
         #expect(abs(try #require(first) - 5000) < 1e-6)
         #expect(abs(try #require(meter.examplesPerSecond) - 5000) < 1e-6)
+        // The time left counts the epoch ends to come at the pause of the last one.
+        _ = meter.epochEnded(seconds: 1)
+        let left = try #require(meter.secondsLeft(steps: 100, epochEnds: 2))
+        let expected: Double = 100.0 * 100.0 / 5000.0 + 2.0 * 30.0
+        #expect(abs(left - expected) < 1e-6)
     }
 
     @Test("no rate is given before the minimum number of steps is measured")
