@@ -7,22 +7,7 @@ import Testing
 struct LauncherTests {
     /// Runs `cluster/<script> arguments` with MADE_BIN set; returns its exit code and output.
     func launch(_ script: String, _ arguments: [String], environment extra: [String: String] = [:], folder: String) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = [EndToEnd.repositoryRoot.appendingPathComponent("cluster/\(script)").path] + arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["MADE_BIN"] = EndToEnd.executable
-        for (k, v) in extra { environment[k] = v }
-        p.environment = environment
-        let outputPath = folder + "/\(script).out"
-        FileManager.default.createFile(atPath: outputPath, contents: nil)
-        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        p.waitUntilExit()
-        try out.close()
-        return (p.terminationStatus, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+        try EndToEnd.script("cluster/\(script)", arguments, folder: folder, name: script, environment: extra)
     }
 
     @Test("launch-local.sh: a coordinator and two worker processes, the single-process checksum, both workers busy")

@@ -6,27 +6,6 @@ import Testing
 /// checkpoint, keys, and the model handed to PyTorch users. Each test starts the real `made`.
 @Suite("What a new user meets")
 struct NewUserTests {
-    /// Runs a script of the repository with bash; returns its exit code and its output and errors.
-    static func script(_ path: String, _ arguments: [String], folder: String, name: String,
-                       environment extra: [String: String] = [:]) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = [EndToEnd.repositoryRoot.appendingPathComponent(path).path] + arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["MADE_BIN"] = EndToEnd.executable
-        for (k, v) in extra { environment[k] = v }
-        p.environment = environment
-        let outputPath = folder + "/\(name).out"
-        FileManager.default.createFile(atPath: outputPath, contents: nil)
-        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        p.waitUntilExit()
-        try out.close()
-        return (p.terminationStatus, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
-    }
-
     @Test("help marks -d required, shows one style of defaults, speaks of its own command, and hides --parent-pid")
     func helpTexts() throws {
         let folder = EndToEnd.folder("help")
@@ -108,11 +87,11 @@ struct NewUserTests {
         #expect(firstSteps.first?["examples_per_s"] is NSNull)
 
         guard EndToEnd.commandExists("gnuplot") else { return }
-        let (p1, last) = try Self.script("scripts/plot.sh", [metrics, folder + "/last.png"], folder: folder, name: "plot-last")
+        let (p1, last) = try EndToEnd.script("scripts/plot.sh", [metrics, folder + "/last.png"], folder: folder, name: "plot-last")
         #expect(p1 == 0 && last.contains("run \(ids[1]) of 2: 12 steps, 1 epochs"), "\(last)")
-        let (p2, first) = try Self.script("scripts/plot.sh", [metrics, folder + "/first.png", "--run", ids[0]], folder: folder, name: "plot-first")
+        let (p2, first) = try EndToEnd.script("scripts/plot.sh", [metrics, folder + "/first.png", "--run", ids[0]], folder: folder, name: "plot-first")
         #expect(p2 == 0 && first.contains("run \(ids[0]) of 2: 36 steps, 3 epochs"), "\(first)")
-        let (p3, missing) = try Self.script("scripts/plot.sh", [metrics, folder + "/none.png", "--run", "nope"], folder: folder, name: "plot-none")
+        let (p3, missing) = try EndToEnd.script("scripts/plot.sh", [metrics, folder + "/none.png", "--run", "nope"], folder: folder, name: "plot-none")
         #expect(p3 != 0 && missing.contains("no run nope"), "\(missing)")
     }
 
@@ -203,14 +182,14 @@ struct NewUserTests {
     @Test("run.sh takes --fetch anywhere and writes metrics by default (as its dry run shows)")
     func runScript() throws {
         let folder = EndToEnd.folder("run-sh")
-        let (code, out) = try Self.script("scripts/run.sh", ["--epochs", "3", "--fetch", "-q", "8", "--dry-run"], folder: folder, name: "dry")
+        let (code, out) = try EndToEnd.script("scripts/run.sh", ["--epochs", "3", "--fetch", "-q", "8", "--dry-run"], folder: folder, name: "dry")
         #expect(code == 0, "\(out)")
         let lines = out.split(separator: "\n").map(String.init)
         #expect(lines.contains("scripts/get-data.sh --fetch"))
         let train = try #require(lines.first { $0.contains(" train ") })
         #expect(!train.contains("--fetch") && train.contains("--epochs 3 -q 8"))
         #expect(train.contains("--checkpoint runs/made.ckpt --resume") && train.contains("--metrics runs/made.jsonl"))
-        let (code2, out2) = try Self.script("scripts/run.sh", ["--dry-run", "--metrics", "m.jsonl"], folder: folder, name: "dry2")
+        let (code2, out2) = try EndToEnd.script("scripts/run.sh", ["--dry-run", "--metrics", "m.jsonl"], folder: folder, name: "dry2")
         #expect(code2 == 0 && !out2.contains("runs/made.jsonl") && out2.contains("--metrics m.jsonl"), "\(out2)")
         #expect(!out2.contains("--fetch"))
     }
@@ -219,7 +198,7 @@ struct NewUserTests {
           .enabled(if: FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")))
     func launchLocalFindsData() throws {
         let folder = EndToEnd.folder("launch-default-data")
-        let (code, out) = try Self.script("cluster/launch-local.sh", ["1", "-q", "4", "--epochs", "0"], folder: folder, name: "launch")
+        let (code, out) = try EndToEnd.script("cluster/launch-local.sh", ["1", "-q", "4", "--epochs", "0"], folder: folder, name: "launch")
         #expect(code == 0, "\(out)")
         #expect(out.contains("fashion-mnist") && out.contains("test_nll="), "\(out)")
     }

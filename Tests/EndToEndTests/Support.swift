@@ -112,6 +112,27 @@ enum EndToEnd {
         return (code, child.output, child.errors)
     }
 
+    /// Runs a script of the repository with bash; returns its exit code and its output and errors.
+    static func script(_ path: String, _ arguments: [String], folder: String, name: String,
+                       environment extra: [String: String] = [:]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [EndToEnd.repositoryRoot.appendingPathComponent(path).path] + arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["MADE_BIN"] = EndToEnd.executable
+        for (k, v) in extra { environment[k] = v }
+        p.environment = environment
+        let outputPath = folder + "/\(name).out"
+        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        p.waitUntilExit()
+        try out.close()
+        return (p.terminationStatus, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+    }
+
     /// The `params_sha256=` value printed by a finished run.
     static func checksum(_ output: String) -> String? {
         output.split(separator: "\n").first { $0.hasPrefix("params_sha256=") }.map { String($0.dropFirst("params_sha256=".count)) }
