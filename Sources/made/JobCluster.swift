@@ -12,6 +12,7 @@ enum JobCluster {
         let logger = CommandLineSupport.bootstrap(label: "made", verbose: verbose)
         let coordinator = try ClusterCoordinator(configuration: checkpoint.configuration, dataFingerprint: dataFingerprint,
                                                  options: try cluster.coordinatorOptions(bind: "tcp://127.0.0.1:0"), logger: logger)
+        if cluster.workers == 0, !verbose { logger.notice("coordinator listening", metadata: ["endpoint": "\(coordinator.endpoint)"]) }
         SignalFlag.install()
         coordinator.shouldStop = { SignalFlag.isSet }
         let pool = LocalWorkerPool(logger: logger)

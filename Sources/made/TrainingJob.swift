@@ -105,6 +105,8 @@ struct TrainingJob {
             }
             if let valid = dataset.valid { trainer.validationScorer = { try clusterScore(1, valid, $0) } }
             coordinator = c
+            // Workers started by hand need the endpoint (port 0 picks one; -v logs it anyway); local ones are told it.
+            if cluster.workers == 0, !runtime.verbose { logger.notice("coordinator listening", metadata: ["endpoint": "\(c.endpoint)"]) }
             if cluster.workers > 0 {
                 let p = LocalWorkerPool(logger: logger)
                 pool = p

@@ -52,6 +52,11 @@ struct NewUserTests {
         for line in ["worker connecting", "worker welcomed", "worker joined", "worker done"] {
             #expect(verr.contains(line), "'\(line)' missing with -v: \(verr)")
         }
+        // A coordinator waiting for workers started by hand says where it listens (port 0 picked one).
+        let (ccode, _, cerr) = try EndToEnd.run(["coordinator", "-d", data, "-q", "8", "--shards", "2", "--bind", "tcp://127.0.0.1:0",
+                                                 "--idle-timeout", "1"], folder: folder, name: "coordinator", timeout: 60)
+        #expect(ccode != 0)
+        #expect(cerr.contains("coordinator listening") && cerr.contains("endpoint=tcp://127.0.0.1:") && !cerr.contains("endpoint=tcp://127.0.0.1:0 "), "\(cerr)")
     }
 
     @Test("metrics records carry a run id kept across a resume; plot.sh draws the last run unless told")
