@@ -116,6 +116,9 @@ struct NewUserTests {
         #expect(a == 0, "\(errA)")
         #expect(outA.hasPrefix("nll=" + test.dropFirst("test_nll=".count).prefix { $0 != " " }), "\(outA) vs \(test)")
         #expect(!errA.contains("warning"))
+        // Through workers too: they are handed the recorded data.
+        let (w, outW, errW) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "--workers", "2"], folder: folder, name: "eval-workers")
+        #expect(w == 0 && outW == outA, "\(errW)")
         let (b, _, errB) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "-s", "4"], folder: folder, name: "eval-s4")
         #expect(b == 0)
         #expect(errB.contains("warning: -s 4 asks for 4 masks, but the model was trained with -n 1"), "\(errB)")

@@ -130,7 +130,7 @@ struct SafeTensorsTests {
         #expect(back == file)
     }
 
-    @Test("damaged files get a clear error", arguments: ["short", "length", "json", "offsets", "gap", "dtype"])
+    @Test("damaged files get a clear error", arguments: ["short", "length", "json", "offsets", "gap", "dtype", "huge", "fraction", "metadata"])
     func damaged(kind: String) throws {
         let good = try SafeTensors(tensors: [("t", .init(shape: [2], values: [1, 2]))]).encoded()
         var bytes = good
@@ -147,6 +147,9 @@ struct SafeTensorsTests {
         case "json": bytes = header("[1, 2]", data: 0)
         case "offsets": bytes = header(#"{"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: 8)
         case "gap": bytes = header(#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: 8)
+        case "huge": bytes = header(#"{"t":{"dtype":"F32","shape":[1e300, 1e300],"data_offsets":[0,8]}}"#, data: 8)
+        case "fraction": bytes = header(#"{"t":{"dtype":"F32","shape":[1.5],"data_offsets":[0,8]}}"#, data: 8)
+        case "metadata": bytes = header(#"{"__metadata__":{"a":1},"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, data: 8)
         default: bytes = header(#"{"t":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#, data: 4)
         }
         #expect(throws: MADEError.self) { try SafeTensors.decode(bytes, path: "bad.safetensors") }

@@ -124,12 +124,17 @@ public struct SafeTensors: Sendable, Equatable {
                   let shapeValues = info["shape"] as? [Any], let offsetValues = info["data_offsets"] as? [Any], offsetValues.count == 2 else {
                 throw fail("tensor '\(name)' lacks dtype, shape or data_offsets")
             }
+            /// A JSON number that is a whole number in `0...limit`, else nil (no rounding, no overflow).
+            func whole(_ value: Any, limit: Int) -> Int? {
+                guard let number = value as? NSNumber, let n = Int(exactly: number.doubleValue), n >= 0, n <= limit else { return nil }
+                return n
+            }
             let shape = try shapeValues.map { value -> Int in
-                guard let n = (value as? NSNumber)?.intValue, n >= 0, n <= Int(Int32.max) else { throw fail("tensor '\(name)' has a bad shape") }
+                guard let n = whole(value, limit: Int(Int32.max)) else { throw fail("tensor '\(name)' has a bad shape") }
                 return n
             }
             let offsets = try offsetValues.map { value -> Int in
-                guard let n = (value as? NSNumber)?.intValue, n >= 0, n <= dataCount else {
+                guard let n = whole(value, limit: dataCount) else {
                     throw fail("tensor '\(name)' has data offsets beyond the \(dataCount) data bytes")
                 }
                 return n
