@@ -56,6 +56,9 @@ struct TrainingJob {
             logger.notice("no checkpoint yet; starting a new run", metadata: ["checkpoint": "\(path)"])
         }
 
+        if let warning = Eval.ensembleWarning(masks: configuration.evaluationMasks, trained: configuration.model.maskCount) {
+            logger.warning("\(warning)")
+        }
         let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)
         trainer.checkpointPath = training.checkpoint
         trainer.checkpointEvery = training.checkpointEvery

@@ -122,6 +122,9 @@ struct NewUserTests {
         let (b, _, errB) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "-s", "4"], folder: folder, name: "eval-s4")
         #expect(b == 0)
         #expect(errB.contains("warning: -s 4 asks for 4 masks, but the model was trained with -n 1"), "\(errB)")
+        // Training says so too, when its validation ensemble repeats masks.
+        let (t, _, errT) = try EndToEnd.run(["train", "-d", data, "-q", "8", "--epochs", "1", "--batch-size", "50", "-s", "2"], folder: folder, name: "train-s2")
+        #expect(t == 0 && errT.contains("-s 2 asks for 2 masks, but the model was trained with -n 1"), "\(errT)")
         // A checkpoint from before data sources were recorded: -d is asked for.
         var old = saved
         old.dataSource = nil
