@@ -192,3 +192,98 @@ int made_add_f32(size_t n, const float *a, const float *b, float *out) {
     }
     return special == 0;
 }
+
+/* ---- The sparse kernel's layout changes and sums of selected rows. ---- */
+
+MADE_CLONES
+void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
+                               const int *restrict col_order, const int *restrict active, float *restrict dst) {
+    for (size_t i = 0; i < rows; i++) {
+        const float *s = src + (size_t)row_order[i] * cols;
+        float *d = dst + i * cols;
+        for (size_t j = 0; j < cols; j++) d[j] = (int)i < active[j] ? s[col_order[j]] : 0.0f;
+    }
+}
+
+MADE_CLONES
+void made_scatter_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
+                                const int *restrict col_order, const int *restrict active, float *restrict dst) {
+    for (size_t i = 0; i < rows; i++) {
+        const float *s = src + i * cols;
+        float *d = dst + (size_t)row_order[i] * cols;
+        for (size_t j = 0; j < cols; j++) d[col_order[j]] = (int)i < active[j] ? s[j] : 0.0f;
+    }
+}
+
+#define MADE_BLOCK 32
+
+/* The largest active[j] for j in [j0, j1). */
+static inline int block_rows(const int *active, size_t j0, size_t j1) {
+    int m = 0;
+    for (size_t j = j0; j < j1; j++) m = active[j] > m ? active[j] : m;
+    return m;
+}
+
+MADE_CLONES
+void made_binary_rows_f32(size_t n, size_t cols, const float *restrict w, const int *restrict active,
+                          const int *restrict row_start, const int *restrict row_index,
+                          float *restrict out, size_t ldo, int accumulate) {
+    for (size_t j0 = 0; j0 < cols; j0 += MADE_BLOCK) {
+        size_t width = cols - j0 < MADE_BLOCK ? cols - j0 : MADE_BLOCK;
+        int bound = block_rows(active, j0, j0 + width);
+        for (size_t r = 0; r < n; r++) {
+            float *o = out + r * ldo + j0;
+            float acc[MADE_BLOCK];
+            for (int t = 0; t < MADE_BLOCK; t++) acc[t] = 0.0f;
+            int end = row_start[r + 1];
+            if (width == MADE_BLOCK) {
+                for (int k = row_start[r]; k < end; k++) {
+                    int i = row_index[k];
+                    if (i >= bound) break;
+                    const float *src = w + (size_t)i * cols + j0;
+                    for (int t = 0; t < MADE_BLOCK; t++) acc[t] = acc[t] + src[t];
+                }
+            } else {
+                for (int k = row_start[r]; k < end; k++) {
+                    int i = row_index[k];
+                    if (i >= bound) break;
+                    const float *src = w + (size_t)i * cols + j0;
+                    for (size_t t = 0; t < width; t++) acc[t] = acc[t] + src[t];
+                }
+            }
+            if (accumulate) {
+                for (size_t t = 0; t < width; t++) o[t] = o[t] + acc[t];
+            } else {
+                for (size_t t = 0; t < width; t++) o[t] = acc[t];
+            }
+        }
+    }
+}
+
+MADE_CLONES
+void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, const int *restrict input_start,
+                                     const int *restrict input_rows, const float *restrict delta, size_t ldd,
+                                     float *restrict dst) {
+    for (size_t j0 = 0; j0 < cols; j0 += MADE_BLOCK) {
+        size_t width = cols - j0 < MADE_BLOCK ? cols - j0 : MADE_BLOCK;
+        int bound = block_rows(active, j0, j0 + width);
+        for (int i = 0; i < bound; i++) {
+            float acc[MADE_BLOCK];
+            for (int t = 0; t < MADE_BLOCK; t++) acc[t] = 0.0f;
+            int end = input_start[i + 1];
+            if (width == MADE_BLOCK) {
+                for (int k = input_start[i]; k < end; k++) {
+                    const float *src = delta + (size_t)input_rows[k] * ldd + j0;
+                    for (int t = 0; t < MADE_BLOCK; t++) acc[t] = acc[t] + src[t];
+                }
+            } else {
+                for (int k = input_start[i]; k < end; k++) {
+                    const float *src = delta + (size_t)input_rows[k] * ldd + j0;
+                    for (size_t t = 0; t < width; t++) acc[t] = acc[t] + src[t];
+                }
+            }
+            float *d = dst + (size_t)i * cols + j0;
+            for (size_t t = 0; t < width; t++) d[t] = acc[t];
+        }
+    }
+}

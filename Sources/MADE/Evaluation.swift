@@ -20,6 +20,8 @@ public struct Evaluator<T: BLASScalar> {
     public let runSeed: UInt64
     /// Rows per forward pass.
     public var chunkSize: Int
+    /// The arithmetic of the forward passes; the values agree within float rounding either way.
+    public var kernel: ComputeKernel = .sparse
     /// Called after every forward pass, so a long evaluation can let its caller keep up with
     /// other duties (a coordinator answering its workers).
     public var betweenPasses: () -> Void = {}
@@ -60,7 +62,7 @@ public struct Evaluator<T: BLASScalar> {
         var result = [[Double]](repeating: [Double](repeating: 0, count: n), count: maskSets.count)
         guard n > 0 else { return result }
         let chunk = min(chunkSize, n)
-        let workspace = NetworkWorkspace<T>(configuration: configuration, capacity: chunk)
+        let workspace = NetworkWorkspace<T>(configuration: configuration, capacity: chunk, kernel: kernel)
         var start = 0
         while start < n {
             let end = min(n, start + chunk)
@@ -93,7 +95,7 @@ public struct Evaluator<T: BLASScalar> {
         guard n > 0 else { return [] }
         let maskSets = ensembleSeeds(k).map { MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: $0) }
         let chunk = min(chunkSize, n)
-        let workspace = NetworkWorkspace<T>(configuration: configuration, capacity: chunk)
+        let workspace = NetworkWorkspace<T>(configuration: configuration, capacity: chunk, kernel: kernel)
         var result = [Double](repeating: 0, count: n)
         var outputSum = [T](repeating: 0, count: chunk * configuration.outputCount)
         var start = 0
@@ -139,13 +141,28 @@ public struct Evaluator<T: BLASScalar> {
 extension NetworkWorkspace {
     /// Adds the current outputs of the loaded rows into `sum` (`rows x nout`).
     func addOutputs(into sum: inout [T]) {
-        let n = rows * configuration.outputCount
-        for i in 0..<n { sum[i] += output[i] }
+        let nout = configuration.outputCount
+        if kernel == .sparse {
+            let order = blocks!.outputOrder
+            for r in 0..<rows {
+                for j in 0..<nout { sum[r * nout + Int(order[j])] += output[r * nout + j] }
+            }
+            return
+        }
+        for i in 0..<(rows * nout) { sum[i] += output[i] }
     }
 
     /// Replaces the outputs of the loaded rows (`rows x nout`).
     func setOutputs(_ values: [T]) {
-        precondition(values.count >= rows * configuration.outputCount)
-        for i in 0..<(rows * configuration.outputCount) { output[i] = values[i] }
+        let nout = configuration.outputCount
+        precondition(values.count >= rows * nout)
+        if kernel == .sparse {
+            let order = blocks!.outputOrder
+            for r in 0..<rows {
+                for j in 0..<nout { output[r * nout + j] = values[r * nout + Int(order[j])] }
+            }
+            return
+        }
+        for i in 0..<(rows * nout) { output[i] = values[i] }
     }
 }

@@ -14,11 +14,13 @@ public final class GradientEngine {
     private var preparedMaskSeed: UInt64?
 
     /// - Parameter capacity: the largest number of examples passed to one ``gradient(data:indices:into:)``.
-    public init(configuration: ModelConfiguration, distribution: OutputDistribution, runSeed: UInt64, capacity: Int) {
+    /// - Parameter kernel: the arithmetic of the passes (see ``ComputeKernel``).
+    public init(configuration: ModelConfiguration, distribution: OutputDistribution, runSeed: UInt64, capacity: Int,
+                kernel: ComputeKernel = .sparse) {
         self.configuration = configuration
         self.distribution = distribution
         self.runSeed = runSeed
-        self.workspace = NetworkWorkspace(configuration: configuration, capacity: capacity)
+        self.workspace = NetworkWorkspace(configuration: configuration, capacity: capacity, kernel: kernel)
     }
 
     /// The masks of `maskSeed`, built once and kept (at most `configuration.maskCount` seeds are used in training).

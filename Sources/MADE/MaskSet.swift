@@ -26,6 +26,9 @@ public struct MaskSet: Sendable, Equatable {
     public let layers: [[UInt8]]
     /// The mask of the direct connections, when the model has them.
     public let direct: [UInt8]?
+    /// The staircase of every mask in compute order, built with the masks: what the sparse
+    /// kernel computes.
+    public let blocks: BlockPartition
 
     public init(configuration: ModelConfiguration, runSeed: UInt64, maskSeed: UInt64) {
         self.runSeed = runSeed
@@ -59,6 +62,7 @@ public struct MaskSet: Sendable, Equatable {
         layers.append(mask(degrees.last!, outputDegrees, strict: true))
         self.layers = layers
         self.direct = configuration.directConnections ? mask(degrees[0], outputDegrees, strict: true) : nil
+        self.blocks = BlockPartition(configuration: configuration, degrees: degrees)
     }
 
     /// The input degrees: `order[d]` is the position of input `d` in the autoregressive order.

@@ -15,15 +15,27 @@ import CKernels
 /// workspace and reached only inside its methods, except parameters lent by
 /// ``prepare(inPlace:)``. Weights are row-major `in x out`, so a batch
 /// `X` (rows x in) maps to `X W`, one `?gemm` per layer.
+///
+/// With the ``ComputeKernel/sparse`` kernel the workspace holds the parameters, inputs,
+/// activations and outputs in the compute order of the masks' ``BlockPartition`` and multiplies
+/// only its bands (see NetworkWorkspace-sparse.swift); what goes in and comes out through the
+/// public methods stays in layout order.
 public final class NetworkWorkspace<T: BLASScalar> {
     public let configuration: ModelConfiguration
     public let layout: ParameterLayout
     public let capacity: Int
+    public let kernel: ComputeKernel
+    /// With the sparse kernel, loaded binary rows with at most this fraction of ones go through the
+    /// first layer (and the direct connections) as sums of selected weight rows instead of a product.
+    /// The default is the measured crossover of `made bench --density` (see README).
+    public var sparseInputLimit: Double = NetworkWorkspace.defaultSparseInputLimit
+    /// The measured crossover density of the binary first-layer path.
+    public static var defaultSparseInputLimit: Double { 0.5 }
     /// ``ParameterLayout/matrices``, kept: the passes look them up every step.
     let matrices: [ParameterLayout.Matrix]
 
     /// Rows loaded by the last ``loadRows(from:indices:)``.
-    public private(set) var rows = 0
+    public internal(set) var rows = 0
     /// The `(runSeed, maskSeed)` whose masks are materialized.
     public private(set) var maskKey: (runSeed: UInt64, maskSeed: UInt64)?
 
@@ -32,25 +44,43 @@ public final class NetworkWorkspace<T: BLASScalar> {
     let output: UnsafeMutableBufferPointer<T>
     let outputGradient: UnsafeMutableBufferPointer<T>
     let deltas: [UnsafeMutableBufferPointer<T>]
-    /// Per matrix of ``ParameterLayout/matrices``: the 0/1 mask.
+    /// Per matrix of ``ParameterLayout/matrices``: the 0/1 mask (dense kernel only).
     let masks: [UnsafeMutableBufferPointer<UInt8>]
     /// The step's parameters with the masks applied, in parameter-layout order, when the
-    /// workspace holds its own copy.
-    let prepared: UnsafeMutableBufferPointer<T>
+    /// workspace holds its own copy (the sparse kernel makes it only for packed parameters).
+    private(set) var prepared: UnsafeMutableBufferPointer<T>?
+    /// Sparse kernel: the blocks of the masks set.
+    var blocks: BlockPartition?
+    /// Sparse kernel: the masked parameters in compute order, at their layout offsets.
+    let compute: UnsafeMutableBufferPointer<T>
+    /// Sparse kernel: weight gradients in compute order, made on the first backward pass.
+    var computeGradient: UnsafeMutableBufferPointer<T>?
+    /// Sparse kernel: whether the loaded rows go through the first layer as selected rows, and
+    /// which: row `r` selects the compute inputs `rowIndex[rowStart[r] ..< rowStart[r + 1]]`.
+    var binaryInput = false
+    let rowStart: UnsafeMutableBufferPointer<Int32>
+    let rowIndex: UnsafeMutableBufferPointer<Int32>
+    /// The transpose of the selection, for the weight gradient, made on the first backward pass:
+    /// input `i` is selected by rows `inputRows[inputStart[i] ..< inputStart[i + 1]]`.
+    var inputStart: UnsafeMutableBufferPointer<Int32>?
+    var inputRows: UnsafeMutableBufferPointer<Int32>?
+    /// Sparse kernel: input gradients in compute order, made when first asked for.
+    var inputScratch: UnsafeMutableBufferPointer<T>?
     /// Where the passes read the masked parameters: ``prepared``, or memory the caller lent
     /// with ``prepare(inPlace:)``.
-    private var parameters: UnsafePointer<T>
+    var parameters: UnsafePointer<T>
     /// The masks whose zeros ``prepared`` holds at masked-out weights, after a scatter.
     private var scatteredKey: (runSeed: UInt64, maskSeed: UInt64)?
     /// Per-row losses of the last loss pass, in `Double`.
     let rowLosses: UnsafeMutableBufferPointer<Double>
 
     /// Allocates every buffer for batches of up to `capacity` rows.
-    public init(configuration: ModelConfiguration, capacity: Int) {
+    public init(configuration: ModelConfiguration, capacity: Int, kernel: ComputeKernel = .dense) {
         precondition(capacity >= 1, "NetworkWorkspace: capacity must be positive")
         self.configuration = configuration
         self.layout = ParameterLayout(configuration)
         self.capacity = capacity
+        self.kernel = kernel
         func buffer(_ n: Int) -> UnsafeMutableBufferPointer<T> {
             let b = UnsafeMutableBufferPointer<T>.allocate(capacity: max(n, 1))
             b.initialize(repeating: 0)
@@ -63,13 +93,22 @@ public final class NetworkWorkspace<T: BLASScalar> {
         let widest = configuration.hiddenSizes.max() ?? 0
         deltas = widest > 0 ? [buffer(capacity * widest), buffer(capacity * widest)] : []
         matrices = layout.matrices
+        let sparse = kernel == .sparse
         masks = matrices.map {
-            let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max($0.count, 1))
+            let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: sparse ? 1 : max($0.count, 1))
             b.initialize(repeating: 0)
             return b
         }
-        prepared = buffer(layout.count)
-        parameters = UnsafePointer(prepared.baseAddress!)
+        prepared = sparse ? nil : buffer(layout.count)
+        compute = buffer(sparse ? layout.count : 0)
+        func indices(_ n: Int) -> UnsafeMutableBufferPointer<Int32> {
+            let b = UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(n, 1))
+            b.initialize(repeating: 0)
+            return b
+        }
+        rowStart = indices(sparse ? capacity + 1 : 0)
+        rowIndex = indices(sparse ? capacity * configuration.inputCount : 0)
+        parameters = UnsafePointer((prepared ?? compute).baseAddress!)
         rowLosses = UnsafeMutableBufferPointer<Double>.allocate(capacity: capacity)
         rowLosses.initialize(repeating: 0)
     }
@@ -81,7 +120,14 @@ public final class NetworkWorkspace<T: BLASScalar> {
         outputGradient.deallocate()
         deltas.forEach { $0.deallocate() }
         masks.forEach { $0.deallocate() }
-        prepared.deallocate()
+        prepared?.deallocate()
+        compute.deallocate()
+        computeGradient?.deallocate()
+        rowStart.deallocate()
+        rowIndex.deallocate()
+        inputStart?.deallocate()
+        inputRows?.deallocate()
+        inputScratch?.deallocate()
         rowLosses.deallocate()
     }
 
@@ -92,8 +138,15 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// - Complexity: O(number of weights) when the seed changes, O(1) otherwise.
     public func setMasks(_ maskSet: MaskSet) {
         if let key = maskKey, key.runSeed == maskSet.runSeed, key.maskSeed == maskSet.maskSeed { return }
+        precondition(maskSet.blocks.matrices.map { $0.rows * $0.columns } == matrices.map(\.count),
+                     "setMasks: mask set does not fit this network")
+        if kernel == .sparse {
+            blocks = maskSet.blocks
+            maskKey = (maskSet.runSeed, maskSet.maskSeed)
+            scatteredKey = nil
+            return
+        }
         let source = maskSet.matrices
-        precondition(source.count == masks.count, "setMasks: mask set does not fit this network")
         for (m, bits) in zip(masks, source) {
             precondition(bits.count == m.count, "setMasks: mask of \(bits.count) entries for a matrix of \(m.count)")
             for i in 0..<bits.count { m[i] = bits[i] == 0 ? 0 : 1 }  // copy, normalized to 0/1
@@ -111,9 +164,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
         precondition(maskKey != nil, "prepare: set the masks first")
         precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
         scatteredKey = nil
-        self.parameters = UnsafePointer(prepared.baseAddress!)
+        if kernel == .sparse { return gatherCompute(from: parameters.baseAddress!) }
+        let out = prepared!.baseAddress!
+        self.parameters = UnsafePointer(out)
         let p = parameters.baseAddress!
-        let out = prepared.baseAddress!
         for (k, matrix) in matrices.enumerated() {
             maskSelect(p + matrix.offset, masks[k].baseAddress!, out + matrix.offset, count: matrix.count)
             if let b = matrix.biasOffset {
@@ -131,6 +185,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func prepare(inPlace parameters: UnsafeBufferPointer<T>) {
         precondition(maskKey != nil, "prepare: set the masks first")
         precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        if kernel == .sparse { return gatherCompute(from: parameters.baseAddress!) }
         self.parameters = parameters.baseAddress!
     }
 
@@ -146,7 +201,14 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func prepare(packed: UnsafeBufferPointer<T>, indices: UnsafeBufferPointer<Int32>) -> Bool {
         precondition(maskKey != nil, "prepare: set the masks first")
         precondition(packed.count == indices.count, "prepare: \(packed.count) values for \(indices.count) indices")
-        parameters = UnsafePointer(prepared.baseAddress!)
+        if prepared == nil {
+            prepared = .allocate(capacity: max(layout.count, 1))
+            prepared!.initialize(repeating: 0)
+            scatteredKey = nil
+        }
+        let prepared = self.prepared!
+        defer { if kernel == .sparse { gatherCompute(from: UnsafePointer(prepared.baseAddress!)) } }
+        if kernel == .dense { parameters = UnsafePointer(prepared.baseAddress!) }
         if scatteredKey == nil || scatteredKey! != maskKey! {
             prepared.update(repeating: 0)
             scatteredKey = maskKey
@@ -180,6 +242,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func loadRows(from data: DataMatrix, indices: UnsafeBufferPointer<Int32>) {
         precondition(indices.count <= capacity, "loadRows: \(indices.count) rows for a capacity of \(capacity)")
         precondition(data.dimension == configuration.inputCount, "loadRows: data of dimension \(data.dimension) for nin = \(configuration.inputCount)")
+        if kernel == .sparse { return loadComputeRows(from: data, indices: indices) }
         data.copyRows(indices, into: input)
         rows = indices.count
     }
@@ -193,6 +256,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func loadRows(_ values: [T]) {
         let n = values.count / configuration.inputCount
         precondition(n * configuration.inputCount == values.count && n <= capacity, "loadRows: bad input size \(values.count)")
+        if kernel == .sparse { return values.withUnsafeBufferPointer { loadComputeRows($0, rows: n) } }
         values.withUnsafeBufferPointer { input.baseAddress!.update(from: $0.baseAddress!, count: values.count) }
         rows = n
     }
@@ -204,6 +268,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func forward() {
         let n = rows
         guard n > 0 else { return }
+        if kernel == .sparse { return sparseForward() }
         let layers = layout.layers
         var previous = UnsafePointer(input.baseAddress!)
         for l in 0..<layers.count {
@@ -226,7 +291,8 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// Reads output `j` of row `r` after ``forward()``.
     public func output(row r: Int, unit j: Int) -> T {
         precondition(r < rows && j < configuration.outputCount)
-        return output[r * configuration.outputCount + j]
+        let column = kernel == .sparse ? Int(blocks!.outputPosition[j]) : j
+        return output[r * configuration.outputCount + column]
     }
 
     // MARK: Backward
@@ -255,6 +321,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
         if let ig = inputGradient {
             precondition(ig.count >= n * configuration.inputCount, "backward: input gradient buffer too small")
         }
+        if kernel == .sparse { return sparseBackward(into: g, inputGradient: inputGradient?.baseAddress) }
         var delta = UnsafeMutablePointer(outputGradient.baseAddress!)
         var pingPong = 0
         for l in stride(from: layers.count - 1, through: 0, by: -1) {
@@ -306,20 +373,27 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// Sets `d loss / d out` directly, for checks of the network alone (`rows x nout`).
     public func setOutputGradient(_ values: [T]) {
         precondition(values.count == rows * configuration.outputCount, "setOutputGradient: wrong size")
+        if kernel == .sparse {
+            let nout = configuration.outputCount, position = blocks!.outputPosition
+            for r in 0..<rows {
+                for j in 0..<nout { outputGradient[r * nout + Int(position[j])] = values[r * nout + j] }
+            }
+            return
+        }
         for i in 0..<values.count { outputGradient[i] = values[i] }
     }
 
     // MARK: Elementwise kernels: the C kernels for Float, plain loops for Double.
 
-    private var isFloat: Bool { T.self == Float.self }
+    var isFloat: Bool { T.self == Float.self }
 
     @inline(__always)
-    private func float(_ p: UnsafePointer<T>) -> UnsafePointer<Float> {
+    func float(_ p: UnsafePointer<T>) -> UnsafePointer<Float> {
         UnsafeRawPointer(p).assumingMemoryBound(to: Float.self)
     }
 
     @inline(__always)
-    private func float(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
+    func float(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
         UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
     }
 
@@ -336,7 +410,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     }
 
     /// Adds the bias to every row, then applies the ReLU when `relu` is set.
-    private func addBias(_ h: UnsafeMutablePointer<T>, _ b: UnsafePointer<T>, rows: Int, columns: Int, relu: Bool) {
+    func addBias(_ h: UnsafeMutablePointer<T>, _ b: UnsafePointer<T>, rows: Int, columns: Int, relu: Bool) {
         if isFloat {
             return relu ? made_bias_relu_f32(rows, columns, float(h), float(b)) : made_bias_add_f32(rows, columns, float(h), float(b))
         }
@@ -347,13 +421,13 @@ public final class NetworkWorkspace<T: BLASScalar> {
     }
 
     /// `d = h > 0 ? d : +0`.
-    private func reluBackward(_ d: UnsafeMutablePointer<T>, _ h: UnsafePointer<T>, count: Int) {
+    func reluBackward(_ d: UnsafeMutablePointer<T>, _ h: UnsafePointer<T>, count: Int) {
         if isFloat { return made_relu_backward_f32(count, float(d), float(h)) }
         for i in 0..<count { d[i] = h[i] > 0 ? d[i] : 0 }
     }
 
     /// Sums the rows of `a` into `out`, in row order.
-    private func columnSums(_ a: UnsafePointer<T>, rows: Int, columns: Int, into out: UnsafeMutablePointer<T>) {
+    func columnSums(_ a: UnsafePointer<T>, rows: Int, columns: Int, into out: UnsafeMutablePointer<T>) {
         if isFloat { return made_column_sums_f32(rows, columns, float(a), float(out)) }
         out.update(from: a, count: columns)
         for r in 1..<Swift.max(rows, 1) {

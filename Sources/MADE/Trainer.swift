@@ -116,9 +116,16 @@ public final class Trainer {
                                seed: configuration.seed, shuffle: configuration.shuffle)
         let largestShard = order.shardRange(0).count
         self.engine = GradientEngine(configuration: configuration.model, distribution: configuration.distribution,
-                                     runSeed: configuration.seed, capacity: largestShard)
+                                     runSeed: configuration.seed, capacity: largestShard, kernel: configuration.kernel)
         self.shardGradients = [[Float]](repeating: [Float](repeating: 0, count: layout.count), count: configuration.shards)
         self.shardLosses = [Double](repeating: 0, count: configuration.shards)
+    }
+
+    /// The binary first-layer path's density limit (see ``NetworkWorkspace/sparseInputLimit``),
+    /// for measuring its crossover.
+    public var sparseInputLimit: Double {
+        get { engine.workspace.sparseInputLimit }
+        set { engine.workspace.sparseInputLimit = newValue }
     }
 
     /// Steps per epoch.
@@ -238,6 +245,7 @@ public final class Trainer {
     /// Mean NLL of `data` under the evaluation ensemble.
     public func evaluate(_ data: DataMatrix, parameters: [Float]? = nil) -> Double {
         var evaluator = Evaluator<Float>(configuration: configuration.model, distribution: configuration.distribution, runSeed: configuration.seed)
+        evaluator.kernel = configuration.kernel
         evaluator.betweenPasses = keepAlive
         return evaluator.meanNLL(parameters: parameters ?? state.parameters, data: data, masks: configuration.evaluationMasks,
                                  mode: configuration.ensembleMode)

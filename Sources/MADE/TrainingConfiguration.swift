@@ -21,11 +21,16 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     public var ensembleMode: EnsembleMode
     /// Whether each epoch visits the training examples in a fresh seeded order (otherwise file order).
     public var shuffle: Bool
+    /// The arithmetic of the steps and of validation. Both kernels agree within float rounding,
+    /// not bit for bit, so a run keeps its kernel (checkpoints written before there was a choice
+    /// read as ``ComputeKernel/dense``, the only kernel then).
+    public var kernel: ComputeKernel
 
     public init(model: ModelConfiguration, distribution: OutputDistribution = .bernoulli, seed: UInt64 = 0,
                 batchSize: Int = 100, epochs: Int = 100, resampleEvery: Int = 20, shards: Int = 1,
                 adam: AdamConfiguration = AdamConfiguration(), schedule: StepSchedule = StepSchedule(),
-                patience: Int = 0, evaluationMasks: Int = 1, ensembleMode: EnsembleMode = .likelihood, shuffle: Bool = true) {
+                patience: Int = 0, evaluationMasks: Int = 1, ensembleMode: EnsembleMode = .likelihood, shuffle: Bool = true,
+                kernel: ComputeKernel = .sparse) {
         self.model = model
         self.distribution = distribution
         self.seed = seed
@@ -39,6 +44,30 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
         self.evaluationMasks = evaluationMasks
         self.ensembleMode = ensembleMode
         self.shuffle = shuffle
+        self.kernel = kernel
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case model, distribution, seed, batchSize, epochs, resampleEvery, shards, adam, schedule, patience, evaluationMasks,
+             ensembleMode, shuffle, kernel
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        model = try c.decode(ModelConfiguration.self, forKey: .model)
+        distribution = try c.decode(OutputDistribution.self, forKey: .distribution)
+        seed = try c.decode(UInt64.self, forKey: .seed)
+        batchSize = try c.decode(Int.self, forKey: .batchSize)
+        epochs = try c.decode(Int.self, forKey: .epochs)
+        resampleEvery = try c.decode(Int.self, forKey: .resampleEvery)
+        shards = try c.decode(Int.self, forKey: .shards)
+        adam = try c.decode(AdamConfiguration.self, forKey: .adam)
+        schedule = try c.decode(StepSchedule.self, forKey: .schedule)
+        patience = try c.decode(Int.self, forKey: .patience)
+        evaluationMasks = try c.decode(Int.self, forKey: .evaluationMasks)
+        ensembleMode = try c.decode(EnsembleMode.self, forKey: .ensembleMode)
+        shuffle = try c.decode(Bool.self, forKey: .shuffle)
+        kernel = try c.decodeIfPresent(ComputeKernel.self, forKey: .kernel) ?? .dense
     }
 
     /// Throws when the run cannot be carried out.

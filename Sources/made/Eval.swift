@@ -20,6 +20,8 @@ struct Eval: ParsableCommand {
     var ensemble: EnsembleMode?
     @Option(help: "Write log p(x) in nats, one per line, in input order, to this file.")
     var perExample: String?
+    @Option(help: "Arithmetic: sparse (only the blocks the masks keep) or dense (whole products); they agree within float rounding. (default: the checkpoint's)")
+    var kernel: ComputeKernel?
 
     func validate() throws {
         if let split, !["train", "valid", "test"].contains(split) { throw ValidationError("--split must be train, valid or test, not '\(split)'") }
@@ -28,7 +30,8 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         BLAS.setThreads(runtime.threads)
-        let saved = try Checkpoint.read(from: checkpoint)
+        var saved = try Checkpoint.read(from: checkpoint)
+        if let kernel { saved.configuration.kernel = kernel }
         // The data the checkpoint was trained on, read the same way, unless told otherwise.
         var data = self.data
         if data.dataPath == nil, let source = saved.dataSource {
@@ -75,8 +78,9 @@ struct Eval: ParsableCommand {
         } else {
             let matrix = try DatasetLoader.loadSplit(path: path, split: effectiveSplit, options: data.options)
             try check(matrix, path: path, configuration: c)
-            ll = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
-                .logLikelihoods(parameters: saved.modelParameters, data: matrix, masks: k, mode: mode)
+            var evaluator = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
+            evaluator.kernel = c.kernel
+            ll = evaluator.logLikelihoods(parameters: saved.modelParameters, data: matrix, masks: k, mode: mode)
         }
         if let perExample {
             var text = ""

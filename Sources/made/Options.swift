@@ -4,6 +4,7 @@ import MADE
 
 extension OutputDistribution: ExpressibleByArgument {}
 extension EnsembleMode: ExpressibleByArgument {}
+extension ComputeKernel: ExpressibleByArgument {}
 
 /// How grey-level data becomes 0/1.
 enum BinarizeRule: String, ExpressibleByArgument, CaseIterable {

@@ -58,6 +58,8 @@ struct TrainingArguments: ParsableArguments {
     var ensemble: EnsembleMode?
     @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order, so the result is the same for any number of workers. (default: the number of workers, 1 in one process)")
     var shards: Int?
+    @Option(help: "Arithmetic: sparse (only the blocks the masks keep; binary inputs as sums of selected rows) or dense (whole products). They agree within float rounding, not bit for bit. [default: sparse]")
+    var kernel: ComputeKernel?
     @Flag(help: "Visit training examples in file order every epoch, as the reference does.")
     var noShuffle = false
 
@@ -89,7 +91,8 @@ struct TrainingArguments: ParsableArguments {
             epochs: epochs ?? 100, resampleEvery: resampleEvery ?? 20, shards: shards ?? defaultShards,
             adam: AdamConfiguration(learningRate: lr ?? 1e-3, weightDecay: weightDecay ?? 1e-4),
             schedule: StepSchedule(baseLearningRate: lr ?? 1e-3, stepEpochs: lrStepEpochs ?? 45, gamma: lrGamma ?? 0.1),
-            patience: patience ?? 0, evaluationMasks: samples ?? 1, ensembleMode: ensemble ?? .likelihood, shuffle: !noShuffle)
+            patience: patience ?? 0, evaluationMasks: samples ?? 1, ensembleMode: ensemble ?? .likelihood, shuffle: !noShuffle,
+            kernel: kernel ?? .sparse)
     }
 
     /// Flags given explicitly that disagree with a saved configuration.
@@ -112,6 +115,7 @@ struct TrainingArguments: ParsableArguments {
         check("--patience", patience, saved.patience)
         check("--ensemble", ensemble, saved.ensembleMode)
         check("--shards", shards, saved.shards)
+        check("--kernel", kernel, saved.kernel)
         if naturalOrdering && !saved.model.naturalOrdering { out.append("--natural-ordering (checkpoint: random order)") }
         if direct && !saved.model.directConnections { out.append("--direct (checkpoint: no direct connections)") }
         if noShuffle && saved.shuffle { out.append("--no-shuffle (checkpoint: shuffled)") }

@@ -62,4 +62,31 @@ int made_copy_finite_f32(size_t n, const float *restrict src, float *restrict ds
 /* out[k] = a[k] + b[k] for k < n (out may be a); returns 1 when every sum is finite, 0 otherwise. */
 int made_add_f32(size_t n, const float *a, const float *b, float *out);
 
+/* The sparse kernel (see BlockPartition.swift). A matrix in compute order holds at compute row i,
+ * column j the layout entry (row_order[i], col_order[j]); its mask keeps exactly the entries with
+ * i < active[j]. */
+
+/* dst (rows x cols, compute order) = src (rows x cols, layout order) where the mask keeps it, +0 elsewhere. */
+void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
+                               const int *restrict col_order, const int *restrict active, float *restrict dst);
+
+/* The inverse: dst (layout order) = src (compute order) where the mask keeps it, +0 elsewhere. */
+void made_scatter_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
+                                const int *restrict col_order, const int *restrict active, float *restrict dst);
+
+/* out[r, j] (= or +=, with accumulate) sum over the selected rows i of input row r, in ascending order, of
+ * w[i, j]: the product of a 0/1 matrix with w. Row r selects row_index[row_start[r] ..< row_start[r + 1]],
+ * ascending. Columns go in blocks of 32; a block stops at the first selected row at or beyond the largest
+ * active[j] of the block (the rows past it are masked out there). */
+void made_binary_rows_f32(size_t n, size_t cols, const float *restrict w, const int *restrict active,
+                          const int *restrict row_start, const int *restrict row_index,
+                          float *restrict out, size_t ldo, int accumulate);
+
+/* dst[i, j] = sum over the input rows r that select i, in ascending order, of delta[r, j]: the weight
+ * gradient x^T delta of a 0/1 input x. input_rows[input_start[i] ..< input_start[i + 1]] are the rows
+ * selecting i. Per block of 32 columns only the rows below the block's largest active[j] are written. */
+void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, const int *restrict input_start,
+                                     const int *restrict input_rows, const float *restrict delta, size_t ldd,
+                                     float *restrict dst);
+
 #endif

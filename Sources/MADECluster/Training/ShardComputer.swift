@@ -63,7 +63,7 @@ public final class ShardComputer {
             blockBuffers.forEach { $0.deallocate() }
             blockBuffers = []
             configuration = c
-            engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: c.batchSize)
+            engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: c.batchSize, kernel: c.kernel)
             packings = [:]
             parametersKey = nil
             gradient = [Float](repeating: 0, count: ParameterLayout(c.model).count)
@@ -213,6 +213,7 @@ public final class ShardComputer {
             guard masks <= Self.maxMasks else { throw ClusterError(.protocolFailure, "an ensemble of \(masks) masks (at most \(Self.maxMasks))") }
             let rows = data.rows(task.rows.map(Int.init))
             var evaluator = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
+            evaluator.kernel = c.kernel
             evaluator.chunkSize = rows.count
             evaluator.betweenPasses = keepAlive
             switch mode {

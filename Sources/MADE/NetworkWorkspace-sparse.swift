@@ -1,0 +1,337 @@
+import CKernels
+
+/// The sparse kernel: the passes over the bands of the masks' ``BlockPartition``.
+///
+/// Inside the workspace every buffer is in compute order: the inputs by their place in the order,
+/// every hidden layer by degree, the outputs chunk by chunk like the inputs. So a mask's non-zeros
+/// in column `j` are the rows `0..<activeRows[j]`, and a band of columns is one `?gemm` over a
+/// prefix of the rows: the forward product, the input gradient and the weight gradient each skip
+/// what the masks zero. Binary inputs with few ones enter the first layer (and the direct
+/// connections) as sums of the weight rows they select, and its weight gradient as sums of the
+/// delta rows that select each input, in ascending row order.
+///
+/// Parameters are gathered into compute order once per `prepare` (masked on the way), and
+/// gradients scattered back to layout order (masked-out weights +0) once per `backward`. Every sum
+/// is a fixed function of the mask set and the data, so the bits do not depend on who computes.
+extension NetworkWorkspace {
+    // MARK: Layout changes
+
+    /// Gathers `source` (layout order) into ``compute``, masked, and reads the passes from there.
+    func gatherCompute(from source: UnsafePointer<T>) {
+        let blocks = self.blocks!
+        let out = compute.baseAddress!
+        for (k, matrix) in matrices.enumerated() {
+            let b = blocks.matrices[k]
+            gatherStaircase(b, source + matrix.offset, out + matrix.offset)
+            if let bias = matrix.biasOffset {
+                b.columnOrder.withUnsafeBufferPointer { order in
+                    for j in 0..<matrix.columns { out[bias + j] = source[bias + Int(order[j])] }
+                }
+            }
+        }
+        parameters = UnsafePointer(out)
+    }
+
+    private func gatherStaircase(_ b: BlockPartition.MatrixBlocks, _ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>) {
+        b.rowOrder.withUnsafeBufferPointer { rowOrder in
+            b.columnOrder.withUnsafeBufferPointer { columnOrder in
+                b.activeRows.withUnsafeBufferPointer { active in
+                    if isFloat {
+                        return made_gather_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, columnOrder.baseAddress!,
+                                                         active.baseAddress!, float(dst))
+                    }
+                    for i in 0..<b.rows {
+                        let s = src + Int(rowOrder[i]) * b.columns
+                        for j in 0..<b.columns { dst[i * b.columns + j] = i < Int(active[j]) ? s[Int(columnOrder[j])] : 0 }
+                    }
+                }
+            }
+        }
+    }
+
+    private func scatterStaircase(_ b: BlockPartition.MatrixBlocks, _ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>) {
+        b.rowOrder.withUnsafeBufferPointer { rowOrder in
+            b.columnOrder.withUnsafeBufferPointer { columnOrder in
+                b.activeRows.withUnsafeBufferPointer { active in
+                    if isFloat {
+                        return made_scatter_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, columnOrder.baseAddress!,
+                                                          active.baseAddress!, float(dst))
+                    }
+                    for i in 0..<b.rows {
+                        let d = dst + Int(rowOrder[i]) * b.columns
+                        for j in 0..<b.columns { d[Int(columnOrder[j])] = i < Int(active[j]) ? src[i * b.columns + j] : 0 }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies data rows into ``input`` in compute order and, for binary data, lists their ones.
+    func loadComputeRows(from data: DataMatrix, indices: UnsafeBufferPointer<Int32>) {
+        precondition(blocks != nil, "loadRows: set the masks first")
+        switch data.storage {
+        case .binary(let bytes):
+            bytes.withUnsafeBufferPointer { src in
+                loadComputeRows(indices: indices, rowCount: data.count, binary: true) { src[$0] == 0 ? 0 : 1 }
+            }
+        case .real(let values):
+            values.withUnsafeBufferPointer { src in
+                loadComputeRows(indices: indices, rowCount: data.count, binary: false) { T(src[$0]) }
+            }
+        }
+    }
+
+    /// ``loadRows(_:)`` in compute order: values that are all 0 or 1 count as binary.
+    func loadComputeRows(_ values: UnsafeBufferPointer<T>, rows n: Int) {
+        precondition(blocks != nil, "loadRows: set the masks first")
+        let binary = values.allSatisfy { $0 == 0 || $0 == 1 }
+        let identity = UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(n, 1))
+        defer { identity.deallocate() }
+        for r in 0..<n { identity[r] = Int32(r) }
+        loadComputeRows(indices: UnsafeBufferPointer(rebasing: identity[0..<n]), rowCount: n, binary: binary) { values[$0] }
+    }
+
+    @inline(__always)
+    private func loadComputeRows(indices: UnsafeBufferPointer<Int32>, rowCount: Int, binary: Bool, value: (Int) -> T) {
+        let d = configuration.inputCount
+        let order = blocks!.inputOrder
+        var ones = 0
+        order.withUnsafeBufferPointer { order in
+            for (i, r) in indices.enumerated() {
+                let row = Int(r)
+                precondition(row >= 0 && row < rowCount, "loadRows: row \(row) out of 0..<\(rowCount)")
+                let base = row * d
+                let t = input.baseAddress! + i * d
+                if binary { rowStart[i] = Int32(ones) }
+                for p in 0..<d {
+                    let v = value(base + Int(order[p]))
+                    t[p] = v
+                    if binary && v != 0 {
+                        rowIndex[ones] = Int32(p)
+                        ones += 1
+                    }
+                }
+            }
+        }
+        rows = indices.count
+        rowStart[rows] = Int32(ones)
+        binaryInput = binary && Double(ones) <= sparseInputLimit * Double(rows * d)
+    }
+
+    // MARK: Forward
+
+    func sparseForward() {
+        let n = rows
+        let blocks = self.blocks!
+        let layers = layout.layers
+        var previous = UnsafePointer(input.baseAddress!)
+        for l in 0..<layers.count {
+            let m = layers[l]
+            let isOutput = l == layers.count - 1
+            let target = isOutput ? output.baseAddress! : hidden[l].baseAddress!
+            if l == 0 && binaryInput {
+                selectedRows(blocks.matrices[0], weights: parameters + m.offset, into: target, accumulate: false)
+            } else {
+                bandProduct(blocks.matrices[l], previous, parameters + m.offset, into: target, beta: 0)
+            }
+            if isOutput, let d = layout.direct {
+                let b = blocks.matrices[layers.count]
+                if binaryInput {
+                    selectedRows(b, weights: parameters + d.offset, into: target, accumulate: true)
+                } else {
+                    bandProduct(b, UnsafePointer(input.baseAddress!), parameters + d.offset, into: target, beta: 1)
+                }
+            }
+            addBias(target, parameters + m.biasOffset!, rows: n, columns: m.columns, relu: !isOutput)
+            previous = UnsafePointer(target)
+        }
+    }
+
+    /// `c = a W (+ c with beta 1)` band by band: `c[:, band] = a[:, 0..<band.rows] W[0..<band.rows, band]`.
+    private func bandProduct(_ b: BlockPartition.MatrixBlocks, _ a: UnsafePointer<T>, _ w: UnsafePointer<T>,
+                             into c: UnsafeMutablePointer<T>, beta: T) {
+        let n = rows
+        for band in b.bands {
+            let width = band.end - band.start
+            if band.rows == 0 {
+                if beta == 0 {
+                    for r in 0..<n { (c + r * b.columns + band.start).update(repeating: 0, count: width) }
+                }
+                continue
+            }
+            T.gemm(transposeA: false, transposeB: false, m: n, n: width, k: band.rows,
+                   alpha: 1, a: a, lda: b.rows, b: w + band.start, ldb: b.columns,
+                   beta: beta, c: c + band.start, ldc: b.columns)
+        }
+    }
+
+    /// `c = x W` (or `c += x W`) for the binary loaded rows `x`: sums of the rows of `W` they select.
+    private func selectedRows(_ b: BlockPartition.MatrixBlocks, weights w: UnsafePointer<T>, into c: UnsafeMutablePointer<T>,
+                              accumulate: Bool) {
+        let n = rows
+        b.activeRows.withUnsafeBufferPointer { active in
+            if isFloat {
+                return made_binary_rows_f32(n, b.columns, float(w), active.baseAddress!, rowStart.baseAddress!, rowIndex.baseAddress!,
+                                            float(c), b.columns, accumulate ? 1 : 0)
+            }
+            for r in 0..<n {
+                let out = c + r * b.columns
+                for j in 0..<b.columns {
+                    var sum: T = 0
+                    for k in Int(rowStart[r])..<Int(rowStart[r + 1]) {
+                        let i = Int(rowIndex[k])
+                        if i < Int(active[j]) { sum += w[i * b.columns + j] }
+                    }
+                    out[j] = accumulate ? out[j] + sum : sum
+                }
+            }
+        }
+    }
+
+    // MARK: Backward
+
+    func sparseBackward(into g: UnsafeMutablePointer<T>, inputGradient: UnsafeMutablePointer<T>?) {
+        let n = rows
+        let blocks = self.blocks!
+        let layers = layout.layers
+        if computeGradient == nil {
+            computeGradient = .allocate(capacity: max(layout.count, 1))
+            computeGradient!.initialize(repeating: 0)
+        }
+        let cg = computeGradient!.baseAddress!
+        if binaryInput { transposeSelection() }
+        let nin = configuration.inputCount
+        var scratch: UnsafeMutablePointer<T>?
+        if inputGradient != nil {
+            if inputScratch == nil {
+                inputScratch = .allocate(capacity: capacity * nin)
+                inputScratch!.initialize(repeating: 0)
+            }
+            scratch = inputScratch!.baseAddress!
+        }
+        var delta = UnsafeMutablePointer(outputGradient.baseAddress!)
+        var pingPong = 0
+        for l in stride(from: layers.count - 1, through: 0, by: -1) {
+            let m = layers[l]
+            let b = blocks.matrices[l]
+            let below = l == 0 ? input.baseAddress! : hidden[l - 1].baseAddress!
+            if l == 0 && binaryInput {
+                selectedGradient(b, delta: delta, into: cg + m.offset)
+            } else {
+                bandWeightGradient(b, UnsafePointer(below), delta: delta, into: cg + m.offset)
+            }
+            scatterStaircase(b, cg + m.offset, g + m.offset)
+            let sums = cg + m.biasOffset!
+            columnSums(delta, rows: n, columns: m.columns, into: sums)
+            b.columnOrder.withUnsafeBufferPointer { order in
+                for j in 0..<m.columns { g[m.biasOffset! + Int(order[j])] = sums[j] }
+            }
+            if l > 0 {
+                let next = deltas[pingPong].baseAddress!
+                pingPong ^= 1
+                bandInputGradient(b, delta: delta, parameters + m.offset, into: next, accumulate: false)
+                reluBackward(next, hidden[l - 1].baseAddress!, count: n * m.rows)
+                delta = next
+            } else if let scratch {
+                bandInputGradient(b, delta: delta, parameters + m.offset, into: scratch, accumulate: false)
+            }
+        }
+        if let d = layout.direct {
+            let b = blocks.matrices[layers.count]
+            let out = outputGradient.baseAddress!
+            if binaryInput {
+                selectedGradient(b, delta: out, into: cg + d.offset)
+            } else {
+                bandWeightGradient(b, UnsafePointer(input.baseAddress!), delta: out, into: cg + d.offset)
+            }
+            scatterStaircase(b, cg + d.offset, g + d.offset)
+            if let scratch {
+                bandInputGradient(b, delta: out, parameters + d.offset, into: scratch, accumulate: true)
+            }
+        }
+        if let scratch, let ig = inputGradient {
+            let order = blocks.inputOrder
+            for r in 0..<n {
+                for p in 0..<nin { ig[r * nin + Int(order[p])] = scratch[r * nin + p] }
+            }
+        }
+    }
+
+    /// `dW[0..<band.rows, band] = a[:, 0..<band.rows]^T delta[:, band]`, in compute order (entries
+    /// outside the bands are left as they are; the scatter masks them).
+    private func bandWeightGradient(_ b: BlockPartition.MatrixBlocks, _ a: UnsafePointer<T>, delta: UnsafePointer<T>,
+                                    into dw: UnsafeMutablePointer<T>) {
+        for band in b.bands where band.rows > 0 {
+            T.gemm(transposeA: true, transposeB: false, m: band.rows, n: band.end - band.start, k: rows,
+                   alpha: 1, a: a, lda: b.rows, b: delta + band.start, ldb: b.columns,
+                   beta: 0, c: dw + band.start, ldc: b.columns)
+        }
+    }
+
+    /// `da = delta W^T` (or `da += ...`), `rows x b.rows`: the band with the most rows first
+    /// (overwriting, unless accumulating), then the others in column order, adding.
+    private func bandInputGradient(_ b: BlockPartition.MatrixBlocks, delta: UnsafePointer<T>, _ w: UnsafePointer<T>,
+                                   into da: UnsafeMutablePointer<T>, accumulate: Bool) {
+        let n = rows
+        guard let widest = b.bands.indices.max(by: { b.bands[$0].rows < b.bands[$1].rows }) else { return }
+        let top = b.bands[widest].rows
+        if !accumulate, top < b.rows {
+            for r in 0..<n { (da + r * b.rows + top).update(repeating: 0, count: b.rows - top) }
+        }
+        guard top > 0 else {
+            if !accumulate { for r in 0..<n { (da + r * b.rows).update(repeating: 0, count: b.rows) } }
+            return
+        }
+        for (k, band) in ([b.bands[widest]] + b.bands.enumerated().filter { $0.offset != widest }.map(\.element)).enumerated()
+        where band.rows > 0 {
+            T.gemm(transposeA: false, transposeB: true, m: n, n: band.rows, k: band.end - band.start,
+                   alpha: 1, a: delta + band.start, lda: b.columns, b: w + band.start, ldb: b.columns,
+                   beta: (k == 0 && !accumulate) ? 0 : 1, c: da, ldc: b.rows)
+        }
+    }
+
+    /// Lists, per compute input, the loaded rows that select it (ascending): the transpose of the selection.
+    private func transposeSelection() {
+        let d = configuration.inputCount
+        if inputStart == nil {
+            inputStart = .allocate(capacity: d + 1)
+            inputStart!.initialize(repeating: 0)
+            inputRows = .allocate(capacity: max(capacity * d, 1))
+            inputRows!.initialize(repeating: 0)
+        }
+        let start = inputStart!, list = inputRows!
+        start.update(repeating: 0)
+        let total = Int(rowStart[rows])
+        for k in 0..<total { start[Int(rowIndex[k]) + 1] += 1 }
+        for i in 0..<d { start[i + 1] += start[i] }
+        // Fill in row order, so each input's rows come out ascending; start[i] is the cursor.
+        for r in 0..<rows {
+            for k in Int(rowStart[r])..<Int(rowStart[r + 1]) {
+                let i = Int(rowIndex[k])
+                list[Int(start[i])] = Int32(r)
+                start[i] += 1
+            }
+        }
+        // The cursors ended at each input's end: shift back.
+        for i in stride(from: d, to: 0, by: -1) { start[i] = start[i - 1] }
+        start[0] = 0
+    }
+
+    /// `dW = x^T delta` for the binary loaded rows: per input, the sum of the delta rows selecting it.
+    private func selectedGradient(_ b: BlockPartition.MatrixBlocks, delta: UnsafePointer<T>, into dw: UnsafeMutablePointer<T>) {
+        let start = inputStart!, list = inputRows!
+        b.activeRows.withUnsafeBufferPointer { active in
+            if isFloat {
+                return made_binary_weight_gradient_f32(b.columns, active.baseAddress!, start.baseAddress!, list.baseAddress!,
+                                                       float(delta), b.columns, float(dw))
+            }
+            for i in 0..<b.rows {
+                for j in 0..<b.columns where i < Int(active[j]) {
+                    var sum: T = 0
+                    for k in Int(start[i])..<Int(start[i + 1]) { sum += delta[Int(list[k]) * b.columns + j] }
+                    dw[i * b.columns + j] = sum
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+@testable import MADE
+
+/// The sparse kernel against the masks it follows and against the dense kernel.
+@Suite("Sparse kernel")
+struct SparseKernelTests {
+    /// The ways through the network: whole products, bands, and bands after a first layer of selected rows.
+    enum Path: CaseIterable {
+        case dense, bands, rows
+
+        var kernel: ComputeKernel { self == .dense ? .dense : .sparse }
+
+        func workspace<T: BLASScalar>(_ c: ModelConfiguration, capacity: Int, as: T.Type = T.self) -> NetworkWorkspace<T> {
+            let ws = NetworkWorkspace<T>(configuration: c, capacity: capacity, kernel: kernel)
+            ws.sparseInputLimit = self == .rows ? 1 : 0
+            return ws
+        }
+    }
+
+    @Test("blocks hold exactly the mask's non-zeros, and the bands cover every one")
+    func blocksMatchMasks() {
+        let configurations = [
+            ModelConfiguration(inputCount: 11, hiddenSizes: [7, 13], outputMultiplier: 3, naturalOrdering: false, directConnections: true),
+            ModelConfiguration(inputCount: 40, hiddenSizes: [3], outputMultiplier: 2, naturalOrdering: true, directConnections: true),
+            ModelConfiguration(inputCount: 2, hiddenSizes: [], naturalOrdering: false, directConnections: true),
+            ModelConfiguration(inputCount: 300, hiddenSizes: [200, 100], naturalOrdering: false),
+        ]
+        for c in configurations {
+            for seed: UInt64 in 0..<3 {
+                let masks = MaskSet(configuration: c, runSeed: 5, maskSeed: seed)
+                #expect(masks.blocks == BlockPartition(configuration: c, degrees: masks.degrees))
+                for (b, bits) in zip(masks.blocks.matrices, masks.matrices) {
+                    #expect(b.rows * b.columns == bits.count)
+                    #expect(Set(b.rowOrder.map(Int.init)) == Set(0..<b.rows))
+                    #expect(Set(b.columnOrder.map(Int.init)) == Set(0..<b.columns))
+                    var kept = 0
+                    for i in 0..<b.rows {
+                        for j in 0..<b.columns {
+                            let bit = bits[Int(b.rowOrder[i]) * b.columns + Int(b.columnOrder[j])]
+                            #expect((bit == 1) == (i < Int(b.activeRows[j])), "entry (\(i), \(j)) of a \(b.rows)x\(b.columns) matrix")
+                            kept += Int(bit)
+                        }
+                    }
+                    #expect(kept == b.activeCount)
+                    // Bands tile the columns in order, and each covers its columns' prefixes.
+                    var next = 0
+                    for band in b.bands {
+                        #expect(band.start == next && band.end > band.start)
+                        for j in band.start..<band.end { #expect(Int(b.activeRows[j]) <= band.rows) }
+                        next = band.end
+                    }
+                    #expect(next == b.columns)
+                    #expect(b.computedCount >= b.activeCount && b.computedCount <= b.rows * b.columns)
+                }
+            }
+        }
+    }
+
+    /// Outputs, parameter gradients and input gradients of one path, in layout order.
+    static func run(_ path: Path, _ c: ModelConfiguration, masks: MaskSet, parameters: [Float], input: [Float], outputGradient: [Float])
+        -> (output: [Float], gradient: [Float], inputGradient: [Float]) {
+        let rows = input.count / c.inputCount
+        let ws: NetworkWorkspace<Float> = path.workspace(c, capacity: rows)
+        ws.setMasks(masks)
+        ws.prepare(parameters: parameters)
+        ws.loadRows(input)
+        ws.forward()
+        let output = (0..<rows).flatMap { r in (0..<c.outputCount).map { ws.output(row: r, unit: $0) } }
+        ws.setOutputGradient(outputGradient)
+        var gradient = [Float](repeating: .nan, count: parameters.count)
+        var inputGradient = [Float](repeating: .nan, count: input.count)
+        ws.backward(into: &gradient, inputGradient: &inputGradient)
+        return (output, gradient, inputGradient)
+    }
+
+    static let agreementCases: [(d: Int, hidden: [Int], k: Int, natural: Bool, direct: Bool)] = [
+        (30, [40, 35, 20], 1, false, false),
+        (25, [60], 2, false, true),
+        (20, [30, 30], 3, true, true),
+        (17, [2, 3], 1, false, true),
+        (12, [1], 2, true, false),
+        (9, [], 3, false, true),
+        (50, [64, 64, 64, 64], 1, false, true),
+    ]
+
+    @Test("sparse paths agree with the dense one", arguments: 0..<agreementCases.count, [0.0, 0.13, 0.5, 1.0, -1.0])
+    func agreesWithDense(index: Int, density: Double) {
+        let (d, hidden, k, natural, direct) = Self.agreementCases[index]
+        let c = ModelConfiguration(inputCount: d, hiddenSizes: hidden, outputMultiplier: k, naturalOrdering: natural,
+                                   directConnections: direct, maskCount: 3)
+        let rows = 7
+        var rng = RandomStream(seed: UInt64(index) + 40, domain: .sampling)
+        // density < 0: real-valued inputs.
+        let input = (0..<(rows * d)).map { _ in density < 0 ? Float(rng.unitDouble() * 2 - 1) : (rng.unitDouble() < density ? 1 : 0) }
+        let outputGradient = (0..<(rows * c.outputCount)).map { _ in Float(rng.unitDouble() * 2 - 1) }
+        let parameters = ParameterLayout(c).initialParameters(seed: 6, as: Float.self)
+        for seed: UInt64 in 0..<3 {
+            let masks = MaskSet(configuration: c, runSeed: 2, maskSeed: seed)
+            let dense = Self.run(.dense, c, masks: masks, parameters: parameters, input: input, outputGradient: outputGradient)
+            for path in [Path.bands, .rows] {
+                let sparse = Self.run(path, c, masks: masks, parameters: parameters, input: input, outputGradient: outputGradient)
+                for (name, a, b) in [("output", dense.output, sparse.output), ("gradient", dense.gradient, sparse.gradient),
+                                     ("input gradient", dense.inputGradient, sparse.inputGradient)] {
+                    let scale = max(1, a.map { abs($0) }.max() ?? 0)
+                    let worst = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+                    #expect(worst <= 1e-5 * scale, "\(path) \(name) differs by \(worst) (scale \(scale)), config \(index), mask \(seed)")
+                    #expect(!b.contains { $0.isNaN }, "\(path) \(name) left entries unwritten")
+                }
+                // Masked-out weights are exactly +0 on every path.
+                for (m, bits) in zip(ParameterLayout(c).matrices, masks.matrices) {
+                    for i in 0..<m.count where bits[i] == 0 {
+                        #expect(sparse.gradient[m.offset + i] == 0 && sparse.gradient[m.offset + i].sign == .plus)
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("a sparse step gives the same bits every time, whatever ran before")
+    func deterministic() {
+        let c = ModelConfiguration(inputCount: 20, hiddenSizes: [25, 25], naturalOrdering: false, directConnections: true, maskCount: 2)
+        var rng = RandomStream(seed: 9, domain: .sampling)
+        let bits = (0..<(20 * 30)).map { _ in UInt8(rng.uniform(below: 4) == 0 ? 1 : 0) }
+        let data = DataMatrix(binary: bits, count: 30, dimension: 20)
+        let parameters = ParameterLayout(c).initialParameters(seed: 1, as: Float.self)
+        func gradient(_ engine: GradientEngine, _ seed: UInt64, _ rows: [Int32]) -> [Float] {
+            var g = [Float](repeating: 0, count: parameters.count)
+            engine.begin(parameters: parameters, maskSeed: seed)
+            _ = engine.gradient(data: data, indices: rows[...], into: &g)
+            return g
+        }
+        let a = GradientEngine(configuration: c, distribution: .bernoulli, runSeed: 3, capacity: 30, kernel: .sparse)
+        let b = GradientEngine(configuration: c, distribution: .bernoulli, runSeed: 3, capacity: 10, kernel: .sparse)
+        let rows = (10..<20).map { Int32($0) }
+        let first = gradient(a, 1, rows)
+        _ = gradient(a, 0, (0..<30).map { Int32($0) })
+        #expect(gradient(a, 1, rows) == first)
+        #expect(gradient(b, 1, rows) == first)
+    }
+}
