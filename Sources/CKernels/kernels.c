@@ -197,93 +197,147 @@ int made_add_f32(size_t n, const float *a, const float *b, float *out) {
 
 MADE_CLONES
 void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
-                               const int *restrict col_order, const int *restrict active, float *restrict dst) {
+                               const int *restrict col_order, const int *restrict active, const int *restrict bands,
+                               size_t band_count, float *restrict dst) {
     for (size_t i = 0; i < rows; i++) {
         const float *s = src + (size_t)row_order[i] * cols;
         float *d = dst + i * cols;
-        for (size_t j = 0; j < cols; j++) d[j] = (int)i < active[j] ? s[col_order[j]] : 0.0f;
-    }
-}
-
-MADE_CLONES
-void made_scatter_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
-                                const int *restrict col_order, const int *restrict active, float *restrict dst) {
-    for (size_t i = 0; i < rows; i++) {
-        const float *s = src + i * cols;
-        float *d = dst + (size_t)row_order[i] * cols;
-        for (size_t j = 0; j < cols; j++) d[col_order[j]] = (int)i < active[j] ? s[j] : 0.0f;
-    }
-}
-
-#define MADE_BLOCK 32
-
-/* The largest active[j] for j in [j0, j1). */
-static inline int block_rows(const int *active, size_t j0, size_t j1) {
-    int m = 0;
-    for (size_t j = j0; j < j1; j++) m = active[j] > m ? active[j] : m;
-    return m;
-}
-
-MADE_CLONES
-void made_binary_rows_f32(size_t n, size_t cols, const float *restrict w, const int *restrict active,
-                          const int *restrict row_start, const int *restrict row_index,
-                          float *restrict out, size_t ldo, int accumulate) {
-    for (size_t j0 = 0; j0 < cols; j0 += MADE_BLOCK) {
-        size_t width = cols - j0 < MADE_BLOCK ? cols - j0 : MADE_BLOCK;
-        int bound = block_rows(active, j0, j0 + width);
-        for (size_t r = 0; r < n; r++) {
-            float *o = out + r * ldo + j0;
-            float acc[MADE_BLOCK];
-            for (int t = 0; t < MADE_BLOCK; t++) acc[t] = 0.0f;
-            int end = row_start[r + 1];
-            if (width == MADE_BLOCK) {
-                for (int k = row_start[r]; k < end; k++) {
-                    int i = row_index[k];
-                    if (i >= bound) break;
-                    const float *src = w + (size_t)i * cols + j0;
-                    for (int t = 0; t < MADE_BLOCK; t++) acc[t] = acc[t] + src[t];
-                }
-            } else {
-                for (int k = row_start[r]; k < end; k++) {
-                    int i = row_index[k];
-                    if (i >= bound) break;
-                    const float *src = w + (size_t)i * cols + j0;
-                    for (size_t t = 0; t < width; t++) acc[t] = acc[t] + src[t];
-                }
-            }
-            if (accumulate) {
-                for (size_t t = 0; t < width; t++) o[t] = o[t] + acc[t];
-            } else {
-                for (size_t t = 0; t < width; t++) o[t] = acc[t];
+        for (size_t k = 0; k < band_count; k++) {
+            const int *band = bands + 3 * k;
+            if ((int)i >= band[2]) continue;
+            for (int j = band[0]; j < band[1]; j++) {
+                float v = s[col_order[j]];
+                d[j] = (int)i < active[j] ? v : 0.0f;
             }
         }
     }
 }
 
 MADE_CLONES
-void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, const int *restrict input_start,
-                                     const int *restrict input_rows, const float *restrict delta, size_t ldd,
-                                     float *restrict dst) {
-    for (size_t j0 = 0; j0 < cols; j0 += MADE_BLOCK) {
-        size_t width = cols - j0 < MADE_BLOCK ? cols - j0 : MADE_BLOCK;
-        int bound = block_rows(active, j0, j0 + width);
-        for (int i = 0; i < bound; i++) {
-            float acc[MADE_BLOCK];
-            for (int t = 0; t < MADE_BLOCK; t++) acc[t] = 0.0f;
-            int end = input_start[i + 1];
-            if (width == MADE_BLOCK) {
-                for (int k = input_start[i]; k < end; k++) {
-                    const float *src = delta + (size_t)input_rows[k] * ldd + j0;
-                    for (int t = 0; t < MADE_BLOCK; t++) acc[t] = acc[t] + src[t];
-                }
-            } else {
-                for (int k = input_start[i]; k < end; k++) {
-                    const float *src = delta + (size_t)input_rows[k] * ldd + j0;
-                    for (size_t t = 0; t < width; t++) acc[t] = acc[t] + src[t];
-                }
+void made_scatter_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
+                                const int *restrict col_position, const int *restrict active_by_col, float *restrict dst) {
+    for (size_t i = 0; i < rows; i++) {
+        const float *s = src + i * cols;
+        float *d = dst + (size_t)row_order[i] * cols;
+        for (size_t c = 0; c < cols; c++) {
+            float v = s[col_position[c]];
+            d[c] = (int)i < active_by_col[c] ? v : 0.0f;
+        }
+    }
+}
+
+MADE_CLONES
+int made_load_binary_rows_f32(size_t n, size_t d, const unsigned char *restrict bytes, const int *restrict rows,
+                              const int *restrict order, float *restrict out, int *restrict row_start, int *restrict row_index) {
+    int ones = 0;
+    unsigned char local[4096];
+    for (size_t r = 0; r < n; r++) {
+        const unsigned char *s = bytes + (size_t)rows[r] * d;
+        if (r + 1 < n) {
+            const unsigned char *next = bytes + (size_t)rows[r + 1] * d;
+            for (size_t q = 0; q < d; q += 64) __builtin_prefetch(next + q);
+        }
+        if (d <= sizeof local) {
+            memcpy(local, s, d);
+            s = local;
+        }
+        float *o = out + r * d;
+        row_start[r] = ones;
+        for (size_t p = 0; p < d; p++) {
+            unsigned char v = s[order[p]];
+            o[p] = v ? 1.0f : 0.0f;
+            row_index[ones] = (int)p;
+            ones += v != 0;
+        }
+    }
+    row_start[n] = ones;
+    return ones;
+}
+
+#define MADE_BLOCK 32
+
+/* The largest active[j] for j in [j0, j1). */
+static inline __attribute__((always_inline)) int block_rows(const int *active, size_t j0, size_t j1) {
+    int m = 0;
+    for (size_t j = j0; j < j1; j++) m = active[j] > m ? active[j] : m;
+    return m;
+}
+
+/* The sums of selected rows for one block of W columns (W a constant, so the accumulators stay in
+ * registers): out[0..<W] = (out +) sum over k in [k0, k1) with index[k] < bound of src[index[k] * stride + t]. */
+#define MADE_SUM_ROWS(W)                                                                                     \
+    static inline __attribute__((always_inline)) void sum_rows_##W(const float *restrict src, size_t stride, const int *restrict index,      \
+                                    int k0, int k1, int bound, float *restrict out, int accumulate) {        \
+        float acc[W];                                                                                        \
+        for (int t = 0; t < W; t++) acc[t] = 0.0f;                                                           \
+        for (int k = k0; k < k1; k++) {                                                                      \
+            int i = index[k];                                                                                \
+            if (i >= bound) break;                                                                           \
+            const float *row = src + (size_t)i * stride;                                                     \
+            for (int t = 0; t < W; t++) acc[t] = acc[t] + row[t];                                            \
+        }                                                                                                    \
+        if (accumulate) {                                                                                    \
+            for (int t = 0; t < W; t++) out[t] = out[t] + acc[t];                                            \
+        } else {                                                                                             \
+            for (int t = 0; t < W; t++) out[t] = acc[t];                                                     \
+        }                                                                                                    \
+    }
+MADE_SUM_ROWS(32)
+MADE_SUM_ROWS(16)
+MADE_SUM_ROWS(8)
+MADE_SUM_ROWS(4)
+MADE_SUM_ROWS(1)
+
+/* Calls the widest sum_rows_W that fits the width left, and returns the W used. */
+static inline __attribute__((always_inline)) size_t sum_rows(size_t width, const float *restrict src, size_t stride, const int *restrict index,
+                              int k0, int k1, int bound, float *restrict out, int accumulate) {
+    if (width >= 32) { sum_rows_32(src, stride, index, k0, k1, bound, out, accumulate); return 32; }
+    if (width >= 16) { sum_rows_16(src, stride, index, k0, k1, bound, out, accumulate); return 16; }
+    if (width >= 8) { sum_rows_8(src, stride, index, k0, k1, bound, out, accumulate); return 8; }
+    if (width >= 4) { sum_rows_4(src, stride, index, k0, k1, bound, out, accumulate); return 4; }
+    sum_rows_1(src, stride, index, k0, k1, bound, out, accumulate);
+    return 1;
+}
+
+/* The width of the block starting at j0 of a band ending at end: what sum_rows will take. */
+static inline size_t block_width(size_t j0, size_t end) {
+    size_t left = end - j0;
+    return left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : 1;
+}
+
+MADE_CLONES
+void made_binary_rows_f32(size_t n, size_t cols, const float *restrict w, const int *restrict active,
+                          const int *restrict bands, size_t band_count,
+                          const int *restrict row_start, const int *restrict row_index,
+                          float *restrict out, size_t ldo, int accumulate) {
+    for (size_t b = 0; b < band_count; b++) {
+        size_t band_end = (size_t)bands[3 * b + 1];
+        for (size_t j0 = (size_t)bands[3 * b]; j0 < band_end;) {
+            size_t width = block_width(j0, band_end);
+            int bound = block_rows(active, j0, j0 + width);
+            for (size_t r = 0; r < n; r++) {
+                sum_rows(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], bound, out + r * ldo + j0, accumulate);
             }
-            float *d = dst + (size_t)i * cols + j0;
-            for (size_t t = 0; t < width; t++) d[t] = acc[t];
+            j0 += width;
+        }
+    }
+}
+
+MADE_CLONES
+void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, const int *restrict bands, size_t band_count,
+                                     const int *restrict input_start, const int *restrict input_rows,
+                                     const float *restrict delta, size_t ldd, float *restrict dst) {
+    for (size_t b = 0; b < band_count; b++) {
+        size_t band_end = (size_t)bands[3 * b + 1];
+        for (size_t j0 = (size_t)bands[3 * b]; j0 < band_end;) {
+            size_t width = block_width(j0, band_end);
+            int bound = block_rows(active, j0, j0 + width);
+            for (int i = 0; i < bound; i++) {
+                /* Every listed row counts here: the bound is the number of rows of delta. */
+                sum_rows(width, delta + j0, ldd, input_rows, input_start[i], input_start[i + 1], 0x7fffffff,
+                         dst + (size_t)i * cols + j0, 0);
+            }
+            j0 += width;
         }
     }
 }

@@ -44,8 +44,28 @@ public struct BlockPartition: Sendable, Equatable {
         public let columnOrder: [Int32]
         /// Per compute column, the number of leading compute rows the mask keeps.
         public let activeRows: [Int32]
+        /// `columnPosition[c]` is the compute column of layout column `c`.
+        public let columnPosition: [Int32]
+        /// `activeRows` by layout column: `activeRows[columnPosition[c]]`.
+        public let activeByColumn: [Int32]
         /// The column bands, in column order, covering `0..<columns`.
         public let bands: [Band]
+        /// The bands as `(start, end, rows)` triples, for the C kernels.
+        public let bandTable: [Int32]
+
+        init(rows: Int, columns: Int, rowOrder: [Int32], columnOrder: [Int32], activeRows: [Int32], bands: [Band]) {
+            self.rows = rows
+            self.columns = columns
+            self.rowOrder = rowOrder
+            self.columnOrder = columnOrder
+            self.activeRows = activeRows
+            self.bands = bands
+            var position = [Int32](repeating: 0, count: columnOrder.count)
+            for (j, c) in columnOrder.enumerated() { position[Int(c)] = Int32(j) }
+            columnPosition = position
+            activeByColumn = position.map { activeRows[Int($0)] }
+            bandTable = bands.flatMap { [Int32($0.start), Int32($0.end), Int32($0.rows)] }
+        }
         /// The longest prefix over all columns: rows beyond it connect to nothing.
         public var usedRows: Int { bands.map(\.rows).max() ?? 0 }
         /// Weights the mask keeps.
@@ -119,6 +139,7 @@ public struct BlockPartition: Sendable, Equatable {
         self.inputOrder = inputOrder
         self.outputOrder = outputOrder
         self.outputPosition = position
+        self.hasDirect = configuration.directConnections
     }
 
     /// The cheapest cut of columns with prefixes `active` into bands, boundaries on multiples of
@@ -165,15 +186,35 @@ public struct BlockPartition: Sendable, Equatable {
         return bands.reversed()
     }
 
-    /// The fraction of the dense multiply-adds of a training step that the bands compute, for the
-    /// weight matrices (forward, input gradients of hidden layers, weight gradients), with `dense`
-    /// inputs in the first layer and direct connections.
-    public var computedFraction: Double {
+    /// The fraction of a training step's dense multiply-adds that the sparse kernel does: per
+    /// matrix the forward product and the weight gradient, and the input gradient of every layer
+    /// but the first (the step needs none for the inputs). With `selectedRows` the first layer and
+    /// the direct connections take binary inputs with `density` ones as sums of selected rows:
+    /// `density` times the rows below each 32-column block's longest prefix.
+    public func trainingStepFraction(density: Double, selectedRows: Bool) -> Double {
         var dense = 0.0, done = 0.0
-        for m in matrices {
-            dense += Double(m.rows * m.columns)
-            done += Double(m.computedCount)
+        let direct = hasDirect
+        for (k, m) in matrices.enumerated() {
+            let full = Double(m.rows * m.columns)
+            let takesInput = k == 0 || (direct && k == matrices.count - 1)
+            let passes = takesInput ? 2.0 : 3.0
+            dense += passes * full
+            if takesInput && selectedRows {
+                var blocked = 0
+                var j0 = 0
+                while j0 < m.columns {
+                    let j1 = min(m.columns, j0 + 32)
+                    blocked += Int(m.activeRows[j0..<j1].max() ?? 0) * (j1 - j0)
+                    j0 = j1
+                }
+                done += passes * density * Double(blocked)
+            } else {
+                done += passes * Double(m.computedCount)
+            }
         }
         return done / max(dense, 1)
     }
+
+    /// Whether the last matrix is the direct connections.
+    public let hasDirect: Bool
 }

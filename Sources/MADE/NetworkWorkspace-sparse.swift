@@ -32,17 +32,22 @@ extension NetworkWorkspace {
         parameters = UnsafePointer(out)
     }
 
+    /// Inside the bands only: no kernel reads past them.
     private func gatherStaircase(_ b: BlockPartition.MatrixBlocks, _ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>) {
         b.rowOrder.withUnsafeBufferPointer { rowOrder in
             b.columnOrder.withUnsafeBufferPointer { columnOrder in
                 b.activeRows.withUnsafeBufferPointer { active in
                     if isFloat {
-                        return made_gather_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, columnOrder.baseAddress!,
-                                                         active.baseAddress!, float(dst))
+                        return b.bandTable.withUnsafeBufferPointer { bands in
+                            made_gather_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, columnOrder.baseAddress!,
+                                                      active.baseAddress!, bands.baseAddress!, b.bands.count, float(dst))
+                        }
                     }
-                    for i in 0..<b.rows {
-                        let s = src + Int(rowOrder[i]) * b.columns
-                        for j in 0..<b.columns { dst[i * b.columns + j] = i < Int(active[j]) ? s[Int(columnOrder[j])] : 0 }
+                    for band in b.bands {
+                        for i in 0..<band.rows {
+                            let s = src + Int(rowOrder[i]) * b.columns
+                            for j in band.start..<band.end { dst[i * b.columns + j] = i < Int(active[j]) ? s[Int(columnOrder[j])] : 0 }
+                        }
                     }
                 }
             }
@@ -51,15 +56,15 @@ extension NetworkWorkspace {
 
     private func scatterStaircase(_ b: BlockPartition.MatrixBlocks, _ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>) {
         b.rowOrder.withUnsafeBufferPointer { rowOrder in
-            b.columnOrder.withUnsafeBufferPointer { columnOrder in
-                b.activeRows.withUnsafeBufferPointer { active in
+            b.columnPosition.withUnsafeBufferPointer { position in
+                b.activeByColumn.withUnsafeBufferPointer { active in
                     if isFloat {
-                        return made_scatter_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, columnOrder.baseAddress!,
+                        return made_scatter_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, position.baseAddress!,
                                                           active.baseAddress!, float(dst))
                     }
                     for i in 0..<b.rows {
                         let d = dst + Int(rowOrder[i]) * b.columns
-                        for j in 0..<b.columns { d[Int(columnOrder[j])] = i < Int(active[j]) ? src[i * b.columns + j] : 0 }
+                        for c in 0..<b.columns { d[c] = i < Int(active[c]) ? src[i * b.columns + Int(position[c])] : 0 }
                     }
                 }
             }
@@ -70,6 +75,16 @@ extension NetworkWorkspace {
     func loadComputeRows(from data: DataMatrix, indices: UnsafeBufferPointer<Int32>) {
         precondition(blocks != nil, "loadRows: set the masks first")
         switch data.storage {
+        case .binary(let bytes) where isFloat && !indices.isEmpty:
+            precondition(indices.allSatisfy { $0 >= 0 && Int($0) < data.count }, "loadRows: row out of 0..<\(data.count)")
+            let ones = bytes.withUnsafeBufferPointer { src in
+                blocks!.inputOrder.withUnsafeBufferPointer { order in
+                    made_load_binary_rows_f32(indices.count, configuration.inputCount, src.baseAddress!, indices.baseAddress!,
+                                              order.baseAddress!, float(input.baseAddress!), rowStart.baseAddress!, rowIndex.baseAddress!)
+                }
+            }
+            rows = indices.count
+            binaryInput = Double(ones) <= sparseInputLimit * Double(rows * configuration.inputCount)
         case .binary(let bytes):
             bytes.withUnsafeBufferPointer { src in
                 loadComputeRows(indices: indices, rowCount: data.count, binary: true) { src[$0] == 0 ? 0 : 1 }
@@ -171,8 +186,10 @@ extension NetworkWorkspace {
         let n = rows
         b.activeRows.withUnsafeBufferPointer { active in
             if isFloat {
-                return made_binary_rows_f32(n, b.columns, float(w), active.baseAddress!, rowStart.baseAddress!, rowIndex.baseAddress!,
-                                            float(c), b.columns, accumulate ? 1 : 0)
+                return b.bandTable.withUnsafeBufferPointer { bands in
+                    made_binary_rows_f32(n, b.columns, float(w), active.baseAddress!, bands.baseAddress!, b.bands.count,
+                                         rowStart.baseAddress!, rowIndex.baseAddress!, float(c), b.columns, accumulate ? 1 : 0)
+                }
             }
             for r in 0..<n {
                 let out = c + r * b.columns
@@ -322,8 +339,10 @@ extension NetworkWorkspace {
         let start = inputStart!, list = inputRows!
         b.activeRows.withUnsafeBufferPointer { active in
             if isFloat {
-                return made_binary_weight_gradient_f32(b.columns, active.baseAddress!, start.baseAddress!, list.baseAddress!,
-                                                       float(delta), b.columns, float(dw))
+                return b.bandTable.withUnsafeBufferPointer { bands in
+                    made_binary_weight_gradient_f32(b.columns, active.baseAddress!, bands.baseAddress!, b.bands.count,
+                                                    start.baseAddress!, list.baseAddress!, float(delta), b.columns, float(dw))
+                }
             }
             for i in 0..<b.rows {
                 for j in 0..<b.columns where i < Int(active[j]) {

@@ -25,16 +25,37 @@ struct Bench: ParsableCommand {
     }
 
     static let configuration = CommandConfiguration(
-        abstract: "Measure training throughput on random binary data: examples per second, peak memory, and with --workers the bytes on the wire.")
+        abstract: "Measure training throughput on real data (-d) or random binary data: examples per second of the sparse and the dense kernel side by side, peak memory, and with --workers the bytes on the wire.")
+
+    /// Which kernels to time.
+    enum KernelChoice: String, ExpressibleByArgument, CaseIterable {
+        case both, sparse, dense
+        var kernels: [ComputeKernel] {
+            switch self {
+            case .both: return [.dense, .sparse]
+            case .sparse: return [.sparse]
+            case .dense: return [.dense]
+            }
+        }
+    }
 
     @Option(help: "Timed steps.")
     var steps: Int = 300
     @Option(help: "Untimed steps first.")
     var warmup: Int = 20
-    @Option(help: "Input dimension.")
+    @Option(help: "Input dimension of random data.")
     var dimension: Int = 784
-    @Option(help: "Training examples held (bytes each).")
+    @Option(help: "Random training examples held (bytes each).")
     var examples: Int = 50_000
+    @Option(help: "Fraction of ones in random data.")
+    var density: Double = 0.5
+    @OptionGroup var data: DataArguments<BenchmarkData>
+    @Option(help: "Kernels to time: both (dense and sparse, alternating in rounds, with their ratio), sparse or dense.")
+    var kernel: KernelChoice = .both
+    @Option(help: "Rounds each kernel's timed steps are split into, alternating kernels, with --kernel both.")
+    var rounds: Int = 5
+    @Option(help: "Density of binary inputs up to which the sparse kernel sums selected rows in the first layer (a measurement aid). [default: the built-in crossover]")
+    var sparseInputLimit: Double?
     @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated.")
     var hiddens: String = "500"
     @Option(help: "Examples per step.")
@@ -50,8 +71,12 @@ struct Bench: ParsableCommand {
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
-        guard steps >= 1, warmup >= 0, dimension >= 1, batchSize >= 1, examples >= batchSize, workers >= 0 else {
-            throw ValidationError("need --steps >= 1, --warmup >= 0, --dimension >= 1, --examples >= --batch-size >= 1, --workers >= 0")
+        guard steps >= 1, warmup >= 0, dimension >= 1, batchSize >= 1, examples >= batchSize, workers >= 0, rounds >= 1 else {
+            throw ValidationError("need --steps >= 1, --warmup >= 0, --dimension >= 1, --examples >= --batch-size >= 1, --workers >= 0, --rounds >= 1")
+        }
+        guard density >= 0, density <= 1 else { throw ValidationError("--density must be between 0 and 1, not \(density)") }
+        if let sparseInputLimit, !(sparseInputLimit >= 0 && sparseInputLimit <= 1) {
+            throw ValidationError("--sparse-input-limit must be between 0 and 1")
         }
         _ = try parseHiddens(hiddens)
     }
@@ -60,25 +85,66 @@ struct Bench: ParsableCommand {
         BLAS.setThreads(runtime.threads)
         if sampling { return try benchSampling() }
         var rng = RandomStream(seed: 0, domain: .sampling)
-        func bits(_ n: Int) -> DataMatrix {
-            var b = [UInt8](repeating: 0, count: n * dimension)
-            for i in b.indices { b[i] = UInt8(truncatingIfNeeded: rng.next() & 1) }
-            return DataMatrix(binary: b, count: n, dimension: dimension)
+        let dataset: Dataset
+        if let path = data.dataPath {
+            let loaded = try DatasetLoader.load(path: path, options: data.options)
+            guard let train = loaded.train else { throw ValidationError("\(path): no training split") }
+            guard train.isBinary else { throw ValidationError("\(path): the benchmark trains Bernoulli outputs on 0/1 data (choose --binarize)") }
+            dataset = Dataset(train: train, valid: nil, test: nil, source: path)
+        } else {
+            var b = [UInt8](repeating: 0, count: examples * dimension)
+            let threshold = UInt64((density * 0x1p53).rounded())
+            for i in b.indices { b[i] = (rng.next() >> 11) < threshold ? 1 : 0 }
+            dataset = Dataset(train: DataMatrix(binary: b, count: examples, dimension: dimension), valid: nil, test: nil, source: "random bits")
         }
-        let dataset = Dataset(train: bits(examples), valid: bits(100), test: bits(100), source: "random bits")
-        let model = ModelConfiguration(inputCount: dimension, hiddenSizes: try parseHiddens(hiddens))
+        let train = dataset.train!
+        guard train.count >= batchSize else { throw ValidationError("\(train.count) training examples are fewer than one batch of \(batchSize)") }
+        let ones: Int
+        if case .binary(let bytes) = train.storage { ones = bytes.reduce(0) { $0 + Int($1) } } else { ones = 0 }
+        let dataDensity = Double(ones) / Double(max(1, train.count * train.dimension))
+        let model = ModelConfiguration(inputCount: train.dimension, hiddenSizes: try parseHiddens(hiddens))
         let shardCount = shards ?? max(1, workers)
-        let configuration = TrainingConfiguration(model: model, batchSize: batchSize, epochs: Int.max / 2, shards: shardCount)
-        let trainer = try Trainer(configuration: configuration, dataset: Dataset(train: dataset.train, valid: nil, test: nil, source: dataset.source))
-        let sizes = ([dimension] + model.hiddenSizes + [dimension]).map(String.init).joined(separator: "-")
+        func configuration(_ kernel: ComputeKernel) -> TrainingConfiguration {
+            TrainingConfiguration(model: model, batchSize: batchSize, epochs: Int.max / 2, shards: shardCount, kernel: kernel)
+        }
+        let sizes = ([model.inputCount] + model.hiddenSizes + [model.inputCount]).map(String.init).joined(separator: "-")
         let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) threads=\(runtime.threads) steps=\(steps)"
+        let limit = sparseInputLimit ?? NetworkWorkspace<Float>.defaultSparseInputLimit
+        let fraction = MaskSet(configuration: model, runSeed: 0, maskSeed: 0).blocks
+            .trainingStepFraction(density: dataDensity, selectedRows: dataDensity <= limit)
+        let dataLine = String(format: "data=%@ density=%.4f sparse_flops_vs_dense=%.3f", dataset.source == "random bits" ? "random" : dataset.source,
+                              dataDensity, fraction)
+        let kernels = kernel.kernels
+        let roundCount = kernels.count > 1 ? rounds : 1
 
         guard workers > 0 else {
-            _ = try trainer.run(until: { trainer.state.step >= warmup })
-            let start = ContinuousClock.now
-            _ = try trainer.run(until: { trainer.state.step >= warmup + steps })
-            let rate = Double(steps * batchSize) / (ContinuousClock.now - start).seconds
-            print(String(format: "made_single examples_per_s=%.1f peak_rss_mib=%.1f", rate, CommandLineSupport.peakResidentMiB) + " " + settings)
+            var trainers: [Trainer] = []
+            for k in kernels {
+                let trainer = try Trainer(configuration: configuration(k), dataset: dataset)
+                if let sparseInputLimit { trainer.sparseInputLimit = sparseInputLimit }
+                _ = try trainer.run(until: { trainer.state.step >= warmup })
+                trainers.append(trainer)
+            }
+            var seconds = [Double](repeating: 0, count: kernels.count)
+            var done = [Int](repeating: 0, count: kernels.count)
+            for round in 0..<roundCount {
+                let share = steps * (round + 1) / roundCount - steps * round / roundCount
+                for (i, trainer) in trainers.enumerated() {
+                    let target = trainer.state.step + share
+                    let start = ContinuousClock.now
+                    _ = try trainer.run(until: { trainer.state.step >= target })
+                    seconds[i] += (ContinuousClock.now - start).seconds
+                    done[i] += share
+                }
+            }
+            let rates = (0..<kernels.count).map { Double(done[$0] * batchSize) / seconds[$0] }
+            for (i, k) in kernels.enumerated() {
+                print(String(format: "made_single kernel=%@ examples_per_s=%.1f", k.rawValue, rates[i]) + " " + settings)
+            }
+            if kernels.count == 2 {
+                print(String(format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d", rates[1] / rates[0], rates[1], rates[0], roundCount))
+            }
+            print(String(format: "made_bench %@ peak_rss_mib=%.1f", dataLine, CommandLineSupport.peakResidentMiB) + " kernels=\(kernel.rawValue)")
             return
         }
 
@@ -86,12 +152,29 @@ struct Bench: ParsableCommand {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("made-bench-\(getpid())").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        let file = folder + "/random.npz"
+        let file = folder + "/bench.npz"
         try DatasetWriter.writeNPZ(dataset, to: file)
         let loaded = try DatasetLoader.load(path: file)
+        var rates: [Double] = []
+        for k in kernels {
+            let rate = try benchCluster(configuration: configuration(k), dataset: dataset, loaded: loaded, file: file, folder: folder,
+                                        settings: settings)
+            rates.append(rate)
+        }
+        if kernels.count == 2 {
+            print(String(format: "made_cluster_sparse_vs_dense workers=%d ratio=%.3f sparse=%.1f dense=%.1f", workers, rates[1] / rates[0], rates[1], rates[0]))
+        }
+        print(String(format: "made_bench %@", dataLine) + " kernels=\(kernel.rawValue)")
+    }
+
+    /// Trains with `workers` local worker processes and prints the cluster line; returns examples per second.
+    func benchCluster(configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String, folder: String,
+                      settings: String) throws -> Double {
+        let model = configuration.model
+        let trainer = try Trainer(configuration: configuration, dataset: dataset)
         var logger = Logger(label: "made.bench")
         logger.logLevel = .warning
-        var options = ClusterCoordinator.Options(bind: noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator.ipc")
+        var options = ClusterCoordinator.Options(bind: noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc")
         options.sharedMemory = !noSharedMemory
         let coordinator = try ClusterCoordinator(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
                                                  options: options, logger: logger)
@@ -124,8 +207,10 @@ struct Bench: ParsableCommand {
         coordinator.shutdownWorkers(reason: "benchmark done")
         pool.stop()
         stopped = true
-        print(String(format: "made_cluster workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
-                     workers, Double(steps * batchSize) / seconds, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,
+        let rate = Double(steps * batchSize) / seconds
+        print(String(format: "made_cluster kernel=%@ workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
+                     configuration.kernel.rawValue, workers, rate, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,
                      CommandLineSupport.peakResidentMiB, workerPeak) + " " + settings)
+        return rate
     }
 }

@@ -33,6 +33,12 @@ enum ScoredData: DataPathRole {
                                    valueName: "path")
 }
 
+/// A benchmark: real data instead of random bits.
+enum BenchmarkData: DataPathRole {
+    static let help = ArgumentHelp("Train on this data's training split (0/1 after --binarize) instead of random bits: binarized_mnist.npz, a *_train.amat, a train-images-idx3-ubyte[.gz], or a folder holding one.",
+                                   valueName: "path")
+}
+
 /// Where the data comes from and how it is read.
 struct DataArguments<Role: DataPathRole>: ParsableArguments {
     @Option(name: [.customShort("d"), .customLong("data-path")], help: Role.help)

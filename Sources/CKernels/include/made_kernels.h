@@ -66,27 +66,40 @@ int made_add_f32(size_t n, const float *a, const float *b, float *out);
  * column j the layout entry (row_order[i], col_order[j]); its mask keeps exactly the entries with
  * i < active[j]. */
 
-/* dst (rows x cols, compute order) = src (rows x cols, layout order) where the mask keeps it, +0 elsewhere. */
+/* A matrix's bands are band_count triples (start, end, rows): compute columns start..<end, rows 0..<rows.
+ *
+ * dst (rows x cols, compute order) = src (rows x cols, layout order) inside the bands: where the mask keeps
+ * the entry, +0 elsewhere. Entries outside the bands are not written (no kernel reads them). */
 void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
-                               const int *restrict col_order, const int *restrict active, float *restrict dst);
+                               const int *restrict col_order, const int *restrict active, const int *restrict bands,
+                               size_t band_count, float *restrict dst);
 
-/* The inverse: dst (layout order) = src (compute order) where the mask keeps it, +0 elsewhere. */
+/* The inverse: dst (layout order) = src (compute order) where the mask keeps it, +0 elsewhere. Layout
+ * column c is compute column col_position[c], kept in the rows below active_by_col[c]; each layout row is
+ * written whole, in order. */
 void made_scatter_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
-                                const int *restrict col_order, const int *restrict active, float *restrict dst);
+                                const int *restrict col_position, const int *restrict active_by_col, float *restrict dst);
+
+/* Copies the 0/1 byte rows `rows[0..<n]` (each d long) into out in compute order (out[r, p] = row[order[p]])
+ * and lists each row's ones: row r's are row_index[row_start[r] ..< row_start[r + 1]], ascending. Returns
+ * the number of ones. row_index needs room for n * d entries. */
+int made_load_binary_rows_f32(size_t n, size_t d, const unsigned char *restrict bytes, const int *restrict rows,
+                              const int *restrict order, float *restrict out, int *restrict row_start, int *restrict row_index);
 
 /* out[r, j] (= or +=, with accumulate) sum over the selected rows i of input row r, in ascending order, of
  * w[i, j]: the product of a 0/1 matrix with w. Row r selects row_index[row_start[r] ..< row_start[r + 1]],
- * ascending. Columns go in blocks of 32; a block stops at the first selected row at or beyond the largest
- * active[j] of the block (the rows past it are masked out there). */
+ * ascending. Each band's columns go in blocks of 32; a block stops at the first selected row at or beyond
+ * the largest active[j] of the block (the rows past it are masked out there). */
 void made_binary_rows_f32(size_t n, size_t cols, const float *restrict w, const int *restrict active,
+                          const int *restrict bands, size_t band_count,
                           const int *restrict row_start, const int *restrict row_index,
                           float *restrict out, size_t ldo, int accumulate);
 
 /* dst[i, j] = sum over the input rows r that select i, in ascending order, of delta[r, j]: the weight
  * gradient x^T delta of a 0/1 input x. input_rows[input_start[i] ..< input_start[i + 1]] are the rows
- * selecting i. Per block of 32 columns only the rows below the block's largest active[j] are written. */
-void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, const int *restrict input_start,
-                                     const int *restrict input_rows, const float *restrict delta, size_t ldd,
-                                     float *restrict dst);
+ * selecting i. Per block of 32 columns of a band only the rows below the block's largest active[j] are written. */
+void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, const int *restrict bands, size_t band_count,
+                                     const int *restrict input_start, const int *restrict input_rows,
+                                     const float *restrict delta, size_t ldd, float *restrict dst);
 
 #endif
