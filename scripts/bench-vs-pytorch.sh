@@ -13,10 +13,15 @@
 #   pytorch_ddp procs=2 examples_per_s=<float>
 #   ratio_vs_pytorch_ddp=<ours/theirs> cluster_vs_our_single=<cluster/single> ours_cluster=<float> pytorch_ddp=<float> ours_single=<float>
 # All figures come from this one run. WORKERS (default 2) sets the process count of both.
+# Both sides train on the same data: DATA (default the binarized Fashion-MNIST training
+# split at /usr/share/datasets/fashion-mnist when it is there; DATA= for random bits), which
+# `made bench -d` binarizes and hands to PyTorch as an .npz. Ours is the default (sparse)
+# kernel; its dense figure from the same run is printed too.
 #
 # Usage:
 #   scripts/bench-vs-pytorch.sh
 #   PYTHON=/usr/bin/python3 STEPS=300 scripts/bench-vs-pytorch.sh   # default 1000 timed steps
+#   DATA= scripts/bench-vs-pytorch.sh                                 # random bits
 #
 # PYTHON picks the interpreter for the PyTorch side; by default the first of
 # /usr/bin/python3, python3, python that can import torch. If none can, our
@@ -28,6 +33,17 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
 STEPS="${STEPS:-1000}"
+if [[ -z "${DATA+set}" && -d /usr/share/datasets/fashion-mnist ]]; then
+    DATA=/usr/share/datasets/fashion-mnist
+fi
+DATA="${DATA:-}"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+data_args=()
+peer_args=()
+if [[ -n "$DATA" ]]; then
+    data_args=(-d "$DATA")
+fi
 
 has_torch() {
     "$1" -c 'import torch, numpy' >/dev/null 2>&1
@@ -56,13 +72,16 @@ extract() {
 echo "== swift build -c release" >&2
 swift build -c release >&2
 
-echo "== .build/release/made bench --steps $STEPS" >&2
-if ! ours_out="$(.build/release/made bench --steps "$STEPS")"; then
-    echo "bench-vs-pytorch: '.build/release/made bench --steps $STEPS' failed" >&2
+echo "== .build/release/made bench --steps $STEPS ${data_args[*]} --save-data $scratch/data.npz" >&2
+if ! ours_out="$(.build/release/made bench --steps "$STEPS" "${data_args[@]}" --save-data "$scratch/data.npz")"; then
+    echo "bench-vs-pytorch: '.build/release/made bench --steps $STEPS ${data_args[*]}' failed" >&2
     exit 1
 fi
 printf '%s\n' "$ours_out" >&2
-ours="$(printf '%s\n' "$ours_out" | extract examples_per_s || true)"
+peer_args=(--data "$scratch/data.npz")
+ours="$(printf '%s\n' "$ours_out" | grep 'kernel=sparse' | extract examples_per_s || true)"
+ours_dense="$(printf '%s\n' "$ours_out" | grep 'kernel=dense' | extract examples_per_s || true)"
+echo "ours_dense examples_per_s=$ours_dense"
 if [[ -z "$ours" ]]; then
     echo "bench-vs-pytorch: no examples_per_s=<number> in the output of 'made bench':" >&2
     printf '%s\n' "$ours_out" >&2
@@ -78,8 +97,8 @@ if [[ -z "$python" ]] || ! has_torch "$python"; then
     exit 0
 fi
 
-echo "== $python scripts/bench_pytorch.py --mode single --steps $STEPS" >&2
-theirs_out="$("$python" scripts/bench_pytorch.py --mode single --steps "$STEPS")"
+echo "== $python scripts/bench_pytorch.py --mode single --steps $STEPS ${peer_args[*]}" >&2
+theirs_out="$("$python" scripts/bench_pytorch.py --mode single --steps "$STEPS" "${peer_args[@]}")"
 printf '%s\n' "$theirs_out"
 theirs="$(printf '%s\n' "$theirs_out" | extract examples_per_s || true)"
 if [[ -z "$theirs" ]]; then
@@ -93,13 +112,13 @@ awk -v a="$ours" -v b="$theirs" 'BEGIN {
 }'
 
 WORKERS="${WORKERS:-2}"
-echo "== .build/release/made bench --workers $WORKERS --steps $STEPS" >&2
-cluster_out="$(.build/release/made bench --workers "$WORKERS" --steps "$STEPS" 2>/dev/null)"
+echo "== .build/release/made bench --workers $WORKERS --steps $STEPS --kernel sparse ${data_args[*]}" >&2
+cluster_out="$(.build/release/made bench --workers "$WORKERS" --steps "$STEPS" --kernel sparse "${data_args[@]}" 2>/dev/null)"
 printf '%s\n' "$cluster_out" >&2
-cluster="$(printf '%s\n' "$cluster_out" | extract examples_per_s || true)"
+cluster="$(printf '%s\n' "$cluster_out" | grep '^made_cluster ' | extract examples_per_s || true)"
 echo "ours_cluster examples_per_s=$cluster"
-echo "== $python scripts/bench_pytorch.py --mode ddp --procs $WORKERS --steps $STEPS" >&2
-ddp_out="$("$python" scripts/bench_pytorch.py --mode ddp --procs "$WORKERS" --steps "$STEPS")"
+echo "== $python scripts/bench_pytorch.py --mode ddp --procs $WORKERS --steps $STEPS ${peer_args[*]}" >&2
+ddp_out="$("$python" scripts/bench_pytorch.py --mode ddp --procs "$WORKERS" --steps "$STEPS" "${peer_args[@]}")"
 printf '%s\n' "$ddp_out"
 ddp="$(printf '%s\n' "$ddp_out" | extract examples_per_s || true)"
 awk -v c="$cluster" -v d="$ddp" -v s="$ours" 'BEGIN {

@@ -66,10 +66,13 @@ public struct Evaluator<T: BLASScalar> {
         var start = 0
         while start < n {
             let end = min(n, start + chunk)
-            workspace.loadRows(from: data, indices: (start..<end).map { Int32($0) })
+            let rows = (start..<end).map { Int32($0) }
+            if kernel == .dense { workspace.loadRows(from: data, indices: rows) }
             for (m, maskSet) in maskSets.enumerated() {
                 workspace.setMasks(maskSet)
                 workspace.prepare(parameters: parameters)
+                // The sparse kernel holds the rows in the order of the masks.
+                if kernel == .sparse { workspace.loadRows(from: data, indices: rows) }
                 workspace.forward()
                 result[m].withUnsafeMutableBufferPointer {
                     workspace.logLikelihoods(distribution, into: UnsafeMutableBufferPointer(rebasing: $0[start..<end]))
@@ -101,11 +104,13 @@ public struct Evaluator<T: BLASScalar> {
         var start = 0
         while start < n {
             let end = min(n, start + chunk)
-            workspace.loadRows(from: data, indices: (start..<end).map { Int32($0) })
+            let rows = (start..<end).map { Int32($0) }
+            if kernel == .dense { workspace.loadRows(from: data, indices: rows) }
             for i in 0..<outputSum.count { outputSum[i] = 0 }
             for maskSet in maskSets {
                 workspace.setMasks(maskSet)
                 workspace.prepare(parameters: parameters)
+                if kernel == .sparse { workspace.loadRows(from: data, indices: rows) }
                 workspace.forward()
                 workspace.addOutputs(into: &outputSum)
                 betweenPasses()

@@ -54,6 +54,8 @@ struct Bench: ParsableCommand {
     var kernel: KernelChoice = .both
     @Option(help: "Rounds each kernel's timed steps are split into, alternating kernels, with --kernel both.")
     var rounds: Int = 5
+    @Option(help: "Also write the 0/1 training data the benchmark trains on to this .npz file (train_data.npy), for a peer benchmark.")
+    var saveData: String?
     @Option(help: "Density of binary inputs up to which the sparse kernel sums selected rows in the first layer (a measurement aid). [default: the built-in crossover]")
     var sparseInputLimit: Double?
     @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated.")
@@ -98,6 +100,7 @@ struct Bench: ParsableCommand {
             dataset = Dataset(train: DataMatrix(binary: b, count: examples, dimension: dimension), valid: nil, test: nil, source: "random bits")
         }
         let train = dataset.train!
+        if let saveData { try DatasetWriter.writeNPZ(dataset, to: saveData) }
         guard train.count >= batchSize else { throw ValidationError("\(train.count) training examples are fewer than one batch of \(batchSize)") }
         let ones: Int
         if case .binary(let bytes) = train.storage { ones = bytes.reduce(0) { $0 + Int($1) } } else { ones = 0 }

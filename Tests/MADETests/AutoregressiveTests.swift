@@ -9,17 +9,19 @@ struct AutoregressiveTests {
 
     @Test("natural order, through input gradients", arguments: hiddenConfigurations, [2, 3])
     func naturalOrder(hidden: [Int], multiplier: Int) throws {
-        for direct in [false, true] {
-            try check(ModelConfiguration(inputCount: 10, hiddenSizes: hidden, outputMultiplier: multiplier,
-                                         naturalOrdering: true, directConnections: direct), maskSeed: 0)
+        for path in SparseKernelTests.Path.allCases {
+            for direct in [false, true] {
+                try check(ModelConfiguration(inputCount: 10, hiddenSizes: hidden, outputMultiplier: multiplier,
+                                             naturalOrdering: true, directConnections: direct), maskSeed: 0, path: path)
+            }
         }
     }
 
-    @Test("random orders, several mask seeds", arguments: [[Int](), [30], [30, 40]])
-    func randomOrder(hidden: [Int]) throws {
+    @Test("random orders, several mask seeds", arguments: [[Int](), [30], [30, 40]], SparseKernelTests.Path.allCases)
+    func randomOrder(hidden: [Int], path: SparseKernelTests.Path) throws {
         for seed: UInt64 in 0..<4 {
             try check(ModelConfiguration(inputCount: 9, hiddenSizes: hidden, outputMultiplier: 2,
-                                         naturalOrdering: false, directConnections: seed % 2 == 1, maskCount: 4), maskSeed: seed)
+                                         naturalOrdering: false, directConnections: seed % 2 == 1, maskCount: 4), maskSeed: seed, path: path)
         }
     }
 
@@ -54,7 +56,8 @@ struct AutoregressiveTests {
         return reach
     }
 
-    func check(_ c: ModelConfiguration, maskSeed: UInt64) throws {
+    /// With the `.rows` path the inputs are 0/1, so the first layer sums selected rows.
+    func check(_ c: ModelConfiguration, maskSeed: UInt64, path: SparseKernelTests.Path = .dense) throws {
         try c.validate()
         let masks = MaskSet(configuration: c, runSeed: 3, maskSeed: maskSeed)
         let order = masks.order
@@ -67,11 +70,12 @@ struct AutoregressiveTests {
             }
         }
         let rows = 4
-        let ws = NetworkWorkspace<Double>(configuration: c, capacity: rows)
+        let ws: NetworkWorkspace<Double> = path.workspace(c, capacity: rows)
         ws.setMasks(masks)
         ws.prepare(parameters: ws.layout.initialParameters(seed: 11, as: Double.self))
         var rng = RandomStream(seed: 5, domain: .sampling)
-        ws.loadRows((0..<(rows * d)).map { _ in rng.unitDouble() * 2 - 1 })
+        ws.loadRows((0..<(rows * d)).map { _ in path == .rows ? Double(rng.uniform(below: 2)) : rng.unitDouble() * 2 - 1 })
+        #expect(ws.binaryInput == (path == .rows))
         ws.forward()
         var gradient = [Double](repeating: 0, count: ws.layout.count)
         var inputGradient = [Double](repeating: 0, count: rows * d)

@@ -13,7 +13,7 @@ struct GradientTests {
         let masks: MaskSet
         let workspace: NetworkWorkspace<Double>
 
-        init(_ c: ModelConfiguration, _ distribution: OutputDistribution, rows: Int) {
+        init(_ c: ModelConfiguration, _ distribution: OutputDistribution, rows: Int, path: SparseKernelTests.Path = .dense) {
             configuration = c
             self.distribution = distribution
             var rng = RandomStream(seed: 77, domain: .sampling)
@@ -21,7 +21,7 @@ struct GradientTests {
                 distribution == .bernoulli ? Double(rng.uniform(below: 2)) : rng.unitDouble() * 4 - 2
             }
             masks = MaskSet(configuration: c, runSeed: 1, maskSeed: 0)
-            workspace = NetworkWorkspace(configuration: c, capacity: rows)
+            workspace = path.workspace(c, capacity: rows)
             workspace.setMasks(masks)
         }
 
@@ -46,12 +46,12 @@ struct GradientTests {
         (.gaussian, [8], false), (.gaussian, [6, 5, 4], true),
     ]
 
-    @Test("analytic gradient matches central differences", arguments: 0..<cases.count)
-    func finiteDifferences(index: Int) {
+    @Test("analytic gradient matches central differences", arguments: 0..<cases.count, SparseKernelTests.Path.allCases)
+    func finiteDifferences(index: Int, path: SparseKernelTests.Path) {
         let (distribution, hidden, direct) = Self.cases[index]
         let c = ModelConfiguration(inputCount: 6, hiddenSizes: hidden, outputMultiplier: distribution.parametersPerDimension,
                                    naturalOrdering: false, directConnections: direct)
-        let problem = Problem(c, distribution, rows: 3)
+        let problem = Problem(c, distribution, rows: 3, path: path)
         let p = ParameterLayout(c).initialParameters(seed: 4, as: Double.self)
         let g = problem.gradient(p)
         let h = 1e-6
@@ -68,10 +68,10 @@ struct GradientTests {
         #expect(worst < 1e-6)
     }
 
-    @Test("masked-out weights get exactly zero gradient")
-    func maskedGradientIsZero() {
+    @Test("masked-out weights get exactly zero gradient", arguments: SparseKernelTests.Path.allCases)
+    func maskedGradientIsZero(path: SparseKernelTests.Path) {
         let c = ModelConfiguration(inputCount: 8, hiddenSizes: [10, 9], directConnections: true)
-        let problem = Problem(c, .bernoulli, rows: 4)
+        let problem = Problem(c, .bernoulli, rows: 4, path: path)
         let g = problem.gradient(ParameterLayout(c).initialParameters(seed: 2, as: Double.self))
         let layout = ParameterLayout(c)
         for (m, bits) in zip(layout.matrices, problem.masks.matrices) {

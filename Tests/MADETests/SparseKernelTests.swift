@@ -6,7 +6,7 @@ import Testing
 @Suite("Sparse kernel")
 struct SparseKernelTests {
     /// The ways through the network: whole products, bands, and bands after a first layer of selected rows.
-    enum Path: CaseIterable {
+    enum Path: CaseIterable, Sendable {
         case dense, bands, rows
 
         var kernel: ComputeKernel { self == .dense ? .dense : .sparse }
