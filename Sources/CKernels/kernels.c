@@ -243,11 +243,18 @@ int made_load_binary_rows_f32(size_t n, size_t d, const unsigned char *restrict 
         }
         float *o = out + r * d;
         row_start[r] = ones;
-        for (size_t p = 0; p < d; p++) {
-            unsigned char v = s[order[p]];
-            o[p] = v ? 1.0f : 0.0f;
-            row_index[ones] = (int)p;
-            ones += v != 0;
+        for (size_t p0 = 0; p0 < d; p0 += 64) {
+            size_t m = d - p0 < 64 ? d - p0 : 64;
+            uint64_t bits = 0;
+            for (size_t t = 0; t < m; t++) {
+                unsigned char v = s[order[p0 + t]];
+                o[p0 + t] = v ? 1.0f : 0.0f;
+                bits |= (uint64_t)(v != 0) << t;
+            }
+            while (bits) {
+                row_index[ones++] = (int)(p0 + (size_t)__builtin_ctzll(bits));
+                bits &= bits - 1;
+            }
         }
     }
     row_start[n] = ones;
