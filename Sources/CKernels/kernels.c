@@ -214,14 +214,32 @@ void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict s
 }
 
 MADE_CLONES
-void made_scatter_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
-                                const int *restrict col_position, const int *restrict active_by_col, float *restrict dst) {
-    for (size_t i = 0; i < rows; i++) {
-        const float *s = src + i * cols;
-        float *d = dst + (size_t)row_order[i] * cols;
-        for (size_t c = 0; c < cols; c++) {
-            float v = s[col_position[c]];
-            d[c] = (int)i < active_by_col[c] ? v : 0.0f;
+void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_order,
+                                  const int *restrict col_position, const int *restrict active_by_col,
+                                  float *restrict scratch, unsigned char *restrict done) {
+    float *held = scratch, *next = scratch + cols;
+    memset(done, 0, rows);
+    for (size_t start = 0; start < rows; start++) {
+        if (done[start]) continue;
+        /* Follow the cycle of rows through start: compute row i goes to layout row row_order[i], whose
+         * compute row is saved first unless it was already moved. */
+        memcpy(held, a + start * cols, cols * sizeof(float));
+        size_t i = start;
+        for (;;) {
+            done[i] = 1;
+            size_t t = (size_t)row_order[i];
+            int closing = done[t];
+            if (!closing) memcpy(next, a + t * cols, cols * sizeof(float));
+            float *d = a + t * cols;
+            for (size_t c = 0; c < cols; c++) {
+                float v = held[col_position[c]];
+                d[c] = (int)i < active_by_col[c] ? v : 0.0f;
+            }
+            if (closing) break;
+            float *swap = held;
+            held = next;
+            next = swap;
+            i = t;
         }
     }
 }

@@ -54,17 +54,23 @@ extension NetworkWorkspace {
         }
     }
 
-    private func scatterStaircase(_ b: BlockPartition.MatrixBlocks, _ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>) {
+    /// Turns the matrix at `a`, in compute order, into layout order in place, masked.
+    private func unpermuteStaircase(_ b: BlockPartition.MatrixBlocks, _ a: UnsafeMutablePointer<T>) {
+        let scratch = computeGradient!.baseAddress!
         b.rowOrder.withUnsafeBufferPointer { rowOrder in
             b.columnPosition.withUnsafeBufferPointer { position in
                 b.activeByColumn.withUnsafeBufferPointer { active in
-                    if isFloat {
-                        return made_scatter_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, position.baseAddress!,
-                                                          active.baseAddress!, float(dst))
-                    }
-                    for i in 0..<b.rows {
-                        let d = dst + Int(rowOrder[i]) * b.columns
-                        for c in 0..<b.columns { d[c] = i < Int(active[c]) ? src[i * b.columns + Int(position[c])] : 0 }
+                    rowsDone.withUnsafeMutableBufferPointer { done in
+                        if isFloat {
+                            return made_unpermute_staircase_f32(b.rows, b.columns, float(a), rowOrder.baseAddress!, position.baseAddress!,
+                                                                active.baseAddress!, float(scratch), done.baseAddress!)
+                        }
+                        // Double: through a copy of the whole matrix.
+                        let copy = Array(UnsafeBufferPointer(start: a, count: b.rows * b.columns))
+                        for i in 0..<b.rows {
+                            let d = a + Int(rowOrder[i]) * b.columns
+                            for c in 0..<b.columns { d[c] = i < Int(active[c]) ? copy[i * b.columns + Int(position[c])] : 0 }
+                        }
                     }
                 }
             }
@@ -211,11 +217,14 @@ extension NetworkWorkspace {
         let n = rows
         let blocks = self.blocks!
         let layers = layout.layers
+        let widest = max(configuration.outputCount, configuration.hiddenSizes.max() ?? 0)
         if computeGradient == nil {
-            computeGradient = .allocate(capacity: max(layout.count, 1))
+            // Two rows for unpermuting, then one layer's bias sums.
+            computeGradient = .allocate(capacity: 3 * max(widest, 1))
             computeGradient!.initialize(repeating: 0)
+            rowsDone = [UInt8](repeating: 0, count: max(configuration.inputCount, widest))
         }
-        let cg = computeGradient!.baseAddress!
+        let sums = computeGradient!.baseAddress! + 2 * widest
         if binaryInput { transposeSelection() }
         let nin = configuration.inputCount
         var scratch: UnsafeMutablePointer<T>?
@@ -232,13 +241,13 @@ extension NetworkWorkspace {
             let m = layers[l]
             let b = blocks.matrices[l]
             let below = l == 0 ? input.baseAddress! : hidden[l - 1].baseAddress!
+            // The weight gradient in compute order where it belongs, then turned into layout order.
             if l == 0 && binaryInput {
-                selectedGradient(b, delta: delta, into: cg + m.offset)
+                selectedGradient(b, delta: delta, into: g + m.offset)
             } else {
-                bandWeightGradient(b, UnsafePointer(below), delta: delta, into: cg + m.offset)
+                bandWeightGradient(b, UnsafePointer(below), delta: delta, into: g + m.offset)
             }
-            scatterStaircase(b, cg + m.offset, g + m.offset)
-            let sums = cg + m.biasOffset!
+            unpermuteStaircase(b, g + m.offset)
             columnSums(delta, rows: n, columns: m.columns, into: sums)
             b.columnOrder.withUnsafeBufferPointer { order in
                 for j in 0..<m.columns { g[m.biasOffset! + Int(order[j])] = sums[j] }
@@ -257,11 +266,11 @@ extension NetworkWorkspace {
             let b = blocks.matrices[layers.count]
             let out = outputGradient.baseAddress!
             if binaryInput {
-                selectedGradient(b, delta: out, into: cg + d.offset)
+                selectedGradient(b, delta: out, into: g + d.offset)
             } else {
-                bandWeightGradient(b, UnsafePointer(input.baseAddress!), delta: out, into: cg + d.offset)
+                bandWeightGradient(b, UnsafePointer(input.baseAddress!), delta: out, into: g + d.offset)
             }
-            scatterStaircase(b, cg + d.offset, g + d.offset)
+            unpermuteStaircase(b, g + d.offset)
             if let scratch {
                 bandInputGradient(b, delta: out, parameters + d.offset, into: scratch, accumulate: true)
             }

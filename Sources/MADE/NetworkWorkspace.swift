@@ -30,9 +30,11 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// The default is the measured crossover of `made bench --density` (see README).
     public var sparseInputLimit: Double = NetworkWorkspace.defaultSparseInputLimit
     /// The measured crossover density of the binary first-layer path.
-    public static var defaultSparseInputLimit: Double { 0.5 }
+    public static var defaultSparseInputLimit: Double { 0.45 }
     /// ``ParameterLayout/matrices``, kept: the passes look them up every step.
     let matrices: [ParameterLayout.Matrix]
+    /// The most weights of one matrix.
+    let largestMatrix: Int
 
     /// Rows loaded by the last ``loadRows(from:indices:)``.
     public internal(set) var rows = 0
@@ -53,8 +55,11 @@ public final class NetworkWorkspace<T: BLASScalar> {
     var blocks: BlockPartition?
     /// Sparse kernel: the masked parameters in compute order, at their layout offsets.
     let compute: UnsafeMutableBufferPointer<T>
-    /// Sparse kernel: weight gradients in compute order, made on the first backward pass.
+    /// Sparse kernel: two rows of scratch for unpermuting a weight gradient in place and one
+    /// layer's bias sums, made on the first backward pass.
     var computeGradient: UnsafeMutableBufferPointer<T>?
+    /// Sparse kernel: which rows an in-place unpermutation has moved.
+    var rowsDone: [UInt8] = []
     /// Sparse kernel: whether the loaded rows go through the first layer as selected rows, and
     /// which: row `r` selects the compute inputs `rowIndex[rowStart[r] ..< rowStart[r + 1]]`.
     var binaryInput = false
@@ -93,6 +98,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
         let widest = configuration.hiddenSizes.max() ?? 0
         deltas = widest > 0 ? [buffer(capacity * widest), buffer(capacity * widest)] : []
         matrices = layout.matrices
+        largestMatrix = matrices.map(\.count).max() ?? 0
         let sparse = kernel == .sparse
         masks = matrices.map {
             let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: sparse ? 1 : max($0.count, 1))

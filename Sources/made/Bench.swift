@@ -113,10 +113,13 @@ struct Bench: ParsableCommand {
         let sizes = ([model.inputCount] + model.hiddenSizes + [model.inputCount]).map(String.init).joined(separator: "-")
         let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) threads=\(runtime.threads) steps=\(steps)"
         let limit = sparseInputLimit ?? NetworkWorkspace<Float>.defaultSparseInputLimit
-        let fraction = MaskSet(configuration: model, runSeed: 0, maskSeed: 0).blocks
-            .trainingStepFraction(density: dataDensity, selectedRows: dataDensity <= limit)
-        let dataLine = String(format: "data=%@ density=%.4f sparse_flops_vs_dense=%.3f", dataset.source == "random bits" ? "random" : dataset.source,
-                              dataDensity, fraction)
+        /// The data and the fraction of the dense multiply-adds the sparse kernel does (mask seed 0).
+        func dataLine() -> String {
+            let fraction = MaskSet(configuration: model, runSeed: 0, maskSeed: 0).blocks
+                .trainingStepFraction(density: dataDensity, selectedRows: dataDensity <= limit)
+            return String(format: "data=%@ density=%.4f sparse_flops_vs_dense=%.3f", dataset.source == "random bits" ? "random" : dataset.source,
+                          dataDensity, fraction)
+        }
         let kernels = kernel.kernels
         let roundCount = kernels.count > 1 ? rounds : 1
 
@@ -147,7 +150,8 @@ struct Bench: ParsableCommand {
             if kernels.count == 2 {
                 print(String(format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d", rates[1] / rates[0], rates[1], rates[0], roundCount))
             }
-            print(String(format: "made_bench %@ peak_rss_mib=%.1f", dataLine, CommandLineSupport.peakResidentMiB) + " kernels=\(kernel.rawValue)")
+            let peak = CommandLineSupport.peakResidentMiB
+            print(String(format: "made_bench %@ peak_rss_mib=%.1f", dataLine(), peak) + " kernels=\(kernel.rawValue)")
             return
         }
 
@@ -167,7 +171,7 @@ struct Bench: ParsableCommand {
         if kernels.count == 2 {
             print(String(format: "made_cluster_sparse_vs_dense workers=%d ratio=%.3f sparse=%.1f dense=%.1f", workers, rates[1] / rates[0], rates[1], rates[0]))
         }
-        print(String(format: "made_bench %@", dataLine) + " kernels=\(kernel.rawValue)")
+        print(String(format: "made_bench %@", dataLine()) + " kernels=\(kernel.rawValue)")
     }
 
     /// Trains with `workers` local worker processes and prints the cluster line; returns examples per second.

@@ -74,11 +74,13 @@ void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict s
                                const int *restrict col_order, const int *restrict active, const int *restrict bands,
                                size_t band_count, float *restrict dst);
 
-/* The inverse: dst (layout order) = src (compute order) where the mask keeps it, +0 elsewhere. Layout
- * column c is compute column col_position[c], kept in the rows below active_by_col[c]; each layout row is
- * written whole, in order. */
-void made_scatter_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
-                                const int *restrict col_position, const int *restrict active_by_col, float *restrict dst);
+/* The inverse, in place: a (rows x cols) holds a matrix in compute order (entries outside the mask may hold
+ * anything) and leaves in layout order, +0 where the mask drops the entry. Layout column c is compute column
+ * col_position[c], kept in the compute rows below active_by_col[c]; compute row i goes to layout row
+ * row_order[i], following the permutation's cycles. scratch holds 2 * cols floats, done `rows` bytes. */
+void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_order,
+                                  const int *restrict col_position, const int *restrict active_by_col,
+                                  float *restrict scratch, unsigned char *restrict done);
 
 /* Copies the 0/1 byte rows `rows[0..<n]` (each d long) into out in compute order (out[r, p] = row[order[p]])
  * and lists each row's ones: row r's are row_index[row_start[r] ..< row_start[r + 1]], ascending. Returns
