@@ -213,33 +213,33 @@ void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict s
     }
 }
 
+/* d[c] = row < active_by_col[c] ? s[col_position[c]] : +0 for c < cols; s and d never overlap. */
+static inline __attribute__((always_inline)) void unpermute_row(size_t cols, const float *restrict s, float *restrict d, int row,
+                                                                const int *restrict col_position, const int *restrict active_by_col) {
+#pragma clang loop vectorize(enable)
+    for (size_t c = 0; c < cols; c++) {
+        float v = s[col_position[c]];
+        d[c] = row < active_by_col[c] ? v : 0.0f;
+    }
+}
+
 MADE_CLONES
-void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_order,
+void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_position,
                                   const int *restrict col_position, const int *restrict active_by_col,
                                   float *restrict scratch, unsigned char *restrict done) {
-    float *held = scratch, *next = scratch + cols;
     memset(done, 0, rows);
     for (size_t start = 0; start < rows; start++) {
         if (done[start]) continue;
-        /* Follow the cycle of rows through start: compute row i goes to layout row row_order[i], whose
-         * compute row is saved first unless it was already moved. */
-        memcpy(held, a + start * cols, cols * sizeof(float));
-        size_t i = start;
+        /* Walk the cycle through layout row start backwards: layout row t takes compute row
+         * row_position[t], which is still in place until its own turn; only start's row is saved. */
+        memcpy(scratch, a + start * cols, cols * sizeof(float));
+        size_t t = start;
         for (;;) {
-            done[i] = 1;
-            size_t t = (size_t)row_order[i];
-            int closing = done[t];
-            if (!closing) memcpy(next, a + t * cols, cols * sizeof(float));
-            float *d = a + t * cols;
-            for (size_t c = 0; c < cols; c++) {
-                float v = held[col_position[c]];
-                d[c] = (int)i < active_by_col[c] ? v : 0.0f;
-            }
-            if (closing) break;
-            float *swap = held;
-            held = next;
-            next = swap;
-            i = t;
+            done[t] = 1;
+            size_t i = (size_t)row_position[t];
+            unpermute_row(cols, i == start ? scratch : a + i * cols, a + t * cols, (int)i, col_position, active_by_col);
+            if (i == start) break;
+            t = i;
         }
     }
 }

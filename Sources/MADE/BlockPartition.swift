@@ -44,6 +44,8 @@ public struct BlockPartition: Sendable, Equatable {
         public let columnOrder: [Int32]
         /// Per compute column, the number of leading compute rows the mask keeps.
         public let activeRows: [Int32]
+        /// `rowPosition[r]` is the compute row of layout row `r`.
+        public let rowPosition: [Int32]
         /// `columnPosition[c]` is the compute column of layout column `c`.
         public let columnPosition: [Int32]
         /// `activeRows` by layout column: `activeRows[columnPosition[c]]`.
@@ -60,6 +62,9 @@ public struct BlockPartition: Sendable, Equatable {
             self.columnOrder = columnOrder
             self.activeRows = activeRows
             self.bands = bands
+            var rowPosition = [Int32](repeating: 0, count: rowOrder.count)
+            for (i, r) in rowOrder.enumerated() { rowPosition[Int(r)] = Int32(i) }
+            self.rowPosition = rowPosition
             var position = [Int32](repeating: 0, count: columnOrder.count)
             for (j, c) in columnOrder.enumerated() { position[Int(c)] = Int32(j) }
             columnPosition = position

@@ -62,7 +62,7 @@ extension NetworkWorkspace {
                 b.activeByColumn.withUnsafeBufferPointer { active in
                     rowsDone.withUnsafeMutableBufferPointer { done in
                         if isFloat {
-                            return made_unpermute_staircase_f32(b.rows, b.columns, float(a), rowOrder.baseAddress!, position.baseAddress!,
+                            return made_unpermute_staircase_f32(b.rows, b.columns, float(a), b.rowPosition, position.baseAddress!,
                                                                 active.baseAddress!, float(scratch), done.baseAddress!)
                         }
                         // Double: through a copy of the whole matrix.
@@ -219,12 +219,12 @@ extension NetworkWorkspace {
         let layers = layout.layers
         let widest = max(configuration.outputCount, configuration.hiddenSizes.max() ?? 0)
         if computeGradient == nil {
-            // Two rows for unpermuting, then one layer's bias sums.
-            computeGradient = .allocate(capacity: 3 * max(widest, 1))
+            // A row for unpermuting, then one layer's bias sums.
+            computeGradient = .allocate(capacity: 2 * max(widest, 1))
             computeGradient!.initialize(repeating: 0)
             rowsDone = [UInt8](repeating: 0, count: max(configuration.inputCount, widest))
         }
-        let sums = computeGradient!.baseAddress! + 2 * widest
+        let sums = computeGradient!.baseAddress! + widest
         if binaryInput { transposeSelection() }
         let nin = configuration.inputCount
         var scratch: UnsafeMutablePointer<T>?

@@ -55,7 +55,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     var blocks: BlockPartition?
     /// Sparse kernel: the masked parameters in compute order, at their layout offsets.
     let compute: UnsafeMutableBufferPointer<T>
-    /// Sparse kernel: two rows of scratch for unpermuting a weight gradient in place and one
+    /// Sparse kernel: a row of scratch for unpermuting a weight gradient in place and one
     /// layer's bias sums, made on the first backward pass.
     var computeGradient: UnsafeMutableBufferPointer<T>?
     /// Sparse kernel: which rows an in-place unpermutation has moved.

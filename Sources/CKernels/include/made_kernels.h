@@ -75,10 +75,11 @@ void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict s
                                size_t band_count, float *restrict dst);
 
 /* The inverse, in place: a (rows x cols) holds a matrix in compute order (entries outside the mask may hold
- * anything) and leaves in layout order, +0 where the mask drops the entry. Layout column c is compute column
- * col_position[c], kept in the compute rows below active_by_col[c]; compute row i goes to layout row
- * row_order[i], following the permutation's cycles. scratch holds 2 * cols floats, done `rows` bytes. */
-void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_order,
+ * anything) and leaves in layout order, +0 where the mask drops the entry. Layout row r takes compute row
+ * row_position[r]; layout column c is compute column col_position[c], kept in the compute rows below
+ * active_by_col[c]. The rows move along the permutation's cycles. scratch holds cols floats, done `rows`
+ * bytes. */
+void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_position,
                                   const int *restrict col_position, const int *restrict active_by_col,
                                   float *restrict scratch, unsigned char *restrict done);
 
