@@ -77,8 +77,8 @@ static inline float log1p_unit(float e) {
 float made_exp_nonpositive_f32(float x) { return exp_nonpositive(x); }
 float made_log1p_unit_f32(float e) { return log1p_unit(e); }
 
-MADE_CLONES
-float made_bernoulli_f32(size_t n, const float *restrict x, const float *restrict z, float *restrict grad) {
+static inline __attribute__((always_inline)) float bernoulli(size_t n, const float *restrict x, const float *restrict z, float *restrict grad,
+                                                            int with_gradient) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     size_t j = 0;
     for (; j + 8 <= n; j += 8) {
@@ -88,7 +88,7 @@ float made_bernoulli_f32(size_t n, const float *restrict x, const float *restric
             float s = xj > 0.5f ? -zj : zj;
             float e = exp_nonpositive(-fabsf(zj));
             acc[l] += (s > 0.0f ? s : 0.0f) + log1p_unit(e);
-            if (grad) {
+            if (with_gradient) {
                 float numerator = zj >= 0.0f ? 1.0f : e;
                 grad[j + l] = numerator / (1.0f + e) - xj;
             }
@@ -101,7 +101,7 @@ float made_bernoulli_f32(size_t n, const float *restrict x, const float *restric
         float s = xj > 0.5f ? -zj : zj;
         float e = exp_nonpositive(-fabsf(zj));
         tail += (s > 0.0f ? s : 0.0f) + log1p_unit(e);
-        if (grad) {
+        if (with_gradient) {
             float numerator = zj >= 0.0f ? 1.0f : e;
             grad[j] = numerator / (1.0f + e) - xj;
         }
@@ -109,6 +109,13 @@ float made_bernoulli_f32(size_t n, const float *restrict x, const float *restric
     return (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + tail;
 }
 
+
+/* The same operations in the same order either way: the loss has the same bits with or without the
+ * gradient, and each loop is compiled without a branch on grad inside. */
+MADE_CLONES
+float made_bernoulli_f32(size_t n, const float *restrict x, const float *restrict z, float *restrict grad) {
+    return grad ? bernoulli(n, x, z, grad, 1) : bernoulli(n, x, z, grad, 0);
+}
 
 MADE_CLONES
 void made_mask_select_f32(size_t n, const float *restrict w, const unsigned char *restrict mask, float *restrict out) {
