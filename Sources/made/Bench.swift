@@ -100,7 +100,11 @@ struct Bench: ParsableCommand {
             dataset = Dataset(train: DataMatrix(binary: b, count: examples, dimension: dimension), valid: nil, test: nil, source: "random bits")
         }
         let train = dataset.train!
-        if let saveData { try DatasetWriter.writeNPZ(dataset, to: saveData) }
+        // The file form of the data (workers and peers read it) holds a token validation and test
+        // split, as a data file must; the benchmark trains on the training split only.
+        let few = train.rows(0..<min(100, train.count))
+        let fileDataset = Dataset(train: train, valid: few, test: few, source: dataset.source)
+        if let saveData { try DatasetWriter.writeNPZ(fileDataset, to: saveData) }
         guard train.count >= batchSize else { throw ValidationError("\(train.count) training examples are fewer than one batch of \(batchSize)") }
         let ones: Int
         if case .binary(let bytes) = train.storage { ones = bytes.reduce(0) { $0 + Int($1) } } else { ones = 0 }
@@ -160,7 +164,7 @@ struct Bench: ParsableCommand {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let file = folder + "/bench.npz"
-        try DatasetWriter.writeNPZ(dataset, to: file)
+        try DatasetWriter.writeNPZ(fileDataset, to: file)
         let loaded = try DatasetLoader.load(path: file)
         var rates: [Double] = []
         for k in kernels {
