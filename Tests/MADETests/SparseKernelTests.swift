@@ -138,4 +138,41 @@ struct SparseKernelTests {
         #expect(gradient(a, 1, rows) == first)
         #expect(gradient(b, 1, rows) == first)
     }
+
+    @Test("a run configuration keeps its kernel; one saved before the choice existed reads as dense")
+    func configurationKernel() throws {
+        let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 5, hiddenSizes: [4]))
+        #expect(c.kernel == .sparse)
+        var dense = c
+        dense.kernel = .dense
+        let encoded = try JSONEncoder().encode(dense)
+        #expect(try JSONDecoder().decode(TrainingConfiguration.self, from: encoded) == dense)
+        var object = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(c)) as? [String: Any])
+        #expect(object.removeValue(forKey: "kernel") != nil)
+        let old = try JSONDecoder().decode(TrainingConfiguration.self, from: JSONSerialization.data(withJSONObject: object))
+        #expect(old.kernel == .dense)
+        #expect(old.model == c.model && old.seed == c.seed && old.batchSize == c.batchSize)
+    }
+
+    @Test("sparse evaluation and training agree with dense ones")
+    func trainerAgrees() throws {
+        var rng = RandomStream(seed: 4, domain: .sampling)
+        let bits = (0..<(200 * 12)).map { _ in UInt8(rng.uniform(below: 3) == 0 ? 1 : 0) }
+        let data = DataMatrix(binary: bits, count: 200, dimension: 12)
+        let dataset = Dataset(train: data, valid: data.rows(0..<50), test: nil, source: "bits")
+        var results: [ComputeKernel: (Double, [Float])] = [:]
+        for kernel in ComputeKernel.allCases {
+            let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 12, hiddenSizes: [20, 20], naturalOrdering: false,
+                                                                    directConnections: true, maskCount: 2),
+                                          batchSize: 20, epochs: 1, resampleEvery: 3, shards: 2, kernel: kernel)
+            let trainer = try Trainer(configuration: c, dataset: dataset)
+            _ = try trainer.run()
+            results[kernel] = (trainer.state.history[0].validNLL!, trainer.state.parameters)
+        }
+        let (denseNLL, denseParameters) = results[.dense]!
+        let (sparseNLL, sparseParameters) = results[.sparse]!
+        #expect(abs(denseNLL - sparseNLL) < 1e-4 * abs(denseNLL))
+        let worst = zip(denseParameters, sparseParameters).map { abs($0 - $1) }.max()!
+        #expect(worst < 1e-4, "parameters differ by \(worst) after an epoch")
+    }
 }
