@@ -56,7 +56,7 @@ struct Bench: ParsableCommand {
     var rounds: Int = 5
     @Option(help: "Also write the 0/1 training data the benchmark trains on to this .npz file (train_data.npy), for a peer benchmark.")
     var saveData: String?
-    @Option(help: "Density of binary inputs up to which the sparse kernel sums selected rows in the first layer (a measurement aid). [default: the built-in crossover]")
+    @Option(help: "Density of binary inputs up to which the sparse kernel sums selected rows in the first layer (a measurement aid). (default: the built-in crossover, 0.45)")
     var sparseInputLimit: Double?
     @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated.")
     var hiddens: String = "500"

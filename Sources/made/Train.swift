@@ -58,7 +58,7 @@ struct TrainingArguments: ParsableArguments {
     var ensemble: EnsembleMode?
     @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order, so the result is the same for any number of workers. (default: the number of workers, 1 in one process)")
     var shards: Int?
-    @Option(help: "Arithmetic: sparse (only the blocks the masks keep; binary inputs as sums of selected rows) or dense (whole products). They agree within float rounding, not bit for bit. [default: sparse]")
+    @Option(help: "Arithmetic: sparse (only the blocks the masks keep; binary inputs as sums of selected rows) or dense (whole products). They agree within float rounding, not bit for bit. (default: sparse)")
     var kernel: ComputeKernel?
     @Flag(help: "Visit training examples in file order every epoch, as the reference does.")
     var noShuffle = false
