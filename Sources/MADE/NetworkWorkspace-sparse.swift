@@ -308,12 +308,13 @@ extension NetworkWorkspace {
             if !accumulate { for r in 0..<n { (da + r * b.rows).update(repeating: 0, count: b.rows) } }
             return
         }
-        for (k, band) in ([b.bands[widest]] + b.bands.enumerated().filter { $0.offset != widest }.map(\.element)).enumerated()
-        where band.rows > 0 {
+        func add(_ band: BlockPartition.Band, overwriting: Bool) {
             T.gemm(transposeA: false, transposeB: true, m: n, n: band.rows, k: band.end - band.start,
                    alpha: 1, a: delta + band.start, lda: b.columns, b: w + band.start, ldb: b.columns,
-                   beta: (k == 0 && !accumulate) ? 0 : 1, c: da, ldc: b.rows)
+                   beta: overwriting ? 0 : 1, c: da, ldc: b.rows)
         }
+        add(b.bands[widest], overwriting: !accumulate)
+        for (k, band) in b.bands.enumerated() where k != widest && band.rows > 0 { add(band, overwriting: false) }
     }
 
     /// Lists, per compute input, the loaded rows that select it (ascending): the transpose of the selection.
