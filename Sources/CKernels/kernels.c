@@ -373,3 +373,21 @@ void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, co
         }
     }
 }
+
+static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+void made_binarize_stochastic_u8(size_t n, unsigned char *restrict pixels, uint64_t *restrict state) {
+    uint64_t s0 = state[0], s1 = state[1], s2 = state[2], s3 = state[3];
+    for (size_t i = 0; i < n; i++) {
+        uint64_t result = rotl64(s1 * 5, 7) * 9;
+        uint64_t t = s1 << 17;
+        s2 ^= s0;
+        s3 ^= s1;
+        s1 ^= s2;
+        s0 ^= s3;
+        s2 ^= t;
+        s3 = rotl64(s3, 45);
+        pixels[i] = (result >> 40) * 255 < ((uint64_t)pixels[i] << 24) ? 1 : 0;
+    }
+    state[0] = s0; state[1] = s1; state[2] = s2; state[3] = s3;
+}

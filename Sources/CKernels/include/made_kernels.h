@@ -2,6 +2,7 @@
 #define MADE_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Elementwise kernels of MADE's training step, in float32.
  *
@@ -17,6 +18,11 @@ typedef struct {
  * p -= step_size m / (sqrt(v) inverse_root_correction2 + epsilon). */
 void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
                    made_adam_constants c);
+
+/* Stochastic binarization in place: pixel i becomes 1 when k_i * 255 < pixel_i * 2^24, k_i the top 24
+ * bits of the i-th output of the xoshiro256** generator whose four state words are `state` (advanced
+ * past the n outputs): RandomStream's next() >> 40, as `UInt64(unitFloat() * 0x1p24)` gives it. */
+void made_binarize_stochastic_u8(size_t n, unsigned char *restrict pixels, uint64_t *restrict state);
 
 /* Bernoulli negative log-likelihood of n binary targets x under logits z, and its gradient.
  *

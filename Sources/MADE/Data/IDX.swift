@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// A reader of the IDX image files of MNIST-like data sets (`*-images-idx3-ubyte`, optionally gzipped).
@@ -118,12 +119,12 @@ enum IDX {
         let (count, dimension) = (images.count, images.dimension)
         switch binarization {
         case .stochastic(let seed):
-            var random = RandomStream(seed: seed, domain: .binarization, index: streamIndex)
+            // Pixel i is 1 when k * 255 < level * 2^24, k = UInt64(unitFloat() * 0x1p24) = next() >> 40
+            // of the stream: one tight loop in C with the generator's state in registers.
+            let random = RandomStream(seed: seed, domain: .binarization, index: streamIndex)
+            var state = [random.state.0, random.state.1, random.state.2, random.state.3]
             pixels.withUnsafeMutableBufferPointer { p in
-                for i in 0..<p.count {
-                    let k = UInt64(random.unitFloat() * 0x1p24)
-                    p[i] = k &* 255 < UInt64(p[i]) << 24 ? 1 : 0
-                }
+                if let base = p.baseAddress { made_binarize_stochastic_u8(p.count, base, &state) }
             }
             return DataMatrix(binary: pixels, count: count, dimension: dimension)
         case .threshold(let threshold):
