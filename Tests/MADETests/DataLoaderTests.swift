@@ -366,6 +366,10 @@ struct DataLoaderTests {
         #expect(try DatasetLoader.loadSplit(path: path, split: "test", options: options) == data.test)
         #expect(try DatasetLoader.loadSplit(path: dir.path("t10k-images-idx3-ubyte"), split: nil, options: options) == data.test)
         #expect(binaryValues(try DatasetLoader.loadSplit(path: path, split: nil, options: options)) == train)
+        // A folder's split, read alone, is the split of the whole load.
+        for (split, matrix) in [("train", data.train), ("valid", data.valid), ("test", data.test)] {
+            #expect(try DatasetLoader.loadSplit(path: dir.url.path, split: split, options: options) == matrix)
+        }
     }
 
     @Test func idxFindsEMNISTStyleTestFile() throws {

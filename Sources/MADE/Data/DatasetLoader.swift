@@ -108,8 +108,9 @@ public enum DatasetLoader {
                                 path: path)
             }
             if kind == .npz { return try NPZ.readSplit(path: path, split: wanted) }
-            let dataset = try load(path: path, options: options)
-            return try pick(wanted, from: dataset, path: path)
+            // The data set file of the directory, read for this split alone (an IDX test split
+            // never decompresses or binarizes the training file): the same bits as `load` gives it.
+            return try loadSplit(path: findDataset(inDirectory: path), split: wanted, options: options)
         case .npy:
             let bytes = try readFile(path)
             return try bytes.withUnsafeBytes { try NPY.parse($0, path: path) }
@@ -243,12 +244,6 @@ public enum DatasetLoader {
     }
 
     // MARK: - Helpers
-
-    private static func pick(_ split: String, from dataset: Dataset, path: String) throws -> DataMatrix {
-        let matrix = split == "train" ? dataset.train : split == "valid" ? dataset.valid : dataset.test
-        guard let matrix else { throw MADEError(.invalidData, "the data set has no \(split) split", path: path) }
-        return matrix
-    }
 
     private static func checkFraction(_ fraction: Double, path: String) throws {
         guard fraction.isFinite, fraction >= 0, fraction < 1 else {
