@@ -63,23 +63,23 @@ public struct Evaluator<T: BLASScalar> {
         guard n > 0 else { return result }
         let chunk = min(chunkSize, n)
         let workspace = NetworkWorkspace<T>(configuration: configuration, capacity: chunk, kernel: kernel)
-        var start = 0
-        while start < n {
-            let end = min(n, start + chunk)
-            let rows = (start..<end).map { Int32($0) }
-            if kernel == .dense { workspace.loadRows(from: data, indices: rows) }
-            for (m, maskSet) in maskSets.enumerated() {
-                workspace.setMasks(maskSet)
-                workspace.prepare(parameters: parameters)
-                // The sparse kernel holds the rows in the order of the masks.
-                if kernel == .sparse { workspace.loadRows(from: data, indices: rows) }
+        // Mask by mask, so the parameters are masked (and, with the sparse kernel, gathered) once
+        // per mask; a row's values depend only on its chunk and its mask, not on this order.
+        for (m, maskSet) in maskSets.enumerated() {
+            workspace.setMasks(maskSet)
+            workspace.prepare(parameters: parameters)
+            var start = 0
+            while start < n {
+                let end = min(n, start + chunk)
+                let rows = (start..<end).map { Int32($0) }
+                workspace.loadRows(from: data, indices: rows)
                 workspace.forward()
                 result[m].withUnsafeMutableBufferPointer {
                     workspace.logLikelihoods(distribution, into: UnsafeMutableBufferPointer(rebasing: $0[start..<end]))
                 }
                 betweenPasses()
+                start = end
             }
-            start = end
         }
         return result
     }
