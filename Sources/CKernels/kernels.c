@@ -21,6 +21,45 @@ void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *
     }
 }
 
+/* made_adam_f32 on a rows x cols matrix in the sparse kernel's compute order, with the gradient
+ * masked on the way (+0 where i >= active[j]), then the updated weights copied, masked, into
+ * compute inside the bands (when compute is not NULL). */
+MADE_CLONES
+void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g, float *restrict m,
+                          float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
+                          float *restrict compute, made_adam_constants c) {
+    for (size_t i = 0; i < rows; i++) {
+        float *pr = p + i * cols, *mr = m + i * cols, *vr = v + i * cols;
+        const float *gr = g + i * cols;
+        for (size_t j = 0; j < cols; j++) {
+            float gj = (int)i < active[j] ? gr[j] : 0.0f;
+            float gi = c.scale * gj + c.decay * pr[j];
+            float mi = c.beta1 * mr[j] + c.one_minus_beta1 * gi;
+            float vi = c.beta2 * vr[j] + c.one_minus_beta2 * (gi * gi);
+            mr[j] = mi;
+            vr[j] = vi;
+            pr[j] = pr[j] - c.step_size * mi / (sqrtf(vi) * c.inverse_root_correction2 + c.epsilon);
+        }
+        if (!compute) continue;
+        float *d = compute + i * cols;
+        for (size_t b = 0; b < band_count; b++) {
+            const int *band = bands + 3 * b;
+            if ((int)i >= band[2]) continue;
+            for (int j = band[0]; j < band[1]; j++) d[j] = (int)i < active[j] ? pr[j] : 0.0f;
+        }
+    }
+}
+
+MADE_CLONES
+void made_permute_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
+                             const int *restrict col_from, float *restrict dst) {
+    for (size_t i = 0; i < rows; i++) {
+        const float *s = src + (size_t)row_from[i] * cols;
+        float *d = dst + i * cols;
+        for (size_t j = 0; j < cols; j++) d[j] = s[col_from[j]];
+    }
+}
+
 static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
 
 /* Cephes expf on x <= 0: range reduction by n = round(x log2 e), then a degree-6 polynomial. */

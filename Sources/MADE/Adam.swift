@@ -58,23 +58,12 @@ public struct AdamState: Sendable, Equatable {
                                 learningRate: Double, configuration c: AdamConfiguration, threads: Int = 1) {
         precondition(parameters.count == firstMoment.count && gradient.count == parameters.count,
                      "Adam: \(parameters.count) parameters, \(gradient.count) gradients, state for \(firstMoment.count)")
-        step += 1
-        let t = Double(step)
-        let b1 = Float(c.beta1), b2 = Float(c.beta2)
-        let oneMinusB1 = Float(1 - c.beta1), oneMinusB2 = Float(1 - c.beta2)
-        let decay = Float(c.weightDecay)
-        let stepSize = Float(learningRate / (1 - Foundation.pow(c.beta1, t)))
-        let inverseRootCorrection2 = Float(1 / (1 - Foundation.pow(c.beta2, t)).squareRoot())
-        let eps = Float(c.epsilon)
+        let constants = nextStep(scale: scale, learningRate: learningRate, configuration: c)
         let n = parameters.count
         parameters.withUnsafeMutableBufferPointer { p in
             gradient.withUnsafeBufferPointer { g in
                 firstMoment.withUnsafeMutableBufferPointer { m in
                     secondMoment.withUnsafeMutableBufferPointer { v in
-                        let constants = made_adam_constants(
-                            scale: scale, decay: decay, beta1: b1, one_minus_beta1: oneMinusB1,
-                            beta2: b2, one_minus_beta2: oneMinusB2, step_size: stepSize,
-                            inverse_root_correction2: inverseRootCorrection2, epsilon: eps)
                         let (pp, gp, mp, vp) = (p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!)
                         let pointers = UncheckedSendable((pp, gp, mp, vp))
                         forEachChunk(count: n, parts: threads) { r in
@@ -85,6 +74,20 @@ public struct AdamState: Sendable, Equatable {
                 }
             }
         }
+    }
+}
+
+extension AdamState {
+    /// Counts a step and returns the constants of its update (see the formula on ``AdamState``),
+    /// for kernels that apply it themselves.
+    mutating func nextStep(scale: Float, learningRate: Double, configuration c: AdamConfiguration) -> made_adam_constants {
+        step += 1
+        let t = Double(step)
+        return made_adam_constants(
+            scale: scale, decay: Float(c.weightDecay), beta1: Float(c.beta1), one_minus_beta1: Float(1 - c.beta1),
+            beta2: Float(c.beta2), one_minus_beta2: Float(1 - c.beta2),
+            step_size: Float(learningRate / (1 - Foundation.pow(c.beta1, t))),
+            inverse_root_correction2: Float(1 / (1 - Foundation.pow(c.beta2, t)).squareRoot()), epsilon: Float(c.epsilon))
     }
 }
 

@@ -68,21 +68,117 @@ public final class GradientEngine {
     /// ``NetworkWorkspace/backward(into:inputGradient:maskingGradient:)``): for callers that pack.
     ///
     /// - Precondition: one of the `begin` methods was called for this step.
+    ///
+    /// With `computeOrder` (sparse kernel) the gradient stays in the compute order of the step's
+    /// masks, for ``adamStep(state:gradient:scale:learningRate:configuration:nextMaskSeed:)``.
     public func gradient(data: DataMatrix, indices: UnsafeBufferPointer<Int32>, into gradient: UnsafeMutableBufferPointer<Float>,
-                         maskingGradient: Bool = true) -> Double {
+                         maskingGradient: Bool = true, computeOrder: Bool = false) -> Double {
         precondition(preparedMaskSeed != nil, "GradientEngine: begin a step first")
         workspace.loadRows(from: data, indices: indices)
         workspace.forward()
         let loss = workspace.lossAndGradient(distribution)
-        workspace.backward(into: gradient, maskingGradient: maskingGradient)
+        workspace.backward(into: gradient, maskingGradient: maskingGradient, computeOrder: computeOrder)
         return loss
     }
 
     /// ``gradient(data:indices:into:)`` for arrays.
-    public func gradient(data: DataMatrix, indices: ArraySlice<Int32>, into gradient: inout [Float], maskingGradient: Bool = true) -> Double {
+    public func gradient(data: DataMatrix, indices: ArraySlice<Int32>, into gradient: inout [Float], maskingGradient: Bool = true,
+                         computeOrder: Bool = false) -> Double {
         indices.withUnsafeBufferPointer { i in
-            gradient.withUnsafeMutableBufferPointer { g in self.gradient(data: data, indices: i, into: g, maskingGradient: maskingGradient) }
+            gradient.withUnsafeMutableBufferPointer { g in
+                self.gradient(data: data, indices: i, into: g, maskingGradient: maskingGradient, computeOrder: computeOrder)
+            }
         }
+    }
+
+    /// Parameters and Adam moments held in the compute order of one mask seed's masks (sparse
+    /// kernel), between a ``hold(_:maskSeed:)`` and a ``release(into:)``.
+    private struct Held {
+        var maskSeed: UInt64
+        var parameters: [Float]
+        var firstMoment: [Float]
+        var secondMoment: [Float]
+        /// Whether they moved on since they were taken or last given back.
+        var changed = false
+    }
+    private var held: Held?
+
+    /// The mask seed of the parameters held in compute order, if any.
+    public var heldMaskSeed: UInt64? { held?.maskSeed }
+
+    /// Whether the held parameters moved on since they were taken or given back.
+    public var heldChanged: Bool { held?.changed ?? false }
+
+    /// Takes `state`'s parameters and Adam moments into the compute order of `maskSeed`'s masks
+    /// (sparse kernel), and starts a step on them: until ``release(into:)`` the steps run
+    /// ``beginHeld()``, ``gradient(data:indices:into:maskingGradient:computeOrder:)`` in compute order and
+    /// ``adamStepHeld(gradient:scale:learningRate:configuration:adam:)``, and nothing changes order.
+    public func hold(_ state: TrainingState, maskSeed: UInt64) {
+        precondition(workspace.kernel == .sparse, "GradientEngine: only the sparse kernel holds parameters in compute order")
+        held = nil
+        begin(parameters: state.parameters, maskSeed: maskSeed)
+        let n = state.parameters.count
+        func permuted(_ values: [Float]) -> [Float] {
+            [Float](unsafeUninitializedCapacity: n) { out, count in
+                values.withUnsafeBufferPointer { workspace.permute($0.baseAddress!, into: out.baseAddress!, toCompute: true) }
+                count = n
+            }
+        }
+        held = Held(maskSeed: maskSeed, parameters: permuted(state.parameters), firstMoment: permuted(state.adam.firstMoment),
+                    secondMoment: permuted(state.adam.secondMoment))
+    }
+
+    /// Writes the held parameters and moments back into `state` in layout order (they stay held).
+    public func release(into state: inout TrainingState) {
+        guard var h = held else { return }
+        precondition(workspace.maskKey?.maskSeed == h.maskSeed, "GradientEngine: the masks changed under held parameters")
+        let workspace = self.workspace
+        func back(_ values: [Float], into out: inout [Float]) {
+            values.withUnsafeBufferPointer { v in
+                out.withUnsafeMutableBufferPointer { workspace.permute(v.baseAddress!, into: $0.baseAddress!, toCompute: false) }
+            }
+        }
+        back(h.parameters, into: &state.parameters)
+        back(h.firstMoment, into: &state.adam.firstMoment)
+        back(h.secondMoment, into: &state.adam.secondMoment)
+        h.changed = false
+        held = h
+    }
+
+    /// Forgets the held parameters (after ``release(into:)``, or when the caller's state took another way).
+    public func drop() { held = nil }
+
+    /// Starts a step on the held parameters: the last Adam step (or ``hold(_:maskSeed:)``) left them
+    /// masked in the workspace.
+    public func beginHeld() {
+        guard let h = held else { preconditionFailure("GradientEngine: no parameters held") }
+        workspace.setMasks(maskSet(h.maskSeed))
+        workspace.prepareHeld()
+        preparedMaskSeed = h.maskSeed
+    }
+
+    /// Applies Adam to the held parameters with `scale * gradient`, the gradient in compute order
+    /// (see ``gradient(data:indices:into:maskingGradient:computeOrder:)``, summed over shards
+    /// elementwise), and counts the step in `adam`: the same bits as ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``
+    /// on the parameters and gradient in layout order.
+    public func adamStepHeld(gradient: [Float], scale: Float, learningRate: Double, configuration: AdamConfiguration, adam: inout AdamState) {
+        guard var h = held else { preconditionFailure("GradientEngine: no parameters held") }
+        precondition(gradient.count == h.parameters.count, "adamStep: \(gradient.count) gradients for \(h.parameters.count) parameters")
+        held = nil  // unique references while updating
+        let constants = adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
+        let workspace = self.workspace
+        h.parameters.withUnsafeMutableBufferPointer { p in
+            gradient.withUnsafeBufferPointer { g in
+                h.firstMoment.withUnsafeMutableBufferPointer { m in
+                    h.secondMoment.withUnsafeMutableBufferPointer { v in
+                        workspace.adamStep(parameters: p.baseAddress!, gradient: g.baseAddress!, firstMoment: m.baseAddress!,
+                                           secondMoment: v.baseAddress!, constants: constants)
+                    }
+                }
+            }
+        }
+        h.changed = true
+        held = h
     }
 }
 

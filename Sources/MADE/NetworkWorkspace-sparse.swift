@@ -213,7 +213,7 @@ extension NetworkWorkspace {
 
     // MARK: Backward
 
-    func sparseBackward(into g: UnsafeMutablePointer<T>, inputGradient: UnsafeMutablePointer<T>?) {
+    func sparseBackward(into g: UnsafeMutablePointer<T>, inputGradient: UnsafeMutablePointer<T>?, layoutOrder: Bool) {
         let n = rows
         let blocks = self.blocks!
         let layers = layout.layers
@@ -247,10 +247,14 @@ extension NetworkWorkspace {
             } else {
                 bandWeightGradient(b, UnsafePointer(below), delta: delta, into: g + m.offset)
             }
-            unpermuteStaircase(b, g + m.offset)
-            columnSums(delta, rows: n, columns: m.columns, into: sums)
-            b.columnOrder.withUnsafeBufferPointer { order in
-                for j in 0..<m.columns { g[m.biasOffset! + Int(order[j])] = sums[j] }
+            if layoutOrder {
+                unpermuteStaircase(b, g + m.offset)
+                columnSums(delta, rows: n, columns: m.columns, into: sums)
+                b.columnOrder.withUnsafeBufferPointer { order in
+                    for j in 0..<m.columns { g[m.biasOffset! + Int(order[j])] = sums[j] }
+                }
+            } else {
+                columnSums(delta, rows: n, columns: m.columns, into: g + m.biasOffset!)
             }
             if l > 0 {
                 let next = deltas[pingPong].baseAddress!
@@ -270,7 +274,7 @@ extension NetworkWorkspace {
             } else {
                 bandWeightGradient(b, UnsafePointer(input.baseAddress!), delta: out, into: g + d.offset)
             }
-            unpermuteStaircase(b, g + d.offset)
+            if layoutOrder { unpermuteStaircase(b, g + d.offset) }
             if let scratch {
                 bandInputGradient(b, delta: out, parameters + d.offset, into: scratch, accumulate: true)
             }
@@ -362,5 +366,58 @@ extension NetworkWorkspace {
                 }
             }
         }
+    }
+}
+
+extension NetworkWorkspace where T == Float {
+    /// Permutes a parameter vector between layout order and the compute order of the masks set,
+    /// every weight and bias, masked-out ones included (nothing is masked).
+    ///
+    /// In compute order each matrix holds at its layout offset its rows and columns in compute
+    /// order (the masks' non-zeros of column `j` are rows `0..<activeRows[j]`), and each bias
+    /// its columns in compute order.
+    func permute(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<Float>, toCompute: Bool) {
+        let blocks = self.blocks!
+        for (k, matrix) in matrices.enumerated() {
+            let b = blocks.matrices[k]
+            let (rows, columns) = toCompute ? (b.rowOrder, b.columnOrder) : (b.rowPosition, b.columnPosition)
+            made_permute_matrix_f32(b.rows, b.columns, source + matrix.offset, rows, columns, destination + matrix.offset)
+            if let bias = matrix.biasOffset {
+                for j in 0..<matrix.columns { destination[bias + j] = source[bias + Int(columns[j])] }
+            }
+        }
+    }
+
+    /// One Adam step (see ``AdamState``) on parameters and moments held in the compute order of the
+    /// masks set (see ``permute(_:into:toCompute:)``), with the summed gradient in compute order as
+    /// ``backward(into:inputGradient:maskingGradient:computeOrder:)`` leaves it, masked here on the
+    /// way: each element gets the operations of ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``,
+    /// so the same bits, and no pass changes order. The updated parameters are copied, masked, into
+    /// the workspace for the next step under the same masks (see ``prepareHeld()``).
+    func adamStep(parameters p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>, firstMoment m: UnsafeMutablePointer<Float>,
+                  secondMoment v: UnsafeMutablePointer<Float>, constants: made_adam_constants) {
+        precondition(kernel == .sparse, "adamStep: the sparse kernel's compute order")
+        let blocks = self.blocks!
+        let out = compute.baseAddress!
+        for (k, matrix) in matrices.enumerated() {
+            let b = blocks.matrices[k]
+            let o = matrix.offset
+            b.activeRows.withUnsafeBufferPointer { active in
+                b.bandTable.withUnsafeBufferPointer { bands in
+                    made_adam_masked_f32(b.rows, b.columns, p + o, g + o, m + o, v + o, active.baseAddress!, bands.baseAddress!,
+                                         b.bands.count, out + o, constants)
+                }
+            }
+            if let bias = matrix.biasOffset {
+                made_adam_f32(matrix.columns, p + bias, g + bias, m + bias, v + bias, constants)
+                (out + bias).update(from: p + bias, count: matrix.columns)
+            }
+        }
+        parameters = UnsafePointer(out)
+    }
+
+    /// Starts a step on the parameters the last ``adamStep(parameters:gradient:firstMoment:secondMoment:constants:)`` copied.
+    func prepareHeld() {
+        parameters = UnsafePointer(compute.baseAddress!)
     }
 }

@@ -313,8 +313,12 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// With `maskingGradient` false the masked-out weights' entries are left as the products
     /// give them: for a caller that reads only the active entries (``MaskPacking/pack(_:)``),
     /// this saves a pass over the weights.
+    ///
+    /// With `computeOrder` true (sparse kernel only) the gradient is left in the compute order of
+    /// the masks, unmasked, for ``adamStep(parameters:gradient:adam:constants:prepare:)``.
     public func backward(into gradient: UnsafeMutableBufferPointer<T>, inputGradient: UnsafeMutableBufferPointer<T>? = nil,
-                         maskingGradient: Bool = true) {
+                         maskingGradient: Bool = true, computeOrder: Bool = false) {
+        precondition(!computeOrder || kernel == .sparse, "backward: compute order needs the sparse kernel")
         precondition(gradient.count == layout.count, "backward: gradient of \(gradient.count) for a layout of \(layout.count)")
         let n = rows
         let g = gradient.baseAddress!
@@ -327,7 +331,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
         if let ig = inputGradient {
             precondition(ig.count >= n * configuration.inputCount, "backward: input gradient buffer too small")
         }
-        if kernel == .sparse { return sparseBackward(into: g, inputGradient: inputGradient?.baseAddress) }
+        if kernel == .sparse { return sparseBackward(into: g, inputGradient: inputGradient?.baseAddress, layoutOrder: !computeOrder) }
         var delta = UnsafeMutablePointer(outputGradient.baseAddress!)
         var pingPong = 0
         for l in stride(from: layers.count - 1, through: 0, by: -1) {

@@ -44,7 +44,17 @@ public struct StepPlan: Sendable {
 public final class Trainer {
     public let configuration: TrainingConfiguration
     public let dataset: Dataset
-    public private(set) var state: TrainingState
+    /// Where the run is. With the sparse kernel, ``run(until:)`` keeps the parameters and Adam's
+    /// moments in the compute order of the masks between mask changes (see
+    /// ``GradientEngine/hold(_:maskSeed:)``); reading `state` brings them back first.
+    public var state: TrainingState {
+        syncHeld()
+        return current
+    }
+    /// The steps taken so far (``TrainingState/step``), without bringing back held parameters.
+    public var step: Int { current.step }
+    /// The state, whose parameters and moments lag behind the engine's while it holds them changed.
+    private var current: TrainingState
     public let dataFingerprint: String
     /// Where checkpoints go; nil writes none.
     public var checkpointPath: String?
@@ -70,6 +80,8 @@ public final class Trainer {
     private let engine: GradientEngine
     private var shardGradients: [[Float]]
     private var shardLosses: [Double]
+    /// Whether the gradient ``localGradient(_:)`` returned last is in the compute order of held parameters.
+    private var gradientIsHeld = false
     private var permutationEpoch = -1
     private var permutation: [Int32] = []
 
@@ -108,7 +120,7 @@ public final class Trainer {
         }
         self.configuration = configuration
         self.dataset = dataset
-        self.state = state
+        self.current = state
         self.train = train
         self.logger = logger
         self.dataFingerprint = DataFingerprint.of(dataset)
@@ -132,7 +144,7 @@ public final class Trainer {
     public var stepsPerEpoch: Int { order.stepsPerEpoch }
 
     /// Whether the run has nothing left to do.
-    public var isDone: Bool { state.stoppedEarly || state.completedEpochs >= configuration.epochs }
+    public var isDone: Bool { current.stoppedEarly || current.completedEpochs >= configuration.epochs }
 
     /// Runs steps and epochs until the run is done or `shouldStop` returns true (checked between steps),
     /// computing every shard in this process.
@@ -151,7 +163,7 @@ public final class Trainer {
         var epochStart = ContinuousClock.now
         var epochSeconds = 0.0
         while !isDone {
-            let stepInEpoch = state.step - state.completedEpochs * stepsPerEpoch
+            let stepInEpoch = current.step - current.completedEpochs * stepsPerEpoch
             if stepInEpoch >= stepsPerEpoch {
                 epochSeconds += (ContinuousClock.now - epochStart).seconds
                 try finishEpoch(seconds: epochSeconds)
@@ -166,77 +178,112 @@ public final class Trainer {
             let plan = plan(stepInEpoch: stepInEpoch)
             let (gradient, loss) = try compute(plan)
             guard loss.isFinite else {
-                throw MADEError(.diverged, "training diverged at step \(state.step) (epoch \(plan.epoch + 1)): the loss is not finite; a smaller --lr may help")
+                throw MADEError(.diverged, "training diverged at step \(current.step) (epoch \(plan.epoch + 1)): the loss is not finite; a smaller --lr may help")
             }
             apply(plan, gradient: gradient, lossSum: loss)
-            if checkpointEvery > 0, state.step % checkpointEvery == 0 {
+            if checkpointEvery > 0, current.step % checkpointEvery == 0 {
                 try saveCheckpoint()
             }
         }
-        return state.stoppedEarly ? .stoppedEarly : .finished
+        return current.stoppedEarly ? .stoppedEarly : .finished
     }
 
     /// The work of the next step: its mask seed and the rows of each shard.
     func plan(stepInEpoch: Int) -> StepPlan {
-        let epoch = state.completedEpochs
+        let epoch = current.completedEpochs
         if permutationEpoch != epoch {
             permutation = order.permutation(epoch: epoch)
             permutationEpoch = epoch
         }
         let shards = (0..<configuration.shards).map { order.rows(permutation, stepInEpoch: stepInEpoch, shard: $0) }
-        return StepPlan(step: state.step, epoch: epoch, maskSeed: configuration.maskSchedule.maskSeed(step: state.step), shards: shards)
+        return StepPlan(step: current.step, epoch: epoch, maskSeed: configuration.maskSchedule.maskSeed(step: current.step), shards: shards)
     }
 
     /// Computes every shard here and sums them in tree order.
+    ///
+    /// With the sparse kernel, while the masks stay for a few steps, the parameters and moments
+    /// stay in their compute order (``GradientEngine/hold(_:maskSeed:)``), the gradients too, and
+    /// ``apply(_:gradient:lossSum:)`` updates them there: no pass per step changes their order.
     func localGradient(_ plan: StepPlan) -> (gradient: [Float], lossSum: Double) {
-        engine.begin(parameters: state.parameters, maskSeed: plan.maskSeed)
-        for (s, rows) in plan.shards.enumerated() {
-            shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s])
+        let holding = configuration.kernel == .sparse && masksStay(from: plan.step)
+        if engine.heldMaskSeed != nil && (!holding || engine.heldMaskSeed != plan.maskSeed) {
+            syncHeld()
+            engine.drop()
         }
+        if holding {
+            if engine.heldMaskSeed == nil { engine.hold(current, maskSeed: plan.maskSeed) } else { engine.beginHeld() }
+        } else {
+            engine.begin(parameters: current.parameters, maskSeed: plan.maskSeed)
+        }
+        for (s, rows) in plan.shards.enumerated() {
+            shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s], computeOrder: holding)
+        }
+        gradientIsHeld = holding
         GradientReducer.reduce(&shardGradients)
         return (shardGradients[0], GradientReducer.reduce(shardLosses))
     }
 
     /// Applies Adam with the step's summed gradient (scaled by `1/B`) and moves to the next step.
     func apply(_ plan: StepPlan, gradient: [Float], lossSum: Double) {
-        precondition(plan.step == state.step, "apply: plan for step \(plan.step) at step \(state.step)")
+        precondition(plan.step == current.step, "apply: plan for step \(plan.step) at step \(current.step)")
         let lr = configuration.schedule.learningRate(epoch: plan.epoch)
-        state.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),
-                        learningRate: lr, configuration: configuration.adam, threads: optimizerThreads)
-        state.epochLossSum += lossSum
-        state.epochExamples += configuration.batchSize
-        state.step += 1
-        onEvent(.step(step: state.step, epoch: plan.epoch, loss: lossSum / Double(configuration.batchSize), learningRate: lr))
+        if gradientIsHeld {
+            engine.adamStepHeld(gradient: gradient, scale: 1 / Float(configuration.batchSize), learningRate: lr,
+                                configuration: configuration.adam, adam: &current.adam)
+        } else {
+            syncHeld()
+            engine.drop()
+            current.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),
+                              learningRate: lr, configuration: configuration.adam, threads: optimizerThreads)
+        }
+        gradientIsHeld = false
+        current.epochLossSum += lossSum
+        current.epochExamples += configuration.batchSize
+        current.step += 1
+        onEvent(.step(step: current.step, epoch: plan.epoch, loss: lossSum / Double(configuration.batchSize), learningRate: lr))
+    }
+
+    /// Whether the masks of step `step` stay long enough (four steps or more, this one included)
+    /// to be worth taking the parameters into their compute order and back.
+    private func masksStay(from step: Int) -> Bool {
+        let schedule = configuration.maskSchedule
+        return schedule.maskCount == 1 || schedule.resampleEvery - step % schedule.resampleEvery >= 4
+    }
+
+    /// Brings the parameters and moments the engine holds, when they moved on, back into ``current``.
+    private func syncHeld() {
+        if engine.heldChanged { engine.release(into: &current) }
     }
 
     /// Validates, updates early stopping, records the epoch and checkpoints.
     func finishEpoch(seconds: Double) throws {
-        let epoch = state.completedEpochs
+        syncHeld()
+        let epoch = current.completedEpochs
         var validNLL: Double?
         if let valid = dataset.valid, valid.count > 0 {
-            validNLL = try validationScorer?(state.parameters) ?? evaluate(valid, parameters: state.parameters)
+            validNLL = try validationScorer?(current.parameters) ?? evaluate(valid, parameters: current.parameters)
             if let v = validNLL, !v.isFinite {
                 throw MADEError(.diverged, "training diverged by the end of epoch \(epoch + 1): the validation NLL is not finite; a smaller --lr may help")
             }
         }
         var improved = false
-        if let v = validNLL, state.bestValidNLL.map({ v < $0 }) ?? true {
+        if let v = validNLL, current.bestValidNLL.map({ v < $0 }) ?? true {
             improved = true
-            state.bestValidNLL = v
-            state.bestEpoch = epoch
-            if configuration.patience > 0 { state.bestParameters = state.parameters }
-            state.epochsWithoutImprovement = 0
+            current.bestValidNLL = v
+            current.bestEpoch = epoch
+            if configuration.patience > 0 { current.bestParameters = current.parameters }
+            current.epochsWithoutImprovement = 0
         } else if validNLL != nil {
-            state.epochsWithoutImprovement += 1
+            current.epochsWithoutImprovement += 1
         }
-        let record = EpochRecord(epoch: epoch, trainNLL: state.epochLossSum / Double(max(1, state.epochExamples)),
+        let record = EpochRecord(epoch: epoch, trainNLL: current.epochLossSum / Double(max(1, current.epochExamples)),
                                  validNLL: validNLL, learningRate: configuration.schedule.learningRate(epoch: epoch), seconds: seconds)
-        state.history.append(record)
-        state.completedEpochs += 1
-        state.epochLossSum = 0
-        state.epochExamples = 0
-        if configuration.patience > 0, state.epochsWithoutImprovement >= configuration.patience {
-            state.stoppedEarly = true
+        current.history.append(record)
+        current.completedEpochs += 1
+        current.epochLossSum = 0
+        current.epochExamples = 0
+        if configuration.patience > 0, current.epochsWithoutImprovement >= configuration.patience {
+            current.stoppedEarly = true
         }
         onEvent(.epoch(record, improved: improved))
         try saveCheckpoint()
@@ -251,7 +298,7 @@ public final class Trainer {
                                  mode: configuration.ensembleMode)
     }
 
-    /// The checkpoint of the current state.
+    /// The checkpoint of the current current.
     public var checkpoint: Checkpoint {
         Checkpoint(configuration: configuration, state: state, dataFingerprint: dataFingerprint, dataSource: dataSource, runID: runID)
     }
@@ -260,7 +307,7 @@ public final class Trainer {
     public func saveCheckpoint() throws {
         guard let path = checkpointPath else { return }
         try checkpoint.write(to: path)
-        onEvent(.checkpoint(path: path, step: state.step))
+        onEvent(.checkpoint(path: path, step: current.step))
     }
 }
 

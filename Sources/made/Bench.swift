@@ -132,7 +132,7 @@ struct Bench: ParsableCommand {
             for k in kernels {
                 let trainer = try Trainer(configuration: configuration(k), dataset: dataset)
                 if let sparseInputLimit { trainer.sparseInputLimit = sparseInputLimit }
-                _ = try trainer.run(until: { trainer.state.step >= warmup })
+                _ = try trainer.run(until: { trainer.step >= warmup })
                 trainers.append(trainer)
             }
             var seconds = [Double](repeating: 0, count: kernels.count)
@@ -140,9 +140,9 @@ struct Bench: ParsableCommand {
             for round in 0..<roundCount {
                 let share = steps * (round + 1) / roundCount - steps * round / roundCount
                 for (i, trainer) in trainers.enumerated() {
-                    let target = trainer.state.step + share
+                    let target = trainer.step + share
                     let start = ContinuousClock.now
-                    _ = try trainer.run(until: { trainer.state.step >= target })
+                    _ = try trainer.run(until: { trainer.step >= target })
                     seconds[i] += (ContinuousClock.now - start).seconds
                     done[i] += share
                 }

@@ -72,7 +72,7 @@ struct TrainingJob {
 
         SignalFlag.install()
         let stopAfter = training.stopAfterSteps
-        let shouldStop = { SignalFlag.isSet || (stopAfter.map { trainer.state.step >= $0 } ?? false) }
+        let shouldStop = { SignalFlag.isSet || (stopAfter.map { trainer.step >= $0 } ?? false) }
 
         var outcome: TrainingOutcome
         var coordinator: ClusterCoordinator?

@@ -19,6 +19,18 @@ typedef struct {
 void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
                    made_adam_constants c);
 
+/* made_adam_f32 on a rows x cols weight matrix in the sparse kernel's compute order, its gradient g
+ * masked on the way (+0 where i >= active[j], as the gradient in layout order holds it); then, when
+ * compute is not NULL, the updated weights copied into compute masked, inside the bands (band k is
+ * bands[3k] <= j < bands[3k + 1] for i < bands[3k + 2]): what gathering them would write. */
+void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g, float *restrict m,
+                          float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
+                          float *restrict compute, made_adam_constants c);
+
+/* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]]: a matrix's rows and columns permuted. */
+void made_permute_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
+                             const int *restrict col_from, float *restrict dst);
+
 /* Stochastic binarization in place: pixel i becomes 1 when k_i * 255 < pixel_i * 2^24, k_i the top 24
  * bits of the i-th output of the xoshiro256** generator whose four state words are `state` (advanced
  * past the n outputs): RandomStream's next() >> 40, as `UInt64(unitFloat() * 0x1p24)` gives it. */
