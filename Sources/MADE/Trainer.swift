@@ -176,6 +176,7 @@ public final class Trainer {
                 return .interrupted
             }
             let plan = plan(stepInEpoch: stepInEpoch)
+            gradientIsHeld = false  // only localGradient(_:) returns a gradient in compute order
             let (gradient, loss) = try compute(plan)
             guard loss.isFinite else {
                 throw MADEError(.diverged, "training diverged at step \(current.step) (epoch \(plan.epoch + 1)): the loss is not finite; a smaller --lr may help")
