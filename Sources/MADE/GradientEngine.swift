@@ -10,7 +10,8 @@ public final class GradientEngine {
     public let distribution: OutputDistribution
     public let runSeed: UInt64
     public let workspace: NetworkWorkspace<Float>
-    private var maskCache: [UInt64: MaskSet] = [:]
+    /// The masks (and packings) of the seeds seen so far.
+    public let masks: MaskPacking.Cache
     private var preparedMaskSeed: UInt64?
 
     /// - Parameter capacity: the largest number of examples passed to one ``gradient(data:indices:into:)``.
@@ -21,16 +22,11 @@ public final class GradientEngine {
         self.distribution = distribution
         self.runSeed = runSeed
         self.workspace = NetworkWorkspace(configuration: configuration, capacity: capacity, kernel: kernel)
+        self.masks = MaskPacking.Cache(configuration: configuration, runSeed: runSeed)
     }
 
     /// The masks of `maskSeed`, built once and kept (at most `configuration.maskCount` seeds are used in training).
-    public func maskSet(_ maskSeed: UInt64) -> MaskSet {
-        if let m = maskCache[maskSeed] { return m }
-        if maskCache.count >= 64 { maskCache.removeAll() }
-        let m = MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: maskSeed)
-        maskCache[maskSeed] = m
-        return m
-    }
+    public func maskSet(_ maskSeed: UInt64) -> MaskSet { masks.maskSet(maskSeed) }
 
     /// Starts a step: sets the masks of `maskSeed` and masks the parameters once for every shard that follows.
     public func begin(parameters: UnsafeBufferPointer<Float>, maskSeed: UInt64) {

@@ -111,3 +111,46 @@ public struct MaskPacking: Sendable {
         packed.withUnsafeBufferPointer { unpack($0, into: &dense, zeroing: zeroing, threads: threads) }
     }
 }
+
+extension MaskPacking {
+    /// The masks and packings of a model's mask seeds, built on first use and kept: the one
+    /// cache of them, for the trainer's engine, the coordinator and the workers.
+    ///
+    /// Training cycles through `maskCount` seeds, evaluation and sampling through a few more;
+    /// past ``capacity`` seeds the cache starts over, so a long list of seeds cannot grow it
+    /// without bound. Not thread-safe: each owner keeps its own.
+    public final class Cache {
+        /// Most seeds held at once.
+        public static let capacity = 64
+
+        public let configuration: ModelConfiguration
+        public let runSeed: UInt64
+        public let layout: ParameterLayout
+        private var maskSets: [UInt64: MaskSet] = [:]
+        private var packings: [UInt64: MaskPacking] = [:]
+
+        public init(configuration: ModelConfiguration, runSeed: UInt64) {
+            self.configuration = configuration
+            self.runSeed = runSeed
+            self.layout = ParameterLayout(configuration)
+        }
+
+        /// The masks of `maskSeed`.
+        public func maskSet(_ maskSeed: UInt64) -> MaskSet {
+            if let m = maskSets[maskSeed] { return m }
+            if maskSets.count >= Self.capacity { maskSets.removeAll() }
+            let m = MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: maskSeed)
+            maskSets[maskSeed] = m
+            return m
+        }
+
+        /// The packing of `maskSeed`'s masks.
+        public func packing(_ maskSeed: UInt64) -> MaskPacking {
+            if let p = packings[maskSeed] { return p }
+            if packings.count >= Self.capacity { packings.removeAll() }
+            let p = MaskPacking(maskSet: maskSet(maskSeed), layout: layout)
+            packings[maskSeed] = p
+            return p
+        }
+    }
+}

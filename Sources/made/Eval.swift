@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MADE
+import MADECluster
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -72,7 +73,7 @@ struct Eval: ParsableCommand {
             try check(matrix, path: path, configuration: c)
             ll = try JobCluster.run(checkpoint: saved, dataFingerprint: DataFingerprint.bytes(of: dataset), cluster: cluster,
                                     workerArguments: workerArguments, verbose: runtime.verbose) { coordinator in
-                try coordinator.logLikelihoods(split: UInt8(splitIndex), rowCount: matrix.count, masks: k, mode: mode,
+                try coordinator.logLikelihoods(split: DataSplit(rawValue: UInt8(splitIndex))!, rowCount: matrix.count, masks: k, mode: mode,
                                                parameters: saved.modelParameters)
             }
         } else {

@@ -56,7 +56,7 @@ struct Sample: ParsableCommand {
             // Workers need no data to sample; each draws whole batches from their own streams.
             values = try JobCluster.run(checkpoint: saved, dataFingerprint: nil, cluster: cluster, workerArguments: ["--no-data"], verbose: runtime.verbose) { coordinator in
                 try coordinator.drawSamples(count: count, dimension: d, batchSize: sampler.batchSize, masks: masks, seed: seed,
-                                            method: UInt8(Sampler<Float>.Method.allCases.firstIndex(of: method)!), parameters: saved.modelParameters)
+                                            method: method, parameters: saved.modelParameters)
             }
         } else {
             values = sampler.sample(parameters: saved.modelParameters, count: count, masks: masks, seed: seed, method: method, means: mean)

@@ -80,9 +80,9 @@ struct TrainingJob {
         let k = configuration.evaluationMasks
         let mode = configuration.ensembleMode
         /// The final validation and test NLL of the parameters the run stands by.
-        func finalScores(_ score: (_ split: UInt8, _ data: DataMatrix) throws -> Double) throws -> [(String, Double)] {
-            try [("valid", 1, dataset.valid), ("test", 2, dataset.test)].compactMap { name, split, data in
-                try data.map { (name, try score(UInt8(split), $0)) }
+        func finalScores(_ score: (_ split: DataSplit, _ data: DataMatrix) throws -> Double) throws -> [(String, Double)] {
+            try [("valid", DataSplit.valid), ("test", .test)].compactMap { name, split in
+                try split.rows(of: dataset).map { (name, try score(split, $0)) }
             }
         }
         var scores: [(String, Double)] = []
@@ -103,10 +103,10 @@ struct TrainingJob {
             trainer.keepAlive = { c.keepAlive() }
             report.cluster = { (c.workerCount, c.lastStepTimings) }
             // Validation goes to the workers too, chunk by chunk, with the same bits as here.
-            func clusterScore(_ split: UInt8, _ data: DataMatrix, _ parameters: [Float]) throws -> Double {
+            func clusterScore(_ split: DataSplit, _ data: DataMatrix, _ parameters: [Float]) throws -> Double {
                 Evaluator<Float>.meanNLL(try c.logLikelihoods(split: split, rowCount: data.count, masks: k, mode: mode, parameters: parameters))
             }
-            if let valid = dataset.valid { trainer.validationScorer = { try clusterScore(1, valid, $0) } }
+            if let valid = dataset.valid { trainer.validationScorer = { try clusterScore(.valid, valid, $0) } }
             coordinator = c
             // Workers started by hand need the endpoint (port 0 picks one; -v logs it anyway); local ones are told it.
             if cluster.workers == 0, !runtime.verbose { logger.notice("coordinator listening", metadata: ["endpoint": "\(c.endpoint)"]) }

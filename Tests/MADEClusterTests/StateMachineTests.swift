@@ -21,7 +21,7 @@ struct CoordinatorStateMachineTests {
         .hello(.init(dataFingerprint: fingerprint, processID: 1, name: name))
     }
 
-    func plan(step: UInt64, shards: Int = 4) -> CoordinatorStateMachine.StepPlan {
+    func plan(step: UInt64, shards: Int = 4) -> CoordinatorStateMachine.WorkPlan {
         .init(step: step, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2,
               shards: (0..<shards).map { [Int32($0 * 10), Int32($0 * 10 + 1)] })
     }
@@ -33,7 +33,7 @@ struct CoordinatorStateMachineTests {
     }
 
     func assignments(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Bool)] {
-        actions.compactMap { if case .assign(let p, let t, let withParameters) = $0 { (p, t.shard, withParameters) } else { nil } }
+        actions.compactMap { if case .assign(let p, let t, let route) = $0 { (p, t.shard, route != nil) } else { nil } }
     }
 
     @Test("workers are welcomed, pull shards in order and get parameters once per step")
@@ -202,21 +202,21 @@ struct CoordinatorStateMachineTests {
             return nil
         }
         let local = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here"))
-        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 0)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
+        #expect(grant(m.receiveReserving(from: a, runID: 0, message: local, now: 0)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
         #expect(m.sharedSlot(of: a) == 1)
         let remote = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "b", hostID: "elsewhere"))
-        #expect(grant(m.receive(from: b, runID: 0, message: remote, now: 0)) == .some(nil))
+        #expect(grant(m.receiveReserving(from: b, runID: 0, message: remote, now: 0)) == .some(nil))
         // The same process saying hello again keeps its slot.
-        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 1)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
+        #expect(grant(m.receiveReserving(from: a, runID: 0, message: local, now: 1)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
         #expect(m.counters.workersJoined == 2)
         // A new process gets the next slot; then slots run out and later workers go without.
-        #expect(grant(m.receive(from: c, runID: 0, message: local, now: 2)) == .some(.init(path: "/dev/shm/run", slot: 2, slotFloats: 10)))
+        #expect(grant(m.receiveReserving(from: c, runID: 0, message: local, now: 2)) == .some(.init(path: "/dev/shm/run", slot: 2, slotFloats: 10)))
         let d: [UInt8] = Array("worker-d".utf8)
-        #expect(grant(m.receive(from: d, runID: 0, message: local, now: 2)) == .some(nil))
+        #expect(grant(m.receiveReserving(from: d, runID: 0, message: local, now: 2)) == .some(nil))
         // A lost worker's slot is not handed out again.
         _ = m.tick(now: 1_000_000)
         #expect(m.workerCount == 0)
-        #expect(grant(m.receive(from: a, runID: 0, message: local, now: 1_000_001)) == .some(nil))
+        #expect(grant(m.receiveReserving(from: a, runID: 0, message: local, now: 1_000_001)) == .some(nil))
         // A gradient said to be in shared memory is not accepted as such.
         _ = m.begin(plan(step: 0, shards: 1), now: 3)
         for peer in [a, b, c] {
@@ -236,8 +236,8 @@ struct CoordinatorStateMachineTests {
         settings.hostID = "here"
         settings.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
         var m = CoordinatorStateMachine(settings: settings)
-        _ = m.receive(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
-        let p = CoordinatorStateMachine.StepPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10, shards: [[0]])
+        _ = m.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
+        let p = CoordinatorStateMachine.WorkPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10, shards: [[0]])
         _ = m.begin(p, now: 1)
         let firstTicket = try #require(m.lastTicket(of: a))
         // The task times out and, a being the only worker, goes back to a under a new ticket.
@@ -264,7 +264,7 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
         // An answer with a ticket never handed out for that shard does not.
         var other = CoordinatorStateMachine(settings: settings)
-        _ = other.receive(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
+        _ = other.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
         _ = other.begin(plan(step: 0, shards: 2), now: 1)
         let held = try #require(other.lastTicket(of: a))
         _ = other.receive(from: a, runID: 77, message: result(step: 0, shard: 1, ticket: held), now: 2)
@@ -327,8 +327,8 @@ struct CoordinatorStateMachineTests {
         #expect(assignments(m.malformed(from: b, error: .badMagic, now: 4)).map { $0.0 == a && $0.1 == 1 } == [true])
         #expect(m.failure == nil)
         _ = m.malformed(from: a, error: .badMagic, now: 5)
-        #expect(m.failure?.contains("shard 1 of step 0 failed 3 times") == true)
-        #expect(m.failure?.contains("malformed frame") == true)
+        #expect(m.failure?.message.contains("shard 1 of step 0 failed 3 times") == true)
+        #expect(m.failure?.message.contains("malformed frame") == true)
         // A malformed frame from a worker with no task only counts.
         var idle = machine()
         _ = idle.receive(from: a, runID: 0, message: hello("a"), now: 0)
@@ -345,11 +345,11 @@ struct CoordinatorStateMachineTests {
         func hello(_ name: String, host: String) -> WireMessage {
             .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: name, hostID: host))
         }
-        _ = m.receive(from: a, runID: 0, message: hello("a", host: "here"), now: 0)
-        _ = m.receive(from: b, runID: 0, message: hello("b", host: "elsewhere"), now: 0)
-        _ = m.receive(from: c, runID: 0, message: hello("c", host: "here"), now: 0)
+        _ = m.receiveReserving(from: a, runID: 0, message: hello("a", host: "here"), now: 0)
+        _ = m.receiveReserving(from: b, runID: 0, message: hello("b", host: "elsewhere"), now: 0)
+        _ = m.receiveReserving(from: c, runID: 0, message: hello("c", host: "here"), now: 0)
         #expect(m.sharedSlot(of: a) == 1 && m.sharedSlot(of: b) == nil && m.sharedSlot(of: c) == 2)
-        let plan = CoordinatorStateMachine.StepPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10,
+        let plan = CoordinatorStateMachine.WorkPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10,
                                                     shards: [[0], [1], [2]])
         #expect(assignments(m.begin(plan, now: 1)).map(\.1) == [0, 1, 2])
         func shared(_ shard: UInt32, slot: UInt32, count: UInt32, ticket: UInt64?) -> WireMessage {
@@ -397,7 +397,7 @@ struct CoordinatorStateMachineTests {
         #expect(m.failure == nil)
         _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 2)
         _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 3)
-        #expect(m.failure?.contains("out of memory") == true)
+        #expect(m.failure?.message.contains("out of memory") == true)
         #expect(m.counters.failedTasks == 3)
     }
 
@@ -412,6 +412,16 @@ struct CoordinatorStateMachineTests {
         let bye = m.shutdownAll(exitCode: 0, reason: "done")
         #expect(bye.count == 2)
         #expect(m.workerCount == 0)
+    }
+}
+
+extension CoordinatorStateMachine {
+    /// `receive`, then every shared-memory slot reservation it asks for reported done, as the
+    /// loop does when the slot's memory is there.
+    mutating func receiveReserving(from peer: Peer, runID: UInt64, message: WireMessage, now: UInt64) -> [Action] {
+        var actions = receive(from: peer, runID: runID, message: message, now: now)
+        for case .reserveSharedSlot(let p, _) in actions { actions += sharedSlotReserved(by: p, true, now: now) }
+        return actions
     }
 }
 

@@ -1,12 +1,19 @@
-import Foundation
+import DequeModule
 import MADE
+import OrderedCollections
 
 /// The coordinator's decisions, with no sockets: who is alive, which shard goes to whom, which
-/// result counts.
+/// result counts, which shared-memory slot is whose, how to answer an old peer.
 ///
-/// A thin loop feeds it decoded frames (``receive(from:runID:message:now:)``), decoding failures
-/// (``malformed(from:error:now:)``) and clock ticks (``tick(now:)``), and carries out the
-/// ``Action``s it returns. Time is milliseconds on any monotonic clock.
+/// A thin loop (``ClusterCoordinator``) feeds it decoded frames
+/// (``receive(from:runID:message:now:)``), decoding failures (``malformed(from:error:now:)``),
+/// the outcome of slot reservations (``sharedSlotReserved(by:_:now:)``) and clock ticks
+/// (``tick(now:)``), and carries out the ``Action``s it returns. Time is milliseconds on any
+/// monotonic clock.
+///
+/// The machine is `idle` between pieces of work and `running` one ``WorkPlan`` (a training step,
+/// or a piece of an evaluation or sampling job); the running ``Step`` owns everything that lives
+/// as long as the step: its queue, results, tickets, retakes and failures.
 ///
 /// Work is pulled: a registered worker holds at most one task (a shard, or an aligned block of
 /// shards) at a time and gets the next pending one as soon as it is idle. A worker not heard
@@ -14,9 +21,11 @@ import MADE
 /// longer than its deadline (`taskTimeout`, doubled each time that shard was taken back) is
 /// taken back and queued for the first idle worker. A result counts when it carries the ticket
 /// of the task its sender holds, or, inline, the ticket of an earlier hand-out of that shard to
-/// it in this step while the shard has no result; anything else is dropped and counted. A
-/// result whose mask digest differs from the step's is refused and its worker dismissed, since
-/// the two disagree on the masks.
+/// it in this step while the shard has no result (the ticket rule); anything else is dropped and
+/// counted. A result in shared memory counts only from the sender's own slot, at the dense size,
+/// for the task it holds. A result whose mask digest differs from the step's is refused and its
+/// worker dismissed, since the two disagree on the masks. Every way a worker loses its task
+/// (answer, timeout, new hello, failure, death, dismissal) goes through one `release`.
 public struct CoordinatorStateMachine: Sendable {
     public typealias Peer = [UInt8]
 
@@ -29,6 +38,8 @@ public struct CoordinatorStateMachine: Sendable {
         public var heartbeatInterval: UInt64 = 1000
         public var heartbeatTimeout: UInt64 = 10_000
         public var taskTimeout: UInt64 = 60_000
+        /// Work in progress fails when no worker has been registered for this long.
+        public var idleTimeout: UInt64 = 120_000
         /// The first ticket handed out. Random by default, so a restarted coordinator does not
         /// take an answer to a task of its predecessor for one of its own.
         public var firstTicket = UInt64.random(in: 1...(UInt64.max / 2))
@@ -54,10 +65,17 @@ public struct CoordinatorStateMachine: Sendable {
             self.dataFingerprint = dataFingerprint
             self.configuration = configuration
         }
+
+        /// The interval workers are told to speak at for a `timeout`: at least four times per
+        /// timeout, so a busy moment is not mistaken for death, and never below 50 ms.
+        public static func heartbeatInterval(wanted: UInt64, timeout: UInt64) -> UInt64 {
+            max(50, min(wanted, timeout / 4))
+        }
     }
 
-    /// One step's work: a gradient step of training, or a piece of an evaluation or sampling job.
-    public struct StepPlan: Sendable, Equatable {
+    /// One piece of work for the workers: a gradient step of training, or a piece of an
+    /// evaluation or sampling job, as the wire carries it.
+    public struct WorkPlan: Sendable, Equatable {
         public var step: UInt64
         public var maskSeed: UInt64
         public var work: WireMessage.Work
@@ -76,7 +94,7 @@ public struct CoordinatorStateMachine: Sendable {
 
         public init(step: UInt64, maskSeed: UInt64, work: WireMessage.Work = .gradient, maskDigest: [UInt8]?,
                     shards: [[Int32]], resultCounts: [Int]) {
-            precondition(shards.count == resultCounts.count, "StepPlan: one result count per shard")
+            precondition(shards.count == resultCounts.count, "WorkPlan: one result count per shard")
             self.step = step
             self.maskSeed = maskSeed
             self.work = work
@@ -94,12 +112,28 @@ public struct CoordinatorStateMachine: Sendable {
         }
     }
 
+    /// How a task's parameters reach its worker.
+    public enum ParameterRoute: Sendable, Equatable {
+        /// In the task, packed by mask (or dense for jobs).
+        case inline
+        /// In shared-memory slot 0, for a worker with its own slot on this host.
+        case sharedMemory
+    }
+
     public enum Action: Sendable, Equatable {
         /// Send a small control message.
         case send(Peer, WireMessage)
-        /// Send a task; the loop attaches the step's parameters when `includeParameters` is set
-        /// (packed inline, or in shared memory for a worker with a slot).
-        case assign(Peer, WireMessage.Task, includeParameters: Bool)
+        /// Send a message in an older protocol version the peer reads (the reject that tells a
+        /// worker of another version why it is not accepted).
+        case sendInVersion(Peer, WireMessage, version: UInt16)
+        /// Reserve the memory of this shared-memory slot for a joining worker, and report the
+        /// outcome with ``sharedSlotReserved(by:_:now:)``; its welcome waits for it.
+        case reserveSharedSlot(Peer, slot: UInt32)
+        /// The gradient of shard `shard` lies unread in `slot`, whose worker is about to be given
+        /// another task: copy it out first (its sum is taken later).
+        case saveSharedResult(slot: UInt32, shard: UInt32)
+        /// Send a task; with `parameters` set, the loop attaches the step's parameters that way.
+        case assign(Peer, WireMessage.Task, parameters: ParameterRoute?)
         case workerJoined(Peer, name: String)
         case workerLost(Peer, name: String, reason: String)
         /// A frame or result was refused; for the log.
@@ -127,6 +161,22 @@ public struct CoordinatorStateMachine: Sendable {
         public var rejected: Int { malformed + wrongRun + unknownPeer + refusedWorkers + maskMismatches + badResults }
     }
 
+    /// Why the running work cannot complete.
+    public struct Failure: Sendable, Equatable, CustomStringConvertible {
+        public enum Code: Sendable, Equatable {
+            /// A shard failed on every try.
+            case taskFailed
+            /// No worker has been registered for the idle timeout.
+            case noWorkers
+        }
+        public var code: Code
+        public var message: String
+        public var description: String { message }
+    }
+
+    /// Tasks a shard may fail before the step is given up.
+    public static let maxTaskFailures = 3
+
     /// A shard of a step handed to a worker, and the ticket of that hand-out.
     struct Assignment: Sendable, Equatable {
         var step: UInt64
@@ -145,30 +195,66 @@ public struct CoordinatorStateMachine: Sendable {
         var deadline: UInt64 = 0
         var parametersStep: UInt64?
         var slot: UInt32?
+        /// Its slot's memory is being reserved: no welcome, no task yet.
+        var awaitingSlot = false
         var lastTicket: UInt64?
+    }
+
+    /// One running piece of work.
+    struct Step: Sendable {
+        var plan: WorkPlan
+        /// Shards per task.
+        var block: UInt32
+        /// Shards not handed out yet, each the first of a task of up to `block` shards; a shard
+        /// taken back goes to the front.
+        var pending: Deque<UInt32>
+        /// The shards (first of each task) the step waits for.
+        var expected: Set<UInt32>
+        var results: [UInt32: WireMessage.Result] = [:]
+        /// The tickets handed out in this step: to whom, for which shard.
+        var issued: [UInt64: (peer: Peer, shard: UInt32)] = [:]
+        /// Times each shard was taken back for taking too long.
+        var retakes: [UInt32: Int] = [:]
+        /// Times each shard's task failed.
+        var failures: [UInt32: Int] = [:]
+        var failure: Failure?
+        /// Per worker slot, the shard whose accepted gradient lies there unread.
+        var inSharedSlot: [UInt32: UInt32] = [:]
+
+        var isComplete: Bool { results.count == expected.count }
+    }
+
+    enum State: Sendable {
+        case idle
+        case running(Step)
+    }
+
+    /// Why a worker's task is released.
+    enum Release {
+        /// It answered; its result is judged next.
+        case answered
+        /// Its task took longer than its deadline.
+        case timedOut
+        /// It said hello again: it holds no parameters and no task.
+        case rejoined
+        /// It reported the task failed (or its answer did not decode).
+        case failed
+        /// It is dead or dismissed: it leaves the run.
+        case lost(String)
     }
 
     public let settings: Settings
     public private(set) var counters = Counters()
-    private var workers: [Peer: Worker] = [:]
-    /// Registration order, so assignment is deterministic for a given sequence of events.
-    private var order: [Peer] = []
-    private var plan: StepPlan?
-    /// Shards not handed out yet, each the first of a task of up to `block` shards.
-    private var pending: [UInt32] = []
-    /// Shards per task in the current step.
-    private var block: UInt32 = 1
-    /// Times each shard of the current step was taken back for taking too long.
-    private var retakes: [UInt32: Int] = [:]
-    /// The tickets handed out in the current step: to whom, for which shard.
-    private var issued: [UInt64: (peer: Peer, shard: UInt32)] = [:]
-    private var results: [UInt32: WireMessage.Result] = [:]
-    /// The shards the current step waits for.
-    private var expected: Set<UInt32> = []
+    private var state: State = .idle
+    /// Registered workers, in registration order, so assignment is deterministic for a given
+    /// sequence of events.
+    private var workers: OrderedDictionary<Peer, Worker> = [:]
     private var lastHeartbeatSent: UInt64 = 0
+    private var heartbeatSequence: UInt64 = 0
+    /// When a worker was last registered.
+    private var lastWorkerSeen: UInt64 = 0
     /// Slots are never reused: a worker declared dead might still write to its old one.
     private var nextSlot: UInt32 = 1
-    private var heartbeatSequence: UInt64 = 0
     /// The next task's ticket; tickets are never reused within a run of this machine.
     private var nextTicket: UInt64
 
@@ -177,55 +263,58 @@ public struct CoordinatorStateMachine: Sendable {
         nextTicket = settings.firstTicket
     }
 
+    // MARK: Queries
+
     /// Workers currently registered.
     public var workerCount: Int { workers.count }
 
-    /// Whether `peer` holds that very hand-out of the task (answers in shared memory, and
-    /// failures, count only then).
+    /// Whether `peer` holds that very hand-out of the task.
     public func holds(_ peer: Peer, step: UInt64, shard: UInt32, ticket: UInt64) -> Bool {
         workers[peer]?.assignment == Assignment(step: step, shard: shard, ticket: ticket)
-    }
-
-    /// Whether shard `shard` of step `step`, the current one, has its result.
-    public func hasResult(step: UInt64, shard: UInt32) -> Bool {
-        plan?.step == step && results[shard] != nil
     }
 
     /// The ticket of the last task handed to `peer`, whether it still holds it or not.
     public func lastTicket(of peer: Peer) -> UInt64? { workers[peer]?.lastTicket }
 
-    /// Takes back `peer`'s shared-memory slot (its memory could not be reserved); it then
-    /// exchanges everything over the socket.
-    public mutating func revokeSharedSlot(of peer: Peer) {
-        workers[peer]?.slot = nil
-    }
-
     /// The shared-memory slot of `peer`, when it has one.
     public func sharedSlot(of peer: Peer) -> UInt32? { workers[peer]?.slot }
 
-
-    /// Whether every shard of the current step has a result.
+    /// Whether every shard of the running work has a result.
     public var isStepComplete: Bool {
-        plan != nil && results.count == expected.count
+        if case .running(let step) = state { return step.isComplete }
+        return false
     }
 
-    // MARK: Steps
+    /// Why the running work cannot complete, if it cannot.
+    public var failure: Failure? {
+        if case .running(let step) = state { return step.failure }
+        return nil
+    }
 
-    /// Starts a step: queues its shards (or only those listed in `only`; the step is then
-    /// complete when they are) and hands them to idle workers.
-    public mutating func begin(_ plan: StepPlan, now: UInt64, only: [UInt32]? = nil) -> [Action] {
+    /// Shards in the task that starts at shard `first` of the running work.
+    public func shardsInTask(startingAt first: UInt32) -> Int {
+        guard case .running(let step) = state else { return 1 }
+        return min(Int(step.block), step.plan.shards.count - Int(first))
+    }
+
+    /// Per worker slot, the shard of the running step whose accepted gradient still lies there
+    /// (not copied out by a ``Action/saveSharedResult(slot:shard:)``).
+    public var resultsInSharedSlots: [UInt32: UInt32] {
+        if case .running(let step) = state { return step.inSharedSlot }
+        return [:]
+    }
+
+    // MARK: Work
+
+    /// Starts a piece of work: queues its shards (or only those listed in `only`; the step is
+    /// then complete when they are) and hands them to idle workers.
+    public mutating func begin(_ plan: WorkPlan, now: UInt64, only: [UInt32]? = nil) -> [Action] {
         precondition(!plan.shards.isEmpty, "a step needs at least one shard")
-        self.plan = plan
-        results = [:]
-        failures = [:]
-        failure = nil
-        retakes = [:]
-        issued = [:]
-        block = UInt32(only == nil ? Self.blockSize(shards: plan.shards.count, workers: workers.count, limit: plan.maxShardsPerTask) : 1)
-        pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
+        let block = UInt32(only == nil ? Self.blockSize(shards: plan.shards.count, workers: workers.count, limit: plan.maxShardsPerTask) : 1)
+        let pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
         precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
-        expected = Set(pending)
-        for peer in order { workers[peer]?.assignment = nil }
+        state = .running(Step(plan: plan, block: block, pending: Deque(pending), expected: Set(pending)))
+        for peer in workers.keys { workers[peer]?.assignment = nil }
         return assignIdle(now: now)
     }
 
@@ -247,27 +336,17 @@ public struct CoordinatorStateMachine: Sendable {
         return best
     }
 
-    /// Shards in the task that starts at shard `first` of the current step.
-    public func shardsInTask(startingAt first: UInt32) -> Int {
-        guard let plan else { return 1 }
-        return min(Int(block), plan.shards.count - Int(first))
-    }
-
-    /// The results of the completed step, by shard index, and clears it.
+    /// The results of the completed work, by shard index; the machine is idle again.
     public mutating func takeResults() -> [WireMessage.Result] {
-        precondition(isStepComplete, "takeResults: the step is not complete")
-        let out = expected.sorted().map { results[$0]! }
-        plan = nil
-        results = [:]
-        pending = []
-        return out
+        guard case .running(let step) = state, step.isComplete else { preconditionFailure("takeResults: the step is not complete") }
+        state = .idle
+        return step.expected.sorted().map { step.results[$0]! }
     }
 
     /// Tells every worker to exit.
     public mutating func shutdownAll(exitCode: UInt8, reason: String) -> [Action] {
-        let actions = order.map { Action.send($0, .shutdown(exitCode: exitCode, reason: reason)) }
+        let actions = workers.keys.map { Action.send($0, .shutdown(exitCode: exitCode, reason: reason)) }
         workers = [:]
-        order = []
         return actions
     }
 
@@ -281,12 +360,11 @@ public struct CoordinatorStateMachine: Sendable {
             return [.refused(peer, reason: "run id \(String(runID, radix: 16)) is not this run's"),
                     .send(peer, .reject(reason: "this coordinator runs another job (run id \(String(settings.runID, radix: 16)))"))]
         }
-        guard var worker = workers[peer] else {
+        guard workers[peer] != nil else {
             counters.unknownPeer += 1
             return [.send(peer, .who)]
         }
-        worker.lastHeard = now
-        workers[peer] = worker
+        workers[peer]?.lastHeard = now
         switch message {
         case .heartbeat:
             return []
@@ -302,78 +380,84 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// A frame from `peer` that failed to decode.
     ///
-    /// When `peer` is a worker holding a task of this step, the frame was likely its result: the
-    /// task counts as failed and goes out again at once, rather than after the task timeout.
+    /// A peer of another protocol version hears why it is refused, in its own version when that
+    /// is an older one this side can still write. When `peer` is a worker holding a task of the
+    /// running work, the frame was likely its result: the task counts as failed and goes out
+    /// again at once, rather than after the task timeout.
     public mutating func malformed(from peer: Peer, error: WireError, now: UInt64) -> [Action] {
         counters.malformed += 1
         var actions: [Action] = [.refused(peer, reason: "malformed frame: \(error)")]
-        if case .unsupportedVersion = error {
-            actions.append(.send(peer, .reject(reason: "unsupported protocol version; this coordinator speaks version \(WireFormat.version)")))
+        if case .unsupportedVersion(let version) = error {
+            let reject = WireMessage.reject(reason: "unsupported protocol version; this coordinator speaks version \(WireFormat.version)")
+            actions.append(version >= 1 && version < WireFormat.version ? .sendInVersion(peer, reject, version: version) : .send(peer, reject))
         }
-        if let assignment = workers[peer]?.assignment, assignment.step == plan?.step {
+        if let assignment = workers[peer]?.assignment, assignment.step == runningStep?.plan.step {
             actions += taskFailed(step: assignment.step, shard: assignment.shard, ticket: assignment.ticket,
                                   reason: "malformed frame: \(error)", from: peer, now: now)
         }
         return actions
     }
 
-    /// Time passes: heartbeats go out, silent workers are declared dead, stuck shards requeued.
+    /// The memory of `peer`'s slot was reserved (`reserved`), or could not be: then the worker
+    /// goes without shared memory and exchanges everything over the socket. Its welcome goes out.
+    public mutating func sharedSlotReserved(by peer: Peer, _ reserved: Bool, now: UInt64) -> [Action] {
+        guard var worker = workers[peer], worker.awaitingSlot else { return [] }
+        worker.awaitingSlot = false
+        if !reserved { worker.slot = nil }
+        workers[peer] = worker
+        return [.send(peer, welcome(slot: worker.slot))] + assignIdle(now: now)
+    }
+
+    /// Time passes: heartbeats go out, silent workers are declared dead, stuck shards requeued,
+    /// and work waiting with no worker at all for the idle timeout fails.
     public mutating func tick(now: UInt64) -> [Action] {
         var actions: [Action] = []
-        for peer in order {
-            guard let worker = workers[peer], now > worker.lastHeard + settings.heartbeatTimeout else { continue }
-            actions += remove(peer, reason: "no message for \(now - worker.lastHeard) ms")
+        for (peer, worker) in workers where now > worker.lastHeard + settings.heartbeatTimeout {
+            actions += release(peer, .lost("no message for \(now - worker.lastHeard) ms"))
         }
         // A task out longer than the timeout is taken back and queued for whichever worker is
         // idle first, this one included: a lost task or result cannot stall a step. Each time a
         // shard is taken back its next deadline doubles, so a task that simply takes long
         // still finishes.
-        for peer in order {
-            guard let worker = workers[peer], let assignment = worker.assignment, now > worker.deadline else { continue }
-            workers[peer]?.assignment = nil
-            workers[peer]?.parametersStep = nil
-            workers[peer]?.stalled = true
-            if assignment.step == plan?.step {
-                retakes[assignment.shard, default: 0] += 1
-                requeueIfUnheld(assignment.shard)
-            }
+        for (peer, worker) in workers where worker.assignment != nil && now > worker.deadline {
+            actions += release(peer, .timedOut)
         }
         if now >= lastHeartbeatSent + settings.heartbeatInterval {
             lastHeartbeatSent = now
             heartbeatSequence += 1
-            actions += order.map { .send($0, .heartbeat(sequence: heartbeatSequence)) }
+            actions += workers.keys.map { .send($0, .heartbeat(sequence: heartbeatSequence)) }
+        }
+        if !workers.isEmpty {
+            lastWorkerSeen = max(lastWorkerSeen, now)
+        } else if case .running(var step) = state, step.failure == nil, now > lastWorkerSeen + settings.idleTimeout {
+            step.failure = Failure(code: .noWorkers,
+                                   message: "no worker has been connected for \(settings.idleTimeout / 1000) s; the work cannot go on")
+            state = .running(step)
         }
         return actions + assignIdle(now: now)
     }
 
-    // MARK: Internals
+    // MARK: Rules
 
-    /// Tasks a shard may fail before the step is given up.
-    public static let maxTaskFailures = 3
+    private var runningStep: Step? {
+        if case .running(let step) = state { return step }
+        return nil
+    }
 
-    /// Why the current step cannot complete (a shard failed on every try), if it cannot.
-    public private(set) var failure: String?
-    private var failures: [UInt32: Int] = [:]
+    /// Changes the running step, if any.
+    private mutating func withStep(_ body: (inout Step) -> Void) {
+        guard case .running(var step) = state else { return }
+        state = .idle   // drop the enum's reference so `step` is mutated in place
+        body(&step)
+        state = .running(step)
+    }
 
-    private mutating func taskFailed(step: UInt64, shard: UInt32, ticket: UInt64, reason: String, from peer: Peer, now: UInt64) -> [Action] {
-        guard holds(peer, step: step, shard: shard, ticket: ticket) else {
-            counters.lateResults += 1
-            return assignIdle(now: now)
+    private func welcome(slot: UInt32?) -> WireMessage {
+        let grant = slot.flatMap { slot in
+            settings.sharedMemory.map { WireMessage.SharedMemoryGrant(path: $0.path, slot: slot, slotFloats: $0.slotFloats) }
         }
-        workers[peer]?.assignment = nil
-        workers[peer]?.parametersStep = nil
-        guard let plan, step == plan.step, expected.contains(shard), results[shard] == nil else {
-            counters.lateResults += 1
-            return assignIdle(now: now)
-        }
-        counters.failedTasks += 1
-        failures[shard, default: 0] += 1
-        if failures[shard]! >= Self.maxTaskFailures {
-            failure = "shard \(shard) of step \(step) failed \(failures[shard]!) times; last: \(reason)"
-            return [.refused(peer, reason: "task failed: \(reason)")]
-        }
-        requeueIfUnheld(shard)
-        return [.refused(peer, reason: "task failed: \(reason)")] + assignIdle(now: now)
+        return .welcome(.init(heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
+                              configuration: settings.configuration, sharedMemory: grant))
     }
 
     private mutating func register(_ peer: Peer, _ hello: WireMessage.Hello, now: UInt64) -> [Action] {
@@ -383,48 +467,82 @@ public struct CoordinatorStateMachine: Sendable {
                 + "the worker's \(Array(hello.dataFingerprint.prefix(8)).hexString); start the worker on the same data file and options"
             return [.refused(peer, reason: reason), .send(peer, .reject(reason: reason))]
         }
-        if var known = workers[peer] {
+        lastWorkerSeen = max(lastWorkerSeen, now)
+        let sameHost = !hello.hostID.isEmpty && hello.hostID == settings.hostID
+        if workers[peer] != nil {
             // The same process again (a routing id is never reused by another process): hellos
             // queued before this coordinator listened, or a worker that lost its parameters.
             // It keeps its registration and slot; a shard it held goes back to the queue.
-            if let assignment = known.assignment {
-                known.assignment = nil
-                workers[peer] = known
-                if assignment.step == plan?.step { requeueIfUnheld(assignment.shard) }
-            }
-            known.parametersStep = nil
-            known.lastHeard = now
-            if hello.hostID.isEmpty || hello.hostID != settings.hostID { known.slot = nil }   // shared memory declined
-            workers[peer] = known
-            let grant = known.slot.flatMap { slot in
-                settings.sharedMemory.map { WireMessage.SharedMemoryGrant(path: $0.path, slot: slot, slotFloats: $0.slotFloats) }
-            }
-            return [.send(peer, .welcome(.init(heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
-                                               configuration: settings.configuration, sharedMemory: grant)))] + assignIdle(now: now)
+            _ = release(peer, .rejoined)
+            workers[peer]?.lastHeard = now
+            if !sameHost { workers[peer]?.slot = nil }   // shared memory declined
+            guard workers[peer]?.awaitingSlot == false else { return [] }   // its welcome follows the reservation
+            return [.send(peer, welcome(slot: workers[peer]?.slot))] + assignIdle(now: now)
         }
-        var actions: [Action] = []
         var worker = Worker(name: hello.name, lastHeard: now)
-        var grant: WireMessage.SharedMemoryGrant?
-        if let shared = settings.sharedMemory, !hello.hostID.isEmpty, hello.hostID == settings.hostID, nextSlot <= shared.slots {
+        counters.workersJoined += 1
+        if let shared = settings.sharedMemory, sameHost, nextSlot <= shared.slots {
             worker.slot = nextSlot
-            grant = .init(path: shared.path, slot: nextSlot, slotFloats: shared.slotFloats)
+            worker.awaitingSlot = true
             nextSlot += 1
+            workers[peer] = worker
+            return [.workerJoined(peer, name: hello.name), .reserveSharedSlot(peer, slot: worker.slot!)]
         }
         workers[peer] = worker
-        order.append(peer)
-        counters.workersJoined += 1
-        actions.append(.workerJoined(peer, name: hello.name))
-        actions.append(.send(peer, .welcome(.init(heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
-                                                    configuration: settings.configuration, sharedMemory: grant))))
-        return actions + assignIdle(now: now)
+        return [.workerJoined(peer, name: hello.name), .send(peer, welcome(slot: nil))] + assignIdle(now: now)
     }
 
-    private mutating func remove(_ peer: Peer, reason: String) -> [Action] {
-        guard let worker = workers.removeValue(forKey: peer) else { return [] }
-        order.removeAll { $0 == peer }
-        if let assignment = worker.assignment, assignment.step == plan?.step { requeueIfUnheld(assignment.shard) }
-        counters.workersLost += 1
-        return [.workerLost(peer, name: worker.name, reason: reason)]
+    /// Takes back whatever task `peer` holds, for `reason`, and requeues it unless it was
+    /// answered or failed (their callers judge the shard). A lost worker leaves the run.
+    private mutating func release(_ peer: Peer, _ reason: Release) -> [Action] {
+        guard var worker = workers[peer] else { return [] }
+        let assignment = worker.assignment
+        let current = assignment.flatMap { $0.step == runningStep?.plan.step ? $0.shard : nil }
+        worker.assignment = nil
+        var actions: [Action] = []
+        switch reason {
+        case .answered:
+            worker.stalled = false
+        case .timedOut:
+            worker.parametersStep = nil
+            worker.stalled = true
+            if let current { withStep { $0.retakes[current, default: 0] += 1 } }
+        case .rejoined, .failed:
+            worker.parametersStep = nil
+        case .lost(let why):
+            workers.removeValue(forKey: peer)
+            counters.workersLost += 1
+            actions.append(.workerLost(peer, name: worker.name, reason: why))
+        }
+        if case .lost = reason {} else { workers[peer] = worker }
+        switch reason {
+        case .timedOut, .rejoined, .lost:
+            if let current { requeueIfUnheld(current) }
+        case .answered, .failed:
+            break
+        }
+        return actions
+    }
+
+    private mutating func taskFailed(step: UInt64, shard: UInt32, ticket: UInt64, reason: String, from peer: Peer, now: UInt64) -> [Action] {
+        guard holds(peer, step: step, shard: shard, ticket: ticket) else {
+            counters.lateResults += 1
+            return assignIdle(now: now)
+        }
+        _ = release(peer, .failed)
+        guard let running = runningStep, step == running.plan.step, running.expected.contains(shard), running.results[shard] == nil else {
+            counters.lateResults += 1
+            return assignIdle(now: now)
+        }
+        counters.failedTasks += 1
+        let failures = running.failures[shard, default: 0] + 1
+        withStep { $0.failures[shard] = failures }
+        if failures >= Self.maxTaskFailures {
+            withStep { $0.failure = Failure(code: .taskFailed, message: "shard \(shard) of step \(step) failed \(failures) times; last: \(reason)") }
+            return [.refused(peer, reason: "task failed: \(reason)")]
+        }
+        requeueIfUnheld(shard)
+        return [.refused(peer, reason: "task failed: \(reason)")] + assignIdle(now: now)
     }
 
     private mutating func accept(_ result: WireMessage.Result, from peer: Peer, now: UInt64) -> [Action] {
@@ -435,18 +553,21 @@ public struct CoordinatorStateMachine: Sendable {
         // already be writing again.
         workers[peer]?.stalled = false
         let held = holds(peer, step: result.step, shard: result.shard, ticket: result.ticket)
-        let earlier = !held && result.values.inlineValues != nil && result.step == plan?.step
-            && issued[result.ticket].map { $0.peer == peer && $0.shard == result.shard } == true && results[result.shard] == nil
+        let running = runningStep
+        let earlier = !held && result.values.inlineValues != nil && result.step == running?.plan.step
+            && running?.issued[result.ticket].map { $0.peer == peer && $0.shard == result.shard } == true
+            && running?.results[result.shard] == nil
         guard held || earlier else {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
-        if held { workers[peer]?.assignment = nil }
-        guard let plan, result.step == plan.step else {
+        if held { _ = release(peer, .answered) }
+        guard let step = running, result.step == step.plan.step else {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
-        guard expected.contains(result.shard) else {
+        let plan = step.plan
+        guard step.expected.contains(result.shard) else {
             counters.badResults += 1
             return [.refused(peer, reason: "result for shard \(result.shard) of a \(plan.shards.count)-shard step")] + assignIdle(now: now)
         }
@@ -455,59 +576,73 @@ public struct CoordinatorStateMachine: Sendable {
             let reason = "mask digest \(result.maskDigest.hexString) differs from the step's \(expected.hexString): the worker built other masks"
             var actions: [Action] = [.refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason))]
             requeueIfUnheld(result.shard)
-            actions += remove(peer, reason: reason)
+            actions += release(peer, .lost(reason))
             return actions + assignIdle(now: now)
         }
         let expected = plan.resultCounts[Int(result.shard)]
+        let slot = workers[peer]?.slot
         let fits: Bool
         switch result.values {
         case .inline(let values): fits = values.count == expected
-        case .shared(let slot, let count): fits = slot == workers[peer]?.slot && Int(count) == plan.sharedResultCount
+        case .shared(let s, let count): fits = held && s == slot && Int(count) == plan.sharedResultCount
         case .absent: fits = false
         }
         guard fits else {
             counters.badResults += 1
             requeueIfUnheld(result.shard)
             let shared = plan.sharedResultCount.map { " or \($0) in its shared-memory slot" } ?? ""
-            return [.refused(peer, reason: "a result of \(result.values.count) values (\(result.values.inlineValues == nil ? "not inline" : "inline")), expected \(expected) inline\(shared)")] + assignIdle(now: now)
+            let form = result.values.inlineValues == nil ? "not inline" : "inline"
+            return [.refused(peer, reason: "a result of \(result.values.count) values (\(form)), expected \(expected) inline\(shared)")]
+                + assignIdle(now: now)
         }
-        results[result.shard] = result
-        pending.removeAll { $0 == result.shard }
+        withStep {
+            $0.results[result.shard] = result
+            $0.pending.removeAll { $0 == result.shard }
+            // Taken where it lies: the gradient stays in that slot until its worker is given another task.
+            if case .shared(let s, _) = result.values { $0.inSharedSlot[s] = result.shard }
+        }
         return assignIdle(now: now)
     }
 
-    /// Requeues `shard` unless it has a result, is queued, or another worker holds it.
+    /// Requeues `shard` at the front unless it has a result, is queued, or a worker holds it.
     private mutating func requeueIfUnheld(_ shard: UInt32) {
-        guard plan != nil, expected.contains(shard), results[shard] == nil, !pending.contains(shard),
-              !order.contains(where: { workers[$0]?.assignment.map { $0.step == plan!.step && $0.shard == shard } == true }) else { return }
-        pending.insert(shard, at: 0)
+        guard let step = runningStep, step.expected.contains(shard), step.results[shard] == nil, !step.pending.contains(shard),
+              !workers.values.contains(where: { $0.assignment.map { $0.step == step.plan.step && $0.shard == shard } == true })
+        else { return }
+        withStep { $0.pending.prepend(shard) }
         counters.reassignedShards += 1
     }
 
     private mutating func assignIdle(now: UInt64) -> [Action] {
-        guard let plan else { return [] }
+        guard var step = runningStep, !step.pending.isEmpty else { return [] }
         var actions: [Action] = []
-        for peer in order.filter({ workers[$0]?.stalled == false }) + order.filter({ workers[$0]?.stalled == true }) {
-            guard !pending.isEmpty else { break }
-            guard var worker = workers[peer], worker.assignment == nil else { continue }
-            let shard = pending.removeFirst()
-            let includeParameters = worker.parametersStep != plan.step
+        let ready = workers.elements.filter { $0.value.assignment == nil && !$0.value.awaitingSlot }
+        for peer in ready.filter({ !$0.value.stalled }).map(\.key) + ready.filter({ $0.value.stalled }).map(\.key) {
+            guard let shard = step.pending.popFirst() else { break }
+            var worker = workers[peer]!
             let ticket = nextTicket
             nextTicket &+= 1
-            worker.assignment = Assignment(step: plan.step, shard: shard, ticket: ticket)
+            worker.assignment = Assignment(step: step.plan.step, shard: shard, ticket: ticket)
             worker.lastTicket = ticket
-            let (allowed, overflow) = settings.taskTimeout.multipliedReportingOverflow(by: 1 << min(retakes[shard] ?? 0, 10))
+            let (allowed, overflow) = settings.taskTimeout.multipliedReportingOverflow(by: 1 << min(step.retakes[shard] ?? 0, 10))
             let (deadline, late) = now.addingReportingOverflow(overflow ? .max : allowed)
             worker.deadline = late ? .max : deadline
-            issued[ticket] = (peer, shard)
-            worker.parametersStep = plan.step
+            step.issued[ticket] = (peer, shard)
+            let route: ParameterRoute? = worker.parametersStep == step.plan.step ? nil : (worker.slot == nil ? .inline : .sharedMemory)
+            worker.parametersStep = step.plan.step
+            if let slot = worker.slot, let unread = step.inSharedSlot.removeValue(forKey: slot) {
+                actions.append(.saveSharedResult(slot: slot, shard: unread))
+            }
             workers[peer] = worker
-            let members = plan.shards[Int(shard)..<(Int(shard) + shardsInTask(startingAt: shard))]
+            let plan = step.plan
+            let count = min(Int(step.block), plan.shards.count - Int(shard))
+            let members = plan.shards[Int(shard)..<(Int(shard) + count)]
             let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
                                         maskSeed: plan.maskSeed, rows: Array(members.joined()), work: plan.work, parameters: .absent,
                                         ticket: ticket, rowsPerShard: members.map { UInt32($0.count) })
-            actions.append(.assign(peer, task, includeParameters: includeParameters))
+            actions.append(.assign(peer, task, parameters: route))
         }
+        state = .running(step)
         return actions
     }
 }

@@ -5,8 +5,9 @@
 ///
 /// A worker says `hello` until a `welcome` arrives (again every `helloRetry` ms), then computes
 /// each task it is given and answers with its result, and sends a heartbeat whenever it has
-/// been quiet for the coordinator's heartbeat interval. It exits when told to, when refused, or
-/// when nothing has come from the coordinator for `coordinatorTimeout` ms.
+/// been quiet for the coordinator's heartbeat interval; during a long computation, which calls
+/// ``stillComputing(now:)`` now and then, every `busyHeartbeatInterval` ms. It exits when told
+/// to, when refused, or when nothing has come from the coordinator for `coordinatorTimeout` ms.
 public struct WorkerStateMachine: Sendable {
     public struct Settings: Sendable {
         public var dataFingerprint: [UInt8]
@@ -16,6 +17,8 @@ public struct WorkerStateMachine: Sendable {
         public var hostID: String
         public var coordinatorTimeout: UInt64 = 60_000
         public var helloRetry: UInt64 = 250
+        /// Most time between heartbeats while a task is being computed.
+        public var busyHeartbeatInterval: UInt64 = 250
 
         public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "") {
             self.dataFingerprint = dataFingerprint
@@ -148,6 +151,14 @@ public struct WorkerStateMachine: Sendable {
         return [.send(.result(result))]
     }
 
+    /// A computation is still going on (the loop cannot read frames meanwhile): a heartbeat goes
+    /// out when none has for `busyHeartbeatInterval` ms, so the coordinator does not declare this
+    /// worker dead.
+    public mutating func stillComputing(now: UInt64) -> [Action] {
+        guard case .active = state, now >= lastSent + settings.busyHeartbeatInterval else { return [] }
+        return heartbeat(now: now)
+    }
+
     /// Time passes.
     public mutating func tick(now: UInt64) -> [Action] {
         switch state {
@@ -164,11 +175,14 @@ public struct WorkerStateMachine: Sendable {
                 state = .finished
                 return [.exit(code: ExitCode.coordinatorGone, reason: "the coordinator has been silent for \(settings.coordinatorTimeout / 1000) s")]
             }
-            guard now >= lastSent + interval else { return [] }
-            lastSent = now
-            heartbeats += 1
-            return [.send(.heartbeat(sequence: heartbeats))]
+            return now >= lastSent + interval ? heartbeat(now: now) : []
         }
+    }
+
+    private mutating func heartbeat(now: UInt64) -> [Action] {
+        lastSent = now
+        heartbeats += 1
+        return [.send(.heartbeat(sequence: heartbeats))]
     }
 
     private mutating func sayHello(now: UInt64) -> [Action] {

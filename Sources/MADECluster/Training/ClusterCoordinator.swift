@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MADE
+import OrderedCollections
 
 /// The coordinator's socket loop: binds a ROUTER, welcomes workers, hands out each step's
 /// shards, and sums their gradients in the fixed tree order (unpacked from the socket, or where
@@ -58,17 +59,15 @@ public final class ClusterCoordinator {
 
     /// Per worker, in order of first result, the timings of the last completed step.
     public private(set) var lastStepTimings: [StepTiming] = []
-    private var stepTimings: [String: StepTiming] = [:]
-    private var timingOrder: [String] = []
+    private var stepTimings: OrderedDictionary<String, StepTiming> = [:]
     private var taskSentAt: [[UInt8]: ContinuousClock.Instant] = [:]
 
     private var machine: CoordinatorStateMachine
     private let context: ZMQContext
     private let router: ZMQSocket
     private var zap: ZAPHandler?
-    private let clock = ContinuousClock()
-    private let origin: ContinuousClock.Instant
-    private var packings: [UInt64: MaskPacking] = [:]
+    private let clock = MillisecondClock()
+    private let packings: MaskPacking.Cache
     private var shared: SharedSlots?
     /// Threads for the coordinator's passes over the parameters, which run while workers wait.
     public var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
@@ -76,7 +75,6 @@ public final class ClusterCoordinator {
     private var denseGradient: [Float] = []
     private var denseGradientSeed: UInt64?
     private var names: [[UInt8]: String] = [:]
-    private var lastWorkerSeen: UInt64 = 0
     private var lastKeepAlive: UInt64 = 0
 
     /// Binds and prepares; workers may connect as soon as this returns.
@@ -85,16 +83,18 @@ public final class ClusterCoordinator {
         self.options = options
         self.configuration = configuration
         self.layout = ParameterLayout(configuration.model)
+        self.packings = MaskPacking.Cache(configuration: configuration.model, runSeed: configuration.seed)
         self.logger = logger
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let configurationBytes = Array(try encoder.encode(configuration))
         let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint ?? [])
         var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
-        // Workers speak up at least three times per timeout, so a busy moment is not mistaken for death.
-        settings.heartbeatInterval = max(50, min(options.heartbeatInterval, options.heartbeatTimeout / 4))
+        settings.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(wanted: options.heartbeatInterval,
+                                                                                        timeout: options.heartbeatTimeout)
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.taskTimeout = options.taskTimeout
+        settings.idleTimeout = options.idleTimeout
         if options.sharedMemory, case let host = SharedSlots.hostID, !host.isEmpty {
             do {
                 let slots = try SharedSlots.create(slotFloats: layout.count, workerSlots: options.sharedMemorySlots)
@@ -106,7 +106,6 @@ public final class ClusterCoordinator {
             }
         }
         machine = CoordinatorStateMachine(settings: settings)
-        origin = clock.now
 
         let parameterCount = layout.count
         guard parameterCount <= WireFormat.Limits().maxFloats else {
@@ -155,10 +154,7 @@ public final class ClusterCoordinator {
     /// Clients the ZAP handler refused (CURVE keys not authorized).
     public var refusedClients: Int { zap?.rejected ?? 0 }
 
-    private var now: UInt64 {
-        let d = clock.now - origin
-        return UInt64(d.components.seconds) * 1000 + UInt64(d.components.attoseconds / 1_000_000_000_000_000)
-    }
+    private var now: UInt64 { clock.now }
 
     // MARK: Steps
 
@@ -169,18 +165,17 @@ public final class ClusterCoordinator {
     /// host read the masked parameters in slot 0 and write dense gradients into their own
     /// slots, which are summed where they lie unless the worker was given another task first.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
-        let packing = packing(plan.maskSeed)
+        let packing = packings.packing(plan.maskSeed)
         let threads = self.threads
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
                                             fillShared: { packing.mask(parameters, into: $0, threads: threads) },
                                             fill: { packing.pack(parameters, into: $0, threads: threads) })
-        var machinePlan = CoordinatorStateMachine.StepPlan(
+        var machinePlan = CoordinatorStateMachine.WorkPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
             gradientCount: packing.count, denseCount: shared == nil ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
-        defer { inPlace = [:] }
-        let results = try execute(machinePlan, parameters: stepParameters)
+        let (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
         let lossSum = GradientReducer.reduce(results.map(\.lossSum))
         let dense = packing.denseCount
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
@@ -194,7 +189,7 @@ public final class ClusterCoordinator {
             for result in results {
                 let s = Int(result.shard)   // the task's first shard: the key of its slot's copy and of its scratch
                 switch result.values {
-                case .shared(let slot, _) where inPlace[slot] == s:   // not copied out since
+                case .shared(let slot, _) where inPlace[slot] == result.shard:   // not copied out since
                     terms.append(shared!.pointer(Int(slot)))
                 case .shared:
                     terms.append(scratch(s))
@@ -224,9 +219,6 @@ public final class ClusterCoordinator {
     /// Dense buffers of the shards whose gradients had to leave shared memory (or arrived
     /// packed) before the step's sum: one per shard index, made on first use and reused.
     private var scratchBuffers: [Int: UnsafeMutablePointer<Float>] = [:]
-    /// Per worker slot, the shard of the current step whose gradient lies there unread; a
-    /// shard's gradient taken in shared memory and no longer listed here is in its scratch.
-    private var inPlace: [UInt32: Int] = [:]
 
     private func scratch(_ shard: Int) -> UnsafeMutablePointer<Float> {
         if let p = scratchBuffers[shard] { return p }
@@ -236,33 +228,25 @@ public final class ClusterCoordinator {
         return p
     }
 
-    /// Copies the gradient lying in `peer`'s slot out to scratch before that worker is given
-    /// a task that would overwrite it.
-    private func keepSlotContents(of peer: [UInt8]) {
-        guard let shared, let slot = machine.sharedSlot(of: peer), let shard = inPlace.removeValue(forKey: slot) else { return }
-        scratch(shard).update(from: shared.pointer(Int(slot)), count: layout.count)
-    }
-
-    /// Has the workers score rows `0..<rowCount` of split `split` (0 train, 1 valid, 2 test) in
-    /// chunks of `chunkSize`, and returns each chunk's values in order (see
-    /// ``ShardComputer/computeJob(_:configuration:shared:)``: per mask then per row for mode 0,
-    /// per row for mode 1).
-    public func scoreRows(split: UInt8, rowCount: Int, chunkSize: Int, masks: Int, mode: UInt8, parameters: [Float]) throws -> [[Float]] {
+    /// Has the workers score rows `0..<rowCount` of `split` in chunks of `chunkSize`, and
+    /// returns each chunk's values in order (see ``ShardComputer/computeJob(_:configuration:shared:)``:
+    /// per mask then per row for `.likelihood`, per row for `.logits`).
+    public func scoreRows(split: DataSplit, rowCount: Int, chunkSize: Int, masks: Int, mode: EnsembleMode, parameters: [Float]) throws -> [[Float]] {
         let chunks = stride(from: 0, to: rowCount, by: chunkSize).map { Array(Int32($0)..<Int32(min(rowCount, $0 + chunkSize))) }
-        let perRow = mode == 0 ? masks : 1
-        let plan = CoordinatorStateMachine.StepPlan(
-            step: nextJobID(), maskSeed: 0, work: .logLikelihood(split: split, masks: UInt32(masks), mode: mode), maskDigest: nil,
-            shards: chunks, resultCounts: chunks.map { $0.count * perRow })
-        return try execute(plan, parameters: dense(parameters)).map { $0.values.inlineValues! }
+        let perRow = mode == .likelihood ? masks : 1
+        let plan = CoordinatorStateMachine.WorkPlan(
+            step: nextJobID(), maskSeed: 0, work: .logLikelihood(split: split.rawValue, masks: UInt32(masks), mode: mode.wireCode),
+            maskDigest: nil, shards: chunks, resultCounts: chunks.map { $0.count * perRow })
+        return try execute(plan, parameters: dense(parameters)).results.map { $0.values.inlineValues! }
     }
 
-    /// `log p(x)` of every row of split `split` (0 train, 1 valid, 2 test), scored by the workers
-    /// exactly as ``Evaluator/logLikelihoods(parameters:data:masks:mode:)`` scores it in one
-    /// process: chunks of the evaluator's size, per-mask values combined here in the same order.
-    public func logLikelihoods(split: UInt8, rowCount: Int, masks: Int, mode: EnsembleMode, parameters: [Float]) throws -> [Double] {
+    /// `log p(x)` of every row of `split`, scored by the workers exactly as
+    /// ``Evaluator/logLikelihoods(parameters:data:masks:mode:)`` scores it in one process:
+    /// chunks of the evaluator's size, per-mask values combined here in the same order.
+    public func logLikelihoods(split: DataSplit, rowCount: Int, masks: Int, mode: EnsembleMode, parameters: [Float]) throws -> [Double] {
         let evaluator = Evaluator<Float>(configuration: configuration.model, distribution: configuration.distribution, runSeed: configuration.seed)
         let chunks = try scoreRows(split: split, rowCount: rowCount, chunkSize: evaluator.chunkSize, masks: masks,
-                                   mode: mode == .likelihood ? 0 : 1, parameters: parameters)
+                                   mode: mode, parameters: parameters)
         return chunks.flatMap { values -> [Double] in
             guard mode == .likelihood else { return values.map(Double.init) }
             let rows = values.count / masks
@@ -272,18 +256,19 @@ public final class ClusterCoordinator {
 
     /// Has the workers draw `count` samples of `dimension` values in batches of `batchSize`
     /// (batch `b` is shard `b`, drawn from its own random stream), and returns them in order.
-    public func drawSamples(count: Int, dimension: Int, batchSize: Int, masks: Int, seed: UInt64, method: UInt8, parameters: [Float]) throws -> [Float] {
+    public func drawSamples(count: Int, dimension: Int, batchSize: Int, masks: Int, seed: UInt64, method: Sampler<Float>.Method,
+                            parameters: [Float]) throws -> [Float] {
         let full = count / batchSize
         let rest = count % batchSize
         let parameters = dense(parameters)
         var out: [Float] = []
         // The full batches, then the shorter last one (its count changes how its stream is read).
         for (first, batches, size) in [(0, full, batchSize), (full, rest > 0 ? 1 : 0, rest)] where batches > 0 {
-            let plan = CoordinatorStateMachine.StepPlan(
-                step: nextJobID(), maskSeed: 0, work: .sample(count: UInt32(size), masks: UInt32(masks), seed: seed, method: method),
+            let plan = CoordinatorStateMachine.WorkPlan(
+                step: nextJobID(), maskSeed: 0, work: .sample(count: UInt32(size), masks: UInt32(masks), seed: seed, method: method.wireCode),
                 maskDigest: nil, shards: Array(repeating: [], count: first + batches),
                 resultCounts: Array(repeating: size * dimension, count: first + batches))
-            let results = try execute(plan, parameters: parameters, only: first..<(first + batches))
+            let results = try execute(plan, parameters: parameters, only: first..<(first + batches)).results
             for result in results { out += result.values.inlineValues! }
         }
         return out
@@ -304,28 +289,30 @@ public final class ClusterCoordinator {
     }
 
     /// Runs one plan to completion: hands out its shards, follows the workers, and returns the
-    /// results by shard index.
-    private func execute(_ plan: CoordinatorStateMachine.StepPlan, parameters: StepParameters, only: Range<Int>? = nil) throws -> [WireMessage.Result] {
+    /// results by shard index, with the slots whose gradients still lie where they were written.
+    private func execute(_ plan: CoordinatorStateMachine.WorkPlan, parameters: StepParameters, only: Range<Int>? = nil) throws
+        -> (results: [WireMessage.Result], inPlace: [UInt32: UInt32]) {
         stepTimings = [:]
-        timingOrder = []
         try perform(machine.begin(plan, now: now, only: only.map { $0.map(UInt32.init) }), parameters: parameters)
         var lastTick: UInt64 = 0
         while !machine.isStepComplete {
             if shouldStop() { throw Interrupted() }
-            if let failure = machine.failure { throw ClusterError(.protocolFailure, "the workers cannot do this work: \(failure)") }
+            if let failure = machine.failure {
+                switch failure.code {
+                case .noWorkers: throw ClusterError(.noWorkers, failure.message)
+                case .taskFailed: throw ClusterError(.protocolFailure, "the workers cannot do this work: \(failure.message)")
+                }
+            }
             try pump(timeout: 20, parameters: parameters)
             let t = now
             if t >= lastTick + 20 {
                 lastTick = t
                 try perform(machine.tick(now: t), parameters: parameters)
             }
-            if machine.workerCount > 0 { lastWorkerSeen = t }
-            if t > lastWorkerSeen + options.idleTimeout {
-                throw ClusterError(.noWorkers, "no worker has been connected for \(options.idleTimeout / 1000) s; the work cannot go on")
-            }
         }
-        lastStepTimings = timingOrder.compactMap { stepTimings[$0] }
-        return machine.takeResults()
+        lastStepTimings = Array(stepTimings.values)
+        let inPlace = machine.resultsInSharedSlots
+        return (machine.takeResults(), inPlace)
     }
 
     /// Handles whatever has arrived and sends due heartbeats, without waiting: for long work
@@ -400,15 +387,6 @@ public final class ClusterCoordinator {
         }
     }
 
-    private func packing(_ maskSeed: UInt64) -> MaskPacking {
-        if let p = packings[maskSeed] { return p }
-        if packings.count >= 64 { packings.removeAll() }
-        let maskSet = MaskSet(configuration: configuration.model, runSeed: configuration.seed, maskSeed: maskSeed)
-        let p = MaskPacking(maskSet: maskSet, layout: layout)
-        packings[maskSeed] = p
-        return p
-    }
-
     // MARK: I/O
 
     /// Polls once, then handles every frame waiting on the ROUTER and every ZAP request.
@@ -430,45 +408,18 @@ public final class ClusterCoordinator {
             bytesReceived += frame.count
             let actions: [CoordinatorStateMachine.Action]
             do {
-                var (runID, decoded) = try WireFormat.decode(frame)
-                var sharedResult: (slot: UInt32, step: UInt64, shard: UInt32)?
-                if case .result(var r) = decoded {
-                    // Values in shared memory count only from the slot this worker was given, for
-                    // the task it holds; they stay where they are (their sum is checked to be finite).
-                    if case .shared(let slot, let count) = r.values {
-                        if machine.holds(peer, step: r.step, shard: r.shard, ticket: r.ticket), slot == machine.sharedSlot(of: peer),
-                           let shared, Int(count) <= shared.slotFloats {
-                            sharedResult = (slot, r.step, r.shard)
-                        } else {
-                            r.values = .absent
-                            decoded = .result(r)
-                        }
-                    }
-                    if let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
-                        var timing = stepTimings[name] ?? StepTiming(worker: name)
-                        if stepTimings[name] == nil { timingOrder.append(name) }
-                        let compute = Double(r.computeMicroseconds) / 1000
-                        timing.shards += machine.shardsInTask(startingAt: r.shard)
-                        timing.computeMilliseconds += compute
-                        timing.waitMilliseconds += max(0, (clock.now - sent).seconds * 1000 - compute)
-                        stepTimings[name] = timing
-                    }
+                let (runID, decoded) = try WireFormat.decode(frame)
+                if case .result(let r) = decoded, let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
+                    var timing = stepTimings[name] ?? StepTiming(worker: name)
+                    let compute = Double(r.computeMicroseconds) / 1000
+                    timing.shards += machine.shardsInTask(startingAt: r.shard)
+                    timing.computeMilliseconds += compute
+                    timing.waitMilliseconds += max(0, (ContinuousClock.now - sent).seconds * 1000 - compute)
+                    stepTimings[name] = timing
                 }
                 actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
-                // Taken: the gradient lies in that slot until the worker is given another task.
-                if let taken = sharedResult, machine.hasResult(step: taken.step, shard: taken.shard) {
-                    inPlace[taken.slot] = Int(taken.shard)
-                }
             } catch {
                 actions = machine.malformed(from: peer, error: error, now: now)
-                // A worker of another protocol version is told why in a frame it can read.
-                if case WireError.unsupportedVersion(let v) = error, v >= 1, v < WireFormat.version {
-                    for case .send(let to, let message) in actions where message.kind == .reject {
-                        send(to: to, message, version: v)
-                    }
-                    try perform(actions.filter { if case .send(_, let m) = $0 { m.kind != .reject } else { true } }, parameters: parameters)
-                    continue
-                }
             }
             try perform(actions, parameters: parameters)
         }
@@ -477,20 +428,23 @@ public final class ClusterCoordinator {
     private func perform(_ actions: [CoordinatorStateMachine.Action], parameters: StepParameters?) throws {
         for action in actions {
             switch action {
-            case .send(let peer, var message):
-                if case .welcome(var welcome) = message, let grant = welcome.sharedMemory, shared?.reserve(Int(grant.slot)) != true {
-                    logger.warning("no room for a worker's shared-memory slot; it uses the socket", metadata: ["slot": "\(grant.slot)"])
-                    welcome.sharedMemory = nil
-                    machine.revokeSharedSlot(of: peer)
-                    message = .welcome(welcome)
-                }
+            case .send(let peer, let message):
                 send(to: peer, message)
-            case .assign(let peer, var task, let includeParameters):
-                keepSlotContents(of: peer)
-                if includeParameters, let parameters {
-                    task.parameters = parameters.payload(shared: machine.sharedSlot(of: peer) != nil)
+            case .sendInVersion(let peer, let message, let version):
+                send(to: peer, message, version: version)
+            case .reserveSharedSlot(let peer, let slot):
+                let reserved = shared?.reserve(Int(slot)) == true
+                if !reserved {
+                    logger.warning("no room for a worker's shared-memory slot; it uses the socket", metadata: ["slot": "\(slot)"])
                 }
-                taskSentAt[peer] = clock.now
+                try perform(machine.sharedSlotReserved(by: peer, reserved, now: now), parameters: parameters)
+            case .saveSharedResult(let slot, let shard):
+                if let shared { scratch(Int(shard)).update(from: shared.pointer(Int(slot)), count: layout.count) }
+            case .assign(let peer, var task, let route):
+                if let route, let parameters {
+                    task.parameters = parameters.payload(shared: route == .sharedMemory)
+                }
+                taskSentAt[peer] = ContinuousClock.now
                 send(to: peer, .task(task))
             case .workerJoined(let peer, let name):
                 names[peer] = name

@@ -33,8 +33,7 @@ public final class ClusterWorker {
 
     private let computer: ShardComputer
     private var machine: WorkerStateMachine
-    private let clock = ContinuousClock()
-    private let origin: ContinuousClock.Instant
+    private let clock = MillisecondClock()
     private var runID: UInt64 = 0
     private var shared: SharedSlots?
     private var slot: Int?
@@ -48,13 +47,9 @@ public final class ClusterWorker {
                                                    hostID: options.sharedMemory ? SharedSlots.hostID : "")
         settings.coordinatorTimeout = options.coordinatorTimeout
         machine = WorkerStateMachine(settings: settings)
-        origin = clock.now
     }
 
-    private var now: UInt64 {
-        let d = clock.now - origin
-        return UInt64(d.components.seconds) * 1000 + UInt64(d.components.attoseconds / 1_000_000_000_000_000)
-    }
+    private var now: UInt64 { clock.now }
 
     /// Runs until the coordinator ends the run, refuses this worker or goes silent; returns the exit code.
     public func run() throws -> Int32 {
@@ -118,16 +113,10 @@ public final class ClusterWorker {
             }
         }
 
-        // During long tasks, a heartbeat every half interval keeps the coordinator from
-        // declaring this worker dead.
-        var lastBeat: UInt64 = 0
-        var beats: UInt64 = 0
+        // During long tasks the machine sends heartbeats, so the coordinator does not declare
+        // this worker dead.
         computer.keepAlive = { [unowned self] in
-            let t = self.now
-            guard self.runID != 0, t >= lastBeat + 250 else { return }
-            lastBeat = t
-            beats += 1
-            _ = try? socket.send([.owned(WireFormat.encodeOwned(.heartbeat(sequence: beats), runID: self.runID))], dontWait: true)
+            try? perform(self.machine.stillComputing(now: self.now))
         }
         defer { computer.keepAlive = {} }
         try perform(machine.start(now: now))

@@ -14,7 +14,6 @@ public final class ShardComputer {
     public let train: DataMatrix
     public private(set) var configuration: TrainingConfiguration?
     private var engine: GradientEngine?
-    private var packings: [UInt64: MaskPacking] = [:]
     /// The step whose parameters the engine holds, and whether it reads them in shared memory.
     private var parametersKey: (step: UInt64, maskSeed: UInt64, inPlace: Bool)?
     /// The mapping the engine reads parameters from, kept mapped while it does.
@@ -64,7 +63,6 @@ public final class ShardComputer {
             blockBuffers = []
             configuration = c
             engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: c.batchSize, kernel: c.kernel)
-            packings = [:]
             parametersKey = nil
             gradient = [Float](repeating: 0, count: ParameterLayout(c.model).count)
         }
@@ -72,12 +70,8 @@ public final class ShardComputer {
 
     /// The packing of `maskSeed`'s masks.
     public func packing(_ maskSeed: UInt64) -> MaskPacking {
-        if let p = packings[maskSeed] { return p }
         guard let engine else { preconditionFailure("ShardComputer: configure first") }
-        if packings.count >= 64 { packings.removeAll() }
-        let p = MaskPacking(maskSet: engine.maskSet(maskSeed), layout: engine.workspace.layout)
-        packings[maskSeed] = p
-        return p
+        return engine.masks.packing(maskSeed)
     }
 
     /// Computes `task`: the gradient of the summed NLL of its rows under its mask seed.
@@ -202,8 +196,7 @@ public final class ShardComputer {
         case .gradient:
             preconditionFailure("gradients are computed by compute(_:shared:slot:)")
         case .logLikelihood(let split, let masks, let mode):
-            let splits = [dataset.train, dataset.valid, dataset.test]
-            guard Int(split) < splits.count, let data = splits[Int(split)] else {
+            guard let data = DataSplit(rawValue: split)?.rows(of: dataset) else {
                 throw ClusterError(.protocolFailure, "no split \(split) in this worker's data")
             }
             guard let first = task.rows.first, let last = task.rows.last, first <= last, Int(last) < data.count,
@@ -216,19 +209,19 @@ public final class ShardComputer {
             evaluator.kernel = c.kernel
             evaluator.chunkSize = rows.count
             evaluator.betweenPasses = keepAlive
-            switch mode {
-            case 0:
+            switch EnsembleMode(wireCode: mode) {
+            case .likelihood:
                 values = evaluator.maskLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).flatMap { $0.map { Float($0) } }
-            case 1:
+            case .logits:
                 values = evaluator.logitAveragedLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).map { Float($0) }
-            default:
+            case nil:
                 throw ClusterError(.protocolFailure, "unknown ensemble mode \(mode)")
             }
         case .sample(let count, let masks, let seed, let method):
             guard masks <= Self.maxMasks, count <= Self.maxSampleBatch else {
                 throw ClusterError(.protocolFailure, "a sampling batch of \(count) samples and \(masks) masks (at most \(Self.maxSampleBatch) and \(Self.maxMasks))")
             }
-            guard let m = Sampler<Float>.Method.allCases.dropFirst(Int(method)).first else {
+            guard let m = Sampler<Float>.Method(wireCode: method) else {
                 throw ClusterError(.protocolFailure, "unknown sampling method \(method)")
             }
             var sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
