@@ -185,22 +185,19 @@ struct Bench: ParsableCommand {
         let trainer = try Trainer(configuration: configuration, dataset: dataset)
         var logger = Logger(label: "made.bench")
         logger.logLevel = .warning
-        var options = ClusterCoordinator.Options(bind: noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc")
-        options.sharedMemory = !noSharedMemory
-        let coordinator = try ClusterCoordinator(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
-                                                 options: options, logger: logger)
-        let pool = LocalWorkerPool(logger: logger)
-        try pool.start(count: workers) { i in
-            ["worker", "--connect", coordinator.endpoint, "-d", file, "--name", "bench-\(i)", "--parent-pid", "\(getpid())", "--threads", "\(runtime.threads)"]
-        }
-        var stopped = false
-        defer {
-            if !stopped {
-                coordinator.shutdownWorkers(reason: "benchmark failed")
-                pool.stop()
-            }
-        }
-        guard try coordinator.waitForWorkers(workers, timeout: 60_000) else {
+        var options = ClusterSession.Options(coordinator: .init(bind: noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc"))
+        options.coordinator.sharedMemory = !noSharedMemory
+        options.localWorkers = workers
+        options.workerArguments = ["-d", file]
+        options.workerThreads = runtime.threads
+        options.awaitedWorkers = workers
+        options.namePrefix = "bench"
+        let session = try ClusterSession(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
+                                         options: options, logger: logger)
+        defer { session.finish(exitCode: 1, reason: "benchmark failed") }
+        try session.awaitWorkers()
+        let coordinator = session.coordinator
+        guard coordinator.workerCount == workers else {
             throw ValidationError("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
         }
         trainer.optimizerThreads = coordinator.threads
@@ -213,11 +210,9 @@ struct Bench: ParsableCommand {
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         let layout = ParameterLayout(model)
         let dense = Double(4 * layout.count)
-        let packed = Double(4 * MaskPacking(maskSet: MaskSet(configuration: model, runSeed: 0, maskSeed: 0), layout: layout).count)
-        let workerPeak = pool.running.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
-        coordinator.shutdownWorkers(reason: "benchmark done")
-        pool.stop()
-        stopped = true
+        let packed = Double(4 * MaskPacking.Cache(configuration: model, runSeed: 0).packing(0).count)
+        let workerPeak = session.runningWorkers.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
+        session.finish(exitCode: 0, reason: "benchmark done")
         let rate = Double(steps * batchSize) / seconds
         print(String(format: "made_cluster kernel=%@ workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
                      configuration.kernel.rawValue, workers, rate, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,

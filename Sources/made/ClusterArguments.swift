@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MADE
 import MADECluster
 
 /// Flags of the data-parallel cluster, shared by `train`, `coordinator`, `launch`, `eval` and `sample`.
@@ -35,27 +36,7 @@ struct ClusterArguments: ParsableArguments {
         guard (waitForWorkers ?? 0) >= 0 else { throw ValidationError("--wait-for-workers must not be negative") }
         for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout), ("--idle-timeout", idleTimeout),
                               ("--join-timeout", joinTimeout)] {
-            guard value > 0, value <= 1_000_000 else { throw ValidationError("\(name) must be between 0 and 1000000 seconds, not \(value)") }
-        }
-    }
-
-    /// Waits until the workers to wait for have joined `coordinator`: `--wait-for-workers`, else
-    /// `announced` (WORLD_SIZE - 1), else `--workers`. Gives up after `--join-timeout`, or at once
-    /// when a process of `pool` has died and the count cannot be reached; training then starts
-    /// with the workers that came.
-    func awaitWorkers(_ coordinator: ClusterCoordinator, announced: Int? = nil, pool: LocalWorkerPool?, logger: Logger) throws {
-        let awaited = waitForWorkers ?? announced ?? workers
-        guard awaited > 0 else { return }
-        let deadline = ContinuousClock.now + .milliseconds(Int(joinTimeout * 1000))
-        while try !coordinator.waitForWorkers(awaited, timeout: 200) {
-            let local = pool?.processes.count ?? 0
-            let localLost = local > 0 && (pool?.running.count ?? 0) < min(awaited, local)
-            if localLost || ContinuousClock.now >= deadline {
-                logger.warning("starting without every expected worker", metadata: [
-                    "joined": "\(coordinator.workerCount)", "expected": "\(awaited)",
-                    "reason": "\(localLost ? "a local worker process exited" : "--join-timeout passed")"])
-                return
-            }
+            if let problem = TimeoutRange.problem(name, seconds: value) { throw ValidationError(problem) }
         }
     }
 
@@ -73,9 +54,30 @@ struct ClusterArguments: ParsableArguments {
         }
         options.allowInsecure = insecure
         options.sharedMemory = !noSharedMemory
-        options.heartbeatTimeout = UInt64(heartbeatTimeout * 1000)
-        options.taskTimeout = UInt64(taskTimeout * 1000)
-        options.idleTimeout = UInt64(idleTimeout * 1000)
+        options.heartbeatTimeout = TimeoutRange.milliseconds(heartbeatTimeout)
+        options.taskTimeout = TimeoutRange.milliseconds(taskTimeout)
+        options.idleTimeout = TimeoutRange.milliseconds(idleTimeout)
         return options
+    }
+
+    /// A coordinator listening at `--bind` (else `defaultBind`) with `--workers` local workers
+    /// started with `workerArguments` (and `--verbose` with `verbose`), stopped on SIGINT and SIGTERM. It waits for
+    /// `--wait-for-workers`, else `announced` (WORLD_SIZE - 1), else `--workers`. Without `--keys`
+    /// and `--bind`, the local workers get the session's own CURVE keys.
+    func session(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, bind defaultBind: String = "tcp://127.0.0.1:0",
+                 workerArguments: [String], verbose: Bool, announced: Int? = nil, logger: Logger) throws -> ClusterSession {
+        var options = ClusterSession.Options(coordinator: try coordinatorOptions(bind: defaultBind))
+        options.localWorkers = workers
+        options.workerArguments = workerArguments + (verbose ? ["--verbose"] : [])
+        options.workerKeyFolder = keys
+        options.ephemeralKeys = bind == nil
+        options.awaitedWorkers = waitForWorkers ?? announced ?? workers
+        options.joinTimeout = TimeoutRange.milliseconds(joinTimeout)
+        let session = try ClusterSession(configuration: configuration, dataFingerprint: dataFingerprint, options: options, logger: logger)
+        // Workers started by hand need the endpoint (port 0 picks one; -v logs it anyway); local ones are told it.
+        if workers == 0, !verbose { logger.notice("coordinator listening", metadata: ["endpoint": "\(session.coordinator.endpoint)"]) }
+        SignalFlag.install()
+        session.coordinator.shouldStop = { SignalFlag.isSet }
+        return session
     }
 }

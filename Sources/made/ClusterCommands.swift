@@ -39,6 +39,8 @@ struct WorkerArguments: ParsableArguments {
     var keys: String?
     @Option(help: "Which key pair of the folder this worker uses.")
     var keyName: String = "worker"
+    @Flag(help: "Read the coordinator's public key and this worker's secret key from standard input (how `made train --workers N` hands its workers the run's keys).")
+    var keysOnStdin = false
     @Option(help: "Seconds without a word from the coordinator before giving up (exit code 4).")
     var coordinatorTimeout: Double = 60
     @Option(help: .private)
@@ -51,9 +53,8 @@ struct WorkerArguments: ParsableArguments {
     var noSharedMemory = false
 
     func validate() throws {
-        guard coordinatorTimeout > 0, coordinatorTimeout <= 1_000_000 else {
-            throw ValidationError("--coordinator-timeout must be between 0 and 1000000 seconds, not \(coordinatorTimeout)")
-        }
+        if let problem = TimeoutRange.problem("--coordinator-timeout", seconds: coordinatorTimeout) { throw ValidationError(problem) }
+        if keysOnStdin && keys != nil { throw ValidationError("--keys and --keys-on-stdin exclude each other") }
         if let name, name.isEmpty || name.utf8.count > 200 { throw ValidationError("--name must hold 1 to 200 bytes") }
         if noData && singleSplit { throw ValidationError("--no-data and --single-split exclude each other") }
     }
@@ -91,7 +92,11 @@ struct WorkerArguments: ParsableArguments {
         let computer = ShardComputer(dataset: dataset)
         var options = ClusterWorker.Options(connect: endpoint, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
         if let keys { options.security = try ClusterSecurity.Client.load(folder: keys, name: keyName) }
-        options.coordinatorTimeout = UInt64(coordinatorTimeout * 1000)
+        if keysOnStdin {
+            let text = String(decoding: FileHandle.standardInput.readDataToEndOfFile().prefix(4096), as: UTF8.self)
+            options.security = try ClusterSecurity.Client.parse(stdinText: text)
+        }
+        options.coordinatorTimeout = TimeoutRange.milliseconds(coordinatorTimeout)
         options.parentProcess = parentPid
         options.sharedMemory = !noSharedMemory
         let worker = ClusterWorker(computer: computer, options: options, logger: logger)
@@ -134,9 +139,7 @@ struct Launch: ParsableCommand {
 
     func validate() throws {
         _ = try data.path()
-        guard coordinatorTimeout > 0, coordinatorTimeout <= 1_000_000 else {
-            throw ValidationError("--coordinator-timeout must be between 0 and 1000000 seconds, not \(coordinatorTimeout)")
-        }
+        if let problem = TimeoutRange.problem("--coordinator-timeout", seconds: coordinatorTimeout) { throw ValidationError(problem) }
     }
 
     func run() throws {

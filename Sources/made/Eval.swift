@@ -71,10 +71,16 @@ struct Eval: ParsableCommand {
                 throw ValidationError("\(path): no \(effectiveSplit ?? "test") split")
             }
             try check(matrix, path: path, configuration: c)
-            ll = try JobCluster.run(checkpoint: saved, dataFingerprint: DataFingerprint.bytes(of: dataset), cluster: cluster,
-                                    workerArguments: workerArguments, verbose: runtime.verbose) { coordinator in
-                try coordinator.logLikelihoods(split: DataSplit(rawValue: UInt8(splitIndex))!, rowCount: matrix.count, masks: k, mode: mode,
-                                               parameters: saved.modelParameters)
+            let session = try cluster.session(configuration: saved.configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
+                                              workerArguments: workerArguments, verbose: runtime.verbose,
+                                              logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
+            do {
+                ll = try session.run { coordinator in
+                    try coordinator.logLikelihoods(split: DataSplit(rawValue: UInt8(splitIndex))!, rowCount: matrix.count, masks: k, mode: mode,
+                                                   parameters: saved.modelParameters)
+                }
+            } catch is ClusterCoordinator.Interrupted {
+                throw ExitCode(130)
             }
         } else {
             let matrix = try DatasetLoader.loadSplit(path: path, split: effectiveSplit, options: data.options)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MADE
+import MADECluster
 
 struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -54,9 +55,15 @@ struct Sample: ParsableCommand {
         let values: [Float]
         if cluster.isDistributed {
             // Workers need no data to sample; each draws whole batches from their own streams.
-            values = try JobCluster.run(checkpoint: saved, dataFingerprint: nil, cluster: cluster, workerArguments: ["--no-data"], verbose: runtime.verbose) { coordinator in
-                try coordinator.drawSamples(count: count, dimension: d, batchSize: sampler.batchSize, masks: masks, seed: seed,
-                                            method: method, parameters: saved.modelParameters)
+            let session = try cluster.session(configuration: c, dataFingerprint: nil, workerArguments: ["--no-data"], verbose: runtime.verbose,
+                                              logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
+            do {
+                values = try session.run { coordinator in
+                    try coordinator.drawSamples(count: count, dimension: d, batchSize: sampler.batchSize, masks: masks, seed: seed,
+                                                method: method, parameters: saved.modelParameters)
+                }
+            } catch is ClusterCoordinator.Interrupted {
+                throw ExitCode(130)
             }
         } else {
             values = sampler.sample(parameters: saved.modelParameters, count: count, masks: masks, seed: seed, method: method, means: mean)

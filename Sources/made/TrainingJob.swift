@@ -74,73 +74,25 @@ struct TrainingJob {
         let stopAfter = training.stopAfterSteps
         let shouldStop = { SignalFlag.isSet || (stopAfter.map { trainer.step >= $0 } ?? false) }
 
-        var outcome: TrainingOutcome
+        let result: TrainingRun.Result
         var coordinator: ClusterCoordinator?
-        var pool: LocalWorkerPool?
-        let k = configuration.evaluationMasks
-        let mode = configuration.ensembleMode
-        /// The final validation and test NLL of the parameters the run stands by.
-        func finalScores(_ score: (_ split: DataSplit, _ data: DataMatrix) throws -> Double) throws -> [(String, Double)] {
-            try [("valid", DataSplit.valid), ("test", .test)].compactMap { name, split in
-                try split.rows(of: dataset).map { (name, try score(split, $0)) }
-            }
-        }
-        var scores: [(String, Double)] = []
         switch role {
         case .local where !cluster.isDistributed:
-            outcome = try trainer.run(until: shouldStop)
-            if outcome != .interrupted {
-                scores = try finalScores { _, data in trainer.evaluate(data, parameters: trainer.checkpoint.modelParameters) }
-            }
+            result = try TrainingRun.local(trainer, until: shouldStop)
         case .local, .coordinator:
             var bind = "tcp://127.0.0.1:0"
             if case .coordinator(let b) = role { bind = b }
-            let c = try ClusterCoordinator(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
-                                           options: try cluster.coordinatorOptions(bind: bind), logger: logger)
-            c.shouldStop = { SignalFlag.isSet }
-            // Workers wait while the coordinator updates the parameters: let it use every core then.
-            trainer.optimizerThreads = c.threads
-            trainer.keepAlive = { c.keepAlive() }
+            let session = try cluster.session(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: dataset), bind: bind,
+                                              workerArguments: data.forwarded, verbose: runtime.verbose, announced: expectedWorkers,
+                                              logger: logger)
+            let c = session.coordinator
             report.cluster = { (c.workerCount, c.lastStepTimings) }
-            // Validation goes to the workers too, chunk by chunk, with the same bits as here.
-            func clusterScore(_ split: DataSplit, _ data: DataMatrix, _ parameters: [Float]) throws -> Double {
-                Evaluator<Float>.meanNLL(try c.logLikelihoods(split: split, rowCount: data.count, masks: k, mode: mode, parameters: parameters))
-            }
-            if let valid = dataset.valid { trainer.validationScorer = { try clusterScore(.valid, valid, $0) } }
             coordinator = c
-            // Workers started by hand need the endpoint (port 0 picks one; -v logs it anyway); local ones are told it.
-            if cluster.workers == 0, !runtime.verbose { logger.notice("coordinator listening", metadata: ["endpoint": "\(c.endpoint)"]) }
-            if cluster.workers > 0 {
-                let p = LocalWorkerPool(logger: logger)
-                pool = p
-                try p.start(count: cluster.workers) { i in
-                    ["worker", "--connect", c.endpoint, "--name", "local-\(i)", "--parent-pid", "\(getpid())"]
-                        + data.forwarded + (cluster.keys.map { ["--keys", $0] } ?? []) + (runtime.verbose ? ["--verbose"] : [])
-                }
-            }
-            do {
-                // Start with every worker the launch announced, so none arrives after the work is done.
-                try cluster.awaitWorkers(c, announced: expectedWorkers, pool: pool, logger: logger)
-                outcome = try trainer.drive(until: shouldStop) { plan in
-                    try c.computeStep(plan, parameters: trainer.state.parameters)
-                }
-                if outcome != .interrupted {
-                    let parameters = trainer.checkpoint.modelParameters
-                    scores = try finalScores { split, data in try clusterScore(split, data, parameters) }
-                }
-            } catch is ClusterCoordinator.Interrupted {
-                try trainer.saveCheckpoint()
-                outcome = .interrupted
-            } catch {
-                // The state is at a step boundary: keep what was done.
-                try? trainer.saveCheckpoint()
-                c.shutdownWorkers(exitCode: 1, reason: "the coordinator failed: \(error)")
-                pool?.stop(grace: 2)
-                throw error
-            }
-            c.shutdownWorkers(exitCode: 0, reason: outcome == .interrupted ? "the run was interrupted" : "the run is complete")
-            pool?.stop()
+            result = try TrainingRun.cluster(trainer, session: session, until: shouldStop)
         }
+        let outcome = result.outcome
+        let k = configuration.evaluationMasks
+        let mode = configuration.ensembleMode
 
         report.clearLiveLine()
         if outcome == .interrupted {
@@ -153,7 +105,7 @@ struct TrainingJob {
         }
         let final = trainer.checkpoint
         let label = mode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
-        for (name, nll) in scores { print(String(format: "%@_nll=%.4f", name, nll) + " masks=\(k)\(label)") }
+        for (split, nll) in result.scores { print(String(format: "%@_nll=%.4f", split.name, nll) + " masks=\(k)\(label)") }
         if let c = coordinator {
             let n = c.counters
             print("cluster workers_joined=\(n.workersJoined) workers_lost=\(n.workersLost) reassigned_shards=\(n.reassignedShards) "

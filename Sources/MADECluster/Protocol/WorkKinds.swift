@@ -37,3 +37,14 @@ extension Sampler.Method {
         self = method
     }
 }
+
+extension DataSplit {
+    /// `train`, `valid` or `test`.
+    public var name: String {
+        switch self {
+        case .train: "train"
+        case .valid: "valid"
+        case .test: "test"
+        }
+    }
+}

@@ -37,6 +37,36 @@ public enum ClusterSecurity {
             Client(keyPair: try CurveKeyPair.read(secretPath: folder + "/\(name).key"),
                    serverPublicKey: try CurveKeyPair.readPublicKey(path: folder + "/coordinator.pub"))
         }
+
+        /// The keys as a coordinator hands them to its own workers on their standard input:
+        /// `coordinator-public-key KEY` and `worker-secret-key KEY`, one a line.
+        public var stdinText: String {
+            "coordinator-public-key \(serverPublicKey)\nworker-secret-key \(keyPair.secretKey)\n"
+        }
+
+        /// Parses ``stdinText``.
+        /// - Throws: `CurveKeyError` when a line is missing or a key is invalid.
+        public static func parse(stdinText text: String) throws -> Client {
+            var fields: [String: String] = [:]
+            for line in text.split(whereSeparator: \.isNewline) {
+                let parts = line.split(separator: " ", maxSplits: 1)
+                if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
+            }
+            guard let server = fields["coordinator-public-key"], let secret = fields["worker-secret-key"] else {
+                throw CurveKeyError(.malformedFile, "standard input holds no coordinator-public-key and worker-secret-key lines")
+            }
+            _ = try Z85.decodeKey(server)
+            return Client(keyPair: try CurveKeyPair(secretKey: secret), serverPublicKey: server)
+        }
+    }
+
+    /// Keys for one run with its own workers: a fresh pair for the coordinator, which accepts
+    /// only the fresh worker pair given to its workers. Nothing is written to disk.
+    public static func ephemeral() throws -> (server: Server, client: Client) {
+        let server = try CurveKeyPair.generate()
+        let worker = try CurveKeyPair.generate()
+        return (Server(keyPair: server, authorized: try AuthorizedKeys(publicKeys: [worker.publicKey])),
+                Client(keyPair: worker, serverPublicKey: server.publicKey))
     }
 
     /// Creates a key folder: the coordinator's pair if missing, the named worker's pair, and the
