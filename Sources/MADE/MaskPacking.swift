@@ -135,6 +135,9 @@ extension MaskPacking {
             self.layout = ParameterLayout(configuration)
         }
 
+        /// Seeds whose masks are held.
+        public var count: Int { maskSets.count }
+
         /// The masks of `maskSeed`.
         public func maskSet(_ maskSeed: UInt64) -> MaskSet {
             if let m = maskSets[maskSeed] { return m }

@@ -13,7 +13,7 @@ import Glibc
 /// A session with local workers and no key folder is authenticated all the same: it makes a
 /// CURVE key pair for the coordinator and one for its workers, accepts only that worker key, and
 /// hands both keys to its children on their standard input, never on a command line (where
-/// `ps` shows it) or in a file. Each child also gets `--parent-pid` of this process and exits by
+/// `ps` shows it): a 0600 file removed from its folder before any child starts. Each child also gets `--parent-pid` of this process and exits by
 /// itself if this process dies first, even by SIGKILL.
 public final class ClusterSession {
     public struct Options: Sendable {
@@ -104,21 +104,36 @@ public final class ClusterSession {
             var arguments = ["worker", "--connect", coordinator.endpoint, "--name", name, "--parent-pid", "\(getpid())"] + options.workerArguments
             if let threads = options.workerThreads { arguments += ["--threads", "\(threads)"] }
             if let folder = options.workerKeyFolder { arguments += ["--keys", folder] }
-            let input = Pipe()
-            if keys != nil {
+            var input: FileHandle?
+            if let keys {
                 arguments.append("--keys-on-stdin")
+                input = try Self.unlinkedFile(holding: keys.stdinText)
                 process.standardInput = input
             }
             process.arguments = arguments
+            defer { try? input?.close() }
             try process.run()
             processes.append((name, process))
-            if let keys {
-                // The keys go through the pipe; the worker reads to the end.
-                input.fileHandleForWriting.write(Data(keys.stdinText.utf8))
-            }
-            try? input.fileHandleForWriting.close()
             logger.debug("started worker process", metadata: ["worker": "\(name)", "pid": "\(process.processIdentifier)"])
         }
+    }
+
+    /// A file holding `text`, open for reading from its start, already removed from its folder:
+    /// only a process handed the open file can read it. Unlike a pipe, a child that exits before
+    /// reading it does not make the writer fail.
+    static func unlinkedFile(holding text: String) throws -> FileHandle {
+        var template = Array((NSTemporaryDirectory() + "/made-keys-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }   // mode 0600
+        guard fd >= 0 else { throw ClusterError(.security, "cannot make a file for the workers' keys: \(String(cString: strerror(errno)))") }
+        unlink(String(cString: template))
+        let bytes = Array(text.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard written == bytes.count, lseek(fd, 0, SEEK_SET) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw ClusterError(.security, "cannot write the workers' keys: \(reason)")
+        }
+        return FileHandle(fileDescriptor: fd, closeOnDealloc: true)
     }
 
     /// Process ids of the local workers still running.

@@ -412,6 +412,7 @@ public struct CoordinatorStateMachine: Sendable {
     /// and work waiting with no worker at all for the idle timeout fails.
     public mutating func tick(now: UInt64) -> [Action] {
         var actions: [Action] = []
+        if !workers.isEmpty { lastWorkerSeen = max(lastWorkerSeen, now) }
         for (peer, worker) in workers where now > worker.lastHeard + settings.heartbeatTimeout {
             actions += release(peer, .lost("no message for \(now - worker.lastHeard) ms"))
         }
@@ -427,9 +428,7 @@ public struct CoordinatorStateMachine: Sendable {
             heartbeatSequence += 1
             actions += workers.keys.map { .send($0, .heartbeat(sequence: heartbeatSequence)) }
         }
-        if !workers.isEmpty {
-            lastWorkerSeen = max(lastWorkerSeen, now)
-        } else if case .running(var step) = state, step.failure == nil, now > lastWorkerSeen + settings.idleTimeout {
+        if workers.isEmpty, case .running(var step) = state, step.failure == nil, now > lastWorkerSeen + settings.idleTimeout {
             step.failure = Failure(code: .noWorkers,
                                    message: "no worker has been connected for \(settings.idleTimeout / 1000) s; the work cannot go on")
             state = .running(step)
