@@ -191,6 +191,17 @@ struct CoordinatorRuleTests {
         #expect(!m.isStepComplete)
     }
 
+    @Test("after the shutdown, a late hello hears it too and nothing else registers or counts")
+    func lateHelloAfterShutdown() {
+        var m = CoordinatorStateMachine(settings: settings())
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        #expect(m.shutdownAll(exitCode: 0, reason: "done") == [.send(a, .shutdown(exitCode: 0, reason: "done"))])
+        #expect(m.receive(from: b, runID: 0, message: hello("b"), now: 1) == [.send(b, .shutdown(exitCode: 0, reason: "done"))])
+        #expect(m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 2).isEmpty)
+        #expect(m.workerCount == 0 && m.counters.workersJoined == 1 && m.counters.unknownPeer == 0)
+        #expect(m.tick(now: 5000).isEmpty)
+    }
+
     @Test("the heartbeat interval told to workers is at least four per timeout and never below 50 ms")
     func heartbeatInterval() {
         #expect(CoordinatorStateMachine.Settings.heartbeatInterval(wanted: 1000, timeout: 10_000) == 1000)

@@ -13,7 +13,8 @@ import OrderedCollections
 ///
 /// The machine is `idle` between pieces of work and `running` one ``WorkPlan`` (a training step,
 /// or a piece of an evaluation or sampling job); the running ``Step`` owns everything that lives
-/// as long as the step: its queue, results, tickets, retakes and failures.
+/// as long as the step: its queue, results, tickets, retakes and failures. Once every worker is
+/// told to exit it is `shutDown`, and a late hello gets the same answer.
 ///
 /// Work is pulled: a registered worker holds at most one task (a shard, or an aligned block of
 /// shards) at a time and gets the next pending one as soon as it is idle. A worker not heard
@@ -227,6 +228,8 @@ public struct CoordinatorStateMachine: Sendable {
     enum State: Sendable {
         case idle
         case running(Step)
+        /// Every worker was told to exit; a worker that says hello now hears the same.
+        case shutDown(exitCode: UInt8, reason: String)
     }
 
     /// Why a worker's task is released.
@@ -310,6 +313,7 @@ public struct CoordinatorStateMachine: Sendable {
     /// then complete when they are) and hands them to idle workers.
     public mutating func begin(_ plan: WorkPlan, now: UInt64, only: [UInt32]? = nil) -> [Action] {
         precondition(!plan.shards.isEmpty, "a step needs at least one shard")
+        if case .shutDown = state { preconditionFailure("begin: the workers were shut down") }
         let block = UInt32(only == nil ? Self.blockSize(shards: plan.shards.count, workers: workers.count, limit: plan.maxShardsPerTask) : 1)
         let pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
         precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
@@ -343,10 +347,11 @@ public struct CoordinatorStateMachine: Sendable {
         return step.expected.sorted().map { step.results[$0]! }
     }
 
-    /// Tells every worker to exit.
+    /// Tells every worker to exit, and every worker that says hello from now on.
     public mutating func shutdownAll(exitCode: UInt8, reason: String) -> [Action] {
         let actions = workers.keys.map { Action.send($0, .shutdown(exitCode: exitCode, reason: reason)) }
         workers = [:]
+        state = .shutDown(exitCode: exitCode, reason: reason)
         return actions
     }
 
@@ -354,6 +359,10 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// A frame from `peer` that decoded to `message` with header run id `runID`.
     public mutating func receive(from peer: Peer, runID: UInt64, message: WireMessage, now: UInt64) -> [Action] {
+        if case .shutDown(let code, let reason) = state {
+            if case .hello = message { return [.send(peer, .shutdown(exitCode: code, reason: reason))] }
+            return []
+        }
         if case .hello(let hello) = message { return register(peer, hello, now: now) }
         guard runID == settings.runID else {
             counters.wrongRun += 1

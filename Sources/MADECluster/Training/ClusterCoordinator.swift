@@ -342,10 +342,7 @@ public final class ClusterCoordinator {
         try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: nil)
         // Keep answering briefly so late hellos also hear the shutdown.
         let until = now + 200
-        while now < until {
-            try? pump(timeout: 20, parameters: nil)
-            try? perform(machine.shutdownAll(exitCode: exitCode, reason: reason), parameters: nil)
-        }
+        while now < until { try? pump(timeout: 20, parameters: nil) }
     }
 
     /// The parameters a step's workers need, made once per step and only in the forms asked
