@@ -57,17 +57,17 @@ struct Eval: ParsableCommand {
         if cluster.isDistributed {
             // Workers load the data as this process does, and score chunks of the split's rows.
             let dataset: Dataset
-            let splitIndex: Int
+            let split: DataSplit
             var workerArguments = data.forwarded
             if let effectiveSplit {
                 dataset = try DatasetLoader.load(path: path, options: data.options)
-                splitIndex = ["train", "valid", "test"].firstIndex(of: effectiveSplit)!
+                split = DataSplit.allCases.first { $0.name == effectiveSplit }!
             } else {
                 dataset = Dataset(train: nil, valid: nil, test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
-                splitIndex = 2
+                split = .test
                 workerArguments.append("--single-split")
             }
-            guard let matrix = [dataset.train, dataset.valid, dataset.test][splitIndex] else {
+            guard let matrix = split.rows(of: dataset) else {
                 throw ValidationError("\(path): no \(effectiveSplit ?? "test") split")
             }
             try check(matrix, path: path, configuration: c)
@@ -76,7 +76,7 @@ struct Eval: ParsableCommand {
                                               logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
             do {
                 ll = try session.run { coordinator in
-                    try coordinator.logLikelihoods(split: DataSplit(rawValue: UInt8(splitIndex))!, rowCount: matrix.count, masks: k, mode: mode,
+                    try coordinator.logLikelihoods(split: split, rowCount: matrix.count, masks: k, mode: mode,
                                                    parameters: saved.modelParameters)
                 }
             } catch is ClusterCoordinator.Interrupted {

@@ -244,6 +244,14 @@ public struct CoordinatorStateMachine: Sendable {
         case failed
         /// It is dead or dismissed: it leaves the run.
         case lost(String)
+
+        /// Whether the task goes back to the queue here; an answer or a failure is judged by its caller.
+        var requeues: Bool {
+            switch self {
+            case .timedOut, .rejoined, .lost: true
+            case .answered, .failed: false
+            }
+        }
     }
 
     public let settings: Settings
@@ -523,12 +531,7 @@ public struct CoordinatorStateMachine: Sendable {
             actions.append(.workerLost(peer, name: worker.name, reason: why))
         }
         if case .lost = reason {} else { workers[peer] = worker }
-        switch reason {
-        case .timedOut, .rejoined, .lost:
-            if let current { requeueIfUnheld(current) }
-        case .answered, .failed:
-            break
-        }
+        if reason.requeues, let current { requeueIfUnheld(current) }
         return actions
     }
 
