@@ -61,16 +61,18 @@ struct ClusterArguments: ParsableArguments {
     }
 
     /// A coordinator listening at `--bind` (else `defaultBind`) with `--workers` local workers
-    /// started with `workerArguments` (and `--verbose` with `verbose`), stopped on SIGINT and SIGTERM. It waits for
-    /// `--wait-for-workers`, else `announced` (WORLD_SIZE - 1), else `--workers`. Without `--keys`
-    /// and `--bind`, the local workers get the session's own CURVE keys.
+    /// started with `workerArguments` (and `--verbose` with `verbose`), stopped on SIGINT and
+    /// SIGTERM. It waits for `--wait-for-workers`, else `announced` (WORLD_SIZE - 1), else
+    /// `--workers`. Without `--keys`, `--bind` and `--insecure`, the local workers get the
+    /// session's own CURVE keys.
     func session(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, bind defaultBind: String = "tcp://127.0.0.1:0",
                  workerArguments: [String], verbose: Bool, announced: Int? = nil, logger: Logger) throws -> ClusterSession {
         var options = ClusterSession.Options(coordinator: try coordinatorOptions(bind: defaultBind))
         options.localWorkers = workers
         options.workerArguments = workerArguments + (verbose ? ["--verbose"] : [])
         options.workerKeyFolder = keys
-        options.ephemeralKeys = bind == nil
+        // Keys of the run's own only when no one else is meant to join: no --bind, no --insecure, loopback.
+        options.ephemeralKeys = bind == nil && !insecure && Endpoint.isLocal(options.coordinator.bind)
         options.awaitedWorkers = waitForWorkers ?? announced ?? workers
         options.joinTimeout = TimeoutRange.milliseconds(joinTimeout)
         let session = try ClusterSession(configuration: configuration, dataFingerprint: dataFingerprint, options: options, logger: logger)

@@ -283,3 +283,15 @@ struct WorkKindTests {
         #expect(throws: CurveKeyError.self) { try ClusterSecurity.Client.parse(stdinText: "coordinator-public-key abc\nworker-secret-key def\n") }
     }
 }
+
+@Suite("Worker exits without sockets")
+struct WorkerExitTests {
+    @Test("a worker whose launcher is gone exits with status 4, once")
+    func launcherGone() {
+        var w = WorkerStateMachine(settings: .init(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w"))
+        _ = w.start(now: 0)
+        #expect(w.launcherGone() == [.exit(code: WorkerStateMachine.ExitCode.coordinatorGone, reason: "the launching process is gone")])
+        #expect(w.isFinished)
+        #expect(w.launcherGone().isEmpty && w.tick(now: 1_000_000).isEmpty)
+    }
+}

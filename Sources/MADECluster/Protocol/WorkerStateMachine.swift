@@ -122,6 +122,13 @@ public struct WorkerStateMachine: Sendable {
         drop("malformed frame: \(error)")
     }
 
+    /// The process that launched this worker is gone: the worker's run is over.
+    public mutating func launcherGone() -> [Action] {
+        guard state != .finished else { return [] }
+        state = .finished
+        return [.exit(code: ExitCode.coordinatorGone, reason: "the launching process is gone")]
+    }
+
     /// The model could not be built from the configuration.
     public mutating func configurationFailed(_ reason: String) -> [Action] {
         state = .finished

@@ -123,8 +123,8 @@ public final class ClusterWorker {
         while pendingExit == nil {
             if shouldStop() { return 130 }
             if let parent = options.parentProcess, getppid() != parent {
-                logger.warning("the launching process is gone; exiting")
-                return WorkerStateMachine.ExitCode.coordinatorGone
+                try perform(machine.launcherGone())
+                break
             }
             _ = try ZMQSocket.poll([.socket(socket)], timeoutMilliseconds: 50)
             while pendingExit == nil, let message = try socket.receiveMessage(maxParts: 1, dontWait: true) {
