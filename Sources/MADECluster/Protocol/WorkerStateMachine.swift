@@ -49,9 +49,18 @@ public struct WorkerStateMachine: Sendable {
         public static let badConfiguration: Int32 = 5
     }
 
+    /// What a welcomed worker knows of its run.
+    struct Session: Sendable, Equatable {
+        var runID: UInt64
+        var heartbeatInterval: UInt64
+        /// The step whose parameters it holds, if any.
+        var parametersStep: UInt64?
+    }
+
     enum State: Sendable, Equatable {
+        /// Saying hello until welcomed.
         case connecting
-        case active(runID: UInt64, heartbeatInterval: UInt64)
+        case active(Session)
         case finished
     }
 
@@ -61,7 +70,6 @@ public struct WorkerStateMachine: Sendable {
     private var lastHeard: UInt64?
     private var lastSent: UInt64 = 0
     private var lastHello: UInt64 = 0
-    private var parametersStep: UInt64?
     private var heartbeats: UInt64 = 0
 
     public init(settings: Settings) {
@@ -86,8 +94,7 @@ public struct WorkerStateMachine: Sendable {
         lastHeard = now
         switch message {
         case .welcome(let welcome):
-            state = .active(runID: runID, heartbeatInterval: UInt64(welcome.heartbeatIntervalMilliseconds))
-            parametersStep = nil
+            state = .active(Session(runID: runID, heartbeatInterval: UInt64(welcome.heartbeatIntervalMilliseconds)))
             return [.configure(runID: runID, configuration: welcome.configuration, sharedMemory: welcome.sharedMemory)]
         case .reject(let reason):
             state = .finished
@@ -101,12 +108,13 @@ public struct WorkerStateMachine: Sendable {
         case .heartbeat:
             return []
         case .task(let task):
-            guard case .active(let id, _) = state, id == runID else {
+            guard case .active(var session) = state, session.runID == runID else {
                 return drop("a task before welcome, or for another run")
             }
             if task.parameters != .absent {
-                parametersStep = task.step
-            } else if parametersStep != task.step {
+                session.parametersStep = task.step
+                state = .active(session)
+            } else if session.parametersStep != task.step {
                 // The coordinator believes this worker holds parameters it does not: start over.
                 state = .connecting
                 return sayHello(now: now)
@@ -145,9 +153,10 @@ public struct WorkerStateMachine: Sendable {
 
     /// A task could not be done; the coordinator hears why and gives it to another worker.
     public mutating func taskFailed(_ task: WireMessage.Task, reason: String, now: UInt64) -> [Action] {
-        guard case .active = state else { return [] }
+        guard case .active(var session) = state else { return [] }
         lastSent = now
-        parametersStep = nil
+        session.parametersStep = nil
+        state = .active(session)
         return [.send(.failed(step: task.step, shard: task.shard, ticket: task.ticket, reason: reason))]
     }
 
@@ -177,12 +186,12 @@ public struct WorkerStateMachine: Sendable {
                 return [.exit(code: ExitCode.coordinatorGone, reason: "no coordinator answered for \(settings.coordinatorTimeout / 1000) s")]
             }
             return now >= lastHello + settings.helloRetry ? sayHello(now: now) : []
-        case .active(_, let interval):
+        case .active(let session):
             if now > (lastHeard ?? startedAt) + settings.coordinatorTimeout {
                 state = .finished
                 return [.exit(code: ExitCode.coordinatorGone, reason: "the coordinator has been silent for \(settings.coordinatorTimeout / 1000) s")]
             }
-            return now >= lastSent + interval ? heartbeat(now: now) : []
+            return now >= lastSent + session.heartbeatInterval ? heartbeat(now: now) : []
         }
     }
 
