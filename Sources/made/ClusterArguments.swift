@@ -61,15 +61,17 @@ struct ClusterArguments: ParsableArguments {
     }
 
     /// A coordinator listening at `--bind` (else `defaultBind`) with `--workers` local workers
-    /// started with `workerArguments` (and `--verbose` with `verbose`), stopped on SIGINT and
-    /// SIGTERM. It waits for `--wait-for-workers`, else `announced` (WORLD_SIZE - 1), else
+    /// started with `workerArguments`, the `--threads` of `runtime` and `--verbose` when it asks
+    /// for it; stopped on SIGINT and SIGTERM. It waits for `--wait-for-workers`, else `announced` (WORLD_SIZE - 1), else
     /// `--workers`. Without `--keys`, `--bind` and `--insecure`, the local workers get the
     /// session's own CURVE keys.
     func session(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, bind defaultBind: String = "tcp://127.0.0.1:0",
-                 workerArguments: [String], verbose: Bool, announced: Int? = nil, logger: Logger) throws -> ClusterSession {
+                 workerArguments: [String], runtime: RuntimeArguments, announced: Int? = nil,
+                 logger: Logger) throws -> ClusterSession {
         var options = ClusterSession.Options(coordinator: try coordinatorOptions(bind: defaultBind))
         options.localWorkers = workers
-        options.workerArguments = workerArguments + (verbose ? ["--verbose"] : [])
+        options.workerArguments = workerArguments + (runtime.verbose ? ["--verbose"] : [])
+        options.workerThreads = runtime.threads
         options.workerKeyFolder = keys
         // Keys of the run's own only when no one else is meant to join: no --bind, no --insecure, loopback.
         options.ephemeralKeys = bind == nil && !insecure && Endpoint.isLocal(options.coordinator.bind)
@@ -77,7 +79,7 @@ struct ClusterArguments: ParsableArguments {
         options.joinTimeout = TimeoutRange.milliseconds(joinTimeout)
         let session = try ClusterSession(configuration: configuration, dataFingerprint: dataFingerprint, options: options, logger: logger)
         // Workers started by hand need the endpoint (port 0 picks one; -v logs it anyway); local ones are told it.
-        if workers == 0, !verbose { logger.notice("coordinator listening", metadata: ["endpoint": "\(session.coordinator.endpoint)"]) }
+        if workers == 0, !runtime.verbose { logger.notice("coordinator listening", metadata: ["endpoint": "\(session.coordinator.endpoint)"]) }
         SignalFlag.install()
         session.coordinator.shouldStop = { SignalFlag.isSet }
         return session

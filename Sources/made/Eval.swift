@@ -72,7 +72,7 @@ struct Eval: ParsableCommand {
             }
             try check(matrix, path: path, configuration: c)
             let session = try cluster.session(configuration: saved.configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
-                                              workerArguments: workerArguments, verbose: runtime.verbose,
+                                              workerArguments: workerArguments, runtime: runtime,
                                               logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
             do {
                 ll = try session.run { coordinator in

@@ -55,7 +55,7 @@ struct Sample: ParsableCommand {
         let values: [Float]
         if cluster.isDistributed {
             // Workers need no data to sample; each draws whole batches from their own streams.
-            let session = try cluster.session(configuration: c, dataFingerprint: nil, workerArguments: ["--no-data"], verbose: runtime.verbose,
+            let session = try cluster.session(configuration: c, dataFingerprint: nil, workerArguments: ["--no-data"], runtime: runtime,
                                               logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
             do {
                 values = try session.run { coordinator in

@@ -83,7 +83,7 @@ struct TrainingJob {
             var bind = "tcp://127.0.0.1:0"
             if case .coordinator(let b) = role { bind = b }
             let session = try cluster.session(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: dataset), bind: bind,
-                                              workerArguments: data.forwarded, verbose: runtime.verbose, announced: expectedWorkers,
+                                              workerArguments: data.forwarded, runtime: runtime, announced: expectedWorkers,
                                               logger: logger)
             let c = session.coordinator
             report.cluster = { (c.workerCount, c.lastStepTimings) }

@@ -36,6 +36,7 @@ struct DefaultSecurityTests {
             let arguments = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))?.split(separator: "\0").map(String.init) ?? []
             #expect(arguments.contains("--keys-on-stdin"), "\(arguments)")
             #expect(!arguments.contains("--keys"), "\(arguments)")
+            #expect(arguments.contains("--threads"), "every local worker is told its BLAS threads: \(arguments)")
         }
 
         // A would-be worker with the right data over plain TCP, and one with CURVE but keys of its own.
