@@ -191,14 +191,18 @@ struct CoordinatorRuleTests {
         #expect(!m.isStepComplete)
     }
 
-    @Test("after the shutdown, a late hello hears it too and nothing else registers or counts")
+    @Test("after the shutdown, a late hello hears it too and counts as one join; nothing else registers or counts")
     func lateHelloAfterShutdown() {
         var m = CoordinatorStateMachine(settings: settings())
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         #expect(m.shutdownAll(exitCode: 0, reason: "done") == [.send(a, .shutdown(exitCode: 0, reason: "done"))])
         #expect(m.receive(from: b, runID: 0, message: hello("b"), now: 1) == [.send(b, .shutdown(exitCode: 0, reason: "done"))])
+        #expect(m.receive(from: b, runID: 0, message: hello("b"), now: 1) == [.send(b, .shutdown(exitCode: 0, reason: "done"))])
         #expect(m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 2).isEmpty)
-        #expect(m.workerCount == 0 && m.counters.workersJoined == 1 && m.counters.unknownPeer == 0)
+        #expect(m.workerCount == 0 && m.counters.workersJoined == 2 && m.counters.unknownPeer == 0)
+        let stranger = WireMessage.hello(.init(dataFingerprint: [UInt8](repeating: 9, count: 32), processID: 1, name: "c"))
+        #expect(m.receive(from: Array("c".utf8), runID: 0, message: stranger, now: 3).contains { if case .send(_, .reject) = $0 { true } else { false } })
+        #expect(m.counters.refusedWorkers == 1 && m.counters.workersJoined == 2)
         #expect(m.tick(now: 5000).isEmpty)
     }
 

@@ -228,8 +228,9 @@ public struct CoordinatorStateMachine: Sendable {
     enum State: Sendable {
         case idle
         case running(Step)
-        /// Every worker was told to exit; a worker that says hello now hears the same.
-        case shutDown(exitCode: UInt8, reason: String)
+        /// Every worker was told to exit; a worker that says hello now joins only to hear the
+        /// same (`joined`: those counted so).
+        case shutDown(exitCode: UInt8, reason: String, joined: Set<Peer>)
     }
 
     /// Why a worker's task is released.
@@ -359,7 +360,7 @@ public struct CoordinatorStateMachine: Sendable {
     public mutating func shutdownAll(exitCode: UInt8, reason: String) -> [Action] {
         let actions = workers.keys.map { Action.send($0, .shutdown(exitCode: exitCode, reason: reason)) }
         workers = [:]
-        state = .shutDown(exitCode: exitCode, reason: reason)
+        state = .shutDown(exitCode: exitCode, reason: reason, joined: [])
         return actions
     }
 
@@ -367,9 +368,15 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// A frame from `peer` that decoded to `message` with header run id `runID`.
     public mutating func receive(from peer: Peer, runID: UInt64, message: WireMessage, now: UInt64) -> [Action] {
-        if case .shutDown(let code, let reason) = state {
-            if case .hello = message { return [.send(peer, .shutdown(exitCode: code, reason: reason))] }
-            return []
+        if case .shutDown(let code, let reason, var joined) = state {
+            guard case .hello(let hello) = message else { return [] }
+            if let required = settings.dataFingerprint, hello.dataFingerprint != required { return register(peer, hello, now: now) }
+            // A worker that came late still joined the run, once, and leaves with the others.
+            if joined.insert(peer).inserted {
+                counters.workersJoined += 1
+                state = .shutDown(exitCode: code, reason: reason, joined: joined)
+            }
+            return [.send(peer, .shutdown(exitCode: code, reason: reason))]
         }
         if case .hello(let hello) = message { return register(peer, hello, now: now) }
         guard runID == settings.runID else {
