@@ -111,6 +111,27 @@ public struct Checkpoint: Sendable, Equatable {
         try AtomicFile.write(try encoded(), to: path)
     }
 
+    /// Most steps a checkpoint may count (2^53: still exact as a Double).
+    public static let maxStep = 1 << 53
+
+    /// Throws unless every parameter the model stands by, and, for `resuming`, every value of
+    /// the state a run carries on from, is finite: a checkpoint of a run that diverged cannot be
+    /// evaluated, sampled or resumed.
+    public func requireFinite(resuming: Bool = false, path: String = "checkpoint") throws {
+        var arrays = [("parameters", modelParameters)]
+        if resuming {
+            arrays += [("training parameters", state.parameters), ("Adam first moment", state.adam.firstMoment),
+                       ("Adam second moment", state.adam.secondMoment)]
+        }
+        for (name, values) in arrays {
+            if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                let count = values.lazy.filter { !$0.isFinite }.count
+                throw MADEError(.invalidCheckpoint, "\(count) of its \(values.count) \(name) are not finite (the first, #\(bad), is \(values[bad])): "
+                                + "the run diverged before this checkpoint was written; train again with a smaller --lr", path: path)
+            }
+        }
+    }
+
     // MARK: Decoding
 
     /// Reads and verifies a checkpoint file.
@@ -169,7 +190,9 @@ public struct Checkpoint: Sendable, Equatable {
             throw fail("array sizes \(arrays.map(\.count)) do not fit the model's \(n) parameters")
         }
         // The counters must describe a point the schedule can reach.
+        // (validate() bounds the epochs, so the sums below cannot overflow.)
         guard header.completedEpochs >= 0, header.completedEpochs <= configuration.epochs + 1_000_000, header.step >= 0,
+              header.step <= Self.maxStep, header.epochExamples <= Self.maxStep,
               header.adamStep == header.step, header.epochExamples >= 0, header.epochsWithoutImprovement >= 0,
               header.bestEpoch >= -1, header.bestEpoch < max(header.completedEpochs, 1),
               configuration.evaluationMasks <= 1_000_000 else {
@@ -215,44 +238,5 @@ struct ByteReader {
         var v: I = 0
         for (k, b) in raw.enumerated() { v |= I(b) << (8 * k) }
         return v
-    }
-}
-
-/// Whole-file writes that are atomic across crashes.
-public enum AtomicFile {
-    /// Writes `bytes` to a temporary file in `path`'s folder, fsyncs it, renames it over `path`,
-    /// and fsyncs the folder.
-    public static func write(_ bytes: [UInt8], to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let folder = url.deletingLastPathComponent().path
-        let temporary = folder + "/." + url.lastPathComponent + ".tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw MADEError(.io, "cannot create \(temporary): \(String(cString: strerror(errno)))", path: path) }
-        var written = 0
-        let ok: Bool = bytes.withUnsafeBytes { raw in
-            while written < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                written += n
-            }
-            return true
-        }
-        let errorText = String(cString: strerror(errno))
-        guard ok, fsync(fd) == 0 else {
-            close(fd)
-            unlink(temporary)
-            throw MADEError(.io, "cannot write \(temporary): \(errorText)", path: path)
-        }
-        close(fd)
-        guard rename(temporary, path) == 0 else {
-            let e = String(cString: strerror(errno))
-            unlink(temporary)
-            throw MADEError(.io, "cannot rename \(temporary) to \(path): \(e)", path: path)
-        }
-        let dfd = open(folder.isEmpty ? "." : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 {
-            fsync(dfd)
-            close(dfd)
-        }
     }
 }

@@ -130,7 +130,7 @@ public final class ClusterCoordinator {
             endpoint = endpoint.replacingOccurrences(of: "//\(host.contains(":") ? "[\(host)]" : host):", with: "//\(Endpoint.bracketed(advertised)):")
         }
         if let file = options.endpointFile {
-            try AtomicFile.write(Array((endpoint + "\n").utf8), to: file)
+            try AtomicFile.write(endpoint + "\n", to: file)
         }
         logger.info("coordinator listening", metadata: ["endpoint": "\(endpoint)", "curve": "\(options.security != nil)",
                                                         "run": "\(String(runID, radix: 16))"])

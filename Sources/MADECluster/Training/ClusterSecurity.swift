@@ -1,4 +1,5 @@
 import Foundation
+import MADE
 
 /// CURVE keys for one side of the coordinator-worker connection, read from a key folder.
 ///
@@ -106,7 +107,7 @@ public enum ClusterSecurity {
         }
         if !text.hasSuffix("\n") { text += "\n" }
         text += "\(worker.publicKey)  # \(workerName)\n"
-        try text.write(toFile: authorized, atomically: true, encoding: .utf8)
+        try AtomicFile.write(text, to: authorized, mode: 0o644)
         written.append(authorized)
         return written
     }

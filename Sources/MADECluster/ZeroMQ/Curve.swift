@@ -1,4 +1,5 @@
 import CZeroMQ
+import MADE
 import Foundation
 
 /// A problem with a CURVE key or key file: what went wrong, and in which file.
@@ -443,45 +444,12 @@ struct KeyFile {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Writes `text` to `path` through a temporary file in the same directory and a rename.
+    /// Writes `text` to `path` atomically with `mode` (``AtomicFile``).
     static func writeAtomically(_ text: String, to path: String, mode: mode_t) throws {
-        let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        func failure(_ what: String, _ code: Int32) -> CurveKeyError {
-            CurveKeyError(.io, "cannot \(what): \(String(cString: strerror(code)))", path: path)
-        }
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw failure("create \(temporary)", errno) }
-        var closed = false
-        defer {
-            if !closed { _ = Foundation.close(fd) }
-        }
         do {
-            // The umask may have cleared bits of `mode`; set it exactly, before any byte is written.
-            guard fchmod(fd, mode) == 0 else { throw failure("set the mode of \(temporary)", errno) }
-            let bytes = Array(text.utf8)
-            var written = 0
-            while written < bytes.count {
-                let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + written, $0.count - written) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw failure("write \(temporary)", errno)
-                }
-                written += n
-            }
-            guard fsync(fd) == 0 else { throw failure("flush \(temporary)", errno) }
-            closed = true
-            guard Foundation.close(fd) == 0 else { throw failure("close \(temporary)", errno) }
-            guard rename(temporary, path) == 0 else { throw failure("rename \(temporary) to it", errno) }
-        } catch {
-            unlink(temporary)
-            throw error
-        }
-        // Make the rename durable; a failure here does not undo a complete write.
-        let directory = (path as NSString).deletingLastPathComponent
-        let dirfd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirfd >= 0 {
-            _ = fsync(dirfd)
-            _ = Foundation.close(dirfd)
+            try AtomicFile.write(text, to: path, mode: mode)
+        } catch let error as MADEError {
+            throw CurveKeyError(.io, error.message, path: path)
         }
     }
 }
