@@ -22,6 +22,10 @@ public struct Evaluator<T: BLASScalar> {
     public var chunkSize: Int
     /// The arithmetic of the forward passes; the values agree within float rounding either way.
     public var kernel: ComputeKernel = .sparse
+
+    /// Most masks in an evaluation ensemble or a sampling mixture (`-s`): each is a full
+    /// pass over the data, and the per-mask values of every row are held at once.
+    public static var maxMasks: Int { 4096 }
     /// Called after every forward pass, so a long evaluation can let its caller keep up with
     /// other duties (a coordinator answering its workers).
     public var betweenPasses: () -> Void = {}

@@ -19,6 +19,11 @@ public struct MADEError: Error, CustomStringConvertible, Sendable, Equatable {
         public static let io = Code("io")
         /// Training left the finite numbers: a loss or a score came out infinite or NaN.
         public static let diverged = Code("diverged")
+        /// A size from a flag, a file or the wire that exceeds what the run can hold (memory,
+        /// the limits of a format), refused before anything is allocated for it.
+        public static let tooLarge = Code("tooLarge")
+        /// Another process holds a resource this one needs (a checkpoint being written by another run).
+        public static let busy = Code("busy")
     }
 
     public var code: Code

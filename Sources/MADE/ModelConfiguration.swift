@@ -59,8 +59,8 @@ public struct ModelConfiguration: Sendable, Equatable, Codable {
         if let bad = hiddenSizes.first(where: { $0 < 1 }) {
             throw MADEError(.invalidConfiguration, "hidden layer sizes must be positive, got \(bad)")
         }
-        guard maskCount >= 1 else {
-            throw MADEError(.invalidConfiguration, "the number of masks must be at least 1, not \(maskCount)")
+        guard maskCount >= 1, maskCount <= Int(UInt32.max) else {
+            throw MADEError(.invalidConfiguration, "the number of masks must be between 1 and \(UInt32.max), not \(maskCount)")
         }
         let widths = layerWidths
         var total = 0

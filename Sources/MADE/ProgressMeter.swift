@@ -63,7 +63,7 @@ public struct ProgressMeter: Sendable {
     /// Seconds to run `steps` more steps at the current rate, and `epochEnds` more epoch ends
     /// each pausing as long as the last did (validation, checkpoint); nil while the rate is unknown.
     public func secondsLeft(steps: Int, epochEnds: Int = 0) -> Double? {
-        examplesPerSecond.map { Double(max(0, steps) * batchSize) / $0 + Double(max(0, epochEnds)) * lastEpochPause }
+        examplesPerSecond.map { Double(max(0, steps)) * Double(batchSize) / $0 + Double(max(0, epochEnds)) * lastEpochPause }
     }
 
     /// Ends an epoch whose steps took `seconds` in this process: the examples per second of the

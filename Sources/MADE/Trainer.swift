@@ -91,6 +91,7 @@ public final class Trainer {
     public init(configuration: TrainingConfiguration, dataset: Dataset, state: TrainingState? = nil,
                 logger: Logger = Logger(label: "made.trainer")) throws {
         try configuration.validate()
+        try MemoryBudget.require(configuration.trainingBytes, for: "training a model of \(ParameterLayout(configuration.model).count) parameters with batch \(configuration.batchSize)")
         guard let train = dataset.train else {
             throw MADEError(.invalidData, "the data has no training split", path: dataset.source)
         }

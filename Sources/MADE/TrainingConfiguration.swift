@@ -78,16 +78,48 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
                             "\(distribution) outputs need nout = \(distribution.parametersPerDimension) x nin, not \(model.outputMultiplier) x nin")
         }
         guard batchSize >= 1 else { throw MADEError(.invalidConfiguration, "the batch size must be at least 1, not \(batchSize)") }
-        guard epochs >= 0 else { throw MADEError(.invalidConfiguration, "epochs must not be negative") }
+        guard epochs >= 0, epochs <= Self.maxEpochs else {
+            throw MADEError(.invalidConfiguration, "epochs must be between 0 and \(Self.maxEpochs), not \(epochs)")
+        }
         guard resampleEvery >= 1 else { throw MADEError(.invalidConfiguration, "--resample-every must be at least 1, not \(resampleEvery)") }
         guard shards >= 1, shards <= batchSize else {
             throw MADEError(.invalidConfiguration, "shards must be between 1 and the batch size (\(batchSize)), not \(shards)")
         }
-        guard evaluationMasks >= 1 else { throw MADEError(.invalidConfiguration, "--samples must be at least 1, not \(evaluationMasks)") }
+        guard evaluationMasks >= 1, evaluationMasks <= Evaluator<Float>.maxMasks else {
+            throw MADEError(.invalidConfiguration, "--samples must be between 1 and \(Evaluator<Float>.maxMasks), not \(evaluationMasks)")
+        }
         guard patience >= 0 else { throw MADEError(.invalidConfiguration, "patience must not be negative") }
         guard adam.learningRate > 0, adam.learningRate.isFinite else {
             throw MADEError(.invalidConfiguration, "the learning rate must be positive, not \(adam.learningRate)")
         }
+        guard adam.weightDecay >= 0, adam.weightDecay.isFinite else {
+            throw MADEError(.invalidConfiguration, "the weight decay must be finite and not negative, not \(adam.weightDecay)")
+        }
+        guard schedule.stepEpochs >= 0 else {
+            throw MADEError(.invalidConfiguration, "the epochs between learning-rate decays must not be negative, not \(schedule.stepEpochs)")
+        }
+        guard schedule.gamma > 0, schedule.gamma <= 1 else {
+            throw MADEError(.invalidConfiguration, "the learning-rate decay factor must be in (0, 1], not \(schedule.gamma)")
+        }
+        guard schedule.baseLearningRate == adam.learningRate else {
+            throw MADEError(.invalidConfiguration, "the schedule's base learning rate \(schedule.baseLearningRate) differs from Adam's \(adam.learningRate)")
+        }
+    }
+
+    /// Most epochs a run may ask for: far beyond any real run, small enough that every count
+    /// of steps and examples derived from it fits in an `Int`.
+    public static let maxEpochs = 1_000_000
+
+    /// Bytes a process needs to train this configuration (parameters, Adam's moments, the
+    /// gradient and the best parameters, and the activations of one batch), or nil when the
+    /// count overflows. For refusing a configuration from a flag, a file or the wire before
+    /// allocating it; call it on a configuration that passed ``validate()``.
+    public var trainingBytes: Int? {
+        let widths = model.layerWidths
+        guard let parameters = MemoryBudget.product(ParameterLayout(model).count, 4, 6),
+              let activations = MemoryBudget.product(batchSize, widths.reduce(0) { $0 &+ $1 }, 4, 4) else { return nil }
+        let (total, overflow) = parameters.addingReportingOverflow(activations)
+        return overflow ? nil : total
     }
 
     /// The mask schedule of this run.

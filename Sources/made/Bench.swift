@@ -80,18 +80,25 @@ struct Bench: ParsableCommand {
         if let sparseInputLimit, !(sparseInputLimit >= 0 && sparseInputLimit <= 1) {
             throw ValidationError("--sparse-input-limit must be between 0 and 1")
         }
+        try checkRange("--steps", steps, 1...1_000_000_000)
+        try checkRange("--warmup", warmup, 0...1_000_000_000)
+        try checkRange("--dimension", dimension, 1...Int(Int32.max))
+        try checkRange("--batch-size", batchSize, 1...WireFormat.Limits().maxRows)
+        try checkRange("--workers", workers, 0...ClusterArguments.maxWorkers)
+        try checkRange("--shards", shards, 1...batchSize)
         _ = try parseHiddens(hiddens)
     }
 
     func run() throws {
         BLAS.setThreads(runtime.threads)
         if sampling { return try benchSampling() }
+        try MemoryBudget.require(MemoryBudget.product(examples + 200, dimension), for: "--examples \(examples) of --dimension \(dimension)")
         var rng = RandomStream(seed: 0, domain: .sampling)
         let dataset: Dataset
         if let path = data.dataPath {
             let loaded = try DatasetLoader.load(path: path, options: data.options)
-            guard let train = loaded.train else { throw ValidationError("\(path): no training split") }
-            guard train.isBinary else { throw ValidationError("\(path): the benchmark trains Bernoulli outputs on 0/1 data (choose --binarize)") }
+            guard let train = loaded.train else { throw CommandFailure("\(path): no training split") }
+            guard train.isBinary else { throw CommandFailure("\(path): the benchmark trains Bernoulli outputs on 0/1 data (choose --binarize)") }
             dataset = Dataset(train: train, valid: nil, test: nil, source: path)
         } else {
             var b = [UInt8](repeating: 0, count: examples * dimension)
@@ -105,14 +112,14 @@ struct Bench: ParsableCommand {
         let few = train.rows(0..<min(100, train.count))
         let fileDataset = Dataset(train: train, valid: few, test: few, source: dataset.source)
         if let saveData { try DatasetWriter.writeNPZ(fileDataset, to: saveData) }
-        guard train.count >= batchSize else { throw ValidationError("\(train.count) training examples are fewer than one batch of \(batchSize)") }
+        guard train.count >= batchSize else { throw CommandFailure("\(train.count) training examples are fewer than one batch of \(batchSize)") }
         let ones: Int
         if case .binary(let bytes) = train.storage { ones = bytes.reduce(0) { $0 + Int($1) } } else { ones = 0 }
         let dataDensity = Double(ones) / Double(max(1, train.count * train.dimension))
         let model = ModelConfiguration(inputCount: train.dimension, hiddenSizes: try parseHiddens(hiddens))
         let shardCount = shards ?? max(1, workers)
         func configuration(_ kernel: ComputeKernel) -> TrainingConfiguration {
-            TrainingConfiguration(model: model, batchSize: batchSize, epochs: Int.max / 2, shards: shardCount, kernel: kernel)
+            TrainingConfiguration(model: model, batchSize: batchSize, epochs: TrainingConfiguration.maxEpochs, shards: shardCount, kernel: kernel)
         }
         let sizes = ([model.inputCount] + model.hiddenSizes + [model.inputCount]).map(String.init).joined(separator: "-")
         let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) threads=\(runtime.threads) steps=\(steps)"
@@ -198,7 +205,7 @@ struct Bench: ParsableCommand {
         try session.awaitWorkers()
         let coordinator = session.coordinator
         guard coordinator.workerCount == workers else {
-            throw ValidationError("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
+            throw CommandFailure("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
         }
         trainer.optimizerThreads = coordinator.threads
         let compute = { (plan: StepPlan) in try coordinator.computeStep(plan, parameters: trainer.state.parameters) }

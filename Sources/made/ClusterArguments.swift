@@ -31,9 +31,15 @@ struct ClusterArguments: ParsableArguments {
     @Option(help: "Seconds to wait for them; then the work starts with the workers that joined.")
     var joinTimeout: Double = 60
 
+    /// Most local worker processes, and most workers to wait for.
+    static let maxWorkers = 1024
+
     func validate() throws {
-        guard workers >= 0 else { throw ValidationError("--workers must not be negative") }
-        guard (waitForWorkers ?? 0) >= 0 else { throw ValidationError("--wait-for-workers must not be negative") }
+        try checkRange("--workers", workers, 0...Self.maxWorkers)
+        try checkRange("--wait-for-workers", waitForWorkers, 0...Self.maxWorkers)
+        if let bind {
+            do { try Endpoint.validate(bind) } catch { throw ValidationError("--bind \(error)") }
+        }
         for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout), ("--idle-timeout", idleTimeout),
                               ("--join-timeout", joinTimeout)] {
             if let problem = TimeoutRange.problem(name, seconds: value) { throw ValidationError(problem) }

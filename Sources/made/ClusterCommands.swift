@@ -57,6 +57,9 @@ struct WorkerArguments: ParsableArguments {
         if keysOnStdin && keys != nil { throw ValidationError("--keys and --keys-on-stdin exclude each other") }
         if let name, name.isEmpty || name.utf8.count > 200 { throw ValidationError("--name must hold 1 to 200 bytes") }
         if noData && singleSplit { throw ValidationError("--no-data and --single-split exclude each other") }
+        if let connect {
+            do { try Endpoint.validate(connect) } catch { throw ValidationError("--connect \(error)") }
+        }
     }
 
     func endpoint(environment: ClusterEnvironment?) throws -> String {
@@ -70,7 +73,7 @@ struct WorkerArguments: ParsableArguments {
                 }
                 usleep(100_000)
             }
-            throw ValidationError("\(endpointFile): no endpoint appeared within \(Int(coordinatorTimeout)) s")
+            throw CommandFailure("\(endpointFile): no endpoint appeared within \(Int(coordinatorTimeout)) s")
         }
         if let environment { return environment.connectEndpoint }
         throw ValidationError("give --connect ENDPOINT or --endpoint-file FILE, or set MASTER_ADDR/MASTER_PORT (or run under srun)")
@@ -144,7 +147,7 @@ struct Launch: ParsableCommand {
 
     func run() throws {
         guard let environment = try ClusterEnvironment.detect(ProcessInfo.processInfo.environment) else {
-            throw ValidationError("made launch needs RANK, WORLD_SIZE and MASTER_ADDR, or SLURM_PROCID, SLURM_NTASKS and SLURM_JOB_NODELIST")
+            throw CommandFailure("made launch needs RANK, WORLD_SIZE and MASTER_ADDR, or SLURM_PROCID, SLURM_NTASKS and SLURM_JOB_NODELIST")
         }
         if environment.isCoordinator {
             try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime,

@@ -6,6 +6,41 @@ import MADE
 import Glibc
 #endif
 
+/// A failure while a command runs (a full disk, a dead worker, data that does not fit the
+/// model): printed as one line, `Error: ...`, with exit status 1. ArgumentParser's
+/// `ValidationError` is kept for flag validation, since it prints the usage text under it.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
+
+/// Standard output that survives its reader going away: `made train ... | head -1` keeps
+/// training and checkpointing after `head` exits. SIGPIPE is ignored (``ignoreBrokenPipe()``),
+/// and the first write that fails with EPIPE stops all later output.
+enum Console {
+    private static let closed = Atomic<Bool>(false)
+
+    /// Ignores SIGPIPE for the whole process: a write to a closed pipe then fails with EPIPE.
+    static func ignoreBrokenPipe() {
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Writes `text` to standard output and flushes it, unless the reader has gone.
+    static func write(_ text: String) {
+        guard !closed.load(ordering: .relaxed) else { return }
+        print(text, terminator: "")
+        if fflush(nil) != 0, errno == EPIPE { closed.store(true, ordering: .relaxed) }
+    }
+
+    /// Writes `line` and a newline (see ``write(_:)``).
+    static func line(_ line: String) { write(line + "\n") }
+
+    /// Writes `text` to standard error in one call, whatever became of its reader.
+    static func error(_ text: String) {
+        _ = text.withCString { Glibc.write(STDERR_FILENO, $0, strlen($0)) }
+    }
+}
+
 enum CommandLineSupport {
     /// Sends log lines to standard error and returns a logger for the command.
     ///

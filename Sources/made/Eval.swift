@@ -26,7 +26,7 @@ struct Eval: ParsableCommand {
 
     func validate() throws {
         if let split, !["train", "valid", "test"].contains(split) { throw ValidationError("--split must be train, valid or test, not '\(split)'") }
-        if let samples, samples < 1 { throw ValidationError("--samples must be at least 1") }
+        try checkRange("--samples", samples, 1...Evaluator<Float>.maxMasks)
     }
 
     func run() throws {
@@ -42,6 +42,7 @@ struct Eval: ParsableCommand {
         guard data.dataPath != nil else {
             throw ValidationError("give the data with -d/--data-path (\(checkpoint) was written before checkpoints recorded their data)")
         }
+        try saved.requireFinite(path: checkpoint)
         let path = try data.path()
         var isDirectory: ObjCBool = false
         let severalSplits = path.hasSuffix(".npz") || (FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue)
@@ -68,7 +69,7 @@ struct Eval: ParsableCommand {
                 workerArguments.append("--single-split")
             }
             guard let matrix = split.rows(of: dataset) else {
-                throw ValidationError("\(path): no \(effectiveSplit ?? "test") split")
+                throw CommandFailure("\(path): no \(effectiveSplit ?? "test") split")
             }
             try check(matrix, path: path, configuration: c)
             let session = try cluster.session(configuration: saved.configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
@@ -109,11 +110,15 @@ struct Eval: ParsableCommand {
     }
 
     func check(_ matrix: DataMatrix, path: String, configuration c: TrainingConfiguration) throws {
+        // Per row, one value per mask (and the chunk's activations, which are small beside them).
+        let masks = samples ?? c.evaluationMasks
+        try MemoryBudget.require(MemoryBudget.product(matrix.count, masks, 8 + 4),
+                                 for: "scoring \(matrix.count) examples under \(masks) masks (-s)", path: path)
         guard matrix.dimension == c.model.inputCount else {
-            throw ValidationError("\(path): data of dimension \(matrix.dimension), but the model was trained on dimension \(c.model.inputCount)")
+            throw CommandFailure("\(path): data of dimension \(matrix.dimension), but the model was trained on dimension \(c.model.inputCount)")
         }
         if c.distribution == .bernoulli && !matrix.isBinary {
-            throw ValidationError("\(path): Bernoulli model, but the data is not 0/1 (choose --binarize)")
+            throw CommandFailure("\(path): Bernoulli model, but the data is not 0/1 (choose --binarize)")
         }
     }
 }

@@ -14,6 +14,7 @@ struct Made: ParsableCommand {
     /// messages of processes sharing the stream (a coordinator and its local workers) do not
     /// interleave; help and version go to standard output.
     static func main() {
+        Console.ignoreBrokenPipe()
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -22,9 +23,9 @@ struct Made: ParsableCommand {
             let text = fullMessage(for: error)
             if !text.isEmpty {
                 if code == .success {
-                    print(text)
+                    Console.line(text)
                 } else {
-                    FileHandle.standardError.write(Data((text + "\n").utf8))
+                    Console.error(text + "\n")
                 }
             }
             Foundation.exit(code.rawValue)

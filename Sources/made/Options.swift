@@ -122,8 +122,18 @@ struct RuntimeArguments: ParsableArguments {
     var threads: Int = 1
     @Flag(name: [.customShort("v"), .long], help: "Log the cluster's comings and goings (workers connecting, joining, done).")
     var verbose = false
+    /// Most BLAS threads a process may ask for.
+    static let maxThreads = 256
 
     func validate() throws {
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        try checkRange("--threads", threads, 1...RuntimeArguments.maxThreads)
     }
 }
+
+/// Throws a `ValidationError` unless `value` (when given) lies in `range`.
+func checkRange(_ flag: String, _ value: Int?, _ range: ClosedRange<Int>) throws {
+    if let value, !range.contains(value) {
+        throw ValidationError("\(flag) must be between \(range.lowerBound) and \(range.upperBound), not \(value)")
+    }
+}
+

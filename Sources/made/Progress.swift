@@ -49,15 +49,16 @@ final class ProgressReport {
             let drawnAt = ContinuousClock.now
             guard (drawnAt - lastDrawn).seconds >= (interactive ? 0.2 : plainInterval) else { return }
             lastDrawn = drawnAt
-            let remaining = meter.secondsLeft(steps: epochs * stepsPerEpoch - step, epochEnds: epochs - epoch) ?? .infinity
+            let total = epochs.multipliedReportingOverflow(by: stepsPerEpoch)
+            let stepsLeft = total.overflow ? Int.max : max(0, total.partialValue - step)
+            let remaining = meter.secondsLeft(steps: stepsLeft, epochEnds: epochs - epoch) ?? .infinity
             var line = String(format: "epoch %d/%d step %d loss %.4f %.0f ex/s eta %@", epoch + 1, epochs, step, loss, rate, Self.duration(remaining))
             if let info { line += " workers \(info.alive)" }
             if interactive {
-                FileHandle.standardOutput.write(Data(("\r\u{1B}[K" + line).utf8))
+                Console.write("\r\u{1B}[K" + line)
                 liveLineShown = true
             } else {
-                print(line)
-                fflush(nil)
+                Console.line(line)
             }
         case .epoch(let record, let improved):
             clearLiveLine()
@@ -66,8 +67,7 @@ final class ProgressReport {
             var line = String(format: "epoch %d/%d train_nll %.4f", record.epoch + 1, epochs, record.trainNLL)
             if let v = record.validNLL { line += String(format: " valid_nll %.4f%@", v, improved ? " *" : "") }
             line += String(format: " lr %.1e %.0f ex/s", record.learningRate, rate)
-            print(line)
-            fflush(nil)
+            Console.line(line)
             meter.restart(at: now)
         case .checkpoint:
             // Writing it is no step: the next step's time starts here.
@@ -78,12 +78,12 @@ final class ProgressReport {
     /// Ends the live line so that later output starts on a fresh line.
     func clearLiveLine() {
         guard liveLineShown else { return }
-        FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8))
+        Console.write("\r\u{1B}[K")
         liveLineShown = false
     }
 
     static func duration(_ seconds: Double) -> String {
-        guard seconds.isFinite else { return "?" }
+        guard seconds.isFinite, seconds < 1e15 else { return "?" }
         let s = Int(seconds.rounded())
         if s >= 3600 { return "\(s / 3600)h\(String(format: "%02d", (s % 3600) / 60))m" }
         if s >= 60 { return "\(s / 60)m\(String(format: "%02d", s % 60))s" }
@@ -104,29 +104,28 @@ final class ProgressReport {
 /// checkpoint keeps its id and continues its curves (steps redone after an interruption appear
 /// twice; the later record counts), and another run in the same file has another id.
 final class MetricsFile {
-    private let handle: FileHandle
+    let path: String
+    private let descriptor: Int32
     private var buffer = ""
     /// `"run":"ID",` as every record carries it.
     private let runField: String
+    /// Set after the first failed write: the file is then left alone, and training goes on.
+    private(set) var failed = false
 
     init(path: String, runID: String, startStep: Int) throws {
+        self.path = path
         runField = "\"run\":\(Self.string(runID)),"
-        if !FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.createFile(atPath: path, contents: nil) else {
-                throw MADEError(.io, "cannot create the metrics file", path: path)
-            }
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw MADEError(.io, "cannot open the metrics file for writing: \(String(cString: strerror(errno)))", path: path)
         }
-        guard let handle = FileHandle(forWritingAtPath: path) else {
-            throw MADEError(.io, "cannot open the metrics file for writing", path: path)
-        }
-        handle.seekToEndOfFile()
-        self.handle = handle
+        descriptor = fd
         buffer += "{\"type\":\"start\",\(runField)\"step\":\(startStep)}\n"
     }
 
     deinit {
         flush()
-        try? handle.close()
+        close(descriptor)
     }
 
     func step(step: Int, epoch: Int, loss: Double, learningRate: Double, examplesPerSecond: Double?, timings: [ClusterCoordinator.StepTiming]) {
@@ -137,21 +136,37 @@ final class MetricsFile {
                 "{\"name\":\(Self.string($0.worker)),\"shards\":\($0.shards),\"compute_ms\":\(Self.number($0.computeMilliseconds)),\"wait_ms\":\(Self.number($0.waitMilliseconds))}"
             }.joined(separator: ",") + "]"
         }
+        guard !failed else { return }
         buffer += line + "}\n"
         if buffer.utf8.count > 1 << 16 { flush() }
     }
 
     func epoch(_ record: EpochRecord) {
+        guard !failed else { return }
         buffer += "{\"type\":\"epoch\",\(runField)\"epoch\":\(record.epoch),\"train_nll\":\(Self.number(record.trainNLL)),"
             + "\"valid_nll\":\(record.validNLL.map(Self.number) ?? "null"),\"lr\":\(Self.number(record.learningRate)),"
             + "\"seconds\":\(Self.number(record.seconds))}\n"
         flush()
     }
 
+    /// Appends what is buffered. A failed write (a full disk) is reported once on standard
+    /// error and ends the metrics, not the training.
     func flush() {
-        guard !buffer.isEmpty else { return }
-        handle.write(Data(buffer.utf8))
+        guard !buffer.isEmpty, !failed else { return }
+        let bytes = Array(buffer.utf8)
         buffer = ""
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress! + written, $0.count - written) }
+            if n < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                failed = true
+                Console.error("warning: \(path): cannot write the metrics (\(String(cString: strerror(code)))); training goes on without them\n")
+                return
+            }
+            written += n
+        }
     }
 
     static func number(_ v: Double) -> String {

@@ -31,9 +31,9 @@ struct Sample: ParsableCommand {
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
-        guard count >= 1 else { throw ValidationError("--count must be at least 1") }
-        if let samples, samples < 1 { throw ValidationError("--samples must be at least 1") }
-        if let columns, columns < 1 { throw ValidationError("--columns must be at least 1") }
+        try checkRange("--count", count, 1...Self.maxCount)
+        try checkRange("--samples", samples, 1...Evaluator<Float>.maxMasks)
+        try checkRange("--columns", columns, 1...count)
         guard (1...64).contains(scale) else { throw ValidationError("--scale must be between 1 and 64, not \(scale)") }
         guard out.lowercased().hasSuffix(".png") else {
             throw ValidationError("--out \(out): sample writes PNG images; give a name ending in .png")
@@ -43,14 +43,23 @@ struct Sample: ParsableCommand {
         }
     }
 
+    /// Most samples one command draws.
+    static let maxCount = 1 << 24
+
     func run() throws {
         BLAS.setThreads(runtime.threads)
         let saved = try Checkpoint.read(from: checkpoint)
+        try saved.requireFinite(path: checkpoint)
         let c = saved.configuration
         let d = c.model.inputCount
         let (rows, cols) = try shape(dimension: d)
         let sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
         let masks = samples ?? c.model.maskCount
+        guard masks <= Evaluator<Float>.maxMasks else {
+            throw CommandFailure("\(checkpoint): the model has \(masks) masks, more than the \(Evaluator<Float>.maxMasks) a mixture can draw from; give -s K (at most \(Evaluator<Float>.maxMasks))")
+        }
+        // The values, then the grid's pixels.
+        try MemoryBudget.require(MemoryBudget.product(count, d, 4 + scale * scale), for: "--count \(count) samples of \(d) values at --scale \(scale)")
         let start = ContinuousClock.now
         let values: [Float]
         if cluster.isDistributed {
@@ -79,7 +88,7 @@ struct Sample: ParsableCommand {
     func shape(dimension d: Int) throws -> (Int, Int) {
         if let imageShape {
             let parts = imageShape.lowercased().split(separator: "x").compactMap { Int($0) }
-            guard parts.count == 2, parts[0] > 0, parts[1] > 0, parts[0] * parts[1] == d else {
+            guard parts.count == 2, parts[0] > 0, parts[1] > 0, MemoryBudget.product(parts[0], parts[1]) == d else {
                 throw ValidationError("--image-shape \(imageShape) does not hold \(d) values (give ROWSxCOLUMNS)")
             }
             return (parts[0], parts[1])

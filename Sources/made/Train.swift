@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MADE
+import MADECluster
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -69,6 +70,8 @@ struct TrainingArguments: ParsableArguments {
     var checkpointEvery: Int = 0
     @Flag(help: "Carry on from --checkpoint when it exists.")
     var resume = false
+    @Flag(help: "Start a new run even when --checkpoint already holds one, and replace it.")
+    var overwrite = false
     @Option(help: "Write training metrics to this file as JSON Lines: one object per step (loss, lr, examples/s, per-worker times) and per epoch (validation NLL).")
     var metrics: String?
     @Option(help: "Stop (and checkpoint) once this many steps have run in total.")
@@ -76,8 +79,28 @@ struct TrainingArguments: ParsableArguments {
 
     func validate() throws {
         if resume && checkpoint == nil { throw ValidationError("--resume needs --checkpoint PATH") }
+        if overwrite && checkpoint == nil { throw ValidationError("--overwrite needs --checkpoint PATH") }
+        if overwrite && resume { throw ValidationError("--overwrite and --resume exclude each other: --resume carries on from the checkpoint, --overwrite replaces it") }
         if let hiddens { _ = try parseHiddens(hiddens) }
         if checkpointEvery < 0 { throw ValidationError("--checkpoint-every must not be negative") }
+        try checkRange("--num-masks", numMasks, 1...Int(UInt32.max))
+        try checkRange("--resample-every", resampleEvery, 1...Int(Int32.max))
+        try checkRange("--samples", samples, 1...Evaluator<Float>.maxMasks)
+        try checkRange("--epochs", epochs, 0...TrainingConfiguration.maxEpochs)
+        if let batchSize, !(1...WireFormat.Limits().maxRows).contains(batchSize) {
+            throw ValidationError("the batch size (--batch-size) must be between 1 and \(WireFormat.Limits().maxRows), not \(batchSize)")
+        }
+        try checkRange("--lr-step-epochs", lrStepEpochs, 0...TrainingConfiguration.maxEpochs)
+        try checkRange("--patience", patience, 0...TrainingConfiguration.maxEpochs)
+        try checkRange("--shards", shards, 1...WireFormat.Limits().maxRows)
+        try checkRange("--stop-after-steps", stopAfterSteps, 0...Checkpoint.maxStep)
+        if let lr, !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive finite number, not \(lr)") }
+        if let weightDecay, !(weightDecay >= 0 && weightDecay.isFinite) {
+            throw ValidationError("--weight-decay must be a finite number, 0 or more, not \(weightDecay)")
+        }
+        if let lrGamma, !(lrGamma > 0 && lrGamma <= 1) {
+            throw ValidationError("--lr-gamma (the factor applied every --lr-step-epochs) must be in (0, 1], not \(lrGamma)")
+        }
     }
 
     /// The configuration the flags describe, defaults filled in.

@@ -27,9 +27,12 @@ struct TrainingJob {
     func run() throws {
         let logger = CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose)
         BLAS.setThreads(runtime.threads)
+        // Held until the run ends: no second run writes this checkpoint meanwhile.
+        let lock = try training.checkpoint.map { try prepareCheckpoint($0, logger: logger) }
+        defer { withExtendedLifetime(lock) {} }
         let dataPath = try data.path()
         let dataset = try DatasetLoader.load(path: dataPath, options: data.options)
-        guard let dimension = dataset.dimension else { throw ValidationError("\(dataPath): no data") }
+        guard let dimension = dataset.dimension else { throw CommandFailure("\(dataPath): no data") }
 
         if case .coordinator = role, training.shards == nil, expectedWorkers == nil, cluster.workers == 0 {
             throw ValidationError("give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends on S, not on how many workers run)")
@@ -45,8 +48,9 @@ struct TrainingJob {
             }
             let fingerprint = DataFingerprint.of(dataset)
             guard saved.dataFingerprint == fingerprint else {
-                throw ValidationError("\(path): the checkpoint was trained on different data (fingerprint \(saved.dataFingerprint.prefix(12)), this data \(fingerprint.prefix(12)))")
+                throw CommandFailure("\(path): the checkpoint was trained on different data (fingerprint \(saved.dataFingerprint.prefix(12)), this data \(fingerprint.prefix(12)))")
             }
+            try saved.requireFinite(resuming: true, path: path)
             configuration = saved.configuration
             if let epochs = training.epochs { configuration.epochs = epochs }
             state = saved.state
@@ -96,7 +100,8 @@ struct TrainingJob {
 
         report.clearLiveLine()
         if outcome == .interrupted {
-            print("stopped at step \(trainer.state.step)\(training.checkpoint.map { "; checkpoint \($0)" } ?? "")")
+            print("stopped at step \(trainer.state.step)" + (training.checkpoint.map { "; checkpoint \($0)" }
+                  ?? "; nothing was saved (no --checkpoint): the run cannot be resumed"))
             if SignalFlag.isSet { throw ExitCode(130) }
             return
         }
@@ -114,5 +119,27 @@ struct TrainingJob {
                   + "failed_tasks=\(n.failedTasks) curve_refused=\(c.refusedClients) bytes_sent=\(c.bytesSent) bytes_received=\(c.bytesReceived)")
         }
         print("params_sha256=\(final.parametersSHA256)")
+    }
+
+    /// Checks, before any data is loaded, that the run can keep its checkpoint at `path`: the
+    /// folder exists and is writable, no other run writes there (the lock it returns), and a
+    /// checkpoint already there is carried on only with `--resume` and replaced only with
+    /// `--overwrite`. Removes the partial files of writes that a dead process left behind.
+    private func prepareCheckpoint(_ path: String, logger: Logger) throws -> CheckpointLock {
+        try AtomicFile.checkWritableFolder(of: path)
+        let lock = try CheckpointLock(checkpoint: path)
+        for stale in AtomicFile.removeStaleTemporaries(of: path) {
+            logger.info("removed the partial checkpoint of a process that died while writing it", metadata: ["file": "\(stale)"])
+        }
+        guard !training.resume, !training.overwrite, FileManager.default.fileExists(atPath: path) else { return lock }
+        let held: String
+        if let saved = try? Checkpoint.read(from: path) {
+            let c = saved.configuration
+            let sizes = ([c.model.inputCount] + c.model.hiddenSizes + [c.model.outputCount]).map(String.init).joined(separator: "-")
+            held = "a run of MADE \(sizes), \(c.model.maskCount) mask(s), at step \(saved.state.step) (epoch \(saved.state.completedEpochs) of \(c.epochs))"
+        } else {
+            held = "a file that is not a readable checkpoint"
+        }
+        throw CommandFailure("\(path) already holds \(held); add --resume to carry it on, --overwrite to replace it with a new run, or give another --checkpoint")
     }
 }

@@ -147,6 +147,29 @@ public enum Endpoint {
         return host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "lo"
     }
 
+    /// Throws unless `endpoint` is one this program can listen on or dial: `tcp://HOST:PORT`
+    /// with a port from 0 to 65535 (0 or `*`: any free port), `ipc://PATH` with a path that fits
+    /// a socket address, or `inproc://NAME`. libzmq itself takes a port such as 99999 modulo
+    /// 65536, so `tcp://127.0.0.1:99999` would listen on 34463.
+    public static func validate(_ endpoint: String) throws {
+        func fail(_ why: String) -> ClusterError { ClusterError(.invalidEndpoint, "\(endpoint): \(why)") }
+        if endpoint.hasPrefix("ipc://") {
+            let path = endpoint.dropFirst(6)
+            guard !path.isEmpty, path.utf8.count <= 107 else { throw fail("an ipc path must hold 1 to 107 bytes") }
+            return
+        }
+        if endpoint.hasPrefix("inproc://") { return }
+        guard endpoint.hasPrefix("tcp://") else { throw fail("give tcp://HOST:PORT or ipc://PATH") }
+        let rest = endpoint.dropFirst(6)
+        guard let colon = rest.lastIndex(of: ":"), colon != rest.startIndex, !rest.hasSuffix("]") else {
+            throw fail("no port: give tcp://HOST:PORT (port 0 picks a free one)")
+        }
+        let port = rest[rest.index(after: colon)...]
+        guard port == "*" || (port.allSatisfy(\.isASCII) && port.allSatisfy(\.isNumber) && port.count <= 5 && Int(port).map { $0 <= 65535 } == true) else {
+            throw fail("the port must be a number from 0 to 65535, not '\(port)'")
+        }
+    }
+
     /// A `tcp://host:0` endpoint in ZeroMQ's spelling for "any free port", `tcp://host:*`.
     public static func zeroMQSpelling(_ endpoint: String) -> String {
         endpoint.hasPrefix("tcp://") && endpoint.hasSuffix(":0") ? String(endpoint.dropLast()) + "*" : endpoint

@@ -36,7 +36,7 @@ public final class ShardComputer {
     public var keepAlive: () -> Void = {}
 
     /// Largest ensemble and sampling batch a task may ask for.
-    public static let maxMasks: UInt32 = 4096
+    public static let maxMasks = UInt32(Evaluator<Float>.maxMasks)
     public static let maxSampleBatch: UInt32 = 4096
 
     /// Dense parameters of evaluation and sampling tasks, kept for the later tasks of the same job.
@@ -55,6 +55,7 @@ public final class ShardComputer {
             throw ClusterError(.protocolFailure, "unreadable run configuration: \(error)")
         }
         try c.validate()
+        try MemoryBudget.require(c.trainingBytes, for: "the run's model of \(ParameterLayout(c.model).count) parameters with batch \(c.batchSize)")
         if let dimension = dataset.dimension, dimension != c.model.inputCount {
             throw ClusterError(.protocolFailure, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
         }
