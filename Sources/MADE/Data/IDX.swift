@@ -100,6 +100,8 @@ enum IDX {
             guard Gzip.isGzip(raw) else { return try parse(raw, path: path) }
             let head = try Gzip.decompressPrefix(raw, count: Header.size, path: path)
             let header = try head.withUnsafeBytes { try parseHeader($0, path: path) }
+            try MemoryBudget.require(MemoryBudget.product(header.pixelBytes, 2),
+                                     for: "the \(header.count)x\(header.rows)x\(header.columns) images its header declares", path: path)
             let whole = try Gzip.decompress(raw, path: path, limit: Header.size + header.pixelBytes)
             return try whole.withUnsafeBytes { try parse($0, path: path) }
         }

@@ -94,13 +94,22 @@ enum NPZ {
             throw MADEError(.invalidData, "\(name): declared size \(declared) is too large", path: path)
         }
         var bytes = [UInt8]()
-        bytes.reserveCapacity(Int(min(declared, 1 << 30)))
+        // The array's header comes first: its shape is checked against the entry and against
+        // the memory available before the rest is extracted (a zip bomb stops here).
+        let headerBytes = Int(min(declared, 1 << 20))
+        bytes.reserveCapacity(headerBytes)
+        var checked = false
         do {
             _ = try archive.extract(entry, bufferSize: 1 << 20) { chunk in
                 guard UInt64(bytes.count + chunk.count) <= declared else {
                     throw MADEError(.invalidData, "\(name): holds more data than the \(declared) bytes its zip entry declares", path: path)
                 }
                 bytes.append(contentsOf: chunk)
+                if !checked, bytes.count >= headerBytes {
+                    checked = true
+                    try checkShape(bytes, declared: Int(declared), name: name, path: path)
+                    bytes.reserveCapacity(Int(declared))
+                }
             }
         } catch let error as MADEError {
             throw error
@@ -111,5 +120,22 @@ enum NPZ {
             throw MADEError(.invalidData, "\(name): truncated: zip entry declares \(declared) bytes, extracted \(bytes.count)", path: path)
         }
         return try bytes.withUnsafeBytes { try NPY.parse($0, path: path, entry: name) }
+    }
+
+    /// Throws unless the array whose first bytes are `head` fills exactly the `declared` bytes
+    /// of its entry, and the entry and the matrix made from it fit in memory.
+    private static func checkShape(_ head: [UInt8], declared: Int, name: String, path: String) throws {
+        let fail = { (message: String) -> MADEError in MADEError(.invalidData, "\(name): \(message)", path: path) }
+        let header = try head.withUnsafeBytes { try NPY.parseHeader($0, fail: fail) }
+        guard header.shape.count == 2, let size = MemoryBudget.product(header.shape[0], header.shape[1], header.elementType.size),
+              case let (total, overflow) = size.addingReportingOverflow(header.dataOffset), !overflow else { return }   // parse says why
+        let shape = "\(header.shape[0])x\(header.shape[1]) \(header.elementType.name)"
+        guard total <= declared else {
+            throw fail("truncated: its header says \(shape) = \(total) bytes with the header, its zip entry holds \(declared)")
+        }
+        guard total == declared else { throw fail("\(declared - total) bytes after the \(shape) array its header describes") }
+        // The extracted bytes, and the matrix (at most 4 bytes a value) made from them.
+        try MemoryBudget.require(MemoryBudget.product(header.shape[0], header.shape[1], 4).map { $0 &+ declared },
+                                 for: "\(name): a \(header.shape[0])x\(header.shape[1]) array", path: path)
     }
 }
