@@ -72,9 +72,10 @@ struct ClusterArguments: ParsableArguments {
     /// `--workers`. Without `--keys`, `--bind` and `--insecure`, the local workers get the
     /// session's own CURVE keys.
     func session(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, bind defaultBind: String = "tcp://127.0.0.1:0",
-                 workerArguments: [String], runtime: RuntimeArguments, announced: Int? = nil,
+                 workerArguments: [String], runtime: RuntimeArguments, announced: Int? = nil, largestResult: Int = 0,
                  logger: Logger) throws -> ClusterSession {
         var options = ClusterSession.Options(coordinator: try coordinatorOptions(bind: defaultBind))
+        options.coordinator.largestJobResult = largestResult
         options.localWorkers = workers
         options.workerArguments = workerArguments + (runtime.verbose ? ["--verbose"] : [])
         options.workerThreads = runtime.threads

@@ -74,6 +74,7 @@ struct Eval: ParsableCommand {
             try check(matrix, path: path, configuration: c)
             let session = try cluster.session(configuration: saved.configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
                                               workerArguments: workerArguments, runtime: runtime,
+                                              largestResult: min(1000, matrix.count) * (mode == .likelihood ? k : 1),
                                               logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
             do {
                 ll = try session.run { coordinator in

@@ -30,6 +30,10 @@ public final class ClusterCoordinator {
         public var taskTimeout: UInt64 = 60_000
         /// Give up when no worker has been registered for this long (ms) while work is waiting.
         public var idleTimeout: UInt64 = 120_000
+        /// Most values one result of an evaluation or sampling job may carry, when more than the
+        /// run's own need (see ``largestResult``): an ensemble or a batch bigger than the
+        /// configuration's.
+        public var largestJobResult = 0
 
         public init(bind: String) { self.bind = bind }
     }
@@ -118,8 +122,14 @@ public final class ClusterCoordinator {
             throw ClusterError(.security, "refusing to listen on \(options.bind) without CURVE keys: pass --keys DIR (made keygen DIR), or --insecure on a trusted network")
         }
         router = try ZMQSocket(context: context, kind: .router)
+        // No peer, authenticated or not, makes this process hold a frame larger than the run's own largest.
+        largestResult = max(parameterCount, options.largestJobResult, Self.validationChunk * configuration.evaluationMasks,
+                            Self.sampleBatch * configuration.model.inputCount)
+        guard largestResult <= WireFormat.Limits().maxFloats else {
+            throw ClusterError(.protocolFailure, "results of \(largestResult) values exceed the \(WireFormat.Limits().maxFloats) a message may carry")
+        }
         try router.set(.routerMandatory(true), .linger(milliseconds: 0), .sendHighWaterMark(0), .receiveHighWaterMark(0),
-                       .maxMessageSize(Int64(WireFormat.Limits().maxFloats) * 4 + (1 << 20)))
+                       .maxMessageSize(Int64(Self.frameBytes(values: largestResult))))
         if let security = options.security, let zap {
             try router.configureCurveServer(keyPair: security.keyPair, authenticator: zap)
         }
@@ -149,6 +159,22 @@ public final class ClusterCoordinator {
         return digest.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
     }
 
+    /// Most values one result may carry in this run: the packed gradient, a validation chunk's
+    /// per-mask values, a sampling batch, or a job's larger result (``Options/largestJobResult``).
+    /// The ROUTER refuses frames beyond ``frameBytes(values:)`` of it (`ZMQ_MAXMSGSIZE`), so an
+    /// unauthenticated peer costs at most that much per frame.
+    public private(set) var largestResult = 0
+
+    /// Rows per validation chunk and samples per sampling batch, as the MADE library cuts them.
+    static let validationChunk = 1000
+    static let sampleBatch = 64
+
+    /// The largest frame that carries `values` floats: the values, and the message's header,
+    /// rows and names (each string at most ``WireFormat/Limits/maxStringBytes``).
+    public static func frameBytes(values: Int) -> Int {
+        4 * values + 4 * WireFormat.Limits().maxStringBytes + (1 << 16)
+    }
+
     public var counters: CoordinatorStateMachine.Counters { machine.counters }
     public var workerCount: Int { machine.workerCount }
     /// Clients the ZAP handler refused (CURVE keys not authorized).
@@ -172,10 +198,23 @@ public final class ClusterCoordinator {
                                             fill: { packing.pack(parameters, into: $0, threads: threads) })
         var machinePlan = CoordinatorStateMachine.WorkPlan(
             step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
-            gradientCount: packing.count, denseCount: shared == nil ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
+            gradientCount: packing.count, denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
-        let (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
+        var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
+        if stepValuesLost || results.contains(where: { result in
+            guard case .shared(let slot, _) = result.values, inPlace[slot] == result.shard else { return false }
+            return !sharedIntact(Int(slot))
+        }) {
+            // Accepted gradients lay in a shared-memory file that shrank since: the step is
+            // computed again, over the socket (the same bits, as every shard is recomputed).
+            logger.warning("recomputing a step whose gradients were lost with the shared-memory file", metadata: ["step": "\(plan.step)"])
+            stepValuesLost = false
+            machinePlan.sharedResultCount = nil
+            (results, inPlace) = try execute(machinePlan, parameters: StepParameters(
+                count: packing.count, sharedCount: packing.denseCount, shared: nil, fillShared: { _ in },
+                fill: { packing.pack(parameters, into: $0, threads: threads) }))
+        }
         let lossSum = GradientReducer.reduce(results.map(\.lossSum))
         let dense = packing.denseCount
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
@@ -220,6 +259,24 @@ public final class ClusterCoordinator {
     /// packed) before the step's sum: one per shard index, made on first use and reused.
     private var scratchBuffers: [Int: UnsafeMutablePointer<Float>] = [:]
 
+    /// Set once the shared-memory file was found shrunk (`truncate -s 0`): from then on every
+    /// worker gets and sends its values over the socket, and no slot is read or written again.
+    private var sharedMemoryLost = false
+    /// Set when an accepted gradient of the current step was in a slot that is gone.
+    private var stepValuesLost = false
+
+    /// Whether the shared-memory file still holds `slot` whole. The first time it does not,
+    /// shared memory is given up for the rest of the run (every worker's slot revoked), so a
+    /// shrunk file costs the results that lay in it, counted as bad, and never a SIGBUS.
+    private func sharedIntact(_ slot: Int) -> Bool {
+        guard let shared, !sharedMemoryLost else { return false }
+        if shared.holds(slot) { return true }
+        sharedMemoryLost = true
+        logger.error("the shared-memory file shrank; parameters and gradients go over the socket from now on", metadata: ["file": "\(shared.path)"])
+        machine.giveUpSharedMemory()
+        return false
+    }
+
     private func scratch(_ shard: Int) -> UnsafeMutablePointer<Float> {
         if let p = scratchBuffers[shard] { return p }
         let p = UnsafeMutablePointer<Float>.allocate(capacity: layout.count)
@@ -234,6 +291,9 @@ public final class ClusterCoordinator {
     public func scoreRows(split: DataSplit, rowCount: Int, chunkSize: Int, masks: Int, mode: EnsembleMode, parameters: [Float]) throws -> [[Float]] {
         let chunks = stride(from: 0, to: rowCount, by: chunkSize).map { Array(Int32($0)..<Int32(min(rowCount, $0 + chunkSize))) }
         let perRow = mode == .likelihood ? masks : 1
+        guard MemoryBudget.product(min(chunkSize, rowCount), perRow).map({ $0 <= largestResult }) == true else {
+            throw ClusterError(.protocolFailure, "chunks of \(chunkSize) rows under \(masks) masks exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
+        }
         let plan = CoordinatorStateMachine.WorkPlan(
             step: nextJobID(), maskSeed: 0, work: .logLikelihood(split: split.rawValue, masks: UInt32(masks), mode: mode.wireCode),
             maskDigest: nil, shards: chunks, resultCounts: chunks.map { $0.count * perRow })
@@ -258,6 +318,9 @@ public final class ClusterCoordinator {
     /// (batch `b` is shard `b`, drawn from its own random stream), and returns them in order.
     public func drawSamples(count: Int, dimension: Int, batchSize: Int, masks: Int, seed: UInt64, method: Sampler<Float>.Method,
                             parameters: [Float]) throws -> [Float] {
+        guard MemoryBudget.product(min(batchSize, count), dimension).map({ $0 <= largestResult }) == true else {
+            throw ClusterError(.protocolFailure, "batches of \(batchSize) samples of \(dimension) values exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
+        }
         let full = count / batchSize
         let rest = count % batchSize
         let parameters = dense(parameters)
@@ -367,7 +430,7 @@ public final class ClusterCoordinator {
         }
 
         func payload(shared useShared: Bool) -> FloatPayload {
-            if useShared, let shared, sharedCount <= shared.slotFloats {
+            if useShared, let shared, sharedCount <= shared.slotFloats, inSharedMemory || shared.holds(0) {
                 if !inSharedMemory {
                     shared.withSlot(0, count: sharedCount) { fillShared($0) }
                     inSharedMemory = true
@@ -406,6 +469,8 @@ public final class ClusterCoordinator {
             let actions: [CoordinatorStateMachine.Action]
             do {
                 let (runID, decoded) = try WireFormat.decode(frame)
+                // A result in a slot of a file that shrank is refused (its slot is taken back first).
+                if case .result(let r) = decoded, case .shared(let slot, _) = r.values { _ = sharedIntact(Int(slot)) }
                 if case .result(let r) = decoded, let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
                     var timing = stepTimings[name] ?? StepTiming(worker: name)
                     let compute = Double(r.computeMicroseconds) / 1000
@@ -430,16 +495,22 @@ public final class ClusterCoordinator {
             case .sendInVersion(let peer, let message, let version):
                 send(to: peer, message, version: version)
             case .reserveSharedSlot(let peer, let slot):
-                let reserved = shared?.reserve(Int(slot)) == true
+                let reserved = !sharedMemoryLost && shared?.reserve(Int(slot)) == true
                 if !reserved {
                     logger.warning("no room for a worker's shared-memory slot; it uses the socket", metadata: ["slot": "\(slot)"])
                 }
                 try perform(machine.sharedSlotReserved(by: peer, reserved, now: now), parameters: parameters)
             case .saveSharedResult(let slot, let shard):
-                if let shared { scratch(Int(shard)).update(from: shared.pointer(Int(slot)), count: layout.count) }
+                if let shared {
+                    if sharedIntact(Int(slot)) {
+                        scratch(Int(shard)).update(from: shared.pointer(Int(slot)), count: layout.count)
+                    } else {
+                        stepValuesLost = true
+                    }
+                }
             case .assign(let peer, var task, let route):
                 if let route, let parameters {
-                    task.parameters = parameters.payload(shared: route == .sharedMemory)
+                    task.parameters = parameters.payload(shared: route == .sharedMemory && sharedIntact(0))
                 }
                 taskSentAt[peer] = ContinuousClock.now
                 send(to: peer, .task(task))

@@ -82,6 +82,12 @@ public final class ClusterWorker {
                         try computer.configure(bytes)
                         shared = nil
                         slot = nil
+                        if let grant, !options.sharedMemory {
+                            // Never asked for: a coordinator that grants it anyway is not followed.
+                            logger.warning("declining shared memory this worker did not ask for", metadata: ["path": "\(grant.path)"])
+                            try perform(machine.declineSharedMemory(now: now))
+                            continue
+                        }
                         if let grant {
                             do {
                                 shared = try SharedSlots.open(grant)

@@ -124,6 +124,12 @@ public final class ShardComputer {
                 throw ClusterError(.protocolFailure, "a task for step \(task.step) came without parameters this worker does not hold")
             }
         }
+        // A shared-memory file someone shrank would raise SIGBUS where it is read or written.
+        if parametersKey!.inPlace {
+            guard let memory = parameterMemory, memory.holds(0), slot.map({ memory.holds($0) }) ?? true else {
+                throw ClusterError(.protocolFailure, "the shared-memory file \(parameterMemory?.path ?? "") shrank: it no longer holds the parameters or this worker's slot")
+            }
+        }
         let payload: FloatPayload
         let loss: Double
         if parametersKey!.inPlace, let shared, let slot, slot > 0, packing.denseCount <= shared.slotFloats {
@@ -182,7 +188,7 @@ public final class ShardComputer {
             guard values.count == dense else { throw ClusterError(.protocolFailure, "\(values.count) parameters arrived for \(dense)") }
             denseParameters = values
         case .shared(let slot, let count):
-            guard let shared, slot == 0, Int(count) == dense, dense <= shared.slotFloats, let values = shared.read(0, count: dense) else {
+            guard let shared, slot == 0, Int(count) == dense, dense <= shared.slotFloats, shared.holds(0), let values = shared.read(0, count: dense) else {
                 throw ClusterError(.protocolFailure, "dense parameters in shared memory this worker cannot read")
             }
             denseParameters = values

@@ -26,8 +26,18 @@ public final class SharedSlots {
     private let base: UnsafeMutableRawPointer
     private let byteCount: Int
     private let owner: Bool
-    /// The open file, kept by the owner to reserve slots.
+    /// The open file: the owner reserves slots through it, and both sides check its size.
     private let descriptor: Int32
+
+    /// The folder slot files live in.
+    public static let folder = "/dev/shm"
+
+    /// Whether `name` is the name of a slot file: `made-PID-NUMBER.slots`, as ``create(folder:slotFloats:workerSlots:)`` names them.
+    public static func isSlotFileName<S: StringProtocol>(_ name: S) -> Bool {
+        guard name.hasPrefix("made-"), name.hasSuffix(".slots") else { return false }
+        let parts = name.dropFirst(5).dropLast(6).split(separator: "-", omittingEmptySubsequences: false)
+        return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.count <= 10 && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }
+    }
 
     private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int, owner: Bool, descriptor: Int32) {
         self.path = path
@@ -41,7 +51,7 @@ public final class SharedSlots {
 
     deinit {
         munmap(base, byteCount)
-        if descriptor >= 0 { close(descriptor) }
+        close(descriptor)
         if owner { unlink(path) }
     }
 
@@ -54,9 +64,9 @@ public final class SharedSlots {
     }
 
     /// Removes slot files left in `folder` by coordinators that died without cleaning up.
-    public static func removeStale(folder: String = "/dev/shm") {
+    public static func removeStale(folder: String = SharedSlots.folder) {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
-        for name in names where name.hasPrefix("made-") && name.hasSuffix(".slots") {
+        for name in names where isSlotFileName(name) {
             let parts = name.dropFirst(5).split(separator: "-")
             guard let pid = parts.first.flatMap({ Int32($0) }), pid != getpid() else { continue }
             if kill(pid, 0) != 0 && errno == ESRCH { unlink(folder + "/" + name) }
@@ -64,7 +74,7 @@ public final class SharedSlots {
     }
 
     /// Creates a new file of `1 + workerSlots` slots in `folder` (sparse: untouched slots cost nothing).
-    public static func create(folder: String = "/dev/shm", slotFloats: Int, workerSlots: Int) throws -> SharedSlots {
+    public static func create(folder: String = SharedSlots.folder, slotFloats: Int, workerSlots: Int) throws -> SharedSlots {
         precondition(slotFloats > 0 && workerSlots > 0)
         removeStale(folder: folder)
         let path = folder + "/made-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).slots"
@@ -92,13 +102,28 @@ public final class SharedSlots {
         return slots
     }
 
-    /// Maps the file a coordinator granted; it must hold at least slot `grant.slot`.
-    public static func open(_ grant: WireMessage.SharedMemoryGrant) throws -> SharedSlots {
-        let fd = Glibc.open(grant.path, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw ClusterError(.protocolFailure, "cannot open the shared memory \(grant.path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+    /// Maps the file a coordinator granted, once it has proved to be a slot file of this user:
+    /// a file named as ``isSlotFileName(_:)`` says, directly in `folder`, opened without
+    /// following a symbolic link, a regular file with one link, owned by this process's user,
+    /// and holding at least slot `grant.slot`. Anything else (a rogue coordinator naming
+    /// `/tmp/victim.bin`, a link planted in `/dev/shm`) is refused before a byte is mapped.
+    public static func open(_ grant: WireMessage.SharedMemoryGrant, folder: String = SharedSlots.folder) throws -> SharedSlots {
+        func refuse(_ why: String) -> ClusterError { ClusterError(.security, "refusing the shared memory \(grant.path): \(why)") }
+        let prefix = folder.hasSuffix("/") ? folder : folder + "/"
+        guard grant.path.hasPrefix(prefix), case let name = grant.path.dropFirst(prefix.count), !name.contains("/"), isSlotFileName(name) else {
+            throw refuse("not a slot file (\(prefix)made-PID-NUMBER.slots)")
+        }
+        let fd = Glibc.open(grant.path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            throw code == ELOOP ? refuse("a symbolic link") : ClusterError(.protocolFailure, "cannot open the shared memory \(grant.path): \(String(cString: strerror(code)))")
+        }
+        var keep = false
+        defer { if !keep { close(fd) } }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw ClusterError(.protocolFailure, "cannot stat \(grant.path)") }
+        guard info.st_mode & S_IFMT == S_IFREG, info.st_nlink == 1 else { throw refuse("not a regular file with a single link") }
+        guard info.st_uid == getuid() else { throw refuse("owned by uid \(info.st_uid), not by this user (\(getuid()))") }
         let slotBytes = Int(grant.slotFloats) * 4
         let bytes = Int(info.st_size)
         guard slotBytes > 0, bytes % slotBytes == 0, bytes / slotBytes > Int(grant.slot) else {
@@ -107,7 +132,18 @@ public final class SharedSlots {
         guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
             throw ClusterError(.protocolFailure, "cannot map \(grant.path): \(String(cString: strerror(errno)))")
         }
-        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes, owner: false, descriptor: -1)
+        keep = true
+        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes, owner: false, descriptor: fd)
+    }
+
+    /// Whether the file still holds slot `slot` whole. Reading or writing a mapped page past
+    /// the end of a file that was shrunk (`truncate -s 0`) raises SIGBUS; check this before
+    /// touching a slot, and treat a slot that is gone as a bad result rather than a crash.
+    public func holds(_ slot: Int) -> Bool {
+        guard slot >= 0, slot < slotCount else { return false }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { return false }
+        return Int(info.st_size) >= (slot + 1) * slotFloats * 4
     }
 
     /// Calls `body` with the first `count` values of slot `slot`.
@@ -135,14 +171,52 @@ public final class SharedSlots {
         }
     }
 
-    /// An id of this host as seen from the network: the machine's boot id and this process's
-    /// network namespace. Processes with equal ids can map the same file in `/dev/shm` and reach
-    /// each other over loopback; processes in other network namespaces count as other hosts.
+    /// An id of this host and user as seen from the network: the machine's boot id, this
+    /// process's network namespace, the user, and the user's host secret. Processes with equal
+    /// ids can map the same file in `/dev/shm` and reach each other over loopback; processes in
+    /// other network namespaces count as other hosts. Empty when shared memory is unavailable.
+    ///
+    /// The secret (``hostSecret(folder:)``) is what keeps a peer from taking shared-memory
+    /// slots by presenting an id it derived: the rest of the id is public, but only this user's
+    /// processes on this host can read the secret.
     public static var hostID: String {
         let boot = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         let net = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")) ?? ""
-        guard !boot.isEmpty, !net.isEmpty, FileManager.default.isWritableFile(atPath: "/dev/shm") else { return "" }
-        return "\(ProcessInfo.processInfo.hostName)/\(boot)/\(net)/uid\(getuid())"
+        guard !boot.isEmpty, !net.isEmpty, FileManager.default.isWritableFile(atPath: folder), let secret = hostSecret() else { return "" }
+        return "\(ProcessInfo.processInfo.hostName)/\(boot)/\(net)/uid\(getuid())/\(secret)"
+    }
+
+    /// This user's host secret: 32 hex digits in `folder/made-host-UID.secret`, made on first
+    /// use (mode 0600, written whole before it appears under its name) and shared by every
+    /// process of the user on this host. Nil when the file there is not a regular file of this
+    /// user readable by no one else: then shared memory is not offered or asked for.
+    public static func hostSecret(folder: String = SharedSlots.folder) -> String? {
+        let path = folder + "/made-host-\(getuid()).secret"
+        for _ in 0..<3 {
+            let fd = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+            if fd >= 0 {
+                defer { close(fd) }
+                var info = stat()
+                guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid(),
+                      info.st_mode & 0o077 == 0, info.st_size == 32 else { return nil }
+                var bytes = [UInt8](repeating: 0, count: 32)
+                guard Glibc.read(fd, &bytes, 32) == 32, bytes.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else { return nil }
+                return String(decoding: bytes, as: UTF8.self)
+            }
+            guard errno == ENOENT else { return nil }
+            // Written under a private name, then linked into place: a reader never sees it partial.
+            let secret = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let out = Glibc.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard out >= 0 else { return nil }
+            let written = fchmod(out, 0o600) == 0 && write(out, secret, 32) == 32
+            close(out)
+            let linked = written && link(temporary, path) == 0
+            unlink(temporary)
+            if linked { return secret }
+            guard errno == EEXIST else { return nil }   // another process made it first: read that one
+        }
+        return nil
     }
 }
