@@ -6,7 +6,7 @@ import MADECluster
 
 /// Flags of the data-parallel cluster, shared by `train`, `coordinator`, `launch`, `eval` and `sample`.
 struct ClusterArguments: ParsableArguments {
-    @Option(help: "Start this many local worker processes and spread the work over them (0: work in this process).")
+    @Option(parsing: .unconditional, help: "Start this many local worker processes and spread the work over them (0: work in this process).")
     var workers: Int = 0
     @Option(help: "Endpoint the coordinator listens on, e.g. tcp://0.0.0.0:29500; port 0 picks a free port. (default: tcp://127.0.0.1:0 with --workers)")
     var bind: String?
@@ -20,15 +20,15 @@ struct ClusterArguments: ParsableArguments {
     var insecure = false
     @Flag(help: "Send parameters and gradients over the socket even to workers on this host (no shared-memory file).")
     var noSharedMemory = false
-    @Option(help: "Seconds of silence after which a worker is declared dead and its work given to another.")
+    @Option(parsing: .unconditional, help: "Seconds of silence after which a worker is declared dead and its work given to another.")
     var heartbeatTimeout: Double = 10
-    @Option(help: "Seconds after which a task still in flight (a shard of a step, a chunk of rows to score, a batch of samples) is taken back and given to the first idle worker.")
+    @Option(parsing: .unconditional, help: "Seconds after which a task still in flight (a shard of a step, a chunk of rows to score, a batch of samples) is taken back and given to the first idle worker.")
     var taskTimeout: Double = 60
-    @Option(help: "Seconds without any worker before the coordinator gives up.")
+    @Option(parsing: .unconditional, help: "Seconds without any worker before the coordinator gives up.")
     var idleTimeout: Double = 120
-    @Option(help: "Workers to wait for before the work starts. (default: N with --workers N, WORLD_SIZE - 1 under made launch, else 0)")
+    @Option(parsing: .unconditional, help: "Workers to wait for before the work starts. (default: N with --workers N, WORLD_SIZE - 1 under made launch, else 0)")
     var waitForWorkers: Int?
-    @Option(help: "Seconds to wait for them; then the work starts with the workers that joined.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for them; then the work starts with the workers that joined.")
     var joinTimeout: Double = 60
 
     /// Most local worker processes, and most workers to wait for.

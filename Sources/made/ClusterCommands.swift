@@ -41,7 +41,7 @@ struct WorkerArguments: ParsableArguments {
     var keyName: String = "worker"
     @Flag(help: "Read the coordinator's public key and this worker's secret key from standard input (how `made train --workers N` hands its workers the run's keys).")
     var keysOnStdin = false
-    @Option(help: "Seconds without a word from the coordinator before giving up (exit code 4).")
+    @Option(parsing: .unconditional, help: "Seconds without a word from the coordinator before giving up (exit code 4).")
     var coordinatorTimeout: Double = 60
     @Option(help: .private)
     var parentPid: Int32?   // internal: exit when this process (the launcher) is gone
@@ -137,7 +137,7 @@ struct Launch: ParsableCommand {
     @OptionGroup var training: TrainingArguments
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
-    @Option(help: "Workers: seconds without a word from the coordinator before giving up.")
+    @Option(parsing: .unconditional, help: "Workers: seconds without a word from the coordinator before giving up.")
     var coordinatorTimeout: Double = 60
 
     func validate() throws {

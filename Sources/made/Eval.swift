@@ -15,7 +15,7 @@ struct Eval: ParsableCommand {
     @OptionGroup var runtime: RuntimeArguments
     @Option(help: "Split to score: train, valid or test. (default: test for an .npz or a folder; a single-split file (one .amat or IDX file) is scored whole)")
     var split: String?
-    @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble. (default: the checkpoint's)")
+    @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Masks in the ensemble. (default: the checkpoint's)")
     var samples: Int?
     @Option(help: "likelihood (log-mean-exp of per-mask likelihoods) or logits (the reference's logit averaging; not a normalized likelihood). (default: the checkpoint's)")
     var ensemble: EnsembleMode?

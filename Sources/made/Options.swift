@@ -62,7 +62,7 @@ struct DataArguments<Role: DataPathRole>: ParsableArguments {
     var binarizeSeed: UInt64 { binarizeSeedGiven ?? 0 }
     var threshold: UInt8 { thresholdGiven ?? Binarization.defaultThreshold }
 
-    @Option(name: .customLong("valid-fraction"),
+    @Option(name: .customLong("valid-fraction"), parsing: .unconditional,
             help: ArgumentHelp("Fraction of the training file carved out for validation when the data has no validation split. (default: 1/6)", valueName: "fraction"))
     var validFractionGiven: Double?
 
@@ -118,7 +118,7 @@ func parseHiddens(_ text: String) throws -> [Int] {
 
 /// Runtime settings that do not change results.
 struct RuntimeArguments: ParsableArguments {
-    @Option(help: "BLAS threads for this process (1: one process per core).")
+    @Option(parsing: .unconditional, help: "BLAS threads for this process (1: one process per core).")
     var threads: Int = 1
     @Flag(name: [.customShort("v"), .long], help: "Log the cluster's comings and goings (workers connecting, joining, done).")
     var verbose = false

@@ -9,15 +9,15 @@ struct Sample: ParsableCommand {
 
     @Option(help: "Checkpoint to sample from.")
     var checkpoint: String
-    @Option(help: "Number of samples.")
+    @Option(parsing: .unconditional, help: "Number of samples.")
     var count: Int = 64
     @Option(help: "PNG file to write (its name ends in .png).")
     var out: String
-    @Option(name: [.customShort("s"), .long], help: "Masks in the ensemble; each sample draws one of them (a mixture). (default: the checkpoint's number of masks)")
+    @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Masks in the ensemble; each sample draws one of them (a mixture). (default: the checkpoint's number of masks)")
     var samples: Int?
     @Option(help: "Seed of the draws; the same seed gives the same images.")
     var seed: UInt64 = 0
-    @Option(help: "Images per row of the grid. (default: about the square root of the count)")
+    @Option(parsing: .unconditional, help: "Images per row of the grid. (default: about the square root of the count)")
     var columns: Int?
     @Option(help: "Image shape as ROWSxCOLUMNS. (default: square when the dimension is a square, else one row)")
     var imageShape: String?

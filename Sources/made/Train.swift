@@ -27,11 +27,11 @@ struct Train: ParsableCommand {
 struct TrainingArguments: ParsableArguments {
     @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated (\"500\", \"500,500\"; \"\" for none). (default: 500)")
     var hiddens: String?
-    @Option(name: [.customShort("n"), .long], help: "Number of masks (orders and connectivities) to cycle through in training. (default: 1)")
+    @Option(name: [.customShort("n"), .long], parsing: .unconditional, help: "Number of masks (orders and connectivities) to cycle through in training. (default: 1)")
     var numMasks: Int?
-    @Option(name: [.customShort("r"), .long], help: "Steps between mask changes. (default: 20)")
+    @Option(name: [.customShort("r"), .long], parsing: .unconditional, help: "Steps between mask changes. (default: 20)")
     var resampleEvery: Int?
-    @Option(name: [.customShort("s"), .long], help: "Masks in the evaluation ensemble. (default: 1)")
+    @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Masks in the evaluation ensemble. (default: 1)")
     var samples: Int?
     @Flag(help: "Keep the inputs in their natural order (otherwise each mask draws an order).")
     var naturalOrdering = false
@@ -39,25 +39,25 @@ struct TrainingArguments: ParsableArguments {
     var direct = false
     @Option(help: "Output distribution: bernoulli for 0/1 data, gaussian for real values. (default: bernoulli)")
     var distribution: OutputDistribution?
-    @Option(help: "Epochs to train. (default: 100)")
+    @Option(parsing: .unconditional, help: "Epochs to train. (default: 100)")
     var epochs: Int?
-    @Option(help: "Examples per step. (default: 100)")
+    @Option(parsing: .unconditional, help: "Examples per step. (default: 100)")
     var batchSize: Int?
-    @Option(help: "Adam learning rate. (default: 0.001)")
+    @Option(parsing: .unconditional, help: "Adam learning rate. (default: 0.001)")
     var lr: Double?
-    @Option(help: "L2 weight decay added to the gradient. (default: 0.0001)")
+    @Option(parsing: .unconditional, help: "L2 weight decay added to the gradient. (default: 0.0001)")
     var weightDecay: Double?
-    @Option(help: "Epochs between learning-rate decays (0: never). (default: 45)")
+    @Option(parsing: .unconditional, help: "Epochs between learning-rate decays (0: never). (default: 45)")
     var lrStepEpochs: Int?
-    @Option(help: "Learning-rate decay factor. (default: 0.1)")
+    @Option(parsing: .unconditional, help: "Learning-rate decay factor. (default: 0.1)")
     var lrGamma: Double?
     @Option(help: "Run seed: masks, initialization and data order. (default: 0)")
     var seed: UInt64?
-    @Option(help: "Stop after this many epochs without a better validation NLL, and keep the best parameters (0: off). (default: 0)")
+    @Option(parsing: .unconditional, help: "Stop after this many epochs without a better validation NLL, and keep the best parameters (0: off). (default: 0)")
     var patience: Int?
     @Option(help: "How the evaluation ensemble combines masks: likelihood (log-mean-exp, normalized) or logits (the reference's logit averaging; not a normalized likelihood). (default: likelihood)")
     var ensemble: EnsembleMode?
-    @Option(help: "Shards per minibatch; their gradients are summed in a fixed tree order, so the result is the same for any number of workers. (default: the number of workers, 1 in one process)")
+    @Option(parsing: .unconditional, help: "Shards per minibatch; their gradients are summed in a fixed tree order, so the result is the same for any number of workers. (default: the number of workers, 1 in one process)")
     var shards: Int?
     @Option(help: "Arithmetic: sparse (only the blocks the masks keep; binary inputs as sums of selected rows) or dense (whole products). They agree within float rounding, not bit for bit. (default: sparse)")
     var kernel: ComputeKernel?
@@ -66,7 +66,7 @@ struct TrainingArguments: ParsableArguments {
 
     @Option(help: "Checkpoint file, written atomically at every epoch end and on interruption.")
     var checkpoint: String?
-    @Option(help: "Also checkpoint every N steps (0: only at epoch ends).")
+    @Option(parsing: .unconditional, help: "Also checkpoint every N steps (0: only at epoch ends).")
     var checkpointEvery: Int = 0
     @Flag(help: "Carry on from --checkpoint when it exists.")
     var resume = false
@@ -74,7 +74,7 @@ struct TrainingArguments: ParsableArguments {
     var overwrite = false
     @Option(help: "Write training metrics to this file as JSON Lines: one object per step (loss, lr, examples/s, per-worker times) and per epoch (validation NLL).")
     var metrics: String?
-    @Option(help: "Stop (and checkpoint) once this many steps have run in total.")
+    @Option(parsing: .unconditional, help: "Stop (and checkpoint) once this many steps have run in total.")
     var stopAfterSteps: Int?
 
     func validate() throws {
