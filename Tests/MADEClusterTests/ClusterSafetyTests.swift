@@ -84,9 +84,14 @@ struct ClusterSafetyTests {
         let linked = Self.folder("secret-link")
         try FileManager.default.createSymbolicLink(atPath: linked + "/made-host-\(getuid()).secret", withDestinationPath: folder + "/x")
         #expect(SharedSlots.hostSecret(folder: linked) == nil)
-        // The id a worker presents holds the secret of /dev/shm.
-        let id = SharedSlots.hostID
-        if !id.isEmpty { #expect(id.hasSuffix("/" + (SharedSlots.hostSecret() ?? "-"))) }
+        // The id a worker presents proves it knows the secret of /dev/shm without showing it,
+        // and differs from one endpoint to another.
+        let id = SharedSlots.hostID(for: "tcp://127.0.0.1:4000")
+        if let secret = SharedSlots.hostSecret(), !id.isEmpty {
+            #expect(!id.contains(secret))
+            #expect(id == SharedSlots.hostID(for: "tcp://localhost:4000"))
+            #expect(id != SharedSlots.hostID(for: "tcp://127.0.0.1:4001"))
+        }
     }
 
     @Test("endpoints: ports beyond 65535 and unknown transports are refused, not wrapped", arguments: [
@@ -122,11 +127,12 @@ struct ClusterSafetyTests {
         let coordinator = try Self.coordinator()
         let context = try ZMQContext()
         defer { context.shutdown() }
-        let real = SharedSlots.hostID
+        let real = SharedSlots.hostID(for: coordinator.endpoint)
         try #require(!real.isEmpty, "no shared memory on this machine")
         let derivable = String(real[..<real.lastIndex(of: "/")!])
         var welcomes: [WireMessage.Welcome] = []
-        for (i, id) in [derivable, real].enumerated() {
+        let elsewhere = SharedSlots.hostID(for: "tcp://127.0.0.1:1")   // a proof given to another coordinator
+        for (i, id) in [derivable, elsewhere, real].enumerated() {
             let dealer = try ZMQSocket(context: context, kind: .dealer)
             defer { dealer.close() }
             try dealer.set(.routingID(Array("peer-\(i)".utf8)), .linger(milliseconds: 0))
@@ -137,7 +143,8 @@ struct ClusterSafetyTests {
             welcomes.append(try #require(try Self.welcome(dealer)))
         }
         #expect(welcomes[0].sharedMemory == nil)
-        #expect(welcomes[1].sharedMemory?.path.hasPrefix("/dev/shm/made-") == true)
+        #expect(welcomes[1].sharedMemory == nil)
+        #expect(welcomes[2].sharedMemory?.path.hasPrefix("/dev/shm/made-") == true)
     }
 
     @Test("the coordinator's frame limit comes from the run: a frame beyond it from an unregistered peer is never held")

@@ -99,7 +99,7 @@ public final class ClusterCoordinator {
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.taskTimeout = options.taskTimeout
         settings.idleTimeout = options.idleTimeout
-        if options.sharedMemory, case let host = SharedSlots.hostID, !host.isEmpty {
+        if options.sharedMemory, case let host = SharedSlots.hostID(for: options.bind), !host.isEmpty {
             do {
                 let slots = try SharedSlots.create(slotFloats: layout.count, workerSlots: options.sharedMemorySlots)
                 shared = slots
@@ -138,6 +138,11 @@ public final class ClusterCoordinator {
         if let host = Endpoint.tcpHost(endpoint), host == "0.0.0.0" || host == "::" {
             let advertised = options.advertisedHost ?? ProcessInfo.processInfo.hostName
             endpoint = endpoint.replacingOccurrences(of: "//\(host.contains(":") ? "[\(host)]" : host):", with: "//\(Endpoint.bracketed(advertised)):")
+        }
+        if !settings.hostID.isEmpty {
+            // The proof in the host id is bound to the port now chosen (see SharedSlots.hostID(for:)).
+            settings.hostID = SharedSlots.hostID(for: endpoint)
+            machine = CoordinatorStateMachine(settings: settings)
         }
         if let file = options.endpointFile {
             try AtomicFile.write(endpoint + "\n", to: file)

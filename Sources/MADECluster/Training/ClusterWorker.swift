@@ -44,7 +44,7 @@ public final class ClusterWorker {
         self.logger = logger
         var settings = WorkerStateMachine.Settings(dataFingerprint: computer.dataFingerprint,
                                                    processID: UInt32(truncatingIfNeeded: getpid()), name: options.name,
-                                                   hostID: options.sharedMemory ? SharedSlots.hostID : "")
+                                                   hostID: options.sharedMemory ? SharedSlots.hostID(for: options.connect) : "")
         settings.coordinatorTimeout = options.coordinatorTimeout
         machine = WorkerStateMachine(settings: settings)
     }

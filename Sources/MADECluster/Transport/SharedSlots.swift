@@ -1,4 +1,5 @@
 import CKernels
+import MADE
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -171,20 +172,26 @@ public final class SharedSlots {
         }
     }
 
-    /// An id of this host and user as seen from the network: the machine's boot id, this
-    /// process's network namespace, the user, and the user's host secret. Processes with equal
-    /// ids can map the same file in `/dev/shm` and reach each other over loopback; processes in
-    /// other network namespaces count as other hosts. Empty when shared memory is unavailable.
+    /// An id of this host and user as seen from the network, for the coordinator listening at
+    /// `endpoint` (or a worker dialing it): the machine's boot id, this process's network
+    /// namespace, the user, and a proof that the process can read the user's host secret.
+    /// Processes with equal ids can map the same file in `/dev/shm` and reach each other over
+    /// loopback; processes in other network namespaces count as other hosts. Empty when shared
+    /// memory is unavailable.
     ///
-    /// The secret (``hostSecret(folder:)``) is what keeps a peer from taking shared-memory
-    /// slots by presenting an id it derived: the rest of the id is public, but only this user's
-    /// processes on this host can read the secret.
-    public static var hostID: String {
+    /// The proof is what keeps a peer from taking shared-memory slots by presenting an id it
+    /// derived: the rest of the id is public, but only this user's processes on this host can
+    /// read the secret (``hostSecret(folder:)``). The secret itself never travels: the proof is
+    /// the SHA-256 of the secret and the endpoint's port (or ipc path), so what a worker tells
+    /// one coordinator is worth nothing at another endpoint.
+    public static func hostID(for endpoint: String) -> String {
         let boot = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         let net = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")) ?? ""
         guard !boot.isEmpty, !net.isEmpty, FileManager.default.isWritableFile(atPath: folder), let secret = hostSecret() else { return "" }
-        return "\(ProcessInfo.processInfo.hostName)/\(boot)/\(net)/uid\(getuid())/\(secret)"
+        let place = endpoint.hasPrefix("tcp://") ? String(endpoint[endpoint.index(after: endpoint.lastIndex(of: ":") ?? endpoint.startIndex)...]) : endpoint
+        let proof = Array(SHA256.hash(Array("\(secret)|\(place)".utf8)).prefix(16)).hexString
+        return "\(ProcessInfo.processInfo.hostName)/\(boot)/\(net)/uid\(getuid())/\(proof)"
     }
 
     /// This user's host secret: 32 hex digits in `folder/made-host-UID.secret`, made on first
