@@ -10,6 +10,8 @@ struct ClusterEnvironmentTests {
         #expect(try SlurmNodeList.expand("a[1-2]-b[3-4]") == ["a1-b3", "a1-b4", "a2-b3", "a2-b4"])
         #expect(throws: ClusterError.self) { try SlurmNodeList.expand("node[01-") }
         #expect(throws: ClusterError.self) { try SlurmNodeList.expand("node[5-2]") }
+        // Sizes are bounded: no list of billions of hosts is built.
+        #expect(throws: ClusterError.self) { try SlurmNodeList.expand("n[0-99998]x[0-99998]") }
     }
 
     @Test("MASTER_ADDR, RANK and WORLD_SIZE")
@@ -21,6 +23,7 @@ struct ClusterEnvironmentTests {
         #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["RANK": "0", "WORLD_SIZE": "2"]) }
         #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "3"]) }
         #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "x", "WORLD_SIZE": "3"]) }
+        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "1", "WORLD_SIZE": "9223372036854775807"]) }
         #expect(try ClusterEnvironment.detect([:]) == nil)
     }
 

@@ -54,9 +54,15 @@ public struct ClusterEnvironment: Sendable, Equatable {
         return nil
     }
 
+    /// Most processes in one run.
+    public static let maxWorldSize = 1 << 16
+
     private static func checked(_ e: ClusterEnvironment) throws -> ClusterEnvironment {
         guard e.worldSize >= 2 else {
             throw ClusterError(.invalidEnvironment, "\(e.source): world size \(e.worldSize) leaves no worker (one coordinator plus at least one worker)")
+        }
+        guard e.worldSize <= Self.maxWorldSize else {
+            throw ClusterError(.invalidEnvironment, "\(e.source): world size \(e.worldSize) is more than the \(Self.maxWorldSize) processes a run may hold")
         }
         guard e.rank < e.worldSize else {
             throw ClusterError(.invalidEnvironment, "\(e.source): rank \(e.rank) is not below the world size \(e.worldSize)")
@@ -116,6 +122,7 @@ public enum SlurmNodeList {
                 let digits = String(n)
                 let padded = String(repeating: "0", count: max(0, width - digits.count)) + digits
                 for rest in try expandOne(suffix, list) { out.append(prefix + padded + rest) }
+                guard out.count <= 100_000 else { throw ClusterError(.invalidEnvironment, "node list '\(list)' names more than 100000 hosts") }
             }
         }
         return out
