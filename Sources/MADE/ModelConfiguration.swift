@@ -42,6 +42,9 @@ public struct ModelConfiguration: Sendable, Equatable, Codable {
         self.maskCount = maskCount
     }
 
+    /// Most hidden layers a model may have.
+    public static let maxHiddenLayers = 1000
+
     /// Number of output units.
     public var outputCount: Int { inputCount * outputMultiplier }
 
@@ -55,6 +58,9 @@ public struct ModelConfiguration: Sendable, Equatable, Codable {
         }
         guard outputMultiplier >= 1 else {
             throw MADEError(.invalidConfiguration, "nout must be a positive multiple of nin (multiplier \(outputMultiplier))")
+        }
+        guard hiddenSizes.count <= Self.maxHiddenLayers else {
+            throw MADEError(.invalidConfiguration, "at most \(Self.maxHiddenLayers) hidden layers, not \(hiddenSizes.count)")
         }
         if let bad = hiddenSizes.first(where: { $0 < 1 }) {
             throw MADEError(.invalidConfiguration, "hidden layer sizes must be positive, got \(bad)")

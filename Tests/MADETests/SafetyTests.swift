@@ -151,6 +151,8 @@ struct SafetyTests {
         { (c: inout TrainingConfiguration) in c.epochs = Int.max },
         { (c: inout TrainingConfiguration) in c.evaluationMasks = 100_000 },
         { (c: inout TrainingConfiguration) in c.model.maskCount = 4_611_686_018_427_387_904 },
+        { (c: inout TrainingConfiguration) in c.model.hiddenSizes = [Int](repeating: 2, count: 5000) },
+        { (c: inout TrainingConfiguration) in c.model.hiddenSizes = [Int.max / 2] },
     ] as [@Sendable (inout TrainingConfiguration) -> Void])
     func invalidConfigurations(mutate: @Sendable (inout TrainingConfiguration) -> Void) throws {
         var c = TrainerTests.configuration()
