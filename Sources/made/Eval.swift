@@ -51,7 +51,7 @@ struct Eval: ParsableCommand {
         let k = samples ?? c.evaluationMasks
         let mode = ensemble ?? c.ensembleMode
         if let warning = Self.ensembleWarning(masks: k, trained: c.model.maskCount) {
-            FileHandle.standardError.write(Data(("warning: " + warning + "\n").utf8))
+            Console.error("warning: " + warning + "\n")
         }
 
         let ll: [Double]

@@ -53,6 +53,8 @@ struct Import: ParsableCommand {
     var file: String
     @Option(help: "Checkpoint to write.")
     var checkpoint: String
+    @Flag(help: "Replace --checkpoint when it already exists.")
+    var overwrite = false
     @Option(help: "Run seed the masks derive from. (default: the metadata's made.run_seed)")
     var seed: UInt64?
     @Option(help: "Mask seed of the file's masks. (default: the metadata's made.mask_seed)")
@@ -69,7 +71,14 @@ struct Import: ParsableCommand {
         let settings = ReferenceStateDict.Settings(runSeed: seed, maskSeed: maskSeed, maskCount: numMasks,
                                                    naturalOrdering: naturalOrdering, distribution: distribution)
         let saved = try ReferenceStateDict.makeCheckpoint(tensors, settings: settings, path: file)
+        // The same rules as a training run's checkpoint: one writer, and no run replaced unasked.
+        try AtomicFile.checkWritableFolder(of: checkpoint)
+        let lock = try CheckpointLock(checkpoint: checkpoint)
+        guard overwrite || !FileManager.default.fileExists(atPath: checkpoint) else {
+            throw CommandFailure("\(checkpoint) already exists; add --overwrite to replace it, or give another --checkpoint")
+        }
         try saved.write(to: checkpoint)
+        withExtendedLifetime(lock) {}
         var note = ""
         if let exported = tensors.metadata["made.params_sha256"] {
             note = exported == saved.parametersSHA256 ? " (the parameters exported)" : " (not the parameters exported: changed since)"

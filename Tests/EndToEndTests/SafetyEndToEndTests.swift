@@ -102,6 +102,17 @@ struct SafetyEndToEndTests {
         #expect(over == 0, "\(overErr)")
         #expect(try Checkpoint.read(from: checkpoint).configuration.epochs == 1)
 
+        // `made import` keeps the same rule: an existing checkpoint is replaced only with --overwrite.
+        let exported = folder + "/model.safetensors"
+        let imported = folder + "/imported.ckpt"
+        let (x, _, xErr) = try EndToEnd.run(["export", "--checkpoint", checkpoint, "--out", exported], folder: folder, name: "export")
+        #expect(x == 0, "\(xErr)")
+        for (name, extra, expected) in [("import1", [String](), Int32(0)), ("import2", [], 1), ("import3", ["--overwrite"], 0)] {
+            let (code, _, err) = try EndToEnd.run(["import", exported, "--checkpoint", imported] + extra, folder: folder, name: name)
+            #expect(code == expected, "\(name): \(err)")
+            if expected == 1 { #expect(err.contains("already exists") && err.contains("--overwrite"), "\(err)") }
+        }
+
         // Two runs on one checkpoint: the second refuses at its start and names the first.
         let long = try EndToEnd.Child(["train"] + Self.small(data, epochs: 100_000) + ["--checkpoint", checkpoint, "--overwrite"],
                                       folder: folder, name: "long")
