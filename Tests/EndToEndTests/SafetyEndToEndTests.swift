@@ -187,6 +187,22 @@ struct SafetyEndToEndTests {
         #expect(ok == 0, "\(okErr)")
     }
 
+    @Test("an evaluation whose results outgrow the training run's (8 masks, chunks of 1000 rows) still fits the coordinator's frame limit")
+    func evaluationFrames() throws {
+        let folder = EndToEnd.folder("eval-frames")
+        let data = try EndToEnd.writeData(to: folder, count: 2000)
+        let checkpoint = folder + "/run.ckpt"
+        let (code, _, err) = try EndToEnd.run(["train"] + Self.small(data, epochs: 1) + ["-n", "2", "--checkpoint", checkpoint],
+                                              folder: folder, name: "train")
+        #expect(code == 0, "\(err)")
+        let flags = ["eval", "--checkpoint", checkpoint, "-d", data, "--split", "train", "-s", "8"]
+        let (local, localOut, localErr) = try EndToEnd.run(flags, folder: folder, name: "local")
+        let (spread, spreadOut, spreadErr) = try EndToEnd.run(flags + ["--workers", "2"], folder: folder, name: "spread")
+        #expect(local == 0 && spread == 0, "\(localErr) \(spreadErr)")
+        let nll = { (out: String) in out.split(separator: " ").first { $0.hasPrefix("nll=") } }
+        #expect(nll(localOut) != nil && nll(localOut) == nll(spreadOut), "\(localOut) / \(spreadOut)")
+    }
+
     @Test("`made train | head -1` keeps training and checkpointing after the reader has gone, and exits 0")
     func brokenPipe() throws {
         let folder = EndToEnd.folder("pipe")
