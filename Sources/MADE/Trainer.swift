@@ -21,23 +21,44 @@ public enum TrainingOutcome: Sendable, Equatable {
     case interrupted
 }
 
-/// One step's work: which mask seed, and which rows each shard holds.
+/// One step's work: which rows each shard holds, and which mask seed it trains.
 public struct StepPlan: Sendable {
     /// Index of the step over the whole run.
     public let step: Int
     public let epoch: Int
-    public let maskSeed: UInt64
+    /// The mask seed of each shard, by shard index (see ``MaskSchedule``).
+    public let maskSeeds: [UInt64]
     /// Rows of each shard, by shard index.
     public let shards: [ArraySlice<Int32>]
+
+    public init(step: Int, epoch: Int, maskSeeds: [UInt64], shards: [ArraySlice<Int32>]) {
+        precondition(maskSeeds.count == shards.count, "StepPlan: one mask seed per shard")
+        self.step = step
+        self.epoch = epoch
+        self.maskSeeds = maskSeeds
+        self.shards = shards
+    }
+
+    /// The step's mask seed when every shard trains the same one (one mask per step), else nil.
+    public var maskSeed: UInt64? {
+        guard let first = maskSeeds.first, maskSeeds.allSatisfy({ $0 == first }) else { return nil }
+        return first
+    }
 }
 
 /// Trains MADE in one process: the reference trainer's loop, made reproducible.
 ///
-/// Each step takes the next minibatch of the epoch's order (``DataOrder``) and the step's mask
+/// Each step takes the next minibatch of the epoch's order (``DataOrder``) and each shard's mask
 /// seed (``MaskSchedule``), computes the gradient of each of the `S` shards separately with a
 /// ``GradientEngine``, sums them with ``GradientReducer`` (a fixed tree over shard indices),
 /// and applies Adam with the gradient scaled by `1/B`. A cluster that computes the same shards
 /// anywhere and reduces them in the same tree gets the same bits.
+///
+/// With `M` masks per step the step's objective is the mean NLL over its `B` rows, each row under
+/// its shard's mask: `L = (1/B) sum_m sum_{i in rows(m)} -log p_m(x_i)`. So mask `m`'s gradient
+/// counts by its share of the rows, `n_m / B` times its own mean gradient, and when `B` does not
+/// split evenly the masks whose shards hold an extra row weigh that much more. The reported
+/// loss is the same mean.
 ///
 /// At the end of each epoch the validation split is scored with the evaluation ensemble, the
 /// best parameters are kept for early stopping, and a checkpoint is written.
@@ -190,7 +211,7 @@ public final class Trainer {
         return current.stoppedEarly ? .stoppedEarly : .finished
     }
 
-    /// The work of the next step: its mask seed and the rows of each shard.
+    /// The work of the next step: the rows and mask seed of each shard.
     func plan(stepInEpoch: Int) -> StepPlan {
         let epoch = current.completedEpochs
         if permutationEpoch != epoch {
@@ -198,7 +219,8 @@ public final class Trainer {
             permutationEpoch = epoch
         }
         let shards = (0..<configuration.shards).map { order.rows(permutation, stepInEpoch: stepInEpoch, shard: $0) }
-        return StepPlan(step: current.step, epoch: epoch, maskSeed: configuration.maskSchedule.maskSeed(step: current.step), shards: shards)
+        return StepPlan(step: current.step, epoch: epoch,
+                        maskSeeds: configuration.maskSchedule.maskSeeds(step: current.step, shards: configuration.shards), shards: shards)
     }
 
     /// Computes every shard here and sums them in tree order.
@@ -206,19 +228,34 @@ public final class Trainer {
     /// With the sparse kernel, while the masks stay for a few steps, the parameters and moments
     /// stay in their compute order (``GradientEngine/hold(_:maskSeed:)``), the gradients too, and
     /// ``apply(_:gradient:lossSum:)`` updates them there: no pass per step changes their order.
+    /// A step of several masks is computed mask by mask (each mask's parameters prepared once);
+    /// the order of computing does not change the bits, since each shard's gradient is kept apart
+    /// until the tree.
     func localGradient(_ plan: StepPlan) -> (gradient: [Float], lossSum: Double) {
-        let holding = configuration.kernel == .sparse && masksStay(from: plan.step)
-        if engine.heldMaskSeed != nil && (!holding || engine.heldMaskSeed != plan.maskSeed) {
+        let single = plan.maskSeed
+        let holding = single != nil && configuration.kernel == .sparse && masksStay(from: plan.step)
+        if engine.heldMaskSeed != nil && (!holding || engine.heldMaskSeed != single) {
             syncHeld()
             engine.drop()
         }
-        if holding {
-            if engine.heldMaskSeed == nil { engine.hold(current, maskSeed: plan.maskSeed) } else { engine.beginHeld() }
+        if let seed = single {
+            if holding {
+                if engine.heldMaskSeed == nil { engine.hold(current, maskSeed: seed) } else { engine.beginHeld() }
+            } else {
+                engine.begin(parameters: current.parameters, maskSeed: seed)
+            }
+            for (s, rows) in plan.shards.enumerated() {
+                shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s], computeOrder: holding)
+            }
         } else {
-            engine.begin(parameters: current.parameters, maskSeed: plan.maskSeed)
-        }
-        for (s, rows) in plan.shards.enumerated() {
-            shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s], computeOrder: holding)
+            var seen: [UInt64] = []
+            for seed in plan.maskSeeds where !seen.contains(seed) {
+                seen.append(seed)
+                engine.begin(parameters: current.parameters, maskSeed: seed)
+                for (s, rows) in plan.shards.enumerated() where plan.maskSeeds[s] == seed {
+                    shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s])
+                }
+            }
         }
         gradientIsHeld = holding
         GradientReducer.reduce(&shardGradients)

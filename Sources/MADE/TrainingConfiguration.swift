@@ -12,6 +12,10 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     public var resampleEvery: Int
     /// Pieces each minibatch is cut into; their gradients are summed in a fixed tree order.
     public var shards: Int
+    /// Masks trained in every step (`M`): shard `s` trains the step's mask number `s mod M` (see
+    /// ``MaskSchedule``). 1 is the reference's schedule, one mask at a time. `M` divides ``shards``
+    /// and is at most the model's mask count.
+    public var masksPerStep: Int
     public var adam: AdamConfiguration
     public var schedule: StepSchedule
     /// Epochs without a better validation NLL before stopping; 0 never stops early.
@@ -27,7 +31,7 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     public var kernel: ComputeKernel
 
     public init(model: ModelConfiguration, distribution: OutputDistribution = .bernoulli, seed: UInt64 = 0,
-                batchSize: Int = 100, epochs: Int = 100, resampleEvery: Int = 20, shards: Int = 1,
+                batchSize: Int = 100, epochs: Int = 100, resampleEvery: Int = 20, shards: Int = 1, masksPerStep: Int = 1,
                 adam: AdamConfiguration = AdamConfiguration(), schedule: StepSchedule = StepSchedule(),
                 patience: Int = 0, evaluationMasks: Int = 1, ensembleMode: EnsembleMode = .likelihood, shuffle: Bool = true,
                 kernel: ComputeKernel = .sparse) {
@@ -38,6 +42,7 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
         self.epochs = epochs
         self.resampleEvery = resampleEvery
         self.shards = shards
+        self.masksPerStep = masksPerStep
         self.adam = adam
         self.schedule = schedule
         self.patience = patience
@@ -48,7 +53,7 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     }
 
     private enum CodingKeys: String, CodingKey {
-        case model, distribution, seed, batchSize, epochs, resampleEvery, shards, adam, schedule, patience, evaluationMasks,
+        case model, distribution, seed, batchSize, epochs, resampleEvery, shards, masksPerStep, adam, schedule, patience, evaluationMasks,
              ensembleMode, shuffle, kernel
     }
 
@@ -61,6 +66,8 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
         epochs = try c.decode(Int.self, forKey: .epochs)
         resampleEvery = try c.decode(Int.self, forKey: .resampleEvery)
         shards = try c.decode(Int.self, forKey: .shards)
+        // A configuration saved before masks per step were recorded trained one mask a step.
+        masksPerStep = try c.decodeIfPresent(Int.self, forKey: .masksPerStep) ?? 1
         adam = try c.decode(AdamConfiguration.self, forKey: .adam)
         schedule = try c.decode(StepSchedule.self, forKey: .schedule)
         patience = try c.decode(Int.self, forKey: .patience)
@@ -84,6 +91,14 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
         guard resampleEvery >= 1 else { throw MADEError(.invalidConfiguration, "--resample-every must be at least 1, not \(resampleEvery)") }
         guard shards >= 1, shards <= batchSize else {
             throw MADEError(.invalidConfiguration, "shards must be between 1 and the batch size (\(batchSize)), not \(shards)")
+        }
+        guard masksPerStep >= 1, masksPerStep <= model.maskCount else {
+            throw MADEError(.invalidConfiguration,
+                            "--masks-per-step must be between 1 and the number of masks (--num-masks \(model.maskCount)), not \(masksPerStep)")
+        }
+        guard shards % masksPerStep == 0 else {
+            throw MADEError(.invalidConfiguration,
+                            "--masks-per-step \(masksPerStep) must divide the shards per step (\(shards)): every mask of a step trains on whole shards; give --shards a multiple of \(masksPerStep)")
         }
         guard evaluationMasks >= 1, evaluationMasks <= Evaluator<Float>.maxMasks else {
             throw MADEError(.invalidConfiguration, "--samples must be between 1 and \(Evaluator<Float>.maxMasks), not \(evaluationMasks)")
@@ -123,27 +138,48 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     }
 
     /// The mask schedule of this run.
-    public var maskSchedule: MaskSchedule { MaskSchedule(maskCount: model.maskCount, resampleEvery: resampleEvery) }
+    public var maskSchedule: MaskSchedule {
+        MaskSchedule(maskCount: model.maskCount, resampleEvery: resampleEvery, masksPerStep: masksPerStep)
+    }
+
+    /// The shards per step when none are asked for: `M` in one process; through `workers` workers,
+    /// the smallest multiple of `M` that gives every worker a shard.
+    public static func defaultShards(workers: Int, masksPerStep: Int) -> Int {
+        let m = max(1, masksPerStep), w = max(1, workers)
+        return (w + m - 1) / m * m
+    }
 }
 
-/// Which mask seed each step trains with.
+/// Which mask seed each shard of each step trains with.
 ///
-/// Step `t` (0-based, counted over the whole run) uses mask seed `(t / resampleEvery) mod maskCount`:
-/// the reference's cycle through seeds `0..<num_masks`, changing every `resample_every` steps.
-/// Every shard of a step uses the step's seed. Evaluation has a schedule of its own
+/// Shard `s` of step `t` (0-based, `t` counted over the whole run) uses mask seed
+/// `((t / r) * M + s mod M) mod K`, with `r` = `resampleEvery`, `M` = `masksPerStep`, `K` = `maskCount`.
+/// With `M = 1` every shard of a step uses seed `(t / r) mod K`: the reference's cycle through
+/// seeds `0..<num_masks`, changing every `resample_every` steps. With `M > 1` the step trains `M`
+/// consecutive seeds of the same cycle at once (shards `s` and `s + M` share one), and the window
+/// moves on by `M` seeds every `r` steps. Evaluation has a schedule of its own
 /// (``Evaluator/ensembleSeeds(_:)``), so evaluating never moves this one.
 public struct MaskSchedule: Sendable, Equatable {
     public let maskCount: Int
     public let resampleEvery: Int
+    public let masksPerStep: Int
 
-    public init(maskCount: Int, resampleEvery: Int) {
-        precondition(maskCount >= 1 && resampleEvery >= 1)
+    public init(maskCount: Int, resampleEvery: Int, masksPerStep: Int = 1) {
+        precondition(maskCount >= 1 && resampleEvery >= 1 && masksPerStep >= 1)
         self.maskCount = maskCount
         self.resampleEvery = resampleEvery
+        self.masksPerStep = masksPerStep
     }
 
-    public func maskSeed(step: Int) -> UInt64 {
-        UInt64((step / resampleEvery) % maskCount)
+    /// The mask seed of shard `shard` of step `step`.
+    public func maskSeed(step: Int, shard: Int) -> UInt64 {
+        let window = (step / resampleEvery) % maskCount
+        return UInt64((window * (masksPerStep % maskCount) + shard % masksPerStep) % maskCount)
+    }
+
+    /// The mask seeds of every shard of step `step`, by shard index.
+    public func maskSeeds(step: Int, shards: Int) -> [UInt64] {
+        (0..<shards).map { maskSeed(step: step, shard: $0) }
     }
 }
 

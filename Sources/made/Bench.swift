@@ -64,6 +64,8 @@ struct Bench: ParsableCommand {
     var batchSize: Int = 100
     @Option(help: "Shards per step. (default: 1, or the number of workers)")
     var shards: Int?
+    @Option(help: "Masks trained in every step (the ensemble has as many masks). (default: 1)")
+    var masksPerStep: Int = 1
     @Option(help: "Local worker processes (0: compute in this process).")
     var workers: Int = 0
     @Flag(help: "With --workers: send parameters and gradients over the socket, as to workers on other hosts.")
@@ -87,6 +89,10 @@ struct Bench: ParsableCommand {
         try checkRange("--workers", workers, 0...ClusterArguments.maxWorkers)
         try checkRange("--shards", shards, 1...batchSize)
         _ = try parseHiddens(hiddens)
+        guard masksPerStep >= 1 else { throw ValidationError("--masks-per-step must be at least 1, not \(masksPerStep)") }
+        if let shards, shards % masksPerStep != 0 {
+            throw ValidationError("--masks-per-step \(masksPerStep) must divide --shards \(shards): each mask trains on whole shards")
+        }
     }
 
     func run() throws {
@@ -116,13 +122,15 @@ struct Bench: ParsableCommand {
         let ones: Int
         if case .binary(let bytes) = train.storage { ones = bytes.reduce(0) { $0 + Int($1) } } else { ones = 0 }
         let dataDensity = Double(ones) / Double(max(1, train.count * train.dimension))
-        let model = ModelConfiguration(inputCount: train.dimension, hiddenSizes: try parseHiddens(hiddens))
-        let shardCount = shards ?? max(1, workers)
+        let model = ModelConfiguration(inputCount: train.dimension, hiddenSizes: try parseHiddens(hiddens), maskCount: masksPerStep)
+        let shardCount = shards ?? TrainingConfiguration.defaultShards(workers: workers, masksPerStep: masksPerStep)
         func configuration(_ kernel: ComputeKernel) -> TrainingConfiguration {
-            TrainingConfiguration(model: model, batchSize: batchSize, epochs: TrainingConfiguration.maxEpochs, shards: shardCount, kernel: kernel)
+            TrainingConfiguration(model: model, batchSize: batchSize, epochs: TrainingConfiguration.maxEpochs, shards: shardCount, masksPerStep: masksPerStep,
+                                  kernel: kernel)
         }
+        try configuration(.sparse).validate()
         let sizes = ([model.inputCount] + model.hiddenSizes + [model.inputCount]).map(String.init).joined(separator: "-")
-        let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) threads=\(runtime.threads) steps=\(steps)"
+        let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) masks_per_step=\(masksPerStep) threads=\(runtime.threads) steps=\(steps)"
         let limit = sparseInputLimit ?? NetworkWorkspace<Float>.defaultSparseInputLimit
         /// The data and the fraction of the dense multiply-adds the sparse kernel does (mask seed 0).
         func dataLine() -> String {

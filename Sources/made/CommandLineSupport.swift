@@ -61,7 +61,7 @@ enum CommandLineSupport {
         let counts = [("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)]
             .compactMap { name, split in split.map { "\(name) \($0.count)" } }.joined(separator: ", ")
         return "MADE \(sizes)\(c.model.directConnections ? " +direct" : ""), \(c.distribution), \(parameters) parameters, "
-            + "\(c.model.maskCount) mask(s), \(c.model.naturalOrdering ? "natural" : "random") order; "
+            + "\(c.model.maskCount) mask(s)\(c.masksPerStep > 1 ? " (\(c.masksPerStep) per step)" : ""), \(c.model.naturalOrdering ? "natural" : "random") order; "
             + "data \(dataset.source) (\(counts)); batch \(c.batchSize), \(c.shards) shard(s), seed \(c.seed)"
     }
 

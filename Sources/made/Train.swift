@@ -61,6 +61,8 @@ struct TrainingArguments: ParsableArguments {
     var shards: Int?
     @Option(help: "Arithmetic: sparse (only the blocks the masks keep; binary inputs as sums of selected rows) or dense (whole products). They agree within float rounding, not bit for bit. (default: sparse)")
     var kernel: ComputeKernel?
+    @Option(help: "Masks trained in every step: shard s trains the step's mask number s mod M, so M masks of the ensemble train at once. At most --num-masks, and a divisor of --shards. (default: 1, the reference's one mask at a time)")
+    var masksPerStep: Int?
     @Flag(help: "Visit training examples in file order every epoch, as the reference does.")
     var noShuffle = false
 
@@ -101,17 +103,25 @@ struct TrainingArguments: ParsableArguments {
         if let lrGamma, !(lrGamma > 0 && lrGamma <= 1) {
             throw ValidationError("--lr-gamma (the factor applied every --lr-step-epochs) must be in (0, 1], not \(lrGamma)")
         }
+        if let m = masksPerStep {
+            if m < 1 { throw ValidationError("--masks-per-step must be at least 1, not \(m)") }
+            if let k = numMasks, m > k { throw ValidationError("--masks-per-step \(m) is more than the \(k) masks trained (-n/--num-masks)") }
+            if let s = shards, s % m != 0 { throw ValidationError("--masks-per-step \(m) must divide --shards \(s): each mask trains on whole shards") }
+        }
     }
 
-    /// The configuration the flags describe, defaults filled in.
-    func configuration(inputCount: Int, defaultShards: Int = 1) throws -> TrainingConfiguration {
+    /// The configuration the flags describe, defaults filled in; without `--shards`, the smallest
+    /// multiple of `--masks-per-step` that gives each of `workers` workers a shard.
+    func configuration(inputCount: Int, workers: Int = 1) throws -> TrainingConfiguration {
+        let m = masksPerStep ?? 1
         let model = ModelConfiguration(
             inputCount: inputCount, hiddenSizes: try parseHiddens(hiddens ?? "500"),
             outputMultiplier: (distribution ?? .bernoulli).parametersPerDimension,
             naturalOrdering: naturalOrdering, directConnections: direct, maskCount: numMasks ?? 1)
         return TrainingConfiguration(
             model: model, distribution: distribution ?? .bernoulli, seed: seed ?? 0, batchSize: batchSize ?? 100,
-            epochs: epochs ?? 100, resampleEvery: resampleEvery ?? 20, shards: shards ?? defaultShards,
+            epochs: epochs ?? 100, resampleEvery: resampleEvery ?? 20,
+            shards: shards ?? TrainingConfiguration.defaultShards(workers: workers, masksPerStep: m), masksPerStep: m,
             adam: AdamConfiguration(learningRate: lr ?? 1e-3, weightDecay: weightDecay ?? 1e-4),
             schedule: StepSchedule(baseLearningRate: lr ?? 1e-3, stepEpochs: lrStepEpochs ?? 45, gamma: lrGamma ?? 0.1),
             patience: patience ?? 0, evaluationMasks: samples ?? 1, ensembleMode: ensemble ?? .likelihood, shuffle: !noShuffle,
@@ -139,6 +149,7 @@ struct TrainingArguments: ParsableArguments {
         check("--ensemble", ensemble, saved.ensembleMode)
         check("--shards", shards, saved.shards)
         check("--kernel", kernel, saved.kernel)
+        check("--masks-per-step", masksPerStep, saved.masksPerStep)
         if naturalOrdering && !saved.model.naturalOrdering { out.append("--natural-ordering (checkpoint: random order)") }
         if direct && !saved.model.directConnections { out.append("--direct (checkpoint: no direct connections)") }
         if noShuffle && saved.shuffle { out.append("--no-shuffle (checkpoint: shuffled)") }

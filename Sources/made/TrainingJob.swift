@@ -12,8 +12,8 @@ struct TrainingJob {
     let cluster: ClusterArguments
     let runtime: RuntimeArguments
     let role: Role
-    /// Shards when `--shards` is not given: the workers expected at the start.
-    var defaultShards: Int { max(1, expectedWorkers ?? cluster.workers) }
+    /// The workers expected at the start: `--shards`, when not given, gives each one a shard.
+    var defaultWorkers: Int { max(1, expectedWorkers ?? cluster.workers) }
     /// Workers a launcher announced (WORLD_SIZE - 1), when known.
     var expectedWorkers: Int? = nil
 
@@ -37,7 +37,7 @@ struct TrainingJob {
         if case .coordinator = role, training.shards == nil, expectedWorkers == nil, cluster.workers == 0 {
             throw ValidationError("give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends on S, not on how many workers run)")
         }
-        var configuration = try training.configuration(inputCount: dimension, defaultShards: defaultShards)
+        var configuration = try training.configuration(inputCount: dimension, workers: defaultWorkers)
         var state: TrainingState?
         var runID = RunID.make()
         if training.resume, let path = training.checkpoint, FileManager.default.fileExists(atPath: path) {

@@ -44,6 +44,11 @@ struct CommandLineTests {
         (["train", "-d", "DATA", "--batch-size", "0", "-q", "4"], "batch size"),
         (["train", "-d", "DATA", "--resume"], "--resume needs --checkpoint"),
         (["train", "-d", "DATA", "--shards", "500", "-q", "4"], "shards must be between"),
+        (["train", "-d", "DATA", "--masks-per-step", "3", "-n", "2", "-q", "4"], "more than the 2 masks"),
+        (["train", "-d", "DATA", "--masks-per-step", "2", "-q", "4"], "--num-masks 1"),
+        (["train", "-d", "DATA", "--masks-per-step", "2", "-n", "4", "--shards", "3", "-q", "4"], "must divide --shards 3"),
+        (["train", "-d", "DATA", "--masks-per-step", "0", "-q", "4"], "at least 1"),
+        (["bench", "--masks-per-step", "2", "--shards", "3", "--steps", "1"], "must divide --shards 3"),
         (["eval", "--checkpoint", "DATA", "-d", "DATA"], "checkpoint"),
         (["coordinator", "-d", "DATA", "--bind", "tcp://0.0.0.0:0", "--shards", "2", "-q", "4"], "CURVE"),
         (["train", "-d", "BROKEN"], "BROKEN"),
@@ -63,6 +68,28 @@ struct CommandLineTests {
         let expectedText = expected == "BROKEN" ? broken : expected
         #expect((out + err).contains(expectedText), "no '\(expectedText)' in: \(err)")
         #expect(!(out + err).contains("Fatal error"), "crashed: \(err)")
+    }
+
+    @Test("--masks-per-step: shards default to M in one process, a resume keeps M and refuses another, and ends bit-identical")
+    func masksPerStepResume() throws {
+        let folder = EndToEnd.folder("masks-per-step")
+        let data = try EndToEnd.writeData(to: folder)
+        let checkpoint = folder + "/run.ckpt"
+        let flags = ["train", "-d", data, "-q", "8", "-n", "4", "--masks-per-step", "4", "-s", "4", "--epochs", "3", "--batch-size", "50"]
+        let (full, fullOut, fullErr) = try EndToEnd.run(flags, folder: folder, name: "full")
+        #expect(full == 0, "\(fullErr)")
+        #expect(fullOut.contains("4 mask(s) (4 per step)") && fullOut.contains("4 shard(s)"), "\(fullOut)")
+        let (a, _, errA) = try EndToEnd.run(flags + ["--checkpoint", checkpoint, "--stop-after-steps", "15"], folder: folder, name: "first")
+        #expect(a == 0, "\(errA)")
+        let (refused, _, errRefused) = try EndToEnd.run(["train", "-d", data, "--checkpoint", checkpoint, "--resume", "--masks-per-step", "2"],
+                                                        folder: folder, name: "refused")
+        #expect(refused != 0 && errRefused.contains("--masks-per-step 2 (checkpoint: 4)"), "\(errRefused)")
+        let (b, outB, errB) = try EndToEnd.run(["train", "-d", data, "--checkpoint", checkpoint, "--resume"], folder: folder, name: "resumed")
+        #expect(b == 0, "\(errB)")
+        #expect(EndToEnd.checksum(outB) != nil && EndToEnd.checksum(outB) == EndToEnd.checksum(fullOut))
+        // Another M trains something else.
+        let (other, otherOut, _) = try EndToEnd.run(flags.map { $0 == "--masks-per-step" ? "--shards" : $0 }, folder: folder, name: "other")
+        #expect(other == 0 && EndToEnd.checksum(otherOut) != EndToEnd.checksum(fullOut))
     }
 
     @Test("--metrics writes a JSON object per step and per epoch, with per-worker times in a cluster run")

@@ -192,7 +192,7 @@ struct SparseKernelTests {
         let n = ParameterLayout(c.model).count
         var gradients = [[Float]](repeating: [Float](repeating: 0, count: n), count: 2)
         _ = try reference.drive(until: { false }) { plan in
-            engine.begin(parameters: reference.state.parameters, maskSeed: plan.maskSeed)
+            engine.begin(parameters: reference.state.parameters, maskSeed: plan.maskSeeds[0])
             var losses: [Double] = []
             for (s, rows) in plan.shards.enumerated() { losses.append(engine.gradient(data: data, indices: rows, into: &gradients[s])) }
             GradientReducer.reduce(&gradients)

@@ -196,13 +196,16 @@ public final class ClusterCoordinator {
     /// host read the masked parameters in slot 0 and write dense gradients into their own
     /// slots, which are summed where they lie unless the worker was given another task first.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
-        let packing = packings.packing(plan.maskSeed)
+        guard let maskSeed = plan.maskSeed else {
+            throw ClusterError(.protocolFailure, "step \(plan.step) trains several masks (--masks-per-step > 1), which the workers cannot compute yet")
+        }
+        let packing = packings.packing(maskSeed)
         let threads = self.threads
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
                                             fillShared: { packing.mask(parameters, into: $0, threads: threads) },
                                             fill: { packing.pack(parameters, into: $0, threads: threads) })
         var machinePlan = CoordinatorStateMachine.WorkPlan(
-            step: UInt64(plan.step), maskSeed: plan.maskSeed, maskDigest: packing.digest,
+            step: UInt64(plan.step), maskSeed: maskSeed, maskDigest: packing.digest,
             gradientCount: packing.count, denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
@@ -226,7 +229,7 @@ public final class ClusterCoordinator {
         if results.allSatisfy({ $0.values.inlineValues != nil }) {
             var gradients = results.map { $0.values.inlineValues! }
             GradientReducer.reduce(&gradients, threads: threads)
-            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != plan.maskSeed, threads: threads)
+            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != maskSeed, threads: threads)
         } else {
             // Dense sums: masked-out entries are +0 in every term, so they stay +0.
             var terms: [UnsafeMutablePointer<Float>] = []
@@ -253,7 +256,7 @@ public final class ClusterCoordinator {
                 throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this host wrote values that are not finite, or training diverged")
             }
         }
-        denseGradientSeed = plan.maskSeed
+        denseGradientSeed = maskSeed
         return (denseGradient, lossSum)
     }
 
