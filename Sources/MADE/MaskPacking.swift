@@ -18,14 +18,30 @@ public struct MaskPacking: Sendable {
     public let digest: [UInt8]
 
     public init(maskSet: MaskSet, layout: ParameterLayout) {
+        self.init(union: [maskSet], layout: layout)
+    }
+
+    /// The packing of the parameters any of `maskSets` keeps: a weight is active when its entry
+    /// is 1 in at least one of them. It carries a step whose shards train different masks (every
+    /// shard's gradient is +0 outside its own mask, so their sum is +0 outside the union). The
+    /// digest covers every mask set, in the order given; for one it is that mask set's digest.
+    ///
+    /// - Complexity: O(parameters x mask sets).
+    public init(union maskSets: [MaskSet], layout: ParameterLayout) {
+        precondition(!maskSets.isEmpty, "MaskPacking: no masks")
         // Each matrix's weights, then its bias, in layout order: the indices come out ascending.
         var indices: [Int32] = []
         var active = [UInt8](repeating: 0, count: layout.count)
         var hash = SHA256()
-        for (matrix, bits) in zip(layout.matrices, maskSet.matrices) {
-            precondition(bits.count == matrix.count, "MaskPacking: masks do not fit the layout")
-            hash.update(bits)
-            for i in 0..<matrix.count where bits[i] != 0 { indices.append(Int32(matrix.offset + i)) }
+        for maskSet in maskSets {
+            for (matrix, bits) in zip(layout.matrices, maskSet.matrices) {
+                precondition(bits.count == matrix.count, "MaskPacking: masks do not fit the layout")
+                hash.update(bits)
+            }
+        }
+        for (k, matrix) in layout.matrices.enumerated() {
+            let all = maskSets.map { $0.matrices[k] }
+            for i in 0..<matrix.count where all.contains(where: { $0[i] != 0 }) { indices.append(Int32(matrix.offset + i)) }
             if let b = matrix.biasOffset { indices.append(contentsOf: (b..<(b + matrix.columns)).map { Int32($0) }) }
         }
         for i in indices { active[Int(i)] = 1 }
@@ -155,5 +171,17 @@ extension MaskPacking {
             packings[maskSeed] = p
             return p
         }
+
+        /// The packing of the union of `maskSeeds`' masks (see ``MaskPacking/init(union:layout:)``);
+        /// for one seed, ``packing(_:)``. The last few unions asked for are kept.
+        public func packing(union maskSeeds: [UInt64]) -> MaskPacking {
+            if maskSeeds.count == 1 { return packing(maskSeeds[0]) }
+            if let i = unions.firstIndex(where: { $0.seeds == maskSeeds }) { return unions[i].packing }
+            if unions.count >= 8 { unions.removeFirst() }
+            let p = MaskPacking(union: maskSeeds.map(maskSet), layout: layout)
+            unions.append((maskSeeds, p))
+            return p
+        }
+        private var unions: [(seeds: [UInt64], packing: MaskPacking)] = []
     }
 }

@@ -70,7 +70,7 @@ struct WireFormatTests {
     func headerLayout() {
         let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)
         #expect(Array(frame[0..<4]) == Array("MADW".utf8))
-        #expect(frame[4] == 3 && frame[5] == 0)        // version 3, little-endian
+        #expect(frame[4] == 4 && frame[5] == 0)        // version 4, little-endian
         #expect(frame[6] == WireMessage.Kind.heartbeat.rawValue)
         #expect(frame[7] == 0)
         #expect(Array(frame[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])
@@ -115,7 +115,7 @@ struct WireFormatTests {
         expectError(badShard) { if case .invalidField = $0 { true } else { false } }
         // A count far beyond the limit, with nothing behind it.
         var huge = WireFormat.encode(.task(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)
-        huge.replaceSubrange(56..<60, with: [0xFF, 0xFF, 0xFF, 0x7F])   // the row count, after step, shard, shard count, ticket and mask seed
+        huge.replaceSubrange(48..<52, with: [0xFF, 0xFF, 0xFF, 0x7F])   // the row count, after step, shard, shard count and ticket
         expectError(huge) { if case .limitExceeded = $0 { true } else { false } }
         // Invalid UTF-8 in a string.
         var text = WireFormat.encode(.reject(reason: "ab"), runID: 1)

@@ -78,10 +78,15 @@ public struct CoordinatorStateMachine: Sendable {
     /// evaluation or sampling job, as the wire carries it.
     public struct WorkPlan: Sendable, Equatable {
         public var step: UInt64
-        public var maskSeed: UInt64
+        /// The mask seed of each shard, by shard index: a task names those of its shards.
+        public var maskSeeds: [UInt64]
+        /// The masks whose union packs the step's inline parameters and gradients (the same for
+        /// every task, since a worker gets the step's parameters once whatever it takes next).
+        public var packingSeeds: [UInt64]
         public var work: WireMessage.Work
-        /// Digest of the step's masks (16 bytes) that results must carry; nil to check none.
-        public var maskDigest: [UInt8]?
+        /// Digest of each shard's masks (16 bytes), by shard index; a task's result must carry
+        /// ``WireFormat/blockDigest(_:)`` of its shards' digests. Nil to check none.
+        public var maskDigests: [[UInt8]]?
         /// Rows of each shard, by shard index.
         public var shards: [[Int32]]
         /// Values each shard's result must hold, by shard index, when it comes inline.
@@ -93,23 +98,47 @@ public struct CoordinatorStateMachine: Sendable {
         /// reduction tree itself and answers once. 1 keeps one shard per task.
         public var maxShardsPerTask = 1
 
-        public init(step: UInt64, maskSeed: UInt64, work: WireMessage.Work = .gradient, maskDigest: [UInt8]?,
-                    shards: [[Int32]], resultCounts: [Int]) {
+        public init(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], work: WireMessage.Work = .gradient,
+                    maskDigests: [[UInt8]]?, shards: [[Int32]], resultCounts: [Int]) {
             precondition(shards.count == resultCounts.count, "WorkPlan: one result count per shard")
+            precondition(shards.count == maskSeeds.count, "WorkPlan: one mask seed per shard")
+            precondition(maskDigests.map { $0.count == shards.count } ?? true, "WorkPlan: one mask digest per shard")
             self.step = step
-            self.maskSeed = maskSeed
+            self.maskSeeds = maskSeeds
+            self.packingSeeds = packingSeeds
             self.work = work
-            self.maskDigest = maskDigest
+            self.maskDigests = maskDigests
             self.shards = shards
             self.resultCounts = resultCounts
+        }
+
+        /// Work whose shards all use `maskSeed`, with one digest for all (nil to check none).
+        public init(step: UInt64, maskSeed: UInt64, work: WireMessage.Work = .gradient, maskDigest: [UInt8]?,
+                    shards: [[Int32]], resultCounts: [Int]) {
+            self.init(step: step, maskSeeds: Array(repeating: maskSeed, count: shards.count), packingSeeds: [maskSeed], work: work,
+                      maskDigests: maskDigest.map { Array(repeating: $0, count: shards.count) }, shards: shards, resultCounts: resultCounts)
         }
 
         /// A gradient step: every shard answers with `gradientCount` packed values inline, or
         /// with `denseCount` values in the worker's shared-memory slot.
         public init(step: UInt64, maskSeed: UInt64, maskDigest: [UInt8], gradientCount: Int, denseCount: Int? = nil, shards: [[Int32]]) {
-            self.init(step: step, maskSeed: maskSeed, work: .gradient, maskDigest: maskDigest, shards: shards,
-                      resultCounts: Array(repeating: gradientCount, count: shards.count))
+            self.init(step: step, maskSeeds: Array(repeating: maskSeed, count: shards.count), packingSeeds: [maskSeed],
+                      maskDigests: Array(repeating: maskDigest, count: shards.count), gradientCount: gradientCount, denseCount: denseCount,
+                      shards: shards)
+        }
+
+        /// A gradient step whose shards train `maskSeeds` (one each), packed by the union of
+        /// `packingSeeds`' masks: `gradientCount` values inline, or `denseCount` in shared memory.
+        public init(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], maskDigests: [[UInt8]], gradientCount: Int,
+                    denseCount: Int? = nil, shards: [[Int32]]) {
+            self.init(step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds, work: .gradient, maskDigests: maskDigests,
+                      shards: shards, resultCounts: Array(repeating: gradientCount, count: shards.count))
             sharedResultCount = denseCount
+        }
+
+        /// The digest a result for the task of shards `first ..< first + count` must carry.
+        public func digest(first: Int, count: Int) -> [UInt8]? {
+            maskDigests.map { WireFormat.blockDigest($0[first..<(first + count)]) }
         }
     }
 
@@ -598,7 +627,7 @@ public struct CoordinatorStateMachine: Sendable {
             counters.badResults += 1
             return [.refused(peer, reason: "result for shard \(result.shard) of a \(plan.shards.count)-shard step")] + assignIdle(now: now)
         }
-        if let expected = plan.maskDigest, result.maskDigest != expected {
+        if let expected = plan.digest(first: Int(result.shard), count: shardsInTask(startingAt: result.shard)), result.maskDigest != expected {
             counters.maskMismatches += 1
             let reason = "mask digest \(result.maskDigest.hexString) differs from the step's \(expected.hexString): the worker built other masks"
             var actions: [Action] = [.refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason))]
@@ -665,7 +694,8 @@ public struct CoordinatorStateMachine: Sendable {
             let count = min(Int(step.block), plan.shards.count - Int(shard))
             let members = plan.shards[Int(shard)..<(Int(shard) + count)]
             let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
-                                        maskSeed: plan.maskSeed, rows: Array(members.joined()), work: plan.work, parameters: .absent,
+                                        maskSeeds: Array(plan.maskSeeds[Int(shard)..<(Int(shard) + count)]), packingSeeds: plan.packingSeeds,
+                                        rows: Array(members.joined()), work: plan.work, parameters: .absent,
                                         ticket: ticket, rowsPerShard: members.map { UInt32($0.count) })
             actions.append(.assign(peer, task, parameters: route))
         }

@@ -1,7 +1,9 @@
+import MADE
+
 /// Encodes and decodes ``WireMessage`` frames (the layout is documented there).
 public enum WireFormat {
     public static let magic: [UInt8] = Array("MADW".utf8)
-    public static let version: UInt16 = 3
+    public static let version: UInt16 = 4
     public static let headerSize = 24
 
     /// Upper bounds on what a decoder accepts, so that a hostile frame cannot make it allocate much.
@@ -12,6 +14,8 @@ public enum WireFormat {
         /// Most shards in one task (a block of the reduction tree); each beyond the first costs
         /// the worker a dense gradient buffer.
         public var maxBlockShards: Int = 8
+        /// Most masks whose union packs a step (the masks it trains).
+        public var maxPackingMasks: Int = 64
         public var maxConfigurationBytes: Int = 1 << 20
         public init() {}
     }
@@ -50,6 +54,18 @@ public enum WireFormat {
         return first % size == 0 && (count == size || first + count == total)
     }
 
+    /// The mask digest a task's result carries, from the digests of its shards' masks (16 bytes
+    /// each, in shard order): when every shard trains the same masks, their digest; otherwise
+    /// the first 16 bytes of the SHA-256 of all of them in order, so it covers every mask of
+    /// the block and where each one trains.
+    public static func blockDigest<C: Collection>(_ shardDigests: C) -> [UInt8] where C.Element == [UInt8] {
+        guard let first = shardDigests.first else { return [UInt8](repeating: 0, count: 16) }
+        if shardDigests.allSatisfy({ $0 == first }) { return first }
+        var hash = SHA256()
+        for d in shardDigests { hash.update(d) }
+        return Array(hash.finalize().prefix(16))
+    }
+
     /// Bytes of the encoded frame.
     public static func encodedSize(_ message: WireMessage) -> Int {
         headerSize + payloadSize(message)
@@ -60,7 +76,9 @@ public enum WireFormat {
         case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count
         case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
         case .reject(let reason): return 2 + stringBytes(reason).count
-        case .task(let t): return 8 + 4 + 4 + 8 + 8 + 4 + 4 * t.rows.count + 4 + 4 * t.rowsPerShard.count + workSize(t.work) + payloadSize(t.parameters)
+        case .task(let t):
+            return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + 4 + 4 * t.rowsPerShard.count + 4 + 8 * t.maskSeeds.count + 4 + 8 * t.packingSeeds.count
+                + workSize(t.work) + payloadSize(t.parameters)
         case .result(let r): return 8 + 4 + 8 + 16 + 8 + 4 + payloadSize(r.values)
         case .heartbeat: return 8
         case .shutdown(_, let reason): return 1 + 2 + stringBytes(reason).count
@@ -129,11 +147,14 @@ public enum WireFormat {
             w.integer(t.shard)
             w.integer(t.shardCount)
             w.integer(t.ticket)
-            w.integer(t.maskSeed)
             w.integer(UInt32(t.rows.count))
             t.rows.withUnsafeBytes { w.raw($0) }
             w.integer(UInt32(t.rowsPerShard.count))
             t.rowsPerShard.withUnsafeBytes { w.raw($0) }
+            w.integer(UInt32(t.maskSeeds.count))
+            t.maskSeeds.withUnsafeBytes { w.raw($0) }
+            w.integer(UInt32(t.packingSeeds.count))
+            t.packingSeeds.withUnsafeBytes { w.raw($0) }
             switch t.work {
             case .gradient:
                 w.integer(UInt8(0))
@@ -230,7 +251,6 @@ public enum WireFormat {
             let shardCount: UInt32 = try r.integer("shard count")
             guard shardCount > 0, shard < shardCount else { throw .invalidField("shard \(shard) of \(shardCount)") }
             let ticket: UInt64 = try r.integer("ticket")
-            let maskSeed: UInt64 = try r.integer("mask seed")
             let rows = try r.int32Array("rows", limit: limits.maxRows)
             guard rows.allSatisfy({ $0 >= 0 }) else { throw .invalidField("negative row index") }
             let rowsPerShard = try r.array("rows per shard", limit: limits.maxBlockShards, of: UInt32.self)
@@ -239,6 +259,14 @@ public enum WireFormat {
             }
             guard WireFormat.isAlignedBlock(first: Int(shard), count: rowsPerShard.count, of: Int(shardCount)) else {
                 throw .invalidField("shards \(shard)..<\(Int(shard) + rowsPerShard.count) of \(shardCount) are not a whole subtree of the reduction tree")
+            }
+            let maskSeeds = try r.array("mask seeds", limit: limits.maxBlockShards, of: UInt64.self)
+            guard maskSeeds.count == rowsPerShard.count else {
+                throw .invalidField("\(maskSeeds.count) mask seeds for \(rowsPerShard.count) shards")
+            }
+            let packingSeeds = try r.array("packing masks", limit: limits.maxPackingMasks, of: UInt64.self)
+            guard !packingSeeds.isEmpty, Set(packingSeeds).count == packingSeeds.count else {
+                throw .invalidField("packing masks \(packingSeeds): none, or one named twice")
             }
             let kind: UInt8 = try r.integer("work kind")
             let work: WireMessage.Work
@@ -262,7 +290,8 @@ public enum WireFormat {
                 throw .invalidField("work kind \(kind) (0 gradient, 1 log-likelihood, 2 sample)")
             }
             let parameters = try r.payload("parameters", limit: limits.maxFloats)
-            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeed: maskSeed, rows: rows, work: work,
+            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeeds: maskSeeds, packingSeeds: packingSeeds,
+                                  rows: rows, work: work,
                                   parameters: parameters, ticket: ticket, rowsPerShard: rowsPerShard))
         case .result:
             let step: UInt64 = try r.integer("step")
@@ -366,16 +395,17 @@ struct WireReader {
         return s
     }
 
-    /// A UInt32 count, then that many 4-byte little-endian values copied as they are.
+    /// A UInt32 count, then that many 4- or 8-byte little-endian values copied as they are.
     mutating func array<Element>(_ field: String, limit: Int, of _: Element.Type) throws(WireError) -> [Element] {
-        precondition(MemoryLayout<Element>.size == 4)
+        let size = MemoryLayout<Element>.size
+        precondition(size == 4 || size == 8)
         let count = Int(try integer(field + " count") as UInt32)
         guard count <= limit else { throw .limitExceeded(field: field, count: count, limit: limit) }
-        guard remaining >= 4 * count else { throw .truncated(field: field) }
+        guard remaining >= size * count else { throw .truncated(field: field) }
         let start = position
-        position += 4 * count
+        position += size * count
         return [Element](unsafeUninitializedCapacity: count) { out, n in
-            UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + 4 * count)]))
+            UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + size * count)]))
             n = count
         }
     }

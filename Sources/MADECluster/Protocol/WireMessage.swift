@@ -1,11 +1,11 @@
-/// The messages coordinator and workers exchange, protocol version 3.
+/// The messages coordinator and workers exchange, protocol version 4.
 ///
 /// Every message is one ZeroMQ frame: a 24-byte header followed by a type-specific payload,
 /// all integers and floats little-endian.
 ///
 ///     offset  size  field
 ///     0       4     magic "MADW"
-///     4       2     protocol version (3)
+///     4       2     protocol version (4)
 ///     6       1     message type (``WireMessage/Kind``)
 ///     7       1     flags (0)
 ///     8       8     run id: the fingerprint of the run's configuration and data; 0 in `hello`
@@ -20,9 +20,10 @@
 ///                shared-memory path (string, empty for none), slot (UInt32), slot floats (UInt32)
 ///     reject     reason (string)
 ///     task       step (UInt64), shard (UInt32), shard count (UInt32), ticket (UInt64),
-///                mask seed (UInt64), example rows (Int32 array), rows per shard (UInt32
-///                array), work (a kind byte and its fields, see ``WireMessage/Work``),
-///                parameters (payload)
+///                example rows (Int32 array), rows per shard (UInt32 array), mask seed of
+///                each shard (UInt64 array, as long as rows per shard), packing masks (UInt64
+///                array: the seeds whose union packs inline parameters and gradients), work
+///                (a kind byte and its fields, see ``WireMessage/Work``), parameters (payload)
 ///     result     step (UInt64), shard (UInt32), ticket (UInt64), mask digest (16 bytes),
 ///                loss sum (Float64), compute microseconds (UInt32), values (payload)
 ///     heartbeat  sequence (UInt64)
@@ -35,9 +36,12 @@
 /// Float32 values follow) or 2 (shared: a UInt32 slot index follows; the count values lie in
 /// that slot of a shared-memory file both processes mapped; only for a worker on the
 /// coordinator's host, see ``FloatPayload``). In a gradient step, inline parameters and
-/// gradients are packed by mask (``MaskPacking``: the active weights and the biases); in shared
-/// memory they are dense, in parameter-layout order with masked-out weights +0, so the worker
-/// computes on them where they lie.
+/// gradients are packed by the task's packing masks (``MaskPacking``: the weights active in any
+/// of them, and the biases); in shared memory they are dense, in parameter-layout order with the
+/// weights outside those masks +0, so the worker computes on them where they lie. The packing
+/// masks are the same for every task of a step, since a worker receives the step's parameters
+/// once whichever tasks of it it takes: the step's one mask, or with several masks per step
+/// their union.
 ///
 /// A gradient task may hold a block of consecutive shards, `shard ..< shard + n` for `n` rows
 /// counts (at most ``WireFormat/Limits/maxBlockShards``): a whole aligned subtree of the step's
@@ -135,7 +139,11 @@ public enum WireMessage: Sendable, Equatable {
         public var step: UInt64
         public var shard: UInt32
         public var shardCount: UInt32
-        public var maskSeed: UInt64
+        /// The mask seed of each shard of the task, in order (as many as ``rowsPerShard``).
+        public var maskSeeds: [UInt64]
+        /// The mask seeds whose union packs the step's inline parameters and gradients, and
+        /// masks its parameters in shared memory: the same in every task of a step.
+        public var packingSeeds: [UInt64]
         /// Rows of the data set, in order.
         public var rows: [Int32]
         /// How many of `rows` each shard of the task takes, in order: one count for one shard,
@@ -147,17 +155,26 @@ public enum WireMessage: Sendable, Equatable {
         public var parameters: FloatPayload
         /// This hand-out of the task; its result must carry the same.
         public var ticket: UInt64
-        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], work: Work = .gradient,
-                    parameters: FloatPayload, ticket: UInt64 = 0, rowsPerShard: [UInt32]? = nil) {
+        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeeds: [UInt64], packingSeeds: [UInt64], rows: [Int32],
+                    work: Work = .gradient, parameters: FloatPayload, ticket: UInt64 = 0, rowsPerShard: [UInt32]? = nil) {
             self.rowsPerShard = rowsPerShard ?? [UInt32(rows.count)]
             self.step = step
             self.shard = shard
             self.shardCount = shardCount
             self.ticket = ticket
-            self.maskSeed = maskSeed
+            self.maskSeeds = maskSeeds
+            self.packingSeeds = packingSeeds
             self.rows = rows
             self.work = work
             self.parameters = parameters
+        }
+
+        /// A task whose shards all train `maskSeed`, packed by it.
+        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], work: Work = .gradient,
+                    parameters: FloatPayload, ticket: UInt64 = 0, rowsPerShard: [UInt32]? = nil) {
+            let perShard = rowsPerShard ?? [UInt32(rows.count)]
+            self.init(step: step, shard: shard, shardCount: shardCount, maskSeeds: Array(repeating: maskSeed, count: perShard.count),
+                      packingSeeds: [maskSeed], rows: rows, work: work, parameters: parameters, ticket: ticket, rowsPerShard: perShard)
         }
     }
 

@@ -77,7 +77,7 @@ public final class ClusterCoordinator {
     public var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// The dense gradient handed to Adam; its masked-out entries stay 0 while the mask seed stays.
     private var denseGradient: [Float] = []
-    private var denseGradientSeed: UInt64?
+    private var denseGradientMasks: [UInt64]?
     private var names: [[UInt8]: String] = [:]
     private var lastKeepAlive: UInt64 = 0
 
@@ -195,18 +195,23 @@ public final class ClusterCoordinator {
     /// Workers on other hosts get packed parameters and send packed gradients. Workers on this
     /// host read the masked parameters in slot 0 and write dense gradients into their own
     /// slots, which are summed where they lie unless the worker was given another task first.
+    ///
+    /// When the step's shards train several masks, each task names the mask of each of its
+    /// shards, and the packing is the union of the step's masks: the parameters a worker gets
+    /// once in the step serve whichever of its tasks it takes next, and a block of shards of
+    /// different masks sums to +0 outside their union. Slot 0 holds the parameters masked by
+    /// that union, dense; each worker masks them again for each shard's own mask.
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
-        guard let maskSeed = plan.maskSeed else {
-            throw ClusterError(.protocolFailure, "step \(plan.step) trains several masks (--masks-per-step > 1), which the workers cannot compute yet")
-        }
-        let packing = packings.packing(maskSeed)
+        var stepMasks: [UInt64] = []
+        for seed in plan.maskSeeds where !stepMasks.contains(seed) { stepMasks.append(seed) }
+        let packing = packings.packing(union: stepMasks)
         let threads = self.threads
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
                                             fillShared: { packing.mask(parameters, into: $0, threads: threads) },
                                             fill: { packing.pack(parameters, into: $0, threads: threads) })
         var machinePlan = CoordinatorStateMachine.WorkPlan(
-            step: UInt64(plan.step), maskSeed: maskSeed, maskDigest: packing.digest,
-            gradientCount: packing.count, denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
+            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: stepMasks,
+            maskDigests: plan.maskSeeds.map { packings.packing($0).digest }, gradientCount: packing.count, denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
@@ -229,7 +234,7 @@ public final class ClusterCoordinator {
         if results.allSatisfy({ $0.values.inlineValues != nil }) {
             var gradients = results.map { $0.values.inlineValues! }
             GradientReducer.reduce(&gradients, threads: threads)
-            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientSeed != maskSeed, threads: threads)
+            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != stepMasks, threads: threads)
         } else {
             // Dense sums: masked-out entries are +0 in every term, so they stay +0.
             var terms: [UnsafeMutablePointer<Float>] = []
@@ -252,11 +257,11 @@ public final class ClusterCoordinator {
                 GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
             }
             guard finite else {
-                denseGradientSeed = nil
+                denseGradientMasks = nil
                 throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this host wrote values that are not finite, or training diverged")
             }
         }
-        denseGradientSeed = maskSeed
+        denseGradientMasks = stepMasks
         return (denseGradient, lossSum)
     }
 

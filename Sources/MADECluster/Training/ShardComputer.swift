@@ -14,8 +14,25 @@ public final class ShardComputer {
     public let train: DataMatrix
     public private(set) var configuration: TrainingConfiguration?
     private var engine: GradientEngine?
-    /// The step whose parameters the engine holds, and whether it reads them in shared memory.
-    private var parametersKey: (step: UInt64, maskSeed: UInt64, inPlace: Bool)?
+    /// The step whose parameters this worker holds, the masks that packed them, and where they are.
+    private var parametersKey: (step: UInt64, packingSeeds: [UInt64], source: ParameterSource)?
+    /// Dense parameters of a step with several masks, unpacked from the task (outside the
+    /// union of the step's masks +0); each shard masks them again for its own mask.
+    private var stepParameters: [Float] = []
+
+    /// Where the held parameters are.
+    private enum ParameterSource {
+        /// In the engine, prepared for the step's one mask.
+        case engine
+        /// Masked in shared slot 0, read there by the engine for the step's one mask.
+        case inPlace
+        /// Several masks: dense in ``stepParameters``.
+        case dense
+        /// Several masks: dense in shared slot 0, masked by their union.
+        case sharedDense
+
+        var isShared: Bool { self == .inPlace || self == .sharedDense }
+    }
     /// The mapping the engine reads parameters from, kept mapped while it does.
     private var parameterMemory: SharedSlots?
     /// Gradients of a block's shards after its first, summed into the first.
@@ -100,44 +117,58 @@ public final class ShardComputer {
         guard task.rows.allSatisfy({ Int($0) < train.count }) else {
             throw ClusterError(.protocolFailure, "a task names rows beyond the \(train.count) training examples")
         }
+        guard task.maskSeeds.count == task.rowsPerShard.count, task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
+            throw ClusterError(.protocolFailure, "a task's mask seeds \(task.maskSeeds) for \(task.rowsPerShard.count) shards are not all among its packing masks \(task.packingSeeds)")
+        }
         let start = ContinuousClock.now
-        let packing = packing(task.maskSeed)
+        let packing = engine.masks.packing(union: task.packingSeeds)
+        let single = task.packingSeeds.count == 1
         switch task.parameters {
         case .inline(let packed):
             guard packed.count == packing.count else {
                 throw ClusterError(.protocolFailure, "\(packed.count) parameters arrived for \(packing.count) active ones")
             }
             parametersKey = nil
-            let finite = packed.withUnsafeBufferPointer { engine.begin(packed: $0, packing: packing, maskSeed: task.maskSeed) }
+            let finite: Bool
+            if single {
+                finite = packed.withUnsafeBufferPointer { engine.begin(packed: $0, packing: packing, maskSeed: task.packingSeeds[0]) }
+            } else {
+                packing.unpack(packed, into: &stepParameters)
+                finite = packed.allSatisfy(\.isFinite)
+            }
             guard finite else { throw ClusterError(.protocolFailure, "the parameters hold values that are not finite") }
-            parametersKey = (task.step, task.maskSeed, false)
+            parametersKey = (task.step, task.packingSeeds, single ? .engine : .dense)
         case .shared(let slot, let count):
             guard let shared, slot == 0, Int(count) == packing.denseCount, Int(count) <= shared.slotFloats else {
                 throw ClusterError(.protocolFailure, "\(count) parameters in shared memory this worker has not mapped, for \(packing.denseCount)")
             }
             // The coordinator writes slot 0 only between steps, so it holds still while this step reads it.
-            shared.withSlot(0, count: Int(count)) { engine.begin(inPlace: UnsafeBufferPointer($0), maskSeed: task.maskSeed) }
+            if single {
+                shared.withSlot(0, count: Int(count)) { engine.begin(inPlace: UnsafeBufferPointer($0), maskSeed: task.packingSeeds[0]) }
+            }
             parameterMemory = shared
-            parametersKey = (task.step, task.maskSeed, true)
+            parametersKey = (task.step, task.packingSeeds, single ? .inPlace : .sharedDense)
         case .absent:
-            guard let key = parametersKey, key.step == task.step, key.maskSeed == task.maskSeed else {
+            guard let key = parametersKey, key.step == task.step, key.packingSeeds == task.packingSeeds else {
                 throw ClusterError(.protocolFailure, "a task for step \(task.step) came without parameters this worker does not hold")
             }
         }
         // A shared-memory file someone shrank would raise SIGBUS where it is read or written.
-        if parametersKey!.inPlace {
+        if parametersKey!.source.isShared {
             guard let memory = parameterMemory, memory.holds(0), slot.map({ memory.holds($0) }) ?? true else {
                 throw ClusterError(.protocolFailure, "the shared-memory file \(parameterMemory?.path ?? "") shrank: it no longer holds the parameters or this worker's slot")
             }
         }
+        let source = parametersKey!.source
         let payload: FloatPayload
         let loss: Double
-        if parametersKey!.inPlace, let shared, let slot, slot > 0, packing.denseCount <= shared.slotFloats {
-            loss = shared.withSlot(slot, count: packing.denseCount) { blockGradient(task, engine: engine, into: $0.baseAddress!, masking: true) }
+        // With several masks each shard's gradient is masked by its own mask, so the block's sum is +0 outside their union.
+        if source.isShared, let shared, let slot, slot > 0, packing.denseCount <= shared.slotFloats {
+            loss = shared.withSlot(slot, count: packing.denseCount) { blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true) }
             payload = .shared(slot: UInt32(slot), count: UInt32(packing.denseCount))
         } else {
-            // Only the active entries are packed, so the masked-out ones need no zeroing.
-            loss = gradient.withUnsafeMutableBufferPointer { blockGradient(task, engine: engine, into: $0.baseAddress!, masking: false) }
+            // With one mask only the active entries are packed, so the masked-out ones need no zeroing.
+            loss = gradient.withUnsafeMutableBufferPointer { blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: !single) }
             payload = .inline(packing.pack(gradient))
         }
         // The wire carries finite values only: a diverged shard is reported as failed, not sent.
@@ -145,28 +176,49 @@ public final class ShardComputer {
             throw ClusterError(.protocolFailure, "the \(loss.isFinite ? "gradient" : "loss") of step \(task.step), shard \(task.shard) is not finite: training diverged; a smaller --lr may help")
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
-        return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: packing.digest, lossSum: loss,
+        let digest = WireFormat.blockDigest(task.maskSeeds.map { engine.masks.packing($0).digest })
+        return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: digest, lossSum: loss,
                                   computeMicroseconds: UInt32(clamping: Int(micros)), values: payload, ticket: task.ticket)
     }
 
     /// Dense gradients of the task's shards, each as one process computes it, summed into `out`
     /// in the order of the reduction tree; returns the shards' losses summed in the same order.
-    private func blockGradient(_ task: WireMessage.Task, engine: GradientEngine, into out: UnsafeMutablePointer<Float>, masking: Bool) -> Double {
+    ///
+    /// With several masks in the step the engine is prepared for each shard's mask from the
+    /// dense parameters (`source`), mask by mask; the order of computing does not change the bits.
+    private func blockGradient(_ task: WireMessage.Task, engine: GradientEngine, source: ParameterSource,
+                               into out: UnsafeMutablePointer<Float>, masking: Bool) -> Double {
         let dense = engine.workspace.layout.count
+        let shards = task.rowsPerShard.count
         var terms = [out]
-        while blockBuffers.count < task.rowsPerShard.count - 1 {
+        while blockBuffers.count < shards - 1 {
             blockBuffers.append(UnsafeMutableBufferPointer<Float>.allocate(capacity: dense))
         }
-        terms += blockBuffers.prefix(task.rowsPerShard.count - 1).map { $0.baseAddress! }
-        var losses: [Double] = []
-        var start = 0
+        terms += blockBuffers.prefix(shards - 1).map { $0.baseAddress! }
+        var starts = [0]
+        for count in task.rowsPerShard { starts.append(starts.last! + Int(count)) }
+        var losses = [Double](repeating: 0, count: shards)
+        var order: [Int] = []
+        for seed in task.maskSeeds where !order.contains(where: { task.maskSeeds[$0] == seed }) {
+            order += (0..<shards).filter { task.maskSeeds[$0] == seed }
+        }
+        var prepared: UInt64?
         task.rows.withUnsafeBufferPointer { rows in
-            for (k, count) in task.rowsPerShard.enumerated() {
-                let shardRows = UnsafeBufferPointer(rebasing: rows[start..<(start + Int(count))])
-                losses.append(engine.gradient(data: train, indices: shardRows, into: UnsafeMutableBufferPointer(start: terms[k], count: dense),
-                                              maskingGradient: masking))
-                start += Int(count)
-                if k + 1 < task.rowsPerShard.count { keepAlive() }   // a block takes several shards' time: keep the heartbeats going
+            for (n, k) in order.enumerated() {
+                let seed = task.maskSeeds[k]
+                if prepared != seed {
+                    switch source {
+                    case .engine, .inPlace: break   // prepared for the step's one mask when the parameters came
+                    case .dense: engine.begin(parameters: stepParameters, maskSeed: seed)
+                    case .sharedDense:
+                        parameterMemory!.withSlot(0, count: dense) { engine.begin(parameters: UnsafeBufferPointer($0), maskSeed: seed) }
+                    }
+                    prepared = seed
+                }
+                let shardRows = UnsafeBufferPointer(rebasing: rows[starts[k]..<starts[k + 1]])
+                losses[k] = engine.gradient(data: train, indices: shardRows, into: UnsafeMutableBufferPointer(start: terms[k], count: dense),
+                                            maskingGradient: masking)
+                if n + 1 < shards { keepAlive() }   // a block takes several shards' time: keep the heartbeats going
             }
         }
         // Finiteness is checked by whoever reads the sum (the packed values here, the coordinator's sum in shared memory).
