@@ -9,14 +9,17 @@ import Glibc
 /// The cluster as users run it: real `made` processes over real ZeroMQ sockets.
 @Suite("Cluster end to end", .serialized)
 struct ClusterProcessTests {
-    /// A small run: 600 examples of 24 dimensions, batch 20, 4 shards, 3 masks.
-    static func runFlags(data: String, epochs: Int = 3) -> [String] {
-        ["-d", data, "-q", "32", "--epochs", "\(epochs)", "--batch-size", "20", "--shards", "4", "-n", "3", "-r", "7", "--lr", "0.01"]
+    /// A small run: 600 examples of 24 dimensions, batch 20, 4 shards, 3 masks; with
+    /// `masksPerStep`, 4 masks of which that many train in every step.
+    static func runFlags(data: String, epochs: Int = 3, masksPerStep: Int? = nil) -> [String] {
+        ["-d", data, "-q", "32", "--epochs", "\(epochs)", "--batch-size", "20", "--shards", "4", "-r", "7", "--lr", "0.01"]
+            + (masksPerStep.map { ["-n", "4", "--masks-per-step", "\($0)"] } ?? ["-n", "3"])
     }
 
     /// The checksum of the same run in one process with the same shards.
-    static func reference(_ folder: String, data: String, epochs: Int = 3) throws -> String {
-        let (code, out, err) = try EndToEnd.run(["train"] + runFlags(data: data, epochs: epochs), folder: folder, name: "reference")
+    static func reference(_ folder: String, data: String, epochs: Int = 3, masksPerStep: Int? = nil) throws -> String {
+        let (code, out, err) = try EndToEnd.run(["train"] + runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep),
+                                                folder: folder, name: "reference")
         #expect(code == 0, "reference run failed: \(err)")
         return try #require(EndToEnd.checksum(out))
     }
@@ -43,6 +46,29 @@ struct ClusterProcessTests {
             #expect(EndToEnd.checksum(out) == expected, "\(workers) workers")
             #expect(scores(out) == scores(referenceOutput), "\(workers) workers")
             #expect(EndToEnd.clusterCounters(out)["workers_joined"] == workers)
+        }
+    }
+
+    @Test("with 2 and 4 masks per step, 1, 2, 3 and 4 workers (and the socket alone) give the single-process checksum",
+          arguments: [2, 4])
+    func masksPerStepWorkerCounts(masksPerStep: Int) throws {
+        let folder = EndToEnd.folder("masks\(masksPerStep)")
+        let data = try EndToEnd.writeData(to: folder)
+        let flags = ["-s", "4"] + Self.runFlags(data: data, masksPerStep: masksPerStep)
+        let (referenceCode, referenceOutput, referenceErrors) = try EndToEnd.run(["train"] + flags, folder: folder, name: "reference")
+        #expect(referenceCode == 0, "\(referenceErrors)")
+        let expected = try #require(EndToEnd.checksum(referenceOutput))
+        let oneMask = try Self.reference(folder, data: data)
+        #expect(expected != oneMask)
+        let validation = referenceOutput.split(separator: "\n").filter { $0.hasPrefix("valid_nll=") || $0.hasPrefix("test_nll=") }
+        #expect(validation.count == 2)
+        for (workers, extra) in [(1, []), (2, []), (3, []), (4, []), (2, ["--no-shared-memory"])] {
+            let (code, out, err) = try EndToEnd.run(["train", "--workers", "\(workers)"] + extra + flags, folder: folder, name: "w\(workers)\(extra.count)")
+            #expect(code == 0, "\(workers) workers \(extra): \(err)")
+            #expect(EndToEnd.checksum(out) == expected, "\(workers) workers \(extra)")
+            #expect(out.split(separator: "\n").filter { $0.hasPrefix("valid_nll=") || $0.hasPrefix("test_nll=") } == validation)
+            let counters = EndToEnd.clusterCounters(out)
+            #expect(counters["workers_joined"] == workers && counters["mask_mismatches"] == 0 && counters["rejected"] == 0)
         }
     }
 
@@ -165,15 +191,15 @@ struct ClusterProcessTests {
         #expect(reason.contains("protocol version"))
     }
 
-    @Test("a worker killed with SIGKILL mid-run changes nothing")
-    func killWorker() throws {
-        let folder = EndToEnd.folder("killworker")
+    @Test("a worker killed with SIGKILL mid-run changes nothing, with one mask per step or four", arguments: [nil, 4] as [Int?])
+    func killWorker(masksPerStep: Int?) throws {
+        let folder = EndToEnd.folder("killworker\(masksPerStep ?? 1)")
         let data = try EndToEnd.writeData(to: folder)
         // Long enough that the victim dies mid-run and its silence (1 s) is noticed before the end.
-        let expected = try Self.reference(folder, data: data, epochs: 300)
+        let expected = try Self.reference(folder, data: data, epochs: 300, masksPerStep: masksPerStep)
         let endpoint = folder + "/endpoint"
         let coordinator = try EndToEnd.Child(["coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
-                                              "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 300),
+                                              "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 300, masksPerStep: masksPerStep),
                                              folder: folder, name: "coordinator")
         let victim = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"], folder: folder, name: "victim")
         let survivor = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "survivor"], folder: folder, name: "survivor")
@@ -189,14 +215,15 @@ struct ClusterProcessTests {
         #expect(survivor.wait(timeout: 10) == 0)
     }
 
-    @Test("a coordinator killed with SIGKILL and restarted with --resume finishes bit-identical")
-    func killCoordinator() throws {
-        let folder = EndToEnd.folder("killcoordinator")
+    @Test("a coordinator killed with SIGKILL and restarted with --resume finishes bit-identical, with one mask per step or two",
+          arguments: [nil, 2] as [Int?])
+    func killCoordinator(masksPerStep: Int?) throws {
+        let folder = EndToEnd.folder("killcoordinator\(masksPerStep ?? 1)")
         let data = try EndToEnd.writeData(to: folder)
-        let expected = try Self.reference(folder, data: data, epochs: 200)
+        let expected = try Self.reference(folder, data: data, epochs: 200, masksPerStep: masksPerStep)
         let port = EndToEnd.freePort()
         let flags = ["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--checkpoint", folder + "/run.ckpt", "--resume",
-                     "--checkpoint-every", "7"] + Self.runFlags(data: data, epochs: 200)
+                     "--checkpoint-every", "7"] + Self.runFlags(data: data, epochs: 200, masksPerStep: masksPerStep)
         let first = try EndToEnd.Child(flags, folder: folder, name: "coordinator1")
         let workers = try (0..<2).map {
             try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "w\($0)"], folder: folder, name: "worker\($0)")
@@ -206,6 +233,7 @@ struct ClusterProcessTests {
         _ = first.wait(timeout: 10)
         let saved = try Checkpoint.read(from: folder + "/run.ckpt")
         #expect(saved.state.step > 0 && saved.state.completedEpochs < 200)
+        #expect(saved.configuration.masksPerStep == (masksPerStep ?? 1))
         let second = try EndToEnd.Child(flags, folder: folder, name: "coordinator2")
         #expect(second.wait(timeout: 120) == 0, "\(second.errors)")
         #expect(second.errors.contains("resuming"))

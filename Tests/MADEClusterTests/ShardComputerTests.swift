@@ -135,4 +135,69 @@ struct ShardComputerTests {
         scoring.rowsPerShard = [2]
         #expect(try computer.compute(scoring).values.count == 2)
     }
+
+    @Test("a block of shards of different masks: each shard under its own mask, summed in tree order, packed by the union or dense in shared memory")
+    func mixedMaskBlocks() throws {
+        let (computer, c) = try Self.computer(shards: 4)
+        let layout = ParameterLayout(c.model)
+        let parameters = layout.initialParameters(seed: 7, as: Float.self)
+        let seeds: [UInt64] = [0, 1, 0, 1]
+        let shards: [[Int32]] = [[0, 1], [2, 3, 4], [5], [6, 7]]
+        // One process: each shard's dense gradient under its own mask, then the tree.
+        let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: 10)
+        var gradients = shards.map { _ in [Float](repeating: 0, count: layout.count) }
+        var losses: [Double] = []
+        for (k, rows) in shards.enumerated() {
+            engine.begin(parameters: parameters, maskSeed: seeds[k])
+            losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k]))
+        }
+        GradientReducer.reduce(&gradients)
+        let union = MaskPacking(union: [0, 1].map { MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: $0) }, layout: layout)
+        #expect(union.count > computer.packing(0).count && union.count > computer.packing(1).count && union.count <= layout.count)
+        #expect(Set(computer.packing(0).activeIndices).isSubset(of: Set(union.activeIndices)))
+        #expect(Set(computer.packing(1).activeIndices).isSubset(of: Set(union.activeIndices)))
+        // The sum is +0 outside the union: nothing is lost by packing it.
+        #expect(zip(gradients[0], union.activeMask).allSatisfy { $1 == 1 || $0.bitPattern == 0 })
+        let digest = WireFormat.blockDigest(seeds.map { computer.packing($0).digest })
+
+        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 4, maskSeeds: seeds, packingSeeds: [0, 1], rows: Array(shards.joined()),
+                                    parameters: .inline(union.pack(parameters)), rowsPerShard: shards.map { UInt32($0.count) })
+        let packed = try computer.compute(task)
+        #expect(packed.values.inlineValues?.map(\.bitPattern) == union.pack(gradients[0]).map(\.bitPattern))
+        #expect(packed.lossSum == GradientReducer.reduce(losses))
+        #expect(packed.maskDigest == digest)
+
+        // Shared memory: slot 0 dense, masked by the union; the gradient dense in the worker's slot.
+        let slots = try Self.slots(floats: layout.count)
+        slots.withSlot(0, count: layout.count) { union.mask(parameters, into: $0) }
+        slots.withSlot(1, count: layout.count) { $0.update(repeating: .nan) }
+        var inPlace = task
+        inPlace.step = 2
+        inPlace.parameters = .shared(slot: 0, count: UInt32(layout.count))
+        let result = try computer.compute(inPlace, shared: slots, slot: 1)
+        #expect(result.lossSum == GradientReducer.reduce(losses))
+        #expect(result.maskDigest == digest)
+        #expect(slots.read(1, count: layout.count)?.map(\.bitPattern) == gradients[0].map(\.bitPattern))
+        // A later task of the same step, with parameters held: the second half alone, its own digest.
+        var later = inPlace
+        later.shard = 2
+        later.maskSeeds = [0, 1]
+        later.rows = Array(shards[2...].joined())
+        later.rowsPerShard = [1, 2]
+        later.parameters = .absent
+        let half = try computer.compute(later, shared: slots, slot: 1)
+        #expect(half.maskDigest == WireFormat.blockDigest([0, 1].map { computer.packing($0).digest }))
+
+        // Mask seeds outside the packing masks, or parameters packed for one mask only, are refused.
+        var outside = task
+        outside.maskSeeds = [0, 1, 0, 2]
+        #expect(throws: ClusterError.self) { _ = try computer.compute(outside) }
+        var narrow = task
+        narrow.parameters = .inline(computer.packing(0).pack(parameters))
+        #expect(throws: ClusterError.self) { _ = try computer.compute(narrow) }
+        var absent = task
+        absent.step = 9
+        absent.parameters = .absent
+        #expect(throws: ClusterError.self) { _ = try computer.compute(absent) }
+    }
 }

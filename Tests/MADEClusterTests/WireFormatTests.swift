@@ -18,6 +18,8 @@ struct WireFormatTests {
                     parameters: .absent)),
         .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)),
         .task(.init(step: 5, shard: 4, shardCount: 7, maskSeed: 2, rows: [9, 8, 7, 6, 5], parameters: .absent, ticket: 3, rowsPerShard: [2, 2, 1])),
+        .task(.init(step: 6, shard: 4, shardCount: 8, maskSeeds: [1, 2, 1, 2], packingSeeds: [1, 2, 3, 0], rows: [9, 8, 7, 6, 5],
+                    parameters: .inline([0.5, 1]), ticket: 4, rowsPerShard: [2, 1, 1, 1])),
         .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
                       computeMicroseconds: 777, values: .inline([0.25, -0.0, 3e-38]), ticket: .max)),
         .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, values: .shared(slot: 3, count: 12), ticket: 2)),
@@ -64,6 +66,13 @@ struct WireFormatTests {
         #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 2])))
         #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [])))
         #expect(!refused(.init(step: 1, shard: 2, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        // One mask seed per shard, and packing masks named once each.
+        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0], packingSeeds: [0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1, 2], packingSeeds: [0, 1, 2], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [0, 1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: Array(0..<65), rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(!refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
     }
 
     @Test("the header is laid out as documented")

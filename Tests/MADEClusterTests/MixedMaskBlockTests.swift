@@ -1,0 +1,124 @@
+import MADE
+import Testing
+@testable import MADECluster
+
+/// Steps whose shards train different masks (`--masks-per-step M`), driven through the
+/// coordinator's machine with no sockets: what each task names, and which digests count.
+@Suite("Coordinator state machine: blocks of mixed masks")
+struct MixedMaskBlockTests {
+    static let fingerprint = [UInt8](repeating: 7, count: 32)
+    /// The digest of each mask seed's masks, as the coordinator computes them.
+    static func digest(_ seed: UInt64) -> [UInt8] { [UInt8](repeating: UInt8(seed + 1), count: 16) }
+    let a: [UInt8] = Array("worker-a".utf8)
+    let b: [UInt8] = Array("worker-b".utf8)
+
+    func machine(workers: [[UInt8]]) -> CoordinatorStateMachine {
+        var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [1])
+        s.heartbeatInterval = 100
+        s.heartbeatTimeout = 1000
+        s.taskTimeout = 5000
+        var m = CoordinatorStateMachine(settings: s)
+        for w in workers { _ = m.receive(from: w, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "w")), now: 0) }
+        return m
+    }
+
+    /// A step of `seeds.count` shards of two rows each, shard `s` training `seeds[s]`, in blocks of up to 8.
+    func plan(step: UInt64 = 0, seeds: [UInt64]) -> CoordinatorStateMachine.WorkPlan {
+        var distinct: [UInt64] = []
+        for s in seeds where !distinct.contains(s) { distinct.append(s) }
+        var p = CoordinatorStateMachine.WorkPlan(step: step, maskSeeds: seeds, packingSeeds: distinct, maskDigests: seeds.map(Self.digest),
+                                                 gradientCount: 3, shards: seeds.indices.map { [Int32(2 * $0), Int32(2 * $0 + 1)] })
+        p.maxShardsPerTask = 8
+        return p
+    }
+
+    func tasks(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], WireMessage.Task)] {
+        actions.compactMap { if case .assign(let p, let t, _) = $0 { (p, t) } else { nil } }
+    }
+
+    func result(_ task: WireMessage.Task, digest: [UInt8], ticket: UInt64? = nil) -> WireMessage {
+        .result(.init(step: task.step, shard: task.shard, maskDigest: digest, lossSum: 1, computeMicroseconds: 1,
+                      values: .inline([1, 2, 3]), ticket: ticket ?? task.ticket))
+    }
+
+    @Test("the block digest: one mask's digest when every shard shares it, else a digest of every shard's in order")
+    func blockDigest() {
+        let d0 = Self.digest(0), d1 = Self.digest(1)
+        #expect(WireFormat.blockDigest([d0, d0, d0]) == d0)
+        let mixed = WireFormat.blockDigest([d0, d1])
+        #expect(mixed.count == 16 && mixed != d0 && mixed != d1)
+        #expect(mixed != WireFormat.blockDigest([d1, d0]))
+        #expect(mixed != WireFormat.blockDigest([d0, d1, d0, d1]))
+        #expect(WireFormat.blockDigest([d0, d1, d0, d1]) == WireFormat.blockDigest([d0, d1, d0, d1]))
+    }
+
+    @Test("one worker takes a block of four shards of two masks: the task names each shard's mask and the step's packing masks")
+    func taskNamesEveryMask() {
+        var m = machine(workers: [a])
+        let handed = tasks(m.begin(plan(seeds: [0, 1, 0, 1]), now: 1))
+        #expect(handed.count == 1)
+        let task = handed[0].1
+        #expect(task.shard == 0 && task.rowsPerShard == [2, 2, 2, 2])
+        #expect(task.maskSeeds == [0, 1, 0, 1])
+        #expect(task.packingSeeds == [0, 1])
+        let good = WireFormat.blockDigest([0, 1, 0, 1].map(Self.digest))
+        _ = m.receive(from: a, runID: 77, message: result(task, digest: good), now: 2)
+        #expect(m.isStepComplete)
+        #expect(m.counters.maskMismatches == 0)
+    }
+
+    @Test("two workers, M = 4 in blocks of two: each result must carry the digest of its own block's masks")
+    func digestPerBlock() {
+        var m = machine(workers: [a, b])
+        let handed = tasks(m.begin(plan(seeds: [0, 1, 2, 3]), now: 1))
+        #expect(handed.map(\.1.maskSeeds) == [[0, 1], [2, 3]])
+        #expect(handed.allSatisfy { $0.1.packingSeeds == [0, 1, 2, 3] })
+        let (toA, taskA) = handed[0], (toB, taskB) = handed[1]
+        #expect(toA == a && toB == b)
+        // a answers with the digest of the first mask only: it built the masks of one shard, not of the block.
+        let wrong = m.receive(from: a, runID: 77, message: result(taskA, digest: Self.digest(0)), now: 2)
+        #expect(m.counters.maskMismatches == 1)
+        #expect(wrong.contains { if case .send(let p, .shutdown(6, _)) = $0 { p == a } else { false } })
+        #expect(m.workerCount == 1)
+        // b answers its own block correctly, then gets a's block with the same masks.
+        let next = tasks(m.receive(from: b, runID: 77, message: result(taskB, digest: WireFormat.blockDigest([2, 3].map(Self.digest))), now: 3))
+        #expect(next.count == 1 && next[0].0 == b && next[0].1.shard == 0 && next[0].1.maskSeeds == [0, 1])
+        // The digest of the other block's masks does not count for this one either.
+        let swapped = m.receive(from: b, runID: 77, message: result(next[0].1, digest: WireFormat.blockDigest([2, 3].map(Self.digest))), now: 4)
+        #expect(m.counters.maskMismatches == 2)
+        #expect(swapped.contains { if case .refused = $0 { true } else { false } })
+        #expect(!m.isStepComplete)
+    }
+
+    @Test("a mixed block taken back from a dead worker goes to another with the same masks, and its answer completes the step")
+    func deadWorkerBlock() {
+        var m = machine(workers: [a, b])
+        let handed = tasks(m.begin(plan(seeds: [0, 1, 0, 1, 0, 1, 0, 1]), now: 1))
+        #expect(handed.map(\.1.maskSeeds) == [[0, 1, 0, 1], [0, 1, 0, 1]])
+        let taskB = handed[1].1
+        // a goes silent; b answers and then takes a's block.
+        _ = m.receive(from: b, runID: 77, message: .heartbeat(sequence: 1), now: 900)
+        let digest = WireFormat.blockDigest([0, 1, 0, 1].map(Self.digest))
+        _ = m.receive(from: b, runID: 77, message: result(taskB, digest: digest), now: 950)
+        var retaken = tasks(m.tick(now: 1500))
+        retaken += tasks(m.receive(from: b, runID: 77, message: .heartbeat(sequence: 2), now: 1500))
+        #expect(m.counters.workersLost == 1)
+        #expect(retaken.count == 1 && retaken[0].0 == b)
+        #expect(retaken[0].1.shard == 0 && retaken[0].1.maskSeeds == [0, 1, 0, 1] && retaken[0].1.packingSeeds == [0, 1])
+        _ = m.receive(from: b, runID: 77, message: result(retaken[0].1, digest: digest), now: 1600)
+        #expect(m.isStepComplete)
+        #expect(m.takeResults().map(\.shard) == [0, 4])
+    }
+
+    @Test("a worker given a later task of the same step gets no parameters again: they cover every mask of the step")
+    func parametersOncePerStep() {
+        var m = machine(workers: [a])
+        var p = plan(seeds: [0, 1, 2, 3])
+        p.maxShardsPerTask = 1
+        let first = m.begin(p, now: 1)
+        #expect(first.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [0] && route == .inline } else { false } })
+        let task = tasks(first)[0].1
+        let second = m.receive(from: a, runID: 77, message: result(task, digest: Self.digest(0)), now: 2)
+        #expect(second.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [1] && t.packingSeeds == [0, 1, 2, 3] && route == nil } else { false } })
+    }
+}
