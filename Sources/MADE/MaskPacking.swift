@@ -21,6 +21,15 @@ public struct MaskPacking: Sendable {
         self.init(union: [maskSet], layout: layout)
     }
 
+    /// The packing that keeps every parameter (no mask drops any): the dense vector itself.
+    /// Its digest is 16 zero bytes.
+    public init(everything layout: ParameterLayout) {
+        activeIndices = (0..<layout.count).map { Int32($0) }
+        denseCount = layout.count
+        activeMask = [UInt8](repeating: 1, count: layout.count)
+        digest = [UInt8](repeating: 0, count: 16)
+    }
+
     /// The packing of the parameters any of `maskSets` keeps: a weight is active when its entry
     /// is 1 in at least one of them. It carries a step whose shards train different masks (every
     /// shard's gradient is +0 outside its own mask, so their sum is +0 outside the union). The
@@ -173,9 +182,14 @@ extension MaskPacking {
         }
 
         /// The packing of the union of `maskSeeds`' masks (see ``MaskPacking/init(union:layout:)``);
-        /// for one seed, ``packing(_:)``. The last few unions asked for are kept.
+        /// for one seed, ``packing(_:)``; for none, every parameter (``MaskPacking/init(everything:)``).
+        /// The last few unions asked for are kept.
         public func packing(union maskSeeds: [UInt64]) -> MaskPacking {
             if maskSeeds.count == 1 { return packing(maskSeeds[0]) }
+            if maskSeeds.isEmpty {
+                if everything == nil { everything = MaskPacking(everything: layout) }
+                return everything!
+            }
             if let i = unions.firstIndex(where: { $0.seeds == maskSeeds }) { return unions[i].packing }
             if unions.count >= 8 { unions.removeFirst() }
             let p = MaskPacking(union: maskSeeds.map(maskSet), layout: layout)
@@ -183,5 +197,6 @@ extension MaskPacking {
             return p
         }
         private var unions: [(seeds: [UInt64], packing: MaskPacking)] = []
+        private var everything: MaskPacking?
     }
 }

@@ -66,6 +66,8 @@ struct Bench: ParsableCommand {
     var shards: Int?
     @Option(help: "Masks trained in every step (the ensemble has as many masks). (default: 1)")
     var masksPerStep: Int = 1
+    @Option(help: "With --masks-per-step above 1: how parameters and gradients travel over the socket, packed by the union of the step's masks or dense. (default: union)")
+    var mixedPacking: ClusterCoordinator.MixedMaskPacking = .union
     @Option(help: "Local worker processes (0: compute in this process).")
     var workers: Int = 0
     @Flag(help: "With --workers: send parameters and gradients over the socket, as to workers on other hosts.")
@@ -130,7 +132,7 @@ struct Bench: ParsableCommand {
         }
         try configuration(.sparse).validate()
         let sizes = ([model.inputCount] + model.hiddenSizes + [model.inputCount]).map(String.init).joined(separator: "-")
-        let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) masks_per_step=\(masksPerStep) threads=\(runtime.threads) steps=\(steps)"
+        let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) masks_per_step=\(masksPerStep)\(masksPerStep > 1 ? " mixed_packing=\(mixedPacking.rawValue)" : "") threads=\(runtime.threads) steps=\(steps)"
         let limit = sparseInputLimit ?? NetworkWorkspace<Float>.defaultSparseInputLimit
         /// The data and the fraction of the dense multiply-adds the sparse kernel does (mask seed 0).
         func dataLine() -> String {
@@ -202,6 +204,7 @@ struct Bench: ParsableCommand {
         logger.logLevel = .warning
         var options = ClusterSession.Options(coordinator: .init(bind: noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc"))
         options.coordinator.sharedMemory = !noSharedMemory
+        options.coordinator.mixedMaskPacking = mixedPacking
         options.localWorkers = workers
         options.workerArguments = ["-d", file]
         options.workerThreads = runtime.threads
@@ -225,7 +228,10 @@ struct Bench: ParsableCommand {
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         let layout = ParameterLayout(model)
         let dense = Double(4 * layout.count)
-        let packed = Double(4 * MaskPacking.Cache(configuration: model, runSeed: 0).packing(0).count)
+        // The packing of the first step: its one mask, or the union of its masks (or every parameter).
+        let firstStep = Array(Set(configuration.maskSchedule.maskSeeds(step: 0, shards: configuration.shards))).sorted()
+        let packed = Double(4 * MaskPacking.Cache(configuration: model, runSeed: 0)
+            .packing(union: firstStep.count > 1 && mixedPacking == .dense ? [] : firstStep).count)
         let workerPeak = session.runningWorkers.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
         session.finish(exitCode: 0, reason: "benchmark done")
         let rate = Double(steps * batchSize) / seconds
@@ -235,3 +241,5 @@ struct Bench: ParsableCommand {
         return rate
     }
 }
+
+extension ClusterCoordinator.MixedMaskPacking: ExpressibleByArgument {}

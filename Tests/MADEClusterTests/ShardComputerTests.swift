@@ -188,6 +188,15 @@ struct ShardComputerTests {
         let half = try computer.compute(later, shared: slots, slot: 1)
         #expect(half.maskDigest == WireFormat.blockDigest([0, 1].map { computer.packing($0).digest }))
 
+        // No packing masks: dense parameters in, the dense sum out.
+        var dense = task
+        dense.step = 3
+        dense.packingSeeds = []
+        dense.parameters = .inline(parameters)
+        let denseResult = try computer.compute(dense)
+        #expect(denseResult.values.inlineValues?.map(\.bitPattern) == gradients[0].map(\.bitPattern))
+        #expect(denseResult.maskDigest == digest)
+
         // Mask seeds outside the packing masks, or parameters packed for one mask only, are refused.
         var outside = task
         outside.maskSeeds = [0, 1, 0, 2]

@@ -69,7 +69,7 @@ struct WireFormatTests {
         // One mask seed per shard, and packing masks named once each.
         #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0], packingSeeds: [0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
         #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1, 2], packingSeeds: [0, 1, 2], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
-        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(!refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
         #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [0, 1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
         #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: Array(0..<65), rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
         #expect(!refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))

@@ -265,8 +265,8 @@ public enum WireFormat {
                 throw .invalidField("\(maskSeeds.count) mask seeds for \(rowsPerShard.count) shards")
             }
             let packingSeeds = try r.array("packing masks", limit: limits.maxPackingMasks, of: UInt64.self)
-            guard !packingSeeds.isEmpty, Set(packingSeeds).count == packingSeeds.count else {
-                throw .invalidField("packing masks \(packingSeeds): none, or one named twice")
+            guard Set(packingSeeds).count == packingSeeds.count else {
+                throw .invalidField("packing masks \(packingSeeds): one named twice")
             }
             let kind: UInt8 = try r.integer("work kind")
             let work: WireMessage.Work

@@ -22,7 +22,8 @@
 ///     task       step (UInt64), shard (UInt32), shard count (UInt32), ticket (UInt64),
 ///                example rows (Int32 array), rows per shard (UInt32 array), mask seed of
 ///                each shard (UInt64 array, as long as rows per shard), packing masks (UInt64
-///                array: the seeds whose union packs inline parameters and gradients), work
+///                array: the seeds whose union packs inline parameters and gradients; none for
+///                dense values), work
 ///                (a kind byte and its fields, see ``WireMessage/Work``), parameters (payload)
 ///     result     step (UInt64), shard (UInt32), ticket (UInt64), mask digest (16 bytes),
 ///                loss sum (Float64), compute microseconds (UInt32), values (payload)
@@ -142,7 +143,8 @@ public enum WireMessage: Sendable, Equatable {
         /// The mask seed of each shard of the task, in order (as many as ``rowsPerShard``).
         public var maskSeeds: [UInt64]
         /// The mask seeds whose union packs the step's inline parameters and gradients, and
-        /// masks its parameters in shared memory: the same in every task of a step.
+        /// masks its parameters in shared memory: the same in every task of a step. Empty:
+        /// every parameter, dense.
         public var packingSeeds: [UInt64]
         /// Rows of the data set, in order.
         public var rows: [Int32]

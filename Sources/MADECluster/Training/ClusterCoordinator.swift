@@ -34,8 +34,18 @@ public final class ClusterCoordinator {
         /// run's own need (see ``largestResult``): an ensemble or a batch bigger than the
         /// configuration's.
         public var largestJobResult = 0
+        /// How a step whose shards train several masks travels over the socket.
+        public var mixedMaskPacking = MixedMaskPacking.union
 
         public init(bind: String) { self.bind = bind }
+    }
+
+    /// How the inline parameters and gradients of a step of several masks are packed.
+    public enum MixedMaskPacking: String, Sendable, CaseIterable {
+        /// By the union of the step's masks.
+        case union
+        /// Not at all: every parameter.
+        case dense
     }
 
     /// Raised out of ``computeStep(_:parameters:)`` when `shouldStop` becomes true mid-step.
@@ -204,13 +214,14 @@ public final class ClusterCoordinator {
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
         var stepMasks: [UInt64] = []
         for seed in plan.maskSeeds where !stepMasks.contains(seed) { stepMasks.append(seed) }
-        let packing = packings.packing(union: stepMasks)
+        let packingSeeds = stepMasks.count > 1 && options.mixedMaskPacking == .dense ? [] : stepMasks
+        let packing = packings.packing(union: packingSeeds)
         let threads = self.threads
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
                                             fillShared: { packing.mask(parameters, into: $0, threads: threads) },
                                             fill: { packing.pack(parameters, into: $0, threads: threads) })
         var machinePlan = CoordinatorStateMachine.WorkPlan(
-            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: stepMasks,
+            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds,
             maskDigests: plan.maskSeeds.map { packings.packing($0).digest }, gradientCount: packing.count, denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
@@ -234,7 +245,7 @@ public final class ClusterCoordinator {
         if results.allSatisfy({ $0.values.inlineValues != nil }) {
             var gradients = results.map { $0.values.inlineValues! }
             GradientReducer.reduce(&gradients, threads: threads)
-            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != stepMasks, threads: threads)
+            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != packingSeeds, threads: threads)
         } else {
             // Dense sums: masked-out entries are +0 in every term, so they stay +0.
             var terms: [UnsafeMutablePointer<Float>] = []
@@ -261,7 +272,7 @@ public final class ClusterCoordinator {
                 throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this host wrote values that are not finite, or training diverged")
             }
         }
-        denseGradientMasks = stepMasks
+        denseGradientMasks = packingSeeds
         return (denseGradient, lossSum)
     }
 

@@ -117,7 +117,7 @@ public final class ShardComputer {
         guard task.rows.allSatisfy({ Int($0) < train.count }) else {
             throw ClusterError(.protocolFailure, "a task names rows beyond the \(train.count) training examples")
         }
-        guard task.maskSeeds.count == task.rowsPerShard.count, task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
+        guard task.maskSeeds.count == task.rowsPerShard.count, task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
             throw ClusterError(.protocolFailure, "a task's mask seeds \(task.maskSeeds) for \(task.rowsPerShard.count) shards are not all among its packing masks \(task.packingSeeds)")
         }
         let start = ContinuousClock.now
