@@ -152,6 +152,30 @@ struct CommandLineTests {
         #expect(pngA == pngB)
     }
 
+    @Test("scripts/plot-compare.sh draws two runs' validation NLL to a PNG, and refuses a broken file or argument",
+          .enabled(if: EndToEnd.commandExists("gnuplot")))
+    func plotCompare() throws {
+        let folder = EndToEnd.folder("plot-compare")
+        let data = try EndToEnd.writeData(to: folder)
+        var specs: [String] = []
+        for m in [1, 2] {
+            let metrics = folder + "/m\(m).jsonl"
+            let (code, _, err) = try EndToEnd.run(["train", "-d", data, "-q", "16", "--epochs", "2", "--batch-size", "50", "-n", "2", "-s", "2",
+                                                   "--masks-per-step", "\(m)", "--metrics", metrics], folder: folder, name: "train\(m)")
+            #expect(code == 0, "\(err)")
+            specs.append("M\(m)=\(metrics)")
+        }
+        let (code, out) = try EndToEnd.script("scripts/plot-compare.sh", [folder + "/compare.png"] + specs, folder: folder, name: "compare")
+        #expect(code == 0, "\(out)")
+        let png = try [UInt8](Data(contentsOf: URL(fileURLWithPath: folder + "/compare.png")))
+        #expect(Array(png.prefix(4)) == [0x89, 0x50, 0x4E, 0x47])
+        try "not json\n".write(toFile: folder + "/broken.jsonl", atomically: true, encoding: .utf8)
+        let (broken, brokenOut) = try EndToEnd.script("scripts/plot-compare.sh", [folder + "/b.png", "x=" + folder + "/broken.jsonl"], folder: folder, name: "broken")
+        #expect(broken != 0 && brokenOut.contains("broken.jsonl"), "\(brokenOut)")
+        let (noLabel, noLabelOut) = try EndToEnd.script("scripts/plot-compare.sh", [folder + "/c.png", folder + "/m1.jsonl"], folder: folder, name: "nolabel")
+        #expect(noLabel != 0 && noLabelOut.contains("is not LABEL=FILE"), "\(noLabelOut)")
+    }
+
     @Test("scripts/plot.sh renders a metrics file to a PNG, and refuses a broken one", .enabled(if: EndToEnd.commandExists("gnuplot")))
     func plot() throws {
         let folder = EndToEnd.folder("plot")
