@@ -72,6 +72,22 @@ struct ClusterProcessTests {
         }
     }
 
+    @Test("a step of more masks than the wire names for packing (80) travels dense, with the single-process checksum")
+    func manyMasksPerStep() throws {
+        let folder = EndToEnd.folder("manymasks")
+        let data = try EndToEnd.writeData(to: folder)
+        let flags = ["-d", data, "-q", "16", "--epochs", "2", "--batch-size", "80", "-n", "80", "--masks-per-step", "80", "--shards", "80"]
+        let (code, out, err) = try EndToEnd.run(["train"] + flags, folder: folder, name: "reference")
+        #expect(code == 0, "\(err)")
+        let expected = try #require(EndToEnd.checksum(out))
+        for extra in [[], ["--no-shared-memory"]] {
+            let (c, o, e) = try EndToEnd.run(["train", "--workers", "2"] + extra + flags, folder: folder, name: "w2\(extra.count)")
+            #expect(c == 0, "\(e)")
+            #expect(EndToEnd.checksum(o) == expected, "\(extra)")
+            #expect(EndToEnd.clusterCounters(o)["malformed"] == 0)
+        }
+    }
+
     @Test("workers started before their coordinator give the same checksum")
     func workersFirst() throws {
         let folder = EndToEnd.folder("workersfirst")

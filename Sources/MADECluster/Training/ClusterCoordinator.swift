@@ -214,7 +214,9 @@ public final class ClusterCoordinator {
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
         var stepMasks: [UInt64] = []
         for seed in plan.maskSeeds where !stepMasks.contains(seed) { stepMasks.append(seed) }
-        let packingSeeds = stepMasks.count > 1 && options.mixedMaskPacking == .dense ? [] : stepMasks
+        // Past the wire's limit on packing masks (64: their union is all but dense by then) the step goes dense.
+        let sendDense = stepMasks.count > 1 && (options.mixedMaskPacking == .dense || stepMasks.count > WireFormat.Limits().maxPackingMasks)
+        let packingSeeds = sendDense ? [] : stepMasks
         let packing = packings.packing(union: packingSeeds)
         let threads = self.threads
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
