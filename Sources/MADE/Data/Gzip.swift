@@ -1,4 +1,4 @@
-import CZlib
+import CGzip
 
 /// gzip decompression (and, for writing fixtures and caches, compression) over zlib.
 ///
