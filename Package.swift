@@ -32,9 +32,10 @@ let package = Package(
             pkgConfig: "libpng",
             providers: [.apt(["libpng-dev"])]
         ),
+        // No pkgConfig: libzmq.pc's cflags carry `-isystem /usr/include/mit-krb5`, which SwiftPM
+        // refuses with a warning, and zmq.h and libzmq need no flags on Debian.
         .systemLibrary(
             name: "CZeroMQ",
-            pkgConfig: "libzmq",
             providers: [.apt(["libzmq3-dev"])]
         ),
         .target(

@@ -123,7 +123,7 @@ enum EndToEnd {
         for (k, v) in extra { environment[k] = v }
         p.environment = environment
         let outputPath = folder + "/\(name).out"
-        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
         p.standardOutput = out
         p.standardError = out

@@ -82,7 +82,7 @@ struct ZMQSocketTests {
         let count = 4 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
         for i in 0..<count { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 13) }
-        let filled = try ZMQFrame.owned(byteCount: 64 << 10) { bytes in
+        let filled = ZMQFrame.owned(byteCount: 64 << 10) { bytes in
             for i in 0..<bytes.count { bytes[i] = UInt8(truncatingIfNeeded: i) }
         }
         #expect(try push.send([.bytes(utf8("head")), .owned(buffer), filled]) == .sent)

@@ -92,7 +92,8 @@ struct AdamTests {
         }
         defer { buffers.forEach { $0.deallocate() } }
         var out = [Float](repeating: .nan, count: n)
-        out.withUnsafeMutableBufferPointer { GradientReducer.reduce(buffers, count: n, into: $0.baseAddress!, threads: 3) }
+        let finite = out.withUnsafeMutableBufferPointer { GradientReducer.reduce(buffers, count: n, into: $0.baseAddress!, threads: 3) }
+        #expect(finite)
         #expect(out == arrays[0])
     }
 

@@ -125,7 +125,7 @@ public final class ClusterSession {
         var template = Array((NSTemporaryDirectory() + "/made-keys-XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }   // mode 0600
         guard fd >= 0 else { throw ClusterError(.security, "cannot make a file for the workers' keys: \(String(cString: strerror(errno)))") }
-        unlink(String(cString: template))
+        unlink(template)
         let bytes = Array(text.utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         guard written == bytes.count, lseek(fd, 0, SEEK_SET) == 0 else {
