@@ -3,7 +3,8 @@ import PackageDescription
 
 let package = Package(
     name: "made-swift",
-    platforms: [.macOS(.v13)],
+    // Linux only (Debian): the sources call Glibc directly and the system targets below name
+    // Debian's packages, so no Apple platform is claimed.
     products: [
         .executable(name: "made", targets: ["made"]),
         .library(name: "MADE", targets: ["MADE"]),
