@@ -154,34 +154,31 @@ public struct Checkpoint: Sendable, Equatable {
         guard SHA256.hash(body) == Array(bytes[(bytes.count - 32)...]) else {
             throw fail("corrupt: the SHA-256 of the contents does not match (truncated or altered file)")
         }
-        var reader = ByteReader(bytes: Array(body), position: 8)
-        let version: UInt32 = try reader.read(orThrow: fail("truncated version"))
-        guard version == Checkpoint.version else { throw fail("unsupported checkpoint version \(version) (this program reads \(Checkpoint.version))") }
-        let headerLength: UInt32 = try reader.read(orThrow: fail("truncated header length"))
-        guard let json = reader.take(Int(headerLength)) else { throw fail("truncated header") }
-        let header: Header
-        do {
-            let decoder = JSONDecoder()
-            decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-            header = try decoder.decode(Header.self, from: Data(json))
-        } catch {
-            throw fail("unreadable header: \(error)")
-        }
-        var arrays: [[Float]] = []
-        for name in ["parameters", "Adam first moment", "Adam second moment", "best parameters"] {
-            let count: UInt64 = try reader.read(orThrow: fail("truncated before the \(name)"))
-            guard count <= UInt64(reader.remaining / 4), let slice = reader.take(Int(count) * 4) else {
-                throw fail("truncated \(name): \(count) values announced")
+        let (header, arrays): (Header, [[Float]]) = try Array(body).withUnsafeBytes { raw in
+            var reader = LittleEndianReader(raw, position: 8)
+            guard let version = reader.integer(as: UInt32.self) else { throw fail("truncated version") }
+            guard version == Checkpoint.version else { throw fail("unsupported checkpoint version \(version) (this program reads \(Checkpoint.version))") }
+            guard let headerLength = reader.integer(as: UInt32.self) else { throw fail("truncated header length") }
+            guard let json = reader.take(Int(headerLength)) else { throw fail("truncated header") }
+            let header: Header
+            do {
+                let decoder = JSONDecoder()
+                decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+                header = try decoder.decode(Header.self, from: Data(json))
+            } catch {
+                throw fail("unreadable header: \(error)")
             }
-            let raw = Array(slice)
-            var a = [Float](repeating: 0, count: Int(count))
-            for i in 0..<Int(count) {
-                let bits = UInt32(raw[4 * i]) | UInt32(raw[4 * i + 1]) << 8 | UInt32(raw[4 * i + 2]) << 16 | UInt32(raw[4 * i + 3]) << 24
-                a[i] = Float(bitPattern: bits)
+            var arrays: [[Float]] = []
+            for name in ["parameters", "Adam first moment", "Adam second moment", "best parameters"] {
+                guard let count = reader.integer(as: UInt64.self) else { throw fail("truncated before the \(name)") }
+                guard count <= UInt64(reader.remaining / 4), let a = reader.array(count: Int(count), of: Float.self) else {
+                    throw fail("truncated \(name): \(count) values announced")
+                }
+                arrays.append(a)
             }
-            arrays.append(a)
+            guard reader.remaining == 0 else { throw fail("\(reader.remaining) unexpected bytes after the arrays") }
+            return (header, arrays)
         }
-        guard reader.remaining == 0 else { throw fail("\(reader.remaining) unexpected bytes after the arrays") }
         let configuration = header.configuration
         do { try configuration.validate() } catch { throw fail("invalid configuration: \(error)") }
         let n = ParameterLayout(configuration.model).count
@@ -217,26 +214,5 @@ public struct Checkpoint: Sendable, Equatable {
             throw fail("the parameters do not match the checksum in the header")
         }
         return checkpoint
-    }
-}
-
-/// Reads little-endian values from a byte array, returning nil past the end.
-struct ByteReader {
-    let bytes: [UInt8]
-    var position: Int
-
-    var remaining: Int { bytes.count - position }
-
-    mutating func take(_ n: Int) -> ArraySlice<UInt8>? {
-        guard n >= 0, n <= remaining else { return nil }
-        defer { position += n }
-        return bytes[position..<(position + n)]
-    }
-
-    mutating func read<I: FixedWidthInteger>(orThrow error: @autoclosure () -> Error) throws -> I {
-        guard let raw = take(MemoryLayout<I>.size) else { throw error() }
-        var v: I = 0
-        for (k, b) in raw.enumerated() { v |= I(b) << (8 * k) }
-        return v
     }
 }

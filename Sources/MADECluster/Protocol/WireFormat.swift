@@ -369,22 +369,22 @@ struct WireWriter {
 
 /// Reads little-endian fields, failing with the name of the field that runs past the end.
 struct WireReader {
-    let buffer: UnsafeRawBufferPointer
-    var position = 0
+    private var reader: LittleEndianReader
 
-    var remaining: Int { buffer.count - position }
+    init(buffer: UnsafeRawBufferPointer) {
+        reader = LittleEndianReader(buffer)
+    }
+
+    var remaining: Int { reader.remaining }
 
     mutating func integer<I: FixedWidthInteger>(_ field: String) throws(WireError) -> I {
-        let n = MemoryLayout<I>.size
-        guard remaining >= n else { throw .truncated(field: field) }
-        defer { position += n }
-        return I(littleEndian: buffer.loadUnaligned(fromByteOffset: position, as: I.self))
+        guard let value = reader.integer(as: I.self) else { throw .truncated(field: field) }
+        return value
     }
 
     mutating func bytes(_ count: Int, _ field: String) throws(WireError) -> [UInt8] {
-        guard count >= 0, remaining >= count else { throw .truncated(field: field) }
-        defer { position += count }
-        return Array(buffer[position..<(position + count)])
+        guard let raw = reader.take(count) else { throw .truncated(field: field) }
+        return Array(raw)
     }
 
     mutating func string(_ field: String, limit: Int) throws(WireError) -> String {
@@ -401,13 +401,8 @@ struct WireReader {
         precondition(size == 4 || size == 8)
         let count = Int(try integer(field + " count") as UInt32)
         guard count <= limit else { throw .limitExceeded(field: field, count: count, limit: limit) }
-        guard remaining >= size * count else { throw .truncated(field: field) }
-        let start = position
-        position += size * count
-        return [Element](unsafeUninitializedCapacity: count) { out, n in
-            UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + size * count)]))
-            n = count
-        }
+        guard let values = reader.array(count: count, of: Element.self) else { throw .truncated(field: field) }
+        return values
     }
 
     mutating func int32Array(_ field: String, limit: Int) throws(WireError) -> [Int32] {
