@@ -1,3 +1,5 @@
+import Foundation
+
 /// Everything that determines a training run, bit for bit, given the data.
 public struct TrainingConfiguration: Sendable, Equatable, Codable {
     public var model: ModelConfiguration
@@ -75,6 +77,15 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
         ensembleMode = try c.decode(EnsembleMode.self, forKey: .ensembleMode)
         shuffle = try c.decode(Bool.self, forKey: .shuffle)
         kernel = try c.decodeIfPresent(ComputeKernel.self, forKey: .kernel) ?? .dense
+    }
+
+    /// The configuration's canonical bytes: JSON with sorted keys. The coordinator hands these bytes
+    /// to its workers and the run id hashes them, so every encoding of a run's configuration goes
+    /// through here; a change to them changes every run id.
+    public func canonicalJSON() throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Array(try encoder.encode(self))
     }
 
     /// Throws when the run cannot be carried out.

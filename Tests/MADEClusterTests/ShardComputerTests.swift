@@ -10,7 +10,7 @@ struct ShardComputerTests {
         let split = DataMatrix(binary: bits, count: 40, dimension: 6)
         let computer = ShardComputer(dataset: Dataset(train: split, valid: split, test: split, source: "test"))
         let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 6, hiddenSizes: [8], maskCount: 2), batchSize: 10, shards: shards)
-        try computer.configure(Array(try JSONEncoder().encode(c)))
+        try computer.configure(try c.canonicalJSON())
         return (computer, c)
     }
 
@@ -50,7 +50,7 @@ struct ShardComputerTests {
         // A worker without training data refuses training work, even of no rows.
         let bits = (0..<(4 * 6)).map { UInt8($0 % 2) }
         let scoring = ShardComputer(dataset: Dataset(train: nil, valid: DataMatrix(binary: bits, count: 4, dimension: 6), test: nil, source: "test"))
-        try scoring.configure(Array(try JSONEncoder().encode(c)))
+        try scoring.configure(try c.canonicalJSON())
         #expect(throws: ClusterError.self) {
             _ = try scoring.compute(.init(step: 1, shard: 0, shardCount: 2, maskSeed: 0, rows: [], parameters: packed))
         }

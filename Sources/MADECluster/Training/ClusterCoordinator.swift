@@ -99,9 +99,7 @@ public final class ClusterCoordinator {
         self.layout = ParameterLayout(configuration.model)
         self.packings = MaskPacking.Cache(configuration: configuration.model, runSeed: configuration.seed)
         self.logger = logger
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let configurationBytes = Array(try encoder.encode(configuration))
+        let configurationBytes = try configuration.canonicalJSON()
         let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint ?? [])
         var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
         settings.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(wanted: options.heartbeatInterval,
