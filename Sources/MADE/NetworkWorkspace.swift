@@ -33,8 +33,6 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public static var defaultSparseInputLimit: Double { 0.45 }
     /// ``ParameterLayout/matrices``, kept: the passes look them up every step.
     let matrices: [ParameterLayout.Matrix]
-    /// The most weights of one matrix.
-    let largestMatrix: Int
 
     /// Rows loaded by the last ``loadRows(from:indices:)``.
     public internal(set) var rows = 0
@@ -98,7 +96,6 @@ public final class NetworkWorkspace<T: BLASScalar> {
         let widest = configuration.hiddenSizes.max() ?? 0
         deltas = widest > 0 ? [buffer(capacity * widest), buffer(capacity * widest)] : []
         matrices = layout.matrices
-        largestMatrix = matrices.map(\.count).max() ?? 0
         let sparse = kernel == .sparse
         masks = matrices.map {
             let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: sparse ? 1 : max($0.count, 1))

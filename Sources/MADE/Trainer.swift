@@ -238,14 +238,10 @@ public final class Trainer {
             syncHeld()
             engine.drop()
         }
-        if let seed = single {
-            if holding {
-                if engine.heldMaskSeed == nil { engine.hold(current, maskSeed: seed) } else { engine.beginHeld() }
-            } else {
-                engine.begin(parameters: current.parameters, maskSeed: seed)
-            }
+        if holding, let seed = single {
+            if engine.heldMaskSeed == nil { engine.hold(current, maskSeed: seed) } else { engine.beginHeld() }
             for (s, rows) in plan.shards.enumerated() {
-                shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s], computeOrder: holding)
+                shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s], computeOrder: true)
             }
         } else {
             var seen: [UInt64] = []

@@ -229,9 +229,9 @@ struct Bench: ParsableCommand {
         let layout = ParameterLayout(model)
         let dense = Double(4 * layout.count)
         // The packing of the first step: its one mask, or the union of its masks (or every parameter).
-        let firstStep = Array(Set(configuration.maskSchedule.maskSeeds(step: 0, shards: configuration.shards))).sorted()
-        let packed = Double(4 * MaskPacking.Cache(configuration: model, runSeed: 0)
-            .packing(union: firstStep.count > 1 && mixedPacking == .dense ? [] : firstStep).count)
+        let firstStep = ClusterCoordinator.packingSeeds(for: configuration.maskSchedule.maskSeeds(step: 0, shards: configuration.shards),
+                                                        mixed: mixedPacking)
+        let packed = Double(4 * MaskPacking.Cache(configuration: model, runSeed: 0).packing(union: firstStep).count)
         let workerPeak = session.runningWorkers.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
         session.finish(exitCode: 0, reason: "benchmark done")
         let rate = Double(steps * batchSize) / seconds

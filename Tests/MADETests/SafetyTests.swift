@@ -81,7 +81,7 @@ struct SafetyTests {
         #expect(missing?.message.contains("does not exist") == true)
         try AtomicFile.write("x", to: folder + "/file")
         let notFolder = #expect(throws: MADEError.self) { try AtomicFile.checkWritableFolder(of: folder + "/file/run.ckpt") }
-        #expect(notFolder?.message.contains("not a folder") == true || notFolder?.message.contains("cannot") == true)
+        #expect(notFolder?.message.contains("not a folder") == true)
         if getuid() != 0 {
             try FileManager.default.createDirectory(atPath: folder + "/locked", withIntermediateDirectories: true)
             chmod(folder + "/locked", 0o500)

@@ -156,10 +156,7 @@ struct SparseKernelTests {
 
     @Test("sparse evaluation and training agree with dense ones")
     func trainerAgrees() throws {
-        var rng = RandomStream(seed: 4, domain: .sampling)
-        let bits = (0..<(200 * 12)).map { _ in UInt8(rng.uniform(below: 3) == 0 ? 1 : 0) }
-        let data = DataMatrix(binary: bits, count: 200, dimension: 12)
-        let dataset = Dataset(train: data, valid: data.rows(0..<50), test: nil, source: "bits")
+        let dataset = Self.binaryDataset(seed: 4)
         var results: [ComputeKernel: (Double, [Float])] = [:]
         for kernel in ComputeKernel.allCases {
             let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 12, hiddenSizes: [20, 20], naturalOrdering: false,
@@ -178,10 +175,7 @@ struct SparseKernelTests {
 
     @Test("parameters held in compute order between mask changes give the bits of layout order, read at any step")
     func heldParametersAgreeWithLayoutOrder() throws {
-        var rng = RandomStream(seed: 6, domain: .sampling)
-        let bits = (0..<(200 * 12)).map { _ in UInt8(rng.uniform(below: 3) == 0 ? 1 : 0) }
-        let data = DataMatrix(binary: bits, count: 200, dimension: 12)
-        let dataset = Dataset(train: data, valid: data.rows(0..<50), test: nil, source: "bits")
+        let dataset = Self.binaryDataset(seed: 6)
         // Masks change every 6 steps: the first 3 steps of each are held, the last 3 are not.
         let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 12, hiddenSizes: [20, 20], naturalOrdering: false,
                                                                 directConnections: true, maskCount: 2),
@@ -194,7 +188,7 @@ struct SparseKernelTests {
         _ = try reference.drive(until: { false }) { plan in
             engine.begin(parameters: reference.state.parameters, maskSeed: plan.maskSeeds[0])
             var losses: [Double] = []
-            for (s, rows) in plan.shards.enumerated() { losses.append(engine.gradient(data: data, indices: rows, into: &gradients[s])) }
+            for (s, rows) in plan.shards.enumerated() { losses.append(engine.gradient(data: dataset.train!, indices: rows, into: &gradients[s])) }
             GradientReducer.reduce(&gradients)
             return (gradients[0], GradientReducer.reduce(losses))
         }
@@ -216,5 +210,13 @@ struct SparseKernelTests {
         })
         #expect(same(reading, reference))
         #expect(seen.count == 2 * 10 && seen[0] != seen[1] && seen[1] != seen[2])
+    }
+
+    /// 200 random binary rows of 12 bits (about a third ones), the first 50 also the validation split.
+    static func binaryDataset(seed: UInt64) -> Dataset {
+        var rng = RandomStream(seed: seed, domain: .sampling)
+        let bits = (0..<(200 * 12)).map { _ in UInt8(rng.uniform(below: 3) == 0 ? 1 : 0) }
+        let data = DataMatrix(binary: bits, count: 200, dimension: 12)
+        return Dataset(train: data, valid: data.rows(0..<50), test: nil, source: "bits")
     }
 }

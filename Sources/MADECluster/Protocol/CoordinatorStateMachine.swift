@@ -451,8 +451,6 @@ public struct CoordinatorStateMachine: Sendable {
         return actions
     }
 
-    /// The memory of `peer`'s slot was reserved (`reserved`), or could not be: then the worker
-    /// goes without shared memory and exchanges everything over the socket. Its welcome goes out.
     /// The shared-memory file is gone (it shrank under the run): every worker loses its slot
     /// and gets its next parameters inline; a result still claiming a slot is refused as bad.
     public mutating func giveUpSharedMemory() {
@@ -462,6 +460,8 @@ public struct CoordinatorStateMachine: Sendable {
         }
     }
 
+    /// The memory of `peer`'s slot was reserved (`reserved`), or could not be: then the worker
+    /// goes without shared memory and exchanges everything over the socket. Its welcome goes out.
     public mutating func sharedSlotReserved(by peer: Peer, _ reserved: Bool, now: UInt64) -> [Action] {
         guard var worker = workers[peer], worker.awaitingSlot else { return [] }
         worker.awaitingSlot = false

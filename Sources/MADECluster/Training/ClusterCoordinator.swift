@@ -209,12 +209,18 @@ public final class ClusterCoordinator {
     /// once in the step serve whichever of its tasks it takes next, and a block of shards of
     /// different masks sums to +0 outside their union. Slot 0 holds the parameters masked by
     /// that union, dense; each worker masks them again for each shard's own mask.
+    /// The masks whose union packs a step's values: its distinct mask seeds in order of first
+    /// appearance, or none (every parameter, dense) for a step of several masks sent dense by
+    /// choice or past the wire's limit on packing masks (64: their union is all but dense by then).
+    public static func packingSeeds(for maskSeeds: [UInt64], mixed: MixedMaskPacking) -> [UInt64] {
+        var seeds: [UInt64] = []
+        for seed in maskSeeds where !seeds.contains(seed) { seeds.append(seed) }
+        let sendDense = seeds.count > 1 && (mixed == .dense || seeds.count > WireFormat.Limits().maxPackingMasks)
+        return sendDense ? [] : seeds
+    }
+
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
-        var stepMasks: [UInt64] = []
-        for seed in plan.maskSeeds where !stepMasks.contains(seed) { stepMasks.append(seed) }
-        // Past the wire's limit on packing masks (64: their union is all but dense by then) the step goes dense.
-        let sendDense = stepMasks.count > 1 && (options.mixedMaskPacking == .dense || stepMasks.count > WireFormat.Limits().maxPackingMasks)
-        let packingSeeds = sendDense ? [] : stepMasks
+        let packingSeeds = Self.packingSeeds(for: plan.maskSeeds, mixed: options.mixedMaskPacking)
         let packing = packings.packing(union: packingSeeds)
         let threads = self.threads
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
@@ -494,14 +500,16 @@ public final class ClusterCoordinator {
             do {
                 let (runID, decoded) = try WireFormat.decode(frame)
                 // A result in a slot of a file that shrank is refused (its slot is taken back first).
-                if case .result(let r) = decoded, case .shared(let slot, _) = r.values { _ = sharedIntact(Int(slot)) }
-                if case .result(let r) = decoded, let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
-                    var timing = stepTimings[name] ?? StepTiming(worker: name)
-                    let compute = Double(r.computeMicroseconds) / 1000
-                    timing.shards += machine.shardsInTask(startingAt: r.shard)
-                    timing.computeMilliseconds += compute
-                    timing.waitMilliseconds += max(0, (ContinuousClock.now - sent).seconds * 1000 - compute)
-                    stepTimings[name] = timing
+                if case .result(let r) = decoded {
+                    if case .shared(let slot, _) = r.values { _ = sharedIntact(Int(slot)) }
+                    if let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
+                        var timing = stepTimings[name] ?? StepTiming(worker: name)
+                        let compute = Double(r.computeMicroseconds) / 1000
+                        timing.shards += machine.shardsInTask(startingAt: r.shard)
+                        timing.computeMilliseconds += compute
+                        timing.waitMilliseconds += max(0, (ContinuousClock.now - sent).seconds * 1000 - compute)
+                        stepTimings[name] = timing
+                    }
                 }
                 actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
             } catch {

@@ -23,9 +23,9 @@ public struct CurveKeyError: Error, CustomStringConvertible, Sendable, Equatable
         public static let malformedFile = Code("malformedFile")
         /// A file's public key does not belong to its secret key.
         public static let mismatchedKeys = Code("mismatchedKeys")
-        /// This libzmq was built without CURVE support.
         /// A key file is already there, and replacing it was not asked for.
         public static let exists = Code("exists")
+        /// This libzmq was built without CURVE support.
         public static let curveUnavailable = Code("curveUnavailable")
     }
 
