@@ -180,7 +180,8 @@ struct NewUserTests {
         #expect(d == 0, "\(errD)")
         #expect(try String(contentsOfFile: keys + "/worker.key", encoding: .utf8) != secret)
         func key(_ text: String) -> String? {
-            text.split(separator: "\n").first { $0.contains("public-key") }?.split(separator: "\"").dropFirst().first.map(String.init)
+            let key = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            return key.utf8.count == 40 ? key : nil
         }
         let old = try #require(key(firstPublic))
         let new = try #require(key(try String(contentsOfFile: keys + "/worker.pub", encoding: .utf8)))

@@ -283,8 +283,10 @@ struct WorkKindTests {
         let parsed = try ClusterSecurity.Client.parse(stdinText: client.stdinText)
         #expect(parsed.keyPair == client.keyPair && parsed.serverPublicKey == server.keyPair.publicKey)
         #expect(server.authorized == (try AuthorizedKeys(publicKeys: [client.keyPair.publicKey])))
-        #expect(throws: CurveKeyError.self) { try ClusterSecurity.Client.parse(stdinText: "") }
-        #expect(throws: CurveKeyError.self) { try ClusterSecurity.Client.parse(stdinText: "coordinator-public-key abc\nworker-secret-key def\n") }
+        #expect(throws: ClusterError.self) { try ClusterSecurity.Client.parse(stdinText: "") }
+        #expect(throws: ClusterError.self) {
+            try ClusterSecurity.Client.parse(stdinText: "coordinator-public-key abc\nworker-secret-key def\n")
+        }
     }
 }
 

@@ -297,7 +297,7 @@ struct ZMQCurveTests {
         #expect(Z85.encodeKey(try Z85.decodeKey(pair.publicKey)) == pair.publicKey)
 
         let other = try CurveKeyPair.generate()
-        let mismatch = #expect(throws: CurveKeyError.self) {
+        let mismatch = #expect(throws: ClusterError.self) {
             try CurveKeyPair(publicKey: other.publicKey, secretKey: pair.secretKey)
         }
         #expect(mismatch?.code == .mismatchedKeys)
@@ -306,7 +306,7 @@ struct ZMQCurveTests {
                 == String(repeating: "HelloWorld", count: 4))
     }
 
-    @Test("key files: write and read back, modes 0600 and 0644, bare keys, certificates")
+    @Test("key files: write and read back, modes 0600 and 0644, one bare key each, comments allowed")
     func keyFiles() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -319,13 +319,11 @@ struct ZMQCurveTests {
         #expect(secretMode == 0o600)
         #expect(publicMode == 0o644)
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == ["node.key", "node.pub"])
-        let publicText = try String(contentsOfFile: publicPath, encoding: .utf8)
-        #expect(publicText.contains("public-key = \"\(pair.publicKey)\""))
-        #expect(!publicText.contains(pair.secretKey))
+        #expect(try String(contentsOfFile: publicPath, encoding: .utf8) == pair.publicKey + "\n")
+        #expect(try String(contentsOfFile: secretPath, encoding: .utf8) == pair.secretKey + "\n")
 
         #expect(try CurveKeyPair.read(secretPath: secretPath) == pair)
         #expect(try CurveKeyPair.readPublicKey(path: publicPath) == pair.publicKey)
-        #expect(try CurveKeyPair.readPublicKey(path: secretPath) == pair.publicKey)
 
         // Overwriting keeps the mode exact.
         let next = try CurveKeyPair.generate()
@@ -333,25 +331,14 @@ struct ZMQCurveTests {
         #expect(try CurveKeyPair.read(secretPath: secretPath) == next)
         #expect(try FileManager.default.attributesOfItem(atPath: secretPath)[.posixPermissions] as? Int == 0o600)
 
-        // Files holding just the key.
-        try "\(pair.secretKey)\n".write(toFile: directory + "/bare.key", atomically: true, encoding: .utf8)
-        try pair.publicKey.write(toFile: directory + "/bare.pub", atomically: true, encoding: .utf8)
-        #expect(try CurveKeyPair.read(secretPath: directory + "/bare.key") == pair)
+        // Written by hand: comments, blank lines, no final newline, a comment after the key.
+        let commented = directory + "/commented.key"
+        try "# the worker on host 7\n\n  \(pair.secretKey)   # made 2026-12-01".write(
+            toFile: commented, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o400], ofItemAtPath: commented)
+        #expect(try CurveKeyPair.read(secretPath: commented) == pair)
+        try "\(pair.publicKey)".write(toFile: directory + "/bare.pub", atomically: true, encoding: .utf8)
         #expect(try CurveKeyPair.readPublicKey(path: directory + "/bare.pub") == pair.publicKey)
-
-        // A certificate as CZMQ writes it, with metadata.
-        let certificate = """
-            #   ****  Generated on 2024-01-01 by CZMQ  ****
-            #   ZeroMQ CURVE **Secret** Certificate
-
-            metadata
-                name = "worker-7"
-            curve
-                public-key = "\(pair.publicKey)"
-                secret-key = "\(pair.secretKey)"
-            """
-        try certificate.write(toFile: directory + "/czmq_secret", atomically: true, encoding: .utf8)
-        #expect(try CurveKeyPair.read(secretPath: directory + "/czmq_secret") == pair)
     }
 
     @Test("authorized keys from a list with comments and from a directory of *.pub files")
@@ -516,61 +503,107 @@ struct ZMQCurveTests {
 
 @Suite("ZMQ key file errors")
 struct ZMQKeyFileErrorTests {
-    /// Writes `text` to a file in a fresh directory and returns the path.
-    private func file(_ name: String, _ text: String, in directory: String) throws -> String {
+    /// Writes `text` to a file in a fresh directory and returns the path; `mode` 0600 unless given.
+    private func file(_ name: String, _ text: String, in directory: String, mode: Int = 0o600) throws -> String {
         let path = directory + "/" + name
         try text.write(toFile: path, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path)
         return path
     }
 
-    @Test("missing, empty, truncated and non-Z85 key files are errors that name the file")
+    @Test("missing, empty, truncated, non-Z85, doubled and open key files are errors that name the file")
     func badFiles() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let pair = try CurveKeyPair.generate()
 
         let missing = directory + "/absent.key"
-        let e1 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.read(secretPath: missing) }
+        let e1 = #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: missing) }
         #expect(e1?.code == .missingFile)
         #expect(e1?.description.contains(missing) == true)
 
-        let empty = try file("empty.key", "", in: directory)
-        let e2 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.read(secretPath: empty) }
-        #expect(e2?.code == .malformedFile)
+        let empty = try file("empty.key", "# nothing yet\n", in: directory)
+        let e2 = #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: empty) }
+        #expect(e2?.code == .malformedKeyFile)
         #expect(e2?.description.contains(empty) == true)
+        #expect(e2?.description.contains("no key") == true)
 
         let short = try file("short.pub", String(pair.publicKey.dropLast()) + "\n", in: directory)
-        let e3 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.readPublicKey(path: short) }
+        let e3 = #expect(throws: ClusterError.self) { try CurveKeyPair.readPublicKey(path: short) }
         #expect(e3?.code == .invalidKey)
         #expect(e3?.description.contains(short) == true)
         #expect(e3?.description.contains("39") == true)
 
-        let invalid = try file("invalid.key", "curve\n    secret-key = \"\(String(pair.secretKey.dropLast()))~\"\n", in: directory)
-        let e4 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.read(secretPath: invalid) }
+        let invalid = try file("invalid.key", "# the key\n\(String(pair.secretKey.dropLast()))~\n", in: directory)
+        let e4 = #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: invalid) }
         #expect(e4?.code == .invalidKey)
         #expect(e4?.description.contains(invalid) == true)
         #expect(e4?.description.contains("line 2") == true)
+        #expect(e4?.description.contains("'~'") == true)
 
-        let overflow = try file("overflow.pub", String(repeating: "#", count: 40), in: directory)
-        let e5 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.readPublicKey(path: overflow) }
+        let overflow = try file("overflow.pub", String(repeating: "0", count: 35) + "#####", in: directory)
+        let e5 = #expect(throws: ClusterError.self) { try CurveKeyPair.readPublicKey(path: overflow) }
         #expect(e5?.code == .invalidKey)
         #expect(e5?.description.contains(overflow) == true)
 
-        let publicOnly = try file("public-only", "public-key = \"\(pair.publicKey)\"\n", in: directory)
-        let e6 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.read(secretPath: publicOnly) }
-        #expect(e6?.code == .malformedFile)
-        #expect(e6?.description.contains(publicOnly) == true)
-
         let other = try CurveKeyPair.generate()
-        let mixed = try file("mixed.key", "public-key = \"\(other.publicKey)\"\nsecret-key = \"\(pair.secretKey)\"\n", in: directory)
-        let e7 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.read(secretPath: mixed) }
-        #expect(e7?.code == .mismatchedKeys)
-        #expect(e7?.description.contains(mixed) == true)
+        let two = try file("two.key", "\(pair.secretKey)\n\(other.secretKey)\n", in: directory)
+        let e6 = #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: two) }
+        #expect(e6?.code == .malformedKeyFile)
+        #expect(e6?.description.contains(two) == true)
+        #expect(e6?.description.contains("2 keys") == true)
+
+        let open = try file("open.key", pair.secretKey + "\n", in: directory, mode: 0o644)
+        let e7 = #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: open) }
+        #expect(e7?.code == .security)
+        #expect(e7?.description.contains("chmod 600 \(open)") == true)
+        let groupOnly = try file("group.key", pair.secretKey + "\n", in: directory, mode: 0o640)
+        #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: groupOnly) }
+        // A public key file may be read by anyone.
+        let openPublic = try file("open.pub", pair.publicKey + "\n", in: directory, mode: 0o644)
+        #expect(try CurveKeyPair.readPublicKey(path: openPublic) == pair.publicKey)
 
         let prose = try file("prose.pub", "this is not a key\n", in: directory)
-        let e8 = #expect(throws: CurveKeyError.self) { try CurveKeyPair.readPublicKey(path: prose) }
-        #expect(e8?.code == .malformedFile)
+        let e8 = #expect(throws: ClusterError.self) { try CurveKeyPair.readPublicKey(path: prose) }
+        #expect(e8?.code == .malformedKeyFile)
         #expect(e8?.description.contains(prose) == true)
+    }
+
+    @Test("a CZMQ certificate of an earlier version is refused with how to make the keys again")
+    func certificates() throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let pair = try CurveKeyPair.generate()
+        let secret = try file("coordinator.key", """
+            #   ZeroMQ CURVE **Secret** Certificate
+            #   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.
+
+            metadata
+            curve
+                public-key = "\(pair.publicKey)"
+                secret-key = "\(pair.secretKey)"
+
+            """, in: directory)
+        let e1 = #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: secret) }
+        #expect(e1?.code == .malformedKeyFile)
+        #expect(e1?.description.contains(secret) == true)
+        #expect(e1?.description.contains("CZMQ certificate") == true)
+        #expect(e1?.description.contains("made keygen") == true)
+        let publicOnly = try file("coordinator.pub", "public-key = \"\(pair.publicKey)\"\n", in: directory)
+        let e2 = #expect(throws: ClusterError.self) { try CurveKeyPair.readPublicKey(path: publicOnly) }
+        #expect(e2?.description.contains("CZMQ certificate") == true)
+        #expect(e2?.description.contains("line 1") == true)
+        let folder = directory + "/clients"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let old = try file("w.pub", "curve\n    public-key=\"\(pair.publicKey)\"\n", in: folder)
+        let e3 = #expect(throws: ClusterError.self) { try AuthorizedKeys.read(path: folder) }
+        #expect(e3?.description.contains(old) == true && e3?.description.contains("CZMQ certificate") == true)
+
+        // keygen on a folder of an earlier version writes nothing and says the same.
+        let e4 = #expect(throws: ClusterError.self) { try ClusterSecurity.generate(folder: directory) }
+        #expect(e4?.description.contains("CZMQ certificate") == true)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+                == ["clients", "coordinator.key", "coordinator.pub"])
     }
 
     @Test("authorized-key errors name the file at fault")
@@ -580,31 +613,31 @@ struct ZMQKeyFileErrorTests {
         let good = try CurveKeyPair.generate().publicKey
 
         let list = try file("authorized_keys", "\(good)\n\(good.dropLast(3))\n", in: directory)
-        let e1 = #expect(throws: CurveKeyError.self) { try AuthorizedKeys.read(path: list) }
+        let e1 = #expect(throws: ClusterError.self) { try AuthorizedKeys.read(path: list) }
         #expect(e1?.description.contains(list) == true)
         #expect(e1?.description.contains("line 2") == true)
 
         let onlyComments = try file("comments", "# nobody yet\n\n", in: directory)
-        let e2 = #expect(throws: CurveKeyError.self) { try AuthorizedKeys.read(path: onlyComments) }
+        let e2 = #expect(throws: ClusterError.self) { try AuthorizedKeys.read(path: onlyComments) }
         #expect(e2?.description.contains(onlyComments) == true)
 
         let folder = directory + "/keys"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         _ = try file("a.pub", good, in: folder)
-        let bad = try file("b.pub", "public-key = \"nonsense\"\n", in: folder)
-        let e3 = #expect(throws: CurveKeyError.self) { try AuthorizedKeys.read(path: folder) }
+        let bad = try file("b.pub", "nonsense\n", in: folder)
+        let e3 = #expect(throws: ClusterError.self) { try AuthorizedKeys.read(path: folder) }
         #expect(e3?.description.contains(bad) == true)
 
         let emptyFolder = directory + "/none"
         try FileManager.default.createDirectory(atPath: emptyFolder, withIntermediateDirectories: true)
-        let e4 = #expect(throws: CurveKeyError.self) { try AuthorizedKeys.read(path: emptyFolder) }
+        let e4 = #expect(throws: ClusterError.self) { try AuthorizedKeys.read(path: emptyFolder) }
         #expect(e4?.description.contains(emptyFolder) == true)
 
-        let e5 = #expect(throws: CurveKeyError.self) { try AuthorizedKeys.read(path: directory + "/absent") }
+        let e5 = #expect(throws: ClusterError.self) { try AuthorizedKeys.read(path: directory + "/absent") }
         #expect(e5?.code == .missingFile)
         #expect(e5?.description.contains(directory + "/absent") == true)
 
-        #expect(throws: CurveKeyError.self) { try AuthorizedKeys(publicKeys: ["too short"]) }
+        #expect(throws: ClusterError.self) { try AuthorizedKeys(publicKeys: ["too short"]) }
     }
 }
 

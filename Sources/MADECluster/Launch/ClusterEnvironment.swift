@@ -183,24 +183,56 @@ public enum Endpoint {
     }
 }
 
-/// An error of the cluster layer: a code and a message that says what went wrong and where.
+/// An error of the cluster layer: what went wrong, and where.
+///
+/// The code lets callers react to a class of failure; the message is for people and names the
+/// peer, endpoint, line or value at fault. New codes can be added without breaking callers.
 public struct ClusterError: Error, CustomStringConvertible, Sendable, Equatable {
-    public struct Code: Hashable, Sendable {
+    /// The class of failure.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
         let name: String
+        public var description: String { name }
+
+        /// A launcher's environment (RANK, WORLD_SIZE, SLURM_*) that does not describe a run.
         public static let invalidEnvironment = Code(name: "invalidEnvironment")
+        /// An endpoint this program cannot listen on or dial.
         public static let invalidEndpoint = Code(name: "invalidEndpoint")
+        /// A refusal to do something unsafe: listening in the open without keys, a secret key
+        /// file others can read, shared memory that fails its checks.
         public static let security = Code(name: "security")
+        /// No worker is there and none can come.
         public static let noWorkers = Code(name: "noWorkers")
         public static let protocolFailure = Code(name: "protocol")
+        /// A file the run needs (a key file, a key folder) does not exist.
+        public static let missingFile = Code(name: "missingFile")
+        /// A file exists but cannot be read (permissions, a directory, too large).
+        public static let io = Code(name: "io")
+        /// A key is not 40 characters of Z85 encoding 32 bytes.
+        public static let invalidKey = Code(name: "invalidKey")
+        /// A file that is not a key file: no key where one is needed, more than one, lines that
+        /// are not keys, or a certificate in CZMQ's format.
+        public static let malformedKeyFile = Code(name: "malformedKeyFile")
+        /// A public key that does not belong to the secret key given with it.
+        public static let mismatchedKeys = Code(name: "mismatchedKeys")
+        /// A key file is already there, and replacing it was not asked for.
+        public static let exists = Code(name: "exists")
+        /// This libzmq was built without CURVE support.
+        public static let curveUnavailable = Code(name: "curveUnavailable")
     }
 
     public var code: Code
     public var message: String
+    /// The file the error concerns, when there is one.
+    public var path: String?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, path: String? = nil) {
         self.code = code
         self.message = message
+        self.path = path
     }
 
-    public var description: String { message }
+    public var description: String {
+        if let path { return "\(path): \(message)" }
+        return message
+    }
 }

@@ -5,8 +5,10 @@ import MADE
 ///
 /// A key folder (made by `made keygen DIR`) holds `coordinator.key` and `coordinator.pub`, one
 /// key pair per worker identity (`worker.key`, `worker.pub`, ...), and `authorized_keys`: the
-/// public keys the coordinator accepts, one per line. The coordinator reads its secret key and
-/// `authorized_keys`; a worker reads its own secret key and `coordinator.pub`.
+/// public keys the coordinator accepts, one per line. Each file holds bare Z85 keys, one a line
+/// (``KeyFile``); a `.key` file holds its secret key alone and has mode 0600. The coordinator
+/// reads its secret key and `authorized_keys`; a worker reads its own secret key and
+/// `coordinator.pub`.
 public enum ClusterSecurity {
     /// What a coordinator needs.
     public struct Server: Sendable {
@@ -46,7 +48,7 @@ public enum ClusterSecurity {
         }
 
         /// Parses ``stdinText``.
-        /// - Throws: `CurveKeyError` when a line is missing or a key is invalid.
+        /// - Throws: ``ClusterError`` when a line is missing or a key is invalid.
         public static func parse(stdinText text: String) throws -> Client {
             var fields: [String: String] = [:]
             for line in text.split(whereSeparator: \.isNewline) {
@@ -54,7 +56,8 @@ public enum ClusterSecurity {
                 if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
             }
             guard let server = fields["coordinator-public-key"], let secret = fields["worker-secret-key"] else {
-                throw CurveKeyError(.malformedFile, "standard input holds no coordinator-public-key and worker-secret-key lines")
+                throw ClusterError(.malformedKeyFile,
+                                   "standard input holds no coordinator-public-key and worker-secret-key lines")
             }
             _ = try Z85.decodeKey(server)
             return Client(keyPair: try CurveKeyPair(secretKey: secret), serverPublicKey: server)
@@ -75,20 +78,27 @@ public enum ClusterSecurity {
     ///
     /// A worker pair of that name that already exists is kept, and this throws `.exists`,
     /// unless `replace` is set: then the new pair replaces it and the old public key leaves
-    /// `authorized_keys`, so the replaced secret key no longer gets in.
+    /// `authorized_keys`, so the replaced secret key no longer gets in. A coordinator key that is
+    /// there must be readable (not, say, a certificate of an earlier version), or nothing is
+    /// written: keys for a coordinator that cannot start would be of no use.
     public static func generate(folder: String, workerName: String = "worker", replace: Bool = false) throws -> [String] {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let coordinatorExists = FileManager.default.fileExists(atPath: folder + "/coordinator.key")
+        if coordinatorExists { _ = try CurveKeyPair.read(secretPath: folder + "/coordinator.key") }
         let secretPath = folder + "/\(workerName).key", publicPath = folder + "/\(workerName).pub"
         var stale: Set<String> = []
         for path in [secretPath, publicPath] where FileManager.default.fileExists(atPath: path) {
             guard replace else {
-                throw CurveKeyError(.exists, "the worker key pair '\(workerName)' exists; give --force to replace it (its public key then leaves authorized_keys), or --name NAME for another pair", path: path)
+                throw ClusterError(.exists, """
+                    the worker key pair '\(workerName)' exists; give --force to replace it (its public key then \
+                    leaves authorized_keys), or --name NAME for another pair
+                    """, path: path)
             }
-            if let key = try? CurveKeyPair.readPublicKey(path: path) { stale.insert(key) }
+            if path == publicPath, let key = try? CurveKeyPair.readPublicKey(path: path) { stale.insert(key) }
             if path == secretPath, let pair = try? CurveKeyPair.read(secretPath: path) { stale.insert(pair.publicKey) }
         }
         var written: [String] = []
-        if !FileManager.default.fileExists(atPath: folder + "/coordinator.key") {
+        if !coordinatorExists {
             try CurveKeyPair.generate().write(secretPath: folder + "/coordinator.key", publicPath: folder + "/coordinator.pub")
             written += [folder + "/coordinator.key", folder + "/coordinator.pub"]
         }
