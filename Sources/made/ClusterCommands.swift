@@ -174,10 +174,13 @@ struct Keygen: ParsableCommand {
     @Flag(help: "Replace an existing worker key pair of that name; its old public key leaves authorized_keys.")
     var force = false
 
-    func run() throws {
+    func validate() throws {
         guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }), !name.isEmpty else {
             throw ValidationError("--name may hold letters, digits, '-', '_' and '.' only")
         }
+    }
+
+    func run() throws {
         for path in try ClusterSecurity.generate(folder: folder, workerName: name, replace: force) { print("wrote \(path)") }
     }
 }

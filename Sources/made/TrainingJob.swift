@@ -25,6 +25,9 @@ struct TrainingJob {
     }
 
     func run() throws {
+        if case .coordinator = role, training.shards == nil, expectedWorkers == nil, cluster.workers == 0 {
+            throw ValidationError("give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends on S, not on how many workers run)")
+        }
         let logger = CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose)
         BLAS.setThreads(runtime.threads)
         // Held until the run ends: no second run writes this checkpoint meanwhile.
@@ -33,10 +36,6 @@ struct TrainingJob {
         let dataPath = try data.path()
         let dataset = try DatasetLoader.load(path: dataPath, options: data.options)
         guard let dimension = dataset.dimension else { throw CommandFailure("\(dataPath): no data") }
-
-        if case .coordinator = role, training.shards == nil, expectedWorkers == nil, cluster.workers == 0 {
-            throw ValidationError("give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends on S, not on how many workers run)")
-        }
         var configuration = try training.configuration(inputCount: dimension, workers: defaultWorkers)
         var state: TrainingState?
         var runID = RunID.make()

@@ -41,6 +41,8 @@ struct SafetyEndToEndTests {
         (["sample", "--checkpoint", "x", "--out", "x.png", "--count", "1000000000000"], "--count"),
         (["sample", "--checkpoint", "x", "--out", "x.png", "--count", "4", "--columns", "1000000000"], "--columns"),
         (["train", "-d", "DATA", "--resume", "--overwrite", "--checkpoint", "x"], "--overwrite"),
+        (["coordinator", "-d", "DATA", "--bind", "tcp://127.0.0.1:0"], "--shards"),
+        (["keygen", "keys", "--name", "../escape"], "--name"),
     ])
     func flags(arguments: [String], flag: String) throws {
         let folder = EndToEnd.folder("flags-\(abs(arguments.joined().hashValue))")

@@ -39,21 +39,37 @@ struct ShardComputerTests {
             .init(step: 3, shard: 0, shardCount: 1, maskSeed: 0, rows: [0], parameters: .absent),
         ]
         for task in bad {
-            #expect(throws: ClusterError.self, "\(task)") { _ = try computer.compute(task) }
+            let error = #expect(throws: ClusterError.self, "\(task)") { _ = try computer.compute(task) }
+            #expect(error?.code == .invalidTask, "\(task): \(String(describing: error))")
         }
         // Block counts that do not add up, or more shards than the run has.
         let packed = FloatPayload.inline(computer.packing(0).pack(ParameterLayout(c.model).initialParameters(seed: 0, as: Float.self)))
         for rowsPerShard: [UInt32] in [[], [1, 1], [2, 2], [1, 1, 1]] {
             let task = WireMessage.Task(step: 9, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1, 2], parameters: packed, rowsPerShard: rowsPerShard)
-            #expect(throws: ClusterError.self, "\(rowsPerShard)") { _ = try computer.compute(task) }
+            let error = #expect(throws: ClusterError.self, "\(rowsPerShard)") { _ = try computer.compute(task) }
+            #expect(error?.code == .invalidTask)
         }
         // A worker without training data refuses training work, even of no rows.
         let bits = (0..<(4 * 6)).map { UInt8($0 % 2) }
         let scoring = ShardComputer(dataset: Dataset(train: nil, valid: DataMatrix(binary: bits, count: 4, dimension: 6), test: nil, source: "test"))
         try scoring.configure(try c.canonicalJSON())
-        #expect(throws: ClusterError.self) {
+        let noTraining = #expect(throws: ClusterError.self) {
             _ = try scoring.compute(.init(step: 1, shard: 0, shardCount: 2, maskSeed: 0, rows: [], parameters: packed))
         }
+        #expect(noTraining?.code == .dataMismatch)
+        // ... and scoring a split it does not hold.
+        let noSplit = #expect(throws: ClusterError.self) {
+            _ = try scoring.compute(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0],
+                                          work: .logLikelihood(split: 2, masks: 1, mode: 0), parameters: dense))
+        }
+        #expect(noSplit?.code == .dataMismatch)
+        // A run description that is not one, or of a model for other data.
+        let garbled = #expect(throws: ClusterError.self) { try scoring.configure(Array("{".utf8)) }
+        #expect(garbled?.code == .invalidTask)
+        var wide = c
+        wide.model.inputCount = 7
+        let other = #expect(throws: ClusterError.self) { try scoring.configure(try wide.canonicalJSON()) }
+        #expect(other?.code == .dataMismatch)
         // A good task still works afterwards.
         let good = WireMessage.Task(step: 4, shard: 0, shardCount: 1, maskSeed: 0, rows: [0, 1, 2], work: .logLikelihood(split: 2, masks: 2, mode: 0),
                                     parameters: dense)

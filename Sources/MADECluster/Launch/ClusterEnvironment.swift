@@ -202,10 +202,24 @@ public struct ClusterError: Error, CustomStringConvertible, Sendable, Equatable 
         public static let security = Code(name: "security")
         /// No worker is there and none can come.
         public static let noWorkers = Code(name: "noWorkers")
+        /// A failure the cases below do not yet name (the coordinator's own checks and the
+        /// shared-memory file's set-up still use it).
         public static let protocolFailure = Code(name: "protocol")
+        /// A task, or the run description before it, that does not fit the run: rows out of
+        /// range, counts that do not add up, an unknown mode, parameters missing or of the
+        /// wrong size, limits exceeded.
+        public static let invalidTask = Code(name: "invalidTask")
+        /// The work needs data this worker does not hold: another dimension, no training data,
+        /// no such split.
+        public static let dataMismatch = Code(name: "dataMismatch")
+        /// Values that are not finite: parameters, a loss or a gradient (training diverged).
+        public static let diverged = Code(name: "diverged")
+        /// The shared-memory file cannot be used: it no longer holds what it must (it shrank
+        /// under the run).
+        public static let sharedMemory = Code(name: "sharedMemory")
         /// A file the run needs (a key file, a key folder) does not exist.
         public static let missingFile = Code(name: "missingFile")
-        /// A file exists but cannot be read (permissions, a directory, too large).
+        /// A file cannot be made, read or written (permissions, a directory, too large).
         public static let io = Code(name: "io")
         /// A key is not 40 characters of Z85 encoding 32 bytes.
         public static let invalidKey = Code(name: "invalidKey")

@@ -124,14 +124,14 @@ public final class ClusterSession {
     static func unlinkedFile(holding text: String) throws -> FileHandle {
         var template = Array((NSTemporaryDirectory() + "/made-keys-XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }   // mode 0600
-        guard fd >= 0 else { throw ClusterError(.security, "cannot make a file for the workers' keys: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ClusterError(.io, "cannot make a file for the workers' keys: \(String(cString: strerror(errno)))") }
         unlink(template)
         let bytes = Array(text.utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         guard written == bytes.count, lseek(fd, 0, SEEK_SET) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
-            throw ClusterError(.security, "cannot write the workers' keys: \(reason)")
+            throw ClusterError(.io, "cannot write the workers' keys: \(reason)")
         }
         return FileHandle(fileDescriptor: fd, closeOnDealloc: true)
     }

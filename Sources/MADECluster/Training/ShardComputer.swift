@@ -69,12 +69,12 @@ public final class ShardComputer {
         do {
             c = try JSONDecoder().decode(TrainingConfiguration.self, from: Data(bytes))
         } catch {
-            throw ClusterError(.protocolFailure, "unreadable run configuration: \(error)")
+            throw ClusterError(.invalidTask, "unreadable run configuration: \(error)")
         }
         try c.validate()
         try MemoryBudget.require(c.trainingBytes, for: "the run's model of \(ParameterLayout(c.model).count) parameters with batch \(c.batchSize)")
         if let dimension = dataset.dimension, dimension != c.model.inputCount {
-            throw ClusterError(.protocolFailure, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
+            throw ClusterError(.dataMismatch, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
         }
         if c != configuration {
             blockBuffers.forEach { $0.deallocate() }
@@ -104,21 +104,21 @@ public final class ShardComputer {
     ///   parameters of the wrong size or not finite, or none for this step), or when its loss
     ///   or gradient is not finite (training diverged).
     public func compute(_ task: WireMessage.Task, shared: SharedSlots? = nil, slot: Int? = nil) throws -> WireMessage.Result {
-        guard let configuration, let engine else { throw ClusterError(.protocolFailure, "a task arrived before the run's configuration") }
+        guard let configuration, let engine else { throw ClusterError(.invalidTask, "a task arrived before the run's configuration") }
         if task.work != .gradient { return try computeJob(task, configuration: configuration, shared: shared) }
         guard task.rows.count <= configuration.batchSize else {
-            throw ClusterError(.protocolFailure, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
+            throw ClusterError(.invalidTask, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
         }
         guard !task.rowsPerShard.isEmpty, task.rowsPerShard.count <= min(configuration.shards, WireFormat.Limits().maxBlockShards),
               task.rowsPerShard.reduce(0, { $0 + Int($1) }) == task.rows.count else {
-            throw ClusterError(.protocolFailure, "a task of \(task.rowsPerShard.count) shards (\(task.rowsPerShard) rows) for \(task.rows.count) rows in a run of \(configuration.shards) shards")
+            throw ClusterError(.invalidTask, "a task of \(task.rowsPerShard.count) shards (\(task.rowsPerShard) rows) for \(task.rows.count) rows in a run of \(configuration.shards) shards")
         }
-        guard train.count > 0 else { throw ClusterError(.protocolFailure, "a training task for a worker without training data") }
+        guard train.count > 0 else { throw ClusterError(.dataMismatch, "a training task for a worker without training data") }
         guard task.rows.allSatisfy({ Int($0) < train.count }) else {
-            throw ClusterError(.protocolFailure, "a task names rows beyond the \(train.count) training examples")
+            throw ClusterError(.invalidTask, "a task names rows beyond the \(train.count) training examples")
         }
         guard task.maskSeeds.count == task.rowsPerShard.count, task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
-            throw ClusterError(.protocolFailure, "a task's mask seeds \(task.maskSeeds) for \(task.rowsPerShard.count) shards are not all among its packing masks \(task.packingSeeds)")
+            throw ClusterError(.invalidTask, "a task's mask seeds \(task.maskSeeds) for \(task.rowsPerShard.count) shards are not all among its packing masks \(task.packingSeeds)")
         }
         let start = ContinuousClock.now
         let packing = engine.masks.packing(union: task.packingSeeds)
@@ -126,7 +126,7 @@ public final class ShardComputer {
         switch task.parameters {
         case .inline(let packed):
             guard packed.count == packing.count else {
-                throw ClusterError(.protocolFailure, "\(packed.count) parameters arrived for \(packing.count) active ones")
+                throw ClusterError(.invalidTask, "\(packed.count) parameters arrived for \(packing.count) active ones")
             }
             parametersKey = nil
             let finite: Bool
@@ -136,11 +136,11 @@ public final class ShardComputer {
                 packing.unpack(packed, into: &stepParameters)
                 finite = packed.allSatisfy(\.isFinite)
             }
-            guard finite else { throw ClusterError(.protocolFailure, "the parameters hold values that are not finite") }
+            guard finite else { throw ClusterError(.diverged, "the parameters hold values that are not finite") }
             parametersKey = (task.step, task.packingSeeds, single ? .engine : .dense)
         case .shared(let slot, let count):
             guard let shared, slot == 0, Int(count) == packing.denseCount, Int(count) <= shared.slotFloats else {
-                throw ClusterError(.protocolFailure, "\(count) parameters in shared memory this worker has not mapped, for \(packing.denseCount)")
+                throw ClusterError(.invalidTask, "\(count) parameters in shared memory this worker has not mapped, for \(packing.denseCount)")
             }
             // The coordinator writes slot 0 only between steps, so it holds still while this step reads it.
             if single {
@@ -150,13 +150,13 @@ public final class ShardComputer {
             parametersKey = (task.step, task.packingSeeds, single ? .inPlace : .sharedDense)
         case .absent:
             guard let key = parametersKey, key.step == task.step, key.packingSeeds == task.packingSeeds else {
-                throw ClusterError(.protocolFailure, "a task for step \(task.step) came without parameters this worker does not hold")
+                throw ClusterError(.invalidTask, "a task for step \(task.step) came without parameters this worker does not hold")
             }
         }
         // A shared-memory file someone shrank would raise SIGBUS where it is read or written.
         if parametersKey!.source.isShared {
             guard let memory = parameterMemory, memory.holds(0), slot.map({ memory.holds($0) }) ?? true else {
-                throw ClusterError(.protocolFailure, "the shared-memory file \(parameterMemory?.path ?? "") shrank: it no longer holds the parameters or this worker's slot")
+                throw ClusterError(.sharedMemory, "the shared-memory file \(parameterMemory?.path ?? "") shrank: it no longer holds the parameters or this worker's slot")
             }
         }
         let source = parametersKey!.source
@@ -173,7 +173,7 @@ public final class ShardComputer {
         }
         // The wire carries finite values only: a diverged shard is reported as failed, not sent.
         guard loss.isFinite, payload.inlineValues?.allSatisfy(\.isFinite) ?? true else {
-            throw ClusterError(.protocolFailure, "the \(loss.isFinite ? "gradient" : "loss") of step \(task.step), shard \(task.shard) is not finite: training diverged; a smaller --lr may help")
+            throw ClusterError(.diverged, "the \(loss.isFinite ? "gradient" : "loss") of step \(task.step), shard \(task.shard) is not finite: training diverged; a smaller --lr may help")
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         let digest = WireFormat.blockDigest(task.maskSeeds.map { engine.masks.packing($0).digest })
@@ -232,21 +232,21 @@ public final class ShardComputer {
     ///   every mask `k` then every row (`[mask][row]`), mode 1 the logit-averaged value per row.
     /// - Sample: batch `task.shard` of `count` samples; method 0 is cached, 1 naive.
     func computeJob(_ task: WireMessage.Task, configuration c: TrainingConfiguration, shared: SharedSlots?) throws -> WireMessage.Result {
-        guard task.rowsPerShard.count == 1 else { throw ClusterError(.protocolFailure, "scoring and sampling take one shard per task") }
+        guard task.rowsPerShard.count == 1 else { throw ClusterError(.invalidTask, "scoring and sampling take one shard per task") }
         let start = ContinuousClock.now
         let dense = ParameterLayout(c.model).count
         switch task.parameters {
         case .inline(let values):
-            guard values.count == dense else { throw ClusterError(.protocolFailure, "\(values.count) parameters arrived for \(dense)") }
+            guard values.count == dense else { throw ClusterError(.invalidTask, "\(values.count) parameters arrived for \(dense)") }
             denseParameters = values
         case .shared(let slot, let count):
             guard let shared, slot == 0, Int(count) == dense, dense <= shared.slotFloats, shared.holds(0), let values = shared.read(0, count: dense) else {
-                throw ClusterError(.protocolFailure, "dense parameters in shared memory this worker cannot read")
+                throw ClusterError(.invalidTask, "dense parameters in shared memory this worker cannot read")
             }
             denseParameters = values
         case .absent:
             guard denseKey == task.step, denseParameters.count == dense else {
-                throw ClusterError(.protocolFailure, "a task for job \(task.step) came without parameters this worker does not hold")
+                throw ClusterError(.invalidTask, "a task for job \(task.step) came without parameters this worker does not hold")
             }
         }
         denseKey = task.step
@@ -255,14 +255,15 @@ public final class ShardComputer {
         case .gradient:
             preconditionFailure("gradients are computed by compute(_:shared:slot:)")
         case .logLikelihood(let split, let masks, let mode):
-            guard let data = DataSplit(rawValue: split)?.rows(of: dataset) else {
-                throw ClusterError(.protocolFailure, "no split \(split) in this worker's data")
+            guard let known = DataSplit(rawValue: split) else { throw ClusterError(.invalidTask, "unknown split \(split)") }
+            guard let data = known.rows(of: dataset) else {
+                throw ClusterError(.dataMismatch, "no split \(split) in this worker's data")
             }
             guard let first = task.rows.first, let last = task.rows.last, first <= last, Int(last) < data.count,
                   task.rows == Array(first...last) else {
-                throw ClusterError(.protocolFailure, "a scoring task needs a contiguous, ascending range of the split's rows")
+                throw ClusterError(.invalidTask, "a scoring task needs a contiguous, ascending range of the split's rows")
             }
-            guard masks <= Self.maxMasks else { throw ClusterError(.protocolFailure, "an ensemble of \(masks) masks (at most \(Self.maxMasks))") }
+            guard masks <= Self.maxMasks else { throw ClusterError(.invalidTask, "an ensemble of \(masks) masks (at most \(Self.maxMasks))") }
             let rows = data.rows(task.rows.map(Int.init))
             var evaluator = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
             evaluator.kernel = c.kernel
@@ -274,14 +275,14 @@ public final class ShardComputer {
             case .logits:
                 values = evaluator.logitAveragedLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).map { Float($0) }
             case nil:
-                throw ClusterError(.protocolFailure, "unknown ensemble mode \(mode)")
+                throw ClusterError(.invalidTask, "unknown ensemble mode \(mode)")
             }
         case .sample(let count, let masks, let seed, let method):
             guard masks <= Self.maxMasks, count <= Self.maxSampleBatch else {
-                throw ClusterError(.protocolFailure, "a sampling batch of \(count) samples and \(masks) masks (at most \(Self.maxSampleBatch) and \(Self.maxMasks))")
+                throw ClusterError(.invalidTask, "a sampling batch of \(count) samples and \(masks) masks (at most \(Self.maxSampleBatch) and \(Self.maxMasks))")
             }
             guard let m = Sampler<Float>.Method(wireCode: method) else {
-                throw ClusterError(.protocolFailure, "unknown sampling method \(method)")
+                throw ClusterError(.invalidTask, "unknown sampling method \(method)")
             }
             var sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
             sampler.batchSize = Int(count)
@@ -290,7 +291,7 @@ public final class ShardComputer {
         }
         // Per-mask log-likelihoods are float sums, so Float carries them exactly; samples are floats.
         guard values.allSatisfy(\.isFinite) else {
-            throw ClusterError(.protocolFailure, "values of job \(task.step) that are not finite: the parameters are not finite (training diverged)")
+            throw ClusterError(.diverged, "values of job \(task.step) that are not finite: the parameters are not finite (training diverged)")
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 0,
