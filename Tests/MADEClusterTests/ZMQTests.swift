@@ -606,6 +606,20 @@ struct ZMQKeyFileErrorTests {
                 == ["clients", "coordinator.key", "coordinator.pub"])
     }
 
+    @Test("a key folder that cannot be made is an error with the reason, naming the part at fault")
+    func unmakeableFolder() throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let plain = try file("plain", "not a folder\n", in: directory)
+        let under = #expect(throws: ClusterError.self) { try ClusterSecurity.generate(folder: plain + "/keys") }
+        #expect(under?.code == .io)
+        #expect(under?.description.contains(plain + "/keys") == true && under?.description.contains("Not a directory") == true)
+        let itself = #expect(throws: ClusterError.self) { try ClusterSecurity.generate(folder: plain) }
+        #expect(itself?.code == .io && itself?.description.contains(plain) == true)
+        let written = try ClusterSecurity.generate(folder: directory + "/a/b")
+        #expect(written.count == 5 && FileManager.default.fileExists(atPath: directory + "/a/b/authorized_keys"))
+    }
+
     @Test("authorized-key errors name the file at fault")
     func badAuthorizedKeys() throws {
         let directory = try temporaryDirectory()

@@ -214,8 +214,8 @@ public struct ClusterError: Error, CustomStringConvertible, Sendable, Equatable 
         public static let dataMismatch = Code(name: "dataMismatch")
         /// Values that are not finite: parameters, a loss or a gradient (training diverged).
         public static let diverged = Code(name: "diverged")
-        /// The shared-memory file cannot be used: it no longer holds what it must (it shrank
-        /// under the run).
+        /// A shared-memory slot file that cannot be used: it cannot be made, sized, opened or
+        /// mapped, or no longer holds what it must (it shrank under the run).
         public static let sharedMemory = Code(name: "sharedMemory")
         /// A file the run needs (a key file, a key folder) does not exist.
         public static let missingFile = Code(name: "missingFile")

@@ -82,7 +82,7 @@ public enum ClusterSecurity {
     /// there must be readable (not, say, a certificate of an earlier version), or nothing is
     /// written: keys for a coordinator that cannot start would be of no use.
     public static func generate(folder: String, workerName: String = "worker", replace: Bool = false) throws -> [String] {
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try makeFolder(folder)
         let coordinatorExists = FileManager.default.fileExists(atPath: folder + "/coordinator.key")
         if coordinatorExists { _ = try CurveKeyPair.read(secretPath: folder + "/coordinator.key") }
         let secretPath = folder + "/\(workerName).key", publicPath = folder + "/\(workerName).pub"
@@ -120,5 +120,22 @@ public enum ClusterSecurity {
         try AtomicFile.write(text, to: authorized, mode: 0o644)
         written.append(authorized)
         return written
+    }
+
+    /// Makes `folder` and its missing parents, as `mkdir -p` does.
+    ///
+    /// - Throws: ``ClusterError/Code/io`` naming the part that could not be made, and why.
+    private static func makeFolder(_ folder: String) throws {
+        var path = folder.hasPrefix("/") ? "" : "."
+        for component in folder.split(separator: "/") {
+            path += "/" + component
+            guard mkdir(path, 0o777) == 0 || errno == EEXIST else {
+                throw ClusterError(.io, "cannot make the key folder: \(String(cString: strerror(errno)))", path: path)
+            }
+        }
+        var info = stat()
+        guard stat(folder, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw ClusterError(.io, "cannot make the key folder: something else of that name is there", path: folder)
+        }
     }
 }
