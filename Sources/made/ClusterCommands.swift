@@ -82,7 +82,8 @@ struct WorkerArguments: ParsableArguments {
     func run<Role>(data: DataArguments<Role>, runtime: RuntimeArguments, environment: ClusterEnvironment?) throws {
         let logger = CommandLineSupport.bootstrap(label: "made.worker", verbose: runtime.verbose)
         BLAS.setThreads(runtime.threads)
-        let endpoint = try endpoint(environment: environment)
+        // No way to find the coordinator: said before anything is loaded.
+        if connect == nil, endpointFile == nil, environment == nil { _ = try endpoint(environment: nil) }
         let dataset: Dataset
         if noData {
             dataset = Dataset(train: nil, valid: nil, test: nil, source: "no data")
@@ -92,6 +93,9 @@ struct WorkerArguments: ParsableArguments {
         } else {
             dataset = try DatasetLoader.load(path: try data.path(), options: data.options)
         }
+        // Waited for once the data is in: a coordinator started alongside loads its own data
+        // before it writes its endpoint, and --coordinator-timeout is the time spent waiting.
+        let endpoint = try endpoint(environment: environment)
         let computer = ShardComputer(dataset: dataset)
         var options = ClusterWorker.Options(connect: endpoint, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
         if let keys { options.security = try ClusterSecurity.Client.load(folder: keys, name: keyName) }
