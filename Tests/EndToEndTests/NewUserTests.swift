@@ -210,7 +210,10 @@ struct NewUserTests {
           .enabled(if: FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")))
     func launchLocalFindsData() throws {
         let folder = EndToEnd.folder("launch-default-data")
-        let (code, out) = try EndToEnd.script("cluster/launch-local.sh", ["1", "-q", "4", "--epochs", "0"], folder: folder, name: "launch")
+        // The coordinator reads and fingerprints the whole data set before it writes its endpoint, which a
+        // debug build on a loaded machine can take longer than the workers' default minute to do.
+        let (code, out) = try EndToEnd.script("cluster/launch-local.sh", ["1", "-q", "4", "--epochs", "0"], folder: folder, name: "launch",
+                                              environment: ["MADE_COORDINATOR_TIMEOUT": "600"])
         #expect(code == 0, "\(out)")
         #expect(out.contains("fashion-mnist") && out.contains("test_nll="), "\(out)")
     }
