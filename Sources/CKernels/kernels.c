@@ -1,8 +1,15 @@
+#define _GNU_SOURCE
 #include "made_kernels.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 
 /* Each hot kernel is built twice, for AVX2 and for the baseline; the loader picks one at run time.
  * Without FMA contraction both do the same IEEE-754 operations, so they give the same bits. */
@@ -429,4 +436,98 @@ void made_binarize_stochastic_u8(size_t n, unsigned char *restrict pixels, uint6
         pixels[i] = (result >> 40) * 255 < ((uint64_t)pixels[i] << 24) ? 1 : 0;
     }
     state[0] = s0; state[1] = s1; state[2] = s2; state[3] = s3;
+}
+
+/* The SIGBUS guard over shared mappings (see made_kernels.h). An entry is free (0), being
+ * filled (1) or guarded (2); only a guarded entry is read by the handler, and its base and length
+ * are stored before it turns guarded. */
+enum { guard_free = 0, guard_filling = 1, guard_active = 2 };
+
+typedef struct {
+    _Atomic int state;
+    _Atomic uintptr_t base;
+    _Atomic size_t length;
+    _Atomic int faulted;
+} guarded_mapping;
+
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2, "the SIGBUS handler needs lock-free atomics");
+
+static guarded_mapping guarded[MADE_GUARD_MAPPINGS];
+/* The SIGBUS disposition before the guard's, for faults outside every guarded mapping. */
+static struct sigaction previous_bus;
+/* 0 not installed, 1 installing, 2 installed, 3 failed. */
+static _Atomic int guard_installed;
+
+static void guard_sigbus(int signal, siginfo_t *info, void *context) {
+    (void)context;
+    int saved_errno = errno;
+    /* si_code > 0: a fault of this thread's access (not a signal another process sent). */
+    if (info && info->si_code > 0) {
+        uintptr_t address = (uintptr_t)info->si_addr;
+        for (int i = 0; i < MADE_GUARD_MAPPINGS; i++) {
+            if (atomic_load_explicit(&guarded[i].state, memory_order_acquire) != guard_active) continue;
+            uintptr_t base = atomic_load_explicit(&guarded[i].base, memory_order_relaxed);
+            size_t length = atomic_load_explicit(&guarded[i].length, memory_order_relaxed);
+            if (address - base >= length) continue;
+            void *zero = mmap((void *)base, length, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (zero == MAP_FAILED) break;
+            atomic_store_explicit(&guarded[i].faulted, 1, memory_order_release);
+            errno = saved_errno;
+            return;
+        }
+    }
+    /* Not a guarded mapping's: the earlier disposition takes this SIGBUS. A fault happens again
+     * when the access is retried on return; a sent signal is raised again. */
+    sigaction(SIGBUS, &previous_bus, NULL);
+    if (!info || info->si_code <= 0) raise(signal);
+    errno = saved_errno;
+}
+
+static int guard_install(void) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&guard_installed, &expected, 1)) {
+        struct sigaction action;
+        memset(&action, 0, sizeof action);
+        action.sa_sigaction = guard_sigbus;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+        sigemptyset(&action.sa_mask);
+        /* The earlier disposition is read whole before the handler can run. */
+        int ok = sigaction(SIGBUS, NULL, &previous_bus) == 0 && sigaction(SIGBUS, &action, NULL) == 0;
+        atomic_store(&guard_installed, ok ? 2 : 3);
+    }
+    int state;
+    while ((state = atomic_load(&guard_installed)) == 1) sched_yield();
+    return state == 2;
+}
+
+int made_guard_register(void *base, size_t length) {
+    if (!base || length == 0 || !guard_install()) return -1;
+    for (int i = 0; i < MADE_GUARD_MAPPINGS; i++) {
+        int expected = guard_free;
+        if (!atomic_compare_exchange_strong(&guarded[i].state, &expected, guard_filling)) continue;
+        atomic_store_explicit(&guarded[i].base, (uintptr_t)base, memory_order_relaxed);
+        atomic_store_explicit(&guarded[i].length, length, memory_order_relaxed);
+        atomic_store_explicit(&guarded[i].faulted, 0, memory_order_relaxed);
+        atomic_store_explicit(&guarded[i].state, guard_active, memory_order_release);
+        return i;
+    }
+    return -1;
+}
+
+int made_guard_faulted(int handle) {
+    if (handle < 0 || handle >= MADE_GUARD_MAPPINGS) return 0;
+    return atomic_load_explicit(&guarded[handle].faulted, memory_order_acquire);
+}
+
+void made_guard_unregister(int handle) {
+    if (handle < 0 || handle >= MADE_GUARD_MAPPINGS) return;
+    int expected = guard_active;
+    atomic_compare_exchange_strong(&guarded[handle].state, &expected, guard_free);
+}
+
+int made_allocate_in_place(int fd, int64_t offset, int64_t length) {
+    int status;
+    do status = fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+    while (status != 0 && errno == EINTR);
+    return status == 0 ? 0 : errno;
 }

@@ -70,6 +70,44 @@ struct ClusterSafetyTests {
         #expect(!slots.holds(-1) && !slots.holds(99))
     }
 
+    @Test("a slot file cut under its mappings: touching them reads zero pages and sets their faulted flag instead of raising SIGBUS")
+    func accessAfterTruncate() throws {
+        let slots = try SharedSlots.create(slotFloats: 1024, workerSlots: 2)
+        #expect(slots.reserve(1))
+        let worker = try SharedSlots.open(.init(path: slots.path, slot: 1, slotFloats: 1024))
+        let other = try SharedSlots.create(slotFloats: 1024, workerSlots: 1)
+        #expect(other.reserve(1))
+        worker.withSlot(1, count: 1024) { $0.update(repeating: 2.5) }
+        #expect(slots.read(1, count: 1024) == [Float](repeating: 2.5, count: 1024))
+        #expect(!slots.faulted && !worker.faulted && slots.holds(1) && worker.holds(1))
+        #expect(truncate(slots.path, 0) == 0)
+        // As in a step: the worker writes its slot, then the coordinator reads it, both past the file's end now.
+        worker.withSlot(1, count: 1024) { $0.update(repeating: 7) }
+        #expect(worker.faulted && !worker.holds(0) && !worker.holds(1))
+        let seen = slots.withSlot(1, count: 1024) { Array($0) }
+        #expect(seen == [Float](repeating: 0, count: 1024))
+        #expect(slots.faulted && !slots.holds(0) && !slots.holds(1))
+        #expect(slots.read(1, count: 1024) == nil)
+        // Every later access goes to the zero pages, without another fault.
+        slots.withSlot(0, count: 4) { $0.update(repeating: 1) }
+        #expect(slots.withSlot(0, count: 4) { Array($0) } == [1, 1, 1, 1])
+        // The file grown back to its size is not trusted again, nor grown by a reservation.
+        #expect(truncate(slots.path, 3 * 1024 * 4) == 0)
+        #expect(!slots.holds(0) && !worker.holds(1) && !slots.reserve(2))
+        // Another mapping is untouched by this one's fault.
+        other.withSlot(1, count: 4) { $0.update(repeating: 3) }
+        #expect(!other.faulted && other.holds(1) && other.read(1, count: 4) == [3, 3, 3, 3])
+    }
+
+    @Test("reserving a slot never grows a file cut short: the slot is refused and the file keeps its length")
+    func reserveKeepsSize() throws {
+        let slots = try SharedSlots.create(slotFloats: 1024, workerSlots: 3)
+        #expect(truncate(slots.path, 1024 * 4 * 2) == 0)
+        #expect(slots.reserve(1) && !slots.reserve(3))
+        var info = stat()
+        #expect(stat(slots.path, &info) == 0 && info.st_size == 1024 * 4 * 2)
+    }
+
     @Test("the host secret is this user's, 0600, the same in every call, and refused when the file is not private")
     func hostSecret() throws {
         let folder = Self.folder("secret")

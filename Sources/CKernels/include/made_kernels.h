@@ -123,4 +123,35 @@ void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, co
                                      const int *restrict input_start, const int *restrict input_rows,
                                      const float *restrict delta, size_t ldd, float *restrict dst);
 
+/* A guard over shared-memory mappings whose file another process may shrink.
+ *
+ * Touching a page of a MAP_SHARED mapping past the end of its file raises SIGBUS, and no check
+ * before the access can close the race with a `truncate` in another process. A mapping registered
+ * here is covered by a SIGBUS handler (installed once, on the first registration; the disposition
+ * it replaces is kept): a fault inside it maps anonymous zero pages over the whole mapping
+ * (MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, the same address and length), sets the mapping's
+ * faulted flag and returns, so the access resumes on memory that no longer belongs to the file.
+ * Any other SIGBUS gets the disposition there was before: the faulting access runs again under it
+ * (a signal sent with kill is raised again). The handler does only atomic loads and stores and
+ * one mmap: async-signal-safe, lock-free.
+ *
+ * After a fault the mapping's contents are meaningless: whoever computed on or wrote into it must
+ * throw the work away. Unregister before unmapping. At most MADE_GUARD_MAPPINGS mappings at once. */
+#define MADE_GUARD_MAPPINGS 256
+
+/* Registers [base, base + length); returns a handle >= 0, or -1 when the handler cannot be
+ * installed, the arguments are empty or the table is full. */
+int made_guard_register(void *base, size_t length);
+
+/* 1 once a SIGBUS inside the mapping of `handle` replaced it with zero pages, else 0. */
+int made_guard_faulted(int handle);
+
+/* Ends the guard of `handle`; the mapping may be unmapped afterwards. */
+void made_guard_unregister(int handle);
+
+/* Allocates the file's bytes offset ..< offset + length without changing its size (fallocate with
+ * FALLOC_FL_KEEP_SIZE): bytes past the file's end stay past it, so a file someone shrank is not
+ * grown back under the mappings that hold it. Returns 0, or the errno (ENOSPC when full). */
+int made_allocate_in_place(int fd, int64_t offset, int64_t length);
+
 #endif

@@ -232,12 +232,16 @@ public final class ClusterCoordinator {
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
-        if stepValuesLost || results.contains(where: { result in
-            guard case .shared(let slot, _) = result.values, inPlace[slot] == result.shard else { return false }
-            return !sharedIntact(Int(slot))
-        }) {
-            // Accepted gradients lay in a shared-memory file that shrank since: the step is
-            // computed again, over the socket (the same bits, as every shard is recomputed).
+        /// Whether an accepted gradient lay in a shared-memory file that shrank (before it was
+        /// copied out, or before or while it was summed where it lies).
+        func lost() -> Bool {
+            stepValuesLost || results.contains { result in
+                guard case .shared(let slot, _) = result.values, inPlace[slot] == result.shard else { return false }
+                return !sharedIntact(Int(slot))
+            }
+        }
+        /// The step computed again over the socket: the same bits, as every shard is recomputed.
+        func recompute() throws {
             logger.warning("recomputing a step whose gradients were lost with the shared-memory file", metadata: ["step": "\(plan.step)"])
             stepValuesLost = false
             machinePlan.sharedResultCount = nil
@@ -245,13 +249,35 @@ public final class ClusterCoordinator {
                 count: packing.count, sharedCount: packing.denseCount, shared: nil, fillShared: { _ in },
                 fill: { packing.pack(parameters, into: $0, threads: threads) }))
         }
-        let lossSum = GradientReducer.reduce(results.map(\.lossSum))
+        if lost() { try recompute() }
+        var finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds)
+        // The file may shrink while the sum reads the slots: the zero pages read then (see
+        // SharedSlots) are found here, and the step is computed again over the socket.
+        if lost() {
+            try recompute()
+            finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds)
+        }
+        guard finite else {
+            denseGradientMasks = nil
+            throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this host wrote values that are not finite, or training diverged")
+        }
+        denseGradientMasks = packingSeeds
+        return (denseGradient, GradientReducer.reduce(results.map(\.lossSum)))
+    }
+
+    /// Sums the gradients of `results` into ``denseGradient`` in the fixed tree order: packed
+    /// ones unpacked, the others read in their slots (`inPlace`) or in the scratch buffers they
+    /// were copied to. Returns whether the sum is finite (checked for dense sums only; packed
+    /// values were checked as they arrived).
+    private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking, packingSeeds: [UInt64]) -> Bool {
+        let threads = self.threads
         let dense = packing.denseCount
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
         if results.allSatisfy({ $0.values.inlineValues != nil }) {
             var gradients = results.map { $0.values.inlineValues! }
             GradientReducer.reduce(&gradients, threads: threads)
             packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != packingSeeds, threads: threads)
+            return true
         } else {
             // Dense sums: masked-out entries are +0 in every term, so they stay +0.
             var terms: [UnsafeMutablePointer<Float>] = []
@@ -270,16 +296,10 @@ public final class ClusterCoordinator {
                     preconditionFailure("the state machine accepts no result without values")
                 }
             }
-            let finite = denseGradient.withUnsafeMutableBufferPointer {
+            return denseGradient.withUnsafeMutableBufferPointer {
                 GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
             }
-            guard finite else {
-                denseGradientMasks = nil
-                throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this host wrote values that are not finite, or training diverged")
-            }
         }
-        denseGradientMasks = packingSeeds
-        return (denseGradient, lossSum)
     }
 
     /// Most shards of a step one worker sums before answering (the wire's limit).
@@ -465,7 +485,8 @@ public final class ClusterCoordinator {
                     shared.withSlot(0, count: sharedCount) { fillShared($0) }
                     inSharedMemory = true
                 }
-                return .shared(slot: 0, count: UInt32(sharedCount))
+                // Written whole into the file, not into the zero pages of a file cut meanwhile.
+                if shared.holds(0) { return .shared(slot: 0, count: UInt32(sharedCount)) }
             }
             if array == nil {
                 array = [Float](unsafeUninitializedCapacity: count) { buffer, n in
@@ -534,11 +555,11 @@ public final class ClusterCoordinator {
                 try perform(machine.sharedSlotReserved(by: peer, reserved, now: now), parameters: parameters)
             case .saveSharedResult(let slot, let shard):
                 if let shared {
+                    // Checked after the copy too: a file cut during it leaves zero pages (SharedSlots).
                     if sharedIntact(Int(slot)) {
                         scratch(Int(shard)).update(from: shared.pointer(Int(slot)), count: layout.count)
-                    } else {
-                        stepValuesLost = true
                     }
+                    if !sharedIntact(Int(slot)) { stepValuesLost = true }
                 }
             case .assign(let peer, var task, let route):
                 if let route, let parameters {

@@ -107,6 +107,15 @@ public final class ClusterWorker {
                         let result = try computer.compute(task, shared: shared, slot: slot)
                         tasksComputed += 1
                         try perform(machine.computed(result, now: now))
+                    } catch let error as ClusterError where error.code == .sharedMemory {
+                        // The file shrank under this worker: the task fails, and the worker
+                        // goes on over the socket (a hello without a host id takes back its slot).
+                        logger.warning("the shared-memory file shrank; this worker uses the socket from now on",
+                                       metadata: ["reason": "\(error)"])
+                        try perform(machine.taskFailed(task, reason: "\(error)", now: now))
+                        shared = nil
+                        slot = nil
+                        try perform(machine.declineSharedMemory(now: now))
                     } catch {
                         logger.warning("task failed", metadata: ["reason": "\(error)"])
                         try perform(machine.taskFailed(task, reason: "\(error)", now: now))

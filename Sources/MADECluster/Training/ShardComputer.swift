@@ -153,17 +153,24 @@ public final class ShardComputer {
                 throw ClusterError(.invalidTask, "a task for step \(task.step) came without parameters this worker does not hold")
             }
         }
-        // A shared-memory file someone shrank would raise SIGBUS where it is read or written.
-        if parametersKey!.source.isShared {
-            guard let memory = parameterMemory, memory.holds(0), slot.map({ memory.holds($0) }) ?? true else {
-                throw ClusterError(.sharedMemory, "the shared-memory file \(parameterMemory?.path ?? "") shrank: it no longer holds the parameters or this worker's slot")
-            }
-        }
         let source = parametersKey!.source
+        // The shared-memory file may shrink under the task (`truncate`): checked before the
+        // parameters and the slot are touched, and again after, since an access that faulted
+        // read or wrote zero pages (SharedSlots, the SIGBUS guard) and the result is void.
+        let writesSlot = source.isShared && shared != nil && (slot ?? 0) > 0 && packing.denseCount <= shared!.slotFloats
+        func requireSharedMemory() throws {
+            guard source.isShared else { return }
+            if let memory = parameterMemory, memory.holds(0), !writesSlot || shared!.holds(slot!) { return }
+            let path = parameterMemory?.path ?? shared?.path ?? ""
+            parametersKey = nil
+            parameterMemory = nil
+            throw ClusterError(.sharedMemory, "the shared-memory file \(path) shrank: it no longer holds the parameters or this worker's slot")
+        }
+        try requireSharedMemory()
         let payload: FloatPayload
         let loss: Double
         // With several masks each shard's gradient is masked by its own mask, so the block's sum is +0 outside their union.
-        if source.isShared, let shared, let slot, slot > 0, packing.denseCount <= shared.slotFloats {
+        if writesSlot, let shared, let slot {
             loss = shared.withSlot(slot, count: packing.denseCount) { blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true) }
             payload = .shared(slot: UInt32(slot), count: UInt32(packing.denseCount))
         } else {
@@ -171,6 +178,7 @@ public final class ShardComputer {
             loss = gradient.withUnsafeMutableBufferPointer { blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: !single) }
             payload = .inline(packing.pack(gradient))
         }
+        try requireSharedMemory()
         // The wire carries finite values only: a diverged shard is reported as failed, not sent.
         guard loss.isFinite, payload.inlineValues?.allSatisfy(\.isFinite) ?? true else {
             throw ClusterError(.diverged, "the \(loss.isFinite ? "gradient" : "loss") of step \(task.step), shard \(task.shard) is not finite: training diverged; a smaller --lr may help")
@@ -240,8 +248,17 @@ public final class ShardComputer {
             guard values.count == dense else { throw ClusterError(.invalidTask, "\(values.count) parameters arrived for \(dense)") }
             denseParameters = values
         case .shared(let slot, let count):
-            guard let shared, slot == 0, Int(count) == dense, dense <= shared.slotFloats, shared.holds(0), let values = shared.read(0, count: dense) else {
-                throw ClusterError(.invalidTask, "dense parameters in shared memory this worker cannot read")
+            guard let shared, slot == 0, Int(count) == dense, dense <= shared.slotFloats else {
+                throw ClusterError(.invalidTask, "dense parameters in shared memory this worker has not mapped")
+            }
+            guard shared.holds(0) else {
+                throw ClusterError(.sharedMemory, "the shared-memory file \(shared.path) shrank: it no longer holds the parameters")
+            }
+            // Read whole and finite, the file still whole after the copy (SharedSlots.read).
+            guard let values = shared.read(0, count: dense) else {
+                throw ClusterError(shared.holds(0) ? .diverged : .sharedMemory,
+                                   shared.holds(0) ? "dense parameters in shared memory that are not finite"
+                                       : "the shared-memory file \(shared.path) shrank while this worker read the parameters")
             }
             denseParameters = values
         case .absent:

@@ -19,6 +19,14 @@ import Glibc
 ///
 /// The file lives in `/dev/shm` (memory, not disk), is readable by its owner only, and is
 /// removed when the coordinator's instance goes away.
+///
+/// Another process of the user may shrink the file under a run (`truncate -s 0`). Touching a
+/// mapped page past the file's new end raises SIGBUS, and no check before the access can close
+/// that race, so every mapping is registered with the SIGBUS guard of `CKernels`
+/// (`made_guard_register`): a fault inside it maps zero pages over the whole mapping, which from
+/// then on belongs to no file, and the access goes on. Whoever reads or writes a slot checks
+/// ``holds(_:)`` after the access as well as before: once the file shrank (or an access faulted)
+/// the values are meaningless, and the work is thrown away rather than trusted.
 public final class SharedSlots {
     public let path: String
     public let slotFloats: Int
@@ -29,6 +37,8 @@ public final class SharedSlots {
     private let owner: Bool
     /// The open file: the owner reserves slots through it, and both sides check its size.
     private let descriptor: Int32
+    /// The mapping's entry in the SIGBUS guard.
+    private let guardHandle: Int32
 
     /// The folder slot files live in.
     public static let folder = "/dev/shm"
@@ -40,7 +50,8 @@ public final class SharedSlots {
         return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.count <= 10 && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }
     }
 
-    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int, owner: Bool, descriptor: Int32) {
+    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int, owner: Bool,
+                 descriptor: Int32, guardHandle: Int32) {
         self.path = path
         self.slotFloats = slotFloats
         self.slotCount = slotCount
@@ -48,9 +59,11 @@ public final class SharedSlots {
         self.byteCount = byteCount
         self.owner = owner
         self.descriptor = descriptor
+        self.guardHandle = guardHandle
     }
 
     deinit {
+        made_guard_unregister(guardHandle)
         munmap(base, byteCount)
         close(descriptor)
         if owner { unlink(path) }
@@ -58,10 +71,11 @@ public final class SharedSlots {
 
     /// Allocates the memory of slot `slot` now, so that a full `/dev/shm` is an answer here
     /// (false: the slot must not be used) rather than a SIGBUS when the slot is first written.
+    /// Never grows the file: a slot of a file that shrank is not reserved.
     public func reserve(_ slot: Int) -> Bool {
-        guard owner, slot >= 0, slot < slotCount else { return false }
+        guard owner, holds(slot) else { return false }
         let bytes = slotFloats * 4
-        return posix_fallocate(descriptor, off_t(slot * bytes), off_t(bytes)) == 0
+        return made_allocate_in_place(descriptor, Int64(slot * bytes), Int64(bytes)) == 0 && holds(slot)
     }
 
     /// Removes slot files left in `folder` by coordinators that died without cleaning up.
@@ -95,8 +109,15 @@ public final class SharedSlots {
             unlink(path)
             throw ClusterError(.protocolFailure, "cannot map \(path): \(e)")
         }
+        let handle = made_guard_register(base, bytes)
+        guard handle >= 0 else {
+            munmap(base, bytes)
+            unlink(path)
+            throw ClusterError(.protocolFailure, "cannot guard the mapping of \(path) against the file shrinking")
+        }
         keep = true
-        let slots = SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes, owner: true, descriptor: fd)
+        let slots = SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes, owner: true,
+                                descriptor: fd, guardHandle: handle)
         guard slots.reserve(0) else {
             throw ClusterError(.protocolFailure, "no room in \(folder) for the parameters' slot")
         }
@@ -133,15 +154,27 @@ public final class SharedSlots {
         guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
             throw ClusterError(.protocolFailure, "cannot map \(grant.path): \(String(cString: strerror(errno)))")
         }
+        let handle = made_guard_register(base, bytes)
+        guard handle >= 0 else {
+            munmap(base, bytes)
+            throw ClusterError(.protocolFailure, "cannot guard the mapping of \(grant.path) against the file shrinking")
+        }
         keep = true
-        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes, owner: false, descriptor: fd)
+        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes,
+                           owner: false, descriptor: fd, guardHandle: handle)
     }
 
-    /// Whether the file still holds slot `slot` whole. Reading or writing a mapped page past
-    /// the end of a file that was shrunk (`truncate -s 0`) raises SIGBUS; check this before
-    /// touching a slot, and treat a slot that is gone as a bad result rather than a crash.
+    /// Whether an access to this mapping faulted because the file shrank: the SIGBUS guard then
+    /// put zero pages in its place, and nothing read from it or written to it since counts.
+    /// Once true it stays true.
+    public var faulted: Bool { made_guard_faulted(guardHandle) != 0 }
+
+    /// Whether slot `slot` is still the file's, whole: no access to the mapping faulted and the
+    /// file is long enough. Check it before touching a slot, so a shrunk file is found early,
+    /// and again after reading or writing one: a file cut during the access leaves zero pages
+    /// (see ``faulted``), and what was computed there is a bad result, not a crash.
     public func holds(_ slot: Int) -> Bool {
-        guard slot >= 0, slot < slotCount else { return false }
+        guard slot >= 0, slot < slotCount, !faulted else { return false }
         var info = stat()
         guard fstat(descriptor, &info) == 0 else { return false }
         return Int(info.st_size) >= (slot + 1) * slotFloats * 4
@@ -160,9 +193,11 @@ public final class SharedSlots {
         return (base + slot * slotFloats * 4).assumingMemoryBound(to: Float.self)
     }
 
-    /// A copy of the first `count` values of slot `slot`, or nil if any is not finite.
+    /// A copy of the first `count` values of slot `slot`, or nil if any is not finite or the
+    /// slot was not the file's whole before and after the copy (``holds(_:)``).
     public func read(_ slot: Int, count: Int) -> [Float]? {
-        withSlot(slot, count: count) { buffer in
+        guard holds(slot) else { return nil }
+        let values: [Float]? = withSlot(slot, count: count) { buffer in
             var finite = true
             let values = [Float](unsafeUninitializedCapacity: count) { out, n in
                 if count > 0 { finite = made_copy_finite_f32(count, buffer.baseAddress!, out.baseAddress!) != 0 }
@@ -170,6 +205,7 @@ public final class SharedSlots {
             }
             return finite ? values : nil
         }
+        return holds(slot) ? values : nil
     }
 
     /// An id of this host and user as seen from the network, for the coordinator listening at
