@@ -231,6 +231,47 @@ struct ClusterProcessTests {
         #expect(survivor.wait(timeout: 10) == 0)
     }
 
+    @Test("local workers killed with SIGKILL mid-run: one, and the other takes its shards at once; both, and the run stops at once with an error naming them and resumes bit-identical from its checkpoint",
+          arguments: [1, 2])
+    func killLocalWorkers(killed: Int) throws {
+        let folder = EndToEnd.folder("killlocal\(killed)")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try Self.reference(folder, data: data, epochs: 200)
+        let checkpoint = folder + "/run.ckpt"
+        let flags = ["train", "--workers", "2", "--checkpoint", checkpoint, "--resume"] + Self.runFlags(data: data, epochs: 200)
+        let run = try EndToEnd.Child(flags, folder: folder, name: "train1")
+        #expect(run.waitFor(timeout: 60) { $0.contains("epoch 3/200") }, "training did not get going: \(run.errors)")
+        // The session's children: its two local workers.
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(run.pid)/task")) ?? []
+        let workers = tasks.flatMap { task in
+            ((try? String(contentsOfFile: "/proc/\(run.pid)/task/\(task)/children", encoding: .utf8)) ?? "").split(separator: " ").compactMap { Int32($0) }
+        }
+        try #require(workers.count == 2, "local workers of \(run.pid): \(workers)")
+        let victims = Array(workers.prefix(killed))
+        for pid in victims { kill(pid, SIGKILL) }
+        // Well within the idle timeout (120 s): the session sees its children end.
+        let code = run.wait(timeout: killed == 2 ? 90 : 300)
+        for pid in victims { #expect(run.errors.contains("(pid \(pid)) was killed by signal 9"), "\(run.errors)") }
+        #expect(run.errors.contains("worker lost; its shards go to the others"), "\(run.errors)")
+        if killed == 1 {
+            #expect(code == 0, "\(run.errors)")
+            #expect(EndToEnd.checksum(run.output) == expected)
+            #expect(EndToEnd.clusterCounters(run.output)["workers_lost"] == 1)
+            return
+        }
+        #expect(code != nil && code != 0, "\(run.errors)")
+        let error = try #require(run.errors.split(separator: "\n").first { $0.hasPrefix("Error: ") }, "\(run.errors)")
+        #expect(error.contains("every local worker process ended and no other worker is connected"), "\(error)")
+        for pid in workers { #expect(error.contains("(pid \(pid)) was killed by signal 9"), "\(error)") }
+        #expect(error.contains("local-0 (pid") && error.contains("local-1 (pid"), "\(error)")
+        let saved = try Checkpoint.read(from: checkpoint)
+        #expect(saved.state.step > 0 && saved.state.completedEpochs < 200)
+        let second = try EndToEnd.Child(flags, folder: folder, name: "train2")
+        #expect(second.wait(timeout: 300) == 0, "\(second.errors)")
+        #expect(second.errors.contains("resuming"))
+        #expect(EndToEnd.checksum(second.output) == expected)
+    }
+
     @Test("a coordinator killed with SIGKILL and restarted with --resume finishes bit-identical, with one mask per step or two",
           arguments: [nil, 2] as [Int?])
     func killCoordinator(masksPerStep: Int?) throws {

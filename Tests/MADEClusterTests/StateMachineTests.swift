@@ -111,6 +111,26 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
     }
 
+    @Test("a worker whose process ended leaves at once and its shard goes to another; a namesake of another process stays")
+    func processEnded() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 41, name: "local-0")), now: 0)
+        _ = m.receive(from: b, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 42, name: "local-1")), now: 0)
+        _ = m.begin(plan(step: 0, shards: 2), now: 0)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 10)
+        // Another process of that name, or that process id under another name, is not the one that ended.
+        #expect(m.processEnded(name: "local-0", processID: 40, reason: "gone", now: 20).isEmpty)
+        #expect(m.processEnded(name: "local-1", processID: 41, reason: "gone", now: 20).isEmpty)
+        #expect(m.workerCount == 2)
+        let actions = m.processEnded(name: "local-0", processID: 41, reason: "its process ended", now: 30)
+        #expect(actions.contains(.workerLost(a, name: "local-0", reason: "its process ended")))
+        let moved = assignments(actions)
+        #expect(moved.count == 1 && moved[0].0 == b && moved[0].1 == 0)
+        #expect(m.workerCount == 1 && m.counters.workersLost == 1)
+        _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 40)
+        #expect(m.isStepComplete)
+    }
+
     @Test("a lone worker whose task was lost gets it again after the task timeout")
     func lostTask() {
         var m = machine()

@@ -62,6 +62,8 @@ public final class ClusterSession {
     public let usesEphemeralKeys: Bool
     private var processes: [(name: String, process: Process)] = []
     private var finished = false
+    /// Local worker processes whose end the coordinator has heard of.
+    private var reportedExits: Set<Int32> = []
 
     /// The path of the running executable (from /proc/self/exe where available).
     public static var currentExecutable: String {
@@ -84,6 +86,7 @@ public final class ClusterSession {
         usesEphemeralKeys = workerKeys != nil
         coordinator = try ClusterCoordinator(configuration: configuration, dataFingerprint: dataFingerprint, options: coordinatorOptions,
                                              logger: logger)
+        coordinator.watch = { [weak self] in try self?.watchLocalWorkers() }
         do {
             try startWorkers(keys: workerKeys)
         } catch {
@@ -143,6 +146,26 @@ public final class ClusterSession {
     public var workerExits: [WorkerExit] {
         processes.filter { !$0.process.isRunning }.map { name, p in
             WorkerExit(name: name, pid: p.processIdentifier, status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal)
+        }
+    }
+
+    /// Reports each local worker process that has ended to the coordinator, which takes its
+    /// worker out of the run at once (its shards go to the others). Called by the coordinator
+    /// while work waits on the workers (``ClusterCoordinator/watch``).
+    ///
+    /// - Throws: ``ClusterError/Code/noWorkers`` when every local worker process has ended and no
+    ///   other worker is registered: the work cannot go on, and waiting for the idle timeout
+    ///   would not change that. The message names each worker and how it ended.
+    public func watchLocalWorkers() throws {
+        guard !processes.isEmpty, !finished else { return }
+        for exit in workerExits where !reportedExits.contains(exit.pid) {
+            reportedExits.insert(exit.pid)
+            logger.error("a local worker process ended", metadata: ["worker": "\(exit)"])
+            coordinator.workerProcessEnded(name: exit.name, processID: exit.pid, reason: "its process ended: \(exit)")
+        }
+        if runningWorkers.isEmpty && coordinator.workerCount == 0 {
+            throw ClusterError(.noWorkers, "every local worker process ended and no other worker is connected; the work cannot go on ("
+                               + workerExits.map(\.description).joined(separator: "; ") + ")")
         }
     }
 

@@ -216,6 +216,8 @@ public struct CoordinatorStateMachine: Sendable {
 
     struct Worker: Sendable {
         var name: String
+        /// The process id its hello gave.
+        var processID: UInt32 = 0
         var lastHeard: UInt64
         /// The task this worker holds; only its result counts.
         var assignment: Assignment?
@@ -460,6 +462,17 @@ public struct CoordinatorStateMachine: Sendable {
         }
     }
 
+    /// The process of a worker started on this host, named `name` with process id `processID`,
+    /// has ended (the launcher saw it exit): every worker registered under that name and process
+    /// id leaves the run now rather than after the heartbeat timeout, and its shards go to the others.
+    public mutating func processEnded(name: String, processID: UInt32, reason: String, now: UInt64) -> [Action] {
+        var actions: [Action] = []
+        for (peer, worker) in workers where worker.name == name && worker.processID == processID {
+            actions += release(peer, .lost(reason))
+        }
+        return actions + assignIdle(now: now)
+    }
+
     /// The memory of `peer`'s slot was reserved (`reserved`), or could not be: then the worker
     /// goes without shared memory and exchanges everything over the socket. Its welcome goes out.
     public mutating func sharedSlotReserved(by peer: Peer, _ reserved: Bool, now: UInt64) -> [Action] {
@@ -540,7 +553,7 @@ public struct CoordinatorStateMachine: Sendable {
             guard workers[peer]?.awaitingSlot == false else { return [] }   // its welcome follows the reservation
             return [.send(peer, welcome(slot: workers[peer]?.slot))] + assignIdle(now: now)
         }
-        var worker = Worker(name: hello.name, lastHeard: now)
+        var worker = Worker(name: hello.name, processID: hello.processID, lastHeard: now)
         counters.workersJoined += 1
         if let shared = settings.sharedMemory, sameHost, nextSlot <= shared.slots {
             worker.slot = nextSlot

@@ -58,6 +58,10 @@ public final class ClusterCoordinator {
     public var logger: Logger
     /// Checked while waiting for results.
     public var shouldStop: () -> Bool = { false }
+    /// Called about every 100 ms while work waits on the workers; what it throws ends the work.
+    /// A ``ClusterSession`` reports its worker processes that ended here
+    /// (``workerProcessEnded(name:processID:reason:)``), and stops the work once none is left.
+    public var watch: () throws -> Void = {}
     /// Bytes sent and received on the ROUTER socket.
     public private(set) var bytesSent = 0
     public private(set) var bytesReceived = 0
@@ -312,6 +316,9 @@ public final class ClusterCoordinator {
     /// Set once the shared-memory file was found shrunk (`truncate -s 0`): from then on every
     /// worker gets and sends its values over the socket, and no slot is read or written again.
     private var sharedMemoryLost = false
+    /// The parameters of the work ``execute(_:parameters:only:)`` runs, for shards handed out
+    /// from outside its loop.
+    private var runningParameters: StepParameters?
     /// Set when an accepted gradient of the current step was in a slot that is gone.
     private var stepValuesLost = false
 
@@ -406,10 +413,17 @@ public final class ClusterCoordinator {
     private func execute(_ plan: CoordinatorStateMachine.WorkPlan, parameters: StepParameters, only: Range<Int>? = nil) throws
         -> (results: [WireMessage.Result], inPlace: [UInt32: UInt32]) {
         stepTimings = [:]
+        runningParameters = parameters
+        defer { runningParameters = nil }
         try perform(machine.begin(plan, now: now, only: only.map { $0.map(UInt32.init) }), parameters: parameters)
         var lastTick: UInt64 = 0
+        var lastWatch: UInt64 = 0
         while !machine.isStepComplete {
             if shouldStop() { throw Interrupted() }
+            if now >= lastWatch + 100 {
+                lastWatch = now
+                try watch()
+            }
             if let failure = machine.failure {
                 switch failure.code {
                 case .noWorkers: throw ClusterError(.noWorkers, failure.message)
@@ -448,6 +462,13 @@ public final class ClusterCoordinator {
             try perform(machine.tick(now: now), parameters: nil)
         }
         return true
+    }
+
+    /// A worker process started on this host has ended: the worker registered under `name` and
+    /// `processID` leaves the run at once, and its shards go to the others.
+    public func workerProcessEnded(name: String, processID: Int32, reason: String) {
+        try? perform(machine.processEnded(name: name, processID: UInt32(bitPattern: processID), reason: reason, now: now),
+                     parameters: runningParameters)
     }
 
     /// Tells every worker to exit with `exitCode`, and gives the messages a moment to leave.
