@@ -38,6 +38,14 @@ public struct DataMatrix: Sendable, Equatable {
         self.storage = .real(values)
     }
 
+    /// Bytes its values take in memory: one per value when binary, four when real.
+    public var byteCount: Int {
+        switch storage {
+        case .binary(let bytes): bytes.count
+        case .real(let values): values.count * 4
+        }
+    }
+
     /// Whether every value is 0 or 1.
     public var isBinary: Bool {
         if case .binary = storage { return true }
@@ -116,4 +124,7 @@ public struct Dataset: Sendable, Equatable {
 
     /// The dimension shared by every present split.
     public var dimension: Int? { (train ?? valid ?? test)?.dimension }
+
+    /// Bytes the splits' values take in memory.
+    public var byteCount: Int { [train, valid, test].reduce(0) { $0 + ($1?.byteCount ?? 0) } }
 }

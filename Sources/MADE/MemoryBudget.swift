@@ -10,17 +10,22 @@ import Glibc
 /// `/proc/meminfo`, else the physical memory), capped by the address-space and data-segment
 /// limits of the process (`ulimit -v`, `ulimit -d`).
 public enum MemoryBudget {
-    /// Bytes this process may still allocate, as far as the system tells.
-    public static var availableBytes: Int {
-        var budget = Int.max
+    /// Bytes the machine can still give its processes together: `MemAvailable`, else the
+    /// physical memory. Not capped by this process's limits, which each process has its own of.
+    public static var hostAvailableBytes: Int {
         if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
            let kib = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) {
-            budget = kib.multipliedReportingOverflow(by: 1024).overflow ? Int.max : kib * 1024
-        } else {
-            let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
-            if pages > 0, size > 0, !pages.multipliedReportingOverflow(by: size).overflow { budget = pages * size }
+            return kib.multipliedReportingOverflow(by: 1024).overflow ? Int.max : kib * 1024
         }
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        if pages > 0, size > 0, !pages.multipliedReportingOverflow(by: size).overflow { return pages * size }
+        return Int.max
+    }
+
+    /// Bytes this process may still allocate, as far as the system tells.
+    public static var availableBytes: Int {
+        var budget = hostAvailableBytes
         for resource in [RLIMIT_AS, RLIMIT_DATA] {
             var limit = rlimit()
             #if canImport(Glibc)
@@ -38,8 +43,8 @@ public enum MemoryBudget {
     /// - Parameters:
     ///   - bytes: the size asked for; nil stands for a size that overflowed while computing it.
     ///   - what: names the thing and where its size came from, for the message.
-    public static func require(_ bytes: Int?, for what: String, path: String? = nil) throws {
-        let available = availableBytes
+    ///   - available: the budget; this process's (``availableBytes``) unless given.
+    public static func require(_ bytes: Int?, for what: String, path: String? = nil, available: Int = availableBytes) throws {
         guard let bytes, bytes >= 0 else {
             throw MADEError(.tooLarge, "\(what) is too large to hold (its size overflows)", path: path)
         }

@@ -62,6 +62,16 @@ struct TrainingJob {
         if let warning = Eval.ensembleWarning(masks: configuration.evaluationMasks, trained: configuration.model.maskCount) {
             logger.warning("\(warning)")
         }
+        if case .local = role, cluster.workers > 0 {
+            // The local workers' memory, beside this process's run, before any of it is taken.
+            let each = ClusterSession.workerBytes(configuration: configuration, dataBytes: dataset.byteCount)
+            let total = each.flatMap { MemoryBudget.product($0, cluster.workers) }.flatMap { workers in
+                configuration.trainingBytes.flatMap { workers.addingReportingOverflow($0).overflow ? nil : workers + $0 }
+            }
+            try MemoryBudget.require(total, for: "--workers \(cluster.workers) (\(each.map(MemoryBudget.describe) ?? "too much") per local worker "
+                                         + "process for the data and the model, and this coordinator's own run)",
+                                     available: MemoryBudget.hostAvailableBytes)
+        }
         let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)
         trainer.checkpointPath = training.checkpoint
         trainer.checkpointEvery = training.checkpointEvery

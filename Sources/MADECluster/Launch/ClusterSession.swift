@@ -65,6 +65,15 @@ public final class ClusterSession {
     /// Local worker processes whose end the coordinator has heard of.
     private var reportedExits: Set<Int32> = []
 
+    /// Bytes one local worker of a training run needs at least: the data it loads and what
+    /// training the model takes (``TrainingConfiguration/trainingBytes``); nil when that overflows.
+    /// A worker's process itself needs some more.
+    public static func workerBytes(configuration: TrainingConfiguration, dataBytes: Int) -> Int? {
+        guard let training = configuration.trainingBytes else { return nil }
+        let (total, overflow) = training.addingReportingOverflow(dataBytes)
+        return overflow ? nil : total
+    }
+
     /// The path of the running executable (from /proc/self/exe where available).
     public static var currentExecutable: String {
         if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }

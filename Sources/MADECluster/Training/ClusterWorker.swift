@@ -60,6 +60,10 @@ public final class ClusterWorker {
         var identity = Array("\(options.name):".utf8.prefix(200))
         identity += (0..<8).map { _ in UInt8.random(in: 0...255) }
         // Immediate: nothing queues for a coordinator not yet connected, so hellos do not pile up.
+        // The frame limit stays the wire's own, not the run's: libzmq (4.3) applies
+        // ZMQ_MAXMSGSIZE to connections made after it is set, so a limit learned from the welcome
+        // would need a new connection, which the coordinator's ROUTER refuses under the same
+        // routing id unless it hands routing ids over (ZMQ_ROUTER_HANDOVER) to whoever presents one.
         try socket.set(.routingID(identity), .immediate(true), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
                        .reconnectIntervalMax(milliseconds: 2000),
                        .maxMessageSize(Int64(WireFormat.Limits().maxFloats) * 4 + (1 << 20)))
