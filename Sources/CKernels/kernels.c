@@ -450,7 +450,8 @@ typedef struct {
     _Atomic int faulted;
 } guarded_mapping;
 
-_Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2, "the SIGBUS handler needs lock-free atomics");
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2,
+               "the SIGBUS handler needs lock-free atomics");
 
 static guarded_mapping guarded[MADE_GUARD_MAPPINGS];
 /* The SIGBUS disposition before the guard's, for faults outside every guarded mapping. */
@@ -469,7 +470,8 @@ static void guard_sigbus(int signal, siginfo_t *info, void *context) {
             uintptr_t base = atomic_load_explicit(&guarded[i].base, memory_order_relaxed);
             size_t length = atomic_load_explicit(&guarded[i].length, memory_order_relaxed);
             if (address - base >= length) continue;
-            void *zero = mmap((void *)base, length, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            void *zero = mmap((void *)base, length, PROT_READ | PROT_WRITE,
+                              MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (zero == MAP_FAILED) break;
             atomic_store_explicit(&guarded[i].faulted, 1, memory_order_release);
             errno = saved_errno;

@@ -44,7 +44,8 @@ public enum MemoryBudget {
     ///   - bytes: the size asked for; nil stands for a size that overflowed while computing it.
     ///   - what: names the thing and where its size came from, for the message.
     ///   - available: the budget; this process's (``availableBytes``) unless given.
-    public static func require(_ bytes: Int?, for what: String, path: String? = nil, available: Int = availableBytes) throws {
+    public static func require(_ bytes: Int?, for what: String, path: String? = nil,
+                               available: Int = availableBytes) throws {
         guard let bytes, bytes >= 0 else {
             throw MADEError(.tooLarge, "\(what) is too large to hold (its size overflows)", path: path)
         }

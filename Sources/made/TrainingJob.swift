@@ -65,11 +65,14 @@ struct TrainingJob {
         if case .local = role, cluster.workers > 0 {
             // The local workers' memory, beside this process's run, before any of it is taken.
             let each = ClusterSession.workerBytes(configuration: configuration, dataBytes: dataset.byteCount)
-            let total = each.flatMap { MemoryBudget.product($0, cluster.workers) }.flatMap { workers in
-                configuration.trainingBytes.flatMap { workers.addingReportingOverflow($0).overflow ? nil : workers + $0 }
+            var total = each.flatMap { MemoryBudget.product($0, cluster.workers) }
+            if let workers = total, let own = configuration.trainingBytes {
+                let (sum, overflow) = workers.addingReportingOverflow(own)
+                total = overflow ? nil : sum
             }
-            try MemoryBudget.require(total, for: "--workers \(cluster.workers) (\(each.map(MemoryBudget.describe) ?? "too much") per local worker "
-                                         + "process for the data and the model, and this coordinator's own run)",
+            let perWorker = each.map(MemoryBudget.describe) ?? "too much"
+            try MemoryBudget.require(total, for: "--workers \(cluster.workers) (\(perWorker) per local worker process "
+                                         + "for the data and the model, and this coordinator's own run)",
                                      available: MemoryBudget.hostAvailableBytes)
         }
         let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)

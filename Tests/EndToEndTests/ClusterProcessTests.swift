@@ -231,20 +231,25 @@ struct ClusterProcessTests {
         #expect(survivor.wait(timeout: 10) == 0)
     }
 
-    @Test("local workers killed with SIGKILL mid-run: one, and the other takes its shards at once; both, and the run stops at once with an error naming them and resumes bit-identical from its checkpoint",
-          arguments: [1, 2])
+    @Test("""
+        local workers killed with SIGKILL mid-run: one, and the other takes its shards at once; both, and the run \
+        stops at once with an error naming them and resumes bit-identical from its checkpoint
+        """, arguments: [1, 2])
     func killLocalWorkers(killed: Int) throws {
         let folder = EndToEnd.folder("killlocal\(killed)")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data, epochs: 200)
         let checkpoint = folder + "/run.ckpt"
-        let flags = ["train", "--workers", "2", "--checkpoint", checkpoint, "--resume"] + Self.runFlags(data: data, epochs: 200)
+        let flags = ["train", "--workers", "2", "--checkpoint", checkpoint, "--resume"]
+            + Self.runFlags(data: data, epochs: 200)
         let run = try EndToEnd.Child(flags, folder: folder, name: "train1")
         #expect(run.waitFor(timeout: 60) { $0.contains("epoch 3/200") }, "training did not get going: \(run.errors)")
         // The session's children: its two local workers.
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(run.pid)/task")) ?? []
         let workers = tasks.flatMap { task in
-            ((try? String(contentsOfFile: "/proc/\(run.pid)/task/\(task)/children", encoding: .utf8)) ?? "").split(separator: " ").compactMap { Int32($0) }
+            let file = "/proc/\(run.pid)/task/\(task)/children"
+            let children = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+            return children.split(separator: " ").compactMap { Int32($0) }
         }
         try #require(workers.count == 2, "local workers of \(run.pid): \(workers)")
         let victims = Array(workers.prefix(killed))

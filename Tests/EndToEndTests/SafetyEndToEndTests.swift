@@ -238,13 +238,13 @@ struct SafetyEndToEndTests {
         #expect(try Checkpoint.read(from: checkpoint).state.completedEpochs == 3)
     }
 
-    @Test("--workers N whose memory cannot fit on this host is refused at start, with what they need and what is available")
+    @Test("--workers N whose memory cannot fit on this host is refused at start, with their need and what is available")
     func workersBeyondMemory() throws {
         let folder = EndToEnd.folder("workers-memory")
         let data = try EndToEnd.writeData(to: folder)
         // 1024 workers of a model of 48 million parameters: terabytes.
-        let (code, out, err) = try EndToEnd.run(["train", "-d", data, "-q", "1000000", "--workers", "1024", "--epochs", "1"],
-                                                folder: folder, name: "train", timeout: 60)
+        let flags = ["train", "-d", data, "-q", "1000000", "--workers", "1024", "--epochs", "1"]
+        let (code, out, err) = try EndToEnd.run(flags, folder: folder, name: "train", timeout: 60)
         Self.expectNoTrap(code, err)
         #expect(code == 1, "\(err)")
         #expect(err.contains("Error: --workers 1024 (") && err.contains("per local worker process"), "\(err)")

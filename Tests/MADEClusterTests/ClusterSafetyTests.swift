@@ -70,7 +70,7 @@ struct ClusterSafetyTests {
         #expect(!slots.holds(-1) && !slots.holds(99))
     }
 
-    @Test("a slot file cut under its mappings: touching them reads zero pages and sets their faulted flag instead of raising SIGBUS")
+    @Test("a slot file cut under its mappings: touching them reads zero pages and flags them, not a SIGBUS")
     func accessAfterTruncate() throws {
         let slots = try SharedSlots.create(slotFloats: 1024, workerSlots: 2)
         #expect(slots.reserve(1))

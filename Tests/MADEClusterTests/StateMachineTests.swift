@@ -111,11 +111,14 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
     }
 
-    @Test("a worker whose process ended leaves at once and its shard goes to another; a namesake of another process stays")
+    @Test("a worker whose process ended leaves at once, its shard to another; a namesake of another process stays")
     func processEnded() {
         var m = machine()
-        _ = m.receive(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 41, name: "local-0")), now: 0)
-        _ = m.receive(from: b, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 42, name: "local-1")), now: 0)
+        func hello(_ name: String, _ pid: UInt32) -> WireMessage {
+            .hello(.init(dataFingerprint: Self.fingerprint, processID: pid, name: name))
+        }
+        _ = m.receive(from: a, runID: 0, message: hello("local-0", 41), now: 0)
+        _ = m.receive(from: b, runID: 0, message: hello("local-1", 42), now: 0)
         _ = m.begin(plan(step: 0, shards: 2), now: 0)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 10)
         // Another process of that name, or that process id under another name, is not the one that ended.

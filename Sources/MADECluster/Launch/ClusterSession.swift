@@ -173,8 +173,9 @@ public final class ClusterSession {
             coordinator.workerProcessEnded(name: exit.name, processID: exit.pid, reason: "its process ended: \(exit)")
         }
         if runningWorkers.isEmpty && coordinator.workerCount == 0 {
-            throw ClusterError(.noWorkers, "every local worker process ended and no other worker is connected; the work cannot go on ("
-                               + workerExits.map(\.description).joined(separator: "; ") + ")")
+            let exits = workerExits.map(\.description).joined(separator: "; ")
+            throw ClusterError(.noWorkers, "every local worker process ended and no other worker is connected; "
+                               + "the work cannot go on (\(exits))")
         }
     }
 

@@ -263,7 +263,8 @@ public final class ClusterCoordinator {
         }
         guard finite else {
             denseGradientMasks = nil
-            throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this host wrote values that are not finite, or training diverged")
+            throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this "
+                               + "host wrote values that are not finite, or training diverged")
         }
         denseGradientMasks = packingSeeds
         return (denseGradient, GradientReducer.reduce(results.map(\.lossSum)))
@@ -273,7 +274,8 @@ public final class ClusterCoordinator {
     /// ones unpacked, the others read in their slots (`inPlace`) or in the scratch buffers they
     /// were copied to. Returns whether the sum is finite (checked for dense sums only; packed
     /// values were checked as they arrived).
-    private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking, packingSeeds: [UInt64]) -> Bool {
+    private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking,
+                     packingSeeds: [UInt64]) -> Bool {
         let threads = self.threads
         let dense = packing.denseCount
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
@@ -467,7 +469,8 @@ public final class ClusterCoordinator {
     /// A worker process started on this host has ended: the worker registered under `name` and
     /// `processID` leaves the run at once, and its shards go to the others.
     public func workerProcessEnded(name: String, processID: Int32, reason: String) {
-        try? perform(machine.processEnded(name: name, processID: UInt32(bitPattern: processID), reason: reason, now: now),
+        let pid = UInt32(bitPattern: processID)
+        try? perform(machine.processEnded(name: name, processID: pid, reason: reason, now: now),
                      parameters: runningParameters)
     }
 

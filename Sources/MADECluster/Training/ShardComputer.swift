@@ -164,7 +164,8 @@ public final class ShardComputer {
             let path = parameterMemory?.path ?? shared?.path ?? ""
             parametersKey = nil
             parameterMemory = nil
-            throw ClusterError(.sharedMemory, "the shared-memory file \(path) shrank: it no longer holds the parameters or this worker's slot")
+            throw ClusterError(.sharedMemory, "the shared-memory file \(path) shrank: it no longer holds the "
+                               + "parameters or this worker's slot")
         }
         try requireSharedMemory()
         let payload: FloatPayload
@@ -252,13 +253,16 @@ public final class ShardComputer {
                 throw ClusterError(.invalidTask, "dense parameters in shared memory this worker has not mapped")
             }
             guard shared.holds(0) else {
-                throw ClusterError(.sharedMemory, "the shared-memory file \(shared.path) shrank: it no longer holds the parameters")
+                throw ClusterError(.sharedMemory,
+                                   "the shared-memory file \(shared.path) shrank: it no longer holds the parameters")
             }
             // Read whole and finite, the file still whole after the copy (SharedSlots.read).
             guard let values = shared.read(0, count: dense) else {
-                throw ClusterError(shared.holds(0) ? .diverged : .sharedMemory,
-                                   shared.holds(0) ? "dense parameters in shared memory that are not finite"
-                                       : "the shared-memory file \(shared.path) shrank while this worker read the parameters")
+                guard shared.holds(0) else {
+                    throw ClusterError(.sharedMemory, "the shared-memory file \(shared.path) shrank while this "
+                                       + "worker read the parameters")
+                }
+                throw ClusterError(.diverged, "dense parameters in shared memory that are not finite")
             }
             denseParameters = values
         case .absent:

@@ -50,8 +50,8 @@ public final class SharedSlots {
         return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.count <= 10 && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }
     }
 
-    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int, owner: Bool,
-                 descriptor: Int32, guardHandle: Int32) {
+    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int,
+                 owner: Bool, descriptor: Int32, guardHandle: Int32) {
         self.path = path
         self.slotFloats = slotFloats
         self.slotCount = slotCount
@@ -116,8 +116,8 @@ public final class SharedSlots {
             throw ClusterError(.protocolFailure, "cannot guard the mapping of \(path) against the file shrinking")
         }
         keep = true
-        let slots = SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes, owner: true,
-                                descriptor: fd, guardHandle: handle)
+        let slots = SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes,
+                                owner: true, descriptor: fd, guardHandle: handle)
         guard slots.reserve(0) else {
             throw ClusterError(.protocolFailure, "no room in \(folder) for the parameters' slot")
         }
@@ -160,8 +160,8 @@ public final class SharedSlots {
             throw ClusterError(.protocolFailure, "cannot guard the mapping of \(grant.path) against the file shrinking")
         }
         keep = true
-        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes, base: base, byteCount: bytes,
-                           owner: false, descriptor: fd, guardHandle: handle)
+        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes,
+                           base: base, byteCount: bytes, owner: false, descriptor: fd, guardHandle: handle)
     }
 
     /// Whether an access to this mapping faulted because the file shrank: the SIGBUS guard then
