@@ -152,6 +152,32 @@ struct ShardComputerTests {
         #expect(try computer.compute(scoring).values.count == 2)
     }
 
+    @Test("a slot file cut in the middle of a task in shared memory: the task fails as lost shared memory, not a SIGBUS")
+    func slotFileCutMidTask() throws {
+        let (computer, c) = try Self.computer(shards: 2)
+        let layout = ParameterLayout(c.model)
+        let parameters = layout.initialParameters(seed: 5, as: Float.self)
+        let packing = computer.packing(0)
+        let slots = try Self.slots(floats: layout.count)
+        slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0) }
+        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1, 2, 3, 4],
+                                    parameters: .shared(slot: 0, count: UInt32(layout.count)), rowsPerShard: [2, 3])
+        // Between the block's two shards the file is cut: the second reads its parameters in place, past the file's end.
+        computer.keepAlive = { #expect(truncate(slots.path, 0) == 0) }
+        let error = #expect(throws: ClusterError.self) { _ = try computer.compute(task, shared: slots, slot: 1) }
+        computer.keepAlive = {}
+        #expect(error?.code == .sharedMemory)
+        #expect(error?.message.contains("access to it faulted") == true, "\(String(describing: error))")
+        #expect(slots.faulted)
+        // The step's parameters are not held any more; sent inline, the task is computed as usual.
+        var again = task
+        again.parameters = .absent
+        #expect(throws: ClusterError.self) { _ = try computer.compute(again, shared: slots, slot: 1) }
+        again.parameters = .inline(packing.pack(parameters))
+        let result = try computer.compute(again, shared: slots, slot: 1)
+        #expect(result.values.inlineValues?.count == packing.count && result.lossSum.isFinite)
+    }
+
     @Test("a block of shards of different masks: each shard under its own mask, summed in tree order, packed by the union or dense in shared memory")
     func mixedMaskBlocks() throws {
         let (computer, c) = try Self.computer(shards: 4)

@@ -331,7 +331,8 @@ public final class ClusterCoordinator {
         guard let shared, !sharedMemoryLost else { return false }
         if shared.holds(slot) { return true }
         sharedMemoryLost = true
-        logger.error("the shared-memory file shrank; parameters and gradients go over the socket from now on", metadata: ["file": "\(shared.path)"])
+        logger.error("the shared-memory file shrank; parameters and gradients go over the socket from now on",
+                     metadata: ["file": "\(shared.path)", "access_faulted": "\(shared.faulted)"])
         machine.giveUpSharedMemory()
         return false
     }

@@ -161,11 +161,12 @@ public final class ShardComputer {
         func requireSharedMemory() throws {
             guard source.isShared else { return }
             if let memory = parameterMemory, memory.holds(0), !writesSlot || shared!.holds(slot!) { return }
-            let path = parameterMemory?.path ?? shared?.path ?? ""
+            let memory = parameterMemory ?? shared
+            let during = memory?.faulted == true ? " (this worker's access to it faulted)" : ""
             parametersKey = nil
             parameterMemory = nil
-            throw ClusterError(.sharedMemory, "the shared-memory file \(path) shrank: it no longer holds the "
-                               + "parameters or this worker's slot")
+            throw ClusterError(.sharedMemory, "the shared-memory file \(memory?.path ?? "") shrank\(during): it no "
+                               + "longer holds the parameters or this worker's slot")
         }
         try requireSharedMemory()
         let payload: FloatPayload
