@@ -152,7 +152,7 @@ struct ShardComputerTests {
         #expect(try computer.compute(scoring).values.count == 2)
     }
 
-    @Test("a slot file cut in the middle of a task in shared memory: the task fails as lost shared memory, not a SIGBUS")
+    @Test("a slot file cut in the middle of a task in shared memory: the task fails as lost shared memory, no SIGBUS")
     func slotFileCutMidTask() throws {
         let (computer, c) = try Self.computer(shards: 2)
         let layout = ParameterLayout(c.model)
@@ -162,7 +162,7 @@ struct ShardComputerTests {
         slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0) }
         let task = WireMessage.Task(step: 1, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1, 2, 3, 4],
                                     parameters: .shared(slot: 0, count: UInt32(layout.count)), rowsPerShard: [2, 3])
-        // Between the block's two shards the file is cut: the second reads its parameters in place, past the file's end.
+        // Between the block's two shards the file is cut: the second reads its parameters in place, past its end.
         computer.keepAlive = { #expect(truncate(slots.path, 0) == 0) }
         let error = #expect(throws: ClusterError.self) { _ = try computer.compute(task, shared: slots, slot: 1) }
         computer.keepAlive = {}
