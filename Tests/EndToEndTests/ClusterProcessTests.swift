@@ -164,11 +164,11 @@ struct ClusterProcessTests {
         let (keygen, _, _) = try EndToEnd.run(["keygen", keys], folder: folder, name: "keygen")
         #expect(keygen == 0)
         try FileManager.default.removeItem(atPath: keys + "/worker.key")   // the workers' key pair is gone
-        let started = Date()
+        // The run is killed after 50 s, before the 60 s join timeout could end it: an exit code
+        // at all means the coordinator stopped because its workers exited.
         let (code, _, err) = try EndToEnd.run(["train", "--workers", "2", "--keys", keys, "--idle-timeout", "3"] + Self.runFlags(data: data),
                                               folder: folder, name: "train", timeout: 50)
-        #expect(code != nil && code != 0)
-        #expect(Date().timeIntervalSince(started) < 45, "waited out the 60 s join timeout")
+        #expect(code != nil && code != 0, "the coordinator did not stop when its local workers exited")
         // The two workers write their errors to this same stream, each in one write, so they do not interleave.
         #expect(err.contains("Error: \(keys)/worker.key: no such file"), "\(err)")
         #expect(err.contains("a local worker process exited"), "\(err)")
