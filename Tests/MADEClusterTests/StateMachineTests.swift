@@ -526,3 +526,156 @@ struct WorkerStateMachineTests {
         #expect(w.configurationFailed("bad").first.map { if case .exit(let code, _) = $0 { code == 5 } else { false } } == true)
     }
 }
+
+@Suite("Coordinator state machine: relays")
+struct RelayRuleTests {
+    static let fingerprint = [UInt8](repeating: 7, count: 32)
+    static let digest = [UInt8](repeating: 1, count: 16)
+    let r1: [UInt8] = Array("relay-1".utf8)
+    let r2: [UInt8] = Array("relay-2".utf8)
+    let w: [UInt8] = Array("worker".utf8)
+
+    func machine() -> CoordinatorStateMachine {
+        var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [1])
+        s.heartbeatInterval = 100
+        s.heartbeatTimeout = 1000
+        s.taskTimeout = 5000
+        s.idleTimeout = 3000
+        return CoordinatorStateMachine(settings: s)
+    }
+
+    func relay(_ name: String, capacity: UInt32) -> WireMessage {
+        .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: name, capacity: capacity, maxBlockShards: 1024))
+    }
+
+    func plan(step: UInt64, shards: Int) -> CoordinatorStateMachine.WorkPlan {
+        var p = CoordinatorStateMachine.WorkPlan(step: step, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2,
+                                                 shards: (0..<shards).map { [Int32($0)] })
+        p.maxShardsPerTask = 1024
+        return p
+    }
+
+    func result(step: UInt64, shard: UInt32, ticket: UInt64?) -> WireMessage {
+        .result(.init(step: step, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 1, values: .inline([0, 0]),
+                      ticket: ticket ?? 0))
+    }
+
+    func tasks(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Int)] {
+        actions.compactMap { if case .assign(let p, let t, _) = $0 { (p, t.shard, t.rowsPerShard.count) } else { nil } }
+    }
+
+    @Test("shards per task with relays: a relay of W workers takes a block of W shards when there are enough to go round")
+    func blockSizesWithCapacities() {
+        // (shards, capacities, limit) -> shards per task
+        let cases: [((Int, [Int], Int), Int)] = [
+            ((4, [2, 2], 1024), 2), ((4, [2], 1024), 4), ((8, [4, 4], 1024), 4), ((12, [4, 4, 4], 1024), 4),
+            ((32, [16, 16], 1024), 16), ((32, [16, 16], 8), 8), ((16, [8, 8], 1024), 8), ((16, [2, 2, 2, 2], 1024), 4),
+            ((8, [4, 0, 4], 1024), 4), ((8, [0], 1024), 1), ((8, [4, 1], 1024), 8), ((6, [3, 3], 1024), 8), ((12, [3, 3], 1024), 8),
+        ]
+        for ((shards, capacities, limit), expected) in cases {
+            #expect(CoordinatorStateMachine.blockSize(shards: shards, capacities: capacities, limit: limit) == expected,
+                    "\(shards) \(capacities) \(limit)")
+        }
+    }
+
+    @Test("two relays of two workers take one block of two shards each and answer once; the capacity counts their workers")
+    func relaysTakeBlocks() {
+        var m = machine()
+        _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 2), now: 0)
+        _ = m.receive(from: r2, runID: 0, message: relay("r2", capacity: 2), now: 0)
+        #expect(m.workerCount == 2 && m.capacity == 4)
+        let handed = tasks(m.begin(plan(step: 0, shards: 4), now: 1))
+        #expect(handed.map(\.1) == [0, 2] && handed.allSatisfy { $0.2 == 2 })
+        _ = m.receive(from: r1, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: r1)), now: 2)
+        _ = m.receive(from: r2, runID: 77, message: result(step: 0, shard: 2, ticket: m.lastTicket(of: r2)), now: 3)
+        #expect(m.isStepComplete)
+        #expect(m.takeResults().map(\.shard) == [0, 2])
+    }
+
+    @Test("a relay whose workers are gone says hello with capacity 0: its block goes to another relay, not counted as failed, and it gets no more")
+    func relayWithoutWorkers() {
+        var m = machine()
+        _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 2), now: 0)
+        _ = m.receive(from: r2, runID: 0, message: relay("r2", capacity: 2), now: 0)
+        _ = m.begin(plan(step: 0, shards: 4), now: 1)
+        let ticket = m.lastTicket(of: r1)
+        _ = m.receive(from: r2, runID: 77, message: result(step: 0, shard: 2, ticket: m.lastTicket(of: r2)), now: 2)
+        let again = tasks(m.receive(from: r1, runID: 0, message: relay("r1", capacity: 0), now: 3))
+        #expect(again.map(\.0) == [r2] && again.map(\.1) == [0])
+        #expect(m.counters.failedTasks == 0 && m.capacity == 2)
+        _ = m.receive(from: r2, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: r2)), now: 4)
+        // r1's late answer to the block it gave back does not count twice.
+        _ = m.receive(from: r1, runID: 77, message: result(step: 0, shard: 0, ticket: ticket), now: 5)
+        #expect(m.isStepComplete && m.takeResults().count == 2)
+        // The next step goes to r2 alone, whole.
+        #expect(tasks(m.begin(plan(step: 1, shards: 4), now: 6)).map { [$0.0 == r2 ? 2 : 1, Int($0.1), $0.2] } == [[2, 0, 4]])
+        // Its workers back, r1 takes work again.
+        _ = m.receive(from: r2, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: r2)), now: 7)
+        _ = m.takeResults()
+        _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 2), now: 8)
+        #expect(tasks(m.begin(plan(step: 2, shards: 4), now: 9)).map(\.2) == [2, 2])
+    }
+
+    @Test("a worker is never handed a block larger than its hello allows; when the relays that could take it are gone, the step starts over in blocks it can take")
+    func blockLimitsAndReplanning() {
+        var m = machine()
+        _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 16), now: 0)
+        let handed = tasks(m.begin(plan(step: 0, shards: 32), now: 1))
+        #expect(handed.map(\.2) == [32])
+        // A worker (8 shards at most) joining mid-step gets nothing of this step's 32-shard blocks.
+        let joined = m.receive(from: w, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "w")), now: 2)
+        #expect(tasks(joined).isEmpty)
+        // The relay dies: the worker takes the step over in blocks of 8, the same tree.
+        _ = m.receive(from: w, runID: 77, message: .heartbeat(sequence: 1), now: 900)
+        let after = tasks(m.tick(now: 1500))
+        #expect(m.workerCount == 1)
+        #expect(after.map(\.1) == [0] && after.map(\.2) == [8])
+        var next = after
+        var now: UInt64 = 1501
+        var answered: [UInt32] = []
+        while let (_, shard, _) = next.first {
+            answered.append(shard)
+            next = tasks(m.receive(from: w, runID: 77, message: result(step: 0, shard: shard, ticket: m.lastTicket(of: w)), now: now))
+            now += 1
+        }
+        #expect(answered == [0, 8, 16, 24])
+        #expect(m.isStepComplete)
+        #expect(m.shardsInTask(startingAt: 0) == 8)
+    }
+
+    @Test("a relay without workers does not keep the run waiting: with no capacity left, the work fails after the idle timeout")
+    func idleWithEmptyRelay() {
+        var m = machine()
+        _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 0), now: 0)
+        #expect(tasks(m.begin(plan(step: 0, shards: 4), now: 1)).isEmpty)
+        for t in stride(from: UInt64(100), through: 3200, by: 100) {
+            _ = m.receive(from: r1, runID: 77, message: .heartbeat(sequence: t), now: t)
+            _ = m.tick(now: t)
+        }
+        #expect(m.failure?.code == .noWorkers)
+    }
+}
+
+@Suite("Worker state machine: capacity")
+struct WorkerCapacityTests {
+    @Test("a peer whose capacity changes says hello again with the new number; the same number, or before welcome, sends nothing new")
+    func announce() {
+        var s = WorkerStateMachine.Settings(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "relay")
+        s.capacity = 0
+        s.maxBlockShards = 1024
+        var m = WorkerStateMachine(settings: s)
+        let first = m.start(now: 0)
+        #expect(first == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 0, maxBlockShards: 1024)))])
+        // Before the welcome the next hello simply carries the new number.
+        #expect(m.announce(capacity: 1, now: 10).isEmpty)
+        _ = m.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 20)
+        #expect(m.announce(capacity: 1, now: 30).isEmpty)
+        let again = m.announce(capacity: 2, now: 40)
+        #expect(again == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 2, maxBlockShards: 1024)))])
+        // Until welcomed again it takes no task.
+        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0], parameters: .inline([1]))
+        #expect(m.receive(runID: 5, message: .task(task), now: 50).allSatisfy { if case .dropped = $0 { true } else { false } })
+        _ = m.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 60)
+        #expect(m.receive(runID: 5, message: .task(task), now: 70) == [.compute(task)])
+    }
+}

@@ -27,6 +27,8 @@ struct WireFormatTests {
         .shutdown(exitCode: 0, reason: "done"),
         .who,
         .failed(step: 12, shard: 2, ticket: 1 << 50, reason: "out of memory"),
+        .hello(.init(dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay", capacity: 16, maxBlockShards: 1024)),
+        .hello(.init(dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay without workers", capacity: 0, maxBlockShards: 1)),
     ]
 
     @Test("every message round-trips", arguments: samples)
@@ -75,11 +77,24 @@ struct WireFormatTests {
         #expect(!refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
     }
 
+    @Test("a hello's capacity and block limit are bounded: no peer takes tasks of 0 shards or stands for more workers than a run holds")
+    func helloBounds() {
+        func decoded(capacity: UInt32, limit: UInt32) -> WireError? {
+            let frame = WireFormat.encode(.hello(.init(dataFingerprint: Array(repeating: 0, count: 32), processID: 1, name: "r",
+                                                       capacity: capacity, maxBlockShards: limit)), runID: 0)
+            do { _ = try WireFormat.decode(frame); return nil } catch { return error }
+        }
+        #expect(decoded(capacity: 3, limit: 1) == nil)
+        #expect(decoded(capacity: 3, limit: 0) == .invalidField("a peer that takes tasks of 0 shards"))
+        #expect(decoded(capacity: 1 << 16, limit: 8) == nil)
+        #expect(decoded(capacity: (1 << 16) + 1, limit: 8) == .limitExceeded(field: "capacity", count: (1 << 16) + 1, limit: 1 << 16))
+    }
+
     @Test("the header is laid out as documented")
     func headerLayout() {
         let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)
         #expect(Array(frame[0..<4]) == Array("MADW".utf8))
-        #expect(frame[4] == 4 && frame[5] == 0)        // version 4, little-endian
+        #expect(frame[4] == 5 && frame[5] == 0)        // version 5, little-endian
         #expect(frame[6] == WireMessage.Kind.heartbeat.rawValue)
         #expect(frame[7] == 0)
         #expect(Array(frame[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])

@@ -17,7 +17,10 @@ import OrderedCollections
 /// told to exit it is `shutDown`, and a late hello gets the same answer.
 ///
 /// Work is pulled: a registered worker holds at most one task (a shard, or an aligned block of
-/// shards) at a time and gets the next pending one as soon as it is idle. A worker not heard
+/// shards) at a time and gets the next pending one as soon as it is idle. A peer's hello says
+/// how many workers compute behind it (1 for a worker, those of its host for a relay, 0 for
+/// none: it gets no task) and how many shards one task to it may hold; the step's block size
+/// follows from both (``blockSize(shards:capacities:limit:)``). A worker not heard
 /// from for `heartbeatTimeout` is dead and its task goes back to the queue; a task in flight
 /// longer than its deadline (`taskTimeout`, doubled each time that shard was taken back) is
 /// taken back and queued for the first idle worker. A result counts when it carries the ticket
@@ -230,6 +233,15 @@ public struct CoordinatorStateMachine: Sendable {
         /// Its slot's memory is being reserved: no welcome, no task yet.
         var awaitingSlot = false
         var lastTicket: UInt64?
+        /// Workers computing behind this peer (its hello's capacity).
+        var capacity = 1
+        /// Most shards one task to it may hold.
+        var blockLimit = 8
+
+        /// Whether it may be handed a task of `shards` shards now.
+        func canTake(_ shards: Int) -> Bool {
+            assignment == nil && !awaitingSlot && capacity > 0 && blockLimit >= shards
+        }
     }
 
     /// One running piece of work.
@@ -308,8 +320,15 @@ public struct CoordinatorStateMachine: Sendable {
 
     // MARK: Queries
 
-    /// Workers currently registered.
+    /// Workers currently registered (a relay counts once).
     public var workerCount: Int { workers.count }
+
+    /// Workers computing for this machine: the capacities of the registered peers (a relay
+    /// counts its workers).
+    public var capacity: Int { workers.values.reduce(0) { $0 + $1.capacity } }
+
+    /// Whether some registered peer computes (a relay without workers does not).
+    private var hasCapacity: Bool { workers.values.contains { $0.capacity > 0 } }
 
     /// Whether `peer` holds that very hand-out of the task.
     public func holds(_ peer: Peer, step: UInt64, shard: UInt32, ticket: UInt64) -> Bool {
@@ -354,7 +373,7 @@ public struct CoordinatorStateMachine: Sendable {
     public mutating func begin(_ plan: WorkPlan, now: UInt64, only: [UInt32]? = nil) -> [Action] {
         precondition(!plan.shards.isEmpty, "a step needs at least one shard")
         if case .shutDown = state { preconditionFailure("begin: the workers were shut down") }
-        let block = UInt32(only == nil ? Self.blockSize(shards: plan.shards.count, workers: workers.count, limit: plan.maxShardsPerTask) : 1)
+        let block = UInt32(only == nil ? blockSize(for: plan) : 1)
         let pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
         precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
         state = .running(Step(plan: plan, block: block, pending: Deque(pending), expected: Set(pending)))
@@ -362,22 +381,60 @@ public struct CoordinatorStateMachine: Sendable {
         return assignIdle(now: now)
     }
 
-    /// Shards per task for `shards` shards among `workers` workers: the largest power of two up
-    /// to `limit` that leaves no worker more shards to compute than one shard per task would.
+    /// Shards per task for `shards` shards among `workers` workers (one each).
     /// With 4 shards: 4 for one worker, 2 for two or three (the third would wait either way), 1 for four.
     static func blockSize(shards: Int, workers: Int, limit: Int) -> Int {
-        guard workers > 0, shards > 1 else { return 1 }
-        let perWorker = (shards + workers - 1) / workers
+        blockSize(shards: shards, capacities: Array(repeating: 1, count: workers), limit: limit)
+    }
+
+    /// Shards per task for `shards` shards among peers of `capacities` workers (in registration
+    /// order; a relay of `c` workers computes a block of `n` shards in `ceil(n / c)` shard times):
+    /// the power of two up to `limit` whose blocks, pulled by whichever peer is idle first, are
+    /// all done soonest, the largest of those that tie (fewer, larger messages). So a relay for
+    /// `W` workers takes a block of `W` shards when there are enough to go round, and answers
+    /// once for them; a worker alone takes a larger block only when no other worker would have
+    /// had a shard of it to compute.
+    ///
+    /// - Complexity: O(log(limit) x shards x peers).
+    static func blockSize(shards: Int, capacities: [Int], limit: Int) -> Int {
+        let peers = capacities.filter { $0 > 0 }
+        guard !peers.isEmpty, shards > 1 else { return 1 }
+        func makespan(_ size: Int) -> Int {
+            var busyUntil = [Int](repeating: 0, count: peers.count)
+            for first in stride(from: 0, to: shards, by: size) {
+                let p = busyUntil.indices.min { busyUntil[$0] < busyUntil[$1] }!   // the first of those idle soonest
+                busyUntil[p] += (min(size, shards - first) + peers[p] - 1) / peers[p]
+            }
+            return busyUntil.max()!
+        }
         var best = 1
+        var bestSpan = makespan(1)
         var size = 2
         while size <= limit {
-            let blocks = (shards + size - 1) / size
-            // The busiest worker's blocks, counted as full ones; all of them hold no more than `shards`.
-            if min((blocks + workers - 1) / workers * size, shards) <= perWorker { best = size }
+            let span = makespan(size)
+            if span <= bestSpan { (best, bestSpan) = (size, span) }
             if size >= shards { break }   // one block already holds every shard
             size *= 2
         }
         return best
+    }
+
+    /// The last block size chosen, and what it was chosen for (steps repeat the same).
+    private var lastBlockChoice: (shards: Int, capacities: [Int], limit: Int, block: Int)?
+
+    /// The block size of `plan` among the peers registered now: limited by the plan and by
+    /// every computing peer's hello, so any of them can take any task of the step.
+    private mutating func blockSize(for plan: WorkPlan) -> Int {
+        let computing = workers.values.filter { $0.capacity > 0 }
+        let capacities = computing.map(\.capacity)
+        var limit = computing.map(\.blockLimit).min() ?? 1
+        limit = max(1, min(limit, plan.maxShardsPerTask))
+        if let last = lastBlockChoice, last.shards == plan.shards.count, last.capacities == capacities, last.limit == limit {
+            return last.block
+        }
+        let block = Self.blockSize(shards: plan.shards.count, capacities: capacities, limit: limit)
+        lastBlockChoice = (plan.shards.count, capacities, limit, block)
+        return block
     }
 
     /// The results of the completed work, by shard index; the machine is idle again.
@@ -487,7 +544,7 @@ public struct CoordinatorStateMachine: Sendable {
     /// and work waiting with no worker at all for the idle timeout fails.
     public mutating func tick(now: UInt64) -> [Action] {
         var actions: [Action] = []
-        if !workers.isEmpty { lastWorkerSeen = max(lastWorkerSeen, now) }
+        if hasCapacity { lastWorkerSeen = max(lastWorkerSeen, now) }
         for (peer, worker) in workers where now > worker.lastHeard + settings.heartbeatTimeout {
             actions += release(peer, .lost("no message for \(now - worker.lastHeard) ms"))
         }
@@ -503,7 +560,8 @@ public struct CoordinatorStateMachine: Sendable {
             heartbeatSequence += 1
             actions += workers.keys.map { .send($0, .heartbeat(sequence: heartbeatSequence)) }
         }
-        if workers.isEmpty, case .running(var step) = state, step.failure == nil, now > lastWorkerSeen + settings.idleTimeout {
+        replanIfStuck()
+        if !hasCapacity, case .running(var step) = state, step.failure == nil, now > lastWorkerSeen + settings.idleTimeout {
             step.failure = Failure(code: .noWorkers,
                                    message: "no worker has been connected for \(settings.idleTimeout / 1000) s; the work cannot go on")
             state = .running(step)
@@ -544,6 +602,9 @@ public struct CoordinatorStateMachine: Sendable {
         lastWorkerSeen = max(lastWorkerSeen, now)
         let sameHost = !hello.hostID.isEmpty && hello.hostID == settings.hostID
         if workers[peer] != nil {
+            // A relay says hello again when its workers come or go: its capacity changes.
+            workers[peer]?.capacity = Int(hello.capacity)
+            workers[peer]?.blockLimit = Int(hello.maxBlockShards)
             // The same process again (a routing id is never reused by another process): hellos
             // queued before this coordinator listened, or a worker that lost its parameters.
             // It keeps its registration and slot; a shard it held goes back to the queue.
@@ -554,6 +615,8 @@ public struct CoordinatorStateMachine: Sendable {
             return [.send(peer, welcome(slot: workers[peer]?.slot))] + assignIdle(now: now)
         }
         var worker = Worker(name: hello.name, processID: hello.processID, lastHeard: now)
+        worker.capacity = Int(hello.capacity)
+        worker.blockLimit = Int(hello.maxBlockShards)
         counters.workersJoined += 1
         if let shared = settings.sharedMemory, sameHost, nextSlot <= shared.slots {
             worker.slot = nextSlot
@@ -682,12 +745,31 @@ public struct CoordinatorStateMachine: Sendable {
         counters.reassignedShards += 1
     }
 
+    /// When no registered peer may take the step's blocks any more (the relays that could are
+    /// gone, and the workers left take smaller ones) and none is in flight, the step starts over
+    /// in blocks they can take: the same tree, so the same sum. What was answered in the larger
+    /// blocks is computed again, and an answer to an earlier hand-out no longer counts.
+    private mutating func replanIfStuck() {
+        guard let step = runningStep, step.failure == nil, !step.isComplete, step.block > 1, hasCapacity,
+              !workers.values.contains(where: { $0.assignment?.step == step.plan.step }),
+              !workers.values.contains(where: { $0.capacity > 0 && $0.blockLimit >= Int(step.block) })
+        else { return }
+        var fresh = Step(plan: step.plan, block: UInt32(blockSize(for: step.plan)), pending: [], expected: [])
+        fresh.pending = Deque(stride(from: 0, to: UInt32(step.plan.shards.count), by: Int(fresh.block)))
+        fresh.expected = Set(fresh.pending)
+        fresh.failures = step.failures
+        state = .running(fresh)
+        counters.reassignedShards += fresh.pending.count
+    }
+
     private mutating func assignIdle(now: UInt64) -> [Action] {
         guard var step = runningStep, !step.pending.isEmpty else { return [] }
         var actions: [Action] = []
-        let ready = workers.elements.filter { $0.value.assignment == nil && !$0.value.awaitingSlot }
+        let ready = workers.elements.filter { $0.value.canTake(1) }
         for peer in ready.filter({ !$0.value.stalled }).map(\.key) + ready.filter({ $0.value.stalled }).map(\.key) {
-            guard let shard = step.pending.popFirst() else { break }
+            guard let next = step.pending.first else { break }
+            guard workers[peer]!.canTake(min(Int(step.block), step.plan.shards.count - Int(next))) else { continue }
+            let shard = step.pending.removeFirst()
             var worker = workers[peer]!
             let ticket = nextTicket
             nextTicket &+= 1

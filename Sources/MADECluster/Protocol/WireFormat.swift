@@ -3,7 +3,7 @@ import MADE
 /// Encodes and decodes ``WireMessage`` frames (the layout is documented there).
 public enum WireFormat {
     public static let magic: [UInt8] = Array("MADW".utf8)
-    public static let version: UInt16 = 4
+    public static let version: UInt16 = 5
     public static let headerSize = 24
 
     /// Upper bounds on what a decoder accepts, so that a hostile frame cannot make it allocate much.
@@ -11,9 +11,12 @@ public enum WireFormat {
         public var maxRows: Int = 1 << 20
         public var maxFloats: Int = 1 << 26
         public var maxStringBytes: Int = 4096
-        /// Most shards in one task (a block of the reduction tree); each beyond the first costs
-        /// the worker a dense gradient buffer.
-        public var maxBlockShards: Int = 8
+        /// Most shards in one task (a block of the reduction tree). A worker takes fewer (its
+        /// hello says how many: each shard beyond the first costs it a dense gradient buffer);
+        /// a relay hands the shards on to its workers.
+        public var maxBlockShards: Int = 1024
+        /// Most workers one peer may stand for.
+        public var maxCapacity: Int = 1 << 16
         /// Most masks whose union packs a step (the masks it trains).
         public var maxPackingMasks: Int = 64
         public var maxConfigurationBytes: Int = 1 << 20
@@ -73,7 +76,7 @@ public enum WireFormat {
 
     private static func payloadSize(_ message: WireMessage) -> Int {
         switch message {
-        case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count
+        case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count + 4 + 4
         case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
         case .reject(let reason): return 2 + stringBytes(reason).count
         case .task(let t):
@@ -133,6 +136,8 @@ public enum WireFormat {
             w.integer(h.processID)
             w.string(h.name)
             w.string(h.hostID)
+            w.integer(h.capacity)
+            w.integer(h.maxBlockShards)
         case .welcome(let welcome):
             w.integer(welcome.heartbeatIntervalMilliseconds)
             w.integer(UInt32(welcome.configuration.count))
@@ -223,7 +228,14 @@ public enum WireFormat {
             let pid: UInt32 = try r.integer("process id")
             let name = try r.string("worker name", limit: limits.maxStringBytes)
             let hostID = try r.string("host id", limit: limits.maxStringBytes)
-            message = .hello(.init(dataFingerprint: fingerprint, processID: pid, name: name, hostID: hostID))
+            let capacity: UInt32 = try r.integer("capacity")
+            guard Int(capacity) <= limits.maxCapacity else {
+                throw .limitExceeded(field: "capacity", count: Int(capacity), limit: limits.maxCapacity)
+            }
+            let blockLimit: UInt32 = try r.integer("most shards per task")
+            guard blockLimit >= 1 else { throw .invalidField("a peer that takes tasks of 0 shards") }
+            message = .hello(.init(dataFingerprint: fingerprint, processID: pid, name: name, hostID: hostID, capacity: capacity,
+                                   maxBlockShards: blockLimit))
         case .welcome:
             let interval: UInt32 = try r.integer("heartbeat interval")
             guard interval > 0 else { throw .invalidField("heartbeat interval is zero") }

@@ -1,11 +1,11 @@
-/// The messages coordinator and workers exchange, protocol version 4.
+/// The messages coordinator and workers exchange, protocol version 5.
 ///
 /// Every message is one ZeroMQ frame: a 24-byte header followed by a type-specific payload,
 /// all integers and floats little-endian.
 ///
 ///     offset  size  field
 ///     0       4     magic "MADW"
-///     4       2     protocol version (4)
+///     4       2     protocol version (5)
 ///     6       1     message type (``WireMessage/Kind``)
 ///     7       1     flags (0)
 ///     8       8     run id: the fingerprint of the run's configuration and data; 0 in `hello`
@@ -15,7 +15,9 @@
 /// Payloads (strings are a UInt16 byte count and UTF-8; arrays a UInt32 count and values):
 ///
 ///     hello      data fingerprint (32 bytes), process id (UInt32), worker name (string),
-///                host id (string)
+///                host id (string), capacity (UInt32: the workers that compute behind this
+///                peer, 1 for a worker, those of a relay, 0 for none now), most shards per
+///                task (UInt32, at least 1)
 ///     welcome    heartbeat interval ms (UInt32), configuration (UInt32 count + bytes, opaque),
 ///                shared-memory path (string, empty for none), slot (UInt32), slot floats (UInt32)
 ///     reject     reason (string)
@@ -45,10 +47,12 @@
 /// their union.
 ///
 /// A gradient task may hold a block of consecutive shards, `shard ..< shard + n` for `n` rows
-/// counts (at most ``WireFormat/Limits/maxBlockShards``): a whole aligned subtree of the step's
-/// reduction tree (`n` a power of two and `shard` a multiple of it, or the tree's truncated last
-/// block). Its result is their gradients summed in tree order, the bits the coordinator's own
-/// tree would have given.
+/// counts (at most ``WireFormat/Limits/maxBlockShards``, and at most what its peer's hello
+/// allows): a whole aligned subtree of the step's reduction tree (`n` a power of two and `shard`
+/// a multiple of it, or the tree's truncated last block). Its result is their gradients summed
+/// in tree order, the bits the coordinator's own tree would have given. A relay (`made relay`)
+/// is one peer standing for the workers of its host: it takes such a block, hands its shards to
+/// its workers as a coordinator would, and answers once with their tree-order sum.
 ///
 /// A ticket names one hand-out of a task. A result counts with the ticket of the task its
 /// sender holds or, when it comes inline, with the ticket of an earlier hand-out of the same
@@ -85,11 +89,19 @@ public enum WireMessage: Sendable, Equatable {
         /// Identifies the worker's host and boot, so the coordinator can tell a worker on its own
         /// machine (which may share memory with it); empty to decline shared memory.
         public var hostID: String
-        public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "") {
+        /// The workers computing behind this peer: 1 for a worker; for a relay, the workers it
+        /// has now (0: give it no task).
+        public var capacity: UInt32
+        /// Most shards one task to this peer may hold (at least 1).
+        public var maxBlockShards: UInt32
+        public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "", capacity: UInt32 = 1,
+                    maxBlockShards: UInt32 = 8) {
             self.dataFingerprint = dataFingerprint
             self.processID = processID
             self.name = name
             self.hostID = hostID
+            self.capacity = capacity
+            self.maxBlockShards = maxBlockShards
         }
     }
 

@@ -8,6 +8,9 @@
 /// been quiet for the coordinator's heartbeat interval; during a long computation, which calls
 /// ``stillComputing(now:)`` now and then, every `busyHeartbeatInterval` ms. It exits when told
 /// to, when refused, or when nothing has come from the coordinator for `coordinatorTimeout` ms.
+///
+/// A relay runs the same machine upstream: its hello says how many workers compute behind it,
+/// and it says hello again (``announce(capacity:now:)``) when that number changes.
 public struct WorkerStateMachine: Sendable {
     public struct Settings: Sendable {
         public var dataFingerprint: [UInt8]
@@ -19,6 +22,10 @@ public struct WorkerStateMachine: Sendable {
         public var helloRetry: UInt64 = 250
         /// Most time between heartbeats while a task is being computed.
         public var busyHeartbeatInterval: UInt64 = 250
+        /// Workers computing behind this peer, as its hello says: 1 for a worker.
+        public var capacity: UInt32 = 1
+        /// Most shards per task, as its hello says.
+        public var maxBlockShards: UInt32 = 8
 
         public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "") {
             self.dataFingerprint = dataFingerprint
@@ -79,7 +86,8 @@ public struct WorkerStateMachine: Sendable {
     public var isFinished: Bool { state == .finished }
 
     private var hello: WireMessage {
-        .hello(.init(dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name, hostID: settings.hostID))
+        .hello(.init(dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name, hostID: settings.hostID,
+                     capacity: settings.capacity, maxBlockShards: settings.maxBlockShards))
     }
 
     /// The worker starts: it says hello.
@@ -147,6 +155,18 @@ public struct WorkerStateMachine: Sendable {
     /// the coordinator sends everything over the socket.
     public mutating func declineSharedMemory(now: UInt64) -> [Action] {
         settings.hostID = ""
+        state = .connecting
+        return sayHello(now: now)
+    }
+
+    /// The workers behind this peer are now `capacity`: it says hello again with the new number,
+    /// so the coordinator sizes its blocks for them (and, at 0, takes back a task it holds
+    /// without counting it as failed). The run's parameters must come again with the next task.
+    /// Nothing happens when the number is the one announced, or once finished.
+    public mutating func announce(capacity: UInt32, now: UInt64) -> [Action] {
+        guard state != .finished, capacity != settings.capacity else { return [] }
+        settings.capacity = capacity
+        guard case .active = state else { return [] }   // the next hello carries it
         state = .connecting
         return sayHello(now: now)
     }

@@ -2,11 +2,43 @@ import Foundation
 import Logging
 import MADE
 
+/// What turns a task into its result behind a ``ClusterWorker``: a ``ShardComputer`` computes
+/// it in this process; a ``RelayComputer`` hands its shards to the workers of this host.
+public protocol TaskComputer: AnyObject {
+    /// The 32-byte fingerprint of the data the tasks read.
+    var dataFingerprint: [UInt8] { get }
+    /// Workers computing the tasks: 1 for this process, those of a relay now.
+    var capacity: Int { get }
+    /// Most shards one task may hold.
+    var maxBlockShards: Int { get }
+    /// Called now and then during a long computation, so heartbeats keep going out.
+    var keepAlive: () -> Void { get set }
+    /// Prepares for the run described by the configuration bytes of a `welcome`.
+    func configure(_ bytes: [UInt8]) throws
+    /// The result of `task`; `shared` and `slot` are the coordinator's shared memory, when granted.
+    func compute(_ task: WireMessage.Task, shared: SharedSlots?, slot: Int?) throws -> WireMessage.Result
+    /// Called between frames while no task is being computed.
+    func idle()
+    /// The run is over (`code` is the worker's exit code): let go of whatever was started for it.
+    func finish(code: Int32, reason: String)
+}
+
+extension TaskComputer {
+    public func idle() {}
+    public func finish(code: Int32, reason: String) {}
+}
+
+extension ShardComputer: TaskComputer {
+    public var capacity: Int { 1 }
+    public var maxBlockShards: Int { Self.maxBlockShards }
+}
+
 /// A worker's socket loop: connects a DEALER to the coordinator, says hello, computes the tasks
-/// it is given with a ``ShardComputer`` and sends back the results, until told to stop.
+/// it is given with a ``TaskComputer`` and sends back the results, until told to stop.
 ///
 /// It drives a ``WorkerStateMachine``; the exit code it returns says why it stopped
-/// (``WorkerStateMachine/ExitCode``).
+/// (``WorkerStateMachine/ExitCode``). Between frames it tells the machine the computer's
+/// capacity, so a relay whose workers came or went says hello again with their number.
 public final class ClusterWorker {
     public struct Options: Sendable {
         /// The coordinator's endpoint, such as `tcp://10.0.0.1:29500`.
@@ -31,14 +63,14 @@ public final class ClusterWorker {
     public var shouldStop: () -> Bool = { false }
     public private(set) var tasksComputed = 0
 
-    private let computer: ShardComputer
+    private let computer: any TaskComputer
     private var machine: WorkerStateMachine
     private let clock = MillisecondClock()
     private var runID: UInt64 = 0
     private var shared: SharedSlots?
     private var slot: Int?
 
-    public init(computer: ShardComputer, options: Options, logger: Logger) {
+    public init(computer: any TaskComputer, options: Options, logger: Logger) {
         self.computer = computer
         self.options = options
         self.logger = logger
@@ -46,6 +78,8 @@ public final class ClusterWorker {
                                                    processID: UInt32(truncatingIfNeeded: getpid()), name: options.name,
                                                    hostID: options.sharedMemory ? SharedSlots.hostID(for: options.connect) : "")
         settings.coordinatorTimeout = options.coordinatorTimeout
+        settings.capacity = UInt32(clamping: computer.capacity)
+        settings.maxBlockShards = UInt32(clamping: max(1, computer.maxBlockShards))
         machine = WorkerStateMachine(settings: settings)
     }
 
@@ -140,7 +174,10 @@ public final class ClusterWorker {
         defer { computer.keepAlive = {} }
         try perform(machine.start(now: now))
         while pendingExit == nil {
-            if shouldStop() { return 130 }
+            if shouldStop() {
+                computer.finish(code: 130, reason: "interrupted")
+                return 130
+            }
             if let parent = options.parentProcess, getppid() != parent {
                 try perform(machine.launcherGone())
                 break
@@ -158,9 +195,14 @@ public final class ClusterWorker {
                     try perform(machine.malformed(error, now: now))
                 }
             }
-            try perform(machine.tick(now: now))
+            if pendingExit == nil {
+                computer.idle()
+                try perform(machine.announce(capacity: UInt32(clamping: computer.capacity), now: now))
+                try perform(machine.tick(now: now))
+            }
         }
         let (code, reason) = pendingExit!
+        computer.finish(code: code, reason: reason)
         if code == 0 {
             logger.info("worker done", metadata: ["reason": "\(reason)", "tasks": "\(tasksComputed)"])
         } else {

@@ -52,6 +52,10 @@ public final class ShardComputer {
     /// shards), so the worker can keep sending heartbeats.
     public var keepAlive: () -> Void = {}
 
+    /// Most shards of one task: each beyond the first costs a dense gradient buffer. A worker's
+    /// hello says so, and the coordinator hands it no larger block.
+    public static let maxBlockShards = 8
+
     /// Largest ensemble and sampling batch a task may ask for.
     public static let maxMasks = UInt32(Evaluator<Float>.maxMasks)
     public static let maxSampleBatch: UInt32 = 4096
@@ -109,7 +113,7 @@ public final class ShardComputer {
         guard task.rows.count <= configuration.batchSize else {
             throw ClusterError(.invalidTask, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
         }
-        guard !task.rowsPerShard.isEmpty, task.rowsPerShard.count <= min(configuration.shards, WireFormat.Limits().maxBlockShards),
+        guard !task.rowsPerShard.isEmpty, task.rowsPerShard.count <= min(configuration.shards, Self.maxBlockShards),
               task.rowsPerShard.reduce(0, { $0 + Int($1) }) == task.rows.count else {
             throw ClusterError(.invalidTask, "a task of \(task.rowsPerShard.count) shards (\(task.rowsPerShard) rows) for \(task.rows.count) rows in a run of \(configuration.shards) shards")
         }
