@@ -84,19 +84,26 @@ struct WorkerArguments: ParsableArguments {
         BLAS.setThreads(runtime.threads)
         // No way to find the coordinator: said before anything is loaded.
         if connect == nil, endpointFile == nil, environment == nil { _ = try endpoint(environment: nil) }
-        let dataset: Dataset
-        if noData {
-            dataset = Dataset(train: nil, valid: nil, test: nil, source: "no data")
-        } else if singleSplit {
-            let path = try data.path()
-            dataset = Dataset(train: nil, valid: nil, test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
-        } else {
-            dataset = try DatasetLoader.load(path: try data.path(), options: data.options)
-        }
+        let computer = ShardComputer(dataset: try dataset(data))
         // Waited for once the data is in: a coordinator started alongside loads its own data
         // before it writes its endpoint, and --coordinator-timeout is the time spent waiting.
+        let options = try workerOptions(environment: environment)
+        try run(computer: computer, options: options, logger: logger)
+    }
+
+    /// The data set these flags name: none, one split, or the whole file.
+    func dataset<Role>(_ data: DataArguments<Role>) throws -> Dataset {
+        if noData { return Dataset(train: nil, valid: nil, test: nil, source: "no data") }
+        let path = try data.path()
+        if singleSplit {
+            return Dataset(train: nil, valid: nil, test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
+        }
+        return try DatasetLoader.load(path: path, options: data.options)
+    }
+
+    /// How the worker loop finds and trusts its coordinator, from these flags and the environment.
+    func workerOptions(environment: ClusterEnvironment?) throws -> ClusterWorker.Options {
         let endpoint = try endpoint(environment: environment)
-        let computer = ShardComputer(dataset: dataset)
         var options = ClusterWorker.Options(connect: endpoint, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
         if let keys { options.security = try ClusterSecurity.Client.load(folder: keys, name: keyName) }
         if keysOnStdin {
@@ -106,6 +113,12 @@ struct WorkerArguments: ParsableArguments {
         options.coordinatorTimeout = TimeoutRange.milliseconds(coordinatorTimeout)
         options.parentProcess = parentPid
         options.sharedMemory = !noSharedMemory
+        return options
+    }
+
+    /// Runs the worker loop around `computer` until the coordinator ends the run; a non-zero
+    /// exit code leaves as the process's.
+    func run(computer: any TaskComputer, options: ClusterWorker.Options, logger: Logger) throws {
         let worker = ClusterWorker(computer: computer, options: options, logger: logger)
         SignalFlag.install()
         worker.shouldStop = { SignalFlag.isSet }

@@ -194,6 +194,8 @@ public final class ClusterCoordinator {
 
     public var counters: CoordinatorStateMachine.Counters { machine.counters }
     public var workerCount: Int { machine.workerCount }
+    /// Workers computing for this coordinator: a relay counts its workers.
+    public var capacity: Int { machine.capacity }
     /// Clients the ZAP handler refused (CURVE keys not authorized).
     public var refusedClients: Int { zap?.rejected ?? 0 }
 
@@ -227,12 +229,28 @@ public final class ClusterCoordinator {
         let packingSeeds = Self.packingSeeds(for: plan.maskSeeds, mixed: options.mixedMaskPacking)
         let packing = packings.packing(union: packingSeeds)
         let threads = self.threads
+        let lossSum = try computeGradients(step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds,
+                                           packing: packing, shards: plan.shards.map { Array($0) }, packed: false,
+                                           fillShared: { packing.mask(parameters, into: $0, threads: threads) },
+                                           fill: { packing.pack(parameters, into: $0, threads: threads) }).lossSum
+        return (denseGradient, lossSum)
+    }
+
+    /// Runs a gradient step of `shards` through the workers and sums their gradients in the
+    /// fixed tree order: into ``denseGradient``, or, with `packed`, as packed values when every
+    /// result came packed (nil otherwise: the sum is then in ``denseGradient``). The parameters
+    /// go out as `fill` packs them, or as `fillShared` writes them dense into shared slot 0.
+    private func computeGradients(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], packing: MaskPacking,
+                                  shards: [[Int32]], packed: Bool,
+                                  fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
+                                  fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) throws
+        -> (packedSum: [Float]?, lossSum: Double) {
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
-                                            fillShared: { packing.mask(parameters, into: $0, threads: threads) },
-                                            fill: { packing.pack(parameters, into: $0, threads: threads) })
+                                            fillShared: fillShared, fill: fill)
         var machinePlan = CoordinatorStateMachine.WorkPlan(
-            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds,
-            maskDigests: plan.maskSeeds.map { packings.packing($0).digest }, gradientCount: packing.count, denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: plan.shards.map { Array($0) })
+            step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds,
+            maskDigests: maskSeeds.map { packings.packing($0).digest }, gradientCount: packing.count,
+            denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: shards)
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
@@ -246,14 +264,21 @@ public final class ClusterCoordinator {
         }
         /// The step computed again over the socket: the same bits, as every shard is recomputed.
         func recompute() throws {
-            logger.warning("recomputing a step whose gradients were lost with the shared-memory file", metadata: ["step": "\(plan.step)"])
+            logger.warning("recomputing a step whose gradients were lost with the shared-memory file",
+                           metadata: ["step": "\(step)"])
             stepValuesLost = false
             machinePlan.sharedResultCount = nil
             (results, inPlace) = try execute(machinePlan, parameters: StepParameters(
-                count: packing.count, sharedCount: packing.denseCount, shared: nil, fillShared: { _ in },
-                fill: { packing.pack(parameters, into: $0, threads: threads) }))
+                count: packing.count, sharedCount: packing.denseCount, shared: nil, fillShared: { _ in }, fill: fill))
         }
         if lost() { try recompute() }
+        let lossSum = { GradientReducer.reduce(results.map(\.lossSum)) }
+        if packed, results.allSatisfy({ $0.values.inlineValues != nil }) {
+            var gradients = results.map { $0.values.inlineValues! }
+            GradientReducer.reduce(&gradients, threads: threads)
+            denseGradientMasks = nil   // the dense buffer no longer holds what it held
+            return (gradients[0], lossSum())
+        }
         var finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds)
         // The file may shrink while the sum reads the slots: the zero pages read then (see
         // SharedSlots) are found here, and the step is computed again over the socket.
@@ -263,11 +288,11 @@ public final class ClusterCoordinator {
         }
         guard finite else {
             denseGradientMasks = nil
-            throw ClusterError(.protocolFailure, "the gradient of step \(plan.step) is not finite: a worker on this "
+            throw ClusterError(.protocolFailure, "the gradient of step \(step) is not finite: a worker on this "
                                + "host wrote values that are not finite, or training diverged")
         }
         denseGradientMasks = packingSeeds
-        return (denseGradient, GradientReducer.reduce(results.map(\.lossSum)))
+        return (nil, lossSum())
     }
 
     /// Sums the gradients of `results` into ``denseGradient`` in the fixed tree order: packed
@@ -306,6 +331,117 @@ public final class ClusterCoordinator {
                 GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
             }
         }
+    }
+
+    /// Has this coordinator's workers compute `task`, a task of the coordinator upstream, and
+    /// returns its result as one worker would: how a relay (``RelayComputer``) serves its host.
+    ///
+    /// A gradient task's block of shards becomes a step of its own with the same rows and masks,
+    /// numbered from 0: the block is a whole aligned subtree of the upstream tree, so the tree
+    /// over its shards is that subtree and the sum is the one the upstream coordinator's tree
+    /// would have made. Its parameters come packed (or not at all, for a further block of a step
+    /// whose parameters came with an earlier one): workers on this host get them once, dense in
+    /// slot 0, the others packed. The answer goes up packed, with the losses summed in the same
+    /// order and the digest of the block's masks. A scoring or sampling task goes to one worker
+    /// as it is, its dense parameters kept for the job's further tasks.
+    ///
+    /// - Throws: when the task does not fit the run (parameters of the wrong size, in shared
+    ///   memory, or absent without being held; a job of several shards), when the workers
+    ///   fail it, or ``ClusterError/Code/noWorkers`` when none is left for the idle timeout.
+    public func computeTask(_ task: WireMessage.Task) throws -> WireMessage.Result {
+        let start = ContinuousClock.now
+        var shards: [[Int32]] = []
+        var at = 0
+        for n in task.rowsPerShard {
+            guard at + Int(n) <= task.rows.count else {
+                throw ClusterError(.invalidTask, "a task whose rows per shard exceed its rows")
+            }
+            shards.append(Array(task.rows[at..<(at + Int(n))]))
+            at += Int(n)
+        }
+        let values: [Float]
+        let lossSum: Double
+        let digest: [UInt8]
+        switch task.work {
+        case .gradient:
+            let packing = packings.packing(union: task.packingSeeds)
+            let parameters = try heldParameters(task, count: packing.count)
+            let threads = self.threads
+            let sum = try computeGradients(
+                step: task.step, maskSeeds: task.maskSeeds, packingSeeds: task.packingSeeds, packing: packing,
+                shards: shards, packed: true,
+                fillShared: { out in
+                    parameters.withUnsafeBufferPointer { packing.unpack($0, into: out, zeroing: true, threads: threads) }
+                },
+                fill: { out in parameters.withUnsafeBufferPointer { _ = out.update(fromContentsOf: $0) } })
+            lossSum = sum.lossSum
+            values = sum.packedSum ?? packing.pack(denseGradient)
+            denseGradientMasks = nil   // the dense buffer now holds another step's masks
+            digest = WireFormat.blockDigest(task.maskSeeds.map { packings.packing($0).digest })
+        case .logLikelihood(_, let masks, let mode):
+            values = try computeJob(
+                task, shards: shards, resultCount: shards.first.map { $0.count * (mode == 0 ? Int(masks) : 1) } ?? 0)
+            (lossSum, digest) = (0, [UInt8](repeating: 0, count: 16))
+        case .sample(let count, _, _, _):
+            values = try computeJob(task, shards: shards, resultCount: Int(count) * configuration.model.inputCount)
+            (lossSum, digest) = (0, [UInt8](repeating: 0, count: 16))
+        }
+        let micros = (ContinuousClock.now - start).seconds * 1e6
+        return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: digest, lossSum: lossSum,
+                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: .inline(values),
+                                  ticket: task.ticket)
+    }
+
+    /// The parameters of an upstream task: its own, or those an earlier task of the same step
+    /// (or job) brought, which are kept until another step's come.
+    private var upstreamParameters: (step: UInt64, packingSeeds: [UInt64], values: [Float])?
+
+    private func heldParameters(_ task: WireMessage.Task, count: Int) throws -> [Float] {
+        switch task.parameters {
+        case .inline(let values):
+            guard values.count == count else {
+                throw ClusterError(.invalidTask, "\(values.count) parameters arrived for \(count)")
+            }
+            upstreamParameters = (task.step, task.packingSeeds, values)
+            return values
+        case .absent:
+            guard let held = upstreamParameters, held.step == task.step, held.packingSeeds == task.packingSeeds else {
+                throw ClusterError(
+                    .invalidTask, "a task for step \(task.step) came without parameters this relay does not hold")
+            }
+            return held.values
+        case .shared:
+            throw ClusterError(.invalidTask, "a relay takes its parameters inline, not in shared memory")
+        }
+    }
+
+    /// Has one worker score rows or draw a sampling batch for an upstream task, as shard
+    /// `task.shard` of its job (a sampling batch's random stream is its shard's), and returns
+    /// its `resultCount` values.
+    private func computeJob(_ task: WireMessage.Task, shards: [[Int32]], resultCount: Int) throws -> [Float] {
+        guard shards.count == 1 else {
+            throw ClusterError(.invalidTask, "scoring and sampling take one shard per task")
+        }
+        guard resultCount <= largestResult else {
+            throw ClusterError(
+                .invalidTask,
+                "a job's result of \(resultCount) values exceeds the \(largestResult) this relay's workers may send")
+        }
+        guard Int(task.shardCount) <= WireFormat.Limits().maxRows else {
+            throw ClusterError(
+                .invalidTask,
+                "a job of \(task.shardCount) tasks, more than the \(WireFormat.Limits().maxRows) a relay takes")
+        }
+        let parameters = try heldParameters(task, count: layout.count)
+        var rows = [[Int32]](repeating: [], count: Int(task.shardCount))
+        rows[Int(task.shard)] = shards[0]
+        var counts = [Int](repeating: 0, count: Int(task.shardCount))
+        counts[Int(task.shard)] = resultCount
+        let plan = CoordinatorStateMachine.WorkPlan(
+            step: task.step, maskSeed: 0, work: task.work, maskDigest: nil, shards: rows,
+                                                    resultCounts: counts)
+        let only = Int(task.shard)..<(Int(task.shard) + 1)
+        return try execute(plan, parameters: dense(parameters), only: only).results[0].values.inlineValues!
     }
 
     /// Most shards of a step one worker sums before answering (the wire's limit).
@@ -455,10 +591,11 @@ public final class ClusterCoordinator {
         try? perform(machine.tick(now: now), parameters: nil)
     }
 
-    /// Waits up to `timeout` ms for at least `count` workers, handling whatever arrives.
+    /// Waits up to `timeout` ms for at least `count` workers (a relay counts its workers),
+    /// handling whatever arrives.
     public func waitForWorkers(_ count: Int, timeout: UInt64) throws -> Bool {
         let deadline = now + timeout
-        while machine.workerCount < count {
+        while machine.capacity < count {
             if shouldStop() { throw Interrupted() }
             if now > deadline { return false }
             try pump(timeout: 50, parameters: nil)

@@ -145,6 +145,11 @@ public final class ClusterWorker {
                         let result = try computer.compute(task, shared: shared, slot: slot)
                         tasksComputed += 1
                         try perform(machine.computed(result, now: now))
+                    } catch where computer.capacity == 0 {
+                        // A relay whose workers are gone gives the task back by saying so: the
+                        // coordinator requeues it without counting it as failed.
+                        logger.warning("no worker left for the task; giving it back", metadata: ["reason": "\(error)"])
+                        try perform(machine.announce(capacity: 0, now: now))
                     } catch let error as ClusterError where error.code == .sharedMemory {
                         // The file shrank under this worker: the task fails, and the worker
                         // goes on over the socket (a hello without a host id takes back its slot).

@@ -1,0 +1,124 @@
+import Foundation
+import MADE
+import MADECluster
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Relays (`made relay`): one peer per host standing for the workers there, as real processes.
+@Suite("Relays end to end", .serialized)
+struct RelayTests {
+    static func runFlags(data: String, epochs: Int) -> [String] {
+        ClusterProcessTests.runFlags(data: data, epochs: epochs)
+    }
+
+    /// Validation and test NLL, per epoch and at the end.
+    static func scores(_ output: String) -> [String] {
+        output.split(separator: "\n").compactMap { line in
+            if line.hasPrefix("valid_nll=") || line.hasPrefix("test_nll=") { return String(line) }
+            guard line.hasPrefix("epoch "), let range = line.range(of: "valid_nll ") else { return nil }
+            return String(line[range.lowerBound...].prefix(20))
+        }
+    }
+
+    /// Process ids of the children of `pid`.
+    static func children(of pid: Int32) -> [Int32] {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").compactMap { Int32($0) }
+    }
+
+    /// A coordinator at a fresh endpoint file and `relays` relays of `workers` workers each.
+    static func start(_ folder: String, data: String, epochs: Int, relays: Int, workers: Int, coordinatorFlags: [String] = [],
+                      relayFlags: [String] = []) throws -> (EndToEnd.Child, [EndToEnd.Child]) {
+        let endpoint = folder + "/endpoint-\(relays)x\(workers)"
+        let coordinator = try EndToEnd.Child(["coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
+                                              "--wait-for-workers", "\(relays * workers)"] + coordinatorFlags
+                                             + runFlags(data: data, epochs: epochs), folder: folder, name: "coordinator-\(relays)x\(workers)")
+        let started = try (0..<relays).map { r in
+            try EndToEnd.Child(["relay", "-v", "-d", data, "--endpoint-file", endpoint, "--name", "relay\(r)", "--workers", "\(workers)"]
+                               + relayFlags, folder: folder, name: "relay\(r)-\(relays)x\(workers)")
+        }
+        return (coordinator, started)
+    }
+
+    @Test("one relay of 2 workers, and two relays of 2, give the single-process checksum and scores; each relay answers once per step")
+    func checksums() throws {
+        let folder = EndToEnd.folder("relays")
+        let data = try EndToEnd.writeData(to: folder)
+        let (code, referenceOutput, referenceErrors) = try EndToEnd.run(["train"] + Self.runFlags(data: data, epochs: 3), folder: folder,
+                                                                        name: "reference")
+        #expect(code == 0, "\(referenceErrors)")
+        let expected = try #require(EndToEnd.checksum(referenceOutput))
+        for relays in [1, 2] {
+            let (coordinator, started) = try Self.start(folder, data: data, epochs: 3, relays: relays, workers: 2)
+            #expect(coordinator.wait(timeout: 120) == 0, "\(relays) relays: \(coordinator.errors)")
+            #expect(EndToEnd.checksum(coordinator.output) == expected, "\(relays) relays")
+            #expect(Self.scores(coordinator.output) == Self.scores(referenceOutput), "\(relays) relays")
+            let counters = EndToEnd.clusterCounters(coordinator.output)
+            #expect(counters["workers_joined"] == relays && counters["workers_lost"] == 0 && counters["failed_tasks"] == 0)
+            for relay in started {
+                #expect(relay.wait(timeout: 20) == 0, "\(relay.errors)")
+                // The relay and both of its workers computed: the workers' shards went through it.
+                let done = relay.errors.split(separator: "\n").filter { $0.contains("worker done") }
+                #expect(done.count == 3 && done.allSatisfy { EndToEnd.computedTasks(String($0)) }, "\(relay.errors)")
+                #expect(relay.errors.contains("shared_memory=true"), "the relay's workers share its memory")
+            }
+            if relays == 2 {
+                // 90 steps of 4 shards: one block of 2 per relay and step, and a few scoring tasks.
+                let tasks = started.map { relay in
+                    relay.errors.split(separator: "\n").first { $0.contains("made.relay") && $0.contains("worker done") }
+                        .flatMap { line in line.split(separator: " ").first { $0.hasPrefix("tasks=") }.flatMap { Int($0.dropFirst(6)) } } ?? 0
+                }
+                #expect(tasks.allSatisfy { $0 >= 90 && $0 <= 95 } && tasks.reduce(0, +) == 185, "tasks per relay: \(tasks)")
+            }
+        }
+    }
+
+    @Test("a relay killed with SIGKILL mid-run: its block goes to the other relay and the checksum is unchanged")
+    func killRelay() throws {
+        let folder = EndToEnd.folder("killrelay")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
+        let (coordinator, relays) = try Self.start(folder, data: data, epochs: 60, relays: 2, workers: 2,
+                                                   coordinatorFlags: ["--heartbeat-timeout", "1"])
+        #expect(coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+                "the run did not start: \(coordinator.errors)")
+        let victims = Self.children(of: relays[0].pid)
+        #expect(victims.count == 2, "the relay's two workers")
+        relays[0].signal(SIGKILL)
+        #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.checksum(coordinator.output) == expected)
+        #expect(EndToEnd.clusterCounters(coordinator.output)["workers_lost"] == 1)
+        #expect(relays[1].wait(timeout: 20) == 0)
+        // The dead relay's workers leave by themselves once their parent is gone.
+        for pid in victims {
+            var gone = false
+            for _ in 0..<250 where !gone {
+                gone = kill(pid, 0) != 0
+                if !gone { usleep(20_000) }
+            }
+            #expect(gone, "worker \(pid) of the killed relay is still running")
+        }
+    }
+
+    @Test("a worker behind a relay killed with SIGKILL mid-run: its shards go to the relay's other worker and the checksum is unchanged")
+    func killWorkerBehindRelay() throws {
+        let folder = EndToEnd.folder("killbehind")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
+        let (coordinator, relays) = try Self.start(folder, data: data, epochs: 60, relays: 1, workers: 2,
+                                                   relayFlags: ["--heartbeat-timeout", "1"])
+        #expect(coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+                "the run did not start: \(coordinator.errors)")
+        let workers = Self.children(of: relays[0].pid)
+        #expect(workers.count == 2, "the relay's two workers")
+        if let victim = workers.first { kill(victim, SIGKILL) }
+        #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.checksum(coordinator.output) == expected)
+        let counters = EndToEnd.clusterCounters(coordinator.output)
+        #expect(counters["workers_lost"] == 0 && counters["failed_tasks"] == 0, "the coordinator saw the relay only")
+        #expect(relays[0].wait(timeout: 20) == 0)
+        #expect(relays[0].errors.contains("worker lost"), "\(relays[0].errors)")
+    }
+}
