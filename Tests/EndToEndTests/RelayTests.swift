@@ -122,3 +122,26 @@ struct RelayTests {
         #expect(relays[0].errors.contains("worker lost"), "\(relays[0].errors)")
     }
 }
+
+@Suite("Relay traffic")
+struct RelayTrafficTests {
+    @Test("the coordinator's bytes per step grow with hosts, not workers: 2 relays of 2 workers cost twice one relay, within 5%, and half 4 direct workers")
+    func bytesPerHost() throws {
+        let folder = EndToEnd.folder("relaybytes")
+        let (code, out, err) = try EndToEnd.run(["bench", "--workers", "2", "--hosts", "1,2", "--steps", "10", "--warmup", "2", "-q", "64",
+                                                 "--dimension", "64", "--examples", "1000"], folder: folder, name: "bench")
+        #expect(code == 0, "\(err)")
+        let lines = out.split(separator: "\n").filter { $0.hasPrefix("made_hosts ") }
+        #expect(lines.count == 2, "\(out)")
+        func value(_ line: Substring, _ key: String) -> Double? {
+            line.split(separator: " ").first { $0.hasPrefix(key + "=") }.flatMap { Double($0.dropFirst(key.count + 1)) }
+        }
+        for line in lines {
+            #expect(line.contains("same_checksum=true"), "\(line)")
+            let ratio = try #require(value(line, "per_host_vs_first"))
+            #expect(abs(ratio - 1) <= 0.05, "\(line)")
+            let direct = try #require(value(line, "direct_vs_relay"))
+            #expect(direct > 1.9, "2 workers per host dialing directly move about twice the bytes: \(line)")
+        }
+    }
+}

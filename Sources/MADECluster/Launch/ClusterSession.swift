@@ -39,6 +39,9 @@ public final class ClusterSession {
         public var namePrefix = "local"
         /// The program the local workers run (`made`).
         public var executable = ClusterSession.currentExecutable
+        /// Start each local process as a relay (`made relay`) of this many workers of its own
+        /// instead of as a worker: hosts simulated on this one, for benchmarks and tests.
+        public var relayWorkers: Int?
 
         public init(coordinator: ClusterCoordinator.Options) {
             self.coordinator = coordinator
@@ -113,7 +116,9 @@ public final class ClusterSession {
             let name = "\(options.namePrefix)-\(i)"
             let process = Process()
             process.executableURL = URL(fileURLWithPath: options.executable)
-            var arguments = ["worker", "--connect", coordinator.endpoint, "--name", name, "--parent-pid", "\(getpid())"] + options.workerArguments
+            var arguments = [options.relayWorkers == nil ? "worker" : "relay", "--connect", coordinator.endpoint, "--name", name,
+                             "--parent-pid", "\(getpid())"] + options.workerArguments
+            if let workers = options.relayWorkers { arguments += ["--workers", "\(workers)"] }
             if let threads = options.workerThreads { arguments += ["--threads", "\(threads)"] }
             if let folder = options.workerKeyFolder { arguments += ["--keys", folder] }
             var input: FileHandle?
