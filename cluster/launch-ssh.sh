@@ -4,7 +4,13 @@
 # Runs the coordinator here and workers on other hosts over ssh.
 #
 # HOSTFILE holds one `host [slots]` per line (`slots=N` also works); '#' starts a comment. Each
-# host gets `slots` workers (default 1), each started as
+# host gets `slots` workers (default 1). A host of 2 or more slots gets one relay, which starts
+# them and stands for them at the coordinator (it sends the host the step's parameters once and
+# gets one gradient back; the workers share them through shared memory):
+#
+#   $MADE_SSH -tt HOST $MADE_REMOTE_BIN relay --connect tcp://ADVERTISED:PORT --workers SLOTS --keys KEYS -d DATA ...
+#
+# A host of one slot, and every host with --no-relay (or MADE_RELAY=0), gets its workers one by one:
 #
 #   $MADE_SSH -tt HOST $MADE_REMOTE_BIN worker --connect tcp://ADVERTISED:PORT --keys KEYS -d DATA ...
 #
@@ -20,7 +26,7 @@
 #
 # --dry-run prints the commands and runs nothing.
 #
-# Prints the coordinator's output; worker logs go to $MADE_LOG_DIR/HOST-I.log (default: a temporary
+# Prints the coordinator's output; worker and relay logs go to $MADE_LOG_DIR/HOST-I.log (default: a temporary
 # folder, removed at the end; their tails are printed when the run fails). On exit, error, Ctrl-C
 # or SIGTERM the coordinator is asked to checkpoint and stop, and the ssh clients are ended: with
 # -tt the remote workers get a hangup, and a worker that misses it still gives up after
@@ -38,6 +44,7 @@
 #   MADE_SSH                  ssh command, split on blanks (default: ssh)
 #   MADE_COORDINATOR_TIMEOUT  workers' --coordinator-timeout in seconds (default: 60)
 #   MADE_LOG_DIR              keep the worker logs in this folder
+#   MADE_RELAY                0: no relay, every worker dials the coordinator (as --no-relay)
 set -euo pipefail
 
 # shellcheck source=cluster/common.sh
@@ -59,12 +66,15 @@ shift
 
 # Split our own flags from the made flags.
 dry_run=0
+relay=${MADE_RELAY:-1}
+[[ $relay == 0 || $relay == 1 ]] || die "MADE_RELAY='$relay' is neither 0 nor 1"
 insecure=0
 keys=${MADE_KEYS:-}
 flags=()
 while (($#)); do
     case $1 in
         --dry-run) dry_run=1 ;;
+        --no-relay) relay=0 ;;
         --insecure)
             insecure=1
             flags+=("$1")
@@ -112,8 +122,10 @@ advertise=${MADE_ADVERTISE:-$(hostname -f 2>/dev/null || hostname)}
 read -r -a ssh_command <<<"${MADE_SSH:-ssh}"
 ((${#ssh_command[@]})) || die "MADE_SSH is empty"
 
-# Hosts, one entry per worker.
+# Processes to start over ssh, one entry each: its host and, for a relay, its workers (0 for a worker).
 hosts=()
+relay_workers=()
+workers=0
 while IFS= read -r line || [[ -n $line ]]; do
     line=${line%%#*}
     read -r host slots _ <<<"$line" || true
@@ -121,18 +133,29 @@ while IFS= read -r line || [[ -n $line ]]; do
     slots=${slots:-1}
     slots=${slots#slots=}
     [[ $slots =~ ^[0-9]+$ ]] || die "$hostfile: bad slot count '$slots' for $host"
-    for ((s = 0; s < slots; s++)); do hosts+=("$host"); done
+    workers=$((workers + slots))
+    if ((relay && slots >= 2)); then
+        hosts+=("$host")
+        relay_workers+=("$slots")
+    else
+        for ((s = 0; s < slots; s++)); do
+            hosts+=("$host")
+            relay_workers+=(0)
+        done
+    fi
 done <"$hostfile"
 ((${#hosts[@]})) || die "$hostfile lists no host"
 
 coordinator=("$made" coordinator --bind "tcp://0.0.0.0:$port" --advertise-host "$advertise")
 [[ -z $keys ]] || coordinator+=(--keys "$keys")
-made_shard_flags "${#hosts[@]}" "${flags[@]}"
+made_shard_flags "$workers" "${flags[@]}"
 coordinator+=(${shard_flags[@]+"${shard_flags[@]}"} "${flags[@]}")
 
 # The remote command, one shell word per argument: ssh hands the remote shell a single string.
-remote_command() { # ENDPOINT NAME
+remote_command() { # ENDPOINT NAME RELAY_WORKERS
     local words=("$remote_made" worker --connect "$1" --name "$2"
+        --coordinator-timeout "${MADE_COORDINATOR_TIMEOUT:-60}")
+    ((${3:-0} == 0)) || words=("$remote_made" relay --connect "$1" --name "$2" --workers "$3"
         --coordinator-timeout "${MADE_COORDINATOR_TIMEOUT:-60}")
     [[ -z $remote_keys ]] || words+=(--keys "$remote_keys" --key-name "${MADE_KEY_NAME:-worker}")
     words+=("${worker_flags[@]}")
@@ -151,7 +174,7 @@ if ((dry_run)); then
     echo "${line% }"
     for ((i = 0; i < ${#hosts[@]}; i++)); do
         printf -v line '%q ' "${ssh_command[@]}" -tt "${hosts[i]}"
-        echo "$line$(single_quoted "$(remote_command "tcp://$advertise:$shown_port" "${hosts[i]}-$i")")"
+        echo "$line$(single_quoted "$(remote_command "tcp://$advertise:$shown_port" "${hosts[i]}-$i" "${relay_workers[i]}")")"
     done
     exit 0
 fi
@@ -205,10 +228,10 @@ if [[ ! -s $work/endpoint ]]; then
 fi
 bound=$(<"$work/endpoint")
 endpoint="tcp://$advertise:${bound##*:}"
-echo "launch-ssh: coordinator at $endpoint, starting ${#hosts[@]} worker(s)" >&2
+echo "launch-ssh: coordinator at $endpoint, starting $workers worker(s) in ${#hosts[@]} process(es) over ssh" >&2
 
 for ((i = 0; i < ${#hosts[@]}; i++)); do
-    "${ssh_command[@]}" -tt "${hosts[i]}" "$(remote_command "$endpoint" "${hosts[i]}-$i")" \
+    "${ssh_command[@]}" -tt "${hosts[i]}" "$(remote_command "$endpoint" "${hosts[i]}-$i" "${relay_workers[i]}")" \
         </dev/null >"$logs/${hosts[i]}-$i.log" 2>&1 &
     ssh_pids+=("$!")
 done
