@@ -156,6 +156,8 @@ struct Launch: ParsableCommand {
     @OptionGroup var runtime: RuntimeArguments
     @Option(parsing: .unconditional, help: "Workers: seconds without a word from the coordinator before giving up.")
     var coordinatorTimeout: Double = 60
+    @Flag(help: "No relay per host: every worker dials the coordinator. (By default the first process of each host but the coordinator's also starts a relay, which the host's processes work behind: the coordinator sends each host the step's parameters once and gets one gradient back.)")
+    var noRelay = false
 
     func validate() throws {
         _ = try data.path()
@@ -170,13 +172,48 @@ struct Launch: ParsableCommand {
             try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime,
                             role: .coordinator(bind: cluster.bind ?? environment.bindEndpoint),
                             expectedWorkers: environment.worldSize - 1).run()
-        } else {
-            var worker = try WorkerArguments.parse([])
-            worker.keys = cluster.keys
-            worker.endpointFile = cluster.endpointFile
-            worker.coordinatorTimeout = coordinatorTimeout
-            try worker.run(data: data, runtime: runtime, environment: environment)
+            return
         }
+        var worker = try WorkerArguments.parse([])
+        worker.keys = cluster.keys
+        worker.endpointFile = cluster.endpointFile
+        worker.coordinatorTimeout = coordinatorTimeout
+        var relay: Process?
+        switch environment.launchRole(relays: !noRelay) {
+        case .coordinator, .worker:
+            break
+        case .relayAndWorker(let tag):
+            let endpoint = try PrivateEndpoint.shared(tag: tag)
+            relay = try startRelay(listen: endpoint, environment: environment)
+            (worker.connect, worker.keys, worker.endpointFile) = (endpoint, nil, nil)
+        case .workerBehindRelay(let tag):
+            (worker.connect, worker.keys, worker.endpointFile) = (try PrivateEndpoint.shared(tag: tag), nil, nil)
+        }
+        defer { if let relay { Self.stop(relay) } }
+        try worker.run(data: data, runtime: runtime, environment: environment)
+    }
+
+    /// Starts this host's relay: it dials the coordinator and listens at `listen` for the host's
+    /// processes, and exits with this process.
+    func startRelay(listen: String, environment: ClusterEnvironment) throws -> Process {
+        var arguments = ["relay", "--listen", listen, "--parent-pid", "\(getpid())", "--name", "\(ProcessInfo.processInfo.hostName)-relay",
+                         "--coordinator-timeout", "\(coordinatorTimeout)", "--threads", "\(runtime.threads)"]
+        arguments += cluster.endpointFile.map { ["--endpoint-file", $0] } ?? ["--connect", environment.connectEndpoint]
+        if let keys = cluster.keys { arguments += ["--keys", keys] }
+        if runtime.verbose { arguments.append("--verbose") }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ClusterSession.currentExecutable)
+        process.arguments = arguments + data.forwarded
+        try process.run()
+        return process
+    }
+
+    /// Waits a moment for the relay to follow the run's end, then ends it.
+    static func stop(_ relay: Process) {
+        let deadline = Date().addingTimeInterval(10)
+        while relay.isRunning, Date() < deadline { usleep(20_000) }
+        if relay.isRunning { kill(relay.processIdentifier, SIGTERM) }
+        relay.waitUntilExit()
     }
 }
 

@@ -145,3 +145,36 @@ struct RelayTrafficTests {
         }
     }
 }
+
+@Suite("made launch with relays", .serialized)
+struct LaunchRelayTests {
+    @Test("made launch: on a host other than the coordinator's the first process starts a relay and every process there works behind it; the single-process checksum")
+    func launchStartsRelays() throws {
+        let folder = EndToEnd.folder("launchrelay")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try ClusterProcessTests.reference(folder, data: data)
+        let port = EndToEnd.freePort()
+        // Ranks 0 and 3 on the coordinator's host (GROUP_RANK 0), ranks 1 and 2 on a second one.
+        let places = [(0, 0), (1, 0), (1, 1), (0, 1)]
+        var environment = ProcessInfo.processInfo.environment
+        environment["MASTER_ADDR"] = "127.0.0.1"
+        environment["MASTER_PORT"] = "\(port)"
+        environment["WORLD_SIZE"] = "4"
+        environment["TORCHELASTIC_RUN_ID"] = "e2e\(getpid())"
+        let processes = try places.enumerated().map { rank, place in
+            var e = environment
+            e["RANK"] = "\(rank)"
+            e["GROUP_RANK"] = "\(place.0)"
+            e["LOCAL_RANK"] = "\(place.1)"
+            return try EndToEnd.Child(["launch", "-v", "--insecure"] + ClusterProcessTests.runFlags(data: data), folder: folder, name: "rank\(rank)",
+                                      environment: e)
+        }
+        #expect(processes[0].wait(timeout: 120) == 0, "\(processes[0].errors)")
+        #expect(EndToEnd.checksum(processes[0].output) == expected)
+        // Two peers: the relay of the second host, and rank 3 beside the coordinator.
+        #expect(EndToEnd.clusterCounters(processes[0].output)["workers_joined"] == 2, "\(processes[0].output)")
+        for p in processes.dropFirst() { #expect(p.wait(timeout: 30) == 0, "\(p.errors)") }
+        #expect(processes[1].errors.contains("relay ready for its workers"), "\(processes[1].errors)")
+        for rank in 1...3 { #expect(EndToEnd.computedTasks(processes[rank].errors), "rank \(rank) computed: \(processes[rank].errors)") }
+    }
+}

@@ -1,4 +1,8 @@
 import Testing
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import MADECluster
 
 @Suite("Cluster environment")
@@ -48,5 +52,51 @@ struct ClusterEnvironmentTests {
         #expect(Endpoint.zeroMQSpelling("tcp://127.0.0.1:0") == "tcp://127.0.0.1:*")
         #expect(Endpoint.zeroMQSpelling("tcp://127.0.0.1:5000") == "tcp://127.0.0.1:5000")
         #expect(Endpoint.tcpHost("tcp://[fe80::1]:9") == "fe80::1")
+    }
+}
+
+@Suite("Launch roles")
+struct LaunchRoleTests {
+    @Test("under srun, the first task of every host but the coordinator's starts the host's relay, the others work behind it")
+    func slurmRoles() throws {
+        func role(_ procid: Int, node: Int, local: Int, relays: Bool = true) throws -> ClusterEnvironment.LaunchRole {
+            let e = try #require(try ClusterEnvironment.detect([
+                "SLURM_PROCID": "\(procid)", "SLURM_NTASKS": "6", "SLURM_JOB_NODELIST": "cn[1-3]", "SLURM_NODEID": "\(node)",
+                "SLURM_LOCALID": "\(local)", "SLURM_JOB_ID": "4711", "MASTER_PORT": "24711"]))
+            return e.launchRole(relays: relays)
+        }
+        #expect(try role(0, node: 0, local: 0) == .coordinator)
+        #expect(try role(1, node: 0, local: 1) == .worker)   // beside the coordinator: shared memory with it
+        #expect(try role(2, node: 1, local: 0) == .relayAndWorker(relayTag: "relay-4711-24711"))
+        #expect(try role(3, node: 1, local: 1) == .workerBehindRelay(relayTag: "relay-4711-24711"))
+        #expect(try role(3, node: 1, local: 1, relays: false) == .worker)
+    }
+
+    @Test("without the host's place in the environment, every process but rank 0 dials the coordinator")
+    func unknownPlace() throws {
+        let e = try #require(try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "4"]))
+        #expect(e.launchRole(relays: true) == .worker)
+        let placed = try #require(try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
+                                                                 "GROUP_RANK": "1", "TORCHELASTIC_RUN_ID": "x/../y"]))
+        #expect(placed.launchRole(relays: true) == .relayAndWorker(relayTag: "relay-xy-29500"))
+    }
+
+    @Test("a relay's shared endpoint lies in a folder of this user's that no one else may enter, and a planted folder is refused")
+    func privateFolders() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("made-private-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: base)
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let endpoint = try PrivateEndpoint.shared(tag: "relay-1-2", temporaryFolder: base)
+        #expect(endpoint == "ipc://\(base)/made-\(getuid())/relay-1-2.ipc")
+        #expect(try PrivateEndpoint.shared(tag: "relay-1-2", temporaryFolder: base) == endpoint)
+        chmod("\(base)/made-\(getuid())", 0o755)
+        #expect(throws: ClusterError.self) { try PrivateEndpoint.shared(tag: "relay-1-2", temporaryFolder: base) }
+        try FileManager.default.removeItem(atPath: "\(base)/made-\(getuid())")
+        try FileManager.default.createSymbolicLink(atPath: "\(base)/made-\(getuid())", withDestinationPath: "/tmp")
+        #expect(throws: ClusterError.self) { try PrivateEndpoint.shared(tag: "relay-1-2", temporaryFolder: base) }
+        #expect(throws: ClusterError.self) { try PrivateEndpoint.shared(tag: "../x", temporaryFolder: base) }
+        let (fresh, folder) = try PrivateEndpoint.fresh(temporaryFolder: base)
+        #expect(fresh == "ipc://\(folder)/relay.ipc")
     }
 }

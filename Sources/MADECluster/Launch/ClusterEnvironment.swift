@@ -9,6 +9,9 @@ import Foundation
 ///   (rank 0 coordinates, the others work), as torchrun and many launchers set them;
 /// - `SLURM_PROCID` / `SLURM_NTASKS` / `SLURM_JOB_NODELIST` under `srun`: task 0 coordinates,
 ///   the coordinator's host is the first node of the job's node list.
+///
+/// Where a process sits among its host's (`LOCAL_RANK` and `GROUP_RANK`, or `SLURM_LOCALID` and
+/// `SLURM_NODEID`) decides who starts the host's relay (``launchRole(relays:)``).
 public struct ClusterEnvironment: Sendable, Equatable {
     /// The port used when neither a flag nor `MASTER_PORT` gives one.
     public static let defaultPort = 29_500
@@ -22,6 +25,12 @@ public struct ClusterEnvironment: Sendable, Equatable {
     public var coordinatorPort: Int
     /// Where the values came from, for messages.
     public var source: String
+    /// This process's rank among those of its host, when the launcher says.
+    public var localRank: Int?
+    /// The rank of this process's host among the job's hosts (the coordinator's is 0), when the launcher says.
+    public var nodeRank: Int?
+    /// The launcher's job id, when it gives one (`SLURM_JOB_ID`, `TORCHELASTIC_RUN_ID`).
+    public var jobID: String?
 
     /// Reads the variables of `environment`; nil when none of the recognized sets is present.
     public static func detect(_ environment: [String: String]) throws -> ClusterEnvironment? {
@@ -38,7 +47,11 @@ public struct ClusterEnvironment: Sendable, Equatable {
             guard let host = environment["MASTER_ADDR"], !host.isEmpty else {
                 throw ClusterError(.invalidEnvironment, "RANK and WORLD_SIZE are set but MASTER_ADDR is not")
             }
-            return try checked(ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "RANK/WORLD_SIZE"))
+            var e = ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "RANK/WORLD_SIZE")
+            e.localRank = try integer("LOCAL_RANK")
+            e.nodeRank = try integer("GROUP_RANK") ?? integer("NODE_RANK")
+            e.jobID = environment["TORCHELASTIC_RUN_ID"]
+            return try checked(e)
         }
         if let rank = try integer("SLURM_PROCID"), let size = try integer("SLURM_NTASKS") {
             var host = environment["MASTER_ADDR"] ?? ""
@@ -49,7 +62,11 @@ public struct ClusterEnvironment: Sendable, Equatable {
                 }
                 host = first
             }
-            return try checked(ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "Slurm"))
+            var e = ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "Slurm")
+            e.localRank = try integer("SLURM_LOCALID")
+            e.nodeRank = try integer("SLURM_NODEID")
+            e.jobID = environment["SLURM_JOB_ID"]
+            return try checked(e)
         }
         return nil
     }
@@ -72,6 +89,29 @@ public struct ClusterEnvironment: Sendable, Equatable {
 
     /// Whether this process coordinates.
     public var isCoordinator: Bool { rank == 0 }
+
+    /// What a process of `made launch` is, when each host but the coordinator's has a relay.
+    public enum LaunchRole: Sendable, Equatable {
+        /// Rank 0.
+        case coordinator
+        /// A worker dialing the coordinator: on the coordinator's host (which shares memory with
+        /// it), or when relays are off or the launcher does not say where processes sit.
+        case worker
+        /// The first process of its host: it starts the host's relay, listening at `relayTag`
+        /// (``PrivateEndpoint/shared(tag:temporaryFolder:)``), and works behind it.
+        case relayAndWorker(relayTag: String)
+        /// Another process of such a host: a worker behind the relay at `relayTag`.
+        case workerBehindRelay(relayTag: String)
+    }
+
+    /// This process's part, with a relay per host when `relays` is on.
+    public func launchRole(relays: Bool) -> LaunchRole {
+        if isCoordinator { return .coordinator }
+        guard relays, let localRank, let nodeRank, nodeRank > 0 else { return .worker }
+        let job = (jobID ?? "").filter { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }.prefix(40)
+        let tag = "relay-\(job.isEmpty ? "job" : String(job))-\(coordinatorPort)"
+        return localRank == 0 ? .relayAndWorker(relayTag: tag) : .workerBehindRelay(relayTag: tag)
+    }
 
     /// The endpoint workers connect to.
     public var connectEndpoint: String { "tcp://\(Endpoint.bracketed(coordinatorHost)):\(coordinatorPort)" }
