@@ -48,7 +48,8 @@ struct Relay: ParsableCommand {
         var options = try worker.workerOptions(environment: try ClusterEnvironment.detect(ProcessInfo.processInfo.environment))
         // Parameters come packed and the block's sum goes back packed, whatever the host.
         options.sharedMemory = false
-        let dataset = try worker.dataset(data)
+        // The relay reads no rows itself: the data is loaded for its fingerprint only.
+        let fingerprint = DataFingerprint.bytes(of: try worker.dataset(data))
         var folder: String?
         let endpoint: String
         if let listen {
@@ -71,7 +72,7 @@ struct Relay: ParsableCommand {
         relayOptions.workerArguments = forwarded + ["--coordinator-timeout", "\(worker.coordinatorTimeout)"] + (runtime.verbose ? ["--verbose"] : [])
         relayOptions.workerThreads = runtime.threads
         relayOptions.namePrefix = options.name
-        let computer = RelayComputer(dataFingerprint: DataFingerprint.bytes(of: dataset), options: relayOptions, logger: logger)
+        let computer = RelayComputer(dataFingerprint: fingerprint, options: relayOptions, logger: logger)
         computer.shouldStop = { SignalFlag.isSet }
         try worker.run(computer: computer, options: options, logger: logger)
     }
