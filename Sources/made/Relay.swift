@@ -45,11 +45,14 @@ struct Relay: ParsableCommand {
 
     func run() throws {
         let logger = CommandLineSupport.bootstrap(label: "made.relay", verbose: runtime.verbose)
-        var options = try worker.workerOptions(environment: try ClusterEnvironment.detect(ProcessInfo.processInfo.environment))
-        // Parameters come packed and the block's sum goes back packed, whatever the host.
-        options.sharedMemory = false
+        let environment = try ClusterEnvironment.detect(ProcessInfo.processInfo.environment)
+        // No way to find the coordinator: said before anything is loaded.
+        if worker.connect == nil, worker.endpointFile == nil, environment == nil { _ = try worker.endpoint(environment: nil) }
         // The relay reads no rows itself: the data is loaded for its fingerprint only.
         let fingerprint = DataFingerprint.bytes(of: try worker.dataset(data))
+        var options = try worker.workerOptions(environment: environment)
+        // Parameters come packed and the block's sum goes back packed, whatever the host.
+        options.sharedMemory = false
         var folder: String?
         let endpoint: String
         if let listen {
