@@ -174,7 +174,8 @@ if ((dry_run)); then
     echo "${line% }"
     for ((i = 0; i < ${#hosts[@]}; i++)); do
         printf -v line '%q ' "${ssh_command[@]}" -tt "${hosts[i]}"
-        echo "$line$(single_quoted "$(remote_command "tcp://$advertise:$shown_port" "${hosts[i]}-$i" "${relay_workers[i]}")")"
+        command=$(remote_command "tcp://$advertise:$shown_port" "${hosts[i]}-$i" "${relay_workers[i]}")
+        echo "$line$(single_quoted "$command")"
     done
     exit 0
 fi

@@ -72,7 +72,12 @@ struct Bench: ParsableCommand {
     var workers: Int = 0
     @Flag(help: "With --workers: send parameters and gradients over the socket, as to workers on other hosts.")
     var noSharedMemory = false
-    @Option(help: ArgumentHelp("Simulate hosts on this one: for each count H of the comma-separated list, H relays (`made relay`) of --workers workers each, and, side by side, H x --workers workers dialing the coordinator directly; all over loopback sockets, as from other hosts. Prints the coordinator's bytes per step of each, and per host against one host.", valueName: "list"))
+    @Option(help: ArgumentHelp(
+        "Simulate hosts on this one: for each count H of the comma-separated list, H relays (`made relay`) of "
+            + "--workers workers each, and, side by side, H x --workers workers dialing the coordinator directly; all "
+            + "over loopback sockets, as from other hosts. Prints the coordinator's bytes per step of each, and per "
+            + "host against one host.",
+        valueName: "list"))
     var hosts: String?
     @Flag(help: "Measure sampling instead: cached activations against one forward pass per dimension.")
     var sampling = false
@@ -95,8 +100,10 @@ struct Bench: ParsableCommand {
         _ = try parseHiddens(hiddens)
         guard masksPerStep >= 1 else { throw ValidationError("--masks-per-step must be at least 1, not \(masksPerStep)") }
         if hosts != nil {
-            guard let counts = hostCounts, !counts.isEmpty, counts.allSatisfy({ $0 >= 1 && $0 <= 64 }), workers >= 1 else {
-                throw ValidationError("--hosts takes host counts from 1 to 64, comma-separated, such as 1,2,4, with --workers N (per host)")
+            guard let counts = hostCounts, !counts.isEmpty, counts.allSatisfy({ $0 >= 1 && $0 <= 64 }), workers >= 1
+            else {
+                throw ValidationError(
+                    "--hosts takes host counts from 1 to 64, comma-separated, such as 1,2,4, with --workers N per host")
             }
             try checkRange("--workers x hosts", counts.max()! * workers, 1...ClusterArguments.maxWorkers)
         }
@@ -133,8 +140,12 @@ struct Bench: ParsableCommand {
         if case .binary(let bytes) = train.storage { ones = bytes.reduce(0) { $0 + Int($1) } } else { ones = 0 }
         let dataDensity = Double(ones) / Double(max(1, train.count * train.dimension))
         let model = ModelConfiguration(inputCount: train.dimension, hiddenSizes: try parseHiddens(hiddens), maskCount: masksPerStep)
-        // With --hosts, every configuration cuts the batch alike: one block of --workers shards per host at the most hosts.
-        let shardCount = shards ?? TrainingConfiguration.defaultShards(workers: workers * (hostCounts?.max() ?? 1), masksPerStep: masksPerStep)
+        // With --hosts, every configuration cuts the batch alike: one block of --workers shards per host at
+        // the most hosts.
+        let shardCount =
+            shards
+            ?? TrainingConfiguration.defaultShards(
+                workers: workers * (hostCounts?.max() ?? 1), masksPerStep: masksPerStep)
         func configuration(_ kernel: ComputeKernel) -> TrainingConfiguration {
             TrainingConfiguration(model: model, batchSize: batchSize, epochs: TrainingConfiguration.maxEpochs, shards: shardCount, masksPerStep: masksPerStep,
                                   kernel: kernel)
@@ -193,7 +204,8 @@ struct Bench: ParsableCommand {
         try DatasetWriter.writeNPZ(fileDataset, to: file)
         let loaded = try DatasetLoader.load(path: file)
         if let hostCounts {
-            return try benchHosts(hostCounts, configuration: configuration(kernels.last!), dataset: dataset, loaded: loaded, file: file,
+            return try benchHosts(
+                hostCounts, configuration: configuration(kernels.last!), dataset: dataset, loaded: loaded, file: file,
                                   folder: folder, settings: settings)
         }
         var rates: [Double] = []
@@ -223,27 +235,35 @@ struct Bench: ParsableCommand {
     /// For each host count, trains through that many relays of `--workers` workers and through
     /// as many workers dialing directly, alternating, and prints the coordinator's bytes per step
     /// of both and per host against one host.
-    func benchHosts(_ counts: [Int], configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String, folder: String,
+    func benchHosts(
+        _ counts: [Int], configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String,
+        folder: String,
                     settings: String) throws {
         var perHostAtOne: Double?
         for hosts in counts {
-            let relayed = try runCluster(configuration: configuration, dataset: dataset, loaded: loaded, file: file, processes: hosts,
+            let relayed = try runCluster(
+                configuration: configuration, dataset: dataset, loaded: loaded, file: file, processes: hosts,
                                          relayWorkers: workers)
-            let direct = try runCluster(configuration: configuration, dataset: dataset, loaded: loaded, file: file, processes: hosts * workers,
+            let direct = try runCluster(
+                configuration: configuration, dataset: dataset, loaded: loaded, file: file, processes: hosts * workers,
                                         relayWorkers: nil)
             let perHost = relayed.bytesPerStep / Double(hosts)
             if perHostAtOne == nil { perHostAtOne = perHost }
-            print(String(format: "made_hosts hosts=%d workers_per_host=%d relay_bytes_per_step=%.0f relay_bytes_per_step_per_host=%.0f per_host_vs_first=%.4f direct_bytes_per_step=%.0f direct_vs_relay=%.3f relay_examples_per_s=%.1f direct_examples_per_s=%.1f same_checksum=%@",
-                         hosts, workers, relayed.bytesPerStep, perHost, perHost / perHostAtOne!, direct.bytesPerStep,
-                         direct.bytesPerStep / relayed.bytesPerStep, relayed.examplesPerSecond, direct.examplesPerSecond,
-                         relayed.checksum == direct.checksum ? "true" : "false") + " " + settings)
+            let format = "made_hosts hosts=%d workers_per_host=%d relay_bytes_per_step=%.0f "
+                + "relay_bytes_per_step_per_host=%.0f per_host_vs_first=%.4f direct_bytes_per_step=%.0f "
+                + "direct_vs_relay=%.3f relay_examples_per_s=%.1f direct_examples_per_s=%.1f same_checksum=%@"
+            let same = relayed.checksum == direct.checksum ? "true" : "false"
+            print(String(format: format, hosts, workers, relayed.bytesPerStep, perHost, perHost / perHostAtOne!,
+                         direct.bytesPerStep, direct.bytesPerStep / relayed.bytesPerStep, relayed.examplesPerSecond,
+                         direct.examplesPerSecond, same) + " " + settings)
         }
     }
 
     /// Trains `--warmup` then `--steps` steps through `processes` local processes dialing the
     /// coordinator over loopback TCP without shared memory (relays of `relayWorkers` workers, or
     /// workers), and returns what was measured over the timed steps.
-    func runCluster(configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String, processes: Int,
+    func runCluster(
+        configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String, processes: Int,
                     relayWorkers: Int?) throws -> ClusterRate {
         let trainer = try Trainer(configuration: configuration, dataset: dataset)
         var logger = Logger(label: "made.bench")
@@ -256,13 +276,15 @@ struct Bench: ParsableCommand {
         options.workerThreads = runtime.threads
         options.awaitedWorkers = processes * (relayWorkers ?? 1)
         options.namePrefix = relayWorkers == nil ? "bench" : "bench-host"
-        let session = try ClusterSession(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
+        let session = try ClusterSession(
+            configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
                                          options: options, logger: logger)
         defer { session.finish(exitCode: 1, reason: "benchmark failed") }
         try session.awaitWorkers()
         let coordinator = session.coordinator
         guard coordinator.capacity == options.awaitedWorkers else {
-            throw CommandFailure("only \(coordinator.capacity) of \(options.awaitedWorkers) workers connected within 60 s")
+            throw CommandFailure(
+                "only \(coordinator.capacity) of \(options.awaitedWorkers) workers connected within 60 s")
         }
         trainer.optimizerThreads = coordinator.threads
         let compute = { (plan: StepPlan) in try coordinator.computeStep(plan, parameters: trainer.state.parameters) }

@@ -96,7 +96,9 @@ struct WorkerArguments: ParsableArguments {
         if noData { return Dataset(train: nil, valid: nil, test: nil, source: "no data") }
         let path = try data.path()
         if singleSplit {
-            return Dataset(train: nil, valid: nil, test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
+            return Dataset(
+                train: nil, valid: nil,
+                test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
         }
         return try DatasetLoader.load(path: path, options: data.options)
     }
@@ -156,7 +158,10 @@ struct Launch: ParsableCommand {
     @OptionGroup var runtime: RuntimeArguments
     @Option(parsing: .unconditional, help: "Workers: seconds without a word from the coordinator before giving up.")
     var coordinatorTimeout: Double = 60
-    @Flag(help: "No relay per host: every worker dials the coordinator. (By default the first process of each host but the coordinator's also starts a relay, which the host's processes work behind: the coordinator sends each host the step's parameters once and gets one gradient back.)")
+    @Flag(help: ArgumentHelp(
+        "No relay per host: every worker dials the coordinator. (By default the first process of each host but the "
+            + "coordinator's also starts a relay, which the host's processes work behind: the coordinator sends each "
+            + "host the step's parameters once and gets one gradient back.)"))
     var noRelay = false
 
     func validate() throws {
@@ -196,7 +201,9 @@ struct Launch: ParsableCommand {
     /// Starts this host's relay: it dials the coordinator and listens at `listen` for the host's
     /// processes, and exits with this process.
     func startRelay(listen: String, environment: ClusterEnvironment) throws -> Process {
-        var arguments = ["relay", "--listen", listen, "--parent-pid", "\(getpid())", "--name", "\(ProcessInfo.processInfo.hostName)-relay",
+        var arguments = [
+            "relay", "--listen", listen, "--parent-pid", "\(getpid())", "--name",
+            "\(ProcessInfo.processInfo.hostName)-relay",
                          "--coordinator-timeout", "\(coordinatorTimeout)", "--threads", "\(runtime.threads)"]
         arguments += cluster.endpointFile.map { ["--endpoint-file", $0] } ?? ["--connect", environment.connectEndpoint]
         if let keys = cluster.keys { arguments += ["--keys", keys] }

@@ -7,7 +7,10 @@ struct Made: ParsableCommand {
         commandName: "made",
         abstract: "MADE: masked autoencoders for distribution estimation.",
         version: "0.1.0",
-        subcommands: [Train.self, Coordinator.self, Worker.self, Relay.self, Launch.self, Keygen.self, Eval.self, Sample.self, Checksum.self, Export.self, Import.self, Bench.self]
+        subcommands: [
+            Train.self, Coordinator.self, Worker.self, Relay.self, Launch.self, Keygen.self, Eval.self, Sample.self,
+            Checksum.self, Export.self, Import.self, Bench.self,
+        ]
     )
 
     /// Parses and runs the command. An error goes to standard error in one write, so that the

@@ -6,7 +6,9 @@ import MADECluster
 
 struct Relay: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Stand for this host's workers at a coordinator: take a block of each step's shards, share the parameters with the workers here through shared memory, and answer once with the sum of their gradients.",
+        abstract:
+            "Stand for this host's workers at a coordinator: take a block of each step's shards, share the parameters "
+            + "with the workers here through shared memory, and answer once with the sum of their gradients.",
         usage: "made relay -d <path> [--connect <endpoint> | --endpoint-file <file>] --workers <n> [<options>]",
         discussion: """
             The coordinator sees one peer per host: it sends the step's parameters once and gets one \
@@ -20,26 +22,45 @@ struct Relay: ParsableCommand {
     @OptionGroup var worker: WorkerArguments
     @Option(parsing: .unconditional, help: "Worker processes to start on this host; they dial this relay.")
     var workers: Int = 0
-    @Option(help: "Endpoint this host's workers dial, on this host (ipc:// or loopback). (default: an ipc socket in a new folder only this user can enter)")
+    @Option(
+        help: ArgumentHelp(
+            "Endpoint this host's workers dial, on this host (ipc:// or loopback). "
+                + "(default: an ipc socket in a new folder only this user can enter)")
+    )
     var listen: String?
-    @Option(parsing: .unconditional, help: "Seconds of silence after which one of this host's workers is declared dead and its shards given to the others.")
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Seconds of silence after which one of this host's workers is declared dead and its shards given to "
+                + "the others.")
+    )
     var heartbeatTimeout: Double = 10
-    @Option(parsing: .unconditional, help: "Seconds after which a shard one of this host's workers holds is taken back and given to the first idle one.")
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Seconds after which a shard one of this host's workers holds is taken back and given to the first "
+                + "idle one.")
+    )
     var taskTimeout: Double = 60
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
-        if data.dataPath == nil && !worker.noData { throw ValidationError("give the data with -d/--data-path (or --no-data for sampling only)") }
+        if data.dataPath == nil && !worker.noData {
+            throw ValidationError("give the data with -d/--data-path (or --no-data for sampling only)")
+        }
         try checkRange("--workers", workers, 0...ClusterArguments.maxWorkers)
         for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout)] {
             if let problem = TimeoutRange.problem(name, seconds: value) { throw ValidationError(problem) }
         }
         if let listen {
             do { try Endpoint.validate(listen) } catch { throw ValidationError("--listen \(error)") }
-            guard Endpoint.isLocal(listen) else { throw ValidationError("--listen must stay on this host (ipc:// or loopback), not \(listen)") }
+            guard Endpoint.isLocal(listen) else {
+                throw ValidationError("--listen must stay on this host (ipc:// or loopback), not \(listen)")
+            }
         }
         if listen == nil && workers == 0 {
-            throw ValidationError("give --workers N to start this host's workers, or --listen ENDPOINT for workers started apart")
+            throw ValidationError(
+                "give --workers N to start this host's workers, or --listen ENDPOINT for workers started apart")
         }
     }
 
@@ -47,7 +68,9 @@ struct Relay: ParsableCommand {
         let logger = CommandLineSupport.bootstrap(label: "made.relay", verbose: runtime.verbose)
         let environment = try ClusterEnvironment.detect(ProcessInfo.processInfo.environment)
         // No way to find the coordinator: said before anything is loaded.
-        if worker.connect == nil, worker.endpointFile == nil, environment == nil { _ = try worker.endpoint(environment: nil) }
+        if worker.connect == nil, worker.endpointFile == nil, environment == nil {
+            _ = try worker.endpoint(environment: nil)
+        }
         // The relay reads no rows itself: the data is loaded for its fingerprint only.
         let fingerprint = DataFingerprint.bytes(of: try worker.dataset(data))
         var options = try worker.workerOptions(environment: environment)
@@ -72,7 +95,9 @@ struct Relay: ParsableCommand {
         var forwarded = worker.noData ? ["--no-data"] : data.forwarded
         if worker.singleSplit { forwarded.append("--single-split") }
         if worker.noSharedMemory { forwarded.append("--no-shared-memory") }
-        relayOptions.workerArguments = forwarded + ["--coordinator-timeout", "\(worker.coordinatorTimeout)"] + (runtime.verbose ? ["--verbose"] : [])
+        relayOptions.workerArguments =
+            forwarded + ["--coordinator-timeout", "\(worker.coordinatorTimeout)"]
+            + (runtime.verbose ? ["--verbose"] : [])
         relayOptions.workerThreads = runtime.threads
         relayOptions.namePrefix = options.name
         let computer = RelayComputer(dataFingerprint: fingerprint, options: relayOptions, logger: logger)

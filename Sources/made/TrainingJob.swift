@@ -129,7 +129,8 @@ struct TrainingJob {
             print("cluster workers_joined=\(n.workersJoined) workers_lost=\(n.workersLost) reassigned_shards=\(n.reassignedShards) "
                   + "rejected=\(n.rejected) malformed=\(n.malformed) wrong_run=\(n.wrongRun) unknown_peer=\(n.unknownPeer) "
                   + "refused_workers=\(n.refusedWorkers) mask_mismatches=\(n.maskMismatches) late=\(n.lateResults) "
-                  + "failed_tasks=\(n.failedTasks) curve_refused=\(c.refusedClients) bytes_sent=\(c.bytesSent) bytes_received=\(c.bytesReceived) "
+                  + "failed_tasks=\(n.failedTasks) curve_refused=\(c.refusedClients) bytes_sent=\(c.bytesSent) "
+                  + "bytes_received=\(c.bytesReceived) "
                   + "bytes_per_step=\((c.bytesSent + c.bytesReceived) / max(1, trainer.state.step - firstStep))")
         }
         print("params_sha256=\(final.parametersSHA256)")

@@ -29,7 +29,9 @@ struct LauncherTests {
         #expect(badCode == 2 && badOutput.contains("positive number of workers"))
     }
 
-    @Test("launch-ssh.sh --dry-run: one shard and one awaited worker per host slot, a relay per host of several slots, all dialing the advertised endpoint")
+    @Test(
+        "launch-ssh.sh --dry-run: a shard and an awaited worker per slot, a relay per host of slots; all dial the head"
+    )
     func sshDryRun() throws {
         let folder = EndToEnd.folder("launch-ssh")
         let hosts = folder + "/hosts"
@@ -45,12 +47,16 @@ struct LauncherTests {
         let remote = lines.filter { $0.hasPrefix("ssh -tt ") }
         #expect(remote.count == 2)
         #expect(remote.allSatisfy { $0.contains("--connect tcp://head:29511") && $0.contains("-d /data/x.npz") })
-        #expect(remote.filter { $0.hasPrefix("ssh -tt node-a ") && $0.contains(" relay ") && $0.contains("--workers 2") }.count == 1)
+        #expect(
+            remote.filter { $0.hasPrefix("ssh -tt node-a ") && $0.contains(" relay ") && $0.contains("--workers 2") }
+                .count == 1)
         #expect(remote.filter { $0.hasPrefix("ssh -tt node-b ") && $0.contains(" worker ") }.count == 1)
         // Without relays (--no-relay, or MADE_RELAY=0) every worker dials the coordinator.
-        for (flags, environment) in [(["--no-relay"], [:]), ([], ["MADE_RELAY": "0"])] as [([String], [String: String])] {
-            let (plainCode, plain) = try launch("launch-ssh.sh", [hosts, "--dry-run", "-d", "/data/x.npz", "--insecure"] + flags,
-                                                environment: environment.merging(["MADE_ADVERTISE": "head"]) { $1 }, folder: folder)
+        for (flags, environment) in [(["--no-relay"], [:]), ([], ["MADE_RELAY": "0"])] as [([String], [String: String])]
+        {
+            let (plainCode, plain) = try launch(
+                "launch-ssh.sh", [hosts, "--dry-run", "-d", "/data/x.npz", "--insecure"] + flags,
+                environment: environment.merging(["MADE_ADVERTISE": "head"]) { $1 }, folder: folder)
             #expect(plainCode == 0, "\(plain)")
             let workers = plain.split(separator: "\n").filter { $0.hasPrefix("ssh -tt ") }
             #expect(workers.count == 3 && workers.allSatisfy { $0.contains(" worker ") && !$0.contains(" relay ") })
@@ -66,7 +72,7 @@ struct LauncherTests {
         #expect(line.contains("--shards 8") && line.contains("--wait-for-workers 1"))
     }
 
-    @Test("launch-ssh.sh through a stand-in for ssh that runs the command here: a host of two slots gets a relay, and the single-process checksum")
+    @Test("launch-ssh.sh through an ssh that runs here: a host of two slots gets a relay; the single-process checksum")
     func sshThroughRelay() throws {
         let folder = EndToEnd.folder("launch-ssh-relay")
         let data = try EndToEnd.writeData(to: folder)
@@ -78,14 +84,17 @@ struct LauncherTests {
         try "#!/bin/bash\nshift 2\nexec bash -c \"$1\"\n".write(toFile: ssh, atomically: true, encoding: .utf8)
         chmod(ssh, 0o755)
         let logs = folder + "/logs"
-        let (code, output) = try launch("launch-ssh.sh", [hosts, "--insecure", "-v"] + ClusterProcessTests.runFlags(data: data),
-                                        environment: ["MADE_SSH": ssh, "MADE_ADVERTISE": "127.0.0.1", "MADE_PORT": "0", "MADE_LOG_DIR": logs],
+        let (code, output) = try launch(
+            "launch-ssh.sh", [hosts, "--insecure", "-v"] + ClusterProcessTests.runFlags(data: data),
+            environment: ["MADE_SSH": ssh, "MADE_ADVERTISE": "127.0.0.1", "MADE_PORT": "0", "MADE_LOG_DIR": logs],
                                         folder: folder)
         #expect(code == 0, "\(output)")
         #expect(EndToEnd.checksum(output) == expected)
         #expect(EndToEnd.clusterCounters(output)["workers_joined"] == 1, "one peer: the relay")
         let log = (try? String(contentsOfFile: logs + "/localhost-0.log", encoding: .utf8)) ?? ""
         let done = log.split(separator: "\n").filter { $0.contains("worker done") }
-        #expect(done.count == 3 && done.allSatisfy { EndToEnd.computedTasks(String($0)) }, "the relay and its two workers: \(log)")
+        #expect(
+            done.count == 3 && done.allSatisfy { EndToEnd.computedTasks(String($0)) },
+            "the relay and its two workers: \(log)")
     }
 }

@@ -10,7 +10,10 @@ struct NewUserTests {
     func helpTexts() throws {
         let folder = EndToEnd.folder("help")
         var texts: [String: String] = [:]
-        for command in ["train", "coordinator", "worker", "relay", "launch", "eval", "sample", "keygen", "export", "import", "bench", "checksum"] {
+        for command in [
+            "train", "coordinator", "worker", "relay", "launch", "eval", "sample", "keygen", "export", "import",
+            "bench", "checksum",
+        ] {
             let (code, out, err) = try EndToEnd.run([command, "--help"], folder: folder, name: "help-\(command)", timeout: 30)
             #expect(code == 0, "\(command): \(err)")
             texts[command] = out.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ")   // unwrapped
@@ -23,7 +26,9 @@ struct NewUserTests {
         }
         #expect(texts["worker"]!.contains("(-d <path> | --no-data)"))
         #expect(!texts["worker"]!.contains("parent-pid"))
-        #expect(!texts["relay"]!.contains("parent-pid") && texts["relay"]!.contains("--workers") && texts["relay"]!.contains("--listen"))
+        #expect(
+            !texts["relay"]!.contains("parent-pid") && texts["relay"]!.contains("--workers")
+                && texts["relay"]!.contains("--listen"))
         #expect(texts["train"]!.contains("(default: 1/6)"))
         for command in ["eval", "sample"] {
             let text = texts[command]!

@@ -29,24 +29,32 @@ struct RelayTests {
     }
 
     /// A coordinator at a fresh endpoint file and `relays` relays of `workers` workers each.
-    static func start(_ folder: String, data: String, epochs: Int, relays: Int, workers: Int, coordinatorFlags: [String] = [],
+    static func start(
+        _ folder: String, data: String, epochs: Int, relays: Int, workers: Int, coordinatorFlags: [String] = [],
                       relayFlags: [String] = []) throws -> (EndToEnd.Child, [EndToEnd.Child]) {
         let endpoint = folder + "/endpoint-\(relays)x\(workers)"
-        let coordinator = try EndToEnd.Child(["coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
+        let coordinator = try EndToEnd.Child(
+            [
+                "coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
                                               "--wait-for-workers", "\(relays * workers)"] + coordinatorFlags
-                                             + runFlags(data: data, epochs: epochs), folder: folder, name: "coordinator-\(relays)x\(workers)")
+                + runFlags(data: data, epochs: epochs), folder: folder, name: "coordinator-\(relays)x\(workers)")
         let started = try (0..<relays).map { r in
-            try EndToEnd.Child(["relay", "-v", "-d", data, "--endpoint-file", endpoint, "--name", "relay\(r)", "--workers", "\(workers)"]
+            try EndToEnd.Child(
+                [
+                    "relay", "-v", "-d", data, "--endpoint-file", endpoint, "--name", "relay\(r)", "--workers",
+                    "\(workers)",
+                ]
                                + relayFlags, folder: folder, name: "relay\(r)-\(relays)x\(workers)")
         }
         return (coordinator, started)
     }
 
-    @Test("one relay of 2 workers, and two relays of 2, give the single-process checksum and scores; each relay answers once per step")
+    @Test("one relay of 2 workers, and two: the single-process checksum and scores; one answer per relay and step")
     func checksums() throws {
         let folder = EndToEnd.folder("relays")
         let data = try EndToEnd.writeData(to: folder)
-        let (code, referenceOutput, referenceErrors) = try EndToEnd.run(["train"] + Self.runFlags(data: data, epochs: 3), folder: folder,
+        let (code, referenceOutput, referenceErrors) = try EndToEnd.run(
+            ["train"] + Self.runFlags(data: data, epochs: 3), folder: folder,
                                                                         name: "reference")
         #expect(code == 0, "\(referenceErrors)")
         let expected = try #require(EndToEnd.checksum(referenceOutput))
@@ -56,7 +64,8 @@ struct RelayTests {
             #expect(EndToEnd.checksum(coordinator.output) == expected, "\(relays) relays")
             #expect(Self.scores(coordinator.output) == Self.scores(referenceOutput), "\(relays) relays")
             let counters = EndToEnd.clusterCounters(coordinator.output)
-            #expect(counters["workers_joined"] == relays && counters["workers_lost"] == 0 && counters["failed_tasks"] == 0)
+            #expect(
+                counters["workers_joined"] == relays && counters["workers_lost"] == 0 && counters["failed_tasks"] == 0)
             for relay in started {
                 #expect(relay.wait(timeout: 20) == 0, "\(relay.errors)")
                 // The relay and both of its workers computed: the workers' shards went through it.
@@ -67,10 +76,15 @@ struct RelayTests {
             if relays == 2 {
                 // 90 steps of 4 shards: one block of 2 per relay and step, and a few scoring tasks.
                 let tasks = started.map { relay in
-                    relay.errors.split(separator: "\n").first { $0.contains("made.relay") && $0.contains("worker done") }
-                        .flatMap { line in line.split(separator: " ").first { $0.hasPrefix("tasks=") }.flatMap { Int($0.dropFirst(6)) } } ?? 0
+                    relay.errors.split(separator: "\n").first {
+                        $0.contains("made.relay") && $0.contains("worker done")
+                    }
+                    .flatMap { line in
+                        line.split(separator: " ").first { $0.hasPrefix("tasks=") }.flatMap { Int($0.dropFirst(6)) }
+                    } ?? 0
                 }
-                #expect(tasks.allSatisfy { $0 >= 90 && $0 <= 95 } && tasks.reduce(0, +) == 185, "tasks per relay: \(tasks)")
+                #expect(
+                    tasks.allSatisfy { $0 >= 90 && $0 <= 95 } && tasks.reduce(0, +) == 185, "tasks per relay: \(tasks)")
             }
         }
     }
@@ -82,7 +96,8 @@ struct RelayTests {
         let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
         let (coordinator, relays) = try Self.start(folder, data: data, epochs: 60, relays: 2, workers: 2,
                                                    coordinatorFlags: ["--heartbeat-timeout", "1"])
-        #expect(coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+        #expect(
+            coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
                 "the run did not start: \(coordinator.errors)")
         let victims = Self.children(of: relays[0].pid)
         #expect(victims.count == 2, "the relay's two workers")
@@ -102,14 +117,15 @@ struct RelayTests {
         }
     }
 
-    @Test("a worker behind a relay killed with SIGKILL mid-run: its shards go to the relay's other worker and the checksum is unchanged")
+    @Test("a worker behind a relay killed mid-run: its shards go to the relay's other worker; checksum unchanged")
     func killWorkerBehindRelay() throws {
         let folder = EndToEnd.folder("killbehind")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
         let (coordinator, relays) = try Self.start(folder, data: data, epochs: 60, relays: 1, workers: 2,
                                                    relayFlags: ["--heartbeat-timeout", "1"])
-        #expect(coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+        #expect(
+            coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
                 "the run did not start: \(coordinator.errors)")
         let workers = Self.children(of: relays[0].pid)
         #expect(workers.count == 2, "the relay's two workers")
@@ -125,11 +141,14 @@ struct RelayTests {
 
 @Suite("Relay traffic")
 struct RelayTrafficTests {
-    @Test("the coordinator's bytes per step grow with hosts, not workers: 2 relays of 2 workers cost twice one relay, within 5%, and half 4 direct workers")
+    @Test("coordinator bytes grow with hosts, not workers: 2 relays cost twice one (within 5%), half 4 direct workers")
     func bytesPerHost() throws {
         let folder = EndToEnd.folder("relaybytes")
-        let (code, out, err) = try EndToEnd.run(["bench", "--workers", "2", "--hosts", "1,2", "--steps", "10", "--warmup", "2", "-q", "64",
-                                                 "--dimension", "64", "--examples", "1000"], folder: folder, name: "bench")
+        let (code, out, err) = try EndToEnd.run(
+            [
+                "bench", "--workers", "2", "--hosts", "1,2", "--steps", "10", "--warmup", "2", "-q", "64",
+                "--dimension", "64", "--examples", "1000",
+            ], folder: folder, name: "bench")
         #expect(code == 0, "\(err)")
         let lines = out.split(separator: "\n").filter { $0.hasPrefix("made_hosts ") }
         #expect(lines.count == 2, "\(out)")
@@ -148,7 +167,7 @@ struct RelayTrafficTests {
 
 @Suite("made launch with relays", .serialized)
 struct LaunchRelayTests {
-    @Test("made launch: on a host other than the coordinator's the first process starts a relay and every process there works behind it; the single-process checksum")
+    @Test("made launch: a second host's first process starts a relay its processes work behind; same checksum")
     func launchStartsRelays() throws {
         let folder = EndToEnd.folder("launchrelay")
         let data = try EndToEnd.writeData(to: folder)
@@ -166,7 +185,9 @@ struct LaunchRelayTests {
             e["RANK"] = "\(rank)"
             e["GROUP_RANK"] = "\(place.0)"
             e["LOCAL_RANK"] = "\(place.1)"
-            return try EndToEnd.Child(["launch", "-v", "--insecure"] + ClusterProcessTests.runFlags(data: data), folder: folder, name: "rank\(rank)",
+            return try EndToEnd.Child(
+                ["launch", "-v", "--insecure"] + ClusterProcessTests.runFlags(data: data), folder: folder,
+                name: "rank\(rank)",
                                       environment: e)
         }
         #expect(processes[0].wait(timeout: 120) == 0, "\(processes[0].errors)")
@@ -175,6 +196,8 @@ struct LaunchRelayTests {
         #expect(EndToEnd.clusterCounters(processes[0].output)["workers_joined"] == 2, "\(processes[0].output)")
         for p in processes.dropFirst() { #expect(p.wait(timeout: 30) == 0, "\(p.errors)") }
         #expect(processes[1].errors.contains("relay ready for its workers"), "\(processes[1].errors)")
-        for rank in 1...3 { #expect(EndToEnd.computedTasks(processes[rank].errors), "rank \(rank) computed: \(processes[rank].errors)") }
+        for rank in 1...3 {
+            #expect(EndToEnd.computedTasks(processes[rank].errors), "rank \(rank) computed: \(processes[rank].errors)")
+        }
     }
 }

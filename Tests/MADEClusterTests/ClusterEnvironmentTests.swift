@@ -57,11 +57,12 @@ struct ClusterEnvironmentTests {
 
 @Suite("Launch roles")
 struct LaunchRoleTests {
-    @Test("under srun, the first task of every host but the coordinator's starts the host's relay, the others work behind it")
+    @Test("under srun, a host's first task starts a relay (not on the coordinator's host); the others work behind it")
     func slurmRoles() throws {
         func role(_ procid: Int, node: Int, local: Int, relays: Bool = true) throws -> ClusterEnvironment.LaunchRole {
             let e = try #require(try ClusterEnvironment.detect([
-                "SLURM_PROCID": "\(procid)", "SLURM_NTASKS": "6", "SLURM_JOB_NODELIST": "cn[1-3]", "SLURM_NODEID": "\(node)",
+                    "SLURM_PROCID": "\(procid)", "SLURM_NTASKS": "6", "SLURM_JOB_NODELIST": "cn[1-3]",
+                    "SLURM_NODEID": "\(node)",
                 "SLURM_LOCALID": "\(local)", "SLURM_JOB_ID": "4711", "MASTER_PORT": "24711"]))
             return e.launchRole(relays: relays)
         }
@@ -76,12 +77,14 @@ struct LaunchRoleTests {
     func unknownPlace() throws {
         let e = try #require(try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "4"]))
         #expect(e.launchRole(relays: true) == .worker)
-        let placed = try #require(try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
+        let placed = try #require(
+            try ClusterEnvironment.detect([
+                "MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
                                                                  "GROUP_RANK": "1", "TORCHELASTIC_RUN_ID": "x/../y"]))
         #expect(placed.launchRole(relays: true) == .relayAndWorker(relayTag: "relay-xy-29500"))
     }
 
-    @Test("a relay's shared endpoint lies in a folder of this user's that no one else may enter, and a planted folder is refused")
+    @Test("a relay's shared socket lies in a folder no other user may enter; a planted folder is refused")
     func privateFolders() throws {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("made-private-\(getpid())").path
         try? FileManager.default.removeItem(atPath: base)

@@ -545,7 +545,9 @@ struct RelayRuleTests {
     }
 
     func relay(_ name: String, capacity: UInt32) -> WireMessage {
-        .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: name, capacity: capacity, maxBlockShards: 1024))
+        .hello(
+            .init(dataFingerprint: Self.fingerprint, processID: 1, name: name, capacity: capacity, maxBlockShards: 1024)
+        )
     }
 
     func plan(step: UInt64, shards: Int) -> CoordinatorStateMachine.WorkPlan {
@@ -556,7 +558,10 @@ struct RelayRuleTests {
     }
 
     func result(step: UInt64, shard: UInt32, ticket: UInt64?) -> WireMessage {
-        .result(.init(step: step, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 1, values: .inline([0, 0]),
+        .result(
+            .init(
+                step: step, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 1,
+                values: .inline([0, 0]),
                       ticket: ticket ?? 0))
     }
 
@@ -564,13 +569,15 @@ struct RelayRuleTests {
         actions.compactMap { if case .assign(let p, let t, _) = $0 { (p, t.shard, t.rowsPerShard.count) } else { nil } }
     }
 
-    @Test("shards per task with relays: a relay of W workers takes a block of W shards when there are enough to go round")
+    @Test(
+        "shards per task with relays: a relay of W workers takes a block of W shards when there are enough to go round")
     func blockSizesWithCapacities() {
         // (shards, capacities, limit) -> shards per task
         let cases: [((Int, [Int], Int), Int)] = [
             ((4, [2, 2], 1024), 2), ((4, [2], 1024), 4), ((8, [4, 4], 1024), 4), ((12, [4, 4, 4], 1024), 4),
             ((32, [16, 16], 1024), 16), ((32, [16, 16], 8), 8), ((16, [8, 8], 1024), 8), ((16, [2, 2, 2, 2], 1024), 4),
-            ((8, [4, 0, 4], 1024), 4), ((8, [0], 1024), 1), ((8, [4, 1], 1024), 8), ((6, [3, 3], 1024), 8), ((12, [3, 3], 1024), 8),
+            ((8, [4, 0, 4], 1024), 4), ((8, [0], 1024), 1), ((8, [4, 1], 1024), 8), ((6, [3, 3], 1024), 8),
+            ((12, [3, 3], 1024), 8),
         ]
         for ((shards, capacities, limit), expected) in cases {
             #expect(CoordinatorStateMachine.blockSize(shards: shards, capacities: capacities, limit: limit) == expected,
@@ -578,7 +585,9 @@ struct RelayRuleTests {
         }
     }
 
-    @Test("two relays of two workers take one block of two shards each and answer once; the capacity counts their workers")
+    @Test(
+        "two relays of two workers take one block of two shards each and answer once; the capacity counts their workers"
+    )
     func relaysTakeBlocks() {
         var m = machine()
         _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 2), now: 0)
@@ -592,7 +601,7 @@ struct RelayRuleTests {
         #expect(m.takeResults().map(\.shard) == [0, 2])
     }
 
-    @Test("a relay whose workers are gone says hello with capacity 0: its block goes to another relay, not counted as failed, and it gets no more")
+    @Test("a relay left without workers gives its block back unfailed by saying capacity 0, and gets no more")
     func relayWithoutWorkers() {
         var m = machine()
         _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 2), now: 0)
@@ -608,7 +617,10 @@ struct RelayRuleTests {
         _ = m.receive(from: r1, runID: 77, message: result(step: 0, shard: 0, ticket: ticket), now: 5)
         #expect(m.isStepComplete && m.takeResults().count == 2)
         // The next step goes to r2 alone, whole.
-        #expect(tasks(m.begin(plan(step: 1, shards: 4), now: 6)).map { [$0.0 == r2 ? 2 : 1, Int($0.1), $0.2] } == [[2, 0, 4]])
+        #expect(
+            tasks(m.begin(plan(step: 1, shards: 4), now: 6)).map { [$0.0 == r2 ? 2 : 1, Int($0.1), $0.2] } == [
+                [2, 0, 4]
+            ])
         // Its workers back, r1 takes work again.
         _ = m.receive(from: r2, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: r2)), now: 7)
         _ = m.takeResults()
@@ -616,14 +628,16 @@ struct RelayRuleTests {
         #expect(tasks(m.begin(plan(step: 2, shards: 4), now: 9)).map(\.2) == [2, 2])
     }
 
-    @Test("a worker is never handed a block larger than its hello allows; when the relays that could take it are gone, the step starts over in blocks it can take")
+    @Test("no block beyond a peer's limit; once the relays are gone, the step starts over in blocks the worker takes")
     func blockLimitsAndReplanning() {
         var m = machine()
         _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 16), now: 0)
         let handed = tasks(m.begin(plan(step: 0, shards: 32), now: 1))
         #expect(handed.map(\.2) == [32])
         // A worker (8 shards at most) joining mid-step gets nothing of this step's 32-shard blocks.
-        let joined = m.receive(from: w, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "w")), now: 2)
+        let joined = m.receive(
+            from: w, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "w")),
+            now: 2)
         #expect(tasks(joined).isEmpty)
         // The relay dies: the worker takes the step over in blocks of 8, the same tree.
         _ = m.receive(from: w, runID: 77, message: .heartbeat(sequence: 1), now: 900)
@@ -635,7 +649,9 @@ struct RelayRuleTests {
         var answered: [UInt32] = []
         while let (_, shard, _) = next.first {
             answered.append(shard)
-            next = tasks(m.receive(from: w, runID: 77, message: result(step: 0, shard: shard, ticket: m.lastTicket(of: w)), now: now))
+            next = tasks(
+                m.receive(
+                    from: w, runID: 77, message: result(step: 0, shard: shard, ticket: m.lastTicket(of: w)), now: now))
             now += 1
         }
         #expect(answered == [0, 8, 16, 24])
@@ -643,7 +659,7 @@ struct RelayRuleTests {
         #expect(m.shardsInTask(startingAt: 0) == 8)
     }
 
-    @Test("a relay without workers does not keep the run waiting: with no capacity left, the work fails after the idle timeout")
+    @Test("a relay without workers does not hold the run: with no capacity, the work fails after the idle timeout")
     func idleWithEmptyRelay() {
         var m = machine()
         _ = m.receive(from: r1, runID: 0, message: relay("r1", capacity: 0), now: 0)
@@ -658,24 +674,44 @@ struct RelayRuleTests {
 
 @Suite("Worker state machine: capacity")
 struct WorkerCapacityTests {
-    @Test("a peer whose capacity changes says hello again with the new number; the same number, or before welcome, sends nothing new")
+    @Test("a changed capacity goes out in a new hello; the same one, or one before welcome, sends nothing new")
     func announce() {
-        var s = WorkerStateMachine.Settings(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "relay")
+        var s = WorkerStateMachine.Settings(
+            dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "relay")
         s.capacity = 0
         s.maxBlockShards = 1024
         var m = WorkerStateMachine(settings: s)
         let first = m.start(now: 0)
-        #expect(first == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 0, maxBlockShards: 1024)))])
+        #expect(
+            first == [
+                .send(
+                    .hello(
+                        .init(
+                            dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 0,
+                            maxBlockShards: 1024)))
+            ])
         // Before the welcome the next hello simply carries the new number.
         #expect(m.announce(capacity: 1, now: 10).isEmpty)
-        _ = m.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 20)
+        _ = m.receive(
+            runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 20)
         #expect(m.announce(capacity: 1, now: 30).isEmpty)
         let again = m.announce(capacity: 2, now: 40)
-        #expect(again == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 2, maxBlockShards: 1024)))])
+        #expect(
+            again == [
+                .send(
+                    .hello(
+                        .init(
+                            dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 2,
+                            maxBlockShards: 1024)))
+            ])
         // Until welcomed again it takes no task.
         let task = WireMessage.Task(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0], parameters: .inline([1]))
-        #expect(m.receive(runID: 5, message: .task(task), now: 50).allSatisfy { if case .dropped = $0 { true } else { false } })
-        _ = m.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 60)
+        #expect(
+            m.receive(runID: 5, message: .task(task), now: 50).allSatisfy {
+                if case .dropped = $0 { true } else { false }
+            })
+        _ = m.receive(
+            runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 60)
         #expect(m.receive(runID: 5, message: .task(task), now: 70) == [.compute(task)])
     }
 }

@@ -27,8 +27,14 @@ struct WireFormatTests {
         .shutdown(exitCode: 0, reason: "done"),
         .who,
         .failed(step: 12, shard: 2, ticket: 1 << 50, reason: "out of memory"),
-        .hello(.init(dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay", capacity: 16, maxBlockShards: 1024)),
-        .hello(.init(dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay without workers", capacity: 0, maxBlockShards: 1)),
+        .hello(
+            .init(
+                dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay", capacity: 16,
+                maxBlockShards: 1024)),
+        .hello(
+            .init(
+                dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay without workers",
+                capacity: 0, maxBlockShards: 1)),
     ]
 
     @Test("every message round-trips", arguments: samples)
@@ -77,17 +83,22 @@ struct WireFormatTests {
         #expect(!refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
     }
 
-    @Test("a hello's capacity and block limit are bounded: no peer takes tasks of 0 shards or stands for more workers than a run holds")
+    @Test("a hello's capacity and block limit are bounded: no task of 0 shards, no more workers than a run holds")
     func helloBounds() {
         func decoded(capacity: UInt32, limit: UInt32) -> WireError? {
-            let frame = WireFormat.encode(.hello(.init(dataFingerprint: Array(repeating: 0, count: 32), processID: 1, name: "r",
+            let frame = WireFormat.encode(
+                .hello(
+                    .init(
+                        dataFingerprint: Array(repeating: 0, count: 32), processID: 1, name: "r",
                                                        capacity: capacity, maxBlockShards: limit)), runID: 0)
             do { _ = try WireFormat.decode(frame); return nil } catch { return error }
         }
         #expect(decoded(capacity: 3, limit: 1) == nil)
         #expect(decoded(capacity: 3, limit: 0) == .invalidField("a peer that takes tasks of 0 shards"))
         #expect(decoded(capacity: 1 << 16, limit: 8) == nil)
-        #expect(decoded(capacity: (1 << 16) + 1, limit: 8) == .limitExceeded(field: "capacity", count: (1 << 16) + 1, limit: 1 << 16))
+        #expect(
+            decoded(capacity: (1 << 16) + 1, limit: 8)
+                == .limitExceeded(field: "capacity", count: (1 << 16) + 1, limit: 1 << 16))
     }
 
     @Test("the header is laid out as documented")

@@ -47,7 +47,8 @@ public struct ClusterEnvironment: Sendable, Equatable {
             guard let host = environment["MASTER_ADDR"], !host.isEmpty else {
                 throw ClusterError(.invalidEnvironment, "RANK and WORLD_SIZE are set but MASTER_ADDR is not")
             }
-            var e = ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "RANK/WORLD_SIZE")
+            var e = ClusterEnvironment(
+                rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "RANK/WORLD_SIZE")
             e.localRank = try integer("LOCAL_RANK")
             e.nodeRank = try integer("GROUP_RANK") ?? integer("NODE_RANK")
             e.jobID = environment["TORCHELASTIC_RUN_ID"]
@@ -62,7 +63,8 @@ public struct ClusterEnvironment: Sendable, Equatable {
                 }
                 host = first
             }
-            var e = ClusterEnvironment(rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "Slurm")
+            var e = ClusterEnvironment(
+                rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "Slurm")
             e.localRank = try integer("SLURM_LOCALID")
             e.nodeRank = try integer("SLURM_NODEID")
             e.jobID = environment["SLURM_JOB_ID"]
@@ -108,7 +110,8 @@ public struct ClusterEnvironment: Sendable, Equatable {
     public func launchRole(relays: Bool) -> LaunchRole {
         if isCoordinator { return .coordinator }
         guard relays, let localRank, let nodeRank, nodeRank > 0 else { return .worker }
-        let job = (jobID ?? "").filter { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }.prefix(40)
+        let allowed = { (c: Character) in c.isASCII && (c.isLetter || c.isNumber || c == "-" || c == "_") }
+        let job = (jobID ?? "").filter(allowed).prefix(40)
         let tag = "relay-\(job.isEmpty ? "job" : String(job))-\(coordinatorPort)"
         return localRank == 0 ? .relayAndWorker(relayTag: tag) : .workerBehindRelay(relayTag: tag)
     }

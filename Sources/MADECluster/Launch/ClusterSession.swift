@@ -116,8 +116,9 @@ public final class ClusterSession {
             let name = "\(options.namePrefix)-\(i)"
             let process = Process()
             process.executableURL = URL(fileURLWithPath: options.executable)
-            var arguments = [options.relayWorkers == nil ? "worker" : "relay", "--connect", coordinator.endpoint, "--name", name,
-                             "--parent-pid", "\(getpid())"] + options.workerArguments
+            let command = options.relayWorkers == nil ? "worker" : "relay"
+            var arguments = [command, "--connect", coordinator.endpoint, "--name", name, "--parent-pid", "\(getpid())"]
+                + options.workerArguments
             if let workers = options.relayWorkers { arguments += ["--workers", "\(workers)"] }
             if let threads = options.workerThreads { arguments += ["--threads", "\(threads)"] }
             if let folder = options.workerKeyFolder { arguments += ["--keys", folder] }

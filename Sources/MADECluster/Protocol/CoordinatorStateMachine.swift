@@ -429,7 +429,9 @@ public struct CoordinatorStateMachine: Sendable {
         let capacities = computing.map(\.capacity)
         var limit = computing.map(\.blockLimit).min() ?? 1
         limit = max(1, min(limit, plan.maxShardsPerTask))
-        if let last = lastBlockChoice, last.shards == plan.shards.count, last.capacities == capacities, last.limit == limit {
+        if let last = lastBlockChoice, last.shards == plan.shards.count, last.capacities == capacities,
+            last.limit == limit
+        {
             return last.block
         }
         let block = Self.blockSize(shards: plan.shards.count, capacities: capacities, limit: limit)
@@ -561,7 +563,9 @@ public struct CoordinatorStateMachine: Sendable {
             actions += workers.keys.map { .send($0, .heartbeat(sequence: heartbeatSequence)) }
         }
         replanIfStuck()
-        if !hasCapacity, case .running(var step) = state, step.failure == nil, now > lastWorkerSeen + settings.idleTimeout {
+        if !hasCapacity, case .running(var step) = state, step.failure == nil,
+            now > lastWorkerSeen + settings.idleTimeout
+        {
             step.failure = Failure(code: .noWorkers,
                                    message: "no worker has been connected for \(settings.idleTimeout / 1000) s; the work cannot go on")
             state = .running(step)

@@ -234,7 +234,9 @@ public enum WireFormat {
             }
             let blockLimit: UInt32 = try r.integer("most shards per task")
             guard blockLimit >= 1 else { throw .invalidField("a peer that takes tasks of 0 shards") }
-            message = .hello(.init(dataFingerprint: fingerprint, processID: pid, name: name, hostID: hostID, capacity: capacity,
+            message = .hello(
+                .init(
+                    dataFingerprint: fingerprint, processID: pid, name: name, hostID: hostID, capacity: capacity,
                                    maxBlockShards: blockLimit))
         case .welcome:
             let interval: UInt32 = try r.integer("heartbeat interval")

@@ -94,7 +94,8 @@ public enum WireMessage: Sendable, Equatable {
         public var capacity: UInt32
         /// Most shards one task to this peer may hold (at least 1).
         public var maxBlockShards: UInt32
-        public init(dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "", capacity: UInt32 = 1,
+        public init(
+            dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "", capacity: UInt32 = 1,
                     maxBlockShards: UInt32 = 8) {
             self.dataFingerprint = dataFingerprint
             self.processID = processID

@@ -86,7 +86,10 @@ public struct WorkerStateMachine: Sendable {
     public var isFinished: Bool { state == .finished }
 
     private var hello: WireMessage {
-        .hello(.init(dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name, hostID: settings.hostID,
+        .hello(
+            .init(
+                dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name,
+                hostID: settings.hostID,
                      capacity: settings.capacity, maxBlockShards: settings.maxBlockShards))
     }
 
