@@ -229,10 +229,11 @@ public final class ClusterCoordinator {
         let packingSeeds = Self.packingSeeds(for: plan.maskSeeds, mixed: options.mixedMaskPacking)
         let packing = packings.packing(union: packingSeeds)
         let threads = self.threads
-        let lossSum = try computeGradients(step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds,
-                                           packing: packing, shards: plan.shards.map { Array($0) }, packed: false,
-                                           fillShared: { packing.mask(parameters, into: $0, threads: threads) },
-                                           fill: { packing.pack(parameters, into: $0, threads: threads) }).lossSum
+        let lossSum = try computeGradients(
+            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds, packing: packing,
+            shards: plan.shards.map { Array($0) }, packed: false,
+            fillShared: { packing.mask(parameters, into: $0, threads: threads) },
+            fill: { packing.pack(parameters, into: $0, threads: threads) }).lossSum
         return (denseGradient, lossSum)
     }
 
@@ -371,7 +372,9 @@ public final class ClusterCoordinator {
                 step: task.step, maskSeeds: task.maskSeeds, packingSeeds: task.packingSeeds, packing: packing,
                 shards: shards, packed: true,
                 fillShared: { out in
-                    parameters.withUnsafeBufferPointer { packing.unpack($0, into: out, zeroing: true, threads: threads) }
+                    parameters.withUnsafeBufferPointer {
+                        packing.unpack($0, into: out, zeroing: true, threads: threads)
+                    }
                 },
                 fill: { out in parameters.withUnsafeBufferPointer { _ = out.update(fromContentsOf: $0) } })
             lossSum = sum.lossSum
