@@ -116,7 +116,7 @@ struct TrainerTests {
         try AtomicFile.write([4, 5], to: path)
         #expect(try Array(Data(contentsOf: URL(fileURLWithPath: path))) == [4, 5])
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: (path as NSString).deletingLastPathComponent)
-            .filter { $0.contains(".tmp-") }
+            .filter { $0.hasPrefix(".atomic.bin.tmp-") }   // the folder is shared with tests running beside this one
         #expect(leftovers.isEmpty)
         #expect(throws: MADEError.self) { try AtomicFile.write([1], to: "/nonexistent-folder/x.bin") }
     }
