@@ -171,8 +171,11 @@ struct ClusterProcessTests {
         #expect(code != nil && code != 0, "the coordinator did not stop when its local workers exited")
         // The two workers write their errors to this same stream, each in one write, so they do not interleave.
         #expect(err.contains("Error: \(keys)/worker.key: no such file"), "\(err)")
-        #expect(err.contains("a local worker process exited"), "\(err)")
-        #expect(err.contains("no worker has been connected"), "\(err)")
+        // Both workers exiting before the wait ends, or one before and one after the work starts,
+        // are the two ways this can go; each ends the run at once with its own message.
+        let atStart = err.contains("a local worker process exited") && err.contains("no worker has been connected")
+        let afterStart = err.contains("a local worker process ended") && err.contains("no other worker is connected")
+        #expect(atStart || afterStart, "\(err)")
     }
 
     @Test("a worker speaking an older protocol version is refused in a frame of its own version, with the reason")
