@@ -57,13 +57,27 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
     }
 }
 
+/* a[i * cols + j] <- a[row_from[i] * cols + col_from[j]] in place (rows and columns permuted), row
+ * cycle by row cycle (each row moved once, its columns gathered on the way), with one row of
+ * scratch and a flag per row. */
 MADE_CLONES
-void made_permute_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
-                             const int *restrict col_from, float *restrict dst) {
-    for (size_t i = 0; i < rows; i++) {
-        const float *s = src + (size_t)row_from[i] * cols;
-        float *d = dst + i * cols;
-        for (size_t j = 0; j < cols; j++) d[j] = s[col_from[j]];
+void made_permute_matrix_inplace_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_from,
+                                     const int *restrict col_from, float *restrict scratch, unsigned char *restrict done) {
+    memset(done, 0, rows);
+    for (size_t start = 0; start < rows; start++) {
+        if (done[start]) continue;
+        /* Row t takes row row_from[t], still in place until its own turn; only start's is saved. */
+        memcpy(scratch, a + start * cols, cols * sizeof(float));
+        size_t t = start;
+        for (;;) {
+            done[t] = 1;
+            size_t s = (size_t)row_from[t];
+            const float *src = s == start ? scratch : a + s * cols;
+            float *d = a + t * cols;
+            for (size_t j = 0; j < cols; j++) d[j] = src[col_from[j]];
+            if (s == start) break;
+            t = s;
+        }
     }
 }
 

@@ -87,94 +87,76 @@ public final class GradientEngine {
         }
     }
 
-    /// Parameters and Adam moments held in the compute order of one mask seed's masks (sparse
-    /// kernel), between a ``hold(_:maskSeed:)`` and a ``release(into:)``.
-    private struct Held {
-        var maskSeed: UInt64
-        var parameters: [Float]
-        var firstMoment: [Float]
-        var secondMoment: [Float]
-        /// Whether they moved on since they were taken or last given back.
-        var changed = false
-    }
-    private var held: Held?
+    /// The mask seed in whose compute order the caller's parameters and Adam moments are held
+    /// (sparse kernel), between a ``hold(_:maskSeed:)`` and a ``release(_:)``.
+    public private(set) var heldMaskSeed: UInt64?
 
-    /// The mask seed of the parameters held in compute order, if any.
-    public var heldMaskSeed: UInt64? { held?.maskSeed }
-
-    /// Whether the held parameters moved on since they were taken or given back.
-    public var heldChanged: Bool { held?.changed ?? false }
-
-    /// Takes `state`'s parameters and Adam moments into the compute order of `maskSeed`'s masks
-    /// (sparse kernel), and starts a step on them: until ``release(into:)`` the steps run
-    /// ``beginHeld()``, ``gradient(data:indices:into:maskingGradient:computeOrder:)`` in compute order and
-    /// ``adamStepHeld(gradient:scale:learningRate:configuration:adam:)``, and nothing changes order.
-    public func hold(_ state: TrainingState, maskSeed: UInt64) {
+    /// Turns `state`'s parameters and Adam moments, in place, into the compute order of
+    /// `maskSeed`'s masks (sparse kernel), and starts a step on them: until ``release(_:)`` the
+    /// steps run ``beginHeld()``, ``gradient(data:indices:into:maskingGradient:computeOrder:)`` in
+    /// compute order and ``adamStepHeld(_:gradient:scale:learningRate:configuration:)`` on the same
+    /// state, and nothing changes order. Meanwhile `state` is not in layout order: nothing else may
+    /// read its parameters or moments.
+    ///
+    /// - Complexity: O(number of parameters); no second copy of the parameters or moments.
+    public func hold(_ state: inout TrainingState, maskSeed: UInt64) {
         precondition(workspace.kernel == .sparse, "GradientEngine: only the sparse kernel holds parameters in compute order")
-        held = nil
+        precondition(heldMaskSeed == nil, "GradientEngine: parameters are already held")
         begin(parameters: state.parameters, maskSeed: maskSeed)
-        let n = state.parameters.count
-        func permuted(_ values: [Float]) -> [Float] {
-            [Float](unsafeUninitializedCapacity: n) { out, count in
-                values.withUnsafeBufferPointer { workspace.permute($0.baseAddress!, into: out.baseAddress!, toCompute: true) }
-                count = n
-            }
-        }
-        held = Held(maskSeed: maskSeed, parameters: permuted(state.parameters), firstMoment: permuted(state.adam.firstMoment),
-                    secondMoment: permuted(state.adam.secondMoment))
+        permute(&state, maskSeed: maskSeed, toCompute: true)
+        heldMaskSeed = maskSeed
     }
 
-    /// Writes the held parameters and moments back into `state` in layout order (they stay held).
-    public func release(into state: inout TrainingState) {
-        guard var h = held else { return }
-        precondition(workspace.maskKey?.maskSeed == h.maskSeed, "GradientEngine: the masks changed under held parameters")
+    /// Turns the held `state` back into layout order, in place, and ends the hold.
+    public func release(_ state: inout TrainingState) {
+        guard let seed = heldMaskSeed else { return }
+        permute(&state, maskSeed: seed, toCompute: false)
+        heldMaskSeed = nil
+    }
+
+    private func permute(_ state: inout TrainingState, maskSeed: UInt64, toCompute: Bool) {
+        let blocks = maskSet(maskSeed).blocks
         let workspace = self.workspace
-        func back(_ values: [Float], into out: inout [Float]) {
-            values.withUnsafeBufferPointer { v in
-                out.withUnsafeMutableBufferPointer { workspace.permute(v.baseAddress!, into: $0.baseAddress!, toCompute: false) }
-            }
+        precondition(state.parameters.count == workspace.layout.count && state.adam.firstMoment.count == workspace.layout.count
+                         && state.adam.secondMoment.count == workspace.layout.count,
+                     "GradientEngine: a state of \(state.parameters.count) parameters for a layout of \(workspace.layout.count)")
+        func permute(_ values: inout [Float]) {
+            values.withUnsafeMutableBufferPointer { workspace.permute($0.baseAddress!, blocks: blocks, toCompute: toCompute) }
         }
-        back(h.parameters, into: &state.parameters)
-        back(h.firstMoment, into: &state.adam.firstMoment)
-        back(h.secondMoment, into: &state.adam.secondMoment)
-        h.changed = false
-        held = h
+        permute(&state.parameters)
+        permute(&state.adam.firstMoment)
+        permute(&state.adam.secondMoment)
     }
-
-    /// Forgets the held parameters (after ``release(into:)``, or when the caller's state took another way).
-    public func drop() { held = nil }
 
     /// Starts a step on the held parameters: the last Adam step (or ``hold(_:maskSeed:)``) left them
     /// masked in the workspace.
     public func beginHeld() {
-        guard let h = held else { preconditionFailure("GradientEngine: no parameters held") }
-        workspace.setMasks(maskSet(h.maskSeed))
+        guard let seed = heldMaskSeed else { preconditionFailure("GradientEngine: no parameters held") }
+        workspace.setMasks(maskSet(seed))
         workspace.prepareHeld()
-        preparedMaskSeed = h.maskSeed
+        preparedMaskSeed = seed
     }
 
-    /// Applies Adam to the held parameters with `scale * gradient`, the gradient in compute order
+    /// Applies Adam to the held `state` with `scale * gradient`, the gradient in compute order
     /// (see ``gradient(data:indices:into:maskingGradient:computeOrder:)``, summed over shards
-    /// elementwise), and counts the step in `adam`: the same bits as ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``
+    /// elementwise), and counts the step: the same bits as ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``
     /// on the parameters and gradient in layout order.
-    public func adamStepHeld(gradient: [Float], scale: Float, learningRate: Double, configuration: AdamConfiguration, adam: inout AdamState) {
-        guard var h = held else { preconditionFailure("GradientEngine: no parameters held") }
-        precondition(gradient.count == h.parameters.count, "adamStep: \(gradient.count) gradients for \(h.parameters.count) parameters")
-        held = nil  // unique references while updating
-        let constants = adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
+    public func adamStepHeld(_ state: inout TrainingState, gradient: [Float], scale: Float, learningRate: Double,
+                             configuration: AdamConfiguration) {
+        precondition(heldMaskSeed != nil, "GradientEngine: no parameters held")
+        precondition(gradient.count == state.parameters.count, "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters")
+        let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
         let workspace = self.workspace
-        h.parameters.withUnsafeMutableBufferPointer { p in
+        state.parameters.withUnsafeMutableBufferPointer { p in
             gradient.withUnsafeBufferPointer { g in
-                h.firstMoment.withUnsafeMutableBufferPointer { m in
-                    h.secondMoment.withUnsafeMutableBufferPointer { v in
+                state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
+                    state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
                         workspace.adamStep(parameters: p.baseAddress!, gradient: g.baseAddress!, firstMoment: m.baseAddress!,
                                            secondMoment: v.baseAddress!, constants: constants)
                     }
                 }
             }
         }
-        h.changed = true
-        held = h
     }
 }
 

@@ -42,14 +42,15 @@ public struct MaskPacking: Sendable {
         var indices: [Int32] = []
         var active = [UInt8](repeating: 0, count: layout.count)
         var hash = SHA256()
-        for maskSet in maskSets {
-            for (matrix, bits) in zip(layout.matrices, maskSet.matrices) {
+        let masks = maskSets.map(\.matrices)
+        for matrices in masks {
+            for (matrix, bits) in zip(layout.matrices, matrices) {
                 precondition(bits.count == matrix.count, "MaskPacking: masks do not fit the layout")
                 hash.update(bits)
             }
         }
         for (k, matrix) in layout.matrices.enumerated() {
-            let all = maskSets.map { $0.matrices[k] }
+            let all = masks.map { $0[k] }
             for i in 0..<matrix.count where all.contains(where: { $0[i] != 0 }) { indices.append(Int32(matrix.offset + i)) }
             if let b = matrix.biasOffset { indices.append(contentsOf: (b..<(b + matrix.columns)).map { Int32($0) }) }
         }

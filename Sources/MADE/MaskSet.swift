@@ -22,13 +22,13 @@ public struct MaskSet: Sendable, Equatable {
     public let maskSeed: UInt64
     /// `degrees[0]` are the input degrees (the order); `degrees[l]` for `l >= 1` those of hidden layer `l`.
     public let degrees: [[Int]]
-    /// One row-major 0/1 mask per weight layer, the same shape as the layer's weights.
-    public let layers: [[UInt8]]
-    /// The mask of the direct connections, when the model has them.
-    public let direct: [UInt8]?
     /// The staircase of every mask in compute order, built with the masks: what the sparse
     /// kernel computes.
     public let blocks: BlockPartition
+    /// Outputs per input and whether the model has direct connections: what shapes the masks
+    /// beyond the degrees.
+    private let outputMultiplier: Int
+    private let directConnections: Bool
 
     public init(configuration: ModelConfiguration, runSeed: UInt64, maskSeed: UInt64) {
         self.runSeed = runSeed
@@ -44,30 +44,52 @@ public struct MaskSet: Sendable, Equatable {
             degrees.append(layer)
         }
         self.degrees = degrees
-
-        func mask(_ from: [Int], _ to: [Int], strict: Bool) -> [UInt8] {
-            var m = [UInt8](repeating: 0, count: from.count * to.count)
-            for (i, a) in from.enumerated() {
-                for (j, b) in to.enumerated() where strict ? a < b : a <= b {
-                    m[i * to.count + j] = 1
-                }
-            }
-            return m
-        }
-        let outputDegrees = Array(repeating: degrees[0], count: configuration.outputMultiplier).flatMap { $0 }
-        var layers: [[UInt8]] = []
-        for l in 1..<degrees.count {
-            layers.append(mask(degrees[l - 1], degrees[l], strict: false))
-        }
-        layers.append(mask(degrees.last!, outputDegrees, strict: true))
-        self.layers = layers
-        self.direct = configuration.directConnections ? mask(degrees[0], outputDegrees, strict: true) : nil
+        self.outputMultiplier = configuration.outputMultiplier
+        self.directConnections = configuration.directConnections
         self.blocks = BlockPartition(configuration: configuration, degrees: degrees)
     }
 
     /// The input degrees: `order[d]` is the position of input `d` in the autoregressive order.
     public var order: [Int] { degrees[0] }
 
-    /// The masks in parameter-layout order: the layers, then the direct connections.
+    /// One row-major 0/1 mask per weight layer, the same shape as the layer's weights, built
+    /// from the degrees at each call (the sparse kernel never needs them; the rest ask once).
+    ///
+    /// - Complexity: O(number of weights).
+    public var layers: [[UInt8]] {
+        var layers: [[UInt8]] = []
+        for l in 1..<degrees.count {
+            layers.append(Self.mask(degrees[l - 1], degrees[l], strict: false))
+        }
+        layers.append(Self.mask(degrees.last!, outputDegrees, strict: true))
+        return layers
+    }
+
+    /// The mask of the direct connections, when the model has them (built at each call).
+    public var direct: [UInt8]? {
+        directConnections ? Self.mask(degrees[0], outputDegrees, strict: true) : nil
+    }
+
+    /// The masks in parameter-layout order: the layers, then the direct connections (built at
+    /// each call).
     public var matrices: [[UInt8]] { layers + (direct.map { [$0] } ?? []) }
+
+    /// The degree of each output: that of its input, chunk after chunk.
+    private var outputDegrees: [Int] { Array(repeating: degrees[0], count: outputMultiplier).flatMap { $0 } }
+
+    /// Unit `i` below connects to unit `j` above when `from[i] <= to[j]` (`<` when `strict`).
+    private static func mask(_ from: [Int], _ to: [Int], strict: Bool) -> [UInt8] {
+        var m = [UInt8](repeating: 0, count: from.count * to.count)
+        m.withUnsafeMutableBufferPointer { m in
+            for (i, a) in from.enumerated() {
+                let row = m.baseAddress! + i * to.count
+                if strict {
+                    for (j, b) in to.enumerated() { row[j] = a < b ? 1 : 0 }
+                } else {
+                    for (j, b) in to.enumerated() { row[j] = a <= b ? 1 : 0 }
+                }
+            }
+        }
+        return m
+    }
 }

@@ -34,7 +34,8 @@ public enum ReferenceStateDict {
         }
         let parameters = checkpoint.modelParameters
         let layout = ParameterLayout(c.model)
-        let masks = MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: maskSeed)
+        let maskSet = MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: maskSeed)
+        let masks = maskSet.layers
         var tensors: [(name: String, tensor: SafeTensors.Tensor)] = []
         for (l, m) in layout.layers.enumerated() {
             // Ours: row-major in x out. Theirs: out x in.
@@ -43,7 +44,7 @@ public enum ReferenceStateDict {
             for i in 0..<m.rows {
                 for j in 0..<m.columns {
                     weight[j * m.rows + i] = parameters[m.offset + i * m.columns + j]
-                    mask[j * m.rows + i] = Float(masks.layers[l][i * m.columns + j])
+                    mask[j * m.rows + i] = Float(masks[l][i * m.columns + j])
                 }
             }
             let bias = Array(parameters[m.biasOffset!..<(m.biasOffset! + m.columns)])
@@ -64,8 +65,8 @@ public enum ReferenceStateDict {
             "made.distribution": c.distribution.rawValue,
             "made.run_seed": "\(c.seed)",
             "made.mask_seed": "\(maskSeed)",
-            "made.order": json(masks.order),
-            "made.degrees": json(Array(masks.degrees.dropFirst())),
+            "made.order": json(maskSet.order),
+            "made.degrees": json(Array(maskSet.degrees.dropFirst())),
             "made.params_sha256": checkpoint.parametersSHA256,
         ]
         return SafeTensors(tensors: tensors, metadata: metadata)
@@ -148,7 +149,7 @@ public enum ReferenceStateDict {
         configuration.evaluationMasks = 1
         do { try configuration.validate() } catch { throw fail("\(error)") }
 
-        let masks = MaskSet(configuration: model, runSeed: runSeed, maskSeed: maskSeed)
+        let masks = MaskSet(configuration: model, runSeed: runSeed, maskSeed: maskSeed).layers
         let layout = ParameterLayout(model)
         var parameters = [Float](repeating: 0, count: layout.count)
         for (l, m) in layout.layers.enumerated() {
@@ -157,7 +158,7 @@ public enum ReferenceStateDict {
             for i in 0..<m.rows {
                 for j in 0..<m.columns {
                     parameters[m.offset + i * m.columns + j] = weight.values[j * m.rows + i]
-                    if (mask.values[j * m.rows + i] != 0) != (masks.layers[l][i * m.columns + j] != 0) { differences += 1 }
+                    if (mask.values[j * m.rows + i] != 0) != (masks[l][i * m.columns + j] != 0) { differences += 1 }
                 }
             }
             guard differences == 0 else {

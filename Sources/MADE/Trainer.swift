@@ -67,14 +67,16 @@ public final class Trainer {
     public let dataset: Dataset
     /// Where the run is. With the sparse kernel, ``run(until:)`` keeps the parameters and Adam's
     /// moments in the compute order of the masks between mask changes (see
-    /// ``GradientEngine/hold(_:maskSeed:)``); reading `state` brings them back first.
+    /// ``GradientEngine/hold(_:maskSeed:)``); reading `state` turns them back into layout order
+    /// first (and the next step takes them into compute order again).
     public var state: TrainingState {
         syncHeld()
         return current
     }
     /// The steps taken so far (``TrainingState/step``), without bringing back held parameters.
     public var step: Int { current.step }
-    /// The state, whose parameters and moments lag behind the engine's while it holds them changed.
+    /// The state; its parameters and moments are in the compute order of the engine's held mask
+    /// seed while it holds them (``GradientEngine/heldMaskSeed``), else in layout order.
     private var current: TrainingState
     public let dataFingerprint: String
     /// Where checkpoints go; nil writes none.
@@ -234,12 +236,9 @@ public final class Trainer {
     func localGradient(_ plan: StepPlan) -> (gradient: [Float], lossSum: Double) {
         let single = plan.maskSeed
         let holding = single != nil && configuration.kernel == .sparse && masksStay(from: plan.step)
-        if engine.heldMaskSeed != nil && (!holding || engine.heldMaskSeed != single) {
-            syncHeld()
-            engine.drop()
-        }
+        if engine.heldMaskSeed != nil && (!holding || engine.heldMaskSeed != single) { syncHeld() }
         if holding, let seed = single {
-            if engine.heldMaskSeed == nil { engine.hold(current, maskSeed: seed) } else { engine.beginHeld() }
+            if engine.heldMaskSeed == nil { engine.hold(&current, maskSeed: seed) } else { engine.beginHeld() }
             for (s, rows) in plan.shards.enumerated() {
                 shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s], computeOrder: true)
             }
@@ -263,11 +262,10 @@ public final class Trainer {
         precondition(plan.step == current.step, "apply: plan for step \(plan.step) at step \(current.step)")
         let lr = configuration.schedule.learningRate(epoch: plan.epoch)
         if gradientIsHeld {
-            engine.adamStepHeld(gradient: gradient, scale: 1 / Float(configuration.batchSize), learningRate: lr,
-                                configuration: configuration.adam, adam: &current.adam)
+            engine.adamStepHeld(&current, gradient: gradient, scale: 1 / Float(configuration.batchSize), learningRate: lr,
+                                configuration: configuration.adam)
         } else {
             syncHeld()
-            engine.drop()
             current.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),
                               learningRate: lr, configuration: configuration.adam, threads: optimizerThreads)
         }
@@ -285,9 +283,9 @@ public final class Trainer {
         return schedule.maskCount == 1 || schedule.resampleEvery - step % schedule.resampleEvery >= 4
     }
 
-    /// Brings the parameters and moments the engine holds, when they moved on, back into ``current``.
+    /// Turns the parameters and moments the engine holds back into layout order, ending the hold.
     private func syncHeld() {
-        if engine.heldChanged { engine.release(into: &current) }
+        engine.release(&current)
     }
 
     /// Validates, updates early stopping, records the epoch and checkpoints.

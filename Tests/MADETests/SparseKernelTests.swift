@@ -57,6 +57,41 @@ struct SparseKernelTests {
         }
     }
 
+    @Test("parameters permuted in place into compute order hold each weight at its compute place, and come back bit for bit")
+    func inPlacePermutation() {
+        let configurations = [
+            ModelConfiguration(inputCount: 11, hiddenSizes: [7, 13], outputMultiplier: 3, naturalOrdering: false, directConnections: true),
+            ModelConfiguration(inputCount: 2, hiddenSizes: [], naturalOrdering: false, directConnections: true),
+            ModelConfiguration(inputCount: 30, hiddenSizes: [50, 20], naturalOrdering: true),
+        ]
+        for c in configurations {
+            let layout = ParameterLayout(c)
+            let workspace = NetworkWorkspace<Float>(configuration: c, capacity: 1, kernel: .sparse)
+            let original = (0..<layout.count).map { Float($0) }
+            for seed: UInt64 in 0..<3 {
+                let blocks = MaskSet(configuration: c, runSeed: 9, maskSeed: seed).blocks
+                var values = original
+                values.withUnsafeMutableBufferPointer { workspace.permute($0.baseAddress!, blocks: blocks, toCompute: true) }
+                var misplaced = 0
+                for (k, m) in layout.matrices.enumerated() {
+                    let b = blocks.matrices[k]
+                    for i in 0..<b.rows {
+                        for j in 0..<b.columns {
+                            let from = m.offset + Int(b.rowOrder[i]) * b.columns + Int(b.columnOrder[j])
+                            if values[m.offset + i * b.columns + j] != original[from] { misplaced += 1 }
+                        }
+                    }
+                    if let bias = m.biasOffset {
+                        for j in 0..<m.columns where values[bias + j] != original[bias + Int(b.columnOrder[j])] { misplaced += 1 }
+                    }
+                }
+                #expect(misplaced == 0, "\(misplaced) of \(layout.count) parameters misplaced, mask seed \(seed)")
+                values.withUnsafeMutableBufferPointer { workspace.permute($0.baseAddress!, blocks: blocks, toCompute: false) }
+                #expect(values == original)
+            }
+        }
+    }
+
     /// Outputs, parameter gradients and input gradients of one path, in layout order.
     static func run(_ path: Path, _ c: ModelConfiguration, masks: MaskSet, parameters: [Float], input: [Float], outputGradient: [Float])
         -> (output: [Float], gradient: [Float], inputGradient: [Float]) {

@@ -27,9 +27,10 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
                           float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
                           float *restrict compute, made_adam_constants c);
 
-/* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]]: a matrix's rows and columns permuted. */
-void made_permute_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
-                             const int *restrict col_from, float *restrict dst);
+/* A matrix's rows and columns permuted in place, a[i * cols + j] <- a[row_from[i] * cols + col_from[j]],
+ * with cols floats of scratch and rows bytes of flags; each row is moved once. */
+void made_permute_matrix_inplace_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_from,
+                                     const int *restrict col_from, float *restrict scratch, unsigned char *restrict done);
 
 /* Stochastic binarization in place: pixel i becomes 1 when k_i * 255 < pixel_i * 2^24, k_i the top 24
  * bits of the i-th output of the xoshiro256** generator whose four state words are `state` (advanced
