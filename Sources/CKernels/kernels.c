@@ -380,6 +380,56 @@ MADE_SUM_ROWS(8)
 MADE_SUM_ROWS(4)
 MADE_SUM_ROWS(1)
 
+/* Two such sums at once, of the rows listed in [a0, a1) into oa and in [b0, b1) into ob, each in
+ * its own ascending order as sum_rows_W takes it: twice the accumulators in flight. */
+#define MADE_SUM_ROWS2(W)                                                                                    \
+    static inline __attribute__((always_inline)) void sum_rows2_##W(const float *restrict src, size_t stride, \
+                                    const int *restrict index, int a0, int a1, int b0, int b1, int bound,    \
+                                    float *restrict oa, float *restrict ob, int accumulate) {                 \
+        float x[W], y[W];                                                                                    \
+        for (int t = 0; t < W; t++) { x[t] = 0.0f; y[t] = 0.0f; }                                            \
+        int ka = a0, kb = b0;                                                                                \
+        for (; ka < a1 && kb < b1; ka++, kb++) {                                                             \
+            int ia = index[ka], ib = index[kb];                                                              \
+            if (ia >= bound || ib >= bound) break;                                                           \
+            const float *ra = src + (size_t)ia * stride, *rb = src + (size_t)ib * stride;                    \
+            for (int t = 0; t < W; t++) { x[t] = x[t] + ra[t]; y[t] = y[t] + rb[t]; }                         \
+        }                                                                                                    \
+        for (; ka < a1; ka++) {                                                                              \
+            int i = index[ka];                                                                               \
+            if (i >= bound) break;                                                                           \
+            const float *r = src + (size_t)i * stride;                                                       \
+            for (int t = 0; t < W; t++) x[t] = x[t] + r[t];                                                  \
+        }                                                                                                    \
+        for (; kb < b1; kb++) {                                                                              \
+            int i = index[kb];                                                                               \
+            if (i >= bound) break;                                                                           \
+            const float *r = src + (size_t)i * stride;                                                       \
+            for (int t = 0; t < W; t++) y[t] = y[t] + r[t];                                                  \
+        }                                                                                                    \
+        if (accumulate) {                                                                                    \
+            for (int t = 0; t < W; t++) { oa[t] = oa[t] + x[t]; ob[t] = ob[t] + y[t]; }                       \
+        } else {                                                                                             \
+            for (int t = 0; t < W; t++) { oa[t] = x[t]; ob[t] = y[t]; }                                      \
+        }                                                                                                    \
+    }
+MADE_SUM_ROWS2(32)
+MADE_SUM_ROWS2(16)
+MADE_SUM_ROWS2(8)
+MADE_SUM_ROWS2(4)
+MADE_SUM_ROWS2(1)
+
+/* sum_rows2_W for the width left (the W sum_rows would take). */
+static inline __attribute__((always_inline)) void sum_rows2(size_t width, const float *restrict src, size_t stride,
+                                                            const int *restrict index, int a0, int a1, int b0, int b1,
+                                                            int bound, float *restrict oa, float *restrict ob, int accumulate) {
+    if (width >= 32) sum_rows2_32(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
+    else if (width >= 16) sum_rows2_16(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
+    else if (width >= 8) sum_rows2_8(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
+    else if (width >= 4) sum_rows2_4(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
+    else sum_rows2_1(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
+}
+
 /* Calls the widest sum_rows_W that fits the width left, and returns the W used. */
 static inline __attribute__((always_inline)) size_t sum_rows(size_t width, const float *restrict src, size_t stride, const int *restrict index,
                               int k0, int k1, int bound, float *restrict out, int accumulate) {
@@ -407,9 +457,12 @@ void made_binary_rows_f32(size_t n, size_t cols, const float *restrict w, const 
         for (size_t j0 = (size_t)bands[3 * b]; j0 < band_end;) {
             size_t width = block_width(j0, band_end);
             int bound = block_rows(active, j0, j0 + width);
-            for (size_t r = 0; r < n; r++) {
-                sum_rows(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], bound, out + r * ldo + j0, accumulate);
+            size_t r = 0;
+            for (; r + 1 < n; r += 2) {
+                sum_rows2(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], row_start[r + 1], row_start[r + 2], bound,
+                          out + r * ldo + j0, out + (r + 1) * ldo + j0, accumulate);
             }
+            if (r < n) sum_rows(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], bound, out + r * ldo + j0, accumulate);
             j0 += width;
         }
     }
@@ -424,8 +477,13 @@ void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, co
         for (size_t j0 = (size_t)bands[3 * b]; j0 < band_end;) {
             size_t width = block_width(j0, band_end);
             int bound = block_rows(active, j0, j0 + width);
-            for (int i = 0; i < bound; i++) {
-                /* Every listed row counts here: the bound is the number of rows of delta. */
+            /* Every listed row counts here: the bound is the number of rows of delta. */
+            int i = 0;
+            for (; i + 1 < bound; i += 2) {
+                sum_rows2(width, delta + j0, ldd, input_rows, input_start[i], input_start[i + 1], input_start[i + 1],
+                          input_start[i + 2], 0x7fffffff, dst + (size_t)i * cols + j0, dst + (size_t)(i + 1) * cols + j0, 0);
+            }
+            if (i < bound) {
                 sum_rows(width, delta + j0, ldd, input_rows, input_start[i], input_start[i + 1], 0x7fffffff,
                          dst + (size_t)i * cols + j0, 0);
             }

@@ -173,13 +173,16 @@ struct Bench: ParsableCommand {
                 trainers.append(trainer)
             }
             var seconds = [Double](repeating: 0, count: kernels.count)
+            var cpuSeconds = [Double](repeating: 0, count: kernels.count)
             var done = [Int](repeating: 0, count: kernels.count)
             for round in 0..<roundCount {
                 let share = steps * (round + 1) / roundCount - steps * round / roundCount
                 for (i, trainer) in trainers.enumerated() {
                     let target = trainer.step + share
                     let start = ContinuousClock.now
+                    let cpuStart = CommandLineSupport.processCPUSeconds
                     _ = try trainer.run(until: { trainer.step >= target })
+                    cpuSeconds[i] += CommandLineSupport.processCPUSeconds - cpuStart
                     seconds[i] += (ContinuousClock.now - start).seconds
                     done[i] += share
                 }
@@ -189,7 +192,9 @@ struct Bench: ParsableCommand {
                 print(String(format: "made_single kernel=%@ examples_per_s=%.1f", k.rawValue, rates[i]) + " " + settings)
             }
             if kernels.count == 2 {
-                print(String(format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d", rates[1] / rates[0], rates[1], rates[0], roundCount))
+                // CPU time beside wall time: on a shared machine it moves less with the others' load.
+                print(String(format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d cpu_ratio=%.3f",
+                             rates[1] / rates[0], rates[1], rates[0], roundCount, cpuSeconds[0] / cpuSeconds[1]))
             }
             let peak = CommandLineSupport.peakResidentMiB
             print(String(format: "made_bench %@ peak_rss_mib=%.1f", dataLine(), peak) + " kernels=\(kernel.rawValue)")

@@ -74,6 +74,13 @@ enum CommandLineSupport {
         return kib / 1024
     }
 
+    /// CPU seconds this process has used so far, every thread counted.
+    static var processCPUSeconds: Double {
+        var t = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+    }
+
     /// Peak resident memory of this process, in MiB.
     static var peakResidentMiB: Double {
         var usage = rusage()

@@ -208,13 +208,19 @@ struct SparseKernelTests {
         #expect(worst < 1e-4, "parameters differ by \(worst) after an epoch")
     }
 
-    @Test("parameters held in compute order between mask changes give the bits of layout order, read at any step")
-    func heldParametersAgreeWithLayoutOrder() throws {
+    /// Masks that change every 6 steps (the first 3 steps of each held, the last 3 not), and one
+    /// mask held through epochs of 100 steps.
+    static let heldCases: [(maskCount: Int, batchSize: Int, resampleEvery: Int)] = [(2, 20, 6), (1, 2, 20)]
+
+    @Test("parameters held in compute order between mask changes give the bits of layout order, read at any step",
+          arguments: 0..<heldCases.count)
+    func heldParametersAgreeWithLayoutOrder(_ index: Int) throws {
         let dataset = Self.binaryDataset(seed: 6)
-        // Masks change every 6 steps: the first 3 steps of each are held, the last 3 are not.
+        let held = Self.heldCases[index]
         let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 12, hiddenSizes: [20, 20], naturalOrdering: false,
-                                                                directConnections: true, maskCount: 2),
-                                      batchSize: 20, epochs: 2, resampleEvery: 6, shards: 2, kernel: .sparse)
+                                                                directConnections: true, maskCount: held.maskCount),
+                                      batchSize: held.batchSize, epochs: 2, resampleEvery: held.resampleEvery, shards: 2, kernel: .sparse)
+        let steps = 2 * (200 / held.batchSize)
         // The reference: every step in layout order, as a cluster computes it.
         let reference = try Trainer(configuration: c, dataset: dataset)
         let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: 10, kernel: .sparse)
@@ -227,14 +233,14 @@ struct SparseKernelTests {
             GradientReducer.reduce(&gradients)
             return (gradients[0], GradientReducer.reduce(losses))
         }
-        let held = try Trainer(configuration: c, dataset: dataset)
-        _ = try held.run()
+        let holding = try Trainer(configuration: c, dataset: dataset)
+        _ = try holding.run()
         func same(_ a: Trainer, _ b: Trainer) -> Bool {
             a.state.parameters == b.state.parameters && a.state.adam == b.state.adam
                 && a.state.history.map(\.validNLL) == b.state.history.map(\.validNLL)
                 && a.state.history.map(\.trainNLL) == b.state.history.map(\.trainNLL)
         }
-        #expect(held.state.step == 20 && same(held, reference))
+        #expect(holding.state.step == steps && same(holding, reference))
 
         // Reading the state between steps brings the held parameters back, and changes nothing.
         let reading = try Trainer(configuration: c, dataset: dataset)
@@ -244,7 +250,7 @@ struct SparseKernelTests {
             return false
         })
         #expect(same(reading, reference))
-        #expect(seen.count == 2 * 10 && seen[0] != seen[1] && seen[1] != seen[2])
+        #expect(seen.count == steps && seen[0] != seen[1] && seen[1] != seen[2])
     }
 
     /// 200 random binary rows of 12 bits (about a third ones), the first 50 also the validation split.
