@@ -312,6 +312,23 @@ void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, c
 }
 
 MADE_CLONES
+void made_mask_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict active, const int *restrict bands,
+                             size_t band_count, int outside) {
+    for (size_t i = 0; i < rows; i++) {
+        float *r = a + i * cols;
+        for (size_t k = 0; k < band_count; k++) {
+            const int *band = bands + 3 * k;
+            int j = band[0];
+            if ((int)i < band[2]) {
+                for (; j < band[1] && active[j] <= (int)i; j++) r[j] = 0.0f;
+            } else if (outside) {
+                memset(r + j, 0, (size_t)(band[1] - j) * sizeof(float));
+            }
+        }
+    }
+}
+
+MADE_CLONES
 int made_load_binary_rows_f32(size_t n, size_t d, const unsigned char *restrict bytes, const int *restrict rows,
                               const int *restrict order, float *restrict out, int *restrict row_start, int *restrict row_index) {
     int ones = 0;

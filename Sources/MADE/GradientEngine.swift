@@ -53,6 +53,15 @@ public final class GradientEngine {
         preparedMaskSeed = maskSeed
     }
 
+    /// Starts a step on parameters already in the compute order of `maskSeed`'s masks, masked
+    /// (see ``BlockPartition/gatherMasked(_:into:layout:threads:)``; sparse kernel), read where
+    /// they are until the next `begin`.
+    public func begin(computeOrder masked: UnsafeBufferPointer<Float>, maskSeed: UInt64) {
+        workspace.setMasks(maskSet(maskSeed))
+        workspace.prepare(computeOrder: masked)
+        preparedMaskSeed = maskSeed
+    }
+
     /// ``begin(parameters:maskSeed:)`` for an array.
     public func begin(parameters: [Float], maskSeed: UInt64) {
         parameters.withUnsafeBufferPointer { begin(parameters: $0, maskSeed: maskSeed) }
@@ -74,6 +83,21 @@ public final class GradientEngine {
         workspace.forward()
         let loss = workspace.lossAndGradient(distribution)
         workspace.backward(into: gradient, maskingGradient: maskingGradient, computeOrder: computeOrder)
+        return loss
+    }
+
+    /// ``gradient(data:indices:into:maskingGradient:computeOrder:)`` in the compute order of the
+    /// step's masks, masked: the compute order of the layout-order gradient (every masked-out
+    /// weight +0), written without moving a weight. The backward pass writes inside the bands
+    /// only; with `clearingOutside` the weights outside them are set to +0 too, which `gradient`
+    /// needs unless it held this mask's compute-order gradient before.
+    ///
+    /// - Precondition: the sparse kernel.
+    public func gradientInComputeOrder(data: DataMatrix, indices: UnsafeBufferPointer<Int32>,
+                                       into gradient: UnsafeMutableBufferPointer<Float>, clearingOutside: Bool) -> Double {
+        precondition(workspace.kernel == .sparse, "GradientEngine: compute order is the sparse kernel's")
+        let loss = self.gradient(data: data, indices: indices, into: gradient, computeOrder: true)
+        maskSet(preparedMaskSeed!).blocks.maskDropped(gradient.baseAddress!, layout: workspace.layout, outside: clearingOutside)
         return loss
     }
 
@@ -120,8 +144,9 @@ public final class GradientEngine {
         precondition(state.parameters.count == workspace.layout.count && state.adam.firstMoment.count == workspace.layout.count
                          && state.adam.secondMoment.count == workspace.layout.count,
                      "GradientEngine: a state of \(state.parameters.count) parameters for a layout of \(workspace.layout.count)")
+        let layout = workspace.layout
         func permute(_ values: inout [Float]) {
-            values.withUnsafeMutableBufferPointer { workspace.permute($0.baseAddress!, blocks: blocks, toCompute: toCompute) }
+            values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: toCompute) }
         }
         permute(&state.parameters)
         permute(&state.adam.firstMoment)

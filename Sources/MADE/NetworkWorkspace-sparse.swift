@@ -370,32 +370,8 @@ extension NetworkWorkspace {
 }
 
 extension NetworkWorkspace where T == Float {
-    /// Permutes a parameter vector in place between layout order and the compute order of
-    /// `blocks`, every weight and bias, masked-out ones included (nothing is masked).
-    ///
-    /// In compute order each matrix holds at its layout offset its rows and columns in compute
-    /// order (the masks' non-zeros of column `j` are rows `0..<activeRows[j]`), and each bias
-    /// its columns in compute order.
-    ///
-    /// - Complexity: O(number of parameters), each weight moved once; scratch of one row.
-    func permute(_ values: UnsafeMutablePointer<Float>, blocks: BlockPartition, toCompute: Bool) {
-        let widest = blocks.matrices.map(\.columns).max() ?? 0
-        let tallest = blocks.matrices.map(\.rows).max() ?? 0
-        var scratch = [Float](repeating: 0, count: max(widest, 1))
-        var done = [UInt8](repeating: 0, count: max(tallest, 1))
-        var firstRow: Int32 = 0
-        for (k, matrix) in matrices.enumerated() {
-            let b = blocks.matrices[k]
-            let (rows, columns) = toCompute ? (b.rowOrder, b.columnOrder) : (b.rowPosition, b.columnPosition)
-            made_permute_matrix_inplace_f32(b.rows, b.columns, values + matrix.offset, rows, columns, &scratch, &done)
-            if let bias = matrix.biasOffset {
-                made_permute_matrix_inplace_f32(1, matrix.columns, values + bias, &firstRow, columns, &scratch, &done)
-            }
-        }
-    }
-
     /// One Adam step (see ``AdamState``) on parameters and moments held in the compute order of the
-    /// masks set (see ``permute(_:blocks:toCompute:)``), with the summed gradient in compute order as
+    /// masks set (see ``BlockPartition/permute(_:layout:toCompute:threads:)``), with the summed gradient in compute order as
     /// ``backward(into:inputGradient:maskingGradient:computeOrder:)`` leaves it, masked here on the
     /// way: each element gets the operations of ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``,
     /// so the same bits, and no pass changes order. The updated parameters are copied, masked, into

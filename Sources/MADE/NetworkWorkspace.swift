@@ -192,6 +192,19 @@ public final class NetworkWorkspace<T: BLASScalar> {
         self.parameters = parameters.baseAddress!
     }
 
+    /// Reads the step's parameters where they are, in the compute order of the masks set, masked
+    /// (as ``BlockPartition/gatherMasked(_:into:layout:threads:)`` leaves them), without a copy.
+    /// The caller keeps that memory valid and unchanged until the next `prepare`.
+    ///
+    /// - Precondition: the sparse kernel, masks set, and `parameters.count == layout.count`.
+    /// - Complexity: O(1).
+    public func prepare(computeOrder parameters: UnsafeBufferPointer<T>) {
+        precondition(kernel == .sparse, "prepare: compute order is the sparse kernel's")
+        precondition(maskKey != nil, "prepare: set the masks first")
+        precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        self.parameters = parameters.baseAddress!
+    }
+
     /// Takes the step's parameters in packed form: `packed[k]` is parameter `indices[k]`, and
     /// every parameter not listed is masked out. Gives the same values as
     /// ``prepare(parameters:)`` with the dense vector, in one scatter: the zeros of masked-out

@@ -115,6 +115,67 @@ struct ShardComputerTests {
         }
     }
 
+    @Test("parameters in a mask's compute order in shared memory give the compute order of the layout gradient, masked, bit for bit",
+          arguments: [[[4, 0, 9, 9, 31]], [[0, 1], [2, 3, 4], [5], [6, 7]]] as [[[Int32]]])
+    func computeOrderGradients(_ shards: [[Int32]]) throws {
+        let (computer, c) = try Self.computer(shards: 4)
+        #expect(c.kernel == .sparse)
+        let layout = ParameterLayout(c.model)
+        let parameters = layout.initialParameters(seed: 3, as: Float.self)
+        let maskSeed: UInt64 = 1
+        let blocks = MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: maskSeed).blocks
+        // One process in layout order: each shard's dense, masked gradient, then the tree, turned into compute order.
+        let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: 10)
+        engine.begin(parameters: parameters, maskSeed: maskSeed)
+        var gradients = shards.map { _ in [Float](repeating: .nan, count: layout.count) }
+        var losses: [Double] = []
+        for (k, rows) in shards.enumerated() { losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k])) }
+        GradientReducer.reduce(&gradients)
+        var expected = gradients[0]
+        expected.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: true) }
+
+        let slots = try Self.slots(floats: layout.count)
+        slots.withSlot(0, count: layout.count) { $0.update(repeating: .nan) }   // nothing outside the bands is read
+        parameters.withUnsafeBufferPointer { p in
+            slots.withSlot(0, count: layout.count) { blocks.gatherMasked(p.baseAddress!, into: $0.baseAddress!, layout: layout) }
+        }
+        slots.withSlot(1, count: layout.count) { $0.update(repeating: .nan) }
+        // Twice: the first clears the slot outside the bands, the second finds it cleared.
+        for step: UInt64 in [2, 3] {
+            let task = WireMessage.Task(step: step, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: Array(shards.joined()),
+                                        parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
+                                        rowsPerShard: shards.map { UInt32($0.count) })
+            let result = try computer.compute(task, shared: slots, slot: 1)
+            #expect(result.values == .sharedCompute(slot: 1, count: UInt32(layout.count)))
+            #expect(result.lossSum == GradientReducer.reduce(losses))
+            let written = try #require(slots.read(1, count: layout.count))
+            #expect(written.map(\.bitPattern) == expected.map(\.bitPattern))
+            // Back in layout order: the one process's gradient.
+            var back = written
+            back.withUnsafeMutableBufferPointer { blocks.toLayoutMasked($0.baseAddress!, layout: layout) }
+            #expect(back.map(\.bitPattern) == gradients[0].map(\.bitPattern))
+        }
+        // Without a slot the gradient comes back packed, in layout order.
+        let inline = try computer.compute(.init(step: 4, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: Array(shards.joined()),
+                                                parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
+                                                rowsPerShard: shards.map { UInt32($0.count) }), shared: slots)
+        #expect(inline.values.inlineValues?.map(\.bitPattern) == computer.packing(maskSeed).pack(gradients[0]).map(\.bitPattern))
+        // Compute order needs the sparse kernel, one packing mask, slot 0 and the dense count.
+        for bad in [FloatPayload.sharedCompute(slot: 1, count: UInt32(layout.count)), .sharedCompute(slot: 0, count: 5)] {
+            #expect(throws: ClusterError.self) {
+                _ = try computer.compute(.init(step: 5, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: [0], parameters: bad), shared: slots, slot: 1)
+            }
+        }
+        var denseRun = c
+        denseRun.kernel = .dense
+        let dense = ShardComputer(dataset: computer.dataset)
+        try dense.configure(try denseRun.canonicalJSON())
+        #expect(throws: ClusterError.self) {
+            _ = try dense.compute(.init(step: 6, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: [0],
+                                        parameters: .sharedCompute(slot: 0, count: UInt32(layout.count))), shared: slots, slot: 1)
+        }
+    }
+
     @Test("a block of shards comes back as their gradients summed in tree order, packed or in shared memory")
     func blocks() throws {
         let (computer, c) = try Self.computer(shards: 4)

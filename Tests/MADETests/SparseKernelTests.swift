@@ -48,6 +48,8 @@ struct SparseKernelTests {
                     for band in b.bands {
                         #expect(band.start == next && band.end > band.start)
                         for j in band.start..<band.end { #expect(Int(b.activeRows[j]) <= band.rows) }
+                        // Sorted inside a band: a row's dropped columns there are a prefix of the band.
+                        #expect((band.start + 1..<band.end).allSatisfy { b.activeRows[$0 - 1] <= b.activeRows[$0] })
                         next = band.end
                     }
                     #expect(next == b.columns)
@@ -66,12 +68,11 @@ struct SparseKernelTests {
         ]
         for c in configurations {
             let layout = ParameterLayout(c)
-            let workspace = NetworkWorkspace<Float>(configuration: c, capacity: 1, kernel: .sparse)
             let original = (0..<layout.count).map { Float($0) }
             for seed: UInt64 in 0..<3 {
                 let blocks = MaskSet(configuration: c, runSeed: 9, maskSeed: seed).blocks
                 var values = original
-                values.withUnsafeMutableBufferPointer { workspace.permute($0.baseAddress!, blocks: blocks, toCompute: true) }
+                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: true, threads: 2) }
                 var misplaced = 0
                 for (k, m) in layout.matrices.enumerated() {
                     let b = blocks.matrices[k]
@@ -86,7 +87,7 @@ struct SparseKernelTests {
                     }
                 }
                 #expect(misplaced == 0, "\(misplaced) of \(layout.count) parameters misplaced, mask seed \(seed)")
-                values.withUnsafeMutableBufferPointer { workspace.permute($0.baseAddress!, blocks: blocks, toCompute: false) }
+                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: false) }
                 #expect(values == original)
             }
         }

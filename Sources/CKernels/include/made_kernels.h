@@ -102,6 +102,12 @@ void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, c
                                   const int *restrict col_position, const int *restrict active_by_col,
                                   float *restrict scratch, unsigned char *restrict done);
 
+/* +0 at the entries of a rows x cols matrix in compute order that the mask drops inside the bands
+ * (i >= active[j] for i < the band's rows: a prefix of the band in each row, active being sorted
+ * inside a band), and with outside != 0 at every entry of a band's columns below its rows. */
+void made_mask_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict active, const int *restrict bands,
+                             size_t band_count, int outside);
+
 /* Copies the 0/1 byte rows `rows[0..<n]` (each d long) into out in compute order (out[r, p] = row[order[p]])
  * and lists each row's ones: row r's are row_index[row_start[r] ..< row_start[r + 1]], ascending. Returns
  * the number of ones. row_index needs room for n * d entries. */

@@ -97,6 +97,10 @@ public struct CoordinatorStateMachine: Sendable {
         /// Values a result holds when it comes in the sender's own shared-memory slot (dense
         /// gradients of workers on this host); nil when results must come inline.
         public var sharedResultCount: Int?
+        /// Whether those shared results are in the compute order of the step's one mask
+        /// (``FloatPayload/sharedCompute(slot:count:)``), as the step's parameters are; else in
+        /// layout order (``FloatPayload/shared(slot:count:)``).
+        public var sharedResultsInComputeOrder = false
         /// Most shards one task may hold: a worker then sums a whole aligned block of the
         /// reduction tree itself and answers once. 1 keeps one shard per task.
         public var maxShardsPerTask = 1
@@ -720,13 +724,17 @@ public struct CoordinatorStateMachine: Sendable {
         let fits: Bool
         switch result.values {
         case .inline(let values): fits = values.count == expected
-        case .shared(let s, let count): fits = held && s == slot && Int(count) == plan.sharedResultCount
+        case .shared(let s, let count):
+            fits = held && !plan.sharedResultsInComputeOrder && s == slot && Int(count) == plan.sharedResultCount
+        case .sharedCompute(let s, let count):
+            fits = held && plan.sharedResultsInComputeOrder && s == slot && Int(count) == plan.sharedResultCount
         case .absent: fits = false
         }
         guard fits else {
             counters.badResults += 1
             requeueIfUnheld(result.shard)
-            let shared = plan.sharedResultCount.map { " or \($0) in its shared-memory slot" } ?? ""
+            let order = plan.sharedResultsInComputeOrder ? " in compute order" : ""
+            let shared = plan.sharedResultCount.map { " or \($0) in its shared-memory slot\(order)" } ?? ""
             let form = result.values.inlineValues == nil ? "not inline" : "inline"
             return [.refused(peer, reason: "a result of \(result.values.count) values (\(form)), expected \(expected) inline\(shared)")]
                 + assignIdle(now: now)
@@ -735,7 +743,7 @@ public struct CoordinatorStateMachine: Sendable {
             $0.results[result.shard] = result
             $0.pending.removeAll { $0 == result.shard }
             // Taken where it lies: the gradient stays in that slot until its worker is given another task.
-            if case .shared(let s, _) = result.values { $0.inSharedSlot[s] = result.shard }
+            if let s = result.values.sharedSlot { $0.inSharedSlot[s] = result.shard }
         }
         return assignIdle(now: now)
     }

@@ -116,7 +116,7 @@ public enum WireFormat {
         switch p {
         case .absent: return 1 + 4
         case .inline(let v): return 1 + 4 + 4 * v.count
-        case .shared: return 1 + 4 + 4
+        case .shared, .sharedCompute: return 1 + 4 + 4
         }
     }
 
@@ -371,6 +371,8 @@ struct WireWriter {
             values.withUnsafeBytes { raw($0) }
         case .shared(let slot, let count):
             integer(UInt8(2)); integer(count); integer(slot)
+        case .sharedCompute(let slot, let count):
+            integer(UInt8(3)); integer(count); integer(slot)
         }
     }
 
@@ -432,13 +434,13 @@ struct WireReader {
             return .absent
         case 1:
             return .inline(try floatArray(field, limit: limit))
-        case 2:
+        case 2, 3:
             let count: UInt32 = try integer(field + " count")
             guard Int(count) <= limit else { throw .limitExceeded(field: field, count: Int(count), limit: limit) }
             let slot: UInt32 = try integer(field + " slot")
-            return .shared(slot: slot, count: count)
+            return mode == 2 ? .shared(slot: slot, count: count) : .sharedCompute(slot: slot, count: count)
         default:
-            throw .invalidField("\(field) mode \(mode) (0 absent, 1 inline, 2 shared)")
+            throw .invalidField("\(field) mode \(mode) (0 absent, 1 inline, 2 shared, 3 shared in compute order)")
         }
     }
 

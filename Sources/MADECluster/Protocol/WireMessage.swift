@@ -44,7 +44,9 @@
 /// weights outside those masks +0, so the worker computes on them where they lie. The packing
 /// masks are the same for every task of a step, since a worker receives the step's parameters
 /// once whichever tasks of it it takes: the step's one mask, or with several masks per step
-/// their union.
+/// their union. Mode 3 (shared, compute order) is mode 2 for a step of one mask under the sparse
+/// kernel: the values lie in the compute order of that mask (``BlockPartition``), masked, and a
+/// worker that took its parameters so answers in the same order.
 ///
 /// A gradient task may hold a block of consecutive shards, `shard ..< shard + n` for `n` rows
 /// counts (at most ``WireFormat/Limits/maxBlockShards``, and at most what its peer's hello
@@ -240,13 +242,26 @@ public enum FloatPayload: Sendable, Equatable {
     /// `count` values in shared-memory slot `slot` (0 for parameters, the worker's own for
     /// results), dense in parameter-layout order.
     case shared(slot: UInt32, count: UInt32)
+    /// `count` values in shared-memory slot `slot`, dense in the compute order of the step's one
+    /// mask under the sparse kernel (``BlockPartition/gatherMasked(_:into:layout:threads:)``):
+    /// the workers read the parameters and write their gradients (masked) where they lie,
+    /// without moving a weight.
+    case sharedCompute(slot: UInt32, count: UInt32)
 
     /// Number of values.
     public var count: Int {
         switch self {
         case .absent: return 0
         case .inline(let values): return values.count
-        case .shared(_, let count): return Int(count)
+        case .shared(_, let count), .sharedCompute(_, let count): return Int(count)
+        }
+    }
+
+    /// The shared-memory slot holding the values, in either order.
+    public var sharedSlot: UInt32? {
+        switch self {
+        case .shared(let slot, _), .sharedCompute(let slot, _): return slot
+        case .absent, .inline: return nil
         }
     }
 

@@ -229,10 +229,21 @@ public final class ClusterCoordinator {
         let packingSeeds = Self.packingSeeds(for: plan.maskSeeds, mixed: options.mixedMaskPacking)
         let packing = packings.packing(union: packingSeeds)
         let threads = self.threads
+        let layout = self.layout
+        // A step of one mask under the sparse kernel goes through shared memory in that mask's
+        // compute order: the workers on this host then move no weight, and this process moves
+        // each once, on every core.
+        let blocks = configuration.kernel == .sparse && packingSeeds.count == 1 && shared != nil && !sharedMemoryLost
+            ? packings.maskSet(packingSeeds[0]).blocks : nil
         let lossSum = try computeGradients(
             step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds, packing: packing,
-            shards: plan.shards.map { Array($0) }, packed: false,
-            fillShared: { packing.mask(parameters, into: $0, threads: threads) },
+            shards: plan.shards.map { Array($0) }, packed: false, computeOrder: blocks,
+            fillShared: { out in
+                guard let blocks else { return packing.mask(parameters, into: out, threads: threads) }
+                parameters.withUnsafeBufferPointer {
+                    blocks.gatherMasked($0.baseAddress!, into: out.baseAddress!, layout: layout, threads: threads)
+                }
+            },
             fill: { packing.pack(parameters, into: $0, threads: threads) }).lossSum
         return (denseGradient, lossSum)
     }
@@ -240,18 +251,21 @@ public final class ClusterCoordinator {
     /// Runs a gradient step of `shards` through the workers and sums their gradients in the
     /// fixed tree order: into ``denseGradient``, or, with `packed`, as packed values when every
     /// result came packed (nil otherwise: the sum is then in ``denseGradient``). The parameters
-    /// go out as `fill` packs them, or as `fillShared` writes them dense into shared slot 0.
+    /// go out as `fill` packs them, or as `fillShared` writes them dense into shared slot 0:
+    /// in the compute order of `computeOrder` (the blocks of the step's one mask) when given,
+    /// in which the workers on this host then answer too.
     private func computeGradients(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], packing: MaskPacking,
-                                  shards: [[Int32]], packed: Bool,
+                                  shards: [[Int32]], packed: Bool, computeOrder blocks: BlockPartition? = nil,
                                   fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
                                   fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) throws
         -> (packedSum: [Float]?, lossSum: Double) {
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
-                                            fillShared: fillShared, fill: fill)
+                                            computeOrder: blocks != nil, fillShared: fillShared, fill: fill)
         var machinePlan = CoordinatorStateMachine.WorkPlan(
             step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds,
             maskDigests: maskSeeds.map { packings.packing($0).digest }, gradientCount: packing.count,
             denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: shards)
+        machinePlan.sharedResultsInComputeOrder = blocks != nil
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
@@ -259,7 +273,7 @@ public final class ClusterCoordinator {
         /// copied out, or before or while it was summed where it lies).
         func lost() -> Bool {
             stepValuesLost || results.contains { result in
-                guard case .shared(let slot, _) = result.values, inPlace[slot] == result.shard else { return false }
+                guard let slot = result.values.sharedSlot, inPlace[slot] == result.shard else { return false }
                 return !sharedIntact(Int(slot))
             }
         }
@@ -269,10 +283,17 @@ public final class ClusterCoordinator {
                            metadata: ["step": "\(step)"])
             stepValuesLost = false
             machinePlan.sharedResultCount = nil
+            machinePlan.sharedResultsInComputeOrder = false
             (results, inPlace) = try execute(machinePlan, parameters: StepParameters(
-                count: packing.count, sharedCount: packing.denseCount, shared: nil, fillShared: { _ in }, fill: fill))
+                count: packing.count, sharedCount: packing.denseCount, shared: nil, computeOrder: false,
+                fillShared: { _ in }, fill: fill))
         }
-        if lost() { try recompute() }
+        // Recomputed, the step's values come inline, in layout order.
+        var order = blocks
+        if lost() {
+            try recompute()
+            order = nil
+        }
         let lossSum = { GradientReducer.reduce(results.map(\.lossSum)) }
         if packed, results.allSatisfy({ $0.values.inlineValues != nil }) {
             var gradients = results.map { $0.values.inlineValues! }
@@ -280,12 +301,12 @@ public final class ClusterCoordinator {
             denseGradientMasks = nil   // the dense buffer no longer holds what it held
             return (gradients[0], lossSum())
         }
-        var finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds)
+        var finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, computeOrder: order)
         // The file may shrink while the sum reads the slots: the zero pages read then (see
         // SharedSlots) are found here, and the step is computed again over the socket.
         if lost() {
             try recompute()
-            finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds)
+            finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, computeOrder: nil)
         }
         guard finite else {
             denseGradientMasks = nil
@@ -299,10 +320,13 @@ public final class ClusterCoordinator {
     /// Sums the gradients of `results` into ``denseGradient`` in the fixed tree order: packed
     /// ones unpacked, the others read in their slots (`inPlace`) or in the scratch buffers they
     /// were copied to. Returns whether the sum is finite (checked for dense sums only; packed
-    /// values were checked as they arrived).
+    /// values were checked as they arrived). With `computeOrder` (the blocks of the step's one
+    /// mask) the results in shared memory are in that mask's compute order: the inline ones are
+    /// turned into it, and the sum is turned back into layout order.
     private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking,
-                     packingSeeds: [UInt64]) -> Bool {
+                     packingSeeds: [UInt64], computeOrder blocks: BlockPartition?) -> Bool {
         let threads = self.threads
+        let layout = self.layout
         let dense = packing.denseCount
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
         if results.allSatisfy({ $0.values.inlineValues != nil }) {
@@ -311,25 +335,30 @@ public final class ClusterCoordinator {
             packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != packingSeeds, threads: threads)
             return true
         } else {
-            // Dense sums: masked-out entries are +0 in every term, so they stay +0.
+            // Dense sums: masked-out entries are +0 in every term, so they stay +0. With the step in
+            // compute order every term is in it (inline ones are turned), and so is the sum until
+            // it is turned back into layout order, once.
             var terms: [UnsafeMutablePointer<Float>] = []
             for result in results {
                 let s = Int(result.shard)   // the task's first shard: the key of its slot's copy and of its scratch
                 switch result.values {
-                case .shared(let slot, _) where inPlace[slot] == result.shard:   // not copied out since
-                    terms.append(shared!.pointer(Int(slot)))
-                case .shared:
-                    terms.append(scratch(s))
+                case .shared, .sharedCompute:
+                    let slot = result.values.sharedSlot!
+                    // In place unless copied out since.
+                    terms.append(inPlace[slot] == result.shard ? shared!.pointer(Int(slot)) : scratch(s))
                 case .inline(let packed):
                     let out = UnsafeMutableBufferPointer(start: scratch(s), count: dense)
                     packed.withUnsafeBufferPointer { packing.unpack($0, into: out, threads: threads) }
+                    blocks?.permute(out.baseAddress!, layout: layout, toCompute: true, threads: threads)
                     terms.append(out.baseAddress!)
                 case .absent:
                     preconditionFailure("the state machine accepts no result without values")
                 }
             }
             return denseGradient.withUnsafeMutableBufferPointer {
-                GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
+                let finite = GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
+                blocks?.toLayoutMasked($0.baseAddress!, layout: layout, threads: threads)
+                return finite
             }
         }
     }
@@ -413,7 +442,7 @@ public final class ClusterCoordinator {
                     .invalidTask, "a task for step \(task.step) came without parameters this relay does not hold")
             }
             return held.values
-        case .shared:
+        case .shared, .sharedCompute:
             throw ClusterError(.invalidTask, "a relay takes its parameters inline, not in shared memory")
         }
     }
@@ -630,16 +659,21 @@ public final class ClusterCoordinator {
         let count: Int
         let sharedCount: Int
         let shared: SharedSlots?
+        /// Whether slot 0 gets them in the compute order of the step's one mask (see
+        /// ``FloatPayload/sharedCompute(slot:count:)``), else in layout order.
+        let computeOrder: Bool
         let fillShared: (UnsafeMutableBufferPointer<Float>) -> Void
         let fill: (UnsafeMutableBufferPointer<Float>) -> Void
         private var array: [Float]?
         private var inSharedMemory = false
 
-        init(count: Int, sharedCount: Int, shared: SharedSlots?, fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
+        init(count: Int, sharedCount: Int, shared: SharedSlots?, computeOrder: Bool = false,
+             fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
              fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) {
             self.count = count
             self.sharedCount = sharedCount
             self.shared = shared
+            self.computeOrder = computeOrder
             self.fillShared = fillShared
             self.fill = fill
         }
@@ -651,7 +685,10 @@ public final class ClusterCoordinator {
                     inSharedMemory = true
                 }
                 // Written whole into the file, not into the zero pages of a file cut meanwhile.
-                if shared.holds(0) { return .shared(slot: 0, count: UInt32(sharedCount)) }
+                if shared.holds(0) {
+                    let count = UInt32(sharedCount)
+                    return computeOrder ? .sharedCompute(slot: 0, count: count) : .shared(slot: 0, count: count)
+                }
             }
             if array == nil {
                 array = [Float](unsafeUninitializedCapacity: count) { buffer, n in
@@ -687,7 +724,7 @@ public final class ClusterCoordinator {
                 let (runID, decoded) = try WireFormat.decode(frame)
                 // A result in a slot of a file that shrank is refused (its slot is taken back first).
                 if case .result(let r) = decoded {
-                    if case .shared(let slot, _) = r.values { _ = sharedIntact(Int(slot)) }
+                    if let slot = r.values.sharedSlot { _ = sharedIntact(Int(slot)) }
                     if let name = names[peer], let sent = taskSentAt.removeValue(forKey: peer) {
                         var timing = stepTimings[name] ?? StepTiming(worker: name)
                         let compute = Double(r.computeMicroseconds) / 1000

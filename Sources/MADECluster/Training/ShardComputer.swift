@@ -26,18 +26,24 @@ public final class ShardComputer {
         case engine
         /// Masked in shared slot 0, read there by the engine for the step's one mask.
         case inPlace
+        /// Masked in shared slot 0 in the compute order of the step's one mask (sparse kernel),
+        /// read there by the engine; the gradient goes back in the same order.
+        case inPlaceCompute
         /// Several masks: dense in ``stepParameters``.
         case dense
         /// Several masks: dense in shared slot 0, masked by their union.
         case sharedDense
 
-        var isShared: Bool { self == .inPlace || self == .sharedDense }
+        var isShared: Bool { self == .inPlace || self == .inPlaceCompute || self == .sharedDense }
     }
     /// The mapping the engine reads parameters from, kept mapped while it does.
     private var parameterMemory: SharedSlots?
     /// Gradients of a block's shards after its first, summed into the first.
     private var blockBuffers: [UnsafeMutableBufferPointer<Float>] = []
     private var gradient: [Float] = []
+    /// The mapping, slot and mask seed whose compute-order gradient the slot last received: the
+    /// weights outside that mask's bands are +0 there (the backward pass never writes them).
+    private var computeOrderSlot: (memory: ObjectIdentifier, slot: Int, maskSeed: UInt64)?
 
     public init(dataset: Dataset) {
         self.dataset = dataset
@@ -152,6 +158,18 @@ public final class ShardComputer {
             }
             parameterMemory = shared
             parametersKey = (task.step, task.packingSeeds, single ? .inPlace : .sharedDense)
+        case .sharedCompute(let slot, let count):
+            guard let shared, slot == 0, single, configuration.kernel == .sparse, Int(count) == packing.denseCount,
+                  Int(count) <= shared.slotFloats else {
+                throw ClusterError(.invalidTask, "\(count) parameters in compute order in shared memory this worker "
+                                   + "has not mapped, "
+                                   + "for \(packing.denseCount) of one mask under the sparse kernel")
+            }
+            shared.withSlot(0, count: Int(count)) {
+                engine.begin(computeOrder: UnsafeBufferPointer($0), maskSeed: task.packingSeeds[0])
+            }
+            parameterMemory = shared
+            parametersKey = (task.step, task.packingSeeds, .inPlaceCompute)
         case .absent:
             guard let key = parametersKey, key.step == task.step, key.packingSeeds == task.packingSeeds else {
                 throw ClusterError(.invalidTask, "a task for step \(task.step) came without parameters this worker does not hold")
@@ -169,6 +187,7 @@ public final class ShardComputer {
             let during = memory?.faulted == true ? " (this worker's access to it faulted)" : ""
             parametersKey = nil
             parameterMemory = nil
+            computeOrderSlot = nil
             throw ClusterError(.sharedMemory, "the shared-memory file \(memory?.path ?? "") shrank\(during): it no "
                                + "longer holds the parameters or this worker's slot")
         }
@@ -176,7 +195,19 @@ public final class ShardComputer {
         let payload: FloatPayload
         let loss: Double
         // With several masks each shard's gradient is masked by its own mask, so the block's sum is +0 outside their union.
-        if writesSlot, let shared, let slot {
+        if writesSlot, source == .inPlaceCompute, let shared, let slot {
+            let seed = task.packingSeeds[0]
+            let known = computeOrderSlot.map { $0.memory == ObjectIdentifier(shared) && $0.slot == slot && $0.maskSeed == seed }
+                ?? false
+            computeOrderSlot = nil   // until the slot holds this mask's gradient whole
+            loss = shared.withSlot(slot, count: packing.denseCount) {
+                blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true, computeOrder: true,
+                              clearingOutside: !known)
+            }
+            computeOrderSlot = (ObjectIdentifier(shared), slot, seed)
+            payload = .sharedCompute(slot: UInt32(slot), count: UInt32(packing.denseCount))
+        } else if writesSlot, let shared, let slot {
+            if computeOrderSlot?.slot == slot { computeOrderSlot = nil }
             loss = shared.withSlot(slot, count: packing.denseCount) { blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true) }
             payload = .shared(slot: UInt32(slot), count: UInt32(packing.denseCount))
         } else {
@@ -200,8 +231,13 @@ public final class ShardComputer {
     ///
     /// With several masks in the step the engine is prepared for each shard's mask from the
     /// dense parameters (`source`), mask by mask; the order of computing does not change the bits.
+    ///
+    /// With `computeOrder` each gradient is in the compute order of the step's one mask, masked
+    /// (``GradientEngine/gradientInComputeOrder(data:indices:into:clearingOutside:)``): `out`'s
+    /// weights outside the bands are set to +0 when `clearingOutside`, the other buffers' always.
     private func blockGradient(_ task: WireMessage.Task, engine: GradientEngine, source: ParameterSource,
-                               into out: UnsafeMutablePointer<Float>, masking: Bool) -> Double {
+                               into out: UnsafeMutablePointer<Float>, masking: Bool, computeOrder: Bool = false,
+                               clearingOutside: Bool = true) -> Double {
         let dense = engine.workspace.layout.count
         let shards = task.rowsPerShard.count
         var terms = [out]
@@ -222,7 +258,7 @@ public final class ShardComputer {
                 let seed = task.maskSeeds[k]
                 if prepared != seed {
                     switch source {
-                    case .engine, .inPlace: break   // prepared for the step's one mask when the parameters came
+                    case .engine, .inPlace, .inPlaceCompute: break   // prepared for the step's one mask beforehand
                     case .dense: engine.begin(parameters: stepParameters, maskSeed: seed)
                     case .sharedDense:
                         parameterMemory!.withSlot(0, count: dense) { engine.begin(parameters: UnsafeBufferPointer($0), maskSeed: seed) }
@@ -230,8 +266,12 @@ public final class ShardComputer {
                     prepared = seed
                 }
                 let shardRows = UnsafeBufferPointer(rebasing: rows[starts[k]..<starts[k + 1]])
-                losses[k] = engine.gradient(data: train, indices: shardRows, into: UnsafeMutableBufferPointer(start: terms[k], count: dense),
-                                            maskingGradient: masking)
+                let term = UnsafeMutableBufferPointer(start: terms[k], count: dense)
+                if computeOrder {
+                    losses[k] = engine.gradientInComputeOrder(data: train, indices: shardRows, into: term, clearingOutside: k > 0 || clearingOutside)
+                } else {
+                    losses[k] = engine.gradient(data: train, indices: shardRows, into: term, maskingGradient: masking)
+                }
                 if n + 1 < shards { keepAlive() }   // a block takes several shards' time: keep the heartbeats going
             }
         }
@@ -270,6 +310,8 @@ public final class ShardComputer {
                 throw ClusterError(.diverged, "dense parameters in shared memory that are not finite")
             }
             denseParameters = values
+        case .sharedCompute:
+            throw ClusterError(.invalidTask, "scoring and sampling take parameters in layout order, not in a mask's compute order")
         case .absent:
             guard denseKey == task.step, denseParameters.count == dense else {
                 throw ClusterError(.invalidTask, "a task for job \(task.step) came without parameters this worker does not hold")
