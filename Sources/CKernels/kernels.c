@@ -62,7 +62,8 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
  * scratch and a flag per row. */
 MADE_CLONES
 void made_permute_matrix_inplace_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_from,
-                                     const int *restrict col_from, float *restrict scratch, unsigned char *restrict done) {
+                                     const int *restrict col_from, float *restrict scratch,
+                                     unsigned char *restrict done) {
     memset(done, 0, rows);
     for (size_t start = 0; start < rows; start++) {
         if (done[start]) continue;
@@ -312,7 +313,8 @@ void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, c
 }
 
 MADE_CLONES
-void made_mask_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict active, const int *restrict bands,
+void made_mask_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict active,
+                             const int *restrict bands,
                              size_t band_count, int outside) {
     for (size_t i = 0; i < rows; i++) {
         float *r = a + i * cols;
@@ -439,7 +441,8 @@ MADE_SUM_ROWS2(1)
 /* sum_rows2_W for the width left (the W sum_rows would take). */
 static inline __attribute__((always_inline)) void sum_rows2(size_t width, const float *restrict src, size_t stride,
                                                             const int *restrict index, int a0, int a1, int b0, int b1,
-                                                            int bound, float *restrict oa, float *restrict ob, int accumulate) {
+                                                            int bound, float *restrict oa, float *restrict ob,
+                                                            int accumulate) {
     if (width >= 32) sum_rows2_32(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
     else if (width >= 16) sum_rows2_16(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
     else if (width >= 8) sum_rows2_8(src, stride, index, a0, a1, b0, b1, bound, oa, ob, accumulate);
@@ -476,10 +479,12 @@ void made_binary_rows_f32(size_t n, size_t cols, const float *restrict w, const 
             int bound = block_rows(active, j0, j0 + width);
             size_t r = 0;
             for (; r + 1 < n; r += 2) {
-                sum_rows2(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], row_start[r + 1], row_start[r + 2], bound,
+                sum_rows2(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], row_start[r + 1],
+                          row_start[r + 2], bound,
                           out + r * ldo + j0, out + (r + 1) * ldo + j0, accumulate);
             }
-            if (r < n) sum_rows(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], bound, out + r * ldo + j0, accumulate);
+            if (r < n) sum_rows(width, w + j0, cols, row_index, row_start[r], row_start[r + 1], bound,
+                                out + r * ldo + j0, accumulate);
             j0 += width;
         }
     }
@@ -498,7 +503,8 @@ void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, co
             int i = 0;
             for (; i + 1 < bound; i += 2) {
                 sum_rows2(width, delta + j0, ldd, input_rows, input_start[i], input_start[i + 1], input_start[i + 1],
-                          input_start[i + 2], 0x7fffffff, dst + (size_t)i * cols + j0, dst + (size_t)(i + 1) * cols + j0, 0);
+                          input_start[i + 2], 0x7fffffff, dst + (size_t)i * cols + j0,
+                          dst + (size_t)(i + 1) * cols + j0, 0);
             }
             if (i < bound) {
                 sum_rows(width, delta + j0, ldd, input_rows, input_start[i], input_start[i + 1], 0x7fffffff,

@@ -71,8 +71,10 @@ public struct BlockPartition: Sendable, Equatable {
             activeByColumn = position.map { activeRows[Int($0)] }
             bandTable = bands.flatMap { [Int32($0.start), Int32($0.end), Int32($0.rows)] }
             // Masking in compute order takes a row's dropped columns in a band as a prefix of it.
-            precondition(bands.allSatisfy { band in (band.start + 1..<band.end).allSatisfy { activeRows[$0 - 1] <= activeRows[$0] } },
-                         "BlockPartition: prefixes not sorted inside a band")
+            let sorted = bands.allSatisfy { band in
+                (band.start + 1..<band.end).allSatisfy { activeRows[$0 - 1] <= activeRows[$0] }
+            }
+            precondition(sorted, "BlockPartition: prefixes not sorted inside a band")
         }
         /// The longest prefix over all columns: rows beyond it connect to nothing.
         public var usedRows: Int { bands.map(\.rows).max() ?? 0 }

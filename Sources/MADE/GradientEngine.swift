@@ -94,10 +94,12 @@ public final class GradientEngine {
     ///
     /// - Precondition: the sparse kernel.
     public func gradientInComputeOrder(data: DataMatrix, indices: UnsafeBufferPointer<Int32>,
-                                       into gradient: UnsafeMutableBufferPointer<Float>, clearingOutside: Bool) -> Double {
+                                       into gradient: UnsafeMutableBufferPointer<Float>,
+                                       clearingOutside: Bool) -> Double {
         precondition(workspace.kernel == .sparse, "GradientEngine: compute order is the sparse kernel's")
         let loss = self.gradient(data: data, indices: indices, into: gradient, computeOrder: true)
-        maskSet(preparedMaskSeed!).blocks.maskDropped(gradient.baseAddress!, layout: workspace.layout, outside: clearingOutside)
+        maskSet(preparedMaskSeed!).blocks.maskDropped(gradient.baseAddress!, layout: workspace.layout,
+                                                      outside: clearingOutside)
         return loss
     }
 
@@ -141,12 +143,15 @@ public final class GradientEngine {
     private func permute(_ state: inout TrainingState, maskSeed: UInt64, toCompute: Bool) {
         let blocks = maskSet(maskSeed).blocks
         let workspace = self.workspace
-        precondition(state.parameters.count == workspace.layout.count && state.adam.firstMoment.count == workspace.layout.count
+        precondition(state.parameters.count == workspace.layout.count
+                     && state.adam.firstMoment.count == workspace.layout.count
                          && state.adam.secondMoment.count == workspace.layout.count,
-                     "GradientEngine: a state of \(state.parameters.count) parameters for a layout of \(workspace.layout.count)")
+                     "GradientEngine: a state of \(state.parameters.count) parameters for a layout of "
+                         + "\(workspace.layout.count)")
         let layout = workspace.layout
         func permute(_ values: inout [Float]) {
-            values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: toCompute) }
+            values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout,
+                                                                   toCompute: toCompute) }
         }
         permute(&state.parameters)
         permute(&state.adam.firstMoment)
@@ -164,12 +169,14 @@ public final class GradientEngine {
 
     /// Applies Adam to the held `state` with `scale * gradient`, the gradient in compute order
     /// (see ``gradient(data:indices:into:maskingGradient:computeOrder:)``, summed over shards
-    /// elementwise), and counts the step: the same bits as ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``
+    /// elementwise), and counts the step: the same bits as
+    /// ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``
     /// on the parameters and gradient in layout order.
     public func adamStepHeld(_ state: inout TrainingState, gradient: [Float], scale: Float, learningRate: Double,
                              configuration: AdamConfiguration) {
         precondition(heldMaskSeed != nil, "GradientEngine: no parameters held")
-        precondition(gradient.count == state.parameters.count, "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters")
+        precondition(gradient.count == state.parameters.count,
+                     "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters")
         let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
         let workspace = self.workspace
         state.parameters.withUnsafeMutableBufferPointer { p in

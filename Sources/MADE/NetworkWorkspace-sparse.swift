@@ -371,7 +371,8 @@ extension NetworkWorkspace {
 
 extension NetworkWorkspace where T == Float {
     /// One Adam step (see ``AdamState``) on parameters and moments held in the compute order of the
-    /// masks set (see ``BlockPartition/permute(_:layout:toCompute:threads:)``), with the summed gradient in compute order as
+    /// masks set (see ``BlockPartition/permute(_:layout:toCompute:threads:)``), with the summed gradient in compute
+    /// order as
     /// ``backward(into:inputGradient:maskingGradient:computeOrder:)`` leaves it, masked here on the
     /// way: each element gets the operations of ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``,
     /// so the same bits, and no pass changes order. The updated parameters are copied, masked, into

@@ -262,7 +262,8 @@ public final class Trainer {
         precondition(plan.step == current.step, "apply: plan for step \(plan.step) at step \(current.step)")
         let lr = configuration.schedule.learningRate(epoch: plan.epoch)
         if gradientIsHeld {
-            engine.adamStepHeld(&current, gradient: gradient, scale: 1 / Float(configuration.batchSize), learningRate: lr,
+            engine.adamStepHeld(&current, gradient: gradient, scale: 1 / Float(configuration.batchSize),
+                                learningRate: lr,
                                 configuration: configuration.adam)
         } else {
             syncHeld()

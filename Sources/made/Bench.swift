@@ -193,7 +193,8 @@ struct Bench: ParsableCommand {
             }
             if kernels.count == 2 {
                 // CPU time beside wall time: on a shared machine it moves less with the others' load.
-                print(String(format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d cpu_ratio=%.3f",
+                print(String(format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d "
+                                 + "cpu_ratio=%.3f",
                              rates[1] / rates[0], rates[1], rates[0], roundCount, cpuSeconds[0] / cpuSeconds[1]))
             }
             let peak = CommandLineSupport.peakResidentMiB

@@ -115,7 +115,7 @@ struct ShardComputerTests {
         }
     }
 
-    @Test("parameters in a mask's compute order in shared memory give the compute order of the layout gradient, masked, bit for bit",
+    @Test("parameters in a mask's compute order in shared memory give the layout gradient in that order, bit for bit",
           arguments: [[[4, 0, 9, 9, 31]], [[0, 1], [2, 3, 4], [5], [6, 7]]] as [[[Int32]]])
     func computeOrderGradients(_ shards: [[Int32]]) throws {
         let (computer, c) = try Self.computer(shards: 4)
@@ -137,12 +137,14 @@ struct ShardComputerTests {
         let slots = try Self.slots(floats: layout.count)
         slots.withSlot(0, count: layout.count) { $0.update(repeating: .nan) }   // nothing outside the bands is read
         parameters.withUnsafeBufferPointer { p in
-            slots.withSlot(0, count: layout.count) { blocks.gatherMasked(p.baseAddress!, into: $0.baseAddress!, layout: layout) }
+            slots.withSlot(0, count: layout.count) { blocks.gatherMasked(p.baseAddress!, into: $0.baseAddress!,
+                                                                         layout: layout) }
         }
         slots.withSlot(1, count: layout.count) { $0.update(repeating: .nan) }
         // Twice: the first clears the slot outside the bands, the second finds it cleared.
         for step: UInt64 in [2, 3] {
-            let task = WireMessage.Task(step: step, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: Array(shards.joined()),
+            let task = WireMessage.Task(step: step, shard: 0, shardCount: 4, maskSeed: maskSeed,
+                                        rows: Array(shards.joined()),
                                         parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
                                         rowsPerShard: shards.map { UInt32($0.count) })
             let result = try computer.compute(task, shared: slots, slot: 1)
@@ -156,14 +158,18 @@ struct ShardComputerTests {
             #expect(back.map(\.bitPattern) == gradients[0].map(\.bitPattern))
         }
         // Without a slot the gradient comes back packed, in layout order.
-        let inline = try computer.compute(.init(step: 4, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: Array(shards.joined()),
+        let inline = try computer.compute(.init(step: 4, shard: 0, shardCount: 4, maskSeed: maskSeed,
+                                                rows: Array(shards.joined()),
                                                 parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
                                                 rowsPerShard: shards.map { UInt32($0.count) }), shared: slots)
-        #expect(inline.values.inlineValues?.map(\.bitPattern) == computer.packing(maskSeed).pack(gradients[0]).map(\.bitPattern))
+        let packedExpected = computer.packing(maskSeed).pack(gradients[0])
+        #expect(inline.values.inlineValues?.map(\.bitPattern) == packedExpected.map(\.bitPattern))
         // Compute order needs the sparse kernel, one packing mask, slot 0 and the dense count.
-        for bad in [FloatPayload.sharedCompute(slot: 1, count: UInt32(layout.count)), .sharedCompute(slot: 0, count: 5)] {
+        for bad in [FloatPayload.sharedCompute(slot: 1, count: UInt32(layout.count)),
+                    .sharedCompute(slot: 0, count: 5)] {
             #expect(throws: ClusterError.self) {
-                _ = try computer.compute(.init(step: 5, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: [0], parameters: bad), shared: slots, slot: 1)
+                _ = try computer.compute(.init(step: 5, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: [0],
+                                               parameters: bad), shared: slots, slot: 1)
             }
         }
         var denseRun = c
@@ -172,7 +178,8 @@ struct ShardComputerTests {
         try dense.configure(try denseRun.canonicalJSON())
         #expect(throws: ClusterError.self) {
             _ = try dense.compute(.init(step: 6, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: [0],
-                                        parameters: .sharedCompute(slot: 0, count: UInt32(layout.count))), shared: slots, slot: 1)
+                                        parameters: .sharedCompute(slot: 0, count: UInt32(layout.count))),
+                                        shared: slots, slot: 1)
         }
     }
 

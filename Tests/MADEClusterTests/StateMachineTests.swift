@@ -251,7 +251,7 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.badResults >= 1)
     }
 
-    @Test("a gradient in shared memory counts only in the order of the step's parameters: layout, or the mask's compute order",
+    @Test("a gradient in shared memory counts only in its step's order: layout, or the mask's compute order",
           arguments: [false, true])
     func sharedResultOrder(_ computeOrder: Bool) throws {
         var settings = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [])
@@ -259,18 +259,23 @@ struct CoordinatorStateMachineTests {
         settings.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
         var m = CoordinatorStateMachine(settings: settings)
         _ = m.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
-        var p = CoordinatorStateMachine.WorkPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10, shards: [[0]])
+        var p = CoordinatorStateMachine.WorkPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2,
+                                                 denseCount: 10, shards: [[0]])
         p.sharedResultsInComputeOrder = computeOrder
         _ = m.begin(p, now: 1)
         func answer(_ values: FloatPayload) -> WireMessage {
             let ticket = m.lastTicket(of: a) ?? 0
-            return .result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, values: values, ticket: ticket))
+            return .result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
+                                 values: values, ticket: ticket))
         }
         let wrong: FloatPayload = computeOrder ? .shared(slot: 1, count: 10) : .sharedCompute(slot: 1, count: 10)
         let right: FloatPayload = computeOrder ? .sharedCompute(slot: 1, count: 10) : .shared(slot: 1, count: 10)
         let refused = m.receive(from: a, runID: 77, message: answer(wrong), now: 2)
         #expect(!m.isStepComplete && m.counters.badResults == 1)
-        #expect(refused.contains { if case .refused(_, let reason) = $0 { reason.contains(computeOrder ? "in compute order" : "slot") } else { false } })
+        let reasons = refused.compactMap { action -> String? in
+            if case .refused(_, let reason) = action { reason } else { nil }
+        }
+        #expect(reasons.contains { $0.contains(computeOrder ? "in compute order" : "slot") })
         // The shard goes back to the worker under a new ticket; the answer in the step's order counts.
         _ = m.receive(from: a, runID: 77, message: answer(right), now: 3)
         #expect(m.isStepComplete)

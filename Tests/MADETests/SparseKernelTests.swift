@@ -59,7 +59,7 @@ struct SparseKernelTests {
         }
     }
 
-    @Test("parameters permuted in place into compute order hold each weight at its compute place, and come back bit for bit")
+    @Test("parameters permuted in place into compute order hold each weight at its place, and come back bit for bit")
     func inPlacePermutation() {
         let configurations = [
             ModelConfiguration(inputCount: 11, hiddenSizes: [7, 13], outputMultiplier: 3, naturalOrdering: false, directConnections: true),
@@ -72,7 +72,8 @@ struct SparseKernelTests {
             for seed: UInt64 in 0..<3 {
                 let blocks = MaskSet(configuration: c, runSeed: 9, maskSeed: seed).blocks
                 var values = original
-                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: true, threads: 2) }
+                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout,
+                                                                       toCompute: true, threads: 2) }
                 var misplaced = 0
                 for (k, m) in layout.matrices.enumerated() {
                     let b = blocks.matrices[k]
@@ -83,11 +84,14 @@ struct SparseKernelTests {
                         }
                     }
                     if let bias = m.biasOffset {
-                        for j in 0..<m.columns where values[bias + j] != original[bias + Int(b.columnOrder[j])] { misplaced += 1 }
+                        for j in 0..<m.columns where values[bias + j] != original[bias + Int(b.columnOrder[j])] {
+                            misplaced += 1
+                        }
                     }
                 }
                 #expect(misplaced == 0, "\(misplaced) of \(layout.count) parameters misplaced, mask seed \(seed)")
-                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: false) }
+                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout,
+                                                                       toCompute: false) }
                 #expect(values == original)
             }
         }
@@ -220,7 +224,8 @@ struct SparseKernelTests {
         let held = Self.heldCases[index]
         let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 12, hiddenSizes: [20, 20], naturalOrdering: false,
                                                                 directConnections: true, maskCount: held.maskCount),
-                                      batchSize: held.batchSize, epochs: 2, resampleEvery: held.resampleEvery, shards: 2, kernel: .sparse)
+                                      batchSize: held.batchSize, epochs: 2, resampleEvery: held.resampleEvery,
+                                      shards: 2, kernel: .sparse)
         let steps = 2 * (200 / held.batchSize)
         // The reference: every step in layout order, as a cluster computes it.
         let reference = try Trainer(configuration: c, dataset: dataset)

@@ -30,7 +30,8 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
 /* A matrix's rows and columns permuted in place, a[i * cols + j] <- a[row_from[i] * cols + col_from[j]],
  * with cols floats of scratch and rows bytes of flags; each row is moved once. */
 void made_permute_matrix_inplace_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_from,
-                                     const int *restrict col_from, float *restrict scratch, unsigned char *restrict done);
+                                     const int *restrict col_from, float *restrict scratch,
+                                     unsigned char *restrict done);
 
 /* Stochastic binarization in place: pixel i becomes 1 when k_i * 255 < pixel_i * 2^24, k_i the top 24
  * bits of the i-th output of the xoshiro256** generator whose four state words are `state` (advanced
@@ -105,7 +106,8 @@ void made_unpermute_staircase_f32(size_t rows, size_t cols, float *restrict a, c
 /* +0 at the entries of a rows x cols matrix in compute order that the mask drops inside the bands
  * (i >= active[j] for i < the band's rows: a prefix of the band in each row, active being sorted
  * inside a band), and with outside != 0 at every entry of a band's columns below its rows. */
-void made_mask_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict active, const int *restrict bands,
+void made_mask_staircase_f32(size_t rows, size_t cols, float *restrict a, const int *restrict active,
+                             const int *restrict bands,
                              size_t band_count, int outside);
 
 /* Copies the 0/1 byte rows `rows[0..<n]` (each d long) into out in compute order (out[r, p] = row[order[p]])

@@ -197,11 +197,13 @@ public final class ShardComputer {
         // With several masks each shard's gradient is masked by its own mask, so the block's sum is +0 outside their union.
         if writesSlot, source == .inPlaceCompute, let shared, let slot {
             let seed = task.packingSeeds[0]
-            let known = computeOrderSlot.map { $0.memory == ObjectIdentifier(shared) && $0.slot == slot && $0.maskSeed == seed }
+            let known = computeOrderSlot.map { $0.memory == ObjectIdentifier(shared) && $0.slot == slot
+                                              && $0.maskSeed == seed }
                 ?? false
             computeOrderSlot = nil   // until the slot holds this mask's gradient whole
             loss = shared.withSlot(slot, count: packing.denseCount) {
-                blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true, computeOrder: true,
+                blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true,
+                              computeOrder: true,
                               clearingOutside: !known)
             }
             computeOrderSlot = (ObjectIdentifier(shared), slot, seed)
@@ -268,7 +270,8 @@ public final class ShardComputer {
                 let shardRows = UnsafeBufferPointer(rebasing: rows[starts[k]..<starts[k + 1]])
                 let term = UnsafeMutableBufferPointer(start: terms[k], count: dense)
                 if computeOrder {
-                    losses[k] = engine.gradientInComputeOrder(data: train, indices: shardRows, into: term, clearingOutside: k > 0 || clearingOutside)
+                    losses[k] = engine.gradientInComputeOrder(data: train, indices: shardRows, into: term,
+                                                              clearingOutside: k > 0 || clearingOutside)
                 } else {
                     losses[k] = engine.gradient(data: train, indices: shardRows, into: term, maskingGradient: masking)
                 }
@@ -311,7 +314,8 @@ public final class ShardComputer {
             }
             denseParameters = values
         case .sharedCompute:
-            throw ClusterError(.invalidTask, "scoring and sampling take parameters in layout order, not in a mask's compute order")
+            throw ClusterError(.invalidTask,
+                               "scoring and sampling take parameters in layout order, not in a mask's compute order")
         case .absent:
             guard denseKey == task.step, denseParameters.count == dense else {
                 throw ClusterError(.invalidTask, "a task for job \(task.step) came without parameters this worker does not hold")
