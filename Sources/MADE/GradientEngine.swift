@@ -145,7 +145,7 @@ public final class GradientEngine {
         let workspace = self.workspace
         precondition(state.parameters.count == workspace.layout.count
                      && state.adam.firstMoment.count == workspace.layout.count
-                         && state.adam.secondMoment.count == workspace.layout.count,
+                     && state.adam.secondMoment.count == workspace.layout.count,
                      "GradientEngine: a state of \(state.parameters.count) parameters for a layout of "
                          + "\(workspace.layout.count)")
         let layout = workspace.layout
@@ -156,6 +156,16 @@ public final class GradientEngine {
         permute(&state.parameters)
         permute(&state.adam.firstMoment)
         permute(&state.adam.secondMoment)
+    }
+
+    /// The held parameters masked in compute order, as the step's passes read them (see
+    /// ``BlockPartition/gatherMasked(_:into:layout:threads:)``; the entries outside the bands
+    /// hold anything): what ``hold(_:maskSeed:)`` or the last
+    /// ``adamStepHeld(_:gradient:scale:learningRate:configuration:threads:)`` left, valid until
+    /// the next step or `begin`.
+    public var heldParameters: UnsafeBufferPointer<Float> {
+        precondition(heldMaskSeed != nil, "GradientEngine: no parameters held")
+        return UnsafeBufferPointer(workspace.compute)
     }
 
     /// Starts a step on the held parameters: the last Adam step (or ``hold(_:maskSeed:)``) left them
@@ -172,8 +182,10 @@ public final class GradientEngine {
     /// elementwise), and counts the step: the same bits as
     /// ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``
     /// on the parameters and gradient in layout order.
+    ///
+    /// - Parameter threads: threads to split the pass over (a matrix each); the result does not depend on it.
     public func adamStepHeld(_ state: inout TrainingState, gradient: [Float], scale: Float, learningRate: Double,
-                             configuration: AdamConfiguration) {
+                             configuration: AdamConfiguration, threads: Int = 1) {
         precondition(heldMaskSeed != nil, "GradientEngine: no parameters held")
         precondition(gradient.count == state.parameters.count,
                      "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters")
@@ -184,7 +196,7 @@ public final class GradientEngine {
                 state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
                     state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
                         workspace.adamStep(parameters: p.baseAddress!, gradient: g.baseAddress!, firstMoment: m.baseAddress!,
-                                           secondMoment: v.baseAddress!, constants: constants)
+                                           secondMoment: v.baseAddress!, constants: constants, threads: threads)
                     }
                 }
             }

@@ -1,4 +1,5 @@
 import CKernels
+import Dispatch
 
 /// The sparse kernel: the passes over the bands of the masks' ``BlockPartition``.
 ///
@@ -378,23 +379,32 @@ extension NetworkWorkspace where T == Float {
     /// so the same bits, and no pass changes order. The updated parameters are copied, masked, into
     /// the workspace for the next step under the same masks (see ``prepareHeld()``).
     func adamStep(parameters p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>, firstMoment m: UnsafeMutablePointer<Float>,
-                  secondMoment v: UnsafeMutablePointer<Float>, constants: made_adam_constants) {
+                  secondMoment v: UnsafeMutablePointer<Float>, constants: made_adam_constants, threads: Int = 1) {
         precondition(kernel == .sparse, "adamStep: the sparse kernel's compute order")
         let blocks = self.blocks!
         let out = compute.baseAddress!
-        for (k, matrix) in matrices.enumerated() {
+        let all = matrices
+        let pointers = UncheckedSendable((p, g, m, v, out))
+        func update(_ k: Int) {
+            let (p, g, m, v, out) = pointers.value
             let b = blocks.matrices[k]
+            let matrix = all[k]
             let o = matrix.offset
-            b.activeRows.withUnsafeBufferPointer { active in
-                b.bandTable.withUnsafeBufferPointer { bands in
-                    made_adam_masked_f32(b.rows, b.columns, p + o, g + o, m + o, v + o, active.baseAddress!, bands.baseAddress!,
-                                         b.bands.count, out + o, constants)
-                }
-            }
+            made_adam_masked_f32(b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable, b.bands.count,
+                                 out + o, constants)
             if let bias = matrix.biasOffset {
                 made_adam_f32(matrix.columns, p + bias, g + bias, m + bias, v + bias, constants)
                 (out + bias).update(from: p + bias, count: matrix.columns)
             }
+        }
+        if threads > 1 && all.count > 1 {
+            // Each matrix whole on one thread: elementwise, so the bits do not depend on it.
+            withoutActuallyEscaping(update) { update in
+                let box = UncheckedSendable(update)
+                DispatchQueue.concurrentPerform(iterations: all.count) { box.value($0) }
+            }
+        } else {
+            for k in all.indices { update(k) }
         }
         parameters = UnsafePointer(out)
     }

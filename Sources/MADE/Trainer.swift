@@ -173,7 +173,10 @@ public final class Trainer {
     /// Runs steps and epochs until the run is done or `shouldStop` returns true (checked between steps),
     /// computing every shard in this process.
     public func run(until shouldStop: () -> Bool = { false }) throws -> TrainingOutcome {
-        try drive(until: shouldStop) { plan in self.localGradient(plan) }
+        try drive(until: shouldStop, offeringHeld: { false }) { plan, _ in
+            let (gradient, loss) = self.localGradient(plan)
+            return (gradient, loss, self.gradientIsHeld)
+        }
     }
 
     /// Runs the schedule, asking `compute` for the reduced gradient of each step.
@@ -184,6 +187,31 @@ public final class Trainer {
     /// follows exactly the single-process schedule.
     public func drive(until shouldStop: () -> Bool,
                       compute: (StepPlan) throws -> (gradient: [Float], lossSum: Double)) throws -> TrainingOutcome {
+        try drive(until: shouldStop, offeringHeld: { false }) { plan, _ in
+            let (gradient, loss) = try compute(plan)
+            return (gradient, loss, false)
+        }
+    }
+
+    /// The parameters of a step held in the compute order of its one mask (sparse kernel), for
+    /// a computation elsewhere: see ``drive(until:offeringHeld:compute:)``.
+    public struct HeldParameters {
+        public let maskSeed: UInt64
+        public let blocks: BlockPartition
+        /// Masked, in compute order (``BlockPartition/gatherMasked(_:into:layout:threads:)``'s
+        /// form; the entries outside the bands hold anything), valid during the call.
+        public let values: UnsafeBufferPointer<Float>
+    }
+
+    /// ``drive(until:compute:)`` that, while `offeringHeld()` answers true, keeps the parameters
+    /// and Adam's moments in the compute order of the step's one mask as ``run(until:)`` does
+    /// (sparse kernel, masks that stay) and hands `compute` the step's masked parameters in that
+    /// order; `compute` then answers with the gradient in that order (`computeOrder` true, the
+    /// compute order of the layout-order gradient) or in layout order. Reading ``state`` in
+    /// `compute` gives layout order, at the cost of turning everything back.
+    public func drive(until shouldStop: () -> Bool, offeringHeld: () -> Bool,
+                      compute: (StepPlan, HeldParameters?) throws -> (gradient: [Float], lossSum: Double, computeOrder: Bool))
+        throws -> TrainingOutcome {
         var epochStart = ContinuousClock.now
         var epochSeconds = 0.0
         while !isDone {
@@ -200,8 +228,21 @@ public final class Trainer {
                 return .interrupted
             }
             let plan = plan(stepInEpoch: stepInEpoch)
-            gradientIsHeld = false  // only localGradient(_:) returns a gradient in compute order
-            let (gradient, loss) = try compute(plan)
+            var held: HeldParameters?
+            if offeringHeld() {
+                if configuration.kernel == .sparse, let seed = plan.maskSeed, masksStay(from: plan.step) {
+                    if engine.heldMaskSeed != seed { syncHeld() }
+                    if engine.heldMaskSeed == nil { engine.hold(&current, maskSeed: seed) }
+                    held = HeldParameters(maskSeed: seed, blocks: engine.maskSet(seed).blocks, values: engine.heldParameters)
+                } else {
+                    syncHeld()
+                }
+            }
+            gradientIsHeld = false
+            let (gradient, loss, computeOrder) = try compute(plan, held)
+            precondition(!computeOrder || (engine.heldMaskSeed != nil && (held == nil || engine.heldMaskSeed == held!.maskSeed)),
+                         "drive: a gradient in compute order for a step whose parameters are no longer held")
+            gradientIsHeld = computeOrder
             guard loss.isFinite else {
                 throw MADEError(.diverged, "training diverged at step \(current.step) (epoch \(plan.epoch + 1)): the loss is not finite; a smaller --lr may help")
             }
@@ -263,8 +304,7 @@ public final class Trainer {
         let lr = configuration.schedule.learningRate(epoch: plan.epoch)
         if gradientIsHeld {
             engine.adamStepHeld(&current, gradient: gradient, scale: 1 / Float(configuration.batchSize),
-                                learningRate: lr,
-                                configuration: configuration.adam)
+                                learningRate: lr, configuration: configuration.adam, threads: optimizerThreads)
         } else {
             syncHeld()
             current.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),

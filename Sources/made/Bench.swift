@@ -329,11 +329,14 @@ struct Bench: ParsableCommand {
             throw CommandFailure("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
         }
         trainer.optimizerThreads = coordinator.threads
-        let compute = { (plan: StepPlan) in try coordinator.computeStep(plan, parameters: trainer.state.parameters) }
-        _ = try trainer.drive(until: { trainer.state.step >= warmup }, compute: compute)
+        let compute = { (plan: StepPlan, held: Trainer.HeldParameters?) in
+            try TrainingRun.step(plan, held: held, coordinator: coordinator, trainer: trainer)
+        }
+        let holding = { coordinator.takesHeldSteps }
+        _ = try trainer.drive(until: { trainer.step >= warmup }, offeringHeld: holding, compute: compute)
         let bytesBefore = coordinator.bytesSent + coordinator.bytesReceived
         let start = ContinuousClock.now
-        _ = try trainer.drive(until: { trainer.state.step >= warmup + steps }, compute: compute)
+        _ = try trainer.drive(until: { trainer.step >= warmup + steps }, offeringHeld: holding, compute: compute)
         let seconds = (ContinuousClock.now - start).seconds
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         let layout = ParameterLayout(model)

@@ -226,25 +226,72 @@ public final class ClusterCoordinator {
     }
 
     public func computeStep(_ plan: StepPlan, parameters: [Float]) throws -> (gradient: [Float], lossSum: Double) {
+        try step(plan, parameters: .layout(parameters))
+    }
+
+    /// Whether ``computeStep(_:held:)`` pays: the sparse kernel, with shared memory for the
+    /// workers on this host.
+    public var takesHeldSteps: Bool { configuration.kernel == .sparse && shared != nil && !sharedMemoryLost }
+
+    /// ``computeStep(_:parameters:)`` for a step of one mask whose parameters the trainer holds
+    /// in that mask's compute order (``Trainer/drive(until:offeringHeld:compute:)``): slot 0
+    /// takes them as they are, and the gradient comes back in that order, so that nothing here
+    /// moves a weight either (workers on other hosts still get and send theirs in layout order).
+    public func computeStep(_ plan: StepPlan, held: Trainer.HeldParameters) throws -> (gradient: [Float], lossSum: Double) {
+        precondition(plan.maskSeeds.allSatisfy { $0 == held.maskSeed }, "computeStep: held parameters of another mask")
+        return try step(plan, parameters: .held(held))
+    }
+
+    /// A step's parameters: in layout order, or held in the compute order of its one mask.
+    private enum Parameters {
+        case layout([Float])
+        case held(Trainer.HeldParameters)
+    }
+
+    private func step(_ plan: StepPlan, parameters: Parameters) throws -> (gradient: [Float], lossSum: Double) {
         let packingSeeds = Self.packingSeeds(for: plan.maskSeeds, mixed: options.mixedMaskPacking)
         let packing = packings.packing(union: packingSeeds)
         let threads = self.threads
         let layout = self.layout
         // A step of one mask under the sparse kernel goes through shared memory in that mask's
         // compute order: the workers on this host then move no weight, and this process moves
-        // each once, on every core.
-        let blocks = configuration.kernel == .sparse && packingSeeds.count == 1 && shared != nil && !sharedMemoryLost
-            ? packings.maskSet(packingSeeds[0]).blocks : nil
-        let lossSum = try computeGradients(
-            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds, packing: packing,
-            shards: plan.shards.map { Array($0) }, packed: false, computeOrder: blocks,
-            fillShared: { out in
-                guard let blocks else { return packing.mask(parameters, into: out, threads: threads) }
-                parameters.withUnsafeBufferPointer {
+        // each once, on every core (none when the trainer holds them so).
+        let blocks: BlockPartition?
+        let heldOrder: Bool
+        switch parameters {
+        case .layout:
+            blocks = configuration.kernel == .sparse && packingSeeds.count == 1 && shared != nil && !sharedMemoryLost
+                ? packings.maskSet(packingSeeds[0]).blocks : nil
+            heldOrder = false
+        case .held(let held):
+            blocks = held.blocks
+            heldOrder = true
+        }
+        func fillShared(_ out: UnsafeMutableBufferPointer<Float>) {
+            switch parameters {
+            case .layout(let values):
+                guard let blocks else { return packing.mask(values, into: out, threads: threads) }
+                values.withUnsafeBufferPointer {
                     blocks.gatherMasked($0.baseAddress!, into: out.baseAddress!, layout: layout, threads: threads)
                 }
-            },
-            fill: { packing.pack(parameters, into: $0, threads: threads) }).lossSum
+            case .held(let held):
+                out.baseAddress!.update(from: held.values.baseAddress!, count: held.values.count)
+            }
+        }
+        func fill(_ out: UnsafeMutableBufferPointer<Float>) {
+            switch parameters {
+            case .layout(let values):
+                packing.pack(values, into: out, threads: threads)
+            case .held(let held):
+                var values = Array(held.values)
+                values.withUnsafeMutableBufferPointer { held.blocks.toLayoutMasked($0.baseAddress!, layout: layout, threads: threads) }
+                packing.pack(values, into: out, threads: threads)
+            }
+        }
+        let lossSum = try computeGradients(
+            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds, packing: packing,
+            shards: plan.shards.map { Array($0) }, packed: false, computeOrder: blocks, inComputeOrder: heldOrder,
+            fillShared: fillShared, fill: fill).lossSum
         return (denseGradient, lossSum)
     }
 
@@ -253,12 +300,15 @@ public final class ClusterCoordinator {
     /// result came packed (nil otherwise: the sum is then in ``denseGradient``). The parameters
     /// go out as `fill` packs them, or as `fillShared` writes them dense into shared slot 0:
     /// in the compute order of `computeOrder` (the blocks of the step's one mask) when given,
-    /// in which the workers on this host then answer too.
+    /// in which the workers on this host then answer too; the dense sum is in that order with
+    /// `inComputeOrder`, else in layout order.
     private func computeGradients(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], packing: MaskPacking,
                                   shards: [[Int32]], packed: Bool, computeOrder blocks: BlockPartition? = nil,
+                                  inComputeOrder heldOrder: Bool = false,
                                   fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
                                   fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) throws
         -> (packedSum: [Float]?, lossSum: Double) {
+        let threads = self.threads
         let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
                                             computeOrder: blocks != nil, fillShared: fillShared, fill: fill)
         var machinePlan = CoordinatorStateMachine.WorkPlan(
@@ -288,12 +338,7 @@ public final class ClusterCoordinator {
                 count: packing.count, sharedCount: packing.denseCount, shared: nil, computeOrder: false,
                 fillShared: { _ in }, fill: fill))
         }
-        // Recomputed, the step's values come inline, in layout order.
-        var order = blocks
-        if lost() {
-            try recompute()
-            order = nil
-        }
+        if lost() { try recompute() }
         let lossSum = { GradientReducer.reduce(results.map(\.lossSum)) }
         if packed, results.allSatisfy({ $0.values.inlineValues != nil }) {
             var gradients = results.map { $0.values.inlineValues! }
@@ -301,30 +346,33 @@ public final class ClusterCoordinator {
             denseGradientMasks = nil   // the dense buffer no longer holds what it held
             return (gradients[0], lossSum())
         }
-        var finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, computeOrder: order)
+        var finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, blocks: blocks,
+                         inComputeOrder: heldOrder)
         // The file may shrink while the sum reads the slots: the zero pages read then (see
         // SharedSlots) are found here, and the step is computed again over the socket.
         if lost() {
             try recompute()
-            finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, computeOrder: nil)
+            finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, blocks: blocks,
+                         inComputeOrder: heldOrder)
         }
         guard finite else {
             denseGradientMasks = nil
             throw ClusterError(.protocolFailure, "the gradient of step \(step) is not finite: a worker on this "
                                + "host wrote values that are not finite, or training diverged")
         }
-        denseGradientMasks = packingSeeds
+        // Its +0 entries are those of the masks' layout order only when it is in that order.
+        denseGradientMasks = heldOrder ? nil : packingSeeds
         return (nil, lossSum())
     }
 
     /// Sums the gradients of `results` into ``denseGradient`` in the fixed tree order: packed
     /// ones unpacked, the others read in their slots (`inPlace`) or in the scratch buffers they
     /// were copied to. Returns whether the sum is finite (checked for dense sums only; packed
-    /// values were checked as they arrived). With `computeOrder` (the blocks of the step's one
-    /// mask) the results in shared memory are in that mask's compute order: the inline ones are
-    /// turned into it, and the sum is turned back into layout order.
+    /// values were checked as they arrived). With `blocks` (those of the step's one mask) the
+    /// results in shared memory are in that mask's compute order and the inline ones are turned
+    /// into it; the sum comes out in compute order with `inComputeOrder`, else in layout order.
     private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking,
-                     packingSeeds: [UInt64], computeOrder blocks: BlockPartition?) -> Bool {
+                     packingSeeds: [UInt64], blocks: BlockPartition?, inComputeOrder: Bool) -> Bool {
         let threads = self.threads
         let layout = self.layout
         let dense = packing.denseCount
@@ -333,6 +381,11 @@ public final class ClusterCoordinator {
             var gradients = results.map { $0.values.inlineValues! }
             GradientReducer.reduce(&gradients, threads: threads)
             packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != packingSeeds, threads: threads)
+            if inComputeOrder, let blocks {
+                denseGradient.withUnsafeMutableBufferPointer {
+                    blocks.permute($0.baseAddress!, layout: layout, toCompute: true, threads: threads)
+                }
+            }
             return true
         } else {
             // Dense sums: masked-out entries are +0 in every term, so they stay +0. With the step in
@@ -357,7 +410,7 @@ public final class ClusterCoordinator {
             }
             return denseGradient.withUnsafeMutableBufferPointer {
                 let finite = GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
-                blocks?.toLayoutMasked($0.baseAddress!, layout: layout, threads: threads)
+                if !inComputeOrder { blocks?.toLayoutMasked($0.baseAddress!, layout: layout, threads: threads) }
                 return finite
             }
         }

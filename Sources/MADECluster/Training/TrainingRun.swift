@@ -4,7 +4,9 @@ import MADE
 /// workers, followed by the final validation and test scores of the parameters it stands by.
 ///
 /// One step across the cluster: ``Trainer/drive(until:compute:)`` plans the step (rows of each
-/// shard, mask seed) and hands it to ``ClusterCoordinator/computeStep(_:parameters:)``, whose
+/// shard, mask seed) and hands it to ``ClusterCoordinator/computeStep(_:parameters:)`` (or, with the
+/// sparse kernel and shared memory, ``ClusterCoordinator/computeStep(_:held:)`` on the parameters
+/// the trainer holds in the compute order of the step's mask), whose
 /// ``CoordinatorStateMachine`` hands the shards to the workers; each ``ClusterWorker`` computes
 /// its task with a ``ShardComputer`` and answers; the coordinator sums the answers in the fixed
 /// tree order (``GradientReducer``) and the trainer applies Adam. Validation at epoch ends and
@@ -43,7 +45,9 @@ public struct TrainingRun {
         if let valid = trainer.dataset.valid { trainer.validationScorer = { try score(.valid, valid, $0) } }
         do {
             return try session.run({ c in
-                let outcome = try trainer.drive(until: shouldStop) { plan in try c.computeStep(plan, parameters: trainer.state.parameters) }
+                let outcome = try trainer.drive(until: shouldStop, offeringHeld: { c.takesHeldSteps }) { plan, held in
+                    try Self.step(plan, held: held, coordinator: c, trainer: trainer)
+                }
                 guard outcome != .interrupted else { return Result(outcome: outcome, scores: []) }
                 let parameters = trainer.checkpoint.modelParameters
                 return Result(outcome: outcome, scores: try heldOut(trainer.dataset).map { ($0, try score($0, $1, parameters)) })
@@ -56,6 +60,18 @@ public struct TrainingRun {
             try? trainer.saveCheckpoint()
             throw error
         }
+    }
+
+    /// One step through `coordinator`: in the compute order of the parameters the trainer holds,
+    /// or in layout order.
+    public static func step(_ plan: StepPlan, held: Trainer.HeldParameters?, coordinator: ClusterCoordinator,
+                            trainer: Trainer) throws -> (gradient: [Float], lossSum: Double, computeOrder: Bool) {
+        if let held {
+            let (gradient, loss) = try coordinator.computeStep(plan, held: held)
+            return (gradient, loss, true)
+        }
+        let (gradient, loss) = try coordinator.computeStep(plan, parameters: trainer.state.parameters)
+        return (gradient, loss, false)
     }
 
     private static func heldOut(_ dataset: Dataset) -> [(DataSplit, DataMatrix)] {
