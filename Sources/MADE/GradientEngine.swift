@@ -120,7 +120,7 @@ public final class GradientEngine {
     /// Turns `state`'s parameters and Adam moments, in place, into the compute order of
     /// `maskSeed`'s masks (sparse kernel), and starts a step on them: until ``release(_:)`` the
     /// steps run ``beginHeld()``, ``gradient(data:indices:into:maskingGradient:computeOrder:)`` in
-    /// compute order and ``adamStepHeld(_:gradient:scale:learningRate:configuration:)`` on the same
+    /// compute order and ``adamStepHeld(_:gradient:scale:learningRate:configuration:copyInto:threads:)`` on the same
     /// state, and nothing changes order. Meanwhile `state` is not in layout order: nothing else may
     /// read its parameters or moments.
     ///
@@ -131,13 +131,19 @@ public final class GradientEngine {
         begin(parameters: state.parameters, maskSeed: maskSeed)
         permute(&state, maskSeed: maskSeed, toCompute: true)
         heldMaskSeed = maskSeed
+        heldValues = UnsafeBufferPointer(workspace.compute)
     }
+
+    /// Where the masked held parameters are: the workspace's buffer, or where the last held Adam
+    /// step was asked to copy them.
+    private var heldValues: UnsafeBufferPointer<Float>?
 
     /// Turns the held `state` back into layout order, in place, and ends the hold.
     public func release(_ state: inout TrainingState) {
         guard let seed = heldMaskSeed else { return }
         permute(&state, maskSeed: seed, toCompute: false)
         heldMaskSeed = nil
+        heldValues = nil
     }
 
     private func permute(_ state: inout TrainingState, maskSeed: UInt64, toCompute: Bool) {
@@ -161,19 +167,19 @@ public final class GradientEngine {
     /// The held parameters masked in compute order, as the step's passes read them (see
     /// ``BlockPartition/gatherMasked(_:into:layout:threads:)``; the entries outside the bands
     /// hold anything): what ``hold(_:maskSeed:)`` or the last
-    /// ``adamStepHeld(_:gradient:scale:learningRate:configuration:threads:)`` left, valid until
-    /// the next step or `begin`.
+    /// ``adamStepHeld(_:gradient:scale:learningRate:configuration:copyInto:threads:)`` left (in
+    /// the workspace, or where that step copied them), valid until the next step or `begin`.
     public var heldParameters: UnsafeBufferPointer<Float> {
-        precondition(heldMaskSeed != nil, "GradientEngine: no parameters held")
-        return UnsafeBufferPointer(workspace.compute)
+        guard heldMaskSeed != nil, let values = heldValues else { preconditionFailure("GradientEngine: no parameters held") }
+        return values
     }
 
-    /// Starts a step on the held parameters: the last Adam step (or ``hold(_:maskSeed:)``) left them
-    /// masked in the workspace.
+    /// Starts a step on the held parameters, where the last Adam step (or ``hold(_:maskSeed:)``)
+    /// left them masked.
     public func beginHeld() {
         guard let seed = heldMaskSeed else { preconditionFailure("GradientEngine: no parameters held") }
         workspace.setMasks(maskSet(seed))
-        workspace.prepareHeld()
+        workspace.prepare(computeOrder: heldParameters)
         preparedMaskSeed = seed
     }
 
@@ -183,20 +189,35 @@ public final class GradientEngine {
     /// ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``
     /// on the parameters and gradient in layout order.
     ///
+    /// - Parameter copyInto: where the updated parameters go, masked, for the next step (see
+    ///   ``heldParameters``; by default the workspace): a buffer of the layout's size whose
+    ///   entries outside the bands nothing reads.
     /// - Parameter threads: threads to split the pass over (a matrix each); the result does not depend on it.
     public func adamStepHeld(_ state: inout TrainingState, gradient: [Float], scale: Float, learningRate: Double,
-                             configuration: AdamConfiguration, threads: Int = 1) {
+                             configuration: AdamConfiguration, copyInto destination: UnsafeMutableBufferPointer<Float>? = nil,
+                             threads: Int = 1) {
+        let count = workspace.layout.count
+        if let destination {
+            precondition(destination.count == count, "adamStep: a copy of \(destination.count) values for a layout of \(count)")
+        }
+        let out = destination?.baseAddress ?? workspace.compute.baseAddress!
+        let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
+        applyHeld(&state, gradient: gradient, constants: constants, into: out, threads: threads)
+        heldValues = UnsafeBufferPointer(start: out, count: count)
+    }
+
+    private func applyHeld(_ state: inout TrainingState, gradient: [Float], constants: made_adam_constants,
+                           into out: UnsafeMutablePointer<Float>, threads: Int) {
         precondition(heldMaskSeed != nil, "GradientEngine: no parameters held")
         precondition(gradient.count == state.parameters.count,
                      "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters")
-        let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
         let workspace = self.workspace
         state.parameters.withUnsafeMutableBufferPointer { p in
             gradient.withUnsafeBufferPointer { g in
                 state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
                     state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
                         workspace.adamStep(parameters: p.baseAddress!, gradient: g.baseAddress!, firstMoment: m.baseAddress!,
-                                           secondMoment: v.baseAddress!, constants: constants, threads: threads)
+                                           secondMoment: v.baseAddress!, constants: constants, into: out, threads: threads)
                     }
                 }
             }

@@ -372,17 +372,19 @@ extension NetworkWorkspace {
 
 extension NetworkWorkspace where T == Float {
     /// One Adam step (see ``AdamState``) on parameters and moments held in the compute order of the
-    /// masks set (see ``BlockPartition/permute(_:layout:toCompute:threads:)``), with the summed gradient in compute
-    /// order as
-    /// ``backward(into:inputGradient:maskingGradient:computeOrder:)`` leaves it, masked here on the
-    /// way: each element gets the operations of ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``,
-    /// so the same bits, and no pass changes order. The updated parameters are copied, masked, into
-    /// the workspace for the next step under the same masks (see ``prepareHeld()``).
-    func adamStep(parameters p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>, firstMoment m: UnsafeMutablePointer<Float>,
-                  secondMoment v: UnsafeMutablePointer<Float>, constants: made_adam_constants, threads: Int = 1) {
+    /// masks set (see ``BlockPartition/permute(_:layout:toCompute:threads:)``), with the summed
+    /// gradient in compute order as ``backward(into:inputGradient:maskingGradient:computeOrder:)``
+    /// leaves it, masked here on the way: each element gets the operations of
+    /// ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``, so the
+    /// same bits, and no pass changes order. The updated parameters are copied, masked, inside the
+    /// bands, into `destination` (by default the workspace's own buffer), where the next step under
+    /// the same masks reads them (``prepare(computeOrder:)``).
+    func adamStep(parameters p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
+                  firstMoment m: UnsafeMutablePointer<Float>, secondMoment v: UnsafeMutablePointer<Float>,
+                  constants: made_adam_constants, into destination: UnsafeMutablePointer<Float>? = nil, threads: Int = 1) {
         precondition(kernel == .sparse, "adamStep: the sparse kernel's compute order")
         let blocks = self.blocks!
-        let out = compute.baseAddress!
+        let out = destination ?? compute.baseAddress!
         let all = matrices
         let pointers = UncheckedSendable((p, g, m, v, out))
         func update(_ k: Int) {
@@ -407,10 +409,5 @@ extension NetworkWorkspace where T == Float {
             for k in all.indices { update(k) }
         }
         parameters = UnsafePointer(out)
-    }
-
-    /// Starts a step on the parameters the last ``adamStep(parameters:gradient:firstMoment:secondMoment:constants:)`` copied.
-    func prepareHeld() {
-        parameters = UnsafePointer(compute.baseAddress!)
     }
 }

@@ -105,6 +105,8 @@ public final class Trainer {
     private var shardLosses: [Double]
     /// Whether the gradient ``localGradient(_:)`` returned last is in the compute order of held parameters.
     private var gradientIsHeld = false
+    /// Where the held Adam step of the step being driven copies the parameters (see ``HeldOffer``).
+    private var heldCopy: UnsafeMutableBufferPointer<Float>?
     private var permutationEpoch = -1
     private var permutation: [Int32] = []
 
@@ -173,7 +175,7 @@ public final class Trainer {
     /// Runs steps and epochs until the run is done or `shouldStop` returns true (checked between steps),
     /// computing every shard in this process.
     public func run(until shouldStop: () -> Bool = { false }) throws -> TrainingOutcome {
-        try drive(until: shouldStop, offeringHeld: { false }) { plan, _ in
+        try drive(until: shouldStop, offeringHeld: { nil }) { plan, _ in
             let (gradient, loss) = self.localGradient(plan)
             return (gradient, loss, self.gradientIsHeld)
         }
@@ -187,7 +189,7 @@ public final class Trainer {
     /// follows exactly the single-process schedule.
     public func drive(until shouldStop: () -> Bool,
                       compute: (StepPlan) throws -> (gradient: [Float], lossSum: Double)) throws -> TrainingOutcome {
-        try drive(until: shouldStop, offeringHeld: { false }) { plan, _ in
+        try drive(until: shouldStop, offeringHeld: { nil }) { plan, _ in
             let (gradient, loss) = try compute(plan)
             return (gradient, loss, false)
         }
@@ -199,17 +201,29 @@ public final class Trainer {
         public let maskSeed: UInt64
         public let blocks: BlockPartition
         /// Masked, in compute order (``BlockPartition/gatherMasked(_:into:layout:threads:)``'s
-        /// form; the entries outside the bands hold anything), valid during the call.
+        /// form; the entries outside the bands hold anything), valid during the call: in the
+        /// trainer, or where ``HeldOffer/copyInto`` asked the last step to copy them.
         public let values: UnsafeBufferPointer<Float>
+        /// The same parameters masked in layout order (a copy), without giving up the hold.
+        public let layoutParameters: () -> [Float]
     }
 
-    /// ``drive(until:compute:)`` that, while `offeringHeld()` answers true, keeps the parameters
-    /// and Adam's moments in the compute order of the step's one mask as ``run(until:)`` does
+    /// What a computation elsewhere asks of held parameters: where each Adam step should copy
+    /// the masked parameters for the next step (``HeldParameters/values``), nil for the trainer's
+    /// own buffer. The buffer holds the layout's count of values, and nothing else writes it
+    /// between steps.
+    public struct HeldOffer {
+        public var copyInto: UnsafeMutableBufferPointer<Float>?
+        public init(copyInto: UnsafeMutableBufferPointer<Float>? = nil) { self.copyInto = copyInto }
+    }
+
+    /// ``drive(until:compute:)`` that, while `offeringHeld()` answers, keeps the parameters and
+    /// Adam's moments in the compute order of the step's one mask as ``run(until:)`` does
     /// (sparse kernel, masks that stay) and hands `compute` the step's masked parameters in that
     /// order; `compute` then answers with the gradient in that order (`computeOrder` true, the
     /// compute order of the layout-order gradient) or in layout order. Reading ``state`` in
     /// `compute` gives layout order, at the cost of turning everything back.
-    public func drive(until shouldStop: () -> Bool, offeringHeld: () -> Bool,
+    public func drive(until shouldStop: () -> Bool, offeringHeld: () -> HeldOffer?,
                       compute: (StepPlan, HeldParameters?) throws -> (gradient: [Float], lossSum: Double, computeOrder: Bool))
         throws -> TrainingOutcome {
         var epochStart = ContinuousClock.now
@@ -229,15 +243,23 @@ public final class Trainer {
             }
             let plan = plan(stepInEpoch: stepInEpoch)
             var held: HeldParameters?
-            if offeringHeld() {
+            let offer = offeringHeld()
+            if let offer {
                 if configuration.kernel == .sparse, let seed = plan.maskSeed, masksStay(from: plan.step) {
                     if engine.heldMaskSeed != seed { syncHeld() }
                     if engine.heldMaskSeed == nil { engine.hold(&current, maskSeed: seed) }
-                    held = HeldParameters(maskSeed: seed, blocks: engine.maskSet(seed).blocks, values: engine.heldParameters)
+                    let blocks = engine.maskSet(seed).blocks
+                    let layout = ParameterLayout(configuration.model)
+                    held = HeldParameters(maskSeed: seed, blocks: blocks, values: engine.heldParameters) {
+                        var values = self.current.parameters
+                        values.withUnsafeMutableBufferPointer { blocks.toLayoutMasked($0.baseAddress!, layout: layout) }
+                        return values
+                    }
                 } else {
                     syncHeld()
                 }
             }
+            heldCopy = offer?.copyInto
             gradientIsHeld = false
             let (gradient, loss, computeOrder) = try compute(plan, held)
             precondition(!computeOrder || (engine.heldMaskSeed != nil && (held == nil || engine.heldMaskSeed == held!.maskSeed)),
@@ -304,7 +326,8 @@ public final class Trainer {
         let lr = configuration.schedule.learningRate(epoch: plan.epoch)
         if gradientIsHeld {
             engine.adamStepHeld(&current, gradient: gradient, scale: 1 / Float(configuration.batchSize),
-                                learningRate: lr, configuration: configuration.adam, threads: optimizerThreads)
+                                learningRate: lr, configuration: configuration.adam, copyInto: heldCopy,
+                                threads: optimizerThreads)
         } else {
             syncHeld()
             current.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),

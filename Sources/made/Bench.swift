@@ -332,7 +332,7 @@ struct Bench: ParsableCommand {
         let compute = { (plan: StepPlan, held: Trainer.HeldParameters?) in
             try TrainingRun.step(plan, held: held, coordinator: coordinator, trainer: trainer)
         }
-        let holding = { coordinator.takesHeldSteps }
+        let holding = { coordinator.heldOffer }
         _ = try trainer.drive(until: { trainer.step >= warmup }, offeringHeld: holding, compute: compute)
         let bytesBefore = coordinator.bytesSent + coordinator.bytesReceived
         let start = ContinuousClock.now

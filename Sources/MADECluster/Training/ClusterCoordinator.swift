@@ -229,9 +229,15 @@ public final class ClusterCoordinator {
         try step(plan, parameters: .layout(parameters))
     }
 
-    /// Whether ``computeStep(_:held:)`` pays: the sparse kernel, with shared memory for the
-    /// workers on this host.
-    public var takesHeldSteps: Bool { configuration.kernel == .sparse && shared != nil && !sharedMemoryLost }
+    /// What ``computeStep(_:held:)`` asks of a trainer that holds its parameters, or nil when it
+    /// does not pay (it needs the sparse kernel and shared memory for the workers on this host):
+    /// the held Adam step copies the masked parameters straight into slot 0, where the next step's
+    /// workers read them.
+    public var heldOffer: Trainer.HeldOffer? {
+        guard configuration.kernel == .sparse, let shared, !sharedMemoryLost, layout.count <= shared.slotFloats,
+              shared.holds(0) else { return nil }
+        return Trainer.HeldOffer(copyInto: UnsafeMutableBufferPointer(start: shared.pointer(0), count: layout.count))
+    }
 
     /// ``computeStep(_:parameters:)`` for a step of one mask whose parameters the trainer holds
     /// in that mask's compute order (``Trainer/drive(until:offeringHeld:compute:)``): slot 0
@@ -275,7 +281,10 @@ public final class ClusterCoordinator {
                     blocks.gatherMasked($0.baseAddress!, into: out.baseAddress!, layout: layout, threads: threads)
                 }
             case .held(let held):
-                out.baseAddress!.update(from: held.values.baseAddress!, count: held.values.count)
+                // Where the last held Adam step left them, unless the trainer took them up since.
+                if held.values.baseAddress != UnsafePointer(out.baseAddress!) {
+                    out.baseAddress!.update(from: held.values.baseAddress!, count: held.values.count)
+                }
             }
         }
         func fill(_ out: UnsafeMutableBufferPointer<Float>) {
@@ -283,9 +292,7 @@ public final class ClusterCoordinator {
             case .layout(let values):
                 packing.pack(values, into: out, threads: threads)
             case .held(let held):
-                var values = Array(held.values)
-                values.withUnsafeMutableBufferPointer { held.blocks.toLayoutMasked($0.baseAddress!, layout: layout, threads: threads) }
-                packing.pack(values, into: out, threads: threads)
+                packing.pack(held.layoutParameters(), into: out, threads: threads)
             }
         }
         let lossSum = try computeGradients(

@@ -45,7 +45,7 @@ public struct TrainingRun {
         if let valid = trainer.dataset.valid { trainer.validationScorer = { try score(.valid, valid, $0) } }
         do {
             return try session.run({ c in
-                let outcome = try trainer.drive(until: shouldStop, offeringHeld: { c.takesHeldSteps }) { plan, held in
+                let outcome = try trainer.drive(until: shouldStop, offeringHeld: { c.heldOffer }) { plan, held in
                     try Self.step(plan, held: held, coordinator: c, trainer: trainer)
                 }
                 guard outcome != .interrupted else { return Result(outcome: outcome, scores: []) }
