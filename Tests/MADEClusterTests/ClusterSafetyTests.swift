@@ -38,6 +38,7 @@ struct ClusterSafetyTests {
                      "/dev/shm/made-1-2.slots.bak", "/dev/shm/made--2.slots"] {
             let error = #expect(throws: ClusterError.self, "\(path)") { _ = try SharedSlots.open(.init(path: path, slot: 1, slotFloats: 16)) }
             #expect(error?.message.contains("refusing") == true || error?.message.contains("cannot open") == true, "\(String(describing: error))")
+            #expect(error?.code == .security || error?.code == .sharedMemory, "\(String(describing: error))")
         }
         #expect(Self.bytes(victim) == original)
         #expect(Self.bytes(plain) == original)
@@ -55,6 +56,17 @@ struct ClusterSafetyTests {
         let slots = try SharedSlots.create(slotFloats: 16, workerSlots: 2)
         let mapped = try SharedSlots.open(.init(path: slots.path, slot: 2, slotFloats: 16))
         #expect(mapped.slotCount == 3 && SharedSlots.isSlotFileName((slots.path as NSString).lastPathComponent))
+        // A slot past the file's end, and a file that is gone, are unusable shared memory, not a security refusal.
+        let beyond = #expect(throws: ClusterError.self) { _ = try SharedSlots.open(.init(path: slots.path, slot: 3, slotFloats: 16)) }
+        #expect(beyond?.code == .sharedMemory && beyond?.message.contains("too few for slot 3") == true)
+        let gone = "/dev/shm/made-\(tag)-4.slots"
+        let missing = #expect(throws: ClusterError.self) { _ = try SharedSlots.open(.init(path: gone, slot: 1, slotFloats: 16)) }
+        #expect(missing?.code == .sharedMemory && missing?.message.contains("cannot open") == true)
+        // A folder that cannot hold a slot file.
+        let noFolder = #expect(throws: ClusterError.self) {
+            _ = try SharedSlots.create(folder: folder + "/absent", slotFloats: 16, workerSlots: 1)
+        }
+        #expect(noFolder?.code == .sharedMemory)
     }
 
     @Test("a slot file shrunk by truncate is noticed by both sides before any access; nothing is read or written")

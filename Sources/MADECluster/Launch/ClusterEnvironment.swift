@@ -245,9 +245,10 @@ public struct ClusterError: Error, CustomStringConvertible, Sendable, Equatable 
         public static let security = Code(name: "security")
         /// No worker is there and none can come.
         public static let noWorkers = Code(name: "noWorkers")
-        /// A failure the cases below do not yet name (the coordinator's own checks and the
-        /// shared-memory file's set-up still use it).
-        public static let protocolFailure = Code(name: "protocol")
+        /// A model, a result or a job's chunk larger than one message may carry.
+        public static let tooLarge = Code(name: "tooLarge")
+        /// Work that every worker refused: the workers cannot do it (their reason is in the message).
+        public static let taskFailed = Code(name: "taskFailed")
         /// A task, or the run description before it, that does not fit the run: rows out of
         /// range, counts that do not add up, an unknown mode, parameters missing or of the
         /// wrong size, limits exceeded.

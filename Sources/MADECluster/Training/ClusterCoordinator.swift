@@ -125,7 +125,7 @@ public final class ClusterCoordinator {
 
         let parameterCount = layout.count
         guard parameterCount <= WireFormat.Limits().maxFloats else {
-            throw ClusterError(.protocolFailure, "the model has \(parameterCount) parameters; a cluster carries at most \(WireFormat.Limits().maxFloats) per message")
+            throw ClusterError(.tooLarge, "the model has \(parameterCount) parameters; a cluster carries at most \(WireFormat.Limits().maxFloats) per message")
         }
         context = try ZMQContext()
         if let security = options.security {
@@ -138,7 +138,7 @@ public final class ClusterCoordinator {
         largestResult = max(parameterCount, options.largestJobResult, Self.validationChunk * configuration.evaluationMasks,
                             Self.sampleBatch * configuration.model.inputCount)
         guard largestResult <= WireFormat.Limits().maxFloats else {
-            throw ClusterError(.protocolFailure, "results of \(largestResult) values exceed the \(WireFormat.Limits().maxFloats) a message may carry")
+            throw ClusterError(.tooLarge, "results of \(largestResult) values exceed the \(WireFormat.Limits().maxFloats) a message may carry")
         }
         try router.set(.routerMandatory(true), .linger(milliseconds: 0), .sendHighWaterMark(0), .receiveHighWaterMark(0),
                        .maxMessageSize(Int64(Self.frameBytes(values: largestResult))))
@@ -364,7 +364,7 @@ public final class ClusterCoordinator {
         }
         guard finite else {
             denseGradientMasks = nil
-            throw ClusterError(.protocolFailure, "the gradient of step \(step) is not finite: a worker on this "
+            throw ClusterError(.diverged, "the gradient of step \(step) is not finite: a worker on this "
                                + "host wrote values that are not finite, or training diverged")
         }
         // Its +0 entries are those of the masks' layout order only when it is in that order.
@@ -580,7 +580,7 @@ public final class ClusterCoordinator {
         let chunks = stride(from: 0, to: rowCount, by: chunkSize).map { Array(Int32($0)..<Int32(min(rowCount, $0 + chunkSize))) }
         let perRow = mode == .likelihood ? masks : 1
         guard MemoryBudget.product(min(chunkSize, rowCount), perRow).map({ $0 <= largestResult }) == true else {
-            throw ClusterError(.protocolFailure, "chunks of \(chunkSize) rows under \(masks) masks exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
+            throw ClusterError(.tooLarge, "chunks of \(chunkSize) rows under \(masks) masks exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
         }
         let plan = CoordinatorStateMachine.WorkPlan(
             step: nextJobID(), maskSeed: 0, work: .logLikelihood(split: split.rawValue, masks: UInt32(masks), mode: mode.wireCode),
@@ -607,7 +607,7 @@ public final class ClusterCoordinator {
     public func drawSamples(count: Int, dimension: Int, batchSize: Int, masks: Int, seed: UInt64, method: Sampler<Float>.Method,
                             parameters: [Float]) throws -> [Float] {
         guard MemoryBudget.product(min(batchSize, count), dimension).map({ $0 <= largestResult }) == true else {
-            throw ClusterError(.protocolFailure, "batches of \(batchSize) samples of \(dimension) values exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
+            throw ClusterError(.tooLarge, "batches of \(batchSize) samples of \(dimension) values exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
         }
         let full = count / batchSize
         let rest = count % batchSize
@@ -658,7 +658,7 @@ public final class ClusterCoordinator {
             if let failure = machine.failure {
                 switch failure.code {
                 case .noWorkers: throw ClusterError(.noWorkers, failure.message)
-                case .taskFailed: throw ClusterError(.protocolFailure, "the workers cannot do this work: \(failure.message)")
+                case .taskFailed: throw ClusterError(.taskFailed, "the workers cannot do this work: \(failure.message)")
                 }
             }
             try pump(timeout: 20, parameters: parameters)

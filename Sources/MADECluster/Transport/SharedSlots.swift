@@ -94,7 +94,7 @@ public final class SharedSlots {
         removeStale(folder: folder)
         let path = folder + "/made-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).slots"
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ClusterError(.protocolFailure, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ClusterError(.sharedMemory, "cannot create \(path): \(String(cString: strerror(errno)))") }
         var keep = false
         defer { if !keep { close(fd) } }
         let count = 1 + workerSlots
@@ -102,24 +102,24 @@ public final class SharedSlots {
         guard ftruncate(fd, off_t(bytes)) == 0 else {
             let e = String(cString: strerror(errno))
             unlink(path)
-            throw ClusterError(.protocolFailure, "cannot size \(path): \(e)")
+            throw ClusterError(.sharedMemory, "cannot size \(path): \(e)")
         }
         guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
             let e = String(cString: strerror(errno))
             unlink(path)
-            throw ClusterError(.protocolFailure, "cannot map \(path): \(e)")
+            throw ClusterError(.sharedMemory, "cannot map \(path): \(e)")
         }
         let handle = made_guard_register(base, bytes)
         guard handle >= 0 else {
             munmap(base, bytes)
             unlink(path)
-            throw ClusterError(.protocolFailure, "cannot guard the mapping of \(path) against the file shrinking")
+            throw ClusterError(.sharedMemory, "cannot guard the mapping of \(path) against the file shrinking")
         }
         keep = true
         let slots = SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes,
                                 owner: true, descriptor: fd, guardHandle: handle)
         guard slots.reserve(0) else {
-            throw ClusterError(.protocolFailure, "no room in \(folder) for the parameters' slot")
+            throw ClusterError(.sharedMemory, "no room in \(folder) for the parameters' slot")
         }
         return slots
     }
@@ -138,26 +138,26 @@ public final class SharedSlots {
         let fd = Glibc.open(grant.path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
             let code = errno
-            throw code == ELOOP ? refuse("a symbolic link") : ClusterError(.protocolFailure, "cannot open the shared memory \(grant.path): \(String(cString: strerror(code)))")
+            throw code == ELOOP ? refuse("a symbolic link") : ClusterError(.sharedMemory, "cannot open the shared memory \(grant.path): \(String(cString: strerror(code)))")
         }
         var keep = false
         defer { if !keep { close(fd) } }
         var info = stat()
-        guard fstat(fd, &info) == 0 else { throw ClusterError(.protocolFailure, "cannot stat \(grant.path)") }
+        guard fstat(fd, &info) == 0 else { throw ClusterError(.sharedMemory, "cannot stat \(grant.path)") }
         guard info.st_mode & S_IFMT == S_IFREG, info.st_nlink == 1 else { throw refuse("not a regular file with a single link") }
         guard info.st_uid == getuid() else { throw refuse("owned by uid \(info.st_uid), not by this user (\(getuid()))") }
         let slotBytes = Int(grant.slotFloats) * 4
         let bytes = Int(info.st_size)
         guard slotBytes > 0, bytes % slotBytes == 0, bytes / slotBytes > Int(grant.slot) else {
-            throw ClusterError(.protocolFailure, "\(grant.path) holds \(bytes) bytes, too few for slot \(grant.slot) of \(slotBytes) bytes")
+            throw ClusterError(.sharedMemory, "\(grant.path) holds \(bytes) bytes, too few for slot \(grant.slot) of \(slotBytes) bytes")
         }
         guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
-            throw ClusterError(.protocolFailure, "cannot map \(grant.path): \(String(cString: strerror(errno)))")
+            throw ClusterError(.sharedMemory, "cannot map \(grant.path): \(String(cString: strerror(errno)))")
         }
         let handle = made_guard_register(base, bytes)
         guard handle >= 0 else {
             munmap(base, bytes)
-            throw ClusterError(.protocolFailure, "cannot guard the mapping of \(grant.path) against the file shrinking")
+            throw ClusterError(.sharedMemory, "cannot guard the mapping of \(grant.path) against the file shrinking")
         }
         keep = true
         return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes,
