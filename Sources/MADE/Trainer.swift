@@ -244,7 +244,7 @@ public final class Trainer {
             let plan = plan(stepInEpoch: stepInEpoch)
             var held: HeldParameters?
             let offer = offeringHeld()
-            if let offer {
+            if offer != nil {
                 if configuration.kernel == .sparse, let seed = plan.maskSeed, masksStay(from: plan.step) {
                     if engine.heldMaskSeed != seed { syncHeld() }
                     if engine.heldMaskSeed == nil { engine.hold(&current, maskSeed: seed) }
