@@ -9,8 +9,8 @@ import Glibc
 /// Relays (`made relay`): one peer per host standing for the workers there, as real processes.
 @Suite("Relays end to end", .serialized)
 struct RelayTests {
-    static func runFlags(data: String, epochs: Int) -> [String] {
-        ClusterProcessTests.runFlags(data: data, epochs: epochs)
+    static func runFlags(data: String, epochs: Int, masksPerStep: Int? = nil) -> [String] {
+        ClusterProcessTests.runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep)
     }
 
     /// Validation and test NLL, per epoch and at the end.
@@ -31,20 +31,23 @@ struct RelayTests {
     /// A coordinator at a fresh endpoint file and `relays` relays of `workers` workers each.
     static func start(
         _ folder: String, data: String, epochs: Int, relays: Int, workers: Int, coordinatorFlags: [String] = [],
-                      relayFlags: [String] = []) throws -> (EndToEnd.Child, [EndToEnd.Child]) {
-        let endpoint = folder + "/endpoint-\(relays)x\(workers)"
+                      relayFlags: [String] = [], masksPerStep: Int? = nil) throws -> (EndToEnd.Child, [EndToEnd.Child]) {
+        let tag = "\(relays)x\(workers)"
+            + (relayFlags.isEmpty && masksPerStep == nil ? "" : "-\(relayFlags.count)m\(masksPerStep ?? 1)")
+        let endpoint = folder + "/endpoint-\(tag)"
         let coordinator = try EndToEnd.Child(
             [
                 "coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
                                               "--wait-for-workers", "\(relays * workers)"] + coordinatorFlags
-                + runFlags(data: data, epochs: epochs), folder: folder, name: "coordinator-\(relays)x\(workers)")
+                + runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep), folder: folder,
+            name: "coordinator-\(tag)")
         let started = try (0..<relays).map { r in
             try EndToEnd.Child(
                 [
                     "relay", "-v", "-d", data, "--endpoint-file", endpoint, "--name", "relay\(r)", "--workers",
                     "\(workers)",
                 ]
-                               + relayFlags, folder: folder, name: "relay\(r)-\(relays)x\(workers)")
+                               + relayFlags, folder: folder, name: "relay\(r)-\(tag)")
         }
         return (coordinator, started)
     }
@@ -86,6 +89,28 @@ struct RelayTests {
                 #expect(
                     tasks.allSatisfy { $0 >= 90 && $0 <= 95 } && tasks.reduce(0, +) == 185, "tasks per relay: \(tasks)")
             }
+        }
+    }
+
+    @Test("4 masks per step through two relays of 2 workers, sharing memory or not: the single-process checksum")
+    func masksPerStep() throws {
+        let folder = EndToEnd.folder("relaymasks")
+        let data = try EndToEnd.writeData(to: folder)
+        let (code, referenceOutput, referenceErrors) = try EndToEnd.run(
+            ["train"] + Self.runFlags(data: data, epochs: 2, masksPerStep: 4), folder: folder, name: "reference")
+        #expect(code == 0, "\(referenceErrors)")
+        let expected = try #require(EndToEnd.checksum(referenceOutput))
+        // Each relay's block of two shards trains two masks and comes packed by their union; its
+        // workers' shards of one mask each go on packed by that mask alone when not in shared memory.
+        for relayFlags in [[], ["--no-shared-memory"]] {
+            let (coordinator, started) = try Self.start(folder, data: data, epochs: 2, relays: 2, workers: 2,
+                                                        relayFlags: relayFlags, masksPerStep: 4)
+            #expect(coordinator.wait(timeout: 120) == 0, "\(relayFlags): \(coordinator.errors)")
+            #expect(EndToEnd.checksum(coordinator.output) == expected, "\(relayFlags)")
+            #expect(Self.scores(coordinator.output) == Self.scores(referenceOutput), "\(relayFlags)")
+            let counters = EndToEnd.clusterCounters(coordinator.output)
+            #expect(counters["failed_tasks"] == 0 && counters["mask_mismatches"] == 0 && counters["rejected"] == 0)
+            for relay in started { #expect(relay.wait(timeout: 20) == 0, "\(relay.errors)") }
         }
     }
 

@@ -121,4 +121,107 @@ struct MixedMaskBlockTests {
         let second = m.receive(from: a, runID: 77, message: result(task, digest: Self.digest(0)), now: 2)
         #expect(second.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [1] && t.packingSeeds == [0, 1, 2, 3] && route == nil } else { false } })
     }
+
+    /// `plan(seeds:)` with each one-mask block packed by its own mask: 2 values for mask 0,
+    /// 1 for mask 1, against the step's 3.
+    func planPackedByTask(step: UInt64 = 0, seeds: [UInt64]) -> CoordinatorStateMachine.WorkPlan {
+        var p = plan(step: step, seeds: seeds)
+        p.taskPackings = [[0]: 2, [1]: 1]
+        return p
+    }
+
+    func result(_ task: WireMessage.Task, values: Int, ticket: UInt64? = nil) -> WireMessage {
+        .result(.init(step: task.step, shard: task.shard, maskDigest: WireFormat.blockDigest(task.maskSeeds.map(Self.digest)),
+                      lossSum: 1, computeMicroseconds: 1, values: .inline((0..<values).map(Float.init)),
+                      ticket: ticket ?? task.ticket))
+    }
+
+    @Test("two workers, one shard of one mask each: each task is packed by its own mask, and its result counts at that size only")
+    func packedByTask() {
+        var m = machine(workers: [a, b])
+        let handed = tasks(m.begin(planPackedByTask(seeds: [0, 1]), now: 1))
+        #expect(handed.map(\.1.maskSeeds) == [[0], [1]])
+        #expect(handed.map(\.1.packingSeeds) == [[0], [1]])
+        // The step's size is not this task's: refused as bad, and the shard waits for a good answer.
+        let again = tasks(m.receive(from: a, runID: 77, message: result(handed[0].1, values: 3), now: 2))
+        #expect(m.counters.badResults == 1)
+        #expect(again.count == 1 && again[0].1.shard == 0 && again[0].1.packingSeeds == [0])
+        _ = m.receive(from: a, runID: 77, message: result(again[0].1, values: 2), now: 4)
+        _ = m.receive(from: b, runID: 77, message: result(handed[1].1, values: 1), now: 5)
+        #expect(m.isStepComplete)
+        #expect(m.counters.badResults == 1 && m.counters.maskMismatches == 0)
+    }
+
+    @Test("a worker's later task of the step reuses its parameters when their masks cover the task's, and gets them again packed by its own mask when not")
+    func parametersPerPacking() {
+        var m = machine(workers: [a])
+        var p = planPackedByTask(seeds: [0, 1, 0, 1])
+        p.maxShardsPerTask = 1
+        let first = m.begin(p, now: 1)
+        #expect(first.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [0] && t.packingSeeds == [0] && route == .inline } else { false } })
+        let second = m.receive(from: a, runID: 77, message: result(tasks(first)[0].1, values: 2), now: 2)
+        #expect(second.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [1] && t.packingSeeds == [1] && route == .inline } else { false } })
+        // Shard 2 trains mask 0 again, but the worker now holds mask 1's parameters.
+        let third = m.receive(from: a, runID: 77, message: result(tasks(second)[0].1, values: 1), now: 3)
+        #expect(third.contains { if case .assign(_, let t, let route) = $0 { t.shard == 2 && t.packingSeeds == [0] && route == .inline } else { false } })
+        // A worker holding the parameters packed by a union takes a task of one of its masks without them.
+        var u = machine(workers: [a])
+        var q = plan(seeds: [0, 1, 0, 1])
+        q.taskPackings = [[0]: 2, [1]: 1]   // blocks of two shards hold both masks: packed as the step
+        let block = tasks(u.begin(q, now: 1))
+        #expect(block.count == 1 && block[0].1.packingSeeds == [0, 1])
+    }
+
+    @Test("a worker on this host is handed the step's packing, which masks the parameters in shared memory")
+    func sharedMemoryPacksAsTheStep() {
+        var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [1])
+        s.hostID = "here"
+        s.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
+        var m = CoordinatorStateMachine(settings: s)
+        _ = m.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a",
+                                                                        hostID: "here")), now: 0)
+        _ = m.receive(from: b, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "b")), now: 0)
+        let actions = m.begin(planPackedByTask(seeds: [0, 1]), now: 1)
+        let routes = actions.compactMap { if case .assign(let p, let t, let r) = $0 { (p, t.packingSeeds, r) } else { nil } }
+        #expect(routes.count == 2)
+        #expect(routes.contains { $0.0 == a && $0.1 == [0, 1] && $0.2 == .sharedMemory })
+        #expect(routes.contains { $0.0 == b && $0.1 == [1] && $0.2 == .inline })
+    }
+
+    @Test("an inline answer to an earlier hand-out counts at the size of that hand-out's packing")
+    func earlierHandOutKeepsItsSize() {
+        var m = machine(workers: [a])
+        var p = planPackedByTask(seeds: [0, 1])
+        p.maxShardsPerTask = 1
+        let first = tasks(m.begin(p, now: 1))[0].1
+        // Taken back for taking too long, and handed to the same (only) worker again.
+        _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 4500)
+        let retaken = tasks(m.tick(now: 5002))
+        #expect(retaken.count == 1 && retaken[0].1.shard == 0 && retaken[0].1.ticket != first.ticket)
+        _ = m.receive(from: a, runID: 77, message: result(first, values: 3), now: 5003)
+        #expect(m.counters.badResults == 1)
+        _ = m.receive(from: a, runID: 77, message: result(first, values: 2), now: 5004)
+        #expect(m.counters.badResults == 1 && m.counters.lateResults == 0)
+        let next = tasks(m.receive(from: a, runID: 77, message: result(retaken[0].1, values: 2), now: 5005))
+        #expect(next.count == 1 && next[0].1.shard == 1 && next[0].1.packingSeeds == [1])
+        _ = m.receive(from: a, runID: 77, message: result(next[0].1, values: 1), now: 5006)
+        #expect(m.isStepComplete)
+    }
+
+    @Test("a worker handed a task of its step without parameters, packed by masks other than those it holds, says hello again")
+    func workerHoldsOnePacking() {
+        var s = WorkerStateMachine.Settings(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w")
+        s.helloRetry = 500
+        var w = WorkerStateMachine(settings: s)
+        _ = w.start(now: 0)
+        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 10)
+        func task(_ packing: [UInt64], _ parameters: FloatPayload) -> WireMessage {
+            .task(.init(step: 4, shard: 0, shardCount: 2, maskSeeds: [packing[0]], packingSeeds: packing, rows: [1],
+                        parameters: parameters))
+        }
+        #expect(w.receive(runID: 5, message: task([0], .inline([1, 2])), now: 20).count == 1)
+        if case .compute = w.receive(runID: 5, message: task([0], .absent), now: 30).first {} else { Issue.record("expected compute") }
+        let other = w.receive(runID: 5, message: task([1], .absent), now: 40)
+        if case .send(.hello) = other.first {} else { Issue.record("expected hello, got \(other)") }
+    }
 }

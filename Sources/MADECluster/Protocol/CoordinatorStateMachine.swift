@@ -83,9 +83,14 @@ public struct CoordinatorStateMachine: Sendable {
         public var step: UInt64
         /// The mask seed of each shard, by shard index: a task names those of its shards.
         public var maskSeeds: [UInt64]
-        /// The masks whose union packs the step's inline parameters and gradients (the same for
-        /// every task, since a worker gets the step's parameters once whatever it takes next).
+        /// The masks whose union packs the step's parameters and gradients: in shared memory, and
+        /// over the socket for a task whose own packing is not in ``taskPackings``.
         public var packingSeeds: [UInt64]
+        /// Packed sizes of the packings a task over the socket may have besides the step's, by
+        /// their seeds: such a task is packed by the union of its own shards' masks (their
+        /// distinct seeds, in order of first appearance) when that union is here, so a block of
+        /// one mask travels as in a step of one mask. Empty: every task is packed as the step.
+        public var taskPackings: [[UInt64]: Int] = [:]
         public var work: WireMessage.Work
         /// Digest of each shard's masks (16 bytes), by shard index; a task's result must carry
         /// ``WireFormat/blockDigest(_:)`` of its shards' digests. Nil to check none.
@@ -141,6 +146,24 @@ public struct CoordinatorStateMachine: Sendable {
             self.init(step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds, work: .gradient, maskDigests: maskDigests,
                       shards: shards, resultCounts: Array(repeating: gradientCount, count: shards.count))
             sharedResultCount = denseCount
+        }
+
+        /// The distinct mask seeds of shards `first ..< first + count`, in order of first appearance.
+        public func distinctSeeds(first: Int, count: Int) -> [UInt64] {
+            var seeds: [UInt64] = []
+            for seed in maskSeeds[first..<(first + count)] where !seeds.contains(seed) { seeds.append(seed) }
+            return seeds
+        }
+
+        /// The packing of the task of shards `first ..< first + count` over the socket: the union
+        /// of its own masks when ``taskPackings`` holds it, the step's otherwise; and how many
+        /// values its result then holds inline.
+        public func packing(first: Int, count: Int) -> (seeds: [UInt64], values: Int) {
+            if !taskPackings.isEmpty {
+                let own = distinctSeeds(first: first, count: count)
+                if Set(own) != Set(packingSeeds), let values = taskPackings[own] { return (own, values) }
+            }
+            return (packingSeeds, resultCounts[first])
         }
 
         /// The digest a result for the task of shards `first ..< first + count` must carry.
@@ -221,6 +244,18 @@ public struct CoordinatorStateMachine: Sendable {
         var ticket: UInt64
     }
 
+    /// The parameters a worker holds: those of `step`, packed by the union of `packingSeeds`'
+    /// masks (none: every parameter).
+    struct HeldParameters: Sendable, Equatable {
+        var step: UInt64
+        var packingSeeds: [UInt64]
+
+        /// Whether they serve a task of `step` whose shards train `maskSeeds`.
+        func serve(step: UInt64, maskSeeds: [UInt64]) -> Bool {
+            self.step == step && (packingSeeds.isEmpty || maskSeeds.allSatisfy(packingSeeds.contains))
+        }
+    }
+
     struct Worker: Sendable {
         var name: String
         /// The process id its hello gave.
@@ -232,7 +267,8 @@ public struct CoordinatorStateMachine: Sendable {
         var stalled = false
         /// When the task it holds is taken back.
         var deadline: UInt64 = 0
-        var parametersStep: UInt64?
+        /// The step whose parameters it holds, and the masks that packed them.
+        var parameters: HeldParameters?
         var slot: UInt32?
         /// Its slot's memory is being reserved: no welcome, no task yet.
         var awaitingSlot = false
@@ -259,8 +295,9 @@ public struct CoordinatorStateMachine: Sendable {
         /// The shards (first of each task) the step waits for.
         var expected: Set<UInt32>
         var results: [UInt32: WireMessage.Result] = [:]
-        /// The tickets handed out in this step: to whom, for which shard.
-        var issued: [UInt64: (peer: Peer, shard: UInt32)] = [:]
+        /// The tickets handed out in this step: to whom, for which shard, and how many values
+        /// its result holds inline (by the task's packing).
+        var issued: [UInt64: (peer: Peer, shard: UInt32, values: Int)] = [:]
         /// Times each shard was taken back for taking too long.
         var retakes: [UInt32: Int] = [:]
         /// Times each shard's task failed.
@@ -377,7 +414,7 @@ public struct CoordinatorStateMachine: Sendable {
     public mutating func begin(_ plan: WorkPlan, now: UInt64, only: [UInt32]? = nil) -> [Action] {
         precondition(!plan.shards.isEmpty, "a step needs at least one shard")
         if case .shutDown = state { preconditionFailure("begin: the workers were shut down") }
-        let block = UInt32(only == nil ? blockSize(for: plan) : 1)
+        let block = UInt32(only == nil ? chooseBlockSize(for: plan) : 1)
         let pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
         precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
         state = .running(Step(plan: plan, block: block, pending: Deque(pending), expected: Set(pending)))
@@ -428,7 +465,18 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// The block size of `plan` among the peers registered now: limited by the plan and by
     /// every computing peer's hello, so any of them can take any task of the step.
-    private mutating func blockSize(for plan: WorkPlan) -> Int {
+    private mutating func chooseBlockSize(for plan: WorkPlan) -> Int {
+        let (block, choice) = blockChoice(for: plan)
+        lastBlockChoice = choice
+        return block
+    }
+
+    /// Shards per task that ``begin(_:now:only:)`` would cut `plan` into now, with the
+    /// workers registered.
+    public func blockSize(for plan: WorkPlan) -> Int { blockChoice(for: plan).block }
+
+    private func blockChoice(for plan: WorkPlan)
+        -> (block: Int, choice: (shards: Int, capacities: [Int], limit: Int, block: Int)) {
         let computing = workers.values.filter { $0.capacity > 0 }
         let capacities = computing.map(\.capacity)
         var limit = computing.map(\.blockLimit).min() ?? 1
@@ -436,11 +484,10 @@ public struct CoordinatorStateMachine: Sendable {
         if let last = lastBlockChoice, last.shards == plan.shards.count, last.capacities == capacities,
             last.limit == limit
         {
-            return last.block
+            return (last.block, last)
         }
         let block = Self.blockSize(shards: plan.shards.count, capacities: capacities, limit: limit)
-        lastBlockChoice = (plan.shards.count, capacities, limit, block)
-        return block
+        return (block, (plan.shards.count, capacities, limit, block))
     }
 
     /// The results of the completed work, by shard index; the machine is idle again.
@@ -521,7 +568,7 @@ public struct CoordinatorStateMachine: Sendable {
     public mutating func giveUpSharedMemory() {
         for peer in Array(workers.keys) {
             workers[peer]?.slot = nil
-            workers[peer]?.parametersStep = nil
+            workers[peer]?.parameters = nil
         }
     }
 
@@ -649,11 +696,11 @@ public struct CoordinatorStateMachine: Sendable {
         case .answered:
             worker.stalled = false
         case .timedOut:
-            worker.parametersStep = nil
+            worker.parameters = nil
             worker.stalled = true
             if let current { withStep { $0.retakes[current, default: 0] += 1 } }
         case .rejoined, .failed:
-            worker.parametersStep = nil
+            worker.parameters = nil
         case .lost(let why):
             workers.removeValue(forKey: peer)
             counters.workersLost += 1
@@ -719,7 +766,7 @@ public struct CoordinatorStateMachine: Sendable {
             actions += release(peer, .lost(reason))
             return actions + assignIdle(now: now)
         }
-        let expected = plan.resultCounts[Int(result.shard)]
+        let expected = step.issued[result.ticket]?.values ?? plan.resultCounts[Int(result.shard)]
         let slot = workers[peer]?.slot
         let fits: Bool
         switch result.values {
@@ -766,7 +813,7 @@ public struct CoordinatorStateMachine: Sendable {
               !workers.values.contains(where: { $0.assignment?.step == step.plan.step }),
               !workers.values.contains(where: { $0.capacity > 0 && $0.blockLimit >= Int(step.block) })
         else { return }
-        var fresh = Step(plan: step.plan, block: UInt32(blockSize(for: step.plan)), pending: [], expected: [])
+        var fresh = Step(plan: step.plan, block: UInt32(chooseBlockSize(for: step.plan)), pending: [], expected: [])
         fresh.pending = Deque(stride(from: 0, to: UInt32(step.plan.shards.count), by: Int(fresh.block)))
         fresh.expected = Set(fresh.pending)
         fresh.failures = step.failures
@@ -790,18 +837,33 @@ public struct CoordinatorStateMachine: Sendable {
             let (allowed, overflow) = settings.taskTimeout.multipliedReportingOverflow(by: 1 << min(step.retakes[shard] ?? 0, 10))
             let (deadline, late) = now.addingReportingOverflow(overflow ? .max : allowed)
             worker.deadline = late ? .max : deadline
-            step.issued[ticket] = (peer, shard)
-            let route: ParameterRoute? = worker.parametersStep == step.plan.step ? nil : (worker.slot == nil ? .inline : .sharedMemory)
-            worker.parametersStep = step.plan.step
+            let plan = step.plan
+            let count = min(Int(step.block), plan.shards.count - Int(shard))
+            let maskSeeds = Array(plan.maskSeeds[Int(shard)..<(Int(shard) + count)])
+            // Parameters the worker holds for this step serve the task when they cover its masks;
+            // otherwise they come again, over the socket packed by the task's own masks (or as
+            // the step's), in shared memory as the step's.
+            let route: ParameterRoute?
+            let packing: (seeds: [UInt64], values: Int)
+            if let held = worker.parameters, held.serve(step: plan.step, maskSeeds: maskSeeds) {
+                route = nil
+                packing = held.packingSeeds == plan.packingSeeds
+                    ? (plan.packingSeeds, plan.resultCounts[Int(shard)])
+                    : (held.packingSeeds, plan.taskPackings[held.packingSeeds] ?? plan.resultCounts[Int(shard)])
+            } else {
+                route = worker.slot == nil ? .inline : .sharedMemory
+                packing = route == .inline ? plan.packing(first: Int(shard), count: count)
+                    : (plan.packingSeeds, plan.resultCounts[Int(shard)])
+                worker.parameters = HeldParameters(step: plan.step, packingSeeds: packing.seeds)
+            }
+            step.issued[ticket] = (peer, shard, packing.values)
             if let slot = worker.slot, let unread = step.inSharedSlot.removeValue(forKey: slot) {
                 actions.append(.saveSharedResult(slot: slot, shard: unread))
             }
             workers[peer] = worker
-            let plan = step.plan
-            let count = min(Int(step.block), plan.shards.count - Int(shard))
             let members = plan.shards[Int(shard)..<(Int(shard) + count)]
             let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
-                                        maskSeeds: Array(plan.maskSeeds[Int(shard)..<(Int(shard) + count)]), packingSeeds: plan.packingSeeds,
+                                        maskSeeds: maskSeeds, packingSeeds: packing.seeds,
                                         rows: Array(members.joined()), work: plan.work, parameters: .absent,
                                         ticket: ticket, rowsPerShard: members.map { UInt32($0.count) })
             actions.append(.assign(peer, task, parameters: route))

@@ -17,7 +17,7 @@ public enum WireFormat {
         public var maxBlockShards: Int = 1024
         /// Most workers one peer may stand for.
         public var maxCapacity: Int = 1 << 16
-        /// Most masks whose union packs a step (the masks it trains).
+        /// Most masks whose union packs a task (the masks its shards, or its step's, train).
         public var maxPackingMasks: Int = 64
         public var maxConfigurationBytes: Int = 1 << 20
         public init() {}

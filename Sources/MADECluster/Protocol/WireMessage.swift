@@ -42,11 +42,13 @@
 /// gradients are packed by the task's packing masks (``MaskPacking``: the weights active in any
 /// of them, and the biases); in shared memory they are dense, in parameter-layout order with the
 /// weights outside those masks +0, so the worker computes on them where they lie. The packing
-/// masks are the same for every task of a step, since a worker receives the step's parameters
-/// once whichever tasks of it it takes: the step's one mask, or with several masks per step
-/// their union. Mode 3 (shared, compute order) is mode 2 for a step of one mask under the sparse
-/// kernel: the values lie in the compute order of that mask (``BlockPartition``), masked, and a
-/// worker that took its parameters so answers in the same order.
+/// masks cover every mask the task's shards train: the step's one mask, or with several masks
+/// per step the union of the task's own (or of the step's). A task without parameters names the
+/// packing masks of those its worker received earlier in the step; one whose packing differs
+/// from them carries its own parameters. In shared memory they are the step's. Mode 3 (shared,
+/// compute order) is mode 2 for a step of one mask under the sparse kernel: the values lie in
+/// the compute order of that mask (``BlockPartition``), masked, and a worker that took its
+/// parameters so answers in the same order.
 ///
 /// A gradient task may hold a block of consecutive shards, `shard ..< shard + n` for `n` rows
 /// counts (at most ``WireFormat/Limits/maxBlockShards``, and at most what its peer's hello
@@ -157,9 +159,9 @@ public enum WireMessage: Sendable, Equatable {
         public var shardCount: UInt32
         /// The mask seed of each shard of the task, in order (as many as ``rowsPerShard``).
         public var maskSeeds: [UInt64]
-        /// The mask seeds whose union packs the step's inline parameters and gradients, and
-        /// masks its parameters in shared memory: the same in every task of a step. Empty:
-        /// every parameter, dense.
+        /// The mask seeds whose union packs the task's inline parameters and gradients (they
+        /// include every seed of ``maskSeeds``), or masks the step's parameters in shared memory.
+        /// Empty: every parameter, dense.
         public var packingSeeds: [UInt64]
         /// Rows of the data set, in order.
         public var rows: [Int32]

@@ -60,8 +60,14 @@ public struct WorkerStateMachine: Sendable {
     struct Session: Sendable, Equatable {
         var runID: UInt64
         var heartbeatInterval: UInt64
-        /// The step whose parameters it holds, if any.
-        var parametersStep: UInt64?
+        /// The step whose parameters it holds, if any, and the masks that packed them (a task
+        /// of the step may come packed by other masks, with its parameters).
+        var parameters: (step: UInt64, packingSeeds: [UInt64])?
+
+        static func == (a: Session, b: Session) -> Bool {
+            a.runID == b.runID && a.heartbeatInterval == b.heartbeatInterval
+                && a.parameters?.step == b.parameters?.step && a.parameters?.packingSeeds == b.parameters?.packingSeeds
+        }
     }
 
     enum State: Sendable, Equatable {
@@ -123,9 +129,9 @@ public struct WorkerStateMachine: Sendable {
                 return drop("a task before welcome, or for another run")
             }
             if task.parameters != .absent {
-                session.parametersStep = task.step
+                session.parameters = (task.step, task.packingSeeds)
                 state = .active(session)
-            } else if session.parametersStep != task.step {
+            } else if session.parameters?.step != task.step || session.parameters?.packingSeeds != task.packingSeeds {
                 // The coordinator believes this worker holds parameters it does not: start over.
                 state = .connecting
                 return sayHello(now: now)
@@ -178,7 +184,7 @@ public struct WorkerStateMachine: Sendable {
     public mutating func taskFailed(_ task: WireMessage.Task, reason: String, now: UInt64) -> [Action] {
         guard case .active(var session) = state else { return [] }
         lastSent = now
-        session.parametersStep = nil
+        session.parameters = nil
         state = .active(session)
         return [.send(.failed(step: task.step, shard: task.shard, ticket: task.ticket, reason: reason))]
     }

@@ -211,11 +211,12 @@ public final class ClusterCoordinator {
     /// slots, which are summed where they lie unless the worker was given another task first.
     ///
     /// When the step's shards train several masks, each task names the mask of each of its
-    /// shards, and the packing is the union of the step's masks: the parameters a worker gets
-    /// once in the step serve whichever of its tasks it takes next, and a block of shards of
-    /// different masks sums to +0 outside their union. Slot 0 holds the parameters masked by
-    /// that union, dense; each worker masks them again for each shard's own mask.
-    /// The masks whose union packs a step's values: its distinct mask seeds in order of first
+    /// shards. Over the socket a task is packed by the union of its own shards' masks (a block
+    /// of one mask as in a step of one mask; a block of shards of different masks sums to +0
+    /// outside their union), unless the worker already holds this step's parameters packed by
+    /// masks that cover the task's. Slot 0 holds the parameters masked by the union of the
+    /// step's masks, dense; each worker masks them again for each shard's own mask.
+    /// The masks whose union packs a step's (or a task's) values: its distinct mask seeds in order of first
     /// appearance, or none (every parameter, dense) for a step of several masks sent dense by
     /// choice or past the wire's limit on packing masks (64: their union is all but dense by then).
     public static func packingSeeds(for maskSeeds: [UInt64], mixed: MixedMaskPacking) -> [UInt64] {
@@ -287,12 +288,12 @@ public final class ClusterCoordinator {
                 }
             }
         }
-        func fill(_ out: UnsafeMutableBufferPointer<Float>) {
+        func fill(_ taskPacking: MaskPacking, _ out: UnsafeMutableBufferPointer<Float>) {
             switch parameters {
             case .layout(let values):
-                packing.pack(values, into: out, threads: threads)
+                taskPacking.pack(values, into: out, threads: threads)
             case .held(let held):
-                packing.pack(held.layoutParameters(), into: out, threads: threads)
+                taskPacking.pack(held.layoutParameters(), into: out, threads: threads)
             }
         }
         let lossSum = try computeGradients(
@@ -302,22 +303,46 @@ public final class ClusterCoordinator {
         return (denseGradient, lossSum)
     }
 
+    /// The packed sizes of the packings a task of a step of `maskSeeds` may have besides the
+    /// step's (`packingSeeds`): the union of the masks of each block of `blockSize` shards (the
+    /// state machine's cut of the step now; the last block may be shorter), where it keeps fewer
+    /// parameters than the step's. Empty for a step of one mask. A step cut otherwise later (a
+    /// worker left) packs the blocks missing here as the step.
+    private func taskPackings(maskSeeds: [UInt64], packingSeeds: [UInt64], blockSize: Int) -> [[UInt64]: Int] {
+        guard packingSeeds.count != 1, Set(maskSeeds).count > 1 else { return [:] }
+        var counts: [[UInt64]: Int] = [:]
+        for first in stride(from: 0, to: maskSeeds.count, by: blockSize) {
+            let own = Self.packingSeeds(for: Array(maskSeeds[first..<min(first + blockSize, maskSeeds.count)]),
+                                        mixed: options.mixedMaskPacking)
+            if !own.isEmpty, Set(own) != Set(packingSeeds), counts[own] == nil {
+                counts[own] = packings.packing(union: own).count
+            }
+        }
+        return counts
+    }
+
     /// Runs a gradient step of `shards` through the workers and sums their gradients in the
-    /// fixed tree order: into ``denseGradient``, or, with `packed`, as packed values when every
-    /// result came packed (nil otherwise: the sum is then in ``denseGradient``). The parameters
-    /// go out as `fill` packs them, or as `fillShared` writes them dense into shared slot 0:
-    /// in the compute order of `computeOrder` (the blocks of the step's one mask) when given,
-    /// in which the workers on this host then answer too; the dense sum is in that order with
-    /// `inComputeOrder`, else in layout order.
+    /// fixed tree order: into ``denseGradient``, or, with `packed`, as values packed by
+    /// `packingSeeds` when every result came packed so (nil otherwise: the sum is then in
+    /// ``denseGradient``). The parameters go out as `fill` packs them for a task's packing, or
+    /// as `fillShared` writes them dense into shared slot 0: in the compute order of
+    /// `computeOrder` (the blocks of the step's one mask) when given, in which the workers on
+    /// this host then answer too; the dense sum is in that order with `inComputeOrder`, else in
+    /// layout order.
     private func computeGradients(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], packing: MaskPacking,
                                   shards: [[Int32]], packed: Bool, computeOrder blocks: BlockPartition? = nil,
                                   inComputeOrder heldOrder: Bool = false,
                                   fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
-                                  fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) throws
+                                  fill: @escaping (MaskPacking, UnsafeMutableBufferPointer<Float>) -> Void) throws
         -> (packedSum: [Float]?, lossSum: Double) {
         let threads = self.threads
-        let stepParameters = StepParameters(count: packing.count, sharedCount: packing.denseCount, shared: shared,
-                                            computeOrder: blocks != nil, fillShared: fillShared, fill: fill)
+        let packings = self.packings
+        let inline = { (seeds: [UInt64]) -> (count: Int, fill: (UnsafeMutableBufferPointer<Float>) -> Void) in
+            let taskPacking = packings.packing(union: seeds)
+            return (taskPacking.count, { fill(taskPacking, $0) })
+        }
+        let stepParameters = StepParameters(sharedCount: packing.denseCount, shared: shared, computeOrder: blocks != nil,
+                                            fillShared: fillShared, inline: inline)
         var machinePlan = CoordinatorStateMachine.WorkPlan(
             step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds,
             maskDigests: maskSeeds.map { packings.packing($0).digest }, gradientCount: packing.count,
@@ -325,6 +350,8 @@ public final class ClusterCoordinator {
         machinePlan.sharedResultsInComputeOrder = blocks != nil
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
+        machinePlan.taskPackings = taskPackings(maskSeeds: maskSeeds, packingSeeds: packingSeeds,
+                                                blockSize: machine.blockSize(for: machinePlan))
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
         /// Whether an accepted gradient lay in a shared-memory file that shrank (before it was
         /// copied out, or before or while it was summed where it lies).
@@ -342,12 +369,11 @@ public final class ClusterCoordinator {
             machinePlan.sharedResultCount = nil
             machinePlan.sharedResultsInComputeOrder = false
             (results, inPlace) = try execute(machinePlan, parameters: StepParameters(
-                count: packing.count, sharedCount: packing.denseCount, shared: nil, computeOrder: false,
-                fillShared: { _ in }, fill: fill))
+                sharedCount: packing.denseCount, shared: nil, computeOrder: false, fillShared: { _ in }, inline: inline))
         }
         if lost() { try recompute() }
         let lossSum = { GradientReducer.reduce(results.map(\.lossSum)) }
-        if packed, results.allSatisfy({ $0.values.inlineValues != nil }) {
+        if packed, results.allSatisfy({ $0.values.inlineValues != nil && resultPackings[$0.ticket] == packingSeeds }) {
             var gradients = results.map { $0.values.inlineValues! }
             GradientReducer.reduce(&gradients, threads: threads)
             denseGradientMasks = nil   // the dense buffer no longer holds what it held
@@ -373,21 +399,29 @@ public final class ClusterCoordinator {
     }
 
     /// Sums the gradients of `results` into ``denseGradient`` in the fixed tree order: packed
-    /// ones unpacked, the others read in their slots (`inPlace`) or in the scratch buffers they
-    /// were copied to. Returns whether the sum is finite (checked for dense sums only; packed
-    /// values were checked as they arrived). With `blocks` (those of the step's one mask) the
-    /// results in shared memory are in that mask's compute order and the inline ones are turned
-    /// into it; the sum comes out in compute order with `inComputeOrder`, else in layout order.
+    /// ones unpacked (each by its task's packing), the others read in their slots (`inPlace`) or
+    /// in the scratch buffers they were copied to. Returns whether the sum is finite (checked for
+    /// dense sums only; packed values were checked as they arrived). With `blocks` (those of the
+    /// step's one mask) the results in shared memory are in that mask's compute order and the
+    /// inline ones are turned into it; the sum comes out in compute order with `inComputeOrder`,
+    /// else in layout order.
+    ///
+    /// Results all packed alike are summed packed and unpacked once. The bits are the same
+    /// either way: an entry a packing leaves out is +0 in that gradient (its shards' masks drop
+    /// it), which is what unpacking writes there.
     private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking,
                      packingSeeds: [UInt64], blocks: BlockPartition?, inComputeOrder: Bool) -> Bool {
         let threads = self.threads
         let layout = self.layout
         let dense = packing.denseCount
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
-        if results.allSatisfy({ $0.values.inlineValues != nil }) {
+        let resultSeeds = results.map { resultPackings[$0.ticket] ?? packingSeeds }
+        if results.allSatisfy({ $0.values.inlineValues != nil }), let seeds = resultSeeds.first,
+           resultSeeds.allSatisfy({ $0 == seeds }) {
             var gradients = results.map { $0.values.inlineValues! }
             GradientReducer.reduce(&gradients, threads: threads)
-            packing.unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != packingSeeds, threads: threads)
+            packings.packing(union: seeds).unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != seeds,
+                                                   threads: threads)
             if inComputeOrder, let blocks {
                 denseGradient.withUnsafeMutableBufferPointer {
                     blocks.permute($0.baseAddress!, layout: layout, toCompute: true, threads: threads)
@@ -399,7 +433,7 @@ public final class ClusterCoordinator {
             // compute order every term is in it (inline ones are turned), and so is the sum until
             // it is turned back into layout order, once.
             var terms: [UnsafeMutablePointer<Float>] = []
-            for result in results {
+            for (result, seeds) in zip(results, resultSeeds) {
                 let s = Int(result.shard)   // the task's first shard: the key of its slot's copy and of its scratch
                 switch result.values {
                 case .shared, .sharedCompute:
@@ -408,7 +442,8 @@ public final class ClusterCoordinator {
                     terms.append(inPlace[slot] == result.shard ? shared!.pointer(Int(slot)) : scratch(s))
                 case .inline(let packed):
                     let out = UnsafeMutableBufferPointer(start: scratch(s), count: dense)
-                    packed.withUnsafeBufferPointer { packing.unpack($0, into: out, threads: threads) }
+                    let taskPacking = packings.packing(union: seeds)
+                    packed.withUnsafeBufferPointer { taskPacking.unpack($0, into: out, threads: threads) }
                     blocks?.permute(out.baseAddress!, layout: layout, toCompute: true, threads: threads)
                     terms.append(out.baseAddress!)
                 case .absent:
@@ -454,9 +489,17 @@ public final class ClusterCoordinator {
         let digest: [UInt8]
         switch task.work {
         case .gradient:
+            guard task.maskSeeds.count == shards.count,
+                  task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
+                throw ClusterError(.invalidTask, "a task's mask seeds \(task.maskSeeds) for \(shards.count) shards are not "
+                                   + "all among its packing masks \(task.packingSeeds)")
+            }
             let packing = packings.packing(union: task.packingSeeds)
             let parameters = try heldParameters(task, count: packing.count)
             let threads = self.threads
+            // A task of this relay's packed by fewer masks than the upstream task: from the dense
+            // parameters, unpacked once.
+            var dense: [Float] = []
             let sum = try computeGradients(
                 step: task.step, maskSeeds: task.maskSeeds, packingSeeds: task.packingSeeds, packing: packing,
                 shards: shards, packed: true,
@@ -465,7 +508,14 @@ public final class ClusterCoordinator {
                         packing.unpack($0, into: out, zeroing: true, threads: threads)
                     }
                 },
-                fill: { out in parameters.withUnsafeBufferPointer { _ = out.update(fromContentsOf: $0) } })
+                fill: { taskPacking, out in
+                    if taskPacking.count == packing.count {
+                        parameters.withUnsafeBufferPointer { _ = out.update(fromContentsOf: $0) }
+                        return
+                    }
+                    if dense.isEmpty { packing.unpack(parameters, into: &dense, threads: threads) }
+                    taskPacking.pack(dense, into: out, threads: threads)
+                })
             lossSum = sum.lossSum
             values = sum.packedSum ?? packing.pack(denseGradient)
             denseGradientMasks = nil   // the dense buffer now holds another step's masks
@@ -549,6 +599,9 @@ public final class ClusterCoordinator {
     /// The parameters of the work ``execute(_:parameters:only:)`` runs, for shards handed out
     /// from outside its loop.
     private var runningParameters: StepParameters?
+    /// The packing of each task handed out in the running work, by ticket: its inline result is
+    /// packed so.
+    private var resultPackings: [UInt64: [UInt64]] = [:]
     /// Set when an accepted gradient of the current step was in a slot that is gone.
     private var stepValuesLost = false
 
@@ -636,7 +689,8 @@ public final class ClusterCoordinator {
         let fill = { (out: UnsafeMutableBufferPointer<Float>) in
             parameters.withUnsafeBufferPointer { out.baseAddress!.update(from: $0.baseAddress!, count: parameters.count) }
         }
-        return StepParameters(count: parameters.count, sharedCount: parameters.count, shared: shared, fillShared: fill, fill: fill)
+        return StepParameters(sharedCount: parameters.count, shared: shared, fillShared: fill,
+                              inline: { _ in (parameters.count, fill) })
     }
 
     /// Runs one plan to completion: hands out its shards, follows the workers, and returns the
@@ -644,6 +698,7 @@ public final class ClusterCoordinator {
     private func execute(_ plan: CoordinatorStateMachine.WorkPlan, parameters: StepParameters, only: Range<Int>? = nil) throws
         -> (results: [WireMessage.Result], inPlace: [UInt32: UInt32]) {
         stepTimings = [:]
+        resultPackings = [:]
         runningParameters = parameters
         defer { runningParameters = nil }
         try perform(machine.begin(plan, now: now, only: only.map { $0.map(UInt32.init) }), parameters: parameters)
@@ -713,32 +768,33 @@ public final class ClusterCoordinator {
     }
 
     /// The parameters a step's workers need, made once per step and only in the forms asked
-    /// for: `sharedCount` values in shared-memory slot 0 for workers on this host, an array of
-    /// `count` for the others.
+    /// for: `sharedCount` values in shared-memory slot 0 for workers on this host, an array for
+    /// the others for each packing their tasks name (`inline` says how many values and writes
+    /// them).
     final class StepParameters {
-        let count: Int
+        typealias Inline = ([UInt64]) -> (count: Int, fill: (UnsafeMutableBufferPointer<Float>) -> Void)
         let sharedCount: Int
         let shared: SharedSlots?
         /// Whether slot 0 gets them in the compute order of the step's one mask (see
         /// ``FloatPayload/sharedCompute(slot:count:)``), else in layout order.
         let computeOrder: Bool
         let fillShared: (UnsafeMutableBufferPointer<Float>) -> Void
-        let fill: (UnsafeMutableBufferPointer<Float>) -> Void
-        private var array: [Float]?
+        let inline: Inline
+        private var arrays: [[UInt64]: [Float]] = [:]
         private var inSharedMemory = false
 
-        init(count: Int, sharedCount: Int, shared: SharedSlots?, computeOrder: Bool = false,
-             fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
-             fill: @escaping (UnsafeMutableBufferPointer<Float>) -> Void) {
-            self.count = count
+        init(sharedCount: Int, shared: SharedSlots?, computeOrder: Bool = false,
+             fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void, inline: @escaping Inline) {
             self.sharedCount = sharedCount
             self.shared = shared
             self.computeOrder = computeOrder
             self.fillShared = fillShared
-            self.fill = fill
+            self.inline = inline
         }
 
-        func payload(shared useShared: Bool) -> FloatPayload {
+        /// The parameters of a task packed by `packingSeeds`: in shared memory when `useShared`
+        /// and the file holds slot 0, inline otherwise.
+        func payload(shared useShared: Bool, packingSeeds: [UInt64]) -> FloatPayload {
             if useShared, let shared, sharedCount <= shared.slotFloats, inSharedMemory || shared.holds(0) {
                 if !inSharedMemory {
                     shared.withSlot(0, count: sharedCount) { fillShared($0) }
@@ -750,13 +806,14 @@ public final class ClusterCoordinator {
                     return computeOrder ? .sharedCompute(slot: 0, count: count) : .shared(slot: 0, count: count)
                 }
             }
-            if array == nil {
-                array = [Float](unsafeUninitializedCapacity: count) { buffer, n in
-                    fill(buffer)
-                    n = count
-                }
+            if let array = arrays[packingSeeds] { return .inline(array) }
+            let (count, fill) = inline(packingSeeds)
+            let array = [Float](unsafeUninitializedCapacity: count) { buffer, n in
+                fill(buffer)
+                n = count
             }
-            return .inline(array!)
+            arrays[packingSeeds] = array
+            return .inline(array)
         }
     }
 
@@ -825,8 +882,10 @@ public final class ClusterCoordinator {
                 }
             case .assign(let peer, var task, let route):
                 if let route, let parameters {
-                    task.parameters = parameters.payload(shared: route == .sharedMemory && sharedIntact(0))
+                    task.parameters = parameters.payload(shared: route == .sharedMemory && sharedIntact(0),
+                                                         packingSeeds: task.packingSeeds)
                 }
+                resultPackings[task.ticket] = task.packingSeeds
                 taskSentAt[peer] = ContinuousClock.now
                 send(to: peer, .task(task))
             case .workerJoined(let peer, let name):

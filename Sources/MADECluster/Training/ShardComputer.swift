@@ -16,8 +16,8 @@ public final class ShardComputer {
     private var engine: GradientEngine?
     /// The step whose parameters this worker holds, the masks that packed them, and where they are.
     private var parametersKey: (step: UInt64, packingSeeds: [UInt64], source: ParameterSource)?
-    /// Dense parameters of a step with several masks, unpacked from the task (outside the
-    /// union of the step's masks +0); each shard masks them again for its own mask.
+    /// Dense parameters of a task with several packing masks, unpacked from it (outside the
+    /// union of those masks +0); each shard masks them again for its own mask.
     private var stepParameters: [Float] = []
 
     /// Where the held parameters are.
