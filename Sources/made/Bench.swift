@@ -341,10 +341,9 @@ struct Bench: ParsableCommand {
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         let layout = ParameterLayout(model)
         let dense = Double(4 * layout.count)
-        // The packing of the first step: its one mask, or the union of its masks (or every parameter).
-        let firstStep = ClusterCoordinator.packingSeeds(for: configuration.maskSchedule.maskSeeds(step: 0, shards: configuration.shards),
-                                                        mixed: mixedPacking)
-        let packed = Double(4 * MaskPacking.Cache(configuration: model, runSeed: 0).packing(union: firstStep).count)
+        // The last step's tasks as they were packed: by their one mask, the union of their masks,
+        // the step's union (in shared memory), or every parameter.
+        let packed = 4 * coordinator.lastStepPackedValues
         let workerPeak = session.runningWorkers.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
         session.finish(exitCode: 0, reason: "benchmark done")
         let rate = Double(steps * batchSize) / seconds

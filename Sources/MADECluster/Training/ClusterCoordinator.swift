@@ -75,6 +75,10 @@ public final class ClusterCoordinator {
         public var waitMilliseconds = 0.0
     }
 
+    /// The values of the last gradient step's tasks packed as they were handed out, on average
+    /// per task: what a gradient over the socket holds (in shared memory it is dense).
+    public private(set) var lastStepPackedValues = 0.0
+
     /// Per worker, in order of first result, the timings of the last completed step.
     public private(set) var lastStepTimings: [StepTiming] = []
     private var stepTimings: OrderedDictionary<String, StepTiming> = [:]
@@ -353,6 +357,8 @@ public final class ClusterCoordinator {
         machinePlan.taskPackings = taskPackings(maskSeeds: maskSeeds, packingSeeds: packingSeeds,
                                                 blockSize: machine.blockSize(for: machinePlan))
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
+        let handedOut = resultPackings.values.map { packings.packing(union: $0).count }
+        lastStepPackedValues = Double(handedOut.reduce(0, +)) / Double(max(1, handedOut.count))
         /// Whether an accepted gradient lay in a shared-memory file that shrank (before it was
         /// copied out, or before or while it was summed where it lies).
         func lost() -> Bool {
