@@ -34,15 +34,15 @@ public final class ClusterCoordinator {
         /// run's own need (see ``largestResult``): an ensemble or a batch bigger than the
         /// configuration's.
         public var largestJobResult = 0
-        /// How a step whose shards train several masks travels over the socket.
+        /// How a task whose shards train several masks travels over the socket.
         public var mixedMaskPacking = MixedMaskPacking.union
 
         public init(bind: String) { self.bind = bind }
     }
 
-    /// How the inline parameters and gradients of a step of several masks are packed.
+    /// How the inline parameters and gradients of a task of several masks are packed.
     public enum MixedMaskPacking: String, Sendable, CaseIterable {
-        /// By the union of the step's masks.
+        /// By the union of the task's masks.
         case union
         /// Not at all: every parameter.
         case dense
