@@ -136,6 +136,41 @@ public struct MaskPacking: Sendable {
     public func unpack(_ packed: [Float], into dense: inout [Float], zeroing: Bool = true, threads: Int = 1) {
         packed.withUnsafeBufferPointer { unpack($0, into: &dense, zeroing: zeroing, threads: threads) }
     }
+
+    /// Where each of this packing's values lies among those of `wider`, a packing that keeps
+    /// every parameter this one keeps (such as the union of masks that include this one's);
+    /// nil when `wider` drops one of them.
+    ///
+    /// - Complexity: O(``count`` + `wider.count`).
+    public func positions(in wider: MaskPacking) -> [Int32]? {
+        guard wider.denseCount == denseCount, wider.count >= count else { return nil }
+        var positions = [Int32](repeating: 0, count: count)
+        var j = 0
+        for (k, index) in activeIndices.enumerated() {
+            while j < wider.activeIndices.count && wider.activeIndices[j] < index { j += 1 }
+            guard j < wider.activeIndices.count, wider.activeIndices[j] == index else { return nil }
+            positions[k] = Int32(j)
+            j += 1
+        }
+        return positions
+    }
+
+    /// `packed`, values of a narrower packing, as `count` values of a wider one: each at its
+    /// position (``positions(in:)``), +0 everywhere else. A gradient that is +0 where the narrower
+    /// packing drops a parameter comes out as the wider packing would have packed it.
+    public static func spread(_ packed: [Float], positions: [Int32], count: Int) -> [Float] {
+        precondition(packed.count == positions.count, "spread: \(packed.count) values for \(positions.count) positions")
+        var out = [Float](repeating: 0, count: count)
+        guard !packed.isEmpty else { return out }
+        packed.withUnsafeBufferPointer { p in
+            positions.withUnsafeBufferPointer { i in
+                out.withUnsafeMutableBufferPointer { o in
+                    _ = made_scatter_f32(p.count, i.baseAddress!, p.baseAddress!, o.baseAddress!)
+                }
+            }
+        }
+        return out
+    }
 }
 
 extension MaskPacking {

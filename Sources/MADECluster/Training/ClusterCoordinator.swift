@@ -379,8 +379,7 @@ public final class ClusterCoordinator {
         }
         if lost() { try recompute() }
         let lossSum = { GradientReducer.reduce(results.map(\.lossSum)) }
-        if packed, results.allSatisfy({ $0.values.inlineValues != nil && resultPackings[$0.ticket] == packingSeeds }) {
-            var gradients = results.map { $0.values.inlineValues! }
+        if packed, var gradients = inlineGradients(results, packedBy: packingSeeds) {
             GradientReducer.reduce(&gradients, threads: threads)
             denseGradientMasks = nil   // the dense buffer no longer holds what it held
             return (gradients[0], lossSum())
@@ -404,6 +403,36 @@ public final class ClusterCoordinator {
         return (nil, lossSum())
     }
 
+    /// The inline gradients of `results`, each packed by the union of `seeds`' masks: as it came
+    /// when packed so, else spread from its task's packing, which keeps no parameter that one
+    /// drops, with +0 at the rest: the values a worker would have sent packed so, since a
+    /// gradient is +0 outside its shards' masks. Nil when a result is not inline or cannot be
+    /// spread so.
+    private func inlineGradients(_ results: [WireMessage.Result], packedBy seeds: [UInt64]) -> [[Float]]? {
+        var gradients: [[Float]] = []
+        gradients.reserveCapacity(results.count)
+        for result in results {
+            guard let values = result.values.inlineValues else { return nil }
+            let own = resultPackings[result.ticket] ?? seeds
+            if own == seeds {
+                gradients.append(values)
+                continue
+            }
+            let key = [own, seeds]
+            if spreadPositions[key] == nil {
+                if spreadPositions.count >= 16 { spreadPositions = [:] }
+                spreadPositions[key] = packings.packing(union: own).positions(in: packings.packing(union: seeds))
+            }
+            guard let positions = spreadPositions[key]!, positions.count == values.count else { return nil }
+            gradients.append(MaskPacking.spread(values, positions: positions, count: packings.packing(union: seeds).count))
+        }
+        return gradients
+    }
+
+    /// Where the values of one packing lie among those of a wider one, by the seeds of both
+    /// (``MaskPacking/positions(in:)``); nil when it is not wider.
+    private var spreadPositions: [[[UInt64]]: [Int32]?] = [:]
+
     /// Sums the gradients of `results` into ``denseGradient`` in the fixed tree order: packed
     /// ones unpacked (each by its task's packing), the others read in their slots (`inPlace`) or
     /// in the scratch buffers they were copied to. Returns whether the sum is finite (checked for
@@ -412,9 +441,10 @@ public final class ClusterCoordinator {
     /// inline ones are turned into it; the sum comes out in compute order with `inComputeOrder`,
     /// else in layout order.
     ///
-    /// Results all packed alike are summed packed and unpacked once. The bits are the same
+    /// Results all inline are summed packed (by their one packing, or each spread into the
+    /// step's when their tasks were packed apart) and unpacked once. The bits are the same
     /// either way: an entry a packing leaves out is +0 in that gradient (its shards' masks drop
-    /// it), which is what unpacking writes there.
+    /// it), which is what spreading and unpacking write there.
     private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking,
                      packingSeeds: [UInt64], blocks: BlockPartition?, inComputeOrder: Bool) -> Bool {
         let threads = self.threads
@@ -422,9 +452,9 @@ public final class ClusterCoordinator {
         let dense = packing.denseCount
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
         let resultSeeds = results.map { resultPackings[$0.ticket] ?? packingSeeds }
-        if results.allSatisfy({ $0.values.inlineValues != nil }), let seeds = resultSeeds.first,
-           resultSeeds.allSatisfy({ $0 == seeds }) {
-            var gradients = results.map { $0.values.inlineValues! }
+        // Packed alike, or each spread into the step's packing (tasks packed by their own masks).
+        let seeds = resultSeeds.allSatisfy({ $0 == resultSeeds.first }) ? resultSeeds.first ?? packingSeeds : packingSeeds
+        if var gradients = inlineGradients(results, packedBy: seeds) {
             GradientReducer.reduce(&gradients, threads: threads)
             packings.packing(union: seeds).unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != seeds,
                                                    threads: threads)
