@@ -66,7 +66,8 @@ struct Bench: ParsableCommand {
     var shards: Int?
     @Option(help: "Masks trained in every step (the ensemble has as many masks). (default: 1)")
     var masksPerStep: Int = 1
-    @Option(help: "With --masks-per-step above 1: how a task of shards of several masks travels over the socket, packed by the union of their masks or dense. (default: union)")
+    @Option(help: ArgumentHelp("With --masks-per-step above 1: how a task of shards of several masks travels over "
+                               + "the socket, packed by the union of their masks or dense. (default: union)"))
     var mixedPacking: ClusterCoordinator.MixedMaskPacking = .union
     @Option(help: "Local worker processes (0: compute in this process).")
     var workers: Int = 0

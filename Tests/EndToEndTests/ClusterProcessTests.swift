@@ -63,7 +63,8 @@ struct ClusterProcessTests {
         let validation = referenceOutput.split(separator: "\n").filter { $0.hasPrefix("valid_nll=") || $0.hasPrefix("test_nll=") }
         #expect(validation.count == 2)
         // Over the socket with 2 workers a task is a block of both halves of the step; with 4, one shard of one mask.
-        for (workers, extra) in [(1, []), (2, []), (3, []), (4, []), (2, ["--no-shared-memory"]), (4, ["--no-shared-memory"])] {
+        let socket = ["--no-shared-memory"]
+        for (workers, extra) in [(1, []), (2, []), (3, []), (4, []), (2, socket), (4, socket)] {
             let (code, out, err) = try EndToEnd.run(["train", "--workers", "\(workers)"] + extra + flags, folder: folder, name: "w\(workers)\(extra.count)")
             #expect(code == 0, "\(workers) workers \(extra): \(err)")
             #expect(EndToEnd.checksum(out) == expected, "\(workers) workers \(extra)")

@@ -31,7 +31,8 @@ struct RelayTests {
     /// A coordinator at a fresh endpoint file and `relays` relays of `workers` workers each.
     static func start(
         _ folder: String, data: String, epochs: Int, relays: Int, workers: Int, coordinatorFlags: [String] = [],
-                      relayFlags: [String] = [], masksPerStep: Int? = nil) throws -> (EndToEnd.Child, [EndToEnd.Child]) {
+                      relayFlags: [String] = [], masksPerStep: Int? = nil
+    ) throws -> (EndToEnd.Child, [EndToEnd.Child]) {
         let tag = "\(relays)x\(workers)"
             + (relayFlags.isEmpty && masksPerStep == nil ? "" : "-\(relayFlags.count)m\(masksPerStep ?? 1)")
         let endpoint = folder + "/endpoint-\(tag)"

@@ -131,12 +131,13 @@ struct MixedMaskBlockTests {
     }
 
     func result(_ task: WireMessage.Task, values: Int, ticket: UInt64? = nil) -> WireMessage {
-        .result(.init(step: task.step, shard: task.shard, maskDigest: WireFormat.blockDigest(task.maskSeeds.map(Self.digest)),
-                      lossSum: 1, computeMicroseconds: 1, values: .inline((0..<values).map(Float.init)),
+        .result(.init(step: task.step, shard: task.shard,
+                      maskDigest: WireFormat.blockDigest(task.maskSeeds.map(Self.digest)), lossSum: 1,
+                      computeMicroseconds: 1, values: .inline((0..<values).map(Float.init)),
                       ticket: ticket ?? task.ticket))
     }
 
-    @Test("two workers, one shard of one mask each: each task is packed by its own mask, and its result counts at that size only")
+    @Test("two workers, a shard of one mask each: each task packed by its own mask, its result counted so only")
     func packedByTask() {
         var m = machine(workers: [a, b])
         let handed = tasks(m.begin(planPackedByTask(seeds: [0, 1]), now: 1))
@@ -152,18 +153,30 @@ struct MixedMaskBlockTests {
         #expect(m.counters.badResults == 1 && m.counters.maskMismatches == 0)
     }
 
-    @Test("a worker's later task of the step reuses its parameters when their masks cover the task's, and gets them again packed by its own mask when not")
+    @Test("a later task of the step reuses the parameters held when their masks cover it, else brings its own")
     func parametersPerPacking() {
         var m = machine(workers: [a])
         var p = planPackedByTask(seeds: [0, 1, 0, 1])
         p.maxShardsPerTask = 1
         let first = m.begin(p, now: 1)
-        #expect(first.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [0] && t.packingSeeds == [0] && route == .inline } else { false } })
+        #expect(first.contains {
+            if case .assign(_, let t, let r) = $0 {
+                t.maskSeeds == [0] && t.packingSeeds == [0] && r == .inline
+            } else { false }
+        })
         let second = m.receive(from: a, runID: 77, message: result(tasks(first)[0].1, values: 2), now: 2)
-        #expect(second.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [1] && t.packingSeeds == [1] && route == .inline } else { false } })
+        #expect(second.contains {
+            if case .assign(_, let t, let r) = $0 {
+                t.maskSeeds == [1] && t.packingSeeds == [1] && r == .inline
+            } else { false }
+        })
         // Shard 2 trains mask 0 again, but the worker now holds mask 1's parameters.
         let third = m.receive(from: a, runID: 77, message: result(tasks(second)[0].1, values: 1), now: 3)
-        #expect(third.contains { if case .assign(_, let t, let route) = $0 { t.shard == 2 && t.packingSeeds == [0] && route == .inline } else { false } })
+        #expect(third.contains {
+            if case .assign(_, let t, let r) = $0 {
+                t.shard == 2 && t.packingSeeds == [0] && r == .inline
+            } else { false }
+        })
         // A worker holding the parameters packed by a union takes a task of one of its masks without them.
         var u = machine(workers: [a])
         var q = plan(seeds: [0, 1, 0, 1])
@@ -178,11 +191,14 @@ struct MixedMaskBlockTests {
         s.hostID = "here"
         s.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
         var m = CoordinatorStateMachine(settings: s)
-        _ = m.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a",
-                                                                        hostID: "here")), now: 0)
-        _ = m.receive(from: b, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "b")), now: 0)
+        let local = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here"))
+        _ = m.receiveReserving(from: a, runID: 0, message: local, now: 0)
+        let remote = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "b"))
+        _ = m.receive(from: b, runID: 0, message: remote, now: 0)
         let actions = m.begin(planPackedByTask(seeds: [0, 1]), now: 1)
-        let routes = actions.compactMap { if case .assign(let p, let t, let r) = $0 { (p, t.packingSeeds, r) } else { nil } }
+        let routes = actions.compactMap {
+            if case .assign(let p, let t, let r) = $0 { (p, t.packingSeeds, r) } else { nil }
+        }
         #expect(routes.count == 2)
         #expect(routes.contains { $0.0 == a && $0.1 == [0, 1] && $0.2 == .sharedMemory })
         #expect(routes.contains { $0.0 == b && $0.1 == [1] && $0.2 == .inline })
@@ -208,19 +224,21 @@ struct MixedMaskBlockTests {
         #expect(m.isStepComplete)
     }
 
-    @Test("a worker handed a task of its step without parameters, packed by masks other than those it holds, says hello again")
+    @Test("a worker given a task without parameters, packed by masks other than those it holds, says hello again")
     func workerHoldsOnePacking() {
         var s = WorkerStateMachine.Settings(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w")
         s.helloRetry = 500
         var w = WorkerStateMachine(settings: s)
         _ = w.start(now: 0)
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 10)
+        let welcome = WireMessage.welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: []))
+        _ = w.receive(runID: 5, message: welcome, now: 10)
         func task(_ packing: [UInt64], _ parameters: FloatPayload) -> WireMessage {
             .task(.init(step: 4, shard: 0, shardCount: 2, maskSeeds: [packing[0]], packingSeeds: packing, rows: [1],
                         parameters: parameters))
         }
         #expect(w.receive(runID: 5, message: task([0], .inline([1, 2])), now: 20).count == 1)
-        if case .compute = w.receive(runID: 5, message: task([0], .absent), now: 30).first {} else { Issue.record("expected compute") }
+        let held = w.receive(runID: 5, message: task([0], .absent), now: 30)
+        if case .compute = held.first {} else { Issue.record("expected compute, got \(held)") }
         let other = w.receive(runID: 5, message: task([1], .absent), now: 40)
         if case .send(.hello) = other.first {} else { Issue.record("expected hello, got \(other)") }
     }

@@ -246,14 +246,15 @@ struct ShardComputerTests {
         #expect(result.values.inlineValues?.count == packing.count && result.lossSum.isFinite)
     }
 
-    @Test("shards sent packed by their own masks, spread into the union of the step's and summed, give the union-packed block's bits")
+    @Test("shards packed by their own masks, spread into the union and summed, give the union-packed block's bits")
     func tasksPackedByOwnMask() throws {
         let (computer, c) = try Self.computer(shards: 4)
         let layout = ParameterLayout(c.model)
         let parameters = layout.initialParameters(seed: 7, as: Float.self)
         let seeds: [UInt64] = [0, 1, 0, 1]
         let shards: [[Int32]] = [[0, 1], [2, 3, 4], [5], [6, 7]]
-        let union = MaskPacking(union: [0, 1].map { MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: $0) }, layout: layout)
+        let union = MaskPacking(union: [0, 1].map { MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: $0) },
+                                layout: layout)
         let block = WireMessage.Task(step: 1, shard: 0, shardCount: 4, maskSeeds: seeds, packingSeeds: [0, 1],
                                      rows: Array(shards.joined()), parameters: .inline(union.pack(parameters)),
                                      rowsPerShard: shards.map { UInt32($0.count) })
@@ -261,8 +262,8 @@ struct ShardComputerTests {
         var spread: [[Float]] = []
         for (k, rows) in shards.enumerated() {
             let own = computer.packing(seeds[k])
-            let task = WireMessage.Task(step: 2 + UInt64(k), shard: UInt32(k), shardCount: 4, maskSeed: seeds[k], rows: rows,
-                                        parameters: .inline(own.pack(parameters)))
+            let task = WireMessage.Task(step: 2 + UInt64(k), shard: UInt32(k), shardCount: 4, maskSeed: seeds[k],
+                                        rows: rows, parameters: .inline(own.pack(parameters)))
             let values = try #require(try computer.compute(task).values.inlineValues)
             #expect(values.count == own.count && own.count < union.count)
             let positions = try #require(own.positions(in: union))

@@ -345,7 +345,8 @@ public final class ClusterCoordinator {
             let taskPacking = packings.packing(union: seeds)
             return (taskPacking.count, { fill(taskPacking, $0) })
         }
-        let stepParameters = StepParameters(sharedCount: packing.denseCount, shared: shared, computeOrder: blocks != nil,
+        let stepParameters = StepParameters(sharedCount: packing.denseCount, shared: shared,
+                                            computeOrder: blocks != nil,
                                             fillShared: fillShared, inline: inline)
         var machinePlan = CoordinatorStateMachine.WorkPlan(
             step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds,
@@ -375,7 +376,8 @@ public final class ClusterCoordinator {
             machinePlan.sharedResultCount = nil
             machinePlan.sharedResultsInComputeOrder = false
             (results, inPlace) = try execute(machinePlan, parameters: StepParameters(
-                sharedCount: packing.denseCount, shared: nil, computeOrder: false, fillShared: { _ in }, inline: inline))
+                sharedCount: packing.denseCount, shared: nil, computeOrder: false, fillShared: { _ in },
+                inline: inline))
         }
         if lost() { try recompute() }
         let lossSum = { GradientReducer.reduce(results.map(\.lossSum)) }
@@ -424,7 +426,8 @@ public final class ClusterCoordinator {
                 spreadPositions[key] = packings.packing(union: own).positions(in: packings.packing(union: seeds))
             }
             guard let positions = spreadPositions[key]!, positions.count == values.count else { return nil }
-            gradients.append(MaskPacking.spread(values, positions: positions, count: packings.packing(union: seeds).count))
+            let count = packings.packing(union: seeds).count
+            gradients.append(MaskPacking.spread(values, positions: positions, count: count))
         }
         return gradients
     }
@@ -453,11 +456,12 @@ public final class ClusterCoordinator {
         if denseGradient.count != dense { denseGradient = [Float](repeating: 0, count: dense) }
         let resultSeeds = results.map { resultPackings[$0.ticket] ?? packingSeeds }
         // Packed alike, or each spread into the step's packing (tasks packed by their own masks).
-        let seeds = resultSeeds.allSatisfy({ $0 == resultSeeds.first }) ? resultSeeds.first ?? packingSeeds : packingSeeds
+        let alike = resultSeeds.allSatisfy({ $0 == resultSeeds.first })
+        let seeds = alike ? resultSeeds.first ?? packingSeeds : packingSeeds
         if var gradients = inlineGradients(results, packedBy: seeds) {
             GradientReducer.reduce(&gradients, threads: threads)
-            packings.packing(union: seeds).unpack(gradients[0], into: &denseGradient, zeroing: denseGradientMasks != seeds,
-                                                   threads: threads)
+            packings.packing(union: seeds).unpack(gradients[0], into: &denseGradient,
+                                                   zeroing: denseGradientMasks != seeds, threads: threads)
             if inComputeOrder, let blocks {
                 denseGradient.withUnsafeMutableBufferPointer {
                     blocks.permute($0.baseAddress!, layout: layout, toCompute: true, threads: threads)
@@ -527,8 +531,8 @@ public final class ClusterCoordinator {
         case .gradient:
             guard task.maskSeeds.count == shards.count,
                   task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
-                throw ClusterError(.invalidTask, "a task's mask seeds \(task.maskSeeds) for \(shards.count) shards are not "
-                                   + "all among its packing masks \(task.packingSeeds)")
+                throw ClusterError(.invalidTask, "a task's mask seeds \(task.maskSeeds) for \(shards.count) shards "
+                                   + "are not all among its packing masks \(task.packingSeeds)")
             }
             let packing = packings.packing(union: task.packingSeeds)
             let parameters = try heldParameters(task, count: packing.count)
