@@ -41,8 +41,10 @@ struct WorkerArguments: ParsableArguments {
     var keyName: String = "worker"
     @Flag(help: "Read the coordinator's public key and this worker's secret key from standard input (how `made train --workers N` hands its workers the run's keys).")
     var keysOnStdin = false
-    @Option(parsing: .unconditional, help: "Seconds without a word from the coordinator before giving up (exit code 4).")
+    @Option(parsing: .unconditional, help: "Seconds the connection to the coordinator may stay down (or, before it answers, hellos unanswered) before giving up (exit code 4).")
     var coordinatorTimeout: Double = 60
+    @Option(parsing: .unconditional, help: "Seconds the connection to the coordinator may carry nothing (libzmq's heartbeats) before it is dropped and dialled again.")
+    var heartbeatTimeout: Double = 10
     @Option(help: .private)
     var parentPid: Int32?   // internal: exit when this process (the launcher) is gone
     @Flag(help: "The data file holds one split (one .amat or IDX file), scored whole: for evaluation jobs.")
@@ -53,7 +55,9 @@ struct WorkerArguments: ParsableArguments {
     var noSharedMemory = false
 
     func validate() throws {
-        if let problem = TimeoutRange.problem("--coordinator-timeout", seconds: coordinatorTimeout) { throw ValidationError(problem) }
+        for (name, value) in [("--coordinator-timeout", coordinatorTimeout), ("--heartbeat-timeout", heartbeatTimeout)] {
+            if let problem = TimeoutRange.problem(name, seconds: value) { throw ValidationError(problem) }
+        }
         if keysOnStdin && keys != nil { throw ValidationError("--keys and --keys-on-stdin exclude each other") }
         if let name, name.isEmpty || name.utf8.count > 200 { throw ValidationError("--name must hold 1 to 200 bytes") }
         if noData && singleSplit { throw ValidationError("--no-data and --single-split exclude each other") }
@@ -113,6 +117,8 @@ struct WorkerArguments: ParsableArguments {
             options.security = try ClusterSecurity.Client.parse(stdinText: text)
         }
         options.coordinatorTimeout = TimeoutRange.milliseconds(coordinatorTimeout)
+        options.heartbeatTimeout = TimeoutRange.milliseconds(heartbeatTimeout)
+        options.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(wanted: 1000, timeout: options.heartbeatTimeout)
         options.parentProcess = parentPid
         options.sharedMemory = !noSharedMemory
         return options
@@ -156,7 +162,7 @@ struct Launch: ParsableCommand {
     @OptionGroup var training: TrainingArguments
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
-    @Option(parsing: .unconditional, help: "Workers: seconds without a word from the coordinator before giving up.")
+    @Option(parsing: .unconditional, help: "Workers: seconds the connection to the coordinator may stay down before giving up.")
     var coordinatorTimeout: Double = 60
     @Flag(help: ArgumentHelp(
         "No relay per host: every worker dials the coordinator. (By default the first process of each host but the "
@@ -183,6 +189,7 @@ struct Launch: ParsableCommand {
         worker.keys = cluster.keys
         worker.endpointFile = cluster.endpointFile
         worker.coordinatorTimeout = coordinatorTimeout
+        worker.heartbeatTimeout = cluster.heartbeatTimeout
         var relay: Process?
         switch environment.launchRole(relays: !noRelay) {
         case .coordinator, .worker:
@@ -204,7 +211,8 @@ struct Launch: ParsableCommand {
         var arguments = [
             "relay", "--listen", listen, "--parent-pid", "\(getpid())", "--name",
             "\(ProcessInfo.processInfo.hostName)-relay",
-                         "--coordinator-timeout", "\(coordinatorTimeout)", "--threads", "\(runtime.threads)"]
+            "--coordinator-timeout", "\(coordinatorTimeout)", "--heartbeat-timeout", "\(cluster.heartbeatTimeout)",
+            "--threads", "\(runtime.threads)"]
         arguments += cluster.endpointFile.map { ["--endpoint-file", $0] } ?? ["--connect", environment.connectEndpoint]
         if let keys = cluster.keys { arguments += ["--keys", keys] }
         if runtime.verbose { arguments.append("--verbose") }

@@ -31,13 +31,6 @@ struct Relay: ParsableCommand {
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp(
-            "Seconds of silence after which one of this host's workers is declared dead and its shards given to "
-                + "the others.")
-    )
-    var heartbeatTimeout: Double = 10
-    @Option(
-        parsing: .unconditional,
-        help: ArgumentHelp(
             "Seconds after which a shard one of this host's workers holds is taken back and given to the first "
                 + "idle one.")
     )
@@ -49,9 +42,7 @@ struct Relay: ParsableCommand {
             throw ValidationError("give the data with -d/--data-path (or --no-data for sampling only)")
         }
         try checkRange("--workers", workers, 0...ClusterArguments.maxWorkers)
-        for (name, value) in [("--heartbeat-timeout", heartbeatTimeout), ("--task-timeout", taskTimeout)] {
-            if let problem = TimeoutRange.problem(name, seconds: value) { throw ValidationError(problem) }
-        }
+        if let problem = TimeoutRange.problem("--task-timeout", seconds: taskTimeout) { throw ValidationError(problem) }
         if let listen {
             do { try Endpoint.validate(listen) } catch { throw ValidationError("--listen \(error)") }
             guard Endpoint.isLocal(listen) else {
@@ -86,7 +77,10 @@ struct Relay: ParsableCommand {
         defer { if let folder { try? FileManager.default.removeItem(atPath: folder) } }
         var local = ClusterCoordinator.Options(bind: endpoint)
         local.sharedMemory = !worker.noSharedMemory
-        local.heartbeatTimeout = TimeoutRange.milliseconds(heartbeatTimeout)
+        // One heartbeat timeout for both of the relay's connections: to the coordinator and to each
+        // of this host's workers.
+        local.heartbeatTimeout = options.heartbeatTimeout
+        local.heartbeatInterval = options.heartbeatInterval
         local.taskTimeout = TimeoutRange.milliseconds(taskTimeout)
         // Without workers a relay is given no task; the coordinator's own idle timeout applies.
         local.idleTimeout = TimeoutRange.milliseconds(TimeoutRange.maxSeconds)

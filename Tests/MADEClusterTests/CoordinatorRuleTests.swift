@@ -150,9 +150,10 @@ struct CoordinatorRuleTests {
         #expect(m.failure == nil)
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 100_000)
         _ = m.begin(gradientPlan(step: 0, shards: 1), now: 100_001)
-        // The worker goes silent and is declared dead; the idle clock starts from when it was last there.
+        // The worker's connection goes and it is declared dead; the idle clock starts from when it was last there.
         _ = m.tick(now: 101_000)
         #expect(m.workerCount == 1 && m.failure == nil)
+        _ = m.connectionLost(a, now: 101_001)
         _ = m.tick(now: 101_001)
         #expect(m.workerCount == 0 && m.failure == nil)
         _ = m.tick(now: 104_001)
@@ -182,8 +183,9 @@ struct CoordinatorRuleTests {
         let rejoin = m.receive(from: b, runID: 0, message: hello("b"), now: 3)
         #expect(rejoin.contains { if case .assign(b, let t, .inline) = $0 { t.shard == 1 } else { false } })
         #expect(m.counters.reassignedShards == 2)
-        // Lost: both silent; each shard queued once, never twice.
-        _ = m.tick(now: 2000)
+        // Lost: both connections gone; each shard queued once, never twice.
+        _ = m.connectionLost(a, now: 2000)
+        _ = m.connectionLost(b, now: 2000)
         #expect(m.workerCount == 0 && m.counters.workersLost == 2 && m.counters.reassignedShards == 4)
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 2001)
         let tasks = m.receive(from: b, runID: 0, message: hello("b"), now: 2001)

@@ -96,11 +96,11 @@ struct MixedMaskBlockTests {
         let handed = tasks(m.begin(plan(seeds: [0, 1, 0, 1, 0, 1, 0, 1]), now: 1))
         #expect(handed.map(\.1.maskSeeds) == [[0, 1, 0, 1], [0, 1, 0, 1]])
         let taskB = handed[1].1
-        // a goes silent; b answers and then takes a's block.
+        // a's connection goes; b answers and then takes a's block.
         _ = m.receive(from: b, runID: 77, message: .heartbeat(sequence: 1), now: 900)
         let digest = WireFormat.blockDigest([0, 1, 0, 1].map(Self.digest))
         _ = m.receive(from: b, runID: 77, message: result(taskB, digest: digest), now: 950)
-        var retaken = tasks(m.tick(now: 1500))
+        var retaken = tasks(m.connectionLost(a, now: 1500))
         retaken += tasks(m.receive(from: b, runID: 77, message: .heartbeat(sequence: 2), now: 1500))
         #expect(m.counters.workersLost == 1)
         #expect(retaken.count == 1 && retaken[0].0 == b)

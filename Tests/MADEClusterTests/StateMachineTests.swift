@@ -93,18 +93,19 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.rejected == 5)
     }
 
-    @Test("a silent worker is declared dead and its shard goes to another")
+    @Test("a worker whose connection is gone is declared dead and its shard goes to another")
     func deadWorker() {
         var m = machine()
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         _ = m.begin(plan(step: 0, shards: 2), now: 0)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 500)
-        let actions = m.tick(now: 1200)
-        #expect(actions.contains(.workerLost(a, name: "a", reason: "no message for 1200 ms")))
+        let actions = m.connectionLost(a, now: 1200)
+        #expect(actions.contains(.workerLost(a, name: "a", reason: "its connection is gone (last message 1200 ms ago)")))
         let moved = assignments(actions)
         #expect(moved.count == 1 && moved[0].0 == b && moved[0].1 == 0)
         #expect(m.counters.workersLost == 1)
+        #expect(m.connectionLost(a, now: 1250).isEmpty, "a worker is lost once")
         // A late result from the dead worker counts for nothing now it is gone.
         #expect(m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 1300) == [.send(a, .who)])
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 1400)
@@ -132,6 +133,26 @@ struct CoordinatorStateMachineTests {
         #expect(m.workerCount == 1 && m.counters.workersLost == 1)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 40)
         #expect(m.isStepComplete)
+    }
+
+    @Test("a quiet worker whose connection is up is alive: no heartbeat timeout drops it, only the task timeout takes its task back")
+    func quietWorkerStays() {
+        var m = machine()
+        _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
+        _ = m.begin(plan(step: 0, shards: 1), now: 0)
+        // Far beyond the heartbeat timeout (1000 ms) without a word: it may be sending its result on a slow link.
+        for t in stride(from: UInt64(100), through: 4900, by: 100) {
+            #expect(!m.tick(now: t).contains { if case .workerLost = $0 { true } else { false } })
+        }
+        #expect(m.workerCount == 1 && m.counters.workersLost == 0)
+        // Its result, arriving late, counts.
+        _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 4950)
+        #expect(m.isStepComplete)
+        _ = m.takeResults()
+        // Progress is still guarded: a task out longer than the task timeout (5000 ms) is taken back.
+        _ = m.begin(plan(step: 1, shards: 1), now: 5000)
+        let retaken = m.tick(now: 10_001)
+        #expect(assignments(retaken).count == 1 && m.counters.reassignedShards == 1 && m.workerCount == 1)
     }
 
     @Test("a lone worker whose task was lost gets it again after the task timeout")
@@ -237,7 +258,7 @@ struct CoordinatorStateMachineTests {
         let d: [UInt8] = Array("worker-d".utf8)
         #expect(grant(m.receiveReserving(from: d, runID: 0, message: local, now: 2)) == .some(nil))
         // A lost worker's slot is not handed out again.
-        _ = m.tick(now: 1_000_000)
+        for peer in [a, b, c, d] { _ = m.connectionLost(peer, now: 1_000_000) }
         #expect(m.workerCount == 0)
         #expect(grant(m.receiveReserving(from: a, runID: 0, message: local, now: 1_000_001)) == .some(nil))
         // A gradient said to be in shared memory is not accepted as such.
@@ -357,7 +378,7 @@ struct CoordinatorStateMachineTests {
         p.step = 1
         _ = m.begin(p, now: 10)
         _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 900)
-        _ = m.tick(now: 1011)
+        _ = m.connectionLost(b, now: 1011)
         #expect(m.workerCount == 1)
         let next = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: a)), now: 1012)
         #expect(next.contains { if case .assign(a, let t, _) = $0 { t.shard == 2 && t.rowsPerShard == [2, 2] } else { false } })
@@ -534,6 +555,23 @@ struct WorkerStateMachineTests {
         #expect(w.declineSharedMemory(now: 20) == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "w", hostID: "")))])
     }
 
+    @Test("the connection: hello as soon as it is up; after a break, hello again on reconnection; a break that heals keeps the worker")
+    func connectionEvents() {
+        var w = machine()
+        _ = w.start(now: 0)
+        #expect(w.connectionUp(now: 100).count == 1, "hello at once")
+        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 110)
+        #expect(w.connectionUp(now: 120).isEmpty, "no break, nothing to redo")
+        #expect(w.connectionDown(now: 1000).isEmpty)
+        #expect(w.tick(now: 3900).allSatisfy { if case .exit = $0 { false } else { true } })
+        let again = w.connectionUp(now: 3900)
+        if case .send(.hello) = again.first {} else { Issue.record("expected hello after the break, got \(again)") }
+        // Waiting for its welcome again: the coordinator has the full timeout from the reconnection.
+        #expect(w.tick(now: 6900).allSatisfy { if case .exit = $0 { false } else { true } })
+        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 6900)
+        #expect(w.tick(now: 60_000).allSatisfy { if case .exit = $0 { false } else { true } })
+    }
+
     @Test("exits: refused, shut down, coordinator gone, bad configuration")
     func exits() {
         var w = machine()
@@ -547,8 +585,11 @@ struct WorkerStateMachineTests {
         w = machine()
         _ = w.start(now: 0)
         _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 10)
-        #expect(w.tick(now: 3000).allSatisfy { if case .exit = $0 { false } else { true } })
-        #expect(w.tick(now: 3011).contains { if case .exit(let code, _) = $0 { code == 4 } else { false } })
+        // A quiet coordinator on a live connection is not gone; one whose connection stays down is.
+        #expect(w.tick(now: 30_000).allSatisfy { if case .exit = $0 { false } else { true } })
+        _ = w.connectionDown(now: 30_000)
+        #expect(w.tick(now: 33_000).allSatisfy { if case .exit = $0 { false } else { true } })
+        #expect(w.tick(now: 33_001).contains { if case .exit(let code, _) = $0 { code == 4 } else { false } })
         w = machine()
         _ = w.start(now: 0)
         #expect(w.tick(now: 3001).contains { if case .exit(let code, _) = $0 { code == 4 } else { false } })
@@ -669,9 +710,8 @@ struct RelayRuleTests {
             from: w, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "w")),
             now: 2)
         #expect(tasks(joined).isEmpty)
-        // The relay dies: the worker takes the step over in blocks of 8, the same tree.
-        _ = m.receive(from: w, runID: 77, message: .heartbeat(sequence: 1), now: 900)
-        let after = tasks(m.tick(now: 1500))
+        // The relay's connection is gone: the worker takes the step over in blocks of 8, the same tree.
+        let after = tasks(m.connectionLost(r1, now: 1500))
         #expect(m.workerCount == 1)
         #expect(after.map(\.1) == [0] && after.map(\.2) == [8])
         var next = after

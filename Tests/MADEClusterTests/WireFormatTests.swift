@@ -109,7 +109,7 @@ struct WireFormatTests {
     func headerLayout() {
         let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)
         #expect(Array(frame[0..<4]) == Array("MADW".utf8))
-        #expect(frame[4] == 5 && frame[5] == 0)        // version 5, little-endian
+        #expect(frame[4] == 6 && frame[5] == 0)        // version 6, little-endian
         #expect(frame[6] == WireMessage.Kind.heartbeat.rawValue)
         #expect(frame[7] == 0)
         #expect(Array(frame[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])

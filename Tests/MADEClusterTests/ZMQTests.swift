@@ -166,6 +166,24 @@ struct ZMQSocketTests {
         #expect(try lonely.send([.owned(buffer)], dontWait: true) == .wouldBlock)
     }
 
+    @Test("a monitor reports a connection's handshake and its loss")
+    func monitor() throws {
+        let context = try ZMQContext()
+        let router = try ZMQSocket(context: context, kind: .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context: context, kind: .dealer)
+        try dealer.set(ConnectionHeartbeat.options(interval: 50, timeout: 1000))
+        let monitor = try ZMQMonitor(watching: dealer, events: [.handshakeSucceeded, .disconnected])
+        defer { monitor.close() }
+        try monitor.socket.set(.receiveTimeout(milliseconds: 5000))
+        try dealer.connect(router.lastEndpoint)
+        #expect(try monitor.next(dontWait: false)?.kind == .handshakeSucceeded)
+        router.close()
+        let lost = try monitor.next(dontWait: false)
+        #expect(lost?.kind == .disconnected)
+        #expect(lost?.endpoint.hasPrefix("tcp://127.0.0.1:") == true)
+    }
+
     @Test("receiveMessage(maxParts:) keeps the first frames and drains the rest")
     func boundedReceive() throws {
         let context = try ZMQContext()

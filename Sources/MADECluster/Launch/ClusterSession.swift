@@ -117,7 +117,8 @@ public final class ClusterSession {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: options.executable)
             let command = options.relayWorkers == nil ? "worker" : "relay"
-            var arguments = [command, "--connect", coordinator.endpoint, "--name", name, "--parent-pid", "\(getpid())"]
+            var arguments = [command, "--connect", coordinator.endpoint, "--name", name, "--parent-pid", "\(getpid())",
+                             "--heartbeat-timeout", "\(Double(options.coordinator.heartbeatTimeout) / 1000)"]
                 + options.workerArguments
             if let workers = options.relayWorkers { arguments += ["--workers", "\(workers)"] }
             if let threads = options.workerThreads { arguments += ["--threads", "\(threads)"] }

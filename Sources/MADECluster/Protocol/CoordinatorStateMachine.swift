@@ -7,9 +7,9 @@ import OrderedCollections
 ///
 /// A thin loop (``ClusterCoordinator``) feeds it decoded frames
 /// (``receive(from:runID:message:now:)``), decoding failures (``malformed(from:error:now:)``),
-/// the outcome of slot reservations (``sharedSlotReserved(by:_:now:)``) and clock ticks
-/// (``tick(now:)``), and carries out the ``Action``s it returns. Time is milliseconds on any
-/// monotonic clock.
+/// the outcome of slot reservations (``sharedSlotReserved(by:_:now:)``), lost connections
+/// (``connectionLost(_:now:)``) and clock ticks (``tick(now:)``), and carries out the
+/// ``Action``s it returns. Time is milliseconds on any monotonic clock.
 ///
 /// The machine is `idle` between pieces of work and `running` one ``WorkPlan`` (a training step,
 /// or a piece of an evaluation or sampling job); the running ``Step`` owns everything that lives
@@ -20,8 +20,10 @@ import OrderedCollections
 /// shards) at a time and gets the next pending one as soon as it is idle. A peer's hello says
 /// how many workers compute behind it (1 for a worker, those of its host for a relay, 0 for
 /// none: it gets no task) and how many shards one task to it may hold; the step's block size
-/// follows from both (``blockSize(shards:capacities:limit:)``). A worker not heard
-/// from for `heartbeatTimeout` is dead and its task goes back to the queue; a task in flight
+/// follows from both (``blockSize(shards:capacities:limit:)``). A worker is dead when its
+/// connection is gone (its ZMTP heartbeats went unanswered for the heartbeat timeout, or the
+/// peer closed it), not when it is merely quiet: a worker sending or receiving a large message
+/// on a slow link is alive. Its task then goes back to the queue; a task in flight
 /// longer than its deadline (`taskTimeout`, doubled each time that shard was taken back) is
 /// taken back and queued for the first idle worker. A result counts when it carries the ticket
 /// of the task its sender holds, or, inline, the ticket of an earlier hand-out of that shard to
@@ -39,7 +41,11 @@ public struct CoordinatorStateMachine: Sendable {
         public var dataFingerprint: [UInt8]?
         /// Sent to workers in `welcome`: the run's configuration, opaque here.
         public var configuration: [UInt8]
+        /// How often every worker is sent a heartbeat; a send that finds the worker's
+        /// connection gone is how the loop learns of it (``connectionLost(_:now:)``).
         public var heartbeatInterval: UInt64 = 1000
+        /// How long a connection may carry nothing before libzmq tears it down (ZMTP
+        /// heartbeats); the loop sets the sockets up with it, the rules here do not use it.
         public var heartbeatTimeout: UInt64 = 10_000
         public var taskTimeout: UInt64 = 60_000
         /// Work in progress fails when no worker has been registered for this long.
@@ -376,6 +382,9 @@ public struct CoordinatorStateMachine: Sendable {
         workers[peer]?.assignment == Assignment(step: step, shard: shard, ticket: ticket)
     }
 
+    /// Whether `peer` is a registered worker.
+    public func isRegistered(_ peer: Peer) -> Bool { workers[peer] != nil }
+
     /// The ticket of the last task handed to `peer`, whether it still holds it or not.
     public func lastTicket(of peer: Peer) -> UInt64? { workers[peer]?.lastTicket }
 
@@ -593,14 +602,24 @@ public struct CoordinatorStateMachine: Sendable {
         return [.send(peer, welcome(slot: worker.slot))] + assignIdle(now: now)
     }
 
-    /// Time passes: heartbeats go out, silent workers are declared dead, stuck shards requeued,
-    /// and work waiting with no worker at all for the idle timeout fails.
+    /// The connection to `peer` is gone: libzmq tore it down (its heartbeats went unanswered, or
+    /// the peer closed it), so a message to it found no route. The worker is dead; its task goes
+    /// back to the queue. A worker that comes back says hello and joins anew.
+    public mutating func connectionLost(_ peer: Peer, now: UInt64) -> [Action] {
+        guard let worker = workers[peer] else { return [] }
+        if worker.capacity > 0 { lastWorkerSeen = max(lastWorkerSeen, now) }   // it was there until now
+        let reason = "its connection is gone (last message \(now &- worker.lastHeard) ms ago)"
+        let actions = release(peer, .lost(reason))
+        replanIfStuck()   // the peers left may take only smaller blocks
+        return actions + assignIdle(now: now)
+    }
+
+    /// Time passes: heartbeats go out (and find lost connections), stuck shards are requeued,
+    /// and work waiting with no worker at all for the idle timeout fails. A quiet worker is not
+    /// dead: its connection says whether it is.
     public mutating func tick(now: UInt64) -> [Action] {
         var actions: [Action] = []
         if hasCapacity { lastWorkerSeen = max(lastWorkerSeen, now) }
-        for (peer, worker) in workers where now > worker.lastHeard + settings.heartbeatTimeout {
-            actions += release(peer, .lost("no message for \(now - worker.lastHeard) ms"))
-        }
         // A task out longer than the timeout is taken back and queued for whichever worker is
         // idle first, this one included: a lost task or result cannot stall a step. Each time a
         // shard is taken back its next deadline doubles, so a task that simply takes long

@@ -3,7 +3,7 @@ import MADE
 /// Encodes and decodes ``WireMessage`` frames (the layout is documented there).
 public enum WireFormat {
     public static let magic: [UInt8] = Array("MADW".utf8)
-    public static let version: UInt16 = 5
+    public static let version: UInt16 = 6
     public static let headerSize = 24
 
     /// Upper bounds on what a decoder accepts, so that a hostile frame cannot make it allocate much.

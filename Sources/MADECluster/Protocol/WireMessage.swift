@@ -1,7 +1,9 @@
-/// The messages coordinator and workers exchange, protocol version 5.
+/// The messages coordinator and workers exchange, protocol version 6.
 ///
-/// Every message is one ZeroMQ frame: a 24-byte header followed by a type-specific payload,
-/// all integers and floats little-endian.
+/// Every message is one frame: a 24-byte header followed by a type-specific payload, all
+/// integers and floats little-endian. A frame up to 64 KiB travels as one ZeroMQ message; a
+/// larger one as several, each carrying a piece (``MessageFragments``, new in version 6), so
+/// that the bytes of a large message keep the connection's heartbeats alive.
 ///
 ///     offset  size  field
 ///     0       4     magic "MADW"

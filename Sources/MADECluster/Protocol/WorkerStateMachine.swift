@@ -1,13 +1,19 @@
 /// A worker's decisions, with no sockets: when to say hello, what to compute, when to give up.
 ///
-/// The loop feeds it decoded frames, decoding failures, finished computations and clock ticks
-/// (milliseconds on a monotonic clock) and carries out the returned ``Action``s.
+/// The loop feeds it decoded frames, decoding failures, finished computations, the state of its
+/// connection to the coordinator and clock ticks (milliseconds on a monotonic clock) and
+/// carries out the returned ``Action``s.
 ///
-/// A worker says `hello` until a `welcome` arrives (again every `helloRetry` ms), then computes
-/// each task it is given and answers with its result, and sends a heartbeat whenever it has
-/// been quiet for the coordinator's heartbeat interval; during a long computation, which calls
-/// ``stillComputing(now:)`` now and then, every `busyHeartbeatInterval` ms. It exits when told
-/// to, when refused, or when nothing has come from the coordinator for `coordinatorTimeout` ms.
+/// A worker says `hello` until a `welcome` arrives (again every `helloRetry` ms, and at once
+/// when its connection comes up), then computes each task it is given and answers with its
+/// result, and sends a heartbeat whenever it has been quiet for the coordinator's heartbeat
+/// interval; during a long computation, which calls ``stillComputing(now:)`` now and then,
+/// every `busyHeartbeatInterval` ms. It exits when told to, when refused, when no coordinator
+/// answers its hellos for `coordinatorTimeout` ms, or when its connection to the coordinator
+/// has been gone for `coordinatorTimeout` ms (``connectionDown(now:)``). A coordinator that is
+/// quiet while the connection is up (sending a large message on a slow link, or busy between
+/// steps) is not gone. When the connection comes back after a break, the worker says hello
+/// again: the coordinator may have let it go, and what was in flight may be lost.
 ///
 /// A relay runs the same machine upstream: its hello says how many workers compute behind it,
 /// and it says hello again (``announce(capacity:now:)``) when that number changes.
@@ -18,6 +24,7 @@ public struct WorkerStateMachine: Sendable {
         public var name: String
         /// This host's id (see ``WireMessage/Hello/hostID``); empty to decline shared memory.
         public var hostID: String
+        /// How long the coordinator may leave hellos unanswered, or the connection down.
         public var coordinatorTimeout: UInt64 = 60_000
         public var helloRetry: UInt64 = 250
         /// Most time between heartbeats while a task is being computed.
@@ -79,8 +86,13 @@ public struct WorkerStateMachine: Sendable {
 
     public private(set) var settings: Settings
     private(set) var state: State = .connecting
+    /// When the worker started, or started over after its connection broke.
     private var startedAt: UInt64 = 0
     private var lastHeard: UInt64?
+    /// Since when the connection has been down; nil while it is up or not yet reported.
+    private var disconnectedSince: UInt64?
+    /// Whether the connection went down after the last welcome.
+    private var brokeSinceWelcome = false
     private var lastSent: UInt64 = 0
     private var lastHello: UInt64 = 0
     private var heartbeats: UInt64 = 0
@@ -111,6 +123,7 @@ public struct WorkerStateMachine: Sendable {
         lastHeard = now
         switch message {
         case .welcome(let welcome):
+            brokeSinceWelcome = false
             state = .active(Session(runID: runID, heartbeatInterval: UInt64(welcome.heartbeatIntervalMilliseconds)))
             return [.configure(runID: runID, configuration: welcome.configuration, sharedMemory: welcome.sharedMemory)]
         case .reject(let reason):
@@ -145,6 +158,31 @@ public struct WorkerStateMachine: Sendable {
     /// A frame that failed to decode.
     public mutating func malformed(_ error: WireError, now: UInt64) -> [Action] {
         drop("malformed frame: \(error)")
+    }
+
+    /// The connection to the coordinator is up (its handshake succeeded). A worker still
+    /// saying hello says it now; one whose connection broke after its welcome starts over.
+    public mutating func connectionUp(now: UInt64) -> [Action] {
+        disconnectedSince = nil
+        switch state {
+        case .finished:
+            return []
+        case .connecting:
+            return sayHello(now: now)
+        case .active:
+            guard brokeSinceWelcome else { return [] }
+            state = .connecting
+            startedAt = now   // the coordinator has its timeout from now to answer
+            return sayHello(now: now)
+        }
+    }
+
+    /// The connection to the coordinator is gone: libzmq tore it down (ZMTP heartbeats went
+    /// unanswered, or the coordinator closed it) and is trying to connect again.
+    public mutating func connectionDown(now: UInt64) -> [Action] {
+        if disconnectedSince == nil { disconnectedSince = now }
+        if case .active = state { brokeSinceWelcome = true }
+        return []
     }
 
     /// The process that launched this worker is gone: the worker's run is over.
@@ -210,15 +248,16 @@ public struct WorkerStateMachine: Sendable {
         case .finished:
             return []
         case .connecting:
-            if now > (lastHeard ?? startedAt) + settings.coordinatorTimeout {
+            if now > max(lastHeard ?? 0, startedAt) + settings.coordinatorTimeout {
                 state = .finished
                 return [.exit(code: ExitCode.coordinatorGone, reason: "no coordinator answered for \(settings.coordinatorTimeout / 1000) s")]
             }
             return now >= lastHello + settings.helloRetry ? sayHello(now: now) : []
         case .active(let session):
-            if now > (lastHeard ?? startedAt) + settings.coordinatorTimeout {
+            if let since = disconnectedSince, now > since + settings.coordinatorTimeout {
                 state = .finished
-                return [.exit(code: ExitCode.coordinatorGone, reason: "the coordinator has been silent for \(settings.coordinatorTimeout / 1000) s")]
+                return [.exit(code: ExitCode.coordinatorGone,
+                              reason: "the connection to the coordinator has been gone for \(settings.coordinatorTimeout / 1000) s")]
             }
             return now >= lastSent + session.heartbeatInterval ? heartbeat(now: now) : []
         }

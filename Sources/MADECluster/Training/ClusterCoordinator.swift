@@ -97,6 +97,9 @@ public final class ClusterCoordinator {
     private var denseGradient: [Float] = []
     private var denseGradientMasks: [UInt64]?
     private var names: [[UInt8]: String] = [:]
+    /// Large frames arrive in pieces; only registered workers may send them.
+    private var fragments = FragmentAssembler<[UInt8]>(maxBytes: 0)
+    private var fragmentSequence: UInt32 = 0
     private var lastKeepAlive: UInt64 = 0
 
     /// Binds and prepares; workers may connect as soon as this returns.
@@ -144,8 +147,12 @@ public final class ClusterCoordinator {
         guard largestResult <= WireFormat.Limits().maxFloats else {
             throw ClusterError(.tooLarge, "results of \(largestResult) values exceed the \(WireFormat.Limits().maxFloats) a message may carry")
         }
+        // Mandatory routing: a heartbeat to a worker whose connection libzmq tore down finds no
+        // route, which is how the machine learns the worker is gone (`connectionLost`).
         try router.set(.routerMandatory(true), .linger(milliseconds: 0), .sendHighWaterMark(0), .receiveHighWaterMark(0),
-                       .maxMessageSize(Int64(Self.frameBytes(values: largestResult))))
+                       .maxMessageSize(Int64(MessageFragments.headerSize + MessageFragments.fragmentBytes)))
+        try router.set(ConnectionHeartbeat.options(interval: settings.heartbeatInterval, timeout: settings.heartbeatTimeout))
+        fragments = FragmentAssembler(maxBytes: Self.frameBytes(values: largestResult))
         if let security = options.security, let zap {
             try router.configureCurveServer(keyPair: security.keyPair, authenticator: zap)
         }
@@ -182,8 +189,9 @@ public final class ClusterCoordinator {
 
     /// Most values one result may carry in this run: the packed gradient, a validation chunk's
     /// per-mask values, a sampling batch, or a job's larger result (``Options/largestJobResult``).
-    /// The ROUTER refuses frames beyond ``frameBytes(values:)`` of it (`ZMQ_MAXMSGSIZE`), so an
-    /// unauthenticated peer costs at most that much per frame.
+    /// A frame beyond ``frameBytes(values:)`` of it is refused. ZeroMQ messages are at most one
+    /// fragment (`ZMQ_MAXMSGSIZE`), and only a registered worker may send a frame in fragments,
+    /// so an unauthenticated peer costs at most one fragment per message.
     public private(set) var largestResult = 0
 
     /// Rows per validation chunk and samples per sampling batch, as the MADE library cuts them.
@@ -865,17 +873,33 @@ public final class ClusterCoordinator {
         if let zap { items.append(.socket(zap.socket)) }
         _ = try ZMQSocket.poll(items, timeoutMilliseconds: timeout)
         zap?.handlePending()
-        while let message = try router.receiveMessage(maxParts: 2, dontWait: true) {
+        while true {
+            var peer: [UInt8] = []
+            var delivery: FragmentAssembler<[UInt8]>.Delivery?
+            var size = 0
+            guard let parts = try router.receiveMessage(maxParts: 2, dontWait: true, { index, bytes in
+                if index == 0 {
+                    peer = Array(bytes)
+                    return
+                }
+                size = bytes.count
+                if MessageFragments.isFragment(bytes) && !machine.isRegistered(peer) {
+                    delivery = .init(frame: nil, error: .invalidField("a fragment from a peer that is not a registered worker"))
+                } else {
+                    delivery = fragments.receive(bytes, from: peer)
+                }
+            }) else { break }
             zap?.handlePending()
-            guard message.frames.count == 2, !message.isTruncated else {
-                let peer = message.frames.first ?? []
-                try perform(machine.malformed(from: peer, error: .invalidField("\(message.frames.count + message.discardedFrameCount) frames, expected 1"), now: now),
-                            parameters: parameters)
+            bytesReceived += size
+            guard parts == 2, let delivery else {
+                fragments.forget(peer)
+                try perform(machine.malformed(from: peer, error: .invalidField("\(parts) frames, expected 1"), now: now), parameters: parameters)
                 continue
             }
-            let peer = message.frames[0]
-            let frame = message.frames[1]
-            bytesReceived += frame.count
+            if let error = delivery.error {
+                try perform(machine.malformed(from: peer, error: error, now: now), parameters: parameters)
+            }
+            guard let frame = delivery.frame else { continue }
             let actions: [CoordinatorStateMachine.Action]
             do {
                 let (runID, decoded) = try WireFormat.decode(frame)
@@ -903,9 +927,9 @@ public final class ClusterCoordinator {
         for action in actions {
             switch action {
             case .send(let peer, let message):
-                send(to: peer, message)
+                try send(to: peer, message, parameters: parameters)
             case .sendInVersion(let peer, let message, let version):
-                send(to: peer, message, version: version)
+                try send(to: peer, message, version: version, parameters: parameters)
             case .reserveSharedSlot(let peer, let slot):
                 let reserved = !sharedMemoryLost && shared?.reserve(Int(slot)) == true
                 if !reserved {
@@ -927,12 +951,13 @@ public final class ClusterCoordinator {
                 }
                 resultPackings[task.ticket] = task.packingSeeds
                 taskSentAt[peer] = ContinuousClock.now
-                send(to: peer, .task(task))
+                try send(to: peer, .task(task), parameters: parameters)
             case .workerJoined(let peer, let name):
                 names[peer] = name
                 logger.info("worker joined", metadata: ["worker": "\(name)", "workers": "\(machine.workerCount)"])
             case .workerLost(let peer, let name, let reason):
                 names[peer] = nil
+                fragments.forget(peer)
                 logger.warning("worker lost; its shards go to the others", metadata: ["worker": "\(name)", "reason": "\(reason)"])
             case .refused(let peer, let reason):
                 logger.warning("refused", metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)", "reason": "\(reason)"])
@@ -940,13 +965,26 @@ public final class ClusterCoordinator {
         }
     }
 
-    private func send(to peer: [UInt8], _ message: WireMessage, version: UInt16 = WireFormat.version) {
+    /// Sends `message` to `peer`, in fragments when it is large. When the peer's connection is
+    /// gone (no route), the machine hears of it and what it decides is carried out.
+    private func send(to peer: [UInt8], _ message: WireMessage, version: UInt16 = WireFormat.version,
+                      parameters: StepParameters?) throws {
         let frame = WireFormat.encodeOwned(message, runID: machine.settings.runID, version: version)
-        let size = frame.count
+        fragmentSequence &+= 1
         do {
-            let result = try router.send([.bytes(peer), .owned(frame)], dontWait: true)
-            if result == .sent { bytesSent += size }
-        } catch {
+            for piece in MessageFragments.frames(for: frame, sequence: fragmentSequence) {
+                let size = piece.count
+                switch try router.send([.bytes(peer), piece], dontWait: true) {
+                case .sent:
+                    bytesSent += size
+                case .unroutable:
+                    return try perform(machine.connectionLost(peer, now: now), parameters: parameters)
+                case .wouldBlock:
+                    logger.warning("send would block; message dropped", metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)"])
+                    return
+                }
+            }
+        } catch let error as ZMQError {
             logger.warning("send failed", metadata: ["error": "\(error)"])
         }
     }

@@ -45,7 +45,12 @@ public final class ClusterWorker {
         public var connect: String
         public var name: String
         public var security: ClusterSecurity.Client?
+        /// How long the connection may be down, or hellos unanswered, before the worker gives up.
         public var coordinatorTimeout: UInt64 = 60_000
+        /// libzmq's heartbeats on the connection (``ConnectionHeartbeat``): a PING this often,
+        /// and the connection dropped after this long without a word from the coordinator.
+        public var heartbeatInterval: UInt64 = 1000
+        public var heartbeatTimeout: UInt64 = 10_000
         /// Exit when this process is gone (the parent that launched the worker).
         public var parentProcess: Int32?
         /// Accept shared memory from a coordinator on this host.
@@ -100,11 +105,18 @@ public final class ClusterWorker {
         // routing id unless it hands routing ids over (ZMQ_ROUTER_HANDOVER) to whoever presents one.
         try socket.set(.routingID(identity), .immediate(true), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
                        .reconnectIntervalMax(milliseconds: 2000),
-                       .maxMessageSize(Int64(WireFormat.Limits().maxFloats) * 4 + (1 << 20)))
+                       .maxMessageSize(Int64(MessageFragments.headerSize + MessageFragments.fragmentBytes)))
+        try socket.set(ConnectionHeartbeat.options(interval: options.heartbeatInterval, timeout: options.heartbeatTimeout))
         if let security = options.security {
             try socket.configureCurveClient(keyPair: security.keyPair, serverPublicKey: security.serverPublicKey)
         }
+        // The connection's state, for the machine: up once its handshake succeeded, gone when
+        // libzmq tore it down (heartbeats unanswered, or closed by the coordinator).
+        let monitor = try ZMQMonitor(watching: socket, events: [.handshakeSucceeded, .disconnected])
+        defer { monitor.close() }
         try socket.connect(options.connect)
+        var fragments = FragmentAssembler<Int>(maxBytes: WireFormat.Limits().maxFloats * 4 + (1 << 20))
+        var sequence: UInt32 = 0
         logger.info("worker connecting", metadata: ["coordinator": "\(options.connect)", "curve": "\(options.security != nil)"])
 
         var pendingExit: (Int32, String)?
@@ -113,7 +125,10 @@ public final class ClusterWorker {
                 switch action {
                 case .send(let message):
                     let frame = WireFormat.encodeOwned(message, runID: message.kind == .hello ? 0 : runID)
-                    _ = try socket.send([.owned(frame)], dontWait: true)
+                    sequence &+= 1
+                    for piece in MessageFragments.frames(for: frame, sequence: sequence) {
+                        guard try socket.send([piece], dontWait: true) == .sent else { break }
+                    }
                 case .configure(let id, let bytes, let grant):
                     runID = id
                     do {
@@ -187,12 +202,27 @@ public final class ClusterWorker {
                 try perform(machine.launcherGone())
                 break
             }
-            _ = try ZMQSocket.poll([.socket(socket)], timeoutMilliseconds: 50)
-            while pendingExit == nil, let message = try socket.receiveMessage(maxParts: 1, dontWait: true) {
-                guard let frame = message.frames.first, !message.isTruncated else {
+            _ = try ZMQSocket.poll([.socket(socket), .socket(monitor.socket)], timeoutMilliseconds: 50)
+            while pendingExit == nil, let event = try monitor.next() {
+                if event.kind == .handshakeSucceeded { try perform(machine.connectionUp(now: now)) }
+                if event.kind == .disconnected {
+                    fragments.forget(0)
+                    logger.info("connection to the coordinator lost; reconnecting", metadata: ["endpoint": "\(event.endpoint)"])
+                    try perform(machine.connectionDown(now: now))
+                }
+            }
+            while pendingExit == nil {
+                var delivery: FragmentAssembler<Int>.Delivery?
+                guard let parts = try socket.receiveMessage(maxParts: 1, dontWait: true, { _, bytes in
+                    delivery = fragments.receive(bytes, from: 0)
+                }) else { break }
+                guard parts == 1, let delivery else {
+                    fragments.forget(0)
                     try perform(machine.malformed(.invalidField("multipart frame"), now: now))
                     continue
                 }
+                if let error = delivery.error { try perform(machine.malformed(error, now: now)) }
+                guard let frame = delivery.frame else { continue }
                 do {
                     let (id, decoded) = try WireFormat.decode(frame)
                     try perform(machine.receive(runID: id, message: decoded, now: now))

@@ -160,7 +160,7 @@ public final class ZMQSocket {
         self.handle = nil
     }
 
-    private func openHandle(_ operation: @autoclosure () -> String) throws -> UnsafeMutableRawPointer {
+    func openHandle(_ operation: @autoclosure () -> String) throws -> UnsafeMutableRawPointer {
         guard let handle else { throw ZMQError(code: ENOTSOCK, operation: "\(operation()) on a closed \(kind) socket") }
         return handle
     }
@@ -208,6 +208,11 @@ public final class ZMQSocket {
     /// - Throws: `ZMQError` naming the first option libzmq refused (`EINVAL` for a value out of
     ///   range or a key that is not 40 characters of Z85).
     public func set(_ options: Option...) throws {
+        try set(options)
+    }
+
+    /// Sets options in order, as the variadic form does.
+    public func set(_ options: [Option]) throws {
         for option in options { try apply(option) }
     }
 
@@ -400,36 +405,42 @@ public final class ZMQSocket {
     /// - Returns: nil when nothing arrived (`dontWait`, the receive timeout expired, or a signal
     ///   interrupted the wait).
     public func receiveMessage(maxParts: Int, dontWait: Bool = false) throws -> Message? {
+        var frames: [[UInt8]] = []
+        guard let count = try receiveMessage(maxParts: maxParts, dontWait: dontWait, { _, bytes in frames.append(Array(bytes)) }) else {
+            return nil
+        }
+        return Message(frames: frames, discardedFrameCount: count - frames.count)
+    }
+
+    /// Receives the next multipart message and shows each of its first `maxParts` frames to
+    /// `body` (its index and its bytes, valid only during the call), without copying them;
+    /// frames beyond `maxParts` are read and freed unseen.
+    ///
+    /// - Returns: the number of frames the message had, or nil when nothing arrived
+    ///   (`dontWait`, the receive timeout expired, or a signal interrupted the wait).
+    public func receiveMessage(maxParts: Int, dontWait: Bool = false,
+                               _ body: (Int, UnsafeRawBufferPointer) -> Void) throws -> Int? {
         precondition(maxParts >= 1, "maxParts must be at least 1")
         let handle = try openHandle("zmq_msg_recv")
         return try withUnsafeTemporaryAllocation(of: zmq_msg_t.self, capacity: 1) { storage in
             let msg = storage.baseAddress!
-            var frames: [[UInt8]] = []
-            var discarded = 0
+            var index = 0
             while true {
                 zmq_msg_init(msg)
                 defer { zmq_msg_close(msg) }
-                let isFirst = frames.isEmpty && discarded == 0
-                if zmq_msg_recv(msg, handle, isFirst && dontWait ? ZMQ_DONTWAIT : 0) == -1 {
+                if zmq_msg_recv(msg, handle, index == 0 && dontWait ? ZMQ_DONTWAIT : 0) == -1 {
                     let code = zmq_errno()
-                    if isFirst && (code == EAGAIN || code == EINTR) { return nil }
+                    if index == 0 && (code == EAGAIN || code == EINTR) { return nil }
                     // Later frames are already queued (messages arrive whole): retry a signal.
                     if code == EINTR { continue }
-                    throw ZMQError(code: code, operation: "zmq_msg_recv(\(kind), frame \(frames.count + discarded + 1))")
+                    throw ZMQError(code: code, operation: "zmq_msg_recv(\(kind), frame \(index + 1))")
                 }
-                if frames.count < maxParts {
-                    let size = zmq_msg_size(msg)
-                    let data = zmq_msg_data(msg)
-                    frames.append([UInt8](unsafeUninitializedCapacity: size) { buffer, count in
-                        if size > 0 { _ = memcpy(buffer.baseAddress!, data!, size) }
-                        count = size
-                    })
-                } else {
-                    discarded += 1
+                if index < maxParts {
+                    body(index, UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg)))
                 }
-                if zmq_msg_more(msg) == 0 { break }
+                index += 1
+                if zmq_msg_more(msg) == 0 { return index }
             }
-            return Message(frames: frames, discardedFrameCount: discarded)
         }
     }
 
