@@ -24,10 +24,18 @@
 #   MADE_PORT       the coordinator's port inside made-h0 (default: 29500)
 #   HARNESS_KEEP    set to keep the temporary folder (logs, outputs, keys)
 #   HARNESS_TIMEOUT seconds allowed to each training run (default: 150)
+#   UPLINK_RATE     limit what each worker namespace sends to this rate with tbf (e.g. 2mbit)
+#   DOWNLINK_RATE   limit what each worker namespace receives likewise
+#   WORKER_EXTRA    more flags for every worker (e.g. --heartbeat-timeout 2)
+#
+# With a slow UPLINK_RATE the harness checks liveness by the connection: a result that takes
+# longer than --heartbeat-timeout to cross must not get its worker dropped (workers_lost=0).
 set -euo pipefail
 
 # shellcheck source=cluster/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=cluster/netns-common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/netns-common.sh"
 export PATH=$PATH:/usr/sbin:/sbin
 
 hosts=${1:-3}
@@ -36,7 +44,7 @@ data=${DATA:-/usr/share/datasets/fashion-mnist}
 read -r -a made_flags <<<"${MADE_FLAGS:--q 32 --epochs 1 --batch-size 500 --shards 4}"
 port=${MADE_PORT:-29500}
 run_timeout=${HARNESS_TIMEOUT:-150}
-hub="made-hub"
+read -r -a worker_extra <<<"${WORKER_EXTRA:-}"
 subnet=10.213.0
 started=$SECONDS
 
@@ -52,31 +60,15 @@ command -v ip >/dev/null || fail "needs ip (iproute2)"
 [[ -x $made ]] || fail "no executable made at $made (set MADE_BIN)"
 [[ -e $data ]] || fail "no data at $data (set DATA)"
 
-namespaces=("$hub")
-for ((i = 0; i < hosts; i++)); do namespaces+=("made-h$i"); done
-
 work=$(mktemp -d /tmp/made-netns.XXXXXX)
 pids=()
 
-ns_exists() { [[ -e /run/netns/$1 ]]; }
-
-remove_namespaces() {
-    local ns
-    for ns in "${namespaces[@]}"; do
-        if ns_exists "$ns"; then ip netns del "$ns" 2>/dev/null || true; fi
-    done
-}
-
 # shellcheck disable=SC2317  # run by the trap
 cleanup() {
-    local status=$? pid ns
+    local status=$?
     trap - EXIT INT TERM HUP
     made_stop_pids 5 "${pids[@]}"
-    # Anything else still inside our namespaces (there should be nothing).
-    for ns in "${namespaces[@]}"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-    done
-    remove_namespaces
+    netns_down made "$hosts"
     if ((status != 0)); then
         made_print_log_tails 6 "$work"/*.log
     fi
@@ -87,25 +79,8 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
 # --- the network
-for ns in "${namespaces[@]}"; do
-    if ns_exists "$ns"; then
-        log "removing the namespace $ns left by an earlier run"
-        ip netns del "$ns"
-    fi
-done
-ip netns add "$hub"
-ip -n "$hub" link add br0 type bridge
-ip -n "$hub" link set br0 up
-ip -n "$hub" link set lo up
-for ((i = 0; i < hosts; i++)); do
-    ns=made-h$i
-    ip netns add "$ns"
-    ip -n "$hub" link add "port$i" type veth peer name eth0 netns "$ns"
-    ip -n "$hub" link set "port$i" master br0 up
-    ip -n "$ns" addr add "$subnet.$((i + 1))/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
-done
+netns_up made "$subnet" "$hosts"
+for ((i = 1; i < hosts; i++)); do netns_limit made "$i" "${UPLINK_RATE:-}" "${DOWNLINK_RATE:-}"; done
 
 if ! command -v ping >/dev/null && command -v apt-get >/dev/null; then
     log "installing iputils-ping"
@@ -143,7 +118,7 @@ worker_pids=()
 for ((i = 1; i < hosts; i++)); do
     ip netns exec "made-h$i" timeout "$run_timeout" "$made" worker -d "$data" \
         --connect "tcp://$subnet.1:$port" --keys "$keys" --name "made-h$i" --coordinator-timeout 30 \
-        >"$work/worker-h$i.log" 2>&1 &
+        ${worker_extra[@]+"${worker_extra[@]}"} >"$work/worker-h$i.log" 2>&1 &
     worker_pids+=("$!")
     pids+=("$!")
 done
@@ -176,4 +151,6 @@ fi
 if ((workers_failed)); then
     fail "$workers_failed worker(s) exited with an error, though the checksums match (${elapsed} s)"
 fi
-echo "netns: PASS coordinator in made-h0 ($subnet.1, $curve) + $((hosts - 1)) worker namespace(s) ($counters) params_sha256=$cluster equals single-process made train (${elapsed} s)"
+links=""
+if [[ -n ${UPLINK_RATE:-}${DOWNLINK_RATE:-} ]]; then links=", worker links up ${UPLINK_RATE:-free} down ${DOWNLINK_RATE:-free}"; fi
+echo "netns: PASS coordinator in made-h0 ($subnet.1, $curve) + $((hosts - 1)) worker namespace(s)$links ($counters) params_sha256=$cluster equals single-process made train (${elapsed} s)"

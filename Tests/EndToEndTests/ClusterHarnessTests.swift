@@ -32,19 +32,22 @@ struct ClusterHarnessTests {
     }
 
     /// Runs `cluster/<script>` with a small data set and config; returns its exit code (nil on
-    /// timeout) and its output.
-    func runHarness(_ script: String, name: String) throws -> (code: Int32?, output: String) {
+    /// timeout) and its output. `settings` overrides the harness's environment; `rows` and
+    /// `dimension` shape the generated data.
+    func runHarness(_ script: String, name: String, arguments: [String] = [], rows: Int = 2000, dimension: Int = 32,
+                    settings: [String: String] = [:]) throws -> (code: Int32?, output: String) {
         let folder = EndToEnd.folder(name)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         // A small generated data set keeps the debug build well inside the time limit.
-        let data = try EndToEnd.writeData(to: folder, count: 2000, dimension: 32)
+        let data = try EndToEnd.writeData(to: folder, count: rows, dimension: dimension)
         let outputPath = folder + "/harness.out"
         var environment = ProcessInfo.processInfo.environment
         environment["MADE_BIN"] = EndToEnd.executable
         environment["DATA"] = data
         environment["MADE_FLAGS"] = "-q 32 --epochs 2 --batch-size 50 --shards 4"
         environment["HARNESS_TIMEOUT"] = "120"
-        let pid = try Self.spawn(["/bin/bash", EndToEnd.repositoryRoot.appendingPathComponent("cluster/\(script)").path],
+        environment.merge(settings) { $1 }
+        let pid = try Self.spawn(["/bin/bash", EndToEnd.repositoryRoot.appendingPathComponent("cluster/\(script)").path] + arguments,
                                  environment: environment, outputPath: outputPath)
 
         var code = Self.waitExit(pid, timeout: Self.timeLimit)
@@ -117,6 +120,23 @@ struct ClusterHarnessTests {
         #expect(code == 0, "netns-harness.sh exited with \(code.map(String.init) ?? "timeout"):\n\(output)")
         #expect(output.split(separator: "\n").contains { $0.hasPrefix("netns: PASS") }, "no PASS line:\n\(output)")
         #expect(!FileManager.default.fileExists(atPath: "/run/netns/made-h0"), "the namespaces were not removed")
+    }
+
+    /// Liveness by the connection: over a 2 Mbit/s uplink a 784-500-784 model's packed gradient
+    /// (1.6 MB) takes about 6.4 s to cross, more than three times the 2 s heartbeat timeout of
+    /// both sides. The worker must not be dropped, and the run must end with the local checksum.
+    @Test("netns: over a 2 Mbit/s uplink on which one result takes three heartbeat timeouts, steps complete, no worker is lost, same checksum",
+          .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"),
+          .enabled(if: EndToEnd.commandExists("tc"), "needs tc (iproute2) for the tbf rate limit"))
+    func slowLink() throws {
+        let (code, output) = try runHarness("netns-harness.sh", name: "netns-slow", arguments: ["2"], rows: 200, dimension: 784, settings: [
+            "UPLINK_RATE": "2mbit", "WORKER_EXTRA": "--heartbeat-timeout 2",
+            "MADE_FLAGS": "-q 500 --epochs 1 --batch-size 100 --shards 1 --heartbeat-timeout 2"])
+        #expect(code != nil, "netns-harness.sh did not finish within \(Int(Self.timeLimit)) s:\n\(output)")
+        #expect(code == 0, "netns-harness.sh exited with \(code.map(String.init) ?? "timeout"):\n\(output)")
+        let pass = output.split(separator: "\n").first { $0.hasPrefix("netns: PASS") }
+        #expect(pass?.contains("up 2mbit") == true, "no PASS line over the slow link:\n\(output)")
+        #expect(pass?.contains("workers_lost=0") == true, "a worker was dropped:\n\(output)")
     }
 
     @Test("slurm: srun -n 3 made launch under a single-node Slurm, same checksum as one process",

@@ -150,7 +150,7 @@ public final class ClusterCoordinator {
         // Mandatory routing: a heartbeat to a worker whose connection libzmq tore down finds no
         // route, which is how the machine learns the worker is gone (`connectionLost`).
         try router.set(.routerMandatory(true), .linger(milliseconds: 0), .sendHighWaterMark(0), .receiveHighWaterMark(0),
-                       .maxMessageSize(Int64(MessageFragments.headerSize + MessageFragments.fragmentBytes)))
+                       .maxMessageSize(Int64(MessageFragments.largestMessage)))
         try router.set(ConnectionHeartbeat.options(interval: settings.heartbeatInterval, timeout: settings.heartbeatTimeout))
         fragments = FragmentAssembler(maxBytes: Self.frameBytes(values: largestResult))
         if let security = options.security, let zap {

@@ -105,7 +105,7 @@ public final class ClusterWorker {
         // routing id unless it hands routing ids over (ZMQ_ROUTER_HANDOVER) to whoever presents one.
         try socket.set(.routingID(identity), .immediate(true), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
                        .reconnectIntervalMax(milliseconds: 2000),
-                       .maxMessageSize(Int64(MessageFragments.headerSize + MessageFragments.fragmentBytes)))
+                       .maxMessageSize(Int64(MessageFragments.largestMessage)))
         try socket.set(ConnectionHeartbeat.options(interval: options.heartbeatInterval, timeout: options.heartbeatTimeout))
         if let security = options.security {
             try socket.configureCurveClient(keyPair: security.keyPair, serverPublicKey: security.serverPublicKey)

@@ -26,6 +26,10 @@ public enum MessageFragments {
     public static let headerSize = 20
     /// Most bytes of a frame in one fragment.
     public static let fragmentBytes = 64 << 10
+    /// The largest ZeroMQ message either side sends, as libzmq sees it on the wire
+    /// (`ZMQ_MAXMSGSIZE`): a fragment, with room for what the transport wraps it in (CURVE adds
+    /// a command name, a nonce and an authenticator to every message).
+    public static let largestMessage = headerSize + fragmentBytes + 1024
 
     /// What goes on the wire for `frame`, whose buffer this takes over: the frame itself when it
     /// holds at most `fragmentBytes`, otherwise its fragments (and the buffer is freed here).

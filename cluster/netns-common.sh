@@ -1,0 +1,61 @@
+# Network namespaces joined by a bridge, for the harnesses; sourced, not run.
+#
+#   . "$(dirname "$0")/netns-common.sh"
+#
+# Defines (every name is under the caller's PREFIX, so harnesses with other prefixes never touch
+# each other's namespaces; only the namespaces' own addresses are used, nothing else is reached):
+#   netns_up PREFIX SUBNET K    namespaces PREFIX-hub (a bridge br0) and PREFIX-h0 .. PREFIX-h(K-1),
+#                               each with eth0 at SUBNET.(i+1)/24 joined to the bridge by a veth
+#                               pair (port i in the hub); namespaces left by an earlier run go first
+#   netns_limit PREFIX I UP DOWN  limits host I's link with tbf: UP on its eth0 (what it sends),
+#                               DOWN on its port in the hub (what it receives); an empty rate
+#                               leaves that direction alone. Rates as tc spells them: 2mbit, 1gbit
+#   netns_down PREFIX K         kills anything left in the namespaces and removes them
+#   netns_names PREFIX K        prints the names, hub first
+
+# shellcheck shell=bash
+
+netns_names() {
+    local prefix=$1 count=$2 i
+    echo "$prefix-hub"
+    for ((i = 0; i < count; i++)); do echo "$prefix-h$i"; done
+}
+
+netns_down() {
+    local prefix=$1 count=$2 ns pid
+    for ns in $(netns_names "$prefix" "$count"); do
+        [[ -e /run/netns/$ns ]] || continue
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+
+netns_up() {
+    local prefix=$1 subnet=$2 count=$3 hub=$1-hub i ns
+    netns_down "$prefix" "$count"
+    ip netns add "$hub"
+    ip -n "$hub" link add br0 type bridge
+    ip -n "$hub" link set br0 up
+    ip -n "$hub" link set lo up
+    for ((i = 0; i < count; i++)); do
+        ns=$prefix-h$i
+        ip netns add "$ns"
+        ip -n "$hub" link add "port$i" type veth peer name eth0 netns "$ns"
+        ip -n "$hub" link set "port$i" master br0 up
+        ip -n "$ns" addr add "$subnet.$((i + 1))/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+    done
+}
+
+# A token bucket of 32 kbit (a few packets) and at most 400 ms of queue: the rate holds from the
+# first packet, and TCP sees drops rather than an ever longer queue.
+netns_limit() {
+    local prefix=$1 i=$2 up=$3 down=$4
+    if [[ -n $up ]]; then
+        ip netns exec "$prefix-h$i" tc qdisc add dev eth0 root tbf rate "$up" burst 32kbit latency 400ms
+    fi
+    if [[ -n $down ]]; then
+        ip netns exec "$prefix-hub" tc qdisc add dev "port$i" root tbf rate "$down" burst 32kbit latency 400ms
+    fi
+}
