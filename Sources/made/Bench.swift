@@ -82,7 +82,33 @@ struct Bench: ParsableCommand {
     var hosts: String?
     @Flag(help: "Measure sampling instead: cached activations against one forward pass per dimension.")
     var sampling = false
+    @Option(help: "Listen here for workers started elsewhere instead of starting local ones (e.g. tcp://10.0.0.1:29500); they run `made worker -d FILE --connect ...` on a FILE written by `made bench --save-data FILE` with the same data flags.")
+    var bind: String?
+    @Option(help: "With --bind: workers to wait for (60 s at most) before the timed steps.")
+    var waitForWorkers: Int = 1
+    @Option(help: "With --bind: CURVE key folder made by `made keygen`.")
+    var keys: String?
+    @Flag(help: "With --bind beyond loopback: no CURVE (only on a trusted network).")
+    var insecure = false
+    @Option(help: ArgumentHelp("A simulation, to measure the system's own overhead with more workers than cores: workers sleep this many milliseconds per shard instead of computing and answer zero gradients; `measured` times a shard in this process first. The output says simulated.", valueName: "ms|measured"))
+    var simulateComputeMs: SimulatedCompute?
     @OptionGroup var runtime: RuntimeArguments
+
+    /// The compute time a simulated worker sleeps per shard.
+    enum SimulatedCompute: ExpressibleByArgument, Equatable {
+        case milliseconds(Double)
+        case measured
+
+        init?(argument: String) {
+            if argument == "measured" {
+                self = .measured
+            } else if let ms = Double(argument), ms >= 0, ms <= 60_000 {
+                self = .milliseconds(ms)
+            } else {
+                return nil
+            }
+        }
+    }
 
     func validate() throws {
         guard steps >= 1, warmup >= 0, dimension >= 1, batchSize >= 1, examples >= batchSize, workers >= 0, rounds >= 1 else {
@@ -111,7 +137,27 @@ struct Bench: ParsableCommand {
         if let shards, shards % masksPerStep != 0 {
             throw ValidationError("--masks-per-step \(masksPerStep) must divide --shards \(shards): each mask trains on whole shards")
         }
+        if let bind {
+            do { try Endpoint.validate(bind) } catch { throw ValidationError("--bind \(error)") }
+            guard workers == 0 else { throw ValidationError("--bind waits for workers started elsewhere; --workers starts local ones: give one") }
+            try checkRange("--wait-for-workers", waitForWorkers, 1...ClusterArguments.maxWorkers)
+            if !Endpoint.isLocal(bind) && keys == nil && !insecure {
+                throw ValidationError("listening on \(bind) needs CURVE keys (--keys DIR) or --insecure on a trusted network")
+            }
+        }
+        if hosts != nil && bind != nil {
+            throw ValidationError("--hosts simulates hosts on this one; --bind waits for workers started elsewhere: give one")
+        }
+        if hosts != nil && simulateComputeMs != nil {
+            throw ValidationError("--simulate-compute-ms runs with --workers or --bind, not --hosts")
+        }
+        if simulateComputeMs != nil && workers == 0 && bind == nil {
+            throw ValidationError("--simulate-compute-ms simulates workers: give --workers N or --bind")
+        }
     }
+
+    /// Whether the steps go to worker processes.
+    var isCluster: Bool { workers > 0 || bind != nil }
 
     func run() throws {
         BLAS.setThreads(runtime.threads)
@@ -146,7 +192,7 @@ struct Bench: ParsableCommand {
         let shardCount =
             shards
             ?? TrainingConfiguration.defaultShards(
-                workers: workers * (hostCounts?.max() ?? 1), masksPerStep: masksPerStep)
+                workers: hostCounts.map { workers * ($0.max() ?? 1) } ?? workerCount, masksPerStep: masksPerStep)
         func configuration(_ kernel: ComputeKernel) -> TrainingConfiguration {
             TrainingConfiguration(model: model, batchSize: batchSize, epochs: TrainingConfiguration.maxEpochs, shards: shardCount, masksPerStep: masksPerStep,
                                   kernel: kernel)
@@ -165,7 +211,7 @@ struct Bench: ParsableCommand {
         let kernels = kernel.kernels
         let roundCount = kernels.count > 1 ? rounds : 1
 
-        guard workers > 0 else {
+        guard isCluster else {
             var trainers: [Trainer] = []
             for k in kernels {
                 let trainer = try Trainer(configuration: configuration(k), dataset: dataset)
@@ -222,7 +268,7 @@ struct Bench: ParsableCommand {
             rates.append(rate)
         }
         if kernels.count == 2 {
-            print(String(format: "made_cluster_sparse_vs_dense workers=%d ratio=%.3f sparse=%.1f dense=%.1f", workers, rates[1] / rates[0], rates[1], rates[0]))
+            print(String(format: "made_cluster_sparse_vs_dense workers=%d ratio=%.3f sparse=%.1f dense=%.1f", workerCount, rates[1] / rates[0], rates[1], rates[0]))
         }
         print(String(format: "made_bench %@", dataLine()) + " kernels=\(kernel.rawValue)")
     }
@@ -306,28 +352,70 @@ struct Bench: ParsableCommand {
                            checksum: trainer.checkpoint.parametersSHA256)
     }
 
-    /// Trains with `workers` local worker processes and prints the cluster line; returns examples per second.
+    /// Workers the cluster benchmark runs with: local ones, or those awaited at --bind.
+    var workerCount: Int { bind == nil ? workers : waitForWorkers }
+
+    /// Milliseconds one shard of `configuration` takes in this process: the mean of 20 steps
+    /// after 5 untimed ones, divided by the shards per step.
+    func measuredShardMilliseconds(configuration: TrainingConfiguration, dataset: Dataset) throws -> Double {
+        let trainer = try Trainer(configuration: configuration, dataset: dataset)
+        _ = try trainer.run(until: { trainer.step >= 5 })
+        let start = ContinuousClock.now
+        _ = try trainer.run(until: { trainer.step >= 25 })
+        return (ContinuousClock.now - start).seconds * 1000 / 20 / Double(configuration.shards)
+    }
+
+    /// Trains with the cluster's workers and prints the cluster line; returns examples per second.
+    ///
+    /// Besides examples per second it prints the bytes through the coordinator per step, in
+    /// all and per host (by the workers' IP addresses), and per worker and step the time spent
+    /// computing and the rest (from handing out a task to holding its result). With
+    /// --simulate-compute-ms the workers sleep instead of computing: the line is
+    /// `made_cluster_simulated`, and the examples per second of workers that only computed
+    /// (`ideal_examples_per_s`, from the busiest worker's shards) give the share the system
+    /// itself costs.
     func benchCluster(configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String, folder: String,
                       settings: String) throws -> Double {
         let model = configuration.model
         let trainer = try Trainer(configuration: configuration, dataset: dataset)
         var logger = Logger(label: "made.bench")
         logger.logLevel = .warning
-        var options = ClusterSession.Options(coordinator: .init(bind: noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc"))
+        var simulatedMilliseconds: Double?
+        switch simulateComputeMs {
+        case .milliseconds(let ms): simulatedMilliseconds = ms
+        case .measured: simulatedMilliseconds = try measuredShardMilliseconds(configuration: configuration, dataset: dataset)
+        case nil: break
+        }
+        let defaultBind = noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc"
+        var options = ClusterSession.Options(coordinator: .init(bind: bind ?? defaultBind))
         options.coordinator.sharedMemory = !noSharedMemory
         options.coordinator.mixedMaskPacking = mixedPacking
-        options.localWorkers = workers
-        options.workerArguments = ["-d", file]
-        options.workerThreads = runtime.threads
-        options.awaitedWorkers = workers
+        options.coordinator.simulatedMicrosecondsPerShard = simulatedMilliseconds.map { UInt32(($0 * 1000).rounded()) }
+        if let bind {
+            options.coordinator.allowInsecure = insecure
+            if let keys { options.coordinator.security = try ClusterSecurity.Server.load(folder: keys) }
+            options.ephemeralKeys = false   // workers started elsewhere bring their own keys, or none
+            options.awaitedWorkers = waitForWorkers
+        } else {
+            options.localWorkers = workers
+            options.workerArguments = ["-d", file]
+            options.workerThreads = runtime.threads
+            options.awaitedWorkers = workers
+        }
         options.namePrefix = "bench"
         let session = try ClusterSession(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
                                          options: options, logger: logger)
         defer { session.finish(exitCode: 1, reason: "benchmark failed") }
+        if bind != nil {
+            // Workers started by hand need the endpoint.
+            FileHandle.standardError.write(Data("made bench: waiting for \(waitForWorkers) workers at \(session.coordinator.endpoint)\n".utf8))
+        }
         try session.awaitWorkers()
         let coordinator = session.coordinator
-        guard coordinator.workerCount == workers else {
-            throw CommandFailure("only \(coordinator.workerCount) of \(workers) workers connected within 60 s")
+        let count = workerCount
+        // A relay counts the workers behind it.
+        guard coordinator.capacity == count else {
+            throw CommandFailure("only \(coordinator.capacity) of \(count) workers connected within 60 s")
         }
         trainer.optimizerThreads = coordinator.threads
         let compute = { (plan: StepPlan, held: Trainer.HeldParameters?) in
@@ -336,10 +424,17 @@ struct Bench: ParsableCommand {
         let holding = { coordinator.heldOffer }
         _ = try trainer.drive(until: { trainer.step >= warmup }, offeringHeld: holding, compute: compute)
         let bytesBefore = coordinator.bytesSent + coordinator.bytesReceived
+        let hostsBefore = coordinator.trafficByHost
+        let timingBefore = coordinator.timingTotals
         let start = ContinuousClock.now
         _ = try trainer.drive(until: { trainer.step >= warmup + steps }, offeringHeld: holding, compute: compute)
         let seconds = (ContinuousClock.now - start).seconds
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
+        let hostBytes = coordinator.trafficByHost.map { host, traffic in Double(traffic.total - (hostsBefore[host]?.total ?? 0)) / Double(steps) }
+        let timing = coordinator.timingTotals
+        let perWorkerStep = Double(steps * max(1, coordinator.workerCount))   // per peer: a relay answers once
+        let computeMs = (timing.computeMilliseconds - timingBefore.computeMilliseconds) / perWorkerStep
+        let waitMs = (timing.waitMilliseconds - timingBefore.waitMilliseconds) / perWorkerStep
         let layout = ParameterLayout(model)
         let dense = Double(4 * layout.count)
         // The last step's tasks as they were packed: by their one mask, the union of their masks,
@@ -348,9 +443,17 @@ struct Bench: ParsableCommand {
         let workerPeak = session.runningWorkers.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
         session.finish(exitCode: 0, reason: "benchmark done")
         let rate = Double(steps * batchSize) / seconds
-        print(String(format: "made_cluster kernel=%@ workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f bytes_per_step=%.0f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
-                     configuration.kernel.rawValue, workers, rate, bytesPerStep, (packed + 64) / dense, bytesPerStep / dense,
-                     CommandLineSupport.peakResidentMiB, workerPeak) + " " + settings)
+        var line = String(format: "%@ kernel=%@ workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f step_ms=%.3f bytes_per_step=%.0f hosts=%d host_bytes_per_step=%.0f compute_ms_per_step=%.3f wait_ms_per_step=%.3f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
+                          simulatedMilliseconds == nil ? "made_cluster" : "made_cluster_simulated", configuration.kernel.rawValue, count, rate,
+                          seconds * 1000 / Double(steps), bytesPerStep, hostBytes.count, hostBytes.isEmpty ? 0 : hostBytes.reduce(0, +) / Double(hostBytes.count),
+                          computeMs, waitMs, (packed + 64) / dense, bytesPerStep / dense, CommandLineSupport.peakResidentMiB, workerPeak)
+        if let ms = simulatedMilliseconds {
+            // Each worker holds whole aligned blocks; the busiest one computes ceil(shards / workers) shards a step.
+            let busiest = Double((configuration.shards + count - 1) / count)
+            let ideal = Double(batchSize) / (busiest * ms / 1000)
+            line += String(format: " simulated_compute_ms_per_shard=%.3f ideal_examples_per_s=%.1f efficiency=%.3f", ms, ideal, rate / ideal)
+        }
+        print(line + " " + settings)
         return rate
     }
 }

@@ -140,10 +140,10 @@ struct MessageFragmentsTests {
             _ = try ZMQSocket.poll([.socket(router)] + (zap.map { [.socket($0.socket)] } ?? []), timeoutMilliseconds: 100)
             zap?.handlePending()
             var peer: [UInt8] = []
-            while let parts = try router.receiveMessage(maxParts: 2, dontWait: true, { index, bytes in
+            while let message = try router.receiveMessage(maxParts: 2, dontWait: true, property: "Peer-Address", { index, bytes in
                 if index == 0 { peer = Array(bytes) } else { received = assembler.receive(bytes, from: peer).frame }
             }) {
-                #expect(parts == 2)
+                #expect(message.frames == 2 && message.property == "127.0.0.1")
                 messages += 1
             }
         }

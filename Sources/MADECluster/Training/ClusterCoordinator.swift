@@ -36,6 +36,10 @@ public final class ClusterCoordinator {
         public var largestJobResult = 0
         /// How a task whose shards train several masks travels over the socket.
         public var mixedMaskPacking = MixedMaskPacking.union
+        /// A simulation, to measure the system's own overhead: the run tells its workers to
+        /// sleep this long per shard instead of computing, and to answer zero gradients (see
+        /// ``ShardComputer/simulatedMicrosecondsPerShard``). The parameters it trains mean nothing.
+        public var simulatedMicrosecondsPerShard: UInt32?
 
         public init(bind: String) { self.bind = bind }
     }
@@ -65,6 +69,28 @@ public final class ClusterCoordinator {
     /// Bytes sent and received on the ROUTER socket.
     public private(set) var bytesSent = 0
     public private(set) var bytesReceived = 0
+
+    /// Bytes exchanged with one host.
+    public struct Traffic: Sendable, Equatable {
+        public var sent = 0
+        public var received = 0
+        public var total: Int { sent + received }
+    }
+
+    /// Bytes exchanged with the registered workers, by their host: the peer's IP address for
+    /// TCP, `local` for other transports.
+    public private(set) var trafficByHost: [String: Traffic] = [:]
+    private var hostOfPeer: [[UInt8]: String] = [:]
+
+    /// Compute and the rest (queues, transfer, scheduling) summed over every result of a
+    /// training step since the coordinator started: ``lastStepTimings`` for the whole run.
+    public struct TimingTotals: Sendable, Equatable {
+        public var results = 0
+        public var computeMilliseconds = 0.0
+        public var waitMilliseconds = 0.0
+    }
+
+    public private(set) var timingTotals = TimingTotals()
 
     /// What one worker did in the last step: compute time it reported, and the rest of the time
     /// from sending it a task to holding its result (queues, transfer, scheduling).
@@ -110,7 +136,7 @@ public final class ClusterCoordinator {
         self.layout = ParameterLayout(configuration.model)
         self.packings = MaskPacking.Cache(configuration: configuration.model, runSeed: configuration.seed)
         self.logger = logger
-        let configurationBytes = try configuration.canonicalJSON()
+        let configurationBytes = try Self.runConfiguration(configuration, simulatedMicrosecondsPerShard: options.simulatedMicrosecondsPerShard)
         let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint ?? [])
         var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
         settings.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(wanted: options.heartbeatInterval,
@@ -179,6 +205,19 @@ public final class ClusterCoordinator {
         zap = nil
         router.close()
         context.shutdown()
+    }
+
+    /// What a worker is told of the run (the `welcome`'s configuration): the training
+    /// configuration's canonical JSON, and in a simulation the time to sleep per shard
+    /// (`simulatedComputeMicrosecondsPerShard`), so a simulated run has a run id of its own.
+    static func runConfiguration(_ configuration: TrainingConfiguration, simulatedMicrosecondsPerShard: UInt32?) throws -> [UInt8] {
+        let bytes = try configuration.canonicalJSON()
+        guard let simulated = simulatedMicrosecondsPerShard else { return bytes }
+        guard var object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+            throw ClusterError(.invalidTask, "the run's configuration is not a JSON object")
+        }
+        object[ShardComputer.simulationKey] = Int(simulated)
+        return Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
     }
 
     /// The run id: the first 8 bytes of SHA-256 over the configuration and the data fingerprint.
@@ -877,7 +916,7 @@ public final class ClusterCoordinator {
             var peer: [UInt8] = []
             var delivery: FragmentAssembler<[UInt8]>.Delivery?
             var size = 0
-            guard let parts = try router.receiveMessage(maxParts: 2, dontWait: true, { index, bytes in
+            guard let received = try router.receiveMessage(maxParts: 2, dontWait: true, property: "Peer-Address", { index, bytes in
                 if index == 0 {
                     peer = Array(bytes)
                     return
@@ -891,9 +930,15 @@ public final class ClusterCoordinator {
             }) else { break }
             zap?.handlePending()
             bytesReceived += size
-            guard parts == 2, let delivery else {
+            // Traffic is kept by host for registered workers and those saying hello.
+            if hostOfPeer[peer] == nil, let frame = delivery?.frame, machine.isRegistered(peer) || Self.isHello(frame) {
+                hostOfPeer[peer] = received.property.flatMap { $0.isEmpty ? nil : $0 } ?? "local"
+            }
+            if let host = hostOfPeer[peer] { trafficByHost[host, default: Traffic()].received += size }
+            guard received.frames == 2, let delivery else {
                 fragments.forget(peer)
-                try perform(machine.malformed(from: peer, error: .invalidField("\(parts) frames, expected 1"), now: now), parameters: parameters)
+                let error = WireError.invalidField("\(received.frames) frames, expected 1")
+                try perform(machine.malformed(from: peer, error: error, now: now), parameters: parameters)
                 continue
             }
             if let error = delivery.error {
@@ -911,8 +956,12 @@ public final class ClusterCoordinator {
                         let compute = Double(r.computeMicroseconds) / 1000
                         timing.shards += machine.shardsInTask(startingAt: r.shard)
                         timing.computeMilliseconds += compute
-                        timing.waitMilliseconds += max(0, (ContinuousClock.now - sent).seconds * 1000 - compute)
+                        let wait = max(0, (ContinuousClock.now - sent).seconds * 1000 - compute)
+                        timing.waitMilliseconds += wait
                         stepTimings[name] = timing
+                        timingTotals.results += 1
+                        timingTotals.computeMilliseconds += compute
+                        timingTotals.waitMilliseconds += wait
                     }
                 }
                 actions = machine.receive(from: peer, runID: runID, message: decoded, now: now)
@@ -957,12 +1006,18 @@ public final class ClusterCoordinator {
                 logger.info("worker joined", metadata: ["worker": "\(name)", "workers": "\(machine.workerCount)"])
             case .workerLost(let peer, let name, let reason):
                 names[peer] = nil
+                hostOfPeer[peer] = nil
                 fragments.forget(peer)
                 logger.warning("worker lost; its shards go to the others", metadata: ["worker": "\(name)", "reason": "\(reason)"])
             case .refused(let peer, let reason):
                 logger.warning("refused", metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)", "reason": "\(reason)"])
             }
         }
+    }
+
+    /// Whether `frame` is headed as a hello.
+    private static func isHello(_ frame: [UInt8]) -> Bool {
+        frame.count > 6 && frame[6] == WireMessage.Kind.hello.rawValue
     }
 
     /// Sends `message` to `peer`, in fragments when it is large. When the peer's connection is
@@ -977,6 +1032,7 @@ public final class ClusterCoordinator {
                 switch try router.send([.bytes(peer), piece], dontWait: true) {
                 case .sent:
                     bytesSent += size
+                    if let host = hostOfPeer[peer] { trafficByHost[host, default: Traffic()].sent += size }
                 case .unroutable:
                     return try perform(machine.connectionLost(peer, now: now), parameters: parameters)
                 case .wouldBlock:

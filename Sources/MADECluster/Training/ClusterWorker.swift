@@ -213,10 +213,10 @@ public final class ClusterWorker {
             }
             while pendingExit == nil {
                 var delivery: FragmentAssembler<Int>.Delivery?
-                guard let parts = try socket.receiveMessage(maxParts: 1, dontWait: true, { _, bytes in
+                guard let received = try socket.receiveMessage(maxParts: 1, dontWait: true, { _, bytes in
                     delivery = fragments.receive(bytes, from: 0)
                 }) else { break }
-                guard parts == 1, let delivery else {
+                guard received.frames == 1, let delivery else {
                     fragments.forget(0)
                     try perform(machine.malformed(.invalidField("multipart frame"), now: now))
                     continue

@@ -70,6 +70,19 @@ public final class ShardComputer {
     private var denseParameters: [Float] = []
     private var denseKey: UInt64?
 
+    /// In a simulation (a run whose configuration says so, see
+    /// ``ClusterCoordinator/Options/simulatedMicrosecondsPerShard``), the time a gradient task
+    /// sleeps per shard instead of computing; its result is a gradient of zeros of the right
+    /// size and masks, so the system's own overhead can be measured with more workers than cores.
+    public private(set) var simulatedMicrosecondsPerShard: UInt32?
+
+    /// The key of the run configuration that asks for a simulation.
+    public static let simulationKey = "simulatedComputeMicrosecondsPerShard"
+
+    private struct Simulation: Decodable {
+        var simulatedComputeMicrosecondsPerShard: UInt32?
+    }
+
     /// The 32-byte fingerprint of this worker's data.
     public var dataFingerprint: [UInt8] { DataFingerprint.bytes(of: dataset) }
 
@@ -82,6 +95,12 @@ public final class ShardComputer {
             throw ClusterError(.invalidTask, "unreadable run configuration: \(error)")
         }
         try c.validate()
+        do {
+            simulatedMicrosecondsPerShard = try JSONDecoder().decode(Simulation.self, from: Data(bytes))
+                .simulatedComputeMicrosecondsPerShard
+        } catch {
+            throw ClusterError(.invalidTask, "unreadable simulation in the run configuration: \(error)")
+        }
         try MemoryBudget.require(c.trainingBytes, for: "the run's model of \(ParameterLayout(c.model).count) parameters with batch \(c.batchSize)")
         if let dimension = dataset.dimension, dimension != c.model.inputCount {
             throw ClusterError(.dataMismatch, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
@@ -194,6 +213,14 @@ public final class ShardComputer {
         try requireSharedMemory()
         let payload: FloatPayload
         let loss: Double
+        // In a simulation the block sleeps instead and leaves zeros, in either order.
+        let compute = { (out: UnsafeMutablePointer<Float>, masking: Bool, computeOrder: Bool, clearing: Bool) -> Double in
+            guard let simulated = self.simulatedMicrosecondsPerShard else {
+                return self.blockGradient(task, engine: engine, source: source, into: out, masking: masking,
+                                          computeOrder: computeOrder, clearingOutside: clearing)
+            }
+            return self.simulateBlock(task, microsecondsPerShard: simulated, into: out, count: packing.denseCount)
+        }
         // With several masks each shard's gradient is masked by its own mask, so the block's sum is +0 outside their union.
         if writesSlot, source == .inPlaceCompute, let shared, let slot {
             let seed = task.packingSeeds[0]
@@ -202,19 +229,17 @@ public final class ShardComputer {
                 ?? false
             computeOrderSlot = nil   // until the slot holds this mask's gradient whole
             loss = shared.withSlot(slot, count: packing.denseCount) {
-                blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true,
-                              computeOrder: true,
-                              clearingOutside: !known)
+                compute($0.baseAddress!, true, true, !known)
             }
             computeOrderSlot = (ObjectIdentifier(shared), slot, seed)
             payload = .sharedCompute(slot: UInt32(slot), count: UInt32(packing.denseCount))
         } else if writesSlot, let shared, let slot {
             if computeOrderSlot?.slot == slot { computeOrderSlot = nil }
-            loss = shared.withSlot(slot, count: packing.denseCount) { blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: true) }
+            loss = shared.withSlot(slot, count: packing.denseCount) { compute($0.baseAddress!, true, false, true) }
             payload = .shared(slot: UInt32(slot), count: UInt32(packing.denseCount))
         } else {
             // With one mask only the active entries are packed, so the masked-out ones need no zeroing.
-            loss = gradient.withUnsafeMutableBufferPointer { blockGradient(task, engine: engine, source: source, into: $0.baseAddress!, masking: !single) }
+            loss = gradient.withUnsafeMutableBufferPointer { compute($0.baseAddress!, !single, false, true) }
             payload = .inline(packing.pack(gradient))
         }
         try requireSharedMemory()
@@ -226,6 +251,18 @@ public final class ShardComputer {
         let digest = WireFormat.blockDigest(task.maskSeeds.map { engine.masks.packing($0).digest })
         return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: digest, lossSum: loss,
                                   computeMicroseconds: UInt32(clamping: Int(micros)), values: payload, ticket: task.ticket)
+    }
+
+    /// A simulated block: sleeps `microsecondsPerShard` for each of the task's shards, between
+    /// them as a real block would pause, and leaves zeros in `out`; the loss is 0.
+    private func simulateBlock(_ task: WireMessage.Task, microsecondsPerShard: UInt32, into out: UnsafeMutablePointer<Float>,
+                               count: Int) -> Double {
+        out.update(repeating: 0, count: count)
+        for n in 0..<task.rowsPerShard.count {
+            usleep(microsecondsPerShard)
+            if n + 1 < task.rowsPerShard.count { keepAlive() }
+        }
+        return 0
     }
 
     /// Dense gradients of the task's shards, each as one process computes it, summed into `out`

@@ -406,25 +406,37 @@ public final class ZMQSocket {
     ///   interrupted the wait).
     public func receiveMessage(maxParts: Int, dontWait: Bool = false) throws -> Message? {
         var frames: [[UInt8]] = []
-        guard let count = try receiveMessage(maxParts: maxParts, dontWait: dontWait, { _, bytes in frames.append(Array(bytes)) }) else {
+        guard let received = try receiveMessage(maxParts: maxParts, dontWait: dontWait, { _, bytes in frames.append(Array(bytes)) }) else {
             return nil
         }
-        return Message(frames: frames, discardedFrameCount: count - frames.count)
+        return Message(frames: frames, discardedFrameCount: received.frames - frames.count)
+    }
+
+    /// What ``receiveMessage(maxParts:dontWait:property:_:)`` read.
+    public struct Received: Sendable, Equatable {
+        /// The number of frames the message had.
+        public var frames: Int
+        /// The value of the metadata property asked for, from the first frame that carries
+        /// it (`zmq_msg_gets`; a ROUTER's routing-id frame carries none), or nil.
+        public var property: String?
     }
 
     /// Receives the next multipart message and shows each of its first `maxParts` frames to
     /// `body` (its index and its bytes, valid only during the call), without copying them;
     /// frames beyond `maxParts` are read and freed unseen.
     ///
-    /// - Returns: the number of frames the message had, or nil when nothing arrived
-    ///   (`dontWait`, the receive timeout expired, or a signal interrupted the wait).
-    public func receiveMessage(maxParts: Int, dontWait: Bool = false,
-                               _ body: (Int, UnsafeRawBufferPointer) -> Void) throws -> Int? {
+    /// - Parameter property: a metadata property of the connection, such as `Peer-Address`
+    ///   (the IP address of a TCP peer).
+    /// - Returns: nil when nothing arrived (`dontWait`, the receive timeout expired, or a signal
+    ///   interrupted the wait).
+    public func receiveMessage(maxParts: Int, dontWait: Bool = false, property: String? = nil,
+                               _ body: (Int, UnsafeRawBufferPointer) -> Void) throws -> Received? {
         precondition(maxParts >= 1, "maxParts must be at least 1")
         let handle = try openHandle("zmq_msg_recv")
         return try withUnsafeTemporaryAllocation(of: zmq_msg_t.self, capacity: 1) { storage in
             let msg = storage.baseAddress!
             var index = 0
+            var value: String?
             while true {
                 zmq_msg_init(msg)
                 defer { zmq_msg_close(msg) }
@@ -435,11 +447,13 @@ public final class ZMQSocket {
                     if code == EINTR { continue }
                     throw ZMQError(code: code, operation: "zmq_msg_recv(\(kind), frame \(index + 1))")
                 }
+                // A ROUTER's routing-id frame is made by the socket and carries none: look further.
+                if value == nil, let property, let text = zmq_msg_gets(msg, property) { value = String(cString: text) }
                 if index < maxParts {
                     body(index, UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg)))
                 }
                 index += 1
-                if zmq_msg_more(msg) == 0 { return index }
+                if zmq_msg_more(msg) == 0 { return Received(frames: index, property: value) }
             }
         }
     }
