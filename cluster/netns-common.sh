@@ -48,14 +48,32 @@ netns_up() {
     done
 }
 
-# A token bucket of 32 kbit (a few packets) and at most 400 ms of queue: the rate holds from the
-# first packet, and TCP sees drops rather than an ever longer queue.
+# The token bucket for RATE, in bits: what the rate brings in 4 ms (a timer tick at HZ=250, so
+# the bucket does not run dry between refills and cap a fast link below its rate), at least
+# 32 kbit (a few packets, so a slow link holds its rate from the first packet).
+netns_burst() {
+    local rate=$1 number unit bits
+    number=${rate%%[a-zA-Z]*}
+    unit=${rate#"$number"}
+    case ${unit,,} in
+        bit | "") bits=$number ;;
+        kbit) bits=$((number * 1000)) ;;
+        mbit) bits=$((number * 1000000)) ;;
+        gbit) bits=$((number * 1000000000)) ;;
+        *) echo "netns_burst: unknown rate unit in '$rate' (use kbit, mbit or gbit)" >&2; return 2 ;;
+    esac
+    bits=$((bits / 250))
+    ((bits >= 32000)) || bits=32000
+    echo "${bits}bit"
+}
+
+# At most 400 ms of queue: TCP sees drops rather than an ever longer queue.
 netns_limit() {
     local prefix=$1 i=$2 up=$3 down=$4
     if [[ -n $up ]]; then
-        ip netns exec "$prefix-h$i" tc qdisc add dev eth0 root tbf rate "$up" burst 32kbit latency 400ms
+        ip netns exec "$prefix-h$i" tc qdisc add dev eth0 root tbf rate "$up" burst "$(netns_burst "$up")" latency 400ms
     fi
     if [[ -n $down ]]; then
-        ip netns exec "$prefix-hub" tc qdisc add dev "port$i" root tbf rate "$down" burst 32kbit latency 400ms
+        ip netns exec "$prefix-hub" tc qdisc add dev "port$i" root tbf rate "$down" burst "$(netns_burst "$down")" latency 400ms
     fi
 }

@@ -235,8 +235,9 @@ public struct WorkerStateMachine: Sendable {
     }
 
     /// A computation is still going on (the loop cannot read frames meanwhile): a heartbeat goes
-    /// out when none has for `busyHeartbeatInterval` ms, so the coordinator does not declare this
-    /// worker dead.
+    /// out when none has for `busyHeartbeatInterval` ms. The connection's liveness does not
+    /// depend on it (libzmq answers the ZMTP heartbeats from its own thread); it keeps the
+    /// coordinator hearing from the worker, as a restarted coordinator needs to ask it who it is.
     public mutating func stillComputing(now: UInt64) -> [Action] {
         guard case .active = state, now >= lastSent + settings.busyHeartbeatInterval else { return [] }
         return heartbeat(now: now)

@@ -816,7 +816,7 @@ public final class ClusterCoordinator {
     }
 
     /// Handles whatever has arrived and sends due heartbeats, without waiting: for long work
-    /// between steps, so workers are neither declared dead nor left without news.
+    /// between steps, so workers are not left without news and lost connections are noticed.
     public func keepAlive() {
         let t = now
         guard t >= lastKeepAlive + 100 else { return }
@@ -932,7 +932,8 @@ public final class ClusterCoordinator {
             bytesReceived += size
             // Traffic is kept by host for registered workers and those saying hello.
             if hostOfPeer[peer] == nil, let frame = delivery?.frame, machine.isRegistered(peer) || Self.isHello(frame) {
-                hostOfPeer[peer] = received.property.flatMap { $0.isEmpty ? nil : $0 } ?? "local"
+                // Over ipc the property names the peer process, not a host.
+                hostOfPeer[peer] = endpoint.hasPrefix("tcp://") ? received.property.flatMap { $0.isEmpty ? nil : $0 } ?? "local" : "local"
             }
             if let host = hostOfPeer[peer] { trafficByHost[host, default: Traffic()].received += size }
             guard received.frames == 2, let delivery else {

@@ -186,8 +186,8 @@ public final class ClusterWorker {
             }
         }
 
-        // During long tasks the machine sends heartbeats, so the coordinator does not declare
-        // this worker dead.
+        // During long tasks the machine still sends heartbeats now and then; the connection
+        // itself stays alive through libzmq's heartbeats, answered by its I/O thread.
         computer.keepAlive = { [unowned self] in
             try? perform(self.machine.stillComputing(now: self.now))
         }

@@ -312,7 +312,7 @@ public final class ShardComputer {
                 } else {
                     losses[k] = engine.gradient(data: train, indices: shardRows, into: term, maskingGradient: masking)
                 }
-                if n + 1 < shards { keepAlive() }   // a block takes several shards' time: keep the heartbeats going
+                if n + 1 < shards { keepAlive() }   // a block takes several shards' time: let the worker be heard
             }
         }
         // Finiteness is checked by whoever reads the sum (the packed values here, the coordinator's sum in shared memory).
