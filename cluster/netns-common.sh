@@ -48,11 +48,11 @@ netns_up() {
     done
 }
 
-# The token bucket for RATE, in bits: what the rate brings in 4 ms (a timer tick at HZ=250, so
+# The token bucket for RATE, in bytes: what the rate brings in 4 ms (a timer tick at HZ=250, so
 # the bucket does not run dry between refills and cap a fast link below its rate), at least
-# 32 kbit (a few packets, so a slow link holds its rate from the first packet).
+# 4000 bytes (a few packets, so a slow link holds its rate from the first packet).
 netns_burst() {
-    local rate=$1 number unit bits
+    local rate=$1 number unit bits bytes
     number=${rate%%[a-zA-Z]*}
     unit=${rate#"$number"}
     case ${unit,,} in
@@ -62,9 +62,9 @@ netns_burst() {
         gbit) bits=$((number * 1000000000)) ;;
         *) echo "netns_burst: unknown rate unit in '$rate' (use kbit, mbit or gbit)" >&2; return 2 ;;
     esac
-    bits=$((bits / 250))
-    ((bits >= 32000)) || bits=32000
-    echo "${bits}bit"
+    bytes=$((bits / 250 / 8))
+    ((bytes >= 4000)) || bytes=4000
+    echo "$bytes"
 }
 
 # At most 400 ms of queue: TCP sees drops rather than an ever longer queue.
