@@ -8,6 +8,7 @@
 #
 #   made-h0:       made coordinator --bind tcp://10.213.0.1:$MADE_PORT --keys KEYS --wait-for-workers K-1 MADE_FLAGS
 #   made-h1 .. :   made worker --connect tcp://10.213.0.1:$MADE_PORT --keys KEYS --name made-hI --coordinator-timeout 30
+#                  (with RELAY_WORKERS=N: made relay ... --workers N, a relay and N workers behind it)
 #   root namespace, at the same time: made train MADE_FLAGS (one process)
 #
 # The two params_sha256 must be equal: prints `netns: PASS ...` and exits 0, or `netns: FAIL ...`
@@ -26,10 +27,12 @@
 #   HARNESS_TIMEOUT seconds allowed to each training run (default: 150)
 #   UPLINK_RATE     limit what each worker namespace sends to this rate with tbf (e.g. 2mbit)
 #   DOWNLINK_RATE   limit what each worker namespace receives likewise
-#   WORKER_EXTRA    more flags for every worker (e.g. --heartbeat-timeout 2)
+#   WORKER_EXTRA    more flags for every worker, or relay (e.g. --heartbeat-timeout 2)
+#   RELAY_WORKERS   start a relay of this many workers in each worker namespace instead of one worker
 #
 # With a slow UPLINK_RATE the harness checks liveness by the connection: a result that takes
-# longer than --heartbeat-timeout to cross must not get its worker dropped (workers_lost=0).
+# longer than --heartbeat-timeout to cross must not get its worker, or relay, dropped
+# (workers_lost=0).
 set -euo pipefail
 
 # shellcheck source=cluster/common.sh
@@ -45,6 +48,7 @@ read -r -a made_flags <<<"${MADE_FLAGS:--q 32 --epochs 1 --batch-size 500 --shar
 port=${MADE_PORT:-29500}
 run_timeout=${HARNESS_TIMEOUT:-150}
 read -r -a worker_extra <<<"${WORKER_EXTRA:-}"
+relay_workers=${RELAY_WORKERS:-0}
 subnet=10.213.0
 started=$SECONDS
 
@@ -55,6 +59,16 @@ fail() {
 log() { echo "netns-harness: $*" >&2; }
 
 if ! [[ $hosts =~ ^[0-9]+$ ]] || ((hosts < 2 || hosts > 200)); then fail "K must be a number from 2 to 200, not '$hosts'"; fi
+if ! [[ $relay_workers =~ ^[0-9]+$ ]] || ((relay_workers > 64)); then
+    fail "RELAY_WORKERS must be a number from 0 to 64, not '$relay_workers'"
+fi
+# Workers the coordinator waits for: a relay counts as the workers behind it.
+awaited=$((hosts - 1))
+role=(worker)
+if ((relay_workers > 0)); then
+    awaited=$(((hosts - 1) * relay_workers))
+    role=(relay --workers "$relay_workers")
+fi
 ((EUID == 0)) || fail "must run as root"
 command -v ip >/dev/null || fail "needs ip (iproute2)"
 [[ -x $made ]] || fail "no executable made at $made (set MADE_BIN)"
@@ -110,13 +124,13 @@ reference_pid=$!
 pids+=("$reference_pid")
 
 ip netns exec made-h0 timeout "$run_timeout" "$made" coordinator -d "$data" "${made_flags[@]}" \
-    --bind "tcp://$subnet.1:$port" --keys "$keys" --wait-for-workers $((hosts - 1)) >"$work/coordinator.out" 2>"$work/coordinator.log" &
+    --bind "tcp://$subnet.1:$port" --keys "$keys" --wait-for-workers "$awaited" >"$work/coordinator.out" 2>"$work/coordinator.log" &
 coordinator_pid=$!
 pids+=("$coordinator_pid")
 
 worker_pids=()
 for ((i = 1; i < hosts; i++)); do
-    ip netns exec "made-h$i" timeout "$run_timeout" "$made" worker -d "$data" \
+    ip netns exec "made-h$i" timeout "$run_timeout" "$made" "${role[@]}" -d "$data" \
         --connect "tcp://$subnet.1:$port" --keys "$keys" --name "made-h$i" --coordinator-timeout 30 \
         ${worker_extra[@]+"${worker_extra[@]}"} >"$work/worker-h$i.log" 2>&1 &
     worker_pids+=("$!")
@@ -153,4 +167,6 @@ if ((workers_failed)); then
 fi
 links=""
 if [[ -n ${UPLINK_RATE:-}${DOWNLINK_RATE:-} ]]; then links=", worker links up ${UPLINK_RATE:-free} down ${DOWNLINK_RATE:-free}"; fi
-echo "netns: PASS coordinator in made-h0 ($subnet.1, $curve) + $((hosts - 1)) worker namespace(s)$links ($counters) params_sha256=$cluster equals single-process made train (${elapsed} s)"
+relays=""
+if ((relay_workers > 0)); then relays=", each a relay of $relay_workers workers"; fi
+echo "netns: PASS coordinator in made-h0 ($subnet.1, $curve) + $((hosts - 1)) worker namespace(s)$relays$links ($counters) params_sha256=$cluster equals single-process made train (${elapsed} s)"

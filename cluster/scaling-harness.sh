@@ -17,6 +17,11 @@
 #     taken, the workers lost and whether params_sha256 equals a single-process made train of the
 #     same flags (run once, in the root namespace, before the rows).
 #
+# A host of two or more workers runs them behind one relay (`made relay --workers W`), as the
+# launchers do: the coordinator sends the host the step's parameters once and gets one answer
+# back; the relay shares the parameters with its workers through shared memory. RELAY=0 has
+# every worker dial the coordinator instead (over its socket, as from another host).
+#
 # The namespaces are removed after each row and on any exit; every wait is bounded.
 #
 # Environment (lists are space-separated):
@@ -30,7 +35,9 @@
 #   EXAMPLES         random training examples of the generated data (default: 20000)
 #   SIMULATE_MS      bench: simulated compute per shard in ms, or `measured` (default: none)
 #   EPOCHS           train: epochs (default: 1)
-#   HEARTBEAT_TIMEOUT  train: --heartbeat-timeout of both sides in s (default: the programs' own)
+#   RELAY            1: a relay per host of two or more workers; 0: none (default: 1)
+#   HEARTBEAT_TIMEOUT  --heartbeat-timeout of the workers and relays, and in train mode of the
+#                    coordinator, in s (default: the programs' own)
 #   INSECURE         set to run without CURVE (default: CURVE keys made for the run)
 #   MADE_BIN         the made binary (default: .build/release/made under the repo root)
 #   ROW_TIMEOUT      seconds allowed to one row (default: 600)
@@ -54,6 +61,7 @@ warmup=${WARMUP:-10}
 hiddens=${HIDDENS:-500}
 examples=${EXAMPLES:-20000}
 epochs=${EPOCHS:-1}
+relay=${RELAY:-1}
 row_timeout=${ROW_TIMEOUT:-600}
 subnet=10.214.0
 port=29600
@@ -65,6 +73,7 @@ fail() {
 }
 
 [[ $mode == bench || $mode == train ]] || fail "MODE must be bench or train, not '$mode'"
+[[ $relay == 0 || $relay == 1 ]] || fail "RELAY must be 0 or 1, not '$relay'"
 ((EUID == 0)) || fail "must run as root"
 command -v ip >/dev/null || fail "needs ip (iproute2)"
 command -v tc >/dev/null || fail "needs tc (iproute2)"
@@ -102,10 +111,11 @@ heartbeat=()
 if [[ -n ${HEARTBEAT_TIMEOUT:-} ]]; then heartbeat=(--heartbeat-timeout "$HEARTBEAT_TIMEOUT"); fi
 
 if [[ $mode == bench ]]; then
-    printf '%-5s %-7s %-8s %-6s %-11s %-12s %-12s %-10s %-10s %s\n' hosts workers rate batch examples/s \
+    printf '%-5s %-7s %-5s %-8s %-6s %-11s %-12s %-12s %-10s %-10s %s\n' hosts workers relay rate batch examples/s \
         coord_B/step host_B/step compute_ms wait_ms "${SIMULATE_MS:+simulated efficiency}"
 else
-    printf '%-5s %-7s %-8s %-6s %-8s %-8s %-12s %s\n' hosts workers rate batch status seconds workers_lost checksum
+    printf '%-5s %-7s %-5s %-8s %-6s %-8s %-8s %-12s %s\n' hosts workers relay rate batch status seconds workers_lost \
+        checksum
 fi
 
 reference=""
@@ -146,7 +156,17 @@ for batch in "${batches[@]}"; do
                 fi
                 coordinator_pid=$!
                 pids=("$coordinator_pid")
+                relayed=no
+                if ((relay && per_host >= 2)); then relayed=yes; fi
                 for ((h = 1; h <= hosts; h++)); do
+                    if [[ $relayed == yes ]]; then
+                        ip netns exec "$prefix-h$h" timeout "$row_timeout" "$made" relay -d "$data" --connect "$endpoint" \
+                            --name "h$h" --workers "$per_host" --coordinator-timeout 30 \
+                            ${worker_security[@]+"${worker_security[@]}"} ${heartbeat[@]+"${heartbeat[@]}"} \
+                            >"$row/relay-h$h.log" 2>&1 &
+                        pids+=("$!")
+                        continue
+                    fi
                     for ((w = 0; w < per_host; w++)); do
                         ip netns exec "$prefix-h$h" timeout "$row_timeout" "$made" worker -d "$data" --connect "$endpoint" \
                             --name "h$h-w$w" --no-shared-memory --coordinator-timeout 30 \
@@ -164,7 +184,8 @@ for batch in "${batches[@]}"; do
                 if [[ $mode == bench ]]; then
                     line=$(grep -m1 '^made_cluster' "$row/coordinator.out" || true)
                     if ((status != 0)) || [[ -z $line ]]; then
-                        printf '%-5s %-7s %-8s %-6s failed (exit %s; see %s)\n' "$hosts" "$per_host" "$rate" "$batch" "$status" "$row"
+                        printf '%-5s %-7s %-5s %-8s %-6s failed (exit %s; see %s)\n' "$hosts" "$per_host" "$relayed" "$rate" \
+                            "$batch" "$status" "$row"
                         HARNESS_KEEP=1
                         continue
                     fi
@@ -172,7 +193,8 @@ for batch in "${batches[@]}"; do
                     if [[ $line == made_cluster_simulated* ]]; then
                         extra="simulated $(field simulated_compute_ms_per_shard "$line")ms/shard $(field efficiency "$line")"
                     fi
-                    printf '%-5s %-7s %-8s %-6s %-11s %-12s %-12s %-10s %-10s %s\n' "$hosts" "$per_host" "$rate" "$batch" \
+                    printf '%-5s %-7s %-5s %-8s %-6s %-11s %-12s %-12s %-10s %-10s %s\n' "$hosts" "$per_host" "$relayed" \
+                        "$rate" "$batch" \
                         "$(field examples_per_s "$line")" "$(field bytes_per_step "$line")" "$(field host_bytes_per_step "$line")" \
                         "$(field compute_ms_per_step "$line")" "$(field wait_ms_per_step "$line")" "$extra"
                 else
@@ -182,7 +204,8 @@ for batch in "${batches[@]}"; do
                     if [[ -n $checksum && $checksum == "$reference" ]]; then match=equal; fi
                     outcome=ok
                     if ((status == 124)); then outcome=timeout; elif ((status != 0)); then outcome="exit$status"; fi
-                    printf '%-5s %-7s %-8s %-6s %-8s %-8s %-12s %s\n' "$hosts" "$per_host" "$rate" "$batch" "$outcome" "$seconds" \
+                    printf '%-5s %-7s %-5s %-8s %-6s %-8s %-8s %-12s %s\n' "$hosts" "$per_host" "$relayed" "$rate" "$batch" \
+                        "$outcome" "$seconds" \
                         "${lost:-?}" "$match"
                 fi
             done

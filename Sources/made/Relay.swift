@@ -15,7 +15,8 @@ struct Relay: ParsableCommand {
             gradient back, so its traffic grows with hosts, not workers, and the result is bit-identical. \
             With --workers N the relay starts N workers itself (they exit with it); workers started apart \
             dial --listen. When the relay dies its block goes to another peer; when one of its workers \
-            dies, its shards go to the others here.
+            dies, its shards go to the others here. --heartbeat-timeout holds for both of its connections: \
+            to the coordinator and to each of its workers.
             """)
 
     @OptionGroup var data: DataArguments<WorkerData>

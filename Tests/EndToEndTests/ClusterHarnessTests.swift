@@ -139,6 +139,30 @@ struct ClusterHarnessTests {
         #expect(pass?.contains("workers_lost=0") == true, "a worker was dropped:\n\(output)")
     }
 
+    /// The relay's upstream connection is a worker's: over the same 2 Mbit/s uplink its answer (the
+    /// packed sum of its two workers' shards, 1.6 MB) takes three of its 2 s heartbeat timeouts to
+    /// cross, and the relay must not be dropped.
+    @Test("""
+        netns: a relay of 2 workers over a 2 Mbit/s uplink on which its answer takes three heartbeat timeouts: \
+        not dropped, same checksum
+        """,
+          .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"),
+          .enabled(if: EndToEnd.commandExists("tc"), "needs tc (iproute2) for the tbf rate limit"))
+    func slowLinkRelay() throws {
+        let (code, output) = try runHarness(
+            "netns-harness.sh", name: "netns-slow-relay", arguments: ["2"], rows: 200, dimension: 784,
+            settings: [
+                "UPLINK_RATE": "2mbit", "WORKER_EXTRA": "--heartbeat-timeout 2", "RELAY_WORKERS": "2",
+                "MADE_FLAGS": "-q 500 --epochs 1 --batch-size 100 --shards 2 --heartbeat-timeout 2",
+            ])
+        #expect(code != nil, "netns-harness.sh did not finish within \(Int(Self.timeLimit)) s:\n\(output)")
+        #expect(code == 0, "netns-harness.sh exited with \(code.map(String.init) ?? "timeout"):\n\(output)")
+        let pass = output.split(separator: "\n").first { $0.hasPrefix("netns: PASS") }
+        #expect(pass?.contains("a relay of 2 workers, worker links up 2mbit") == true,
+                "no PASS line through a relay:\n\(output)")
+        #expect(pass?.contains("workers_joined=1 workers_lost=0") == true, "the relay was dropped:\n\(output)")
+    }
+
     @Test("slurm: srun -n 3 made launch under a single-node Slurm, same checksum as one process",
           .enabled(if: ClusterHarnessTests.slurmAvailable, "needs root and Slurm (or apt-get to install it), and no Slurm daemons running"))
     func slurm() throws {

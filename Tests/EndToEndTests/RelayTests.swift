@@ -163,6 +163,46 @@ struct RelayTests {
         #expect(relays[0].wait(timeout: 20) == 0)
         #expect(relays[0].errors.contains("worker lost"), "\(relays[0].errors)")
     }
+
+    /// Liveness by the connection on both sides of a relay. A process frozen with SIGSTOP keeps
+    /// its sockets open (and libzmq's threads stop with it): only unanswered heartbeats tell.
+    @Test("""
+        a worker behind a relay frozen with SIGSTOP: the relay's heartbeats let it go and its other worker takes \
+        its shards; a relay frozen: the coordinator's heartbeats let it go and the other relay takes its block; \
+        checksum unchanged
+        """, arguments: ["worker", "relay"])
+    func frozenBehindOrRelay(frozen: String) throws {
+        let folder = EndToEnd.folder("frozen-\(frozen)")
+        let data = try EndToEnd.writeData(to: folder)
+        let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
+        let relayCount = frozen == "relay" ? 2 : 1
+        let (coordinator, relays) = try Self.start(
+            folder, data: data, epochs: 60, relays: relayCount, workers: 2,
+            coordinatorFlags: ["--heartbeat-timeout", "1"], relayFlags: ["--heartbeat-timeout", "1"])
+        #expect(
+            coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+            "the run did not start: \(coordinator.errors)")
+        let workers = Self.children(of: relays[0].pid)
+        try #require(workers.count == 2, "the relay's two workers: \(workers)")
+        let victim = frozen == "relay" ? relays[0].pid : workers[0]
+        kill(victim, SIGSTOP)
+        defer {
+            kill(victim, SIGKILL)
+            if frozen == "relay" { for pid in workers { kill(pid, SIGKILL) } }
+        }
+        #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
+        #expect(EndToEnd.checksum(coordinator.output) == expected)
+        let counters = EndToEnd.clusterCounters(coordinator.output)
+        if frozen == "relay" {
+            #expect(counters["workers_lost"] == 1, "\(counters)")
+            #expect(coordinator.errors.contains("its connection is gone"), "\(coordinator.errors)")
+            #expect(relays[1].wait(timeout: 20) == 0, "\(relays[1].errors)")
+        } else {
+            #expect(counters["workers_lost"] == 0 && counters["failed_tasks"] == 0, "the coordinator saw the relay only")
+            #expect(relays[0].wait(timeout: 20) == 0, "\(relays[0].errors)")
+            #expect(relays[0].errors.contains("its connection is gone"), "\(relays[0].errors)")
+        }
+    }
 }
 
 @Suite("Relay traffic")

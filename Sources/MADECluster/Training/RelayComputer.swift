@@ -77,6 +77,8 @@ public final class RelayComputer: TaskComputer {
         session?.finish(exitCode: 0, reason: "the relay serves another run now")
         session = nil
         var sessionOptions = ClusterSession.Options(coordinator: options.coordinator)
+        // A simulation goes on to the workers: they sleep as told instead of computing.
+        sessionOptions.coordinator.simulatedMicrosecondsPerShard = try ShardComputer.simulatedMicroseconds(in: bytes)
         // Results of scoring and sampling jobs of any size the upstream coordinator asks for.
         sessionOptions.coordinator.largestJobResult = WireFormat.Limits().maxFloats
         sessionOptions.localWorkers = options.localWorkers

@@ -83,6 +83,17 @@ public final class ShardComputer {
         var simulatedComputeMicrosecondsPerShard: UInt32?
     }
 
+    /// The time per shard a run configuration (a `welcome`'s) asks its workers to sleep instead
+    /// of computing, or nil when it is no simulation.
+    public static func simulatedMicroseconds(in configuration: [UInt8]) throws -> UInt32? {
+        do {
+            let simulation = try JSONDecoder().decode(Simulation.self, from: Data(configuration))
+            return simulation.simulatedComputeMicrosecondsPerShard
+        } catch {
+            throw ClusterError(.invalidTask, "unreadable simulation in the run configuration: \(error)")
+        }
+    }
+
     /// The 32-byte fingerprint of this worker's data.
     public var dataFingerprint: [UInt8] { DataFingerprint.bytes(of: dataset) }
 
@@ -95,12 +106,7 @@ public final class ShardComputer {
             throw ClusterError(.invalidTask, "unreadable run configuration: \(error)")
         }
         try c.validate()
-        do {
-            simulatedMicrosecondsPerShard = try JSONDecoder().decode(Simulation.self, from: Data(bytes))
-                .simulatedComputeMicrosecondsPerShard
-        } catch {
-            throw ClusterError(.invalidTask, "unreadable simulation in the run configuration: \(error)")
-        }
+        simulatedMicrosecondsPerShard = try Self.simulatedMicroseconds(in: bytes)
         try MemoryBudget.require(c.trainingBytes, for: "the run's model of \(ParameterLayout(c.model).count) parameters with batch \(c.batchSize)")
         if let dimension = dataset.dimension, dimension != c.model.inputCount {
             throw ClusterError(.dataMismatch, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
