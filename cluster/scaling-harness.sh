@@ -7,9 +7,10 @@
 # the coordinator's included, is limited to RATE in both directions with tbf. It then runs
 #
 #   MODE=bench (default): made bench --bind ... --wait-for-workers H*W in made-s-h0, and prints a
-#     table row: hosts, workers per host, link rate, batch, examples/s, bytes per step through the
-#     coordinator and per host, and per worker and step the compute and the wait (the rest of
-#     the time from handing out a task to holding its result) in ms. With SIMULATE_MS the workers
+#     table row: hosts, workers per host, relay, link rate, batch, examples/s, ms per step, bytes
+#     per step through the coordinator and per host, per peer (worker or relay) and step the
+#     compute and the wait (the rest of the time from handing out a task to holding its result)
+#     in ms, and the coordinator's own ms per step between exchanges. With SIMULATE_MS the workers
 #     sleep that long per shard instead of computing (`measured`: a shard's time in one process),
 #     the rows say `simulated`, and the last column is the efficiency: examples/s over those of
 #     workers that only computed.
@@ -111,8 +112,8 @@ heartbeat=()
 if [[ -n ${HEARTBEAT_TIMEOUT:-} ]]; then heartbeat=(--heartbeat-timeout "$HEARTBEAT_TIMEOUT"); fi
 
 if [[ $mode == bench ]]; then
-    printf '%-5s %-7s %-5s %-8s %-6s %-11s %-12s %-12s %-10s %-10s %s\n' hosts workers relay rate batch examples/s \
-        coord_B/step host_B/step compute_ms wait_ms "${SIMULATE_MS:+simulated efficiency}"
+    printf '%-5s %-7s %-5s %-8s %-6s %-11s %-8s %-12s %-12s %-10s %-10s %-10s %s\n' hosts workers relay rate batch \
+        examples/s step_ms coord_B/step host_B/step compute_ms wait_ms between_ms "${SIMULATE_MS:+simulated efficiency}"
 else
     printf '%-5s %-7s %-5s %-8s %-6s %-8s %-8s %-12s %s\n' hosts workers relay rate batch status seconds workers_lost \
         checksum
@@ -193,10 +194,11 @@ for batch in "${batches[@]}"; do
                     if [[ $line == made_cluster_simulated* ]]; then
                         extra="simulated $(field simulated_compute_ms_per_shard "$line")ms/shard $(field efficiency "$line")"
                     fi
-                    printf '%-5s %-7s %-5s %-8s %-6s %-11s %-12s %-12s %-10s %-10s %s\n' "$hosts" "$per_host" "$relayed" \
-                        "$rate" "$batch" \
-                        "$(field examples_per_s "$line")" "$(field bytes_per_step "$line")" "$(field host_bytes_per_step "$line")" \
-                        "$(field compute_ms_per_step "$line")" "$(field wait_ms_per_step "$line")" "$extra"
+                    printf '%-5s %-7s %-5s %-8s %-6s %-11s %-8s %-12s %-12s %-10s %-10s %-10s %s\n' "$hosts" "$per_host" \
+                        "$relayed" "$rate" "$batch" "$(field examples_per_s "$line")" "$(field step_ms "$line")" \
+                        "$(field bytes_per_step "$line")" "$(field host_bytes_per_step "$line")" \
+                        "$(field compute_ms_per_step "$line")" "$(field wait_ms_per_step "$line")" \
+                        "$(field between_exchanges_ms_per_step "$line")" "$extra"
                 else
                     checksum=$(made_checksum "$row/coordinator.out")
                     lost=$(field workers_lost "$(grep -m1 '^cluster ' "$row/coordinator.out" || true)")

@@ -84,7 +84,7 @@ struct Bench: ParsableCommand {
     var sampling = false
     @Option(help: "Listen here for workers started elsewhere instead of starting local ones (e.g. tcp://10.0.0.1:29500); they run `made worker -d FILE --connect ...` on a FILE written by `made bench --save-data FILE` with the same data flags.")
     var bind: String?
-    @Option(help: "With --bind: workers to wait for (60 s at most) before the timed steps.")
+    @Option(help: "With --bind: workers to wait for (180 s at most) before the timed steps.")
     var waitForWorkers: Int = 1
     @Option(help: "With --bind: CURVE key folder made by `made keygen`.")
     var keys: String?
@@ -396,6 +396,8 @@ struct Bench: ParsableCommand {
             if let keys { options.coordinator.security = try ClusterSecurity.Server.load(folder: keys) }
             options.ephemeralKeys = false   // workers started elsewhere bring their own keys, or none
             options.awaitedWorkers = waitForWorkers
+            // Many workers started elsewhere on a loaded machine take a while to load their data.
+            options.joinTimeout = 180_000
         } else {
             options.localWorkers = workers
             options.workerArguments = ["-d", file]
@@ -415,20 +417,28 @@ struct Bench: ParsableCommand {
         let count = workerCount
         // A relay counts the workers behind it.
         guard coordinator.capacity == count else {
-            throw CommandFailure("only \(coordinator.capacity) of \(count) workers connected within 60 s")
+            throw CommandFailure(
+                "only \(coordinator.capacity) of \(count) workers connected within \(options.joinTimeout / 1000) s")
         }
         trainer.optimizerThreads = coordinator.threads
+        // Time within the exchange (tasks out, results in and reduced); the rest of a step is the
+        // coordinator's own work between exchanges (Adam, the next step's plan), which no worker overlaps.
+        var exchangeSeconds = 0.0
         let compute = { (plan: StepPlan, held: Trainer.HeldParameters?) in
-            try TrainingRun.step(plan, held: held, coordinator: coordinator, trainer: trainer)
+            let begun = ContinuousClock.now
+            defer { exchangeSeconds += (ContinuousClock.now - begun).seconds }
+            return try TrainingRun.step(plan, held: held, coordinator: coordinator, trainer: trainer)
         }
         let holding = { coordinator.heldOffer }
         _ = try trainer.drive(until: { trainer.step >= warmup }, offeringHeld: holding, compute: compute)
         let bytesBefore = coordinator.bytesSent + coordinator.bytesReceived
         let hostsBefore = coordinator.trafficByHost
         let timingBefore = coordinator.timingTotals
+        exchangeSeconds = 0
         let start = ContinuousClock.now
         _ = try trainer.drive(until: { trainer.step >= warmup + steps }, offeringHeld: holding, compute: compute)
         let seconds = (ContinuousClock.now - start).seconds
+        let betweenMs = (seconds - exchangeSeconds) * 1000 / Double(steps)
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         let hostBytes = coordinator.trafficByHost.map { host, traffic in Double(traffic.total - (hostsBefore[host]?.total ?? 0)) / Double(steps) }
         let timing = coordinator.timingTotals
@@ -453,6 +463,7 @@ struct Bench: ParsableCommand {
             let ideal = Double(batchSize) / (busiest * ms / 1000)
             line += String(format: " simulated_compute_ms_per_shard=%.3f ideal_examples_per_s=%.1f efficiency=%.3f", ms, ideal, rate / ideal)
         }
+        line += String(format: " between_exchanges_ms_per_step=%.3f", betweenMs)
         print(line + " " + settings)
         return rate
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MADE
 import Testing
 @testable import MADECluster
@@ -370,5 +371,27 @@ struct SimulatedComputeTests {
         #expect(sleep.maskDigest == truth.maskDigest && sleep.values.count == truth.values.count)
         #expect(sleep.values.inlineValues?.allSatisfy { $0 == 0 } == true && sleep.lossSum == 0)
         #expect(truth.values.inlineValues?.contains { $0 != 0 } == true)
+    }
+
+    @Test("a relay passes a simulation on to its workers; an unreadable one is refused as an invalid task")
+    func simulationThroughRelay() throws {
+        let (real, c) = try ShardComputerTests.computer()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("made-sim-relay-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let relay = RelayComputer(
+            dataFingerprint: real.dataFingerprint,
+            options: .init(coordinator: .init(bind: "ipc://\(folder)/relay.ipc")), logger: Logger(label: "test"))
+        try relay.configure(try ClusterCoordinator.runConfiguration(c, simulatedMicrosecondsPerShard: 3000))
+        #expect(relay.session?.coordinator.options.simulatedMicrosecondsPerShard == 3000)
+        try relay.configure(try c.canonicalJSON())
+        #expect(relay.session?.coordinator.options.simulatedMicrosecondsPerShard == nil)
+        relay.finish(code: 0, reason: "done")
+        // A time per shard beyond what the field holds.
+        var object = try #require(try JSONSerialization.jsonObject(with: Data(c.canonicalJSON())) as? [String: Any])
+        object[ShardComputer.simulationKey] = -1
+        let bad = Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+        #expect(throws: ClusterError.self) { try ShardComputer.simulatedMicroseconds(in: bad) }
+        #expect(throws: ClusterError.self) { try ShardComputer(dataset: real.dataset).configure(bad) }
     }
 }
