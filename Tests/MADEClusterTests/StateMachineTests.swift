@@ -64,6 +64,12 @@ struct CoordinatorStateMachineTests {
         #expect(m.workerCount == 0)
         #expect(m.counters.refusedWorkers == 1)
         #expect(actions.contains { if case .send(_, .reject(let reason)) = $0 { reason.contains("data mismatch") } else { false } })
+        // Its next hello, sent before the refusal reached it, is refused again but the worker counts once.
+        let again = m.receive(from: a, runID: 0, message: hello("a", fingerprint: [UInt8](repeating: 9, count: 32)), now: 300)
+        #expect(again.contains { if case .send(_, .reject) = $0 { true } else { false } })
+        #expect(m.counters.refusedWorkers == 1)
+        _ = m.receive(from: b, runID: 0, message: hello("b", fingerprint: [UInt8](repeating: 9, count: 32)), now: 310)
+        #expect(m.counters.refusedWorkers == 2)
     }
 
     @Test("duplicate, late, foreign and malformed input is dropped and counted")

@@ -211,6 +211,7 @@ public struct CoordinatorStateMachine: Sendable {
         public var malformed = 0
         public var wrongRun = 0
         public var unknownPeer = 0
+        /// Workers refused, each once however many of its hellos crossed its refusal.
         public var refusedWorkers = 0
         /// Results and failures that do not count (an earlier step, a shard already answered,
         /// an answer in shared memory or a failure for a task taken back): dropped.
@@ -352,6 +353,10 @@ public struct CoordinatorStateMachine: Sendable {
     /// sequence of events.
     private var workers: OrderedDictionary<Peer, Worker> = [:]
     private var lastHeartbeatSent: UInt64 = 0
+    /// Peers refused so far (at most ``refusedPeersKept``, then forgotten): a worker's hellos sent
+    /// before its refusal arrived are answered again but counted once.
+    private var refusedPeers: Set<Peer> = []
+    static let refusedPeersKept = 4096
     private var heartbeatSequence: UInt64 = 0
     /// When a worker was last registered.
     private var lastWorkerSeen: UInt64 = 0
@@ -668,7 +673,10 @@ public struct CoordinatorStateMachine: Sendable {
 
     private mutating func register(_ peer: Peer, _ hello: WireMessage.Hello, now: UInt64) -> [Action] {
         if let required = settings.dataFingerprint, hello.dataFingerprint != required {
-            counters.refusedWorkers += 1
+            if refusedPeers.insert(peer).inserted {
+                counters.refusedWorkers += 1
+                if refusedPeers.count > Self.refusedPeersKept { refusedPeers = [peer] }
+            }
             let reason = "data mismatch: this run's data has fingerprint \(Array(required.prefix(8)).hexString), "
                 + "the worker's \(Array(hello.dataFingerprint.prefix(8)).hexString); start the worker on the same data file and options"
             return [.refused(peer, reason: reason), .send(peer, .reject(reason: reason))]
