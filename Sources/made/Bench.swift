@@ -82,7 +82,12 @@ struct Bench: ParsableCommand {
     var hosts: String?
     @Flag(help: "Measure sampling instead: cached activations against one forward pass per dimension.")
     var sampling = false
-    @Option(help: "Listen here for workers started elsewhere instead of starting local ones (e.g. tcp://10.0.0.1:29500); they run `made worker -d FILE --connect ...` on a FILE written by `made bench --save-data FILE` with the same data flags.")
+    @Option(
+        help: ArgumentHelp(
+            "Listen here for workers started elsewhere instead of starting local ones (e.g. "
+                + "tcp://10.0.0.1:29500); they run `made worker -d FILE --connect ...` on a FILE written by `made "
+                + "bench --save-data FILE` with the same data flags.")
+    )
     var bind: String?
     @Option(help: "With --bind: workers to wait for (180 s at most) before the timed steps.")
     var waitForWorkers: Int = 1
@@ -90,7 +95,14 @@ struct Bench: ParsableCommand {
     var keys: String?
     @Flag(help: "With --bind beyond loopback: no CURVE (only on a trusted network).")
     var insecure = false
-    @Option(help: ArgumentHelp("A simulation, to measure the system's own overhead with more workers than cores: workers sleep this many milliseconds per shard instead of computing and answer zero gradients; `measured` times a shard in this process first. The output says simulated.", valueName: "ms|measured"))
+    @Option(
+        help: ArgumentHelp(
+            "A simulation, to measure the system's own overhead with more workers than cores: workers sleep "
+                + "this many milliseconds per shard instead of computing and answer zero gradients; `measured` "
+                + "times a shard in this process first. The output says simulated.",
+            valueName: "ms|measured"
+        )
+    )
     var simulateComputeMs: SimulatedCompute?
     @OptionGroup var runtime: RuntimeArguments
 
@@ -139,14 +151,22 @@ struct Bench: ParsableCommand {
         }
         if let bind {
             do { try Endpoint.validate(bind) } catch { throw ValidationError("--bind \(error)") }
-            guard workers == 0 else { throw ValidationError("--bind waits for workers started elsewhere; --workers starts local ones: give one") }
+            guard workers == 0 else {
+                throw ValidationError(
+                    "--bind waits for workers started elsewhere; --workers starts local ones: give one"
+                )
+            }
             try checkRange("--wait-for-workers", waitForWorkers, 1...ClusterArguments.maxWorkers)
             if !Endpoint.isLocal(bind) && keys == nil && !insecure {
-                throw ValidationError("listening on \(bind) needs CURVE keys (--keys DIR) or --insecure on a trusted network")
+                throw ValidationError(
+                    "listening on \(bind) needs CURVE keys (--keys DIR) or --insecure on a trusted network"
+                )
             }
         }
         if hosts != nil && bind != nil {
-            throw ValidationError("--hosts simulates hosts on this one; --bind waits for workers started elsewhere: give one")
+            throw ValidationError(
+                "--hosts simulates hosts on this one; --bind waits for workers started elsewhere: give one"
+            )
         }
         if hosts != nil && simulateComputeMs != nil {
             throw ValidationError("--simulate-compute-ms runs with --workers or --bind, not --hosts")
@@ -268,7 +288,15 @@ struct Bench: ParsableCommand {
             rates.append(rate)
         }
         if kernels.count == 2 {
-            print(String(format: "made_cluster_sparse_vs_dense workers=%d ratio=%.3f sparse=%.1f dense=%.1f", workerCount, rates[1] / rates[0], rates[1], rates[0]))
+            print(
+                String(
+                    format: "made_cluster_sparse_vs_dense workers=%d ratio=%.3f sparse=%.1f dense=%.1f",
+                    workerCount,
+                    rates[1] / rates[0],
+                    rates[1],
+                    rates[0]
+                )
+            )
         }
         print(String(format: "made_bench %@", dataLine()) + " kernels=\(kernel.rawValue)")
     }
@@ -383,10 +411,12 @@ struct Bench: ParsableCommand {
         var simulatedMilliseconds: Double?
         switch simulateComputeMs {
         case .milliseconds(let ms): simulatedMilliseconds = ms
-        case .measured: simulatedMilliseconds = try measuredShardMilliseconds(configuration: configuration, dataset: dataset)
+        case .measured:
+            simulatedMilliseconds = try measuredShardMilliseconds(configuration: configuration, dataset: dataset)
         case nil: break
         }
-        let defaultBind = noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc"
+        let defaultBind =
+            noSharedMemory ? "tcp://127.0.0.1:0" : "ipc://\(folder)/coordinator-\(configuration.kernel).ipc"
         var options = ClusterSession.Options(coordinator: .init(bind: bind ?? defaultBind))
         options.coordinator.sharedMemory = !noSharedMemory
         options.coordinator.mixedMaskPacking = mixedPacking
@@ -410,7 +440,9 @@ struct Bench: ParsableCommand {
         defer { session.finish(exitCode: 1, reason: "benchmark failed") }
         if bind != nil {
             // Workers started by hand need the endpoint.
-            FileHandle.standardError.write(Data("made bench: waiting for \(waitForWorkers) workers at \(session.coordinator.endpoint)\n".utf8))
+            FileHandle.standardError.write(
+                Data("made bench: waiting for \(waitForWorkers) workers at \(session.coordinator.endpoint)\n".utf8)
+            )
         }
         try session.awaitWorkers()
         let coordinator = session.coordinator
@@ -440,7 +472,9 @@ struct Bench: ParsableCommand {
         let seconds = (ContinuousClock.now - start).seconds
         let betweenMs = (seconds - exchangeSeconds) * 1000 / Double(steps)
         let bytesPerStep = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
-        let hostBytes = coordinator.trafficByHost.map { host, traffic in Double(traffic.total - (hostsBefore[host]?.total ?? 0)) / Double(steps) }
+        let hostBytes = coordinator.trafficByHost.map { host, traffic in
+            Double(traffic.total - (hostsBefore[host]?.total ?? 0)) / Double(steps)
+        }
         let timing = coordinator.timingTotals
         let perWorkerStep = Double(steps * max(1, coordinator.workerCount))   // per peer: a relay answers once
         let computeMs = (timing.computeMilliseconds - timingBefore.computeMilliseconds) / perWorkerStep
@@ -453,15 +487,37 @@ struct Bench: ParsableCommand {
         let workerPeak = session.runningWorkers.compactMap { CommandLineSupport.peakResidentMiB(pid: $0) }.max() ?? .nan
         session.finish(exitCode: 0, reason: "benchmark done")
         let rate = Double(steps * batchSize) / seconds
-        var line = String(format: "%@ kernel=%@ workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f step_ms=%.3f bytes_per_step=%.0f hosts=%d host_bytes_per_step=%.0f compute_ms_per_step=%.3f wait_ms_per_step=%.3f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
-                          simulatedMilliseconds == nil ? "made_cluster" : "made_cluster_simulated", configuration.kernel.rawValue, count, rate,
-                          seconds * 1000 / Double(steps), bytesPerStep, hostBytes.count, hostBytes.isEmpty ? 0 : hostBytes.reduce(0, +) / Double(hostBytes.count),
-                          computeMs, waitMs, (packed + 64) / dense, bytesPerStep / dense, CommandLineSupport.peakResidentMiB, workerPeak)
+        var line = String(
+            format:
+                "%@ kernel=%@ workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f step_ms=%.3f "
+                    + "bytes_per_step=%.0f hosts=%d host_bytes_per_step=%.0f compute_ms_per_step=%.3f "
+                    + "wait_ms_per_step=%.3f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f "
+                    + "coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
+            simulatedMilliseconds == nil ? "made_cluster" : "made_cluster_simulated",
+            configuration.kernel.rawValue,
+            count,
+            rate,
+            seconds * 1000 / Double(steps),
+            bytesPerStep,
+            hostBytes.count,
+            hostBytes.isEmpty ? 0 : hostBytes.reduce(0, +) / Double(hostBytes.count),
+            computeMs,
+            waitMs,
+            (packed + 64) / dense,
+            bytesPerStep / dense,
+            CommandLineSupport.peakResidentMiB,
+            workerPeak
+        )
         if let ms = simulatedMilliseconds {
             // Each worker holds whole aligned blocks; the busiest one computes ceil(shards / workers) shards a step.
             let busiest = Double((configuration.shards + count - 1) / count)
             let ideal = Double(batchSize) / (busiest * ms / 1000)
-            line += String(format: " simulated_compute_ms_per_shard=%.3f ideal_examples_per_s=%.1f efficiency=%.3f", ms, ideal, rate / ideal)
+            line += String(
+                format: " simulated_compute_ms_per_shard=%.3f ideal_examples_per_s=%.1f efficiency=%.3f",
+                ms,
+                ideal,
+                rate / ideal
+            )
         }
         line += String(format: " between_exchanges_ms_per_step=%.3f", betweenMs)
         print(line + " " + settings)

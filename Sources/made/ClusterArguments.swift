@@ -20,7 +20,13 @@ struct ClusterArguments: ParsableArguments {
     var insecure = false
     @Flag(help: "Send parameters and gradients over the socket even to workers on this host (no shared-memory file).")
     var noSharedMemory = false
-    @Option(parsing: .unconditional, help: "Seconds a worker's connection may carry nothing (libzmq's heartbeats go unanswered) before it is dropped, the worker declared dead and its work given to another. A worker busy sending or receiving a large message is alive.")
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Seconds a worker's connection may carry nothing (libzmq's heartbeats go unanswered) before it is "
+                + "dropped, the worker declared dead and its work given to another. A worker busy sending or "
+                + "receiving a large message is alive.")
+    )
     var heartbeatTimeout: Double = 10
     @Option(parsing: .unconditional, help: "Seconds after which a task still in flight (a shard of a step, a chunk of rows to score, a batch of samples) is taken back and given to the first idle worker.")
     var taskTimeout: Double = 60

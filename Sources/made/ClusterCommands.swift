@@ -41,9 +41,19 @@ struct WorkerArguments: ParsableArguments {
     var keyName: String = "worker"
     @Flag(help: "Read the coordinator's public key and this worker's secret key from standard input (how `made train --workers N` hands its workers the run's keys).")
     var keysOnStdin = false
-    @Option(parsing: .unconditional, help: "Seconds the connection to the coordinator may stay down (or, before it answers, hellos unanswered) before giving up (exit code 4).")
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Seconds the connection to the coordinator may stay down (or, before it answers, hellos "
+                + "unanswered) before giving up (exit code 4).")
+    )
     var coordinatorTimeout: Double = 60
-    @Option(parsing: .unconditional, help: "Seconds the connection to the coordinator may carry nothing (libzmq's heartbeats) before it is dropped and dialled again.")
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Seconds the connection to the coordinator may carry nothing (libzmq's heartbeats) before it is "
+                + "dropped and dialled again.")
+    )
     var heartbeatTimeout: Double = 10
     @Option(help: .private)
     var parentPid: Int32?   // internal: exit when this process (the launcher) is gone
@@ -55,7 +65,8 @@ struct WorkerArguments: ParsableArguments {
     var noSharedMemory = false
 
     func validate() throws {
-        for (name, value) in [("--coordinator-timeout", coordinatorTimeout), ("--heartbeat-timeout", heartbeatTimeout)] {
+        for (name, value) in [("--coordinator-timeout", coordinatorTimeout), ("--heartbeat-timeout", heartbeatTimeout)]
+        {
             if let problem = TimeoutRange.problem(name, seconds: value) { throw ValidationError(problem) }
         }
         if keysOnStdin && keys != nil { throw ValidationError("--keys and --keys-on-stdin exclude each other") }
@@ -118,7 +129,10 @@ struct WorkerArguments: ParsableArguments {
         }
         options.coordinatorTimeout = TimeoutRange.milliseconds(coordinatorTimeout)
         options.heartbeatTimeout = TimeoutRange.milliseconds(heartbeatTimeout)
-        options.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(wanted: 1000, timeout: options.heartbeatTimeout)
+        options.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(
+            wanted: 1000,
+            timeout: options.heartbeatTimeout
+        )
         options.parentProcess = parentPid
         options.sharedMemory = !noSharedMemory
         return options
@@ -162,7 +176,10 @@ struct Launch: ParsableCommand {
     @OptionGroup var training: TrainingArguments
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
-    @Option(parsing: .unconditional, help: "Workers: seconds the connection to the coordinator may stay down before giving up.")
+    @Option(
+        parsing: .unconditional,
+        help: "Workers: seconds the connection to the coordinator may stay down before giving up."
+    )
     var coordinatorTimeout: Double = 60
     @Flag(help: ArgumentHelp(
         "No relay per host: every worker dials the coordinator. (By default the first process of each host but the "

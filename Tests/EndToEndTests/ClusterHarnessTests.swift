@@ -47,7 +47,8 @@ struct ClusterHarnessTests {
         environment["MADE_FLAGS"] = "-q 32 --epochs 2 --batch-size 50 --shards 4"
         environment["HARNESS_TIMEOUT"] = "120"
         environment.merge(settings) { $1 }
-        let pid = try Self.spawn(["/bin/bash", EndToEnd.repositoryRoot.appendingPathComponent("cluster/\(script)").path] + arguments,
+        let pid = try Self.spawn(
+            ["/bin/bash", EndToEnd.repositoryRoot.appendingPathComponent("cluster/\(script)").path] + arguments,
                                  environment: environment, outputPath: outputPath)
 
         var code = Self.waitExit(pid, timeout: Self.timeLimit)
@@ -125,11 +126,21 @@ struct ClusterHarnessTests {
     /// Liveness by the connection: over a 2 Mbit/s uplink a 784-500-784 model's packed gradient
     /// (1.6 MB) takes about 6.4 s to cross, more than three times the 2 s heartbeat timeout of
     /// both sides. The worker must not be dropped, and the run must end with the local checksum.
-    @Test("netns: over a 2 Mbit/s uplink on which one result takes three heartbeat timeouts, steps complete, no worker is lost, same checksum",
+    @Test(
+        """
+        netns: over a 2 Mbit/s uplink on which one result takes three heartbeat timeouts, steps complete, no worker \
+        is lost, same checksum
+        """,
           .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"),
           .enabled(if: EndToEnd.commandExists("tc"), "needs tc (iproute2) for the tbf rate limit"))
     func slowLink() throws {
-        let (code, output) = try runHarness("netns-harness.sh", name: "netns-slow", arguments: ["2"], rows: 200, dimension: 784, settings: [
+        let (code, output) = try runHarness(
+            "netns-harness.sh",
+            name: "netns-slow",
+            arguments: ["2"],
+            rows: 200,
+            dimension: 784,
+            settings: [
             "UPLINK_RATE": "2mbit", "WORKER_EXTRA": "--heartbeat-timeout 2",
             "MADE_FLAGS": "-q 500 --epochs 1 --batch-size 100 --shards 1 --heartbeat-timeout 2"])
         #expect(code != nil, "netns-harness.sh did not finish within \(Int(Self.timeLimit)) s:\n\(output)")

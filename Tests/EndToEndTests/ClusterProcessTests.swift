@@ -282,21 +282,43 @@ struct ClusterProcessTests {
         #expect(EndToEnd.checksum(second.output) == expected)
     }
 
-    @Test("a worker frozen with SIGSTOP (libzmq's threads too) loses its connection to the heartbeat timeout; the run ends unchanged")
+    @Test(
+        """
+        a worker frozen with SIGSTOP (libzmq's threads too) loses its connection to the heartbeat timeout; the run \
+        ends unchanged
+        """
+    )
     func frozenWorker() throws {
         let folder = EndToEnd.folder("frozenworker")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data, epochs: 300)
         let endpoint = folder + "/endpoint"
-        let coordinator = try EndToEnd.Child(["coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
+        let coordinator = try EndToEnd.Child(
+            [
+                "coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
                                               "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 300),
                                              folder: folder, name: "coordinator")
-        let victim = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"], folder: folder, name: "victim")
+        let victim = try EndToEnd.Child(
+            ["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"],
+            folder: folder,
+            name: "victim"
+        )
         defer { victim.signal(SIGKILL) }
-        let survivor = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "survivor"], folder: folder, name: "survivor")
-        #expect(coordinator.waitFor(timeout: 60) { $0.contains("workers=2") }, "the workers did not both join: \(coordinator.errors)")
+        let survivor = try EndToEnd.Child(
+            ["worker", "-d", data, "--endpoint-file", endpoint, "--name", "survivor"],
+            folder: folder,
+            name: "survivor"
+        )
+        #expect(
+            coordinator.waitFor(timeout: 60) { $0.contains("workers=2") },
+            "the workers did not both join: \(coordinator.errors)"
+        )
         let epochs = coordinator.output.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count
-        #expect(coordinator.waitFor(timeout: 60) { text in text.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count > epochs })
+        #expect(
+            coordinator.waitFor(timeout: 60) { text in
+                text.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count > epochs
+            }
+        )
         // Its socket stays open: only the unanswered heartbeats can tell.
         victim.signal(SIGSTOP)
         #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")

@@ -198,7 +198,10 @@ struct RelayTests {
             #expect(coordinator.errors.contains("its connection is gone"), "\(coordinator.errors)")
             #expect(relays[1].wait(timeout: 20) == 0, "\(relays[1].errors)")
         } else {
-            #expect(counters["workers_lost"] == 0 && counters["failed_tasks"] == 0, "the coordinator saw the relay only")
+            #expect(
+                counters["workers_lost"] == 0 && counters["failed_tasks"] == 0,
+                "the coordinator saw the relay only"
+            )
             #expect(relays[0].wait(timeout: 20) == 0, "\(relays[0].errors)")
             #expect(relays[0].errors.contains("its connection is gone"), "\(relays[0].errors)")
         }

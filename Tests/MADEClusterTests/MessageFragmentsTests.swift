@@ -21,13 +21,25 @@ struct MessageFragmentsTests {
         return buffer
     }
 
-    func pieces(_ count: Int, sequence: UInt32, fragmentBytes: Int = 1000, seed: UInt8 = 0) -> (whole: [UInt8], pieces: [[UInt8]]) {
+    func pieces(
+        _ count: Int,
+        sequence: UInt32,
+        fragmentBytes: Int = 1000,
+        seed: UInt8 = 0
+    ) -> (whole: [UInt8], pieces: [[UInt8]]) {
         let buffer = frame(count, seed: seed)
         let whole = Array(buffer)
-        return (whole, MessageFragments.frames(for: buffer, sequence: sequence, fragmentBytes: fragmentBytes).map(bytes))
+        return (
+            whole, MessageFragments.frames(for: buffer, sequence: sequence, fragmentBytes: fragmentBytes).map(bytes)
+        )
     }
 
-    @Test("a small frame goes whole; a large one in pieces of at most the fragment size, which put back give the same bytes")
+    @Test(
+        """
+        a small frame goes whole; a large one in pieces of at most the fragment size, which put back give the same \
+        bytes
+        """
+    )
     func roundTrip() {
         let small = pieces(1000, sequence: 1)
         #expect(small.pieces == [small.whole])
@@ -81,7 +93,12 @@ struct MessageFragmentsTests {
         #expect(frames == [second.whole] && errors == 1 && assembler.dropped == 2)
     }
 
-    @Test("pieces out of order, of another frame, beyond the limit, of another version or with a reserved word are refused and never spliced")
+    @Test(
+        """
+        pieces out of order, of another frame, beyond the limit, of another version or with a reserved word are \
+        refused and never spliced
+        """
+    )
     func refused() {
         let frame = pieces(3000, sequence: 5)
         func deliver(_ list: [[UInt8]], maxBytes: Int = 1 << 20) -> (frames: Int, errors: Int) {
@@ -111,7 +128,11 @@ struct MessageFragmentsTests {
         #expect(deliver([Array(frame.pieces[0].prefix(MessageFragments.headerSize))]) == (0, 1))
     }
 
-    @Test("over real sockets, with and without CURVE, a frame of several megabytes crosses in pieces within the message limit",
+    @Test(
+        """
+        over real sockets, with and without CURVE, a frame of several megabytes crosses in pieces within the message \
+        limit
+        """,
           arguments: [false, true])
     func overSockets(curve: Bool) throws {
         let context = try ZMQContext()
@@ -122,7 +143,10 @@ struct MessageFragmentsTests {
         try dealer.set(.maxMessageSize(Int64(MessageFragments.largestMessage)), .routingID(Array("w".utf8)))
         if curve {
             let serverKeys = try CurveKeyPair.generate(), clientKeys = try CurveKeyPair.generate()
-            zap = try ZAPHandler(context: context, authorizedKeys: try AuthorizedKeys(publicKeys: [clientKeys.publicKey]))
+            zap = try ZAPHandler(
+                context: context,
+                authorizedKeys: try AuthorizedKeys(publicKeys: [clientKeys.publicKey])
+            )
             try router.configureCurveServer(keyPair: serverKeys, authenticator: zap!)
             try dealer.configureCurveClient(keyPair: clientKeys, serverPublicKey: serverKeys.publicKey)
         }
@@ -137,10 +161,17 @@ struct MessageFragmentsTests {
         var messages = 0
         let deadline = ContinuousClock.now + .seconds(20)
         while received == nil, ContinuousClock.now < deadline {
-            _ = try ZMQSocket.poll([.socket(router)] + (zap.map { [.socket($0.socket)] } ?? []), timeoutMilliseconds: 100)
+            _ = try ZMQSocket.poll(
+                [.socket(router)] + (zap.map { [.socket($0.socket)] } ?? []),
+                timeoutMilliseconds: 100
+            )
             zap?.handlePending()
             var peer: [UInt8] = []
-            while let message = try router.receiveMessage(maxParts: 2, dontWait: true, property: "Peer-Address", { index, bytes in
+            while let message = try router.receiveMessage(
+                maxParts: 2,
+                dontWait: true,
+                property: "Peer-Address",
+                { index, bytes in
                 if index == 0 { peer = Array(bytes) } else { received = assembler.receive(bytes, from: peer).frame }
             }) {
                 #expect(message.frames == 2 && message.property == "127.0.0.1")

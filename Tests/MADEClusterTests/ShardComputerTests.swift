@@ -354,17 +354,33 @@ struct ShardComputerTests {
 
 @Suite("Simulated compute")
 struct SimulatedComputeTests {
-    @Test("a run configured as a simulation has a run id of its own; its workers answer zeros of the real size and masks")
+    @Test(
+        "a run configured as a simulation has a run id of its own; its workers answer zeros of the real size and masks"
+    )
     func simulation() throws {
         let (real, c) = try ShardComputerTests.computer()
         let bytes = try ClusterCoordinator.runConfiguration(c, simulatedMicrosecondsPerShard: 3000)
         #expect(try ClusterCoordinator.runConfiguration(c, simulatedMicrosecondsPerShard: nil) == c.canonicalJSON())
-        #expect(ClusterCoordinator.runID(configuration: bytes, dataFingerprint: []) != ClusterCoordinator.runID(configuration: try c.canonicalJSON(), dataFingerprint: []))
+        #expect(
+            ClusterCoordinator.runID(configuration: bytes, dataFingerprint: [])
+                != ClusterCoordinator.runID(configuration: try c.canonicalJSON(), dataFingerprint: [])
+        )
         let simulated = ShardComputer(dataset: real.dataset)
         try simulated.configure(bytes)
-        #expect(simulated.configuration == c && simulated.simulatedMicrosecondsPerShard == 3000 && real.simulatedMicrosecondsPerShard == nil)
-        let packed = FloatPayload.inline(real.packing(0).pack(ParameterLayout(c.model).initialParameters(seed: 0, as: Float.self)))
-        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 2, maskSeeds: [0, 0], packingSeeds: [0], rows: [0, 1, 2, 3],
+        #expect(
+            simulated.configuration == c && simulated.simulatedMicrosecondsPerShard == 3000
+                && real.simulatedMicrosecondsPerShard == nil
+        )
+        let packed = FloatPayload.inline(
+            real.packing(0).pack(ParameterLayout(c.model).initialParameters(seed: 0, as: Float.self))
+        )
+        let task = WireMessage.Task(
+            step: 1,
+            shard: 0,
+            shardCount: 2,
+            maskSeeds: [0, 0],
+            packingSeeds: [0],
+            rows: [0, 1, 2, 3],
                                     work: .gradient, parameters: packed, ticket: 1, rowsPerShard: [2, 2])
         let truth = try real.compute(task)
         let sleep = try simulated.compute(task)

@@ -65,7 +65,12 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.refusedWorkers == 1)
         #expect(actions.contains { if case .send(_, .reject(let reason)) = $0 { reason.contains("data mismatch") } else { false } })
         // Its next hello, sent before the refusal reached it, is refused again but the worker counts once.
-        let again = m.receive(from: a, runID: 0, message: hello("a", fingerprint: [UInt8](repeating: 9, count: 32)), now: 300)
+        let again = m.receive(
+            from: a,
+            runID: 0,
+            message: hello("a", fingerprint: [UInt8](repeating: 9, count: 32)),
+            now: 300
+        )
         #expect(again.contains { if case .send(_, .reject) = $0 { true } else { false } })
         #expect(m.counters.refusedWorkers == 1)
         _ = m.receive(from: b, runID: 0, message: hello("b", fingerprint: [UInt8](repeating: 9, count: 32)), now: 310)
@@ -107,7 +112,9 @@ struct CoordinatorStateMachineTests {
         _ = m.begin(plan(step: 0, shards: 2), now: 0)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 500)
         let actions = m.connectionLost(a, now: 1200)
-        #expect(actions.contains(.workerLost(a, name: "a", reason: "its connection is gone (last message 1200 ms ago)")))
+        #expect(
+            actions.contains(.workerLost(a, name: "a", reason: "its connection is gone (last message 1200 ms ago)"))
+        )
         let moved = assignments(actions)
         #expect(moved.count == 1 && moved[0].0 == b && moved[0].1 == 0)
         #expect(m.counters.workersLost == 1)
@@ -141,7 +148,12 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
     }
 
-    @Test("a quiet worker whose connection is up is alive: no heartbeat timeout drops it, only the task timeout takes its task back")
+    @Test(
+        """
+        a quiet worker whose connection is up is alive: no heartbeat timeout drops it, only the task timeout takes \
+        its task back
+        """
+    )
     func quietWorkerStays() {
         var m = machine()
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
@@ -561,12 +573,21 @@ struct WorkerStateMachineTests {
         #expect(w.declineSharedMemory(now: 20) == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "w", hostID: "")))])
     }
 
-    @Test("the connection: hello as soon as it is up; after a break, hello again on reconnection; a break that heals keeps the worker")
+    @Test(
+        """
+        the connection: hello as soon as it is up; after a break, hello again on reconnection; a break that heals \
+        keeps the worker
+        """
+    )
     func connectionEvents() {
         var w = machine()
         _ = w.start(now: 0)
         #expect(w.connectionUp(now: 100).count == 1, "hello at once")
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 110)
+        _ = w.receive(
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])),
+            now: 110
+        )
         #expect(w.connectionUp(now: 120).isEmpty, "no break, nothing to redo")
         #expect(w.connectionDown(now: 1000).isEmpty)
         #expect(w.tick(now: 3900).allSatisfy { if case .exit = $0 { false } else { true } })
@@ -574,7 +595,11 @@ struct WorkerStateMachineTests {
         if case .send(.hello) = again.first {} else { Issue.record("expected hello after the break, got \(again)") }
         // Waiting for its welcome again: the coordinator has the full timeout from the reconnection.
         #expect(w.tick(now: 6900).allSatisfy { if case .exit = $0 { false } else { true } })
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 6900)
+        _ = w.receive(
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])),
+            now: 6900
+        )
         #expect(w.tick(now: 60_000).allSatisfy { if case .exit = $0 { false } else { true } })
     }
 

@@ -257,8 +257,8 @@ public struct WorkerStateMachine: Sendable {
         case .active(let session):
             if let since = disconnectedSince, now > since + settings.coordinatorTimeout {
                 state = .finished
-                return [.exit(code: ExitCode.coordinatorGone,
-                              reason: "the connection to the coordinator has been gone for \(settings.coordinatorTimeout / 1000) s")]
+                let reason = "the connection to the coordinator has been gone for \(settings.coordinatorTimeout / 1000) s"
+                return [.exit(code: ExitCode.coordinatorGone, reason: reason)]
             }
             return now >= lastSent + session.heartbeatInterval ? heartbeat(now: now) : []
         }

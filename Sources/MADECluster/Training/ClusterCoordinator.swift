@@ -136,7 +136,10 @@ public final class ClusterCoordinator {
         self.layout = ParameterLayout(configuration.model)
         self.packings = MaskPacking.Cache(configuration: configuration.model, runSeed: configuration.seed)
         self.logger = logger
-        let configurationBytes = try Self.runConfiguration(configuration, simulatedMicrosecondsPerShard: options.simulatedMicrosecondsPerShard)
+        let configurationBytes = try Self.runConfiguration(
+            configuration,
+            simulatedMicrosecondsPerShard: options.simulatedMicrosecondsPerShard
+        )
         let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint ?? [])
         var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
         settings.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(wanted: options.heartbeatInterval,
@@ -177,7 +180,9 @@ public final class ClusterCoordinator {
         // route, which is how the machine learns the worker is gone (`connectionLost`).
         try router.set(.routerMandatory(true), .linger(milliseconds: 0), .sendHighWaterMark(0), .receiveHighWaterMark(0),
                        .maxMessageSize(Int64(MessageFragments.largestMessage)))
-        try router.set(ConnectionHeartbeat.options(interval: settings.heartbeatInterval, timeout: settings.heartbeatTimeout))
+        try router.set(
+            ConnectionHeartbeat.options(interval: settings.heartbeatInterval, timeout: settings.heartbeatTimeout)
+        )
         fragments = FragmentAssembler(maxBytes: Self.frameBytes(values: largestResult))
         if let security = options.security, let zap {
             try router.configureCurveServer(keyPair: security.keyPair, authenticator: zap)
@@ -210,7 +215,10 @@ public final class ClusterCoordinator {
     /// What a worker is told of the run (the `welcome`'s configuration): the training
     /// configuration's canonical JSON, and in a simulation the time to sleep per shard
     /// (`simulatedComputeMicrosecondsPerShard`), so a simulated run has a run id of its own.
-    static func runConfiguration(_ configuration: TrainingConfiguration, simulatedMicrosecondsPerShard: UInt32?) throws -> [UInt8] {
+    static func runConfiguration(
+        _ configuration: TrainingConfiguration,
+        simulatedMicrosecondsPerShard: UInt32?
+    ) throws -> [UInt8] {
         let bytes = try configuration.canonicalJSON()
         guard let simulated = simulatedMicrosecondsPerShard else { return bytes }
         guard var object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
@@ -916,24 +924,32 @@ public final class ClusterCoordinator {
             var peer: [UInt8] = []
             var delivery: FragmentAssembler<[UInt8]>.Delivery?
             var size = 0
-            guard let received = try router.receiveMessage(maxParts: 2, dontWait: true, property: "Peer-Address", { index, bytes in
-                if index == 0 {
-                    peer = Array(bytes)
-                    return
-                }
-                size = bytes.count
-                if MessageFragments.isFragment(bytes) && !machine.isRegistered(peer) {
-                    delivery = .init(frame: nil, error: .invalidField("a fragment from a peer that is not a registered worker"))
-                } else {
-                    delivery = fragments.receive(bytes, from: peer)
-                }
-            }) else { break }
+            guard
+                let received = try router.receiveMessage(
+                    maxParts: 2, dontWait: true, property: "Peer-Address",
+                    { index, bytes in
+                        if index == 0 {
+                            peer = Array(bytes)
+                            return
+                        }
+                        size = bytes.count
+                        if MessageFragments.isFragment(bytes) && !machine.isRegistered(peer) {
+                            delivery = .init(
+                                frame: nil,
+                                error: .invalidField("a fragment from a peer that is not a registered worker"))
+                        } else {
+                            delivery = fragments.receive(bytes, from: peer)
+                        }
+                    })
+            else { break }
             zap?.handlePending()
             bytesReceived += size
             // Traffic is kept by host for registered workers and those saying hello.
             if hostOfPeer[peer] == nil, let frame = delivery?.frame, machine.isRegistered(peer) || Self.isHello(frame) {
                 // Over ipc the property names the peer process, not a host.
-                hostOfPeer[peer] = endpoint.hasPrefix("tcp://") ? received.property.flatMap { $0.isEmpty ? nil : $0 } ?? "local" : "local"
+                hostOfPeer[peer] =
+                    endpoint.hasPrefix("tcp://")
+                    ? received.property.flatMap { $0.isEmpty ? nil : $0 } ?? "local" : "local"
             }
             if let host = hostOfPeer[peer] { trafficByHost[host, default: Traffic()].received += size }
             guard received.frames == 2, let delivery else {
@@ -1037,7 +1053,10 @@ public final class ClusterCoordinator {
                 case .unroutable:
                     return try perform(machine.connectionLost(peer, now: now), parameters: parameters)
                 case .wouldBlock:
-                    logger.warning("send would block; message dropped", metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)"])
+                    logger.warning(
+                        "send would block; message dropped",
+                        metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)"]
+                    )
                     return
                 }
             }

@@ -106,7 +106,9 @@ public final class ClusterWorker {
         try socket.set(.routingID(identity), .immediate(true), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
                        .reconnectIntervalMax(milliseconds: 2000),
                        .maxMessageSize(Int64(MessageFragments.largestMessage)))
-        try socket.set(ConnectionHeartbeat.options(interval: options.heartbeatInterval, timeout: options.heartbeatTimeout))
+        try socket.set(
+            ConnectionHeartbeat.options(interval: options.heartbeatInterval, timeout: options.heartbeatTimeout)
+        )
         if let security = options.security {
             try socket.configureCurveClient(keyPair: security.keyPair, serverPublicKey: security.serverPublicKey)
         }
@@ -207,7 +209,10 @@ public final class ClusterWorker {
                 if event.kind == .handshakeSucceeded { try perform(machine.connectionUp(now: now)) }
                 if event.kind == .disconnected {
                     fragments.forget(0)
-                    logger.info("connection to the coordinator lost; reconnecting", metadata: ["endpoint": "\(event.endpoint)"])
+                    logger.info(
+                        "connection to the coordinator lost; reconnecting",
+                        metadata: ["endpoint": "\(event.endpoint)"]
+                    )
                     try perform(machine.connectionDown(now: now))
                 }
             }

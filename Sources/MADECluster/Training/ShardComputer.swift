@@ -220,7 +220,8 @@ public final class ShardComputer {
         let payload: FloatPayload
         let loss: Double
         // In a simulation the block sleeps instead and leaves zeros, in either order.
-        let compute = { (out: UnsafeMutablePointer<Float>, masking: Bool, computeOrder: Bool, clearing: Bool) -> Double in
+        let compute = {
+            (out: UnsafeMutablePointer<Float>, masking: Bool, computeOrder: Bool, clearing: Bool) -> Double in
             guard let simulated = self.simulatedMicrosecondsPerShard else {
                 return self.blockGradient(task, engine: engine, source: source, into: out, masking: masking,
                                           computeOrder: computeOrder, clearingOutside: clearing)
@@ -261,8 +262,12 @@ public final class ShardComputer {
 
     /// A simulated block: sleeps `microsecondsPerShard` for each of the task's shards, between
     /// them as a real block would pause, and leaves zeros in `out`; the loss is 0.
-    private func simulateBlock(_ task: WireMessage.Task, microsecondsPerShard: UInt32, into out: UnsafeMutablePointer<Float>,
-                               count: Int) -> Double {
+    private func simulateBlock(
+        _ task: WireMessage.Task,
+        microsecondsPerShard: UInt32,
+        into out: UnsafeMutablePointer<Float>,
+        count: Int
+    ) -> Double {
         out.update(repeating: 0, count: count)
         for n in 0..<task.rowsPerShard.count {
             usleep(microsecondsPerShard)

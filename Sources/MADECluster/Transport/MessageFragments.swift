@@ -108,7 +108,9 @@ public struct FragmentAssembler<Peer: Hashable> {
             // A whole frame: anything this peer had in progress will not be finished.
             return Delivery(frame: Array(bytes), error: breakOff(peer))
         }
-        guard bytes.count > MessageFragments.headerSize else { return refuse(peer, "a fragment of \(bytes.count) bytes") }
+        guard bytes.count > MessageFragments.headerSize else {
+            return refuse(peer, "a fragment of \(bytes.count) bytes")
+        }
         var reader = LittleEndianReader(UnsafeRawBufferPointer(rebasing: bytes[4...]))
         let version = reader.integer(as: UInt16.self)!
         let reserved = reader.integer(as: UInt16.self)!
@@ -125,7 +127,10 @@ public struct FragmentAssembler<Peer: Hashable> {
         guard total <= maxBytes else {
             partials[peer] = nil
             dropped += 1
-            return Delivery(frame: nil, error: .limitExceeded(field: "fragmented frame bytes", count: total, limit: maxBytes))
+            return Delivery(
+                frame: nil,
+                error: .limitExceeded(field: "fragmented frame bytes", count: total, limit: maxBytes)
+            )
         }
         var error: WireError?
         if offset == 0 {

@@ -53,7 +53,10 @@ public final class ZMQMonitor {
         address = "inproc://made-monitor-\(getpid())-\(serial)"
         self.watched = watched
         let handle = try watched.openHandle("zmq_socket_monitor")
-        try ZMQError.check(zmq_socket_monitor(handle, address, Int32(events.rawValue)), "zmq_socket_monitor(\(address))")
+        try ZMQError.check(
+            zmq_socket_monitor(handle, address, Int32(events.rawValue)),
+            "zmq_socket_monitor(\(address))"
+        )
         socket = try ZMQSocket(context: watched.context, kind: .pair)
         do {
             try socket.connect(address)
@@ -81,6 +84,10 @@ public final class ZMQMonitor {
         let (id, value) = message.frames[0].withUnsafeBytes {
             ($0.loadUnaligned(as: UInt16.self), $0.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
         }
-        return Event(kind: Events(rawValue: id), value: value, endpoint: String(decoding: message.frames[1], as: UTF8.self))
+        return Event(
+            kind: Events(rawValue: id),
+            value: value,
+            endpoint: String(decoding: message.frames[1], as: UTF8.self)
+        )
     }
 }

@@ -406,7 +406,13 @@ public final class ZMQSocket {
     ///   interrupted the wait).
     public func receiveMessage(maxParts: Int, dontWait: Bool = false) throws -> Message? {
         var frames: [[UInt8]] = []
-        guard let received = try receiveMessage(maxParts: maxParts, dontWait: dontWait, { _, bytes in frames.append(Array(bytes)) }) else {
+        guard
+            let received = try receiveMessage(
+                maxParts: maxParts,
+                dontWait: dontWait,
+                { _, bytes in frames.append(Array(bytes)) }
+            )
+        else {
             return nil
         }
         return Message(frames: frames, discardedFrameCount: received.frames - frames.count)
