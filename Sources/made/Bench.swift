@@ -421,7 +421,7 @@ struct Bench: ParsableCommand {
         options.coordinator.sharedMemory = !noSharedMemory
         options.coordinator.mixedMaskPacking = mixedPacking
         options.coordinator.simulatedMicrosecondsPerShard = simulatedMilliseconds.map { UInt32(($0 * 1000).rounded()) }
-        if let bind {
+        if bind != nil {
             options.coordinator.allowInsecure = insecure
             if let keys { options.coordinator.security = try ClusterSecurity.Server.load(folder: keys) }
             options.ephemeralKeys = false   // workers started elsewhere bring their own keys, or none
