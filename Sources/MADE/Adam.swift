@@ -10,8 +10,13 @@ public struct AdamConfiguration: Sendable, Equatable, Codable {
     /// `lambda` in `g <- g + lambda * p` (L2 through the gradient, not decoupled).
     public var weightDecay: Double = 1e-4
 
-    public init(learningRate: Double = 1e-3, beta1: Double = 0.9, beta2: Double = 0.999,
-                epsilon: Double = 1e-8, weightDecay: Double = 1e-4) {
+    public init(
+        learningRate: Double = 1e-3,
+        beta1: Double = 0.9,
+        beta2: Double = 0.999,
+        epsilon: Double = 1e-8,
+        weightDecay: Double = 1e-4
+    ) {
         self.learningRate = learningRate
         self.beta1 = beta1
         self.beta2 = beta2
@@ -54,10 +59,18 @@ public struct AdamState: Sendable, Equatable {
     ///
     /// - Complexity: one pass over the parameters; allocates nothing.
     /// - Parameter threads: threads to split the pass over; the result does not depend on it.
-    public mutating func update(parameters: inout [Float], gradient: [Float], scale: Float,
-                                learningRate: Double, configuration c: AdamConfiguration, threads: Int = 1) {
-        precondition(parameters.count == firstMoment.count && gradient.count == parameters.count,
-                     "Adam: \(parameters.count) parameters, \(gradient.count) gradients, state for \(firstMoment.count)")
+    public mutating func update(
+        parameters: inout [Float],
+        gradient: [Float],
+        scale: Float,
+        learningRate: Double,
+        configuration c: AdamConfiguration,
+        threads: Int = 1
+    ) {
+        precondition(
+            parameters.count == firstMoment.count && gradient.count == parameters.count,
+            "Adam: \(parameters.count) parameters, \(gradient.count) gradients, state for \(firstMoment.count)"
+        )
         let constants = nextStep(scale: scale, learningRate: learningRate, configuration: c)
         let n = parameters.count
         parameters.withUnsafeMutableBufferPointer { p in
@@ -68,7 +81,14 @@ public struct AdamState: Sendable, Equatable {
                         let pointers = UncheckedSendable((pp, gp, mp, vp))
                         forEachChunk(count: n, parts: threads) { r in
                             let (pp, gp, mp, vp) = pointers.value
-                            made_adam_f32(r.count, pp + r.lowerBound, gp + r.lowerBound, mp + r.lowerBound, vp + r.lowerBound, constants)
+                            made_adam_f32(
+                                r.count,
+                                pp + r.lowerBound,
+                                gp + r.lowerBound,
+                                mp + r.lowerBound,
+                                vp + r.lowerBound,
+                                constants
+                            )
                         }
                     }
                 }
@@ -80,14 +100,24 @@ public struct AdamState: Sendable, Equatable {
 extension AdamState {
     /// Counts a step and returns the constants of its update (see the formula on ``AdamState``),
     /// for kernels that apply it themselves.
-    mutating func nextStep(scale: Float, learningRate: Double, configuration c: AdamConfiguration) -> made_adam_constants {
+    mutating func nextStep(
+        scale: Float,
+        learningRate: Double,
+        configuration c: AdamConfiguration
+    ) -> made_adam_constants {
         step += 1
         let t = Double(step)
         return made_adam_constants(
-            scale: scale, decay: Float(c.weightDecay), beta1: Float(c.beta1), one_minus_beta1: Float(1 - c.beta1),
-            beta2: Float(c.beta2), one_minus_beta2: Float(1 - c.beta2),
+            scale: scale,
+            decay: Float(c.weightDecay),
+            beta1: Float(c.beta1),
+            one_minus_beta1: Float(1 - c.beta1),
+            beta2: Float(c.beta2),
+            one_minus_beta2: Float(1 - c.beta2),
             step_size: Float(learningRate / (1 - Foundation.pow(c.beta1, t))),
-            inverse_root_correction2: Float(1 / (1 - Foundation.pow(c.beta2, t)).squareRoot()), epsilon: Float(c.epsilon))
+            inverse_root_correction2: Float(1 / (1 - Foundation.pow(c.beta2, t)).squareRoot()),
+            epsilon: Float(c.epsilon)
+        )
     }
 }
 

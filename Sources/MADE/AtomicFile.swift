@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -74,7 +75,9 @@ public enum AtomicFile {
     public static func removeStaleTemporaries(of path: String) -> [String] {
         let (folder, name) = split(path)
         let prefix = ".\(name).tmp-"
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: folder.isEmpty ? "." : folder) else { return [] }
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: folder.isEmpty ? "." : folder) else {
+            return []
+        }
         var removed: [String] = []
         for entry in entries where entry.hasPrefix(prefix) {
             guard let pid = Int32(entry.dropFirst(prefix.count)), pid > 0, pid != getpid() else { continue }
@@ -92,11 +95,24 @@ public enum AtomicFile {
         let shown = folder.isEmpty ? "." : folder
         var info = stat()
         guard stat(shown, &info) == 0 else {
-            throw MADEError(.io, "cannot write here: the folder \(shown) \(errno == ENOENT ? "does not exist" : "cannot be read: \(String(cString: strerror(errno)))")", path: path)
+            throw MADEError(
+                .io,
+                """
+                cannot write here: the folder \(shown) \
+                \(errno == ENOENT ? "does not exist" : "cannot be read: \(String(cString: strerror(errno)))")
+                """,
+                path: path
+            )
         }
-        guard info.st_mode & S_IFMT == S_IFDIR else { throw MADEError(.io, "cannot write here: \(shown) is not a folder", path: path) }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw MADEError(.io, "cannot write here: \(shown) is not a folder", path: path)
+        }
         guard access(shown, W_OK | X_OK) == 0 else {
-            throw MADEError(.io, "cannot write here: the folder \(shown) is not writable (\(String(cString: strerror(errno))))", path: path)
+            throw MADEError(
+                .io,
+                "cannot write here: the folder \(shown) is not writable (\(String(cString: strerror(errno))))",
+                path: path
+            )
         }
     }
 

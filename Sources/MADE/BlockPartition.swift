@@ -112,20 +112,38 @@ public struct BlockPartition: Sendable, Equatable {
         var position = [Int32](repeating: 0, count: outputOrder.count)
         for (j, o) in outputOrder.enumerated() { position[Int(o)] = Int32(j) }
 
-        func blocks(from below: [Int], rowOrder: [Int32], to above: [Int], columnOrder: [Int32], strict: Bool, chunk: Int) -> MatrixBlocks {
+        func blocks(
+            from below: [Int],
+            rowOrder: [Int32],
+            to above: [Int],
+            columnOrder: [Int32],
+            strict: Bool,
+            chunk: Int
+        ) -> MatrixBlocks {
             let sortedBelow = rowOrder.map { below[Int($0)] }
             // Count of sorted degrees below `<=` (or `<`) each column's degree: a binary search.
             func prefix(_ degree: Int) -> Int32 {
-                var low = 0, high = sortedBelow.count
+                var low = 0
+                var high = sortedBelow.count
                 while low < high {
                     let mid = (low + high) / 2
-                    if strict ? sortedBelow[mid] < degree : sortedBelow[mid] <= degree { low = mid + 1 } else { high = mid }
+                    if strict ? sortedBelow[mid] < degree : sortedBelow[mid] <= degree {
+                        low = mid + 1
+                    } else {
+                        high = mid
+                    }
                 }
                 return Int32(low)
             }
             let active = columnOrder.map { prefix(above[Int($0)]) }
-            return MatrixBlocks(rows: below.count, columns: above.count, rowOrder: rowOrder, columnOrder: columnOrder,
-                                activeRows: active, bands: Self.bands(active, chunk: chunk))
+            return MatrixBlocks(
+                rows: below.count,
+                columns: above.count,
+                rowOrder: rowOrder,
+                columnOrder: columnOrder,
+                activeRows: active,
+                bands: Self.bands(active, chunk: chunk)
+            )
         }
 
         var matrices: [MatrixBlocks] = []
@@ -133,17 +151,41 @@ public struct BlockPartition: Sendable, Equatable {
         var belowOrder = inputOrder
         for l in 1..<degrees.count {
             let order = sortedByDegree(degrees[l])
-            matrices.append(blocks(from: belowDegrees, rowOrder: belowOrder, to: degrees[l], columnOrder: order, strict: false,
-                                   chunk: degrees[l].count))
+            matrices.append(
+                blocks(
+                    from: belowDegrees,
+                    rowOrder: belowOrder,
+                    to: degrees[l],
+                    columnOrder: order,
+                    strict: false,
+                    chunk: degrees[l].count
+                )
+            )
             belowDegrees = degrees[l]
             belowOrder = order
         }
         let canonicalOutputDegrees = (0..<configuration.outputCount).map { degrees[0][$0 % d] }
-        matrices.append(blocks(from: belowDegrees, rowOrder: belowOrder, to: canonicalOutputDegrees, columnOrder: outputOrder,
-                               strict: true, chunk: d))
+        matrices.append(
+            blocks(
+                from: belowDegrees,
+                rowOrder: belowOrder,
+                to: canonicalOutputDegrees,
+                columnOrder: outputOrder,
+                strict: true,
+                chunk: d
+            )
+        )
         if configuration.directConnections {
-            matrices.append(blocks(from: degrees[0], rowOrder: inputOrder, to: canonicalOutputDegrees, columnOrder: outputOrder,
-                                   strict: true, chunk: d))
+            matrices.append(
+                blocks(
+                    from: degrees[0],
+                    rowOrder: inputOrder,
+                    to: canonicalOutputDegrees,
+                    columnOrder: outputOrder,
+                    strict: true,
+                    chunk: d
+                )
+            )
         }
         self.matrices = matrices
         self.inputOrder = inputOrder
@@ -164,7 +206,10 @@ public struct BlockPartition: Sendable, Equatable {
         while start < n {
             let end = min(n, start + chunk)
             var b = start + bandGranularity
-            while b < end { candidates.append(b); b += bandGranularity }
+            while b < end {
+                candidates.append(b)
+                b += bandGranularity
+            }
             candidates.append(end)
             start = end
         }
@@ -181,7 +226,10 @@ public struct BlockPartition: Sendable, Equatable {
                 for j in candidates[s]..<candidates[s + 1] { rows = max(rows, Int(active[j])) }
                 if chunkOf(candidates[s]) != chunkOf(last) { break }
                 let cost = best[s] + rows * (candidates[e] - candidates[s]) + (rows > 0 ? bandCost : 0)
-                if cost < best[e] { best[e] = cost; from[e] = s }
+                if cost < best[e] {
+                    best[e] = cost
+                    from[e] = s
+                }
                 s -= 1
             }
         }
@@ -202,7 +250,8 @@ public struct BlockPartition: Sendable, Equatable {
     /// the direct connections take binary inputs with `density` ones as sums of selected rows:
     /// `density` times the rows below each 32-column block's longest prefix.
     public func trainingStepFraction(density: Double, selectedRows: Bool) -> Double {
-        var dense = 0.0, done = 0.0
+        var dense = 0.0
+        var done = 0.0
         let direct = hasDirect
         for (k, m) in matrices.enumerated() {
             let full = Double(m.rows * m.columns)

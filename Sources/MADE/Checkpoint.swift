@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -35,8 +36,13 @@ public struct Checkpoint: Sendable, Equatable {
     /// The run's identity, kept across resumes; metrics records carry it. Nil in older checkpoints.
     public var runID: String?
 
-    public init(configuration: TrainingConfiguration, state: TrainingState, dataFingerprint: String,
-                dataSource: DataSource? = nil, runID: String? = nil) {
+    public init(
+        configuration: TrainingConfiguration,
+        state: TrainingState,
+        dataFingerprint: String,
+        dataSource: DataSource? = nil,
+        runID: String? = nil
+    ) {
         self.configuration = configuration
         self.state = state
         self.dataFingerprint = dataFingerprint
@@ -75,16 +81,30 @@ public struct Checkpoint: Sendable, Equatable {
     /// The file's bytes.
     public func encoded() throws -> [UInt8] {
         let header = Header(
-            configuration: configuration, dataFingerprint: dataFingerprint, step: state.step,
-            completedEpochs: state.completedEpochs, epochLossSumBits: state.epochLossSum.bitPattern,
-            epochExamples: state.epochExamples, bestValidNLLBits: state.bestValidNLL?.bitPattern,
-            bestEpoch: state.bestEpoch, epochsWithoutImprovement: state.epochsWithoutImprovement,
-            stoppedEarly: state.stoppedEarly, adamStep: state.adam.step, history: state.history,
-            parametersSHA256: parametersSHA256, dataSource: dataSource, runID: runID)
+            configuration: configuration,
+            dataFingerprint: dataFingerprint,
+            step: state.step,
+            completedEpochs: state.completedEpochs,
+            epochLossSumBits: state.epochLossSum.bitPattern,
+            epochExamples: state.epochExamples,
+            bestValidNLLBits: state.bestValidNLL?.bitPattern,
+            bestEpoch: state.bestEpoch,
+            epochsWithoutImprovement: state.epochsWithoutImprovement,
+            stoppedEarly: state.stoppedEarly,
+            adamStep: state.adam.step,
+            history: state.history,
+            parametersSHA256: parametersSHA256,
+            dataSource: dataSource,
+            runID: runID
+        )
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         // A diverged run's history may hold infinities or NaN; they are written as strings.
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "inf",
+            negativeInfinity: "-inf",
+            nan: "nan"
+        )
         let json = try encoder.encode(header)
         var out = Checkpoint.magic
         let arrays = [state.parameters, state.adam.firstMoment, state.adam.secondMoment, state.bestParameters]
@@ -120,14 +140,20 @@ public struct Checkpoint: Sendable, Equatable {
     public func requireFinite(resuming: Bool = false, path: String = "checkpoint") throws {
         var arrays = [("parameters", modelParameters)]
         if resuming {
-            arrays += [("training parameters", state.parameters), ("Adam first moment", state.adam.firstMoment),
-                       ("Adam second moment", state.adam.secondMoment)]
+            arrays += [
+                ("training parameters", state.parameters), ("Adam first moment", state.adam.firstMoment),
+                ("Adam second moment", state.adam.secondMoment),
+            ]
         }
         for (name, values) in arrays {
             if let bad = values.firstIndex(where: { !$0.isFinite }) {
                 let count = values.lazy.filter { !$0.isFinite }.count
-                throw MADEError(.invalidCheckpoint, "\(count) of its \(values.count) \(name) are not finite (the first, #\(bad), is \(values[bad])): "
-                                + "the run diverged before this checkpoint was written; train again with a smaller --lr", path: path)
+                throw MADEError(
+                    .invalidCheckpoint,
+                    "\(count) of its \(values.count) \(name) are not finite (the first, #\(bad), is \(values[bad])): "
+                        + "the run diverged before this checkpoint was written; train again with a smaller --lr",
+                    path: path
+                )
             }
         }
     }
@@ -148,7 +174,9 @@ public struct Checkpoint: Sendable, Equatable {
     /// Parses and verifies checkpoint bytes; `path` names the file in errors.
     public static func decode(_ bytes: [UInt8], path: String = "checkpoint") throws -> Checkpoint {
         func fail(_ message: String) -> MADEError { MADEError(.invalidCheckpoint, message, path: path) }
-        guard bytes.count >= 8 + 8 + 32 else { throw fail("truncated: \(bytes.count) bytes is too short for a checkpoint") }
+        guard bytes.count >= 8 + 8 + 32 else {
+            throw fail("truncated: \(bytes.count) bytes is too short for a checkpoint")
+        }
         guard Array(bytes[0..<8]) == magic else { throw fail("not a MADE checkpoint (bad magic)") }
         let body = bytes[0..<(bytes.count - 32)]
         guard SHA256.hash(body) == Array(bytes[(bytes.count - 32)...]) else {
@@ -157,13 +185,19 @@ public struct Checkpoint: Sendable, Equatable {
         let (header, arrays): (Header, [[Float]]) = try Array(body).withUnsafeBytes { raw in
             var reader = LittleEndianReader(raw, position: 8)
             guard let version = reader.integer(as: UInt32.self) else { throw fail("truncated version") }
-            guard version == Checkpoint.version else { throw fail("unsupported checkpoint version \(version) (this program reads \(Checkpoint.version))") }
+            guard version == Checkpoint.version else {
+                throw fail("unsupported checkpoint version \(version) (this program reads \(Checkpoint.version))")
+            }
             guard let headerLength = reader.integer(as: UInt32.self) else { throw fail("truncated header length") }
             guard let json = reader.take(Int(headerLength)) else { throw fail("truncated header") }
             let header: Header
             do {
                 let decoder = JSONDecoder()
-                decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+                decoder.nonConformingFloatDecodingStrategy = .convertFromString(
+                    positiveInfinity: "inf",
+                    negativeInfinity: "-inf",
+                    nan: "nan"
+                )
                 header = try decoder.decode(Header.self, from: Data(json))
             } catch {
                 throw fail("unreadable header: \(error)")
@@ -171,7 +205,8 @@ public struct Checkpoint: Sendable, Equatable {
             var arrays: [[Float]] = []
             for name in ["parameters", "Adam first moment", "Adam second moment", "best parameters"] {
                 guard let count = reader.integer(as: UInt64.self) else { throw fail("truncated before the \(name)") }
-                guard count <= UInt64(reader.remaining / 4), let a = reader.array(count: Int(count), of: Float.self) else {
+                guard count <= UInt64(reader.remaining / 4), let a = reader.array(count: Int(count), of: Float.self)
+                else {
                     throw fail("truncated \(name): \(count) values announced")
                 }
                 arrays.append(a)
@@ -183,17 +218,24 @@ public struct Checkpoint: Sendable, Equatable {
         do { try configuration.validate() } catch { throw fail("invalid configuration: \(error)") }
         let n = ParameterLayout(configuration.model).count
         guard arrays[0].count == n, arrays[1].count == n, arrays[2].count == n,
-              arrays[3].isEmpty || arrays[3].count == n else {
+            arrays[3].isEmpty || arrays[3].count == n
+        else {
             throw fail("array sizes \(arrays.map(\.count)) do not fit the model's \(n) parameters")
         }
         // The counters must describe a point the schedule can reach.
         // (validate() bounds the epochs, so the sums below cannot overflow.)
         guard header.completedEpochs >= 0, header.completedEpochs <= configuration.epochs + 1_000_000, header.step >= 0,
-              header.step <= Self.maxStep, header.epochExamples <= Self.maxStep,
-              header.adamStep == header.step, header.epochExamples >= 0, header.epochsWithoutImprovement >= 0,
-              header.bestEpoch >= -1, header.bestEpoch < max(header.completedEpochs, 1),
-              configuration.evaluationMasks <= 1_000_000 else {
-            throw fail("inconsistent counters: step \(header.step), Adam step \(header.adamStep), epochs \(header.completedEpochs)")
+            header.step <= Self.maxStep, header.epochExamples <= Self.maxStep,
+            header.adamStep == header.step, header.epochExamples >= 0, header.epochsWithoutImprovement >= 0,
+            header.bestEpoch >= -1, header.bestEpoch < max(header.completedEpochs, 1),
+            configuration.evaluationMasks <= 1_000_000
+        else {
+            throw fail(
+                """
+                inconsistent counters: step \(header.step), Adam step \(header.adamStep), epochs \
+                \(header.completedEpochs)
+                """
+            )
         }
         var state = TrainingState(configuration: configuration)
         state.parameters = arrays[0]
@@ -208,8 +250,13 @@ public struct Checkpoint: Sendable, Equatable {
         state.epochsWithoutImprovement = header.epochsWithoutImprovement
         state.stoppedEarly = header.stoppedEarly
         state.history = header.history
-        let checkpoint = Checkpoint(configuration: configuration, state: state, dataFingerprint: header.dataFingerprint,
-                                    dataSource: header.dataSource, runID: header.runID)
+        let checkpoint = Checkpoint(
+            configuration: configuration,
+            state: state,
+            dataFingerprint: header.dataFingerprint,
+            dataSource: header.dataSource,
+            runID: header.runID
+        )
         guard checkpoint.parametersSHA256 == header.parametersSHA256 else {
             throw fail("the parameters do not match the checksum in the header")
         }

@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,7 +30,11 @@ public final class CheckpointLock {
         path = Self.lockPath(of: checkpoint)
         let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw MADEError(.io, "cannot make the lock file \(path): \(String(cString: strerror(errno)))", path: checkpoint)
+            throw MADEError(
+                .io,
+                "cannot make the lock file \(path): \(String(cString: strerror(errno)))",
+                path: checkpoint
+            )
         }
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let code = errno
@@ -40,9 +45,15 @@ public final class CheckpointLock {
             guard code == EWOULDBLOCK else {
                 throw MADEError(.io, "cannot lock \(path): \(String(cString: strerror(code)))", path: checkpoint)
             }
-            let pid = String(decoding: holder.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw MADEError(.busy, "another run (pid \(pid.isEmpty ? "unknown" : pid)) is writing this checkpoint (lock \(path)); "
-                            + "wait for it to end or stop it, or give another --checkpoint", path: checkpoint)
+            let pid = String(decoding: holder.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(
+                in: .whitespacesAndNewlines
+            )
+            throw MADEError(
+                .busy,
+                "another run (pid \(pid.isEmpty ? "unknown" : pid)) is writing this checkpoint (lock \(path)); "
+                    + "wait for it to end or stop it, or give another --checkpoint",
+                path: checkpoint
+            )
         }
         let text = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)

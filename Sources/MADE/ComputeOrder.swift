@@ -16,8 +16,12 @@ extension BlockPartition {
     ///
     /// - Complexity: O(number of parameters), each weight moved once; scratch of one row per
     ///   matrix. The matrices are permuted on up to `threads` threads; the result does not depend on it.
-    public func permute(_ values: UnsafeMutablePointer<Float>, layout: ParameterLayout, toCompute: Bool,
-                        threads: Int = 1) {
+    public func permute(
+        _ values: UnsafeMutablePointer<Float>,
+        layout: ParameterLayout,
+        toCompute: Bool,
+        threads: Int = 1
+    ) {
         let p = UncheckedSendable(values)
         forEachMatrix(layout, threads: threads) { k, matrix in
             let b = self.matrices[k]
@@ -35,16 +39,27 @@ extension BlockPartition {
     /// Writes `source` (layout order) into `out` in compute order, masked: inside the bands every
     /// weight the masks keep, +0 for those they drop; every bias. Entries outside the bands are
     /// left as they are (no pass reads them): what the sparse kernel's passes read.
-    public func gatherMasked(_ source: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
-                             layout: ParameterLayout,
-                             threads: Int = 1) {
+    public func gatherMasked(
+        _ source: UnsafePointer<Float>,
+        into out: UnsafeMutablePointer<Float>,
+        layout: ParameterLayout,
+        threads: Int = 1
+    ) {
         let pointers = UncheckedSendable((source, out))
         forEachMatrix(layout, threads: threads) { k, matrix in
             let (source, out) = pointers.value
             let b = self.matrices[k]
-            made_gather_staircase_f32(b.rows, b.columns, source + matrix.offset, b.rowOrder, b.columnOrder,
-                                      b.activeRows,
-                                      b.bandTable, b.bands.count, out + matrix.offset)
+            made_gather_staircase_f32(
+                b.rows,
+                b.columns,
+                source + matrix.offset,
+                b.rowOrder,
+                b.columnOrder,
+                b.activeRows,
+                b.bandTable,
+                b.bands.count,
+                out + matrix.offset
+            )
             if let bias = matrix.biasOffset {
                 for j in 0..<matrix.columns { out[bias + j] = source[bias + Int(b.columnOrder[j])] }
             }
@@ -59,8 +74,15 @@ extension BlockPartition {
     public func maskDropped(_ values: UnsafeMutablePointer<Float>, layout: ParameterLayout, outside: Bool) {
         for (k, matrix) in layout.matrices.enumerated() {
             let b = matrices[k]
-            made_mask_staircase_f32(b.rows, b.columns, values + matrix.offset, b.activeRows, b.bandTable, b.bands.count,
-                                    outside ? 1 : 0)
+            made_mask_staircase_f32(
+                b.rows,
+                b.columns,
+                values + matrix.offset,
+                b.activeRows,
+                b.bandTable,
+                b.bands.count,
+                outside ? 1 : 0
+            )
         }
     }
 
@@ -73,12 +95,27 @@ extension BlockPartition {
             let b = self.matrices[k]
             var scratch = [Float](repeating: 0, count: max(b.columns, 1))
             var done = [UInt8](repeating: 0, count: max(b.rows, 1))
-            made_unpermute_staircase_f32(b.rows, b.columns, p.value + matrix.offset, b.rowPosition, b.columnPosition,
-                                         b.activeByColumn, &scratch, &done)
+            made_unpermute_staircase_f32(
+                b.rows,
+                b.columns,
+                p.value + matrix.offset,
+                b.rowPosition,
+                b.columnPosition,
+                b.activeByColumn,
+                &scratch,
+                &done
+            )
             if let bias = matrix.biasOffset {
                 var firstRow: Int32 = 0
-                made_permute_matrix_inplace_f32(1, matrix.columns, p.value + bias, &firstRow, b.columnPosition,
-                                                &scratch, &done)
+                made_permute_matrix_inplace_f32(
+                    1,
+                    matrix.columns,
+                    p.value + bias,
+                    &firstRow,
+                    b.columnPosition,
+                    &scratch,
+                    &done
+                )
             }
         }
     }
@@ -86,8 +123,10 @@ extension BlockPartition {
     /// Runs `body` for every matrix of `layout` (with its index), on up to `threads` threads.
     private func forEachMatrix(_ layout: ParameterLayout, threads: Int, _ body: (Int, ParameterLayout.Matrix) -> Void) {
         let all = layout.matrices
-        precondition(all.count == matrices.count,
-                     "BlockPartition: \(matrices.count) matrices for a layout of \(all.count)")
+        precondition(
+            all.count == matrices.count,
+            "BlockPartition: \(matrices.count) matrices for a layout of \(all.count)"
+        )
         if threads <= 1 || all.count == 1 {
             for (k, matrix) in all.enumerated() { body(k, matrix) }
             return

@@ -9,11 +9,18 @@ public enum DataFingerprint {
     public static func bytes(of dataset: Dataset) -> [UInt8] {
         var h = SHA256()
         for (name, split) in [("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)] {
-            guard let split else { h.update(Array("\(name):none;".utf8)); continue }
+            guard let split else {
+                h.update(Array("\(name):none;".utf8))
+                continue
+            }
             h.update(Array("\(name):\(split.count)x\(split.dimension):".utf8))
             switch split.storage {
-            case .binary(let bytes): h.update(Array("u8;".utf8)); h.update(bytes)
-            case .real(let values): h.update(Array("f32;".utf8)); h.update(floats: values)
+            case .binary(let bytes):
+                h.update(Array("u8;".utf8))
+                h.update(bytes)
+            case .real(let values):
+                h.update(Array("f32;".utf8))
+                h.update(floats: values)
             }
         }
         return h.finalize()

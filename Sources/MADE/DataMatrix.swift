@@ -66,11 +66,13 @@ public struct DataMatrix: Sendable, Equatable {
         let indices = Array(rows)
         switch storage {
         case .binary(let bytes):
-            var out = [UInt8](); out.reserveCapacity(indices.count * dimension)
+            var out = [UInt8]()
+            out.reserveCapacity(indices.count * dimension)
             for r in indices { out.append(contentsOf: bytes[(r * dimension)..<((r + 1) * dimension)]) }
             return DataMatrix(binary: out, count: indices.count, dimension: dimension)
         case .real(let values):
-            var out = [Float](); out.reserveCapacity(indices.count * dimension)
+            var out = [Float]()
+            out.reserveCapacity(indices.count * dimension)
             for r in indices { out.append(contentsOf: values[(r * dimension)..<((r + 1) * dimension)]) }
             return DataMatrix(real: out, count: indices.count, dimension: dimension)
         }
@@ -79,7 +81,10 @@ public struct DataMatrix: Sendable, Equatable {
     /// Copies the given rows, in order, into `destination` as a row-major `indices.count x dimension` block.
     ///
     /// - Complexity: O(`indices.count * dimension`); allocates nothing.
-    public func copyRows<T: BinaryFloatingPoint>(_ indices: UnsafeBufferPointer<Int32>, into destination: UnsafeMutableBufferPointer<T>) {
+    public func copyRows<T: BinaryFloatingPoint>(
+        _ indices: UnsafeBufferPointer<Int32>,
+        into destination: UnsafeMutableBufferPointer<T>
+    ) {
         precondition(destination.count >= indices.count * dimension, "copyRows: destination too small")
         let d = dimension
         switch storage {

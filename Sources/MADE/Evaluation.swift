@@ -30,7 +30,12 @@ public struct Evaluator<T: BLASScalar> {
     /// other duties (a coordinator answering its workers).
     public var betweenPasses: () -> Void = {}
 
-    public init(configuration: ModelConfiguration, distribution: OutputDistribution, runSeed: UInt64, chunkSize: Int = 1000) {
+    public init(
+        configuration: ModelConfiguration,
+        distribution: OutputDistribution,
+        runSeed: UInt64,
+        chunkSize: Int = 1000
+    ) {
         self.configuration = configuration
         self.distribution = distribution
         self.runSeed = runSeed
@@ -45,9 +50,14 @@ public struct Evaluator<T: BLASScalar> {
     /// `log p(x)` in nats for every row of `data`, in row order.
     ///
     /// - Complexity: `K` forward passes per row.
-    @_specialize(exported: true, where T == Float)
-    @_specialize(exported: true, where T == Double)
-    public func logLikelihoods(parameters: [T], data: DataMatrix, masks k: Int, mode: EnsembleMode = .likelihood) -> [Double] {
+    @_specialize(exported:true,where T == Float)
+    @_specialize(exported:true,where T == Double)
+    public func logLikelihoods(
+        parameters: [T],
+        data: DataMatrix,
+        masks k: Int,
+        mode: EnsembleMode = .likelihood
+    ) -> [Double] {
         switch mode {
         case .likelihood: return Evaluator.combine(maskLogLikelihoods(parameters: parameters, data: data, masks: k))
         case .logits: return logitAveragedLogLikelihoods(parameters: parameters, data: data, masks: k)
@@ -58,8 +68,8 @@ public struct Evaluator<T: BLASScalar> {
     ///
     /// Rows are scored in chunks of ``chunkSize`` from the first row, so the values of a row
     /// depend only on its chunk's position: a worker scoring one chunk gets the same bits.
-    @_specialize(exported: true, where T == Float)
-    @_specialize(exported: true, where T == Double)
+    @_specialize(exported:true,where T == Float)
+    @_specialize(exported:true,where T == Double)
     public func maskLogLikelihoods(parameters: [T], data: DataMatrix, masks k: Int) -> [[Double]] {
         let n = data.count
         let maskSets = ensembleSeeds(k).map { MaskSet(configuration: configuration, runSeed: runSeed, maskSeed: $0) }
@@ -95,8 +105,8 @@ public struct Evaluator<T: BLASScalar> {
     }
 
     /// The reference's logit averaging (see ``EnsembleMode/logits``): not a normalized likelihood.
-    @_specialize(exported: true, where T == Float)
-    @_specialize(exported: true, where T == Double)
+    @_specialize(exported:true,where T == Float)
+    @_specialize(exported:true,where T == Double)
     public func logitAveragedLogLikelihoods(parameters: [T], data: DataMatrix, masks k: Int) -> [Double] {
         let n = data.count
         guard n > 0 else { return [] }

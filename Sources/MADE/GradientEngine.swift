@@ -16,8 +16,13 @@ public final class GradientEngine {
 
     /// - Parameter capacity: the largest number of examples passed to one ``gradient(data:indices:into:)``.
     /// - Parameter kernel: the arithmetic of the passes (see ``ComputeKernel``).
-    public init(configuration: ModelConfiguration, distribution: OutputDistribution, runSeed: UInt64, capacity: Int,
-                kernel: ComputeKernel = .sparse) {
+    public init(
+        configuration: ModelConfiguration,
+        distribution: OutputDistribution,
+        runSeed: UInt64,
+        capacity: Int,
+        kernel: ComputeKernel = .sparse
+    ) {
         self.configuration = configuration
         self.distribution = distribution
         self.runSeed = runSeed
@@ -76,8 +81,13 @@ public final class GradientEngine {
     ///
     /// With `computeOrder` (sparse kernel) the gradient stays in the compute order of the step's
     /// masks, for ``adamStep(state:gradient:scale:learningRate:configuration:nextMaskSeed:)``.
-    public func gradient(data: DataMatrix, indices: UnsafeBufferPointer<Int32>, into gradient: UnsafeMutableBufferPointer<Float>,
-                         maskingGradient: Bool = true, computeOrder: Bool = false) -> Double {
+    public func gradient(
+        data: DataMatrix,
+        indices: UnsafeBufferPointer<Int32>,
+        into gradient: UnsafeMutableBufferPointer<Float>,
+        maskingGradient: Bool = true,
+        computeOrder: Bool = false
+    ) -> Double {
         precondition(preparedMaskSeed != nil, "GradientEngine: begin a step first")
         workspace.loadRows(from: data, indices: indices)
         workspace.forward()
@@ -93,22 +103,39 @@ public final class GradientEngine {
     /// needs unless it held this mask's compute-order gradient before.
     ///
     /// - Precondition: the sparse kernel.
-    public func gradientInComputeOrder(data: DataMatrix, indices: UnsafeBufferPointer<Int32>,
-                                       into gradient: UnsafeMutableBufferPointer<Float>,
-                                       clearingOutside: Bool) -> Double {
+    public func gradientInComputeOrder(
+        data: DataMatrix,
+        indices: UnsafeBufferPointer<Int32>,
+        into gradient: UnsafeMutableBufferPointer<Float>,
+        clearingOutside: Bool
+    ) -> Double {
         precondition(workspace.kernel == .sparse, "GradientEngine: compute order is the sparse kernel's")
         let loss = self.gradient(data: data, indices: indices, into: gradient, computeOrder: true)
-        maskSet(preparedMaskSeed!).blocks.maskDropped(gradient.baseAddress!, layout: workspace.layout,
-                                                      outside: clearingOutside)
+        maskSet(preparedMaskSeed!).blocks.maskDropped(
+            gradient.baseAddress!,
+            layout: workspace.layout,
+            outside: clearingOutside
+        )
         return loss
     }
 
     /// ``gradient(data:indices:into:)`` for arrays.
-    public func gradient(data: DataMatrix, indices: ArraySlice<Int32>, into gradient: inout [Float], maskingGradient: Bool = true,
-                         computeOrder: Bool = false) -> Double {
+    public func gradient(
+        data: DataMatrix,
+        indices: ArraySlice<Int32>,
+        into gradient: inout [Float],
+        maskingGradient: Bool = true,
+        computeOrder: Bool = false
+    ) -> Double {
         indices.withUnsafeBufferPointer { i in
             gradient.withUnsafeMutableBufferPointer { g in
-                self.gradient(data: data, indices: i, into: g, maskingGradient: maskingGradient, computeOrder: computeOrder)
+                self.gradient(
+                    data: data,
+                    indices: i,
+                    into: g,
+                    maskingGradient: maskingGradient,
+                    computeOrder: computeOrder
+                )
             }
         }
     }
@@ -126,7 +153,10 @@ public final class GradientEngine {
     ///
     /// - Complexity: O(number of parameters); no second copy of the parameters or moments.
     public func hold(_ state: inout TrainingState, maskSeed: UInt64) {
-        precondition(workspace.kernel == .sparse, "GradientEngine: only the sparse kernel holds parameters in compute order")
+        precondition(
+            workspace.kernel == .sparse,
+            "GradientEngine: only the sparse kernel holds parameters in compute order"
+        )
         precondition(heldMaskSeed == nil, "GradientEngine: parameters are already held")
         begin(parameters: state.parameters, maskSeed: maskSeed)
         permute(&state, maskSeed: maskSeed, toCompute: true)
@@ -149,15 +179,22 @@ public final class GradientEngine {
     private func permute(_ state: inout TrainingState, maskSeed: UInt64, toCompute: Bool) {
         let blocks = maskSet(maskSeed).blocks
         let workspace = self.workspace
-        precondition(state.parameters.count == workspace.layout.count
-                     && state.adam.firstMoment.count == workspace.layout.count
-                     && state.adam.secondMoment.count == workspace.layout.count,
-                     "GradientEngine: a state of \(state.parameters.count) parameters for a layout of "
-                         + "\(workspace.layout.count)")
+        precondition(
+            state.parameters.count == workspace.layout.count
+                && state.adam.firstMoment.count == workspace.layout.count
+                && state.adam.secondMoment.count == workspace.layout.count,
+            "GradientEngine: a state of \(state.parameters.count) parameters for a layout of "
+                + "\(workspace.layout.count)"
+        )
         let layout = workspace.layout
         func permute(_ values: inout [Float]) {
-            values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout,
-                                                                   toCompute: toCompute) }
+            values.withUnsafeMutableBufferPointer {
+                blocks.permute(
+                    $0.baseAddress!,
+                    layout: layout,
+                    toCompute: toCompute
+                )
+            }
         }
         permute(&state.parameters)
         permute(&state.adam.firstMoment)
@@ -170,7 +207,9 @@ public final class GradientEngine {
     /// ``adamStepHeld(_:gradient:scale:learningRate:configuration:copyInto:threads:)`` left (in
     /// the workspace, or where that step copied them), valid until the next step or `begin`.
     public var heldParameters: UnsafeBufferPointer<Float> {
-        guard heldMaskSeed != nil, let values = heldValues else { preconditionFailure("GradientEngine: no parameters held") }
+        guard heldMaskSeed != nil, let values = heldValues else {
+            preconditionFailure("GradientEngine: no parameters held")
+        }
         return values
     }
 
@@ -193,12 +232,21 @@ public final class GradientEngine {
     ///   ``heldParameters``; by default the workspace): a buffer of the layout's size whose
     ///   entries outside the bands nothing reads.
     /// - Parameter threads: threads to split the pass over (a matrix each); the result does not depend on it.
-    public func adamStepHeld(_ state: inout TrainingState, gradient: [Float], scale: Float, learningRate: Double,
-                             configuration: AdamConfiguration, copyInto destination: UnsafeMutableBufferPointer<Float>? = nil,
-                             threads: Int = 1) {
+    public func adamStepHeld(
+        _ state: inout TrainingState,
+        gradient: [Float],
+        scale: Float,
+        learningRate: Double,
+        configuration: AdamConfiguration,
+        copyInto destination: UnsafeMutableBufferPointer<Float>? = nil,
+        threads: Int = 1
+    ) {
         let count = workspace.layout.count
         if let destination {
-            precondition(destination.count == count, "adamStep: a copy of \(destination.count) values for a layout of \(count)")
+            precondition(
+                destination.count == count,
+                "adamStep: a copy of \(destination.count) values for a layout of \(count)"
+            )
         }
         let out = destination?.baseAddress ?? workspace.compute.baseAddress!
         let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
@@ -206,18 +254,32 @@ public final class GradientEngine {
         heldValues = UnsafeBufferPointer(start: out, count: count)
     }
 
-    private func applyHeld(_ state: inout TrainingState, gradient: [Float], constants: made_adam_constants,
-                           into out: UnsafeMutablePointer<Float>, threads: Int) {
+    private func applyHeld(
+        _ state: inout TrainingState,
+        gradient: [Float],
+        constants: made_adam_constants,
+        into out: UnsafeMutablePointer<Float>,
+        threads: Int
+    ) {
         precondition(heldMaskSeed != nil, "GradientEngine: no parameters held")
-        precondition(gradient.count == state.parameters.count,
-                     "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters")
+        precondition(
+            gradient.count == state.parameters.count,
+            "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters"
+        )
         let workspace = self.workspace
         state.parameters.withUnsafeMutableBufferPointer { p in
             gradient.withUnsafeBufferPointer { g in
                 state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
                     state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
-                        workspace.adamStep(parameters: p.baseAddress!, gradient: g.baseAddress!, firstMoment: m.baseAddress!,
-                                           secondMoment: v.baseAddress!, constants: constants, into: out, threads: threads)
+                        workspace.adamStep(
+                            parameters: p.baseAddress!,
+                            gradient: g.baseAddress!,
+                            firstMoment: m.baseAddress!,
+                            secondMoment: v.baseAddress!,
+                            constants: constants,
+                            into: out,
+                            threads: threads
+                        )
                     }
                 }
             }
@@ -256,7 +318,12 @@ public enum GradientReducer {
     /// - Returns: whether every value of the sum is finite. A term that is not finite makes its
     ///   sum not finite, so false means some term was not, or a sum overflowed.
     @discardableResult
-    public static func reduce(_ shards: [UnsafeMutablePointer<Float>], count: Int, into out: UnsafeMutablePointer<Float>, threads: Int = 1) -> Bool {
+    public static func reduce(
+        _ shards: [UnsafeMutablePointer<Float>],
+        count: Int,
+        into out: UnsafeMutablePointer<Float>,
+        threads: Int = 1
+    ) -> Bool {
         let s = shards.count
         precondition(s > 0, "GradientReducer: no shards")
         if s == 1 { return made_copy_finite_f32(count, shards[0], out) != 0 }
@@ -265,7 +332,13 @@ public enum GradientReducer {
         while stride < s {
             var i = 0
             while i + stride < s {
-                finite = add(shards[i], shards[i + stride], into: 2 * stride >= s ? out : shards[i], count: count, threads: threads)
+                finite = add(
+                    shards[i],
+                    shards[i + stride],
+                    into: 2 * stride >= s ? out : shards[i],
+                    count: count,
+                    threads: threads
+                )
                 i += 2 * stride
             }
             stride *= 2
@@ -304,8 +377,13 @@ public enum GradientReducer {
 
     /// `out[i] = a[i] + b[i]`; `out` may be `a`. Returns whether every sum is finite.
     @discardableResult
-    private static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
-                            count n: Int, threads: Int) -> Bool {
+    private static func add(
+        _ a: UnsafeMutablePointer<Float>,
+        _ b: UnsafeMutablePointer<Float>,
+        into out: UnsafeMutablePointer<Float>,
+        count n: Int,
+        threads: Int
+    ) -> Bool {
         let pointers = UncheckedSendable((a, b, out))
         return allChunks(count: n, parts: threads) { r in
             let (a, b, out) = pointers.value

@@ -46,8 +46,10 @@ public struct LittleEndianReader {
     @inlinable
     public mutating func array<Element>(count: Int, of _: Element.Type) -> [Element]? {
         let size = MemoryLayout<Element>.size
-        precondition((size == 4 || size == 8) && MemoryLayout<Element>.stride == size,
-                     "LittleEndianReader: arrays hold 4- or 8-byte values")
+        precondition(
+            (size == 4 || size == 8) && MemoryLayout<Element>.stride == size,
+            "LittleEndianReader: arrays hold 4- or 8-byte values"
+        )
         guard count >= 0, count <= remaining / size, let raw = take(size * count) else { return nil }
         return [Element](unsafeUninitializedCapacity: count) { out, n in
             let bytes = UnsafeMutableRawBufferPointer(out)

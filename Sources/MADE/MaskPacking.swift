@@ -51,7 +51,9 @@ public struct MaskPacking: Sendable {
         }
         for (k, matrix) in layout.matrices.enumerated() {
             let all = masks.map { $0[k] }
-            for i in 0..<matrix.count where all.contains(where: { $0[i] != 0 }) { indices.append(Int32(matrix.offset + i)) }
+            for i in 0..<matrix.count where all.contains(where: { $0[i] != 0 }) {
+                indices.append(Int32(matrix.offset + i))
+            }
             if let b = matrix.biasOffset { indices.append(contentsOf: (b..<(b + matrix.columns)).map { Int32($0) }) }
         }
         for i in indices { active[Int(i)] = 1 }
@@ -111,13 +113,23 @@ public struct MaskPacking: Sendable {
     ///
     /// With `zeroing` false the other entries are left as they are: pass it only when `dense`
     /// last received an unpack of this same packing, so they are still 0.
-    public func unpack(_ packed: UnsafeBufferPointer<Float>, into dense: inout [Float], zeroing: Bool = true, threads: Int = 1) {
+    public func unpack(
+        _ packed: UnsafeBufferPointer<Float>,
+        into dense: inout [Float],
+        zeroing: Bool = true,
+        threads: Int = 1
+    ) {
         if dense.count != denseCount { dense = [Float](repeating: 0, count: denseCount) }
         dense.withUnsafeMutableBufferPointer { unpack(packed, into: $0, zeroing: zeroing, threads: threads) }
     }
 
     /// ``unpack(_:into:zeroing:threads:)`` into ``denseCount`` values at `dense`.
-    public func unpack(_ packed: UnsafeBufferPointer<Float>, into dense: UnsafeMutableBufferPointer<Float>, zeroing: Bool = true, threads: Int = 1) {
+    public func unpack(
+        _ packed: UnsafeBufferPointer<Float>,
+        into dense: UnsafeMutableBufferPointer<Float>,
+        zeroing: Bool = true,
+        threads: Int = 1
+    ) {
         precondition(packed.count == count, "unpack: \(packed.count) values for \(count) active parameters")
         precondition(dense.count == denseCount, "unpack: \(dense.count) dense values for a layout of \(denseCount)")
         if zeroing { dense.update(repeating: 0) }

@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,11 +15,13 @@ public enum MemoryBudget {
     /// physical memory. Not capped by this process's limits, which each process has its own of.
     public static var hostAvailableBytes: Int {
         if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
-           let kib = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) {
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+            let kib = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+        {
             return kib.multipliedReportingOverflow(by: 1024).overflow ? Int.max : kib * 1024
         }
-        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        let pages = sysconf(Int32(_SC_PHYS_PAGES))
+        let size = sysconf(Int32(_SC_PAGESIZE))
         if pages > 0, size > 0, !pages.multipliedReportingOverflow(by: size).overflow { return pages * size }
         return Int.max
     }
@@ -33,7 +36,9 @@ public enum MemoryBudget {
             #else
             let got = getrlimit(resource, &limit) == 0
             #endif
-            if got, limit.rlim_cur != rlim_t.max, limit.rlim_cur < UInt64(Int.max) { budget = min(budget, Int(limit.rlim_cur)) }
+            if got, limit.rlim_cur != rlim_t.max, limit.rlim_cur < UInt64(Int.max) {
+                budget = min(budget, Int(limit.rlim_cur))
+            }
         }
         return budget
     }
@@ -44,13 +49,21 @@ public enum MemoryBudget {
     ///   - bytes: the size asked for; nil stands for a size that overflowed while computing it.
     ///   - what: names the thing and where its size came from, for the message.
     ///   - available: the budget; this process's (``availableBytes``) unless given.
-    public static func require(_ bytes: Int?, for what: String, path: String? = nil,
-                               available: Int = availableBytes) throws {
+    public static func require(
+        _ bytes: Int?,
+        for what: String,
+        path: String? = nil,
+        available: Int = availableBytes
+    ) throws {
         guard let bytes, bytes >= 0 else {
             throw MADEError(.tooLarge, "\(what) is too large to hold (its size overflows)", path: path)
         }
         guard bytes <= available else {
-            throw MADEError(.tooLarge, "\(what) needs \(describe(bytes)), more than the \(describe(available)) of memory available", path: path)
+            throw MADEError(
+                .tooLarge,
+                "\(what) needs \(describe(bytes)), more than the \(describe(available)) of memory available",
+                path: path
+            )
         }
     }
 
@@ -69,8 +82,12 @@ public enum MemoryBudget {
     /// A byte count for people: `3.2 GiB`.
     public static func describe(_ bytes: Int) -> String {
         let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-        var value = Double(bytes), unit = 0
-        while value >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024 && unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
         return unit == 0 ? "\(bytes) bytes" : String(format: "%.1f %@", value, units[unit])
     }
 }

@@ -32,8 +32,14 @@ public struct ModelConfiguration: Sendable, Equatable, Codable {
     /// Number of distinct mask seeds `0..<maskCount` that training cycles through.
     public var maskCount: Int
 
-    public init(inputCount: Int, hiddenSizes: [Int], outputMultiplier: Int = 1, naturalOrdering: Bool = true,
-                directConnections: Bool = false, maskCount: Int = 1) {
+    public init(
+        inputCount: Int,
+        hiddenSizes: [Int],
+        outputMultiplier: Int = 1,
+        naturalOrdering: Bool = true,
+        directConnections: Bool = false,
+        maskCount: Int = 1
+    ) {
         self.inputCount = inputCount
         self.hiddenSizes = hiddenSizes
         self.outputMultiplier = outputMultiplier
@@ -57,16 +63,25 @@ public struct ModelConfiguration: Sendable, Equatable, Codable {
             throw MADEError(.invalidConfiguration, "the input dimension must be at least 1, not \(inputCount)")
         }
         guard outputMultiplier >= 1 else {
-            throw MADEError(.invalidConfiguration, "nout must be a positive multiple of nin (multiplier \(outputMultiplier))")
+            throw MADEError(
+                .invalidConfiguration,
+                "nout must be a positive multiple of nin (multiplier \(outputMultiplier))"
+            )
         }
         guard hiddenSizes.count <= Self.maxHiddenLayers else {
-            throw MADEError(.invalidConfiguration, "at most \(Self.maxHiddenLayers) hidden layers, not \(hiddenSizes.count)")
+            throw MADEError(
+                .invalidConfiguration,
+                "at most \(Self.maxHiddenLayers) hidden layers, not \(hiddenSizes.count)"
+            )
         }
         if let bad = hiddenSizes.first(where: { $0 < 1 }) {
             throw MADEError(.invalidConfiguration, "hidden layer sizes must be positive, got \(bad)")
         }
         guard maskCount >= 1, maskCount <= Int(UInt32.max) else {
-            throw MADEError(.invalidConfiguration, "the number of masks must be between 1 and \(UInt32.max), not \(maskCount)")
+            throw MADEError(
+                .invalidConfiguration,
+                "the number of masks must be between 1 and \(UInt32.max), not \(maskCount)"
+            )
         }
         let widths = layerWidths
         var total = 0

@@ -34,20 +34,35 @@ extension NetworkWorkspace {
     }
 
     /// Inside the bands only: no kernel reads past them.
-    private func gatherStaircase(_ b: BlockPartition.MatrixBlocks, _ src: UnsafePointer<T>, _ dst: UnsafeMutablePointer<T>) {
+    private func gatherStaircase(
+        _ b: BlockPartition.MatrixBlocks,
+        _ src: UnsafePointer<T>,
+        _ dst: UnsafeMutablePointer<T>
+    ) {
         b.rowOrder.withUnsafeBufferPointer { rowOrder in
             b.columnOrder.withUnsafeBufferPointer { columnOrder in
                 b.activeRows.withUnsafeBufferPointer { active in
                     if isFloat {
                         return b.bandTable.withUnsafeBufferPointer { bands in
-                            made_gather_staircase_f32(b.rows, b.columns, float(src), rowOrder.baseAddress!, columnOrder.baseAddress!,
-                                                      active.baseAddress!, bands.baseAddress!, b.bands.count, float(dst))
+                            made_gather_staircase_f32(
+                                b.rows,
+                                b.columns,
+                                float(src),
+                                rowOrder.baseAddress!,
+                                columnOrder.baseAddress!,
+                                active.baseAddress!,
+                                bands.baseAddress!,
+                                b.bands.count,
+                                float(dst)
+                            )
                         }
                     }
                     for band in b.bands {
                         for i in 0..<band.rows {
                             let s = src + Int(rowOrder[i]) * b.columns
-                            for j in band.start..<band.end { dst[i * b.columns + j] = i < Int(active[j]) ? s[Int(columnOrder[j])] : 0 }
+                            for j in band.start..<band.end {
+                                dst[i * b.columns + j] = i < Int(active[j]) ? s[Int(columnOrder[j])] : 0
+                            }
                         }
                     }
                 }
@@ -63,14 +78,24 @@ extension NetworkWorkspace {
                 b.activeByColumn.withUnsafeBufferPointer { active in
                     rowsDone.withUnsafeMutableBufferPointer { done in
                         if isFloat {
-                            return made_unpermute_staircase_f32(b.rows, b.columns, float(a), b.rowPosition, position.baseAddress!,
-                                                                active.baseAddress!, float(scratch), done.baseAddress!)
+                            return made_unpermute_staircase_f32(
+                                b.rows,
+                                b.columns,
+                                float(a),
+                                b.rowPosition,
+                                position.baseAddress!,
+                                active.baseAddress!,
+                                float(scratch),
+                                done.baseAddress!
+                            )
                         }
                         // Double: through a copy of the whole matrix.
                         let copy = Array(UnsafeBufferPointer(start: a, count: b.rows * b.columns))
                         for i in 0..<b.rows {
                             let d = a + Int(rowOrder[i]) * b.columns
-                            for c in 0..<b.columns { d[c] = i < Int(active[c]) ? copy[i * b.columns + Int(position[c])] : 0 }
+                            for c in 0..<b.columns {
+                                d[c] = i < Int(active[c]) ? copy[i * b.columns + Int(position[c])] : 0
+                            }
                         }
                     }
                 }
@@ -83,11 +108,22 @@ extension NetworkWorkspace {
         precondition(blocks != nil, "loadRows: set the masks first")
         switch data.storage {
         case .binary(let bytes) where isFloat && !indices.isEmpty:
-            precondition(indices.allSatisfy { $0 >= 0 && Int($0) < data.count }, "loadRows: row out of 0..<\(data.count)")
+            precondition(
+                indices.allSatisfy { $0 >= 0 && Int($0) < data.count },
+                "loadRows: row out of 0..<\(data.count)"
+            )
             let ones = bytes.withUnsafeBufferPointer { src in
                 blocks!.inputOrder.withUnsafeBufferPointer { order in
-                    made_load_binary_rows_f32(indices.count, configuration.inputCount, src.baseAddress!, indices.baseAddress!,
-                                              order.baseAddress!, float(input.baseAddress!), rowStart.baseAddress!, rowIndex.baseAddress!)
+                    made_load_binary_rows_f32(
+                        indices.count,
+                        configuration.inputCount,
+                        src.baseAddress!,
+                        indices.baseAddress!,
+                        order.baseAddress!,
+                        float(input.baseAddress!),
+                        rowStart.baseAddress!,
+                        rowIndex.baseAddress!
+                    )
                 }
             }
             rows = indices.count
@@ -110,7 +146,9 @@ extension NetworkWorkspace {
         let identity = UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(n, 1))
         defer { identity.deallocate() }
         for r in 0..<n { identity[r] = Int32(r) }
-        loadComputeRows(indices: UnsafeBufferPointer(rebasing: identity[0..<n]), rowCount: n, binary: binary) { values[$0] }
+        loadComputeRows(indices: UnsafeBufferPointer(rebasing: identity[0..<n]), rowCount: n, binary: binary) {
+            values[$0]
+        }
     }
 
     @inline(__always)
@@ -170,8 +208,13 @@ extension NetworkWorkspace {
     }
 
     /// `c = a W (+ c with beta 1)` band by band: `c[:, band] = a[:, 0..<band.rows] W[0..<band.rows, band]`.
-    private func bandProduct(_ b: BlockPartition.MatrixBlocks, _ a: UnsafePointer<T>, _ w: UnsafePointer<T>,
-                             into c: UnsafeMutablePointer<T>, beta: T) {
+    private func bandProduct(
+        _ b: BlockPartition.MatrixBlocks,
+        _ a: UnsafePointer<T>,
+        _ w: UnsafePointer<T>,
+        into c: UnsafeMutablePointer<T>,
+        beta: T
+    ) {
         let n = rows
         for band in b.bands {
             let width = band.end - band.start
@@ -181,21 +224,48 @@ extension NetworkWorkspace {
                 }
                 continue
             }
-            T.gemm(transposeA: false, transposeB: false, m: n, n: width, k: band.rows,
-                   alpha: 1, a: a, lda: b.rows, b: w + band.start, ldb: b.columns,
-                   beta: beta, c: c + band.start, ldc: b.columns)
+            T.gemm(
+                transposeA: false,
+                transposeB: false,
+                m: n,
+                n: width,
+                k: band.rows,
+                alpha: 1,
+                a: a,
+                lda: b.rows,
+                b: w + band.start,
+                ldb: b.columns,
+                beta: beta,
+                c: c + band.start,
+                ldc: b.columns
+            )
         }
     }
 
     /// `c = x W` (or `c += x W`) for the binary loaded rows `x`: sums of the rows of `W` they select.
-    private func selectedRows(_ b: BlockPartition.MatrixBlocks, weights w: UnsafePointer<T>, into c: UnsafeMutablePointer<T>,
-                              accumulate: Bool) {
+    private func selectedRows(
+        _ b: BlockPartition.MatrixBlocks,
+        weights w: UnsafePointer<T>,
+        into c: UnsafeMutablePointer<T>,
+        accumulate: Bool
+    ) {
         let n = rows
         b.activeRows.withUnsafeBufferPointer { active in
             if isFloat {
                 return b.bandTable.withUnsafeBufferPointer { bands in
-                    made_binary_rows_f32(n, b.columns, float(w), active.baseAddress!, bands.baseAddress!, b.bands.count,
-                                         rowStart.baseAddress!, rowIndex.baseAddress!, float(c), b.columns, accumulate ? 1 : 0)
+                    made_binary_rows_f32(
+                        n,
+                        b.columns,
+                        float(w),
+                        active.baseAddress!,
+                        bands.baseAddress!,
+                        b.bands.count,
+                        rowStart.baseAddress!,
+                        rowIndex.baseAddress!,
+                        float(c),
+                        b.columns,
+                        accumulate ? 1 : 0
+                    )
                 }
             }
             for r in 0..<n {
@@ -290,19 +360,40 @@ extension NetworkWorkspace {
 
     /// `dW[0..<band.rows, band] = a[:, 0..<band.rows]^T delta[:, band]`, in compute order (entries
     /// outside the bands are left as they are; the scatter masks them).
-    private func bandWeightGradient(_ b: BlockPartition.MatrixBlocks, _ a: UnsafePointer<T>, delta: UnsafePointer<T>,
-                                    into dw: UnsafeMutablePointer<T>) {
+    private func bandWeightGradient(
+        _ b: BlockPartition.MatrixBlocks,
+        _ a: UnsafePointer<T>,
+        delta: UnsafePointer<T>,
+        into dw: UnsafeMutablePointer<T>
+    ) {
         for band in b.bands where band.rows > 0 {
-            T.gemm(transposeA: true, transposeB: false, m: band.rows, n: band.end - band.start, k: rows,
-                   alpha: 1, a: a, lda: b.rows, b: delta + band.start, ldb: b.columns,
-                   beta: 0, c: dw + band.start, ldc: b.columns)
+            T.gemm(
+                transposeA: true,
+                transposeB: false,
+                m: band.rows,
+                n: band.end - band.start,
+                k: rows,
+                alpha: 1,
+                a: a,
+                lda: b.rows,
+                b: delta + band.start,
+                ldb: b.columns,
+                beta: 0,
+                c: dw + band.start,
+                ldc: b.columns
+            )
         }
     }
 
     /// `da = delta W^T` (or `da += ...`), `rows x b.rows`: the band with the most rows first
     /// (overwriting, unless accumulating), then the others in column order, adding.
-    private func bandInputGradient(_ b: BlockPartition.MatrixBlocks, delta: UnsafePointer<T>, _ w: UnsafePointer<T>,
-                                   into da: UnsafeMutablePointer<T>, accumulate: Bool) {
+    private func bandInputGradient(
+        _ b: BlockPartition.MatrixBlocks,
+        delta: UnsafePointer<T>,
+        _ w: UnsafePointer<T>,
+        into da: UnsafeMutablePointer<T>,
+        accumulate: Bool
+    ) {
         let n = rows
         guard let widest = b.bands.indices.max(by: { b.bands[$0].rows < b.bands[$1].rows }) else { return }
         let top = b.bands[widest].rows
@@ -314,9 +405,21 @@ extension NetworkWorkspace {
             return
         }
         func add(_ band: BlockPartition.Band, overwriting: Bool) {
-            T.gemm(transposeA: false, transposeB: true, m: n, n: band.rows, k: band.end - band.start,
-                   alpha: 1, a: delta + band.start, lda: b.columns, b: w + band.start, ldb: b.columns,
-                   beta: overwriting ? 0 : 1, c: da, ldc: b.rows)
+            T.gemm(
+                transposeA: false,
+                transposeB: true,
+                m: n,
+                n: band.rows,
+                k: band.end - band.start,
+                alpha: 1,
+                a: delta + band.start,
+                lda: b.columns,
+                b: w + band.start,
+                ldb: b.columns,
+                beta: overwriting ? 0 : 1,
+                c: da,
+                ldc: b.rows
+            )
         }
         add(b.bands[widest], overwriting: !accumulate)
         for (k, band) in b.bands.enumerated() where k != widest && band.rows > 0 { add(band, overwriting: false) }
@@ -331,7 +434,8 @@ extension NetworkWorkspace {
             inputRows = .allocate(capacity: max(capacity * d, 1))
             inputRows!.initialize(repeating: 0)
         }
-        let start = inputStart!, list = inputRows!
+        let start = inputStart!
+        let list = inputRows!
         start.update(repeating: 0)
         let total = Int(rowStart[rows])
         for k in 0..<total { start[Int(rowIndex[k]) + 1] += 1 }
@@ -350,13 +454,27 @@ extension NetworkWorkspace {
     }
 
     /// `dW = x^T delta` for the binary loaded rows: per input, the sum of the delta rows selecting it.
-    private func selectedGradient(_ b: BlockPartition.MatrixBlocks, delta: UnsafePointer<T>, into dw: UnsafeMutablePointer<T>) {
-        let start = inputStart!, list = inputRows!
+    private func selectedGradient(
+        _ b: BlockPartition.MatrixBlocks,
+        delta: UnsafePointer<T>,
+        into dw: UnsafeMutablePointer<T>
+    ) {
+        let start = inputStart!
+        let list = inputRows!
         b.activeRows.withUnsafeBufferPointer { active in
             if isFloat {
                 return b.bandTable.withUnsafeBufferPointer { bands in
-                    made_binary_weight_gradient_f32(b.columns, active.baseAddress!, bands.baseAddress!, b.bands.count,
-                                                    start.baseAddress!, list.baseAddress!, float(delta), b.columns, float(dw))
+                    made_binary_weight_gradient_f32(
+                        b.columns,
+                        active.baseAddress!,
+                        bands.baseAddress!,
+                        b.bands.count,
+                        start.baseAddress!,
+                        list.baseAddress!,
+                        float(delta),
+                        b.columns,
+                        float(dw)
+                    )
                 }
             }
             for i in 0..<b.rows {
@@ -379,9 +497,15 @@ extension NetworkWorkspace where T == Float {
     /// same bits, and no pass changes order. The updated parameters are copied, masked, inside the
     /// bands, into `destination` (by default the workspace's own buffer), where the next step under
     /// the same masks reads them (``prepare(computeOrder:)``).
-    func adamStep(parameters p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-                  firstMoment m: UnsafeMutablePointer<Float>, secondMoment v: UnsafeMutablePointer<Float>,
-                  constants: made_adam_constants, into destination: UnsafeMutablePointer<Float>? = nil, threads: Int = 1) {
+    func adamStep(
+        parameters p: UnsafeMutablePointer<Float>,
+        gradient g: UnsafePointer<Float>,
+        firstMoment m: UnsafeMutablePointer<Float>,
+        secondMoment v: UnsafeMutablePointer<Float>,
+        constants: made_adam_constants,
+        into destination: UnsafeMutablePointer<Float>? = nil,
+        threads: Int = 1
+    ) {
         precondition(kernel == .sparse, "adamStep: the sparse kernel's compute order")
         let blocks = self.blocks!
         let out = destination ?? compute.baseAddress!
@@ -392,8 +516,19 @@ extension NetworkWorkspace where T == Float {
             let b = blocks.matrices[k]
             let matrix = all[k]
             let o = matrix.offset
-            made_adam_masked_f32(b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable, b.bands.count,
-                                 out + o, constants)
+            made_adam_masked_f32(
+                b.rows,
+                b.columns,
+                p + o,
+                g + o,
+                m + o,
+                v + o,
+                b.activeRows,
+                b.bandTable,
+                b.bands.count,
+                out + o,
+                constants
+            )
             if let bias = matrix.biasOffset {
                 made_adam_f32(matrix.columns, p + bias, g + bias, m + bias, v + bias, constants)
                 (out + bias).update(from: p + bias, count: matrix.columns)

@@ -141,8 +141,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// - Complexity: O(number of weights) when the seed changes, O(1) otherwise.
     public func setMasks(_ maskSet: MaskSet) {
         if let key = maskKey, key.runSeed == maskSet.runSeed, key.maskSeed == maskSet.maskSeed { return }
-        precondition(maskSet.blocks.matrices.map { $0.rows * $0.columns } == matrices.map(\.count),
-                     "setMasks: mask set does not fit this network")
+        precondition(
+            maskSet.blocks.matrices.map { $0.rows * $0.columns } == matrices.map(\.count),
+            "setMasks: mask set does not fit this network"
+        )
         if kernel == .sparse {
             blocks = maskSet.blocks
             maskKey = (maskSet.runSeed, maskSet.maskSeed)
@@ -165,7 +167,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// - Complexity: O(number of parameters): the one mask multiply of a step.
     public func prepare(parameters: UnsafeBufferPointer<T>) {
         precondition(maskKey != nil, "prepare: set the masks first")
-        precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        precondition(
+            parameters.count == layout.count,
+            "prepare: \(parameters.count) parameters for a layout of \(layout.count)"
+        )
         scatteredKey = nil
         if kernel == .sparse { return gatherCompute(from: parameters.baseAddress!) }
         let out = prepared!.baseAddress!
@@ -187,7 +192,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// - Complexity: O(1).
     public func prepare(inPlace parameters: UnsafeBufferPointer<T>) {
         precondition(maskKey != nil, "prepare: set the masks first")
-        precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        precondition(
+            parameters.count == layout.count,
+            "prepare: \(parameters.count) parameters for a layout of \(layout.count)"
+        )
         if kernel == .sparse { return gatherCompute(from: parameters.baseAddress!) }
         self.parameters = parameters.baseAddress!
     }
@@ -201,7 +209,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func prepare(computeOrder parameters: UnsafeBufferPointer<T>) {
         precondition(kernel == .sparse, "prepare: compute order is the sparse kernel's")
         precondition(maskKey != nil, "prepare: set the masks first")
-        precondition(parameters.count == layout.count, "prepare: \(parameters.count) parameters for a layout of \(layout.count)")
+        precondition(
+            parameters.count == layout.count,
+            "prepare: \(parameters.count) parameters for a layout of \(layout.count)"
+        )
         self.parameters = parameters.baseAddress!
     }
 
@@ -231,7 +242,12 @@ public final class NetworkWorkspace<T: BLASScalar> {
         }
         precondition(indices.last.map { Int($0) < layout.count } ?? true, "prepare: index beyond the layout")
         if isFloat, packed.count > 0 {
-            return made_scatter_f32(packed.count, indices.baseAddress!, float(packed.baseAddress!), float(prepared.baseAddress!)) != 0
+            return made_scatter_f32(
+                packed.count,
+                indices.baseAddress!,
+                float(packed.baseAddress!),
+                float(prepared.baseAddress!)
+            ) != 0
         }
         var finite = true
         for k in 0..<packed.count {
@@ -257,7 +273,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// Copies the examples `indices` of `data` into the input buffer, in order.
     public func loadRows(from data: DataMatrix, indices: UnsafeBufferPointer<Int32>) {
         precondition(indices.count <= capacity, "loadRows: \(indices.count) rows for a capacity of \(capacity)")
-        precondition(data.dimension == configuration.inputCount, "loadRows: data of dimension \(data.dimension) for nin = \(configuration.inputCount)")
+        precondition(
+            data.dimension == configuration.inputCount,
+            "loadRows: data of dimension \(data.dimension) for nin = \(configuration.inputCount)"
+        )
         if kernel == .sparse { return loadComputeRows(from: data, indices: indices) }
         data.copyRows(indices, into: input)
         rows = indices.count
@@ -271,7 +290,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// Sets the input rows directly (row-major, `values.count / nin` rows).
     public func loadRows(_ values: [T]) {
         let n = values.count / configuration.inputCount
-        precondition(n * configuration.inputCount == values.count && n <= capacity, "loadRows: bad input size \(values.count)")
+        precondition(
+            n * configuration.inputCount == values.count && n <= capacity,
+            "loadRows: bad input size \(values.count)"
+        )
         if kernel == .sparse { return values.withUnsafeBufferPointer { loadComputeRows($0, rows: n) } }
         values.withUnsafeBufferPointer { input.baseAddress!.update(from: $0.baseAddress!, count: values.count) }
         rows = n
@@ -291,13 +313,37 @@ public final class NetworkWorkspace<T: BLASScalar> {
             let m = layers[l]
             let isOutput = l == layers.count - 1
             let target = isOutput ? output.baseAddress! : hidden[l].baseAddress!
-            T.gemm(transposeA: false, transposeB: false, m: n, n: m.columns, k: m.rows,
-                   alpha: 1, a: previous, lda: m.rows, b: weights(l), ldb: m.columns,
-                   beta: 0, c: target, ldc: m.columns)
+            T.gemm(
+                transposeA: false,
+                transposeB: false,
+                m: n,
+                n: m.columns,
+                k: m.rows,
+                alpha: 1,
+                a: previous,
+                lda: m.rows,
+                b: weights(l),
+                ldb: m.columns,
+                beta: 0,
+                c: target,
+                ldc: m.columns
+            )
             if isOutput, let d = layout.direct {
-                T.gemm(transposeA: false, transposeB: false, m: n, n: d.columns, k: d.rows,
-                       alpha: 1, a: input.baseAddress!, lda: d.rows, b: weights(layers.count), ldb: d.columns,
-                       beta: 1, c: target, ldc: d.columns)
+                T.gemm(
+                    transposeA: false,
+                    transposeB: false,
+                    m: n,
+                    n: d.columns,
+                    k: d.rows,
+                    alpha: 1,
+                    a: input.baseAddress!,
+                    lda: d.rows,
+                    b: weights(layers.count),
+                    ldb: d.columns,
+                    beta: 1,
+                    c: target,
+                    ldc: d.columns
+                )
             }
             addBias(target, parameters + m.biasOffset!, rows: n, columns: m.columns, relu: !isOutput)
             previous = UnsafePointer(target)
@@ -326,10 +372,17 @@ public final class NetworkWorkspace<T: BLASScalar> {
     ///
     /// With `computeOrder` true (sparse kernel only) the gradient is left in the compute order of
     /// the masks, unmasked, for ``adamStep(parameters:gradient:adam:constants:prepare:)``.
-    public func backward(into gradient: UnsafeMutableBufferPointer<T>, inputGradient: UnsafeMutableBufferPointer<T>? = nil,
-                         maskingGradient: Bool = true, computeOrder: Bool = false) {
+    public func backward(
+        into gradient: UnsafeMutableBufferPointer<T>,
+        inputGradient: UnsafeMutableBufferPointer<T>? = nil,
+        maskingGradient: Bool = true,
+        computeOrder: Bool = false
+    ) {
         precondition(!computeOrder || kernel == .sparse, "backward: compute order needs the sparse kernel")
-        precondition(gradient.count == layout.count, "backward: gradient of \(gradient.count) for a layout of \(layout.count)")
+        precondition(
+            gradient.count == layout.count,
+            "backward: gradient of \(gradient.count) for a layout of \(layout.count)"
+        )
         let n = rows
         let g = gradient.baseAddress!
         let layers = layout.layers
@@ -341,42 +394,104 @@ public final class NetworkWorkspace<T: BLASScalar> {
         if let ig = inputGradient {
             precondition(ig.count >= n * configuration.inputCount, "backward: input gradient buffer too small")
         }
-        if kernel == .sparse { return sparseBackward(into: g, inputGradient: inputGradient?.baseAddress, layoutOrder: !computeOrder) }
+        if kernel == .sparse {
+            return sparseBackward(into: g, inputGradient: inputGradient?.baseAddress, layoutOrder: !computeOrder)
+        }
         var delta = UnsafeMutablePointer(outputGradient.baseAddress!)
         var pingPong = 0
         for l in stride(from: layers.count - 1, through: 0, by: -1) {
             let m = layers[l]
             let below = l == 0 ? input.baseAddress! : hidden[l - 1].baseAddress!
             // dW_l = below^T delta, masked; db_l = column sums of delta.
-            T.gemm(transposeA: true, transposeB: false, m: m.rows, n: m.columns, k: n,
-                   alpha: 1, a: below, lda: m.rows, b: delta, ldb: m.columns,
-                   beta: 0, c: g + m.offset, ldc: m.columns)
+            T.gemm(
+                transposeA: true,
+                transposeB: false,
+                m: m.rows,
+                n: m.columns,
+                k: n,
+                alpha: 1,
+                a: below,
+                lda: m.rows,
+                b: delta,
+                ldb: m.columns,
+                beta: 0,
+                c: g + m.offset,
+                ldc: m.columns
+            )
             if maskingGradient { multiply(g + m.offset, by: UnsafePointer(masks[l].baseAddress!), count: m.count) }
             columnSums(delta, rows: n, columns: m.columns, into: g + m.biasOffset!)
             if l > 0 {
                 let next = deltas[pingPong].baseAddress!
                 pingPong ^= 1
-                T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
-                       alpha: 1, a: delta, lda: m.columns, b: weights(l), ldb: m.columns,
-                       beta: 0, c: next, ldc: m.rows)
+                T.gemm(
+                    transposeA: false,
+                    transposeB: true,
+                    m: n,
+                    n: m.rows,
+                    k: m.columns,
+                    alpha: 1,
+                    a: delta,
+                    lda: m.columns,
+                    b: weights(l),
+                    ldb: m.columns,
+                    beta: 0,
+                    c: next,
+                    ldc: m.rows
+                )
                 reluBackward(next, hidden[l - 1].baseAddress!, count: n * m.rows)
                 delta = next
             } else if let ig = inputGradient {
-                T.gemm(transposeA: false, transposeB: true, m: n, n: m.rows, k: m.columns,
-                       alpha: 1, a: delta, lda: m.columns, b: weights(0), ldb: m.columns,
-                       beta: 0, c: ig.baseAddress!, ldc: m.rows)
+                T.gemm(
+                    transposeA: false,
+                    transposeB: true,
+                    m: n,
+                    n: m.rows,
+                    k: m.columns,
+                    alpha: 1,
+                    a: delta,
+                    lda: m.columns,
+                    b: weights(0),
+                    ldb: m.columns,
+                    beta: 0,
+                    c: ig.baseAddress!,
+                    ldc: m.rows
+                )
             }
         }
         if let d = layout.direct {
             let k = layers.count
-            T.gemm(transposeA: true, transposeB: false, m: d.rows, n: d.columns, k: n,
-                   alpha: 1, a: input.baseAddress!, lda: d.rows, b: outputGradient.baseAddress!, ldb: d.columns,
-                   beta: 0, c: g + d.offset, ldc: d.columns)
+            T.gemm(
+                transposeA: true,
+                transposeB: false,
+                m: d.rows,
+                n: d.columns,
+                k: n,
+                alpha: 1,
+                a: input.baseAddress!,
+                lda: d.rows,
+                b: outputGradient.baseAddress!,
+                ldb: d.columns,
+                beta: 0,
+                c: g + d.offset,
+                ldc: d.columns
+            )
             if maskingGradient { multiply(g + d.offset, by: UnsafePointer(masks[k].baseAddress!), count: d.count) }
             if let ig = inputGradient {
-                T.gemm(transposeA: false, transposeB: true, m: n, n: d.rows, k: d.columns,
-                       alpha: 1, a: outputGradient.baseAddress!, lda: d.columns, b: weights(k), ldb: d.columns,
-                       beta: 1, c: ig.baseAddress!, ldc: d.rows)
+                T.gemm(
+                    transposeA: false,
+                    transposeB: true,
+                    m: n,
+                    n: d.rows,
+                    k: d.columns,
+                    alpha: 1,
+                    a: outputGradient.baseAddress!,
+                    lda: d.columns,
+                    b: weights(k),
+                    ldb: d.columns,
+                    beta: 1,
+                    c: ig.baseAddress!,
+                    ldc: d.rows
+                )
             }
         }
     }
@@ -394,7 +509,8 @@ public final class NetworkWorkspace<T: BLASScalar> {
     public func setOutputGradient(_ values: [T]) {
         precondition(values.count == rows * configuration.outputCount, "setOutputGradient: wrong size")
         if kernel == .sparse {
-            let nout = configuration.outputCount, position = blocks!.outputPosition
+            let nout = configuration.outputCount
+            let position = blocks!.outputPosition
             for r in 0..<rows {
                 for j in 0..<nout { outputGradient[r * nout + Int(position[j])] = values[r * nout + j] }
             }
@@ -418,7 +534,12 @@ public final class NetworkWorkspace<T: BLASScalar> {
     }
 
     /// `out = mask ? w : +0` (+0, so the bits never depend on the sign of a dropped weight).
-    private func maskSelect(_ w: UnsafePointer<T>, _ mask: UnsafePointer<UInt8>, _ out: UnsafeMutablePointer<T>, count: Int) {
+    private func maskSelect(
+        _ w: UnsafePointer<T>,
+        _ mask: UnsafePointer<UInt8>,
+        _ out: UnsafeMutablePointer<T>,
+        count: Int
+    ) {
         if isFloat { return made_mask_select_f32(count, float(w), mask, float(out)) }
         for i in 0..<count { out[i] = mask[i] == 0 ? 0 : w[i] }
     }
@@ -432,7 +553,9 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// Adds the bias to every row, then applies the ReLU when `relu` is set.
     func addBias(_ h: UnsafeMutablePointer<T>, _ b: UnsafePointer<T>, rows: Int, columns: Int, relu: Bool) {
         if isFloat {
-            return relu ? made_bias_relu_f32(rows, columns, float(h), float(b)) : made_bias_add_f32(rows, columns, float(h), float(b))
+            return relu
+                ? made_bias_relu_f32(rows, columns, float(h), float(b))
+                : made_bias_add_f32(rows, columns, float(h), float(b))
         }
         for r in 0..<rows {
             let row = h + r * columns

@@ -38,8 +38,10 @@ extension NetworkWorkspace {
     @discardableResult
     private func computeLoss(_ distribution: OutputDistribution, gradient: Bool) -> Double {
         let d = configuration.inputCount
-        precondition(configuration.outputMultiplier == distribution.parametersPerDimension,
-                     "\(distribution) outputs need nout = \(distribution.parametersPerDimension) * nin")
+        precondition(
+            configuration.outputMultiplier == distribution.parametersPerDimension,
+            "\(distribution) outputs need nout = \(distribution.parametersPerDimension) * nin"
+        )
         let nout = configuration.outputCount
         var total = 0.0
         for r in 0..<rows {
@@ -49,12 +51,19 @@ extension NetworkWorkspace {
             let loss: T
             switch distribution {
             case .bernoulli where T.self == Float.self:
-                loss = T(made_bernoulli_f32(d, UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
-                                            UnsafeRawPointer(z).assumingMemoryBound(to: Float.self),
-                                            gradient ? UnsafeMutableRawPointer(g).assumingMemoryBound(to: Float.self) : nil))
+                loss = T(
+                    made_bernoulli_f32(
+                        d,
+                        UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
+                        UnsafeRawPointer(z).assumingMemoryBound(to: Float.self),
+                        gradient ? UnsafeMutableRawPointer(g).assumingMemoryBound(to: Float.self) : nil
+                    )
+                )
             case .bernoulli:
-                loss = gradient ? Self.bernoulli(x: x, logits: z, gradient: g, count: d)
-                                : Self.bernoulliLoss(x: x, logits: z, count: d)
+                loss =
+                    gradient
+                    ? Self.bernoulli(x: x, logits: z, gradient: g, count: d)
+                    : Self.bernoulliLoss(x: x, logits: z, count: d)
             case .gaussian:
                 loss = Self.gaussian(x: x, outputs: z, gradient: gradient ? g : nil, count: d)
             }
@@ -65,7 +74,12 @@ extension NetworkWorkspace {
     }
 
     @inline(__always)
-    private static func bernoulli(x: UnsafePointer<T>, logits z: UnsafePointer<T>, gradient g: UnsafeMutablePointer<T>, count: Int) -> T {
+    private static func bernoulli(
+        x: UnsafePointer<T>,
+        logits z: UnsafePointer<T>,
+        gradient g: UnsafeMutablePointer<T>,
+        count: Int
+    ) -> T {
         var sum: T = 0
         for j in 0..<count {
             let zj = z[j]
@@ -91,7 +105,12 @@ extension NetworkWorkspace {
     }
 
     @inline(__always)
-    private static func gaussian(x: UnsafePointer<T>, outputs o: UnsafePointer<T>, gradient g: UnsafeMutablePointer<T>?, count d: Int) -> T {
+    private static func gaussian(
+        x: UnsafePointer<T>,
+        outputs o: UnsafePointer<T>,
+        gradient g: UnsafeMutablePointer<T>?,
+        count d: Int
+    ) -> T {
         let halfLogTwoPi = T(0.918_938_533_204_672_741_780_329_736_4)
         var sum: T = 0
         for j in 0..<d {

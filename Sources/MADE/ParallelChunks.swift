@@ -7,7 +7,10 @@ import Dispatch
 /// `count`) everything runs on the calling thread.
 @inlinable
 public func forEachChunk(count: Int, parts: Int, minimumChunk: Int = 65_536, _ body: (Range<Int>) -> Void) {
-    allChunks(count: count, parts: parts, minimumChunk: minimumChunk) { body($0); return true }
+    allChunks(count: count, parts: parts, minimumChunk: minimumChunk) {
+        body($0)
+        return true
+    }
 }
 
 /// ``forEachChunk(count:parts:minimumChunk:_:)`` for a body that answers: whether it answered

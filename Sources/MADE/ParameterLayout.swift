@@ -28,12 +28,22 @@ public struct ParameterLayout: Sendable, Equatable {
         var offset = 0
         var layers: [Matrix] = []
         for l in 0..<(widths.count - 1) {
-            let m = Matrix(offset: offset, rows: widths[l], columns: widths[l + 1], biasOffset: offset + widths[l] * widths[l + 1])
+            let m = Matrix(
+                offset: offset,
+                rows: widths[l],
+                columns: widths[l + 1],
+                biasOffset: offset + widths[l] * widths[l + 1]
+            )
             layers.append(m)
             offset += m.count + m.columns
         }
         if configuration.directConnections {
-            direct = Matrix(offset: offset, rows: configuration.inputCount, columns: configuration.outputCount, biasOffset: nil)
+            direct = Matrix(
+                offset: offset,
+                rows: configuration.inputCount,
+                columns: configuration.outputCount,
+                biasOffset: nil
+            )
             offset += configuration.inputCount * configuration.outputCount
         } else {
             direct = nil

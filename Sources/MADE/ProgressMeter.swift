@@ -46,7 +46,10 @@ public struct ProgressMeter: Sendable {
         let previous = ends.count > first ? ends.last : nil
         ends.append(time)
         if ends.count - first > window + 1 { first += 1 }
-        if first > 4 * window { ends.removeFirst(first); first = 0 }
+        if first > 4 * window {
+            ends.removeFirst(first)
+            first = 0
+        }
         guard let previous, time > previous else { return nil }
         return Double(batchSize) / (time - previous)
     }
@@ -63,7 +66,9 @@ public struct ProgressMeter: Sendable {
     /// Seconds to run `steps` more steps at the current rate, and `epochEnds` more epoch ends
     /// each pausing as long as the last did (validation, checkpoint); nil while the rate is unknown.
     public func secondsLeft(steps: Int, epochEnds: Int = 0) -> Double? {
-        examplesPerSecond.map { Double(max(0, steps)) * Double(batchSize) / $0 + Double(max(0, epochEnds)) * lastEpochPause }
+        examplesPerSecond.map {
+            Double(max(0, steps)) * Double(batchSize) / $0 + Double(max(0, epochEnds)) * lastEpochPause
+        }
     }
 
     /// Ends an epoch whose steps took `seconds` in this process: the examples per second of the

@@ -30,7 +30,13 @@ public enum ReferenceStateDict {
     public static func export(_ checkpoint: Checkpoint, maskSeed: UInt64) throws -> SafeTensors {
         let c = checkpoint.configuration
         guard !c.model.directConnections else {
-            throw MADEError(.invalidConfiguration, "the reference MADE has no direct input-to-output connections, so a model trained with --direct has no state dict of its own to export")
+            throw MADEError(
+                .invalidConfiguration,
+                """
+                the reference MADE has no direct input-to-output connections, so a model trained with --direct has no \
+                state dict of its own to export
+                """
+            )
         }
         let parameters = checkpoint.modelParameters
         let layout = ParameterLayout(c.model)
@@ -79,8 +85,13 @@ public enum ReferenceStateDict {
         public var maskCount: Int?
         public var naturalOrdering: Bool?
         public var distribution: OutputDistribution?
-        public init(runSeed: UInt64? = nil, maskSeed: UInt64? = nil, maskCount: Int? = nil,
-                    naturalOrdering: Bool? = nil, distribution: OutputDistribution? = nil) {
+        public init(
+            runSeed: UInt64? = nil,
+            maskSeed: UInt64? = nil,
+            maskCount: Int? = nil,
+            naturalOrdering: Bool? = nil,
+            distribution: OutputDistribution? = nil
+        ) {
             self.runSeed = runSeed
             self.maskSeed = maskSeed
             self.maskCount = maskCount
@@ -97,18 +108,36 @@ public enum ReferenceStateDict {
     /// file's masks must be exactly those this program draws for its run seed and mask seed (as
     /// in a file `export` wrote); other masks (drawn by NumPy in the reference) are refused,
     /// since scoring the weights under different masks would give a different model.
-    public static func makeCheckpoint(_ file: SafeTensors, settings: Settings, path: String = "safetensors") throws -> Checkpoint {
+    public static func makeCheckpoint(
+        _ file: SafeTensors,
+        settings: Settings,
+        path: String = "safetensors"
+    ) throws -> Checkpoint {
         func fail(_ message: String) -> MADEError { MADEError(.invalidData, message, path: path) }
         var layers: [(weight: SafeTensors.Tensor, bias: SafeTensors.Tensor, mask: SafeTensors.Tensor)] = []
         while let weight = file["\(module(layers.count)).weight"] {
             let name = module(layers.count)
             guard let bias = file["\(name).bias"] else { throw fail("\(name).weight has no \(name).bias") }
-            guard let mask = file["\(name).mask"] else { throw fail("\(name).weight has no \(name).mask (the reference's MaskedLinear buffer)") }
-            guard weight.shape.count == 2, mask.shape == weight.shape, bias.shape == [weight.shape[0]], weight.shape.allSatisfy({ $0 > 0 }) else {
-                throw fail("\(name): weight \(weight.shape), bias \(bias.shape) and mask \(mask.shape) do not fit an out x in layer")
+            guard let mask = file["\(name).mask"] else {
+                throw fail("\(name).weight has no \(name).mask (the reference's MaskedLinear buffer)")
+            }
+            guard weight.shape.count == 2, mask.shape == weight.shape, bias.shape == [weight.shape[0]],
+                weight.shape.allSatisfy({ $0 > 0 })
+            else {
+                throw fail(
+                    """
+                    \(name): weight \(weight.shape), bias \(bias.shape) and mask \(mask.shape) do not fit an out x in \
+                    layer
+                    """
+                )
             }
             if let previous = layers.last, previous.weight.shape[0] != weight.shape[1] {
-                throw fail("\(name).weight takes \(weight.shape[1]) inputs, but the layer before gives \(previous.weight.shape[0])")
+                throw fail(
+                    """
+                    \(name).weight takes \(weight.shape[1]) inputs, but the layer before gives \
+                    \(previous.weight.shape[0])
+                    """
+                )
             }
             layers.append((weight, bias, mask))
         }
@@ -129,10 +158,15 @@ public enum ReferenceStateDict {
         }
         let runSeed = try settings.runSeed ?? metadata("made.run_seed", "--seed") { UInt64($0) }
         let maskSeed = try settings.maskSeed ?? metadata("made.mask_seed", "--mask-seed") { UInt64($0) }
-        let maskCount = try settings.maskCount ?? metadata("made.num_masks", "-n/--num-masks") { Int($0).flatMap { $0 >= 1 ? $0 : nil } }
-        let natural = try settings.naturalOrdering ?? metadata("made.natural_ordering", "--natural-ordering or not") { Bool($0) }
+        let maskCount =
+            try settings.maskCount
+            ?? metadata("made.num_masks", "-n/--num-masks") { Int($0).flatMap { $0 >= 1 ? $0 : nil } }
+        let natural =
+            try settings.naturalOrdering ?? metadata("made.natural_ordering", "--natural-ordering or not") { Bool($0) }
         let distribution: OutputDistribution
-        if let given = settings.distribution ?? file.metadata["made.distribution"].flatMap(OutputDistribution.init(rawValue:)) {
+        if let given = settings.distribution
+            ?? file.metadata["made.distribution"].flatMap(OutputDistribution.init(rawValue:))
+        {
             distribution = given
         } else if let guess = OutputDistribution.allCases.first(where: { $0.parametersPerDimension == nout / nin }) {
             distribution = guess
@@ -143,8 +177,14 @@ public enum ReferenceStateDict {
             throw fail("the metadata says hidden sizes \(text), the tensors \(hiddens)")
         }
 
-        let model = ModelConfiguration(inputCount: nin, hiddenSizes: hiddens, outputMultiplier: nout / nin,
-                                       naturalOrdering: natural, directConnections: false, maskCount: maskCount)
+        let model = ModelConfiguration(
+            inputCount: nin,
+            hiddenSizes: hiddens,
+            outputMultiplier: nout / nin,
+            naturalOrdering: natural,
+            directConnections: false,
+            maskCount: maskCount
+        )
         var configuration = TrainingConfiguration(model: model, distribution: distribution, seed: runSeed, epochs: 0)
         configuration.evaluationMasks = 1
         do { try configuration.validate() } catch { throw fail("\(error)") }
@@ -162,8 +202,16 @@ public enum ReferenceStateDict {
                 }
             }
             guard differences == 0 else {
-                throw fail("the masks of \(module(l)) differ in \(differences) places from those this program draws for run seed \(runSeed) and mask seed \(maskSeed); "
-                           + "masks are rebuilt from those two numbers, so only masks drawn here (as `made export` writes them) can be imported")
+                throw fail(
+                    """
+                    the masks of \(module(l)) differ in \(differences) places from those this program draws for run \
+                    seed \(runSeed) and mask seed \(maskSeed); 
+                    """
+                        + """
+                        masks are rebuilt from those two numbers, so only masks drawn here (as `made export` writes \
+                        them) can be imported
+                        """
+                )
             }
             for j in 0..<m.columns { parameters[m.biasOffset! + j] = bias.values[j] }
         }

@@ -43,17 +43,35 @@ public struct Sampler<T: BLASScalar> {
 
     /// `count` samples, row-major `count x D`, from the mixture of the masks `0..<masks`
     /// (each mask seed taken modulo the model's mask count).
-    @_specialize(exported: true, where T == Float)
-    @_specialize(exported: true, where T == Double)
-    public func sample(parameters: [T], count: Int, masks: Int = 1, seed: UInt64, method: Method = .cached, means: Bool = false) -> [T] {
-        precondition(parameters.count == ParameterLayout(configuration).count, "sample: parameters do not fit the model")
+    @_specialize(exported:true,where T == Float)
+    @_specialize(exported:true,where T == Double)
+    public func sample(
+        parameters: [T],
+        count: Int,
+        masks: Int = 1,
+        seed: UInt64,
+        method: Method = .cached,
+        means: Bool = false
+    ) -> [T] {
+        precondition(
+            parameters.count == ParameterLayout(configuration).count,
+            "sample: parameters do not fit the model"
+        )
         var out: [T] = []
         out.reserveCapacity(count * configuration.inputCount)
         let cache = MaskCache()
         var batch = 0
         while batch * batchSize < count {
-            out += sampleBatch(batch, parameters: parameters, count: min(batchSize, count - batch * batchSize),
-                               masks: masks, seed: seed, method: method, means: means, cache: cache)
+            out += sampleBatch(
+                batch,
+                parameters: parameters,
+                count: min(batchSize, count - batch * batchSize),
+                masks: masks,
+                seed: seed,
+                method: method,
+                means: means,
+                cache: cache
+            )
             batch += 1
         }
         return out
@@ -66,13 +84,38 @@ public struct Sampler<T: BLASScalar> {
 
     /// Batch `batch` of a sampling run: `count` samples drawn from its own random stream, so
     /// batches can be drawn anywhere, in any order, and give the same values.
-    @_specialize(exported: true, where T == Float)
-    @_specialize(exported: true, where T == Double)
-    public func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int = 1, seed: UInt64, method: Method = .cached) -> [T] {
-        sampleBatch(batch, parameters: parameters, count: n, masks: masks, seed: seed, method: method, means: false, cache: MaskCache())
+    @_specialize(exported:true,where T == Float)
+    @_specialize(exported:true,where T == Double)
+    public func sampleBatch(
+        _ batch: Int,
+        parameters: [T],
+        count n: Int,
+        masks: Int = 1,
+        seed: UInt64,
+        method: Method = .cached
+    ) -> [T] {
+        sampleBatch(
+            batch,
+            parameters: parameters,
+            count: n,
+            masks: masks,
+            seed: seed,
+            method: method,
+            means: false,
+            cache: MaskCache()
+        )
     }
 
-    func sampleBatch(_ batch: Int, parameters: [T], count n: Int, masks: Int, seed: UInt64, method: Method, means: Bool, cache: MaskCache) -> [T] {
+    func sampleBatch(
+        _ batch: Int,
+        parameters: [T],
+        count n: Int,
+        masks: Int,
+        seed: UInt64,
+        method: Method,
+        means: Bool,
+        cache: MaskCache
+    ) -> [T] {
         let d = configuration.inputCount
         let maskSeeds = (0..<max(1, masks)).map { UInt64($0 % configuration.maskCount) }
         var rng = RandomStream(seed: seed, domain: .sampling, index: UInt64(batch))
@@ -128,7 +171,8 @@ public struct Sampler<T: BLASScalar> {
             let p = z >= 0 ? 1 / (1 + Foundation.exp(-z)) : Foundation.exp(z) / (1 + Foundation.exp(z))
             return u[u.startIndex] < p ? 1 : 0
         case .gaussian:
-            let u1 = max(u[u.startIndex], Double.leastNormalMagnitude), u2 = u[u.startIndex + 1]
+            let u1 = max(u[u.startIndex], Double.leastNormalMagnitude)
+            let u2 = u[u.startIndex + 1]
             let normal = (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2)
             return T(Double(outputs.0) + Foundation.exp(Double(outputs.1)) * normal)
         }
@@ -188,8 +232,14 @@ public struct Sampler<T: BLASScalar> {
 
                 /// `target[i, :] += scale_i * W[row, :]` for every sample `i` with a non-zero scale.
                 @inline(__always)
-                func addRow(_ target: UnsafeMutablePointer<T>, width: Int, matrix: Int, row: Int,
-                            scales: UnsafePointer<T>, scaleStride: Int) {
+                func addRow(
+                    _ target: UnsafeMutablePointer<T>,
+                    width: Int,
+                    matrix: Int,
+                    row: Int,
+                    scales: UnsafePointer<T>,
+                    scaleStride: Int
+                ) {
                     let r = wp + matrix + row * width
                     for i in 0..<b {
                         let scale = scales[i * scaleStride]
@@ -212,12 +262,33 @@ public struct Sampler<T: BLASScalar> {
                     if t % 64 == 63 { betweenPasses() }
                     // The new input reaches the first layer (or the outputs) and the direct connections.
                     if hidden.isEmpty {
-                        addRow(base + zOffset, width: nout, matrix: layers[0].offset, row: dim, scales: x + dim, scaleStride: d)
+                        addRow(
+                            base + zOffset,
+                            width: nout,
+                            matrix: layers[0].offset,
+                            row: dim,
+                            scales: x + dim,
+                            scaleStride: d
+                        )
                     } else {
-                        addRow(base + offsets[0].pre, width: hidden[0], matrix: layers[0].offset, row: dim, scales: x + dim, scaleStride: d)
+                        addRow(
+                            base + offsets[0].pre,
+                            width: hidden[0],
+                            matrix: layers[0].offset,
+                            row: dim,
+                            scales: x + dim,
+                            scaleStride: d
+                        )
                     }
                     if let direct = layout.direct {
-                        addRow(base + zOffset, width: nout, matrix: direct.offset, row: dim, scales: x + dim, scaleStride: d)
+                        addRow(
+                            base + zOffset,
+                            width: nout,
+                            matrix: direct.offset,
+                            row: dim,
+                            scales: x + dim,
+                            scaleStride: d
+                        )
                     }
                     // Units of degree t are final now: activate them once and pass them on.
                     for l in hidden.indices {
@@ -226,8 +297,17 @@ public struct Sampler<T: BLASScalar> {
                         let act = base + offsets[l].act
                         for unit in unitsOfDegree[l][t] {
                             for i in 0..<b { act[i * width + unit] = Swift.max(pre[i * width + unit], 0) }
-                            let above = l + 1 < hidden.count ? (base + offsets[l + 1].pre, hidden[l + 1]) : (base + zOffset, nout)
-                            addRow(above.0, width: above.1, matrix: layers[l + 1].offset, row: unit, scales: act + unit, scaleStride: width)
+                            let above =
+                                l + 1 < hidden.count
+                                ? (base + offsets[l + 1].pre, hidden[l + 1]) : (base + zOffset, nout)
+                            addRow(
+                                above.0,
+                                width: above.1,
+                                matrix: layers[l + 1].offset,
+                                row: unit,
+                                scales: act + unit,
+                                scaleStride: width
+                            )
                         }
                     }
                 }

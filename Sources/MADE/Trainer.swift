@@ -113,36 +113,71 @@ public final class Trainer {
     /// Prepares a run on `dataset`, from `state` or from scratch.
     ///
     /// - Throws: when the configuration is invalid, the data does not fit it, or the state does not fit the model.
-    public init(configuration: TrainingConfiguration, dataset: Dataset, state: TrainingState? = nil,
-                logger: Logger = Logger(label: "made.trainer")) throws {
+    public init(
+        configuration: TrainingConfiguration,
+        dataset: Dataset,
+        state: TrainingState? = nil,
+        logger: Logger = Logger(label: "made.trainer")
+    ) throws {
         try configuration.validate()
-        try MemoryBudget.require(configuration.trainingBytes, for: "training a model of \(ParameterLayout(configuration.model).count) parameters with batch \(configuration.batchSize)")
+        try MemoryBudget.require(
+            configuration.trainingBytes,
+            for:
+                """
+                training a model of \(ParameterLayout(configuration.model).count) parameters with batch \
+                \(configuration.batchSize)
+                """
+        )
         guard let train = dataset.train else {
             throw MADEError(.invalidData, "the data has no training split", path: dataset.source)
         }
         guard train.dimension == configuration.model.inputCount else {
-            throw MADEError(.invalidData, "the data has dimension \(train.dimension) but the model expects \(configuration.model.inputCount)", path: dataset.source)
+            throw MADEError(
+                .invalidData,
+                "the data has dimension \(train.dimension) but the model expects \(configuration.model.inputCount)",
+                path: dataset.source
+            )
         }
         if configuration.distribution == .bernoulli {
             for (name, split) in [("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)] {
                 if let split, !split.isBinary {
-                    throw MADEError(.invalidData, "Bernoulli outputs need 0/1 data, but the \(name) split holds other values (use --distribution gaussian or binarize)", path: dataset.source)
+                    throw MADEError(
+                        .invalidData,
+                        """
+                        Bernoulli outputs need 0/1 data, but the \(name) split holds other values (use --distribution \
+                        gaussian or binarize)
+                        """,
+                        path: dataset.source
+                    )
                 }
             }
         }
         guard train.count >= configuration.batchSize else {
-            throw MADEError(.invalidData, "\(train.count) training examples are fewer than one batch of \(configuration.batchSize)", path: dataset.source)
+            throw MADEError(
+                .invalidData,
+                "\(train.count) training examples are fewer than one batch of \(configuration.batchSize)",
+                path: dataset.source
+            )
         }
         let layout = ParameterLayout(configuration.model)
         let state = state ?? TrainingState(configuration: configuration)
         guard state.parameters.count == layout.count else {
-            throw MADEError(.invalidCheckpoint, "the saved state holds \(state.parameters.count) parameters, the model \(layout.count)")
+            throw MADEError(
+                .invalidCheckpoint,
+                "the saved state holds \(state.parameters.count) parameters, the model \(layout.count)"
+            )
         }
         // The saved step must fall within the saved epoch on this data.
         let steps = train.count / configuration.batchSize
         let (low, overflow) = state.completedEpochs.multipliedReportingOverflow(by: steps)
         guard !overflow, state.step >= low, state.step <= low + steps else {
-            throw MADEError(.invalidCheckpoint, "the saved step \(state.step) does not fall in epoch \(state.completedEpochs + 1) of \(steps) steps on this data")
+            throw MADEError(
+                .invalidCheckpoint,
+                """
+                the saved step \(state.step) does not fall in epoch \(state.completedEpochs + 1) of \(steps) steps on \
+                this data
+                """
+            )
         }
         self.configuration = configuration
         self.dataset = dataset
@@ -150,12 +185,25 @@ public final class Trainer {
         self.train = train
         self.logger = logger
         self.dataFingerprint = DataFingerprint.of(dataset)
-        self.order = DataOrder(exampleCount: train.count, batchSize: configuration.batchSize, shards: configuration.shards,
-                               seed: configuration.seed, shuffle: configuration.shuffle)
+        self.order = DataOrder(
+            exampleCount: train.count,
+            batchSize: configuration.batchSize,
+            shards: configuration.shards,
+            seed: configuration.seed,
+            shuffle: configuration.shuffle
+        )
         let largestShard = order.shardRange(0).count
-        self.engine = GradientEngine(configuration: configuration.model, distribution: configuration.distribution,
-                                     runSeed: configuration.seed, capacity: largestShard, kernel: configuration.kernel)
-        self.shardGradients = [[Float]](repeating: [Float](repeating: 0, count: layout.count), count: configuration.shards)
+        self.engine = GradientEngine(
+            configuration: configuration.model,
+            distribution: configuration.distribution,
+            runSeed: configuration.seed,
+            capacity: largestShard,
+            kernel: configuration.kernel
+        )
+        self.shardGradients = [[Float]](
+            repeating: [Float](repeating: 0, count: layout.count),
+            count: configuration.shards
+        )
         self.shardLosses = [Double](repeating: 0, count: configuration.shards)
     }
 
@@ -187,8 +235,10 @@ public final class Trainer {
     /// (summed by ``GradientReducer``'s tree) and of the losses. Epoch ends, validation, early
     /// stopping and checkpoints happen here, so a cluster that computes the shards elsewhere
     /// follows exactly the single-process schedule.
-    public func drive(until shouldStop: () -> Bool,
-                      compute: (StepPlan) throws -> (gradient: [Float], lossSum: Double)) throws -> TrainingOutcome {
+    public func drive(
+        until shouldStop: () -> Bool,
+        compute: (StepPlan) throws -> (gradient: [Float], lossSum: Double)
+    ) throws -> TrainingOutcome {
         try drive(until: shouldStop, offeringHeld: { nil }) { plan, _ in
             let (gradient, loss) = try compute(plan)
             return (gradient, loss, false)
@@ -223,9 +273,13 @@ public final class Trainer {
     /// order; `compute` then answers with the gradient in that order (`computeOrder` true, the
     /// compute order of the layout-order gradient) or in layout order. Reading ``state`` in
     /// `compute` gives layout order, at the cost of turning everything back.
-    public func drive(until shouldStop: () -> Bool, offeringHeld: () -> HeldOffer?,
-                      compute: (StepPlan, HeldParameters?) throws -> (gradient: [Float], lossSum: Double, computeOrder: Bool))
-        throws -> TrainingOutcome {
+    public func drive(
+        until shouldStop: () -> Bool,
+        offeringHeld: () -> HeldOffer?,
+        compute: (StepPlan, HeldParameters?) throws -> (gradient: [Float], lossSum: Double, computeOrder: Bool)
+    )
+        throws -> TrainingOutcome
+    {
         var epochStart = ContinuousClock.now
         var epochSeconds = 0.0
         while !isDone {
@@ -262,11 +316,19 @@ public final class Trainer {
             heldCopy = offer?.copyInto
             gradientIsHeld = false
             let (gradient, loss, computeOrder) = try compute(plan, held)
-            precondition(!computeOrder || (engine.heldMaskSeed != nil && (held == nil || engine.heldMaskSeed == held!.maskSeed)),
-                         "drive: a gradient in compute order for a step whose parameters are no longer held")
+            precondition(
+                !computeOrder || (engine.heldMaskSeed != nil && (held == nil || engine.heldMaskSeed == held!.maskSeed)),
+                "drive: a gradient in compute order for a step whose parameters are no longer held"
+            )
             gradientIsHeld = computeOrder
             guard loss.isFinite else {
-                throw MADEError(.diverged, "training diverged at step \(current.step) (epoch \(plan.epoch + 1)): the loss is not finite; a smaller --lr may help")
+                throw MADEError(
+                    .diverged,
+                    """
+                    training diverged at step \(current.step) (epoch \(plan.epoch + 1)): the loss is not finite; a \
+                    smaller --lr may help
+                    """
+                )
             }
             apply(plan, gradient: gradient, lossSum: loss)
             if checkpointEvery > 0, current.step % checkpointEvery == 0 {
@@ -284,8 +346,12 @@ public final class Trainer {
             permutationEpoch = epoch
         }
         let shards = (0..<configuration.shards).map { order.rows(permutation, stepInEpoch: stepInEpoch, shard: $0) }
-        return StepPlan(step: current.step, epoch: epoch,
-                        maskSeeds: configuration.maskSchedule.maskSeeds(step: current.step, shards: configuration.shards), shards: shards)
+        return StepPlan(
+            step: current.step,
+            epoch: epoch,
+            maskSeeds: configuration.maskSchedule.maskSeeds(step: current.step, shards: configuration.shards),
+            shards: shards
+        )
     }
 
     /// Computes every shard here and sums them in tree order.
@@ -303,7 +369,12 @@ public final class Trainer {
         if holding, let seed = single {
             if engine.heldMaskSeed == nil { engine.hold(&current, maskSeed: seed) } else { engine.beginHeld() }
             for (s, rows) in plan.shards.enumerated() {
-                shardLosses[s] = engine.gradient(data: train, indices: rows, into: &shardGradients[s], computeOrder: true)
+                shardLosses[s] = engine.gradient(
+                    data: train,
+                    indices: rows,
+                    into: &shardGradients[s],
+                    computeOrder: true
+                )
             }
         } else {
             var seen: [UInt64] = []
@@ -325,19 +396,37 @@ public final class Trainer {
         precondition(plan.step == current.step, "apply: plan for step \(plan.step) at step \(current.step)")
         let lr = configuration.schedule.learningRate(epoch: plan.epoch)
         if gradientIsHeld {
-            engine.adamStepHeld(&current, gradient: gradient, scale: 1 / Float(configuration.batchSize),
-                                learningRate: lr, configuration: configuration.adam, copyInto: heldCopy,
-                                threads: optimizerThreads)
+            engine.adamStepHeld(
+                &current,
+                gradient: gradient,
+                scale: 1 / Float(configuration.batchSize),
+                learningRate: lr,
+                configuration: configuration.adam,
+                copyInto: heldCopy,
+                threads: optimizerThreads
+            )
         } else {
             syncHeld()
-            current.applyAdam(gradient: gradient, scale: 1 / Float(configuration.batchSize),
-                              learningRate: lr, configuration: configuration.adam, threads: optimizerThreads)
+            current.applyAdam(
+                gradient: gradient,
+                scale: 1 / Float(configuration.batchSize),
+                learningRate: lr,
+                configuration: configuration.adam,
+                threads: optimizerThreads
+            )
         }
         gradientIsHeld = false
         current.epochLossSum += lossSum
         current.epochExamples += configuration.batchSize
         current.step += 1
-        onEvent(.step(step: current.step, epoch: plan.epoch, loss: lossSum / Double(configuration.batchSize), learningRate: lr))
+        onEvent(
+            .step(
+                step: current.step,
+                epoch: plan.epoch,
+                loss: lossSum / Double(configuration.batchSize),
+                learningRate: lr
+            )
+        )
     }
 
     /// Whether the masks of step `step` stay long enough (four steps or more, this one included)
@@ -360,7 +449,13 @@ public final class Trainer {
         if let valid = dataset.valid, valid.count > 0 {
             validNLL = try validationScorer?(current.parameters) ?? evaluate(valid, parameters: current.parameters)
             if let v = validNLL, !v.isFinite {
-                throw MADEError(.diverged, "training diverged by the end of epoch \(epoch + 1): the validation NLL is not finite; a smaller --lr may help")
+                throw MADEError(
+                    .diverged,
+                    """
+                    training diverged by the end of epoch \(epoch + 1): the validation NLL is not finite; a smaller \
+                    --lr may help
+                    """
+                )
             }
         }
         var improved = false
@@ -373,8 +468,13 @@ public final class Trainer {
         } else if validNLL != nil {
             current.epochsWithoutImprovement += 1
         }
-        let record = EpochRecord(epoch: epoch, trainNLL: current.epochLossSum / Double(max(1, current.epochExamples)),
-                                 validNLL: validNLL, learningRate: configuration.schedule.learningRate(epoch: epoch), seconds: seconds)
+        let record = EpochRecord(
+            epoch: epoch,
+            trainNLL: current.epochLossSum / Double(max(1, current.epochExamples)),
+            validNLL: validNLL,
+            learningRate: configuration.schedule.learningRate(epoch: epoch),
+            seconds: seconds
+        )
         current.history.append(record)
         current.completedEpochs += 1
         current.epochLossSum = 0
@@ -388,16 +488,30 @@ public final class Trainer {
 
     /// Mean NLL of `data` under the evaluation ensemble.
     public func evaluate(_ data: DataMatrix, parameters: [Float]? = nil) -> Double {
-        var evaluator = Evaluator<Float>(configuration: configuration.model, distribution: configuration.distribution, runSeed: configuration.seed)
+        var evaluator = Evaluator<Float>(
+            configuration: configuration.model,
+            distribution: configuration.distribution,
+            runSeed: configuration.seed
+        )
         evaluator.kernel = configuration.kernel
         evaluator.betweenPasses = keepAlive
-        return evaluator.meanNLL(parameters: parameters ?? state.parameters, data: data, masks: configuration.evaluationMasks,
-                                 mode: configuration.ensembleMode)
+        return evaluator.meanNLL(
+            parameters: parameters ?? state.parameters,
+            data: data,
+            masks: configuration.evaluationMasks,
+            mode: configuration.ensembleMode
+        )
     }
 
     /// The checkpoint of the current current.
     public var checkpoint: Checkpoint {
-        Checkpoint(configuration: configuration, state: state, dataFingerprint: dataFingerprint, dataSource: dataSource, runID: runID)
+        Checkpoint(
+            configuration: configuration,
+            state: state,
+            dataFingerprint: dataFingerprint,
+            dataSource: dataSource,
+            runID: runID
+        )
     }
 
     /// Writes the current state to ``checkpointPath`` when one is set.

@@ -32,11 +32,23 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     /// read as ``ComputeKernel/dense``, the only kernel then).
     public var kernel: ComputeKernel
 
-    public init(model: ModelConfiguration, distribution: OutputDistribution = .bernoulli, seed: UInt64 = 0,
-                batchSize: Int = 100, epochs: Int = 100, resampleEvery: Int = 20, shards: Int = 1, masksPerStep: Int = 1,
-                adam: AdamConfiguration = AdamConfiguration(), schedule: StepSchedule = StepSchedule(),
-                patience: Int = 0, evaluationMasks: Int = 1, ensembleMode: EnsembleMode = .likelihood, shuffle: Bool = true,
-                kernel: ComputeKernel = .sparse) {
+    public init(
+        model: ModelConfiguration,
+        distribution: OutputDistribution = .bernoulli,
+        seed: UInt64 = 0,
+        batchSize: Int = 100,
+        epochs: Int = 100,
+        resampleEvery: Int = 20,
+        shards: Int = 1,
+        masksPerStep: Int = 1,
+        adam: AdamConfiguration = AdamConfiguration(),
+        schedule: StepSchedule = StepSchedule(),
+        patience: Int = 0,
+        evaluationMasks: Int = 1,
+        ensembleMode: EnsembleMode = .likelihood,
+        shuffle: Bool = true,
+        kernel: ComputeKernel = .sparse
+    ) {
         self.model = model
         self.distribution = distribution
         self.seed = seed
@@ -55,8 +67,9 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     }
 
     private enum CodingKeys: String, CodingKey {
-        case model, distribution, seed, batchSize, epochs, resampleEvery, shards, masksPerStep, adam, schedule, patience, evaluationMasks,
-             ensembleMode, shuffle, kernel
+        case model, distribution, seed, batchSize, epochs, resampleEvery, shards, masksPerStep, adam, schedule,
+            patience, evaluationMasks,
+            ensembleMode, shuffle, kernel
     }
 
     public init(from decoder: any Decoder) throws {
@@ -92,43 +105,83 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     public func validate() throws {
         try model.validate()
         guard model.outputMultiplier == distribution.parametersPerDimension else {
-            throw MADEError(.invalidConfiguration,
-                            "\(distribution) outputs need nout = \(distribution.parametersPerDimension) x nin, not \(model.outputMultiplier) x nin")
+            throw MADEError(
+                .invalidConfiguration,
+                """
+                \(distribution) outputs need nout = \(distribution.parametersPerDimension) x nin, not \
+                \(model.outputMultiplier) x nin
+                """
+            )
         }
-        guard batchSize >= 1 else { throw MADEError(.invalidConfiguration, "the batch size must be at least 1, not \(batchSize)") }
+        guard batchSize >= 1 else {
+            throw MADEError(.invalidConfiguration, "the batch size must be at least 1, not \(batchSize)")
+        }
         guard epochs >= 0, epochs <= Self.maxEpochs else {
             throw MADEError(.invalidConfiguration, "epochs must be between 0 and \(Self.maxEpochs), not \(epochs)")
         }
-        guard resampleEvery >= 1 else { throw MADEError(.invalidConfiguration, "--resample-every must be at least 1, not \(resampleEvery)") }
+        guard resampleEvery >= 1 else {
+            throw MADEError(.invalidConfiguration, "--resample-every must be at least 1, not \(resampleEvery)")
+        }
         guard shards >= 1, shards <= batchSize else {
-            throw MADEError(.invalidConfiguration, "shards must be between 1 and the batch size (\(batchSize)), not \(shards)")
+            throw MADEError(
+                .invalidConfiguration,
+                "shards must be between 1 and the batch size (\(batchSize)), not \(shards)"
+            )
         }
         guard masksPerStep >= 1, masksPerStep <= model.maskCount else {
-            throw MADEError(.invalidConfiguration,
-                            "--masks-per-step must be between 1 and the number of masks (--num-masks \(model.maskCount)), not \(masksPerStep)")
+            throw MADEError(
+                .invalidConfiguration,
+                """
+                --masks-per-step must be between 1 and the number of masks (--num-masks \(model.maskCount)), not \
+                \(masksPerStep)
+                """
+            )
         }
         guard shards % masksPerStep == 0 else {
-            throw MADEError(.invalidConfiguration,
-                            "--masks-per-step \(masksPerStep) must divide the shards per step (\(shards)): every mask of a step trains on whole shards; give --shards a multiple of \(masksPerStep)")
+            throw MADEError(
+                .invalidConfiguration,
+                """
+                --masks-per-step \(masksPerStep) must divide the shards per step (\(shards)): every mask of a step \
+                trains on whole shards; give --shards a multiple of \(masksPerStep)
+                """
+            )
         }
         guard evaluationMasks >= 1, evaluationMasks <= Evaluator<Float>.maxMasks else {
-            throw MADEError(.invalidConfiguration, "--samples must be between 1 and \(Evaluator<Float>.maxMasks), not \(evaluationMasks)")
+            throw MADEError(
+                .invalidConfiguration,
+                "--samples must be between 1 and \(Evaluator<Float>.maxMasks), not \(evaluationMasks)"
+            )
         }
         guard patience >= 0 else { throw MADEError(.invalidConfiguration, "patience must not be negative") }
         guard adam.learningRate > 0, adam.learningRate.isFinite else {
             throw MADEError(.invalidConfiguration, "the learning rate must be positive, not \(adam.learningRate)")
         }
         guard adam.weightDecay >= 0, adam.weightDecay.isFinite else {
-            throw MADEError(.invalidConfiguration, "the weight decay must be finite and not negative, not \(adam.weightDecay)")
+            throw MADEError(
+                .invalidConfiguration,
+                "the weight decay must be finite and not negative, not \(adam.weightDecay)"
+            )
         }
         guard schedule.stepEpochs >= 0 else {
-            throw MADEError(.invalidConfiguration, "the epochs between learning-rate decays must not be negative, not \(schedule.stepEpochs)")
+            throw MADEError(
+                .invalidConfiguration,
+                "the epochs between learning-rate decays must not be negative, not \(schedule.stepEpochs)"
+            )
         }
         guard schedule.gamma > 0, schedule.gamma <= 1 else {
-            throw MADEError(.invalidConfiguration, "the learning-rate decay factor must be in (0, 1], not \(schedule.gamma)")
+            throw MADEError(
+                .invalidConfiguration,
+                "the learning-rate decay factor must be in (0, 1], not \(schedule.gamma)"
+            )
         }
         guard schedule.baseLearningRate == adam.learningRate else {
-            throw MADEError(.invalidConfiguration, "the schedule's base learning rate \(schedule.baseLearningRate) differs from Adam's \(adam.learningRate)")
+            throw MADEError(
+                .invalidConfiguration,
+                """
+                the schedule's base learning rate \(schedule.baseLearningRate) differs from Adam's \
+                \(adam.learningRate)
+                """
+            )
         }
     }
 
@@ -143,7 +196,8 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     public var trainingBytes: Int? {
         let widths = model.layerWidths
         guard let parameters = MemoryBudget.product(ParameterLayout(model).count, 4, 6),
-              let activations = MemoryBudget.product(batchSize, widths.reduce(0) { $0 &+ $1 }, 4, 4) else { return nil }
+            let activations = MemoryBudget.product(batchSize, widths.reduce(0) { $0 &+ $1 }, 4, 4)
+        else { return nil }
         let (total, overflow) = parameters.addingReportingOverflow(activations)
         return overflow ? nil : total
     }
@@ -156,7 +210,8 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     /// The shards per step when none are asked for: `M` in one process; through `workers` workers,
     /// the smallest multiple of `M` that gives every worker a shard.
     public static func defaultShards(workers: Int, masksPerStep: Int) -> Int {
-        let m = max(1, masksPerStep), w = max(1, workers)
+        let m = max(1, masksPerStep)
+        let w = max(1, workers)
         return (w + m - 1) / m * m
     }
 }
@@ -229,7 +284,8 @@ public struct DataOrder: Sendable {
 
     /// The positions within a minibatch of shard `shard`.
     public func shardRange(_ shard: Int) -> Range<Int> {
-        let base = batchSize / shards, extra = batchSize % shards
+        let base = batchSize / shards
+        let extra = batchSize % shards
         let start = shard * base + min(shard, extra)
         return start..<(start + base + (shard < extra ? 1 : 0))
     }

@@ -36,10 +36,23 @@ public struct TrainingState: Sendable, Equatable {
         history = []
     }
 
-    /// One Adam step on the parameters (see ``AdamState/update(parameters:gradient:scale:learningRate:configuration:)``).
-    public mutating func applyAdam(gradient: [Float], scale: Float, learningRate: Double, configuration: AdamConfiguration, threads: Int = 1) {
-        adam.update(parameters: &parameters, gradient: gradient, scale: scale, learningRate: learningRate,
-                    configuration: configuration, threads: threads)
+    /// One Adam step on the parameters (see
+    /// ``AdamState/update(parameters:gradient:scale:learningRate:configuration:)``).
+    public mutating func applyAdam(
+        gradient: [Float],
+        scale: Float,
+        learningRate: Double,
+        configuration: AdamConfiguration,
+        threads: Int = 1
+    ) {
+        adam.update(
+            parameters: &parameters,
+            gradient: gradient,
+            scale: scale,
+            learningRate: learningRate,
+            configuration: configuration,
+            threads: threads
+        )
     }
 
     /// The parameters a finished run stands by: the best by validation when early stopping is on, else the last.

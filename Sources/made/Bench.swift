@@ -7,7 +7,11 @@ import MADECluster
 struct Bench: ParsableCommand {
     /// Samples per second of both methods on an untrained network of the benchmark's shape.
     func benchSampling() throws {
-        let model = ModelConfiguration(inputCount: dimension, hiddenSizes: try parseHiddens(hiddens), naturalOrdering: false)
+        let model = ModelConfiguration(
+            inputCount: dimension,
+            hiddenSizes: try parseHiddens(hiddens),
+            naturalOrdering: false
+        )
         let parameters = ParameterLayout(model).initialParameters(seed: 1, as: Float.self)
         var sampler = Sampler<Float>(configuration: model, distribution: .bernoulli, runSeed: 0)
         sampler.batchSize = 32
@@ -20,12 +24,24 @@ struct Bench: ParsableCommand {
         let cached = rate(.cached, count: 512)
         let naive = rate(.naive, count: 32)
         let sizes = ([dimension] + model.hiddenSizes + [dimension]).map(String.init).joined(separator: "-")
-        print(String(format: "made_sampling cached_samples_per_s=%.1f naive_samples_per_s=%.2f speedup=%.1f", cached, naive, cached / naive)
-              + " config=\(sizes) batch=32 threads=\(runtime.threads)")
+        print(
+            String(
+                format: "made_sampling cached_samples_per_s=%.1f naive_samples_per_s=%.2f speedup=%.1f",
+                cached,
+                naive,
+                cached / naive
+            )
+                + " config=\(sizes) batch=32 threads=\(runtime.threads)"
+        )
     }
 
     static let configuration = CommandConfiguration(
-        abstract: "Measure training throughput on real data (-d) or random binary data: examples per second of the sparse and the dense kernel side by side, peak memory, and with --workers the bytes on the wire.")
+        abstract:
+            """
+            Measure training throughput on real data (-d) or random binary data: examples per second of the sparse \
+            and the dense kernel side by side, peak memory, and with --workers the bytes on the wire.
+            """
+    )
 
     /// Which kernels to time.
     enum KernelChoice: String, ExpressibleByArgument, CaseIterable {
@@ -54,9 +70,21 @@ struct Bench: ParsableCommand {
     var kernel: KernelChoice = .both
     @Option(help: "Rounds each kernel's timed steps are split into, alternating kernels, with --kernel both.")
     var rounds: Int = 5
-    @Option(help: "Also write the 0/1 training data the benchmark trains on to this .npz file (train_data.npy), for a peer benchmark.")
+    @Option(
+        help:
+            """
+            Also write the 0/1 training data the benchmark trains on to this .npz file (train_data.npy), for a peer \
+            benchmark.
+            """
+    )
     var saveData: String?
-    @Option(help: "Density of binary inputs up to which the sparse kernel sums selected rows in the first layer (a measurement aid). (default: the built-in crossover, 0.45)")
+    @Option(
+        help:
+            """
+            Density of binary inputs up to which the sparse kernel sums selected rows in the first layer (a \
+            measurement aid). (default: the built-in crossover, 0.45)
+            """
+    )
     var sparseInputLimit: Double?
     @Option(name: [.customShort("q"), .long], help: "Hidden layer sizes, comma-separated.")
     var hiddens: String = "500"
@@ -66,19 +94,31 @@ struct Bench: ParsableCommand {
     var shards: Int?
     @Option(help: "Masks trained in every step (the ensemble has as many masks). (default: 1)")
     var masksPerStep: Int = 1
-    @Option(help: ArgumentHelp("With --masks-per-step above 1: how a task of shards of several masks travels over "
-                               + "the socket, packed by the union of their masks or dense. (default: union)"))
+    @Option(
+        help: ArgumentHelp(
+            "With --masks-per-step above 1: how a task of shards of several masks travels over "
+                + "the socket, packed by the union of their masks or dense. (default: union)"
+        )
+    )
     var mixedPacking: ClusterCoordinator.MixedMaskPacking = .union
     @Option(help: "Local worker processes (0: compute in this process).")
     var workers: Int = 0
     @Flag(help: "With --workers: send parameters and gradients over the socket, as to workers on other hosts.")
     var noSharedMemory = false
-    @Option(help: ArgumentHelp(
-        "Simulate hosts on this one: for each count H of the comma-separated list, H relays (`made relay`) of "
-            + "--workers workers each, and, side by side, H x --workers workers dialing the coordinator directly; all "
-            + "over loopback sockets, as from other hosts. Prints the coordinator's bytes per step of each, and per "
-            + "host against one host.",
-        valueName: "list"))
+    @Option(
+        help: ArgumentHelp(
+            "Simulate hosts on this one: for each count H of the comma-separated list, H relays (`made relay`) of "
+                + """
+                --workers workers each, and, side by side, H x --workers workers dialing the coordinator directly; \
+                all 
+                """
+                + """
+                over loopback sockets, as from other hosts. Prints the coordinator's bytes per step of each, and per 
+                """
+                + "host against one host.",
+            valueName: "list"
+        )
+    )
     var hosts: String?
     @Flag(help: "Measure sampling instead: cached activations against one forward pass per dimension.")
     var sampling = false
@@ -86,7 +126,8 @@ struct Bench: ParsableCommand {
         help: ArgumentHelp(
             "Listen here for workers started elsewhere instead of starting local ones (e.g. "
                 + "tcp://10.0.0.1:29500); they run `made worker -d FILE --connect ...` on a FILE written by `made "
-                + "bench --save-data FILE` with the same data flags.")
+                + "bench --save-data FILE` with the same data flags."
+        )
     )
     var bind: String?
     @Option(help: "With --bind: workers to wait for (180 s at most) before the timed steps.")
@@ -123,10 +164,18 @@ struct Bench: ParsableCommand {
     }
 
     func validate() throws {
-        guard steps >= 1, warmup >= 0, dimension >= 1, batchSize >= 1, examples >= batchSize, workers >= 0, rounds >= 1 else {
-            throw ValidationError("need --steps >= 1, --warmup >= 0, --dimension >= 1, --examples >= --batch-size >= 1, --workers >= 0, --rounds >= 1")
+        guard steps >= 1, warmup >= 0, dimension >= 1, batchSize >= 1, examples >= batchSize, workers >= 0, rounds >= 1
+        else {
+            throw ValidationError(
+                """
+                need --steps >= 1, --warmup >= 0, --dimension >= 1, --examples >= --batch-size >= 1, --workers >= 0, \
+                --rounds >= 1
+                """
+            )
         }
-        guard density >= 0, density <= 1 else { throw ValidationError("--density must be between 0 and 1, not \(density)") }
+        guard density >= 0, density <= 1 else {
+            throw ValidationError("--density must be between 0 and 1, not \(density)")
+        }
         if let sparseInputLimit, !(sparseInputLimit >= 0 && sparseInputLimit <= 1) {
             throw ValidationError("--sparse-input-limit must be between 0 and 1")
         }
@@ -137,17 +186,22 @@ struct Bench: ParsableCommand {
         try checkRange("--workers", workers, 0...ClusterArguments.maxWorkers)
         try checkRange("--shards", shards, 1...batchSize)
         _ = try parseHiddens(hiddens)
-        guard masksPerStep >= 1 else { throw ValidationError("--masks-per-step must be at least 1, not \(masksPerStep)") }
+        guard masksPerStep >= 1 else {
+            throw ValidationError("--masks-per-step must be at least 1, not \(masksPerStep)")
+        }
         if hosts != nil {
             guard let counts = hostCounts, !counts.isEmpty, counts.allSatisfy({ $0 >= 1 && $0 <= 64 }), workers >= 1
             else {
                 throw ValidationError(
-                    "--hosts takes host counts from 1 to 64, comma-separated, such as 1,2,4, with --workers N per host")
+                    "--hosts takes host counts from 1 to 64, comma-separated, such as 1,2,4, with --workers N per host"
+                )
             }
             try checkRange("--workers x hosts", counts.max()! * workers, 1...ClusterArguments.maxWorkers)
         }
         if let shards, shards % masksPerStep != 0 {
-            throw ValidationError("--masks-per-step \(masksPerStep) must divide --shards \(shards): each mask trains on whole shards")
+            throw ValidationError(
+                "--masks-per-step \(masksPerStep) must divide --shards \(shards): each mask trains on whole shards"
+            )
         }
         if let bind {
             do { try Endpoint.validate(bind) } catch { throw ValidationError("--bind \(error)") }
@@ -182,19 +236,29 @@ struct Bench: ParsableCommand {
     func run() throws {
         BLAS.setThreads(runtime.threads)
         if sampling { return try benchSampling() }
-        try MemoryBudget.require(MemoryBudget.product(examples + 200, dimension), for: "--examples \(examples) of --dimension \(dimension)")
+        try MemoryBudget.require(
+            MemoryBudget.product(examples + 200, dimension),
+            for: "--examples \(examples) of --dimension \(dimension)"
+        )
         var rng = RandomStream(seed: 0, domain: .sampling)
         let dataset: Dataset
         if let path = data.dataPath {
             let loaded = try DatasetLoader.load(path: path, options: data.options)
             guard let train = loaded.train else { throw CommandFailure("\(path): no training split") }
-            guard train.isBinary else { throw CommandFailure("\(path): the benchmark trains Bernoulli outputs on 0/1 data (choose --binarize)") }
+            guard train.isBinary else {
+                throw CommandFailure("\(path): the benchmark trains Bernoulli outputs on 0/1 data (choose --binarize)")
+            }
             dataset = Dataset(train: train, valid: nil, test: nil, source: path)
         } else {
             var b = [UInt8](repeating: 0, count: examples * dimension)
             let threshold = UInt64((density * 0x1p53).rounded())
             for i in b.indices { b[i] = (rng.next() >> 11) < threshold ? 1 : 0 }
-            dataset = Dataset(train: DataMatrix(binary: b, count: examples, dimension: dimension), valid: nil, test: nil, source: "random bits")
+            dataset = Dataset(
+                train: DataMatrix(binary: b, count: examples, dimension: dimension),
+                valid: nil,
+                test: nil,
+                source: "random bits"
+            )
         }
         let train = dataset.train!
         // The file form of the data (workers and peers read it) holds a token validation and test
@@ -202,31 +266,56 @@ struct Bench: ParsableCommand {
         let few = train.rows(0..<min(100, train.count))
         let fileDataset = Dataset(train: train, valid: few, test: few, source: dataset.source)
         if let saveData { try DatasetWriter.writeNPZ(fileDataset, to: saveData) }
-        guard train.count >= batchSize else { throw CommandFailure("\(train.count) training examples are fewer than one batch of \(batchSize)") }
+        guard train.count >= batchSize else {
+            throw CommandFailure("\(train.count) training examples are fewer than one batch of \(batchSize)")
+        }
         let ones: Int
         if case .binary(let bytes) = train.storage { ones = bytes.reduce(0) { $0 + Int($1) } } else { ones = 0 }
         let dataDensity = Double(ones) / Double(max(1, train.count * train.dimension))
-        let model = ModelConfiguration(inputCount: train.dimension, hiddenSizes: try parseHiddens(hiddens), maskCount: masksPerStep)
+        let model = ModelConfiguration(
+            inputCount: train.dimension,
+            hiddenSizes: try parseHiddens(hiddens),
+            maskCount: masksPerStep
+        )
         // With --hosts, every configuration cuts the batch alike: one block of --workers shards per host at
         // the most hosts.
         let shardCount =
             shards
             ?? TrainingConfiguration.defaultShards(
-                workers: hostCounts.map { workers * ($0.max() ?? 1) } ?? workerCount, masksPerStep: masksPerStep)
+                workers: hostCounts.map { workers * ($0.max() ?? 1) } ?? workerCount,
+                masksPerStep: masksPerStep
+            )
         func configuration(_ kernel: ComputeKernel) -> TrainingConfiguration {
-            TrainingConfiguration(model: model, batchSize: batchSize, epochs: TrainingConfiguration.maxEpochs, shards: shardCount, masksPerStep: masksPerStep,
-                                  kernel: kernel)
+            TrainingConfiguration(
+                model: model,
+                batchSize: batchSize,
+                epochs: TrainingConfiguration.maxEpochs,
+                shards: shardCount,
+                masksPerStep: masksPerStep,
+                kernel: kernel
+            )
         }
         try configuration(.sparse).validate()
-        let sizes = ([model.inputCount] + model.hiddenSizes + [model.inputCount]).map(String.init).joined(separator: "-")
-        let settings = "config=\(sizes) batch=\(batchSize) shards=\(shardCount) masks_per_step=\(masksPerStep)\(masksPerStep > 1 ? " mixed_packing=\(mixedPacking.rawValue)" : "") threads=\(runtime.threads) steps=\(steps)"
+        let sizes = ([model.inputCount] + model.hiddenSizes + [model.inputCount]).map(String.init).joined(
+            separator: "-"
+        )
+        let settings =
+            """
+            config=\(sizes) batch=\(batchSize) shards=\(shardCount) \
+            masks_per_step=\(masksPerStep)\(masksPerStep > 1 ? " mixed_packing=\(mixedPacking.rawValue)" : "") \
+            threads=\(runtime.threads) steps=\(steps)
+            """
         let limit = sparseInputLimit ?? NetworkWorkspace<Float>.defaultSparseInputLimit
         /// The data and the fraction of the dense multiply-adds the sparse kernel does (mask seed 0).
         func dataLine() -> String {
             let fraction = MaskSet(configuration: model, runSeed: 0, maskSeed: 0).blocks
                 .trainingStepFraction(density: dataDensity, selectedRows: dataDensity <= limit)
-            return String(format: "data=%@ density=%.4f sparse_flops_vs_dense=%.3f", dataset.source == "random bits" ? "random" : dataset.source,
-                          dataDensity, fraction)
+            return String(
+                format: "data=%@ density=%.4f sparse_flops_vs_dense=%.3f",
+                dataset.source == "random bits" ? "random" : dataset.source,
+                dataDensity,
+                fraction
+            )
         }
         let kernels = kernel.kernels
         let roundCount = kernels.count > 1 ? rounds : 1
@@ -256,13 +345,23 @@ struct Bench: ParsableCommand {
             }
             let rates = (0..<kernels.count).map { Double(done[$0] * batchSize) / seconds[$0] }
             for (i, k) in kernels.enumerated() {
-                print(String(format: "made_single kernel=%@ examples_per_s=%.1f", k.rawValue, rates[i]) + " " + settings)
+                print(
+                    String(format: "made_single kernel=%@ examples_per_s=%.1f", k.rawValue, rates[i]) + " " + settings
+                )
             }
             if kernels.count == 2 {
                 // CPU time beside wall time: on a shared machine it moves less with the others' load.
-                print(String(format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d "
-                                 + "cpu_ratio=%.3f",
-                             rates[1] / rates[0], rates[1], rates[0], roundCount, cpuSeconds[0] / cpuSeconds[1]))
+                print(
+                    String(
+                        format: "made_single_sparse_vs_dense ratio=%.3f sparse=%.1f dense=%.1f rounds=%d "
+                            + "cpu_ratio=%.3f",
+                        rates[1] / rates[0],
+                        rates[1],
+                        rates[0],
+                        roundCount,
+                        cpuSeconds[0] / cpuSeconds[1]
+                    )
+                )
             }
             let peak = CommandLineSupport.peakResidentMiB
             print(String(format: "made_bench %@ peak_rss_mib=%.1f", dataLine(), peak) + " kernels=\(kernel.rawValue)")
@@ -278,13 +377,25 @@ struct Bench: ParsableCommand {
         let loaded = try DatasetLoader.load(path: file)
         if let hostCounts {
             return try benchHosts(
-                hostCounts, configuration: configuration(kernels.last!), dataset: dataset, loaded: loaded, file: file,
-                                  folder: folder, settings: settings)
+                hostCounts,
+                configuration: configuration(kernels.last!),
+                dataset: dataset,
+                loaded: loaded,
+                file: file,
+                folder: folder,
+                settings: settings
+            )
         }
         var rates: [Double] = []
         for k in kernels {
-            let rate = try benchCluster(configuration: configuration(k), dataset: dataset, loaded: loaded, file: file, folder: folder,
-                                        settings: settings)
+            let rate = try benchCluster(
+                configuration: configuration(k),
+                dataset: dataset,
+                loaded: loaded,
+                file: file,
+                folder: folder,
+                settings: settings
+            )
             rates.append(rate)
         }
         if kernels.count == 2 {
@@ -317,26 +428,54 @@ struct Bench: ParsableCommand {
     /// as many workers dialing directly, alternating, and prints the coordinator's bytes per step
     /// of both and per host against one host.
     func benchHosts(
-        _ counts: [Int], configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String,
+        _ counts: [Int],
+        configuration: TrainingConfiguration,
+        dataset: Dataset,
+        loaded: Dataset,
+        file: String,
         folder: String,
-                    settings: String) throws {
+        settings: String
+    ) throws {
         var perHostAtOne: Double?
         for hosts in counts {
             let relayed = try runCluster(
-                configuration: configuration, dataset: dataset, loaded: loaded, file: file, processes: hosts,
-                                         relayWorkers: workers)
+                configuration: configuration,
+                dataset: dataset,
+                loaded: loaded,
+                file: file,
+                processes: hosts,
+                relayWorkers: workers
+            )
             let direct = try runCluster(
-                configuration: configuration, dataset: dataset, loaded: loaded, file: file, processes: hosts * workers,
-                                        relayWorkers: nil)
+                configuration: configuration,
+                dataset: dataset,
+                loaded: loaded,
+                file: file,
+                processes: hosts * workers,
+                relayWorkers: nil
+            )
             let perHost = relayed.bytesPerStep / Double(hosts)
             if perHostAtOne == nil { perHostAtOne = perHost }
-            let format = "made_hosts hosts=%d workers_per_host=%d relay_bytes_per_step=%.0f "
+            let format =
+                "made_hosts hosts=%d workers_per_host=%d relay_bytes_per_step=%.0f "
                 + "relay_bytes_per_step_per_host=%.0f per_host_vs_first=%.4f direct_bytes_per_step=%.0f "
                 + "direct_vs_relay=%.3f relay_examples_per_s=%.1f direct_examples_per_s=%.1f same_checksum=%@"
             let same = relayed.checksum == direct.checksum ? "true" : "false"
-            print(String(format: format, hosts, workers, relayed.bytesPerStep, perHost, perHost / perHostAtOne!,
-                         direct.bytesPerStep, direct.bytesPerStep / relayed.bytesPerStep, relayed.examplesPerSecond,
-                         direct.examplesPerSecond, same) + " " + settings)
+            print(
+                String(
+                    format: format,
+                    hosts,
+                    workers,
+                    relayed.bytesPerStep,
+                    perHost,
+                    perHost / perHostAtOne!,
+                    direct.bytesPerStep,
+                    direct.bytesPerStep / relayed.bytesPerStep,
+                    relayed.examplesPerSecond,
+                    direct.examplesPerSecond,
+                    same
+                ) + " " + settings
+            )
         }
     }
 
@@ -344,8 +483,13 @@ struct Bench: ParsableCommand {
     /// coordinator over loopback TCP without shared memory (relays of `relayWorkers` workers, or
     /// workers), and returns what was measured over the timed steps.
     func runCluster(
-        configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String, processes: Int,
-                    relayWorkers: Int?) throws -> ClusterRate {
+        configuration: TrainingConfiguration,
+        dataset: Dataset,
+        loaded: Dataset,
+        file: String,
+        processes: Int,
+        relayWorkers: Int?
+    ) throws -> ClusterRate {
         let trainer = try Trainer(configuration: configuration, dataset: dataset)
         var logger = Logger(label: "made.bench")
         logger.logLevel = .warning
@@ -358,14 +502,18 @@ struct Bench: ParsableCommand {
         options.awaitedWorkers = processes * (relayWorkers ?? 1)
         options.namePrefix = relayWorkers == nil ? "bench" : "bench-host"
         let session = try ClusterSession(
-            configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
-                                         options: options, logger: logger)
+            configuration: configuration,
+            dataFingerprint: DataFingerprint.bytes(of: loaded),
+            options: options,
+            logger: logger
+        )
         defer { session.finish(exitCode: 1, reason: "benchmark failed") }
         try session.awaitWorkers()
         let coordinator = session.coordinator
         guard coordinator.capacity == options.awaitedWorkers else {
             throw CommandFailure(
-                "only \(coordinator.capacity) of \(options.awaitedWorkers) workers connected within 60 s")
+                "only \(coordinator.capacity) of \(options.awaitedWorkers) workers connected within 60 s"
+            )
         }
         trainer.optimizerThreads = coordinator.threads
         let compute = { (plan: StepPlan) in try coordinator.computeStep(plan, parameters: trainer.state.parameters) }
@@ -376,8 +524,11 @@ struct Bench: ParsableCommand {
         let seconds = (ContinuousClock.now - start).seconds
         let bytes = Double(coordinator.bytesSent + coordinator.bytesReceived - bytesBefore) / Double(steps)
         session.finish(exitCode: 0, reason: "benchmark done")
-        return ClusterRate(examplesPerSecond: Double(steps * batchSize) / seconds, bytesPerStep: bytes,
-                           checksum: trainer.checkpoint.parametersSHA256)
+        return ClusterRate(
+            examplesPerSecond: Double(steps * batchSize) / seconds,
+            bytesPerStep: bytes,
+            checksum: trainer.checkpoint.parametersSHA256
+        )
     }
 
     /// Workers the cluster benchmark runs with: local ones, or those awaited at --bind.
@@ -402,8 +553,14 @@ struct Bench: ParsableCommand {
     /// `made_cluster_simulated`, and the examples per second of workers that only computed
     /// (`ideal_examples_per_s`, from the busiest worker's shards) give the share the system
     /// itself costs.
-    func benchCluster(configuration: TrainingConfiguration, dataset: Dataset, loaded: Dataset, file: String, folder: String,
-                      settings: String) throws -> Double {
+    func benchCluster(
+        configuration: TrainingConfiguration,
+        dataset: Dataset,
+        loaded: Dataset,
+        file: String,
+        folder: String,
+        settings: String
+    ) throws -> Double {
         let model = configuration.model
         let trainer = try Trainer(configuration: configuration, dataset: dataset)
         var logger = Logger(label: "made.bench")
@@ -424,7 +581,7 @@ struct Bench: ParsableCommand {
         if bind != nil {
             options.coordinator.allowInsecure = insecure
             if let keys { options.coordinator.security = try ClusterSecurity.Server.load(folder: keys) }
-            options.ephemeralKeys = false   // workers started elsewhere bring their own keys, or none
+            options.ephemeralKeys = false  // workers started elsewhere bring their own keys, or none
             options.awaitedWorkers = waitForWorkers
             // Many workers started elsewhere on a loaded machine take a while to load their data.
             options.joinTimeout = 180_000
@@ -435,8 +592,12 @@ struct Bench: ParsableCommand {
             options.awaitedWorkers = workers
         }
         options.namePrefix = "bench"
-        let session = try ClusterSession(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: loaded),
-                                         options: options, logger: logger)
+        let session = try ClusterSession(
+            configuration: configuration,
+            dataFingerprint: DataFingerprint.bytes(of: loaded),
+            options: options,
+            logger: logger
+        )
         defer { session.finish(exitCode: 1, reason: "benchmark failed") }
         if bind != nil {
             // Workers started by hand need the endpoint.
@@ -450,7 +611,8 @@ struct Bench: ParsableCommand {
         // A relay counts the workers behind it.
         guard coordinator.capacity == count else {
             throw CommandFailure(
-                "only \(coordinator.capacity) of \(count) workers connected within \(options.joinTimeout / 1000) s")
+                "only \(coordinator.capacity) of \(count) workers connected within \(options.joinTimeout / 1000) s"
+            )
         }
         trainer.optimizerThreads = coordinator.threads
         // Time within the exchange (tasks out, results in and reduced); the rest of a step is the
@@ -476,7 +638,7 @@ struct Bench: ParsableCommand {
             Double(traffic.total - (hostsBefore[host]?.total ?? 0)) / Double(steps)
         }
         let timing = coordinator.timingTotals
-        let perWorkerStep = Double(steps * max(1, coordinator.workerCount))   // per peer: a relay answers once
+        let perWorkerStep = Double(steps * max(1, coordinator.workerCount))  // per peer: a relay answers once
         let computeMs = (timing.computeMilliseconds - timingBefore.computeMilliseconds) / perWorkerStep
         let waitMs = (timing.waitMilliseconds - timingBefore.waitMilliseconds) / perWorkerStep
         let layout = ParameterLayout(model)
@@ -490,9 +652,9 @@ struct Bench: ParsableCommand {
         var line = String(
             format:
                 "%@ kernel=%@ workers=%d shared_memory=\(!noSharedMemory) examples_per_s=%.1f step_ms=%.3f "
-                    + "bytes_per_step=%.0f hosts=%d host_bytes_per_step=%.0f compute_ms_per_step=%.3f "
-                    + "wait_ms_per_step=%.3f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f "
-                    + "coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
+                + "bytes_per_step=%.0f hosts=%d host_bytes_per_step=%.0f compute_ms_per_step=%.3f "
+                + "wait_ms_per_step=%.3f gradient_message_vs_dense=%.3f wire_per_step_vs_dense_gradient=%.3f "
+                + "coordinator_peak_rss_mib=%.1f worker_peak_rss_mib=%.1f",
             simulatedMilliseconds == nil ? "made_cluster" : "made_cluster_simulated",
             configuration.kernel.rawValue,
             count,

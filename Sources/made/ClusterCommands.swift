@@ -7,7 +7,8 @@ import MADECluster
 struct Coordinator: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Coordinate a data-parallel run: listen for workers, hand out shards, apply Adam, checkpoint.",
-        usage: "made coordinator -d <path> --bind <endpoint> [--shards <n>] [<options>]")
+        usage: "made coordinator -d <path> --bind <endpoint> [--shards <n>] [<options>]"
+    )
 
     @OptionGroup var data: DataArguments<TrainingData>
     @OptionGroup var training: TrainingArguments
@@ -17,19 +18,32 @@ struct Coordinator: ParsableCommand {
     func validate() throws {
         _ = try data.path()
         if cluster.bind == nil && ProcessInfo.processInfo.environment["MASTER_PORT"] == nil {
-            throw ValidationError("give --bind ENDPOINT (e.g. tcp://0.0.0.0:29500, or tcp://127.0.0.1:0 with --endpoint-file) or set MASTER_PORT")
+            throw ValidationError(
+                """
+                give --bind ENDPOINT (e.g. tcp://0.0.0.0:29500, or tcp://127.0.0.1:0 with --endpoint-file) or set \
+                MASTER_PORT
+                """
+            )
         }
     }
 
     func run() throws {
         let bind = cluster.bind ?? "tcp://*:\(ProcessInfo.processInfo.environment["MASTER_PORT"]!)"
-        try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime, role: .coordinator(bind: bind)).run()
+        try TrainingJob(
+            data: data,
+            training: training,
+            cluster: cluster,
+            runtime: runtime,
+            role: .coordinator(bind: bind)
+        ).run()
     }
 }
 
 /// How a worker finds and trusts its coordinator.
 struct WorkerArguments: ParsableArguments {
-    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:29500. (default: from MASTER_ADDR/MASTER_PORT or Slurm)")
+    @Option(
+        help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:29500. (default: from MASTER_ADDR/MASTER_PORT or Slurm)"
+    )
     var connect: String?
     @Option(help: "Read the coordinator's endpoint from this file (waiting for it to appear).")
     var endpointFile: String?
@@ -39,24 +53,32 @@ struct WorkerArguments: ParsableArguments {
     var keys: String?
     @Option(help: "Which key pair of the folder this worker uses.")
     var keyName: String = "worker"
-    @Flag(help: "Read the coordinator's public key and this worker's secret key from standard input (how `made train --workers N` hands its workers the run's keys).")
+    @Flag(
+        help:
+            """
+            Read the coordinator's public key and this worker's secret key from standard input (how `made train \
+            --workers N` hands its workers the run's keys).
+            """
+    )
     var keysOnStdin = false
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp(
             "Seconds the connection to the coordinator may stay down (or, before it answers, hellos "
-                + "unanswered) before giving up (exit code 4).")
+                + "unanswered) before giving up (exit code 4)."
+        )
     )
     var coordinatorTimeout: Double = 60
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp(
             "Seconds the connection to the coordinator may carry nothing (libzmq's heartbeats) before it is "
-                + "dropped and dialled again.")
+                + "dropped and dialled again."
+        )
     )
     var heartbeatTimeout: Double = 10
     @Option(help: .private)
-    var parentPid: Int32?   // internal: exit when this process (the launcher) is gone
+    var parentPid: Int32?  // internal: exit when this process (the launcher) is gone
     @Flag(help: "The data file holds one split (one .amat or IDX file), scored whole: for evaluation jobs.")
     var singleSplit = false
     @Flag(help: "Hold no data: serve sampling jobs only.")
@@ -83,7 +105,8 @@ struct WorkerArguments: ParsableArguments {
             let deadline = Date().addingTimeInterval(coordinatorTimeout)
             while Date() < deadline {
                 if let text = try? String(contentsOfFile: endpointFile, encoding: .utf8),
-                   case let line = text.trimmingCharacters(in: .whitespacesAndNewlines), !line.isEmpty {
+                    case let line = text.trimmingCharacters(in: .whitespacesAndNewlines), !line.isEmpty
+                {
                     return line
                 }
                 usleep(100_000)
@@ -91,7 +114,9 @@ struct WorkerArguments: ParsableArguments {
             throw CommandFailure("\(endpointFile): no endpoint appeared within \(Int(coordinatorTimeout)) s")
         }
         if let environment { return environment.connectEndpoint }
-        throw ValidationError("give --connect ENDPOINT or --endpoint-file FILE, or set MASTER_ADDR/MASTER_PORT (or run under srun)")
+        throw ValidationError(
+            "give --connect ENDPOINT or --endpoint-file FILE, or set MASTER_ADDR/MASTER_PORT (or run under srun)"
+        )
     }
 
     func run<Role>(data: DataArguments<Role>, runtime: RuntimeArguments, environment: ClusterEnvironment?) throws {
@@ -112,8 +137,11 @@ struct WorkerArguments: ParsableArguments {
         let path = try data.path()
         if singleSplit {
             return Dataset(
-                train: nil, valid: nil,
-                test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
+                train: nil,
+                valid: nil,
+                test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options),
+                source: path
+            )
         }
         return try DatasetLoader.load(path: path, options: data.options)
     }
@@ -121,7 +149,10 @@ struct WorkerArguments: ParsableArguments {
     /// How the worker loop finds and trusts its coordinator, from these flags and the environment.
     func workerOptions(environment: ClusterEnvironment?) throws -> ClusterWorker.Options {
         let endpoint = try endpoint(environment: environment)
-        var options = ClusterWorker.Options(connect: endpoint, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
+        var options = ClusterWorker.Options(
+            connect: endpoint,
+            name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())"
+        )
         if let keys { options.security = try ClusterSecurity.Client.load(folder: keys, name: keyName) }
         if keysOnStdin {
             let text = String(decoding: FileHandle.standardInput.readDataToEndOfFile().prefix(4096), as: UTF8.self)
@@ -152,25 +183,37 @@ struct WorkerArguments: ParsableArguments {
 struct Worker: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compute gradient shards for a coordinator until it ends the run.",
-        usage: "made worker (-d <path> | --no-data) [--connect <endpoint> | --endpoint-file <file>] [<options>]")
+        usage: "made worker (-d <path> | --no-data) [--connect <endpoint> | --endpoint-file <file>] [<options>]"
+    )
 
     @OptionGroup var data: DataArguments<WorkerData>
     @OptionGroup var worker: WorkerArguments
     @OptionGroup var runtime: RuntimeArguments
 
     func validate() throws {
-        if data.dataPath == nil && !worker.noData { throw ValidationError("give the data with -d/--data-path (or --no-data for a sampling-only worker)") }
+        if data.dataPath == nil && !worker.noData {
+            throw ValidationError("give the data with -d/--data-path (or --no-data for a sampling-only worker)")
+        }
     }
 
     func run() throws {
-        try worker.run(data: data, runtime: runtime, environment: try ClusterEnvironment.detect(ProcessInfo.processInfo.environment))
+        try worker.run(
+            data: data,
+            runtime: runtime,
+            environment: try ClusterEnvironment.detect(ProcessInfo.processInfo.environment)
+        )
     }
 }
 
 struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Be the coordinator or a worker according to RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS (rank 0 coordinates); for srun and similar launchers.",
-        usage: "made launch -d <path> [<options>]")
+        abstract:
+            """
+            Be the coordinator or a worker according to RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS (rank 0 \
+            coordinates); for srun and similar launchers.
+            """,
+        usage: "made launch -d <path> [<options>]"
+    )
 
     @OptionGroup var data: DataArguments<TrainingData>
     @OptionGroup var training: TrainingArguments
@@ -181,25 +224,42 @@ struct Launch: ParsableCommand {
         help: "Workers: seconds the connection to the coordinator may stay down before giving up."
     )
     var coordinatorTimeout: Double = 60
-    @Flag(help: ArgumentHelp(
-        "No relay per host: every worker dials the coordinator. (By default the first process of each host but the "
-            + "coordinator's also starts a relay, which the host's processes work behind: the coordinator sends each "
-            + "host the step's parameters once and gets one gradient back.)"))
+    @Flag(
+        help: ArgumentHelp(
+            "No relay per host: every worker dials the coordinator. (By default the first process of each host but the "
+                + """
+                coordinator's also starts a relay, which the host's processes work behind: the coordinator sends each 
+                """
+                + "host the step's parameters once and gets one gradient back.)"
+        )
+    )
     var noRelay = false
 
     func validate() throws {
         _ = try data.path()
-        if let problem = TimeoutRange.problem("--coordinator-timeout", seconds: coordinatorTimeout) { throw ValidationError(problem) }
+        if let problem = TimeoutRange.problem("--coordinator-timeout", seconds: coordinatorTimeout) {
+            throw ValidationError(problem)
+        }
     }
 
     func run() throws {
         guard let environment = try ClusterEnvironment.detect(ProcessInfo.processInfo.environment) else {
-            throw CommandFailure("made launch needs RANK, WORLD_SIZE and MASTER_ADDR, or SLURM_PROCID, SLURM_NTASKS and SLURM_JOB_NODELIST")
+            throw CommandFailure(
+                """
+                made launch needs RANK, WORLD_SIZE and MASTER_ADDR, or SLURM_PROCID, SLURM_NTASKS and \
+                SLURM_JOB_NODELIST
+                """
+            )
         }
         if environment.isCoordinator {
-            try TrainingJob(data: data, training: training, cluster: cluster, runtime: runtime,
-                            role: .coordinator(bind: cluster.bind ?? environment.bindEndpoint),
-                            expectedWorkers: environment.worldSize - 1).run()
+            try TrainingJob(
+                data: data,
+                training: training,
+                cluster: cluster,
+                runtime: runtime,
+                role: .coordinator(bind: cluster.bind ?? environment.bindEndpoint),
+                expectedWorkers: environment.worldSize - 1
+            ).run()
             return
         }
         var worker = try WorkerArguments.parse([])
@@ -229,8 +289,10 @@ struct Launch: ParsableCommand {
             "relay", "--listen", listen, "--parent-pid", "\(getpid())", "--name",
             "\(ProcessInfo.processInfo.hostName)-relay",
             "--coordinator-timeout", "\(coordinatorTimeout)", "--heartbeat-timeout", "\(cluster.heartbeatTimeout)",
-            "--threads", "\(runtime.threads)"]
-        arguments += cluster.endpointFile.map { ["--endpoint-file", $0] } ?? ["--connect", environment.connectEndpoint]
+            "--threads", "\(runtime.threads)",
+        ]
+        arguments +=
+            cluster.endpointFile.map { ["--endpoint-file", $0] } ?? ["--connect", environment.connectEndpoint]
         if let keys = cluster.keys { arguments += ["--keys", keys] }
         if runtime.verbose { arguments.append("--verbose") }
         let process = Process()
@@ -251,7 +313,8 @@ struct Launch: ParsableCommand {
 
 struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Make CURVE keys in a folder: the coordinator's pair (once), a worker pair, and authorized_keys.")
+        abstract: "Make CURVE keys in a folder: the coordinator's pair (once), a worker pair, and authorized_keys."
+    )
 
     @Argument(help: "Key folder (shared with the workers, e.g. on a shared file system, or copied).")
     var folder: String
@@ -261,12 +324,15 @@ struct Keygen: ParsableCommand {
     var force = false
 
     func validate() throws {
-        guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }), !name.isEmpty else {
+        guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }), !name.isEmpty
+        else {
             throw ValidationError("--name may hold letters, digits, '-', '_' and '.' only")
         }
     }
 
     func run() throws {
-        for path in try ClusterSecurity.generate(folder: folder, workerName: name, replace: force) { print("wrote \(path)") }
+        for path in try ClusterSecurity.generate(folder: folder, workerName: name, replace: force) {
+            print("wrote \(path)")
+        }
     }
 }

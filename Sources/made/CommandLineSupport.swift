@@ -1,7 +1,8 @@
 import Foundation
-import Synchronization
 import Logging
 import MADE
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -57,11 +58,17 @@ enum CommandLineSupport {
 
     /// One line that says what is about to be trained.
     static func describe(_ c: TrainingConfiguration, dataset: Dataset, parameters: Int) -> String {
-        let sizes = ([c.model.inputCount] + c.model.hiddenSizes + [c.model.outputCount]).map(String.init).joined(separator: "-")
+        let sizes = ([c.model.inputCount] + c.model.hiddenSizes + [c.model.outputCount]).map(String.init).joined(
+            separator: "-"
+        )
         let counts = [("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)]
             .compactMap { name, split in split.map { "\(name) \($0.count)" } }.joined(separator: ", ")
-        return "MADE \(sizes)\(c.model.directConnections ? " +direct" : ""), \(c.distribution), \(parameters) parameters, "
-            + "\(c.model.maskCount) mask(s)\(c.masksPerStep > 1 ? " (\(c.masksPerStep) per step)" : ""), \(c.model.naturalOrdering ? "natural" : "random") order; "
+        return
+            "MADE \(sizes)\(c.model.directConnections ? " +direct" : ""), \(c.distribution), \(parameters) parameters, "
+            + """
+            \(c.model.maskCount) mask(s)\(c.masksPerStep > 1 ? " (\(c.masksPerStep) per step)" : ""), \
+            \(c.model.naturalOrdering ? "natural" : "random") order; 
+            """
             + "data \(dataset.source) (\(counts)); batch \(c.batchSize), \(c.shards) shard(s), seed \(c.seed)"
     }
 
@@ -69,8 +76,9 @@ enum CommandLineSupport {
     /// children's `ru_maxrss`, it does not count what a spawned child saw of its parent before exec.
     static func peakResidentMiB(pid: Int32) -> Double? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kib = line.split(separator: " ").dropFirst().first.flatMap({ Double($0) }) else { return nil }
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+            let kib = line.split(separator: " ").dropFirst().first.flatMap({ Double($0) })
+        else { return nil }
         return kib / 1024
     }
 
@@ -96,7 +104,7 @@ enum SignalFlag {
     static let raised = Atomic<Int32>(0)
 
     static func install() {
-        _ = raised.load(ordering: .relaxed)   // initialized before any handler can run
+        _ = raised.load(ordering: .relaxed)  // initialized before any handler can run
         signal(SIGINT) { _ in SignalFlag.raised.store(1, ordering: .relaxed) }
         signal(SIGTERM) { _ in SignalFlag.raised.store(1, ordering: .relaxed) }
         // A launcher may have started this process with these signals blocked; take them back.

@@ -5,27 +5,53 @@ import MADECluster
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Score data under a checkpoint: mean NLL in nats per example, optionally one log-likelihood per example.",
-        usage: "made eval --checkpoint <path> [-d <path>] [<options>]")
+        abstract:
+            "Score data under a checkpoint: mean NLL in nats per example, optionally one log-likelihood per example.",
+        usage: "made eval --checkpoint <path> [-d <path>] [<options>]"
+    )
 
     @Option(help: "Checkpoint to evaluate.")
     var checkpoint: String
     @OptionGroup var data: DataArguments<ScoredData>
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
-    @Option(help: "Split to score: train, valid or test. (default: test for an .npz or a folder; a single-split file (one .amat or IDX file) is scored whole)")
+    @Option(
+        help:
+            """
+            Split to score: train, valid or test. (default: test for an .npz or a folder; a single-split file (one \
+            .amat or IDX file) is scored whole)
+            """
+    )
     var split: String?
-    @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Masks in the ensemble. (default: the checkpoint's)")
+    @Option(
+        name: [.customShort("s"), .long],
+        parsing: .unconditional,
+        help: "Masks in the ensemble. (default: the checkpoint's)"
+    )
     var samples: Int?
-    @Option(help: "likelihood (log-mean-exp of per-mask likelihoods) or logits (the reference's logit averaging; not a normalized likelihood). (default: the checkpoint's)")
+    @Option(
+        help:
+            """
+            likelihood (log-mean-exp of per-mask likelihoods) or logits (the reference's logit averaging; not a \
+            normalized likelihood). (default: the checkpoint's)
+            """
+    )
     var ensemble: EnsembleMode?
     @Option(help: "Write log p(x) in nats, one per line, in input order, to this file.")
     var perExample: String?
-    @Option(help: "Arithmetic: sparse (only the blocks the masks keep) or dense (whole products); they agree within float rounding. (default: the checkpoint's)")
+    @Option(
+        help:
+            """
+            Arithmetic: sparse (only the blocks the masks keep) or dense (whole products); they agree within float \
+            rounding. (default: the checkpoint's)
+            """
+    )
     var kernel: ComputeKernel?
 
     func validate() throws {
-        if let split, !["train", "valid", "test"].contains(split) { throw ValidationError("--split must be train, valid or test, not '\(split)'") }
+        if let split, !["train", "valid", "test"].contains(split) {
+            throw ValidationError("--split must be train, valid or test, not '\(split)'")
+        }
         try checkRange("--samples", samples, 1...Evaluator<Float>.maxMasks)
     }
 
@@ -40,12 +66,16 @@ struct Eval: ParsableCommand {
             data.adopt(source.options)
         }
         guard data.dataPath != nil else {
-            throw ValidationError("give the data with -d/--data-path (\(checkpoint) was written before checkpoints recorded their data)")
+            throw ValidationError(
+                "give the data with -d/--data-path (\(checkpoint) was written before checkpoints recorded their data)"
+            )
         }
         try saved.requireFinite(path: checkpoint)
         let path = try data.path()
         var isDirectory: ObjCBool = false
-        let severalSplits = path.hasSuffix(".npz") || (FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue)
+        let severalSplits =
+            path.hasSuffix(".npz")
+            || (FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue)
         let effectiveSplit = split ?? (severalSplits ? "test" : nil)
         let c = saved.configuration
         let k = samples ?? c.evaluationMasks
@@ -64,7 +94,12 @@ struct Eval: ParsableCommand {
                 dataset = try DatasetLoader.load(path: path, options: data.options)
                 split = DataSplit.allCases.first { $0.name == effectiveSplit }!
             } else {
-                dataset = Dataset(train: nil, valid: nil, test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options), source: path)
+                dataset = Dataset(
+                    train: nil,
+                    valid: nil,
+                    test: try DatasetLoader.loadSplit(path: path, split: nil, options: data.options),
+                    source: path
+                )
                 split = .test
                 workerArguments.append("--single-split")
             }
@@ -72,14 +107,23 @@ struct Eval: ParsableCommand {
                 throw CommandFailure("\(path): no \(effectiveSplit ?? "test") split")
             }
             try check(matrix, path: path, configuration: c)
-            let session = try cluster.session(configuration: saved.configuration, dataFingerprint: DataFingerprint.bytes(of: dataset),
-                                              workerArguments: workerArguments, runtime: runtime,
-                                              largestResult: min(1000, matrix.count) * (mode == .likelihood ? k : 1),
-                                              logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
+            let session = try cluster.session(
+                configuration: saved.configuration,
+                dataFingerprint: DataFingerprint.bytes(of: dataset),
+                workerArguments: workerArguments,
+                runtime: runtime,
+                largestResult: min(1000, matrix.count) * (mode == .likelihood ? k : 1),
+                logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose)
+            )
             do {
                 ll = try session.run { coordinator in
-                    try coordinator.logLikelihoods(split: split, rowCount: matrix.count, masks: k, mode: mode,
-                                                   parameters: saved.modelParameters)
+                    try coordinator.logLikelihoods(
+                        split: split,
+                        rowCount: matrix.count,
+                        masks: k,
+                        mode: mode,
+                        parameters: saved.modelParameters
+                    )
                 }
             } catch is ClusterCoordinator.Interrupted {
                 throw ExitCode(130)
@@ -107,16 +151,25 @@ struct Eval: ParsableCommand {
     static func ensembleWarning(masks k: Int, trained n: Int) -> String? {
         guard k > n else { return nil }
         return "-s \(k) asks for \(k) masks, but the model was trained with -n \(n): the ensemble repeats "
-            + (n == 1 ? "its one mask \(k) times and scores as that mask alone" : "its \(n) masks (seeds taken modulo \(n))")
+            + (n == 1
+                ? "its one mask \(k) times and scores as that mask alone" : "its \(n) masks (seeds taken modulo \(n))")
     }
 
     func check(_ matrix: DataMatrix, path: String, configuration c: TrainingConfiguration) throws {
         // Per row, one value per mask (and the chunk's activations, which are small beside them).
         let masks = samples ?? c.evaluationMasks
-        try MemoryBudget.require(MemoryBudget.product(matrix.count, masks, 8 + 4),
-                                 for: "scoring \(matrix.count) examples under \(masks) masks (-s)", path: path)
+        try MemoryBudget.require(
+            MemoryBudget.product(matrix.count, masks, 8 + 4),
+            for: "scoring \(matrix.count) examples under \(masks) masks (-s)",
+            path: path
+        )
         guard matrix.dimension == c.model.inputCount else {
-            throw CommandFailure("\(path): data of dimension \(matrix.dimension), but the model was trained on dimension \(c.model.inputCount)")
+            throw CommandFailure(
+                """
+                \(path): data of dimension \(matrix.dimension), but the model was trained on dimension \
+                \(c.model.inputCount)
+                """
+            )
         }
         if c.distribution == .bernoulli && !matrix.isBinary {
             throw CommandFailure("\(path): Bernoulli model, but the data is not 0/1 (choose --binarize)")
@@ -126,7 +179,8 @@ struct Eval: ParsableCommand {
 
 struct Checksum: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print the SHA-256 of a checkpoint's model parameters, as training prints it.")
+        abstract: "Print the SHA-256 of a checkpoint's model parameters, as training prints it."
+    )
 
     @Argument(help: "Checkpoint file.")
     var path: String

@@ -1,6 +1,7 @@
 import Foundation
 import MADE
 import MADECluster
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,7 +30,13 @@ final class ProgressReport {
     /// Seconds since this report was made.
     private var now: Double { (ContinuousClock.now - clockStart).seconds }
 
-    init(stepsPerEpoch: Int, batchSize: Int, epochs: Int, interactive: Bool = isatty(STDOUT_FILENO) != 0, plainInterval: Double = 10) {
+    init(
+        stepsPerEpoch: Int,
+        batchSize: Int,
+        epochs: Int,
+        interactive: Bool = isatty(STDOUT_FILENO) != 0,
+        plainInterval: Double = 10
+    ) {
         self.stepsPerEpoch = stepsPerEpoch
         self.batchSize = batchSize
         self.epochs = epochs
@@ -43,7 +50,14 @@ final class ProgressReport {
         case .step(let step, let epoch, let loss, let learningRate):
             let instant = meter.stepEnded(at: now)
             let info = cluster?()
-            metrics?.step(step: step, epoch: epoch, loss: loss, learningRate: learningRate, examplesPerSecond: instant, timings: info?.timings ?? [])
+            metrics?.step(
+                step: step,
+                epoch: epoch,
+                loss: loss,
+                learningRate: learningRate,
+                examplesPerSecond: instant,
+                timings: info?.timings ?? []
+            )
             // Nothing to show until a rate is known: ten steps measured (fewer in a short epoch).
             guard let rate = meter.examplesPerSecond else { return }
             let drawnAt = ContinuousClock.now
@@ -52,7 +66,15 @@ final class ProgressReport {
             let total = epochs.multipliedReportingOverflow(by: stepsPerEpoch)
             let stepsLeft = total.overflow ? Int.max : max(0, total.partialValue - step)
             let remaining = meter.secondsLeft(steps: stepsLeft, epochEnds: epochs - epoch) ?? .infinity
-            var line = String(format: "epoch %d/%d step %d loss %.4f %.0f ex/s eta %@", epoch + 1, epochs, step, loss, rate, Self.duration(remaining))
+            var line = String(
+                format: "epoch %d/%d step %d loss %.4f %.0f ex/s eta %@",
+                epoch + 1,
+                epochs,
+                step,
+                loss,
+                rate,
+                Self.duration(remaining)
+            )
             if let info { line += " workers \(info.alive)" }
             if interactive {
                 Console.write("\r\u{1B}[K" + line)
@@ -97,7 +119,8 @@ final class ProgressReport {
 ///     {"type":"start","run":"20261130-053512-4f2a9c01","step":0}
 ///     {"type":"step","run":"20261130-053512-4f2a9c01","step":12,"epoch":0,"loss":203.1,"lr":0.001,
 ///      "examples_per_s":18000.5,"workers":[{"name":"local-0","shards":1,"compute_ms":2.7,"wait_ms":0.4}]}
-///     {"type":"epoch","run":"20261130-053512-4f2a9c01","epoch":0,"train_nll":240.2,"valid_nll":238.9,"lr":0.001,"seconds":3.1}
+///     {"type":"epoch","run":"20261130-053512-4f2a9c01","epoch":0,"train_nll":240.2,"valid_nll":238.9,"lr":0.001,
+///      "seconds":3.1}
 ///
 /// `step` counts steps done over the whole run; `epoch` is 0-based; `examples_per_s` is null for
 /// a step whose start is unknown (the first of a process). Appends: a run resumed from its
@@ -117,7 +140,11 @@ final class MetricsFile {
         runField = "\"run\":\(Self.string(runID)),"
         let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw MADEError(.io, "cannot open the metrics file for writing: \(String(cString: strerror(errno)))", path: path)
+            throw MADEError(
+                .io,
+                "cannot open the metrics file for writing: \(String(cString: strerror(errno)))",
+                path: path
+            )
         }
         descriptor = fd
         buffer += "{\"type\":\"start\",\(runField)\"step\":\(startStep)}\n"
@@ -128,13 +155,27 @@ final class MetricsFile {
         close(descriptor)
     }
 
-    func step(step: Int, epoch: Int, loss: Double, learningRate: Double, examplesPerSecond: Double?, timings: [ClusterCoordinator.StepTiming]) {
-        var line = "{\"type\":\"step\",\(runField)\"step\":\(step),\"epoch\":\(epoch),\"loss\":\(Self.number(loss)),\"lr\":\(Self.number(learningRate)),"
+    func step(
+        step: Int,
+        epoch: Int,
+        loss: Double,
+        learningRate: Double,
+        examplesPerSecond: Double?,
+        timings: [ClusterCoordinator.StepTiming]
+    ) {
+        var line =
+            "{\"type\":\"step\",\(runField)\"step\":\(step),\"epoch\":\(epoch),"
+            + "\"loss\":\(Self.number(loss)),\"lr\":\(Self.number(learningRate)),"
             + "\"examples_per_s\":\(examplesPerSecond.map(Self.number) ?? "null")"
         if !timings.isEmpty {
-            line += ",\"workers\":[" + timings.map {
-                "{\"name\":\(Self.string($0.worker)),\"shards\":\($0.shards),\"compute_ms\":\(Self.number($0.computeMilliseconds)),\"wait_ms\":\(Self.number($0.waitMilliseconds))}"
-            }.joined(separator: ",") + "]"
+            line +=
+                ",\"workers\":["
+                + timings.map {
+                    let name = Self.string($0.worker)
+                    let compute = Self.number($0.computeMilliseconds)
+                    let wait = Self.number($0.waitMilliseconds)
+                    return "{\"name\":\(name),\"shards\":\($0.shards),\"compute_ms\":\(compute),\"wait_ms\":\(wait)}"
+                }.joined(separator: ",") + "]"
         }
         guard !failed else { return }
         buffer += line + "}\n"
@@ -143,7 +184,8 @@ final class MetricsFile {
 
     func epoch(_ record: EpochRecord) {
         guard !failed else { return }
-        buffer += "{\"type\":\"epoch\",\(runField)\"epoch\":\(record.epoch),\"train_nll\":\(Self.number(record.trainNLL)),"
+        buffer +=
+            "{\"type\":\"epoch\",\(runField)\"epoch\":\(record.epoch),\"train_nll\":\(Self.number(record.trainNLL)),"
             + "\"valid_nll\":\(record.validNLL.map(Self.number) ?? "null"),\"lr\":\(Self.number(record.learningRate)),"
             + "\"seconds\":\(Self.number(record.seconds))}\n"
         flush()
@@ -162,7 +204,12 @@ final class MetricsFile {
                 let code = errno
                 if code == EINTR { continue }
                 failed = true
-                Console.error("warning: \(path): cannot write the metrics (\(String(cString: strerror(code)))); training goes on without them\n")
+                Console.error(
+                    """
+                    warning: \(path): cannot write the metrics (\(String(cString: strerror(code)))); training goes on \
+                    without them\n
+                    """
+                )
                 return
             }
             written += n

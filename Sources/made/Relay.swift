@@ -17,7 +17,8 @@ struct Relay: ParsableCommand {
             dial --listen. When the relay dies its block goes to another peer; when one of its workers \
             dies, its shards go to the others here. --heartbeat-timeout holds for both of its connections: \
             to the coordinator and to each of its workers.
-            """)
+            """
+    )
 
     @OptionGroup var data: DataArguments<WorkerData>
     @OptionGroup var worker: WorkerArguments
@@ -26,14 +27,16 @@ struct Relay: ParsableCommand {
     @Option(
         help: ArgumentHelp(
             "Endpoint this host's workers dial, on this host (ipc:// or loopback). "
-                + "(default: an ipc socket in a new folder only this user can enter)")
+                + "(default: an ipc socket in a new folder only this user can enter)"
+        )
     )
     var listen: String?
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp(
             "Seconds after which a shard one of this host's workers holds is taken back and given to the first "
-                + "idle one.")
+                + "idle one."
+        )
     )
     var taskTimeout: Double = 60
     @OptionGroup var runtime: RuntimeArguments
@@ -52,7 +55,8 @@ struct Relay: ParsableCommand {
         }
         if listen == nil && workers == 0 {
             throw ValidationError(
-                "give --workers N to start this host's workers, or --listen ENDPOINT for workers started apart")
+                "give --workers N to start this host's workers, or --listen ENDPOINT for workers started apart"
+            )
         }
     }
 

@@ -5,7 +5,8 @@ import MADECluster
 
 struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Draw samples from a checkpoint and write them as a PNG grid.")
+        abstract: "Draw samples from a checkpoint and write them as a PNG grid."
+    )
 
     @Option(help: "Checkpoint to sample from.")
     var checkpoint: String
@@ -13,7 +14,15 @@ struct Sample: ParsableCommand {
     var count: Int = 64
     @Option(help: "PNG file to write (its name ends in .png).")
     var out: String
-    @Option(name: [.customShort("s"), .long], parsing: .unconditional, help: "Masks in the ensemble; each sample draws one of them (a mixture). (default: the checkpoint's number of masks)")
+    @Option(
+        name: [.customShort("s"), .long],
+        parsing: .unconditional,
+        help:
+            """
+            Masks in the ensemble; each sample draws one of them (a mixture). (default: the checkpoint's number of \
+            masks)
+            """
+    )
     var samples: Int?
     @Option(help: "Seed of the draws; the same seed gives the same images.")
     var seed: UInt64 = 0
@@ -25,7 +34,13 @@ struct Sample: ParsableCommand {
     var method: Sampler<Float>.Method = .cached
     @Option(help: "Pixels per side of each value in the grid.")
     var scale: Int = 3
-    @Flag(help: "Show each pixel's probability (a Bernoulli's p, a Gaussian's mean) given the pixels drawn before it, instead of the 0/1 draw.")
+    @Flag(
+        help:
+            """
+            Show each pixel's probability (a Bernoulli's p, a Gaussian's mean) given the pixels drawn before it, \
+            instead of the 0/1 draw.
+            """
+    )
     var mean = false
     @OptionGroup var cluster: ClusterArguments
     @OptionGroup var runtime: RuntimeArguments
@@ -56,33 +71,76 @@ struct Sample: ParsableCommand {
         let sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
         let masks = samples ?? c.model.maskCount
         guard masks <= Evaluator<Float>.maxMasks else {
-            throw CommandFailure("\(checkpoint): the model has \(masks) masks, more than the \(Evaluator<Float>.maxMasks) a mixture can draw from; give -s K (at most \(Evaluator<Float>.maxMasks))")
+            throw CommandFailure(
+                """
+                \(checkpoint): the model has \(masks) masks, more than the \(Evaluator<Float>.maxMasks) a mixture can \
+                draw from; give -s K (at most \(Evaluator<Float>.maxMasks))
+                """
+            )
         }
         // The values, then the grid's pixels.
-        try MemoryBudget.require(MemoryBudget.product(count, d, 4 + scale * scale), for: "--count \(count) samples of \(d) values at --scale \(scale)")
+        try MemoryBudget.require(
+            MemoryBudget.product(count, d, 4 + scale * scale),
+            for: "--count \(count) samples of \(d) values at --scale \(scale)"
+        )
         let start = ContinuousClock.now
         let values: [Float]
         if cluster.isDistributed {
             // Workers need no data to sample; each draws whole batches from their own streams.
-            let session = try cluster.session(configuration: c, dataFingerprint: nil, workerArguments: ["--no-data"], runtime: runtime,
-                                              logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose))
+            let session = try cluster.session(
+                configuration: c,
+                dataFingerprint: nil,
+                workerArguments: ["--no-data"],
+                runtime: runtime,
+                logger: CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose)
+            )
             do {
                 values = try session.run { coordinator in
-                    try coordinator.drawSamples(count: count, dimension: d, batchSize: sampler.batchSize, masks: masks, seed: seed,
-                                                method: method, parameters: saved.modelParameters)
+                    try coordinator.drawSamples(
+                        count: count,
+                        dimension: d,
+                        batchSize: sampler.batchSize,
+                        masks: masks,
+                        seed: seed,
+                        method: method,
+                        parameters: saved.modelParameters
+                    )
                 }
             } catch is ClusterCoordinator.Interrupted {
                 throw ExitCode(130)
             }
         } else {
-            values = sampler.sample(parameters: saved.modelParameters, count: count, masks: masks, seed: seed, method: method, means: mean)
+            values = sampler.sample(
+                parameters: saved.modelParameters,
+                count: count,
+                masks: masks,
+                seed: seed,
+                method: method,
+                means: mean
+            )
         }
         let seconds = (ContinuousClock.now - start).seconds
-        let grid = ImageGrid(images: values, imageRows: rows, imageColumns: cols,
-                             gridColumns: columns ?? Int(Double(count).squareRoot().rounded(.up)), scale: scale)
+        let grid = ImageGrid(
+            images: values,
+            imageRows: rows,
+            imageColumns: cols,
+            gridColumns: columns ?? Int(Double(count).squareRoot().rounded(.up)),
+            scale: scale
+        )
         try grid.writePNG(to: out)
-        print(String(format: "sampled %d images (%dx%d) in %.3f s, %.1f samples/s -> %@ (%dx%d pixels)",
-                     count, rows, cols, seconds, Double(count) / seconds, out, grid.width, grid.height))
+        print(
+            String(
+                format: "sampled %d images (%dx%d) in %.3f s, %.1f samples/s -> %@ (%dx%d pixels)",
+                count,
+                rows,
+                cols,
+                seconds,
+                Double(count) / seconds,
+                out,
+                grid.width,
+                grid.height
+            )
+        )
     }
 
     func shape(dimension d: Int) throws -> (Int, Int) {

@@ -26,7 +26,12 @@ struct TrainingJob {
 
     func run() throws {
         if case .coordinator = role, training.shards == nil, expectedWorkers == nil, cluster.workers == 0 {
-            throw ValidationError("give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends on S, not on how many workers run)")
+            throw ValidationError(
+                """
+                give --shards S: the pieces each batch is cut into, usually the number of workers (the result depends \
+                on S, not on how many workers run)
+                """
+            )
         }
         let logger = CommandLineSupport.bootstrap(label: "made", verbose: runtime.verbose)
         BLAS.setThreads(runtime.threads)
@@ -43,23 +48,38 @@ struct TrainingJob {
             let saved = try Checkpoint.read(from: path)
             let conflicts = training.conflicts(with: saved.configuration)
             guard conflicts.isEmpty else {
-                throw ValidationError("\(path): flags disagree with the checkpoint's run: \(conflicts.joined(separator: "; "))")
+                throw ValidationError(
+                    "\(path): flags disagree with the checkpoint's run: \(conflicts.joined(separator: "; "))"
+                )
             }
             let fingerprint = DataFingerprint.of(dataset)
             guard saved.dataFingerprint == fingerprint else {
-                throw CommandFailure("\(path): the checkpoint was trained on different data (fingerprint \(saved.dataFingerprint.prefix(12)), this data \(fingerprint.prefix(12)))")
+                throw CommandFailure(
+                    """
+                    \(path): the checkpoint was trained on different data (fingerprint \
+                    \(saved.dataFingerprint.prefix(12)), this data \(fingerprint.prefix(12)))
+                    """
+                )
             }
             try saved.requireFinite(resuming: true, path: path)
             configuration = saved.configuration
             if let epochs = training.epochs { configuration.epochs = epochs }
             state = saved.state
             if let id = saved.runID { runID = id }
-            logger.notice("resuming", metadata: ["checkpoint": "\(path)", "step": "\(saved.state.step)", "epoch": "\(saved.state.completedEpochs)"])
+            logger.notice(
+                "resuming",
+                metadata: [
+                    "checkpoint": "\(path)", "step": "\(saved.state.step)", "epoch": "\(saved.state.completedEpochs)",
+                ]
+            )
         } else if training.resume, let path = training.checkpoint {
             logger.notice("no checkpoint yet; starting a new run", metadata: ["checkpoint": "\(path)"])
         }
 
-        if let warning = Eval.ensembleWarning(masks: configuration.evaluationMasks, trained: configuration.model.maskCount) {
+        if let warning = Eval.ensembleWarning(
+            masks: configuration.evaluationMasks,
+            trained: configuration.model.maskCount
+        ) {
             logger.warning("\(warning)")
         }
         if case .local = role, cluster.workers > 0 {
@@ -71,9 +91,12 @@ struct TrainingJob {
                 total = overflow ? nil : sum
             }
             let perWorker = each.map(MemoryBudget.describe) ?? "too much"
-            try MemoryBudget.require(total, for: "--workers \(cluster.workers) (\(perWorker) per local worker process "
-                                         + "for the data and the model, and this coordinator's own run)",
-                                     available: MemoryBudget.hostAvailableBytes)
+            try MemoryBudget.require(
+                total,
+                for: "--workers \(cluster.workers) (\(perWorker) per local worker process "
+                    + "for the data and the model, and this coordinator's own run)",
+                available: MemoryBudget.hostAvailableBytes
+            )
         }
         let trainer = try Trainer(configuration: configuration, dataset: dataset, state: state, logger: logger)
         let firstStep = trainer.state.step
@@ -81,9 +104,21 @@ struct TrainingJob {
         trainer.checkpointEvery = training.checkpointEvery
         trainer.dataSource = DataSource(path: dataPath, options: data.options)
         trainer.runID = runID
-        print(CommandLineSupport.describe(configuration, dataset: dataset, parameters: ParameterLayout(configuration.model).count))
-        let report = ProgressReport(stepsPerEpoch: trainer.stepsPerEpoch, batchSize: configuration.batchSize, epochs: configuration.epochs)
-        if let path = training.metrics { report.metrics = try MetricsFile(path: path, runID: runID, startStep: trainer.state.step) }
+        print(
+            CommandLineSupport.describe(
+                configuration,
+                dataset: dataset,
+                parameters: ParameterLayout(configuration.model).count
+            )
+        )
+        let report = ProgressReport(
+            stepsPerEpoch: trainer.stepsPerEpoch,
+            batchSize: configuration.batchSize,
+            epochs: configuration.epochs
+        )
+        if let path = training.metrics {
+            report.metrics = try MetricsFile(path: path, runID: runID, startStep: trainer.state.step)
+        }
         trainer.onEvent = { report.handle($0) }
         defer { report.metrics?.flush() }
 
@@ -99,9 +134,15 @@ struct TrainingJob {
         case .local, .coordinator:
             var bind = "tcp://127.0.0.1:0"
             if case .coordinator(let b) = role { bind = b }
-            let session = try cluster.session(configuration: configuration, dataFingerprint: DataFingerprint.bytes(of: dataset), bind: bind,
-                                              workerArguments: data.forwarded, runtime: runtime, announced: expectedWorkers,
-                                              logger: logger)
+            let session = try cluster.session(
+                configuration: configuration,
+                dataFingerprint: DataFingerprint.bytes(of: dataset),
+                bind: bind,
+                workerArguments: data.forwarded,
+                runtime: runtime,
+                announced: expectedWorkers,
+                logger: logger
+            )
             let c = session.coordinator
             report.cluster = { (c.workerCount, c.lastStepTimings) }
             coordinator = c
@@ -113,25 +154,43 @@ struct TrainingJob {
 
         report.clearLiveLine()
         if outcome == .interrupted {
-            print("stopped at step \(trainer.state.step)" + (training.checkpoint.map { "; checkpoint \($0)" }
-                  ?? "; nothing was saved (no --checkpoint): the run cannot be resumed"))
+            print(
+                "stopped at step \(trainer.state.step)"
+                    + (training.checkpoint.map { "; checkpoint \($0)" }
+                        ?? "; nothing was saved (no --checkpoint): the run cannot be resumed")
+            )
             if SignalFlag.isSet { throw ExitCode(130) }
             return
         }
         if outcome == .stoppedEarly {
-            print("stopped early after epoch \(trainer.state.completedEpochs): no better validation NLL for \(configuration.patience) epochs; best epoch \(trainer.state.bestEpoch + 1)")
+            print(
+                """
+                stopped early after epoch \(trainer.state.completedEpochs): no better validation NLL for \
+                \(configuration.patience) epochs; best epoch \(trainer.state.bestEpoch + 1)
+                """
+            )
         }
         let final = trainer.checkpoint
         let label = mode == .logits ? " (logit averaging: not a normalized likelihood)" : ""
-        for (split, nll) in result.scores { print(String(format: "%@_nll=%.4f", split.name, nll) + " masks=\(k)\(label)") }
+        for (split, nll) in result.scores {
+            print(String(format: "%@_nll=%.4f", split.name, nll) + " masks=\(k)\(label)")
+        }
         if let c = coordinator {
             let n = c.counters
-            print("cluster workers_joined=\(n.workersJoined) workers_lost=\(n.workersLost) reassigned_shards=\(n.reassignedShards) "
-                  + "rejected=\(n.rejected) malformed=\(n.malformed) wrong_run=\(n.wrongRun) unknown_peer=\(n.unknownPeer) "
-                  + "refused_workers=\(n.refusedWorkers) mask_mismatches=\(n.maskMismatches) late=\(n.lateResults) "
-                  + "failed_tasks=\(n.failedTasks) curve_refused=\(c.refusedClients) bytes_sent=\(c.bytesSent) "
-                  + "bytes_received=\(c.bytesReceived) "
-                  + "bytes_per_step=\((c.bytesSent + c.bytesReceived) / max(1, trainer.state.step - firstStep))")
+            print(
+                """
+                cluster workers_joined=\(n.workersJoined) workers_lost=\(n.workersLost) \
+                reassigned_shards=\(n.reassignedShards) 
+                """
+                    + """
+                    rejected=\(n.rejected) malformed=\(n.malformed) wrong_run=\(n.wrongRun) \
+                    unknown_peer=\(n.unknownPeer) 
+                    """
+                    + "refused_workers=\(n.refusedWorkers) mask_mismatches=\(n.maskMismatches) late=\(n.lateResults) "
+                    + "failed_tasks=\(n.failedTasks) curve_refused=\(c.refusedClients) bytes_sent=\(c.bytesSent) "
+                    + "bytes_received=\(c.bytesReceived) "
+                    + "bytes_per_step=\((c.bytesSent + c.bytesReceived) / max(1, trainer.state.step - firstStep))"
+            )
         }
         print("params_sha256=\(final.parametersSHA256)")
     }
@@ -144,17 +203,31 @@ struct TrainingJob {
         try AtomicFile.checkWritableFolder(of: path)
         let lock = try CheckpointLock(checkpoint: path)
         for stale in AtomicFile.removeStaleTemporaries(of: path) {
-            logger.info("removed the partial checkpoint of a process that died while writing it", metadata: ["file": "\(stale)"])
+            logger.info(
+                "removed the partial checkpoint of a process that died while writing it",
+                metadata: ["file": "\(stale)"]
+            )
         }
         guard !training.resume, !training.overwrite, FileManager.default.fileExists(atPath: path) else { return lock }
         let held: String
         if let saved = try? Checkpoint.read(from: path) {
             let c = saved.configuration
-            let sizes = ([c.model.inputCount] + c.model.hiddenSizes + [c.model.outputCount]).map(String.init).joined(separator: "-")
-            held = "a run of MADE \(sizes), \(c.model.maskCount) mask(s), at step \(saved.state.step) (epoch \(saved.state.completedEpochs) of \(c.epochs))"
+            let sizes = ([c.model.inputCount] + c.model.hiddenSizes + [c.model.outputCount]).map(String.init).joined(
+                separator: "-"
+            )
+            held =
+                """
+                a run of MADE \(sizes), \(c.model.maskCount) mask(s), at step \(saved.state.step) (epoch \
+                \(saved.state.completedEpochs) of \(c.epochs))
+                """
         } else {
             held = "a file that is not a readable checkpoint"
         }
-        throw CommandFailure("\(path) already holds \(held); add --resume to carry it on, --overwrite to replace it with a new run, or give another --checkpoint")
+        throw CommandFailure(
+            """
+            \(path) already holds \(held); add --resume to carry it on, --overwrite to replace it with a new run, or \
+            give another --checkpoint
+            """
+        )
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,7 +27,8 @@ struct ClusterHarnessTests {
     static func processRunning(_ name: String) -> Bool {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return false }
         return entries.contains { entry in
-            guard Int(entry) != nil, let comm = try? String(contentsOfFile: "/proc/\(entry)/comm", encoding: .utf8) else { return false }
+            guard Int(entry) != nil, let comm = try? String(contentsOfFile: "/proc/\(entry)/comm", encoding: .utf8)
+            else { return false }
             return comm.trimmingCharacters(in: .whitespacesAndNewlines) == name
         }
     }
@@ -34,8 +36,14 @@ struct ClusterHarnessTests {
     /// Runs `cluster/<script>` with a small data set and config; returns its exit code (nil on
     /// timeout) and its output. `settings` overrides the harness's environment; `rows` and
     /// `dimension` shape the generated data.
-    func runHarness(_ script: String, name: String, arguments: [String] = [], rows: Int = 2000, dimension: Int = 32,
-                    settings: [String: String] = [:]) throws -> (code: Int32?, output: String) {
+    func runHarness(
+        _ script: String,
+        name: String,
+        arguments: [String] = [],
+        rows: Int = 2000,
+        dimension: Int = 32,
+        settings: [String: String] = [:]
+    ) throws -> (code: Int32?, output: String) {
         let folder = EndToEnd.folder(name)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         // A small generated data set keeps the debug build well inside the time limit.
@@ -49,7 +57,9 @@ struct ClusterHarnessTests {
         environment.merge(settings) { $1 }
         let pid = try Self.spawn(
             ["/bin/bash", EndToEnd.repositoryRoot.appendingPathComponent("cluster/\(script)").path] + arguments,
-                                 environment: environment, outputPath: outputPath)
+            environment: environment,
+            outputPath: outputPath
+        )
 
         var code = Self.waitExit(pid, timeout: Self.timeLimit)
         if code == nil {
@@ -77,10 +87,15 @@ struct ClusterHarnessTests {
         posix_spawnattr_setsigmask(&attributes, &unblocked)
         var defaults = sigset_t()
         sigemptyset(&defaults)
-        for signal in [SIGHUP, SIGINT, SIGQUIT, SIGPIPE, SIGALRM, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD] { sigaddset(&defaults, signal) }
+        for signal in [SIGHUP, SIGINT, SIGQUIT, SIGPIPE, SIGALRM, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD] {
+            sigaddset(&defaults, signal)
+        }
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
+        posix_spawnattr_setflags(
+            &attributes,
+            Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP)
+        )
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -113,8 +128,10 @@ struct ClusterHarnessTests {
         }
     }
 
-    @Test("netns: coordinator and workers in three network namespaces, CURVE, same checksum as one process",
-          .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"))
+    @Test(
+        "netns: coordinator and workers in three network namespaces, CURVE, same checksum as one process",
+        .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)")
+    )
     func networkNamespaces() throws {
         let (code, output) = try runHarness("netns-harness.sh", name: "netns-harness")
         #expect(code != nil, "netns-harness.sh did not finish within \(Int(Self.timeLimit)) s:\n\(output)")
@@ -131,8 +148,9 @@ struct ClusterHarnessTests {
         netns: over a 2 Mbit/s uplink on which one result takes three heartbeat timeouts, steps complete, no worker \
         is lost, same checksum
         """,
-          .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"),
-          .enabled(if: EndToEnd.commandExists("tc"), "needs tc (iproute2) for the tbf rate limit"))
+        .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"),
+        .enabled(if: EndToEnd.commandExists("tc"), "needs tc (iproute2) for the tbf rate limit")
+    )
     func slowLink() throws {
         let (code, output) = try runHarness(
             "netns-harness.sh",
@@ -141,8 +159,10 @@ struct ClusterHarnessTests {
             rows: 200,
             dimension: 784,
             settings: [
-            "UPLINK_RATE": "2mbit", "WORKER_EXTRA": "--heartbeat-timeout 2",
-            "MADE_FLAGS": "-q 500 --epochs 1 --batch-size 100 --shards 1 --heartbeat-timeout 2"])
+                "UPLINK_RATE": "2mbit", "WORKER_EXTRA": "--heartbeat-timeout 2",
+                "MADE_FLAGS": "-q 500 --epochs 1 --batch-size 100 --shards 1 --heartbeat-timeout 2",
+            ]
+        )
         #expect(code != nil, "netns-harness.sh did not finish within \(Int(Self.timeLimit)) s:\n\(output)")
         #expect(code == 0, "netns-harness.sh exited with \(code.map(String.init) ?? "timeout"):\n\(output)")
         let pass = output.split(separator: "\n").first { $0.hasPrefix("netns: PASS") }
@@ -153,29 +173,43 @@ struct ClusterHarnessTests {
     /// The relay's upstream connection is a worker's: over the same 2 Mbit/s uplink its answer (the
     /// packed sum of its two workers' shards, 1.6 MB) takes three of its 2 s heartbeat timeouts to
     /// cross, and the relay must not be dropped.
-    @Test("""
+    @Test(
+        """
         netns: a relay of 2 workers over a 2 Mbit/s uplink on which its answer takes three heartbeat timeouts: \
         not dropped, same checksum
         """,
-          .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"),
-          .enabled(if: EndToEnd.commandExists("tc"), "needs tc (iproute2) for the tbf rate limit"))
+        .enabled(if: ClusterHarnessTests.netnsAvailable, "needs root and ip (iproute2)"),
+        .enabled(if: EndToEnd.commandExists("tc"), "needs tc (iproute2) for the tbf rate limit")
+    )
     func slowLinkRelay() throws {
         let (code, output) = try runHarness(
-            "netns-harness.sh", name: "netns-slow-relay", arguments: ["2"], rows: 200, dimension: 784,
+            "netns-harness.sh",
+            name: "netns-slow-relay",
+            arguments: ["2"],
+            rows: 200,
+            dimension: 784,
             settings: [
                 "UPLINK_RATE": "2mbit", "WORKER_EXTRA": "--heartbeat-timeout 2", "RELAY_WORKERS": "2",
                 "MADE_FLAGS": "-q 500 --epochs 1 --batch-size 100 --shards 2 --heartbeat-timeout 2",
-            ])
+            ]
+        )
         #expect(code != nil, "netns-harness.sh did not finish within \(Int(Self.timeLimit)) s:\n\(output)")
         #expect(code == 0, "netns-harness.sh exited with \(code.map(String.init) ?? "timeout"):\n\(output)")
         let pass = output.split(separator: "\n").first { $0.hasPrefix("netns: PASS") }
-        #expect(pass?.contains("a relay of 2 workers, worker links up 2mbit") == true,
-                "no PASS line through a relay:\n\(output)")
+        #expect(
+            pass?.contains("a relay of 2 workers, worker links up 2mbit") == true,
+            "no PASS line through a relay:\n\(output)"
+        )
         #expect(pass?.contains("workers_joined=1 workers_lost=0") == true, "the relay was dropped:\n\(output)")
     }
 
-    @Test("slurm: srun -n 3 made launch under a single-node Slurm, same checksum as one process",
-          .enabled(if: ClusterHarnessTests.slurmAvailable, "needs root and Slurm (or apt-get to install it), and no Slurm daemons running"))
+    @Test(
+        "slurm: srun -n 3 made launch under a single-node Slurm, same checksum as one process",
+        .enabled(
+            if: ClusterHarnessTests.slurmAvailable,
+            "needs root and Slurm (or apt-get to install it), and no Slurm daemons running"
+        )
+    )
     func slurm() throws {
         let (code, output) = try runHarness("slurm-harness.sh", name: "slurm-harness")
         #expect(code != nil, "slurm-harness.sh did not finish within \(Int(Self.timeLimit)) s:\n\(output)")

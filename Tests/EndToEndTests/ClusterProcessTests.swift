@@ -2,6 +2,7 @@ import Foundation
 import MADE
 import MADECluster
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,14 +13,20 @@ struct ClusterProcessTests {
     /// A small run: 600 examples of 24 dimensions, batch 20, 4 shards, 3 masks; with
     /// `masksPerStep`, 4 masks of which that many train in every step.
     static func runFlags(data: String, epochs: Int = 3, masksPerStep: Int? = nil) -> [String] {
-        ["-d", data, "-q", "32", "--epochs", "\(epochs)", "--batch-size", "20", "--shards", "4", "-r", "7", "--lr", "0.01"]
+        [
+            "-d", data, "-q", "32", "--epochs", "\(epochs)", "--batch-size", "20", "--shards", "4", "-r", "7", "--lr",
+            "0.01",
+        ]
             + (masksPerStep.map { ["-n", "4", "--masks-per-step", "\($0)"] } ?? ["-n", "3"])
     }
 
     /// The checksum of the same run in one process with the same shards.
     static func reference(_ folder: String, data: String, epochs: Int = 3, masksPerStep: Int? = nil) throws -> String {
-        let (code, out, err) = try EndToEnd.run(["train"] + runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep),
-                                                folder: folder, name: "reference")
+        let (code, out, err) = try EndToEnd.run(
+            ["train"] + runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep),
+            folder: folder,
+            name: "reference"
+        )
         #expect(code == 0, "reference run failed: \(err)")
         return try #require(EndToEnd.checksum(out))
     }
@@ -28,7 +35,11 @@ struct ClusterProcessTests {
     func workerCounts() throws {
         let folder = EndToEnd.folder("counts")
         let data = try EndToEnd.writeData(to: folder)
-        let (referenceCode, referenceOutput, referenceErrors) = try EndToEnd.run(["train", "-s", "2"] + Self.runFlags(data: data), folder: folder, name: "reference")
+        let (referenceCode, referenceOutput, referenceErrors) = try EndToEnd.run(
+            ["train", "-s", "2"] + Self.runFlags(data: data),
+            folder: folder,
+            name: "reference"
+        )
         #expect(referenceCode == 0, "\(referenceErrors)")
         let expected = try #require(EndToEnd.checksum(referenceOutput))
         /// Validation and test NLL, per epoch and at the end: scored by the workers, they must read the same.
@@ -41,7 +52,11 @@ struct ClusterProcessTests {
         }
         #expect(scores(referenceOutput).count == 5)
         for workers in 1...4 {
-            let (code, out, err) = try EndToEnd.run(["train", "-s", "2", "--workers", "\(workers)"] + Self.runFlags(data: data), folder: folder, name: "w\(workers)")
+            let (code, out, err) = try EndToEnd.run(
+                ["train", "-s", "2", "--workers", "\(workers)"] + Self.runFlags(data: data),
+                folder: folder,
+                name: "w\(workers)"
+            )
             #expect(code == 0, "\(workers) workers: \(err)")
             #expect(EndToEnd.checksum(out) == expected, "\(workers) workers")
             #expect(scores(out) == scores(referenceOutput), "\(workers) workers")
@@ -49,28 +64,45 @@ struct ClusterProcessTests {
         }
     }
 
-    @Test("with 2 and 4 masks per step, 1, 2, 3 and 4 workers (and the socket alone) give the single-process checksum",
-          arguments: [2, 4])
+    @Test(
+        "with 2 and 4 masks per step, 1, 2, 3 and 4 workers (and the socket alone) give the single-process checksum",
+        arguments: [2, 4]
+    )
     func masksPerStepWorkerCounts(masksPerStep: Int) throws {
         let folder = EndToEnd.folder("masks\(masksPerStep)")
         let data = try EndToEnd.writeData(to: folder)
         let flags = ["-s", "4"] + Self.runFlags(data: data, masksPerStep: masksPerStep)
-        let (referenceCode, referenceOutput, referenceErrors) = try EndToEnd.run(["train"] + flags, folder: folder, name: "reference")
+        let (referenceCode, referenceOutput, referenceErrors) = try EndToEnd.run(
+            ["train"] + flags,
+            folder: folder,
+            name: "reference"
+        )
         #expect(referenceCode == 0, "\(referenceErrors)")
         let expected = try #require(EndToEnd.checksum(referenceOutput))
         let oneMask = try Self.reference(folder, data: data)
         #expect(expected != oneMask)
-        let validation = referenceOutput.split(separator: "\n").filter { $0.hasPrefix("valid_nll=") || $0.hasPrefix("test_nll=") }
+        let validation = referenceOutput.split(separator: "\n").filter {
+            $0.hasPrefix("valid_nll=") || $0.hasPrefix("test_nll=")
+        }
         #expect(validation.count == 2)
         // Over the socket with 2 workers a task is a block of both halves of the step; with 4, one shard of one mask.
         let socket = ["--no-shared-memory"]
         for (workers, extra) in [(1, []), (2, []), (3, []), (4, []), (2, socket), (4, socket)] {
-            let (code, out, err) = try EndToEnd.run(["train", "--workers", "\(workers)"] + extra + flags, folder: folder, name: "w\(workers)\(extra.count)")
+            let (code, out, err) = try EndToEnd.run(
+                ["train", "--workers", "\(workers)"] + extra + flags,
+                folder: folder,
+                name: "w\(workers)\(extra.count)"
+            )
             #expect(code == 0, "\(workers) workers \(extra): \(err)")
             #expect(EndToEnd.checksum(out) == expected, "\(workers) workers \(extra)")
-            #expect(out.split(separator: "\n").filter { $0.hasPrefix("valid_nll=") || $0.hasPrefix("test_nll=") } == validation)
+            #expect(
+                out.split(separator: "\n").filter { $0.hasPrefix("valid_nll=") || $0.hasPrefix("test_nll=") }
+                    == validation
+            )
             let counters = EndToEnd.clusterCounters(out)
-            #expect(counters["workers_joined"] == workers && counters["mask_mismatches"] == 0 && counters["rejected"] == 0)
+            #expect(
+                counters["workers_joined"] == workers && counters["mask_mismatches"] == 0 && counters["rejected"] == 0
+            )
         }
     }
 
@@ -78,12 +110,19 @@ struct ClusterProcessTests {
     func manyMasksPerStep() throws {
         let folder = EndToEnd.folder("manymasks")
         let data = try EndToEnd.writeData(to: folder)
-        let flags = ["-d", data, "-q", "16", "--epochs", "2", "--batch-size", "80", "-n", "80", "--masks-per-step", "80", "--shards", "80"]
+        let flags = [
+            "-d", data, "-q", "16", "--epochs", "2", "--batch-size", "80", "-n", "80", "--masks-per-step", "80",
+            "--shards", "80",
+        ]
         let (code, out, err) = try EndToEnd.run(["train"] + flags, folder: folder, name: "reference")
         #expect(code == 0, "\(err)")
         let expected = try #require(EndToEnd.checksum(out))
         for extra in [[], ["--no-shared-memory"]] {
-            let (c, o, e) = try EndToEnd.run(["train", "--workers", "2"] + extra + flags, folder: folder, name: "w2\(extra.count)")
+            let (c, o, e) = try EndToEnd.run(
+                ["train", "--workers", "2"] + extra + flags,
+                folder: folder,
+                name: "w2\(extra.count)"
+            )
             #expect(c == 0, "\(e)")
             #expect(EndToEnd.checksum(o) == expected, "\(extra)")
             #expect(EndToEnd.clusterCounters(o)["malformed"] == 0)
@@ -97,11 +136,18 @@ struct ClusterProcessTests {
         let expected = try Self.reference(folder, data: data, epochs: 4)
         let port = EndToEnd.freePort()
         let workers = try (0..<2).map {
-            try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early\($0)"], folder: folder, name: "worker\($0)")
+            try EndToEnd.Child(
+                ["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early\($0)"],
+                folder: folder,
+                name: "worker\($0)"
+            )
         }
-        usleep(2_500_000)   // several hello retries go out before anyone listens
-        let (code, out, err) = try EndToEnd.run(["coordinator", "--bind", "tcp://127.0.0.1:\(port)"] + Self.runFlags(data: data, epochs: 4),
-                                                folder: folder, name: "coordinator")
+        usleep(2_500_000)  // several hello retries go out before anyone listens
+        let (code, out, err) = try EndToEnd.run(
+            ["coordinator", "--bind", "tcp://127.0.0.1:\(port)"] + Self.runFlags(data: data, epochs: 4),
+            folder: folder,
+            name: "coordinator"
+        )
         #expect(code == 0, "\(err)")
         #expect(EndToEnd.checksum(out) == expected)
         let counters = EndToEnd.clusterCounters(out)
@@ -115,11 +161,17 @@ struct ClusterProcessTests {
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data)
         let port = EndToEnd.freePort()
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
-                                             folder: folder, name: "coordinator")
+        let coordinator = try EndToEnd.Child(
+            ["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
+            folder: folder,
+            name: "coordinator"
+        )
         let workers = try [[], ["--no-shared-memory"]].enumerated().map { i, flags in
-            try EndToEnd.Child(["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "mixed\(i)"] + flags,
-                               folder: folder, name: "worker\(i)")
+            try EndToEnd.Child(
+                ["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "mixed\(i)"] + flags,
+                folder: folder,
+                name: "worker\(i)"
+            )
         }
         #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
         #expect(EndToEnd.checksum(coordinator.output) == expected)
@@ -135,12 +187,26 @@ struct ClusterProcessTests {
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data)
         let port = EndToEnd.freePort()
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
-                                             folder: folder, name: "coordinator")
-        let early = try EndToEnd.Child(["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early"], folder: folder, name: "early")
-        usleep(2_000_000)   // the whole run takes less than this with one worker
-        #expect(!coordinator.output.contains("epoch "), "training started before the second worker: \(coordinator.output)")
-        let late = try EndToEnd.Child(["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "late"], folder: folder, name: "late")
+        let coordinator = try EndToEnd.Child(
+            ["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--wait-for-workers", "2"] + Self.runFlags(data: data),
+            folder: folder,
+            name: "coordinator"
+        )
+        let early = try EndToEnd.Child(
+            ["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "early"],
+            folder: folder,
+            name: "early"
+        )
+        usleep(2_000_000)  // the whole run takes less than this with one worker
+        #expect(
+            !coordinator.output.contains("epoch "),
+            "training started before the second worker: \(coordinator.output)"
+        )
+        let late = try EndToEnd.Child(
+            ["worker", "-v", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "late"],
+            folder: folder,
+            name: "late"
+        )
         #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
         #expect(EndToEnd.checksum(coordinator.output) == expected)
         for w in [early, late] {
@@ -149,9 +215,17 @@ struct ClusterProcessTests {
         }
         // Expecting more workers than come: training starts after the join timeout all the same.
         let port2 = EndToEnd.freePort()
-        let patient = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:\(port2)", "--wait-for-workers", "3", "--join-timeout", "1"]
-                                         + Self.runFlags(data: data), folder: folder, name: "patient")
-        let only = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port2)"], folder: folder, name: "only")
+        let patient = try EndToEnd.Child(
+            ["coordinator", "--bind", "tcp://127.0.0.1:\(port2)", "--wait-for-workers", "3", "--join-timeout", "1"]
+                + Self.runFlags(data: data),
+            folder: folder,
+            name: "patient"
+        )
+        let only = try EndToEnd.Child(
+            ["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port2)"],
+            folder: folder,
+            name: "only"
+        )
         #expect(patient.wait(timeout: 120) == 0, "\(patient.errors)")
         #expect(EndToEnd.checksum(patient.output) == expected)
         #expect(patient.errors.contains("starting without every expected worker"))
@@ -165,11 +239,15 @@ struct ClusterProcessTests {
         let keys = folder + "/keys"
         let (keygen, _, _) = try EndToEnd.run(["keygen", keys], folder: folder, name: "keygen")
         #expect(keygen == 0)
-        try FileManager.default.removeItem(atPath: keys + "/worker.key")   // the workers' key pair is gone
+        try FileManager.default.removeItem(atPath: keys + "/worker.key")  // the workers' key pair is gone
         // The run is killed after 50 s, before the 60 s join timeout could end it: an exit code
         // at all means the coordinator stopped because its workers exited.
-        let (code, _, err) = try EndToEnd.run(["train", "--workers", "2", "--keys", keys, "--idle-timeout", "3"] + Self.runFlags(data: data),
-                                              folder: folder, name: "train", timeout: 50)
+        let (code, _, err) = try EndToEnd.run(
+            ["train", "--workers", "2", "--keys", keys, "--idle-timeout", "3"] + Self.runFlags(data: data),
+            folder: folder,
+            name: "train",
+            timeout: 50
+        )
         #expect(code != nil && code != 0, "the coordinator did not stop when its local workers exited")
         // The two workers write their errors to this same stream, each in one write, so they do not interleave.
         #expect(err.contains("Error: \(keys)/worker.key: no such file"), "\(err)")
@@ -186,16 +264,23 @@ struct ClusterProcessTests {
         let data = try EndToEnd.writeData(to: folder)
         let port = EndToEnd.freePort()
         let endpoint = "tcp://127.0.0.1:\(port)"
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", endpoint, "--wait-for-workers", "1", "--join-timeout", "30"]
-                                             + Self.runFlags(data: data, epochs: 1), folder: folder, name: "coordinator")
+        let coordinator = try EndToEnd.Child(
+            ["coordinator", "--bind", endpoint, "--wait-for-workers", "1", "--join-timeout", "30"]
+                + Self.runFlags(data: data, epochs: 1),
+            folder: folder,
+            name: "coordinator"
+        )
         defer { coordinator.signal(SIGKILL) }
         let context = try ZMQContext()
         defer { context.shutdown() }
         let old = try ZMQSocket(context: context, kind: .dealer)
         defer { old.close() }
         try old.connect(endpoint)
-        var hello = WireFormat.encode(.hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: "old")), runID: 0)
-        hello[4] = 1   // protocol version 1
+        var hello = WireFormat.encode(
+            .hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: "old")),
+            runID: 0
+        )
+        hello[4] = 1  // protocol version 1
         var reply: [UInt8]?
         for _ in 0..<100 where reply == nil {
             try old.send(bytes: [hello], dontWait: true)
@@ -212,22 +297,45 @@ struct ClusterProcessTests {
         #expect(reason.contains("protocol version"))
     }
 
-    @Test("a worker killed with SIGKILL mid-run changes nothing, with one mask per step or four", arguments: [nil, 4] as [Int?])
+    @Test(
+        "a worker killed with SIGKILL mid-run changes nothing, with one mask per step or four",
+        arguments: [nil, 4] as [Int?]
+    )
     func killWorker(masksPerStep: Int?) throws {
         let folder = EndToEnd.folder("killworker\(masksPerStep ?? 1)")
         let data = try EndToEnd.writeData(to: folder)
         // Long enough that the victim dies mid-run and its silence (1 s) is noticed before the end.
         let expected = try Self.reference(folder, data: data, epochs: 300, masksPerStep: masksPerStep)
         let endpoint = folder + "/endpoint"
-        let coordinator = try EndToEnd.Child(["coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
-                                              "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 300, masksPerStep: masksPerStep),
-                                             folder: folder, name: "coordinator")
-        let victim = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"], folder: folder, name: "victim")
-        let survivor = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint, "--name", "survivor"], folder: folder, name: "survivor")
+        let coordinator = try EndToEnd.Child(
+            [
+                "coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
+                "--heartbeat-timeout", "1",
+            ] + Self.runFlags(data: data, epochs: 300, masksPerStep: masksPerStep),
+            folder: folder,
+            name: "coordinator"
+        )
+        let victim = try EndToEnd.Child(
+            ["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"],
+            folder: folder,
+            name: "victim"
+        )
+        let survivor = try EndToEnd.Child(
+            ["worker", "-d", data, "--endpoint-file", endpoint, "--name", "survivor"],
+            folder: folder,
+            name: "survivor"
+        )
         // Both workers must be in (and busy) before one dies.
-        #expect(coordinator.waitFor(timeout: 60) { $0.contains("workers=2") }, "the workers did not both join: \(coordinator.errors)")
+        #expect(
+            coordinator.waitFor(timeout: 60) { $0.contains("workers=2") },
+            "the workers did not both join: \(coordinator.errors)"
+        )
         let epochs = coordinator.output.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count
-        #expect(coordinator.waitFor(timeout: 60) { text in text.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count > epochs })
+        #expect(
+            coordinator.waitFor(timeout: 60) { text in
+                text.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count > epochs
+            }
+        )
         victim.signal(SIGKILL)
         #expect(coordinator.wait(timeout: 120) == 0, "\(coordinator.errors)")
         #expect(EndToEnd.checksum(coordinator.output) == expected)
@@ -236,16 +344,20 @@ struct ClusterProcessTests {
         #expect(survivor.wait(timeout: 10) == 0)
     }
 
-    @Test("""
+    @Test(
+        """
         local workers killed with SIGKILL mid-run: one, and the other takes its shards at once; both, and the run \
         stops at once with an error naming them and resumes bit-identical from its checkpoint
-        """, arguments: [1, 2])
+        """,
+        arguments: [1, 2]
+    )
     func killLocalWorkers(killed: Int) throws {
         let folder = EndToEnd.folder("killlocal\(killed)")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data, epochs: 200)
         let checkpoint = folder + "/run.ckpt"
-        let flags = ["train", "--workers", "2", "--checkpoint", checkpoint, "--resume"]
+        let flags =
+            ["train", "--workers", "2", "--checkpoint", checkpoint, "--resume"]
             + Self.runFlags(data: data, epochs: 200)
         let run = try EndToEnd.Child(flags, folder: folder, name: "train1")
         #expect(run.waitFor(timeout: 60) { $0.contains("epoch 3/200") }, "training did not get going: \(run.errors)")
@@ -296,8 +408,11 @@ struct ClusterProcessTests {
         let coordinator = try EndToEnd.Child(
             [
                 "coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
-                                              "--heartbeat-timeout", "1"] + Self.runFlags(data: data, epochs: 300),
-                                             folder: folder, name: "coordinator")
+                "--heartbeat-timeout", "1",
+            ] + Self.runFlags(data: data, epochs: 300),
+            folder: folder,
+            name: "coordinator"
+        )
         let victim = try EndToEnd.Child(
             ["worker", "-d", data, "--endpoint-file", endpoint, "--name", "victim"],
             folder: folder,
@@ -328,20 +443,35 @@ struct ClusterProcessTests {
         #expect(survivor.wait(timeout: 10) == 0)
     }
 
-    @Test("a coordinator killed with SIGKILL and restarted with --resume finishes bit-identical, with one mask per step or two",
-          arguments: [nil, 2] as [Int?])
+    @Test(
+        """
+        a coordinator killed with SIGKILL and restarted with --resume finishes bit-identical, with one mask per step \
+        or two
+        """,
+        arguments: [nil, 2] as [Int?]
+    )
     func killCoordinator(masksPerStep: Int?) throws {
         let folder = EndToEnd.folder("killcoordinator\(masksPerStep ?? 1)")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data, epochs: 200, masksPerStep: masksPerStep)
         let port = EndToEnd.freePort()
-        let flags = ["coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--checkpoint", folder + "/run.ckpt", "--resume",
-                     "--checkpoint-every", "7"] + Self.runFlags(data: data, epochs: 200, masksPerStep: masksPerStep)
+        let flags =
+            [
+                "coordinator", "--bind", "tcp://127.0.0.1:\(port)", "--checkpoint", folder + "/run.ckpt", "--resume",
+                "--checkpoint-every", "7",
+            ] + Self.runFlags(data: data, epochs: 200, masksPerStep: masksPerStep)
         let first = try EndToEnd.Child(flags, folder: folder, name: "coordinator1")
         let workers = try (0..<2).map {
-            try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "w\($0)"], folder: folder, name: "worker\($0)")
+            try EndToEnd.Child(
+                ["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--name", "w\($0)"],
+                folder: folder,
+                name: "worker\($0)"
+            )
         }
-        #expect(first.waitFor(timeout: 60) { $0.contains("epoch 3/200") }, "training did not get going: \(first.errors)")
+        #expect(
+            first.waitFor(timeout: 60) { $0.contains("epoch 3/200") },
+            "training did not get going: \(first.errors)"
+        )
         first.signal(SIGKILL)
         _ = first.wait(timeout: 10)
         let saved = try Checkpoint.read(from: folder + "/run.ckpt")
@@ -354,7 +484,9 @@ struct ClusterProcessTests {
         for w in workers { #expect(w.wait(timeout: 10) == 0) }
     }
 
-    @Test("malformed frames and unauthenticated clients during training are refused and counted; the result is unchanged")
+    @Test(
+        "malformed frames and unauthenticated clients during training are refused and counted; the result is unchanged"
+    )
     func hostilePeers() throws {
         let folder = EndToEnd.folder("hostile")
         let data = try EndToEnd.writeData(to: folder)
@@ -364,12 +496,22 @@ struct ClusterProcessTests {
         #expect(keygen == 0, "\(keygenErrors)")
         let port = EndToEnd.freePort()
         let endpoint = "tcp://127.0.0.1:\(port)"
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", endpoint, "--keys", keys] + Self.runFlags(data: data, epochs: 300),
-                                             folder: folder, name: "coordinator")
+        let coordinator = try EndToEnd.Child(
+            ["coordinator", "--bind", endpoint, "--keys", keys] + Self.runFlags(data: data, epochs: 300),
+            folder: folder,
+            name: "coordinator"
+        )
         let workers = try (0..<2).map {
-            try EndToEnd.Child(["worker", "-d", data, "--connect", endpoint, "--keys", keys, "--name", "w\($0)"], folder: folder, name: "worker\($0)")
+            try EndToEnd.Child(
+                ["worker", "-d", data, "--connect", endpoint, "--keys", keys, "--name", "w\($0)"],
+                folder: folder,
+                name: "worker\($0)"
+            )
         }
-        #expect(coordinator.waitFor(timeout: 60) { $0.contains("epoch 1/300") }, "training did not get going: \(coordinator.errors)")
+        #expect(
+            coordinator.waitFor(timeout: 60) { $0.contains("epoch 1/300") },
+            "training did not get going: \(coordinator.errors)"
+        )
 
         let context = try ZMQContext()
         defer { context.shutdown() }
@@ -389,10 +531,20 @@ struct ClusterProcessTests {
         try noisy.send(bytes: [[1, 2, 3], [4, 5, 6]])
         // A CURVE client whose key is not authorized, and a client without CURVE.
         let stranger = try ZMQSocket(context: context, kind: .dealer)
-        try stranger.configureCurveClient(keyPair: try CurveKeyPair.generate(), serverPublicKey: authorized.serverPublicKey)
+        try stranger.configureCurveClient(
+            keyPair: try CurveKeyPair.generate(),
+            serverPublicKey: authorized.serverPublicKey
+        )
         try stranger.connect(endpoint)
-        try stranger.send(bytes: [WireFormat.encode(.hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: "x")), runID: 0)],
-                          dontWait: true)
+        try stranger.send(
+            bytes: [
+                WireFormat.encode(
+                    .hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: "x")),
+                    runID: 0
+                )
+            ],
+            dontWait: true
+        )
         let plain = try ZMQSocket(context: context, kind: .dealer)
         try plain.connect(endpoint)
         try plain.send(bytes: [WireFormat.encode(.heartbeat(sequence: 1), runID: 0)], dontWait: true)
@@ -404,7 +556,9 @@ struct ClusterProcessTests {
         #expect((counters["curve_refused"] ?? 0) >= 1)
         #expect((counters["rejected"] ?? 0) >= frames.count)
         for w in workers { #expect(w.wait(timeout: 10) == 0) }
-        noisy.close(); stranger.close(); plain.close()
+        noisy.close()
+        stranger.close()
+        plain.close()
     }
 
     @Test("a worker with other data is refused with the reason and exits 3")
@@ -415,12 +569,24 @@ struct ClusterProcessTests {
         try FileManager.default.createDirectory(atPath: otherFolder, withIntermediateDirectories: true)
         let other = try EndToEnd.writeData(to: otherFolder, seed: 6)
         let endpoint = folder + "/endpoint"
-        let coordinator = try EndToEnd.Child(["coordinator", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint] + Self.runFlags(data: data, epochs: 1),
-                                             folder: folder, name: "coordinator")
-        let wrong = try EndToEnd.Child(["worker", "-d", other, "--endpoint-file", endpoint], folder: folder, name: "wrong")
+        let coordinator = try EndToEnd.Child(
+            ["coordinator", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint]
+                + Self.runFlags(data: data, epochs: 1),
+            folder: folder,
+            name: "coordinator"
+        )
+        let wrong = try EndToEnd.Child(
+            ["worker", "-d", other, "--endpoint-file", endpoint],
+            folder: folder,
+            name: "wrong"
+        )
         #expect(wrong.wait(timeout: 30) == 3)
         #expect(wrong.errors.contains("data mismatch"))
-        let right = try EndToEnd.Child(["worker", "-d", data, "--endpoint-file", endpoint], folder: folder, name: "right")
+        let right = try EndToEnd.Child(
+            ["worker", "-d", data, "--endpoint-file", endpoint],
+            folder: folder,
+            name: "right"
+        )
         #expect(coordinator.wait(timeout: 60) == 0, "\(coordinator.errors)")
         #expect(EndToEnd.clusterCounters(coordinator.output)["refused_workers"] == 1)
         #expect(right.wait(timeout: 10) == 0)
@@ -431,8 +597,11 @@ struct ClusterProcessTests {
         let folder = EndToEnd.folder("gone")
         let data = try EndToEnd.writeData(to: folder)
         let port = EndToEnd.freePort()
-        let worker = try EndToEnd.Child(["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--coordinator-timeout", "1.5"],
-                                        folder: folder, name: "worker")
+        let worker = try EndToEnd.Child(
+            ["worker", "-d", data, "--connect", "tcp://127.0.0.1:\(port)", "--coordinator-timeout", "1.5"],
+            folder: folder,
+            name: "worker"
+        )
         #expect(worker.wait(timeout: 20) == 4)
         #expect(worker.errors.contains("no coordinator"))
     }
@@ -442,7 +611,9 @@ struct ClusterProcessTests {
         let folder = EndToEnd.folder("interrupt")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try Self.reference(folder, data: data, epochs: 200)
-        let flags = ["train", "--workers", "2", "--checkpoint", folder + "/run.ckpt", "--resume"] + Self.runFlags(data: data, epochs: 200)
+        let flags =
+            ["train", "--workers", "2", "--checkpoint", folder + "/run.ckpt", "--resume"]
+            + Self.runFlags(data: data, epochs: 200)
         let first = try EndToEnd.Child(flags, folder: folder, name: "first")
         #expect(first.waitFor(timeout: 60) { $0.contains("epoch 2/200") })
         first.signal(SIGINT)

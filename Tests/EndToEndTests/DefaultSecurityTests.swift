@@ -3,6 +3,7 @@ import Logging
 import MADE
 import MADECluster
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,16 +12,30 @@ import Glibc
 /// local workers cannot start ends with their reasons.
 @Suite("Default local runs", .serialized)
 struct DefaultSecurityTests {
-    @Test("a process that connects to a default `train --workers 2` run without its keys gets nothing accepted; the keys are not on any command line")
+    @Test(
+        """
+        a process that connects to a default `train --workers 2` run without its keys gets nothing accepted; the keys \
+        are not on any command line
+        """
+    )
     func strangersGetNothing() throws {
         let folder = EndToEnd.folder("default-keys")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 300)
         let endpointFile = folder + "/endpoint"
-        let coordinator = try EndToEnd.Child(["train", "--workers", "2", "--endpoint-file", endpointFile]
-                                             + ClusterProcessTests.runFlags(data: data, epochs: 300), folder: folder, name: "train")
-        #expect(coordinator.waitFor(timeout: 60) { $0.contains("epoch 1/300") }, "training did not get going: \(coordinator.errors)")
-        let endpoint = try String(contentsOfFile: endpointFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let coordinator = try EndToEnd.Child(
+            ["train", "--workers", "2", "--endpoint-file", endpointFile]
+                + ClusterProcessTests.runFlags(data: data, epochs: 300),
+            folder: folder,
+            name: "train"
+        )
+        #expect(
+            coordinator.waitFor(timeout: 60) { $0.contains("epoch 1/300") },
+            "training did not get going: \(coordinator.errors)"
+        )
+        let endpoint = try String(contentsOfFile: endpointFile, encoding: .utf8).trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
 
         // The local workers got their keys on standard input, not as arguments.
         let pgrep = Process()
@@ -30,10 +45,15 @@ struct DefaultSecurityTests {
         pgrep.standardOutput = found
         try pgrep.run()
         pgrep.waitUntilExit()
-        let pids = String(decoding: found.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")
+        let pids = String(decoding: found.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(
+            separator: "\n"
+        )
         #expect(pids.count == 2)
         for pid in pids {
-            let arguments = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))?.split(separator: "\0").map(String.init) ?? []
+            let arguments =
+                (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))?.split(separator: "\0").map(
+                    String.init
+                ) ?? []
             #expect(arguments.contains("--keys-on-stdin"), "\(arguments)")
             #expect(!arguments.contains("--keys"), "\(arguments)")
             #expect(arguments.contains("--threads"), "every local worker is told its BLAS threads: \(arguments)")
@@ -41,13 +61,19 @@ struct DefaultSecurityTests {
 
         // A would-be worker with the right data over plain TCP, and one with CURVE but keys of its own.
         let dataset = try DatasetLoader.load(path: data)
-        let hello = WireFormat.encode(.hello(.init(dataFingerprint: DataFingerprint.bytes(of: dataset), processID: 1, name: "intruder")), runID: 0)
+        let hello = WireFormat.encode(
+            .hello(.init(dataFingerprint: DataFingerprint.bytes(of: dataset), processID: 1, name: "intruder")),
+            runID: 0
+        )
         let context = try ZMQContext()
         defer { context.shutdown() }
         let plain = try ZMQSocket(context: context, kind: .dealer)
         try plain.connect(endpoint)
         let guesser = try ZMQSocket(context: context, kind: .dealer)
-        try guesser.configureCurveClient(keyPair: try CurveKeyPair.generate(), serverPublicKey: try CurveKeyPair.generate().publicKey)
+        try guesser.configureCurveClient(
+            keyPair: try CurveKeyPair.generate(),
+            serverPublicKey: try CurveKeyPair.generate().publicKey
+        )
         try guesser.connect(endpoint)
         var answers = 0
         for _ in 0..<10 {
@@ -64,7 +90,8 @@ struct DefaultSecurityTests {
         let counters = EndToEnd.clusterCounters(coordinator.output)
         #expect(counters["workers_joined"] == 2)
         #expect(counters["refused_workers"] == 0 && counters["unknown_peer"] == 0 && counters["malformed"] == 0)
-        plain.close(); guesser.close()
+        plain.close()
+        guesser.close()
     }
 
     @Test("when every local worker exits at start, the session gives up at once with their exit reasons")
@@ -73,11 +100,15 @@ struct DefaultSecurityTests {
         options.coordinator.sharedMemory = false
         options.localWorkers = 2
         options.awaitedWorkers = 2
-        options.joinTimeout = 600_000   // far beyond: only the workers' exits end the wait
+        options.joinTimeout = 600_000  // far beyond: only the workers' exits end the wait
         options.executable = "/bin/false"
         let model = ModelConfiguration(inputCount: 4, hiddenSizes: [3])
-        let session = try ClusterSession(configuration: TrainingConfiguration(model: model), dataFingerprint: nil, options: options,
-                                         logger: Logger(label: "test"))
+        let session = try ClusterSession(
+            configuration: TrainingConfiguration(model: model),
+            dataFingerprint: nil,
+            options: options,
+            logger: Logger(label: "test")
+        )
         #expect(session.usesEphemeralKeys)
         let error = try #require(throws: ClusterError.self) { try session.awaitWorkers() }
         #expect(error.code == .noWorkers)

@@ -14,9 +14,14 @@ struct NewUserTests {
             "train", "coordinator", "worker", "relay", "launch", "eval", "sample", "keygen", "export", "import",
             "bench", "checksum",
         ] {
-            let (code, out, err) = try EndToEnd.run([command, "--help"], folder: folder, name: "help-\(command)", timeout: 30)
+            let (code, out, err) = try EndToEnd.run(
+                [command, "--help"],
+                folder: folder,
+                name: "help-\(command)",
+                timeout: 30
+            )
             #expect(code == 0, "\(command): \(err)")
-            texts[command] = out.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ")   // unwrapped
+            texts[command] = out.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ")  // unwrapped
             #expect(!out.contains("[default:"), "\(command) mixes default styles")
             #expect(!out.contains("0.16666"), "\(command) shows 1/6 as a long decimal")
         }
@@ -28,11 +33,16 @@ struct NewUserTests {
         #expect(!texts["worker"]!.contains("parent-pid"))
         #expect(
             !texts["relay"]!.contains("parent-pid") && texts["relay"]!.contains("--workers")
-                && texts["relay"]!.contains("--listen"))
+                && texts["relay"]!.contains("--listen")
+        )
         #expect(texts["train"]!.contains("(default: 1/6)"))
         for command in ["eval", "sample"] {
             let text = texts[command]!
-            #expect(!text.contains("training starts") && !text.contains("first step") && !text.contains("shards reassigned"), "\(command): \(text)")
+            #expect(
+                !text.contains("training starts") && !text.contains("first step")
+                    && !text.contains("shards reassigned"),
+                "\(command): \(text)"
+            )
         }
         #expect(texts["eval"]!.contains("(default: the data the checkpoint was trained on)"))
         #expect(texts["sample"]!.contains("--scale") && texts["sample"]!.contains("--mean"))
@@ -59,22 +69,42 @@ struct NewUserTests {
             #expect(verr.contains(line), "'\(line)' missing with -v: \(verr)")
         }
         // A coordinator waiting for workers started by hand says where it listens (port 0 picked one).
-        let (ccode, _, cerr) = try EndToEnd.run(["coordinator", "-d", data, "-q", "8", "--shards", "2", "--bind", "tcp://127.0.0.1:0",
-                                                 "--idle-timeout", "1"], folder: folder, name: "coordinator", timeout: 60)
+        let (ccode, _, cerr) = try EndToEnd.run(
+            [
+                "coordinator", "-d", data, "-q", "8", "--shards", "2", "--bind", "tcp://127.0.0.1:0",
+                "--idle-timeout", "1",
+            ],
+            folder: folder,
+            name: "coordinator",
+            timeout: 60
+        )
         #expect(ccode != 0)
-        #expect(cerr.contains("coordinator listening") && cerr.contains("endpoint=tcp://127.0.0.1:") && !cerr.contains("endpoint=tcp://127.0.0.1:0 "), "\(cerr)")
+        #expect(
+            cerr.contains("coordinator listening") && cerr.contains("endpoint=tcp://127.0.0.1:")
+                && !cerr.contains("endpoint=tcp://127.0.0.1:0 "),
+            "\(cerr)"
+        )
     }
 
     @Test("metrics records carry a run id kept across a resume; plot.sh draws the last run unless told")
     func metricsRuns() throws {
         let folder = EndToEnd.folder("runs")
         let data = try EndToEnd.writeData(to: folder)
-        let metrics = folder + "/m.jsonl", checkpoint = folder + "/run.ckpt"
+        let metrics = folder + "/m.jsonl"
+        let checkpoint = folder + "/run.ckpt"
         let flags = ["train", "-d", data, "-q", "8", "--epochs", "3", "--batch-size", "50", "--metrics", metrics]
         // A first run, stopped after 15 steps and resumed: one run id.
-        let (a, _, errA) = try EndToEnd.run(flags + ["--checkpoint", checkpoint, "--stop-after-steps", "15"], folder: folder, name: "first")
+        let (a, _, errA) = try EndToEnd.run(
+            flags + ["--checkpoint", checkpoint, "--stop-after-steps", "15"],
+            folder: folder,
+            name: "first"
+        )
         #expect(a == 0, "\(errA)")
-        let (b, outB, errB) = try EndToEnd.run(flags + ["--checkpoint", checkpoint, "--resume"], folder: folder, name: "resumed")
+        let (b, outB, errB) = try EndToEnd.run(
+            flags + ["--checkpoint", checkpoint, "--resume"],
+            folder: folder,
+            name: "resumed"
+        )
         #expect(b == 0, "\(errB)")
         #expect(EndToEnd.checksum(outB) != nil)
         // A second run without a checkpoint into the same file: another id.
@@ -98,11 +128,26 @@ struct NewUserTests {
         #expect(firstSteps.first?["examples_per_s"] is NSNull)
 
         guard EndToEnd.commandExists("gnuplot") else { return }
-        let (p1, last) = try EndToEnd.script("scripts/plot.sh", [metrics, folder + "/last.png"], folder: folder, name: "plot-last")
+        let (p1, last) = try EndToEnd.script(
+            "scripts/plot.sh",
+            [metrics, folder + "/last.png"],
+            folder: folder,
+            name: "plot-last"
+        )
         #expect(p1 == 0 && last.contains("run \(ids[1]) of 2: 12 steps, 1 epochs"), "\(last)")
-        let (p2, first) = try EndToEnd.script("scripts/plot.sh", [metrics, folder + "/first.png", "--run", ids[0]], folder: folder, name: "plot-first")
+        let (p2, first) = try EndToEnd.script(
+            "scripts/plot.sh",
+            [metrics, folder + "/first.png", "--run", ids[0]],
+            folder: folder,
+            name: "plot-first"
+        )
         #expect(p2 == 0 && first.contains("run \(ids[0]) of 2: 36 steps, 3 epochs"), "\(first)")
-        let (p3, missing) = try EndToEnd.script("scripts/plot.sh", [metrics, folder + "/none.png", "--run", "nope"], folder: folder, name: "plot-none")
+        let (p3, missing) = try EndToEnd.script(
+            "scripts/plot.sh",
+            [metrics, folder + "/none.png", "--run", "nope"],
+            folder: folder,
+            name: "plot-none"
+        )
         #expect(p3 != 0 && missing.contains("no run nope"), "\(missing)")
     }
 
@@ -111,31 +156,54 @@ struct NewUserTests {
         let folder = EndToEnd.folder("eval-defaults")
         let data = try EndToEnd.writeData(to: folder)
         let checkpoint = folder + "/run.ckpt"
-        let (code, out, err) = try EndToEnd.run(["train", "-d", data, "-q", "8", "--epochs", "1", "--batch-size", "50", "--checkpoint", checkpoint],
-                                                folder: folder, name: "train")
+        let (code, out, err) = try EndToEnd.run(
+            ["train", "-d", data, "-q", "8", "--epochs", "1", "--batch-size", "50", "--checkpoint", checkpoint],
+            folder: folder,
+            name: "train"
+        )
         #expect(code == 0, "\(err)")
         let test = try #require(out.split(separator: "\n").first { $0.hasPrefix("test_nll=") })
         let saved = try Checkpoint.read(from: checkpoint)
         #expect(saved.dataSource?.path == URL(fileURLWithPath: data).standardizedFileURL.path)
 
-        let (a, outA, errA) = try EndToEnd.run(["eval", "--checkpoint", checkpoint], folder: folder, name: "eval-default")
+        let (a, outA, errA) = try EndToEnd.run(
+            ["eval", "--checkpoint", checkpoint],
+            folder: folder,
+            name: "eval-default"
+        )
         #expect(a == 0, "\(errA)")
         #expect(outA.hasPrefix("nll=" + test.dropFirst("test_nll=".count).prefix { $0 != " " }), "\(outA) vs \(test)")
         #expect(!errA.contains("warning"))
         // Through workers too: they are handed the recorded data.
-        let (w, outW, errW) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "--workers", "2"], folder: folder, name: "eval-workers")
+        let (w, outW, errW) = try EndToEnd.run(
+            ["eval", "--checkpoint", checkpoint, "--workers", "2"],
+            folder: folder,
+            name: "eval-workers"
+        )
         #expect(w == 0 && outW == outA, "\(errW)")
-        let (b, _, errB) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "-s", "4"], folder: folder, name: "eval-s4")
+        let (b, _, errB) = try EndToEnd.run(
+            ["eval", "--checkpoint", checkpoint, "-s", "4"],
+            folder: folder,
+            name: "eval-s4"
+        )
         #expect(b == 0)
         #expect(errB.contains("warning: -s 4 asks for 4 masks, but the model was trained with -n 1"), "\(errB)")
         // Training says so too, when its validation ensemble repeats masks.
-        let (t, _, errT) = try EndToEnd.run(["train", "-d", data, "-q", "8", "--epochs", "1", "--batch-size", "50", "-s", "2"], folder: folder, name: "train-s2")
+        let (t, _, errT) = try EndToEnd.run(
+            ["train", "-d", data, "-q", "8", "--epochs", "1", "--batch-size", "50", "-s", "2"],
+            folder: folder,
+            name: "train-s2"
+        )
         #expect(t == 0 && errT.contains("-s 2 asks for 2 masks, but the model was trained with -n 1"), "\(errT)")
         // A checkpoint from before data sources were recorded: -d is asked for.
         var old = saved
         old.dataSource = nil
         try old.write(to: folder + "/old.ckpt")
-        let (c, _, errC) = try EndToEnd.run(["eval", "--checkpoint", folder + "/old.ckpt"], folder: folder, name: "eval-old")
+        let (c, _, errC) = try EndToEnd.run(
+            ["eval", "--checkpoint", folder + "/old.ckpt"],
+            folder: folder,
+            name: "eval-old"
+        )
         #expect(c != 0 && errC.contains("-d/--data-path"), "\(errC)")
     }
 
@@ -144,17 +212,27 @@ struct NewUserTests {
         let folder = EndToEnd.folder("sample-output")
         let data = try EndToEnd.writeData(to: folder, dimension: 16)
         let checkpoint = folder + "/run.ckpt"
-        let (code, _, err) = try EndToEnd.run(["train", "-d", data, "-q", "8", "--epochs", "1", "--batch-size", "50", "--checkpoint", checkpoint],
-                                              folder: folder, name: "train")
+        let (code, _, err) = try EndToEnd.run(
+            ["train", "-d", data, "-q", "8", "--epochs", "1", "--batch-size", "50", "--checkpoint", checkpoint],
+            folder: folder,
+            name: "train"
+        )
         #expect(code == 0, "\(err)")
-        let (bad, _, badErr) = try EndToEnd.run(["sample", "--checkpoint", checkpoint, "--out", folder + "/x.jpg"], folder: folder, name: "jpg")
+        let (bad, _, badErr) = try EndToEnd.run(
+            ["sample", "--checkpoint", checkpoint, "--out", folder + "/x.jpg"],
+            folder: folder,
+            name: "jpg"
+        )
         #expect(bad != 0 && badErr.contains("ending in .png"), "\(badErr)")
         #expect(!FileManager.default.fileExists(atPath: folder + "/x.jpg"))
 
         func png(_ name: String, _ flags: [String]) throws -> (width: Int, height: Int) {
             let path = folder + "/\(name).png"
-            let (code, out, err) = try EndToEnd.run(["sample", "--checkpoint", checkpoint, "--count", "4", "--out", path] + flags,
-                                                    folder: folder, name: name)
+            let (code, out, err) = try EndToEnd.run(
+                ["sample", "--checkpoint", checkpoint, "--count", "4", "--out", path] + flags,
+                folder: folder,
+                name: name
+            )
             #expect(code == 0, "\(err)")
             #expect(out.contains(path))
             let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
@@ -164,8 +242,11 @@ struct NewUserTests {
         #expect(try png("default", []) == (33, 33))
         #expect(try png("scale1", ["--scale", "1"]) == (11, 11))
         #expect(try png("mean", ["--mean"]) == (33, 33))
-        let (meanWithWorkers, _, meanErr) = try EndToEnd.run(["sample", "--checkpoint", checkpoint, "--out", folder + "/m.png", "--mean", "--workers", "2"],
-                                                             folder: folder, name: "mean-workers")
+        let (meanWithWorkers, _, meanErr) = try EndToEnd.run(
+            ["sample", "--checkpoint", checkpoint, "--out", folder + "/m.png", "--mean", "--workers", "2"],
+            folder: folder,
+            name: "mean-workers"
+        )
         #expect(meanWithWorkers != 0 && meanErr.contains("--mean"), "\(meanErr)")
     }
 
@@ -200,26 +281,45 @@ struct NewUserTests {
     @Test("run.sh takes --fetch anywhere and writes metrics by default (as its dry run shows)")
     func runScript() throws {
         let folder = EndToEnd.folder("run-sh")
-        let (code, out) = try EndToEnd.script("scripts/run.sh", ["--epochs", "3", "--fetch", "-q", "8", "--dry-run"], folder: folder, name: "dry")
+        let (code, out) = try EndToEnd.script(
+            "scripts/run.sh",
+            ["--epochs", "3", "--fetch", "-q", "8", "--dry-run"],
+            folder: folder,
+            name: "dry"
+        )
         #expect(code == 0, "\(out)")
         let lines = out.split(separator: "\n").map(String.init)
         #expect(lines.contains("scripts/get-data.sh --fetch"))
         let train = try #require(lines.first { $0.contains(" train ") })
         #expect(!train.contains("--fetch") && train.contains("--epochs 3 -q 8"))
         #expect(train.contains("--checkpoint runs/made.ckpt --resume") && train.contains("--metrics runs/made.jsonl"))
-        let (code2, out2) = try EndToEnd.script("scripts/run.sh", ["--dry-run", "--metrics", "m.jsonl"], folder: folder, name: "dry2")
+        let (code2, out2) = try EndToEnd.script(
+            "scripts/run.sh",
+            ["--dry-run", "--metrics", "m.jsonl"],
+            folder: folder,
+            name: "dry2"
+        )
         #expect(code2 == 0 && !out2.contains("runs/made.jsonl") && out2.contains("--metrics m.jsonl"), "\(out2)")
         #expect(!out2.contains("--fetch"))
     }
 
-    @Test("launch-local.sh without -d trains on the data run.sh uses",
-          .enabled(if: FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")))
+    @Test(
+        "launch-local.sh without -d trains on the data run.sh uses",
+        .enabled(
+            if: FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+        )
+    )
     func launchLocalFindsData() throws {
         let folder = EndToEnd.folder("launch-default-data")
         // The coordinator reads and fingerprints the whole data set before it writes its endpoint, which a
         // debug build on a loaded machine can take longer than the workers' default minute to do.
-        let (code, out) = try EndToEnd.script("cluster/launch-local.sh", ["1", "-q", "4", "--epochs", "0"], folder: folder, name: "launch",
-                                              environment: ["MADE_COORDINATOR_TIMEOUT": "600"])
+        let (code, out) = try EndToEnd.script(
+            "cluster/launch-local.sh",
+            ["1", "-q", "4", "--epochs", "0"],
+            folder: folder,
+            name: "launch",
+            environment: ["MADE_COORDINATOR_TIMEOUT": "600"]
+        )
         #expect(code == 0, "\(out)")
         #expect(out.contains("fashion-mnist") && out.contains("test_nll="), "\(out)")
     }
@@ -236,14 +336,25 @@ struct NewUserTests {
         return p.terminationStatus == 0
     }
 
-    @Test("export: log p(x) from the safetensors file with NumPy equals made eval --per-example; import gives the model back",
-          .enabled(if: numpyPython != nil, "needs python3 with NumPy (scripts/test.sh installs python3-numpy)"))
+    @Test(
+        """
+        export: log p(x) from the safetensors file with NumPy equals made eval --per-example; import gives the model \
+        back
+        """,
+        .enabled(if: numpyPython != nil, "needs python3 with NumPy (scripts/test.sh installs python3-numpy)")
+    )
     func exportMatchesNumPy() throws {
         let folder = EndToEnd.folder("export")
         let data = try EndToEnd.writeData(to: folder)
         let checkpoint = folder + "/run.ckpt"
-        let (code, out, err) = try EndToEnd.run(["train", "-d", data, "-q", "16,12", "--epochs", "2", "--batch-size", "50", "-n", "3",
-                                                 "--checkpoint", checkpoint], folder: folder, name: "train")
+        let (code, out, err) = try EndToEnd.run(
+            [
+                "train", "-d", data, "-q", "16,12", "--epochs", "2", "--batch-size", "50", "-n", "3",
+                "--checkpoint", checkpoint,
+            ],
+            folder: folder,
+            name: "train"
+        )
         #expect(code == 0, "\(err)")
         let trained = try #require(EndToEnd.checksum(out))
         func lines(_ path: String) throws -> [Double] {
@@ -253,24 +364,42 @@ struct NewUserTests {
         var numpy: [[Double]] = []
         for seed in 0..<2 {
             let file = folder + "/model-\(seed).safetensors"
-            let (e, eOut, eErr) = try EndToEnd.run(["export", "--checkpoint", checkpoint, "--format", "safetensors", "--out", file,
-                                                    "--mask-seed", "\(seed)"], folder: folder, name: "export-\(seed)")
+            let (e, eOut, eErr) = try EndToEnd.run(
+                [
+                    "export", "--checkpoint", checkpoint, "--format", "safetensors", "--out", file,
+                    "--mask-seed", "\(seed)",
+                ],
+                folder: folder,
+                name: "export-\(seed)"
+            )
             #expect(e == 0 && eOut.contains(trained), "\(eErr)")
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = [Self.numpyPython!, EndToEnd.repositoryRoot.appendingPathComponent("scripts/made_logp.py").path, file, data,
-                           "--split", "test", "--out", folder + "/numpy-\(seed).txt"]
+            p.arguments = [
+                Self.numpyPython!, EndToEnd.repositoryRoot.appendingPathComponent("scripts/made_logp.py").path, file,
+                data,
+                "--split", "test", "--out", folder + "/numpy-\(seed).txt",
+            ]
             try p.run()
             p.waitUntilExit()
             #expect(p.terminationStatus == 0)
             numpy.append(try lines(folder + "/numpy-\(seed).txt"))
         }
         for k in 1...2 {
-            let (e, _, eErr) = try EndToEnd.run(["eval", "--checkpoint", checkpoint, "-d", data, "-s", "\(k)", "--per-example", folder + "/made-\(k).txt"],
-                                                folder: folder, name: "eval-\(k)")
+            let (e, _, eErr) = try EndToEnd.run(
+                [
+                    "eval", "--checkpoint", checkpoint, "-d", data, "-s", "\(k)", "--per-example",
+                    folder + "/made-\(k).txt",
+                ],
+                folder: folder,
+                name: "eval-\(k)"
+            )
             #expect(e == 0, "\(eErr)")
             let made = try lines(folder + "/made-\(k).txt")
-            let expected = k == 1 ? numpy[0] : zip(numpy[0], numpy[1]).map { a, b in max(a, b) + log((exp(a - max(a, b)) + exp(b - max(a, b))) / 2) }
+            let expected =
+                k == 1
+                ? numpy[0]
+                : zip(numpy[0], numpy[1]).map { a, b in max(a, b) + log((exp(a - max(a, b)) + exp(b - max(a, b))) / 2) }
             #expect(made.count == 100 && expected.count == 100)
             let worst = zip(made, expected).map { abs($0 - $1) }.max() ?? .infinity
             #expect(worst < 1e-4, "-s \(k): NumPy and made differ by \(worst) nats")
@@ -278,22 +407,43 @@ struct NewUserTests {
 
         // Import the seed-0 file: the same parameters, and eval gives the same figures.
         let imported = folder + "/imported.ckpt"
-        let (i, iOut, iErr) = try EndToEnd.run(["import", folder + "/model-0.safetensors", "--checkpoint", imported], folder: folder, name: "import")
+        let (i, iOut, iErr) = try EndToEnd.run(
+            ["import", folder + "/model-0.safetensors", "--checkpoint", imported],
+            folder: folder,
+            name: "import"
+        )
         #expect(i == 0, "\(iErr)")
         #expect(EndToEnd.checksum(iOut) == trained)
-        let (e, _, eErr) = try EndToEnd.run(["eval", "--checkpoint", imported, "-d", data, "--per-example", folder + "/imported.txt"],
-                                            folder: folder, name: "eval-imported")
+        let (e, _, eErr) = try EndToEnd.run(
+            ["eval", "--checkpoint", imported, "-d", data, "--per-example", folder + "/imported.txt"],
+            folder: folder,
+            name: "eval-imported"
+        )
         #expect(e == 0, "\(eErr)")
-        #expect(try String(contentsOfFile: folder + "/imported.txt", encoding: .utf8) == String(contentsOfFile: folder + "/made-1.txt", encoding: .utf8))
-        let (s, _, sErr) = try EndToEnd.run(["sample", "--checkpoint", imported, "--count", "4", "--out", folder + "/imported.png"],
-                                            folder: folder, name: "sample-imported")
+        #expect(
+            try String(contentsOfFile: folder + "/imported.txt", encoding: .utf8)
+                == String(contentsOfFile: folder + "/made-1.txt", encoding: .utf8)
+        )
+        let (s, _, sErr) = try EndToEnd.run(
+            ["sample", "--checkpoint", imported, "--count", "4", "--out", folder + "/imported.png"],
+            folder: folder,
+            name: "sample-imported"
+        )
         #expect(s == 0, "\(sErr)")
 
         // A model with direct connections has no reference state dict.
         let direct = folder + "/direct.ckpt"
-        let (t, _, tErr) = try EndToEnd.run(["train", "-d", data, "-q", "8", "--epochs", "1", "--direct", "--checkpoint", direct], folder: folder, name: "direct")
+        let (t, _, tErr) = try EndToEnd.run(
+            ["train", "-d", data, "-q", "8", "--epochs", "1", "--direct", "--checkpoint", direct],
+            folder: folder,
+            name: "direct"
+        )
         #expect(t == 0, "\(tErr)")
-        let (x, _, xErr) = try EndToEnd.run(["export", "--checkpoint", direct, "--out", folder + "/direct.safetensors"], folder: folder, name: "export-direct")
+        let (x, _, xErr) = try EndToEnd.run(
+            ["export", "--checkpoint", direct, "--out", folder + "/direct.safetensors"],
+            folder: folder,
+            name: "export-direct"
+        )
         #expect(x != 0 && xErr.contains("direct"), "\(xErr)")
     }
 }

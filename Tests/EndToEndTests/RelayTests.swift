@@ -2,6 +2,7 @@ import Foundation
 import MADE
 import MADECluster
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,25 +31,38 @@ struct RelayTests {
 
     /// A coordinator at a fresh endpoint file and `relays` relays of `workers` workers each.
     static func start(
-        _ folder: String, data: String, epochs: Int, relays: Int, workers: Int, coordinatorFlags: [String] = [],
-                      relayFlags: [String] = [], masksPerStep: Int? = nil
+        _ folder: String,
+        data: String,
+        epochs: Int,
+        relays: Int,
+        workers: Int,
+        coordinatorFlags: [String] = [],
+        relayFlags: [String] = [],
+        masksPerStep: Int? = nil
     ) throws -> (EndToEnd.Child, [EndToEnd.Child]) {
-        let tag = "\(relays)x\(workers)"
+        let tag =
+            "\(relays)x\(workers)"
             + (relayFlags.isEmpty && masksPerStep == nil ? "" : "-\(relayFlags.count)m\(masksPerStep ?? 1)")
         let endpoint = folder + "/endpoint-\(tag)"
         let coordinator = try EndToEnd.Child(
             [
                 "coordinator", "-v", "--bind", "tcp://127.0.0.1:0", "--endpoint-file", endpoint,
-                                              "--wait-for-workers", "\(relays * workers)"] + coordinatorFlags
-                + runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep), folder: folder,
-            name: "coordinator-\(tag)")
+                "--wait-for-workers", "\(relays * workers)",
+            ] + coordinatorFlags
+                + runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep),
+            folder: folder,
+            name: "coordinator-\(tag)"
+        )
         let started = try (0..<relays).map { r in
             try EndToEnd.Child(
                 [
                     "relay", "-v", "-d", data, "--endpoint-file", endpoint, "--name", "relay\(r)", "--workers",
                     "\(workers)",
                 ]
-                               + relayFlags, folder: folder, name: "relay\(r)-\(tag)")
+                    + relayFlags,
+                folder: folder,
+                name: "relay\(r)-\(tag)"
+            )
         }
         return (coordinator, started)
     }
@@ -58,8 +72,10 @@ struct RelayTests {
         let folder = EndToEnd.folder("relays")
         let data = try EndToEnd.writeData(to: folder)
         let (code, referenceOutput, referenceErrors) = try EndToEnd.run(
-            ["train"] + Self.runFlags(data: data, epochs: 3), folder: folder,
-                                                                        name: "reference")
+            ["train"] + Self.runFlags(data: data, epochs: 3),
+            folder: folder,
+            name: "reference"
+        )
         #expect(code == 0, "\(referenceErrors)")
         let expected = try #require(EndToEnd.checksum(referenceOutput))
         for relays in [1, 2] {
@@ -69,7 +85,8 @@ struct RelayTests {
             #expect(Self.scores(coordinator.output) == Self.scores(referenceOutput), "\(relays) relays")
             let counters = EndToEnd.clusterCounters(coordinator.output)
             #expect(
-                counters["workers_joined"] == relays && counters["workers_lost"] == 0 && counters["failed_tasks"] == 0)
+                counters["workers_joined"] == relays && counters["workers_lost"] == 0 && counters["failed_tasks"] == 0
+            )
             for relay in started {
                 #expect(relay.wait(timeout: 20) == 0, "\(relay.errors)")
                 // The relay and both of its workers computed: the workers' shards went through it.
@@ -88,7 +105,9 @@ struct RelayTests {
                     } ?? 0
                 }
                 #expect(
-                    tasks.allSatisfy { $0 >= 90 && $0 <= 95 } && tasks.reduce(0, +) == 185, "tasks per relay: \(tasks)")
+                    tasks.allSatisfy { $0 >= 90 && $0 <= 95 } && tasks.reduce(0, +) == 185,
+                    "tasks per relay: \(tasks)"
+                )
             }
         }
     }
@@ -98,14 +117,24 @@ struct RelayTests {
         let folder = EndToEnd.folder("relaymasks")
         let data = try EndToEnd.writeData(to: folder)
         let (code, referenceOutput, referenceErrors) = try EndToEnd.run(
-            ["train"] + Self.runFlags(data: data, epochs: 2, masksPerStep: 4), folder: folder, name: "reference")
+            ["train"] + Self.runFlags(data: data, epochs: 2, masksPerStep: 4),
+            folder: folder,
+            name: "reference"
+        )
         #expect(code == 0, "\(referenceErrors)")
         let expected = try #require(EndToEnd.checksum(referenceOutput))
         // Each relay's block of two shards trains two masks and comes packed by their union; its
         // workers' shards of one mask each go on packed by that mask alone when not in shared memory.
         for relayFlags in [[], ["--no-shared-memory"]] {
-            let (coordinator, started) = try Self.start(folder, data: data, epochs: 2, relays: 2, workers: 2,
-                                                        relayFlags: relayFlags, masksPerStep: 4)
+            let (coordinator, started) = try Self.start(
+                folder,
+                data: data,
+                epochs: 2,
+                relays: 2,
+                workers: 2,
+                relayFlags: relayFlags,
+                masksPerStep: 4
+            )
             #expect(coordinator.wait(timeout: 120) == 0, "\(relayFlags): \(coordinator.errors)")
             #expect(EndToEnd.checksum(coordinator.output) == expected, "\(relayFlags)")
             #expect(Self.scores(coordinator.output) == Self.scores(referenceOutput), "\(relayFlags)")
@@ -120,11 +149,18 @@ struct RelayTests {
         let folder = EndToEnd.folder("killrelay")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
-        let (coordinator, relays) = try Self.start(folder, data: data, epochs: 60, relays: 2, workers: 2,
-                                                   coordinatorFlags: ["--heartbeat-timeout", "1"])
+        let (coordinator, relays) = try Self.start(
+            folder,
+            data: data,
+            epochs: 60,
+            relays: 2,
+            workers: 2,
+            coordinatorFlags: ["--heartbeat-timeout", "1"]
+        )
         #expect(
             coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
-                "the run did not start: \(coordinator.errors)")
+            "the run did not start: \(coordinator.errors)"
+        )
         let victims = Self.children(of: relays[0].pid)
         #expect(victims.count == 2, "the relay's two workers")
         relays[0].signal(SIGKILL)
@@ -148,11 +184,18 @@ struct RelayTests {
         let folder = EndToEnd.folder("killbehind")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
-        let (coordinator, relays) = try Self.start(folder, data: data, epochs: 60, relays: 1, workers: 2,
-                                                   relayFlags: ["--heartbeat-timeout", "1"])
+        let (coordinator, relays) = try Self.start(
+            folder,
+            data: data,
+            epochs: 60,
+            relays: 1,
+            workers: 2,
+            relayFlags: ["--heartbeat-timeout", "1"]
+        )
         #expect(
             coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
-                "the run did not start: \(coordinator.errors)")
+            "the run did not start: \(coordinator.errors)"
+        )
         let workers = Self.children(of: relays[0].pid)
         #expect(workers.count == 2, "the relay's two workers")
         if let victim = workers.first { kill(victim, SIGKILL) }
@@ -166,22 +209,32 @@ struct RelayTests {
 
     /// Liveness by the connection on both sides of a relay. A process frozen with SIGSTOP keeps
     /// its sockets open (and libzmq's threads stop with it): only unanswered heartbeats tell.
-    @Test("""
+    @Test(
+        """
         a worker behind a relay frozen with SIGSTOP: the relay's heartbeats let it go and its other worker takes \
         its shards; a relay frozen: the coordinator's heartbeats let it go and the other relay takes its block; \
         checksum unchanged
-        """, arguments: ["worker", "relay"])
+        """,
+        arguments: ["worker", "relay"]
+    )
     func frozenBehindOrRelay(frozen: String) throws {
         let folder = EndToEnd.folder("frozen-\(frozen)")
         let data = try EndToEnd.writeData(to: folder)
         let expected = try ClusterProcessTests.reference(folder, data: data, epochs: 60)
         let relayCount = frozen == "relay" ? 2 : 1
         let (coordinator, relays) = try Self.start(
-            folder, data: data, epochs: 60, relays: relayCount, workers: 2,
-            coordinatorFlags: ["--heartbeat-timeout", "1"], relayFlags: ["--heartbeat-timeout", "1"])
+            folder,
+            data: data,
+            epochs: 60,
+            relays: relayCount,
+            workers: 2,
+            coordinatorFlags: ["--heartbeat-timeout", "1"],
+            relayFlags: ["--heartbeat-timeout", "1"]
+        )
         #expect(
             coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
-            "the run did not start: \(coordinator.errors)")
+            "the run did not start: \(coordinator.errors)"
+        )
         let workers = Self.children(of: relays[0].pid)
         try #require(workers.count == 2, "the relay's two workers: \(workers)")
         let victim = frozen == "relay" ? relays[0].pid : workers[0]
@@ -217,7 +270,10 @@ struct RelayTrafficTests {
             [
                 "bench", "--workers", "2", "--hosts", "1,2", "--steps", "10", "--warmup", "2", "-q", "64",
                 "--dimension", "64", "--examples", "1000",
-            ], folder: folder, name: "bench")
+            ],
+            folder: folder,
+            name: "bench"
+        )
         #expect(code == 0, "\(err)")
         let lines = out.split(separator: "\n").filter { $0.hasPrefix("made_hosts ") }
         #expect(lines.count == 2, "\(out)")
@@ -255,9 +311,11 @@ struct LaunchRelayTests {
             e["GROUP_RANK"] = "\(place.0)"
             e["LOCAL_RANK"] = "\(place.1)"
             return try EndToEnd.Child(
-                ["launch", "-v", "--insecure"] + ClusterProcessTests.runFlags(data: data), folder: folder,
+                ["launch", "-v", "--insecure"] + ClusterProcessTests.runFlags(data: data),
+                folder: folder,
                 name: "rank\(rank)",
-                                      environment: e)
+                environment: e
+            )
         }
         #expect(processes[0].wait(timeout: 120) == 0, "\(processes[0].errors)")
         #expect(EndToEnd.checksum(processes[0].output) == expected)

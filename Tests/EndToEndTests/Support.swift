@@ -1,5 +1,6 @@
 import Foundation
 import MADE
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +12,9 @@ enum EndToEnd {
         if let path = ProcessInfo.processInfo.environment["MADE_BIN"] { return path }
         let folder = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         // The test runner is either the bundle itself or a helper inside it.
-        for candidate in [folder, folder.deletingLastPathComponent(), folder.deletingLastPathComponent().deletingLastPathComponent()] {
+        for candidate in [
+            folder, folder.deletingLastPathComponent(), folder.deletingLastPathComponent().deletingLastPathComponent(),
+        ] {
             let path = candidate.appendingPathComponent("made").path
             if FileManager.default.isExecutableFile(atPath: path) { return path }
         }
@@ -42,13 +45,17 @@ enum EndToEnd {
             var bytes = [UInt8](repeating: 0, count: n * dimension)
             for r in 0..<n {
                 for j in 0..<dimension {
-                    bytes[r * dimension + j] = j < dimension / 2 ? UInt8(rng.uniform(below: 2)) : bytes[r * dimension + j - dimension / 2]
+                    bytes[r * dimension + j] =
+                        j < dimension / 2 ? UInt8(rng.uniform(below: 2)) : bytes[r * dimension + j - dimension / 2]
                 }
             }
             return DataMatrix(binary: bytes, count: n, dimension: dimension)
         }
         let path = folder + "/data.npz"
-        try DatasetWriter.writeNPZ(Dataset(train: split(count), valid: split(100), test: split(100), source: "test"), to: path)
+        try DatasetWriter.writeNPZ(
+            Dataset(train: split(count), valid: split(100), test: split(100), source: "test"),
+            to: path
+        )
         return path
     }
 
@@ -101,20 +108,33 @@ enum EndToEnd {
         }
 
         deinit {
-            if process.isRunning { kill(pid, SIGKILL); process.waitUntilExit() }
+            if process.isRunning {
+                kill(pid, SIGKILL)
+                process.waitUntilExit()
+            }
         }
     }
 
     /// Runs `made` to completion and returns (exit code, stdout, stderr); nil code on timeout.
-    static func run(_ arguments: [String], folder: String, name: String, timeout: Double = 300) throws -> (Int32?, String, String) {
+    static func run(
+        _ arguments: [String],
+        folder: String,
+        name: String,
+        timeout: Double = 300
+    ) throws -> (Int32?, String, String) {
         let child = try Child(arguments, folder: folder, name: name)
         let code = child.wait(timeout: timeout)
         return (code, child.output, child.errors)
     }
 
     /// Runs a script of the repository with bash; returns its exit code and its output and errors.
-    static func script(_ path: String, _ arguments: [String], folder: String, name: String,
-                       environment extra: [String: String] = [:]) throws -> (Int32, String) {
+    static func script(
+        _ path: String,
+        _ arguments: [String],
+        folder: String,
+        name: String,
+        environment extra: [String: String] = [:]
+    ) throws -> (Int32, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
         p.arguments = [EndToEnd.repositoryRoot.appendingPathComponent(path).path] + arguments
@@ -135,7 +155,9 @@ enum EndToEnd {
 
     /// The `params_sha256=` value printed by a finished run.
     static func checksum(_ output: String) -> String? {
-        output.split(separator: "\n").first { $0.hasPrefix("params_sha256=") }.map { String($0.dropFirst("params_sha256=".count)) }
+        output.split(separator: "\n").first { $0.hasPrefix("params_sha256=") }.map {
+            String($0.dropFirst("params_sha256=".count))
+        }
     }
 
     /// The `key=value` integers of the `cluster ...` line.

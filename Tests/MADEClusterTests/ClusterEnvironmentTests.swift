@@ -1,9 +1,11 @@
-import Testing
 import Foundation
+import Testing
+
+@testable import MADECluster
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import MADECluster
 
 @Suite("Cluster environment")
 struct ClusterEnvironmentTests {
@@ -20,25 +22,43 @@ struct ClusterEnvironmentTests {
 
     @Test("MASTER_ADDR, RANK and WORLD_SIZE")
     func torchStyle() throws {
-        let e = try #require(try ClusterEnvironment.detect(["MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "6000", "RANK": "2", "WORLD_SIZE": "3"]))
+        let e = try #require(
+            try ClusterEnvironment.detect([
+                "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "6000", "RANK": "2", "WORLD_SIZE": "3",
+            ])
+        )
         #expect(e.rank == 2 && e.worldSize == 3 && !e.isCoordinator)
         #expect(e.connectEndpoint == "tcp://10.0.0.1:6000")
         #expect(e.bindEndpoint == "tcp://*:6000")
         #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["RANK": "0", "WORLD_SIZE": "2"]) }
-        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "3"]) }
-        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "x", "WORLD_SIZE": "3"]) }
-        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "1", "WORLD_SIZE": "9223372036854775807"]) }
+        #expect(throws: ClusterError.self) {
+            try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "3"])
+        }
+        #expect(throws: ClusterError.self) {
+            try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "x", "WORLD_SIZE": "3"])
+        }
+        #expect(throws: ClusterError.self) {
+            try ClusterEnvironment.detect(["MASTER_ADDR": "h", "RANK": "1", "WORLD_SIZE": "9223372036854775807"])
+        }
         #expect(try ClusterEnvironment.detect([:]) == nil)
     }
 
     @Test("Slurm variables")
     func slurm() throws {
-        let e = try #require(try ClusterEnvironment.detect(["SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "cn[07-08]"]))
+        let e = try #require(
+            try ClusterEnvironment.detect(["SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "cn[07-08]"])
+        )
         #expect(e.isCoordinator && e.worldSize == 4)
         #expect(e.connectEndpoint == "tcp://cn07:\(ClusterEnvironment.defaultPort)")
-        let single = try #require(try ClusterEnvironment.detect(["SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "x", "MASTER_PORT": "7000"]))
+        let single = try #require(
+            try ClusterEnvironment.detect([
+                "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "x", "MASTER_PORT": "7000",
+            ])
+        )
         #expect(single.connectEndpoint == "tcp://x:7000")
-        #expect(throws: ClusterError.self) { try ClusterEnvironment.detect(["SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "x"]) }
+        #expect(throws: ClusterError.self) {
+            try ClusterEnvironment.detect(["SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "x"])
+        }
     }
 
     @Test("endpoints")
@@ -60,14 +80,17 @@ struct LaunchRoleTests {
     @Test("under srun, a host's first task starts a relay (not on the coordinator's host); the others work behind it")
     func slurmRoles() throws {
         func role(_ procid: Int, node: Int, local: Int, relays: Bool = true) throws -> ClusterEnvironment.LaunchRole {
-            let e = try #require(try ClusterEnvironment.detect([
+            let e = try #require(
+                try ClusterEnvironment.detect([
                     "SLURM_PROCID": "\(procid)", "SLURM_NTASKS": "6", "SLURM_JOB_NODELIST": "cn[1-3]",
                     "SLURM_NODEID": "\(node)",
-                "SLURM_LOCALID": "\(local)", "SLURM_JOB_ID": "4711", "MASTER_PORT": "24711"]))
+                    "SLURM_LOCALID": "\(local)", "SLURM_JOB_ID": "4711", "MASTER_PORT": "24711",
+                ])
+            )
             return e.launchRole(relays: relays)
         }
         #expect(try role(0, node: 0, local: 0) == .coordinator)
-        #expect(try role(1, node: 0, local: 1) == .worker)   // beside the coordinator: shared memory with it
+        #expect(try role(1, node: 0, local: 1) == .worker)  // beside the coordinator: shared memory with it
         #expect(try role(2, node: 1, local: 0) == .relayAndWorker(relayTag: "relay-4711-24711"))
         #expect(try role(3, node: 1, local: 1) == .workerBehindRelay(relayTag: "relay-4711-24711"))
         #expect(try role(3, node: 1, local: 1, relays: false) == .worker)
@@ -80,7 +103,9 @@ struct LaunchRoleTests {
         let placed = try #require(
             try ClusterEnvironment.detect([
                 "MASTER_ADDR": "h", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "0",
-                                                                 "GROUP_RANK": "1", "TORCHELASTIC_RUN_ID": "x/../y"]))
+                "GROUP_RANK": "1", "TORCHELASTIC_RUN_ID": "x/../y",
+            ])
+        )
         #expect(placed.launchRole(relays: true) == .relayAndWorker(relayTag: "relay-xy-29500"))
     }
 

@@ -2,7 +2,9 @@ import Foundation
 import Logging
 import MADE
 import Testing
+
 @testable import MADECluster
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,15 +14,24 @@ import Glibc
 @Suite("Cluster safety")
 struct ClusterSafetyTests {
     static func folder(_ name: String) -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("made-cluster-safety-\(getpid())-\(name)").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "made-cluster-safety-\(getpid())-\(name)"
+        ).path
         try? FileManager.default.removeItem(atPath: path)
         try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
     }
 
-    static func bytes(_ path: String) -> [UInt8]? { (try? Data(contentsOf: URL(fileURLWithPath: path))).map(Array.init) }
+    static func bytes(_ path: String) -> [UInt8]? {
+        (try? Data(contentsOf: URL(fileURLWithPath: path))).map(Array.init)
+    }
 
-    @Test("a worker maps only a slot file of this user in /dev/shm: other paths, names, links and foreign files are refused untouched")
+    @Test(
+        """
+        a worker maps only a slot file of this user in /dev/shm: other paths, names, links and foreign files are \
+        refused untouched
+        """
+    )
     func slotFileProof() throws {
         let folder = Self.folder("proof")
         let victim = folder + "/victim.bin"
@@ -34,10 +45,18 @@ struct ClusterSafetyTests {
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: victim)
         try Data(original).write(to: URL(fileURLWithPath: plain))
         #expect(Glibc.link(plain, hardLinked) == 0)
-        for path in [victim, "/dev/shm/victim.bin", "/dev/shm/../\(victim)", "/dev/shm/x/made-1-2.slots", link, hardLinked, plain,
-                     "/dev/shm/made-1-2.slots.bak", "/dev/shm/made--2.slots"] {
-            let error = #expect(throws: ClusterError.self, "\(path)") { _ = try SharedSlots.open(.init(path: path, slot: 1, slotFloats: 16)) }
-            #expect(error?.message.contains("refusing") == true || error?.message.contains("cannot open") == true, "\(String(describing: error))")
+        for path in [
+            victim, "/dev/shm/victim.bin", "/dev/shm/../\(victim)", "/dev/shm/x/made-1-2.slots", link, hardLinked,
+            plain,
+            "/dev/shm/made-1-2.slots.bak", "/dev/shm/made--2.slots",
+        ] {
+            let error = #expect(throws: ClusterError.self, "\(path)") {
+                _ = try SharedSlots.open(.init(path: path, slot: 1, slotFloats: 16))
+            }
+            #expect(
+                error?.message.contains("refusing") == true || error?.message.contains("cannot open") == true,
+                "\(String(describing: error))"
+            )
             #expect(error?.code == .security || error?.code == .sharedMemory, "\(String(describing: error))")
         }
         #expect(Self.bytes(victim) == original)
@@ -48,7 +67,9 @@ struct ClusterSafetyTests {
             defer { unlink(foreign) }
             try Data(original).write(to: URL(fileURLWithPath: foreign))
             #expect(chown(foreign, 65534, 65534) == 0)
-            let error = #expect(throws: ClusterError.self) { _ = try SharedSlots.open(.init(path: foreign, slot: 1, slotFloats: 16)) }
+            let error = #expect(throws: ClusterError.self) {
+                _ = try SharedSlots.open(.init(path: foreign, slot: 1, slotFloats: 16))
+            }
             #expect(error?.message.contains("owned by uid 65534") == true)
             #expect(Self.bytes(foreign) == original)
         }
@@ -57,10 +78,14 @@ struct ClusterSafetyTests {
         let mapped = try SharedSlots.open(.init(path: slots.path, slot: 2, slotFloats: 16))
         #expect(mapped.slotCount == 3 && SharedSlots.isSlotFileName((slots.path as NSString).lastPathComponent))
         // A slot past the file's end, and a file that is gone, are unusable shared memory, not a security refusal.
-        let beyond = #expect(throws: ClusterError.self) { _ = try SharedSlots.open(.init(path: slots.path, slot: 3, slotFloats: 16)) }
+        let beyond = #expect(throws: ClusterError.self) {
+            _ = try SharedSlots.open(.init(path: slots.path, slot: 3, slotFloats: 16))
+        }
         #expect(beyond?.code == .sharedMemory && beyond?.message.contains("too few for slot 3") == true)
         let gone = "/dev/shm/made-\(tag)-4.slots"
-        let missing = #expect(throws: ClusterError.self) { _ = try SharedSlots.open(.init(path: gone, slot: 1, slotFloats: 16)) }
+        let missing = #expect(throws: ClusterError.self) {
+            _ = try SharedSlots.open(.init(path: gone, slot: 1, slotFloats: 16))
+        }
         #expect(missing?.code == .sharedMemory && missing?.message.contains("cannot open") == true)
         // A folder that cannot hold a slot file.
         let noFolder = #expect(throws: ClusterError.self) {
@@ -132,7 +157,10 @@ struct ClusterSafetyTests {
         chmod(folder + "/made-host-\(getuid()).secret", 0o644)
         #expect(SharedSlots.hostSecret(folder: folder) == nil)
         let linked = Self.folder("secret-link")
-        try FileManager.default.createSymbolicLink(atPath: linked + "/made-host-\(getuid()).secret", withDestinationPath: folder + "/x")
+        try FileManager.default.createSymbolicLink(
+            atPath: linked + "/made-host-\(getuid()).secret",
+            withDestinationPath: folder + "/x"
+        )
         #expect(SharedSlots.hostSecret(folder: linked) == nil)
         // The id a worker presents proves it knows the secret of /dev/shm without showing it,
         // and differs from one endpoint to another.
@@ -144,12 +172,17 @@ struct ClusterSafetyTests {
         }
     }
 
-    @Test("endpoints: ports beyond 65535 and unknown transports are refused, not wrapped", arguments: [
-        ("tcp://127.0.0.1:99999", false), ("tcp://127.0.0.1:65536", false), ("tcp://127.0.0.1:-1", false), ("tcp://127.0.0.1", false),
-        ("tcp://127.0.0.1:", false), ("udp://127.0.0.1:5", false), ("tcp://[::1]", false), ("ipc://", false),
-        ("tcp://127.0.0.1:65535", true), ("tcp://127.0.0.1:0", true), ("tcp://*:29500", true), ("tcp://[::1]:5", true),
-        ("ipc:///tmp/made.ipc", true), ("tcp://eth0;10.0.0.1:5555", true),
-    ])
+    @Test(
+        "endpoints: ports beyond 65535 and unknown transports are refused, not wrapped",
+        arguments: [
+            ("tcp://127.0.0.1:99999", false), ("tcp://127.0.0.1:65536", false), ("tcp://127.0.0.1:-1", false),
+            ("tcp://127.0.0.1", false),
+            ("tcp://127.0.0.1:", false), ("udp://127.0.0.1:5", false), ("tcp://[::1]", false), ("ipc://", false),
+            ("tcp://127.0.0.1:65535", true), ("tcp://127.0.0.1:0", true), ("tcp://*:29500", true),
+            ("tcp://[::1]:5", true),
+            ("ipc:///tmp/made.ipc", true), ("tcp://eth0;10.0.0.1:5555", true),
+        ]
+    )
     func endpoints(endpoint: String, valid: Bool) {
         if valid {
             #expect(throws: Never.self) { try Endpoint.validate(endpoint) }
@@ -159,16 +192,25 @@ struct ClusterSafetyTests {
     }
 
     static func coordinator() throws -> ClusterCoordinator {
-        let configuration = TrainingConfiguration(model: ModelConfiguration(inputCount: 8, hiddenSizes: [8]), batchSize: 4)
+        let configuration = TrainingConfiguration(
+            model: ModelConfiguration(inputCount: 8, hiddenSizes: [8]),
+            batchSize: 4
+        )
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        return try ClusterCoordinator(configuration: configuration, dataFingerprint: [UInt8](repeating: 7, count: 32),
-                                      options: .init(bind: "tcp://127.0.0.1:0"), logger: logger)
+        return try ClusterCoordinator(
+            configuration: configuration,
+            dataFingerprint: [UInt8](repeating: 7, count: 32),
+            options: .init(bind: "tcp://127.0.0.1:0"),
+            logger: logger
+        )
     }
 
     static func welcome(_ socket: ZMQSocket) throws -> WireMessage.Welcome? {
         try socket.set(.receiveTimeout(milliseconds: 5000))
-        guard let frames = try socket.receive(), let frame = frames.first, case .welcome(let w) = try WireFormat.decode(frame).1 else { return nil }
+        guard let frames = try socket.receive(), let frame = frames.first,
+            case .welcome(let w) = try WireFormat.decode(frame).1
+        else { return nil }
         return w
     }
 
@@ -181,14 +223,25 @@ struct ClusterSafetyTests {
         try #require(!real.isEmpty, "no shared memory on this machine")
         let derivable = String(real[..<real.lastIndex(of: "/")!])
         var welcomes: [WireMessage.Welcome] = []
-        let elsewhere = SharedSlots.hostID(for: "tcp://127.0.0.1:1")   // a proof given to another coordinator
+        let elsewhere = SharedSlots.hostID(for: "tcp://127.0.0.1:1")  // a proof given to another coordinator
         for (i, id) in [derivable, elsewhere, real].enumerated() {
             let dealer = try ZMQSocket(context: context, kind: .dealer)
             defer { dealer.close() }
             try dealer.set(.routingID(Array("peer-\(i)".utf8)), .linger(milliseconds: 0))
             try dealer.connect(coordinator.endpoint)
-            try dealer.send(bytes: [WireFormat.encode(.hello(.init(dataFingerprint: [UInt8](repeating: 7, count: 32), processID: 1,
-                                                                    name: "peer-\(i)", hostID: id)), runID: 0)])
+            try dealer.send(bytes: [
+                WireFormat.encode(
+                    .hello(
+                        .init(
+                            dataFingerprint: [UInt8](repeating: 7, count: 32),
+                            processID: 1,
+                            name: "peer-\(i)",
+                            hostID: id
+                        )
+                    ),
+                    runID: 0
+                )
+            ])
             #expect(try coordinator.waitForWorkers(i + 1, timeout: 5000))
             welcomes.append(try #require(try Self.welcome(dealer)))
         }

@@ -1,5 +1,6 @@
 import MADE
 import Testing
+
 @testable import MADECluster
 
 /// Rules of the coordinator and the worker that used to live in their socket loops and were
@@ -29,12 +30,28 @@ struct CoordinatorRuleTests {
     }
 
     func gradientPlan(step: UInt64 = 0, shards: Int) -> CoordinatorStateMachine.WorkPlan {
-        .init(step: step, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10, shards: (0..<shards).map { [Int32($0)] })
+        .init(
+            step: step,
+            maskSeed: 3,
+            maskDigest: Self.digest,
+            gradientCount: 2,
+            denseCount: 10,
+            shards: (0..<shards).map { [Int32($0)] }
+        )
     }
 
     func shared(step: UInt64 = 0, _ shard: UInt32, slot: UInt32, ticket: UInt64?) -> WireMessage {
-        .result(.init(step: step, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
-                      values: .shared(slot: slot, count: 10), ticket: ticket ?? 0))
+        .result(
+            .init(
+                step: step,
+                shard: shard,
+                maskDigest: Self.digest,
+                lossSum: 0,
+                computeMicroseconds: 0,
+                values: .shared(slot: slot, count: 10),
+                ticket: ticket ?? 0
+            )
+        )
     }
 
     func welcomes(_ actions: [CoordinatorStateMachine.Action]) -> [WireMessage.Welcome] {
@@ -50,7 +67,15 @@ struct CoordinatorRuleTests {
         var m = CoordinatorStateMachine(settings: settings())
         for old in UInt16(1)..<WireFormat.version {
             let actions = m.malformed(from: a, error: .unsupportedVersion(old), now: 0)
-            #expect(actions.contains { if case .sendInVersion(a, .reject(let reason), old) = $0 { reason.contains("version \(WireFormat.version)") } else { false } })
+            #expect(
+                actions.contains {
+                    if case .sendInVersion(a, .reject(let reason), old) = $0 {
+                        reason.contains("version \(WireFormat.version)")
+                    } else {
+                        false
+                    }
+                }
+            )
             #expect(!actions.contains { if case .send(_, .reject) = $0 { true } else { false } })
         }
         for other in [UInt16(0), WireFormat.version + 1, 900] {
@@ -61,7 +86,12 @@ struct CoordinatorRuleTests {
         #expect(m.counters.malformed == Int(WireFormat.version) - 1 + 3)
     }
 
-    @Test("a joining worker on this host is welcomed only once its slot's memory is reserved; without room it gets no slot and uses the socket")
+    @Test(
+        """
+        a joining worker on this host is welcomed only once its slot's memory is reserved; without room it gets no \
+        slot and uses the socket
+        """
+    )
     func slotReservation() {
         var m = CoordinatorStateMachine(settings: settings(sharedSlots: 4))
         let joined = m.receive(from: a, runID: 0, message: hello("a", host: "here"), now: 0)
@@ -100,24 +130,47 @@ struct CoordinatorRuleTests {
         _ = m.receive(from: b, runID: 0, message: hello("b", host: "elsewhere"), now: 0)
         #expect(routes(m.begin(gradientPlan(shards: 4), now: 1)) == [.sharedMemory, .inline])
         // The second task of the step carries none.
-        let next = m.receive(from: b, runID: 77, message: .result(.init(step: 0, shard: 1, maskDigest: Self.digest, lossSum: 0,
-                                                                        computeMicroseconds: 0, values: .inline([0, 0]),
-                                                                        ticket: m.lastTicket(of: b)!)), now: 2)
+        let next = m.receive(
+            from: b,
+            runID: 77,
+            message: .result(
+                .init(
+                    step: 0,
+                    shard: 1,
+                    maskDigest: Self.digest,
+                    lossSum: 0,
+                    computeMicroseconds: 0,
+                    values: .inline([0, 0]),
+                    ticket: m.lastTicket(of: b)!
+                )
+            ),
+            now: 2
+        )
         #expect(routes(next) == [nil])
     }
 
     @Test("a gradient taken where it lies in a slot is copied out before its worker gets another task, and only then")
     func unreadSharedResults() {
-        let p = gradientPlan(step: 1, shards: 3)   // one shard per task
+        let p = gradientPlan(step: 1, shards: 3)  // one shard per task
         var n = CoordinatorStateMachine(settings: settings(sharedSlots: 4))
         _ = n.receiveReserving(from: a, runID: 0, message: hello("a", host: "here"), now: 0)
         _ = n.begin(p, now: 1)
-        let second = n.receive(from: a, runID: 77, message: shared(step: 1, 0, slot: 1, ticket: n.lastTicket(of: a)), now: 2)
+        let second = n.receive(
+            from: a,
+            runID: 77,
+            message: shared(step: 1, 0, slot: 1, ticket: n.lastTicket(of: a)),
+            now: 2
+        )
         // Shard 0's gradient lies in slot 1: copied out before shard 1 goes to a.
         #expect(second.first == .saveSharedResult(slot: 1, shard: 0))
         #expect(second.dropFirst().contains { if case .assign(a, let t, _) = $0 { t.shard == 1 } else { false } })
         #expect(n.resultsInSharedSlots.isEmpty)
-        let third = n.receive(from: a, runID: 77, message: shared(step: 1, 1, slot: 1, ticket: n.lastTicket(of: a)), now: 3)
+        let third = n.receive(
+            from: a,
+            runID: 77,
+            message: shared(step: 1, 1, slot: 1, ticket: n.lastTicket(of: a)),
+            now: 3
+        )
         #expect(third.first == .saveSharedResult(slot: 1, shard: 1))
         _ = n.receive(from: a, runID: 77, message: shared(step: 1, 2, slot: 1, ticket: n.lastTicket(of: a)), now: 4)
         // The last one stays where it is: the sum reads it in place.
@@ -134,7 +187,7 @@ struct CoordinatorRuleTests {
         _ = m.begin(gradientPlan(shards: 1), now: 1)
         let first = m.lastTicket(of: a)
         _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 5000)
-        _ = m.tick(now: 5002)   // taken back and handed to a again under a new ticket
+        _ = m.tick(now: 5002)  // taken back and handed to a again under a new ticket
         #expect(m.lastTicket(of: a) != first)
         _ = m.receive(from: a, runID: 77, message: shared(0, slot: 1, ticket: first), now: 5003)
         #expect(!m.isStepComplete && m.counters.lateResults == 1 && m.resultsInSharedSlots.isEmpty)
@@ -142,7 +195,12 @@ struct CoordinatorRuleTests {
         #expect(m.isStepComplete && m.resultsInSharedSlots == [1: 0])
     }
 
-    @Test("work with no worker at all fails after the idle timeout, naming it; idle machines and registered workers keep it from failing")
+    @Test(
+        """
+        work with no worker at all fails after the idle timeout, naming it; idle machines and registered workers keep \
+        it from failing
+        """
+    )
     func idleTimeout() {
         var m = CoordinatorStateMachine(settings: settings())
         // Idle: no failure however long.
@@ -198,12 +256,26 @@ struct CoordinatorRuleTests {
         var m = CoordinatorStateMachine(settings: settings())
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         #expect(m.shutdownAll(exitCode: 0, reason: "done") == [.send(a, .shutdown(exitCode: 0, reason: "done"))])
-        #expect(m.receive(from: b, runID: 0, message: hello("b"), now: 1) == [.send(b, .shutdown(exitCode: 0, reason: "done"))])
-        #expect(m.receive(from: b, runID: 0, message: hello("b"), now: 1) == [.send(b, .shutdown(exitCode: 0, reason: "done"))])
+        #expect(
+            m.receive(from: b, runID: 0, message: hello("b"), now: 1) == [
+                .send(b, .shutdown(exitCode: 0, reason: "done"))
+            ]
+        )
+        #expect(
+            m.receive(from: b, runID: 0, message: hello("b"), now: 1) == [
+                .send(b, .shutdown(exitCode: 0, reason: "done"))
+            ]
+        )
         #expect(m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 2).isEmpty)
         #expect(m.workerCount == 0 && m.counters.workersJoined == 2 && m.counters.unknownPeer == 0)
-        let stranger = WireMessage.hello(.init(dataFingerprint: [UInt8](repeating: 9, count: 32), processID: 1, name: "c"))
-        #expect(m.receive(from: Array("c".utf8), runID: 0, message: stranger, now: 3).contains { if case .send(_, .reject) = $0 { true } else { false } })
+        let stranger = WireMessage.hello(
+            .init(dataFingerprint: [UInt8](repeating: 9, count: 32), processID: 1, name: "c")
+        )
+        #expect(
+            m.receive(from: Array("c".utf8), runID: 0, message: stranger, now: 3).contains {
+                if case .send(_, .reject) = $0 { true } else { false }
+            }
+        )
         #expect(m.counters.refusedWorkers == 1 && m.counters.workersJoined == 2)
         #expect(m.tick(now: 5000).isEmpty)
     }
@@ -220,7 +292,11 @@ struct CoordinatorRuleTests {
         #expect(TimeoutRange.problem("--x", seconds: 0.001) == nil)
         #expect(TimeoutRange.problem("--x", seconds: 1_000_000) == nil)
         for bad in [0, -1, 1_000_000.5, .infinity, .nan] {
-            #expect(TimeoutRange.problem("--task-timeout", seconds: bad)?.contains("--task-timeout must be between 0 and 1000000 seconds") == true)
+            #expect(
+                TimeoutRange.problem("--task-timeout", seconds: bad)?.contains(
+                    "--task-timeout must be between 0 and 1000000 seconds"
+                ) == true
+            )
         }
         #expect(TimeoutRange.milliseconds(2.5) == 2500)
     }
@@ -233,7 +309,11 @@ struct WorkerHeartbeatTests {
         s.coordinatorTimeout = 60_000
         var w = WorkerStateMachine(settings: s)
         _ = w.start(now: 0)
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 0)
+        _ = w.receive(
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])),
+            now: 0
+        )
         return w
     }
 
@@ -248,8 +328,15 @@ struct WorkerHeartbeatTests {
         #expect(w.tick(now: 1400).isEmpty)
         #expect(w.tick(now: 1500) == [.send(.heartbeat(sequence: 3))])
         // A result sent resets the clock too.
-        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 0, computeMicroseconds: 0,
-                                        values: .inline([]), ticket: 1)
+        let result = WireMessage.Result(
+            step: 1,
+            shard: 0,
+            maskDigest: [UInt8](repeating: 0, count: 16),
+            lossSum: 0,
+            computeMicroseconds: 0,
+            values: .inline([]),
+            ticket: 1
+        )
         _ = w.computed(result, now: 1600)
         #expect(w.stillComputing(now: 1800).isEmpty)
         #expect(w.stillComputing(now: 1850).count == 1)
@@ -257,7 +344,9 @@ struct WorkerHeartbeatTests {
 
     @Test("no heartbeat before welcome or after the end")
     func busyOutsideRun() {
-        var w = WorkerStateMachine(settings: .init(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w"))
+        var w = WorkerStateMachine(
+            settings: .init(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w")
+        )
         _ = w.start(now: 0)
         #expect(w.stillComputing(now: 10_000).isEmpty)
         var done = active()
@@ -296,9 +385,15 @@ struct WorkKindTests {
 struct WorkerExitTests {
     @Test("a worker whose launcher is gone exits with status 4, once")
     func launcherGone() {
-        var w = WorkerStateMachine(settings: .init(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w"))
+        var w = WorkerStateMachine(
+            settings: .init(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w")
+        )
         _ = w.start(now: 0)
-        #expect(w.launcherGone() == [.exit(code: WorkerStateMachine.ExitCode.coordinatorGone, reason: "the launching process is gone")])
+        #expect(
+            w.launcherGone() == [
+                .exit(code: WorkerStateMachine.ExitCode.coordinatorGone, reason: "the launching process is gone")
+            ]
+        )
         #expect(w.isFinished)
         #expect(w.launcherGone().isEmpty && w.tick(now: 1_000_000).isEmpty)
     }

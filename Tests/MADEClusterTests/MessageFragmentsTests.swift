@@ -1,4 +1,5 @@
 import Testing
+
 @testable import MADECluster
 
 @Suite("Message fragments")
@@ -133,7 +134,8 @@ struct MessageFragmentsTests {
         over real sockets, with and without CURVE, a frame of several megabytes crosses in pieces within the message \
         limit
         """,
-          arguments: [false, true])
+        arguments: [false, true]
+    )
     func overSockets(curve: Bool) throws {
         let context = try ZMQContext()
         let router = try ZMQSocket(context: context, kind: .router)
@@ -142,7 +144,8 @@ struct MessageFragmentsTests {
         try router.set(.maxMessageSize(Int64(MessageFragments.largestMessage)))
         try dealer.set(.maxMessageSize(Int64(MessageFragments.largestMessage)), .routingID(Array("w".utf8)))
         if curve {
-            let serverKeys = try CurveKeyPair.generate(), clientKeys = try CurveKeyPair.generate()
+            let serverKeys = try CurveKeyPair.generate()
+            let clientKeys = try CurveKeyPair.generate()
             zap = try ZAPHandler(
                 context: context,
                 authorizedKeys: try AuthorizedKeys(publicKeys: [clientKeys.publicKey])
@@ -172,8 +175,9 @@ struct MessageFragmentsTests {
                 dontWait: true,
                 property: "Peer-Address",
                 { index, bytes in
-                if index == 0 { peer = Array(bytes) } else { received = assembler.receive(bytes, from: peer).frame }
-            }) {
+                    if index == 0 { peer = Array(bytes) } else { received = assembler.receive(bytes, from: peer).frame }
+                }
+            ) {
                 #expect(message.frames == 2 && message.property == "127.0.0.1")
                 messages += 1
             }

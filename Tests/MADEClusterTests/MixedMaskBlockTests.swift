@@ -1,5 +1,6 @@
 import MADE
 import Testing
+
 @testable import MADECluster
 
 /// Steps whose shards train different masks (`--masks-per-step M`), driven through the
@@ -18,7 +19,14 @@ struct MixedMaskBlockTests {
         s.heartbeatTimeout = 1000
         s.taskTimeout = 5000
         var m = CoordinatorStateMachine(settings: s)
-        for w in workers { _ = m.receive(from: w, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "w")), now: 0) }
+        for w in workers {
+            _ = m.receive(
+                from: w,
+                runID: 0,
+                message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "w")),
+                now: 0
+            )
+        }
         return m
     }
 
@@ -26,8 +34,14 @@ struct MixedMaskBlockTests {
     func plan(step: UInt64 = 0, seeds: [UInt64]) -> CoordinatorStateMachine.WorkPlan {
         var distinct: [UInt64] = []
         for s in seeds where !distinct.contains(s) { distinct.append(s) }
-        var p = CoordinatorStateMachine.WorkPlan(step: step, maskSeeds: seeds, packingSeeds: distinct, maskDigests: seeds.map(Self.digest),
-                                                 gradientCount: 3, shards: seeds.indices.map { [Int32(2 * $0), Int32(2 * $0 + 1)] })
+        var p = CoordinatorStateMachine.WorkPlan(
+            step: step,
+            maskSeeds: seeds,
+            packingSeeds: distinct,
+            maskDigests: seeds.map(Self.digest),
+            gradientCount: 3,
+            shards: seeds.indices.map { [Int32(2 * $0), Int32(2 * $0 + 1)] }
+        )
         p.maxShardsPerTask = 8
         return p
     }
@@ -37,13 +51,23 @@ struct MixedMaskBlockTests {
     }
 
     func result(_ task: WireMessage.Task, digest: [UInt8], ticket: UInt64? = nil) -> WireMessage {
-        .result(.init(step: task.step, shard: task.shard, maskDigest: digest, lossSum: 1, computeMicroseconds: 1,
-                      values: .inline([1, 2, 3]), ticket: ticket ?? task.ticket))
+        .result(
+            .init(
+                step: task.step,
+                shard: task.shard,
+                maskDigest: digest,
+                lossSum: 1,
+                computeMicroseconds: 1,
+                values: .inline([1, 2, 3]),
+                ticket: ticket ?? task.ticket
+            )
+        )
     }
 
     @Test("the block digest: one mask's digest when every shard shares it, else a digest of every shard's in order")
     func blockDigest() {
-        let d0 = Self.digest(0), d1 = Self.digest(1)
+        let d0 = Self.digest(0)
+        let d1 = Self.digest(1)
         #expect(WireFormat.blockDigest([d0, d0, d0]) == d0)
         let mixed = WireFormat.blockDigest([d0, d1])
         #expect(mixed.count == 16 && mixed != d0 && mixed != d1)
@@ -52,7 +76,12 @@ struct MixedMaskBlockTests {
         #expect(WireFormat.blockDigest([d0, d1, d0, d1]) == WireFormat.blockDigest([d0, d1, d0, d1]))
     }
 
-    @Test("one worker takes a block of four shards of two masks: the task names each shard's mask and the step's packing masks")
+    @Test(
+        """
+        one worker takes a block of four shards of two masks: the task names each shard's mask and the step's packing \
+        masks
+        """
+    )
     func taskNamesEveryMask() {
         var m = machine(workers: [a])
         let handed = tasks(m.begin(plan(seeds: [0, 1, 0, 1]), now: 1))
@@ -73,7 +102,8 @@ struct MixedMaskBlockTests {
         let handed = tasks(m.begin(plan(seeds: [0, 1, 2, 3]), now: 1))
         #expect(handed.map(\.1.maskSeeds) == [[0, 1], [2, 3]])
         #expect(handed.allSatisfy { $0.1.packingSeeds == [0, 1, 2, 3] })
-        let (toA, taskA) = handed[0], (toB, taskB) = handed[1]
+        let (toA, taskA) = handed[0]
+        let (toB, taskB) = handed[1]
         #expect(toA == a && toB == b)
         // a answers with the digest of the first mask only: it built the masks of one shard, not of the block.
         let wrong = m.receive(from: a, runID: 77, message: result(taskA, digest: Self.digest(0)), now: 2)
@@ -81,16 +111,33 @@ struct MixedMaskBlockTests {
         #expect(wrong.contains { if case .send(let p, .shutdown(6, _)) = $0 { p == a } else { false } })
         #expect(m.workerCount == 1)
         // b answers its own block correctly, then gets a's block with the same masks.
-        let next = tasks(m.receive(from: b, runID: 77, message: result(taskB, digest: WireFormat.blockDigest([2, 3].map(Self.digest))), now: 3))
+        let next = tasks(
+            m.receive(
+                from: b,
+                runID: 77,
+                message: result(taskB, digest: WireFormat.blockDigest([2, 3].map(Self.digest))),
+                now: 3
+            )
+        )
         #expect(next.count == 1 && next[0].0 == b && next[0].1.shard == 0 && next[0].1.maskSeeds == [0, 1])
         // The digest of the other block's masks does not count for this one either.
-        let swapped = m.receive(from: b, runID: 77, message: result(next[0].1, digest: WireFormat.blockDigest([2, 3].map(Self.digest))), now: 4)
+        let swapped = m.receive(
+            from: b,
+            runID: 77,
+            message: result(next[0].1, digest: WireFormat.blockDigest([2, 3].map(Self.digest))),
+            now: 4
+        )
         #expect(m.counters.maskMismatches == 2)
         #expect(swapped.contains { if case .refused = $0 { true } else { false } })
         #expect(!m.isStepComplete)
     }
 
-    @Test("a mixed block taken back from a dead worker goes to another with the same masks, and its answer completes the step")
+    @Test(
+        """
+        a mixed block taken back from a dead worker goes to another with the same masks, and its answer completes the \
+        step
+        """
+    )
     func deadWorkerBlock() {
         var m = machine(workers: [a, b])
         let handed = tasks(m.begin(plan(seeds: [0, 1, 0, 1, 0, 1, 0, 1]), now: 1))
@@ -104,7 +151,9 @@ struct MixedMaskBlockTests {
         retaken += tasks(m.receive(from: b, runID: 77, message: .heartbeat(sequence: 2), now: 1500))
         #expect(m.counters.workersLost == 1)
         #expect(retaken.count == 1 && retaken[0].0 == b)
-        #expect(retaken[0].1.shard == 0 && retaken[0].1.maskSeeds == [0, 1, 0, 1] && retaken[0].1.packingSeeds == [0, 1])
+        #expect(
+            retaken[0].1.shard == 0 && retaken[0].1.maskSeeds == [0, 1, 0, 1] && retaken[0].1.packingSeeds == [0, 1]
+        )
         _ = m.receive(from: b, runID: 77, message: result(retaken[0].1, digest: digest), now: 1600)
         #expect(m.isStepComplete)
         #expect(m.takeResults().map(\.shard) == [0, 4])
@@ -116,10 +165,22 @@ struct MixedMaskBlockTests {
         var p = plan(seeds: [0, 1, 2, 3])
         p.maxShardsPerTask = 1
         let first = m.begin(p, now: 1)
-        #expect(first.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [0] && route == .inline } else { false } })
+        #expect(
+            first.contains {
+                if case .assign(_, let t, let route) = $0 { t.maskSeeds == [0] && route == .inline } else { false }
+            }
+        )
         let task = tasks(first)[0].1
         let second = m.receive(from: a, runID: 77, message: result(task, digest: Self.digest(0)), now: 2)
-        #expect(second.contains { if case .assign(_, let t, let route) = $0 { t.maskSeeds == [1] && t.packingSeeds == [0, 1, 2, 3] && route == nil } else { false } })
+        #expect(
+            second.contains {
+                if case .assign(_, let t, let route) = $0 {
+                    t.maskSeeds == [1] && t.packingSeeds == [0, 1, 2, 3] && route == nil
+                } else {
+                    false
+                }
+            }
+        )
     }
 
     /// `plan(seeds:)` with each one-mask block packed by its own mask: 2 values for mask 0,
@@ -131,10 +192,17 @@ struct MixedMaskBlockTests {
     }
 
     func result(_ task: WireMessage.Task, values: Int, ticket: UInt64? = nil) -> WireMessage {
-        .result(.init(step: task.step, shard: task.shard,
-                      maskDigest: WireFormat.blockDigest(task.maskSeeds.map(Self.digest)), lossSum: 1,
-                      computeMicroseconds: 1, values: .inline((0..<values).map(Float.init)),
-                      ticket: ticket ?? task.ticket))
+        .result(
+            .init(
+                step: task.step,
+                shard: task.shard,
+                maskDigest: WireFormat.blockDigest(task.maskSeeds.map(Self.digest)),
+                lossSum: 1,
+                computeMicroseconds: 1,
+                values: .inline((0..<values).map(Float.init)),
+                ticket: ticket ?? task.ticket
+            )
+        )
     }
 
     @Test("two workers, a shard of one mask each: each task packed by its own mask, its result counted so only")
@@ -159,28 +227,40 @@ struct MixedMaskBlockTests {
         var p = planPackedByTask(seeds: [0, 1, 0, 1])
         p.maxShardsPerTask = 1
         let first = m.begin(p, now: 1)
-        #expect(first.contains {
-            if case .assign(_, let t, let r) = $0 {
-                t.maskSeeds == [0] && t.packingSeeds == [0] && r == .inline
-            } else { false }
-        })
+        #expect(
+            first.contains {
+                if case .assign(_, let t, let r) = $0 {
+                    t.maskSeeds == [0] && t.packingSeeds == [0] && r == .inline
+                } else {
+                    false
+                }
+            }
+        )
         let second = m.receive(from: a, runID: 77, message: result(tasks(first)[0].1, values: 2), now: 2)
-        #expect(second.contains {
-            if case .assign(_, let t, let r) = $0 {
-                t.maskSeeds == [1] && t.packingSeeds == [1] && r == .inline
-            } else { false }
-        })
+        #expect(
+            second.contains {
+                if case .assign(_, let t, let r) = $0 {
+                    t.maskSeeds == [1] && t.packingSeeds == [1] && r == .inline
+                } else {
+                    false
+                }
+            }
+        )
         // Shard 2 trains mask 0 again, but the worker now holds mask 1's parameters.
         let third = m.receive(from: a, runID: 77, message: result(tasks(second)[0].1, values: 1), now: 3)
-        #expect(third.contains {
-            if case .assign(_, let t, let r) = $0 {
-                t.shard == 2 && t.packingSeeds == [0] && r == .inline
-            } else { false }
-        })
+        #expect(
+            third.contains {
+                if case .assign(_, let t, let r) = $0 {
+                    t.shard == 2 && t.packingSeeds == [0] && r == .inline
+                } else {
+                    false
+                }
+            }
+        )
         // A worker holding the parameters packed by a union takes a task of one of its masks without them.
         var u = machine(workers: [a])
         var q = plan(seeds: [0, 1, 0, 1])
-        q.taskPackings = [[0]: 2, [1]: 1]   // blocks of two shards hold both masks: packed as the step
+        q.taskPackings = [[0]: 2, [1]: 1]  // blocks of two shards hold both masks: packed as the step
         let block = tasks(u.begin(q, now: 1))
         #expect(block.count == 1 && block[0].1.packingSeeds == [0, 1])
     }
@@ -233,8 +313,17 @@ struct MixedMaskBlockTests {
         let welcome = WireMessage.welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: []))
         _ = w.receive(runID: 5, message: welcome, now: 10)
         func task(_ packing: [UInt64], _ parameters: FloatPayload) -> WireMessage {
-            .task(.init(step: 4, shard: 0, shardCount: 2, maskSeeds: [packing[0]], packingSeeds: packing, rows: [1],
-                        parameters: parameters))
+            .task(
+                .init(
+                    step: 4,
+                    shard: 0,
+                    shardCount: 2,
+                    maskSeeds: [packing[0]],
+                    packingSeeds: packing,
+                    rows: [1],
+                    parameters: parameters
+                )
+            )
         }
         #expect(w.receive(runID: 5, message: task([0], .inline([1, 2])), now: 20).count == 1)
         let held = w.receive(runID: 5, message: task([0], .absent), now: 30)

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MADE
 import Testing
+
 @testable import MADECluster
 
 @Suite("Shard computer")
@@ -10,14 +11,22 @@ struct ShardComputerTests {
         let bits = (0..<(40 * 6)).map { UInt8($0 % 3 == 0 ? 1 : 0) }
         let split = DataMatrix(binary: bits, count: 40, dimension: 6)
         let computer = ShardComputer(dataset: Dataset(train: split, valid: split, test: split, source: "test"))
-        let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 6, hiddenSizes: [8], maskCount: 2), batchSize: 10, shards: shards)
+        let c = TrainingConfiguration(
+            model: ModelConfiguration(inputCount: 6, hiddenSizes: [8], maskCount: 2),
+            batchSize: 10,
+            shards: shards
+        )
         try computer.configure(try c.canonicalJSON())
         return (computer, c)
     }
 
     /// Slot 0 and one worker slot of `floats` values, in a file removed with the returned object.
     static func slots(floats: Int) throws -> SharedSlots {
-        let slots = try SharedSlots.create(folder: FileManager.default.temporaryDirectory.path, slotFloats: floats, workerSlots: 1)
+        let slots = try SharedSlots.create(
+            folder: FileManager.default.temporaryDirectory.path,
+            slotFloats: floats,
+            workerSlots: 1
+        )
         #expect(slots.reserve(1))
         return slots
     }
@@ -27,16 +36,87 @@ struct ShardComputerTests {
         let (computer, c) = try Self.computer()
         let dense = FloatPayload.inline(ParameterLayout(c.model).initialParameters(seed: 0, as: Float.self))
         let bad: [WireMessage.Task] = [
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [5, 3], work: .logLikelihood(split: 2, masks: 1, mode: 0), parameters: dense),
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0, 1, 3], work: .logLikelihood(split: 2, masks: 1, mode: 0), parameters: dense),
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0, 99], work: .logLikelihood(split: 2, masks: 1, mode: 0), parameters: dense),
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0], work: .logLikelihood(split: 7, masks: 1, mode: 0), parameters: dense),
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0], work: .logLikelihood(split: 2, masks: 1 << 30, mode: 0), parameters: dense),
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], work: .sample(count: 1 << 20, masks: 1, seed: 0, method: 0), parameters: dense),
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], work: .sample(count: 2, masks: 1, seed: 0, method: 9), parameters: dense),
-            .init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [1], work: .logLikelihood(split: 2, masks: 1, mode: 0), parameters: .inline([1, 2])),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [5, 3],
+                work: .logLikelihood(split: 2, masks: 1, mode: 0),
+                parameters: dense
+            ),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [0, 1, 3],
+                work: .logLikelihood(split: 2, masks: 1, mode: 0),
+                parameters: dense
+            ),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [0, 99],
+                work: .logLikelihood(split: 2, masks: 1, mode: 0),
+                parameters: dense
+            ),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [0],
+                work: .logLikelihood(split: 7, masks: 1, mode: 0),
+                parameters: dense
+            ),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [0],
+                work: .logLikelihood(split: 2, masks: 1 << 30, mode: 0),
+                parameters: dense
+            ),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [],
+                work: .sample(count: 1 << 20, masks: 1, seed: 0, method: 0),
+                parameters: dense
+            ),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [],
+                work: .sample(count: 2, masks: 1, seed: 0, method: 9),
+                parameters: dense
+            ),
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [1],
+                work: .logLikelihood(split: 2, masks: 1, mode: 0),
+                parameters: .inline([1, 2])
+            ),
             .init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [0, 41], parameters: .absent),
-            .init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: Array(repeating: 0, count: 11), parameters: .absent),
+            .init(
+                step: 2,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: Array(repeating: 0, count: 11),
+                parameters: .absent
+            ),
             .init(step: 3, shard: 0, shardCount: 1, maskSeed: 0, rows: [0], parameters: .absent),
         ]
         for task in bad {
@@ -44,15 +124,32 @@ struct ShardComputerTests {
             #expect(error?.code == .invalidTask, "\(task): \(String(describing: error))")
         }
         // Block counts that do not add up, or more shards than the run has.
-        let packed = FloatPayload.inline(computer.packing(0).pack(ParameterLayout(c.model).initialParameters(seed: 0, as: Float.self)))
+        let packed = FloatPayload.inline(
+            computer.packing(0).pack(ParameterLayout(c.model).initialParameters(seed: 0, as: Float.self))
+        )
         for rowsPerShard: [UInt32] in [[], [1, 1], [2, 2], [1, 1, 1]] {
-            let task = WireMessage.Task(step: 9, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1, 2], parameters: packed, rowsPerShard: rowsPerShard)
+            let task = WireMessage.Task(
+                step: 9,
+                shard: 0,
+                shardCount: 2,
+                maskSeed: 0,
+                rows: [0, 1, 2],
+                parameters: packed,
+                rowsPerShard: rowsPerShard
+            )
             let error = #expect(throws: ClusterError.self, "\(rowsPerShard)") { _ = try computer.compute(task) }
             #expect(error?.code == .invalidTask)
         }
         // A worker without training data refuses training work, even of no rows.
         let bits = (0..<(4 * 6)).map { UInt8($0 % 2) }
-        let scoring = ShardComputer(dataset: Dataset(train: nil, valid: DataMatrix(binary: bits, count: 4, dimension: 6), test: nil, source: "test"))
+        let scoring = ShardComputer(
+            dataset: Dataset(
+                train: nil,
+                valid: DataMatrix(binary: bits, count: 4, dimension: 6),
+                test: nil,
+                source: "test"
+            )
+        )
         try scoring.configure(try c.canonicalJSON())
         let noTraining = #expect(throws: ClusterError.self) {
             _ = try scoring.compute(.init(step: 1, shard: 0, shardCount: 2, maskSeed: 0, rows: [], parameters: packed))
@@ -60,8 +157,17 @@ struct ShardComputerTests {
         #expect(noTraining?.code == .dataMismatch)
         // ... and scoring a split it does not hold.
         let noSplit = #expect(throws: ClusterError.self) {
-            _ = try scoring.compute(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0],
-                                          work: .logLikelihood(split: 2, masks: 1, mode: 0), parameters: dense))
+            _ = try scoring.compute(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 1,
+                    maskSeed: 0,
+                    rows: [0],
+                    work: .logLikelihood(split: 2, masks: 1, mode: 0),
+                    parameters: dense
+                )
+            )
         }
         #expect(noSplit?.code == .dataMismatch)
         // A run description that is not one, or of a model for other data.
@@ -72,8 +178,15 @@ struct ShardComputerTests {
         let other = #expect(throws: ClusterError.self) { try scoring.configure(try wide.canonicalJSON()) }
         #expect(other?.code == .dataMismatch)
         // A good task still works afterwards.
-        let good = WireMessage.Task(step: 4, shard: 0, shardCount: 1, maskSeed: 0, rows: [0, 1, 2], work: .logLikelihood(split: 2, masks: 2, mode: 0),
-                                    parameters: dense)
+        let good = WireMessage.Task(
+            step: 4,
+            shard: 0,
+            shardCount: 1,
+            maskSeed: 0,
+            rows: [0, 1, 2],
+            work: .logLikelihood(split: 2, masks: 2, mode: 0),
+            parameters: dense
+        )
         let result = try computer.compute(good)
         #expect(result.values.count == 6)
     }
@@ -92,8 +205,16 @@ struct ShardComputerTests {
         var expected = [Float](repeating: .nan, count: layout.count)
         let expectedLoss = engine.gradient(data: computer.train, indices: rows[...], into: &expected)
 
-        let packed = try computer.compute(.init(step: 1, shard: 0, shardCount: 2, maskSeed: maskSeed, rows: rows,
-                                                parameters: .inline(packing.pack(parameters))))
+        let packed = try computer.compute(
+            .init(
+                step: 1,
+                shard: 0,
+                shardCount: 2,
+                maskSeed: maskSeed,
+                rows: rows,
+                parameters: .inline(packing.pack(parameters))
+            )
+        )
         #expect(packed.values.inlineValues == packing.pack(expected))
         #expect(packed.lossSum == expectedLoss)
 
@@ -101,23 +222,44 @@ struct ShardComputerTests {
         slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0, threads: 2) }
         slots.withSlot(1, count: layout.count) { $0.update(repeating: .nan) }
         for (shard, parameters) in [(0, FloatPayload.shared(slot: 0, count: UInt32(layout.count))), (1, .absent)] {
-            let result = try computer.compute(.init(step: 2, shard: UInt32(shard), shardCount: 2, maskSeed: maskSeed, rows: rows, parameters: parameters),
-                                              shared: slots, slot: 1)
+            let result = try computer.compute(
+                .init(
+                    step: 2,
+                    shard: UInt32(shard),
+                    shardCount: 2,
+                    maskSeed: maskSeed,
+                    rows: rows,
+                    parameters: parameters
+                ),
+                shared: slots,
+                slot: 1
+            )
             #expect(result.values == .shared(slot: 1, count: UInt32(layout.count)))
             #expect(result.lossSum == expectedLoss)
             let written = try #require(slots.read(1, count: layout.count))
-            #expect(written.map(\.bitPattern) == expected.map(\.bitPattern), "masked-out entries are +0, the rest as one process")
+            #expect(
+                written.map(\.bitPattern) == expected.map(\.bitPattern),
+                "masked-out entries are +0, the rest as one process"
+            )
         }
         // Packed-size parameters in shared memory, or a slot other than 0, are refused.
-        for bad in [FloatPayload.shared(slot: 0, count: UInt32(packing.count)), .shared(slot: 1, count: UInt32(layout.count))] {
+        for bad in [
+            FloatPayload.shared(slot: 0, count: UInt32(packing.count)), .shared(slot: 1, count: UInt32(layout.count)),
+        ] {
             #expect(throws: ClusterError.self) {
-                _ = try computer.compute(.init(step: 3, shard: 0, shardCount: 2, maskSeed: maskSeed, rows: rows, parameters: bad), shared: slots, slot: 1)
+                _ = try computer.compute(
+                    .init(step: 3, shard: 0, shardCount: 2, maskSeed: maskSeed, rows: rows, parameters: bad),
+                    shared: slots,
+                    slot: 1
+                )
             }
         }
     }
 
-    @Test("parameters in a mask's compute order in shared memory give the layout gradient in that order, bit for bit",
-          arguments: [[[4, 0, 9, 9, 31]], [[0, 1], [2, 3, 4], [5], [6, 7]]] as [[[Int32]]])
+    @Test(
+        "parameters in a mask's compute order in shared memory give the layout gradient in that order, bit for bit",
+        arguments: [[[4, 0, 9, 9, 31]], [[0, 1], [2, 3, 4], [5], [6, 7]]] as [[[Int32]]]
+    )
     func computeOrderGradients(_ shards: [[Int32]]) throws {
         let (computer, c) = try Self.computer(shards: 4)
         #expect(c.kernel == .sparse)
@@ -130,24 +272,36 @@ struct ShardComputerTests {
         engine.begin(parameters: parameters, maskSeed: maskSeed)
         var gradients = shards.map { _ in [Float](repeating: .nan, count: layout.count) }
         var losses: [Double] = []
-        for (k, rows) in shards.enumerated() { losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k])) }
+        for (k, rows) in shards.enumerated() {
+            losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k]))
+        }
         GradientReducer.reduce(&gradients)
         var expected = gradients[0]
         expected.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: true) }
 
         let slots = try Self.slots(floats: layout.count)
-        slots.withSlot(0, count: layout.count) { $0.update(repeating: .nan) }   // nothing outside the bands is read
+        slots.withSlot(0, count: layout.count) { $0.update(repeating: .nan) }  // nothing outside the bands is read
         parameters.withUnsafeBufferPointer { p in
-            slots.withSlot(0, count: layout.count) { blocks.gatherMasked(p.baseAddress!, into: $0.baseAddress!,
-                                                                         layout: layout) }
+            slots.withSlot(0, count: layout.count) {
+                blocks.gatherMasked(
+                    p.baseAddress!,
+                    into: $0.baseAddress!,
+                    layout: layout
+                )
+            }
         }
         slots.withSlot(1, count: layout.count) { $0.update(repeating: .nan) }
         // Twice: the first clears the slot outside the bands, the second finds it cleared.
         for step: UInt64 in [2, 3] {
-            let task = WireMessage.Task(step: step, shard: 0, shardCount: 4, maskSeed: maskSeed,
-                                        rows: Array(shards.joined()),
-                                        parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
-                                        rowsPerShard: shards.map { UInt32($0.count) })
+            let task = WireMessage.Task(
+                step: step,
+                shard: 0,
+                shardCount: 4,
+                maskSeed: maskSeed,
+                rows: Array(shards.joined()),
+                parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
+                rowsPerShard: shards.map { UInt32($0.count) }
+            )
             let result = try computer.compute(task, shared: slots, slot: 1)
             #expect(result.values == .sharedCompute(slot: 1, count: UInt32(layout.count)))
             #expect(result.lossSum == GradientReducer.reduce(losses))
@@ -159,18 +313,38 @@ struct ShardComputerTests {
             #expect(back.map(\.bitPattern) == gradients[0].map(\.bitPattern))
         }
         // Without a slot the gradient comes back packed, in layout order.
-        let inline = try computer.compute(.init(step: 4, shard: 0, shardCount: 4, maskSeed: maskSeed,
-                                                rows: Array(shards.joined()),
-                                                parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
-                                                rowsPerShard: shards.map { UInt32($0.count) }), shared: slots)
+        let inline = try computer.compute(
+            .init(
+                step: 4,
+                shard: 0,
+                shardCount: 4,
+                maskSeed: maskSeed,
+                rows: Array(shards.joined()),
+                parameters: .sharedCompute(slot: 0, count: UInt32(layout.count)),
+                rowsPerShard: shards.map { UInt32($0.count) }
+            ),
+            shared: slots
+        )
         let packedExpected = computer.packing(maskSeed).pack(gradients[0])
         #expect(inline.values.inlineValues?.map(\.bitPattern) == packedExpected.map(\.bitPattern))
         // Compute order needs the sparse kernel, one packing mask, slot 0 and the dense count.
-        for bad in [FloatPayload.sharedCompute(slot: 1, count: UInt32(layout.count)),
-                    .sharedCompute(slot: 0, count: 5)] {
+        for bad in [
+            FloatPayload.sharedCompute(slot: 1, count: UInt32(layout.count)),
+            .sharedCompute(slot: 0, count: 5),
+        ] {
             #expect(throws: ClusterError.self) {
-                _ = try computer.compute(.init(step: 5, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: [0],
-                                               parameters: bad), shared: slots, slot: 1)
+                _ = try computer.compute(
+                    .init(
+                        step: 5,
+                        shard: 0,
+                        shardCount: 4,
+                        maskSeed: maskSeed,
+                        rows: [0],
+                        parameters: bad
+                    ),
+                    shared: slots,
+                    slot: 1
+                )
             }
         }
         var denseRun = c
@@ -178,9 +352,18 @@ struct ShardComputerTests {
         let dense = ShardComputer(dataset: computer.dataset)
         try dense.configure(try denseRun.canonicalJSON())
         #expect(throws: ClusterError.self) {
-            _ = try dense.compute(.init(step: 6, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: [0],
-                                        parameters: .sharedCompute(slot: 0, count: UInt32(layout.count))),
-                                        shared: slots, slot: 1)
+            _ = try dense.compute(
+                .init(
+                    step: 6,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeed: maskSeed,
+                    rows: [0],
+                    parameters: .sharedCompute(slot: 0, count: UInt32(layout.count))
+                ),
+                shared: slots,
+                slot: 1
+            )
         }
     }
 
@@ -197,10 +380,19 @@ struct ShardComputerTests {
         engine.begin(parameters: parameters, maskSeed: maskSeed)
         var gradients = shards.map { _ in [Float](repeating: 0, count: layout.count) }
         var losses: [Double] = []
-        for (k, rows) in shards.enumerated() { losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k])) }
+        for (k, rows) in shards.enumerated() {
+            losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k]))
+        }
         GradientReducer.reduce(&gradients)
-        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 4, maskSeed: maskSeed, rows: Array(shards.joined()),
-                                    parameters: .inline(packing.pack(parameters)), rowsPerShard: shards.map { UInt32($0.count) })
+        let task = WireMessage.Task(
+            step: 1,
+            shard: 0,
+            shardCount: 4,
+            maskSeed: maskSeed,
+            rows: Array(shards.joined()),
+            parameters: .inline(packing.pack(parameters)),
+            rowsPerShard: shards.map { UInt32($0.count) }
+        )
         let packed = try computer.compute(task)
         #expect(packed.values.inlineValues == packing.pack(gradients[0]))
         #expect(packed.lossSum == GradientReducer.reduce(losses))
@@ -214,8 +406,16 @@ struct ShardComputerTests {
         #expect(result.lossSum == GradientReducer.reduce(losses))
         #expect(slots.read(1, count: layout.count)?.map(\.bitPattern) == gradients[0].map(\.bitPattern))
         // Scoring takes one shard per task.
-        var scoring = WireMessage.Task(step: 3, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1], work: .logLikelihood(split: 2, masks: 1, mode: 0),
-                                       parameters: .inline(parameters), rowsPerShard: [1, 1])
+        var scoring = WireMessage.Task(
+            step: 3,
+            shard: 0,
+            shardCount: 2,
+            maskSeed: 0,
+            rows: [0, 1],
+            work: .logLikelihood(split: 2, masks: 1, mode: 0),
+            parameters: .inline(parameters),
+            rowsPerShard: [1, 1]
+        )
         #expect(throws: ClusterError.self) { _ = try computer.compute(scoring) }
         scoring.rowsPerShard = [2]
         #expect(try computer.compute(scoring).values.count == 2)
@@ -229,8 +429,15 @@ struct ShardComputerTests {
         let packing = computer.packing(0)
         let slots = try Self.slots(floats: layout.count)
         slots.withSlot(0, count: layout.count) { packing.mask(parameters, into: $0) }
-        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 2, maskSeed: 0, rows: [0, 1, 2, 3, 4],
-                                    parameters: .shared(slot: 0, count: UInt32(layout.count)), rowsPerShard: [2, 3])
+        let task = WireMessage.Task(
+            step: 1,
+            shard: 0,
+            shardCount: 2,
+            maskSeed: 0,
+            rows: [0, 1, 2, 3, 4],
+            parameters: .shared(slot: 0, count: UInt32(layout.count)),
+            rowsPerShard: [2, 3]
+        )
         // Between the block's two shards the file is cut: the second reads its parameters in place, past its end.
         computer.keepAlive = { #expect(truncate(slots.path, 0) == 0) }
         let error = #expect(throws: ClusterError.self) { _ = try computer.compute(task, shared: slots, slot: 1) }
@@ -254,17 +461,32 @@ struct ShardComputerTests {
         let parameters = layout.initialParameters(seed: 7, as: Float.self)
         let seeds: [UInt64] = [0, 1, 0, 1]
         let shards: [[Int32]] = [[0, 1], [2, 3, 4], [5], [6, 7]]
-        let union = MaskPacking(union: [0, 1].map { MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: $0) },
-                                layout: layout)
-        let block = WireMessage.Task(step: 1, shard: 0, shardCount: 4, maskSeeds: seeds, packingSeeds: [0, 1],
-                                     rows: Array(shards.joined()), parameters: .inline(union.pack(parameters)),
-                                     rowsPerShard: shards.map { UInt32($0.count) })
+        let union = MaskPacking(
+            union: [0, 1].map { MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: $0) },
+            layout: layout
+        )
+        let block = WireMessage.Task(
+            step: 1,
+            shard: 0,
+            shardCount: 4,
+            maskSeeds: seeds,
+            packingSeeds: [0, 1],
+            rows: Array(shards.joined()),
+            parameters: .inline(union.pack(parameters)),
+            rowsPerShard: shards.map { UInt32($0.count) }
+        )
         let expected = try #require(try computer.compute(block).values.inlineValues)
         var spread: [[Float]] = []
         for (k, rows) in shards.enumerated() {
             let own = computer.packing(seeds[k])
-            let task = WireMessage.Task(step: 2 + UInt64(k), shard: UInt32(k), shardCount: 4, maskSeed: seeds[k],
-                                        rows: rows, parameters: .inline(own.pack(parameters)))
+            let task = WireMessage.Task(
+                step: 2 + UInt64(k),
+                shard: UInt32(k),
+                shardCount: 4,
+                maskSeed: seeds[k],
+                rows: rows,
+                parameters: .inline(own.pack(parameters))
+            )
             let values = try #require(try computer.compute(task).values.inlineValues)
             #expect(values.count == own.count && own.count < union.count)
             let positions = try #require(own.positions(in: union))
@@ -277,7 +499,12 @@ struct ShardComputerTests {
         #expect(computer.packing(1).positions(in: computer.packing(0)) == nil)
     }
 
-    @Test("a block of shards of different masks: each shard under its own mask, summed in tree order, packed by the union or dense in shared memory")
+    @Test(
+        """
+        a block of shards of different masks: each shard under its own mask, summed in tree order, packed by the \
+        union or dense in shared memory
+        """
+    )
     func mixedMaskBlocks() throws {
         let (computer, c) = try Self.computer(shards: 4)
         let layout = ParameterLayout(c.model)
@@ -293,16 +520,30 @@ struct ShardComputerTests {
             losses.append(engine.gradient(data: computer.train, indices: rows[...], into: &gradients[k]))
         }
         GradientReducer.reduce(&gradients)
-        let union = MaskPacking(union: [0, 1].map { MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: $0) }, layout: layout)
-        #expect(union.count > computer.packing(0).count && union.count > computer.packing(1).count && union.count <= layout.count)
+        let union = MaskPacking(
+            union: [0, 1].map { MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: $0) },
+            layout: layout
+        )
+        #expect(
+            union.count > computer.packing(0).count && union.count > computer.packing(1).count
+                && union.count <= layout.count
+        )
         #expect(Set(computer.packing(0).activeIndices).isSubset(of: Set(union.activeIndices)))
         #expect(Set(computer.packing(1).activeIndices).isSubset(of: Set(union.activeIndices)))
         // The sum is +0 outside the union: nothing is lost by packing it.
         #expect(zip(gradients[0], union.activeMask).allSatisfy { $1 == 1 || $0.bitPattern == 0 })
         let digest = WireFormat.blockDigest(seeds.map { computer.packing($0).digest })
 
-        let task = WireMessage.Task(step: 1, shard: 0, shardCount: 4, maskSeeds: seeds, packingSeeds: [0, 1], rows: Array(shards.joined()),
-                                    parameters: .inline(union.pack(parameters)), rowsPerShard: shards.map { UInt32($0.count) })
+        let task = WireMessage.Task(
+            step: 1,
+            shard: 0,
+            shardCount: 4,
+            maskSeeds: seeds,
+            packingSeeds: [0, 1],
+            rows: Array(shards.joined()),
+            parameters: .inline(union.pack(parameters)),
+            rowsPerShard: shards.map { UInt32($0.count) }
+        )
         let packed = try computer.compute(task)
         #expect(packed.values.inlineValues?.map(\.bitPattern) == union.pack(gradients[0]).map(\.bitPattern))
         #expect(packed.lossSum == GradientReducer.reduce(losses))
@@ -381,7 +622,11 @@ struct SimulatedComputeTests {
             maskSeeds: [0, 0],
             packingSeeds: [0],
             rows: [0, 1, 2, 3],
-                                    work: .gradient, parameters: packed, ticket: 1, rowsPerShard: [2, 2])
+            work: .gradient,
+            parameters: packed,
+            ticket: 1,
+            rowsPerShard: [2, 2]
+        )
         let truth = try real.compute(task)
         let sleep = try simulated.compute(task)
         #expect(sleep.maskDigest == truth.maskDigest && sleep.values.count == truth.values.count)
@@ -397,7 +642,9 @@ struct SimulatedComputeTests {
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let relay = RelayComputer(
             dataFingerprint: real.dataFingerprint,
-            options: .init(coordinator: .init(bind: "ipc://\(folder)/relay.ipc")), logger: Logger(label: "test"))
+            options: .init(coordinator: .init(bind: "ipc://\(folder)/relay.ipc")),
+            logger: Logger(label: "test")
+        )
         try relay.configure(try ClusterCoordinator.runConfiguration(c, simulatedMicrosecondsPerShard: 3000))
         #expect(relay.session?.coordinator.options.simulatedMicrosecondsPerShard == 3000)
         try relay.configure(try c.canonicalJSON())

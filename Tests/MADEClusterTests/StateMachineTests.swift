@@ -1,4 +1,5 @@
 import Testing
+
 @testable import MADECluster
 
 @Suite("Coordinator state machine")
@@ -10,7 +11,11 @@ struct CoordinatorStateMachineTests {
     let c: [UInt8] = Array("worker-c".utf8)
 
     func machine() -> CoordinatorStateMachine {
-        var s = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [1, 2, 3])
+        var s = CoordinatorStateMachine.Settings(
+            runID: 77,
+            dataFingerprint: Self.fingerprint,
+            configuration: [1, 2, 3]
+        )
         s.heartbeatInterval = 100
         s.heartbeatTimeout = 1000
         s.taskTimeout = 5000
@@ -22,14 +27,28 @@ struct CoordinatorStateMachineTests {
     }
 
     func plan(step: UInt64, shards: Int = 4) -> CoordinatorStateMachine.WorkPlan {
-        .init(step: step, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2,
-              shards: (0..<shards).map { [Int32($0 * 10), Int32($0 * 10 + 1)] })
+        .init(
+            step: step,
+            maskSeed: 3,
+            maskDigest: Self.digest,
+            gradientCount: 2,
+            shards: (0..<shards).map { [Int32($0 * 10), Int32($0 * 10 + 1)] }
+        )
     }
 
     /// A result carrying `ticket`: pass `m.lastTicket(of: peer)`, the last hand-out to the sender.
     func result(step: UInt64, shard: UInt32, ticket: UInt64?, digest: [UInt8] = digest, count: Int = 2) -> WireMessage {
-        .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: Double(shard), computeMicroseconds: 1,
-                      values: .inline([Float](repeating: Float(shard), count: count)), ticket: ticket ?? 0))
+        .result(
+            .init(
+                step: step,
+                shard: shard,
+                maskDigest: digest,
+                lossSum: Double(shard),
+                computeMicroseconds: 1,
+                values: .inline([Float](repeating: Float(shard), count: count)),
+                ticket: ticket ?? 0
+            )
+        )
     }
 
     func assignments(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Bool)] {
@@ -40,12 +59,16 @@ struct CoordinatorStateMachineTests {
     func assignment() {
         var m = machine()
         let joined = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
-        #expect(joined.contains(.send(a, .welcome(.init(heartbeatIntervalMilliseconds: 100, configuration: [1, 2, 3])))))
+        #expect(
+            joined.contains(.send(a, .welcome(.init(heartbeatIntervalMilliseconds: 100, configuration: [1, 2, 3]))))
+        )
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         let first = assignments(m.begin(plan(step: 0), now: 1))
         #expect(first.map(\.1) == [0, 1])
         #expect(first.allSatisfy { $0.2 })
-        let next = assignments(m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 2))
+        let next = assignments(
+            m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 2)
+        )
         #expect(next.count == 1 && next[0].0 == b && next[0].1 == 2 && next[0].2 == false)
         _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 3)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 2, ticket: m.lastTicket(of: b)), now: 4)
@@ -60,10 +83,19 @@ struct CoordinatorStateMachineTests {
     @Test("a worker with other data is refused with the reason")
     func dataMismatch() {
         var m = machine()
-        let actions = m.receive(from: a, runID: 0, message: hello("a", fingerprint: [UInt8](repeating: 9, count: 32)), now: 0)
+        let actions = m.receive(
+            from: a,
+            runID: 0,
+            message: hello("a", fingerprint: [UInt8](repeating: 9, count: 32)),
+            now: 0
+        )
         #expect(m.workerCount == 0)
         #expect(m.counters.refusedWorkers == 1)
-        #expect(actions.contains { if case .send(_, .reject(let reason)) = $0 { reason.contains("data mismatch") } else { false } })
+        #expect(
+            actions.contains {
+                if case .send(_, .reject(let reason)) = $0 { reason.contains("data mismatch") } else { false }
+            }
+        )
         // Its next hello, sent before the refusal reached it, is refused again but the worker counts once.
         let again = m.receive(
             from: a,
@@ -84,10 +116,15 @@ struct CoordinatorStateMachineTests {
         _ = m.begin(plan(step: 5, shards: 2), now: 0)
         _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0, ticket: m.lastTicket(of: a)), now: 1)
         _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 0, ticket: m.lastTicket(of: a)), now: 2)
-        #expect(m.counters.lateResults == 1)   // a holds shard 1 now, not shard 0
+        #expect(m.counters.lateResults == 1)  // a holds shard 1 now, not shard 0
         _ = m.receive(from: a, runID: 77, message: result(step: 4, shard: 1, ticket: m.lastTicket(of: a)), now: 3)
         #expect(m.counters.lateResults == 2)
-        let foreign = m.receive(from: a, runID: 78, message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a)), now: 4)
+        let foreign = m.receive(
+            from: a,
+            runID: 78,
+            message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a)),
+            now: 4
+        )
         #expect(m.counters.wrongRun == 1)
         #expect(foreign.contains { if case .send(_, .reject) = $0 { true } else { false } })
         let stranger = m.receive(from: c, runID: 77, message: .heartbeat(sequence: 1), now: 5)
@@ -95,7 +132,12 @@ struct CoordinatorStateMachineTests {
         _ = m.malformed(from: c, error: .badMagic, now: 6)
         let old = m.malformed(from: c, error: .unsupportedVersion(9), now: 6)
         #expect(old.contains { if case .send(_, .reject) = $0 { true } else { false } })
-        _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a), count: 3), now: 7)
+        _ = m.receive(
+            from: a,
+            runID: 77,
+            message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a), count: 3),
+            now: 7
+        )
         #expect(m.counters.badResults == 1)
         #expect(!m.isStepComplete)
         _ = m.receive(from: a, runID: 77, message: result(step: 5, shard: 1, ticket: m.lastTicket(of: a)), now: 8)
@@ -120,7 +162,10 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.workersLost == 1)
         #expect(m.connectionLost(a, now: 1250).isEmpty, "a worker is lost once")
         // A late result from the dead worker counts for nothing now it is gone.
-        #expect(m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 1300) == [.send(a, .who)])
+        #expect(
+            m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 1300)
+                == [.send(a, .who)]
+        )
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 1400)
         #expect(m.isStepComplete)
     }
@@ -203,7 +248,9 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
     }
 
-    @Test("a shard stuck past the task timeout is taken back and given to an idle worker; the late result does not count")
+    @Test(
+        "a shard stuck past the task timeout is taken back and given to an idle worker; the late result does not count"
+    )
     func stuckShard() {
         var m = machine()
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
@@ -221,7 +268,7 @@ struct CoordinatorStateMachineTests {
         #expect(m.counters.reassignedShards == 1)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: b)), now: 5200)
         _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a)), now: 5300)
-        #expect(m.counters.lateResults == 1)   // a's task was taken back: its result no longer counts
+        #expect(m.counters.lateResults == 1)  // a's task was taken back: its result no longer counts
         #expect(m.isStepComplete)
     }
 
@@ -231,7 +278,12 @@ struct CoordinatorStateMachineTests {
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         _ = m.begin(plan(step: 0, shards: 2), now: 0)
-        let actions = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a), digest: [UInt8](repeating: 2, count: 16)), now: 1)
+        let actions = m.receive(
+            from: a,
+            runID: 77,
+            message: result(step: 0, shard: 0, ticket: m.lastTicket(of: a), digest: [UInt8](repeating: 2, count: 16)),
+            now: 1
+        )
         #expect(m.counters.maskMismatches == 1)
         #expect(m.workerCount == 1)
         #expect(actions.contains { if case .send(let p, .shutdown) = $0 { p == a } else { false } })
@@ -264,15 +316,26 @@ struct CoordinatorStateMachineTests {
             return nil
         }
         let local = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here"))
-        #expect(grant(m.receiveReserving(from: a, runID: 0, message: local, now: 0)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
+        #expect(
+            grant(m.receiveReserving(from: a, runID: 0, message: local, now: 0))
+                == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10))
+        )
         #expect(m.sharedSlot(of: a) == 1)
-        let remote = WireMessage.hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "b", hostID: "elsewhere"))
+        let remote = WireMessage.hello(
+            .init(dataFingerprint: Self.fingerprint, processID: 1, name: "b", hostID: "elsewhere")
+        )
         #expect(grant(m.receiveReserving(from: b, runID: 0, message: remote, now: 0)) == .some(nil))
         // The same process saying hello again keeps its slot.
-        #expect(grant(m.receiveReserving(from: a, runID: 0, message: local, now: 1)) == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10)))
+        #expect(
+            grant(m.receiveReserving(from: a, runID: 0, message: local, now: 1))
+                == .some(.init(path: "/dev/shm/run", slot: 1, slotFloats: 10))
+        )
         #expect(m.counters.workersJoined == 2)
         // A new process gets the next slot; then slots run out and later workers go without.
-        #expect(grant(m.receiveReserving(from: c, runID: 0, message: local, now: 2)) == .some(.init(path: "/dev/shm/run", slot: 2, slotFloats: 10)))
+        #expect(
+            grant(m.receiveReserving(from: c, runID: 0, message: local, now: 2))
+                == .some(.init(path: "/dev/shm/run", slot: 2, slotFloats: 10))
+        )
         let d: [UInt8] = Array("worker-d".utf8)
         #expect(grant(m.receiveReserving(from: d, runID: 0, message: local, now: 2)) == .some(nil))
         // A lost worker's slot is not handed out again.
@@ -282,30 +345,61 @@ struct CoordinatorStateMachineTests {
         // A gradient said to be in shared memory is not accepted as such.
         _ = m.begin(plan(step: 0, shards: 1), now: 3)
         for peer in [a, b, c] {
-            let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
-                                                  values: .shared(slot: 1, count: 2), ticket: m.lastTicket(of: peer) ?? 0))
+            let shared = WireMessage.result(
+                .init(
+                    step: 0,
+                    shard: 0,
+                    maskDigest: Self.digest,
+                    lossSum: 0,
+                    computeMicroseconds: 0,
+                    values: .shared(slot: 1, count: 2),
+                    ticket: m.lastTicket(of: peer) ?? 0
+                )
+            )
             _ = m.receive(from: peer, runID: 77, message: shared, now: 1_000_002)
         }
         #expect(!m.isStepComplete)
         #expect(m.counters.badResults >= 1)
     }
 
-    @Test("a gradient in shared memory counts only in its step's order: layout, or the mask's compute order",
-          arguments: [false, true])
+    @Test(
+        "a gradient in shared memory counts only in its step's order: layout, or the mask's compute order",
+        arguments: [false, true]
+    )
     func sharedResultOrder(_ computeOrder: Bool) throws {
         var settings = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [])
         settings.hostID = "here"
         settings.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
         var m = CoordinatorStateMachine(settings: settings)
-        _ = m.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
-        var p = CoordinatorStateMachine.WorkPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2,
-                                                 denseCount: 10, shards: [[0]])
+        _ = m.receiveReserving(
+            from: a,
+            runID: 0,
+            message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")),
+            now: 0
+        )
+        var p = CoordinatorStateMachine.WorkPlan(
+            step: 0,
+            maskSeed: 3,
+            maskDigest: Self.digest,
+            gradientCount: 2,
+            denseCount: 10,
+            shards: [[0]]
+        )
         p.sharedResultsInComputeOrder = computeOrder
         _ = m.begin(p, now: 1)
         func answer(_ values: FloatPayload) -> WireMessage {
             let ticket = m.lastTicket(of: a) ?? 0
-            return .result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
-                                 values: values, ticket: ticket))
+            return .result(
+                .init(
+                    step: 0,
+                    shard: 0,
+                    maskDigest: Self.digest,
+                    lossSum: 0,
+                    computeMicroseconds: 0,
+                    values: values,
+                    ticket: ticket
+                )
+            )
         }
         let wrong: FloatPayload = computeOrder ? .shared(slot: 1, count: 10) : .sharedCompute(slot: 1, count: 10)
         let right: FloatPayload = computeOrder ? .sharedCompute(slot: 1, count: 10) : .shared(slot: 1, count: 10)
@@ -320,7 +414,12 @@ struct CoordinatorStateMachineTests {
         #expect(m.isStepComplete)
     }
 
-    @Test("tickets: an answer in shared memory counts only with the last ticket; an inline answer to an earlier hand-out of the step counts; deadlines double")
+    @Test(
+        """
+        tickets: an answer in shared memory counts only with the last ticket; an inline answer to an earlier hand-out \
+        of the step counts; deadlines double
+        """
+    )
     func tickets() throws {
         var settings = CoordinatorStateMachine.Settings(runID: 77, dataFingerprint: Self.fingerprint, configuration: [])
         settings.heartbeatTimeout = 100_000
@@ -328,15 +427,31 @@ struct CoordinatorStateMachineTests {
         settings.hostID = "here"
         settings.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2)
         var m = CoordinatorStateMachine(settings: settings)
-        _ = m.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
-        let p = CoordinatorStateMachine.WorkPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10, shards: [[0]])
+        _ = m.receiveReserving(
+            from: a,
+            runID: 0,
+            message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")),
+            now: 0
+        )
+        let p = CoordinatorStateMachine.WorkPlan(
+            step: 0,
+            maskSeed: 3,
+            maskDigest: Self.digest,
+            gradientCount: 2,
+            denseCount: 10,
+            shards: [[0]]
+        )
         _ = m.begin(p, now: 1)
         let firstTicket = try #require(m.lastTicket(of: a))
         // The task times out and, a being the only worker, goes back to a under a new ticket.
         let again = m.tick(now: 1 + 5001)
         let secondTicket = try #require(m.lastTicket(of: a))
         #expect(secondTicket != firstTicket)
-        #expect(again.contains { if case .assign(a, let t, _) = $0 { t.ticket == secondTicket && t.shard == 0 } else { false } })
+        #expect(
+            again.contains {
+                if case .assign(a, let t, _) = $0 { t.ticket == secondTicket && t.shard == 0 } else { false }
+            }
+        )
         // Its deadline doubled: not taken back after another 5 s, but after 10 s.
         #expect(assignments(m.tick(now: 5002 + 5001)).isEmpty)
         #expect(m.holds(a, step: 0, shard: 0, ticket: secondTicket))
@@ -344,19 +459,38 @@ struct CoordinatorStateMachineTests {
         #expect(assignments(later.tick(now: 5002 + 10_001)).map(\.1) == [0])
         #expect(later.lastTicket(of: a) != secondTicket)
         // The first hand-out's answer in shared memory does not count: a may be writing its slot again.
-        let shared = WireMessage.result(.init(step: 0, shard: 0, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0,
-                                              values: .shared(slot: 1, count: 10), ticket: firstTicket))
+        let shared = WireMessage.result(
+            .init(
+                step: 0,
+                shard: 0,
+                maskDigest: Self.digest,
+                lossSum: 0,
+                computeMicroseconds: 0,
+                values: .shared(slot: 1, count: 10),
+                ticket: firstTicket
+            )
+        )
         _ = m.receive(from: a, runID: 77, message: shared, now: 10_100)
         #expect(!m.isStepComplete && m.counters.lateResults == 1)
         // A failure of the first hand-out does not count either.
-        _ = m.receive(from: a, runID: 77, message: .failed(step: 0, shard: 0, ticket: firstTicket, reason: "x"), now: 10_101)
+        _ = m.receive(
+            from: a,
+            runID: 77,
+            message: .failed(step: 0, shard: 0, ticket: firstTicket, reason: "x"),
+            now: 10_101
+        )
         #expect(m.counters.failedTasks == 0 && m.holds(a, step: 0, shard: 0, ticket: secondTicket))
         // The same answer inline counts: the values are those of the step, whichever hand-out made them.
         _ = m.receive(from: a, runID: 77, message: result(step: 0, shard: 0, ticket: firstTicket), now: 10_102)
         #expect(m.isStepComplete)
         // An answer with a ticket never handed out for that shard does not.
         var other = CoordinatorStateMachine(settings: settings)
-        _ = other.receiveReserving(from: a, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")), now: 0)
+        _ = other.receiveReserving(
+            from: a,
+            runID: 0,
+            message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 1, name: "a", hostID: "here")),
+            now: 0
+        )
         _ = other.begin(plan(step: 0, shards: 2), now: 1)
         let held = try #require(other.lastTicket(of: a))
         _ = other.receive(from: a, runID: 77, message: result(step: 0, shard: 1, ticket: held), now: 2)
@@ -367,22 +501,34 @@ struct CoordinatorStateMachineTests {
     @Test("shards per task: the largest power of two that gives no worker more shards to compute")
     func blockSizes() {
         // (shards, workers, limit) -> shards per task
-        let cases: [((Int, Int, Int), Int)] = [((4, 1, 8), 4), ((4, 2, 8), 2), ((4, 3, 8), 2), ((4, 4, 8), 1), ((2, 2, 8), 1),
-                                               ((7, 2, 8), 4), ((8, 3, 8), 1), ((64, 1, 8), 8), ((16, 2, 8), 8), ((4, 1, 1), 1), ((4, 0, 8), 1),
-                                               ((3, 1, 8), 4), ((5, 1, 8), 8), ((6, 2, 8), 1), ((1, 1, 8), 1)]
+        let cases: [((Int, Int, Int), Int)] = [
+            ((4, 1, 8), 4), ((4, 2, 8), 2), ((4, 3, 8), 2), ((4, 4, 8), 1), ((2, 2, 8), 1),
+            ((7, 2, 8), 4), ((8, 3, 8), 1), ((64, 1, 8), 8), ((16, 2, 8), 8), ((4, 1, 1), 1), ((4, 0, 8), 1),
+            ((3, 1, 8), 4), ((5, 1, 8), 8), ((6, 2, 8), 1), ((1, 1, 8), 1),
+        ]
         for ((shards, workers, limit), expected) in cases {
-            #expect(CoordinatorStateMachine.blockSize(shards: shards, workers: workers, limit: limit) == expected, "\(shards) \(workers) \(limit)")
+            #expect(
+                CoordinatorStateMachine.blockSize(shards: shards, workers: workers, limit: limit) == expected,
+                "\(shards) \(workers) \(limit)"
+            )
         }
     }
 
-    @Test("with fewer workers than shards, a task holds a whole aligned block of shards and its one result stands for them")
+    @Test(
+        """
+        with fewer workers than shards, a task holds a whole aligned block of shards and its one result stands for \
+        them
+        """
+    )
     func blockTasks() {
         var m = machine()
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         var p = plan(step: 0, shards: 4)
         p.maxShardsPerTask = 8
-        let tasks = m.begin(p, now: 1).compactMap { if case .assign(let peer, let t, _) = $0 { (peer, t) } else { nil } }
+        let tasks = m.begin(p, now: 1).compactMap {
+            if case .assign(let peer, let t, _) = $0 { (peer, t) } else { nil }
+        }
         #expect(tasks.map(\.1.shard) == [0, 2])
         #expect(tasks.map(\.1.rowsPerShard) == [[2, 2], [2, 2]])
         #expect(tasks[0].1.rows == [0, 1, 10, 11] && tasks[1].1.rows == [20, 21, 30, 31])
@@ -398,8 +544,17 @@ struct CoordinatorStateMachineTests {
         _ = m.receive(from: a, runID: 77, message: .heartbeat(sequence: 1), now: 900)
         _ = m.connectionLost(b, now: 1011)
         #expect(m.workerCount == 1)
-        let next = m.receive(from: a, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: a)), now: 1012)
-        #expect(next.contains { if case .assign(a, let t, _) = $0 { t.shard == 2 && t.rowsPerShard == [2, 2] } else { false } })
+        let next = m.receive(
+            from: a,
+            runID: 77,
+            message: result(step: 1, shard: 0, ticket: m.lastTicket(of: a)),
+            now: 1012
+        )
+        #expect(
+            next.contains {
+                if case .assign(a, let t, _) = $0 { t.shard == 2 && t.rowsPerShard == [2, 2] } else { false }
+            }
+        )
         _ = m.receive(from: a, runID: 77, message: result(step: 1, shard: 2, ticket: m.lastTicket(of: a)), now: 1013)
         #expect(m.isStepComplete)
     }
@@ -441,18 +596,60 @@ struct CoordinatorStateMachineTests {
         _ = m.receiveReserving(from: b, runID: 0, message: hello("b", host: "elsewhere"), now: 0)
         _ = m.receiveReserving(from: c, runID: 0, message: hello("c", host: "here"), now: 0)
         #expect(m.sharedSlot(of: a) == 1 && m.sharedSlot(of: b) == nil && m.sharedSlot(of: c) == 2)
-        let plan = CoordinatorStateMachine.WorkPlan(step: 0, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2, denseCount: 10,
-                                                    shards: [[0], [1], [2]])
+        let plan = CoordinatorStateMachine.WorkPlan(
+            step: 0,
+            maskSeed: 3,
+            maskDigest: Self.digest,
+            gradientCount: 2,
+            denseCount: 10,
+            shards: [[0], [1], [2]]
+        )
         #expect(assignments(m.begin(plan, now: 1)).map(\.1) == [0, 1, 2])
         func shared(_ shard: UInt32, slot: UInt32, count: UInt32, ticket: UInt64?) -> WireMessage {
-            .result(.init(step: 0, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 0, values: .shared(slot: slot, count: count),
-                          ticket: ticket ?? 0))
+            .result(
+                .init(
+                    step: 0,
+                    shard: shard,
+                    maskDigest: Self.digest,
+                    lossSum: 0,
+                    computeMicroseconds: 0,
+                    values: .shared(slot: slot, count: count),
+                    ticket: ticket ?? 0
+                )
+            )
         }
         // Another worker's slot, or the packed size: refused, and the shard goes out again.
-        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 2, count: 10, ticket: m.lastTicket(of: a)), now: 2)).map(\.1) == [0])
-        #expect(assignments(m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 2, ticket: m.lastTicket(of: a)), now: 3)).map(\.1) == [0])
+        #expect(
+            assignments(
+                m.receive(
+                    from: a,
+                    runID: 77,
+                    message: shared(0, slot: 2, count: 10, ticket: m.lastTicket(of: a)),
+                    now: 2
+                )
+            ).map(\.1) == [0]
+        )
+        #expect(
+            assignments(
+                m.receive(
+                    from: a,
+                    runID: 77,
+                    message: shared(0, slot: 1, count: 2, ticket: m.lastTicket(of: a)),
+                    now: 3
+                )
+            ).map(\.1) == [0]
+        )
         // A worker without a slot cannot claim one.
-        #expect(assignments(m.receive(from: b, runID: 77, message: shared(1, slot: 1, count: 10, ticket: m.lastTicket(of: b)), now: 4)).map(\.1) == [1])
+        #expect(
+            assignments(
+                m.receive(
+                    from: b,
+                    runID: 77,
+                    message: shared(1, slot: 1, count: 10, ticket: m.lastTicket(of: b)),
+                    now: 4
+                )
+            ).map(\.1) == [1]
+        )
         #expect(m.counters.badResults == 3)
         _ = m.receive(from: a, runID: 77, message: shared(0, slot: 1, count: 10, ticket: m.lastTicket(of: a)), now: 5)
         _ = m.receive(from: b, runID: 77, message: result(step: 0, shard: 1, ticket: m.lastTicket(of: b)), now: 6)
@@ -484,11 +681,28 @@ struct CoordinatorStateMachineTests {
         _ = m.receive(from: a, runID: 0, message: hello("a"), now: 0)
         _ = m.receive(from: b, runID: 0, message: hello("b"), now: 0)
         _ = m.begin(plan(step: 4, shards: 1), now: 0)
-        let retry = assignments(m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 1))
-        #expect(retry.count == 1 && retry[0].0 == a && retry[0].2)   // a is idle again and first in order
+        let retry = assignments(
+            m.receive(
+                from: a,
+                runID: 77,
+                message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"),
+                now: 1
+            )
+        )
+        #expect(retry.count == 1 && retry[0].0 == a && retry[0].2)  // a is idle again and first in order
         #expect(m.failure == nil)
-        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 2)
-        _ = m.receive(from: a, runID: 77, message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"), now: 3)
+        _ = m.receive(
+            from: a,
+            runID: 77,
+            message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"),
+            now: 2
+        )
+        _ = m.receive(
+            from: a,
+            runID: 77,
+            message: .failed(step: 4, shard: 0, ticket: m.lastTicket(of: a) ?? 0, reason: "out of memory"),
+            now: 3
+        )
         #expect(m.failure?.message.contains("out of memory") == true)
         #expect(m.counters.failedTasks == 3)
     }
@@ -527,7 +741,16 @@ struct WorkerStateMachineTests {
     }
 
     func task(step: UInt64, parameters: [Float]?) -> WireMessage {
-        .task(.init(step: step, shard: 0, shardCount: 1, maskSeed: 0, rows: [1], parameters: parameters.map { .inline($0) } ?? .absent))
+        .task(
+            .init(
+                step: step,
+                shard: 0,
+                shardCount: 1,
+                maskSeed: 0,
+                rows: [1],
+                parameters: parameters.map { .inline($0) } ?? .absent
+            )
+        )
     }
 
     @Test("hello until welcomed, then configure, compute and answer")
@@ -535,12 +758,26 @@ struct WorkerStateMachineTests {
         var w = machine()
         #expect(w.start(now: 0).count == 1)
         #expect(w.tick(now: 100).isEmpty)
-        #expect(w.tick(now: 500).count == 1)   // hello again
-        #expect(w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [4])), now: 600)
-                == [.configure(runID: 5, configuration: [4], sharedMemory: nil)])
+        #expect(w.tick(now: 500).count == 1)  // hello again
+        #expect(
+            w.receive(
+                runID: 5,
+                message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [4])),
+                now: 600
+            )
+                == [.configure(runID: 5, configuration: [4], sharedMemory: nil)]
+        )
         let compute = w.receive(runID: 5, message: task(step: 1, parameters: [1]), now: 700)
         #expect(compute.count == 1)
-        let result = WireMessage.Result(step: 1, shard: 0, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 1, computeMicroseconds: 1, values: .inline([1]), ticket: 4)
+        let result = WireMessage.Result(
+            step: 1,
+            shard: 0,
+            maskDigest: [UInt8](repeating: 0, count: 16),
+            lossSum: 1,
+            computeMicroseconds: 1,
+            values: .inline([1]),
+            ticket: 4
+        )
         #expect(w.computed(result, now: 710) == [.send(.result(result))])
         // Second shard of the same step needs no parameters.
         #expect(w.receive(runID: 5, message: task(step: 1, parameters: nil), now: 720).count == 1)
@@ -552,25 +789,55 @@ struct WorkerStateMachineTests {
     func recovery() {
         var w = machine()
         _ = w.start(now: 0)
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 10)
+        _ = w.receive(
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])),
+            now: 10
+        )
         let missing = w.receive(runID: 5, message: task(step: 3, parameters: nil), now: 20)
         #expect(missing.count == 1)
         if case .send(.hello) = missing[0] {} else { Issue.record("expected hello, got \(missing)") }
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 30)
+        _ = w.receive(
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])),
+            now: 30
+        )
         let who = w.receive(runID: 5, message: .who, now: 40)
         if case .send(.hello) = who.first {} else { Issue.record("expected hello after who") }
-        #expect(w.receive(runID: 5, message: task(step: 3, parameters: [1]), now: 50).first.map { if case .dropped = $0 { true } else { false } } == true)
+        #expect(
+            w.receive(runID: 5, message: task(step: 3, parameters: [1]), now: 50).first.map {
+                if case .dropped = $0 { true } else { false }
+            } == true
+        )
     }
 
     @Test("declining shared memory says hello again without a host id")
     func declineSharedMemory() {
-        var s = WorkerStateMachine.Settings(dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "w", hostID: "here")
+        var s = WorkerStateMachine.Settings(
+            dataFingerprint: [UInt8](repeating: 1, count: 32),
+            processID: 9,
+            name: "w",
+            hostID: "here"
+        )
         s.helloRetry = 500
         var w = WorkerStateMachine(settings: s)
         _ = w.start(now: 0)
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [],
-                                                          sharedMemory: .init(path: "/x", slot: 1, slotFloats: 4))), now: 10)
-        #expect(w.declineSharedMemory(now: 20) == [.send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "w", hostID: "")))])
+        _ = w.receive(
+            runID: 5,
+            message: .welcome(
+                .init(
+                    heartbeatIntervalMilliseconds: 200,
+                    configuration: [],
+                    sharedMemory: .init(path: "/x", slot: 1, slotFloats: 4)
+                )
+            ),
+            now: 10
+        )
+        #expect(
+            w.declineSharedMemory(now: 20) == [
+                .send(.hello(.init(dataFingerprint: s.dataFingerprint, processID: 9, name: "w", hostID: "")))
+            ]
+        )
     }
 
     @Test(
@@ -607,15 +874,26 @@ struct WorkerStateMachineTests {
     func exits() {
         var w = machine()
         _ = w.start(now: 0)
-        #expect(w.receive(runID: 0, message: .reject(reason: "no"), now: 1).first.map {
-            if case .exit(let code, _) = $0 { code == 3 } else { false } } == true)
+        #expect(
+            w.receive(runID: 0, message: .reject(reason: "no"), now: 1).first.map {
+                if case .exit(let code, _) = $0 { code == 3 } else { false }
+            } == true
+        )
         w = machine()
         _ = w.start(now: 0)
-        #expect(w.receive(runID: 1, message: .shutdown(exitCode: 0, reason: "done"), now: 1) == [.exit(code: 0, reason: "done")])
+        #expect(
+            w.receive(runID: 1, message: .shutdown(exitCode: 0, reason: "done"), now: 1) == [
+                .exit(code: 0, reason: "done")
+            ]
+        )
         #expect(w.isFinished)
         w = machine()
         _ = w.start(now: 0)
-        _ = w.receive(runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])), now: 10)
+        _ = w.receive(
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 200, configuration: [])),
+            now: 10
+        )
         // A quiet coordinator on a live connection is not gone; one whose connection stays down is.
         #expect(w.tick(now: 30_000).allSatisfy { if case .exit = $0 { false } else { true } })
         _ = w.connectionDown(now: 30_000)
@@ -625,7 +903,10 @@ struct WorkerStateMachineTests {
         _ = w.start(now: 0)
         #expect(w.tick(now: 3001).contains { if case .exit(let code, _) = $0 { code == 4 } else { false } })
         w = machine()
-        #expect(w.configurationFailed("bad").first.map { if case .exit(let code, _) = $0 { code == 5 } else { false } } == true)
+        #expect(
+            w.configurationFailed("bad").first.map { if case .exit(let code, _) = $0 { code == 5 } else { false } }
+                == true
+        )
     }
 }
 
@@ -653,8 +934,13 @@ struct RelayRuleTests {
     }
 
     func plan(step: UInt64, shards: Int) -> CoordinatorStateMachine.WorkPlan {
-        var p = CoordinatorStateMachine.WorkPlan(step: step, maskSeed: 3, maskDigest: Self.digest, gradientCount: 2,
-                                                 shards: (0..<shards).map { [Int32($0)] })
+        var p = CoordinatorStateMachine.WorkPlan(
+            step: step,
+            maskSeed: 3,
+            maskDigest: Self.digest,
+            gradientCount: 2,
+            shards: (0..<shards).map { [Int32($0)] }
+        )
         p.maxShardsPerTask = 1024
         return p
     }
@@ -662,9 +948,15 @@ struct RelayRuleTests {
     func result(step: UInt64, shard: UInt32, ticket: UInt64?) -> WireMessage {
         .result(
             .init(
-                step: step, shard: shard, maskDigest: Self.digest, lossSum: 0, computeMicroseconds: 1,
+                step: step,
+                shard: shard,
+                maskDigest: Self.digest,
+                lossSum: 0,
+                computeMicroseconds: 1,
                 values: .inline([0, 0]),
-                      ticket: ticket ?? 0))
+                ticket: ticket ?? 0
+            )
+        )
     }
 
     func tasks(_ actions: [CoordinatorStateMachine.Action]) -> [([UInt8], UInt32, Int)] {
@@ -672,7 +964,8 @@ struct RelayRuleTests {
     }
 
     @Test(
-        "shards per task with relays: a relay of W workers takes a block of W shards when there are enough to go round")
+        "shards per task with relays: a relay of W workers takes a block of W shards when there are enough to go round"
+    )
     func blockSizesWithCapacities() {
         // (shards, capacities, limit) -> shards per task
         let cases: [((Int, [Int], Int), Int)] = [
@@ -682,8 +975,10 @@ struct RelayRuleTests {
             ((12, [3, 3], 1024), 8),
         ]
         for ((shards, capacities, limit), expected) in cases {
-            #expect(CoordinatorStateMachine.blockSize(shards: shards, capacities: capacities, limit: limit) == expected,
-                    "\(shards) \(capacities) \(limit)")
+            #expect(
+                CoordinatorStateMachine.blockSize(shards: shards, capacities: capacities, limit: limit) == expected,
+                "\(shards) \(capacities) \(limit)"
+            )
         }
     }
 
@@ -722,7 +1017,8 @@ struct RelayRuleTests {
         #expect(
             tasks(m.begin(plan(step: 1, shards: 4), now: 6)).map { [$0.0 == r2 ? 2 : 1, Int($0.1), $0.2] } == [
                 [2, 0, 4]
-            ])
+            ]
+        )
         // Its workers back, r1 takes work again.
         _ = m.receive(from: r2, runID: 77, message: result(step: 1, shard: 0, ticket: m.lastTicket(of: r2)), now: 7)
         _ = m.takeResults()
@@ -738,8 +1034,11 @@ struct RelayRuleTests {
         #expect(handed.map(\.2) == [32])
         // A worker (8 shards at most) joining mid-step gets nothing of this step's 32-shard blocks.
         let joined = m.receive(
-            from: w, runID: 0, message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "w")),
-            now: 2)
+            from: w,
+            runID: 0,
+            message: .hello(.init(dataFingerprint: Self.fingerprint, processID: 2, name: "w")),
+            now: 2
+        )
         #expect(tasks(joined).isEmpty)
         // The relay's connection is gone: the worker takes the step over in blocks of 8, the same tree.
         let after = tasks(m.connectionLost(r1, now: 1500))
@@ -752,7 +1051,12 @@ struct RelayRuleTests {
             answered.append(shard)
             next = tasks(
                 m.receive(
-                    from: w, runID: 77, message: result(step: 0, shard: shard, ticket: m.lastTicket(of: w)), now: now))
+                    from: w,
+                    runID: 77,
+                    message: result(step: 0, shard: shard, ticket: m.lastTicket(of: w)),
+                    now: now
+                )
+            )
             now += 1
         }
         #expect(answered == [0, 8, 16, 24])
@@ -778,7 +1082,10 @@ struct WorkerCapacityTests {
     @Test("a changed capacity goes out in a new hello; the same one, or one before welcome, sends nothing new")
     func announce() {
         var s = WorkerStateMachine.Settings(
-            dataFingerprint: [UInt8](repeating: 1, count: 32), processID: 9, name: "relay")
+            dataFingerprint: [UInt8](repeating: 1, count: 32),
+            processID: 9,
+            name: "relay"
+        )
         s.capacity = 0
         s.maxBlockShards = 1024
         var m = WorkerStateMachine(settings: s)
@@ -788,13 +1095,23 @@ struct WorkerCapacityTests {
                 .send(
                     .hello(
                         .init(
-                            dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 0,
-                            maxBlockShards: 1024)))
-            ])
+                            dataFingerprint: s.dataFingerprint,
+                            processID: 9,
+                            name: "relay",
+                            capacity: 0,
+                            maxBlockShards: 1024
+                        )
+                    )
+                )
+            ]
+        )
         // Before the welcome the next hello simply carries the new number.
         #expect(m.announce(capacity: 1, now: 10).isEmpty)
         _ = m.receive(
-            runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 20)
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])),
+            now: 20
+        )
         #expect(m.announce(capacity: 1, now: 30).isEmpty)
         let again = m.announce(capacity: 2, now: 40)
         #expect(
@@ -802,17 +1119,28 @@ struct WorkerCapacityTests {
                 .send(
                     .hello(
                         .init(
-                            dataFingerprint: s.dataFingerprint, processID: 9, name: "relay", capacity: 2,
-                            maxBlockShards: 1024)))
-            ])
+                            dataFingerprint: s.dataFingerprint,
+                            processID: 9,
+                            name: "relay",
+                            capacity: 2,
+                            maxBlockShards: 1024
+                        )
+                    )
+                )
+            ]
+        )
         // Until welcomed again it takes no task.
         let task = WireMessage.Task(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [0], parameters: .inline([1]))
         #expect(
             m.receive(runID: 5, message: .task(task), now: 50).allSatisfy {
                 if case .dropped = $0 { true } else { false }
-            })
+            }
+        )
         _ = m.receive(
-            runID: 5, message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])), now: 60)
+            runID: 5,
+            message: .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: [])),
+            now: 60
+        )
         #expect(m.receive(runID: 5, message: .task(task), now: 70) == [.compute(task)])
     }
 }

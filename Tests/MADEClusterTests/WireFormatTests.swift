@@ -1,44 +1,162 @@
-import Testing
-@testable import MADECluster
 import MADE
+import Testing
+
+@testable import MADECluster
 
 @Suite("Wire format")
 struct WireFormatTests {
     static let samples: [WireMessage] = [
-        .hello(.init(dataFingerprint: (0..<32).map { UInt8($0) }, processID: 4242, name: "node-1:4242 é", hostID: "host/boot/net")),
+        .hello(
+            .init(
+                dataFingerprint: (0..<32).map { UInt8($0) },
+                processID: 4242,
+                name: "node-1:4242 é",
+                hostID: "host/boot/net"
+            )
+        ),
         .welcome(.init(heartbeatIntervalMilliseconds: 1000, configuration: Array("{\"a\":1}".utf8))),
-        .welcome(.init(heartbeatIntervalMilliseconds: 250, configuration: [], sharedMemory: .init(path: "/dev/shm/x", slot: 3, slotFloats: 1000))),
+        .welcome(
+            .init(
+                heartbeatIntervalMilliseconds: 250,
+                configuration: [],
+                sharedMemory: .init(path: "/dev/shm/x", slot: 3, slotFloats: 1000)
+            )
+        ),
         .reject(reason: "data mismatch"),
-        .task(.init(step: 1 << 40, shard: 3, shardCount: 4, maskSeed: 7, rows: [0, 5, 49_999], parameters: .inline([1, -2.5, 0, .leastNonzeroMagnitude]),
-                    ticket: 0x0123_4567_89AB_CDEF)),
-        .task(.init(step: 3, shard: 1, shardCount: 2, maskSeed: 1, rows: [7], parameters: .shared(slot: 0, count: 392_000))),
-        .task(.init(step: 4, shard: 0, shardCount: 2, maskSeed: 1, rows: [7, 8],
-                    parameters: .sharedCompute(slot: 0, count: 785_284))),
-        .task(.init(step: 1 << 62, shard: 0, shardCount: 3, maskSeed: 0, rows: [0, 1, 2], work: .logLikelihood(split: 2, masks: 32, mode: 0),
-                    parameters: .inline([0.5]))),
-        .task(.init(step: 7, shard: 2, shardCount: 3, maskSeed: 0, rows: [], work: .sample(count: 64, masks: 4, seed: 99, method: 1),
-                    parameters: .absent)),
+        .task(
+            .init(
+                step: 1 << 40,
+                shard: 3,
+                shardCount: 4,
+                maskSeed: 7,
+                rows: [0, 5, 49_999],
+                parameters: .inline([1, -2.5, 0, .leastNonzeroMagnitude]),
+                ticket: 0x0123_4567_89AB_CDEF
+            )
+        ),
+        .task(
+            .init(
+                step: 3,
+                shard: 1,
+                shardCount: 2,
+                maskSeed: 1,
+                rows: [7],
+                parameters: .shared(slot: 0, count: 392_000)
+            )
+        ),
+        .task(
+            .init(
+                step: 4,
+                shard: 0,
+                shardCount: 2,
+                maskSeed: 1,
+                rows: [7, 8],
+                parameters: .sharedCompute(slot: 0, count: 785_284)
+            )
+        ),
+        .task(
+            .init(
+                step: 1 << 62,
+                shard: 0,
+                shardCount: 3,
+                maskSeed: 0,
+                rows: [0, 1, 2],
+                work: .logLikelihood(split: 2, masks: 32, mode: 0),
+                parameters: .inline([0.5])
+            )
+        ),
+        .task(
+            .init(
+                step: 7,
+                shard: 2,
+                shardCount: 3,
+                maskSeed: 0,
+                rows: [],
+                work: .sample(count: 64, masks: 4, seed: 99, method: 1),
+                parameters: .absent
+            )
+        ),
         .task(.init(step: 2, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)),
-        .task(.init(step: 5, shard: 4, shardCount: 7, maskSeed: 2, rows: [9, 8, 7, 6, 5], parameters: .absent, ticket: 3, rowsPerShard: [2, 2, 1])),
-        .task(.init(step: 6, shard: 4, shardCount: 8, maskSeeds: [1, 2, 1, 2], packingSeeds: [1, 2, 3, 0], rows: [9, 8, 7, 6, 5],
-                    parameters: .inline([0.5, 1]), ticket: 4, rowsPerShard: [2, 1, 1, 1])),
-        .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 0xAB, count: 16), lossSum: 1234.5678,
-                      computeMicroseconds: 777, values: .inline([0.25, -0.0, 3e-38]), ticket: .max)),
-        .result(.init(step: 9, shard: 0, maskDigest: Array(repeating: 1, count: 16), lossSum: 1, computeMicroseconds: 1, values: .shared(slot: 3, count: 12), ticket: 2)),
-        .result(.init(step: 9, shard: 1, maskDigest: Array(repeating: 2, count: 16), lossSum: 2, computeMicroseconds: 1,
-                      values: .sharedCompute(slot: 2, count: 12), ticket: 3)),
+        .task(
+            .init(
+                step: 5,
+                shard: 4,
+                shardCount: 7,
+                maskSeed: 2,
+                rows: [9, 8, 7, 6, 5],
+                parameters: .absent,
+                ticket: 3,
+                rowsPerShard: [2, 2, 1]
+            )
+        ),
+        .task(
+            .init(
+                step: 6,
+                shard: 4,
+                shardCount: 8,
+                maskSeeds: [1, 2, 1, 2],
+                packingSeeds: [1, 2, 3, 0],
+                rows: [9, 8, 7, 6, 5],
+                parameters: .inline([0.5, 1]),
+                ticket: 4,
+                rowsPerShard: [2, 1, 1, 1]
+            )
+        ),
+        .result(
+            .init(
+                step: 9,
+                shard: 1,
+                maskDigest: Array(repeating: 0xAB, count: 16),
+                lossSum: 1234.5678,
+                computeMicroseconds: 777,
+                values: .inline([0.25, -0.0, 3e-38]),
+                ticket: .max
+            )
+        ),
+        .result(
+            .init(
+                step: 9,
+                shard: 0,
+                maskDigest: Array(repeating: 1, count: 16),
+                lossSum: 1,
+                computeMicroseconds: 1,
+                values: .shared(slot: 3, count: 12),
+                ticket: 2
+            )
+        ),
+        .result(
+            .init(
+                step: 9,
+                shard: 1,
+                maskDigest: Array(repeating: 2, count: 16),
+                lossSum: 2,
+                computeMicroseconds: 1,
+                values: .sharedCompute(slot: 2, count: 12),
+                ticket: 3
+            )
+        ),
         .heartbeat(sequence: .max),
         .shutdown(exitCode: 0, reason: "done"),
         .who,
         .failed(step: 12, shard: 2, ticket: 1 << 50, reason: "out of memory"),
         .hello(
             .init(
-                dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay", capacity: 16,
-                maxBlockShards: 1024)),
+                dataFingerprint: Array(repeating: 9, count: 32),
+                processID: 1,
+                name: "relay",
+                capacity: 16,
+                maxBlockShards: 1024
+            )
+        ),
         .hello(
             .init(
-                dataFingerprint: Array(repeating: 9, count: 32), processID: 1, name: "relay without workers",
-                capacity: 0, maxBlockShards: 1)),
+                dataFingerprint: Array(repeating: 9, count: 32),
+                processID: 1,
+                name: "relay without workers",
+                capacity: 0,
+                maxBlockShards: 1
+            )
+        ),
     ]
 
     @Test("every message round-trips", arguments: samples)
@@ -56,8 +174,14 @@ struct WireFormatTests {
     @Test("strings longer than the limit are cut at a character boundary and still decode")
     func longStrings() throws {
         let name = String(repeating: "é", count: 10_000)
-        let frame = WireFormat.encode(.hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: name)), runID: 0)
-        guard case .hello(let hello) = try WireFormat.decode(frame).message else { Issue.record("not a hello"); return }
+        let frame = WireFormat.encode(
+            .hello(.init(dataFingerprint: [UInt8](repeating: 0, count: 32), processID: 1, name: name)),
+            runID: 0
+        )
+        guard case .hello(let hello) = try WireFormat.decode(frame).message else {
+            Issue.record("not a hello")
+            return
+        }
         #expect(hello.name.utf8.count <= WireFormat.Limits().maxStringBytes)
         #expect(hello.name.allSatisfy { $0 == "é" } && !hello.name.isEmpty)
     }
@@ -65,26 +189,156 @@ struct WireFormatTests {
     @Test("a task's shards are a whole subtree of the reduction tree, and its row counts add up")
     func blocks() {
         // (first, count, total): aligned powers of two, and the truncated last block.
-        for (first, count, total) in [(0, 1, 1), (3, 1, 4), (0, 4, 4), (2, 2, 4), (4, 3, 7), (8, 3, 11), (4, 2, 6), (0, 8, 100), (96, 4, 100)] {
+        for (first, count, total) in [
+            (0, 1, 1), (3, 1, 4), (0, 4, 4), (2, 2, 4), (4, 3, 7), (8, 3, 11), (4, 2, 6), (0, 8, 100), (96, 4, 100),
+        ] {
             #expect(WireFormat.isAlignedBlock(first: first, count: count, of: total), "\(first) \(count) \(total)")
         }
-        for (first, count, total) in [(1, 2, 4), (2, 3, 7), (0, 3, 4), (4, 3, 8), (2, 2, 3), (0, 0, 4), (6, 4, 8), (-1, 1, 4)] {
+        for (first, count, total) in [
+            (1, 2, 4), (2, 3, 7), (0, 3, 4), (4, 3, 8), (2, 2, 3), (0, 0, 4), (6, 4, 8), (-1, 1, 4),
+        ] {
             #expect(!WireFormat.isAlignedBlock(first: first, count: count, of: total), "\(first) \(count) \(total)")
         }
         func refused(_ task: WireMessage.Task) -> Bool {
             (try? WireFormat.decode(WireFormat.encode(.task(task), runID: 1))) == nil
         }
-        #expect(refused(.init(step: 1, shard: 1, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
-        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 2])))
-        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [])))
-        #expect(!refused(.init(step: 1, shard: 2, shardCount: 4, maskSeed: 0, rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(
+            refused(
+                .init(
+                    step: 1,
+                    shard: 1,
+                    shardCount: 4,
+                    maskSeed: 0,
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
+        #expect(
+            refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeed: 0,
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 2]
+                )
+            )
+        )
+        #expect(
+            refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeed: 0,
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: []
+                )
+            )
+        )
+        #expect(
+            !refused(
+                .init(
+                    step: 1,
+                    shard: 2,
+                    shardCount: 4,
+                    maskSeed: 0,
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
         // One mask seed per shard, and packing masks named once each.
-        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0], packingSeeds: [0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
-        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1, 2], packingSeeds: [0, 1, 2], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
-        #expect(!refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
-        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [0, 1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
-        #expect(refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: Array(0..<65), rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
-        #expect(!refused(.init(step: 1, shard: 0, shardCount: 4, maskSeeds: [0, 1], packingSeeds: [1, 0], rows: [1, 2], parameters: .absent, rowsPerShard: [1, 1])))
+        #expect(
+            refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeeds: [0],
+                    packingSeeds: [0],
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
+        #expect(
+            refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeeds: [0, 1, 2],
+                    packingSeeds: [0, 1, 2],
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
+        #expect(
+            !refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeeds: [0, 1],
+                    packingSeeds: [],
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
+        #expect(
+            refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeeds: [0, 1],
+                    packingSeeds: [0, 1, 0],
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
+        #expect(
+            refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeeds: [0, 1],
+                    packingSeeds: Array(0..<65),
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
+        #expect(
+            !refused(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    shardCount: 4,
+                    maskSeeds: [0, 1],
+                    packingSeeds: [1, 0],
+                    rows: [1, 2],
+                    parameters: .absent,
+                    rowsPerShard: [1, 1]
+                )
+            )
+        )
     }
 
     @Test("a hello's capacity and block limit are bounded: no task of 0 shards, no more workers than a run holds")
@@ -93,23 +347,34 @@ struct WireFormatTests {
             let frame = WireFormat.encode(
                 .hello(
                     .init(
-                        dataFingerprint: Array(repeating: 0, count: 32), processID: 1, name: "r",
-                                                       capacity: capacity, maxBlockShards: limit)), runID: 0)
-            do { _ = try WireFormat.decode(frame); return nil } catch { return error }
+                        dataFingerprint: Array(repeating: 0, count: 32),
+                        processID: 1,
+                        name: "r",
+                        capacity: capacity,
+                        maxBlockShards: limit
+                    )
+                ),
+                runID: 0
+            )
+            do {
+                _ = try WireFormat.decode(frame)
+                return nil
+            } catch { return error }
         }
         #expect(decoded(capacity: 3, limit: 1) == nil)
         #expect(decoded(capacity: 3, limit: 0) == .invalidField("a peer that takes tasks of 0 shards"))
         #expect(decoded(capacity: 1 << 16, limit: 8) == nil)
         #expect(
             decoded(capacity: (1 << 16) + 1, limit: 8)
-                == .limitExceeded(field: "capacity", count: (1 << 16) + 1, limit: 1 << 16))
+                == .limitExceeded(field: "capacity", count: (1 << 16) + 1, limit: 1 << 16)
+        )
     }
 
     @Test("the header is laid out as documented")
     func headerLayout() {
         let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)
         #expect(Array(frame[0..<4]) == Array("MADW".utf8))
-        #expect(frame[4] == 6 && frame[5] == 0)        // version 6, little-endian
+        #expect(frame[4] == 6 && frame[5] == 0)  // version 6, little-endian
         #expect(frame[6] == WireMessage.Kind.heartbeat.rawValue)
         #expect(frame[7] == 0)
         #expect(Array(frame[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])
@@ -130,31 +395,59 @@ struct WireFormatTests {
             }
         }
         expectError(Array(good.prefix(10))) { if case .tooShort = $0 { true } else { false } }
-        var b = good; b[0] = 0x4E
+        var b = good
+        b[0] = 0x4E
         expectError(b) { $0 == .badMagic }
-        b = good; b[4] = 1
+        b = good
+        b[4] = 1
         expectError(b) { $0 == .unsupportedVersion(1) }
-        b = good; b[6] = 99
+        b = good
+        b[6] = 99
         expectError(b) { $0 == .unknownType(99) }
-        b = good; b[7] = 1
+        b = good
+        b[7] = 1
         expectError(b) { $0 == .nonzeroFlags(1) }
-        b = good; b[21] = 1
+        b = good
+        b[21] = 1
         expectError(b) { $0 == .nonzeroReserved }
         expectError(good + [0]) { if case .lengthMismatch = $0 { true } else { false } }
-        b = good; b[16] = 4; b.removeLast(4)
+        b = good
+        b[16] = 4
+        b.removeLast(4)
         expectError(b) { if case .truncated = $0 { true } else { false } }
-        b = good; b[16] = 12; b += [0, 0, 0, 0]
+        b = good
+        b[16] = 12
+        b += [0, 0, 0, 0]
         expectError(b) { $0 == .trailingBytes(4) }
         // A NaN in a gradient.
-        let nan = WireFormat.encode(.result(.init(step: 1, shard: 0, maskDigest: Array(repeating: 0, count: 16), lossSum: 1,
-                                                  computeMicroseconds: 0, values: .inline([.nan]), ticket: 1)), runID: 1)
+        let nan = WireFormat.encode(
+            .result(
+                .init(
+                    step: 1,
+                    shard: 0,
+                    maskDigest: Array(repeating: 0, count: 16),
+                    lossSum: 1,
+                    computeMicroseconds: 0,
+                    values: .inline([.nan]),
+                    ticket: 1
+                )
+            ),
+            runID: 1
+        )
         expectError(nan) { if case .invalidField = $0 { true } else { false } }
         // A shard index beyond the shard count.
-        let badShard = WireFormat.encode(.task(.init(step: 1, shard: 4, shardCount: 4, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)
+        let badShard = WireFormat.encode(
+            .task(.init(step: 1, shard: 4, shardCount: 4, maskSeed: 0, rows: [], parameters: .absent)),
+            runID: 1
+        )
         expectError(badShard) { if case .invalidField = $0 { true } else { false } }
         // A count far beyond the limit, with nothing behind it.
-        var huge = WireFormat.encode(.task(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)), runID: 1)
-        huge.replaceSubrange(48..<52, with: [0xFF, 0xFF, 0xFF, 0x7F])   // the row count, after step, shard, shard count and ticket
+        var huge = WireFormat.encode(
+            .task(.init(step: 1, shard: 0, shardCount: 1, maskSeed: 0, rows: [], parameters: .absent)),
+            runID: 1
+        )
+        // The row count, after step, shard, shard count and ticket.
+        huge.replaceSubrange(48..<52, with: [0xFF, 0xFF, 0xFF, 0x7F])
         expectError(huge) { if case .limitExceeded = $0 { true } else { false } }
         // Invalid UTF-8 in a string.
         var text = WireFormat.encode(.reject(reason: "ab"), runID: 1)
@@ -168,7 +461,8 @@ struct WireFormatTests {
     func fuzz() {
         var rng = RandomStream(seed: 99, domain: .sampling)
         let seeds = Self.samples.map { WireFormat.encode($0, runID: 3) }
-        var decoded = 0, refused = 0
+        var decoded = 0
+        var refused = 0
         for i in 0..<60_000 {
             var frame: [UInt8]
             switch i % 6 {
@@ -193,14 +487,19 @@ struct WireFormatTests {
                 frame += (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             default:  // oversized counts in otherwise valid frames
                 frame = seeds[4]
-                let at = 24 + 8 + 4 + 4 + 8 + 8   // the row count, after step, shard, shard count, ticket and mask seed
-                frame.replaceSubrange(at..<(at + 4), with: withUnsafeBytes(of: UInt32(truncatingIfNeeded: rng.next()).littleEndian, Array.init))
+                let at = 24 + 8 + 4 + 4 + 8 + 8  // the row count, after step, shard, shard count, ticket and mask seed
+                frame.replaceSubrange(
+                    at..<(at + 4),
+                    with: withUnsafeBytes(of: UInt32(truncatingIfNeeded: rng.next()).littleEndian, Array.init)
+                )
             }
             do {
                 let (_, message) = try WireFormat.decode(frame)
                 // Whatever decodes must encode back to the same bytes (a reject in the version it came in).
                 let version = UInt16(frame[4]) | UInt16(frame[5]) << 8
-                #expect(WireFormat.encode(message, runID: try WireFormat.decode(frame).runID, version: version) == frame)
+                #expect(
+                    WireFormat.encode(message, runID: try WireFormat.decode(frame).runID, version: version) == frame
+                )
                 decoded += 1
             } catch {
                 refused += 1

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADECluster
 
 // Every test uses real libzmq sockets on inproc:// or tcp://127.0.0.1:* only, and every wait is
@@ -22,7 +23,11 @@ private func receive(_ socket: ZMQSocket, within milliseconds: Int = 5000) throw
 }
 
 /// A socket bound to a fresh wildcard TCP port on the loopback interface.
-private func boundSocket(_ context: ZMQContext, _ kind: ZMQSocket.Kind, _ options: ZMQSocket.Option...) throws -> ZMQSocket {
+private func boundSocket(
+    _ context: ZMQContext,
+    _ kind: ZMQSocket.Kind,
+    _ options: ZMQSocket.Option...
+) throws -> ZMQSocket {
     let socket = try ZMQSocket(context: context, kind: kind)
     for option in options { try socket.set(option) }
     try socket.bind("tcp://127.0.0.1:*")
@@ -213,13 +218,29 @@ struct ZMQSocketTests {
         #expect(try socket.linger == 0)
         let keys = try CurveKeyPair.generate()
         try socket.set(
-            .linger(milliseconds: 10), .routingID(utf8("id")), .sendHighWaterMark(10), .receiveHighWaterMark(0),
-            .routerMandatory(true), .routerHandover(true), .probeRouter(false), .immediate(true),
-            .maxMessageSize(1 << 20), .reconnectInterval(milliseconds: 100), .reconnectIntervalMax(milliseconds: 1000),
-            .heartbeatInterval(milliseconds: 1000), .heartbeatTimeout(milliseconds: 3000),
-            .heartbeatTTL(milliseconds: 5000), .sendTimeout(milliseconds: 100), .receiveTimeout(milliseconds: 100),
-            .ipv6(false), .zapDomain("made"), .curveServer(true), .curvePublicKey(keys.publicKey),
-            .curveSecretKey(keys.secretKey), .curveServerKey(keys.publicKey))
+            .linger(milliseconds: 10),
+            .routingID(utf8("id")),
+            .sendHighWaterMark(10),
+            .receiveHighWaterMark(0),
+            .routerMandatory(true),
+            .routerHandover(true),
+            .probeRouter(false),
+            .immediate(true),
+            .maxMessageSize(1 << 20),
+            .reconnectInterval(milliseconds: 100),
+            .reconnectIntervalMax(milliseconds: 1000),
+            .heartbeatInterval(milliseconds: 1000),
+            .heartbeatTimeout(milliseconds: 3000),
+            .heartbeatTTL(milliseconds: 5000),
+            .sendTimeout(milliseconds: 100),
+            .receiveTimeout(milliseconds: 100),
+            .ipv6(false),
+            .zapDomain("made"),
+            .curveServer(true),
+            .curvePublicKey(keys.publicKey),
+            .curveSecretKey(keys.secretKey),
+            .curveServerKey(keys.publicKey)
+        )
         #expect(try socket.linger == 10)
         #expect(try !socket.events.contains(.readable))
         #expect(try socket.fileDescriptor >= 0)
@@ -257,7 +278,8 @@ struct ZMQSocketTests {
         sigaction(SIGUSR1, &action, &previous)
         defer { sigaction(SIGUSR1, &previous, nil) }
         // Test bodies run on pool threads that block most signals; let SIGUSR1 through here.
-        var unblock = sigset_t(), previousMask = sigset_t()
+        var unblock = sigset_t()
+        var previousMask = sigset_t()
         sigemptyset(&unblock)
         sigaddset(&unblock, SIGUSR1)
         pthread_sigmask(SIG_UNBLOCK, &unblock, &previousMask)
@@ -286,7 +308,10 @@ struct ZMQSocketTests {
 ///
 /// - Returns: the messages the server received.
 private func serve(
-    _ server: ZMQSocket, zap: ZAPHandler?, milliseconds: Int, until done: ([[[UInt8]]]) -> Bool = { _ in false }
+    _ server: ZMQSocket,
+    zap: ZAPHandler?,
+    milliseconds: Int,
+    until done: ([[[UInt8]]]) -> Bool = { _ in false }
 ) throws -> [[[UInt8]]] {
     var received: [[[UInt8]]] = []
     let deadline = ContinuousClock.now + .milliseconds(milliseconds)
@@ -320,8 +345,10 @@ struct ZMQCurveTests {
         }
         #expect(mismatch?.code == .mismatchedKeys)
         // RFC 32's test vector.
-        #expect(Z85.encodeKey(Array(repeating: [0x86, 0x4F, 0xD2, 0x6F, 0xB5, 0x59, 0xF7, 0x5B], count: 4).flatMap { $0 })
-                == String(repeating: "HelloWorld", count: 4))
+        #expect(
+            Z85.encodeKey(Array(repeating: [0x86, 0x4F, 0xD2, 0x6F, 0xB5, 0x59, 0xF7, 0x5B], count: 4).flatMap { $0 })
+                == String(repeating: "HelloWorld", count: 4)
+        )
     }
 
     @Test("key files: write and read back, modes 0600 and 0644, one bare key each, comments allowed")
@@ -329,7 +356,8 @@ struct ZMQCurveTests {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let pair = try CurveKeyPair.generate()
-        let secretPath = directory + "/node.key", publicPath = directory + "/node.pub"
+        let secretPath = directory + "/node.key"
+        let publicPath = directory + "/node.pub"
         try pair.write(secretPath: secretPath, publicPath: publicPath)
 
         let secretMode = try FileManager.default.attributesOfItem(atPath: secretPath)[.posixPermissions] as? Int
@@ -352,7 +380,10 @@ struct ZMQCurveTests {
         // Written by hand: comments, blank lines, no final newline, a comment after the key.
         let commented = directory + "/commented.key"
         try "# the worker on host 7\n\n  \(pair.secretKey)   # made 2026-12-01".write(
-            toFile: commented, atomically: true, encoding: .utf8)
+            toFile: commented,
+            atomically: true,
+            encoding: .utf8
+        )
         try FileManager.default.setAttributes([.posixPermissions: 0o400], ofItemAtPath: commented)
         #expect(try CurveKeyPair.read(secretPath: commented) == pair)
         try "\(pair.publicKey)".write(toFile: directory + "/bare.pub", atomically: true, encoding: .utf8)
@@ -363,7 +394,9 @@ struct ZMQCurveTests {
     func authorizedKeys() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let a = try CurveKeyPair.generate(), b = try CurveKeyPair.generate(), c = try CurveKeyPair.generate()
+        let a = try CurveKeyPair.generate()
+        let b = try CurveKeyPair.generate()
+        let c = try CurveKeyPair.generate()
         // '#' and '=' are Z85 characters: a key holding them is still a key, not a comment or a setting.
         let hashKey = "0##=#" + String(a.publicKey.dropFirst(5))
         let list = """
@@ -394,8 +427,12 @@ struct ZMQCurveTests {
     @Test("an authorized CURVE client is accepted and its messages flow")
     func authorizedClient() throws {
         let context = try ZMQContext()
-        let serverKeys = try CurveKeyPair.generate(), clientKeys = try CurveKeyPair.generate()
-        let zap = try ZAPHandler(context: context, authorizedKeys: try AuthorizedKeys(publicKeys: [clientKeys.publicKey]))
+        let serverKeys = try CurveKeyPair.generate()
+        let clientKeys = try CurveKeyPair.generate()
+        let zap = try ZAPHandler(
+            context: context,
+            authorizedKeys: try AuthorizedKeys(publicKeys: [clientKeys.publicKey])
+        )
         let server = try ZMQSocket(context: context, kind: .router)
         try server.configureCurveServer(keyPair: serverKeys, authenticator: zap)
         try server.bind("tcp://127.0.0.1:*")
@@ -418,7 +455,8 @@ struct ZMQCurveTests {
     @Test("an unauthorized CURVE client is rejected and its messages never arrive")
     func unauthorizedClient() throws {
         let context = try ZMQContext()
-        let serverKeys = try CurveKeyPair.generate(), known = try CurveKeyPair.generate()
+        let serverKeys = try CurveKeyPair.generate()
+        let known = try CurveKeyPair.generate()
         let stranger = try CurveKeyPair.generate()
         let zap = try ZAPHandler(context: context, authorizedKeys: try AuthorizedKeys(publicKeys: [known.publicKey]))
         let server = try ZMQSocket(context: context, kind: .router)
@@ -442,7 +480,10 @@ struct ZMQCurveTests {
     func plainClientToCurveServer() throws {
         let context = try ZMQContext()
         let serverKeys = try CurveKeyPair.generate()
-        let zap = try ZAPHandler(context: context, authorizedKeys: try AuthorizedKeys(publicKeys: [serverKeys.publicKey]))
+        let zap = try ZAPHandler(
+            context: context,
+            authorizedKeys: try AuthorizedKeys(publicKeys: [serverKeys.publicKey])
+        )
         let server = try ZMQSocket(context: context, kind: .router)
         try server.configureCurveServer(keyPair: serverKeys, authenticator: zap)
         try server.bind("tcp://127.0.0.1:*")
@@ -476,7 +517,10 @@ struct ZMQCurveTests {
         let server = try ZMQSocket(context: context, kind: .router)
         try server.set(.curveServer(true), .curveSecretKey(serverKeys.secretKey))
         try server.bind("tcp://127.0.0.1:*")
-        let zap = try ZAPHandler(context: context, authorizedKeys: try AuthorizedKeys(publicKeys: [serverKeys.publicKey]))
+        let zap = try ZAPHandler(
+            context: context,
+            authorizedKeys: try AuthorizedKeys(publicKeys: [serverKeys.publicKey])
+        )
         let client = try ZMQSocket(context: context, kind: .dealer)
         try client.configureCurveClient(keyPair: try CurveKeyPair.generate(), serverPublicKey: serverKeys.publicKey)
         try client.connect(server.lastEndpoint)
@@ -490,7 +534,10 @@ struct ZMQCurveTests {
     @Test("malformed ZAP requests are answered, counted and survived")
     func malformedZAPRequests() throws {
         let context = try ZMQContext()
-        let zap = try ZAPHandler(context: context, authorizedKeys: try AuthorizedKeys(publicKeys: [try CurveKeyPair.generate().publicKey]))
+        let zap = try ZAPHandler(
+            context: context,
+            authorizedKeys: try AuthorizedKeys(publicKeys: [try CurveKeyPair.generate().publicKey])
+        )
         let requester = try ZMQSocket(context: context, kind: .req)
         try requester.connect(ZAPHandler.endpoint)
         try requester.set(.receiveTimeout(milliseconds: 5000))
@@ -592,7 +639,9 @@ struct ZMQKeyFileErrorTests {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let pair = try CurveKeyPair.generate()
-        let secret = try file("coordinator.key", """
+        let secret = try file(
+            "coordinator.key",
+            """
             #   ZeroMQ CURVE **Secret** Certificate
             #   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.
 
@@ -601,7 +650,9 @@ struct ZMQKeyFileErrorTests {
                 public-key = "\(pair.publicKey)"
                 secret-key = "\(pair.secretKey)"
 
-            """, in: directory)
+            """,
+            in: directory
+        )
         let e1 = #expect(throws: ClusterError.self) { try CurveKeyPair.read(secretPath: secret) }
         #expect(e1?.code == .malformedKeyFile)
         #expect(e1?.description.contains(secret) == true)
@@ -620,8 +671,10 @@ struct ZMQKeyFileErrorTests {
         // keygen on a folder of an earlier version writes nothing and says the same.
         let e4 = #expect(throws: ClusterError.self) { try ClusterSecurity.generate(folder: directory) }
         #expect(e4?.description.contains("CZMQ certificate") == true)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
-                == ["clients", "coordinator.key", "coordinator.pub"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+                == ["clients", "coordinator.key", "coordinator.pub"]
+        )
     }
 
     @Test("a key folder that cannot be made is an error with the reason, naming the part at fault")
@@ -631,7 +684,10 @@ struct ZMQKeyFileErrorTests {
         let plain = try file("plain", "not a folder\n", in: directory)
         let under = #expect(throws: ClusterError.self) { try ClusterSecurity.generate(folder: plain + "/keys") }
         #expect(under?.code == .io)
-        #expect(under?.description.contains(plain + "/keys") == true && under?.description.contains("Not a directory") == true)
+        #expect(
+            under?.description.contains(plain + "/keys") == true
+                && under?.description.contains("Not a directory") == true
+        )
         let itself = #expect(throws: ClusterError.self) { try ClusterSecurity.generate(folder: plain) }
         #expect(itself?.code == .io && itself?.description.contains(plain) == true)
         let written = try ClusterSecurity.generate(folder: directory + "/a/b")

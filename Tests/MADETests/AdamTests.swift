@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 @Suite("Adam and schedules")
@@ -13,10 +14,12 @@ struct AdamTests {
         let g1: [Float] = [0.5, 0.0, -4.0]
         let g2: [Float] = [0.25, 1.0, -4.0]
         // Reference in Double.
-        var rp = p.map(Double.init), m = [0.0, 0, 0], v = [0.0, 0, 0]
+        var rp = p.map(Double.init)
+        var m = [0.0, 0, 0]
+        var v = [0.0, 0, 0]
         for (t, g) in [g1, g2].enumerated() {
             for i in 0..<3 {
-                let gi = 2 * Double(g[i]) + 0.01 * rp[i]   // scale 2
+                let gi = 2 * Double(g[i]) + 0.01 * rp[i]  // scale 2
                 m[i] = 0.9 * m[i] + 0.1 * gi
                 v[i] = 0.999 * v[i] + 0.001 * gi * gi
                 let mhat = m[i] / (1 - pow(0.9, Double(t + 1)))
@@ -32,7 +35,13 @@ struct AdamTests {
         // First step of Adam moves every parameter with a non-zero gradient by about lr.
         var q: [Float] = [0]
         var s = AdamState(parameterCount: 1)
-        s.update(parameters: &q, gradient: [3], scale: 1, learningRate: 0.01, configuration: AdamConfiguration(weightDecay: 0))
+        s.update(
+            parameters: &q,
+            gradient: [3],
+            scale: 1,
+            learningRate: 0.01,
+            configuration: AdamConfiguration(weightDecay: 0)
+        )
         #expect(abs(q[0] + 0.01) < 1e-7)
     }
 
@@ -47,12 +56,20 @@ struct AdamTests {
             var p = p0
             var state = AdamState(parameterCount: n)
             for _ in 0..<3 {
-                state.update(parameters: &p, gradient: g, scale: 0.01, learningRate: 1e-3, configuration: AdamConfiguration(), threads: threads)
+                state.update(
+                    parameters: &p,
+                    gradient: g,
+                    scale: 0.01,
+                    learningRate: 1e-3,
+                    configuration: AdamConfiguration(),
+                    threads: threads
+                )
             }
             results.append(p + state.firstMoment + state.secondMoment)
         }
         #expect(results.allSatisfy { $0 == results[0] })
-        var a = [g, p0, g], b = [g, p0, g]
+        var a = [g, p0, g]
+        var b = [g, p0, g]
         GradientReducer.reduce(&a, threads: 1)
         GradientReducer.reduce(&b, threads: 4)
         #expect(a[0] == b[0])
@@ -82,7 +99,9 @@ struct AdamTests {
     func pointerReduction(shardCount: Int) {
         var rng = RandomStream(seed: UInt64(shardCount), domain: .sampling)
         let n = 70_001
-        let shards = (0..<shardCount).map { _ in (0..<n).map { _ in Float(rng.unitDouble() - 0.5) * Float(1 << (rng.next() % 24)) } }
+        let shards = (0..<shardCount).map { _ in
+            (0..<n).map { _ in Float(rng.unitDouble() - 0.5) * Float(1 << (rng.next() % 24)) }
+        }
         var arrays = shards
         GradientReducer.reduce(&arrays)
         let buffers = shards.map { s in
@@ -92,12 +111,17 @@ struct AdamTests {
         }
         defer { buffers.forEach { $0.deallocate() } }
         var out = [Float](repeating: .nan, count: n)
-        let finite = out.withUnsafeMutableBufferPointer { GradientReducer.reduce(buffers, count: n, into: $0.baseAddress!, threads: 3) }
+        let finite = out.withUnsafeMutableBufferPointer {
+            GradientReducer.reduce(buffers, count: n, into: $0.baseAddress!, threads: 3)
+        }
         #expect(finite)
         #expect(out == arrays[0])
     }
 
-    @Test("the tree over pointers says whether its sum is finite", arguments: [Float.nan, .infinity, -.infinity, .greatestFiniteMagnitude])
+    @Test(
+        "the tree over pointers says whether its sum is finite",
+        arguments: [Float.nan, .infinity, -.infinity, .greatestFiniteMagnitude]
+    )
     func pointerReductionFinite(bad: Float) {
         for shardCount in 1...5 {
             for culprit in 0..<shardCount {
@@ -113,10 +137,15 @@ struct AdamTests {
                 #expect(GradientReducer.reduce(buffers, count: n, into: out, threads: 2))
                 for (s, p) in buffers.enumerated() { p.update(repeating: Float(s) + 0.5, count: n) }
                 buffers[culprit][n - 1 - culprit] = bad
-                if shardCount > 1 { buffers[(culprit + 1) % shardCount][n - 1 - culprit] = bad == .greatestFiniteMagnitude ? bad : 1 }
+                if shardCount > 1 {
+                    buffers[(culprit + 1) % shardCount][n - 1 - culprit] = bad == .greatestFiniteMagnitude ? bad : 1
+                }
                 let finite = GradientReducer.reduce(buffers, count: n, into: out, threads: 2)
                 // Only the largest float added to itself (two shards or more) overflows; anything not finite stays so.
-                #expect(finite == (bad == .greatestFiniteMagnitude && shardCount == 1), "\(bad) in shard \(culprit) of \(shardCount)")
+                #expect(
+                    finite == (bad == .greatestFiniteMagnitude && shardCount == 1),
+                    "\(bad) in shard \(culprit) of \(shardCount)"
+                )
             }
         }
     }

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import MADE
 
 /// The autoregressive property, checked through gradients: output `j * D + d` must not depend on
@@ -11,8 +12,17 @@ struct AutoregressiveTests {
     func naturalOrder(hidden: [Int], multiplier: Int) throws {
         for path in SparseKernelTests.Path.allCases {
             for direct in [false, true] {
-                try check(ModelConfiguration(inputCount: 10, hiddenSizes: hidden, outputMultiplier: multiplier,
-                                             naturalOrdering: true, directConnections: direct), maskSeed: 0, path: path)
+                try check(
+                    ModelConfiguration(
+                        inputCount: 10,
+                        hiddenSizes: hidden,
+                        outputMultiplier: multiplier,
+                        naturalOrdering: true,
+                        directConnections: direct
+                    ),
+                    maskSeed: 0,
+                    path: path
+                )
             }
         }
     }
@@ -20,8 +30,18 @@ struct AutoregressiveTests {
     @Test("random orders, several mask seeds", arguments: [[Int](), [30], [30, 40]], SparseKernelTests.Path.allCases)
     func randomOrder(hidden: [Int], path: SparseKernelTests.Path) throws {
         for seed: UInt64 in 0..<4 {
-            try check(ModelConfiguration(inputCount: 9, hiddenSizes: hidden, outputMultiplier: 2,
-                                         naturalOrdering: false, directConnections: seed % 2 == 1, maskCount: 4), maskSeed: seed, path: path)
+            try check(
+                ModelConfiguration(
+                    inputCount: 9,
+                    hiddenSizes: hidden,
+                    outputMultiplier: 2,
+                    naturalOrdering: false,
+                    directConnections: seed % 2 == 1,
+                    maskCount: 4
+                ),
+                maskSeed: seed,
+                path: path
+            )
         }
     }
 
@@ -33,7 +53,10 @@ struct AutoregressiveTests {
             let masks = MaskSet(configuration: c, runSeed: 7, maskSeed: seed)
             let reach = reachability(c, masks)
             for d in 0..<c.inputCount where masks.order[d] > 0 {
-                #expect((0..<c.inputCount).contains { reach[$0][d] }, "output \(d) reaches no input (mask seed \(seed))")
+                #expect(
+                    (0..<c.inputCount).contains { reach[$0][d] },
+                    "output \(d) reaches no input (mask seed \(seed))"
+                )
             }
         }
     }
@@ -74,7 +97,9 @@ struct AutoregressiveTests {
         ws.setMasks(masks)
         ws.prepare(parameters: ws.layout.initialParameters(seed: 11, as: Double.self))
         var rng = RandomStream(seed: 5, domain: .sampling)
-        ws.loadRows((0..<(rows * d)).map { _ in path == .rows ? Double(rng.uniform(below: 2)) : rng.unitDouble() * 2 - 1 })
+        ws.loadRows(
+            (0..<(rows * d)).map { _ in path == .rows ? Double(rng.uniform(below: 2)) : rng.unitDouble() * 2 - 1 }
+        )
         #expect(ws.binaryInput == (path == .rows))
         ws.forward()
         var gradient = [Double](repeating: 0, count: ws.layout.count)
@@ -88,7 +113,10 @@ struct AutoregressiveTests {
             for r in 0..<rows {
                 for i in 0..<d where inputGradient[r * d + i] != 0 {
                     dependsOnSomething = true
-                    #expect(order[i] < order[o % d], "output \(o) depends on input \(i) (orders \(order[o % d]), \(order[i]))")
+                    #expect(
+                        order[i] < order[o % d],
+                        "output \(o) depends on input \(i) (orders \(order[o % d]), \(order[i]))"
+                    )
                     #expect(reach[i][o], "output \(o) depends on input \(i) with no mask path")
                 }
             }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ZIPFoundation
+
 @testable import MADE
 
 // MARK: - Fixtures
@@ -42,8 +43,11 @@ private func npy(header dict: String, version: UInt8 = 1, payload: [UInt8]) -> [
 }
 
 private func npy(descr: String, fortran: Bool = false, shape: String, version: UInt8 = 1, payload: [UInt8]) -> [UInt8] {
-    npy(header: "{'descr': '\(descr)', 'fortran_order': \(fortran ? "True" : "False"), 'shape': \(shape), }",
-        version: version, payload: payload)
+    npy(
+        header: "{'descr': '\(descr)', 'fortran_order': \(fortran ? "True" : "False"), 'shape': \(shape), }",
+        version: version,
+        payload: payload
+    )
 }
 
 private func float32LE(_ values: [Float]) -> [UInt8] {
@@ -74,16 +78,24 @@ private func idxImages(count: UInt32, rows: UInt32, columns: UInt32, pixels: [UI
 private func writeNPZ(_ path: String, _ entries: [(String, [UInt8])], compression: CompressionMethod) throws {
     let archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .create)
     for (name, bytes) in entries {
-        try archive.addEntry(with: name, type: .file, uncompressedSize: Int64(bytes.count),
-                             compressionMethod: compression) { position, size in
+        try archive.addEntry(
+            with: name,
+            type: .file,
+            uncompressedSize: Int64(bytes.count),
+            compressionMethod: compression
+        ) { position, size in
             Data(bytes[Int(position)..<(Int(position) + size)])
         }
     }
 }
 
 /// Checks that `body` throws a MADEError of one of `codes` that names a file and mentions every word.
-private func expectFailure(_ codes: Set<MADEError.Code> = [.invalidData], mentioning words: [String],
-                           sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Any) {
+private func expectFailure(
+    _ codes: Set<MADEError.Code> = [.invalidData],
+    mentioning words: [String],
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> Any
+) {
     do {
         _ = try body()
         Issue.record("expected an error mentioning \(words)", sourceLocation: sourceLocation)
@@ -115,9 +127,11 @@ private let fashionDirectory = "/usr/share/datasets/fashion-mnist"
 @Suite("DataLoader")
 struct DataLoaderTests {
     // 3 examples of dimension 4.
-    let bits: [Float] = [0, 1, 1, 0,
-                         1, 1, 0, 0,
-                         0, 0, 0, 1]
+    let bits: [Float] = [
+        0, 1, 1, 0,
+        1, 1, 0, 0,
+        0, 0, 0, 1,
+    ]
 
     // MARK: .npy
 
@@ -143,11 +157,17 @@ struct DataLoaderTests {
 
     @Test func npyRealAndBigEndian() throws {
         let reals: [Double] = [0.25, 1, 0, -3.5, 2, 0.125]
-        let f8 = try npy(descr: ">f8", shape: "(2, 3)", payload: float64BE(reals)).withUnsafeBytes { try NPY.parse($0, path: "x.npy") }
+        let f8 = try npy(descr: ">f8", shape: "(2, 3)", payload: float64BE(reals)).withUnsafeBytes {
+            try NPY.parse($0, path: "x.npy")
+        }
         #expect(realValues(f8) == reals.map { Float($0) })
-        let f4 = try npy(descr: ">f4", shape: "(2, 3)", payload: float32BE(reals.map { Float($0) })).withUnsafeBytes { try NPY.parse($0, path: "x.npy") }
+        let f4 = try npy(descr: ">f4", shape: "(2, 3)", payload: float32BE(reals.map { Float($0) })).withUnsafeBytes {
+            try NPY.parse($0, path: "x.npy")
+        }
         #expect(realValues(f4) == reals.map { Float($0) })
-        let f8le = try npy(descr: "<f8", shape: "(3, 4)", payload: float64LE(bits.map { Double($0) })).withUnsafeBytes { try NPY.parse($0, path: "x.npy") }
+        let f8le = try npy(descr: "<f8", shape: "(3, 4)", payload: float64LE(bits.map { Double($0) })).withUnsafeBytes {
+            try NPY.parse($0, path: "x.npy")
+        }
         #expect(binaryValues(f8le) == bits.map { UInt8($0) })
     }
 
@@ -159,38 +179,70 @@ struct DataLoaderTests {
         let b = try npy(descr: "|b1", fortran: true, shape: "(2, 3)", payload: [1, 0, 0, 1, 1, 1])
             .withUnsafeBytes { try NPY.parse($0, path: "x.npy") }
         #expect(binaryValues(b) == [1, 0, 1, 0, 1, 1])
-        let u = try npy(descr: "<u1", shape: "(2, 2)", payload: [1, 0, 0, 1]).withUnsafeBytes { try NPY.parse($0, path: "x.npy") }
+        let u = try npy(descr: "<u1", shape: "(2, 2)", payload: [1, 0, 0, 1]).withUnsafeBytes {
+            try NPY.parse($0, path: "x.npy")
+        }
         #expect(binaryValues(u) == [1, 0, 0, 1])
     }
 
     @Test func npyMalformedFilesFail() throws {
         let good = npy(descr: "<f4", shape: "(3, 4)", payload: float32LE(bits))
         let parse = { (bytes: [UInt8]) in { try bytes.withUnsafeBytes { try NPY.parse($0, path: "x.npy") } } }
-        expectFailure(mentioning: ["truncated", "header says 3x4 float32 = 48 bytes, file has 40"], parse(Array(good.dropLast(8))))
+        expectFailure(
+            mentioning: ["truncated", "header says 3x4 float32 = 48 bytes, file has 40"],
+            parse(Array(good.dropLast(8)))
+        )
         expectFailure(mentioning: ["bad magic"], parse(Array("PK not numpy at all".utf8)))
         expectFailure(mentioning: ["unsupported dtype '<i8'"], parse(npy(descr: "<i8", shape: "(3, 4)", payload: [])))
-        expectFailure(mentioning: ["unsupported dtype"],
-                      parse(npy(header: "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }", payload: [])))
-        expectFailure(mentioning: ["too large"], parse(npy(descr: "<f4", shape: "(4000000000000, 4000000000000)", payload: [])))
-        expectFailure(mentioning: ["too large"], parse(npy(descr: "<f4", shape: "(99999999999999999999999999, 2)", payload: [])))
-        expectFailure(mentioning: ["truncated", "header says 50000x784 float32 = 156800000 bytes, file has 0"],
-                      parse(npy(descr: "<f4", shape: "(50000L, 784L)", payload: [])))
-        expectFailure(mentioning: ["1-D", "(784,)"], parse(npy(descr: "<f4", shape: "(784,)", payload: float32LE(Array(repeating: 0, count: 784)))))
+        expectFailure(
+            mentioning: ["unsupported dtype"],
+            parse(npy(header: "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }", payload: []))
+        )
+        expectFailure(
+            mentioning: ["too large"],
+            parse(npy(descr: "<f4", shape: "(4000000000000, 4000000000000)", payload: []))
+        )
+        expectFailure(
+            mentioning: ["too large"],
+            parse(npy(descr: "<f4", shape: "(99999999999999999999999999, 2)", payload: []))
+        )
+        expectFailure(
+            mentioning: ["truncated", "header says 50000x784 float32 = 156800000 bytes, file has 0"],
+            parse(npy(descr: "<f4", shape: "(50000L, 784L)", payload: []))
+        )
+        expectFailure(
+            mentioning: ["1-D", "(784,)"],
+            parse(npy(descr: "<f4", shape: "(784,)", payload: float32LE(Array(repeating: 0, count: 784))))
+        )
         expectFailure(mentioning: ["4 bytes after"], parse(good + [0, 0, 0, 0]))
-        expectFailure(mentioning: ["non-finite", "row 1, column 2"],
-                      parse(npy(descr: "<f4", shape: "(2, 3)", payload: float32LE([0, 0, 0, 0, 0, .nan]))))
-        expectFailure(mentioning: ["malformed header"], parse(npy(header: "{'descr': '<f4', 'shape': (3, 4)", payload: [])))
-        expectFailure(mentioning: ["no 'fortran_order'"], parse(npy(header: "{'descr': '<f4', 'shape': (3, 4)}", payload: [])))
-        expectFailure(mentioning: ["unsupported .npy format version 9.0"], parse([0x93] + Array("NUMPY".utf8) + [9, 0, 0, 0]))
+        expectFailure(
+            mentioning: ["non-finite", "row 1, column 2"],
+            parse(npy(descr: "<f4", shape: "(2, 3)", payload: float32LE([0, 0, 0, 0, 0, .nan])))
+        )
+        expectFailure(
+            mentioning: ["malformed header"],
+            parse(npy(header: "{'descr': '<f4', 'shape': (3, 4)", payload: []))
+        )
+        expectFailure(
+            mentioning: ["no 'fortran_order'"],
+            parse(npy(header: "{'descr': '<f4', 'shape': (3, 4)}", payload: []))
+        )
+        expectFailure(
+            mentioning: ["unsupported .npy format version 9.0"],
+            parse([0x93] + Array("NUMPY".utf8) + [9, 0, 0, 0])
+        )
         var hugeHeader = Array(good.prefix(12))
-        hugeHeader[8] = 0xFF; hugeHeader[9] = 0xFF
+        hugeHeader[8] = 0xFF
+        hugeHeader[9] = 0xFF
         expectFailure(mentioning: ["truncated", "header length 65535"], parse(hugeHeader))
     }
 
     @Test func npyNeverCrashesOnPrefixesOrCorruption() throws {
         let good = npy(descr: "<f4", shape: "(3L, 4L)", version: 2, payload: float32LE(bits))
         for n in 0..<good.count {
-            #expect(throws: MADEError.self) { try Array(good.prefix(n)).withUnsafeBytes { try NPY.parse($0, path: "x.npy") } }
+            #expect(throws: MADEError.self) {
+                try Array(good.prefix(n)).withUnsafeBytes { try NPY.parse($0, path: "x.npy") }
+            }
         }
         var random = RandomStream(seed: 7, domain: .split, index: 99)
         for _ in 0..<500 {
@@ -203,9 +255,14 @@ struct DataLoaderTests {
     // MARK: .npz
 
     private func splitArrays(valid validShape: String = "(2, 4)") -> [(String, [UInt8])] {
-        [("train_data.npy", npy(descr: "<f4", shape: "(3L, 4L)", payload: float32LE(bits))),
-         ("valid_data.npy", npy(descr: "<f4", shape: validShape, version: 2, payload: float32LE([1, 1, 1, 1, 0, 0, 0, 0]))),
-         ("test_data.npy", npy(descr: "|u1", shape: "(1, 4)", payload: [0, 1, 0, 1]))]
+        [
+            ("train_data.npy", npy(descr: "<f4", shape: "(3L, 4L)", payload: float32LE(bits))),
+            (
+                "valid_data.npy",
+                npy(descr: "<f4", shape: validShape, version: 2, payload: float32LE([1, 1, 1, 1, 0, 0, 0, 0]))
+            ),
+            ("test_data.npy", npy(descr: "|u1", shape: "(1, 4)", payload: [0, 1, 0, 1])),
+        ]
     }
 
     @Test(arguments: [false, true])
@@ -230,8 +287,11 @@ struct DataLoaderTests {
         let dir = try TemporaryDirectory()
         let path = dir.path("data.npz")
         let arrays = splitArrays()
-        try writeNPZ(path, [("train.npy", arrays[0].1), ("validation.npy", arrays[1].1), ("test.npy", arrays[2].1)],
-                     compression: .deflate)
+        try writeNPZ(
+            path,
+            [("train.npy", arrays[0].1), ("validation.npy", arrays[1].1), ("test.npy", arrays[2].1)],
+            compression: .deflate
+        )
         let data = try DatasetLoader.load(path: path)
         #expect(data.train?.count == 3 && data.valid?.count == 2 && data.test?.count == 1)
     }
@@ -247,7 +307,9 @@ struct DataLoaderTests {
 
         let mismatched = dir.path("mismatched.npz")
         try writeNPZ(mismatched, splitArrays(valid: "(1, 8)"), compression: .deflate)
-        expectFailure(mentioning: ["mismatched dimensions", "valid_data.npy", "1x8"]) { try DatasetLoader.load(path: mismatched) }
+        expectFailure(mentioning: ["mismatched dimensions", "valid_data.npy", "1x8"]) {
+            try DatasetLoader.load(path: mismatched)
+        }
 
         let good = dir.path("good.npz")
         try writeNPZ(good, splitArrays(), compression: .deflate)
@@ -260,7 +322,9 @@ struct DataLoaderTests {
         arrays[0].1 = Array(arrays[0].1.dropLast(4))
         try writeNPZ(badEntry, arrays, compression: .deflate)
         expectFailure(mentioning: ["train_data.npy", "truncated"]) { try DatasetLoader.load(path: badEntry) }
-        expectFailure([.invalidConfiguration], mentioning: ["name a split"]) { try DatasetLoader.loadSplit(path: good, split: nil) }
+        expectFailure([.invalidConfiguration], mentioning: ["name a split"]) {
+            try DatasetLoader.loadSplit(path: good, split: nil)
+        }
     }
 
     // MARK: .amat
@@ -285,11 +349,15 @@ struct DataLoaderTests {
     @Test func amatMalformedFilesFail() throws {
         let dir = try TemporaryDirectory()
         let uneven = try dir.write("uneven_train.amat", text: "0 1 1 0\n1 1 0 0\n0 2 1\n")
-        expectFailure(mentioning: ["line 3 has 3 values", "line 1 has 4"]) { try DatasetLoader.loadSplit(path: uneven, split: nil) }
+        expectFailure(mentioning: ["line 3 has 3 values", "line 1 has 4"]) {
+            try DatasetLoader.loadSplit(path: uneven, split: nil)
+        }
         let long = try dir.write("long.amat", text: "0 1\n1 1 0 0 1\n")
         expectFailure(mentioning: ["line 2 has 5 values"]) { try DatasetLoader.loadSplit(path: long, split: nil) }
         let word = try dir.write("word.amat", text: "0 1\n1 x\n")
-        expectFailure(mentioning: ["line 2, value 2", "'x'", "not a finite number"]) { try DatasetLoader.loadSplit(path: word, split: nil) }
+        expectFailure(mentioning: ["line 2, value 2", "'x'", "not a finite number"]) {
+            try DatasetLoader.loadSplit(path: word, split: nil)
+        }
         let blank = try dir.write("blank.amat", text: "0 1\n\n1 1\n")
         expectFailure(mentioning: ["line 2 is blank"]) { try DatasetLoader.loadSplit(path: blank, split: nil) }
         let empty = try dir.write("empty.amat", text: "\n \n")
@@ -297,12 +365,16 @@ struct DataLoaderTests {
 
         try dir.write("lonely_train.amat", text: "0 1\n")
         try dir.write("lonely_test.amat", text: "0 1\n")
-        expectFailure([.io], mentioning: ["missing valid split", "lonely_valid.amat"]) { try DatasetLoader.load(path: dir.path("lonely_train.amat")) }
+        expectFailure([.io], mentioning: ["missing valid split", "lonely_valid.amat"]) {
+            try DatasetLoader.load(path: dir.path("lonely_train.amat"))
+        }
 
         try dir.write("mixed_train.amat", text: "0 1 0\n")
         try dir.write("mixed_valid.amat", text: "0 1 0\n")
         try dir.write("mixed_test.amat", text: "0 1\n")
-        expectFailure(mentioning: ["mismatched dimensions", "mixed_test.amat"]) { try DatasetLoader.load(path: dir.path("mixed_train.amat")) }
+        expectFailure(mentioning: ["mismatched dimensions", "mixed_test.amat"]) {
+            try DatasetLoader.load(path: dir.path("mixed_train.amat"))
+        }
     }
 
     // MARK: IDX and gzip
@@ -311,8 +383,11 @@ struct DataLoaderTests {
     let trainPixels: [UInt8] = (0..<36).map { UInt8(($0 * 37) % 256) }
     let testPixels: [UInt8] = [0, 255, 128, 127, 1, 254, 255, 0, 200, 100, 50, 10]
 
-    private func writeIDX(_ dir: TemporaryDirectory, train: String = "train-images-idx3-ubyte",
-                          test: String = "t10k-images-idx3-ubyte.gz") throws {
+    private func writeIDX(
+        _ dir: TemporaryDirectory,
+        train: String = "train-images-idx3-ubyte",
+        test: String = "t10k-images-idx3-ubyte.gz"
+    ) throws {
         let trainFile = idxImages(count: 6, rows: 2, columns: 3, pixels: trainPixels)
         let testFile = idxImages(count: 2, rows: 2, columns: 3, pixels: testPixels)
         try dir.write(train, train.hasSuffix(".gz") ? Gzip.compress(trainFile) : trainFile)
@@ -364,7 +439,10 @@ struct DataLoaderTests {
         #expect(try DatasetLoader.loadSplit(path: path, split: "train", options: options) == data.train)
         #expect(try DatasetLoader.loadSplit(path: path, split: "valid", options: options) == data.valid)
         #expect(try DatasetLoader.loadSplit(path: path, split: "test", options: options) == data.test)
-        #expect(try DatasetLoader.loadSplit(path: dir.path("t10k-images-idx3-ubyte"), split: nil, options: options) == data.test)
+        #expect(
+            try DatasetLoader.loadSplit(path: dir.path("t10k-images-idx3-ubyte"), split: nil, options: options)
+                == data.test
+        )
         #expect(binaryValues(try DatasetLoader.loadSplit(path: path, split: nil, options: options)) == train)
         // A folder's split, read alone, is the split of the whole load.
         for (split, matrix) in [("train", data.train), ("valid", data.valid), ("test", data.test)] {
@@ -374,7 +452,11 @@ struct DataLoaderTests {
 
     @Test func idxFindsEMNISTStyleTestFile() throws {
         let dir = try TemporaryDirectory()
-        try writeIDX(dir, train: "emnist-letters-train-images-idx3-ubyte.gz", test: "emnist-letters-test-images-idx3-ubyte.gz")
+        try writeIDX(
+            dir,
+            train: "emnist-letters-train-images-idx3-ubyte.gz",
+            test: "emnist-letters-test-images-idx3-ubyte.gz"
+        )
         let data = try DatasetLoader.load(path: dir.path("emnist-letters-train-images-idx3-ubyte.gz"))
         #expect(data.test?.count == 2)
         #expect(data.source == "emnist-letters IDX, stochastic binarization seed 0")
@@ -387,11 +469,17 @@ struct DataLoaderTests {
 
         let labels = try dir.write("train-labels-idx1-ubyte", [0, 0, 8, 1] + bigEndian32(3) + [1, 2, 3])
         expectFailure(mentioning: ["labels file"], load(labels))
-        let gzLabels = try dir.write("train-labels-idx1-ubyte.gz", Gzip.compress([0, 0, 8, 1] + bigEndian32(3) + [1, 2, 3]))
+        let gzLabels = try dir.write(
+            "train-labels-idx1-ubyte.gz",
+            Gzip.compress([0, 0, 8, 1] + bigEndian32(3) + [1, 2, 3])
+        )
         expectFailure(mentioning: ["labels file"], load(gzLabels))
 
         let truncated = try dir.write("short-images-idx3-ubyte", Array(good.dropLast(5)))
-        expectFailure(mentioning: ["truncated", "header says 6x2x3 = 36 bytes of pixels, file has 31"], load(truncated))
+        expectFailure(
+            mentioning: ["truncated", "header says 6x2x3 = 36 bytes of pixels, file has 31"],
+            load(truncated)
+        )
         let gzTruncatedPixels = try dir.write("short-images-idx3-ubyte.gz", Gzip.compress(Array(good.dropLast(5))))
         expectFailure(mentioning: ["truncated", "file has 31"], load(gzTruncatedPixels))
 
@@ -418,18 +506,31 @@ struct DataLoaderTests {
         let giant = idxImages(count: 0xFFFF_FFFF, rows: 0xFFFF_FFFF, columns: 0xFFFF_FFFF, pixels: [1, 2, 3])
         expectFailure(mentioning: ["too large"], load(try dir.write("giant-images-idx3-ubyte", giant)))
         let big = idxImages(count: 60000, rows: 28, columns: 28, pixels: [1, 2, 3])
-        expectFailure(mentioning: ["truncated", "60000x28x28"], load(try dir.write("big-images-idx3-ubyte.gz", Gzip.compress(big))))
+        expectFailure(
+            mentioning: ["truncated", "60000x28x28"],
+            load(try dir.write("big-images-idx3-ubyte.gz", Gzip.compress(big)))
+        )
 
         // Missing or mismatched test files.
         let lonely = try dir.write("lonely-train-images-idx3-ubyte", good)
-        expectFailure([.io], mentioning: ["missing test file", "lonely-t10k-images-idx3-ubyte"]) { try DatasetLoader.load(path: lonely) }
+        expectFailure([.io], mentioning: ["missing test file", "lonely-t10k-images-idx3-ubyte"]) {
+            try DatasetLoader.load(path: lonely)
+        }
         try dir.write("odd-train-images-idx3-ubyte", good)
-        try dir.write("odd-t10k-images-idx3-ubyte", idxImages(count: 1, rows: 3, columns: 3, pixels: Array(repeating: 9, count: 9)))
-        expectFailure(mentioning: ["mismatched dimensions", "2x3", "3x3"]) { try DatasetLoader.load(path: dir.path("odd-train-images-idx3-ubyte")) }
+        try dir.write(
+            "odd-t10k-images-idx3-ubyte",
+            idxImages(count: 1, rows: 3, columns: 3, pixels: Array(repeating: 9, count: 9))
+        )
+        expectFailure(mentioning: ["mismatched dimensions", "2x3", "3x3"]) {
+            try DatasetLoader.load(path: dir.path("odd-train-images-idx3-ubyte"))
+        }
 
         expectFailure([.io], mentioning: ["no such file"], load(dir.path("absent-images-idx3-ubyte")))
         expectFailure([.invalidConfiguration], mentioning: ["validationFraction"]) {
-            try DatasetLoader.load(path: dir.path("odd-train-images-idx3-ubyte"), options: DataOptions(validationFraction: 1.5))
+            try DatasetLoader.load(
+                path: dir.path("odd-train-images-idx3-ubyte"),
+                options: DataOptions(validationFraction: 1.5)
+            )
         }
     }
 
@@ -437,7 +538,9 @@ struct DataLoaderTests {
         let good = idxImages(count: 6, rows: 2, columns: 3, pixels: trainPixels)
         let compressed = Gzip.compress(good)
         for n in 0..<good.count {
-            #expect(throws: MADEError.self) { try Array(good.prefix(n)).withUnsafeBytes { try IDX.parse($0, path: "x") } }
+            #expect(throws: MADEError.self) {
+                try Array(good.prefix(n)).withUnsafeBytes { try IDX.parse($0, path: "x") }
+            }
         }
         for n in 0..<compressed.count {
             #expect(throws: MADEError.self) {
@@ -452,10 +555,19 @@ struct DataLoaderTests {
         #expect(try one.withUnsafeBytes { try Gzip.decompress($0, path: "x.gz") } == payload)
         let two = one + Gzip.compress([1, 2, 3])
         #expect(try two.withUnsafeBytes { try Gzip.decompress($0, path: "x.gz") } == payload + [1, 2, 3])
-        #expect(try one.withUnsafeBytes { try Gzip.decompressPrefix($0, count: 16, path: "x.gz") } == Array(payload.prefix(16)))
-        expectFailure(mentioning: ["more than 1000 bytes"]) { try one.withUnsafeBytes { try Gzip.decompress($0, path: "x.gz", limit: 1000) } }
-        expectFailure(mentioning: ["trailing garbage"]) { try (one + [0x42, 0x42]).withUnsafeBytes { try Gzip.decompress($0, path: "x.gz") } }
-        expectFailure(mentioning: ["not a gzip file"]) { try payload.withUnsafeBytes { try Gzip.decompress($0, path: "x.gz") } }
+        #expect(
+            try one.withUnsafeBytes { try Gzip.decompressPrefix($0, count: 16, path: "x.gz") }
+                == Array(payload.prefix(16))
+        )
+        expectFailure(mentioning: ["more than 1000 bytes"]) {
+            try one.withUnsafeBytes { try Gzip.decompress($0, path: "x.gz", limit: 1000) }
+        }
+        expectFailure(mentioning: ["trailing garbage"]) {
+            try (one + [0x42, 0x42]).withUnsafeBytes { try Gzip.decompress($0, path: "x.gz") }
+        }
+        expectFailure(mentioning: ["not a gzip file"]) {
+            try payload.withUnsafeBytes { try Gzip.decompress($0, path: "x.gz") }
+        }
     }
 
     @Test func unrecognizedFilesAndDirectoriesFail() throws {
@@ -464,7 +576,9 @@ struct DataLoaderTests {
         let other = try dir.write("notes.txt", text: "hello")
         expectFailure(mentioning: ["unrecognized data file"]) { try DatasetLoader.load(path: other) }
         expectFailure([.io], mentioning: ["no such file"]) { try DatasetLoader.load(path: dir.path("nothing.npz")) }
-        expectFailure([.invalidConfiguration], mentioning: ["unknown split 'dev'"]) { try DatasetLoader.loadSplit(path: other, split: "dev") }
+        expectFailure([.invalidConfiguration], mentioning: ["unknown split 'dev'"]) {
+            try DatasetLoader.loadSplit(path: other, split: "dev")
+        }
     }
 
     // MARK: Fashion-MNIST
@@ -480,7 +594,11 @@ struct DataLoaderTests {
         #expect(again == data)
         let testFile = fashionDirectory + "/t10k-images-idx3-ubyte.gz"
         #expect(try DatasetLoader.loadSplit(path: testFile, split: nil) == data.test)
-        let reseeded = try DatasetLoader.loadSplit(path: testFile, split: nil, options: DataOptions(binarization: .stochastic(seed: 1)))
+        let reseeded = try DatasetLoader.loadSplit(
+            path: testFile,
+            split: nil,
+            options: DataOptions(binarization: .stochastic(seed: 1))
+        )
         #expect(reseeded.count == 10000 && reseeded != data.test)
         // Roughly the mean grey level of Fashion-MNIST (about 0.286) is the fraction of ones.
         let ones = binaryValues(data.test).map { $0.reduce(0) { $0 + Int($1) } } ?? 0

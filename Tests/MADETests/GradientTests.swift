@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 /// Gradients against central finite differences, in `Double`.
@@ -13,7 +14,12 @@ struct GradientTests {
         let masks: MaskSet
         let workspace: NetworkWorkspace<Double>
 
-        init(_ c: ModelConfiguration, _ distribution: OutputDistribution, rows: Int, path: SparseKernelTests.Path = .dense) {
+        init(
+            _ c: ModelConfiguration,
+            _ distribution: OutputDistribution,
+            rows: Int,
+            path: SparseKernelTests.Path = .dense
+        ) {
             configuration = c
             self.distribution = distribution
             var rng = RandomStream(seed: 77, domain: .sampling)
@@ -49,15 +55,21 @@ struct GradientTests {
     @Test("analytic gradient matches central differences", arguments: 0..<cases.count, SparseKernelTests.Path.allCases)
     func finiteDifferences(index: Int, path: SparseKernelTests.Path) {
         let (distribution, hidden, direct) = Self.cases[index]
-        let c = ModelConfiguration(inputCount: 6, hiddenSizes: hidden, outputMultiplier: distribution.parametersPerDimension,
-                                   naturalOrdering: false, directConnections: direct)
+        let c = ModelConfiguration(
+            inputCount: 6,
+            hiddenSizes: hidden,
+            outputMultiplier: distribution.parametersPerDimension,
+            naturalOrdering: false,
+            directConnections: direct
+        )
         let problem = Problem(c, distribution, rows: 3, path: path)
         let p = ParameterLayout(c).initialParameters(seed: 4, as: Double.self)
         let g = problem.gradient(p)
         let h = 1e-6
         var worst = 0.0
         for i in 0..<p.count {
-            var plus = p, minus = p
+            var plus = p
+            var minus = p
             plus[i] += h
             minus[i] -= h
             let numeric = (problem.loss(plus) - problem.loss(minus)) / (2 * h)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 @Suite("Image grids")
@@ -10,11 +11,11 @@ struct ImageGridTests {
         let images: [Float] = [0, 0, 0, 0, 0, -1, 1, 1, 1, 1, 1, 7]
         let grid = ImageGrid(images: images, imageRows: 2, imageColumns: 3, gridColumns: 2, padding: 1)
         #expect(grid.width == 2 * 3 + 3 && grid.height == 2 + 2)
-        #expect(grid.pixels[1 * grid.width + 1] == 0)        // first image, top-left
-        #expect(grid.pixels[1 * grid.width + 5] == 255)      // second image, top-left
-        #expect(grid.pixels[0] == 128)                        // padding
-        #expect(grid.pixels[2 * grid.width + 3] == 0)        // clamped -1
-        #expect(grid.pixels[2 * grid.width + 7] == 255)      // clamped 7
+        #expect(grid.pixels[1 * grid.width + 1] == 0)  // first image, top-left
+        #expect(grid.pixels[1 * grid.width + 5] == 255)  // second image, top-left
+        #expect(grid.pixels[0] == 128)  // padding
+        #expect(grid.pixels[2 * grid.width + 3] == 0)  // clamped -1
+        #expect(grid.pixels[2 * grid.width + 7] == 255)  // clamped 7
 
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("grid-\(getpid()).png").path
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -25,7 +26,7 @@ struct ImageGridTests {
         let width = bytes[16..<20].reduce(0) { $0 << 8 | Int($1) }
         let height = bytes[20..<24].reduce(0) { $0 << 8 | Int($1) }
         #expect(width == grid.width && height == grid.height)
-        #expect(bytes[24] == 8 && bytes[25] == 0)           // 8-bit greyscale
+        #expect(bytes[24] == 8 && bytes[25] == 0)  // 8-bit greyscale
         #expect(throws: MADEError.self) { try grid.writePNG(to: "/nonexistent-folder/g.png") }
     }
 }

@@ -1,6 +1,7 @@
 import CKernels
 import Foundation
 import Testing
+
 @testable import MADE
 
 /// The float32 kernels against `Double` references.
@@ -57,7 +58,10 @@ struct KernelTests {
                 let loss = max(s, 0) + Foundation.log1p(Foundation.exp(-abs(zd)))
                 exactTotal += loss
                 let single = made_bernoulli_f32(1, [target], [z], &grad[j])
-                #expect(Self.ulps(single, loss) <= 3 || abs(Double(single) - loss) < 1e-37, "loss at z=\(z), x=\(target): \(single) vs \(loss)")
+                #expect(
+                    Self.ulps(single, loss) <= 3 || abs(Double(single) - loss) < 1e-37,
+                    "loss at z=\(z), x=\(target): \(single) vs \(loss)"
+                )
                 let sigmoid = zd >= 0 ? 1 / (1 + Foundation.exp(-zd)) : Foundation.exp(zd) / (1 + Foundation.exp(zd))
                 #expect(abs(Double(grad[j]) - (sigmoid - Double(target))) <= 2e-7, "gradient at z=\(z)")
             }
@@ -81,12 +85,18 @@ struct KernelTests {
         let rows = (0..<17).map { Int32($0) }
         let pd = layout.initialParameters(seed: 3, as: Double.self)
         let wd = NetworkWorkspace<Double>(configuration: c, capacity: 17)
-        wd.setMasks(masks); wd.prepare(parameters: pd); wd.loadRows(from: data, indices: rows); wd.forward()
+        wd.setMasks(masks)
+        wd.prepare(parameters: pd)
+        wd.loadRows(from: data, indices: rows)
+        wd.forward()
         let lossD = wd.lossAndGradient(.bernoulli)
         var gd = [Double](repeating: 0, count: layout.count)
         gd.withUnsafeMutableBufferPointer { wd.backward(into: $0) }
         let wf = NetworkWorkspace<Float>(configuration: c, capacity: 17)
-        wf.setMasks(masks); wf.prepare(parameters: pd.map { Float($0) }); wf.loadRows(from: data, indices: rows); wf.forward()
+        wf.setMasks(masks)
+        wf.prepare(parameters: pd.map { Float($0) })
+        wf.loadRows(from: data, indices: rows)
+        wf.forward()
         let lossF = wf.lossAndGradient(.bernoulli)
         var gf = [Float](repeating: 0, count: layout.count)
         gf.withUnsafeMutableBufferPointer { wf.backward(into: $0) }

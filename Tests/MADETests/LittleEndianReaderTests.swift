@@ -1,4 +1,5 @@
 import Testing
+
 @testable import MADE
 
 @Suite("Little-endian reader")

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import MADE
 
 @Suite("Mask cache")
@@ -10,7 +11,10 @@ struct MaskCacheTests {
         for seed in UInt64(0)..<UInt64(MaskPacking.Cache.capacity + 3) {
             let fresh = MaskSet(configuration: model, runSeed: 4, maskSeed: seed)
             #expect(cache.maskSet(seed) == fresh)
-            #expect(cache.packing(seed).activeIndices == MaskPacking(maskSet: fresh, layout: ParameterLayout(model)).activeIndices)
+            #expect(
+                cache.packing(seed).activeIndices
+                    == MaskPacking(maskSet: fresh, layout: ParameterLayout(model)).activeIndices
+            )
             #expect(cache.count <= MaskPacking.Cache.capacity)
         }
     }

@@ -1,18 +1,39 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 /// Mask-parallel training (`--masks-per-step M`): shard `s` of step `t` trains mask
 /// `((t / r) * M + s mod M) mod K`.
 @Suite("Masks per step")
 struct MaskParallelTests {
-    static func configuration(shards: Int, masksPerStep: Int, masks: Int = 4, batchSize: Int = 12, epochs: Int = 3,
-                              dimension: Int = 16, hidden: [Int] = [24, 20]) -> TrainingConfiguration {
+    static func configuration(
+        shards: Int,
+        masksPerStep: Int,
+        masks: Int = 4,
+        batchSize: Int = 12,
+        epochs: Int = 3,
+        dimension: Int = 16,
+        hidden: [Int] = [24, 20]
+    ) -> TrainingConfiguration {
         TrainingConfiguration(
-            model: ModelConfiguration(inputCount: dimension, hiddenSizes: hidden, naturalOrdering: false, directConnections: true, maskCount: masks),
-            seed: 42, batchSize: batchSize, epochs: epochs, resampleEvery: 3, shards: shards, masksPerStep: masksPerStep,
-            adam: AdamConfiguration(learningRate: 0.01), schedule: StepSchedule(baseLearningRate: 0.01, stepEpochs: 2, gamma: 0.5),
-            evaluationMasks: masks)
+            model: ModelConfiguration(
+                inputCount: dimension,
+                hiddenSizes: hidden,
+                naturalOrdering: false,
+                directConnections: true,
+                maskCount: masks
+            ),
+            seed: 42,
+            batchSize: batchSize,
+            epochs: epochs,
+            resampleEvery: 3,
+            shards: shards,
+            masksPerStep: masksPerStep,
+            adam: AdamConfiguration(learningRate: 0.01),
+            schedule: StepSchedule(baseLearningRate: 0.01, stepEpochs: 2, gamma: 0.5),
+            evaluationMasks: masks
+        )
     }
 
     @Test("one mask per step is the reference's schedule: every shard of step t trains (t / r) mod K")
@@ -53,7 +74,10 @@ struct MaskParallelTests {
     @Test("M larger than K, or not dividing the shards, is refused with the reason")
     func constraints() throws {
         func message(_ c: TrainingConfiguration) -> String? {
-            do { try c.validate(); return nil } catch let e as MADEError { return e.message } catch { return "\(error)" }
+            do {
+                try c.validate()
+                return nil
+            } catch let e as MADEError { return e.message } catch { return "\(error)" }
         }
         #expect(message(Self.configuration(shards: 4, masksPerStep: 4)) == nil)
         #expect(message(Self.configuration(shards: 4, masksPerStep: 2)) == nil)
@@ -71,16 +95,24 @@ struct MaskParallelTests {
 
     @Test("checkpoints record M; one written before M was recorded reads as one mask per step")
     func checkpointField() throws {
-        let trainer = try Trainer(configuration: Self.configuration(shards: 4, masksPerStep: 2), dataset: TrainerTests.dataset())
+        let trainer = try Trainer(
+            configuration: Self.configuration(shards: 4, masksPerStep: 2),
+            dataset: TrainerTests.dataset()
+        )
         _ = try trainer.run(until: { trainer.state.step >= 5 })
         let decoded = try Checkpoint.decode(try trainer.checkpoint.encoded())
         #expect(decoded.configuration.masksPerStep == 2)
         #expect(decoded == trainer.checkpoint)
         // A configuration without the field (as older checkpoints and coordinators wrote it).
-        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(Self.configuration(shards: 2, masksPerStep: 1))) as! [String: Any]
+        var json =
+            try JSONSerialization.jsonObject(with: JSONEncoder().encode(Self.configuration(shards: 2, masksPerStep: 1)))
+            as! [String: Any]
         #expect(json["masksPerStep"] as? Int == 1)
         json["masksPerStep"] = nil
-        let old = try JSONDecoder().decode(TrainingConfiguration.self, from: JSONSerialization.data(withJSONObject: json))
+        let old = try JSONDecoder().decode(
+            TrainingConfiguration.self,
+            from: JSONSerialization.data(withJSONObject: json)
+        )
         #expect(old == Self.configuration(shards: 2, masksPerStep: 1))
     }
 
@@ -113,11 +145,14 @@ struct MaskParallelTests {
         #expect(abs(lossSum - sums(parameters).reduce(0, +)) < 1e-4 * abs(lossSum))
 
         let h = 1e-6
-        var worst = 0.0, worstEqualWeights = 0.0
+        var worst = 0.0
+        var worstEqualWeights = 0.0
         let scale = 1 / Double(c.batchSize)
         for i in stride(from: 0, to: parameters.count, by: 3) {
-            var plus = parameters, minus = parameters
-            plus[i] += h; minus[i] -= h
+            var plus = parameters
+            var minus = parameters
+            plus[i] += h
+            minus[i] -= h
             let numeric = (meanLoss(plus) - meanLoss(minus)) / (2 * h)
             worst = max(worst, abs(Double(gradient[i]) * scale - numeric) / max(1e-3, abs(numeric)))
             // Equal weights per mask (the mean of each mask's mean) is another objective: it differs.
@@ -131,8 +166,10 @@ struct MaskParallelTests {
 
     /// Every shard computed apart, in reverse order, by fresh engines, and summed in aligned blocks
     /// first (as workers holding several shards do): the bits of the one-process trainer.
-    @Test("the shards of a step with several masks give the same bits however they are grouped and ordered",
-          arguments: [(4, 2), (4, 4), (8, 2), (2, 1)])
+    @Test(
+        "the shards of a step with several masks give the same bits however they are grouped and ordered",
+        arguments: [(4, 2), (4, 4), (8, 2), (2, 1)]
+    )
     func groupingsAgree(shards: Int, masksPerStep: Int) throws {
         let c = Self.configuration(shards: shards, masksPerStep: masksPerStep, epochs: 2)
         let data = TrainerTests.dataset()
@@ -145,7 +182,12 @@ struct MaskParallelTests {
             var gradients = [[Float]](repeating: [Float](repeating: .nan, count: n), count: shards)
             var losses = [Double](repeating: 0, count: shards)
             for s in (0..<shards).reversed() {
-                let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: plan.shards[s].count)
+                let engine = GradientEngine(
+                    configuration: c.model,
+                    distribution: c.distribution,
+                    runSeed: c.seed,
+                    capacity: plan.shards[s].count
+                )
                 engine.begin(parameters: other.state.parameters, maskSeed: plan.maskSeeds[s])
                 losses[s] = engine.gradient(data: data.train!, indices: plan.shards[s], into: &gradients[s])
             }
@@ -177,31 +219,54 @@ struct MaskParallelTests {
         _ = try second.run()
         #expect(second.state.parameters == uninterrupted.state.parameters)
         // And M changes what is trained.
-        let oneMask = try Trainer(configuration: Self.configuration(shards: 4, masksPerStep: 1, epochs: 3), dataset: data)
+        let oneMask = try Trainer(
+            configuration: Self.configuration(shards: 4, masksPerStep: 1, epochs: 3),
+            dataset: data
+        )
         _ = try oneMask.run()
         #expect(oneMask.state.parameters != uninterrupted.state.parameters)
     }
 
-    @Test("the ensemble trained with several masks per step is normalized exactly over all 2^D vectors",
-          arguments: [(4, 4), (4, 2)])
+    @Test(
+        "the ensemble trained with several masks per step is normalized exactly over all 2^D vectors",
+        arguments: [(4, 4), (4, 2)]
+    )
     func normalization(masks: Int, masksPerStep: Int) throws {
         let d = 10
-        var c = Self.configuration(shards: 4, masksPerStep: masksPerStep, masks: masks, batchSize: 16, epochs: 3, dimension: d, hidden: [32])
+        var c = Self.configuration(
+            shards: 4,
+            masksPerStep: masksPerStep,
+            masks: masks,
+            batchSize: 16,
+            epochs: 3,
+            dimension: d,
+            hidden: [32]
+        )
         c.adam.learningRate = 0.05
         c.schedule.baseLearningRate = 0.05
         let data = TrainerTests.dataset(count: 160, dimension: d)
         let trainer = try Trainer(configuration: c, dataset: data)
         _ = try trainer.run()
         let parameters = trainer.state.parameters.map(Double.init)
-        #expect(parameters != ParameterLayout(c.model).initialParameters(seed: c.seed, as: Double.self), "training changed nothing")
-        let evaluator = Evaluator<Double>(configuration: c.model, distribution: .bernoulli, runSeed: c.seed, chunkSize: 512)
+        #expect(
+            parameters != ParameterLayout(c.model).initialParameters(seed: c.seed, as: Double.self),
+            "training changed nothing"
+        )
+        let evaluator = Evaluator<Double>(
+            configuration: c.model,
+            distribution: .bernoulli,
+            runSeed: c.seed,
+            chunkSize: 512
+        )
         let all = NormalizationTests.allBinaryVectors(d)
         let perMask = evaluator.maskLogLikelihoods(parameters: parameters, data: all, masks: masks)
         for (k, ll) in perMask.enumerated() {
             let total = ll.reduce(0) { $0 + exp($1) }
             #expect(abs(total - 1) < 1e-10, "mask \(k): sum p(x) = \(total)")
         }
-        let ensemble = evaluator.logLikelihoods(parameters: parameters, data: all, masks: masks).reduce(0) { $0 + exp($1) }
+        let ensemble = evaluator.logLikelihoods(parameters: parameters, data: all, masks: masks).reduce(0) {
+            $0 + exp($1)
+        }
         #expect(abs(ensemble - 1) < 1e-10, "ensemble: sum p(x) = \(ensemble)")
     }
 
@@ -233,7 +298,10 @@ struct MaskParallelTests {
                 for r in 0..<rows {
                     for i in 0..<c.model.inputCount where inputGradient[r * c.model.inputCount + i] != 0 {
                         dependencies += 1
-                        #expect(order[i] < order[o % c.model.inputCount], "shard \(s) (mask \(seed)): output \(o) depends on input \(i)")
+                        #expect(
+                            order[i] < order[o % c.model.inputCount],
+                            "shard \(s) (mask \(seed)): output \(o) depends on input \(i)"
+                        )
                     }
                 }
             }

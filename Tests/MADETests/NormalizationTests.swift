@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 /// Exact normalization: the probabilities of all `2^D` binary vectors sum to 1.
@@ -11,12 +12,21 @@ struct NormalizationTests {
         return DataMatrix(binary: bytes, count: 1 << d, dimension: d)
     }
 
-    static func totalProbability(_ c: ModelConfiguration, masks k: Int, mode: EnsembleMode = .likelihood,
-                                 kernel: ComputeKernel = .dense) -> Double {
+    static func totalProbability(
+        _ c: ModelConfiguration,
+        masks k: Int,
+        mode: EnsembleMode = .likelihood,
+        kernel: ComputeKernel = .dense
+    ) -> Double {
         let params = ParameterLayout(c).initialParameters(seed: 21, as: Double.self).map { $0 * 3 }
         var evaluator = Evaluator<Double>(configuration: c, distribution: .bernoulli, runSeed: 9, chunkSize: 512)
         evaluator.kernel = kernel
-        let ll = evaluator.logLikelihoods(parameters: params, data: allBinaryVectors(c.inputCount), masks: k, mode: mode)
+        let ll = evaluator.logLikelihoods(
+            parameters: params,
+            data: allBinaryVectors(c.inputCount),
+            masks: k,
+            mode: mode
+        )
         return ll.reduce(0) { $0 + exp($1) }
     }
 
@@ -25,7 +35,12 @@ struct NormalizationTests {
         let (d, hidden) = shape
         for natural in [true, false] {
             for direct in [false, true] {
-                let c = ModelConfiguration(inputCount: d, hiddenSizes: hidden, naturalOrdering: natural, directConnections: direct)
+                let c = ModelConfiguration(
+                    inputCount: d,
+                    hiddenSizes: hidden,
+                    naturalOrdering: natural,
+                    directConnections: direct
+                )
                 let total = Self.totalProbability(c, masks: 1, kernel: kernel)
                 #expect(abs(total - 1) < 1e-10, "sum p(x) = \(total) for D=\(d) hidden=\(hidden)")
             }

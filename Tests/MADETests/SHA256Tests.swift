@@ -1,4 +1,5 @@
 import Testing
+
 @testable import MADE
 
 @Suite("SHA-256")
@@ -7,10 +8,14 @@ struct SHA256Tests {
     func vectors() {
         #expect(SHA256.hex(Array("".utf8)) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        #expect(SHA256.hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
-                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
-        #expect(SHA256.hex([UInt8](repeating: 0x61, count: 1_000_000))
-                == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+        #expect(
+            SHA256.hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
+                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        )
+        #expect(
+            SHA256.hex([UInt8](repeating: 0x61, count: 1_000_000))
+                == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+        )
     }
 
     @Test("incremental updates equal one update")
@@ -18,7 +23,10 @@ struct SHA256Tests {
         let message = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         var s = SHA256()
         var i = 0
-        for size in [1, 63, 64, 65, 7, 200, 600] { s.update(message[i..<min(1000, i + size)]); i = min(1000, i + size) }
+        for size in [1, 63, 64, 65, 7, 200, 600] {
+            s.update(message[i..<min(1000, i + size)])
+            i = min(1000, i + size)
+        }
         #expect(s.finalize() == SHA256.hash(message))
     }
 

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
+
 @testable import MADE
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,13 +45,18 @@ struct SafetyTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder).allSatisfy { !$0.contains(".tmp-") })
     }
 
-    @Test("AtomicFile's errors give the failing call's own reason; a link planted at its temporary name is not followed")
+    @Test(
+        "AtomicFile's errors give the failing call's own reason; a link planted at its temporary name is not followed"
+    )
     func atomicFileErrors() throws {
         let missing = #expect(throws: MADEError.self) { try AtomicFile.write([1], to: "/nonexistent-folder/x.bin") }
         #expect(missing?.message.contains("No such file or directory") == true, "\(String(describing: missing))")
         let folder = Self.folder("full")
         let target = folder + "/full"
-        try FileManager.default.createSymbolicLink(atPath: folder + "/.full.tmp-\(getpid())", withDestinationPath: "/dev/full")
+        try FileManager.default.createSymbolicLink(
+            atPath: folder + "/.full.tmp-\(getpid())",
+            withDestinationPath: "/dev/full"
+        )
         // The temporary name is not followed when it is a link: the link is replaced by a file of its own.
         try AtomicFile.write([7, 7], to: target)
         #expect(try Array(Data(contentsOf: URL(fileURLWithPath: target))) == [7, 7])
@@ -77,23 +84,31 @@ struct SafetyTests {
         let folder = Self.folder("writable")
         try AtomicFile.checkWritableFolder(of: folder + "/run.ckpt")
         try AtomicFile.checkWritableFolder(of: "relative.ckpt")
-        let missing = #expect(throws: MADEError.self) { try AtomicFile.checkWritableFolder(of: folder + "/none/run.ckpt") }
+        let missing = #expect(throws: MADEError.self) {
+            try AtomicFile.checkWritableFolder(of: folder + "/none/run.ckpt")
+        }
         #expect(missing?.message.contains("does not exist") == true)
         try AtomicFile.write("x", to: folder + "/file")
-        let notFolder = #expect(throws: MADEError.self) { try AtomicFile.checkWritableFolder(of: folder + "/file/run.ckpt") }
+        let notFolder = #expect(throws: MADEError.self) {
+            try AtomicFile.checkWritableFolder(of: folder + "/file/run.ckpt")
+        }
         #expect(notFolder?.message.contains("not a folder") == true)
         if getuid() != 0 {
             try FileManager.default.createDirectory(atPath: folder + "/locked", withIntermediateDirectories: true)
             chmod(folder + "/locked", 0o500)
             defer { chmod(folder + "/locked", 0o700) }
-            let locked = #expect(throws: MADEError.self) { try AtomicFile.checkWritableFolder(of: folder + "/locked/run.ckpt") }
+            let locked = #expect(throws: MADEError.self) {
+                try AtomicFile.checkWritableFolder(of: folder + "/locked/run.ckpt")
+            }
             #expect(locked?.message.contains("not writable") == true)
         }
     }
 
     // MARK: Checkpoints
 
-    @Test("one writer per checkpoint: a second lock is refused and names the holder's pid; it is free again once released")
+    @Test(
+        "one writer per checkpoint: a second lock is refused and names the holder's pid; it is free again once released"
+    )
     func checkpointLock() throws {
         let path = Self.folder("lock") + "/run.ckpt"
         var first: CheckpointLock? = try CheckpointLock(checkpoint: path)
@@ -141,19 +156,22 @@ struct SafetyTests {
 
     // MARK: Sizes and values
 
-    @Test("configurations with a negative or non-finite weight decay, decay factor or epochs are refused", arguments: [
-        { (c: inout TrainingConfiguration) in c.adam.weightDecay = -1 },
-        { (c: inout TrainingConfiguration) in c.adam.weightDecay = .nan },
-        { (c: inout TrainingConfiguration) in c.schedule.gamma = -1 },
-        { (c: inout TrainingConfiguration) in c.schedule.gamma = 1e300 },
-        { (c: inout TrainingConfiguration) in c.schedule.gamma = .nan },
-        { (c: inout TrainingConfiguration) in c.schedule.stepEpochs = -5 },
-        { (c: inout TrainingConfiguration) in c.epochs = Int.max },
-        { (c: inout TrainingConfiguration) in c.evaluationMasks = 100_000 },
-        { (c: inout TrainingConfiguration) in c.model.maskCount = 4_611_686_018_427_387_904 },
-        { (c: inout TrainingConfiguration) in c.model.hiddenSizes = [Int](repeating: 2, count: 5000) },
-        { (c: inout TrainingConfiguration) in c.model.hiddenSizes = [Int.max / 2] },
-    ] as [@Sendable (inout TrainingConfiguration) -> Void])
+    @Test(
+        "configurations with a negative or non-finite weight decay, decay factor or epochs are refused",
+        arguments: [
+            { (c: inout TrainingConfiguration) in c.adam.weightDecay = -1 },
+            { (c: inout TrainingConfiguration) in c.adam.weightDecay = .nan },
+            { (c: inout TrainingConfiguration) in c.schedule.gamma = -1 },
+            { (c: inout TrainingConfiguration) in c.schedule.gamma = 1e300 },
+            { (c: inout TrainingConfiguration) in c.schedule.gamma = .nan },
+            { (c: inout TrainingConfiguration) in c.schedule.stepEpochs = -5 },
+            { (c: inout TrainingConfiguration) in c.epochs = Int.max },
+            { (c: inout TrainingConfiguration) in c.evaluationMasks = 100_000 },
+            { (c: inout TrainingConfiguration) in c.model.maskCount = 4_611_686_018_427_387_904 },
+            { (c: inout TrainingConfiguration) in c.model.hiddenSizes = [Int](repeating: 2, count: 5000) },
+            { (c: inout TrainingConfiguration) in c.model.hiddenSizes = [Int.max / 2] },
+        ] as [@Sendable (inout TrainingConfiguration) -> Void]
+    )
     func invalidConfigurations(mutate: @Sendable (inout TrainingConfiguration) -> Void) throws {
         var c = TrainerTests.configuration()
         try c.validate()
@@ -169,7 +187,9 @@ struct SafetyTests {
         #expect(huge?.code == .tooLarge && huge?.message.contains("everything needs") == true)
         #expect(MemoryBudget.product(3_000_000, 784, 4) == 9_408_000_000)
         #expect(MemoryBudget.product(Int.max, 2) == nil)
-        #expect(throws: MADEError.self) { try MemoryBudget.require(MemoryBudget.product(Int.max, 2), for: "an overflow") }
+        #expect(throws: MADEError.self) {
+            try MemoryBudget.require(MemoryBudget.product(Int.max, 2), for: "an overflow")
+        }
         // A model too large to train here is refused before anything is allocated.
         var c = TrainerTests.configuration()
         c.model = ModelConfiguration(inputCount: 16, hiddenSizes: [40_000, 40_000])
@@ -184,16 +204,55 @@ struct SafetyTests {
         var out: [UInt8] = []
         func le<I: FixedWidthInteger>(_ v: I) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         let nameBytes = Array(name.utf8)
-        func extra() { le(UInt16(1)); le(UInt16(16)); le(declaredSize); le(UInt64(deflated.count)) }
-        le(UInt32(0x0403_4b50)); le(UInt16(45)); le(UInt16(0)); le(UInt16(8)); le(UInt16(0)); le(UInt16(0x21)); le(crc)
-        le(UInt32.max); le(UInt32.max); le(UInt16(nameBytes.count)); le(UInt16(20)); out += nameBytes; extra()
+        func extra() {
+            le(UInt16(1))
+            le(UInt16(16))
+            le(declaredSize)
+            le(UInt64(deflated.count))
+        }
+        le(UInt32(0x0403_4b50))
+        le(UInt16(45))
+        le(UInt16(0))
+        le(UInt16(8))
+        le(UInt16(0))
+        le(UInt16(0x21))
+        le(crc)
+        le(UInt32.max)
+        le(UInt32.max)
+        le(UInt16(nameBytes.count))
+        le(UInt16(20))
+        out += nameBytes
+        extra()
         out += deflated
         let central = out.count
-        le(UInt32(0x0201_4b50)); le(UInt16(45)); le(UInt16(45)); le(UInt16(0)); le(UInt16(8)); le(UInt16(0)); le(UInt16(0x21)); le(crc)
-        le(UInt32.max); le(UInt32.max); le(UInt16(nameBytes.count)); le(UInt16(20)); le(UInt16(0)); le(UInt16(0)); le(UInt16(0))
-        le(UInt32(0)); le(UInt32(0)); out += nameBytes; extra()
+        le(UInt32(0x0201_4b50))
+        le(UInt16(45))
+        le(UInt16(45))
+        le(UInt16(0))
+        le(UInt16(8))
+        le(UInt16(0))
+        le(UInt16(0x21))
+        le(crc)
+        le(UInt32.max)
+        le(UInt32.max)
+        le(UInt16(nameBytes.count))
+        le(UInt16(20))
+        le(UInt16(0))
+        le(UInt16(0))
+        le(UInt16(0))
+        le(UInt32(0))
+        le(UInt32(0))
+        out += nameBytes
+        extra()
         let centralSize = out.count - central
-        le(UInt32(0x0605_4b50)); le(UInt16(0)); le(UInt16(0)); le(UInt16(1)); le(UInt16(1)); le(UInt32(centralSize)); le(UInt32(central)); le(UInt16(0))
+        le(UInt32(0x0605_4b50))
+        le(UInt16(0))
+        le(UInt16(0))
+        le(UInt16(1))
+        le(UInt16(1))
+        le(UInt32(centralSize))
+        le(UInt32(central))
+        le(UInt16(0))
         return out
     }
 
@@ -201,7 +260,8 @@ struct SafetyTests {
     static func npyHeader(descr: String, rows: Int, columns: Int) -> [UInt8] {
         var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': (\(rows), \(columns)), }"
         header += String(repeating: " ", count: (64 - (10 + header.utf8.count + 1) % 64) % 64) + "\n"
-        return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count & 0xFF), UInt8(header.utf8.count >> 8)] + Array(header.utf8)
+        return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count & 0xFF), UInt8(header.utf8.count >> 8)]
+            + Array(header.utf8)
     }
 
     @Test("a zip bomb: an .npz entry that declares a 30,000,000 x 784 array is refused before it is extracted")
@@ -212,8 +272,10 @@ struct SafetyTests {
         let gzip = Gzip.compress(header + [UInt8](repeating: 0, count: 2 << 20))
         let raw = Array(gzip[10..<(gzip.count - 8)])
         let path = folder + "/bomb.npz"
-        try Data(Self.zip64(name: "train_data.npy", declaredSize: UInt64(header.count) + 30_000_000 * 784 * 4, deflated: raw))
-            .write(to: URL(fileURLWithPath: path))
+        try Data(
+            Self.zip64(name: "train_data.npy", declaredSize: UInt64(header.count) + 30_000_000 * 784 * 4, deflated: raw)
+        )
+        .write(to: URL(fileURLWithPath: path))
         let error = #expect(throws: MADEError.self) { try DatasetLoader.load(path: path) }
         #expect(error?.code == .tooLarge, "\(String(describing: error))")
         #expect(error?.message.contains("30000000x784") == true, "\(String(describing: error))")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 @Suite("Sampling")
@@ -7,12 +8,35 @@ struct SamplerTests {
     static let configurations: [(ModelConfiguration, OutputDistribution)] = [
         (ModelConfiguration(inputCount: 12, hiddenSizes: []), .bernoulli),
         (ModelConfiguration(inputCount: 12, hiddenSizes: [20], naturalOrdering: false), .bernoulli),
-        (ModelConfiguration(inputCount: 12, hiddenSizes: [20, 15], naturalOrdering: false, directConnections: true, maskCount: 3), .bernoulli),
-        (ModelConfiguration(inputCount: 10, hiddenSizes: [16, 16, 16], naturalOrdering: false, maskCount: 2), .bernoulli),
-        (ModelConfiguration(inputCount: 8, hiddenSizes: [12], outputMultiplier: 2, naturalOrdering: false, directConnections: true, maskCount: 2), .gaussian),
+        (
+            ModelConfiguration(
+                inputCount: 12,
+                hiddenSizes: [20, 15],
+                naturalOrdering: false,
+                directConnections: true,
+                maskCount: 3
+            ), .bernoulli
+        ),
+        (
+            ModelConfiguration(inputCount: 10, hiddenSizes: [16, 16, 16], naturalOrdering: false, maskCount: 2),
+            .bernoulli
+        ),
+        (
+            ModelConfiguration(
+                inputCount: 8,
+                hiddenSizes: [12],
+                outputMultiplier: 2,
+                naturalOrdering: false,
+                directConnections: true,
+                maskCount: 2
+            ), .gaussian
+        ),
     ]
 
-    @Test("cached and naive sampling give identical samples for the same random stream", arguments: 0..<configurations.count)
+    @Test(
+        "cached and naive sampling give identical samples for the same random stream",
+        arguments: 0..<configurations.count
+    )
     func cachedEqualsNaive(index: Int) {
         let (c, distribution) = Self.configurations[index]
         let scale = distribution == .bernoulli ? 4.0 : 0.3

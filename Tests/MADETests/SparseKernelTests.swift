@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 /// The sparse kernel against the masks it follows and against the dense kernel.
@@ -11,7 +12,11 @@ struct SparseKernelTests {
 
         var kernel: ComputeKernel { self == .dense ? .dense : .sparse }
 
-        func workspace<T: BLASScalar>(_ c: ModelConfiguration, capacity: Int, as: T.Type = T.self) -> NetworkWorkspace<T> {
+        func workspace<T: BLASScalar>(
+            _ c: ModelConfiguration,
+            capacity: Int,
+            as: T.Type = T.self
+        ) -> NetworkWorkspace<T> {
             let ws = NetworkWorkspace<T>(configuration: c, capacity: capacity, kernel: kernel)
             ws.sparseInputLimit = self == .rows ? 1 : 0
             return ws
@@ -21,8 +26,20 @@ struct SparseKernelTests {
     @Test("blocks hold exactly the mask's non-zeros, and the bands cover every one")
     func blocksMatchMasks() {
         let configurations = [
-            ModelConfiguration(inputCount: 11, hiddenSizes: [7, 13], outputMultiplier: 3, naturalOrdering: false, directConnections: true),
-            ModelConfiguration(inputCount: 40, hiddenSizes: [3], outputMultiplier: 2, naturalOrdering: true, directConnections: true),
+            ModelConfiguration(
+                inputCount: 11,
+                hiddenSizes: [7, 13],
+                outputMultiplier: 3,
+                naturalOrdering: false,
+                directConnections: true
+            ),
+            ModelConfiguration(
+                inputCount: 40,
+                hiddenSizes: [3],
+                outputMultiplier: 2,
+                naturalOrdering: true,
+                directConnections: true
+            ),
             ModelConfiguration(inputCount: 2, hiddenSizes: [], naturalOrdering: false, directConnections: true),
             ModelConfiguration(inputCount: 300, hiddenSizes: [200, 100], naturalOrdering: false),
         ]
@@ -38,7 +55,10 @@ struct SparseKernelTests {
                     for i in 0..<b.rows {
                         for j in 0..<b.columns {
                             let bit = bits[Int(b.rowOrder[i]) * b.columns + Int(b.columnOrder[j])]
-                            #expect((bit == 1) == (i < Int(b.activeRows[j])), "entry (\(i), \(j)) of a \(b.rows)x\(b.columns) matrix")
+                            #expect(
+                                (bit == 1) == (i < Int(b.activeRows[j])),
+                                "entry (\(i), \(j)) of a \(b.rows)x\(b.columns) matrix"
+                            )
                             kept += Int(bit)
                         }
                     }
@@ -62,7 +82,13 @@ struct SparseKernelTests {
     @Test("parameters permuted in place into compute order hold each weight at its place, and come back bit for bit")
     func inPlacePermutation() {
         let configurations = [
-            ModelConfiguration(inputCount: 11, hiddenSizes: [7, 13], outputMultiplier: 3, naturalOrdering: false, directConnections: true),
+            ModelConfiguration(
+                inputCount: 11,
+                hiddenSizes: [7, 13],
+                outputMultiplier: 3,
+                naturalOrdering: false,
+                directConnections: true
+            ),
             ModelConfiguration(inputCount: 2, hiddenSizes: [], naturalOrdering: false, directConnections: true),
             ModelConfiguration(inputCount: 30, hiddenSizes: [50, 20], naturalOrdering: true),
         ]
@@ -72,8 +98,14 @@ struct SparseKernelTests {
             for seed: UInt64 in 0..<3 {
                 let blocks = MaskSet(configuration: c, runSeed: 9, maskSeed: seed).blocks
                 var values = original
-                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout,
-                                                                       toCompute: true, threads: 2) }
+                values.withUnsafeMutableBufferPointer {
+                    blocks.permute(
+                        $0.baseAddress!,
+                        layout: layout,
+                        toCompute: true,
+                        threads: 2
+                    )
+                }
                 var misplaced = 0
                 for (k, m) in layout.matrices.enumerated() {
                     let b = blocks.matrices[k]
@@ -90,16 +122,29 @@ struct SparseKernelTests {
                     }
                 }
                 #expect(misplaced == 0, "\(misplaced) of \(layout.count) parameters misplaced, mask seed \(seed)")
-                values.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout,
-                                                                       toCompute: false) }
+                values.withUnsafeMutableBufferPointer {
+                    blocks.permute(
+                        $0.baseAddress!,
+                        layout: layout,
+                        toCompute: false
+                    )
+                }
                 #expect(values == original)
             }
         }
     }
 
     /// Outputs, parameter gradients and input gradients of one path, in layout order.
-    static func run(_ path: Path, _ c: ModelConfiguration, masks: MaskSet, parameters: [Float], input: [Float], outputGradient: [Float])
-        -> (output: [Float], gradient: [Float], inputGradient: [Float]) {
+    static func run(
+        _ path: Path,
+        _ c: ModelConfiguration,
+        masks: MaskSet,
+        parameters: [Float],
+        input: [Float],
+        outputGradient: [Float]
+    )
+        -> (output: [Float], gradient: [Float], inputGradient: [Float])
+    {
         let rows = input.count / c.inputCount
         let ws: NetworkWorkspace<Float> = path.workspace(c, capacity: rows)
         ws.setMasks(masks)
@@ -127,24 +172,51 @@ struct SparseKernelTests {
     @Test("sparse paths agree with the dense one", arguments: 0..<agreementCases.count, [0.0, 0.13, 0.5, 1.0, -1.0])
     func agreesWithDense(index: Int, density: Double) {
         let (d, hidden, k, natural, direct) = Self.agreementCases[index]
-        let c = ModelConfiguration(inputCount: d, hiddenSizes: hidden, outputMultiplier: k, naturalOrdering: natural,
-                                   directConnections: direct, maskCount: 3)
+        let c = ModelConfiguration(
+            inputCount: d,
+            hiddenSizes: hidden,
+            outputMultiplier: k,
+            naturalOrdering: natural,
+            directConnections: direct,
+            maskCount: 3
+        )
         let rows = 7
         var rng = RandomStream(seed: UInt64(index) + 40, domain: .sampling)
         // density < 0: real-valued inputs.
-        let input = (0..<(rows * d)).map { _ in density < 0 ? Float(rng.unitDouble() * 2 - 1) : (rng.unitDouble() < density ? 1 : 0) }
+        let input = (0..<(rows * d)).map { _ in
+            density < 0 ? Float(rng.unitDouble() * 2 - 1) : (rng.unitDouble() < density ? 1 : 0)
+        }
         let outputGradient = (0..<(rows * c.outputCount)).map { _ in Float(rng.unitDouble() * 2 - 1) }
         let parameters = ParameterLayout(c).initialParameters(seed: 6, as: Float.self)
         for seed: UInt64 in 0..<3 {
             let masks = MaskSet(configuration: c, runSeed: 2, maskSeed: seed)
-            let dense = Self.run(.dense, c, masks: masks, parameters: parameters, input: input, outputGradient: outputGradient)
+            let dense = Self.run(
+                .dense,
+                c,
+                masks: masks,
+                parameters: parameters,
+                input: input,
+                outputGradient: outputGradient
+            )
             for path in [Path.bands, .rows] {
-                let sparse = Self.run(path, c, masks: masks, parameters: parameters, input: input, outputGradient: outputGradient)
-                for (name, a, b) in [("output", dense.output, sparse.output), ("gradient", dense.gradient, sparse.gradient),
-                                     ("input gradient", dense.inputGradient, sparse.inputGradient)] {
+                let sparse = Self.run(
+                    path,
+                    c,
+                    masks: masks,
+                    parameters: parameters,
+                    input: input,
+                    outputGradient: outputGradient
+                )
+                for (name, a, b) in [
+                    ("output", dense.output, sparse.output), ("gradient", dense.gradient, sparse.gradient),
+                    ("input gradient", dense.inputGradient, sparse.inputGradient),
+                ] {
                     let scale = max(1, a.map { abs($0) }.max() ?? 0)
                     let worst = zip(a, b).map { abs($0 - $1) }.max() ?? 0
-                    #expect(worst <= 1e-5 * scale, "\(path) \(name) differs by \(worst) (scale \(scale)), config \(index), mask \(seed)")
+                    #expect(
+                        worst <= 1e-5 * scale,
+                        "\(path) \(name) differs by \(worst) (scale \(scale)), config \(index), mask \(seed)"
+                    )
                     #expect(!b.contains { $0.isNaN }, "\(path) \(name) left entries unwritten")
                 }
                 // Masked-out weights are exactly +0 on every path.
@@ -159,7 +231,13 @@ struct SparseKernelTests {
 
     @Test("a sparse step gives the same bits every time, whatever ran before")
     func deterministic() {
-        let c = ModelConfiguration(inputCount: 20, hiddenSizes: [25, 25], naturalOrdering: false, directConnections: true, maskCount: 2)
+        let c = ModelConfiguration(
+            inputCount: 20,
+            hiddenSizes: [25, 25],
+            naturalOrdering: false,
+            directConnections: true,
+            maskCount: 2
+        )
         var rng = RandomStream(seed: 9, domain: .sampling)
         let bits = (0..<(20 * 30)).map { _ in UInt8(rng.uniform(below: 4) == 0 ? 1 : 0) }
         let data = DataMatrix(binary: bits, count: 30, dimension: 20)
@@ -189,7 +267,10 @@ struct SparseKernelTests {
         #expect(try JSONDecoder().decode(TrainingConfiguration.self, from: encoded) == dense)
         var object = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(c)) as? [String: Any])
         #expect(object.removeValue(forKey: "kernel") != nil)
-        let old = try JSONDecoder().decode(TrainingConfiguration.self, from: JSONSerialization.data(withJSONObject: object))
+        let old = try JSONDecoder().decode(
+            TrainingConfiguration.self,
+            from: JSONSerialization.data(withJSONObject: object)
+        )
         #expect(old.kernel == .dense)
         #expect(old.model == c.model && old.seed == c.seed && old.batchSize == c.batchSize)
     }
@@ -199,9 +280,20 @@ struct SparseKernelTests {
         let dataset = Self.binaryDataset(seed: 4)
         var results: [ComputeKernel: (Double, [Float])] = [:]
         for kernel in ComputeKernel.allCases {
-            let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 12, hiddenSizes: [20, 20], naturalOrdering: false,
-                                                                    directConnections: true, maskCount: 2),
-                                          batchSize: 20, epochs: 1, resampleEvery: 3, shards: 2, kernel: kernel)
+            let c = TrainingConfiguration(
+                model: ModelConfiguration(
+                    inputCount: 12,
+                    hiddenSizes: [20, 20],
+                    naturalOrdering: false,
+                    directConnections: true,
+                    maskCount: 2
+                ),
+                batchSize: 20,
+                epochs: 1,
+                resampleEvery: 3,
+                shards: 2,
+                kernel: kernel
+            )
             let trainer = try Trainer(configuration: c, dataset: dataset)
             _ = try trainer.run()
             results[kernel] = (trainer.state.history[0].validNLL!, trainer.state.parameters)
@@ -217,25 +309,45 @@ struct SparseKernelTests {
     /// mask held through epochs of 100 steps.
     static let heldCases: [(maskCount: Int, batchSize: Int, resampleEvery: Int)] = [(2, 20, 6), (1, 2, 20)]
 
-    @Test("parameters held in compute order between mask changes give the bits of layout order, read at any step",
-          arguments: 0..<heldCases.count)
+    @Test(
+        "parameters held in compute order between mask changes give the bits of layout order, read at any step",
+        arguments: 0..<heldCases.count
+    )
     func heldParametersAgreeWithLayoutOrder(_ index: Int) throws {
         let dataset = Self.binaryDataset(seed: 6)
         let held = Self.heldCases[index]
-        let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 12, hiddenSizes: [20, 20], naturalOrdering: false,
-                                                                directConnections: true, maskCount: held.maskCount),
-                                      batchSize: held.batchSize, epochs: 2, resampleEvery: held.resampleEvery,
-                                      shards: 2, kernel: .sparse)
+        let c = TrainingConfiguration(
+            model: ModelConfiguration(
+                inputCount: 12,
+                hiddenSizes: [20, 20],
+                naturalOrdering: false,
+                directConnections: true,
+                maskCount: held.maskCount
+            ),
+            batchSize: held.batchSize,
+            epochs: 2,
+            resampleEvery: held.resampleEvery,
+            shards: 2,
+            kernel: .sparse
+        )
         let steps = 2 * (200 / held.batchSize)
         // The reference: every step in layout order, as a cluster computes it.
         let reference = try Trainer(configuration: c, dataset: dataset)
-        let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: 10, kernel: .sparse)
+        let engine = GradientEngine(
+            configuration: c.model,
+            distribution: c.distribution,
+            runSeed: c.seed,
+            capacity: 10,
+            kernel: .sparse
+        )
         let n = ParameterLayout(c.model).count
         var gradients = [[Float]](repeating: [Float](repeating: 0, count: n), count: 2)
         _ = try reference.drive(until: { false }) { plan in
             engine.begin(parameters: reference.state.parameters, maskSeed: plan.maskSeeds[0])
             var losses: [Double] = []
-            for (s, rows) in plan.shards.enumerated() { losses.append(engine.gradient(data: dataset.train!, indices: rows, into: &gradients[s])) }
+            for (s, rows) in plan.shards.enumerated() {
+                losses.append(engine.gradient(data: dataset.train!, indices: rows, into: &gradients[s]))
+            }
             GradientReducer.reduce(&gradients)
             return (gradients[0], GradientReducer.reduce(losses))
         }

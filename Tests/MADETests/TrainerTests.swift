@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MADE
 
 @Suite("Training, checkpoints and resume")
@@ -11,7 +12,8 @@ struct TrainerTests {
             var bytes = [UInt8](repeating: 0, count: n * dimension)
             for r in 0..<n {
                 for j in 0..<dimension {
-                    bytes[r * dimension + j] = j < dimension / 2 ? UInt8(rng.uniform(below: 2)) : bytes[r * dimension + j - dimension / 2]
+                    bytes[r * dimension + j] =
+                        j < dimension / 2 ? UInt8(rng.uniform(below: 2)) : bytes[r * dimension + j - dimension / 2]
                 }
             }
             return DataMatrix(binary: bytes, count: n, dimension: dimension)
@@ -21,10 +23,23 @@ struct TrainerTests {
 
     static func configuration(shards: Int = 1, patience: Int = 0, epochs: Int = 4) -> TrainingConfiguration {
         TrainingConfiguration(
-            model: ModelConfiguration(inputCount: 16, hiddenSizes: [24, 20], naturalOrdering: false, directConnections: true, maskCount: 3),
-            seed: 42, batchSize: 12, epochs: epochs, resampleEvery: 4, shards: shards,
-            adam: AdamConfiguration(learningRate: 0.01), schedule: StepSchedule(baseLearningRate: 0.01, stepEpochs: 2, gamma: 0.5),
-            patience: patience, evaluationMasks: 2)
+            model: ModelConfiguration(
+                inputCount: 16,
+                hiddenSizes: [24, 20],
+                naturalOrdering: false,
+                directConnections: true,
+                maskCount: 3
+            ),
+            seed: 42,
+            batchSize: 12,
+            epochs: epochs,
+            resampleEvery: 4,
+            shards: shards,
+            adam: AdamConfiguration(learningRate: 0.01),
+            schedule: StepSchedule(baseLearningRate: 0.01, stepEpochs: 2, gamma: 0.5),
+            patience: patience,
+            evaluationMasks: 2
+        )
     }
 
     static func temporaryPath(_ name: String) -> String {
@@ -77,7 +92,9 @@ struct TrainerTests {
         flipped[bytes.count / 2] ^= 0x10
         #expect(throws: MADEError.self) { try Checkpoint.decode(flipped) }
         #expect(throws: MADEError.self) { try Checkpoint.decode(Array(bytes.prefix(bytes.count - 100))) }
-        #expect(throws: MADEError.self) { try Checkpoint.decode(Array("not a checkpoint at all, just text....................".utf8)) }
+        #expect(throws: MADEError.self) {
+            try Checkpoint.decode(Array("not a checkpoint at all, just text....................".utf8))
+        }
         do {
             _ = try Checkpoint.decode(Array(bytes.prefix(20)))
             Issue.record("a truncated checkpoint was accepted")
@@ -92,12 +109,19 @@ struct TrainerTests {
         let trainer = try Trainer(configuration: Self.configuration(), dataset: Self.dataset())
         _ = try trainer.run(until: { trainer.state.step >= 12 })
         var checkpoint = trainer.checkpoint
-        checkpoint.state.history.append(EpochRecord(epoch: 0, trainNLL: .nan, validNLL: .infinity, learningRate: 0.01, seconds: 1))
+        checkpoint.state.history.append(
+            EpochRecord(epoch: 0, trainNLL: .nan, validNLL: .infinity, learningRate: 0.01, seconds: 1)
+        )
         let decoded = try Checkpoint.decode(try checkpoint.encoded())
         #expect(decoded.state.history.last!.trainNLL.isNaN && decoded.state.history.last!.validNLL == .infinity)
-        for mutate in [{ (s: inout TrainingState) in s.step = -5; s.adam.step = -5 },
-                       { (s: inout TrainingState) in s.adam.step = s.step + 1 },
-                       { (s: inout TrainingState) in s.completedEpochs = -1 }] {
+        for mutate in [
+            { (s: inout TrainingState) in
+                s.step = -5
+                s.adam.step = -5
+            },
+            { (s: inout TrainingState) in s.adam.step = s.step + 1 },
+            { (s: inout TrainingState) in s.completedEpochs = -1 },
+        ] {
             var bad = trainer.checkpoint
             mutate(&bad.state)
             #expect(throws: MADEError.self) { try Checkpoint.decode(try bad.encoded()) }
@@ -106,7 +130,9 @@ struct TrainerTests {
         var far = trainer.state
         far.step = 500
         far.adam.step = 500
-        #expect(throws: MADEError.self) { try Trainer(configuration: Self.configuration(), dataset: Self.dataset(), state: far) }
+        #expect(throws: MADEError.self) {
+            try Trainer(configuration: Self.configuration(), dataset: Self.dataset(), state: far)
+        }
     }
 
     @Test("checkpoint writes are atomic: the old file survives until the new one is complete")
@@ -115,8 +141,10 @@ struct TrainerTests {
         try AtomicFile.write([1, 2, 3], to: path)
         try AtomicFile.write([4, 5], to: path)
         #expect(try Array(Data(contentsOf: URL(fileURLWithPath: path))) == [4, 5])
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: (path as NSString).deletingLastPathComponent)
-            .filter { $0.hasPrefix(".atomic.bin.tmp-") }   // the folder is shared with tests running beside this one
+        let leftovers = try FileManager.default.contentsOfDirectory(
+            atPath: (path as NSString).deletingLastPathComponent
+        )
+        .filter { $0.hasPrefix(".atomic.bin.tmp-") }  // the folder is shared with tests running beside this one
         #expect(leftovers.isEmpty)
         #expect(throws: MADEError.self) { try AtomicFile.write([1], to: "/nonexistent-folder/x.bin") }
     }
@@ -127,7 +155,9 @@ struct TrainerTests {
         let a = try Trainer(configuration: Self.configuration(shards: 4, epochs: 2), dataset: data)
         let b = try Trainer(configuration: Self.configuration(shards: 4, epochs: 2), dataset: data)
         let c = try Trainer(configuration: Self.configuration(shards: 1, epochs: 2), dataset: data)
-        _ = try a.run(); _ = try b.run(); _ = try c.run()
+        _ = try a.run()
+        _ = try b.run()
+        _ = try c.run()
         #expect(a.state.parameters == b.state.parameters)
         let maxDifference = zip(a.state.parameters, c.state.parameters).map { abs($0 - $1) }.max()!
         #expect(maxDifference < 1e-3, "S=4 and S=1 drifted apart by \(maxDifference)")
@@ -140,7 +170,7 @@ struct TrainerTests {
         _ = try plain.run()
         let evaluating = try Trainer(configuration: Self.configuration(epochs: 1), dataset: data)
         _ = try evaluating.run(until: {
-            _ = evaluating.evaluate(data.test!)   // evaluate between every step
+            _ = evaluating.evaluate(data.test!)  // evaluate between every step
             return false
         })
         #expect(plain.state.parameters == evaluating.state.parameters)
@@ -158,7 +188,10 @@ struct TrainerTests {
         let best = trainer.state.history.compactMap(\.validNLL).min()!
         #expect(trainer.state.bestValidNLL == best)
         #expect(trainer.checkpoint.modelParameters == trainer.state.bestParameters)
-        #expect(abs(trainer.evaluate(Self.dataset(count: 36).valid!, parameters: trainer.checkpoint.modelParameters) - best) < 1e-9)
+        #expect(
+            abs(trainer.evaluate(Self.dataset(count: 36).valid!, parameters: trainer.checkpoint.modelParameters) - best)
+                < 1e-9
+        )
     }
 
     @Test("bad configurations and mismatched data are refused with a reason")
@@ -172,7 +205,12 @@ struct TrainerTests {
         c = Self.configuration()
         c.distribution = .gaussian
         #expect(throws: MADEError.self) { try Trainer(configuration: c, dataset: Self.dataset()) }
-        let real = Dataset(train: DataMatrix(real: [Float](repeating: 0.5, count: 16 * 20), count: 20, dimension: 16), valid: nil, test: nil, source: "grey")
+        let real = Dataset(
+            train: DataMatrix(real: [Float](repeating: 0.5, count: 16 * 20), count: 20, dimension: 16),
+            valid: nil,
+            test: nil,
+            source: "grey"
+        )
         do {
             _ = try Trainer(configuration: Self.configuration(), dataset: real)
             Issue.record("Bernoulli training on grey levels was accepted")

@@ -46,9 +46,14 @@ enum AMat {
             var i = position
             while i < end {
                 let b = bytes[i]
-                if b == 0x20 || b == 0x09 || b == 0x0D { i += 1; continue }
+                if b == 0x20 || b == 0x09 || b == 0x0D {
+                    i += 1
+                    continue
+                }
                 var tokenEnd = i
-                while tokenEnd < end, bytes[tokenEnd] != 0x20, bytes[tokenEnd] != 0x09, bytes[tokenEnd] != 0x0D { tokenEnd += 1 }
+                while tokenEnd < end, bytes[tokenEnd] != 0x20, bytes[tokenEnd] != 0x09, bytes[tokenEnd] != 0x0D {
+                    tokenEnd += 1
+                }
                 if valuesInLine == 0, let blank = firstBlankLine {
                     throw fail("line \(blank) is blank but data follows on line \(lineNumber)")
                 }
@@ -83,7 +88,12 @@ enum AMat {
                     if isBinary { binary.reserveCapacity(dimension * max(1, n / max(1, end - position + 1))) }
                 } else if valuesInLine != dimension {
                     let counted = countValues(bytes, from: position, to: end)
-                    throw fail("line \(lineNumber) has \(counted) values, but line 1 has \(dimension): every line must have the same length")
+                    throw fail(
+                        """
+                        line \(lineNumber) has \(counted) values, but line 1 has \(dimension): every line must have \
+                        the same length
+                        """
+                    )
                 }
                 rows += 1
             }

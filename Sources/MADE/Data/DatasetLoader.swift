@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -54,7 +55,8 @@ public struct DataOptions: Sendable, Equatable, Codable {
 /// file, `.io` for a missing or unreadable one, `.invalidConfiguration` for bad options) whose
 /// `path` names the file at fault.
 public enum DatasetLoader {
-    /// Loads all splits from an .npz, a *_train.amat (with siblings), a train IDX file (with its test sibling), or a directory holding one of those (binarized_mnist.npz, binarized_mnist_train.amat, train-images-idx3-ubyte[.gz]).
+    /// Loads all splits from an .npz, a *_train.amat (with siblings), a train IDX file (with its test sibling), or a
+    /// directory holding one of those (binarized_mnist.npz, binarized_mnist_train.amat, train-images-idx3-ubyte[.gz]).
     ///
     /// - An `.npz` must hold train, valid and test arrays (see ``NPZ``).
     /// - An `.amat` path may name any of the three files `P_train.amat`, `P_valid.amat`,
@@ -70,9 +72,14 @@ public enum DatasetLoader {
         case .npz:
             return try NPZ.readDataset(path: path)
         case .npy:
-            throw MADEError(.invalidConfiguration,
-                            "a single .npy file holds one split; load it with loadSplit, or use an .npz with train, valid and test arrays",
-                            path: path)
+            throw MADEError(
+                .invalidConfiguration,
+                """
+                a single .npy file holds one split; load it with loadSplit, or use an .npz with train, valid and test \
+                arrays
+                """,
+                path: path
+            )
         case .amat:
             return try loadAMat(path)
         case .idx:
@@ -96,16 +103,23 @@ public enum DatasetLoader {
         case "train", "test", "valid": wanted = split
         case "validation": wanted = "valid"
         case let other?:
-            throw MADEError(.invalidConfiguration, "unknown split '\(other)' (expected train, valid or test)", path: path)
+            throw MADEError(
+                .invalidConfiguration,
+                "unknown split '\(other)' (expected train, valid or test)",
+                path: path
+            )
         }
         let kind = try classify(path)
         switch kind {
         case .directory, .npz:
             guard let wanted else {
-                throw MADEError(.invalidConfiguration,
-                                kind == .npz ? "an .npz holds several arrays: name a split (train, valid or test)"
-                                             : "a directory holds several splits: name one (train, valid or test)",
-                                path: path)
+                throw MADEError(
+                    .invalidConfiguration,
+                    kind == .npz
+                        ? "an .npz holds several arrays: name a split (train, valid or test)"
+                        : "a directory holds several splits: name one (train, valid or test)",
+                    path: path
+                )
             }
             if kind == .npz { return try NPZ.readSplit(path: path, split: wanted) }
             // The data set file of the directory, read for this split alone (an IDX test split
@@ -151,9 +165,11 @@ public enum DatasetLoader {
         if name.hasSuffix(".npy") { return .npy }
         if name.hasSuffix(".amat") { return .amat }
         if name.contains("idx") && name.contains("ubyte") { return .idx }
-        throw MADEError(.invalidData,
-                        "unrecognized data file: expected an .npz, .npy, .amat or IDX (*-images-idx3-ubyte[.gz]) file",
-                        path: path)
+        throw MADEError(
+            .invalidData,
+            "unrecognized data file: expected an .npz, .npy, .amat or IDX (*-images-idx3-ubyte[.gz]) file",
+            path: path
+        )
     }
 
     /// The data set file inside a directory: a well-known name first, else the only file of a known kind.
@@ -165,8 +181,10 @@ public enum DatasetLoader {
             throw MADEError(.io, "cannot list the directory: \(error.localizedDescription)", path: directory)
         }
         let join = { (name: String) in (directory as NSString).appendingPathComponent(name) }
-        let wellKnown = ["binarized_mnist.npz", "binarized_mnist_train.amat",
-                         "train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"]
+        let wellKnown = [
+            "binarized_mnist.npz", "binarized_mnist_train.amat",
+            "train-images-idx3-ubyte", "train-images-idx3-ubyte.gz",
+        ]
         if let name = wellKnown.first(where: names.contains) { return join(name) }
         let patterns: [(String) -> Bool] = [
             { $0.hasSuffix(".npz") }, { $0.hasSuffix("_train.amat") },
@@ -176,30 +194,57 @@ public enum DatasetLoader {
             let matches = names.filter(pattern).sorted()
             if matches.count == 1 { return join(matches[0]) }
             if matches.count > 1 {
-                throw MADEError(.invalidData, "several data sets in this directory (\(matches.joined(separator: ", "))): name one", path: directory)
+                throw MADEError(
+                    .invalidData,
+                    "several data sets in this directory (\(matches.joined(separator: ", "))): name one",
+                    path: directory
+                )
             }
         }
-        throw MADEError(.io,
-                        "no data set found in this directory: expected binarized_mnist.npz, *_train.amat or train-images-idx3-ubyte[.gz]",
-                        path: directory)
+        throw MADEError(
+            .io,
+            """
+            no data set found in this directory: expected binarized_mnist.npz, *_train.amat or \
+            train-images-idx3-ubyte[.gz]
+            """,
+            path: directory
+        )
     }
 
     private static func loadAMat(_ path: String) throws -> Dataset {
         guard let siblings = AMat.siblings(of: path) else {
-            throw MADEError(.invalidData, "an .amat data set is named *_train.amat, *_valid.amat and *_test.amat; this name is none of those", path: path)
+            throw MADEError(
+                .invalidData,
+                "an .amat data set is named *_train.amat, *_valid.amat and *_test.amat; this name is none of those",
+                path: path
+            )
         }
         let files = [("train", siblings.train), ("valid", siblings.valid), ("test", siblings.test)]
         for (split, file) in files where !FileManager.default.fileExists(atPath: file) {
-            throw MADEError(.io, "missing \(split) split: \((file as NSString).lastPathComponent) does not exist beside \((path as NSString).lastPathComponent)", path: file)
+            throw MADEError(
+                .io,
+                """
+                missing \(split) split: \((file as NSString).lastPathComponent) does not exist beside \
+                \((path as NSString).lastPathComponent)
+                """,
+                path: file
+            )
         }
         var matrices: [DataMatrix] = []
         for (_, file) in files {
             let bytes = try readFile(file)
             matrices.append(try bytes.withUnsafeBytes { try AMat.parse($0, path: file) })
         }
-        try checkDimensions(zip(files, matrices).map { (name: ($0.0.1 as NSString).lastPathComponent, path: $0.0.1, matrix: $0.1) })
+        try checkDimensions(
+            zip(files, matrices).map { (name: ($0.0.1 as NSString).lastPathComponent, path: $0.0.1, matrix: $0.1) }
+        )
         let prefix = (String(siblings.train.dropLast("_train.amat".count)) as NSString).lastPathComponent
-        return Dataset(train: matrices[0], valid: matrices[1], test: matrices[2], source: "\(prefix)_{train,valid,test}.amat")
+        return Dataset(
+            train: matrices[0],
+            valid: matrices[1],
+            test: matrices[2],
+            source: "\(prefix)_{train,valid,test}.amat"
+        )
     }
 
     private static func loadIDX(_ path: String, options: DataOptions) throws -> Dataset {
@@ -208,15 +253,27 @@ public enum DatasetLoader {
         let train = try IDX.read(path: path)
         let test = try IDX.read(path: testPath)
         guard train.rows == test.rows, train.columns == test.columns else {
-            throw MADEError(.invalidData,
-                            "mismatched dimensions between splits: \((path as NSString).lastPathComponent) holds \(train.rows)x\(train.columns) images but this file holds \(test.rows)x\(test.columns)",
-                            path: testPath)
+            throw MADEError(
+                .invalidData,
+                """
+                mismatched dimensions between splits: \((path as NSString).lastPathComponent) holds \
+                \(train.rows)x\(train.columns) images but this file holds \(test.rows)x\(test.columns)
+                """,
+                path: testPath
+            )
         }
         let testMatrix = IDX.convert(test, binarization: options.binarization, streamIndex: 2)
-        let (trainMatrix, validMatrix) = try carve(IDX.convert(train, binarization: options.binarization, streamIndex: 0),
-                                                   fraction: options.validationFraction, path: path)
-        return Dataset(train: trainMatrix, valid: validMatrix, test: testMatrix,
-                       source: "\(IDX.datasetName(path)) IDX, \(options.binarization)")
+        let (trainMatrix, validMatrix) = try carve(
+            IDX.convert(train, binarization: options.binarization, streamIndex: 0),
+            fraction: options.validationFraction,
+            path: path
+        )
+        return Dataset(
+            train: trainMatrix,
+            valid: validMatrix,
+            test: testMatrix,
+            source: "\(IDX.datasetName(path)) IDX, \(options.binarization)"
+        )
     }
 
     private static func loadIDXSplit(_ path: String, split: String?, options: DataOptions) throws -> DataMatrix {
@@ -224,20 +281,32 @@ public enum DatasetLoader {
         switch split {
         case nil:
             let isTest = name.contains("t10k") || name.contains("test")
-            return IDX.convert(try IDX.read(path: path), binarization: options.binarization, streamIndex: isTest ? 2 : 0)
+            return IDX.convert(
+                try IDX.read(path: path),
+                binarization: options.binarization,
+                streamIndex: isTest ? 2 : 0
+            )
         case "test":
             let file = name.contains("train") ? try IDX.testSibling(ofTrain: path) : path
             return IDX.convert(try IDX.read(path: file), binarization: options.binarization, streamIndex: 2)
         default:
             guard name.contains("train") else {
-                throw MADEError(.invalidConfiguration, "the \(split ?? "") split is cut from a training file, and this name holds no 'train'", path: path)
+                throw MADEError(
+                    .invalidConfiguration,
+                    "the \(split ?? "") split is cut from a training file, and this name holds no 'train'",
+                    path: path
+                )
             }
             try checkFraction(options.validationFraction, path: path)
             let all = IDX.convert(try IDX.read(path: path), binarization: options.binarization, streamIndex: 0)
             let (train, valid) = try carve(all, fraction: options.validationFraction, path: path)
             if split == "train" { return train }
             guard let valid else {
-                throw MADEError(.invalidConfiguration, "no validation split: validationFraction \(options.validationFraction) carves no rows", path: path)
+                throw MADEError(
+                    .invalidConfiguration,
+                    "no validation split: validationFraction \(options.validationFraction) carves no rows",
+                    path: path
+                )
             }
             return valid
         }
@@ -252,25 +321,35 @@ public enum DatasetLoader {
     }
 
     /// Splits off the last `round(count * fraction)` rows as the validation split (nil when none).
-    static func carve(_ matrix: DataMatrix, fraction: Double, path: String) throws -> (train: DataMatrix, valid: DataMatrix?) {
+    static func carve(
+        _ matrix: DataMatrix,
+        fraction: Double,
+        path: String
+    ) throws -> (train: DataMatrix, valid: DataMatrix?) {
         try checkFraction(fraction, path: path)
         let validCount = Int((Double(matrix.count) * fraction).rounded(.toNearestOrAwayFromZero))
         guard validCount > 0 else { return (matrix, nil) }
         let trainCount = matrix.count - validCount
         guard trainCount > 0 else {
-            throw MADEError(.invalidConfiguration,
-                            "carving \(validCount) of \(matrix.count) rows for validation leaves no training examples",
-                            path: path)
+            throw MADEError(
+                .invalidConfiguration,
+                "carving \(validCount) of \(matrix.count) rows for validation leaves no training examples",
+                path: path
+            )
         }
         let d = matrix.dimension
         let cut = trainCount * d
         switch matrix.storage {
         case .binary(let bytes):
-            return (DataMatrix(binary: Array(bytes[..<cut]), count: trainCount, dimension: d),
-                    DataMatrix(binary: Array(bytes[cut...]), count: validCount, dimension: d))
+            return (
+                DataMatrix(binary: Array(bytes[..<cut]), count: trainCount, dimension: d),
+                DataMatrix(binary: Array(bytes[cut...]), count: validCount, dimension: d)
+            )
         case .real(let values):
-            return (DataMatrix(real: Array(values[..<cut]), count: trainCount, dimension: d),
-                    DataMatrix(real: Array(values[cut...]), count: validCount, dimension: d))
+            return (
+                DataMatrix(real: Array(values[..<cut]), count: trainCount, dimension: d),
+                DataMatrix(real: Array(values[cut...]), count: validCount, dimension: d)
+            )
         }
     }
 
@@ -278,9 +357,15 @@ public enum DatasetLoader {
     static func checkDimensions(_ splits: [(name: String, path: String, matrix: DataMatrix)]) throws {
         guard let first = splits.first else { return }
         for split in splits.dropFirst() where split.matrix.dimension != first.matrix.dimension {
-            throw MADEError(.invalidData,
-                            "mismatched dimensions between splits: \(first.name) is \(first.matrix.count)x\(first.matrix.dimension) but \(split.name) is \(split.matrix.count)x\(split.matrix.dimension)",
-                            path: split.path)
+            throw MADEError(
+                .invalidData,
+                """
+                mismatched dimensions between splits: \(first.name) is \
+                \(first.matrix.count)x\(first.matrix.dimension) but \(split.name) is \
+                \(split.matrix.count)x\(split.matrix.dimension)
+                """,
+                path: split.path
+            )
         }
     }
 

@@ -37,11 +37,18 @@ public enum DatasetWriter {
         } catch {
             throw MADEError(.io, "cannot create the archive: \(error)", path: path)
         }
-        for (name, split) in [("train_data.npy", dataset.train), ("valid_data.npy", dataset.valid), ("test_data.npy", dataset.test)] {
+        for (name, split) in [
+            ("train_data.npy", dataset.train), ("valid_data.npy", dataset.valid), ("test_data.npy", dataset.test),
+        ] {
             guard let split else { continue }
             let bytes = Data(npy(split))
             do {
-                try archive.addEntry(with: name, type: .file, uncompressedSize: Int64(bytes.count), compressionMethod: .none) { position, size in
+                try archive.addEntry(
+                    with: name,
+                    type: .file,
+                    uncompressedSize: Int64(bytes.count),
+                    compressionMethod: .none
+                ) { position, size in
                     bytes.subdata(in: Int(position)..<(Int(position) + size))
                 }
             } catch {

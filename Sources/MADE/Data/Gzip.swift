@@ -33,8 +33,16 @@ enum Gzip {
     /// Compresses `bytes` into a single gzip member.
     static func compress(_ bytes: [UInt8], level: Int32 = Z_DEFAULT_COMPRESSION) -> [UInt8] {
         var stream = z_stream()
-        let status = deflateInit2_(&stream, level, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY,
-                                   zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        let status = deflateInit2_(
+            &stream,
+            level,
+            Z_DEFLATED,
+            16 + MAX_WBITS,
+            8,
+            Z_DEFAULT_STRATEGY,
+            zlibVersion(),
+            Int32(MemoryLayout<z_stream>.size)
+        )
         precondition(status == Z_OK, "deflateInit2 failed: \(status)")
         defer { deflateEnd(&stream) }
         var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(bytes.count))) + 64)
@@ -61,8 +69,12 @@ enum Gzip {
         return Int(input[n - 4]) | Int(input[n - 3]) << 8 | Int(input[n - 2]) << 16 | Int(input[n - 1]) << 24
     }
 
-    private static func inflateStream(_ input: UnsafeRawBufferPointer, path: String, limit: Int,
-                                      prefixOnly: Bool) throws -> [UInt8] {
+    private static func inflateStream(
+        _ input: UnsafeRawBufferPointer,
+        path: String,
+        limit: Int,
+        prefixOnly: Bool
+    ) throws -> [UInt8] {
         guard isGzip(input), let inputBase = input.baseAddress else {
             throw MADEError(.invalidData, "not a gzip file (bad magic)", path: path)
         }
@@ -98,7 +110,11 @@ enum Gzip {
             if produced == output.count {
                 if output.count >= capacityLimit {
                     if prefixOnly { return output }
-                    throw MADEError(.invalidData, "gzip data decompresses to more than \(limit) bytes, more than expected", path: path)
+                    throw MADEError(
+                        .invalidData,
+                        "gzip data decompresses to more than \(limit) bytes, more than expected",
+                        path: path
+                    )
                 }
                 let grown = output.count < capacityLimit / 2 ? max(output.count * 2, 1 << 16) : capacityLimit
                 output.append(contentsOf: repeatElement(0, count: min(grown, capacityLimit) - output.count))
@@ -132,7 +148,14 @@ enum Gzip {
                     return output
                 }
                 if remainingInput == 0 && stream.avail_out > 0 {
-                    throw MADEError(.invalidData, "truncated gzip data: the stream ends before its end marker (after \(produced) decompressed bytes)", path: path)
+                    throw MADEError(
+                        .invalidData,
+                        """
+                        truncated gzip data: the stream ends before its end marker (after \(produced) decompressed \
+                        bytes)
+                        """,
+                        path: path
+                    )
                 }
                 if wrote == 0 && stream.avail_in == inBefore && stream.avail_out > 0 {
                     throw corrupt("zlib made no progress")

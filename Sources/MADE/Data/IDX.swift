@@ -41,12 +41,15 @@ enum IDX {
             throw fail("truncated: \(bytes.count) bytes is too short for an IDX header")
         }
         let magic = UInt32(bytes[0]) << 24 | UInt32(bytes[1]) << 16 | UInt32(bytes[2]) << 8 | UInt32(bytes[3])
-        let magicText = "0x" + String(repeating: "0", count: 8 - String(magic, radix: 16).count) + String(magic, radix: 16)
+        let magicText =
+            "0x" + String(repeating: "0", count: 8 - String(magic, radix: 16).count) + String(magic, radix: 16)
         guard bytes[0] == 0, bytes[1] == 0 else {
             throw fail("bad magic \(magicText): not an IDX file (an images file starts with 0x00000803)")
         }
-        let typeNames: [UInt8: String] = [0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit integers",
-                                          0x0D: "32-bit floats", 0x0E: "64-bit floats"]
+        let typeNames: [UInt8: String] = [
+            0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit integers",
+            0x0D: "32-bit floats", 0x0E: "64-bit floats",
+        ]
         guard bytes[2] == 0x08 else {
             if let name = typeNames[bytes[2]] {
                 throw fail("unsupported IDX element type (\(name), magic \(magicText)); images must be unsigned bytes")
@@ -56,13 +59,22 @@ enum IDX {
         switch bytes[3] {
         case 3: break
         case 1: throw fail("this is a labels file (magic 0x00000801, 1-D), not an images file (magic 0x00000803)")
-        default: throw fail("IDX file has \(bytes[3]) dimensions (magic \(magicText)); an images file has 3 (count x rows x columns)")
+        default:
+            throw fail(
+                """
+                IDX file has \(bytes[3]) dimensions (magic \(magicText)); an images file has 3 (count x rows x \
+                columns)
+                """
+            )
         }
         guard bytes.count >= Header.size else {
             throw fail("truncated: \(bytes.count) bytes is too short for an IDX images header (16 bytes)")
         }
         func word(_ at: Int) -> Int {
-            Int(UInt32(bytes[at]) << 24 | UInt32(bytes[at + 1]) << 16 | UInt32(bytes[at + 2]) << 8 | UInt32(bytes[at + 3]))
+            Int(
+                UInt32(bytes[at]) << 24 | UInt32(bytes[at + 1]) << 16 | UInt32(bytes[at + 2]) << 8
+                    | UInt32(bytes[at + 3])
+            )
         }
         let (count, rows, columns) = (word(4), word(8), word(12))
         guard count > 0 else { throw fail("the header declares no images (count 0)") }
@@ -81,10 +93,18 @@ enum IDX {
         let available = bytes.count - Header.size
         let shape = "\(header.count)x\(header.rows)x\(header.columns)"
         guard available >= header.pixelBytes else {
-            throw MADEError(.invalidData, "truncated: header says \(shape) = \(header.pixelBytes) bytes of pixels, file has \(available)", path: path)
+            throw MADEError(
+                .invalidData,
+                "truncated: header says \(shape) = \(header.pixelBytes) bytes of pixels, file has \(available)",
+                path: path
+            )
         }
         guard available == header.pixelBytes else {
-            throw MADEError(.invalidData, "\(available - header.pixelBytes) bytes after the \(shape) pixels its header describes", path: path)
+            throw MADEError(
+                .invalidData,
+                "\(available - header.pixelBytes) bytes after the \(shape) pixels its header describes",
+                path: path
+            )
         }
         let pixels = [UInt8](UnsafeRawBufferPointer(rebasing: bytes[Header.size...]))
         return Images(count: header.count, rows: header.rows, columns: header.columns, pixels: pixels)
@@ -100,8 +120,11 @@ enum IDX {
             guard Gzip.isGzip(raw) else { return try parse(raw, path: path) }
             let head = try Gzip.decompressPrefix(raw, count: Header.size, path: path)
             let header = try head.withUnsafeBytes { try parseHeader($0, path: path) }
-            try MemoryBudget.require(MemoryBudget.product(header.pixelBytes, 2),
-                                     for: "the \(header.count)x\(header.rows)x\(header.columns) images its header declares", path: path)
+            try MemoryBudget.require(
+                MemoryBudget.product(header.pixelBytes, 2),
+                for: "the \(header.count)x\(header.rows)x\(header.columns) images its header declares",
+                path: path
+            )
             let whole = try Gzip.decompress(raw, path: path, limit: Header.size + header.pixelBytes)
             return try whole.withUnsafeBytes { try parse($0, path: path) }
         }
@@ -148,20 +171,33 @@ enum IDX {
         let directory = (path as NSString).deletingLastPathComponent
         let name = (path as NSString).lastPathComponent
         guard name.contains("train") else {
-            throw MADEError(.invalidData, "cannot find the test file of an IDX file whose name holds no 'train'", path: path)
+            throw MADEError(
+                .invalidData,
+                "cannot find the test file of an IDX file whose name holds no 'train'",
+                path: path
+            )
         }
         var candidates: [String] = []
         for replacement in ["t10k", "test"] {
             let base = name.replacingOccurrences(of: "train", with: replacement)
             let other = base.hasSuffix(".gz") ? String(base.dropLast(3)) : base + ".gz"
             for candidate in [base, other] {
-                candidates.append(directory.isEmpty ? candidate : (directory as NSString).appendingPathComponent(candidate))
+                candidates.append(
+                    directory.isEmpty ? candidate : (directory as NSString).appendingPathComponent(candidate)
+                )
             }
         }
         for candidate in candidates where FileManager.default.fileExists(atPath: candidate) {
             return candidate
         }
-        throw MADEError(.io, "missing test file: none of \(candidates.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")) exists beside it", path: path)
+        throw MADEError(
+            .io,
+            """
+            missing test file: none of \
+            \(candidates.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")) exists beside it
+            """,
+            path: path
+        )
     }
 
     /// A short name of the data set an IDX file belongs to: the file-name prefix before "train"

@@ -11,10 +11,14 @@ public struct ImageGrid: Sendable {
     /// Tiles `images` (each `rows x columns` values in [0, 1], row-major) into `gridColumns`
     /// columns, with `padding` pixels of grey between tiles; values are clamped to [0, 1]. Each
     /// value becomes a `scale x scale` square of pixels, and the padding is scaled alike.
-    public init(images: [Float], imageRows: Int, imageColumns: Int, gridColumns: Int, padding: Int = 1, scale: Int = 1) {
+    public init(images: [Float], imageRows: Int, imageColumns: Int, gridColumns: Int, padding: Int = 1, scale: Int = 1)
+    {
         precondition(scale >= 1, "ImageGrid: scale \(scale) is not positive")
         let size = imageRows * imageColumns
-        precondition(size > 0 && images.count % size == 0, "ImageGrid: \(images.count) values are not whole \(imageRows)x\(imageColumns) images")
+        precondition(
+            size > 0 && images.count % size == 0,
+            "ImageGrid: \(images.count) values are not whole \(imageRows)x\(imageColumns) images"
+        )
         let padding = padding * scale
         let count = images.count / size
         let columns = max(1, min(gridColumns, count))
@@ -49,7 +53,9 @@ public struct ImageGrid: Sendable {
         var size: Int = 0
         let encoded = pixels.withUnsafeBytes { raw -> [UInt8]? in
             // First ask for the size, then encode into a buffer of that size.
-            guard png_image_write_to_memory(&image, nil, &size, 0, raw.baseAddress, Int32(width), nil) != 0 else { return nil }
+            guard png_image_write_to_memory(&image, nil, &size, 0, raw.baseAddress, Int32(width), nil) != 0 else {
+                return nil
+            }
             var buffer = [UInt8](repeating: 0, count: size)
             let written = buffer.withUnsafeMutableBytes { out in
                 png_image_write_to_memory(&image, out.baseAddress, &size, 0, raw.baseAddress, Int32(width), nil)

@@ -66,7 +66,9 @@ enum NPY {
         let shape = header.shape
         let shapeText = "(" + shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? ",)" : ")")
         guard shape.count == 2 else {
-            throw fail("a \(shape.count)-D array of shape \(shapeText); data must be a 2-D array (examples x dimension)")
+            throw fail(
+                "a \(shape.count)-D array of shape \(shapeText); data must be a 2-D array (examples x dimension)"
+            )
         }
         let (rows, columns) = (shape[0], shape[1])
         guard rows > 0, columns > 0 else { throw fail("empty array of shape \(shapeText): no data") }
@@ -77,10 +79,20 @@ enum NPY {
         }
         let available = bytes.count - header.dataOffset
         guard available >= size.partialValue else {
-            throw fail("truncated: header says \(rows)x\(columns) \(header.elementType.name) = \(size.partialValue) bytes, file has \(available)")
+            throw fail(
+                """
+                truncated: header says \(rows)x\(columns) \(header.elementType.name) = \(size.partialValue) bytes, \
+                file has \(available)
+                """
+            )
         }
         guard available == size.partialValue else {
-            throw fail("\(available - size.partialValue) bytes after the \(rows)x\(columns) \(header.elementType.name) array its header describes")
+            throw fail(
+                """
+                \(available - size.partialValue) bytes after the \(rows)x\(columns) \(header.elementType.name) array \
+                its header describes
+                """
+            )
         }
         let data = UnsafeRawBufferPointer(rebasing: bytes[header.dataOffset..<(header.dataOffset + size.partialValue)])
         let layout = Layout(rows: rows, columns: columns, fortranOrder: header.fortranOrder)
@@ -112,7 +124,9 @@ enum NPY {
         for i in 0..<lengthSize { headerLength |= Int(bytes[8 + i]) << (8 * i) }
         let start = 8 + lengthSize
         guard bytes.count - start >= headerLength else {
-            throw fail("truncated: header length \(headerLength) exceeds the \(bytes.count - start) bytes left in the file")
+            throw fail(
+                "truncated: header length \(headerLength) exceeds the \(bytes.count - start) bytes left in the file"
+            )
         }
         let text = UnsafeRawBufferPointer(rebasing: bytes[start..<(start + headerLength)])
         var parser = PythonLiteralParser(text: text)
@@ -144,7 +158,12 @@ enum NPY {
             default: throw fail("malformed header: 'shape' holds something other than non-negative integers")
             }
         }
-        return Header(elementType: elementType, fortranOrder: fortranOrder, shape: shape, dataOffset: start + headerLength)
+        return Header(
+            elementType: elementType,
+            fortranOrder: fortranOrder,
+            shape: shape,
+            dataOffset: start + headerLength
+        )
     }
 
     /// The element type named by a `descr` string, or nil when unsupported.
@@ -176,8 +195,12 @@ enum NPY {
     }
 
     /// Converts raw elements into a row-major matrix, binary when every value is 0 or 1.
-    private static func decode<E: NPYElement>(_: E.Type, _ data: UnsafeRawBufferPointer, _ layout: Layout,
-                                              _ fail: (String) -> MADEError) throws -> DataMatrix {
+    private static func decode<E: NPYElement>(
+        _: E.Type,
+        _ data: UnsafeRawBufferPointer,
+        _ layout: Layout,
+        _ fail: (String) -> MADEError
+    ) throws -> DataMatrix {
         let count = layout.rows * layout.columns
         guard let base = data.baseAddress else { throw fail("no data") }
         // Pass 1: every value finite and representable, and whether all are 0 or 1.
@@ -199,7 +222,9 @@ enum NPY {
         if allBinary {
             let values = [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
                 if layout.fortranOrder {
-                    for c in 0..<columns { for r in 0..<rows { out[r * columns + c] = E.load(base, c * rows + r) != 0 ? 1 : 0 } }
+                    for c in 0..<columns {
+                        for r in 0..<rows { out[r * columns + c] = E.load(base, c * rows + r) != 0 ? 1 : 0 }
+                    }
                 } else {
                     for i in 0..<count { out[i] = E.load(base, i) != 0 ? 1 : 0 }
                 }
@@ -304,7 +329,13 @@ struct PythonLiteralParser {
         var end = text.count
         while end > 0, text[end - 1] == 0x20 || text[end - 1] == 0x0A { end -= 1 }
         for b in text.prefix(min(end, limit)) {
-            if b >= 0x20 && b < 0x7F { s.unicodeScalars.append(Unicode.Scalar(b)) } else if b == 0x0A { s += "\\n" } else { s += "\\x" + String(b, radix: 16) }
+            if b >= 0x20 && b < 0x7F {
+                s.unicodeScalars.append(Unicode.Scalar(b))
+            } else if b == 0x0A {
+                s += "\\n"
+            } else {
+                s += "\\x" + String(b, radix: 16)
+            }
         }
         return end > limit ? s + "..." : s
     }
@@ -317,7 +348,10 @@ struct PythonLiteralParser {
         var dict: [String: Value] = [:]
         while true {
             skipSpace()
-            if peek() == UInt8(ascii: "}") { offset += 1; break }
+            if peek() == UInt8(ascii: "}") {
+                offset += 1
+                break
+            }
             guard case .string(let key) = try parseValue(depth: 1) else {
                 throw SyntaxError(message: "expected a string key", offset: offset)
             }
@@ -326,7 +360,10 @@ struct PythonLiteralParser {
             offset += 1
             dict[key] = try parseValue(depth: 1)
             skipSpace()
-            if peek() == UInt8(ascii: ",") { offset += 1; continue }
+            if peek() == UInt8(ascii: ",") {
+                offset += 1
+                continue
+            }
             guard peek() == UInt8(ascii: "}") else { throw SyntaxError(message: "expected ',' or '}'", offset: offset) }
         }
         skipSpace()
@@ -354,11 +391,20 @@ struct PythonLiteralParser {
             var sawComma = false
             while true {
                 skipSpace()
-                if peek() == close { offset += 1; break }
+                if peek() == close {
+                    offset += 1
+                    break
+                }
                 items.append(try parseValue(depth: depth + 1))
                 skipSpace()
-                if peek() == UInt8(ascii: ",") { offset += 1; sawComma = true; continue }
-                guard peek() == close else { throw SyntaxError(message: "expected ',' or a closing bracket", offset: offset) }
+                if peek() == UInt8(ascii: ",") {
+                    offset += 1
+                    sawComma = true
+                    continue
+                }
+                guard peek() == close else {
+                    throw SyntaxError(message: "expected ',' or a closing bracket", offset: offset)
+                }
             }
             if close == UInt8(ascii: "]") { return .list(items) }
             // `(5)` is just 5 in Python; `(5,)` is a tuple.
@@ -368,7 +414,9 @@ struct PythonLiteralParser {
             return .integer(try parseInteger())
         default:
             let start = offset
-            while let c = peek(), (c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z")) || (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z")) {
+            while let c = peek(),
+                (c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z")) || (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z"))
+            {
                 offset += 1
             }
             let word = String(decoding: UnsafeRawBufferPointer(rebasing: text[start..<offset]), as: UTF8.self)
@@ -376,7 +424,11 @@ struct PythonLiteralParser {
             case "True": return .bool(true)
             case "False": return .bool(false)
             case "None": return .none
-            default: throw SyntaxError(message: "unexpected '\(word.isEmpty ? String(UnicodeScalar(b)) : word)'", offset: start)
+            default:
+                throw SyntaxError(
+                    message: "unexpected '\(word.isEmpty ? String(UnicodeScalar(b)) : word)'",
+                    offset: start
+                )
             }
         }
     }
@@ -404,7 +456,10 @@ struct PythonLiteralParser {
     private mutating func parseInteger() throws -> Int? {
         let start = offset
         var negative = false
-        if peek() == UInt8(ascii: "-") { negative = true; offset += 1 }
+        if peek() == UInt8(ascii: "-") {
+            negative = true
+            offset += 1
+        }
         var value: Int? = 0
         var digits = 0
         while let c = peek(), c >= UInt8(ascii: "0"), c <= UInt8(ascii: "9") {

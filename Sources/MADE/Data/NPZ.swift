@@ -31,13 +31,19 @@ enum NPZ {
             found[split] = name
         }
         guard let train = splits["train"], let valid = splits["valid"], let test = splits["test"],
-              let trainName = found["train"] else {
+            let trainName = found["train"]
+        else {
             throw MADEError(.invalidData, "missing arrays", path: path)
         }
         for (split, matrix) in [("valid", valid), ("test", test)] where matrix.dimension != train.dimension {
-            throw MADEError(.invalidData,
-                            "mismatched dimensions between splits: \(trainName) is \(train.count)x\(train.dimension) but \(found[split] ?? split) is \(matrix.count)x\(matrix.dimension)",
-                            path: path)
+            throw MADEError(
+                .invalidData,
+                """
+                mismatched dimensions between splits: \(trainName) is \(train.count)x\(train.dimension) but \
+                \(found[split] ?? split) is \(matrix.count)x\(matrix.dimension)
+                """,
+                path: path
+            )
         }
         let name = (path as NSString).lastPathComponent
         return Dataset(train: train, valid: valid, test: test, source: name)
@@ -47,7 +53,11 @@ enum NPZ {
     static func readSplit(path: String, split: String) throws -> DataMatrix {
         let canonical = split == "validation" ? "valid" : split
         guard entryNames.contains(where: { $0.split == canonical }) else {
-            throw MADEError(.invalidConfiguration, "unknown split '\(split)' (expected train, valid or test)", path: path)
+            throw MADEError(
+                .invalidConfiguration,
+                "unknown split '\(split)' (expected train, valid or test)",
+                path: path
+            )
         }
         let archive = try open(path)
         let (entry, name) = try find(split: canonical, in: archive, path: path)
@@ -60,7 +70,9 @@ enum NPZ {
             throw MADEError(.io, "no such file", path: path)
         }
         guard !isDirectory.boolValue else { throw MADEError(.io, "is a directory, not an .npz file", path: path) }
-        guard FileManager.default.isReadableFile(atPath: path) else { throw MADEError(.io, "cannot read the file (permission denied)", path: path) }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw MADEError(.io, "cannot read the file (permission denied)", path: path)
+        }
         do {
             return try Archive(url: URL(fileURLWithPath: path), accessMode: .read)
         } catch {
@@ -84,8 +96,15 @@ enum NPZ {
         for name in names {
             if let entry = byName[name] { return (entry, name) }
         }
-        let listing = all.isEmpty ? "the archive is empty" : "it holds " + all.prefix(10).joined(separator: ", ") + (all.count > 10 ? ", ..." : "")
-        throw MADEError(.invalidData, "missing array for the \(split) split: no \(names.joined(separator: " or ")); \(listing)", path: path)
+        let listing =
+            all.isEmpty
+            ? "the archive is empty"
+            : "it holds " + all.prefix(10).joined(separator: ", ") + (all.count > 10 ? ", ..." : "")
+        throw MADEError(
+            .invalidData,
+            "missing array for the \(split) split: no \(names.joined(separator: " or ")); \(listing)",
+            path: path
+        )
     }
 
     private static func read(_ entry: Entry, name: String, from archive: Archive, path: String) throws -> DataMatrix {
@@ -102,7 +121,11 @@ enum NPZ {
         do {
             _ = try archive.extract(entry, bufferSize: 1 << 20) { chunk in
                 guard UInt64(bytes.count + chunk.count) <= declared else {
-                    throw MADEError(.invalidData, "\(name): holds more data than the \(declared) bytes its zip entry declares", path: path)
+                    throw MADEError(
+                        .invalidData,
+                        "\(name): holds more data than the \(declared) bytes its zip entry declares",
+                        path: path
+                    )
                 }
                 bytes.append(contentsOf: chunk)
                 if !checked, bytes.count >= headerBytes {
@@ -114,10 +137,18 @@ enum NPZ {
         } catch let error as MADEError {
             throw error
         } catch {
-            throw MADEError(.invalidData, "\(name): cannot extract from the archive (corrupt or truncated zip): \(error)", path: path)
+            throw MADEError(
+                .invalidData,
+                "\(name): cannot extract from the archive (corrupt or truncated zip): \(error)",
+                path: path
+            )
         }
         guard UInt64(bytes.count) == declared else {
-            throw MADEError(.invalidData, "\(name): truncated: zip entry declares \(declared) bytes, extracted \(bytes.count)", path: path)
+            throw MADEError(
+                .invalidData,
+                "\(name): truncated: zip entry declares \(declared) bytes, extracted \(bytes.count)",
+                path: path
+            )
         }
         return try bytes.withUnsafeBytes { try NPY.parse($0, path: path, entry: name) }
     }
@@ -127,15 +158,24 @@ enum NPZ {
     private static func checkShape(_ head: [UInt8], declared: Int, name: String, path: String) throws {
         let fail = { (message: String) -> MADEError in MADEError(.invalidData, "\(name): \(message)", path: path) }
         let header = try head.withUnsafeBytes { try NPY.parseHeader($0, fail: fail) }
-        guard header.shape.count == 2, let size = MemoryBudget.product(header.shape[0], header.shape[1], header.elementType.size),
-              case let (total, overflow) = size.addingReportingOverflow(header.dataOffset), !overflow else { return }   // parse says why
+        guard header.shape.count == 2,
+            let size = MemoryBudget.product(header.shape[0], header.shape[1], header.elementType.size),
+            case let (total, overflow) = size.addingReportingOverflow(header.dataOffset), !overflow
+        else { return }  // parse says why
         let shape = "\(header.shape[0])x\(header.shape[1]) \(header.elementType.name)"
         guard total <= declared else {
-            throw fail("truncated: its header says \(shape) = \(total) bytes with the header, its zip entry holds \(declared)")
+            throw fail(
+                "truncated: its header says \(shape) = \(total) bytes with the header, its zip entry holds \(declared)"
+            )
         }
-        guard total == declared else { throw fail("\(declared - total) bytes after the \(shape) array its header describes") }
+        guard total == declared else {
+            throw fail("\(declared - total) bytes after the \(shape) array its header describes")
+        }
         // The extracted bytes, and the matrix (at most 4 bytes a value) made from them.
-        try MemoryBudget.require(MemoryBudget.product(header.shape[0], header.shape[1], 4).map { $0 &+ declared },
-                                 for: "\(name): a \(header.shape[0])x\(header.shape[1]) array", path: path)
+        try MemoryBudget.require(
+            MemoryBudget.product(header.shape[0], header.shape[1], 4).map { $0 &+ declared },
+            for: "\(name): a \(header.shape[0])x\(header.shape[1]) array",
+            path: path
+        )
     }
 }

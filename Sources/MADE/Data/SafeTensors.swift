@@ -23,7 +23,10 @@ public struct SafeTensors: Sendable, Equatable {
         public var values: [Float]
 
         public init(shape: [Int], values: [Float]) {
-            precondition(shape.reduce(1, *) == values.count, "SafeTensors.Tensor: shape \(shape) does not hold \(values.count) values")
+            precondition(
+                shape.reduce(1, *) == values.count,
+                "SafeTensors.Tensor: shape \(shape) does not hold \(values.count) values"
+            )
             self.shape = shape
             self.values = values
         }
@@ -39,7 +42,8 @@ public struct SafeTensors: Sendable, Equatable {
     }
 
     public static func == (a: SafeTensors, b: SafeTensors) -> Bool {
-        a.metadata == b.metadata && a.tensors.map(\.name) == b.tensors.map(\.name) && a.tensors.map(\.tensor) == b.tensors.map(\.tensor)
+        a.metadata == b.metadata && a.tensors.map(\.name) == b.tensors.map(\.name)
+            && a.tensors.map(\.tensor) == b.tensors.map(\.tensor)
     }
 
     public subscript(name: String) -> Tensor? {
@@ -97,7 +101,9 @@ public struct SafeTensors: Sendable, Equatable {
     /// Parses safetensors bytes; `path` names the file in errors. Every length, shape and offset
     /// is checked against the bytes before use.
     public static func decode(_ bytes: [UInt8], path: String = "safetensors") throws -> SafeTensors {
-        func fail(_ message: String) -> MADEError { MADEError(.invalidData, "not a valid safetensors file: \(message)", path: path) }
+        func fail(_ message: String) -> MADEError {
+            MADEError(.invalidData, "not a valid safetensors file: \(message)", path: path)
+        }
         guard bytes.count >= 8 else { throw fail("\(bytes.count) bytes is too short") }
         var length: UInt64 = 0
         for k in 0..<8 { length |= UInt64(bytes[k]) << (8 * UInt64(k)) }
@@ -106,7 +112,8 @@ public struct SafeTensors: Sendable, Equatable {
         }
         let headerEnd = 8 + Int(length)
         guard let object = try? JSONSerialization.jsonObject(with: Data(bytes[8..<headerEnd])),
-              let header = object as? [String: Any] else {
+            let header = object as? [String: Any]
+        else {
             throw fail("the header is not a JSON object")
         }
         let dataCount = bytes.count - headerEnd
@@ -121,16 +128,21 @@ public struct SafeTensors: Sendable, Equatable {
         var entries: [(name: String, begin: Int, end: Int, shape: [Int], dtype: String)] = []
         for (name, raw) in header where name != "__metadata__" {
             guard let info = raw as? [String: Any], let dtype = info["dtype"] as? String,
-                  let shapeValues = info["shape"] as? [Any], let offsetValues = info["data_offsets"] as? [Any], offsetValues.count == 2 else {
+                let shapeValues = info["shape"] as? [Any], let offsetValues = info["data_offsets"] as? [Any],
+                offsetValues.count == 2
+            else {
                 throw fail("tensor '\(name)' lacks dtype, shape or data_offsets")
             }
             /// A JSON number that is a whole number in `0...limit`, else nil (no rounding, no overflow).
             func whole(_ value: Any, limit: Int) -> Int? {
-                guard let number = value as? NSNumber, let n = Int(exactly: number.doubleValue), n >= 0, n <= limit else { return nil }
+                guard let number = value as? NSNumber, let n = Int(exactly: number.doubleValue), n >= 0, n <= limit
+                else { return nil }
                 return n
             }
             let shape = try shapeValues.map { value -> Int in
-                guard let n = whole(value, limit: Int(Int32.max)) else { throw fail("tensor '\(name)' has a bad shape") }
+                guard let n = whole(value, limit: Int(Int32.max)) else {
+                    throw fail("tensor '\(name)' has a bad shape")
+                }
                 return n
             }
             let offsets = try offsetValues.map { value -> Int in
@@ -157,7 +169,9 @@ public struct SafeTensors: Sendable, Equatable {
         entries.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
         var expected = 0
         for entry in entries {
-            guard entry.begin == expected else { throw fail("the tensors do not cover the data exactly (gap or overlap at byte \(entry.begin))") }
+            guard entry.begin == expected else {
+                throw fail("the tensors do not cover the data exactly (gap or overlap at byte \(entry.begin))")
+            }
             expected = entry.end
         }
         guard expected == dataCount else { throw fail("\(dataCount - expected) data bytes belong to no tensor") }
@@ -169,7 +183,9 @@ public struct SafeTensors: Sendable, Equatable {
             if entry.dtype == "F32" {
                 for i in 0..<count {
                     let p = base + 4 * i
-                    let bits = UInt32(bytes[p]) | UInt32(bytes[p + 1]) << 8 | UInt32(bytes[p + 2]) << 16 | UInt32(bytes[p + 3]) << 24
+                    let bits =
+                        UInt32(bytes[p]) | UInt32(bytes[p + 1]) << 8 | UInt32(bytes[p + 2]) << 16 | UInt32(bytes[p + 3])
+                        << 24
                     values[i] = Float(bitPattern: bits)
                 }
             } else {

@@ -42,13 +42,20 @@ public struct ClusterEnvironment: Sendable, Equatable {
             return value
         }
         let port = try integer("MASTER_PORT") ?? defaultPort
-        guard port > 0, port < 65536 else { throw ClusterError(.invalidEnvironment, "MASTER_PORT=\(port) is not a TCP port") }
+        guard port > 0, port < 65536 else {
+            throw ClusterError(.invalidEnvironment, "MASTER_PORT=\(port) is not a TCP port")
+        }
         if let rank = try integer("RANK"), let size = try integer("WORLD_SIZE") {
             guard let host = environment["MASTER_ADDR"], !host.isEmpty else {
                 throw ClusterError(.invalidEnvironment, "RANK and WORLD_SIZE are set but MASTER_ADDR is not")
             }
             var e = ClusterEnvironment(
-                rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "RANK/WORLD_SIZE")
+                rank: rank,
+                worldSize: size,
+                coordinatorHost: host,
+                coordinatorPort: port,
+                source: "RANK/WORLD_SIZE"
+            )
             e.localRank = try integer("LOCAL_RANK")
             e.nodeRank = try integer("GROUP_RANK") ?? integer("NODE_RANK")
             e.jobID = environment["TORCHELASTIC_RUN_ID"]
@@ -58,13 +65,19 @@ public struct ClusterEnvironment: Sendable, Equatable {
             var host = environment["MASTER_ADDR"] ?? ""
             if host.isEmpty {
                 guard let list = environment["SLURM_JOB_NODELIST"] ?? environment["SLURM_NODELIST"],
-                      let first = try SlurmNodeList.expand(list).first else {
+                    let first = try SlurmNodeList.expand(list).first
+                else {
                     throw ClusterError(.invalidEnvironment, "SLURM_PROCID is set but SLURM_JOB_NODELIST is not")
                 }
                 host = first
             }
             var e = ClusterEnvironment(
-                rank: rank, worldSize: size, coordinatorHost: host, coordinatorPort: port, source: "Slurm")
+                rank: rank,
+                worldSize: size,
+                coordinatorHost: host,
+                coordinatorPort: port,
+                source: "Slurm"
+            )
             e.localRank = try integer("SLURM_LOCALID")
             e.nodeRank = try integer("SLURM_NODEID")
             e.jobID = environment["SLURM_JOB_ID"]
@@ -78,13 +91,22 @@ public struct ClusterEnvironment: Sendable, Equatable {
 
     private static func checked(_ e: ClusterEnvironment) throws -> ClusterEnvironment {
         guard e.worldSize >= 2 else {
-            throw ClusterError(.invalidEnvironment, "\(e.source): world size \(e.worldSize) leaves no worker (one coordinator plus at least one worker)")
+            throw ClusterError(
+                .invalidEnvironment,
+                "\(e.source): world size \(e.worldSize) leaves no worker (one coordinator plus at least one worker)"
+            )
         }
         guard e.worldSize <= Self.maxWorldSize else {
-            throw ClusterError(.invalidEnvironment, "\(e.source): world size \(e.worldSize) is more than the \(Self.maxWorldSize) processes a run may hold")
+            throw ClusterError(
+                .invalidEnvironment,
+                "\(e.source): world size \(e.worldSize) is more than the \(Self.maxWorldSize) processes a run may hold"
+            )
         }
         guard e.rank < e.worldSize else {
-            throw ClusterError(.invalidEnvironment, "\(e.source): rank \(e.rank) is not below the world size \(e.worldSize)")
+            throw ClusterError(
+                .invalidEnvironment,
+                "\(e.source): rank \(e.rank) is not below the world size \(e.worldSize)"
+            )
         }
         return e
     }
@@ -156,8 +178,10 @@ public enum SlurmNodeList {
         var out: [String] = []
         for part in trimmed[trimmed.index(after: open)..<close].split(separator: ",") {
             let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
-            guard bounds.count == 1 || bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds.last!), low <= high,
-                  high - low < 100_000 else {
+            guard bounds.count == 1 || bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds.last!),
+                low <= high,
+                high - low < 100_000
+            else {
                 throw ClusterError(.invalidEnvironment, "bad range '\(part)' in node list '\(list)'")
             }
             let width = bounds[0].count
@@ -165,7 +189,9 @@ public enum SlurmNodeList {
                 let digits = String(n)
                 let padded = String(repeating: "0", count: max(0, width - digits.count)) + digits
                 for rest in try expandOne(suffix, list) { out.append(prefix + padded + rest) }
-                guard out.count <= 100_000 else { throw ClusterError(.invalidEnvironment, "node list '\(list)' names more than 100000 hosts") }
+                guard out.count <= 100_000 else {
+                    throw ClusterError(.invalidEnvironment, "node list '\(list)' names more than 100000 hosts")
+                }
             }
         }
         return out
@@ -186,7 +212,8 @@ public enum Endpoint {
         guard let colon = rest.lastIndex(of: ":") else { return String(rest) }
         var host = String(rest[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if let semicolon = host.lastIndex(of: ";") { host = String(host[host.index(after: semicolon)...]) }  // "src;dst" form
+        // The "src;dst" form names the source address first.
+        if let semicolon = host.lastIndex(of: ";") { host = String(host[host.index(after: semicolon)...]) }
         return host
     }
 
@@ -215,7 +242,11 @@ public enum Endpoint {
             throw fail("no port: give tcp://HOST:PORT (port 0 picks a free one)")
         }
         let port = rest[rest.index(after: colon)...]
-        guard port == "*" || (port.allSatisfy(\.isASCII) && port.allSatisfy(\.isNumber) && port.count <= 5 && Int(port).map { $0 <= 65535 } == true) else {
+        guard
+            port == "*"
+                || (port.allSatisfy(\.isASCII) && port.allSatisfy(\.isNumber) && port.count <= 5
+                    && Int(port).map { $0 <= 65535 } == true)
+        else {
             throw fail("the port must be a number from 0 to 65535, not '\(port)'")
         }
     }

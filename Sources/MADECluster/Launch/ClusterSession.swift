@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MADE
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,7 +14,8 @@ import Glibc
 /// A session with local workers and no key folder is authenticated all the same: it makes a
 /// CURVE key pair for the coordinator and one for its workers, accepts only that worker key, and
 /// hands both keys to its children on their standard input, never on a command line (where
-/// `ps` shows it): a 0600 file removed from its folder before any child starts. Each child also gets `--parent-pid` of this process and exits by
+/// `ps` shows it): a 0600 file removed from its folder before any child starts. Each child also gets `--parent-pid` of
+/// this process and exits by
 /// itself if this process dies first, even by SIGKILL.
 public final class ClusterSession {
     public struct Options: Sendable {
@@ -55,7 +57,9 @@ public final class ClusterSession {
         /// The exit status, or the signal that ended it.
         public var status: Int32
         public var signaled: Bool
-        public var description: String { "\(name) (pid \(pid)) \(signaled ? "was killed by signal" : "exited with status") \(status)" }
+        public var description: String {
+            "\(name) (pid \(pid)) \(signaled ? "was killed by signal" : "exited with status") \(status)"
+        }
     }
 
     public let coordinator: ClusterCoordinator
@@ -85,7 +89,12 @@ public final class ClusterSession {
 
     /// Binds the coordinator and starts the local workers.
     /// - Parameter dataFingerprint: what workers' data must hash to; nil accepts any (sampling).
-    public init(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, options: Options, logger: Logger) throws {
+    public init(
+        configuration: TrainingConfiguration,
+        dataFingerprint: [UInt8]?,
+        options: Options,
+        logger: Logger
+    ) throws {
         self.options = options
         self.logger = logger
         var coordinatorOptions = options.coordinator
@@ -96,8 +105,12 @@ public final class ClusterSession {
             workerKeys = client
         }
         usesEphemeralKeys = workerKeys != nil
-        coordinator = try ClusterCoordinator(configuration: configuration, dataFingerprint: dataFingerprint, options: coordinatorOptions,
-                                             logger: logger)
+        coordinator = try ClusterCoordinator(
+            configuration: configuration,
+            dataFingerprint: dataFingerprint,
+            options: coordinatorOptions,
+            logger: logger
+        )
         coordinator.watch = { [weak self] in try self?.watchLocalWorkers() }
         do {
             try startWorkers(keys: workerKeys)
@@ -117,8 +130,11 @@ public final class ClusterSession {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: options.executable)
             let command = options.relayWorkers == nil ? "worker" : "relay"
-            var arguments = [command, "--connect", coordinator.endpoint, "--name", name, "--parent-pid", "\(getpid())",
-                             "--heartbeat-timeout", "\(Double(options.coordinator.heartbeatTimeout) / 1000)"]
+            var arguments =
+                [
+                    command, "--connect", coordinator.endpoint, "--name", name, "--parent-pid", "\(getpid())",
+                    "--heartbeat-timeout", "\(Double(options.coordinator.heartbeatTimeout) / 1000)",
+                ]
                 + options.workerArguments
             if let workers = options.relayWorkers { arguments += ["--workers", "\(workers)"] }
             if let threads = options.workerThreads { arguments += ["--threads", "\(threads)"] }
@@ -133,7 +149,10 @@ public final class ClusterSession {
             defer { try? input?.close() }
             try process.run()
             processes.append((name, process))
-            logger.debug("started worker process", metadata: ["worker": "\(name)", "pid": "\(process.processIdentifier)"])
+            logger.debug(
+                "started worker process",
+                metadata: ["worker": "\(name)", "pid": "\(process.processIdentifier)"]
+            )
         }
     }
 
@@ -142,8 +161,10 @@ public final class ClusterSession {
     /// reading it does not make the writer fail.
     static func unlinkedFile(holding text: String) throws -> FileHandle {
         var template = Array((NSTemporaryDirectory() + "/made-keys-XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }   // mode 0600
-        guard fd >= 0 else { throw ClusterError(.io, "cannot make a file for the workers' keys: \(String(cString: strerror(errno)))") }
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }  // mode 0600
+        guard fd >= 0 else {
+            throw ClusterError(.io, "cannot make a file for the workers' keys: \(String(cString: strerror(errno)))")
+        }
         unlink(template)
         let bytes = Array(text.utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -156,12 +177,19 @@ public final class ClusterSession {
     }
 
     /// Process ids of the local workers still running.
-    public var runningWorkers: [Int32] { processes.filter { $0.process.isRunning }.map { $0.process.processIdentifier } }
+    public var runningWorkers: [Int32] {
+        processes.filter { $0.process.isRunning }.map { $0.process.processIdentifier }
+    }
 
     /// How the local workers that have ended did.
     public var workerExits: [WorkerExit] {
         processes.filter { !$0.process.isRunning }.map { name, p in
-            WorkerExit(name: name, pid: p.processIdentifier, status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal)
+            WorkerExit(
+                name: name,
+                pid: p.processIdentifier,
+                status: p.terminationStatus,
+                signaled: p.terminationReason == .uncaughtSignal
+            )
         }
     }
 
@@ -181,8 +209,11 @@ public final class ClusterSession {
         }
         if runningWorkers.isEmpty && coordinator.workerCount == 0 {
             let exits = workerExits.map(\.description).joined(separator: "; ")
-            throw ClusterError(.noWorkers, "every local worker process ended and no other worker is connected; "
-                               + "the work cannot go on (\(exits))")
+            throw ClusterError(
+                .noWorkers,
+                "every local worker process ended and no other worker is connected; "
+                    + "the work cannot go on (\(exits))"
+            )
         }
     }
 
@@ -199,15 +230,24 @@ public final class ClusterSession {
         let deadline = ContinuousClock.now + .milliseconds(Int(clamping: options.joinTimeout))
         while try !coordinator.waitForWorkers(awaited, timeout: 200) {
             if !processes.isEmpty && runningWorkers.isEmpty && coordinator.workerCount == 0 {
-                for exit in workerExits { logger.error("a local worker process exited", metadata: ["worker": "\(exit)"]) }
-                throw ClusterError(.noWorkers, "no worker has been connected and none can come: every local worker process exited at start ("
-                                   + workerExits.map(\.description).joined(separator: "; ") + ")")
+                for exit in workerExits {
+                    logger.error("a local worker process exited", metadata: ["worker": "\(exit)"])
+                }
+                throw ClusterError(
+                    .noWorkers,
+                    "no worker has been connected and none can come: every local worker process exited at start ("
+                        + workerExits.map(\.description).joined(separator: "; ") + ")"
+                )
             }
             let localLost = !processes.isEmpty && runningWorkers.count < min(awaited, processes.count)
             if localLost || ContinuousClock.now >= deadline {
-                logger.warning("starting without every expected worker", metadata: [
-                    "joined": "\(coordinator.workerCount)", "expected": "\(awaited)",
-                    "reason": "\(localLost ? "a local worker process exited" : "--join-timeout passed")"])
+                logger.warning(
+                    "starting without every expected worker",
+                    metadata: [
+                        "joined": "\(coordinator.workerCount)", "expected": "\(awaited)",
+                        "reason": "\(localLost ? "a local worker process exited" : "--join-timeout passed")",
+                    ]
+                )
                 return
             }
         }
@@ -216,8 +256,11 @@ public final class ClusterSession {
     /// Waits for the workers, runs `body` with the coordinator, and ends the session: every
     /// worker is told to stop (exit code 0 and the reason `done` gives for the result; 1 on
     /// failure; `interruptedExitCode` on interruption) and the local ones are waited for.
-    public func run<R>(_ body: (ClusterCoordinator) throws -> R, done: (R) -> String = { _ in "the work is complete" },
-                       interruptedExitCode: UInt8 = 1) throws -> R {
+    public func run<R>(
+        _ body: (ClusterCoordinator) throws -> R,
+        done: (R) -> String = { _ in "the work is complete" },
+        interruptedExitCode: UInt8 = 1
+    ) throws -> R {
         do {
             try awaitWorkers()
             let result = try body(coordinator)

@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +15,9 @@ public enum PrivateEndpoint {
         var template = Array(((temporaryFolder as NSString).appendingPathComponent("made-relay-XXXXXX")).utf8CString)
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
             throw ClusterError(
-                .security, "cannot make a private folder for the relay's socket: \(String(cString: strerror(errno)))")
+                .security,
+                "cannot make a private folder for the relay's socket: \(String(cString: strerror(errno)))"
+            )
         }
         let folder = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return try ("ipc://" + checkedSocketPath(folder: folder, name: "relay.ipc"), folder)
@@ -50,7 +53,9 @@ public enum PrivateEndpoint {
         }
         guard info.st_uid == getuid() else {
             throw ClusterError(
-                .security, "\(folder) belongs to uid \(info.st_uid), not to this user: refusing it for a socket")
+                .security,
+                "\(folder) belongs to uid \(info.st_uid), not to this user: refusing it for a socket"
+            )
         }
         guard info.st_mode & 0o077 == 0 else {
             let mode = String(info.st_mode & 0o777, radix: 8)

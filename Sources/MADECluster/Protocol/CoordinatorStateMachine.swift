@@ -116,8 +116,15 @@ public struct CoordinatorStateMachine: Sendable {
         /// reduction tree itself and answers once. 1 keeps one shard per task.
         public var maxShardsPerTask = 1
 
-        public init(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], work: WireMessage.Work = .gradient,
-                    maskDigests: [[UInt8]]?, shards: [[Int32]], resultCounts: [Int]) {
+        public init(
+            step: UInt64,
+            maskSeeds: [UInt64],
+            packingSeeds: [UInt64],
+            work: WireMessage.Work = .gradient,
+            maskDigests: [[UInt8]]?,
+            shards: [[Int32]],
+            resultCounts: [Int]
+        ) {
             precondition(shards.count == resultCounts.count, "WorkPlan: one result count per shard")
             precondition(shards.count == maskSeeds.count, "WorkPlan: one mask seed per shard")
             precondition(maskDigests.map { $0.count == shards.count } ?? true, "WorkPlan: one mask digest per shard")
@@ -131,26 +138,66 @@ public struct CoordinatorStateMachine: Sendable {
         }
 
         /// Work whose shards all use `maskSeed`, with one digest for all (nil to check none).
-        public init(step: UInt64, maskSeed: UInt64, work: WireMessage.Work = .gradient, maskDigest: [UInt8]?,
-                    shards: [[Int32]], resultCounts: [Int]) {
-            self.init(step: step, maskSeeds: Array(repeating: maskSeed, count: shards.count), packingSeeds: [maskSeed], work: work,
-                      maskDigests: maskDigest.map { Array(repeating: $0, count: shards.count) }, shards: shards, resultCounts: resultCounts)
+        public init(
+            step: UInt64,
+            maskSeed: UInt64,
+            work: WireMessage.Work = .gradient,
+            maskDigest: [UInt8]?,
+            shards: [[Int32]],
+            resultCounts: [Int]
+        ) {
+            self.init(
+                step: step,
+                maskSeeds: Array(repeating: maskSeed, count: shards.count),
+                packingSeeds: [maskSeed],
+                work: work,
+                maskDigests: maskDigest.map { Array(repeating: $0, count: shards.count) },
+                shards: shards,
+                resultCounts: resultCounts
+            )
         }
 
         /// A gradient step: every shard answers with `gradientCount` packed values inline, or
         /// with `denseCount` values in the worker's shared-memory slot.
-        public init(step: UInt64, maskSeed: UInt64, maskDigest: [UInt8], gradientCount: Int, denseCount: Int? = nil, shards: [[Int32]]) {
-            self.init(step: step, maskSeeds: Array(repeating: maskSeed, count: shards.count), packingSeeds: [maskSeed],
-                      maskDigests: Array(repeating: maskDigest, count: shards.count), gradientCount: gradientCount, denseCount: denseCount,
-                      shards: shards)
+        public init(
+            step: UInt64,
+            maskSeed: UInt64,
+            maskDigest: [UInt8],
+            gradientCount: Int,
+            denseCount: Int? = nil,
+            shards: [[Int32]]
+        ) {
+            self.init(
+                step: step,
+                maskSeeds: Array(repeating: maskSeed, count: shards.count),
+                packingSeeds: [maskSeed],
+                maskDigests: Array(repeating: maskDigest, count: shards.count),
+                gradientCount: gradientCount,
+                denseCount: denseCount,
+                shards: shards
+            )
         }
 
         /// A gradient step whose shards train `maskSeeds` (one each), packed by the union of
         /// `packingSeeds`' masks: `gradientCount` values inline, or `denseCount` in shared memory.
-        public init(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], maskDigests: [[UInt8]], gradientCount: Int,
-                    denseCount: Int? = nil, shards: [[Int32]]) {
-            self.init(step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds, work: .gradient, maskDigests: maskDigests,
-                      shards: shards, resultCounts: Array(repeating: gradientCount, count: shards.count))
+        public init(
+            step: UInt64,
+            maskSeeds: [UInt64],
+            packingSeeds: [UInt64],
+            maskDigests: [[UInt8]],
+            gradientCount: Int,
+            denseCount: Int? = nil,
+            shards: [[Int32]]
+        ) {
+            self.init(
+                step: step,
+                maskSeeds: maskSeeds,
+                packingSeeds: packingSeeds,
+                work: .gradient,
+                maskDigests: maskDigests,
+                shards: shards,
+                resultCounts: Array(repeating: gradientCount, count: shards.count)
+            )
             sharedResultCount = denseCount
         }
 
@@ -430,7 +477,10 @@ public struct CoordinatorStateMachine: Sendable {
         if case .shutDown = state { preconditionFailure("begin: the workers were shut down") }
         let block = UInt32(only == nil ? chooseBlockSize(for: plan) : 1)
         let pending = only ?? Array(stride(from: 0, to: UInt32(plan.shards.count), by: Int(block)))
-        precondition(!pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count }, "begin: shards out of range")
+        precondition(
+            !pending.isEmpty && pending.allSatisfy { Int($0) < plan.shards.count },
+            "begin: shards out of range"
+        )
         state = .running(Step(plan: plan, block: block, pending: Deque(pending), expected: Set(pending)))
         for peer in workers.keys { workers[peer]?.assignment = nil }
         return assignIdle(now: now)
@@ -457,7 +507,7 @@ public struct CoordinatorStateMachine: Sendable {
         func makespan(_ size: Int) -> Int {
             var busyUntil = [Int](repeating: 0, count: peers.count)
             for first in stride(from: 0, to: shards, by: size) {
-                let p = busyUntil.indices.min { busyUntil[$0] < busyUntil[$1] }!   // the first of those idle soonest
+                let p = busyUntil.indices.min { busyUntil[$0] < busyUntil[$1] }!  // the first of those idle soonest
                 busyUntil[p] += (min(size, shards - first) + peers[p] - 1) / peers[p]
             }
             return busyUntil.max()!
@@ -468,7 +518,7 @@ public struct CoordinatorStateMachine: Sendable {
         while size <= limit {
             let span = makespan(size)
             if span <= bestSpan { (best, bestSpan) = (size, span) }
-            if size >= shards { break }   // one block already holds every shard
+            if size >= shards { break }  // one block already holds every shard
             size *= 2
         }
         return best
@@ -489,8 +539,11 @@ public struct CoordinatorStateMachine: Sendable {
     /// workers registered.
     public func blockSize(for plan: WorkPlan) -> Int { blockChoice(for: plan).block }
 
-    private func blockChoice(for plan: WorkPlan)
-        -> (block: Int, choice: (shards: Int, capacities: [Int], limit: Int, block: Int)) {
+    private func blockChoice(
+        for plan: WorkPlan
+    )
+        -> (block: Int, choice: (shards: Int, capacities: [Int], limit: Int, block: Int))
+    {
         let computing = workers.values.filter { $0.capacity > 0 }
         let capacities = computing.map(\.capacity)
         var limit = computing.map(\.blockLimit).min() ?? 1
@@ -506,7 +559,9 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// The results of the completed work, by shard index; the machine is idle again.
     public mutating func takeResults() -> [WireMessage.Result] {
-        guard case .running(let step) = state, step.isComplete else { preconditionFailure("takeResults: the step is not complete") }
+        guard case .running(let step) = state, step.isComplete else {
+            preconditionFailure("takeResults: the step is not complete")
+        }
         state = .idle
         return step.expected.sorted().map { step.results[$0]! }
     }
@@ -525,7 +580,9 @@ public struct CoordinatorStateMachine: Sendable {
     public mutating func receive(from peer: Peer, runID: UInt64, message: WireMessage, now: UInt64) -> [Action] {
         if case .shutDown(let code, let reason, var joined) = state {
             guard case .hello(let hello) = message else { return [] }
-            if let required = settings.dataFingerprint, hello.dataFingerprint != required { return register(peer, hello, now: now) }
+            if let required = settings.dataFingerprint, hello.dataFingerprint != required {
+                return register(peer, hello, now: now)
+            }
             // A worker that came late still joined the run, once, and leaves with the others.
             if joined.insert(peer).inserted {
                 counters.workersJoined += 1
@@ -536,8 +593,13 @@ public struct CoordinatorStateMachine: Sendable {
         if case .hello(let hello) = message { return register(peer, hello, now: now) }
         guard runID == settings.runID else {
             counters.wrongRun += 1
-            return [.refused(peer, reason: "run id \(String(runID, radix: 16)) is not this run's"),
-                    .send(peer, .reject(reason: "this coordinator runs another job (run id \(String(settings.runID, radix: 16)))"))]
+            return [
+                .refused(peer, reason: "run id \(String(runID, radix: 16)) is not this run's"),
+                .send(
+                    peer,
+                    .reject(reason: "this coordinator runs another job (run id \(String(settings.runID, radix: 16)))")
+                ),
+            ]
         }
         guard workers[peer] != nil else {
             counters.unknownPeer += 1
@@ -567,12 +629,23 @@ public struct CoordinatorStateMachine: Sendable {
         counters.malformed += 1
         var actions: [Action] = [.refused(peer, reason: "malformed frame: \(error)")]
         if case .unsupportedVersion(let version) = error {
-            let reject = WireMessage.reject(reason: "unsupported protocol version; this coordinator speaks version \(WireFormat.version)")
-            actions.append(version >= 1 && version < WireFormat.version ? .sendInVersion(peer, reject, version: version) : .send(peer, reject))
+            let reject = WireMessage.reject(
+                reason: "unsupported protocol version; this coordinator speaks version \(WireFormat.version)"
+            )
+            actions.append(
+                version >= 1 && version < WireFormat.version
+                    ? .sendInVersion(peer, reject, version: version) : .send(peer, reject)
+            )
         }
         if let assignment = workers[peer]?.assignment, assignment.step == runningStep?.plan.step {
-            actions += taskFailed(step: assignment.step, shard: assignment.shard, ticket: assignment.ticket,
-                                  reason: "malformed frame: \(error)", from: peer, now: now)
+            actions += taskFailed(
+                step: assignment.step,
+                shard: assignment.shard,
+                ticket: assignment.ticket,
+                reason: "malformed frame: \(error)",
+                from: peer,
+                now: now
+            )
         }
         return actions
     }
@@ -612,10 +685,10 @@ public struct CoordinatorStateMachine: Sendable {
     /// back to the queue. A worker that comes back says hello and joins anew.
     public mutating func connectionLost(_ peer: Peer, now: UInt64) -> [Action] {
         guard let worker = workers[peer] else { return [] }
-        if worker.capacity > 0 { lastWorkerSeen = max(lastWorkerSeen, now) }   // it was there until now
+        if worker.capacity > 0 { lastWorkerSeen = max(lastWorkerSeen, now) }  // it was there until now
         let reason = "its connection is gone (last message \(now &- worker.lastHeard) ms ago)"
         let actions = release(peer, .lost(reason))
-        replanIfStuck()   // the peers left may take only smaller blocks
+        replanIfStuck()  // the peers left may take only smaller blocks
         return actions + assignIdle(now: now)
     }
 
@@ -641,8 +714,10 @@ public struct CoordinatorStateMachine: Sendable {
         if !hasCapacity, case .running(var step) = state, step.failure == nil,
             now > lastWorkerSeen + settings.idleTimeout
         {
-            step.failure = Failure(code: .noWorkers,
-                                   message: "no worker has been connected for \(settings.idleTimeout / 1000) s; the work cannot go on")
+            step.failure = Failure(
+                code: .noWorkers,
+                message: "no worker has been connected for \(settings.idleTimeout / 1000) s; the work cannot go on"
+            )
             state = .running(step)
         }
         return actions + assignIdle(now: now)
@@ -658,17 +733,24 @@ public struct CoordinatorStateMachine: Sendable {
     /// Changes the running step, if any.
     private mutating func withStep(_ body: (inout Step) -> Void) {
         guard case .running(var step) = state else { return }
-        state = .idle   // drop the enum's reference so `step` is mutated in place
+        state = .idle  // drop the enum's reference so `step` is mutated in place
         body(&step)
         state = .running(step)
     }
 
     private func welcome(slot: UInt32?) -> WireMessage {
         let grant = slot.flatMap { slot in
-            settings.sharedMemory.map { WireMessage.SharedMemoryGrant(path: $0.path, slot: slot, slotFloats: $0.slotFloats) }
+            settings.sharedMemory.map {
+                WireMessage.SharedMemoryGrant(path: $0.path, slot: slot, slotFloats: $0.slotFloats)
+            }
         }
-        return .welcome(.init(heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
-                              configuration: settings.configuration, sharedMemory: grant))
+        return .welcome(
+            .init(
+                heartbeatIntervalMilliseconds: UInt32(clamping: settings.heartbeatInterval),
+                configuration: settings.configuration,
+                sharedMemory: grant
+            )
+        )
     }
 
     private mutating func register(_ peer: Peer, _ hello: WireMessage.Hello, now: UInt64) -> [Action] {
@@ -677,8 +759,12 @@ public struct CoordinatorStateMachine: Sendable {
                 counters.refusedWorkers += 1
                 if refusedPeers.count > Self.refusedPeersKept { refusedPeers = [peer] }
             }
-            let reason = "data mismatch: this run's data has fingerprint \(Array(required.prefix(8)).hexString), "
-                + "the worker's \(Array(hello.dataFingerprint.prefix(8)).hexString); start the worker on the same data file and options"
+            let reason =
+                "data mismatch: this run's data has fingerprint \(Array(required.prefix(8)).hexString), "
+                + """
+                the worker's \(Array(hello.dataFingerprint.prefix(8)).hexString); start the worker on the same data \
+                file and options
+                """
             return [.refused(peer, reason: reason), .send(peer, .reject(reason: reason))]
         }
         lastWorkerSeen = max(lastWorkerSeen, now)
@@ -692,8 +778,8 @@ public struct CoordinatorStateMachine: Sendable {
             // It keeps its registration and slot; a shard it held goes back to the queue.
             _ = release(peer, .rejoined)
             workers[peer]?.lastHeard = now
-            if !sameHost { workers[peer]?.slot = nil }   // shared memory declined
-            guard workers[peer]?.awaitingSlot == false else { return [] }   // its welcome follows the reservation
+            if !sameHost { workers[peer]?.slot = nil }  // shared memory declined
+            guard workers[peer]?.awaitingSlot == false else { return [] }  // its welcome follows the reservation
             return [.send(peer, welcome(slot: workers[peer]?.slot))] + assignIdle(now: now)
         }
         var worker = Worker(name: hello.name, processID: hello.processID, lastHeard: now)
@@ -738,13 +824,22 @@ public struct CoordinatorStateMachine: Sendable {
         return actions
     }
 
-    private mutating func taskFailed(step: UInt64, shard: UInt32, ticket: UInt64, reason: String, from peer: Peer, now: UInt64) -> [Action] {
+    private mutating func taskFailed(
+        step: UInt64,
+        shard: UInt32,
+        ticket: UInt64,
+        reason: String,
+        from peer: Peer,
+        now: UInt64
+    ) -> [Action] {
         guard holds(peer, step: step, shard: shard, ticket: ticket) else {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
         _ = release(peer, .failed)
-        guard let running = runningStep, step == running.plan.step, running.expected.contains(shard), running.results[shard] == nil else {
+        guard let running = runningStep, step == running.plan.step, running.expected.contains(shard),
+            running.results[shard] == nil
+        else {
             counters.lateResults += 1
             return assignIdle(now: now)
         }
@@ -752,7 +847,12 @@ public struct CoordinatorStateMachine: Sendable {
         let failures = running.failures[shard, default: 0] + 1
         withStep { $0.failures[shard] = failures }
         if failures >= Self.maxTaskFailures {
-            withStep { $0.failure = Failure(code: .taskFailed, message: "shard \(shard) of step \(step) failed \(failures) times; last: \(reason)") }
+            withStep {
+                $0.failure = Failure(
+                    code: .taskFailed,
+                    message: "shard \(shard) of step \(step) failed \(failures) times; last: \(reason)"
+                )
+            }
             return [.refused(peer, reason: "task failed: \(reason)")]
         }
         requeueIfUnheld(shard)
@@ -768,7 +868,8 @@ public struct CoordinatorStateMachine: Sendable {
         workers[peer]?.stalled = false
         let held = holds(peer, step: result.step, shard: result.shard, ticket: result.ticket)
         let running = runningStep
-        let earlier = !held && result.values.inlineValues != nil && result.step == running?.plan.step
+        let earlier =
+            !held && result.values.inlineValues != nil && result.step == running?.plan.step
             && running?.issued[result.ticket].map { $0.peer == peer && $0.shard == result.shard } == true
             && running?.results[result.shard] == nil
         guard held || earlier else {
@@ -783,12 +884,21 @@ public struct CoordinatorStateMachine: Sendable {
         let plan = step.plan
         guard step.expected.contains(result.shard) else {
             counters.badResults += 1
-            return [.refused(peer, reason: "result for shard \(result.shard) of a \(plan.shards.count)-shard step")] + assignIdle(now: now)
+            return [.refused(peer, reason: "result for shard \(result.shard) of a \(plan.shards.count)-shard step")]
+                + assignIdle(now: now)
         }
-        if let expected = plan.digest(first: Int(result.shard), count: shardsInTask(startingAt: result.shard)), result.maskDigest != expected {
+        if let expected = plan.digest(first: Int(result.shard), count: shardsInTask(startingAt: result.shard)),
+            result.maskDigest != expected
+        {
             counters.maskMismatches += 1
-            let reason = "mask digest \(result.maskDigest.hexString) differs from the step's \(expected.hexString): the worker built other masks"
-            var actions: [Action] = [.refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason))]
+            let reason =
+                """
+                mask digest \(result.maskDigest.hexString) differs from the step's \(expected.hexString): the worker \
+                built other masks
+                """
+            var actions: [Action] = [
+                .refused(peer, reason: reason), .send(peer, .shutdown(exitCode: 6, reason: reason)),
+            ]
             requeueIfUnheld(result.shard)
             actions += release(peer, .lost(reason))
             return actions + assignIdle(now: now)
@@ -810,7 +920,12 @@ public struct CoordinatorStateMachine: Sendable {
             let order = plan.sharedResultsInComputeOrder ? " in compute order" : ""
             let shared = plan.sharedResultCount.map { " or \($0) in its shared-memory slot\(order)" } ?? ""
             let form = result.values.inlineValues == nil ? "not inline" : "inline"
-            return [.refused(peer, reason: "a result of \(result.values.count) values (\(form)), expected \(expected) inline\(shared)")]
+            return [
+                .refused(
+                    peer,
+                    reason: "a result of \(result.values.count) values (\(form)), expected \(expected) inline\(shared)"
+                )
+            ]
                 + assignIdle(now: now)
         }
         withStep {
@@ -824,8 +939,11 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// Requeues `shard` at the front unless it has a result, is queued, or a worker holds it.
     private mutating func requeueIfUnheld(_ shard: UInt32) {
-        guard let step = runningStep, step.expected.contains(shard), step.results[shard] == nil, !step.pending.contains(shard),
-              !workers.values.contains(where: { $0.assignment.map { $0.step == step.plan.step && $0.shard == shard } == true })
+        guard let step = runningStep, step.expected.contains(shard), step.results[shard] == nil,
+            !step.pending.contains(shard),
+            !workers.values.contains(where: {
+                $0.assignment.map { $0.step == step.plan.step && $0.shard == shard } == true
+            })
         else { return }
         withStep { $0.pending.prepend(shard) }
         counters.reassignedShards += 1
@@ -837,8 +955,8 @@ public struct CoordinatorStateMachine: Sendable {
     /// blocks is computed again, and an answer to an earlier hand-out no longer counts.
     private mutating func replanIfStuck() {
         guard let step = runningStep, step.failure == nil, !step.isComplete, step.block > 1, hasCapacity,
-              !workers.values.contains(where: { $0.assignment?.step == step.plan.step }),
-              !workers.values.contains(where: { $0.capacity > 0 && $0.blockLimit >= Int(step.block) })
+            !workers.values.contains(where: { $0.assignment?.step == step.plan.step }),
+            !workers.values.contains(where: { $0.capacity > 0 && $0.blockLimit >= Int(step.block) })
         else { return }
         var fresh = Step(plan: step.plan, block: UInt32(chooseBlockSize(for: step.plan)), pending: [], expected: [])
         fresh.pending = Deque(stride(from: 0, to: UInt32(step.plan.shards.count), by: Int(fresh.block)))
@@ -861,7 +979,9 @@ public struct CoordinatorStateMachine: Sendable {
             nextTicket &+= 1
             worker.assignment = Assignment(step: step.plan.step, shard: shard, ticket: ticket)
             worker.lastTicket = ticket
-            let (allowed, overflow) = settings.taskTimeout.multipliedReportingOverflow(by: 1 << min(step.retakes[shard] ?? 0, 10))
+            let (allowed, overflow) = settings.taskTimeout.multipliedReportingOverflow(
+                by: 1 << min(step.retakes[shard] ?? 0, 10)
+            )
             let (deadline, late) = now.addingReportingOverflow(overflow ? .max : allowed)
             worker.deadline = late ? .max : deadline
             let plan = step.plan
@@ -874,12 +994,15 @@ public struct CoordinatorStateMachine: Sendable {
             let packing: (seeds: [UInt64], values: Int)
             if let held = worker.parameters, held.serve(step: plan.step, maskSeeds: maskSeeds) {
                 route = nil
-                packing = held.packingSeeds == plan.packingSeeds
+                packing =
+                    held.packingSeeds == plan.packingSeeds
                     ? (plan.packingSeeds, plan.resultCounts[Int(shard)])
                     : (held.packingSeeds, plan.taskPackings[held.packingSeeds] ?? plan.resultCounts[Int(shard)])
             } else {
                 route = worker.slot == nil ? .inline : .sharedMemory
-                packing = route == .inline ? plan.packing(first: Int(shard), count: count)
+                packing =
+                    route == .inline
+                    ? plan.packing(first: Int(shard), count: count)
                     : (plan.packingSeeds, plan.resultCounts[Int(shard)])
                 worker.parameters = HeldParameters(step: plan.step, packingSeeds: packing.seeds)
             }
@@ -889,10 +1012,18 @@ public struct CoordinatorStateMachine: Sendable {
             }
             workers[peer] = worker
             let members = plan.shards[Int(shard)..<(Int(shard) + count)]
-            let task = WireMessage.Task(step: plan.step, shard: shard, shardCount: UInt32(plan.shards.count),
-                                        maskSeeds: maskSeeds, packingSeeds: packing.seeds,
-                                        rows: Array(members.joined()), work: plan.work, parameters: .absent,
-                                        ticket: ticket, rowsPerShard: members.map { UInt32($0.count) })
+            let task = WireMessage.Task(
+                step: plan.step,
+                shard: shard,
+                shardCount: UInt32(plan.shards.count),
+                maskSeeds: maskSeeds,
+                packingSeeds: packing.seeds,
+                rows: Array(members.joined()),
+                work: plan.work,
+                parameters: .absent,
+                ticket: ticket,
+                rowsPerShard: members.map { UInt32($0.count) }
+            )
             actions.append(.assign(peer, task, parameters: route))
         }
         state = .running(step)

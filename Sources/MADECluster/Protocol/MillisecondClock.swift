@@ -20,7 +20,8 @@ public enum TimeoutRange {
 
     /// Nil when `seconds` is a valid timeout, else the reason, naming `name`.
     public static func problem(_ name: String, seconds: Double) -> String? {
-        seconds > 0 && seconds <= maxSeconds ? nil : "\(name) must be between 0 and \(Int(maxSeconds)) seconds, not \(seconds)"
+        seconds > 0 && seconds <= maxSeconds
+            ? nil : "\(name) must be between 0 and \(Int(maxSeconds)) seconds, not \(seconds)"
     }
 
     /// `seconds` in whole milliseconds.

@@ -38,7 +38,11 @@ public enum WireFormat {
     }
 
     /// The frame for `message` in a freshly allocated buffer that the caller owns (for zero-copy sends).
-    public static func encodeOwned(_ message: WireMessage, runID: UInt64, version: UInt16 = version) -> UnsafeMutableRawBufferPointer {
+    public static func encodeOwned(
+        _ message: WireMessage,
+        runID: UInt64,
+        version: UInt16 = version
+    ) -> UnsafeMutableRawBufferPointer {
         let size = encodedSize(message)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         var writer = WireWriter(buffer: buffer)
@@ -77,10 +81,12 @@ public enum WireFormat {
     private static func payloadSize(_ message: WireMessage) -> Int {
         switch message {
         case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count + 4 + 4
-        case .welcome(let w): return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
+        case .welcome(let w):
+            return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
         case .reject(let reason): return 2 + stringBytes(reason).count
         case .task(let t):
-            return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + 4 + 4 * t.rowsPerShard.count + 4 + 8 * t.maskSeeds.count + 4 + 8 * t.packingSeeds.count
+            return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + 4 + 4 * t.rowsPerShard.count + 4 + 8 * t.maskSeeds.count + 4
+                + 8 * t.packingSeeds.count
                 + workSize(t.work) + payloadSize(t.parameters)
         case .result(let r): return 8 + 4 + 8 + 16 + 8 + 4 + payloadSize(r.values)
         case .heartbeat: return 8
@@ -120,8 +126,12 @@ public enum WireFormat {
         }
     }
 
-    private static func write(_ message: WireMessage, runID: UInt64, size: Int, version: UInt16, to w: inout WireWriter) {
-        precondition(version == WireFormat.version || message.kind == .reject, "only a reject goes out in another protocol version")
+    private static func write(_ message: WireMessage, runID: UInt64, size: Int, version: UInt16, to w: inout WireWriter)
+    {
+        precondition(
+            version == WireFormat.version || message.kind == .reject,
+            "only a reject goes out in another protocol version"
+        )
         w.bytes(magic)
         w.integer(version)
         w.integer(message.kind.rawValue)
@@ -164,9 +174,16 @@ public enum WireFormat {
             case .gradient:
                 w.integer(UInt8(0))
             case .logLikelihood(let split, let masks, let mode):
-                w.integer(UInt8(1)); w.integer(split); w.integer(masks); w.integer(mode)
+                w.integer(UInt8(1))
+                w.integer(split)
+                w.integer(masks)
+                w.integer(mode)
             case .sample(let count, let masks, let seed, let method):
-                w.integer(UInt8(2)); w.integer(count); w.integer(masks); w.integer(seed); w.integer(method)
+                w.integer(UInt8(2))
+                w.integer(count)
+                w.integer(masks)
+                w.integer(seed)
+                w.integer(method)
             }
             w.payload(t.parameters)
         case .result(let r):
@@ -196,7 +213,10 @@ public enum WireFormat {
     // MARK: Decoding
 
     /// Parses and validates one frame. Returns the run id of the header and the message.
-    public static func decode(_ frame: [UInt8], limits: Limits = Limits()) throws(WireError) -> (runID: UInt64, message: WireMessage) {
+    public static func decode(
+        _ frame: [UInt8],
+        limits: Limits = Limits()
+    ) throws(WireError) -> (runID: UInt64, message: WireMessage) {
         let result = frame.withUnsafeBytes { raw in
             Result { () throws(WireError) in try decode(raw, limits: limits) }
         }
@@ -204,14 +224,19 @@ public enum WireFormat {
     }
 
     /// ``decode(_:limits:)`` over raw bytes.
-    public static func decode(_ raw: UnsafeRawBufferPointer, limits: Limits = Limits()) throws(WireError) -> (runID: UInt64, message: WireMessage) {
+    public static func decode(
+        _ raw: UnsafeRawBufferPointer,
+        limits: Limits = Limits()
+    ) throws(WireError) -> (runID: UInt64, message: WireMessage) {
         guard raw.count >= headerSize else { throw .tooShort(raw.count) }
         var r = WireReader(buffer: raw)
         guard try r.bytes(4, "magic") == magic else { throw .badMagic }
         let v: UInt16 = try r.integer("version")
         let typeByte: UInt8 = try r.integer("type")
         // A reject is read in any version, so a peer of another version hears why it is refused.
-        guard v == version || (v >= 1 && typeByte == WireMessage.Kind.reject.rawValue) else { throw .unsupportedVersion(v) }
+        guard v == version || (v >= 1 && typeByte == WireMessage.Kind.reject.rawValue) else {
+            throw .unsupportedVersion(v)
+        }
         guard let kind = WireMessage.Kind(rawValue: typeByte) else { throw .unknownType(typeByte) }
         let flags: UInt8 = try r.integer("flags")
         guard flags == 0 else { throw .nonzeroFlags(flags) }
@@ -219,7 +244,9 @@ public enum WireFormat {
         let length: UInt32 = try r.integer("payload length")
         let reserved: UInt32 = try r.integer("reserved")
         guard reserved == 0 else { throw .nonzeroReserved }
-        guard Int(length) == raw.count - headerSize else { throw .lengthMismatch(declared: length, actual: raw.count - headerSize) }
+        guard Int(length) == raw.count - headerSize else {
+            throw .lengthMismatch(declared: length, actual: raw.count - headerSize)
+        }
 
         let message: WireMessage
         switch kind {
@@ -236,8 +263,14 @@ public enum WireFormat {
             guard blockLimit >= 1 else { throw .invalidField("a peer that takes tasks of 0 shards") }
             message = .hello(
                 .init(
-                    dataFingerprint: fingerprint, processID: pid, name: name, hostID: hostID, capacity: capacity,
-                                   maxBlockShards: blockLimit))
+                    dataFingerprint: fingerprint,
+                    processID: pid,
+                    name: name,
+                    hostID: hostID,
+                    capacity: capacity,
+                    maxBlockShards: blockLimit
+                )
+            )
         case .welcome:
             let interval: UInt32 = try r.integer("heartbeat interval")
             guard interval > 0 else { throw .invalidField("heartbeat interval is zero") }
@@ -251,12 +284,16 @@ public enum WireFormat {
             let slotFloats: UInt32 = try r.integer("shared-memory slot size")
             var grant: WireMessage.SharedMemoryGrant?
             if !path.isEmpty {
-                guard slot > 0, slotFloats > 0 else { throw .invalidField("shared memory with slot \(slot) of \(slotFloats) floats") }
+                guard slot > 0, slotFloats > 0 else {
+                    throw .invalidField("shared memory with slot \(slot) of \(slotFloats) floats")
+                }
                 grant = .init(path: path, slot: slot, slotFloats: slotFloats)
             } else if slot != 0 || slotFloats != 0 {
                 throw .invalidField("a shared-memory slot without a path")
             }
-            message = .welcome(.init(heartbeatIntervalMilliseconds: interval, configuration: configuration, sharedMemory: grant))
+            message = .welcome(
+                .init(heartbeatIntervalMilliseconds: interval, configuration: configuration, sharedMemory: grant)
+            )
         case .reject:
             message = .reject(reason: try r.string("reason", limit: limits.maxStringBytes))
         case .task:
@@ -272,7 +309,12 @@ public enum WireFormat {
                 throw .invalidField("rows per shard \(rowsPerShard) do not add up to the \(rows.count) rows")
             }
             guard WireFormat.isAlignedBlock(first: Int(shard), count: rowsPerShard.count, of: Int(shardCount)) else {
-                throw .invalidField("shards \(shard)..<\(Int(shard) + rowsPerShard.count) of \(shardCount) are not a whole subtree of the reduction tree")
+                throw .invalidField(
+                    """
+                    shards \(shard)..<\(Int(shard) + rowsPerShard.count) of \(shardCount) are not a whole subtree of \
+                    the reduction tree
+                    """
+                )
             }
             let maskSeeds = try r.array("mask seeds", limit: limits.maxBlockShards, of: UInt64.self)
             guard maskSeeds.count == rowsPerShard.count else {
@@ -298,15 +340,28 @@ public enum WireFormat {
                 let masks: UInt32 = try r.integer("masks")
                 let seed: UInt64 = try r.integer("sample seed")
                 let method: UInt8 = try r.integer("sampling method")
-                guard masks > 0, count > 0, Int(count) <= limits.maxRows else { throw .invalidField("sampling \(count) values with \(masks) masks") }
+                guard masks > 0, count > 0, Int(count) <= limits.maxRows else {
+                    throw .invalidField("sampling \(count) values with \(masks) masks")
+                }
                 work = .sample(count: count, masks: masks, seed: seed, method: method)
             default:
                 throw .invalidField("work kind \(kind) (0 gradient, 1 log-likelihood, 2 sample)")
             }
             let parameters = try r.payload("parameters", limit: limits.maxFloats)
-            message = .task(.init(step: step, shard: shard, shardCount: shardCount, maskSeeds: maskSeeds, packingSeeds: packingSeeds,
-                                  rows: rows, work: work,
-                                  parameters: parameters, ticket: ticket, rowsPerShard: rowsPerShard))
+            message = .task(
+                .init(
+                    step: step,
+                    shard: shard,
+                    shardCount: shardCount,
+                    maskSeeds: maskSeeds,
+                    packingSeeds: packingSeeds,
+                    rows: rows,
+                    work: work,
+                    parameters: parameters,
+                    ticket: ticket,
+                    rowsPerShard: rowsPerShard
+                )
+            )
         case .result:
             let step: UInt64 = try r.integer("step")
             let shard: UInt32 = try r.integer("shard")
@@ -318,8 +373,17 @@ public enum WireFormat {
             let micros: UInt32 = try r.integer("compute time")
             let values = try r.payload("values", limit: limits.maxFloats)
             guard values != .absent else { throw .invalidField("a result without values") }
-            message = .result(.init(step: step, shard: shard, maskDigest: digest, lossSum: loss, computeMicroseconds: micros, values: values,
-                                    ticket: ticket))
+            message = .result(
+                .init(
+                    step: step,
+                    shard: shard,
+                    maskDigest: digest,
+                    lossSum: loss,
+                    computeMicroseconds: micros,
+                    values: values,
+                    ticket: ticket
+                )
+            )
         case .heartbeat:
             message = .heartbeat(sequence: try r.integer("sequence"))
         case .shutdown:
@@ -331,7 +395,12 @@ public enum WireFormat {
             let step: UInt64 = try r.integer("step")
             let shard: UInt32 = try r.integer("shard")
             let ticket: UInt64 = try r.integer("ticket")
-            message = .failed(step: step, shard: shard, ticket: ticket, reason: try r.string("reason", limit: limits.maxStringBytes))
+            message = .failed(
+                step: step,
+                shard: shard,
+                ticket: ticket,
+                reason: try r.string("reason", limit: limits.maxStringBytes)
+            )
         }
         guard r.remaining == 0 else { throw .trailingBytes(r.remaining) }
         return (runID, message)
@@ -365,14 +434,20 @@ struct WireWriter {
     mutating func payload(_ p: FloatPayload) {
         switch p {
         case .absent:
-            integer(UInt8(0)); integer(UInt32(0))
+            integer(UInt8(0))
+            integer(UInt32(0))
         case .inline(let values):
-            integer(UInt8(1)); integer(UInt32(values.count))
+            integer(UInt8(1))
+            integer(UInt32(values.count))
             values.withUnsafeBytes { raw($0) }
         case .shared(let slot, let count):
-            integer(UInt8(2)); integer(count); integer(slot)
+            integer(UInt8(2))
+            integer(count)
+            integer(slot)
         case .sharedCompute(let slot, let count):
-            integer(UInt8(3)); integer(count); integer(slot)
+            integer(UInt8(3))
+            integer(count)
+            integer(slot)
         }
     }
 
@@ -446,7 +521,9 @@ struct WireReader {
 
     mutating func floatArray(_ field: String, limit: Int) throws(WireError) -> [Float] {
         let values = try array(field, limit: limit, of: Float.self)
-        guard values.allSatisfy({ $0.isFinite }) else { throw .invalidField("\(field) holds a value that is not finite") }
+        guard values.allSatisfy({ $0.isFinite }) else {
+            throw .invalidField("\(field) holds a value that is not finite")
+        }
         return values
     }
 }

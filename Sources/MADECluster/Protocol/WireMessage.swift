@@ -101,8 +101,13 @@ public enum WireMessage: Sendable, Equatable {
         /// Most shards one task to this peer may hold (at least 1).
         public var maxBlockShards: UInt32
         public init(
-            dataFingerprint: [UInt8], processID: UInt32, name: String, hostID: String = "", capacity: UInt32 = 1,
-                    maxBlockShards: UInt32 = 8) {
+            dataFingerprint: [UInt8],
+            processID: UInt32,
+            name: String,
+            hostID: String = "",
+            capacity: UInt32 = 1,
+            maxBlockShards: UInt32 = 8
+        ) {
             self.dataFingerprint = dataFingerprint
             self.processID = processID
             self.name = name
@@ -118,7 +123,11 @@ public enum WireMessage: Sendable, Equatable {
         public var configuration: [UInt8]
         /// Shared memory offered to a worker on the coordinator's host.
         public var sharedMemory: SharedMemoryGrant?
-        public init(heartbeatIntervalMilliseconds: UInt32, configuration: [UInt8], sharedMemory: SharedMemoryGrant? = nil) {
+        public init(
+            heartbeatIntervalMilliseconds: UInt32,
+            configuration: [UInt8],
+            sharedMemory: SharedMemoryGrant? = nil
+        ) {
             self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
             self.configuration = configuration
             self.sharedMemory = sharedMemory
@@ -176,8 +185,18 @@ public enum WireMessage: Sendable, Equatable {
         public var parameters: FloatPayload
         /// This hand-out of the task; its result must carry the same.
         public var ticket: UInt64
-        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeeds: [UInt64], packingSeeds: [UInt64], rows: [Int32],
-                    work: Work = .gradient, parameters: FloatPayload, ticket: UInt64 = 0, rowsPerShard: [UInt32]? = nil) {
+        public init(
+            step: UInt64,
+            shard: UInt32,
+            shardCount: UInt32,
+            maskSeeds: [UInt64],
+            packingSeeds: [UInt64],
+            rows: [Int32],
+            work: Work = .gradient,
+            parameters: FloatPayload,
+            ticket: UInt64 = 0,
+            rowsPerShard: [UInt32]? = nil
+        ) {
             self.rowsPerShard = rowsPerShard ?? [UInt32(rows.count)]
             self.step = step
             self.shard = shard
@@ -191,11 +210,30 @@ public enum WireMessage: Sendable, Equatable {
         }
 
         /// A task whose shards all train `maskSeed`, packed by it.
-        public init(step: UInt64, shard: UInt32, shardCount: UInt32, maskSeed: UInt64, rows: [Int32], work: Work = .gradient,
-                    parameters: FloatPayload, ticket: UInt64 = 0, rowsPerShard: [UInt32]? = nil) {
+        public init(
+            step: UInt64,
+            shard: UInt32,
+            shardCount: UInt32,
+            maskSeed: UInt64,
+            rows: [Int32],
+            work: Work = .gradient,
+            parameters: FloatPayload,
+            ticket: UInt64 = 0,
+            rowsPerShard: [UInt32]? = nil
+        ) {
             let perShard = rowsPerShard ?? [UInt32(rows.count)]
-            self.init(step: step, shard: shard, shardCount: shardCount, maskSeeds: Array(repeating: maskSeed, count: perShard.count),
-                      packingSeeds: [maskSeed], rows: rows, work: work, parameters: parameters, ticket: ticket, rowsPerShard: perShard)
+            self.init(
+                step: step,
+                shard: shard,
+                shardCount: shardCount,
+                maskSeeds: Array(repeating: maskSeed, count: perShard.count),
+                packingSeeds: [maskSeed],
+                rows: rows,
+                work: work,
+                parameters: parameters,
+                ticket: ticket,
+                rowsPerShard: perShard
+            )
         }
     }
 
@@ -212,8 +250,15 @@ public enum WireMessage: Sendable, Equatable {
         public var values: FloatPayload
         /// The ticket of the task this answers.
         public var ticket: UInt64
-        public init(step: UInt64, shard: UInt32, maskDigest: [UInt8], lossSum: Double, computeMicroseconds: UInt32, values: FloatPayload,
-                    ticket: UInt64) {
+        public init(
+            step: UInt64,
+            shard: UInt32,
+            maskDigest: [UInt8],
+            lossSum: Double,
+            computeMicroseconds: UInt32,
+            values: FloatPayload,
+            ticket: UInt64
+        ) {
             self.step = step
             self.shard = shard
             self.ticket = ticket
@@ -301,7 +346,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
         case .lengthMismatch(let d, let a): return "header declares a \(d)-byte payload, frame holds \(a)"
         case .truncated(let field): return "payload ends inside \(field)"
         case .trailingBytes(let n): return "\(n) unexpected bytes after the payload"
-        case .limitExceeded(let field, let count, let limit): return "\(field) holds \(count) items, more than the limit \(limit)"
+        case .limitExceeded(let field, let count, let limit):
+            return "\(field) holds \(count) items, more than the limit \(limit)"
         case .invalidField(let what): return what
         }
     }

@@ -2,7 +2,9 @@ import MADE
 
 /// A split of a data set, as evaluation jobs name it on the wire (0 train, 1 valid, 2 test).
 public enum DataSplit: UInt8, Sendable, CaseIterable {
-    case train = 0, valid = 1, test = 2
+    case train = 0
+    case valid = 1
+    case test = 2
 
     /// The split's rows in `dataset`, if it has them.
     public func rows(of dataset: Dataset) -> DataMatrix? {

@@ -106,9 +106,14 @@ public struct WorkerStateMachine: Sendable {
     private var hello: WireMessage {
         .hello(
             .init(
-                dataFingerprint: settings.dataFingerprint, processID: settings.processID, name: settings.name,
+                dataFingerprint: settings.dataFingerprint,
+                processID: settings.processID,
+                name: settings.name,
                 hostID: settings.hostID,
-                     capacity: settings.capacity, maxBlockShards: settings.maxBlockShards))
+                capacity: settings.capacity,
+                maxBlockShards: settings.maxBlockShards
+            )
+        )
     }
 
     /// The worker starts: it says hello.
@@ -172,7 +177,7 @@ public struct WorkerStateMachine: Sendable {
         case .active:
             guard brokeSinceWelcome else { return [] }
             state = .connecting
-            startedAt = now   // the coordinator has its timeout from now to answer
+            startedAt = now  // the coordinator has its timeout from now to answer
             return sayHello(now: now)
         }
     }
@@ -213,7 +218,7 @@ public struct WorkerStateMachine: Sendable {
     public mutating func announce(capacity: UInt32, now: UInt64) -> [Action] {
         guard state != .finished, capacity != settings.capacity else { return [] }
         settings.capacity = capacity
-        guard case .active = state else { return [] }   // the next hello carries it
+        guard case .active = state else { return [] }  // the next hello carries it
         state = .connecting
         return sayHello(now: now)
     }
@@ -251,13 +256,19 @@ public struct WorkerStateMachine: Sendable {
         case .connecting:
             if now > max(lastHeard ?? 0, startedAt) + settings.coordinatorTimeout {
                 state = .finished
-                return [.exit(code: ExitCode.coordinatorGone, reason: "no coordinator answered for \(settings.coordinatorTimeout / 1000) s")]
+                return [
+                    .exit(
+                        code: ExitCode.coordinatorGone,
+                        reason: "no coordinator answered for \(settings.coordinatorTimeout / 1000) s"
+                    )
+                ]
             }
             return now >= lastHello + settings.helloRetry ? sayHello(now: now) : []
         case .active(let session):
             if let since = disconnectedSince, now > since + settings.coordinatorTimeout {
                 state = .finished
-                let reason = "the connection to the coordinator has been gone for \(settings.coordinatorTimeout / 1000) s"
+                let reason =
+                    "the connection to the coordinator has been gone for \(settings.coordinatorTimeout / 1000) s"
                 return [.exit(code: ExitCode.coordinatorGone, reason: reason)]
             }
             return now >= lastSent + session.heartbeatInterval ? heartbeat(now: now) : []

@@ -130,7 +130,12 @@ public final class ClusterCoordinator {
 
     /// Binds and prepares; workers may connect as soon as this returns.
     /// - Parameter dataFingerprint: what workers' data must hash to; nil accepts any (sampling).
-    public init(configuration: TrainingConfiguration, dataFingerprint: [UInt8]?, options: Options, logger: Logger) throws {
+    public init(
+        configuration: TrainingConfiguration,
+        dataFingerprint: [UInt8]?,
+        options: Options,
+        logger: Logger
+    ) throws {
         self.options = options
         self.configuration = configuration
         self.layout = ParameterLayout(configuration.model)
@@ -141,9 +146,15 @@ public final class ClusterCoordinator {
             simulatedMicrosecondsPerShard: options.simulatedMicrosecondsPerShard
         )
         let runID = ClusterCoordinator.runID(configuration: configurationBytes, dataFingerprint: dataFingerprint ?? [])
-        var settings = CoordinatorStateMachine.Settings(runID: runID, dataFingerprint: dataFingerprint, configuration: configurationBytes)
-        settings.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(wanted: options.heartbeatInterval,
-                                                                                        timeout: options.heartbeatTimeout)
+        var settings = CoordinatorStateMachine.Settings(
+            runID: runID,
+            dataFingerprint: dataFingerprint,
+            configuration: configurationBytes
+        )
+        settings.heartbeatInterval = CoordinatorStateMachine.Settings.heartbeatInterval(
+            wanted: options.heartbeatInterval,
+            timeout: options.heartbeatTimeout
+        )
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.taskTimeout = options.taskTimeout
         settings.idleTimeout = options.idleTimeout
@@ -152,34 +163,65 @@ public final class ClusterCoordinator {
                 let slots = try SharedSlots.create(slotFloats: layout.count, workerSlots: options.sharedMemorySlots)
                 shared = slots
                 settings.hostID = host
-                settings.sharedMemory = .init(path: slots.path, slotFloats: UInt32(slots.slotFloats), slots: UInt32(options.sharedMemorySlots))
+                settings.sharedMemory = .init(
+                    path: slots.path,
+                    slotFloats: UInt32(slots.slotFloats),
+                    slots: UInt32(options.sharedMemorySlots)
+                )
             } catch {
-                logger.warning("no shared memory; parameters and gradients go over the socket", metadata: ["reason": "\(error)"])
+                logger.warning(
+                    "no shared memory; parameters and gradients go over the socket",
+                    metadata: ["reason": "\(error)"]
+                )
             }
         }
         machine = CoordinatorStateMachine(settings: settings)
 
         let parameterCount = layout.count
         guard parameterCount <= WireFormat.Limits().maxFloats else {
-            throw ClusterError(.tooLarge, "the model has \(parameterCount) parameters; a cluster carries at most \(WireFormat.Limits().maxFloats) per message")
+            throw ClusterError(
+                .tooLarge,
+                """
+                the model has \(parameterCount) parameters; a cluster carries at most \
+                \(WireFormat.Limits().maxFloats) per message
+                """
+            )
         }
         context = try ZMQContext()
         if let security = options.security {
             zap = try ZAPHandler(context: context, authorizedKeys: security.authorized)
         } else if !Endpoint.isLocal(options.bind) && !options.allowInsecure {
-            throw ClusterError(.security, "refusing to listen on \(options.bind) without CURVE keys: pass --keys DIR (made keygen DIR), or --insecure on a trusted network")
+            throw ClusterError(
+                .security,
+                """
+                refusing to listen on \(options.bind) without CURVE keys: pass --keys DIR (made keygen DIR), or \
+                --insecure on a trusted network
+                """
+            )
         }
         router = try ZMQSocket(context: context, kind: .router)
         // No peer, authenticated or not, makes this process hold a frame larger than the run's own largest.
-        largestResult = max(parameterCount, options.largestJobResult, Self.validationChunk * configuration.evaluationMasks,
-                            Self.sampleBatch * configuration.model.inputCount)
+        largestResult = max(
+            parameterCount,
+            options.largestJobResult,
+            Self.validationChunk * configuration.evaluationMasks,
+            Self.sampleBatch * configuration.model.inputCount
+        )
         guard largestResult <= WireFormat.Limits().maxFloats else {
-            throw ClusterError(.tooLarge, "results of \(largestResult) values exceed the \(WireFormat.Limits().maxFloats) a message may carry")
+            throw ClusterError(
+                .tooLarge,
+                "results of \(largestResult) values exceed the \(WireFormat.Limits().maxFloats) a message may carry"
+            )
         }
         // Mandatory routing: a heartbeat to a worker whose connection libzmq tore down finds no
         // route, which is how the machine learns the worker is gone (`connectionLost`).
-        try router.set(.routerMandatory(true), .linger(milliseconds: 0), .sendHighWaterMark(0), .receiveHighWaterMark(0),
-                       .maxMessageSize(Int64(MessageFragments.largestMessage)))
+        try router.set(
+            .routerMandatory(true),
+            .linger(milliseconds: 0),
+            .sendHighWaterMark(0),
+            .receiveHighWaterMark(0),
+            .maxMessageSize(Int64(MessageFragments.largestMessage))
+        )
         try router.set(
             ConnectionHeartbeat.options(interval: settings.heartbeatInterval, timeout: settings.heartbeatTimeout)
         )
@@ -191,7 +233,10 @@ public final class ClusterCoordinator {
         endpoint = router.lastEndpoint
         if let host = Endpoint.tcpHost(endpoint), host == "0.0.0.0" || host == "::" {
             let advertised = options.advertisedHost ?? ProcessInfo.processInfo.hostName
-            endpoint = endpoint.replacingOccurrences(of: "//\(host.contains(":") ? "[\(host)]" : host):", with: "//\(Endpoint.bracketed(advertised)):")
+            endpoint = endpoint.replacingOccurrences(
+                of: "//\(host.contains(":") ? "[\(host)]" : host):",
+                with: "//\(Endpoint.bracketed(advertised)):"
+            )
         }
         if !settings.hostID.isEmpty {
             // The proof in the host id is bound to the port now chosen (see SharedSlots.hostID(for:)).
@@ -201,8 +246,13 @@ public final class ClusterCoordinator {
         if let file = options.endpointFile {
             try AtomicFile.write(endpoint + "\n", to: file)
         }
-        logger.info("coordinator listening", metadata: ["endpoint": "\(endpoint)", "curve": "\(options.security != nil)",
-                                                        "run": "\(String(runID, radix: 16))"])
+        logger.info(
+            "coordinator listening",
+            metadata: [
+                "endpoint": "\(endpoint)", "curve": "\(options.security != nil)",
+                "run": "\(String(runID, radix: 16))",
+            ]
+        )
     }
 
     deinit {
@@ -295,7 +345,8 @@ public final class ClusterCoordinator {
     /// workers read them.
     public var heldOffer: Trainer.HeldOffer? {
         guard configuration.kernel == .sparse, let shared, !sharedMemoryLost, layout.count <= shared.slotFloats,
-              shared.holds(0) else { return nil }
+            shared.holds(0)
+        else { return nil }
         return Trainer.HeldOffer(copyInto: UnsafeMutableBufferPointer(start: shared.pointer(0), count: layout.count))
     }
 
@@ -303,7 +354,10 @@ public final class ClusterCoordinator {
     /// in that mask's compute order (``Trainer/drive(until:offeringHeld:compute:)``): slot 0
     /// takes them as they are, and the gradient comes back in that order, so that nothing here
     /// moves a weight either (workers on other hosts still get and send theirs in layout order).
-    public func computeStep(_ plan: StepPlan, held: Trainer.HeldParameters) throws -> (gradient: [Float], lossSum: Double) {
+    public func computeStep(
+        _ plan: StepPlan,
+        held: Trainer.HeldParameters
+    ) throws -> (gradient: [Float], lossSum: Double) {
         precondition(plan.maskSeeds.allSatisfy { $0 == held.maskSeed }, "computeStep: held parameters of another mask")
         return try step(plan, parameters: .held(held))
     }
@@ -326,7 +380,8 @@ public final class ClusterCoordinator {
         let heldOrder: Bool
         switch parameters {
         case .layout:
-            blocks = configuration.kernel == .sparse && packingSeeds.count == 1 && shared != nil && !sharedMemoryLost
+            blocks =
+                configuration.kernel == .sparse && packingSeeds.count == 1 && shared != nil && !sharedMemoryLost
                 ? packings.maskSet(packingSeeds[0]).blocks : nil
             heldOrder = false
         case .held(let held):
@@ -356,9 +411,17 @@ public final class ClusterCoordinator {
             }
         }
         let lossSum = try computeGradients(
-            step: UInt64(plan.step), maskSeeds: plan.maskSeeds, packingSeeds: packingSeeds, packing: packing,
-            shards: plan.shards.map { Array($0) }, packed: false, computeOrder: blocks, inComputeOrder: heldOrder,
-            fillShared: fillShared, fill: fill).lossSum
+            step: UInt64(plan.step),
+            maskSeeds: plan.maskSeeds,
+            packingSeeds: packingSeeds,
+            packing: packing,
+            shards: plan.shards.map { Array($0) },
+            packed: false,
+            computeOrder: blocks,
+            inComputeOrder: heldOrder,
+            fillShared: fillShared,
+            fill: fill
+        ).lossSum
         return (denseGradient, lossSum)
     }
 
@@ -371,8 +434,10 @@ public final class ClusterCoordinator {
         guard packingSeeds.count != 1, Set(maskSeeds).count > 1 else { return [:] }
         var counts: [[UInt64]: Int] = [:]
         for first in stride(from: 0, to: maskSeeds.count, by: blockSize) {
-            let own = Self.packingSeeds(for: Array(maskSeeds[first..<min(first + blockSize, maskSeeds.count)]),
-                                        mixed: options.mixedMaskPacking)
+            let own = Self.packingSeeds(
+                for: Array(maskSeeds[first..<min(first + blockSize, maskSeeds.count)]),
+                mixed: options.mixedMaskPacking
+            )
             if !own.isEmpty, Set(own) != Set(packingSeeds), counts[own] == nil {
                 counts[own] = packings.packing(union: own).count
             }
@@ -388,72 +453,117 @@ public final class ClusterCoordinator {
     /// `computeOrder` (the blocks of the step's one mask) when given, in which the workers on
     /// this host then answer too; the dense sum is in that order with `inComputeOrder`, else in
     /// layout order.
-    private func computeGradients(step: UInt64, maskSeeds: [UInt64], packingSeeds: [UInt64], packing: MaskPacking,
-                                  shards: [[Int32]], packed: Bool, computeOrder blocks: BlockPartition? = nil,
-                                  inComputeOrder heldOrder: Bool = false,
-                                  fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
-                                  fill: @escaping (MaskPacking, UnsafeMutableBufferPointer<Float>) -> Void) throws
-        -> (packedSum: [Float]?, lossSum: Double) {
+    private func computeGradients(
+        step: UInt64,
+        maskSeeds: [UInt64],
+        packingSeeds: [UInt64],
+        packing: MaskPacking,
+        shards: [[Int32]],
+        packed: Bool,
+        computeOrder blocks: BlockPartition? = nil,
+        inComputeOrder heldOrder: Bool = false,
+        fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
+        fill: @escaping (MaskPacking, UnsafeMutableBufferPointer<Float>) -> Void
+    ) throws
+        -> (packedSum: [Float]?, lossSum: Double)
+    {
         let threads = self.threads
         let packings = self.packings
         let inline = { (seeds: [UInt64]) -> (count: Int, fill: (UnsafeMutableBufferPointer<Float>) -> Void) in
             let taskPacking = packings.packing(union: seeds)
             return (taskPacking.count, { fill(taskPacking, $0) })
         }
-        let stepParameters = StepParameters(sharedCount: packing.denseCount, shared: shared,
-                                            computeOrder: blocks != nil,
-                                            fillShared: fillShared, inline: inline)
+        let stepParameters = StepParameters(
+            sharedCount: packing.denseCount,
+            shared: shared,
+            computeOrder: blocks != nil,
+            fillShared: fillShared,
+            inline: inline
+        )
         var machinePlan = CoordinatorStateMachine.WorkPlan(
-            step: step, maskSeeds: maskSeeds, packingSeeds: packingSeeds,
-            maskDigests: maskSeeds.map { packings.packing($0).digest }, gradientCount: packing.count,
-            denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount, shards: shards)
+            step: step,
+            maskSeeds: maskSeeds,
+            packingSeeds: packingSeeds,
+            maskDigests: maskSeeds.map { packings.packing($0).digest },
+            gradientCount: packing.count,
+            denseCount: shared == nil || sharedMemoryLost ? nil : packing.denseCount,
+            shards: shards
+        )
         machinePlan.sharedResultsInComputeOrder = blocks != nil
         // A worker with several shards of the step sums them itself (a whole subtree) and answers once.
         machinePlan.maxShardsPerTask = Self.maxShardsPerTask
-        machinePlan.taskPackings = taskPackings(maskSeeds: maskSeeds, packingSeeds: packingSeeds,
-                                                blockSize: machine.blockSize(for: machinePlan))
+        machinePlan.taskPackings = taskPackings(
+            maskSeeds: maskSeeds,
+            packingSeeds: packingSeeds,
+            blockSize: machine.blockSize(for: machinePlan)
+        )
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
         let handedOut = resultPackings.values.map { packings.packing(union: $0).count }
         lastStepPackedValues = Double(handedOut.reduce(0, +)) / Double(max(1, handedOut.count))
         /// Whether an accepted gradient lay in a shared-memory file that shrank (before it was
         /// copied out, or before or while it was summed where it lies).
         func lost() -> Bool {
-            stepValuesLost || results.contains { result in
-                guard let slot = result.values.sharedSlot, inPlace[slot] == result.shard else { return false }
-                return !sharedIntact(Int(slot))
-            }
+            stepValuesLost
+                || results.contains { result in
+                    guard let slot = result.values.sharedSlot, inPlace[slot] == result.shard else { return false }
+                    return !sharedIntact(Int(slot))
+                }
         }
         /// The step computed again over the socket: the same bits, as every shard is recomputed.
         func recompute() throws {
-            logger.warning("recomputing a step whose gradients were lost with the shared-memory file",
-                           metadata: ["step": "\(step)"])
+            logger.warning(
+                "recomputing a step whose gradients were lost with the shared-memory file",
+                metadata: ["step": "\(step)"]
+            )
             stepValuesLost = false
             machinePlan.sharedResultCount = nil
             machinePlan.sharedResultsInComputeOrder = false
-            (results, inPlace) = try execute(machinePlan, parameters: StepParameters(
-                sharedCount: packing.denseCount, shared: nil, computeOrder: false, fillShared: { _ in },
-                inline: inline))
+            (results, inPlace) = try execute(
+                machinePlan,
+                parameters: StepParameters(
+                    sharedCount: packing.denseCount,
+                    shared: nil,
+                    computeOrder: false,
+                    fillShared: { _ in },
+                    inline: inline
+                )
+            )
         }
         if lost() { try recompute() }
         let lossSum = { GradientReducer.reduce(results.map(\.lossSum)) }
         if packed, var gradients = inlineGradients(results, packedBy: packingSeeds) {
             GradientReducer.reduce(&gradients, threads: threads)
-            denseGradientMasks = nil   // the dense buffer no longer holds what it held
+            denseGradientMasks = nil  // the dense buffer no longer holds what it held
             return (gradients[0], lossSum())
         }
-        var finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, blocks: blocks,
-                         inComputeOrder: heldOrder)
+        var finite = sum(
+            results,
+            inPlace: inPlace,
+            packing: packing,
+            packingSeeds: packingSeeds,
+            blocks: blocks,
+            inComputeOrder: heldOrder
+        )
         // The file may shrink while the sum reads the slots: the zero pages read then (see
         // SharedSlots) are found here, and the step is computed again over the socket.
         if lost() {
             try recompute()
-            finite = sum(results, inPlace: inPlace, packing: packing, packingSeeds: packingSeeds, blocks: blocks,
-                         inComputeOrder: heldOrder)
+            finite = sum(
+                results,
+                inPlace: inPlace,
+                packing: packing,
+                packingSeeds: packingSeeds,
+                blocks: blocks,
+                inComputeOrder: heldOrder
+            )
         }
         guard finite else {
             denseGradientMasks = nil
-            throw ClusterError(.diverged, "the gradient of step \(step) is not finite: a worker on this "
-                               + "host wrote values that are not finite, or training diverged")
+            throw ClusterError(
+                .diverged,
+                "the gradient of step \(step) is not finite: a worker on this "
+                    + "host wrote values that are not finite, or training diverged"
+            )
         }
         // Its +0 entries are those of the masks' layout order only when it is in that order.
         denseGradientMasks = heldOrder ? nil : packingSeeds
@@ -503,8 +613,14 @@ public final class ClusterCoordinator {
     /// step's when their tasks were packed apart) and unpacked once. The bits are the same
     /// either way: an entry a packing leaves out is +0 in that gradient (its shards' masks drop
     /// it), which is what spreading and unpacking write there.
-    private func sum(_ results: [WireMessage.Result], inPlace: [UInt32: UInt32], packing: MaskPacking,
-                     packingSeeds: [UInt64], blocks: BlockPartition?, inComputeOrder: Bool) -> Bool {
+    private func sum(
+        _ results: [WireMessage.Result],
+        inPlace: [UInt32: UInt32],
+        packing: MaskPacking,
+        packingSeeds: [UInt64],
+        blocks: BlockPartition?,
+        inComputeOrder: Bool
+    ) -> Bool {
         let threads = self.threads
         let layout = self.layout
         let dense = packing.denseCount
@@ -515,8 +631,12 @@ public final class ClusterCoordinator {
         let seeds = alike ? resultSeeds.first ?? packingSeeds : packingSeeds
         if var gradients = inlineGradients(results, packedBy: seeds) {
             GradientReducer.reduce(&gradients, threads: threads)
-            packings.packing(union: seeds).unpack(gradients[0], into: &denseGradient,
-                                                   zeroing: denseGradientMasks != seeds, threads: threads)
+            packings.packing(union: seeds).unpack(
+                gradients[0],
+                into: &denseGradient,
+                zeroing: denseGradientMasks != seeds,
+                threads: threads
+            )
             if inComputeOrder, let blocks {
                 denseGradient.withUnsafeMutableBufferPointer {
                     blocks.permute($0.baseAddress!, layout: layout, toCompute: true, threads: threads)
@@ -529,7 +649,7 @@ public final class ClusterCoordinator {
             // it is turned back into layout order, once.
             var terms: [UnsafeMutablePointer<Float>] = []
             for (result, seeds) in zip(results, resultSeeds) {
-                let s = Int(result.shard)   // the task's first shard: the key of its slot's copy and of its scratch
+                let s = Int(result.shard)  // the task's first shard: the key of its slot's copy and of its scratch
                 switch result.values {
                 case .shared, .sharedCompute:
                     let slot = result.values.sharedSlot!
@@ -585,9 +705,13 @@ public final class ClusterCoordinator {
         switch task.work {
         case .gradient:
             guard task.maskSeeds.count == shards.count,
-                  task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
-                throw ClusterError(.invalidTask, "a task's mask seeds \(task.maskSeeds) for \(shards.count) shards "
-                                   + "are not all among its packing masks \(task.packingSeeds)")
+                task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains)
+            else {
+                throw ClusterError(
+                    .invalidTask,
+                    "a task's mask seeds \(task.maskSeeds) for \(shards.count) shards "
+                        + "are not all among its packing masks \(task.packingSeeds)"
+                )
             }
             let packing = packings.packing(union: task.packingSeeds)
             let parameters = try heldParameters(task, count: packing.count)
@@ -596,8 +720,12 @@ public final class ClusterCoordinator {
             // parameters, unpacked once.
             var dense: [Float] = []
             let sum = try computeGradients(
-                step: task.step, maskSeeds: task.maskSeeds, packingSeeds: task.packingSeeds, packing: packing,
-                shards: shards, packed: true,
+                step: task.step,
+                maskSeeds: task.maskSeeds,
+                packingSeeds: task.packingSeeds,
+                packing: packing,
+                shards: shards,
+                packed: true,
                 fillShared: { out in
                     parameters.withUnsafeBufferPointer {
                         packing.unpack($0, into: out, zeroing: true, threads: threads)
@@ -610,23 +738,33 @@ public final class ClusterCoordinator {
                     }
                     if dense.isEmpty { packing.unpack(parameters, into: &dense, threads: threads) }
                     taskPacking.pack(dense, into: out, threads: threads)
-                })
+                }
+            )
             lossSum = sum.lossSum
             values = sum.packedSum ?? packing.pack(denseGradient)
-            denseGradientMasks = nil   // the dense buffer now holds another step's masks
+            denseGradientMasks = nil  // the dense buffer now holds another step's masks
             digest = WireFormat.blockDigest(task.maskSeeds.map { packings.packing($0).digest })
         case .logLikelihood(_, let masks, let mode):
             values = try computeJob(
-                task, shards: shards, resultCount: shards.first.map { $0.count * (mode == 0 ? Int(masks) : 1) } ?? 0)
+                task,
+                shards: shards,
+                resultCount: shards.first.map { $0.count * (mode == 0 ? Int(masks) : 1) } ?? 0
+            )
             (lossSum, digest) = (0, [UInt8](repeating: 0, count: 16))
         case .sample(let count, _, _, _):
             values = try computeJob(task, shards: shards, resultCount: Int(count) * configuration.model.inputCount)
             (lossSum, digest) = (0, [UInt8](repeating: 0, count: 16))
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
-        return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: digest, lossSum: lossSum,
-                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: .inline(values),
-                                  ticket: task.ticket)
+        return WireMessage.Result(
+            step: task.step,
+            shard: task.shard,
+            maskDigest: digest,
+            lossSum: lossSum,
+            computeMicroseconds: UInt32(clamping: Int(micros)),
+            values: .inline(values),
+            ticket: task.ticket
+        )
     }
 
     /// The parameters of an upstream task: its own, or those an earlier task of the same step
@@ -644,7 +782,9 @@ public final class ClusterCoordinator {
         case .absent:
             guard let held = upstreamParameters, held.step == task.step, held.packingSeeds == task.packingSeeds else {
                 throw ClusterError(
-                    .invalidTask, "a task for step \(task.step) came without parameters this relay does not hold")
+                    .invalidTask,
+                    "a task for step \(task.step) came without parameters this relay does not hold"
+                )
             }
             return held.values
         case .shared, .sharedCompute:
@@ -662,12 +802,14 @@ public final class ClusterCoordinator {
         guard resultCount <= largestResult else {
             throw ClusterError(
                 .invalidTask,
-                "a job's result of \(resultCount) values exceeds the \(largestResult) this relay's workers may send")
+                "a job's result of \(resultCount) values exceeds the \(largestResult) this relay's workers may send"
+            )
         }
         guard Int(task.shardCount) <= WireFormat.Limits().maxRows else {
             throw ClusterError(
                 .invalidTask,
-                "a job of \(task.shardCount) tasks, more than the \(WireFormat.Limits().maxRows) a relay takes")
+                "a job of \(task.shardCount) tasks, more than the \(WireFormat.Limits().maxRows) a relay takes"
+            )
         }
         let parameters = try heldParameters(task, count: layout.count)
         var rows = [[Int32]](repeating: [], count: Int(task.shardCount))
@@ -675,8 +817,13 @@ public final class ClusterCoordinator {
         var counts = [Int](repeating: 0, count: Int(task.shardCount))
         counts[Int(task.shard)] = resultCount
         let plan = CoordinatorStateMachine.WorkPlan(
-            step: task.step, maskSeed: 0, work: task.work, maskDigest: nil, shards: rows,
-                                                    resultCounts: counts)
+            step: task.step,
+            maskSeed: 0,
+            work: task.work,
+            maskDigest: nil,
+            shards: rows,
+            resultCounts: counts
+        )
         let only = Int(task.shard)..<(Int(task.shard) + 1)
         return try execute(plan, parameters: dense(parameters), only: only).results[0].values.inlineValues!
     }
@@ -707,8 +854,10 @@ public final class ClusterCoordinator {
         guard let shared, !sharedMemoryLost else { return false }
         if shared.holds(slot) { return true }
         sharedMemoryLost = true
-        logger.error("the shared-memory file shrank; parameters and gradients go over the socket from now on",
-                     metadata: ["file": "\(shared.path)", "access_faulted": "\(shared.faulted)"])
+        logger.error(
+            "the shared-memory file shrank; parameters and gradients go over the socket from now on",
+            metadata: ["file": "\(shared.path)", "access_faulted": "\(shared.faulted)"]
+        )
         machine.giveUpSharedMemory()
         return false
     }
@@ -724,38 +873,89 @@ public final class ClusterCoordinator {
     /// Has the workers score rows `0..<rowCount` of `split` in chunks of `chunkSize`, and
     /// returns each chunk's values in order (see ``ShardComputer/computeJob(_:configuration:shared:)``:
     /// per mask then per row for `.likelihood`, per row for `.logits`).
-    public func scoreRows(split: DataSplit, rowCount: Int, chunkSize: Int, masks: Int, mode: EnsembleMode, parameters: [Float]) throws -> [[Float]] {
-        let chunks = stride(from: 0, to: rowCount, by: chunkSize).map { Array(Int32($0)..<Int32(min(rowCount, $0 + chunkSize))) }
+    public func scoreRows(
+        split: DataSplit,
+        rowCount: Int,
+        chunkSize: Int,
+        masks: Int,
+        mode: EnsembleMode,
+        parameters: [Float]
+    ) throws -> [[Float]] {
+        let chunks = stride(from: 0, to: rowCount, by: chunkSize).map {
+            Array(Int32($0)..<Int32(min(rowCount, $0 + chunkSize)))
+        }
         let perRow = mode == .likelihood ? masks : 1
         guard MemoryBudget.product(min(chunkSize, rowCount), perRow).map({ $0 <= largestResult }) == true else {
-            throw ClusterError(.tooLarge, "chunks of \(chunkSize) rows under \(masks) masks exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
+            throw ClusterError(
+                .tooLarge,
+                """
+                chunks of \(chunkSize) rows under \(masks) masks exceed the \(largestResult) values a result may \
+                carry in this run (Options.largestJobResult)
+                """
+            )
         }
         let plan = CoordinatorStateMachine.WorkPlan(
-            step: nextJobID(), maskSeed: 0, work: .logLikelihood(split: split.rawValue, masks: UInt32(masks), mode: mode.wireCode),
-            maskDigest: nil, shards: chunks, resultCounts: chunks.map { $0.count * perRow })
+            step: nextJobID(),
+            maskSeed: 0,
+            work: .logLikelihood(split: split.rawValue, masks: UInt32(masks), mode: mode.wireCode),
+            maskDigest: nil,
+            shards: chunks,
+            resultCounts: chunks.map { $0.count * perRow }
+        )
         return try execute(plan, parameters: dense(parameters)).results.map { $0.values.inlineValues! }
     }
 
     /// `log p(x)` of every row of `split`, scored by the workers exactly as
     /// ``Evaluator/logLikelihoods(parameters:data:masks:mode:)`` scores it in one process:
     /// chunks of the evaluator's size, per-mask values combined here in the same order.
-    public func logLikelihoods(split: DataSplit, rowCount: Int, masks: Int, mode: EnsembleMode, parameters: [Float]) throws -> [Double] {
-        let evaluator = Evaluator<Float>(configuration: configuration.model, distribution: configuration.distribution, runSeed: configuration.seed)
-        let chunks = try scoreRows(split: split, rowCount: rowCount, chunkSize: evaluator.chunkSize, masks: masks,
-                                   mode: mode, parameters: parameters)
+    public func logLikelihoods(
+        split: DataSplit,
+        rowCount: Int,
+        masks: Int,
+        mode: EnsembleMode,
+        parameters: [Float]
+    ) throws -> [Double] {
+        let evaluator = Evaluator<Float>(
+            configuration: configuration.model,
+            distribution: configuration.distribution,
+            runSeed: configuration.seed
+        )
+        let chunks = try scoreRows(
+            split: split,
+            rowCount: rowCount,
+            chunkSize: evaluator.chunkSize,
+            masks: masks,
+            mode: mode,
+            parameters: parameters
+        )
         return chunks.flatMap { values -> [Double] in
             guard mode == .likelihood else { return values.map(Double.init) }
             let rows = values.count / masks
-            return Evaluator<Float>.combine((0..<masks).map { m in values[(m * rows)..<((m + 1) * rows)].map(Double.init) })
+            return Evaluator<Float>.combine(
+                (0..<masks).map { m in values[(m * rows)..<((m + 1) * rows)].map(Double.init) }
+            )
         }
     }
 
     /// Has the workers draw `count` samples of `dimension` values in batches of `batchSize`
     /// (batch `b` is shard `b`, drawn from its own random stream), and returns them in order.
-    public func drawSamples(count: Int, dimension: Int, batchSize: Int, masks: Int, seed: UInt64, method: Sampler<Float>.Method,
-                            parameters: [Float]) throws -> [Float] {
+    public func drawSamples(
+        count: Int,
+        dimension: Int,
+        batchSize: Int,
+        masks: Int,
+        seed: UInt64,
+        method: Sampler<Float>.Method,
+        parameters: [Float]
+    ) throws -> [Float] {
         guard MemoryBudget.product(min(batchSize, count), dimension).map({ $0 <= largestResult }) == true else {
-            throw ClusterError(.tooLarge, "batches of \(batchSize) samples of \(dimension) values exceed the \(largestResult) values a result may carry in this run (Options.largestJobResult)")
+            throw ClusterError(
+                .tooLarge,
+                """
+                batches of \(batchSize) samples of \(dimension) values exceed the \(largestResult) values a result \
+                may carry in this run (Options.largestJobResult)
+                """
+            )
         }
         let full = count / batchSize
         let rest = count % batchSize
@@ -764,9 +964,13 @@ public final class ClusterCoordinator {
         // The full batches, then the shorter last one (its count changes how its stream is read).
         for (first, batches, size) in [(0, full, batchSize), (full, rest > 0 ? 1 : 0, rest)] where batches > 0 {
             let plan = CoordinatorStateMachine.WorkPlan(
-                step: nextJobID(), maskSeed: 0, work: .sample(count: UInt32(size), masks: UInt32(masks), seed: seed, method: method.wireCode),
-                maskDigest: nil, shards: Array(repeating: [], count: first + batches),
-                resultCounts: Array(repeating: size * dimension, count: first + batches))
+                step: nextJobID(),
+                maskSeed: 0,
+                work: .sample(count: UInt32(size), masks: UInt32(masks), seed: seed, method: method.wireCode),
+                maskDigest: nil,
+                shards: Array(repeating: [], count: first + batches),
+                resultCounts: Array(repeating: size * dimension, count: first + batches)
+            )
             let results = try execute(plan, parameters: parameters, only: first..<(first + batches)).results
             for result in results { out += result.values.inlineValues! }
         }
@@ -782,16 +986,27 @@ public final class ClusterCoordinator {
 
     private func dense(_ parameters: [Float]) -> StepParameters {
         let fill = { (out: UnsafeMutableBufferPointer<Float>) in
-            parameters.withUnsafeBufferPointer { out.baseAddress!.update(from: $0.baseAddress!, count: parameters.count) }
+            parameters.withUnsafeBufferPointer {
+                out.baseAddress!.update(from: $0.baseAddress!, count: parameters.count)
+            }
         }
-        return StepParameters(sharedCount: parameters.count, shared: shared, fillShared: fill,
-                              inline: { _ in (parameters.count, fill) })
+        return StepParameters(
+            sharedCount: parameters.count,
+            shared: shared,
+            fillShared: fill,
+            inline: { _ in (parameters.count, fill) }
+        )
     }
 
     /// Runs one plan to completion: hands out its shards, follows the workers, and returns the
     /// results by shard index, with the slots whose gradients still lie where they were written.
-    private func execute(_ plan: CoordinatorStateMachine.WorkPlan, parameters: StepParameters, only: Range<Int>? = nil) throws
-        -> (results: [WireMessage.Result], inPlace: [UInt32: UInt32]) {
+    private func execute(
+        _ plan: CoordinatorStateMachine.WorkPlan,
+        parameters: StepParameters,
+        only: Range<Int>? = nil
+    ) throws
+        -> (results: [WireMessage.Result], inPlace: [UInt32: UInt32])
+    {
         stepTimings = [:]
         resultPackings = [:]
         runningParameters = parameters
@@ -850,8 +1065,10 @@ public final class ClusterCoordinator {
     /// `processID` leaves the run at once, and its shards go to the others.
     public func workerProcessEnded(name: String, processID: Int32, reason: String) {
         let pid = UInt32(bitPattern: processID)
-        try? perform(machine.processEnded(name: name, processID: pid, reason: reason, now: now),
-                     parameters: runningParameters)
+        try? perform(
+            machine.processEnded(name: name, processID: pid, reason: reason, now: now),
+            parameters: runningParameters
+        )
     }
 
     /// Tells every worker to exit with `exitCode`, and gives the messages a moment to leave.
@@ -878,8 +1095,13 @@ public final class ClusterCoordinator {
         private var arrays: [[UInt64]: [Float]] = [:]
         private var inSharedMemory = false
 
-        init(sharedCount: Int, shared: SharedSlots?, computeOrder: Bool = false,
-             fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void, inline: @escaping Inline) {
+        init(
+            sharedCount: Int,
+            shared: SharedSlots?,
+            computeOrder: Bool = false,
+            fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
+            inline: @escaping Inline
+        ) {
             self.sharedCount = sharedCount
             self.shared = shared
             self.computeOrder = computeOrder
@@ -926,7 +1148,9 @@ public final class ClusterCoordinator {
             var size = 0
             guard
                 let received = try router.receiveMessage(
-                    maxParts: 2, dontWait: true, property: "Peer-Address",
+                    maxParts: 2,
+                    dontWait: true,
+                    property: "Peer-Address",
                     { index, bytes in
                         if index == 0 {
                             peer = Array(bytes)
@@ -936,11 +1160,13 @@ public final class ClusterCoordinator {
                         if MessageFragments.isFragment(bytes) && !machine.isRegistered(peer) {
                             delivery = .init(
                                 frame: nil,
-                                error: .invalidField("a fragment from a peer that is not a registered worker"))
+                                error: .invalidField("a fragment from a peer that is not a registered worker")
+                            )
                         } else {
                             delivery = fragments.receive(bytes, from: peer)
                         }
-                    })
+                    }
+                )
             else { break }
             zap?.handlePending()
             bytesReceived += size
@@ -999,7 +1225,10 @@ public final class ClusterCoordinator {
             case .reserveSharedSlot(let peer, let slot):
                 let reserved = !sharedMemoryLost && shared?.reserve(Int(slot)) == true
                 if !reserved {
-                    logger.warning("no room for a worker's shared-memory slot; it uses the socket", metadata: ["slot": "\(slot)"])
+                    logger.warning(
+                        "no room for a worker's shared-memory slot; it uses the socket",
+                        metadata: ["slot": "\(slot)"]
+                    )
                 }
                 try perform(machine.sharedSlotReserved(by: peer, reserved, now: now), parameters: parameters)
             case .saveSharedResult(let slot, let shard):
@@ -1012,8 +1241,10 @@ public final class ClusterCoordinator {
                 }
             case .assign(let peer, var task, let route):
                 if let route, let parameters {
-                    task.parameters = parameters.payload(shared: route == .sharedMemory && sharedIntact(0),
-                                                         packingSeeds: task.packingSeeds)
+                    task.parameters = parameters.payload(
+                        shared: route == .sharedMemory && sharedIntact(0),
+                        packingSeeds: task.packingSeeds
+                    )
                 }
                 resultPackings[task.ticket] = task.packingSeeds
                 taskSentAt[peer] = ContinuousClock.now
@@ -1025,9 +1256,15 @@ public final class ClusterCoordinator {
                 names[peer] = nil
                 hostOfPeer[peer] = nil
                 fragments.forget(peer)
-                logger.warning("worker lost; its shards go to the others", metadata: ["worker": "\(name)", "reason": "\(reason)"])
+                logger.warning(
+                    "worker lost; its shards go to the others",
+                    metadata: ["worker": "\(name)", "reason": "\(reason)"]
+                )
             case .refused(let peer, let reason):
-                logger.warning("refused", metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)", "reason": "\(reason)"])
+                logger.warning(
+                    "refused",
+                    metadata: ["peer": "\(names[peer] ?? Array(peer.prefix(16)).hexString)", "reason": "\(reason)"]
+                )
             }
         }
     }
@@ -1039,8 +1276,12 @@ public final class ClusterCoordinator {
 
     /// Sends `message` to `peer`, in fragments when it is large. When the peer's connection is
     /// gone (no route), the machine hears of it and what it decides is carried out.
-    private func send(to peer: [UInt8], _ message: WireMessage, version: UInt16 = WireFormat.version,
-                      parameters: StepParameters?) throws {
+    private func send(
+        to peer: [UInt8],
+        _ message: WireMessage,
+        version: UInt16 = WireFormat.version,
+        parameters: StepParameters?
+    ) throws {
         let frame = WireFormat.encodeOwned(message, runID: machine.settings.runID, version: version)
         fragmentSequence &+= 1
         do {

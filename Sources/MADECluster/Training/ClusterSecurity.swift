@@ -21,8 +21,10 @@ public enum ClusterSecurity {
 
         /// Reads `DIR/coordinator.key` and `DIR/authorized_keys`.
         public static func load(folder: String) throws -> Server {
-            Server(keyPair: try CurveKeyPair.read(secretPath: folder + "/coordinator.key"),
-                   authorized: try AuthorizedKeys.read(path: folder + "/authorized_keys"))
+            Server(
+                keyPair: try CurveKeyPair.read(secretPath: folder + "/coordinator.key"),
+                authorized: try AuthorizedKeys.read(path: folder + "/authorized_keys")
+            )
         }
     }
 
@@ -37,8 +39,10 @@ public enum ClusterSecurity {
 
         /// Reads `DIR/<name>.key` and `DIR/coordinator.pub`.
         public static func load(folder: String, name: String = "worker") throws -> Client {
-            Client(keyPair: try CurveKeyPair.read(secretPath: folder + "/\(name).key"),
-                   serverPublicKey: try CurveKeyPair.readPublicKey(path: folder + "/coordinator.pub"))
+            Client(
+                keyPair: try CurveKeyPair.read(secretPath: folder + "/\(name).key"),
+                serverPublicKey: try CurveKeyPair.readPublicKey(path: folder + "/coordinator.pub")
+            )
         }
 
         /// The keys as a coordinator hands them to its own workers on their standard input:
@@ -56,8 +60,10 @@ public enum ClusterSecurity {
                 if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
             }
             guard let server = fields["coordinator-public-key"], let secret = fields["worker-secret-key"] else {
-                throw ClusterError(.malformedKeyFile,
-                                   "standard input holds no coordinator-public-key and worker-secret-key lines")
+                throw ClusterError(
+                    .malformedKeyFile,
+                    "standard input holds no coordinator-public-key and worker-secret-key lines"
+                )
             }
             _ = try Z85.decodeKey(server)
             return Client(keyPair: try CurveKeyPair(secretKey: secret), serverPublicKey: server)
@@ -69,8 +75,10 @@ public enum ClusterSecurity {
     public static func ephemeral() throws -> (server: Server, client: Client) {
         let server = try CurveKeyPair.generate()
         let worker = try CurveKeyPair.generate()
-        return (Server(keyPair: server, authorized: try AuthorizedKeys(publicKeys: [worker.publicKey])),
-                Client(keyPair: worker, serverPublicKey: server.publicKey))
+        return (
+            Server(keyPair: server, authorized: try AuthorizedKeys(publicKeys: [worker.publicKey])),
+            Client(keyPair: worker, serverPublicKey: server.publicKey)
+        )
     }
 
     /// Creates a key folder: the coordinator's pair if missing, the named worker's pair, and the
@@ -81,32 +89,43 @@ public enum ClusterSecurity {
     /// `authorized_keys`, so the replaced secret key no longer gets in. A coordinator key that is
     /// there must be readable (not, say, a certificate of an earlier version), or nothing is
     /// written: keys for a coordinator that cannot start would be of no use.
-    public static func generate(folder: String, workerName: String = "worker", replace: Bool = false) throws -> [String] {
+    public static func generate(folder: String, workerName: String = "worker", replace: Bool = false) throws -> [String]
+    {
         try makeFolder(folder)
         let coordinatorExists = FileManager.default.fileExists(atPath: folder + "/coordinator.key")
         if coordinatorExists { _ = try CurveKeyPair.read(secretPath: folder + "/coordinator.key") }
-        let secretPath = folder + "/\(workerName).key", publicPath = folder + "/\(workerName).pub"
+        let secretPath = folder + "/\(workerName).key"
+        let publicPath = folder + "/\(workerName).pub"
         var stale: Set<String> = []
         for path in [secretPath, publicPath] where FileManager.default.fileExists(atPath: path) {
             guard replace else {
-                throw ClusterError(.exists, """
+                throw ClusterError(
+                    .exists,
+                    """
                     the worker key pair '\(workerName)' exists; give --force to replace it (its public key then \
                     leaves authorized_keys), or --name NAME for another pair
-                    """, path: path)
+                    """,
+                    path: path
+                )
             }
             if path == publicPath, let key = try? CurveKeyPair.readPublicKey(path: path) { stale.insert(key) }
             if path == secretPath, let pair = try? CurveKeyPair.read(secretPath: path) { stale.insert(pair.publicKey) }
         }
         var written: [String] = []
         if !coordinatorExists {
-            try CurveKeyPair.generate().write(secretPath: folder + "/coordinator.key", publicPath: folder + "/coordinator.pub")
+            try CurveKeyPair.generate().write(
+                secretPath: folder + "/coordinator.key",
+                publicPath: folder + "/coordinator.pub"
+            )
             written += [folder + "/coordinator.key", folder + "/coordinator.pub"]
         }
         let worker = try CurveKeyPair.generate()
         try worker.write(secretPath: folder + "/\(workerName).key", publicPath: folder + "/\(workerName).pub")
         written += [folder + "/\(workerName).key", folder + "/\(workerName).pub"]
         let authorized = folder + "/authorized_keys"
-        var text = (try? String(contentsOfFile: authorized, encoding: .utf8)) ?? "# Public keys of the workers this coordinator accepts, one per line.\n"
+        var text =
+            (try? String(contentsOfFile: authorized, encoding: .utf8))
+            ?? "# Public keys of the workers this coordinator accepts, one per line.\n"
         if !stale.isEmpty {
             // Drop the lines that grant the replaced key.
             let kept = text.split(separator: "\n", omittingEmptySubsequences: false).filter { line in

@@ -79,9 +79,12 @@ public final class ClusterWorker {
         self.computer = computer
         self.options = options
         self.logger = logger
-        var settings = WorkerStateMachine.Settings(dataFingerprint: computer.dataFingerprint,
-                                                   processID: UInt32(truncatingIfNeeded: getpid()), name: options.name,
-                                                   hostID: options.sharedMemory ? SharedSlots.hostID(for: options.connect) : "")
+        var settings = WorkerStateMachine.Settings(
+            dataFingerprint: computer.dataFingerprint,
+            processID: UInt32(truncatingIfNeeded: getpid()),
+            name: options.name,
+            hostID: options.sharedMemory ? SharedSlots.hostID(for: options.connect) : ""
+        )
         settings.coordinatorTimeout = options.coordinatorTimeout
         settings.capacity = UInt32(clamping: computer.capacity)
         settings.maxBlockShards = UInt32(clamping: max(1, computer.maxBlockShards))
@@ -103,9 +106,14 @@ public final class ClusterWorker {
         // ZMQ_MAXMSGSIZE to connections made after it is set, so a limit learned from the welcome
         // would need a new connection, which the coordinator's ROUTER refuses under the same
         // routing id unless it hands routing ids over (ZMQ_ROUTER_HANDOVER) to whoever presents one.
-        try socket.set(.routingID(identity), .immediate(true), .linger(milliseconds: 1000), .reconnectInterval(milliseconds: 100),
-                       .reconnectIntervalMax(milliseconds: 2000),
-                       .maxMessageSize(Int64(MessageFragments.largestMessage)))
+        try socket.set(
+            .routingID(identity),
+            .immediate(true),
+            .linger(milliseconds: 1000),
+            .reconnectInterval(milliseconds: 100),
+            .reconnectIntervalMax(milliseconds: 2000),
+            .maxMessageSize(Int64(MessageFragments.largestMessage))
+        )
         try socket.set(
             ConnectionHeartbeat.options(interval: options.heartbeatInterval, timeout: options.heartbeatTimeout)
         )
@@ -119,7 +127,10 @@ public final class ClusterWorker {
         try socket.connect(options.connect)
         var fragments = FragmentAssembler<Int>(maxBytes: WireFormat.Limits().maxFloats * 4 + (1 << 20))
         var sequence: UInt32 = 0
-        logger.info("worker connecting", metadata: ["coordinator": "\(options.connect)", "curve": "\(options.security != nil)"])
+        logger.info(
+            "worker connecting",
+            metadata: ["coordinator": "\(options.connect)", "curve": "\(options.security != nil)"]
+        )
 
         var pendingExit: (Int32, String)?
         func perform(_ actions: [WorkerStateMachine.Action]) throws {
@@ -139,7 +150,10 @@ public final class ClusterWorker {
                         slot = nil
                         if let grant, !options.sharedMemory {
                             // Never asked for: a coordinator that grants it anyway is not followed.
-                            logger.warning("declining shared memory this worker did not ask for", metadata: ["path": "\(grant.path)"])
+                            logger.warning(
+                                "declining shared memory this worker did not ask for",
+                                metadata: ["path": "\(grant.path)"]
+                            )
                             try perform(machine.declineSharedMemory(now: now))
                             continue
                         }
@@ -148,12 +162,18 @@ public final class ClusterWorker {
                                 shared = try SharedSlots.open(grant)
                                 slot = Int(grant.slot)
                             } catch {
-                                logger.warning("cannot map the shared memory; using the socket", metadata: ["reason": "\(error)"])
+                                logger.warning(
+                                    "cannot map the shared memory; using the socket",
+                                    metadata: ["reason": "\(error)"]
+                                )
                                 try perform(machine.declineSharedMemory(now: now))
                                 continue
                             }
                         }
-                        logger.info("worker welcomed", metadata: ["run": "\(String(id, radix: 16))", "shared_memory": "\(grant != nil)"])
+                        logger.info(
+                            "worker welcomed",
+                            metadata: ["run": "\(String(id, radix: 16))", "shared_memory": "\(grant != nil)"]
+                        )
                     } catch {
                         try perform(machine.configurationFailed("\(error)"))
                     }
@@ -162,7 +182,7 @@ public final class ClusterWorker {
                         let result = try computer.compute(task, shared: shared, slot: slot)
                         tasksComputed += 1
                         try perform(machine.computed(result, now: now))
-                    } catch where computer.capacity == 0 {
+                    } catch  where computer.capacity == 0 {
                         // A relay whose workers are gone gives the task back by saying so: the
                         // coordinator requeues it without counting it as failed.
                         logger.warning("no worker left for the task; giving it back", metadata: ["reason": "\(error)"])
@@ -170,8 +190,10 @@ public final class ClusterWorker {
                     } catch let error as ClusterError where error.code == .sharedMemory {
                         // The file shrank under this worker: the task fails, and the worker
                         // goes on over the socket (a hello without a host id takes back its slot).
-                        logger.warning("the shared-memory file shrank; this worker uses the socket from now on",
-                                       metadata: ["reason": "\(error)"])
+                        logger.warning(
+                            "the shared-memory file shrank; this worker uses the socket from now on",
+                            metadata: ["reason": "\(error)"]
+                        )
                         try perform(machine.taskFailed(task, reason: "\(error)", now: now))
                         shared = nil
                         slot = nil
@@ -218,9 +240,15 @@ public final class ClusterWorker {
             }
             while pendingExit == nil {
                 var delivery: FragmentAssembler<Int>.Delivery?
-                guard let received = try socket.receiveMessage(maxParts: 1, dontWait: true, { _, bytes in
-                    delivery = fragments.receive(bytes, from: 0)
-                }) else { break }
+                guard
+                    let received = try socket.receiveMessage(
+                        maxParts: 1,
+                        dontWait: true,
+                        { _, bytes in
+                            delivery = fragments.receive(bytes, from: 0)
+                        }
+                    )
+                else { break }
                 guard received.frames == 1, let delivery else {
                     fragments.forget(0)
                     try perform(machine.malformed(.invalidField("multipart frame"), now: now))

@@ -90,7 +90,11 @@ public final class RelayComputer: TaskComputer {
         // or bring keys of their own.
         sessionOptions.ephemeralKeys = false
         let made = try ClusterSession(
-            configuration: configuration, dataFingerprint: dataFingerprint, options: sessionOptions, logger: logger)
+            configuration: configuration,
+            dataFingerprint: dataFingerprint,
+            options: sessionOptions,
+            logger: logger
+        )
         let coordinator = made.coordinator
         // While a block is computed: the session's watch on its worker processes, then a heartbeat upstream.
         let watchWorkers = coordinator.watch
@@ -105,7 +109,8 @@ public final class RelayComputer: TaskComputer {
         configurationBytes = bytes
         logger.info(
             "relay ready for its workers",
-            metadata: ["endpoint": "\(coordinator.endpoint)", "workers": "\(options.localWorkers)"])
+            metadata: ["endpoint": "\(coordinator.endpoint)", "workers": "\(options.localWorkers)"]
+        )
     }
 
     public func compute(_ task: WireMessage.Task, shared: SharedSlots?, slot: Int?) throws -> WireMessage.Result {

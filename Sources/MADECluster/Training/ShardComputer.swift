@@ -107,15 +107,27 @@ public final class ShardComputer {
         }
         try c.validate()
         simulatedMicrosecondsPerShard = try Self.simulatedMicroseconds(in: bytes)
-        try MemoryBudget.require(c.trainingBytes, for: "the run's model of \(ParameterLayout(c.model).count) parameters with batch \(c.batchSize)")
+        try MemoryBudget.require(
+            c.trainingBytes,
+            for: "the run's model of \(ParameterLayout(c.model).count) parameters with batch \(c.batchSize)"
+        )
         if let dimension = dataset.dimension, dimension != c.model.inputCount {
-            throw ClusterError(.dataMismatch, "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)")
+            throw ClusterError(
+                .dataMismatch,
+                "the run's model takes \(c.model.inputCount) inputs, this data has \(dimension)"
+            )
         }
         if c != configuration {
             blockBuffers.forEach { $0.deallocate() }
             blockBuffers = []
             configuration = c
-            engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: c.batchSize, kernel: c.kernel)
+            engine = GradientEngine(
+                configuration: c.model,
+                distribution: c.distribution,
+                runSeed: c.seed,
+                capacity: c.batchSize,
+                kernel: c.kernel
+            )
             parametersKey = nil
             gradient = [Float](repeating: 0, count: ParameterLayout(c.model).count)
         }
@@ -138,22 +150,48 @@ public final class ShardComputer {
     ///   counts that do not add up or exceed 8 or the run's shards, no training data here,
     ///   parameters of the wrong size or not finite, or none for this step), or when its loss
     ///   or gradient is not finite (training diverged).
-    public func compute(_ task: WireMessage.Task, shared: SharedSlots? = nil, slot: Int? = nil) throws -> WireMessage.Result {
-        guard let configuration, let engine else { throw ClusterError(.invalidTask, "a task arrived before the run's configuration") }
+    public func compute(
+        _ task: WireMessage.Task,
+        shared: SharedSlots? = nil,
+        slot: Int? = nil
+    ) throws -> WireMessage.Result {
+        guard let configuration, let engine else {
+            throw ClusterError(.invalidTask, "a task arrived before the run's configuration")
+        }
         if task.work != .gradient { return try computeJob(task, configuration: configuration, shared: shared) }
         guard task.rows.count <= configuration.batchSize else {
-            throw ClusterError(.invalidTask, "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)")
+            throw ClusterError(
+                .invalidTask,
+                "a task of \(task.rows.count) rows exceeds the batch size \(configuration.batchSize)"
+            )
         }
         guard !task.rowsPerShard.isEmpty, task.rowsPerShard.count <= min(configuration.shards, Self.maxBlockShards),
-              task.rowsPerShard.reduce(0, { $0 + Int($1) }) == task.rows.count else {
-            throw ClusterError(.invalidTask, "a task of \(task.rowsPerShard.count) shards (\(task.rowsPerShard) rows) for \(task.rows.count) rows in a run of \(configuration.shards) shards")
+            task.rowsPerShard.reduce(0, { $0 + Int($1) }) == task.rows.count
+        else {
+            throw ClusterError(
+                .invalidTask,
+                """
+                a task of \(task.rowsPerShard.count) shards (\(task.rowsPerShard) rows) for \(task.rows.count) rows \
+                in a run of \(configuration.shards) shards
+                """
+            )
         }
-        guard train.count > 0 else { throw ClusterError(.dataMismatch, "a training task for a worker without training data") }
+        guard train.count > 0 else {
+            throw ClusterError(.dataMismatch, "a training task for a worker without training data")
+        }
         guard task.rows.allSatisfy({ Int($0) < train.count }) else {
             throw ClusterError(.invalidTask, "a task names rows beyond the \(train.count) training examples")
         }
-        guard task.maskSeeds.count == task.rowsPerShard.count, task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains) else {
-            throw ClusterError(.invalidTask, "a task's mask seeds \(task.maskSeeds) for \(task.rowsPerShard.count) shards are not all among its packing masks \(task.packingSeeds)")
+        guard task.maskSeeds.count == task.rowsPerShard.count,
+            task.packingSeeds.isEmpty || task.maskSeeds.allSatisfy(task.packingSeeds.contains)
+        else {
+            throw ClusterError(
+                .invalidTask,
+                """
+                a task's mask seeds \(task.maskSeeds) for \(task.rowsPerShard.count) shards are not all among its \
+                packing masks \(task.packingSeeds)
+                """
+            )
         }
         let start = ContinuousClock.now
         let packing = engine.masks.packing(union: task.packingSeeds)
@@ -166,7 +204,9 @@ public final class ShardComputer {
             parametersKey = nil
             let finite: Bool
             if single {
-                finite = packed.withUnsafeBufferPointer { engine.begin(packed: $0, packing: packing, maskSeed: task.packingSeeds[0]) }
+                finite = packed.withUnsafeBufferPointer {
+                    engine.begin(packed: $0, packing: packing, maskSeed: task.packingSeeds[0])
+                }
             } else {
                 packing.unpack(packed, into: &stepParameters)
                 finite = packed.allSatisfy(\.isFinite)
@@ -175,20 +215,29 @@ public final class ShardComputer {
             parametersKey = (task.step, task.packingSeeds, single ? .engine : .dense)
         case .shared(let slot, let count):
             guard let shared, slot == 0, Int(count) == packing.denseCount, Int(count) <= shared.slotFloats else {
-                throw ClusterError(.invalidTask, "\(count) parameters in shared memory this worker has not mapped, for \(packing.denseCount)")
+                throw ClusterError(
+                    .invalidTask,
+                    "\(count) parameters in shared memory this worker has not mapped, for \(packing.denseCount)"
+                )
             }
             // The coordinator writes slot 0 only between steps, so it holds still while this step reads it.
             if single {
-                shared.withSlot(0, count: Int(count)) { engine.begin(inPlace: UnsafeBufferPointer($0), maskSeed: task.packingSeeds[0]) }
+                shared.withSlot(0, count: Int(count)) {
+                    engine.begin(inPlace: UnsafeBufferPointer($0), maskSeed: task.packingSeeds[0])
+                }
             }
             parameterMemory = shared
             parametersKey = (task.step, task.packingSeeds, single ? .inPlace : .sharedDense)
         case .sharedCompute(let slot, let count):
             guard let shared, slot == 0, single, configuration.kernel == .sparse, Int(count) == packing.denseCount,
-                  Int(count) <= shared.slotFloats else {
-                throw ClusterError(.invalidTask, "\(count) parameters in compute order in shared memory this worker "
-                                   + "has not mapped, "
-                                   + "for \(packing.denseCount) of one mask under the sparse kernel")
+                Int(count) <= shared.slotFloats
+            else {
+                throw ClusterError(
+                    .invalidTask,
+                    "\(count) parameters in compute order in shared memory this worker "
+                        + "has not mapped, "
+                        + "for \(packing.denseCount) of one mask under the sparse kernel"
+                )
             }
             shared.withSlot(0, count: Int(count)) {
                 engine.begin(computeOrder: UnsafeBufferPointer($0), maskSeed: task.packingSeeds[0])
@@ -197,7 +246,10 @@ public final class ShardComputer {
             parametersKey = (task.step, task.packingSeeds, .inPlaceCompute)
         case .absent:
             guard let key = parametersKey, key.step == task.step, key.packingSeeds == task.packingSeeds else {
-                throw ClusterError(.invalidTask, "a task for step \(task.step) came without parameters this worker does not hold")
+                throw ClusterError(
+                    .invalidTask,
+                    "a task for step \(task.step) came without parameters this worker does not hold"
+                )
             }
         }
         let source = parametersKey!.source
@@ -213,8 +265,11 @@ public final class ShardComputer {
             parametersKey = nil
             parameterMemory = nil
             computeOrderSlot = nil
-            throw ClusterError(.sharedMemory, "the shared-memory file \(memory?.path ?? "") shrank\(during): it no "
-                               + "longer holds the parameters or this worker's slot")
+            throw ClusterError(
+                .sharedMemory,
+                "the shared-memory file \(memory?.path ?? "") shrank\(during): it no "
+                    + "longer holds the parameters or this worker's slot"
+            )
         }
         try requireSharedMemory()
         let payload: FloatPayload
@@ -223,18 +278,29 @@ public final class ShardComputer {
         let compute = {
             (out: UnsafeMutablePointer<Float>, masking: Bool, computeOrder: Bool, clearing: Bool) -> Double in
             guard let simulated = self.simulatedMicrosecondsPerShard else {
-                return self.blockGradient(task, engine: engine, source: source, into: out, masking: masking,
-                                          computeOrder: computeOrder, clearingOutside: clearing)
+                return self.blockGradient(
+                    task,
+                    engine: engine,
+                    source: source,
+                    into: out,
+                    masking: masking,
+                    computeOrder: computeOrder,
+                    clearingOutside: clearing
+                )
             }
             return self.simulateBlock(task, microsecondsPerShard: simulated, into: out, count: packing.denseCount)
         }
-        // With several masks each shard's gradient is masked by its own mask, so the block's sum is +0 outside their union.
+        // With several masks each shard's gradient is masked by its own mask, so the block's sum is +0 outside their
+        // union.
         if writesSlot, source == .inPlaceCompute, let shared, let slot {
             let seed = task.packingSeeds[0]
-            let known = computeOrderSlot.map { $0.memory == ObjectIdentifier(shared) && $0.slot == slot
-                                              && $0.maskSeed == seed }
+            let known =
+                computeOrderSlot.map {
+                    $0.memory == ObjectIdentifier(shared) && $0.slot == slot
+                        && $0.maskSeed == seed
+                }
                 ?? false
-            computeOrderSlot = nil   // until the slot holds this mask's gradient whole
+            computeOrderSlot = nil  // until the slot holds this mask's gradient whole
             loss = shared.withSlot(slot, count: packing.denseCount) {
                 compute($0.baseAddress!, true, true, !known)
             }
@@ -252,12 +318,25 @@ public final class ShardComputer {
         try requireSharedMemory()
         // The wire carries finite values only: a diverged shard is reported as failed, not sent.
         guard loss.isFinite, payload.inlineValues?.allSatisfy(\.isFinite) ?? true else {
-            throw ClusterError(.diverged, "the \(loss.isFinite ? "gradient" : "loss") of step \(task.step), shard \(task.shard) is not finite: training diverged; a smaller --lr may help")
+            throw ClusterError(
+                .diverged,
+                """
+                the \(loss.isFinite ? "gradient" : "loss") of step \(task.step), shard \(task.shard) is not finite: \
+                training diverged; a smaller --lr may help
+                """
+            )
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
         let digest = WireFormat.blockDigest(task.maskSeeds.map { engine.masks.packing($0).digest })
-        return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: digest, lossSum: loss,
-                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: payload, ticket: task.ticket)
+        return WireMessage.Result(
+            step: task.step,
+            shard: task.shard,
+            maskDigest: digest,
+            lossSum: loss,
+            computeMicroseconds: UInt32(clamping: Int(micros)),
+            values: payload,
+            ticket: task.ticket
+        )
     }
 
     /// A simulated block: sleeps `microsecondsPerShard` for each of the task's shards, between
@@ -285,9 +364,15 @@ public final class ShardComputer {
     /// With `computeOrder` each gradient is in the compute order of the step's one mask, masked
     /// (``GradientEngine/gradientInComputeOrder(data:indices:into:clearingOutside:)``): `out`'s
     /// weights outside the bands are set to +0 when `clearingOutside`, the other buffers' always.
-    private func blockGradient(_ task: WireMessage.Task, engine: GradientEngine, source: ParameterSource,
-                               into out: UnsafeMutablePointer<Float>, masking: Bool, computeOrder: Bool = false,
-                               clearingOutside: Bool = true) -> Double {
+    private func blockGradient(
+        _ task: WireMessage.Task,
+        engine: GradientEngine,
+        source: ParameterSource,
+        into out: UnsafeMutablePointer<Float>,
+        masking: Bool,
+        computeOrder: Bool = false,
+        clearingOutside: Bool = true
+    ) -> Double {
         let dense = engine.workspace.layout.count
         let shards = task.rowsPerShard.count
         var terms = [out]
@@ -308,25 +393,32 @@ public final class ShardComputer {
                 let seed = task.maskSeeds[k]
                 if prepared != seed {
                     switch source {
-                    case .engine, .inPlace, .inPlaceCompute: break   // prepared for the step's one mask beforehand
+                    case .engine, .inPlace, .inPlaceCompute: break  // prepared for the step's one mask beforehand
                     case .dense: engine.begin(parameters: stepParameters, maskSeed: seed)
                     case .sharedDense:
-                        parameterMemory!.withSlot(0, count: dense) { engine.begin(parameters: UnsafeBufferPointer($0), maskSeed: seed) }
+                        parameterMemory!.withSlot(0, count: dense) {
+                            engine.begin(parameters: UnsafeBufferPointer($0), maskSeed: seed)
+                        }
                     }
                     prepared = seed
                 }
                 let shardRows = UnsafeBufferPointer(rebasing: rows[starts[k]..<starts[k + 1]])
                 let term = UnsafeMutableBufferPointer(start: terms[k], count: dense)
                 if computeOrder {
-                    losses[k] = engine.gradientInComputeOrder(data: train, indices: shardRows, into: term,
-                                                              clearingOutside: k > 0 || clearingOutside)
+                    losses[k] = engine.gradientInComputeOrder(
+                        data: train,
+                        indices: shardRows,
+                        into: term,
+                        clearingOutside: k > 0 || clearingOutside
+                    )
                 } else {
                     losses[k] = engine.gradient(data: train, indices: shardRows, into: term, maskingGradient: masking)
                 }
-                if n + 1 < shards { keepAlive() }   // a block takes several shards' time: let the worker be heard
+                if n + 1 < shards { keepAlive() }  // a block takes several shards' time: let the worker be heard
             }
         }
-        // Finiteness is checked by whoever reads the sum (the packed values here, the coordinator's sum in shared memory).
+        // Finiteness is checked by whoever reads the sum (the packed values here, the coordinator's sum in shared
+        // memory).
         if terms.count > 1 { GradientReducer.reduce(terms, count: dense, into: out) }
         return GradientReducer.reduce(losses)
     }
@@ -336,37 +428,55 @@ public final class ShardComputer {
     /// - Log-likelihood: split 0, 1, 2 is train, valid, test; mode 0 returns `log p_k(x)` for
     ///   every mask `k` then every row (`[mask][row]`), mode 1 the logit-averaged value per row.
     /// - Sample: batch `task.shard` of `count` samples; method 0 is cached, 1 naive.
-    func computeJob(_ task: WireMessage.Task, configuration c: TrainingConfiguration, shared: SharedSlots?) throws -> WireMessage.Result {
-        guard task.rowsPerShard.count == 1 else { throw ClusterError(.invalidTask, "scoring and sampling take one shard per task") }
+    func computeJob(
+        _ task: WireMessage.Task,
+        configuration c: TrainingConfiguration,
+        shared: SharedSlots?
+    ) throws -> WireMessage.Result {
+        guard task.rowsPerShard.count == 1 else {
+            throw ClusterError(.invalidTask, "scoring and sampling take one shard per task")
+        }
         let start = ContinuousClock.now
         let dense = ParameterLayout(c.model).count
         switch task.parameters {
         case .inline(let values):
-            guard values.count == dense else { throw ClusterError(.invalidTask, "\(values.count) parameters arrived for \(dense)") }
+            guard values.count == dense else {
+                throw ClusterError(.invalidTask, "\(values.count) parameters arrived for \(dense)")
+            }
             denseParameters = values
         case .shared(let slot, let count):
             guard let shared, slot == 0, Int(count) == dense, dense <= shared.slotFloats else {
                 throw ClusterError(.invalidTask, "dense parameters in shared memory this worker has not mapped")
             }
             guard shared.holds(0) else {
-                throw ClusterError(.sharedMemory,
-                                   "the shared-memory file \(shared.path) shrank: it no longer holds the parameters")
+                throw ClusterError(
+                    .sharedMemory,
+                    "the shared-memory file \(shared.path) shrank: it no longer holds the parameters"
+                )
             }
             // Read whole and finite, the file still whole after the copy (SharedSlots.read).
             guard let values = shared.read(0, count: dense) else {
                 guard shared.holds(0) else {
-                    throw ClusterError(.sharedMemory, "the shared-memory file \(shared.path) shrank while this "
-                                       + "worker read the parameters")
+                    throw ClusterError(
+                        .sharedMemory,
+                        "the shared-memory file \(shared.path) shrank while this "
+                            + "worker read the parameters"
+                    )
                 }
                 throw ClusterError(.diverged, "dense parameters in shared memory that are not finite")
             }
             denseParameters = values
         case .sharedCompute:
-            throw ClusterError(.invalidTask,
-                               "scoring and sampling take parameters in layout order, not in a mask's compute order")
+            throw ClusterError(
+                .invalidTask,
+                "scoring and sampling take parameters in layout order, not in a mask's compute order"
+            )
         case .absent:
             guard denseKey == task.step, denseParameters.count == dense else {
-                throw ClusterError(.invalidTask, "a task for job \(task.step) came without parameters this worker does not hold")
+                throw ClusterError(
+                    .invalidTask,
+                    "a task for job \(task.step) came without parameters this worker does not hold"
+                )
             }
         }
         denseKey = task.step
@@ -375,15 +485,23 @@ public final class ShardComputer {
         case .gradient:
             preconditionFailure("gradients are computed by compute(_:shared:slot:)")
         case .logLikelihood(let split, let masks, let mode):
-            guard let known = DataSplit(rawValue: split) else { throw ClusterError(.invalidTask, "unknown split \(split)") }
+            guard let known = DataSplit(rawValue: split) else {
+                throw ClusterError(.invalidTask, "unknown split \(split)")
+            }
             guard let data = known.rows(of: dataset) else {
                 throw ClusterError(.dataMismatch, "no split \(split) in this worker's data")
             }
             guard let first = task.rows.first, let last = task.rows.last, first <= last, Int(last) < data.count,
-                  task.rows == Array(first...last) else {
-                throw ClusterError(.invalidTask, "a scoring task needs a contiguous, ascending range of the split's rows")
+                task.rows == Array(first...last)
+            else {
+                throw ClusterError(
+                    .invalidTask,
+                    "a scoring task needs a contiguous, ascending range of the split's rows"
+                )
             }
-            guard masks <= Self.maxMasks else { throw ClusterError(.invalidTask, "an ensemble of \(masks) masks (at most \(Self.maxMasks))") }
+            guard masks <= Self.maxMasks else {
+                throw ClusterError(.invalidTask, "an ensemble of \(masks) masks (at most \(Self.maxMasks))")
+            }
             let rows = data.rows(task.rows.map(Int.init))
             var evaluator = Evaluator<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
             evaluator.kernel = c.kernel
@@ -391,15 +509,26 @@ public final class ShardComputer {
             evaluator.betweenPasses = keepAlive
             switch EnsembleMode(wireCode: mode) {
             case .likelihood:
-                values = evaluator.maskLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).flatMap { $0.map { Float($0) } }
+                values = evaluator.maskLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks))
+                    .flatMap { $0.map { Float($0) } }
             case .logits:
-                values = evaluator.logitAveragedLogLikelihoods(parameters: denseParameters, data: rows, masks: Int(masks)).map { Float($0) }
+                values = evaluator.logitAveragedLogLikelihoods(
+                    parameters: denseParameters,
+                    data: rows,
+                    masks: Int(masks)
+                ).map { Float($0) }
             case nil:
                 throw ClusterError(.invalidTask, "unknown ensemble mode \(mode)")
             }
         case .sample(let count, let masks, let seed, let method):
             guard masks <= Self.maxMasks, count <= Self.maxSampleBatch else {
-                throw ClusterError(.invalidTask, "a sampling batch of \(count) samples and \(masks) masks (at most \(Self.maxSampleBatch) and \(Self.maxMasks))")
+                throw ClusterError(
+                    .invalidTask,
+                    """
+                    a sampling batch of \(count) samples and \(masks) masks (at most \(Self.maxSampleBatch) and \
+                    \(Self.maxMasks))
+                    """
+                )
             }
             guard let m = Sampler<Float>.Method(wireCode: method) else {
                 throw ClusterError(.invalidTask, "unknown sampling method \(method)")
@@ -407,14 +536,31 @@ public final class ShardComputer {
             var sampler = Sampler<Float>(configuration: c.model, distribution: c.distribution, runSeed: c.seed)
             sampler.batchSize = Int(count)
             sampler.betweenPasses = keepAlive
-            values = sampler.sampleBatch(Int(task.shard), parameters: denseParameters, count: Int(count), masks: Int(masks), seed: seed, method: m)
+            values = sampler.sampleBatch(
+                Int(task.shard),
+                parameters: denseParameters,
+                count: Int(count),
+                masks: Int(masks),
+                seed: seed,
+                method: m
+            )
         }
         // Per-mask log-likelihoods are float sums, so Float carries them exactly; samples are floats.
         guard values.allSatisfy(\.isFinite) else {
-            throw ClusterError(.diverged, "values of job \(task.step) that are not finite: the parameters are not finite (training diverged)")
+            throw ClusterError(
+                .diverged,
+                "values of job \(task.step) that are not finite: the parameters are not finite (training diverged)"
+            )
         }
         let micros = (ContinuousClock.now - start).seconds * 1e6
-        return WireMessage.Result(step: task.step, shard: task.shard, maskDigest: [UInt8](repeating: 0, count: 16), lossSum: 0,
-                                  computeMicroseconds: UInt32(clamping: Int(micros)), values: .inline(values), ticket: task.ticket)
+        return WireMessage.Result(
+            step: task.step,
+            shard: task.shard,
+            maskDigest: [UInt8](repeating: 0, count: 16),
+            lossSum: 0,
+            computeMicroseconds: UInt32(clamping: Int(micros)),
+            values: .inline(values),
+            ticket: task.ticket
+        )
     }
 }

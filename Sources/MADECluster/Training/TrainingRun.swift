@@ -24,7 +24,10 @@ public struct TrainingRun {
         let outcome = try trainer.run(until: shouldStop)
         guard outcome != .interrupted else { return Result(outcome: outcome, scores: []) }
         let parameters = trainer.checkpoint.modelParameters
-        return Result(outcome: outcome, scores: heldOut(trainer.dataset).map { ($0, trainer.evaluate($1, parameters: parameters)) })
+        return Result(
+            outcome: outcome,
+            scores: heldOut(trainer.dataset).map { ($0, trainer.evaluate($1, parameters: parameters)) }
+        )
     }
 
     /// Trains through `session`'s workers until the schedule ends or `shouldStop` turns true.
@@ -33,25 +36,43 @@ public struct TrainingRun {
     /// answering them during long work between steps. On an interruption (the coordinator's
     /// `shouldStop`) and on a failure the state, at a step boundary, is checkpointed; every
     /// worker is told to stop either way.
-    public static func cluster(_ trainer: Trainer, session: ClusterSession, until shouldStop: () -> Bool) throws -> Result {
+    public static func cluster(
+        _ trainer: Trainer,
+        session: ClusterSession,
+        until shouldStop: () -> Bool
+    ) throws -> Result {
         let c = session.coordinator
         let configuration = trainer.configuration
         trainer.optimizerThreads = c.threads
         trainer.keepAlive = { c.keepAlive() }
         func score(_ split: DataSplit, _ data: DataMatrix, _ parameters: [Float]) throws -> Double {
-            Evaluator<Float>.meanNLL(try c.logLikelihoods(split: split, rowCount: data.count, masks: configuration.evaluationMasks,
-                                                          mode: configuration.ensembleMode, parameters: parameters))
+            Evaluator<Float>.meanNLL(
+                try c.logLikelihoods(
+                    split: split,
+                    rowCount: data.count,
+                    masks: configuration.evaluationMasks,
+                    mode: configuration.ensembleMode,
+                    parameters: parameters
+                )
+            )
         }
         if let valid = trainer.dataset.valid { trainer.validationScorer = { try score(.valid, valid, $0) } }
         do {
-            return try session.run({ c in
-                let outcome = try trainer.drive(until: shouldStop, offeringHeld: { c.heldOffer }) { plan, held in
-                    try Self.step(plan, held: held, coordinator: c, trainer: trainer)
-                }
-                guard outcome != .interrupted else { return Result(outcome: outcome, scores: []) }
-                let parameters = trainer.checkpoint.modelParameters
-                return Result(outcome: outcome, scores: try heldOut(trainer.dataset).map { ($0, try score($0, $1, parameters)) })
-            }, done: { $0.outcome == .interrupted ? "the run was interrupted" : "the run is complete" }, interruptedExitCode: 0)
+            return try session.run(
+                { c in
+                    let outcome = try trainer.drive(until: shouldStop, offeringHeld: { c.heldOffer }) { plan, held in
+                        try Self.step(plan, held: held, coordinator: c, trainer: trainer)
+                    }
+                    guard outcome != .interrupted else { return Result(outcome: outcome, scores: []) }
+                    let parameters = trainer.checkpoint.modelParameters
+                    return Result(
+                        outcome: outcome,
+                        scores: try heldOut(trainer.dataset).map { ($0, try score($0, $1, parameters)) }
+                    )
+                },
+                done: { $0.outcome == .interrupted ? "the run was interrupted" : "the run is complete" },
+                interruptedExitCode: 0
+            )
         } catch is ClusterCoordinator.Interrupted {
             try trainer.saveCheckpoint()
             return Result(outcome: .interrupted, scores: [])
@@ -64,8 +85,12 @@ public struct TrainingRun {
 
     /// One step through `coordinator`: in the compute order of the parameters the trainer holds,
     /// or in layout order.
-    public static func step(_ plan: StepPlan, held: Trainer.HeldParameters?, coordinator: ClusterCoordinator,
-                            trainer: Trainer) throws -> (gradient: [Float], lossSum: Double, computeOrder: Bool) {
+    public static func step(
+        _ plan: StepPlan,
+        held: Trainer.HeldParameters?,
+        coordinator: ClusterCoordinator,
+        trainer: Trainer
+    ) throws -> (gradient: [Float], lossSum: Double, computeOrder: Bool) {
         if let held {
             let (gradient, loss) = try coordinator.computeStep(plan, held: held)
             return (gradient, loss, true)

@@ -11,8 +11,10 @@ public enum ConnectionHeartbeat {
     /// The socket options for heartbeats every `interval` ms and a `timeout` ms limit.
     public static func options(interval: UInt64, timeout: UInt64) -> [ZMQSocket.Option] {
         let maxTTL: UInt64 = 6_553_599
-        return [.heartbeatInterval(milliseconds: Int(clamping: max(1, interval))),
-                .heartbeatTimeout(milliseconds: Int(clamping: min(timeout, UInt64(Int32.max)))),
-                .heartbeatTTL(milliseconds: Int(clamping: min(max(timeout, 100), maxTTL)))]
+        return [
+            .heartbeatInterval(milliseconds: Int(clamping: max(1, interval))),
+            .heartbeatTimeout(milliseconds: Int(clamping: min(timeout, UInt64(Int32.max)))),
+            .heartbeatTTL(milliseconds: Int(clamping: min(max(timeout, 100), maxTTL))),
+        ]
     }
 }

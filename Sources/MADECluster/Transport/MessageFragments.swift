@@ -35,8 +35,11 @@ public enum MessageFragments {
     /// holds at most `fragmentBytes`, otherwise its fragments (and the buffer is freed here).
     ///
     /// - Complexity: one copy of a large frame's bytes.
-    public static func frames(for frame: UnsafeMutableRawBufferPointer, sequence: UInt32,
-                              fragmentBytes: Int = fragmentBytes) -> [ZMQFrame] {
+    public static func frames(
+        for frame: UnsafeMutableRawBufferPointer,
+        sequence: UInt32,
+        fragmentBytes: Int = fragmentBytes
+    ) -> [ZMQFrame] {
         precondition(fragmentBytes > 0, "MessageFragments: fragments hold at least one byte")
         guard frame.count > fragmentBytes else { return [.owned(frame)] }
         defer { frame.deallocate() }
@@ -140,10 +143,16 @@ public struct FragmentAssembler<Peer: Hashable> {
             partials[peer] = Partial(sequence: sequence, total: total, bytes: bytes)
         }
         guard var partial = partials.removeValue(forKey: peer), partial.sequence == sequence, partial.total == total,
-              partial.bytes.count == offset, offset + piece.count <= total else {
+            partial.bytes.count == offset, offset + piece.count <= total
+        else {
             dropped += 1
-            return Delivery(frame: nil, error: error ?? .invalidField(
-                "a fragment at byte \(offset) of a \(total)-byte frame that did not begin, or began otherwise"))
+            return Delivery(
+                frame: nil,
+                error: error
+                    ?? .invalidField(
+                        "a fragment at byte \(offset) of a \(total)-byte frame that did not begin, or began otherwise"
+                    )
+            )
         }
         partial.bytes.append(contentsOf: piece)
         if partial.bytes.count == total { return Delivery(frame: partial.bytes, error: error) }

@@ -1,6 +1,7 @@
 import CKernels
-import MADE
 import Foundation
+import MADE
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,15 +44,25 @@ public final class SharedSlots {
     /// The folder slot files live in.
     public static let folder = "/dev/shm"
 
-    /// Whether `name` is the name of a slot file: `made-PID-NUMBER.slots`, as ``create(folder:slotFloats:workerSlots:)`` names them.
+    /// Whether `name` is the name of a slot file: `made-PID-NUMBER.slots`, as
+    /// ``create(folder:slotFloats:workerSlots:)`` names them.
     public static func isSlotFileName<S: StringProtocol>(_ name: S) -> Bool {
         guard name.hasPrefix("made-"), name.hasSuffix(".slots") else { return false }
         let parts = name.dropFirst(5).dropLast(6).split(separator: "-", omittingEmptySubsequences: false)
-        return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.count <= 10 && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }
+        return parts.count == 2
+            && parts.allSatisfy { !$0.isEmpty && $0.count <= 10 && $0.allSatisfy { $0 >= "0" && $0 <= "9" } }
     }
 
-    private init(path: String, slotFloats: Int, slotCount: Int, base: UnsafeMutableRawPointer, byteCount: Int,
-                 owner: Bool, descriptor: Int32, guardHandle: Int32) {
+    private init(
+        path: String,
+        slotFloats: Int,
+        slotCount: Int,
+        base: UnsafeMutableRawPointer,
+        byteCount: Int,
+        owner: Bool,
+        descriptor: Int32,
+        guardHandle: Int32
+    ) {
         self.path = path
         self.slotFloats = slotFloats
         self.slotCount = slotCount
@@ -89,12 +100,18 @@ public final class SharedSlots {
     }
 
     /// Creates a new file of `1 + workerSlots` slots in `folder` (sparse: untouched slots cost nothing).
-    public static func create(folder: String = SharedSlots.folder, slotFloats: Int, workerSlots: Int) throws -> SharedSlots {
+    public static func create(
+        folder: String = SharedSlots.folder,
+        slotFloats: Int,
+        workerSlots: Int
+    ) throws -> SharedSlots {
         precondition(slotFloats > 0 && workerSlots > 0)
         removeStale(folder: folder)
         let path = folder + "/made-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).slots"
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ClusterError(.sharedMemory, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw ClusterError(.sharedMemory, "cannot create \(path): \(String(cString: strerror(errno)))")
+        }
         var keep = false
         defer { if !keep { close(fd) } }
         let count = 1 + workerSlots
@@ -116,8 +133,16 @@ public final class SharedSlots {
             throw ClusterError(.sharedMemory, "cannot guard the mapping of \(path) against the file shrinking")
         }
         keep = true
-        let slots = SharedSlots(path: path, slotFloats: slotFloats, slotCount: count, base: base, byteCount: bytes,
-                                owner: true, descriptor: fd, guardHandle: handle)
+        let slots = SharedSlots(
+            path: path,
+            slotFloats: slotFloats,
+            slotCount: count,
+            base: base,
+            byteCount: bytes,
+            owner: true,
+            descriptor: fd,
+            guardHandle: handle
+        )
         guard slots.reserve(0) else {
             throw ClusterError(.sharedMemory, "no room in \(folder) for the parameters' slot")
         }
@@ -129,27 +154,46 @@ public final class SharedSlots {
     /// following a symbolic link, a regular file with one link, owned by this process's user,
     /// and holding at least slot `grant.slot`. Anything else (a rogue coordinator naming
     /// `/tmp/victim.bin`, a link planted in `/dev/shm`) is refused before a byte is mapped.
-    public static func open(_ grant: WireMessage.SharedMemoryGrant, folder: String = SharedSlots.folder) throws -> SharedSlots {
-        func refuse(_ why: String) -> ClusterError { ClusterError(.security, "refusing the shared memory \(grant.path): \(why)") }
+    public static func open(
+        _ grant: WireMessage.SharedMemoryGrant,
+        folder: String = SharedSlots.folder
+    ) throws -> SharedSlots {
+        func refuse(_ why: String) -> ClusterError {
+            ClusterError(.security, "refusing the shared memory \(grant.path): \(why)")
+        }
         let prefix = folder.hasSuffix("/") ? folder : folder + "/"
-        guard grant.path.hasPrefix(prefix), case let name = grant.path.dropFirst(prefix.count), !name.contains("/"), isSlotFileName(name) else {
+        guard grant.path.hasPrefix(prefix), case let name = grant.path.dropFirst(prefix.count), !name.contains("/"),
+            isSlotFileName(name)
+        else {
             throw refuse("not a slot file (\(prefix)made-PID-NUMBER.slots)")
         }
         let fd = Glibc.open(grant.path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
             let code = errno
-            throw code == ELOOP ? refuse("a symbolic link") : ClusterError(.sharedMemory, "cannot open the shared memory \(grant.path): \(String(cString: strerror(code)))")
+            throw code == ELOOP
+                ? refuse("a symbolic link")
+                : ClusterError(
+                    .sharedMemory,
+                    "cannot open the shared memory \(grant.path): \(String(cString: strerror(code)))"
+                )
         }
         var keep = false
         defer { if !keep { close(fd) } }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw ClusterError(.sharedMemory, "cannot stat \(grant.path)") }
-        guard info.st_mode & S_IFMT == S_IFREG, info.st_nlink == 1 else { throw refuse("not a regular file with a single link") }
-        guard info.st_uid == getuid() else { throw refuse("owned by uid \(info.st_uid), not by this user (\(getuid()))") }
+        guard info.st_mode & S_IFMT == S_IFREG, info.st_nlink == 1 else {
+            throw refuse("not a regular file with a single link")
+        }
+        guard info.st_uid == getuid() else {
+            throw refuse("owned by uid \(info.st_uid), not by this user (\(getuid()))")
+        }
         let slotBytes = Int(grant.slotFloats) * 4
         let bytes = Int(info.st_size)
         guard slotBytes > 0, bytes % slotBytes == 0, bytes / slotBytes > Int(grant.slot) else {
-            throw ClusterError(.sharedMemory, "\(grant.path) holds \(bytes) bytes, too few for slot \(grant.slot) of \(slotBytes) bytes")
+            throw ClusterError(
+                .sharedMemory,
+                "\(grant.path) holds \(bytes) bytes, too few for slot \(grant.slot) of \(slotBytes) bytes"
+            )
         }
         guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
             throw ClusterError(.sharedMemory, "cannot map \(grant.path): \(String(cString: strerror(errno)))")
@@ -160,8 +204,16 @@ public final class SharedSlots {
             throw ClusterError(.sharedMemory, "cannot guard the mapping of \(grant.path) against the file shrinking")
         }
         keep = true
-        return SharedSlots(path: grant.path, slotFloats: Int(grant.slotFloats), slotCount: bytes / slotBytes,
-                           base: base, byteCount: bytes, owner: false, descriptor: fd, guardHandle: handle)
+        return SharedSlots(
+            path: grant.path,
+            slotFloats: Int(grant.slotFloats),
+            slotCount: bytes / slotBytes,
+            base: base,
+            byteCount: bytes,
+            owner: false,
+            descriptor: fd,
+            guardHandle: handle
+        )
     }
 
     /// Whether an access to this mapping faulted because the file shrank: the SIGBUS guard then
@@ -181,8 +233,15 @@ public final class SharedSlots {
     }
 
     /// Calls `body` with the first `count` values of slot `slot`.
-    public func withSlot<R>(_ slot: Int, count: Int, _ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
-        precondition(slot >= 0 && slot < slotCount && count >= 0 && count <= slotFloats, "slot \(slot) of \(slotCount), \(count) of \(slotFloats) values")
+    public func withSlot<R>(
+        _ slot: Int,
+        count: Int,
+        _ body: (UnsafeMutableBufferPointer<Float>) throws -> R
+    ) rethrows -> R {
+        precondition(
+            slot >= 0 && slot < slotCount && count >= 0 && count <= slotFloats,
+            "slot \(slot) of \(slotCount), \(count) of \(slotFloats) values"
+        )
         let p = (base + slot * slotFloats * 4).assumingMemoryBound(to: Float.self)
         return try body(UnsafeMutableBufferPointer(start: p, count: count))
     }
@@ -221,11 +280,15 @@ public final class SharedSlots {
     /// the SHA-256 of the secret and the endpoint's port (or ipc path), so what a worker tells
     /// one coordinator is worth nothing at another endpoint.
     public static func hostID(for endpoint: String) -> String {
-        let boot = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+        let boot =
+            (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         let net = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")) ?? ""
-        guard !boot.isEmpty, !net.isEmpty, FileManager.default.isWritableFile(atPath: folder), let secret = hostSecret() else { return "" }
-        let place = endpoint.hasPrefix("tcp://") ? String(endpoint[endpoint.index(after: endpoint.lastIndex(of: ":") ?? endpoint.startIndex)...]) : endpoint
+        guard !boot.isEmpty, !net.isEmpty, FileManager.default.isWritableFile(atPath: folder), let secret = hostSecret()
+        else { return "" }
+        let place =
+            endpoint.hasPrefix("tcp://")
+            ? String(endpoint[endpoint.index(after: endpoint.lastIndex(of: ":") ?? endpoint.startIndex)...]) : endpoint
         let proof = Array(SHA256.hash(Array("\(secret)|\(place)".utf8)).prefix(16)).hexString
         return "\(ProcessInfo.processInfo.hostName)/\(boot)/\(net)/uid\(getuid())/\(proof)"
     }
@@ -242,9 +305,12 @@ public final class SharedSlots {
                 defer { close(fd) }
                 var info = stat()
                 guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid(),
-                      info.st_mode & 0o077 == 0, info.st_size == 32 else { return nil }
+                    info.st_mode & 0o077 == 0, info.st_size == 32
+                else { return nil }
                 var bytes = [UInt8](repeating: 0, count: 32)
-                guard Glibc.read(fd, &bytes, 32) == 32, bytes.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else { return nil }
+                guard Glibc.read(fd, &bytes, 32) == 32,
+                    bytes.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) })
+                else { return nil }
                 return String(decoding: bytes, as: UTF8.self)
             }
             guard errno == ENOENT else { return nil }
@@ -258,7 +324,7 @@ public final class SharedSlots {
             let linked = written && link(temporary, path) == 0
             unlink(temporary)
             if linked { return secret }
-            guard errno == EEXIST else { return nil }   // another process made it first: read that one
+            guard errno == EEXIST else { return nil }  // another process made it first: read that one
         }
         return nil
     }

@@ -11,7 +11,8 @@ import MADE
 public enum Z85 {
     /// The 85 characters of the encoding, in digit order.
     static let alphabet = Array(
-        ("0123456789" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + ".-:+=^!/*?&<>()[]{}@%$#").utf8)
+        ("0123456789" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + ".-:+=^!/*?&<>()[]{}@%$#").utf8
+    )
     private static let isDigit: [Bool] = {
         var table = [Bool](repeating: false, count: 256)
         for c in alphabet { table[Int(c)] = true }
@@ -29,7 +30,8 @@ public enum Z85 {
         }
         if let bad = utf8.firstIndex(where: { !isDigit[Int($0)] }) {
             let byte = utf8[bad]
-            let shown = byte >= 0x21 && byte < 0x7F
+            let shown =
+                byte >= 0x21 && byte < 0x7F
                 ? "'\(Character(UnicodeScalar(byte)))'" : String(format: "byte 0x%02X", byte)
             throw ClusterError(.invalidKey, "character \(bad + 1) of the key, \(shown), is not a Z85 character")
         }
@@ -265,11 +267,14 @@ struct KeyFile {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
             .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
         if let number = lines.firstIndex(where: isCertificateLine).map({ $0 + 1 }) {
-            throw ClusterError(.malformedKeyFile, """
+            throw ClusterError(
+                .malformedKeyFile,
+                """
                 line \(number): a CZMQ certificate, the key format of earlier versions of made; key \
                 files now hold one bare Z85 key a line: make new keys with `made keygen FOLDER` in \
                 an empty folder
-                """)
+                """
+            )
         }
         var file = KeyFile()
         for (offset, line) in lines.enumerated() where !line.isEmpty && !line.hasPrefix("#") {
@@ -323,10 +328,14 @@ struct KeyFile {
             }
             let mode = info.st_mode & 0o777
             guard mode & 0o077 == 0 else {
-                throw ClusterError(.security, """
+                throw ClusterError(
+                    .security,
+                    """
                     a secret key open to other users (mode \(String(mode, radix: 8))) is refused; \
                     make it private with `chmod 600 \(path)`
-                    """, path: path)
+                    """,
+                    path: path
+                )
             }
         }
         var bytes: [UInt8] = []

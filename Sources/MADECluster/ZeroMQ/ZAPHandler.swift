@@ -51,7 +51,8 @@ public final class ZAPHandler {
     /// Binds the handler in `context`.
     ///
     /// - Throws: `ZMQError` (`EADDRINUSE` when the context already has a handler).
-    public init(context: ZMQContext, authorizedKeys: AuthorizedKeys, logger: Logger = Logger(label: "made.zap")) throws {
+    public init(context: ZMQContext, authorizedKeys: AuthorizedKeys, logger: Logger = Logger(label: "made.zap")) throws
+    {
         self.socket = try ZMQSocket(context: context, kind: .rep)
         self.authorizedKeys = authorizedKeys
         self.logger = logger
@@ -87,7 +88,8 @@ public final class ZAPHandler {
                         metadata: [
                             "status": "\(reply.status)", "reason": "\(reply.text)",
                             "address": "\(reply.address ?? "unknown")",
-                        ])
+                        ]
+                    )
                 }
                 let frames: [[UInt8]] = [
                     Array("1.0".utf8), reply.requestID, Array(reply.status.utf8), Array(reply.text.utf8),
@@ -125,7 +127,12 @@ public final class ZAPHandler {
         let address = String(decoding: frames[3], as: UTF8.self)
         let mechanism = String(decoding: frames[5], as: UTF8.self)
         guard mechanism == "CURVE" else {
-            return Reply(requestID: requestID, status: "400", text: "Mechanism \(mechanism) not allowed", address: address)
+            return Reply(
+                requestID: requestID,
+                status: "400",
+                text: "Mechanism \(mechanism) not allowed",
+                address: address
+            )
         }
         guard frames.count == 7, frames[6].count == 32 else {
             malformed += 1

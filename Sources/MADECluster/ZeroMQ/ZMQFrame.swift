@@ -1,4 +1,5 @@
 import CZeroMQ
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -82,9 +83,15 @@ public struct ZMQFrame {
             }
         case .owned(let box):
             let buffer = box.take()
-            let rc = zmq_msg_init_data(msg, buffer.baseAddress, buffer.count, { data, _ in
-                data?.deallocate()
-            }, nil)
+            let rc = zmq_msg_init_data(
+                msg,
+                buffer.baseAddress,
+                buffer.count,
+                { data, _ in
+                    data?.deallocate()
+                },
+                nil
+            )
             if rc == -1 {
                 let error = ZMQError.last("zmq_msg_init_data(\(buffer.count))")
                 buffer.deallocate()

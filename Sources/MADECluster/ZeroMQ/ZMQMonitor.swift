@@ -1,5 +1,6 @@
 import CZeroMQ
 import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -26,9 +27,13 @@ public final class ZMQMonitor {
         public static let closed = Events(rawValue: UInt16(ZMQ_EVENT_CLOSED))
         public static let disconnected = Events(rawValue: UInt16(ZMQ_EVENT_DISCONNECTED))
         public static let handshakeSucceeded = Events(rawValue: UInt16(ZMQ_EVENT_HANDSHAKE_SUCCEEDED))
-        public static let handshakeFailed = Events(rawValue: UInt16(ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                                                                    | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                                                    | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH))
+        public static let handshakeFailed = Events(
+            rawValue: UInt16(
+                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+            )
+        )
     }
 
     /// One reported event.

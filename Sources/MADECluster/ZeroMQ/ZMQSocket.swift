@@ -1,4 +1,5 @@
 import CZeroMQ
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -174,7 +175,10 @@ public final class ZMQSocket {
 
     /// Connects to `endpoint`; libzmq connects (and reconnects) in the background.
     public func connect(_ endpoint: String) throws {
-        try ZMQError.check(zmq_connect(try openHandle("zmq_connect(\(endpoint))"), endpoint), "zmq_connect(\(endpoint))")
+        try ZMQError.check(
+            zmq_connect(try openHandle("zmq_connect(\(endpoint))"), endpoint),
+            "zmq_connect(\(endpoint))"
+        )
     }
 
     /// Stops accepting on `endpoint`, which must be spelled as `lastEndpoint` reports it for wildcard binds.
@@ -185,7 +189,9 @@ public final class ZMQSocket {
     /// Drops the connection to `endpoint` made by `connect`.
     public func disconnect(_ endpoint: String) throws {
         try ZMQError.check(
-            zmq_disconnect(try openHandle("zmq_disconnect(\(endpoint))"), endpoint), "zmq_disconnect(\(endpoint))")
+            zmq_disconnect(try openHandle("zmq_disconnect(\(endpoint))"), endpoint),
+            "zmq_disconnect(\(endpoint))"
+        )
     }
 
     /// The endpoint of the last `bind` or `connect`, with a wildcard port resolved (`ZMQ_LAST_ENDPOINT`).
@@ -313,7 +319,10 @@ public final class ZMQSocket {
     /// Makes this socket a CURVE client that trusts only `serverPublicKey`. Call before `connect`.
     public func configureCurveClient(keyPair: CurveKeyPair, serverPublicKey: String) throws {
         try set(
-            .curveServerKey(serverPublicKey), .curvePublicKey(keyPair.publicKey), .curveSecretKey(keyPair.secretKey))
+            .curveServerKey(serverPublicKey),
+            .curvePublicKey(keyPair.publicKey),
+            .curveSecretKey(keyPair.secretKey)
+        )
     }
 
     // MARK: Sending
@@ -435,8 +444,12 @@ public final class ZMQSocket {
     ///   (the IP address of a TCP peer).
     /// - Returns: nil when nothing arrived (`dontWait`, the receive timeout expired, or a signal
     ///   interrupted the wait).
-    public func receiveMessage(maxParts: Int, dontWait: Bool = false, property: String? = nil,
-                               _ body: (Int, UnsafeRawBufferPointer) -> Void) throws -> Received? {
+    public func receiveMessage(
+        maxParts: Int,
+        dontWait: Bool = false,
+        property: String? = nil,
+        _ body: (Int, UnsafeRawBufferPointer) -> Void
+    ) throws -> Received? {
         precondition(maxParts >= 1, "maxParts must be at least 1")
         let handle = try openHandle("zmq_msg_recv")
         return try withUnsafeTemporaryAllocation(of: zmq_msg_t.self, capacity: 1) { storage in
