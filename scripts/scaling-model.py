@@ -6,7 +6,7 @@
     scripts/scaling-model.py --cores 32 --relay-ms-per-worker 0.5 --hosts 1,4,16 --rates 10 --batches 1000
 
 A step, as the system runs it today (784-500-784, sparse kernel, one relay and C workers per host, shards =
-H x C, the batch B split evenly over them):
+H x C but at most B, as a run refuses more shards than examples, the batch B split evenly over them):
 
     step = between + H x bytes_out / R + compute + relay + H x bytes_in / R
 
