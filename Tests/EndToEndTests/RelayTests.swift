@@ -311,19 +311,24 @@ struct LaunchRelayTests {
             e["GROUP_RANK"] = "\(place.0)"
             e["LOCAL_RANK"] = "\(place.1)"
             return try EndToEnd.Child(
-                ["launch", "-v", "--insecure"] + ClusterProcessTests.runFlags(data: data),
+                // The work waits for all three workers, however long a loaded machine takes to start them.
+                ["launch", "-v", "--insecure", "--join-timeout", "600"] + ClusterProcessTests.runFlags(data: data),
                 folder: folder,
                 name: "rank\(rank)",
                 environment: e
             )
         }
-        #expect(processes[0].wait(timeout: 120) == 0, "\(processes[0].errors)")
+        #expect(processes[0].wait(timeout: 660) == 0, "\(processes[0].errors)")
+        #expect(!processes[0].errors.contains("starting without every expected worker"), "\(processes[0].errors)")
         #expect(EndToEnd.checksum(processes[0].output) == expected)
         // Two peers: the relay of the second host, and rank 3 beside the coordinator.
         #expect(EndToEnd.clusterCounters(processes[0].output)["workers_joined"] == 2, "\(processes[0].output)")
         for p in processes.dropFirst() { #expect(p.wait(timeout: 30) == 0, "\(p.errors)") }
         #expect(processes[1].errors.contains("relay ready for its workers"), "\(processes[1].errors)")
-        for rank in 1...3 {
+        // The ranks behind the relay computed. Rank 3 joined (counted above) but may get no task: when the
+        // relay registers first, a block of all 4 shards, done by its 2 workers, ties with blocks of 2 in
+        // the planner's time (blockSize(shards:capacities:limit:)) and wins for its fewer messages.
+        for rank in 1...2 {
             #expect(EndToEnd.computedTasks(processes[rank].errors), "rank \(rank) computed: \(processes[rank].errors)")
         }
     }
