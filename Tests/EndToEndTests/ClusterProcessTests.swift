@@ -42,15 +42,8 @@ struct ClusterProcessTests {
         )
         #expect(referenceCode == 0, "\(referenceErrors)")
         let expected = try #require(EndToEnd.checksum(referenceOutput))
-        /// Validation and test NLL, per epoch and at the end: scored by the workers, they must read the same.
-        func scores(_ output: String) -> [String] {
-            output.split(separator: "\n").compactMap { line in
-                if line.hasPrefix("valid_nll=") || line.hasPrefix("test_nll=") { return String(line) }
-                guard line.hasPrefix("epoch "), let range = line.range(of: "valid_nll ") else { return nil }
-                return String(line[range.lowerBound...].prefix(20))
-            }
-        }
-        #expect(scores(referenceOutput).count == 5)
+        // Validation and test NLL, scored by the workers, must read the same.
+        #expect(EndToEnd.scores(referenceOutput).count == 5)
         for workers in 1...4 {
             let (code, out, err) = try EndToEnd.run(
                 ["train", "-s", "2", "--workers", "\(workers)"] + Self.runFlags(data: data),
@@ -59,7 +52,7 @@ struct ClusterProcessTests {
             )
             #expect(code == 0, "\(workers) workers: \(err)")
             #expect(EndToEnd.checksum(out) == expected, "\(workers) workers")
-            #expect(scores(out) == scores(referenceOutput), "\(workers) workers")
+            #expect(EndToEnd.scores(out) == EndToEnd.scores(referenceOutput), "\(workers) workers")
             #expect(EndToEnd.clusterCounters(out)["workers_joined"] == workers)
         }
     }
@@ -330,10 +323,10 @@ struct ClusterProcessTests {
             coordinator.waitFor(timeout: 60) { $0.contains("workers=2") },
             "the workers did not both join: \(coordinator.errors)"
         )
-        let epochs = coordinator.output.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count
+        let epochs = EndToEnd.epochLines(coordinator.output)
         #expect(
             coordinator.waitFor(timeout: 60) { text in
-                text.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count > epochs
+                EndToEnd.epochLines(text) > epochs
             }
         )
         victim.signal(SIGKILL)
@@ -428,10 +421,10 @@ struct ClusterProcessTests {
             coordinator.waitFor(timeout: 60) { $0.contains("workers=2") },
             "the workers did not both join: \(coordinator.errors)"
         )
-        let epochs = coordinator.output.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count
+        let epochs = EndToEnd.epochLines(coordinator.output)
         #expect(
             coordinator.waitFor(timeout: 60) { text in
-                text.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count > epochs
+                EndToEnd.epochLines(text) > epochs
             }
         )
         // Its socket stays open: only the unanswered heartbeats can tell.

@@ -14,15 +14,6 @@ struct RelayTests {
         ClusterProcessTests.runFlags(data: data, epochs: epochs, masksPerStep: masksPerStep)
     }
 
-    /// Validation and test NLL, per epoch and at the end.
-    static func scores(_ output: String) -> [String] {
-        output.split(separator: "\n").compactMap { line in
-            if line.hasPrefix("valid_nll=") || line.hasPrefix("test_nll=") { return String(line) }
-            guard line.hasPrefix("epoch "), let range = line.range(of: "valid_nll ") else { return nil }
-            return String(line[range.lowerBound...].prefix(20))
-        }
-    }
-
     /// Process ids of the children of `pid`.
     static func children(of pid: Int32) -> [Int32] {
         let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
@@ -82,7 +73,7 @@ struct RelayTests {
             let (coordinator, started) = try Self.start(folder, data: data, epochs: 3, relays: relays, workers: 2)
             #expect(coordinator.wait(timeout: 120) == 0, "\(relays) relays: \(coordinator.errors)")
             #expect(EndToEnd.checksum(coordinator.output) == expected, "\(relays) relays")
-            #expect(Self.scores(coordinator.output) == Self.scores(referenceOutput), "\(relays) relays")
+            #expect(EndToEnd.scores(coordinator.output) == EndToEnd.scores(referenceOutput), "\(relays) relays")
             let counters = EndToEnd.clusterCounters(coordinator.output)
             #expect(
                 counters["workers_joined"] == relays && counters["workers_lost"] == 0 && counters["failed_tasks"] == 0
@@ -137,7 +128,7 @@ struct RelayTests {
             )
             #expect(coordinator.wait(timeout: 120) == 0, "\(relayFlags): \(coordinator.errors)")
             #expect(EndToEnd.checksum(coordinator.output) == expected, "\(relayFlags)")
-            #expect(Self.scores(coordinator.output) == Self.scores(referenceOutput), "\(relayFlags)")
+            #expect(EndToEnd.scores(coordinator.output) == EndToEnd.scores(referenceOutput), "\(relayFlags)")
             let counters = EndToEnd.clusterCounters(coordinator.output)
             #expect(counters["failed_tasks"] == 0 && counters["mask_mismatches"] == 0 && counters["rejected"] == 0)
             for relay in started { #expect(relay.wait(timeout: 20) == 0, "\(relay.errors)") }
@@ -158,7 +149,7 @@ struct RelayTests {
             coordinatorFlags: ["--heartbeat-timeout", "1"]
         )
         #expect(
-            coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+            coordinator.waitFor(timeout: 60) { EndToEnd.epochLines($0) >= 2 },
             "the run did not start: \(coordinator.errors)"
         )
         let victims = Self.children(of: relays[0].pid)
@@ -193,7 +184,7 @@ struct RelayTests {
             relayFlags: ["--heartbeat-timeout", "1"]
         )
         #expect(
-            coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+            coordinator.waitFor(timeout: 60) { EndToEnd.epochLines($0) >= 2 },
             "the run did not start: \(coordinator.errors)"
         )
         let workers = Self.children(of: relays[0].pid)
@@ -232,7 +223,7 @@ struct RelayTests {
             relayFlags: ["--heartbeat-timeout", "1"]
         )
         #expect(
-            coordinator.waitFor(timeout: 60) { $0.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count >= 2 },
+            coordinator.waitFor(timeout: 60) { EndToEnd.epochLines($0) >= 2 },
             "the run did not start: \(coordinator.errors)"
         )
         let workers = Self.children(of: relays[0].pid)

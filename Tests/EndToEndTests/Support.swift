@@ -153,6 +153,20 @@ enum EndToEnd {
         return (p.terminationStatus, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
     }
 
+    /// Validation and test NLL a run printed, per epoch and at the end.
+    static func scores(_ output: String) -> [String] {
+        output.split(separator: "\n").compactMap { line in
+            if line.hasPrefix("valid_nll=") || line.hasPrefix("test_nll=") { return String(line) }
+            guard line.hasPrefix("epoch "), let range = line.range(of: "valid_nll ") else { return nil }
+            return String(line[range.lowerBound...].prefix(20))
+        }
+    }
+
+    /// The epoch lines (`epoch N/M train_nll ...`) a run has printed in `text` so far.
+    static func epochLines(_ text: String) -> Int {
+        text.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count
+    }
+
     /// The `params_sha256=` value printed by a finished run.
     static func checksum(_ output: String) -> String? {
         output.split(separator: "\n").first { $0.hasPrefix("params_sha256=") }.map {
