@@ -28,9 +28,32 @@ void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *
     }
 }
 
+/* made_adam_f32 on columns j0 ..< j1 of row i of a matrix in the sparse kernel's compute order, the
+ * gradient masked on the way (+0 where i >= active[j]), and with copy the updated weight stored,
+ * masked, into d[j] in the same pass. The gradient is read whole and selected: a row of it is
+ * allocated past the mask, and a plain load streams where a masked one does not. */
+static inline __attribute__((always_inline)) void adam_span(int i, int j0, int j1, float *restrict pr,
+                                                            const float *restrict gr, float *restrict mr,
+                                                            float *restrict vr, const int *restrict active,
+                                                            float *restrict d, made_adam_constants c, int copy) {
+    for (int j = j0; j < j1; j++) {
+        float loaded = gr[j];
+        float gj = i < active[j] ? loaded : 0.0f;
+        float gi = c.scale * gj + c.decay * pr[j];
+        float mi = c.beta1 * mr[j] + c.one_minus_beta1 * gi;
+        float vi = c.beta2 * vr[j] + c.one_minus_beta2 * (gi * gi);
+        mr[j] = mi;
+        vr[j] = vi;
+        float p = pr[j] - c.step_size * mi / (sqrtf(vi) * c.inverse_root_correction2 + c.epsilon);
+        pr[j] = p;
+        if (copy) d[j] = i < active[j] ? p : 0.0f;
+    }
+}
+
 /* made_adam_f32 on a rows x cols matrix in the sparse kernel's compute order, with the gradient
- * masked on the way (+0 where i >= active[j]), then the updated weights copied, masked, into
- * compute inside the bands (when compute is not NULL). */
+ * masked on the way (+0 where i >= active[j]), and the updated weights copied, masked, into
+ * compute inside the bands (when compute is not NULL). One pass: band by band along each row,
+ * copying where the row is inside the band. */
 MADE_CLONES
 void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g, float *restrict m,
                           float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
@@ -38,21 +61,14 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
     for (size_t i = 0; i < rows; i++) {
         float *pr = p + i * cols, *mr = m + i * cols, *vr = v + i * cols;
         const float *gr = g + i * cols;
-        for (size_t j = 0; j < cols; j++) {
-            float gj = (int)i < active[j] ? gr[j] : 0.0f;
-            float gi = c.scale * gj + c.decay * pr[j];
-            float mi = c.beta1 * mr[j] + c.one_minus_beta1 * gi;
-            float vi = c.beta2 * vr[j] + c.one_minus_beta2 * (gi * gi);
-            mr[j] = mi;
-            vr[j] = vi;
-            pr[j] = pr[j] - c.step_size * mi / (sqrtf(vi) * c.inverse_root_correction2 + c.epsilon);
-        }
-        if (!compute) continue;
-        float *d = compute + i * cols;
+        float *d = compute ? compute + i * cols : NULL;
         for (size_t b = 0; b < band_count; b++) {
             const int *band = bands + 3 * b;
-            if ((int)i >= band[2]) continue;
-            for (int j = band[0]; j < band[1]; j++) d[j] = (int)i < active[j] ? pr[j] : 0.0f;
+            if (d && (int)i < band[2]) {
+                adam_span((int)i, band[0], band[1], pr, gr, mr, vr, active, d, c, 1);
+            } else {
+                adam_span((int)i, band[0], band[1], pr, gr, mr, vr, active, d, c, 0);
+            }
         }
     }
 }

@@ -360,6 +360,9 @@ extension NetworkWorkspace {
 
     /// `dW[0..<band.rows, band] = a[:, 0..<band.rows]^T delta[:, band]`, in compute order (entries
     /// outside the bands are left as they are; the scatter masks them).
+    ///
+    /// Each block is zeroed here and the product added to it (beta 1): the same bits as beta 0,
+    /// which zeroes it in a separate pass of the BLAS that costs more than a row-by-row fill.
     private func bandWeightGradient(
         _ b: BlockPartition.MatrixBlocks,
         _ a: UnsafePointer<T>,
@@ -367,6 +370,8 @@ extension NetworkWorkspace {
         into dw: UnsafeMutablePointer<T>
     ) {
         for band in b.bands where band.rows > 0 {
+            let width = band.end - band.start
+            for i in 0..<band.rows { (dw + i * b.columns + band.start).update(repeating: 0, count: width) }
             T.gemm(
                 transposeA: true,
                 transposeB: false,
@@ -378,7 +383,7 @@ extension NetworkWorkspace {
                 lda: b.rows,
                 b: delta + band.start,
                 ldb: b.columns,
-                beta: 0,
+                beta: 1,
                 c: dw + band.start,
                 ldc: b.columns
             )
