@@ -218,12 +218,11 @@ extension NetworkWorkspace {
         let n = rows
         for band in b.bands {
             let width = band.end - band.start
-            if band.rows == 0 {
-                if beta == 0 {
-                    for r in 0..<n { (c + r * b.columns + band.start).update(repeating: 0, count: width) }
-                }
-                continue
+            // A block to overwrite is zeroed here and added to (beta 1), as in bandWeightGradient.
+            if beta == 0 {
+                for r in 0..<n { (c + r * b.columns + band.start).update(repeating: 0, count: width) }
             }
+            if band.rows == 0 { continue }
             T.gemm(
                 transposeA: false,
                 transposeB: false,
@@ -235,7 +234,7 @@ extension NetworkWorkspace {
                 lda: b.rows,
                 b: w + band.start,
                 ldb: b.columns,
-                beta: beta,
+                beta: 1,
                 c: c + band.start,
                 ldc: b.columns
             )
@@ -409,7 +408,7 @@ extension NetworkWorkspace {
             if !accumulate { for r in 0..<n { (da + r * b.rows).update(repeating: 0, count: b.rows) } }
             return
         }
-        func add(_ band: BlockPartition.Band, overwriting: Bool) {
+        func add(_ band: BlockPartition.Band) {
             T.gemm(
                 transposeA: false,
                 transposeB: true,
@@ -421,13 +420,15 @@ extension NetworkWorkspace {
                 lda: b.columns,
                 b: w + band.start,
                 ldb: b.columns,
-                beta: overwriting ? 0 : 1,
+                beta: 1,
                 c: da,
                 ldc: b.rows
             )
         }
-        add(b.bands[widest], overwriting: !accumulate)
-        for (k, band) in b.bands.enumerated() where k != widest && band.rows > 0 { add(band, overwriting: false) }
+        // Zeroed here and added to (beta 1), as in bandWeightGradient.
+        if !accumulate { for r in 0..<n { (da + r * b.rows).update(repeating: 0, count: top) } }
+        add(b.bands[widest])
+        for (k, band) in b.bands.enumerated() where k != widest && band.rows > 0 { add(band) }
     }
 
     /// Lists, per compute input, the loaded rows that select it (ascending): the transpose of the selection.
