@@ -133,7 +133,10 @@ struct LayerProgressTests {
         #expect(finite)
     }
 
-    @Test("Adam applied matrix by matrix, in any order, gives the whole step's bits", arguments: 0..<2)
+    @Test(
+        "Adam applied matrix by matrix, in any order, or in row ranges on several threads, gives the whole step's bits",
+        arguments: 0..<2
+    )
     func adamByMatrix(index: Int) {
         let c = Self.configurations[index]
         let layout = ParameterLayout(c)
@@ -141,12 +144,16 @@ struct LayerProgressTests {
         let configuration = TrainingConfiguration(model: c, batchSize: 30)
         let whole = GradientEngine(configuration: c, distribution: .bernoulli, runSeed: 3, capacity: 30)
         let split = GradientEngine(configuration: c, distribution: .bernoulli, runSeed: 3, capacity: 30)
+        let threaded = GradientEngine(configuration: c, distribution: .bernoulli, runSeed: 3, capacity: 30)
         var a = TrainingState(configuration: configuration)
         var b = a
+        var t = a
         whole.hold(&a, maskSeed: 1)
         split.hold(&b, maskSeed: 1)
+        threaded.hold(&t, maskSeed: 1)
         var copyA = [Float](repeating: 0, count: layout.count)
         var copyB = copyA
+        var copyT = copyA
         let rows = (0..<30).map { Int32($0) }
         var orders = [Array(layout.matrices.indices), Array(layout.matrices.indices.reversed())]
         orders.append(orders[1].shuffled())
@@ -176,6 +183,20 @@ struct LayerProgressTests {
                     for k in order { split.adamStepHeld(&b, gradient: gp.baseAddress!, matrix: k, step: adam) }
                 }
             }
+            copyT.withUnsafeMutableBufferPointer { out in
+                threaded.adamStepHeld(
+                    &t,
+                    gradient: g,
+                    scale: 1 / 30,
+                    learningRate: 1e-2,
+                    configuration: configuration.adam,
+                    copyInto: out,
+                    threads: 2 + step
+                )
+            }
+            #expect(t.parameters.map(\.bitPattern) == a.parameters.map(\.bitPattern))
+            #expect(t.adam.secondMoment.map(\.bitPattern) == a.adam.secondMoment.map(\.bitPattern))
+            #expect(copyT.map(\.bitPattern) == copyA.map(\.bitPattern))
             #expect(a.adam.step == step + 1 && b.adam.step == step + 1)
             #expect(a.parameters.map(\.bitPattern) == b.parameters.map(\.bitPattern))
             #expect(a.adam.firstMoment.map(\.bitPattern) == b.adam.firstMoment.map(\.bitPattern))
@@ -185,6 +206,8 @@ struct LayerProgressTests {
         }
         whole.release(&a)
         split.release(&b)
+        threaded.release(&t)
         #expect(a == b)
+        #expect(a == t)
     }
 }
