@@ -72,18 +72,26 @@ extension BlockPartition {
     /// The sparse kernel's backward pass writes only inside the bands, so `outside` is needed
     /// only when the memory last held something else.
     public func maskDropped(_ values: UnsafeMutablePointer<Float>, layout: ParameterLayout, outside: Bool) {
-        for (k, matrix) in layout.matrices.enumerated() {
-            let b = matrices[k]
-            made_mask_staircase_f32(
-                b.rows,
-                b.columns,
-                values + matrix.offset,
-                b.activeRows,
-                b.bandTable,
-                b.bands.count,
-                outside ? 1 : 0
-            )
-        }
+        for k in layout.matrices.indices { maskDropped(values, layout: layout, outside: outside, matrix: k) }
+    }
+
+    /// ``maskDropped(_:layout:outside:)`` for matrix `k` of ``ParameterLayout/matrices`` alone.
+    public func maskDropped(
+        _ values: UnsafeMutablePointer<Float>,
+        layout: ParameterLayout,
+        outside: Bool,
+        matrix k: Int
+    ) {
+        let b = matrices[k]
+        made_mask_staircase_f32(
+            b.rows,
+            b.columns,
+            values + layout.matrices[k].offset,
+            b.activeRows,
+            b.bandTable,
+            b.bands.count,
+            outside ? 1 : 0
+        )
     }
 
     /// Turns `values` from compute order into layout order in place, masked: the inverse of

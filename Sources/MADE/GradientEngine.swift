@@ -81,18 +81,28 @@ public final class GradientEngine {
     ///
     /// With `computeOrder` (sparse kernel) the gradient stays in the compute order of the step's
     /// masks, for ``adamStep(state:gradient:scale:learningRate:configuration:nextMaskSeed:)``.
+    ///
+    /// `layerDone(k)` reports matrix `k` of ``ParameterLayout/matrices`` done as the backward pass
+    /// finishes it (see ``NetworkWorkspace/backward(into:inputGradient:maskingGradient:computeOrder:layerDone:)``):
+    /// its entries of `gradient` are final, and its parameters are read no more in this call.
     public func gradient(
         data: DataMatrix,
         indices: UnsafeBufferPointer<Int32>,
         into gradient: UnsafeMutableBufferPointer<Float>,
         maskingGradient: Bool = true,
-        computeOrder: Bool = false
+        computeOrder: Bool = false,
+        layerDone: ((Int) -> Void)? = nil
     ) -> Double {
         precondition(preparedMaskSeed != nil, "GradientEngine: begin a step first")
         workspace.loadRows(from: data, indices: indices)
         workspace.forward()
         let loss = workspace.lossAndGradient(distribution)
-        workspace.backward(into: gradient, maskingGradient: maskingGradient, computeOrder: computeOrder)
+        workspace.backward(
+            into: gradient,
+            maskingGradient: maskingGradient,
+            computeOrder: computeOrder,
+            layerDone: layerDone
+        )
         return loss
     }
 
@@ -103,20 +113,24 @@ public final class GradientEngine {
     /// needs unless it held this mask's compute-order gradient before.
     ///
     /// - Precondition: the sparse kernel.
+    ///
+    /// `layerDone(k)`: as in ``gradient(data:indices:into:maskingGradient:computeOrder:layerDone:)``,
+    /// once matrix `k`'s entries are masked too.
     public func gradientInComputeOrder(
         data: DataMatrix,
         indices: UnsafeBufferPointer<Int32>,
         into gradient: UnsafeMutableBufferPointer<Float>,
-        clearingOutside: Bool
+        clearingOutside: Bool,
+        layerDone: ((Int) -> Void)? = nil
     ) -> Double {
         precondition(workspace.kernel == .sparse, "GradientEngine: compute order is the sparse kernel's")
-        let loss = self.gradient(data: data, indices: indices, into: gradient, computeOrder: true)
-        maskSet(preparedMaskSeed!).blocks.maskDropped(
-            gradient.baseAddress!,
-            layout: workspace.layout,
-            outside: clearingOutside
-        )
-        return loss
+        let blocks = maskSet(preparedMaskSeed!).blocks
+        let layout = workspace.layout
+        let out = gradient.baseAddress!
+        return self.gradient(data: data, indices: indices, into: gradient, computeOrder: true) { k in
+            blocks.maskDropped(out, layout: layout, outside: clearingOutside, matrix: k)
+            layerDone?(k)
+        }
     }
 
     /// ``gradient(data:indices:into:)`` for arrays.
@@ -252,6 +266,72 @@ public final class GradientEngine {
         let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
         applyHeld(&state, gradient: gradient, constants: constants, into: out, threads: threads)
         heldValues = UnsafeBufferPointer(start: out, count: count)
+    }
+
+    /// An Adam step on held parameters applied matrix by matrix: see
+    /// ``beginAdamStepHeld(_:scale:learningRate:configuration:copyInto:)``.
+    public struct HeldAdamStep {
+        let constants: made_adam_constants
+        let out: UnsafeMutablePointer<Float>
+        let maskSeed: UInt64
+    }
+
+    /// Counts an Adam step on the held `state`, as
+    /// ``adamStepHeld(_:gradient:scale:learningRate:configuration:copyInto:threads:)`` does, and
+    /// returns it for ``adamStepHeld(_:gradient:matrix:step:)`` to apply matrix by matrix, in any
+    /// order, each matrix of ``ParameterLayout/matrices`` once: together the same bits as the
+    /// whole step. Meanwhile the held parameters are those the step leaves (``heldParameters``).
+    public func beginAdamStepHeld(
+        _ state: inout TrainingState,
+        scale: Float,
+        learningRate: Double,
+        configuration: AdamConfiguration,
+        copyInto destination: UnsafeMutableBufferPointer<Float>? = nil
+    ) -> HeldAdamStep {
+        guard let seed = heldMaskSeed else { preconditionFailure("GradientEngine: no parameters held") }
+        let count = workspace.layout.count
+        if let destination {
+            precondition(
+                destination.count == count,
+                "adamStep: a copy of \(destination.count) values for a layout of \(count)"
+            )
+        }
+        let out = destination?.baseAddress ?? workspace.compute.baseAddress!
+        let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
+        heldValues = UnsafeBufferPointer(start: out, count: count)
+        return HeldAdamStep(constants: constants, out: out, maskSeed: seed)
+    }
+
+    /// Applies `step` to matrix `k` of ``ParameterLayout/matrices`` (weights and bias) of the
+    /// held `state`, with `scale * gradient` read at that matrix's entries (compute order, the
+    /// layout's size): the bits ``adamStepHeld(_:gradient:scale:learningRate:configuration:copyInto:threads:)``
+    /// gives that matrix. The masked parameters go where the step said.
+    public func adamStepHeld(
+        _ state: inout TrainingState,
+        gradient: UnsafePointer<Float>,
+        matrix k: Int,
+        step: HeldAdamStep
+    ) {
+        precondition(heldMaskSeed == step.maskSeed, "adamStep: a step begun on other held parameters")
+        precondition(workspace.layout.matrices.indices.contains(k), "adamStep: no matrix \(k)")
+        let workspace = self.workspace
+        let constants = step.constants
+        let out = step.out
+        state.parameters.withUnsafeMutableBufferPointer { p in
+            state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
+                state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
+                    workspace.adamStep(
+                        parameters: p.baseAddress!,
+                        gradient: gradient,
+                        firstMoment: m.baseAddress!,
+                        secondMoment: v.baseAddress!,
+                        constants: constants,
+                        into: out,
+                        only: k
+                    )
+                }
+            }
+        }
     }
 
     private func applyHeld(

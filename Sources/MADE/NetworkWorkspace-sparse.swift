@@ -283,7 +283,12 @@ extension NetworkWorkspace {
 
     // MARK: Backward
 
-    func sparseBackward(into g: UnsafeMutablePointer<T>, inputGradient: UnsafeMutablePointer<T>?, layoutOrder: Bool) {
+    func sparseBackward(
+        into g: UnsafeMutablePointer<T>,
+        inputGradient: UnsafeMutablePointer<T>?,
+        layoutOrder: Bool,
+        layerDone: ((Int) -> Void)? = nil
+    ) {
         let n = rows
         let blocks = self.blocks!
         let layers = layout.layers
@@ -335,6 +340,7 @@ extension NetworkWorkspace {
             } else if let scratch {
                 bandInputGradient(b, delta: delta, parameters + m.offset, into: scratch, accumulate: false)
             }
+            layerDone?(l)
         }
         if let d = layout.direct {
             let b = blocks.matrices[layers.count]
@@ -348,6 +354,7 @@ extension NetworkWorkspace {
             if let scratch {
                 bandInputGradient(b, delta: out, parameters + d.offset, into: scratch, accumulate: true)
             }
+            layerDone?(layers.count)
         }
         if let scratch, let ig = inputGradient {
             let order = blocks.inputOrder
@@ -502,7 +509,8 @@ extension NetworkWorkspace where T == Float {
     /// ``AdamState/update(parameters:gradient:scale:learningRate:configuration:threads:)``, so the
     /// same bits, and no pass changes order. The updated parameters are copied, masked, inside the
     /// bands, into `destination` (by default the workspace's own buffer), where the next step under
-    /// the same masks reads them (``prepare(computeOrder:)``).
+    /// the same masks reads them (``prepare(computeOrder:)``). With `only`, matrix `only` of
+    /// ``ParameterLayout/matrices`` alone (its weights and bias): the same bits for it.
     func adamStep(
         parameters p: UnsafeMutablePointer<Float>,
         gradient g: UnsafePointer<Float>,
@@ -510,7 +518,8 @@ extension NetworkWorkspace where T == Float {
         secondMoment v: UnsafeMutablePointer<Float>,
         constants: made_adam_constants,
         into destination: UnsafeMutablePointer<Float>? = nil,
-        threads: Int = 1
+        threads: Int = 1,
+        only matrix: Int? = nil
     ) {
         precondition(kernel == .sparse, "adamStep: the sparse kernel's compute order")
         let blocks = self.blocks!
@@ -540,7 +549,9 @@ extension NetworkWorkspace where T == Float {
                 (out + bias).update(from: p + bias, count: matrix.columns)
             }
         }
-        if threads > 1 && all.count > 1 {
+        if let matrix {
+            update(matrix)
+        } else if threads > 1 && all.count > 1 {
             // Each matrix whole on one thread: elementwise, so the bits do not depend on it.
             withoutActuallyEscaping(update) { update in
                 let box = UncheckedSendable(update)

@@ -372,11 +372,18 @@ public final class NetworkWorkspace<T: BLASScalar> {
     ///
     /// With `computeOrder` true (sparse kernel only) the gradient is left in the compute order of
     /// the masks, unmasked, for ``adamStep(parameters:gradient:adam:constants:prepare:)``.
+    ///
+    /// `layerDone(k)` is called as soon as the entries of matrix `k` of ``ParameterLayout/matrices``
+    /// (its weights and bias) are final and the pass no longer reads that matrix's parameters:
+    /// the output layer first, down to the first layer, then the direct connections. A caller may
+    /// hand those entries on, or overwrite the matrix's parameters, from then on without changing
+    /// what the pass computes for the other matrices.
     public func backward(
         into gradient: UnsafeMutableBufferPointer<T>,
         inputGradient: UnsafeMutableBufferPointer<T>? = nil,
         maskingGradient: Bool = true,
-        computeOrder: Bool = false
+        computeOrder: Bool = false,
+        layerDone: ((Int) -> Void)? = nil
     ) {
         precondition(!computeOrder || kernel == .sparse, "backward: compute order needs the sparse kernel")
         precondition(
@@ -389,13 +396,22 @@ public final class NetworkWorkspace<T: BLASScalar> {
         if n == 0 {
             gradient.update(repeating: 0)
             inputGradient?.update(repeating: 0)
+            if let layerDone {
+                for l in layers.indices.reversed() { layerDone(l) }
+                if layout.direct != nil { layerDone(layers.count) }
+            }
             return
         }
         if let ig = inputGradient {
             precondition(ig.count >= n * configuration.inputCount, "backward: input gradient buffer too small")
         }
         if kernel == .sparse {
-            return sparseBackward(into: g, inputGradient: inputGradient?.baseAddress, layoutOrder: !computeOrder)
+            return sparseBackward(
+                into: g,
+                inputGradient: inputGradient?.baseAddress,
+                layoutOrder: !computeOrder,
+                layerDone: layerDone
+            )
         }
         var delta = UnsafeMutablePointer(outputGradient.baseAddress!)
         var pingPong = 0
@@ -457,6 +473,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
                     ldc: m.rows
                 )
             }
+            layerDone?(l)
         }
         if let d = layout.direct {
             let k = layers.count
@@ -493,6 +510,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
                     ldc: d.rows
                 )
             }
+            layerDone?(k)
         }
     }
 

@@ -681,7 +681,16 @@ struct Bench: ParsableCommand {
                 rate / ideal
             )
         }
-        line += String(format: " between_exchanges_ms_per_step=%.3f", betweenMs)
+        // The exchange split: from handing out the tasks to the last result, then the coordinator's sum.
+        let gradientSteps = Double(max(1, timing.gradientSteps - timingBefore.gradientSteps))
+        let resultsMs = (timing.resultsMilliseconds - timingBefore.resultsMilliseconds) / gradientSteps
+        let sumMs = (timing.sumMilliseconds - timingBefore.sumMilliseconds) / gradientSteps
+        line += String(
+            format: " between_exchanges_ms_per_step=%.3f results_ms_per_step=%.3f sum_ms_per_step=%.3f",
+            betweenMs,
+            resultsMs,
+            sumMs
+        )
         print(line + " " + settings)
         return rate
     }

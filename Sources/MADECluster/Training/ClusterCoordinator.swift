@@ -88,6 +88,12 @@ public final class ClusterCoordinator {
         public var results = 0
         public var computeMilliseconds = 0.0
         public var waitMilliseconds = 0.0
+        /// Gradient steps, the time from handing out a step's tasks to holding every result,
+        /// and the time this process then spent summing the results (the serial part of an
+        /// exchange; Adam comes after it, in the trainer).
+        public var gradientSteps = 0
+        public var resultsMilliseconds = 0.0
+        public var sumMilliseconds = 0.0
     }
 
     public private(set) var timingTotals = TimingTotals()
@@ -497,9 +503,16 @@ public final class ClusterCoordinator {
             packingSeeds: packingSeeds,
             blockSize: machine.blockSize(for: machinePlan)
         )
+        let handedOut = ContinuousClock.now
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
-        let handedOut = resultPackings.values.map { packings.packing(union: $0).count }
-        lastStepPackedValues = Double(handedOut.reduce(0, +)) / Double(max(1, handedOut.count))
+        let summing = ContinuousClock.now
+        defer {
+            timingTotals.gradientSteps += 1
+            timingTotals.resultsMilliseconds += (summing - handedOut).seconds * 1000
+            timingTotals.sumMilliseconds += (ContinuousClock.now - summing).seconds * 1000
+        }
+        let packedCounts = resultPackings.values.map { packings.packing(union: $0).count }
+        lastStepPackedValues = Double(packedCounts.reduce(0, +)) / Double(max(1, packedCounts.count))
         /// Whether an accepted gradient lay in a shared-memory file that shrank (before it was
         /// copied out, or before or while it was summed where it lies).
         func lost() -> Bool {
