@@ -68,9 +68,19 @@ netns_burst() {
 }
 
 # At most 400 ms of queue: TCP sees drops rather than an ever longer queue.
+#
+# The uplink's qdisc sits on the sending host's own eth0, so it must drop as a host's qdisc does:
+# by refusing a packet, which TCP then holds and sends again at once (local congestion). tbf cuts
+# a GSO packet larger than its bucket into segments and drops those beyond its queue after TCP
+# counted them sent; TCP took them for lost on the wire and waited out retransmission timeouts,
+# whose backoff left the link silent for seconds (over 2 Mbit/s, 13737 segments sent again and 6
+# timeouts in one run of the slow-link test, a worker dropped once in dozens of runs for outliving
+# a 2 s heartbeat timeout). One segment per packet: no retransmission, no timeout. A downlink's
+# qdisc forwards the coordinator's packets, and drops them as a router on the way would.
 netns_limit() {
     local prefix=$1 i=$2 up=$3 down=$4
     if [[ -n $up ]]; then
+        ip -n "$prefix-h$i" link set dev eth0 gso_max_segs 1
         ip netns exec "$prefix-h$i" tc qdisc add dev eth0 root tbf rate "$up" burst "$(netns_burst "$up")" latency 400ms
     fi
     if [[ -n $down ]]; then
