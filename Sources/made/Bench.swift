@@ -92,12 +92,12 @@ struct Bench: ParsableCommand {
     var batchSize: Int = 100
     @Option(help: "Shards per step. (default: 1, or the number of workers)")
     var shards: Int?
-    @Option(help: "Masks trained in every step (the ensemble has as many masks). (default: 1)")
+    @Option(help: "Masks trained in every step (the ensemble has as many masks).")
     var masksPerStep: Int = 1
     @Option(
         help: ArgumentHelp(
             "With --masks-per-step above 1: how a task of shards of several masks travels over "
-                + "the socket, packed by the union of their masks or dense. (default: union)"
+                + "the socket, packed by the union of their masks or dense."
         )
     )
     var mixedPacking: ClusterCoordinator.MixedMaskPacking = .union

@@ -6,7 +6,7 @@ import Testing
 /// checkpoint, keys, and the model handed to PyTorch users. Each test starts the real `made`.
 @Suite("What a new user meets")
 struct NewUserTests {
-    @Test("help marks -d required, shows one style of defaults, speaks of its own command, and hides --parent-pid")
+    @Test("help marks -d required, shows one style of defaults and each once, speaks of its own command, and hides --parent-pid")
     func helpTexts() throws {
         let folder = EndToEnd.folder("help")
         var texts: [String: String] = [:]
@@ -24,6 +24,8 @@ struct NewUserTests {
             texts[command] = out.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ")  // unwrapped
             #expect(!out.contains("[default:"), "\(command) mixes default styles")
             #expect(!out.contains("0.16666"), "\(command) shows 1/6 as a long decimal")
+            let twice = /\(default: [^()]*\) \([^()]*default:/
+            #expect(!texts[command]!.contains(twice), "\(command) gives an option's default twice")
         }
         for command in ["train", "coordinator", "launch"] {
             #expect(texts[command]!.contains("made \(command) -d <path>"), "\(texts[command]!)")
