@@ -134,7 +134,12 @@ struct Bench: ParsableCommand {
     var waitForWorkers: Int = 1
     @Option(help: "With --bind: CURVE key folder made by `made keygen`.")
     var keys: String?
-    @Flag(help: "With --bind beyond loopback: no CURVE (only on a trusted network).")
+    @Flag(
+        help: ArgumentHelp(
+            "With --bind beyond loopback: no CURVE (only on a trusted network). Without --bind: the local "
+                + "workers connect without CURVE, to measure what encryption costs."
+        )
+    )
     var insecure = false
     @Option(
         help: ArgumentHelp(
@@ -587,6 +592,7 @@ struct Bench: ParsableCommand {
             options.joinTimeout = 180_000
         } else {
             options.localWorkers = workers
+            options.ephemeralKeys = !insecure
             options.workerArguments = ["-d", file]
             options.workerThreads = runtime.threads
             options.awaitedWorkers = workers
