@@ -12,6 +12,8 @@ struct MessageFragmentsTests {
             let buffer = box.take()
             defer { buffer.deallocate() }
             return Array(buffer)
+        case .slice(let shared, let range):
+            return Array(shared.bytes[range])
         }
     }
 
@@ -58,6 +60,65 @@ struct MessageFragmentsTests {
             }
             #expect(delivered == [large.whole])
             #expect(assembler.peersInProgress == 0 && assembler.dropped == 0)
+        }
+    }
+
+    @Test(
+        """
+        a message encoded straight into its fragments gives the bytes of its encoding cut into fragments, for fragment \
+        sizes that split its integers and its floats anywhere
+        """
+    )
+    func encodedIntoFragments() throws {
+        let values = (0..<777).map { Float($0) * 0.37 - 11 }
+        let messages: [WireMessage] = [
+            .result(
+                WireMessage.Result(
+                    step: 0x0102_0304_0506_0708,
+                    shard: 3,
+                    maskDigest: Array(0..<16),
+                    lossSum: 123.25,
+                    computeMicroseconds: 4567,
+                    values: .inline(values),
+                    ticket: 0xdead_beef
+                )
+            ),
+            .task(
+                WireMessage.Task(
+                    step: 9,
+                    shard: 1,
+                    shardCount: 2,
+                    maskSeed: 5,
+                    rows: [4, 5, 6],
+                    parameters: .inline(values)
+                )
+            ),
+        ]
+        for message in messages {
+            let size = WireFormat.encodedSize(message)
+            for fragmentBytes in [1, 3, 7, 13, 64, 1000, size - 1, size, size + 1] {
+                let expected = MessageFragments.frames(
+                    for: WireFormat.encodeOwned(message, runID: 42),
+                    sequence: 9,
+                    fragmentBytes: fragmentBytes
+                ).map(bytes)
+                let frames = MessageFragments.frames(
+                    encoding: message,
+                    runID: 42,
+                    sequence: 9,
+                    fragmentBytes: fragmentBytes
+                ).map(bytes)
+                #expect(frames == expected, "fragments of \(fragmentBytes) bytes")
+                var assembler = FragmentAssembler<Int>(maxBytes: 1 << 20)
+                var delivered: [UInt8]?
+                for piece in frames {
+                    let d = piece.withUnsafeBytes { assembler.receive($0, from: 0) }
+                    #expect(d.error == nil)
+                    if let f = d.frame { delivered = f }
+                }
+                let decoded = try #require(delivered.map { try WireFormat.decode($0) })
+                #expect(decoded.runID == 42 && decoded.message == message)
+            }
         }
     }
 

@@ -126,8 +126,7 @@ public enum WireFormat {
         }
     }
 
-    private static func write(_ message: WireMessage, runID: UInt64, size: Int, version: UInt16, to w: inout WireWriter)
-    {
+    static func write(_ message: WireMessage, runID: UInt64, size: Int, version: UInt16, to w: inout WireWriter) {
         precondition(
             version == WireFormat.version || message.kind == .reject,
             "only a reject goes out in another protocol version"
@@ -411,10 +410,39 @@ public enum WireFormat {
 struct WireWriter {
     let buffer: UnsafeMutableRawBufferPointer
     var position = 0
+    /// Logical bytes between gaps: the frame goes into the buffer in segments of this many
+    /// bytes, each after a gap of `gap` bytes left for a header (see
+    /// ``MessageFragments/frames(encoding:runID:version:sequence:fragmentBytes:)``); without
+    /// gaps the frame is contiguous.
+    let segment: Int
+    let gap: Int
+
+    init(buffer: UnsafeMutableRawBufferPointer) {
+        self.buffer = buffer
+        segment = .max
+        gap = 0
+    }
+
+    /// A writer whose logical byte `p` lands at `(p / segment + 1) * gap + p`.
+    init(buffer: UnsafeMutableRawBufferPointer, segment: Int, gap: Int) {
+        precondition(segment > 0 && gap >= 0, "WireWriter: segments hold at least one byte")
+        self.buffer = buffer
+        self.segment = segment
+        self.gap = gap
+    }
+
+    private func physical(_ logical: Int) -> Int {
+        gap == 0 ? logical : (logical / segment + 1) * gap + logical
+    }
 
     mutating func integer<I: FixedWidthInteger>(_ value: I) {
-        buffer.storeBytes(of: value.littleEndian, toByteOffset: position, as: I.self)
-        position += MemoryLayout<I>.size
+        let size = MemoryLayout<I>.size
+        if gap == 0 || position / segment == (position + size - 1) / segment {
+            buffer.storeBytes(of: value.littleEndian, toByteOffset: physical(position), as: I.self)
+            position += size
+        } else {
+            withUnsafeBytes(of: value.littleEndian) { raw($0) }
+        }
     }
 
     mutating func bytes(_ values: [UInt8]) {
@@ -427,8 +455,16 @@ struct WireWriter {
         #error("the wire format stores arrays little-endian; add byte swapping for big-endian hosts")
         #endif
         guard source.count > 0 else { return }
-        (buffer.baseAddress! + position).copyMemory(from: source.baseAddress!, byteCount: source.count)
-        position += source.count
+        var done = 0
+        while done < source.count {
+            let count = min(source.count - done, segment - position % segment)
+            (buffer.baseAddress! + physical(position)).copyMemory(
+                from: source.baseAddress! + done,
+                byteCount: count
+            )
+            position += count
+            done += count
+        }
     }
 
     mutating func payload(_ p: FloatPayload) {

@@ -1295,10 +1295,15 @@ public final class ClusterCoordinator {
         version: UInt16 = WireFormat.version,
         parameters: StepParameters?
     ) throws {
-        let frame = WireFormat.encodeOwned(message, runID: machine.settings.runID, version: version)
         fragmentSequence &+= 1
+        let pieces = MessageFragments.frames(
+            encoding: message,
+            runID: machine.settings.runID,
+            version: version,
+            sequence: fragmentSequence
+        )
         do {
-            for piece in MessageFragments.frames(for: frame, sequence: fragmentSequence) {
+            for piece in pieces {
                 let size = piece.count
                 switch try router.send([.bytes(peer), piece], dontWait: true) {
                 case .sent:

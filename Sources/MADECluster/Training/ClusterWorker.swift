@@ -137,9 +137,13 @@ public final class ClusterWorker {
             for action in actions {
                 switch action {
                 case .send(let message):
-                    let frame = WireFormat.encodeOwned(message, runID: message.kind == .hello ? 0 : runID)
                     sequence &+= 1
-                    for piece in MessageFragments.frames(for: frame, sequence: sequence) {
+                    let pieces = MessageFragments.frames(
+                        encoding: message,
+                        runID: message.kind == .hello ? 0 : runID,
+                        sequence: sequence
+                    )
+                    for piece in pieces {
                         guard try socket.send([piece], dontWait: true) == .sent else { break }
                     }
                 case .configure(let id, let bytes, let grant):

@@ -59,6 +59,43 @@ public enum MessageFragments {
         }
     }
 
+    /// What goes on the wire for `message`: the same messages as ``frames(for:sequence:fragmentBytes:)``
+    /// of its encoding, but a large frame is encoded straight into its fragments, laid end to end in
+    /// one buffer that they share and send without a copy.
+    ///
+    /// - Complexity: one copy of the message's bytes, one allocation.
+    public static func frames(
+        encoding message: WireMessage,
+        runID: UInt64,
+        version: UInt16 = WireFormat.version,
+        sequence: UInt32,
+        fragmentBytes: Int = fragmentBytes
+    ) -> [ZMQFrame] {
+        precondition(fragmentBytes > 0, "MessageFragments: fragments hold at least one byte")
+        let size = WireFormat.encodedSize(message)
+        guard size > fragmentBytes else {
+            return [.owned(WireFormat.encodeOwned(message, runID: runID, version: version))]
+        }
+        precondition(size <= Int(UInt32.max), "MessageFragments: a frame is at most 4 GiB")
+        let count = (size + fragmentBytes - 1) / fragmentBytes
+        let shared = SharedBuffer(byteCount: count * headerSize + size)
+        var writer = WireWriter(buffer: shared.bytes, segment: fragmentBytes, gap: headerSize)
+        WireFormat.write(message, runID: runID, size: size, version: version, to: &writer)
+        precondition(writer.position == size, "MessageFragments: encoded \(writer.position) of \(size) bytes")
+        return (0..<count).map { index in
+            let offset = index * fragmentBytes
+            let start = index * (headerSize + fragmentBytes)
+            var header = WireWriter(buffer: UnsafeMutableRawBufferPointer(rebasing: shared.bytes[start...]))
+            header.bytes(magic)
+            header.integer(WireFormat.version)
+            header.integer(UInt16(0))
+            header.integer(sequence)
+            header.integer(UInt32(size))
+            header.integer(UInt32(offset))
+            return .slice(shared, start..<(start + headerSize + min(fragmentBytes, size - offset)))
+        }
+    }
+
     /// Whether `bytes` begin as a fragment does.
     static func isFragment(_ bytes: UnsafeRawBufferPointer) -> Bool {
         bytes.count >= 4 && zip(bytes.prefix(4), magic).allSatisfy { $0 == $1 }

@@ -22,6 +22,7 @@ public struct ZMQFrame {
     enum Storage {
         case bytes([UInt8])
         case owned(OwnedBuffer)
+        case slice(SharedBuffer, Range<Int>)
     }
 
     let storage: Storage
@@ -60,11 +61,20 @@ public struct ZMQFrame {
         return ZMQFrame(storage: .owned(box))
     }
 
+    /// A zero-copy frame of `range` of `buffer`, which several frames may share: the buffer is
+    /// freed once no frame and no libzmq message holds it any more. Such a frame may be sent more
+    /// than once.
+    static func slice(_ buffer: SharedBuffer, _ range: Range<Int>) -> ZMQFrame {
+        precondition(range.lowerBound >= 0 && range.upperBound <= buffer.bytes.count, "a slice lies in its buffer")
+        return ZMQFrame(storage: .slice(buffer, range))
+    }
+
     /// The frame's length in bytes.
     public var count: Int {
         switch storage {
         case .bytes(let bytes): return bytes.count
         case .owned(let box): return box.count
+        case .slice(_, let range): return range.count
         }
     }
 
@@ -97,7 +107,37 @@ public struct ZMQFrame {
                 buffer.deallocate()
                 throw error
             }
+        case .slice(let shared, let range):
+            // libzmq's message holds a reference of its own, released from its I/O thread.
+            let hint = Unmanaged.passRetained(shared).toOpaque()
+            let rc = zmq_msg_init_data(
+                msg,
+                shared.bytes.baseAddress! + range.lowerBound,
+                range.count,
+                { _, hint in
+                    Unmanaged<SharedBuffer>.fromOpaque(hint!).release()
+                },
+                hint
+            )
+            if rc == -1 {
+                Unmanaged<SharedBuffer>.fromOpaque(hint).release()
+                throw ZMQError.last("zmq_msg_init_data(\(range.count))")
+            }
         }
+    }
+}
+
+/// A heap buffer that several zero-copy frames send pieces of; freed with the last reference.
+final class SharedBuffer: @unchecked Sendable {
+    /// Written only before the first frame of it is sent; read-only afterwards.
+    let bytes: UnsafeMutableRawBufferPointer
+
+    init(byteCount: Int) {
+        bytes = .allocate(byteCount: max(1, byteCount), alignment: 16)
+    }
+
+    deinit {
+        bytes.deallocate()
     }
 }
 
