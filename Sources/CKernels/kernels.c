@@ -158,6 +158,24 @@ static inline __attribute__((always_inline)) float bernoulli(size_t n, const flo
                                                             int with_gradient) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     size_t j = 0;
+    /* Sixteen at a time: two independent chains of exp and log in flight, each lane's terms
+     * added to acc in the order of the loop below. */
+    for (; j + 16 <= n; j += 16) {
+        float term[16];
+        for (int l = 0; l < 16; l++) {
+            float zj = z[j + l];
+            float xj = x[j + l];
+            float s = xj > 0.5f ? -zj : zj;
+            float e = exp_nonpositive(-fabsf(zj));
+            term[l] = (s > 0.0f ? s : 0.0f) + log1p_unit(e);
+            if (with_gradient) {
+                float numerator = zj >= 0.0f ? 1.0f : e;
+                grad[j + l] = numerator / (1.0f + e) - xj;
+            }
+        }
+        for (int l = 0; l < 8; l++) acc[l] += term[l];
+        for (int l = 0; l < 8; l++) acc[l] += term[8 + l];
+    }
     for (; j + 8 <= n; j += 8) {
         for (int l = 0; l < 8; l++) {
             float zj = z[j + l];
