@@ -73,6 +73,37 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
     }
 }
 
+/* made_adam_f32 on a rows x cols matrix in the sparse kernel's compute order whose gradient is used as it
+ * is (a sum over several masks, +0 outside their union), with the updated weights copied, masked by this
+ * order's mask, into compute inside its bands: made_adam_masked_f32 without masking the gradient. */
+MADE_CLONES
+void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g, float *restrict m,
+                        float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
+                        float *restrict compute, made_adam_constants c) {
+    for (size_t i = 0; i < rows; i++) {
+        float *pr = p + i * cols, *mr = m + i * cols, *vr = v + i * cols;
+        const float *gr = g + i * cols;
+        made_adam_f32(cols, pr, gr, mr, vr, c);
+        float *d = compute + i * cols;
+        for (size_t b = 0; b < band_count; b++) {
+            const int *band = bands + 3 * b;
+            if ((int)i >= band[2]) continue;
+            for (int j = band[0]; j < band[1]; j++) d[j] = (int)i < active[j] ? pr[j] : 0.0f;
+        }
+    }
+}
+
+/* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]], every entry; src and dst never overlap. */
+MADE_CLONES
+void made_gather_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
+                            const int *restrict col_from, float *restrict dst) {
+    for (size_t i = 0; i < rows; i++) {
+        const float *s = src + (size_t)row_from[i] * cols;
+        float *d = dst + i * cols;
+        for (size_t j = 0; j < cols; j++) d[j] = s[col_from[j]];
+    }
+}
+
 /* a[i * cols + j] <- a[row_from[i] * cols + col_from[j]] in place (rows and columns permuted), row
  * cycle by row cycle (each row moved once, its columns gathered on the way), with one row of
  * scratch and a flag per row. */

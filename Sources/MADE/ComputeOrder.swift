@@ -145,3 +145,103 @@ extension BlockPartition {
         }
     }
 }
+
+/// How the compute order of one mask set (`other`) lies in that of another (`held`): for a
+/// step of several masks whose parameters are held in one mask's compute order, each further
+/// mask's masked parameters are written in that mask's own order
+/// (``gatherMasked(_:into:layout:threads:)``), and gradients in that order are turned into the
+/// held one (``turn(_:into:layout:threads:)``). Both move every value as it is, so the sums
+/// made of them have the bits of the same sums in layout order.
+public struct RelativeOrder: Sendable {
+    public let held: BlockPartition
+    public let other: BlockPartition
+    /// Per matrix: `otherRows[k][i]` is the held compute row of `other`'s compute row `i`, and
+    /// `otherColumns[k][j]` the held compute column of its compute column `j`.
+    private let otherRows: [[Int32]]
+    private let otherColumns: [[Int32]]
+    /// Per matrix, the converse: `other`'s compute row (column) of each held compute row (column).
+    private let heldRows: [[Int32]]
+    private let heldColumns: [[Int32]]
+
+    public init(held: BlockPartition, other: BlockPartition) {
+        precondition(held.matrices.count == other.matrices.count, "RelativeOrder: mask sets of other models")
+        self.held = held
+        self.other = other
+        let pairs = zip(held.matrices, other.matrices)
+        otherRows = pairs.map { h, o in o.rowOrder.map { h.rowPosition[Int($0)] } }
+        otherColumns = pairs.map { h, o in o.columnOrder.map { h.columnPosition[Int($0)] } }
+        heldRows = pairs.map { h, o in h.rowOrder.map { o.rowPosition[Int($0)] } }
+        heldColumns = pairs.map { h, o in h.columnOrder.map { o.columnPosition[Int($0)] } }
+    }
+
+    /// Writes `source` (the held compute order) into `out` in `other`'s compute order, masked by
+    /// `other`'s masks as ``BlockPartition/gatherMasked(_:into:layout:threads:)`` writes it from
+    /// layout order: the same values in the same places.
+    public func gatherMasked(
+        _ source: UnsafePointer<Float>,
+        into out: UnsafeMutablePointer<Float>,
+        layout: ParameterLayout,
+        threads: Int = 1
+    ) {
+        let pointers = UncheckedSendable((source, out))
+        forEachMatrix(layout, threads: threads) { k, matrix in
+            let (source, out) = pointers.value
+            let b = self.other.matrices[k]
+            made_gather_staircase_f32(
+                b.rows,
+                b.columns,
+                source + matrix.offset,
+                self.otherRows[k],
+                self.otherColumns[k],
+                b.activeRows,
+                b.bandTable,
+                b.bands.count,
+                out + matrix.offset
+            )
+            if let bias = matrix.biasOffset {
+                let columns = self.otherColumns[k]
+                for j in 0..<matrix.columns { out[bias + j] = source[bias + Int(columns[j])] }
+            }
+        }
+    }
+
+    /// Writes `source`, every value in `other`'s compute order, into `out` in the held compute
+    /// order (a permutation, nothing masked); `source` and `out` do not overlap.
+    public func turn(
+        _ source: UnsafePointer<Float>,
+        into out: UnsafeMutablePointer<Float>,
+        layout: ParameterLayout,
+        threads: Int = 1
+    ) {
+        let pointers = UncheckedSendable((source, out))
+        forEachMatrix(layout, threads: threads) { k, matrix in
+            let (source, out) = pointers.value
+            let b = self.held.matrices[k]
+            made_gather_matrix_f32(
+                b.rows,
+                b.columns,
+                source + matrix.offset,
+                self.heldRows[k],
+                self.heldColumns[k],
+                out + matrix.offset
+            )
+            if let bias = matrix.biasOffset {
+                let columns = self.heldColumns[k]
+                for j in 0..<matrix.columns { out[bias + j] = source[bias + Int(columns[j])] }
+            }
+        }
+    }
+
+    private func forEachMatrix(_ layout: ParameterLayout, threads: Int, _ body: (Int, ParameterLayout.Matrix) -> Void) {
+        let all = layout.matrices
+        precondition(all.count == held.matrices.count, "RelativeOrder: a layout of \(all.count) matrices")
+        if threads <= 1 || all.count == 1 {
+            for (k, matrix) in all.enumerated() { body(k, matrix) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedSendable(body)
+            DispatchQueue.concurrentPerform(iterations: all.count) { k in box.value(k, all[k]) }
+        }
+    }
+}

@@ -1,4 +1,5 @@
 import CKernels
+import Dispatch
 
 /// Computes the gradient of the summed negative log-likelihood of some examples under one mask
 /// seed: the unit of work of a training step, whether one process runs it or a cluster worker.
@@ -176,6 +177,7 @@ public final class GradientEngine {
         permute(&state, maskSeed: maskSeed, toCompute: true)
         heldMaskSeed = maskSeed
         heldValues = UnsafeBufferPointer(workspace.compute)
+        heldOthers = []
     }
 
     /// Where the masked held parameters are: the workspace's buffer, or where the last held Adam
@@ -188,6 +190,58 @@ public final class GradientEngine {
         permute(&state, maskSeed: seed, toCompute: false)
         heldMaskSeed = nil
         heldValues = nil
+        heldOthers = []
+    }
+
+    /// The further masks of a step of several masks whose parameters are held in the compute
+    /// order of one (``heldMaskSeed``): each with where its masked parameters lie in its own
+    /// compute order (``RelativeOrder/gatherMasked(_:into:layout:threads:)``'s form), which
+    /// every held Adam step of such a step writes anew.
+    public private(set) var heldOthers: [(maskSeed: UInt64, values: UnsafeMutablePointer<Float>)] = []
+
+    private var relativeOrders: [[UInt64]: RelativeOrder] = [:]
+
+    /// How `other`'s compute order lies in `held`'s, made once per pair and kept.
+    public func relativeOrder(held: UInt64, other: UInt64) -> RelativeOrder {
+        if let known = relativeOrders[[held, other]] { return known }
+        if relativeOrders.count >= 64 { relativeOrders = [:] }
+        let order = RelativeOrder(held: maskSet(held).blocks, other: maskSet(other).blocks)
+        relativeOrders[[held, other]] = order
+        return order
+    }
+
+    /// Makes `seeds` (masks besides the held one) the held parameters' further masks, their
+    /// masked parameters in `destinations` (one each, the layout's size): written now from the
+    /// held `state` unless the last held Adam step left them there. Empty seeds: none.
+    public func holdOthers(
+        _ seeds: [UInt64],
+        in destinations: [UnsafeMutableBufferPointer<Float>],
+        state: TrainingState,
+        threads: Int = 1
+    ) {
+        guard let held = heldMaskSeed else { preconditionFailure("GradientEngine: no parameters held") }
+        precondition(seeds.count <= destinations.count, "holdOthers: \(seeds.count) masks for \(destinations.count) places")
+        let wanted = zip(seeds, destinations).map { (maskSeed: $0, values: $1.baseAddress!) }
+        precondition(
+            destinations.prefix(seeds.count).allSatisfy { $0.count == workspace.layout.count },
+            "holdOthers: a place of another size than the layout"
+        )
+        let same =
+            wanted.count == heldOthers.count
+            && zip(wanted, heldOthers).allSatisfy { $0.maskSeed == $1.maskSeed && $0.values == $1.values }
+        if same { return }
+        let layout = workspace.layout
+        state.parameters.withUnsafeBufferPointer { p in
+            for (seed, out) in wanted {
+                relativeOrder(held: held, other: seed).gatherMasked(
+                    p.baseAddress!,
+                    into: out,
+                    layout: layout,
+                    threads: threads
+                )
+            }
+        }
+        heldOthers = wanted
     }
 
     private func permute(_ state: inout TrainingState, maskSeed: UInt64, toCompute: Bool) {
@@ -264,8 +318,70 @@ public final class GradientEngine {
         }
         let out = destination?.baseAddress ?? workspace.compute.baseAddress!
         let constants = state.adam.nextStep(scale: scale, learningRate: learningRate, configuration: configuration)
-        applyHeld(&state, gradient: gradient, constants: constants, into: out, threads: threads)
+        if heldOthers.isEmpty {
+            applyHeld(&state, gradient: gradient, constants: constants, into: out, threads: threads)
+        } else {
+            applyHeldSeveral(&state, gradient: gradient, constants: constants, into: out, threads: threads)
+        }
         heldValues = UnsafeBufferPointer(start: out, count: count)
+    }
+
+    /// The held Adam step of a step of several masks (``heldOthers`` not empty): the gradient,
+    /// summed over the step's masks, is used as it is (+0 outside their union), as in layout
+    /// order; the updated parameters go masked into `out` for the held mask and into each
+    /// further mask's place in its own compute order.
+    private func applyHeldSeveral(
+        _ state: inout TrainingState,
+        gradient: [Float],
+        constants: made_adam_constants,
+        into out: UnsafeMutablePointer<Float>,
+        threads: Int
+    ) {
+        guard let seed = heldMaskSeed else { preconditionFailure("GradientEngine: no parameters held") }
+        precondition(
+            gradient.count == state.parameters.count,
+            "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters"
+        )
+        let blocks = maskSet(seed).blocks
+        let layout = workspace.layout
+        state.parameters.withUnsafeMutableBufferPointer { p in
+            gradient.withUnsafeBufferPointer { g in
+                state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
+                    state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
+                        let pointers = UncheckedSendable((p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!))
+                        let update = { (k: Int) in
+                            let (p, g, m, v) = pointers.value
+                            let b = blocks.matrices[k]
+                            let matrix = layout.matrices[k]
+                            let o = matrix.offset
+                            made_adam_copy_f32(
+                                b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable,
+                                b.bands.count, out + o, constants
+                            )
+                            if let bias = matrix.biasOffset {
+                                made_adam_f32(matrix.columns, p + bias, g + bias, m + bias, v + bias, constants)
+                                (out + bias).update(from: p + bias, count: matrix.columns)
+                            }
+                        }
+                        if threads > 1 && layout.matrices.count > 1 {
+                            // Each matrix whole on one thread: elementwise, so the bits do not depend on it.
+                            let box = UncheckedSendable(update)
+                            DispatchQueue.concurrentPerform(iterations: layout.matrices.count) { box.value($0) }
+                        } else {
+                            for k in layout.matrices.indices { update(k) }
+                        }
+                    }
+                }
+            }
+            for (other, values) in heldOthers {
+                relativeOrder(held: seed, other: other).gatherMasked(
+                    UnsafePointer(p.baseAddress!),
+                    into: values,
+                    layout: layout,
+                    threads: threads
+                )
+            }
+        }
     }
 
     /// An Adam step on held parameters applied matrix by matrix: see
@@ -289,6 +405,7 @@ public final class GradientEngine {
         copyInto destination: UnsafeMutableBufferPointer<Float>? = nil
     ) -> HeldAdamStep {
         guard let seed = heldMaskSeed else { preconditionFailure("GradientEngine: no parameters held") }
+        precondition(heldOthers.isEmpty, "adamStep: matrix by matrix for a step of one mask only")
         let count = workspace.layout.count
         if let destination {
             precondition(
@@ -397,28 +514,31 @@ public enum GradientReducer {
     ///
     /// - Returns: whether every value of the sum is finite. A term that is not finite makes its
     ///   sum not finite, so false means some term was not, or a sum overflowed.
+    ///
+    /// With `partials`, the sums of every level but the last go to `partials[i]` instead of
+    /// `shards[i]` (the first level reads `shards`, the later ones `partials`): the same bits,
+    /// and the shards are only read.
     @discardableResult
     public static func reduce(
         _ shards: [UnsafeMutablePointer<Float>],
         count: Int,
         into out: UnsafeMutablePointer<Float>,
-        threads: Int = 1
+        threads: Int = 1,
+        partials: [UnsafeMutablePointer<Float>]? = nil
     ) -> Bool {
         let s = shards.count
         precondition(s > 0, "GradientReducer: no shards")
+        precondition(partials.map { $0.count == s } ?? true, "GradientReducer: one partial sum per shard")
         if s == 1 { return made_copy_finite_f32(count, shards[0], out) != 0 }
+        var current = shards
         var finite = true
         var stride = 1
         while stride < s {
             var i = 0
             while i + stride < s {
-                finite = add(
-                    shards[i],
-                    shards[i + stride],
-                    into: 2 * stride >= s ? out : shards[i],
-                    count: count,
-                    threads: threads
-                )
+                let target = 2 * stride >= s ? out : partials?[i] ?? shards[i]
+                finite = add(current[i], current[i + stride], into: target, count: count, threads: threads)
+                current[i] = target
                 i += 2 * stride
             }
             stride *= 2

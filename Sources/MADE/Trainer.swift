@@ -256,6 +256,10 @@ public final class Trainer {
         public let values: UnsafeBufferPointer<Float>
         /// The same parameters masked in layout order (a copy), without giving up the hold.
         public let layoutParameters: () -> [Float]
+        /// In a step of several masks, its masks besides `maskSeed` (in order of first appearance),
+        /// each with its masked parameters in its own compute order, where ``HeldOffer/otherCopies``
+        /// asked for them (valid during the call). Empty in a step of one mask.
+        public let others: [(maskSeed: UInt64, values: UnsafeBufferPointer<Float>)]
     }
 
     /// What a computation elsewhere asks of held parameters: where each Adam step should copy
@@ -264,7 +268,18 @@ public final class Trainer {
     /// between steps.
     public struct HeldOffer {
         public var copyInto: UnsafeMutableBufferPointer<Float>?
-        public init(copyInto: UnsafeMutableBufferPointer<Float>? = nil) { self.copyInto = copyInto }
+        /// Places for a step of several masks: the masked parameters of its n-th mask besides
+        /// the held one go into `otherCopies[n]`, in that mask's compute order (each of the
+        /// layout's count, written by nothing else between steps). A step of more masks than
+        /// these places and one is not held.
+        public var otherCopies: [UnsafeMutableBufferPointer<Float>]
+        public init(
+            copyInto: UnsafeMutableBufferPointer<Float>? = nil,
+            otherCopies: [UnsafeMutableBufferPointer<Float>] = []
+        ) {
+            self.copyInto = copyInto
+            self.otherCopies = otherCopies
+        }
     }
 
     /// ``drive(until:compute:)`` that, while `offeringHeld()` answers, keeps the parameters and
@@ -298,17 +313,38 @@ public final class Trainer {
             let plan = plan(stepInEpoch: stepInEpoch)
             var held: HeldParameters?
             let offer = offeringHeld()
-            if offer != nil {
-                if configuration.kernel == .sparse, let seed = plan.maskSeed, masksStay(from: plan.step) {
+            if let offer {
+                var seeds: [UInt64] = []
+                for seed in plan.maskSeeds where !seeds.contains(seed) { seeds.append(seed) }
+                if configuration.kernel == .sparse, let seed = seeds.first, seeds.count - 1 <= offer.otherCopies.count,
+                    masksStay(from: plan.step)
+                {
                     if engine.heldMaskSeed != seed { syncHeld() }
                     if engine.heldMaskSeed == nil { engine.hold(&current, maskSeed: seed) }
+                    engine.holdOthers(
+                        Array(seeds.dropFirst()),
+                        in: offer.otherCopies,
+                        state: current,
+                        threads: optimizerThreads
+                    )
                     let blocks = engine.maskSet(seed).blocks
                     let layout = ParameterLayout(configuration.model)
-                    held = HeldParameters(maskSeed: seed, blocks: blocks, values: engine.heldParameters) {
-                        var values = self.current.parameters
-                        values.withUnsafeMutableBufferPointer { blocks.toLayoutMasked($0.baseAddress!, layout: layout) }
-                        return values
+                    let others = engine.heldOthers.map {
+                        (maskSeed: $0.maskSeed, values: UnsafeBufferPointer(start: $0.values, count: layout.count))
                     }
+                    held = HeldParameters(
+                        maskSeed: seed,
+                        blocks: blocks,
+                        values: engine.heldParameters,
+                        layoutParameters: {
+                            var values = self.current.parameters
+                            values.withUnsafeMutableBufferPointer {
+                                blocks.toLayoutMasked($0.baseAddress!, layout: layout)
+                            }
+                            return values
+                        },
+                        others: others
+                    )
                 } else {
                     syncHeld()
                 }
@@ -368,6 +404,7 @@ public final class Trainer {
         if engine.heldMaskSeed != nil && (!holding || engine.heldMaskSeed != single) { syncHeld() }
         if holding, let seed = single {
             if engine.heldMaskSeed == nil { engine.hold(&current, maskSeed: seed) } else { engine.beginHeld() }
+            engine.holdOthers([], in: [], state: current)  // this gradient is masked by Adam: one mask
             for (s, rows) in plan.shards.enumerated() {
                 shardLosses[s] = engine.gradient(
                     data: train,

@@ -27,6 +27,17 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
                           float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
                           float *restrict compute, made_adam_constants c);
 
+/* made_adam_masked_f32 with the gradient used as it is, unmasked (a sum over several masks), the updated
+ * weights copied into compute masked by active inside the bands. */
+void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g, float *restrict m,
+                        float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
+                        float *restrict compute, made_adam_constants c);
+
+/* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]] for every entry (rows and columns permuted out
+ * of place); src and dst never overlap. */
+void made_gather_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
+                            const int *restrict col_from, float *restrict dst);
+
 /* A matrix's rows and columns permuted in place, a[i * cols + j] <- a[row_from[i] * cols + col_from[j]],
  * with cols floats of scratch and rows bytes of flags; each row is moved once. */
 void made_permute_matrix_inplace_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_from,

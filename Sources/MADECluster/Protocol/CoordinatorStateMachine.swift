@@ -58,15 +58,19 @@ public struct CoordinatorStateMachine: Sendable {
         /// The shared-memory file offered to same-host workers, if any.
         public var sharedMemory: SharedMemory?
 
-        /// A file of `slots + 1` slots of `slotFloats` values: slot 0 for parameters, then one per worker.
+        /// A file of `slots + 1` slots of `slotFloats` values: slot 0 for parameters, then one per
+        /// worker, then `parameterSlots` (further parameter regions, one per further mask of a
+        /// step of several masks).
         public struct SharedMemory: Sendable {
             public var path: String
             public var slotFloats: UInt32
             public var slots: UInt32
-            public init(path: String, slotFloats: UInt32, slots: UInt32) {
+            public var parameterSlots: [UInt32]
+            public init(path: String, slotFloats: UInt32, slots: UInt32, parameterSlots: [UInt32] = []) {
                 self.path = path
                 self.slotFloats = slotFloats
                 self.slots = slots
+                self.parameterSlots = parameterSlots
             }
         }
 
@@ -115,6 +119,19 @@ public struct CoordinatorStateMachine: Sendable {
         /// Most shards one task may hold: a worker then sums a whole aligned block of the
         /// reduction tree itself and answers once. 1 keeps one shard per task.
         public var maxShardsPerTask = 1
+        /// The masks of a step of several masks that each have a parameter region of their own
+        /// in shared memory, their parameters in their own compute order (empty: none). A task
+        /// through shared memory whose shards all train one of them is packed by that mask alone
+        /// (``taskPackings`` holds its size), and its result in the worker's slot is in that
+        /// mask's compute order; any other task through shared memory is packed as the step.
+        public var sharedRegions: [UInt64] = []
+
+        /// The mask with a parameter region that all shards `first ..< first + count` train, if any.
+        public func sharedRegion(first: Int, count: Int) -> UInt64? {
+            let own = distinctSeeds(first: first, count: count)
+            guard own.count == 1, sharedRegions.contains(own[0]), taskPackings[own] != nil else { return nil }
+            return own[0]
+        }
 
         public init(
             step: UInt64,
@@ -741,7 +758,12 @@ public struct CoordinatorStateMachine: Sendable {
     private func welcome(slot: UInt32?) -> WireMessage {
         let grant = slot.flatMap { slot in
             settings.sharedMemory.map {
-                WireMessage.SharedMemoryGrant(path: $0.path, slot: slot, slotFloats: $0.slotFloats)
+                WireMessage.SharedMemoryGrant(
+                    path: $0.path,
+                    slot: slot,
+                    slotFloats: $0.slotFloats,
+                    parameterSlots: $0.parameterSlots
+                )
             }
         }
         return .welcome(
@@ -911,7 +933,13 @@ public struct CoordinatorStateMachine: Sendable {
         case .shared(let s, let count):
             fits = held && !plan.sharedResultsInComputeOrder && s == slot && Int(count) == plan.sharedResultCount
         case .sharedCompute(let s, let count):
-            fits = held && plan.sharedResultsInComputeOrder && s == slot && Int(count) == plan.sharedResultCount
+            // With regions, only a task of one region's mask answers in compute order (that mask's).
+            let ordered =
+                plan.sharedRegions.isEmpty
+                || plan.sharedRegion(first: Int(result.shard), count: shardsInTask(startingAt: result.shard)) != nil
+            fits =
+                held && plan.sharedResultsInComputeOrder && ordered && s == slot
+                && Int(count) == plan.sharedResultCount
         case .absent: fits = false
         }
         guard fits else {
@@ -1000,10 +1028,13 @@ public struct CoordinatorStateMachine: Sendable {
                     : (held.packingSeeds, plan.taskPackings[held.packingSeeds] ?? plan.resultCounts[Int(shard)])
             } else {
                 route = worker.slot == nil ? .inline : .sharedMemory
-                packing =
-                    route == .inline
-                    ? plan.packing(first: Int(shard), count: count)
-                    : (plan.packingSeeds, plan.resultCounts[Int(shard)])
+                if route == .inline {
+                    packing = plan.packing(first: Int(shard), count: count)
+                } else if let region = plan.sharedRegion(first: Int(shard), count: count) {
+                    packing = ([region], plan.taskPackings[[region]]!)
+                } else {
+                    packing = (plan.packingSeeds, plan.resultCounts[Int(shard)])
+                }
                 worker.parameters = HeldParameters(step: plan.step, packingSeeds: packing.seeds)
             }
             step.issued[ticket] = (peer, shard, packing.values)

@@ -3,7 +3,7 @@ import MADE
 /// Encodes and decodes ``WireMessage`` frames (the layout is documented there).
 public enum WireFormat {
     public static let magic: [UInt8] = Array("MADW".utf8)
-    public static let version: UInt16 = 6
+    public static let version: UInt16 = 7
     public static let headerSize = 24
 
     /// Upper bounds on what a decoder accepts, so that a hostile frame cannot make it allocate much.
@@ -19,6 +19,9 @@ public enum WireFormat {
         public var maxCapacity: Int = 1 << 16
         /// Most masks whose union packs a task (the masks its shards, or its step's, train).
         public var maxPackingMasks: Int = 64
+        /// Most shared-memory parameter slots besides slot 0 a welcome grants: one per further
+        /// mask of a step of several masks (up to 8 masks in all).
+        public var maxParameterSlots: Int = 7
         public var maxConfigurationBytes: Int = 1 << 20
         public init() {}
     }
@@ -82,7 +85,8 @@ public enum WireFormat {
         switch message {
         case .hello(let h): return 32 + 4 + 2 + stringBytes(h.name).count + 2 + stringBytes(h.hostID).count + 4 + 4
         case .welcome(let w):
-            return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4
+            return 4 + 4 + w.configuration.count + 2 + stringBytes(w.sharedMemory?.path ?? "").count + 4 + 4 + 1
+                + 4 * min(Int(UInt8.max), w.sharedMemory?.parameterSlots.count ?? 0)
         case .reject(let reason): return 2 + stringBytes(reason).count
         case .task(let t):
             return 8 + 4 + 4 + 8 + 4 + 4 * t.rows.count + 4 + 4 * t.rowsPerShard.count + 4 + 8 * t.maskSeeds.count + 4
@@ -154,6 +158,9 @@ public enum WireFormat {
             w.string(welcome.sharedMemory?.path ?? "")
             w.integer(welcome.sharedMemory?.slot ?? 0)
             w.integer(welcome.sharedMemory?.slotFloats ?? 0)
+            let parameterSlots = welcome.sharedMemory?.parameterSlots ?? []
+            w.integer(UInt8(clamping: parameterSlots.count))
+            for slot in parameterSlots.prefix(Int(UInt8.max)) { w.integer(slot) }
         case .reject(let reason):
             w.string(reason)
         case .task(let t):
@@ -281,13 +288,23 @@ public enum WireFormat {
             let path = try r.string("shared-memory path", limit: limits.maxStringBytes)
             let slot: UInt32 = try r.integer("shared-memory slot")
             let slotFloats: UInt32 = try r.integer("shared-memory slot size")
+            let regions: UInt8 = try r.integer("parameter slot count")
+            guard Int(regions) <= limits.maxParameterSlots else {
+                throw .limitExceeded(field: "parameter slots", count: Int(regions), limit: limits.maxParameterSlots)
+            }
+            var parameterSlots: [UInt32] = []
+            for _ in 0..<regions { parameterSlots.append(try r.integer("parameter slot")) }
             var grant: WireMessage.SharedMemoryGrant?
             if !path.isEmpty {
                 guard slot > 0, slotFloats > 0 else {
                     throw .invalidField("shared memory with slot \(slot) of \(slotFloats) floats")
                 }
-                grant = .init(path: path, slot: slot, slotFloats: slotFloats)
-            } else if slot != 0 || slotFloats != 0 {
+                guard parameterSlots.allSatisfy({ $0 > 0 && $0 != slot }), Set(parameterSlots).count == parameterSlots.count
+                else {
+                    throw .invalidField("parameter slots \(parameterSlots) beside slot 0 for the worker of slot \(slot)")
+                }
+                grant = .init(path: path, slot: slot, slotFloats: slotFloats, parameterSlots: parameterSlots)
+            } else if slot != 0 || slotFloats != 0 || !parameterSlots.isEmpty {
                 throw .invalidField("a shared-memory slot without a path")
             }
             message = .welcome(

@@ -137,14 +137,20 @@ public enum WireMessage: Sendable, Equatable {
     /// A file both processes map: slot 0 holds the step's parameters (written by the
     /// coordinator), slot `slot` this worker's gradients (written by the worker); each slot is
     /// `slotFloats` Float32 values.
+    ///
+    /// Since protocol version 7 a step of several masks may also have a parameter region per
+    /// mask: `parameterSlots` are the slots besides 0 that tasks may name for parameters (at
+    /// most ``WireFormat/Limits/maxParameterSlots``, none of them the worker's own).
     public struct SharedMemoryGrant: Sendable, Equatable {
         public var path: String
         public var slot: UInt32
         public var slotFloats: UInt32
-        public init(path: String, slot: UInt32, slotFloats: UInt32) {
+        public var parameterSlots: [UInt32]
+        public init(path: String, slot: UInt32, slotFloats: UInt32, parameterSlots: [UInt32] = []) {
             self.path = path
             self.slot = slot
             self.slotFloats = slotFloats
+            self.parameterSlots = parameterSlots
         }
     }
 

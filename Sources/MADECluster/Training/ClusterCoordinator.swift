@@ -166,13 +166,23 @@ public final class ClusterCoordinator {
         settings.idleTimeout = options.idleTimeout
         if options.sharedMemory, case let host = SharedSlots.hostID(for: options.bind), !host.isEmpty {
             do {
-                let slots = try SharedSlots.create(slotFloats: layout.count, workerSlots: options.sharedMemorySlots)
+                // A parameter region per further mask of a step of several masks (sparse kernel, up to 8 masks).
+                let masks = configuration.masksPerStep
+                let regions =
+                    configuration.kernel == .sparse && masks > 1 && masks - 1 <= WireFormat.Limits().maxParameterSlots
+                    ? masks - 1 : 0
+                let slots = try SharedSlots.create(
+                    slotFloats: layout.count,
+                    workerSlots: options.sharedMemorySlots,
+                    parameterRegions: regions
+                )
                 shared = slots
                 settings.hostID = host
                 settings.sharedMemory = .init(
                     path: slots.path,
                     slotFloats: UInt32(slots.slotFloats),
-                    slots: UInt32(options.sharedMemorySlots)
+                    slots: UInt32(options.sharedMemorySlots),
+                    parameterSlots: slots.parameterSlots.dropFirst().map { UInt32($0) }
                 )
             } catch {
                 logger.warning(
@@ -263,6 +273,7 @@ public final class ClusterCoordinator {
 
     deinit {
         scratchBuffers.values.forEach { $0.deallocate() }
+        turnedBuffers.values.forEach { $0.deallocate() }
         zap = nil
         router.close()
         context.shutdown()
@@ -349,12 +360,30 @@ public final class ClusterCoordinator {
     /// does not pay (it needs the sparse kernel and shared memory for the workers on this host):
     /// the held Adam step copies the masked parameters straight into slot 0, where the next step's
     /// workers read them.
+    ///
+    /// In a step of several masks (up to 8) each further mask has a region of its own, which the
+    /// held Adam step fills in that mask's compute order: the workers of every mask then read
+    /// their parameters in place and answer in their own mask's order, which the sum turns into
+    /// the held one.
     public var heldOffer: Trainer.HeldOffer? {
         guard configuration.kernel == .sparse, let shared, !sharedMemoryLost, layout.count <= shared.slotFloats,
             shared.holds(0)
         else { return nil }
-        return Trainer.HeldOffer(copyInto: UnsafeMutableBufferPointer(start: shared.pointer(0), count: layout.count))
+        if regionsReserved == nil {
+            // Reserved once, all or none: a full /dev/shm leaves steps of several masks in layout order.
+            let regions = Array(shared.parameterSlots.dropFirst())
+            regionsReserved = regions.allSatisfy { shared.reserve($0) } ? regions : []
+        }
+        let regions = regionsReserved!.filter { shared.holds($0) }
+        return Trainer.HeldOffer(
+            copyInto: UnsafeMutableBufferPointer(start: shared.pointer(0), count: layout.count),
+            otherCopies: regions.count == regionsReserved!.count
+                ? regions.map { UnsafeMutableBufferPointer(start: shared.pointer($0), count: layout.count) } : []
+        )
     }
+
+    /// The further parameter slots whose memory is reserved (nil: not tried yet).
+    private var regionsReserved: [Int]?
 
     /// ``computeStep(_:parameters:)`` for a step of one mask whose parameters the trainer holds
     /// in that mask's compute order (``Trainer/drive(until:offeringHeld:compute:)``): slot 0
@@ -364,7 +393,12 @@ public final class ClusterCoordinator {
         _ plan: StepPlan,
         held: Trainer.HeldParameters
     ) throws -> (gradient: [Float], lossSum: Double) {
-        precondition(plan.maskSeeds.allSatisfy { $0 == held.maskSeed }, "computeStep: held parameters of another mask")
+        precondition(
+            plan.maskSeeds.allSatisfy { seed in
+                seed == held.maskSeed || held.others.contains { $0.maskSeed == seed }
+            },
+            "computeStep: held parameters of other masks"
+        )
         return try step(plan, parameters: .held(held))
     }
 
@@ -393,6 +427,28 @@ public final class ClusterCoordinator {
         case .held(let held):
             blocks = held.blocks
             heldOrder = true
+        }
+        // A step of several masks held in one's compute order: each mask's parameters in a region of
+        // its own, in its own order (none when shared memory is gone: then every task goes inline).
+        var regions: [UInt64: StepParameters.Region] = [:]
+        var heldSeed: UInt64?
+        if case .held(let held) = parameters, !held.others.isEmpty {
+            heldSeed = held.maskSeed
+            if shared != nil, !sharedMemoryLost, let reserved = regionsReserved, reserved.count >= held.others.count {
+                let count = layout.count
+                func region(_ slot: Int, _ values: UnsafeBufferPointer<Float>) -> StepParameters.Region {
+                    StepParameters.Region(slot: slot) { out in
+                        // Where the last held Adam step left them, unless the trainer put them elsewhere.
+                        if values.baseAddress != UnsafePointer(out.baseAddress!) {
+                            out.baseAddress!.update(from: values.baseAddress!, count: count)
+                        }
+                    }
+                }
+                regions[held.maskSeed] = region(0, held.values)
+                for (n, other) in held.others.enumerated() {
+                    regions[other.maskSeed] = region(reserved[n], other.values)
+                }
+            }
         }
         func fillShared(_ out: UnsafeMutableBufferPointer<Float>) {
             switch parameters {
@@ -425,6 +481,8 @@ public final class ClusterCoordinator {
             packed: false,
             computeOrder: blocks,
             inComputeOrder: heldOrder,
+            regions: regions,
+            heldSeed: heldSeed,
             fillShared: fillShared,
             fill: fill
         ).lossSum
@@ -468,6 +526,8 @@ public final class ClusterCoordinator {
         packed: Bool,
         computeOrder blocks: BlockPartition? = nil,
         inComputeOrder heldOrder: Bool = false,
+        regions: [UInt64: StepParameters.Region] = [:],
+        heldSeed: UInt64? = nil,
         fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
         fill: @escaping (MaskPacking, UnsafeMutableBufferPointer<Float>) -> Void
     ) throws
@@ -479,10 +539,12 @@ public final class ClusterCoordinator {
             let taskPacking = packings.packing(union: seeds)
             return (taskPacking.count, { fill(taskPacking, $0) })
         }
+        // A step held with several masks and no regions (shared memory gone) goes inline.
         let stepParameters = StepParameters(
             sharedCount: packing.denseCount,
-            shared: shared,
+            shared: heldSeed != nil && regions.isEmpty ? nil : shared,
             computeOrder: blocks != nil,
+            regions: regions,
             fillShared: fillShared,
             inline: inline
         )
@@ -503,6 +565,13 @@ public final class ClusterCoordinator {
             packingSeeds: packingSeeds,
             blockSize: machine.blockSize(for: machinePlan)
         )
+        if !regions.isEmpty {
+            machinePlan.sharedRegions = maskSeeds.reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+            for seed in machinePlan.sharedRegions where machinePlan.taskPackings[[seed]] == nil {
+                machinePlan.taskPackings[[seed]] = packings.packing(seed).count
+            }
+        }
+        let turning = heldSeed.map { held in { (seed: UInt64) in seed == held ? nil : self.relativeOrder(held, seed) } }
         let handedOut = ContinuousClock.now
         var (results, inPlace) = try execute(machinePlan, parameters: stepParameters)
         let summing = ContinuousClock.now
@@ -531,6 +600,7 @@ public final class ClusterCoordinator {
             stepValuesLost = false
             machinePlan.sharedResultCount = nil
             machinePlan.sharedResultsInComputeOrder = false
+            machinePlan.sharedRegions = []
             (results, inPlace) = try execute(
                 machinePlan,
                 parameters: StepParameters(
@@ -555,7 +625,9 @@ public final class ClusterCoordinator {
             packing: packing,
             packingSeeds: packingSeeds,
             blocks: blocks,
-            inComputeOrder: heldOrder
+            inComputeOrder: heldOrder,
+            maskSeeds: maskSeeds,
+            turning: turning
         )
         // The file may shrink while the sum reads the slots: the zero pages read then (see
         // SharedSlots) are found here, and the step is computed again over the socket.
@@ -567,7 +639,9 @@ public final class ClusterCoordinator {
                 packing: packing,
                 packingSeeds: packingSeeds,
                 blocks: blocks,
-                inComputeOrder: heldOrder
+                inComputeOrder: heldOrder,
+                maskSeeds: maskSeeds,
+                turning: turning
             )
         }
         guard finite else {
@@ -632,7 +706,9 @@ public final class ClusterCoordinator {
         packing: MaskPacking,
         packingSeeds: [UInt64],
         blocks: BlockPartition?,
-        inComputeOrder: Bool
+        inComputeOrder: Bool,
+        maskSeeds: [UInt64] = [],
+        turning: ((UInt64) -> RelativeOrder?)? = nil
     ) -> Bool {
         let threads = self.threads
         let layout = self.layout
@@ -661,13 +737,24 @@ public final class ClusterCoordinator {
             // compute order every term is in it (inline ones are turned), and so is the sum until
             // it is turned back into layout order, once.
             var terms: [UnsafeMutablePointer<Float>] = []
+            var slotTerms: [Bool] = []
             for (result, seeds) in zip(results, resultSeeds) {
                 let s = Int(result.shard)  // the task's first shard: the key of its slot's copy and of its scratch
+                slotTerms.append(false)
                 switch result.values {
                 case .shared, .sharedCompute:
                     let slot = result.values.sharedSlot!
                     // In place unless copied out since.
-                    terms.append(inPlace[slot] == result.shard ? shared!.pointer(Int(slot)) : scratch(s))
+                    let inSlot = inPlace[slot] == result.shard
+                    let term = inSlot ? shared!.pointer(Int(slot)) : scratch(s)
+                    // In a step of several masks each such result is in its own mask's compute order.
+                    if case .sharedCompute = result.values, let order = turning?(maskSeeds[s]) {
+                        order.turn(term, into: turned(s), layout: layout, threads: threads)
+                        terms.append(turned(s))
+                    } else {
+                        terms.append(term)
+                        slotTerms[slotTerms.count - 1] = inSlot
+                    }
                 case .inline(let packed):
                     let out = UnsafeMutableBufferPointer(start: scratch(s), count: dense)
                     let taskPacking = packings.packing(union: seeds)
@@ -678,8 +765,20 @@ public final class ClusterCoordinator {
                     preconditionFailure("the state machine accepts no result without values")
                 }
             }
+            // With terms in several orders a partial sum is no longer +0 outside one mask's bands,
+            // which a worker may count on in its slot: the partial sums then go to buffers of ours.
+            let partials =
+                turning == nil || !slotTerms.contains(true)
+                ? nil
+                : terms.indices.map { slotTerms[$0] ? turned(Int(results[$0].shard)) : terms[$0] }
             return denseGradient.withUnsafeMutableBufferPointer {
-                let finite = GradientReducer.reduce(terms, count: dense, into: $0.baseAddress!, threads: threads)
+                let finite = GradientReducer.reduce(
+                    terms,
+                    count: dense,
+                    into: $0.baseAddress!,
+                    threads: threads,
+                    partials: partials
+                )
                 if !inComputeOrder { blocks?.toLayoutMasked($0.baseAddress!, layout: layout, threads: threads) }
                 return finite
             }
@@ -873,6 +972,29 @@ public final class ClusterCoordinator {
         )
         machine.giveUpSharedMemory()
         return false
+    }
+
+    /// Dense buffers, one per shard index, for gradients turned from the compute order of one
+    /// mask of a step into that of the held one, and for partial sums of the tree.
+    private var turnedBuffers: [Int: UnsafeMutablePointer<Float>] = [:]
+
+    private func turned(_ shard: Int) -> UnsafeMutablePointer<Float> {
+        if let p = turnedBuffers[shard] { return p }
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: layout.count)
+        p.initialize(repeating: 0, count: layout.count)
+        turnedBuffers[shard] = p
+        return p
+    }
+
+    private var relativeOrders: [[UInt64]: RelativeOrder] = [:]
+
+    /// How `other`'s compute order lies in `held`'s, made once per pair and kept.
+    private func relativeOrder(_ held: UInt64, _ other: UInt64) -> RelativeOrder {
+        if let known = relativeOrders[[held, other]] { return known }
+        if relativeOrders.count >= 64 { relativeOrders = [:] }
+        let order = RelativeOrder(held: packings.maskSet(held).blocks, other: packings.maskSet(other).blocks)
+        relativeOrders[[held, other]] = order
+        return order
     }
 
     private func scratch(_ shard: Int) -> UnsafeMutablePointer<Float> {
@@ -1105,27 +1227,50 @@ public final class ClusterCoordinator {
         let computeOrder: Bool
         let fillShared: (UnsafeMutableBufferPointer<Float>) -> Void
         let inline: Inline
+        /// A mask's parameter region: its slot, and what writes the mask's masked parameters
+        /// there in its compute order.
+        struct Region {
+            let slot: Int
+            let fill: (UnsafeMutableBufferPointer<Float>) -> Void
+        }
+        /// In a step of several masks held in one's compute order, each mask's region (slot 0
+        /// the held mask's); a task of one of them reads it there, any other task goes inline.
+        let regions: [UInt64: Region]
         private var arrays: [[UInt64]: [Float]] = [:]
         private var inSharedMemory = false
+        private var regionsFilled: Set<Int> = []
 
         init(
             sharedCount: Int,
             shared: SharedSlots?,
             computeOrder: Bool = false,
+            regions: [UInt64: Region] = [:],
             fillShared: @escaping (UnsafeMutableBufferPointer<Float>) -> Void,
             inline: @escaping Inline
         ) {
             self.sharedCount = sharedCount
             self.shared = shared
             self.computeOrder = computeOrder
+            self.regions = regions
             self.fillShared = fillShared
             self.inline = inline
         }
 
         /// The parameters of a task packed by `packingSeeds`: in shared memory when `useShared`
-        /// and the file holds slot 0, inline otherwise.
+        /// and the file holds slot 0 (or the region of the task's one mask), inline otherwise.
         func payload(shared useShared: Bool, packingSeeds: [UInt64]) -> FloatPayload {
-            if useShared, let shared, sharedCount <= shared.slotFloats, inSharedMemory || shared.holds(0) {
+            if useShared, let shared, !regions.isEmpty, sharedCount <= shared.slotFloats {
+                if packingSeeds.count == 1, let region = regions[packingSeeds[0]], shared.holds(region.slot) {
+                    if !regionsFilled.contains(region.slot) {
+                        shared.withSlot(region.slot, count: sharedCount) { region.fill($0) }
+                        regionsFilled.insert(region.slot)
+                    }
+                    // Written whole into the file, not into the zero pages of a file cut meanwhile.
+                    if shared.holds(region.slot) {
+                        return .sharedCompute(slot: UInt32(region.slot), count: UInt32(sharedCount))
+                    }
+                }
+            } else if useShared, let shared, sharedCount <= shared.slotFloats, inSharedMemory || shared.holds(0) {
                 if !inSharedMemory {
                     shared.withSlot(0, count: sharedCount) { fillShared($0) }
                     inSharedMemory = true

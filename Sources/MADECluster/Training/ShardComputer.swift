@@ -36,8 +36,9 @@ public final class ShardComputer {
 
         var isShared: Bool { self == .inPlace || self == .inPlaceCompute || self == .sharedDense }
     }
-    /// The mapping the engine reads parameters from, kept mapped while it does.
+    /// The mapping the engine reads parameters from, kept mapped while it does, and the slot.
     private var parameterMemory: SharedSlots?
+    private var parameterSlot = 0
     /// Gradients of a block's shards after its first, summed into the first.
     private var blockBuffers: [UnsafeMutableBufferPointer<Float>] = []
     private var gradient: [Float] = []
@@ -227,22 +228,32 @@ public final class ShardComputer {
                 }
             }
             parameterMemory = shared
+            parameterSlot = 0
             parametersKey = (task.step, task.packingSeeds, single ? .inPlace : .sharedDense)
         case .sharedCompute(let slot, let count):
-            guard let shared, slot == 0, single, configuration.kernel == .sparse, Int(count) == packing.denseCount,
-                Int(count) <= shared.slotFloats
+            // Slot 0 or a further parameter region the welcome named, never this worker's own slot.
+            guard let shared, shared.parameterSlots.contains(Int(slot)), single, configuration.kernel == .sparse,
+                Int(count) == packing.denseCount, Int(count) <= shared.slotFloats
             else {
                 throw ClusterError(
                     .invalidTask,
-                    "\(count) parameters in compute order in shared memory this worker "
-                        + "has not mapped, "
+                    "\(count) parameters in compute order in shared-memory slot \(slot), which this worker "
+                        + "has not mapped as a parameter slot, "
                         + "for \(packing.denseCount) of one mask under the sparse kernel"
                 )
             }
-            shared.withSlot(0, count: Int(count)) {
+            guard shared.holds(Int(slot)) else {
+                parametersKey = nil
+                throw ClusterError(
+                    .sharedMemory,
+                    "the shared-memory file \(shared.path) shrank: it no longer holds parameter slot \(slot)"
+                )
+            }
+            shared.withSlot(Int(slot), count: Int(count)) {
                 engine.begin(computeOrder: UnsafeBufferPointer($0), maskSeed: task.packingSeeds[0])
             }
             parameterMemory = shared
+            parameterSlot = Int(slot)
             parametersKey = (task.step, task.packingSeeds, .inPlaceCompute)
         case .absent:
             guard let key = parametersKey, key.step == task.step, key.packingSeeds == task.packingSeeds else {
@@ -259,7 +270,7 @@ public final class ShardComputer {
         let writesSlot = source.isShared && shared != nil && (slot ?? 0) > 0 && packing.denseCount <= shared!.slotFloats
         func requireSharedMemory() throws {
             guard source.isShared else { return }
-            if let memory = parameterMemory, memory.holds(0), !writesSlot || shared!.holds(slot!) { return }
+            if let memory = parameterMemory, memory.holds(parameterSlot), !writesSlot || shared!.holds(slot!) { return }
             let memory = parameterMemory ?? shared
             let during = memory?.faulted == true ? " (this worker's access to it faulted)" : ""
             parametersKey = nil

@@ -33,6 +33,9 @@ public final class SharedSlots {
     public let slotFloats: Int
     /// Slots, slot 0 included.
     public let slotCount: Int
+    /// The slots that may hold parameters: slot 0, and the further parameter regions (one per
+    /// further mask of a step of several masks) past the workers' slots.
+    public private(set) var parameterSlots: [Int] = [0]
     private let base: UnsafeMutableRawPointer
     private let byteCount: Int
     private let owner: Bool
@@ -99,13 +102,16 @@ public final class SharedSlots {
         }
     }
 
-    /// Creates a new file of `1 + workerSlots` slots in `folder` (sparse: untouched slots cost nothing).
+    /// Creates a new file of `1 + workerSlots + parameterRegions` slots in `folder` (sparse:
+    /// untouched slots cost nothing): slot 0, the workers' slots, then `parameterRegions`
+    /// further parameter slots (``parameterSlots``), reserved on first use.
     public static func create(
         folder: String = SharedSlots.folder,
         slotFloats: Int,
-        workerSlots: Int
+        workerSlots: Int,
+        parameterRegions: Int = 0
     ) throws -> SharedSlots {
-        precondition(slotFloats > 0 && workerSlots > 0)
+        precondition(slotFloats > 0 && workerSlots > 0 && parameterRegions >= 0)
         removeStale(folder: folder)
         let path = folder + "/made-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).slots"
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
@@ -114,7 +120,7 @@ public final class SharedSlots {
         }
         var keep = false
         defer { if !keep { close(fd) } }
-        let count = 1 + workerSlots
+        let count = 1 + workerSlots + parameterRegions
         let bytes = count * slotFloats * 4
         guard ftruncate(fd, off_t(bytes)) == 0 else {
             let e = String(cString: strerror(errno))
@@ -146,6 +152,7 @@ public final class SharedSlots {
         guard slots.reserve(0) else {
             throw ClusterError(.sharedMemory, "no room in \(folder) for the parameters' slot")
         }
+        slots.parameterSlots += (0..<parameterRegions).map { 1 + workerSlots + $0 }
         return slots
     }
 
@@ -204,7 +211,7 @@ public final class SharedSlots {
             throw ClusterError(.sharedMemory, "cannot guard the mapping of \(grant.path) against the file shrinking")
         }
         keep = true
-        return SharedSlots(
+        let slots = SharedSlots(
             path: grant.path,
             slotFloats: Int(grant.slotFloats),
             slotCount: bytes / slotBytes,
@@ -214,6 +221,9 @@ public final class SharedSlots {
             descriptor: fd,
             guardHandle: handle
         )
+        // Regions past the file's end are not taken: a task naming one is refused.
+        slots.parameterSlots += grant.parameterSlots.map(Int.init).filter { $0 < slots.slotCount && $0 != Int(grant.slot) }
+        return slots
     }
 
     /// Whether an access to this mapping faulted because the file shrank: the SIGBUS guard then
