@@ -15,6 +15,8 @@
  * Without FMA contraction both do the same IEEE-754 operations, so they give the same bits. */
 #define MADE_CLONES __attribute__((target_clones("avx2", "default")))
 
+static inline uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+
 MADE_CLONES
 void made_adam_f32(size_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
                    made_adam_constants c) {
@@ -102,6 +104,25 @@ void made_gather_matrix_f32(size_t rows, size_t cols, const float *restrict src,
         float *d = dst + i * cols;
         for (size_t j = 0; j < cols; j++) d[j] = s[col_from[j]];
     }
+}
+
+/* out[i * cols + j] = a[i * cols + j] + b[row_from[i] * cols + col_from[j]] for every entry (b's rows and
+ * columns permuted on the way, as made_gather_matrix_f32 would); out may be a, never b. Returns whether every
+ * sum is finite. */
+MADE_CLONES
+int made_add_gather_matrix_f32(size_t rows, size_t cols, const float *a, const float *restrict b,
+                               const int *restrict row_from, const int *restrict col_from, float *out) {
+    uint32_t special = 0;
+    for (size_t i = 0; i < rows; i++) {
+        const float *ar = a + i * cols, *br = b + (size_t)row_from[i] * cols;
+        float *o = out + i * cols;
+        for (size_t j = 0; j < cols; j++) {
+            float v = ar[j] + br[col_from[j]];
+            special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
+            o[j] = v;
+        }
+    }
+    return special == 0;
 }
 
 /* a[i * cols + j] <- a[row_from[i] * cols + col_from[j]] in place (rows and columns permuted), row
@@ -291,7 +312,6 @@ void made_gather_f32(size_t n, const int *restrict idx, const float *restrict sr
     for (size_t k = 0; k < n; k++) dst[k] = src[idx[k]];
 }
 
-static inline uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
 
 MADE_CLONES
 int made_scatter_f32(size_t n, const int *restrict idx, const float *restrict src, float *restrict dst) {

@@ -232,6 +232,47 @@ public struct RelativeOrder: Sendable {
         }
     }
 
+    /// `out = a + turned(b)`: `a` in the held compute order, `b` in `other`'s, every value read
+    /// as ``turn(_:into:layout:threads:)`` would place it, in one pass; `out` may be `a`, never
+    /// `b`. The bits of turning `b` and then adding. Returns whether every sum is finite.
+    public func add(
+        _ a: UnsafePointer<Float>,
+        turned b: UnsafePointer<Float>,
+        into out: UnsafeMutablePointer<Float>,
+        layout: ParameterLayout,
+        threads: Int = 1
+    ) -> Bool {
+        let pointers = UncheckedSendable((a, b, out))
+        var finite = [Bool](repeating: true, count: layout.matrices.count)
+        finite.withUnsafeMutableBufferPointer { flags in
+            let flags = UncheckedSendable(flags)
+            forEachMatrix(layout, threads: threads) { k, matrix in
+                let (a, b, out) = pointers.value
+                let m = self.held.matrices[k]
+                var ok =
+                    made_add_gather_matrix_f32(
+                        m.rows,
+                        m.columns,
+                        a + matrix.offset,
+                        b + matrix.offset,
+                        self.heldRows[k],
+                        self.heldColumns[k],
+                        out + matrix.offset
+                    ) != 0
+                if let bias = matrix.biasOffset {
+                    let columns = self.heldColumns[k]
+                    for j in 0..<matrix.columns {
+                        let v = a[bias + j] + b[bias + Int(columns[j])]
+                        ok = ok && v.isFinite
+                        out[bias + j] = v
+                    }
+                }
+                flags.value[k] = ok
+            }
+        }
+        return !finite.contains(false)
+    }
+
     private func forEachMatrix(_ layout: ParameterLayout, threads: Int, _ body: (Int, ParameterLayout.Matrix) -> Void) {
         let all = layout.matrices
         precondition(all.count == held.matrices.count, "RelativeOrder: a layout of \(all.count) matrices")

@@ -157,6 +157,14 @@ struct WireFormatTests {
                 maxBlockShards: 1
             )
         ),
+        // Last: the fuzz test below takes samples by index.
+        .welcome(
+            .init(
+                heartbeatIntervalMilliseconds: 250,
+                configuration: [],
+                sharedMemory: .init(path: "/dev/shm/x", slot: 1, slotFloats: 1000, parameterSlots: [4, 5, 9])
+            )
+        ),
     ]
 
     @Test("every message round-trips", arguments: samples)
@@ -374,13 +382,37 @@ struct WireFormatTests {
     func headerLayout() {
         let frame = WireFormat.encode(.heartbeat(sequence: 1), runID: 0x0102_0304_0506_0708)
         #expect(Array(frame[0..<4]) == Array("MADW".utf8))
-        #expect(frame[4] == 6 && frame[5] == 0)  // version 6, little-endian
+        #expect(frame[4] == 7 && frame[5] == 0)  // version 7, little-endian
         #expect(frame[6] == WireMessage.Kind.heartbeat.rawValue)
         #expect(frame[7] == 0)
         #expect(Array(frame[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])
         #expect(Array(frame[16..<20]) == [8, 0, 0, 0])
         #expect(Array(frame[20..<24]) == [0, 0, 0, 0])
         #expect(frame.count == 32)
+    }
+
+    @Test("a welcome's parameter slots are bounded, distinct, and never slot 0 or the worker's own")
+    func parameterSlots() {
+        func decoded(_ slots: [UInt32], slot: UInt32 = 2) -> WireError? {
+            let welcome = WireMessage.welcome(
+                .init(
+                    heartbeatIntervalMilliseconds: 100,
+                    configuration: [],
+                    sharedMemory: .init(path: "/dev/shm/x", slot: slot, slotFloats: 10, parameterSlots: slots)
+                )
+            )
+            do {
+                _ = try WireFormat.decode(WireFormat.encode(welcome, runID: 1))
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(decoded([3, 4, 5, 6, 7, 8, 9]) == nil)
+        #expect(decoded(Array(3...10)) == .limitExceeded(field: "parameter slots", count: 8, limit: 7))
+        for bad: [UInt32] in [[0], [2], [3, 3]] {
+            #expect(decoded(bad) == .invalidField("parameter slots \(bad) beside slot 0 for the worker of slot 2"))
+        }
     }
 
     @Test("each kind of damage is refused with its reason")

@@ -38,6 +38,11 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
 void made_gather_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
                             const int *restrict col_from, float *restrict dst);
 
+/* out = a + b with b's rows and columns permuted on the way: out[i * cols + j] = a[i * cols + j] +
+ * b[row_from[i] * cols + col_from[j]]; out may be a, never b. Returns whether every sum is finite. */
+int made_add_gather_matrix_f32(size_t rows, size_t cols, const float *a, const float *restrict b,
+                               const int *restrict row_from, const int *restrict col_from, float *out);
+
 /* A matrix's rows and columns permuted in place, a[i * cols + j] <- a[row_from[i] * cols + col_from[j]],
  * with cols floats of scratch and rows bytes of flags; each row is moved once. */
 void made_permute_matrix_inplace_f32(size_t rows, size_t cols, float *restrict a, const int *restrict row_from,

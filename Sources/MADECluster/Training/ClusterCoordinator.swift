@@ -737,24 +737,18 @@ public final class ClusterCoordinator {
             // compute order every term is in it (inline ones are turned), and so is the sum until
             // it is turned back into layout order, once.
             var terms: [UnsafeMutablePointer<Float>] = []
-            var slotTerms: [Bool] = []
+            // In a step of several masks a result in a slot is in its own mask's compute order: how
+            // that order lies in the held one, per term (nil: in the held order).
+            var orders: [RelativeOrder?] = []
             for (result, seeds) in zip(results, resultSeeds) {
                 let s = Int(result.shard)  // the task's first shard: the key of its slot's copy and of its scratch
-                slotTerms.append(false)
+                var order: RelativeOrder?
                 switch result.values {
                 case .shared, .sharedCompute:
                     let slot = result.values.sharedSlot!
                     // In place unless copied out since.
-                    let inSlot = inPlace[slot] == result.shard
-                    let term = inSlot ? shared!.pointer(Int(slot)) : scratch(s)
-                    // In a step of several masks each such result is in its own mask's compute order.
-                    if case .sharedCompute = result.values, let order = turning?(maskSeeds[s]) {
-                        order.turn(term, into: turned(s), layout: layout, threads: threads)
-                        terms.append(turned(s))
-                    } else {
-                        terms.append(term)
-                        slotTerms[slotTerms.count - 1] = inSlot
-                    }
+                    terms.append(inPlace[slot] == result.shard ? shared!.pointer(Int(slot)) : scratch(s))
+                    if case .sharedCompute = result.values { order = turning?(maskSeeds[s]) ?? nil }
                 case .inline(let packed):
                     let out = UnsafeMutableBufferPointer(start: scratch(s), count: dense)
                     let taskPacking = packings.packing(union: seeds)
@@ -764,25 +758,80 @@ public final class ClusterCoordinator {
                 case .absent:
                     preconditionFailure("the state machine accepts no result without values")
                 }
+                orders.append(order)
             }
-            // With terms in several orders a partial sum is no longer +0 outside one mask's bands,
-            // which a worker may count on in its slot: the partial sums then go to buffers of ours.
-            let partials =
-                turning == nil || !slotTerms.contains(true)
-                ? nil
-                : terms.indices.map { slotTerms[$0] ? turned(Int(results[$0].shard)) : terms[$0] }
             return denseGradient.withUnsafeMutableBufferPointer {
-                let finite = GradientReducer.reduce(
-                    terms,
-                    count: dense,
-                    into: $0.baseAddress!,
-                    threads: threads,
-                    partials: partials
-                )
-                if !inComputeOrder { blocks?.toLayoutMasked($0.baseAddress!, layout: layout, threads: threads) }
+                let out = $0.baseAddress!
+                var finite: Bool
+                if turning == nil {
+                    finite = GradientReducer.reduce(terms, count: dense, into: out, threads: threads)
+                } else {
+                    finite = sumTurning(
+                        terms,
+                        orders: orders,
+                        keys: results.map { Int($0.shard) },
+                        count: dense,
+                        into: out
+                    )
+                }
+                if !inComputeOrder { blocks?.toLayoutMasked(out, layout: layout, threads: threads) }
                 return finite
             }
         }
+    }
+
+    /// The tree sum of `terms` in the held compute order when some are in another mask's
+    /// (`orders`): the first level adds each pair with the term of another order read through
+    /// its permutation (``RelativeOrder/add(_:turned:into:layout:threads:)``; addition is
+    /// commutative, so either side may be the turned one), into buffers of ours (`keys` name
+    /// them); the later levels as ``GradientReducer/reduce(_:count:into:threads:partials:)``,
+    /// which is the same tree over the pairs. No term is written: a worker's slot keeps
+    /// exactly its gradient. Returns whether the sum is finite.
+    private func sumTurning(
+        _ terms: [UnsafeMutablePointer<Float>],
+        orders: [RelativeOrder?],
+        keys: [Int],
+        count: Int,
+        into out: UnsafeMutablePointer<Float>
+    ) -> Bool {
+        let threads = self.threads
+        let layout = self.layout
+        let n = terms.count
+        var pairs: [UnsafeMutablePointer<Float>] = []
+        var finite = true
+        for i in stride(from: 0, to: n, by: 2) {
+            let target = n == 2 ? out : turned(keys[i])
+            guard i + 1 < n else {
+                if let order = orders[i] {
+                    order.turn(terms[i], into: target, layout: layout, threads: threads)
+                    pairs.append(target)
+                } else {
+                    pairs.append(terms[i])
+                }
+                continue
+            }
+            var (a, b) = (terms[i], terms[i + 1])
+            var order = orders[i + 1]
+            if order == nil, let first = orders[i] {
+                (a, b) = (b, a)
+                order = first
+            } else if let first = orders[i], order != nil {
+                first.turn(a, into: target, layout: layout, threads: threads)
+                a = target
+            }
+            if let order {
+                finite = order.add(a, turned: b, into: target, layout: layout, threads: threads)
+            } else {
+                finite = GradientReducer.reduce([a, b], count: count, into: target, threads: threads)
+            }
+            pairs.append(target)
+        }
+        if n <= 2 {
+            if n == 1 { finite = GradientReducer.reduce(pairs, count: count, into: out, threads: threads) }
+            return finite
+        }
+        // Every pair's sum is in a buffer of ours (a lone last term is only read): the tree goes on in them.
+        return GradientReducer.reduce(pairs, count: count, into: out, threads: threads)
     }
 
     /// Has this coordinator's workers compute `task`, a task of the coordinator upstream, and
