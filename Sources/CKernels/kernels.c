@@ -95,6 +95,32 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
     }
 }
 
+/* made_adam_copy_f32, and in the same pass the updated weights of row i written, masked by a further mask,
+ * into that mask's compute order: to row row_to[i] of other (when below other_rows), column col_to[j],
+ * +0 where row_to[i] >= active_to[j] (the further mask's prefix of that column). */
+MADE_CLONES
+void made_adam_copy_scatter_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
+                                float *restrict m, float *restrict v, const int *restrict active,
+                                const int *restrict bands, size_t band_count, float *restrict compute,
+                                made_adam_constants c, float *restrict other, const int *restrict row_to,
+                                const int *restrict col_to, const int *restrict active_to, int other_rows) {
+    for (size_t i = 0; i < rows; i++) {
+        float *pr = p + i * cols, *mr = m + i * cols, *vr = v + i * cols;
+        const float *gr = g + i * cols;
+        made_adam_f32(cols, pr, gr, mr, vr, c);
+        float *d = compute + i * cols;
+        for (size_t b = 0; b < band_count; b++) {
+            const int *band = bands + 3 * b;
+            if ((int)i >= band[2]) continue;
+            for (int j = band[0]; j < band[1]; j++) d[j] = (int)i < active[j] ? pr[j] : 0.0f;
+        }
+        int r = row_to[i];
+        if (r >= other_rows) continue;
+        float *o = other + (size_t)r * cols;
+        for (size_t j = 0; j < cols; j++) o[col_to[j]] = r < active_to[j] ? pr[j] : 0.0f;
+    }
+}
+
 /* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]], every entry; src and dst never overlap. */
 MADE_CLONES
 void made_gather_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,

@@ -349,18 +349,33 @@ public final class GradientEngine {
                 state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
                     state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
                         let pointers = UncheckedSendable((p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!))
+                        // The first further mask's copy is written in Adam's pass; any others after it.
+                        let first = heldOthers.first.map { (relativeOrder(held: seed, other: $0.maskSeed), $0.values) }
                         let update = { (k: Int) in
                             let (p, g, m, v) = pointers.value
                             let b = blocks.matrices[k]
                             let matrix = layout.matrices[k]
                             let o = matrix.offset
-                            made_adam_copy_f32(
-                                b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable,
-                                b.bands.count, out + o, constants
-                            )
+                            if let (order, values) = first {
+                                made_adam_copy_scatter_f32(
+                                    b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable,
+                                    b.bands.count, out + o, constants, values + o, order.heldRows[k],
+                                    order.heldColumns[k], order.activeByHeldColumn[k],
+                                    Int32(order.other.matrices[k].usedRows)
+                                )
+                            } else {
+                                made_adam_copy_f32(
+                                    b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable,
+                                    b.bands.count, out + o, constants
+                                )
+                            }
                             if let bias = matrix.biasOffset {
                                 made_adam_f32(matrix.columns, p + bias, g + bias, m + bias, v + bias, constants)
                                 (out + bias).update(from: p + bias, count: matrix.columns)
+                                if let (order, values) = first {
+                                    let columns = order.heldColumns[k]
+                                    for j in 0..<matrix.columns { values[bias + Int(columns[j])] = p[bias + j] }
+                                }
                             }
                         }
                         if threads > 1 && layout.matrices.count > 1 {
@@ -373,7 +388,7 @@ public final class GradientEngine {
                     }
                 }
             }
-            for (other, values) in heldOthers {
+            for (other, values) in heldOthers.dropFirst() {
                 relativeOrder(held: seed, other: other).gatherMasked(
                     UnsafePointer(p.baseAddress!),
                     into: values,

@@ -204,6 +204,96 @@ struct MaskParallelTests {
         #expect(other.checkpoint.parametersSHA256 == reference.checkpoint.parametersSHA256)
     }
 
+    /// What workers on the coordinator's host do with a step of several masks held in one's
+    /// compute order: each shard reads its mask's parameters in that mask's own compute order
+    /// (where the held Adam step wrote them) and answers in that order; each answer is turned
+    /// into the held order and the tree sums them. The bits of the one-process trainer.
+    @Test(
+        "a step of several masks held in one mask's compute order, each mask's parameters in its own, gives the same bits",
+        arguments: [(2, 2), (4, 2), (4, 4), (8, 4), (3, 3)]
+    )
+    func heldSeveralMasks(shards: Int, masksPerStep: Int) throws {
+        var c = Self.configuration(shards: shards, masksPerStep: masksPerStep, epochs: 2)
+        c.resampleEvery = 6  // held for the first 3 steps of every 6, in layout order for the rest
+        let data = TrainerTests.dataset()
+        let reference = try Trainer(configuration: c, dataset: data)
+        _ = try reference.run()
+
+        let n = ParameterLayout(c.model).count
+        let layout = ParameterLayout(c.model)
+        let places = (0..<7).map { _ in UnsafeMutableBufferPointer<Float>.allocate(capacity: n) }
+        let slot0 = UnsafeMutableBufferPointer<Float>.allocate(capacity: n)
+        defer { (places + [slot0]).forEach { $0.deallocate() } }
+        let trainer = try Trainer(configuration: c, dataset: data)
+        var heldSteps = 0
+        _ = try trainer.drive(
+            until: { false },
+            offeringHeld: { Trainer.HeldOffer(copyInto: slot0, otherCopies: places) }
+        ) { plan, held in
+            var gradients = [[Float]](repeating: [Float](repeating: .nan, count: n), count: shards)
+            var losses = [Double](repeating: 0, count: shards)
+            guard let held else {
+                for s in 0..<shards {
+                    let engine = GradientEngine(
+                        configuration: c.model,
+                        distribution: c.distribution,
+                        runSeed: c.seed,
+                        capacity: plan.shards[s].count
+                    )
+                    engine.begin(parameters: trainer.state.parameters, maskSeed: plan.maskSeeds[s])
+                    losses[s] = engine.gradient(data: data.train!, indices: plan.shards[s], into: &gradients[s])
+                }
+                GradientReducer.reduce(&gradients)
+                return (gradients[0], GradientReducer.reduce(losses), false)
+            }
+            heldSteps += held.others.isEmpty ? 0 : 1
+            for s in 0..<shards {
+                let seed = plan.maskSeeds[s]
+                let engine = GradientEngine(
+                    configuration: c.model,
+                    distribution: c.distribution,
+                    runSeed: c.seed,
+                    capacity: plan.shards[s].count
+                )
+                let values = seed == held.maskSeed ? held.values : held.others.first { $0.maskSeed == seed }!.values
+                engine.begin(computeOrder: values, maskSeed: seed)
+                var own = [Float](repeating: .nan, count: n)
+                own.withUnsafeMutableBufferPointer { out in
+                    plan.shards[s].withUnsafeBufferPointer { rows in
+                        losses[s] = engine.gradientInComputeOrder(
+                            data: data.train!,
+                            indices: rows,
+                            into: out,
+                            clearingOutside: true
+                        )
+                    }
+                }
+                if seed == held.maskSeed {
+                    gradients[s] = own
+                } else {
+                    let order = RelativeOrder(held: held.blocks, other: engine.maskSet(seed).blocks)
+                    own.withUnsafeBufferPointer { source in
+                        gradients[s].withUnsafeMutableBufferPointer {
+                            order.turn(source.baseAddress!, into: $0.baseAddress!, layout: layout)
+                        }
+                    }
+                    // Adding through the permutation is the same as turning, then adding.
+                    var added = [Float](repeating: .nan, count: n)
+                    let sum = zip(gradients[0], gradients[s]).map { $0 + $1 }
+                    let finite = added.withUnsafeMutableBufferPointer { out in
+                        order.add(gradients[0], turned: own, into: out.baseAddress!, layout: layout)
+                    }
+                    #expect(finite && added.map(\.bitPattern) == sum.map(\.bitPattern))
+                }
+            }
+            GradientReducer.reduce(&gradients)
+            return (gradients[0], GradientReducer.reduce(losses), true)
+        }
+        #expect(heldSteps > 0 || masksPerStep == 1)
+        #expect(trainer.state.parameters == reference.state.parameters)
+        #expect(trainer.checkpoint.parametersSHA256 == reference.checkpoint.parametersSHA256)
+    }
+
     @Test("stopped and resumed, a run with several masks per step ends bit-identical")
     func resume() throws {
         let c = Self.configuration(shards: 4, masksPerStep: 4, epochs: 3)

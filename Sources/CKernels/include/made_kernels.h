@@ -33,6 +33,15 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
                         float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
                         float *restrict compute, made_adam_constants c);
 
+/* made_adam_copy_f32 that also writes each updated row i, masked by a further mask, into that mask's compute
+ * order in the same pass: row row_to[i] of other (rows at or past other_rows are skipped: no band reaches
+ * them), column col_to[j], +0 where row_to[i] >= active_to[j]. */
+void made_adam_copy_scatter_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
+                                float *restrict m, float *restrict v, const int *restrict active,
+                                const int *restrict bands, size_t band_count, float *restrict compute,
+                                made_adam_constants c, float *restrict other, const int *restrict row_to,
+                                const int *restrict col_to, const int *restrict active_to, int other_rows);
+
 /* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]] for every entry (rows and columns permuted out
  * of place); src and dst never overlap. */
 void made_gather_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
