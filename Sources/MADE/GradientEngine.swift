@@ -220,7 +220,10 @@ public final class GradientEngine {
         threads: Int = 1
     ) {
         guard let held = heldMaskSeed else { preconditionFailure("GradientEngine: no parameters held") }
-        precondition(seeds.count <= destinations.count, "holdOthers: \(seeds.count) masks for \(destinations.count) places")
+        precondition(
+            seeds.count <= destinations.count,
+            "holdOthers: \(seeds.count) masks for \(destinations.count) places"
+        )
         let wanted = zip(seeds, destinations).map { (maskSeed: $0, values: $1.baseAddress!) }
         precondition(
             destinations.prefix(seeds.count).allSatisfy { $0.count == workspace.layout.count },
@@ -342,42 +345,21 @@ public final class GradientEngine {
             gradient.count == state.parameters.count,
             "adamStep: \(gradient.count) gradients for \(state.parameters.count) parameters"
         )
-        let blocks = maskSet(seed).blocks
         let layout = workspace.layout
+        // The first further mask's copy is written in Adam's pass; any others after it.
+        let first = heldOthers.first.map { (order: relativeOrder(held: seed, other: $0.maskSeed), values: $0.values) }
         state.parameters.withUnsafeMutableBufferPointer { p in
             gradient.withUnsafeBufferPointer { g in
                 state.adam.firstMoment.withUnsafeMutableBufferPointer { m in
                     state.adam.secondMoment.withUnsafeMutableBufferPointer { v in
-                        let pointers = UncheckedSendable((p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!))
-                        // The first further mask's copy is written in Adam's pass; any others after it.
-                        let first = heldOthers.first.map { (relativeOrder(held: seed, other: $0.maskSeed), $0.values) }
-                        let update = { (k: Int) in
-                            let (p, g, m, v) = pointers.value
-                            let b = blocks.matrices[k]
-                            let matrix = layout.matrices[k]
-                            let o = matrix.offset
-                            if let (order, values) = first {
-                                made_adam_copy_scatter_f32(
-                                    b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable,
-                                    b.bands.count, out + o, constants, values + o, order.heldRows[k],
-                                    order.heldColumns[k], order.activeByHeldColumn[k],
-                                    Int32(order.other.matrices[k].usedRows)
-                                )
-                            } else {
-                                made_adam_copy_f32(
-                                    b.rows, b.columns, p + o, g + o, m + o, v + o, b.activeRows, b.bandTable,
-                                    b.bands.count, out + o, constants
-                                )
-                            }
-                            if let bias = matrix.biasOffset {
-                                made_adam_f32(matrix.columns, p + bias, g + bias, m + bias, v + bias, constants)
-                                (out + bias).update(from: p + bias, count: matrix.columns)
-                                if let (order, values) = first {
-                                    let columns = order.heldColumns[k]
-                                    for j in 0..<matrix.columns { values[bias + Int(columns[j])] = p[bias + j] }
-                                }
-                            }
-                        }
+                        let update = Self.heldSeveralUpdate(
+                            blocks: maskSet(seed).blocks,
+                            layout: layout,
+                            state: (p.baseAddress!, g.baseAddress!, m.baseAddress!, v.baseAddress!) as HeldPointers,
+                            constants: constants,
+                            out: out,
+                            first: first
+                        )
                         if threads > 1 && layout.matrices.count > 1 {
                             // Each matrix whole on one thread: elementwise, so the bits do not depend on it.
                             let box = UncheckedSendable(update)
@@ -395,6 +377,70 @@ public final class GradientEngine {
                     layout: layout,
                     threads: threads
                 )
+            }
+        }
+    }
+
+    /// Parameters, gradient, first and second moments.
+    private typealias HeldPointers = (
+        UnsafeMutablePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>
+    )
+
+    /// The update of matrix `k` (weights and bias) in ``applyHeldSeveral(_:gradient:constants:into:threads:)``.
+    private static func heldSeveralUpdate(
+        blocks: BlockPartition,
+        layout: ParameterLayout,
+        state: HeldPointers,
+        constants: made_adam_constants,
+        out: UnsafeMutablePointer<Float>,
+        first: (order: RelativeOrder, values: UnsafeMutablePointer<Float>)?
+    ) -> (Int) -> Void {
+        let (p, g, m, v) = state
+        return { k in
+            let b = blocks.matrices[k]
+            let matrix = layout.matrices[k]
+            let o = matrix.offset
+            if let (order, values) = first {
+                made_adam_copy_scatter_f32(
+                    b.rows,
+                    b.columns,
+                    p + o,
+                    g + o,
+                    m + o,
+                    v + o,
+                    b.activeRows,
+                    b.bandTable,
+                    b.bands.count,
+                    out + o,
+                    constants,
+                    values + o,
+                    order.heldRows[k],
+                    order.heldColumns[k],
+                    order.activeByHeldColumn[k],
+                    Int32(order.other.matrices[k].usedRows)
+                )
+            } else {
+                made_adam_copy_f32(
+                    b.rows,
+                    b.columns,
+                    p + o,
+                    g + o,
+                    m + o,
+                    v + o,
+                    b.activeRows,
+                    b.bandTable,
+                    b.bands.count,
+                    out + o,
+                    constants
+                )
+            }
+            if let bias = matrix.biasOffset {
+                made_adam_f32(matrix.columns, p + bias, g + bias, m + bias, v + bias, constants)
+                (out + bias).update(from: p + bias, count: matrix.columns)
+                if let (order, values) = first {
+                    let columns = order.heldColumns[k]
+                    for j in 0..<matrix.columns { values[bias + Int(columns[j])] = p[bias + j] }
+                }
             }
         }
     }

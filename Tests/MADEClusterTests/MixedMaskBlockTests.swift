@@ -332,3 +332,105 @@ struct MixedMaskBlockTests {
         if case .send(.hello) = other.first {} else { Issue.record("expected hello, got \(other)") }
     }
 }
+
+/// A step of several masks whose parameters lie in shared memory in a region per mask, each in
+/// its own mask's compute order.
+@Suite("Coordinator state machine: a parameter region per mask")
+struct ParameterRegionTests {
+    let a: [UInt8] = Array("worker-a".utf8)
+    let b: [UInt8] = Array("worker-b".utf8)
+
+    func machine(workers: [[UInt8]]) -> (CoordinatorStateMachine, [WireMessage.SharedMemoryGrant?]) {
+        var s = CoordinatorStateMachine.Settings(
+            runID: 77,
+            dataFingerprint: MixedMaskBlockTests.fingerprint,
+            configuration: [1]
+        )
+        s.hostID = "here"
+        s.sharedMemory = .init(path: "/dev/shm/run", slotFloats: 10, slots: 2, parameterSlots: [3])
+        var m = CoordinatorStateMachine(settings: s)
+        var grants: [WireMessage.SharedMemoryGrant?] = []
+        for w in workers {
+            let hello = WireMessage.hello(
+                .init(dataFingerprint: MixedMaskBlockTests.fingerprint, processID: 1, name: "w", hostID: "here")
+            )
+            for case .send(_, .welcome(let welcome)) in m.receiveReserving(from: w, runID: 0, message: hello, now: 0) {
+                grants.append(welcome.sharedMemory)
+            }
+        }
+        return (m, grants)
+    }
+
+    func plan(seeds: [UInt64]) -> CoordinatorStateMachine.WorkPlan {
+        var p = MixedMaskBlockTests().plan(seeds: seeds)
+        p.sharedResultCount = 10
+        p.sharedResultsInComputeOrder = true
+        p.sharedRegions = [0, 1]
+        p.taskPackings = [[0]: 2, [1]: 2]
+        return p
+    }
+
+    func answer(
+        _ m: CoordinatorStateMachine,
+        _ task: WireMessage.Task,
+        from peer: [UInt8],
+        _ values: FloatPayload
+    )
+        -> WireMessage
+    {
+        .result(
+            .init(
+                step: task.step,
+                shard: task.shard,
+                maskDigest: WireFormat.blockDigest(task.maskSeeds.map(MixedMaskBlockTests.digest)),
+                lossSum: 1,
+                computeMicroseconds: 1,
+                values: values,
+                ticket: m.lastTicket(of: peer) ?? 0
+            )
+        )
+    }
+
+    @Test("the welcome names the parameter slots; a task of one mask is packed by it and answers in its order")
+    func taskOfOneMask() {
+        var (m, grants) = machine(workers: [a, b])
+        #expect(grants.map { $0?.parameterSlots } == [[3], [3]])
+        #expect(grants.map { $0?.slot } == [1, 2])
+        let actions = m.begin(plan(seeds: [0, 1]), now: 1)
+        let handed = actions.compactMap {
+            action -> ([UInt8], WireMessage.Task, CoordinatorStateMachine.ParameterRoute?)? in
+            if case .assign(let p, let t, let route) = action { (p, t, route) } else { nil }
+        }
+        #expect(handed.map(\.1.packingSeeds) == [[0], [1]])
+        #expect(handed.allSatisfy { $0.2 == .sharedMemory })
+        for (peer, task, _) in handed {
+            let slot = UInt32(m.sharedSlot(of: peer)!)
+            _ = m.receive(
+                from: peer,
+                runID: 77,
+                message: answer(m, task, from: peer, .sharedCompute(slot: slot, count: 10)),
+                now: 2
+            )
+        }
+        #expect(m.isStepComplete && m.counters.badResults == 0)
+    }
+
+    @Test("a block of two masks through shared memory is packed as the step, and may not answer in a mask's order")
+    func mixedBlock() {
+        var (m, _) = machine(workers: [a])
+        let actions = m.begin(plan(seeds: [0, 1]), now: 1)
+        let handed = actions.compactMap { action -> WireMessage.Task? in
+            if case .assign(_, let t, _) = action { t } else { nil }
+        }
+        #expect(handed.count == 1 && handed[0].maskSeeds == [0, 1] && handed[0].packingSeeds == [0, 1])
+        _ = m.receive(
+            from: a,
+            runID: 77,
+            message: answer(m, handed[0], from: a, .sharedCompute(slot: 1, count: 10)),
+            now: 2
+        )
+        #expect(!m.isStepComplete && m.counters.badResults == 1)
+        _ = m.receive(from: a, runID: 77, message: answer(m, handed[0], from: a, .inline([1, 2, 3])), now: 3)
+        #expect(m.isStepComplete)
+    }
+}

@@ -299,9 +299,11 @@ public enum WireFormat {
                 guard slot > 0, slotFloats > 0 else {
                     throw .invalidField("shared memory with slot \(slot) of \(slotFloats) floats")
                 }
-                guard parameterSlots.allSatisfy({ $0 > 0 && $0 != slot }), Set(parameterSlots).count == parameterSlots.count
-                else {
-                    throw .invalidField("parameter slots \(parameterSlots) beside slot 0 for the worker of slot \(slot)")
+                let distinct = Set(parameterSlots).count == parameterSlots.count
+                guard distinct, parameterSlots.allSatisfy({ $0 > 0 && $0 != slot }) else {
+                    throw .invalidField(
+                        "parameter slots \(parameterSlots) beside slot 0 for the worker of slot \(slot)"
+                    )
                 }
                 grant = .init(path: path, slot: slot, slotFloats: slotFloats, parameterSlots: parameterSlots)
             } else if slot != 0 || slotFloats != 0 || !parameterSlots.isEmpty {

@@ -222,7 +222,9 @@ public final class SharedSlots {
             guardHandle: handle
         )
         // Regions past the file's end are not taken: a task naming one is refused.
-        slots.parameterSlots += grant.parameterSlots.map(Int.init).filter { $0 < slots.slotCount && $0 != Int(grant.slot) }
+        slots.parameterSlots += grant.parameterSlots.map(Int.init).filter {
+            $0 < slots.slotCount && $0 != Int(grant.slot)
+        }
         return slots
     }
 
