@@ -254,7 +254,8 @@ public final class Trainer {
         /// form; the entries outside the bands hold anything), valid during the call: in the
         /// trainer, or where ``HeldOffer/copyInto`` asked the last step to copy them.
         public let values: UnsafeBufferPointer<Float>
-        /// The same parameters masked in layout order (a copy), without giving up the hold.
+        /// The same parameters in layout order (a copy), without giving up the hold: masked by
+        /// `maskSeed`'s masks in a step of one mask, every weight in a step of several.
         public let layoutParameters: () -> [Float]
         /// In a step of several masks, its masks besides `maskSeed` (in order of first appearance),
         /// each with its masked parameters in its own compute order, where ``HeldOffer/otherCopies``
@@ -337,9 +338,15 @@ public final class Trainer {
                         blocks: blocks,
                         values: engine.heldParameters,
                         layoutParameters: {
+                            // Masked by the held mask alone when it is the step's only one; else every
+                            // weight, for the other masks to mask.
                             var values = self.current.parameters
                             values.withUnsafeMutableBufferPointer {
-                                blocks.toLayoutMasked($0.baseAddress!, layout: layout)
+                                if others.isEmpty {
+                                    blocks.toLayoutMasked($0.baseAddress!, layout: layout)
+                                } else {
+                                    blocks.permute($0.baseAddress!, layout: layout, toCompute: false)
+                                }
                             }
                             return values
                         },

@@ -268,6 +268,15 @@ struct MaskParallelTests {
                         )
                     }
                 }
+                // The parameters in layout order (what workers elsewhere get, packed) serve every mask of the step.
+                var inLayout = [Float](repeating: .nan, count: n)
+                engine.begin(parameters: held.layoutParameters(), maskSeed: seed)
+                _ = engine.gradient(data: data.train!, indices: plan.shards[s], into: &inLayout)
+                var ownInLayout = own
+                ownInLayout.withUnsafeMutableBufferPointer {
+                    engine.maskSet(seed).blocks.toLayoutMasked($0.baseAddress!, layout: layout)
+                }
+                #expect(ownInLayout.map(\.bitPattern) == inLayout.map(\.bitPattern))
                 if seed == held.maskSeed {
                     gradients[s] = own
                 } else {
