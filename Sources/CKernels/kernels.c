@@ -95,16 +95,20 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
     }
 }
 
-/* made_adam_copy_f32, and in the same pass the updated weights of row i written, masked by a further mask,
- * into that mask's compute order: to row row_to[i] of other (when below other_rows), column col_to[j],
- * +0 where row_to[i] >= active_to[j] (the further mask's prefix of that column). */
+/* made_adam_copy_f32 taken row by row in a further mask's compute order, each updated row copied at once,
+ * masked, into that mask's order: its row r is held row row_from[r] (updated, then copied as in
+ * made_adam_copy_f32), read through col_from into other inside the further mask's bands (other_bands,
+ * other_active) as made_gather_staircase_f32 would write it. Adam is elementwise, so the row order does not
+ * change the bits. */
 MADE_CLONES
-void made_adam_copy_scatter_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
-                                float *restrict m, float *restrict v, const int *restrict active,
-                                const int *restrict bands, size_t band_count, float *restrict compute,
-                                made_adam_constants c, float *restrict other, const int *restrict row_to,
-                                const int *restrict col_to, const int *restrict active_to, int other_rows) {
-    for (size_t i = 0; i < rows; i++) {
+void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
+                               float *restrict m, float *restrict v, const int *restrict active,
+                               const int *restrict bands, size_t band_count, float *restrict compute,
+                               made_adam_constants c, float *restrict other, const int *restrict row_from,
+                               const int *restrict col_from, const int *restrict other_active,
+                               const int *restrict other_bands, size_t other_band_count) {
+    for (size_t r = 0; r < rows; r++) {
+        size_t i = (size_t)row_from[r];
         float *pr = p + i * cols, *mr = m + i * cols, *vr = v + i * cols;
         const float *gr = g + i * cols;
         made_adam_f32(cols, pr, gr, mr, vr, c);
@@ -114,10 +118,15 @@ void made_adam_copy_scatter_f32(size_t rows, size_t cols, float *restrict p, con
             if ((int)i >= band[2]) continue;
             for (int j = band[0]; j < band[1]; j++) d[j] = (int)i < active[j] ? pr[j] : 0.0f;
         }
-        int r = row_to[i];
-        if (r >= other_rows) continue;
-        float *o = other + (size_t)r * cols;
-        for (size_t j = 0; j < cols; j++) o[col_to[j]] = r < active_to[j] ? pr[j] : 0.0f;
+        float *o = other + r * cols;
+        for (size_t b = 0; b < other_band_count; b++) {
+            const int *band = other_bands + 3 * b;
+            if ((int)r >= band[2]) continue;
+            for (int j = band[0]; j < band[1]; j++) {
+                float x = pr[col_from[j]];
+                o[j] = (int)r < other_active[j] ? x : 0.0f;
+            }
+        }
     }
 }
 

@@ -157,13 +157,11 @@ public struct RelativeOrder: Sendable {
     public let other: BlockPartition
     /// Per matrix: `otherRows[k][i]` is the held compute row of `other`'s compute row `i`, and
     /// `otherColumns[k][j]` the held compute column of its compute column `j`.
-    private let otherRows: [[Int32]]
-    private let otherColumns: [[Int32]]
+    let otherRows: [[Int32]]
+    let otherColumns: [[Int32]]
     /// Per matrix, the converse: `other`'s compute row (column) of each held compute row (column).
     let heldRows: [[Int32]]
     let heldColumns: [[Int32]]
-    /// Per matrix, `other`'s prefix of the column each held compute column goes to.
-    let activeByHeldColumn: [[Int32]]
 
     public init(held: BlockPartition, other: BlockPartition) {
         precondition(held.matrices.count == other.matrices.count, "RelativeOrder: mask sets of other models")
@@ -174,7 +172,6 @@ public struct RelativeOrder: Sendable {
         otherColumns = pairs.map { h, o in o.columnOrder.map { h.columnPosition[Int($0)] } }
         heldRows = pairs.map { h, o in h.rowOrder.map { o.rowPosition[Int($0)] } }
         heldColumns = pairs.map { h, o in h.columnOrder.map { o.columnPosition[Int($0)] } }
-        activeByHeldColumn = zip(heldColumns, other.matrices).map { columns, o in columns.map { o.activeRows[Int($0)] } }
     }
 
     /// Writes `source` (the held compute order) into `out` in `other`'s compute order, masked by

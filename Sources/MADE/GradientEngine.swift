@@ -401,7 +401,7 @@ public final class GradientEngine {
             let matrix = layout.matrices[k]
             let o = matrix.offset
             if let (order, values) = first {
-                made_adam_copy_scatter_f32(
+                made_adam_copy_gather_f32(
                     b.rows,
                     b.columns,
                     p + o,
@@ -414,10 +414,11 @@ public final class GradientEngine {
                     out + o,
                     constants,
                     values + o,
-                    order.heldRows[k],
-                    order.heldColumns[k],
-                    order.activeByHeldColumn[k],
-                    Int32(order.other.matrices[k].usedRows)
+                    order.otherRows[k],
+                    order.otherColumns[k],
+                    order.other.matrices[k].activeRows,
+                    order.other.matrices[k].bandTable,
+                    order.other.matrices[k].bands.count
                 )
             } else {
                 made_adam_copy_f32(

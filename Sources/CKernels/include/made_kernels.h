@@ -33,14 +33,15 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
                         float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
                         float *restrict compute, made_adam_constants c);
 
-/* made_adam_copy_f32 that also writes each updated row i, masked by a further mask, into that mask's compute
- * order in the same pass: row row_to[i] of other (rows at or past other_rows are skipped: no band reaches
- * them), column col_to[j], +0 where row_to[i] >= active_to[j]. */
-void made_adam_copy_scatter_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
-                                float *restrict m, float *restrict v, const int *restrict active,
-                                const int *restrict bands, size_t band_count, float *restrict compute,
-                                made_adam_constants c, float *restrict other, const int *restrict row_to,
-                                const int *restrict col_to, const int *restrict active_to, int other_rows);
+/* made_adam_copy_f32 taken row by row in a further mask's compute order: its row r is held row row_from[r],
+ * updated and copied as made_adam_copy_f32 does, then read through col_from into row r of other inside the
+ * further mask's bands, +0 where r >= other_active[j] (made_gather_staircase_f32's form). The same bits. */
+void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
+                               float *restrict m, float *restrict v, const int *restrict active,
+                               const int *restrict bands, size_t band_count, float *restrict compute,
+                               made_adam_constants c, float *restrict other, const int *restrict row_from,
+                               const int *restrict col_from, const int *restrict other_active,
+                               const int *restrict other_bands, size_t other_band_count);
 
 /* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]] for every entry (rows and columns permuted out
  * of place); src and dst never overlap. */
