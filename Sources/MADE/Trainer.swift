@@ -474,10 +474,12 @@ public final class Trainer {
     }
 
     /// Whether the masks of step `step` stay long enough (four steps or more, this one included)
-    /// to be worth taking the parameters into their compute order and back.
+    /// to be worth taking the parameters into their compute order and back. With `M = K` (one
+    /// mask, or every mask in every step) the window of seeds moves by `K`: they never change.
     private func masksStay(from step: Int) -> Bool {
         let schedule = configuration.maskSchedule
-        return schedule.maskCount == 1 || schedule.resampleEvery - step % schedule.resampleEvery >= 4
+        return schedule.masksPerStep % schedule.maskCount == 0
+            || schedule.resampleEvery - step % schedule.resampleEvery >= 4
     }
 
     /// Turns the parameters and moments the engine holds back into layout order, ending the hold.
