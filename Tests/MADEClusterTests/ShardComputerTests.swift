@@ -367,6 +367,59 @@ struct ShardComputerTests {
         }
     }
 
+    @Test(
+        """
+        a further mask's parameters in its own region and order give its gradient in that order; a worker reads \
+        parameters only in slot 0 and the regions the welcome named
+        """
+    )
+    func parameterRegions() throws {
+        let (computer, c) = try Self.computer(shards: 2)
+        let layout = ParameterLayout(c.model)
+        let parameters = layout.initialParameters(seed: 4, as: Float.self)
+        let maskSeed: UInt64 = 1
+        let rows: [Int32] = [3, 1, 4, 1, 5]
+        let blocks = MaskSet(configuration: c.model, runSeed: c.seed, maskSeed: maskSeed).blocks
+        let engine = GradientEngine(configuration: c.model, distribution: c.distribution, runSeed: c.seed, capacity: 10)
+        engine.begin(parameters: parameters, maskSeed: maskSeed)
+        var expected = [Float](repeating: .nan, count: layout.count)
+        _ = engine.gradient(data: computer.train, indices: rows[...], into: &expected)
+        expected.withUnsafeMutableBufferPointer { blocks.permute($0.baseAddress!, layout: layout, toCompute: true) }
+
+        // Slot 0, the worker slots 1 and 2, then the region of a further mask: slot 3.
+        let slots = try SharedSlots.create(
+            folder: FileManager.default.temporaryDirectory.path,
+            slotFloats: layout.count,
+            workerSlots: 2,
+            parameterRegions: 1
+        )
+        #expect(slots.parameterSlots == [0, 3])
+        #expect((0..<4).allSatisfy { slots.reserve($0) })
+        parameters.withUnsafeBufferPointer { p in
+            slots.withSlot(3, count: layout.count) {
+                blocks.gatherMasked(p.baseAddress!, into: $0.baseAddress!, layout: layout)
+            }
+        }
+        func task(_ slot: UInt32) -> WireMessage.Task {
+            .init(
+                step: 2,
+                shard: 1,
+                shardCount: 2,
+                maskSeed: maskSeed,
+                rows: rows,
+                parameters: .sharedCompute(slot: slot, count: UInt32(layout.count))
+            )
+        }
+        let result = try computer.compute(task(3), shared: slots, slot: 1)
+        #expect(result.values == .sharedCompute(slot: 1, count: UInt32(layout.count)))
+        let written = try #require(slots.read(1, count: layout.count))
+        #expect(written.map(\.bitPattern) == expected.map(\.bitPattern))
+        // Another worker's slot, this worker's own, or one past the file: refused.
+        for bad: UInt32 in [1, 2, 4] {
+            #expect(throws: ClusterError.self) { _ = try computer.compute(task(bad), shared: slots, slot: 1) }
+        }
+    }
+
     @Test("a block of shards comes back as their gradients summed in tree order, packed or in shared memory")
     func blocks() throws {
         let (computer, c) = try Self.computer(shards: 4)
