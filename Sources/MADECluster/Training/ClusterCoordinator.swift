@@ -375,9 +375,20 @@ public final class ClusterCoordinator {
             regionsReserved = regions.allSatisfy { shared.reserve($0) } ? regions : []
         }
         let regions = regionsReserved!.filter { shared.holds($0) }
+        // Only while every task is one shard: consecutive shards train different masks, so a block of
+        // several would go inline (its masks' regions are not one), where today's path keeps it in slot 0.
+        var probe = CoordinatorStateMachine.WorkPlan(
+            step: 0,
+            maskSeed: 0,
+            maskDigest: nil,
+            shards: Array(repeating: [], count: configuration.shards),
+            resultCounts: Array(repeating: 0, count: configuration.shards)
+        )
+        probe.maxShardsPerTask = Self.maxShardsPerTask
+        let oneShardTasks = machine.blockSize(for: probe) == 1
         return Trainer.HeldOffer(
             copyInto: UnsafeMutableBufferPointer(start: shared.pointer(0), count: layout.count),
-            otherCopies: regions.count == regionsReserved!.count
+            otherCopies: regions.count == regionsReserved!.count && oneShardTasks
                 ? regions.map { UnsafeMutableBufferPointer(start: shared.pointer($0), count: layout.count) } : []
         )
     }
