@@ -6,7 +6,12 @@ import Testing
 /// checkpoint, keys, and the model handed to PyTorch users. Each test starts the real `made`.
 @Suite("What a new user meets")
 struct NewUserTests {
-    @Test("help marks -d required, shows one style of defaults and each once, speaks of its own command, and hides --parent-pid")
+    @Test(
+        """
+        help marks -d required, shows one style of defaults and each once, speaks of its own command, and hides \
+        --parent-pid
+        """
+    )
     func helpTexts() throws {
         let folder = EndToEnd.folder("help")
         var texts: [String: String] = [:]
