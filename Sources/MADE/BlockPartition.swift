@@ -1,4 +1,3 @@
-import Glibc
 /// Which arithmetic the network's passes do.
 public enum ComputeKernel: String, Sendable, Codable, CaseIterable {
     /// One `?gemm` per matrix over the whole masked matrix, zeros included.
@@ -96,9 +95,9 @@ public struct BlockPartition: Sendable, Equatable {
 
     /// The fixed cost of one band, in multiply-adds per batch row: about what a small `sgemm`
     /// call costs beyond its arithmetic.
-    public static let bandCost = getenv("XBC").map { Int(atoi($0)) } ?? 2048
+    public static let bandCost = 2048
     /// Band boundaries fall on multiples of this many columns (and on chunk boundaries).
-    public static let bandGranularity = getenv("XBG").map { Int(atoi($0)) } ?? 8
+    public static let bandGranularity = 8
 
     public init(configuration: ModelConfiguration, degrees: [[Int]]) {
         let d = configuration.inputCount
