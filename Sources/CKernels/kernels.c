@@ -75,6 +75,39 @@ void made_adam_masked_f32(size_t rows, size_t cols, float *restrict p, const flo
     }
 }
 
+/* Row `row` of a staircase, inside its bands (the bands that reach the row): d[j] = row < active[j] ?
+ * s[col_from[j]] : +0, or s[j] with no col_from; entries outside the bands are not written. */
+static inline __attribute__((always_inline)) void staircase_row(int row, const float *restrict s,
+                                                                const int *restrict col_from,
+                                                                const int *restrict active, const int *restrict bands,
+                                                                size_t band_count, float *restrict d) {
+    for (size_t b = 0; b < band_count; b++) {
+        const int *band = bands + 3 * b;
+        if (row >= band[2]) continue;
+        if (col_from) {
+            for (int j = band[0]; j < band[1]; j++) {
+                float x = s[col_from[j]];
+                d[j] = row < active[j] ? x : 0.0f;
+            }
+        } else {
+            for (int j = band[0]; j < band[1]; j++) d[j] = row < active[j] ? s[j] : 0.0f;
+        }
+    }
+}
+
+/* made_adam_f32 on row i of a rows x cols matrix, the updated row then copied, masked, into compute inside its
+ * bands; returns the updated row. */
+static inline __attribute__((always_inline)) const float *adam_copy_row(size_t i, size_t cols, float *restrict p,
+                                                                       const float *restrict g, float *restrict m,
+                                                                       float *restrict v, const int *restrict active,
+                                                                       const int *restrict bands, size_t band_count,
+                                                                       float *restrict compute, made_adam_constants c) {
+    float *pr = p + i * cols;
+    made_adam_f32(cols, pr, g + i * cols, m + i * cols, v + i * cols, c);
+    staircase_row((int)i, pr, NULL, active, bands, band_count, compute + i * cols);
+    return pr;
+}
+
 /* made_adam_f32 on a rows x cols matrix in the sparse kernel's compute order whose gradient is used as it
  * is (a sum over several masks, +0 outside their union), with the updated weights copied, masked by this
  * order's mask, into compute inside its bands: made_adam_masked_f32 without masking the gradient. */
@@ -82,17 +115,7 @@ MADE_CLONES
 void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g, float *restrict m,
                         float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
                         float *restrict compute, made_adam_constants c) {
-    for (size_t i = 0; i < rows; i++) {
-        float *pr = p + i * cols, *mr = m + i * cols, *vr = v + i * cols;
-        const float *gr = g + i * cols;
-        made_adam_f32(cols, pr, gr, mr, vr, c);
-        float *d = compute + i * cols;
-        for (size_t b = 0; b < band_count; b++) {
-            const int *band = bands + 3 * b;
-            if ((int)i >= band[2]) continue;
-            for (int j = band[0]; j < band[1]; j++) d[j] = (int)i < active[j] ? pr[j] : 0.0f;
-        }
-    }
+    for (size_t i = 0; i < rows; i++) adam_copy_row(i, cols, p, g, m, v, active, bands, band_count, compute, c);
 }
 
 /* made_adam_copy_f32 taken row by row in a further mask's compute order, each updated row copied at once,
@@ -108,25 +131,8 @@ void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, cons
                                const int *restrict col_from, const int *restrict other_active,
                                const int *restrict other_bands, size_t other_band_count) {
     for (size_t r = 0; r < rows; r++) {
-        size_t i = (size_t)row_from[r];
-        float *pr = p + i * cols, *mr = m + i * cols, *vr = v + i * cols;
-        const float *gr = g + i * cols;
-        made_adam_f32(cols, pr, gr, mr, vr, c);
-        float *d = compute + i * cols;
-        for (size_t b = 0; b < band_count; b++) {
-            const int *band = bands + 3 * b;
-            if ((int)i >= band[2]) continue;
-            for (int j = band[0]; j < band[1]; j++) d[j] = (int)i < active[j] ? pr[j] : 0.0f;
-        }
-        float *o = other + r * cols;
-        for (size_t b = 0; b < other_band_count; b++) {
-            const int *band = other_bands + 3 * b;
-            if ((int)r >= band[2]) continue;
-            for (int j = band[0]; j < band[1]; j++) {
-                float x = pr[col_from[j]];
-                o[j] = (int)r < other_active[j] ? x : 0.0f;
-            }
-        }
+        const float *pr = adam_copy_row((size_t)row_from[r], cols, p, g, m, v, active, bands, band_count, compute, c);
+        staircase_row((int)r, pr, col_from, other_active, other_bands, other_band_count, other + r * cols);
     }
 }
 
@@ -388,16 +394,7 @@ void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict s
                                const int *restrict col_order, const int *restrict active, const int *restrict bands,
                                size_t band_count, float *restrict dst) {
     for (size_t i = 0; i < rows; i++) {
-        const float *s = src + (size_t)row_order[i] * cols;
-        float *d = dst + i * cols;
-        for (size_t k = 0; k < band_count; k++) {
-            const int *band = bands + 3 * k;
-            if ((int)i >= band[2]) continue;
-            for (int j = band[0]; j < band[1]; j++) {
-                float v = s[col_order[j]];
-                d[j] = (int)i < active[j] ? v : 0.0f;
-            }
-        }
+        staircase_row((int)i, src + (size_t)row_order[i] * cols, col_order, active, bands, band_count, dst + i * cols);
     }
 }
 

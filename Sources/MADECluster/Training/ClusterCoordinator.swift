@@ -1039,11 +1039,7 @@ public final class ClusterCoordinator {
     private var turnedBuffers: [Int: UnsafeMutablePointer<Float>] = [:]
 
     private func turned(_ shard: Int) -> UnsafeMutablePointer<Float> {
-        if let p = turnedBuffers[shard] { return p }
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: layout.count)
-        p.initialize(repeating: 0, count: layout.count)
-        turnedBuffers[shard] = p
-        return p
+        Self.buffer(shard, count: layout.count, in: &turnedBuffers)
     }
 
     private var relativeOrders: [[UInt64]: RelativeOrder] = [:]
@@ -1058,10 +1054,19 @@ public final class ClusterCoordinator {
     }
 
     private func scratch(_ shard: Int) -> UnsafeMutablePointer<Float> {
-        if let p = scratchBuffers[shard] { return p }
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: layout.count)
-        p.initialize(repeating: 0, count: layout.count)
-        scratchBuffers[shard] = p
+        Self.buffer(shard, count: layout.count, in: &scratchBuffers)
+    }
+
+    /// The buffer of `count` values kept under `key` in `buffers`, made (zeroed) on first use.
+    private static func buffer(
+        _ key: Int,
+        count: Int,
+        in buffers: inout [Int: UnsafeMutablePointer<Float>]
+    ) -> UnsafeMutablePointer<Float> {
+        if let p = buffers[key] { return p }
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: count)
+        p.initialize(repeating: 0, count: count)
+        buffers[key] = p
         return p
     }
 
