@@ -207,7 +207,8 @@ extension NetworkWorkspace {
         }
     }
 
-    /// `c = a W (+ c with beta 1)` band by band: `c[:, band] = a[:, 0..<band.rows] W[0..<band.rows, band]`.
+    /// `c = a W (+ c with beta 1)` band by band: `c[:, band] = a[:, 0..<band.rows] W[0..<band.rows, band]`
+    /// (in float, tile by tile inside the bands: `made_staircase_product_f32`).
     private func bandProduct(
         _ b: BlockPartition.MatrixBlocks,
         _ a: UnsafePointer<T>,
@@ -216,6 +217,20 @@ extension NetworkWorkspace {
         beta: T
     ) {
         let n = rows
+        if isFloat {
+            return made_staircase_product_f32(
+                n,
+                b.rows,
+                b.columns,
+                float(a),
+                float(w),
+                b.activeRows,
+                b.bandTable,
+                b.bands.count,
+                float(c),
+                beta == 0 ? 0 : 1
+            )
+        }
         for band in b.bands {
             let width = band.end - band.start
             // A block to overwrite is zeroed here and added to (beta 1), as in bandWeightGradient.
@@ -368,13 +383,27 @@ extension NetworkWorkspace {
     /// outside the bands are left as they are; the scatter masks them).
     ///
     /// Each block is zeroed here and the product added to it (beta 1): the same bits as beta 0,
-    /// which zeroes it in a separate pass of the BLAS that costs more than a row-by-row fill.
+    /// which zeroes it in a separate pass of the BLAS that costs more than a row-by-row fill. In
+    /// float, tile by tile inside the bands (`made_staircase_weight_gradient_f32`).
     private func bandWeightGradient(
         _ b: BlockPartition.MatrixBlocks,
         _ a: UnsafePointer<T>,
         delta: UnsafePointer<T>,
         into dw: UnsafeMutablePointer<T>
     ) {
+        if isFloat {
+            return made_staircase_weight_gradient_f32(
+                rows,
+                b.rows,
+                b.columns,
+                float(a),
+                float(delta),
+                b.activeRows,
+                b.bandTable,
+                b.bands.count,
+                float(dw)
+            )
+        }
         for band in b.bands where band.rows > 0 {
             let width = band.end - band.start
             for i in 0..<band.rows { (dw + i * b.columns + band.start).update(repeating: 0, count: width) }
@@ -397,7 +426,8 @@ extension NetworkWorkspace {
     }
 
     /// `da = delta W^T` (or `da += ...`), `rows x b.rows`: the band with the most rows first
-    /// (overwriting, unless accumulating), then the others in column order, adding.
+    /// (overwriting, unless accumulating), then the others in column order, adding. In float, 16
+    /// rows of `W` at a time over the tiles that reach them (`made_staircase_input_gradient_f32`).
     private func bandInputGradient(
         _ b: BlockPartition.MatrixBlocks,
         delta: UnsafePointer<T>,
@@ -406,6 +436,29 @@ extension NetworkWorkspace {
         accumulate: Bool
     ) {
         let n = rows
+        if isFloat {
+            if panel == nil {
+                let widest = configuration.layerWidths.max() ?? 0
+                panel = .allocate(capacity: 16 * max(widest, 1))
+                panel!.initialize(repeating: 0)
+                tiles = .allocate(capacity: 3 * max(widest, 1))
+                tiles!.initialize(repeating: 0)
+            }
+            return made_staircase_input_gradient_f32(
+                n,
+                b.rows,
+                b.columns,
+                float(delta),
+                float(w),
+                b.activeRows,
+                b.bandTable,
+                b.bands.count,
+                float(da),
+                accumulate ? 1 : 0,
+                panel!.baseAddress!,
+                tiles!.baseAddress!
+            )
+        }
         guard let widest = b.bands.indices.max(by: { b.bands[$0].rows < b.bands[$1].rows }) else { return }
         let top = b.bands[widest].rows
         if !accumulate, top < b.rows {
