@@ -70,77 +70,147 @@ static inline __attribute__((always_inline)) void weight_gradient_elements(int i
 
 #define MADE_AVX2 __attribute__((target("avx2,fma")))
 
-/* acc[r][v] = sum over k < depth of a[r * lda + k] * w[k * ldw + 8 v ..], then stored into c (or added). */
+/* How many blocks of R - 1 rows to take before blocks of R so that m rows need no smaller block
+ * (a smaller one keeps too few sums in flight): 0 when that cannot be done. */
+static inline int shorter_blocks(size_t m, int R) {
+    int k = (int)((size_t)R - m % (size_t)R) % R;
+    return (size_t)k * (size_t)(R - 1) <= m ? k : 0;
+}
+
+/* The lanes below count (0 ... 8) set. */
+MADE_AVX2 static inline __m256i lanes_below(int count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* o[0 ..< count] = acc (or o + acc), count <= 8; nothing past count is read or written. */
+MADE_AVX2 static inline __attribute__((always_inline)) void store_lanes(float *o, __m256 acc, int count,
+                                                                       int accumulate) {
+    if (count >= 8) {
+        _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), acc) : acc);
+    } else if (count > 0) {
+        __m256i m = lanes_below(count);
+        _mm256_maskstore_ps(o, m, accumulate ? _mm256_add_ps(_mm256_maskload_ps(o, m), acc) : acc);
+    }
+}
+
+/* Rows 0 ..< count of a tile of columns j ..< j + width (width <= 8 V) copied into 8 V floats a row, +0
+ * past width: what the blocks read. */
+MADE_AVX2 static inline __attribute__((always_inline)) void pack_tile(int V, size_t count, const float *s, size_t ld,
+                                                                     int width, float *d) {
+    if (width == 8 * V) {
+        for (size_t k = 0; k < count; k++)
+            for (int v = 0; v < V; v++) _mm256_storeu_ps(d + 8 * V * k + 8 * v, _mm256_loadu_ps(s + k * ld + 8 * v));
+    } else {
+        __m256i m[2];
+        for (int v = 0; v < V; v++) m[v] = lanes_below(width - 8 * v < 0 ? 0 : width - 8 * v);
+        for (size_t k = 0; k < count; k++)
+            for (int v = 0; v < V; v++) _mm256_storeu_ps(d + 8 * V * k + 8 * v, _mm256_maskload_ps(s + k * ld + 8 * v, m[v]));
+    }
+}
+
+/* acc[r][v] = sum over k < depth of a[r * lda + k] * w[k * ldw + 8 v ..], then stored into c (or added),
+ * columns below width. With lda 0, a is packed: a[k * R + r]. */
 MADE_AVX2 static inline __attribute__((always_inline)) void product_block(int R, int V, int depth, const float *a,
                                                                          size_t lda, const float *w, size_t ldw,
-                                                                         float *c, size_t ldc, int accumulate) {
+                                                                         float *c, size_t ldc, int accumulate,
+                                                                         int width) {
     __m256 acc[12][2];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++) acc[r][v] = _mm256_setzero_ps();
     const float *ar[12];
     for (int r = 0; r < R; r++) ar[r] = a + (size_t)r * lda;
     const float *wk = w;
-    for (int k = 0; k < depth; k++, wk += ldw) {
+    const float *ak = a;
+    for (int k = 0; k < depth; k++, wk += ldw, ak += R) {
         __m256 b[2];
         for (int v = 0; v < V; v++) b[v] = _mm256_loadu_ps(wk + 8 * v);
         for (int r = 0; r < R; r++) {
-            __m256 x = _mm256_broadcast_ss(ar[r] + k);
+            __m256 x = _mm256_broadcast_ss(lda ? ar[r] + k : ak + r);
             for (int v = 0; v < V; v++) acc[r][v] = _mm256_fmadd_ps(x, b[v], acc[r][v]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        for (int v = 0; v < V; v++) {
-            float *o = c + (size_t)r * ldc + 8 * v;
-            __m256 sum = accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), acc[r][v]) : acc[r][v];
-            _mm256_storeu_ps(o, sum);
-        }
-    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++) store_lanes(c + (size_t)r * ldc + 8 * v, acc[r][v], width - 8 * v, accumulate);
 }
 
 /* Rows 0 ..< n of c, columns of width 8 V, R rows at a time. */
 MADE_AVX2 static inline __attribute__((always_inline)) void product_columns(int R, int V, size_t n, int depth,
                                                                            const float *a, size_t lda,
                                                                            const float *w, size_t ldw, float *c,
-                                                                           size_t ldc, int accumulate) {
+                                                                           size_t ldc, int accumulate, int width) {
     size_t r = 0;
-    for (; r + (size_t)R <= n; r += (size_t)R) product_block(R, V, depth, a + r * lda, lda, w, ldw, c + r * ldc, ldc, accumulate);
+    if (R == 6) {
+        for (int s = shorter_blocks(n, 6); s > 0; s--, r += 5)
+            product_block(5, V, depth, a + r * lda, lda, w, ldw, c + r * ldc, ldc, accumulate, width);
+    }
+    for (; r + (size_t)R <= n; r += (size_t)R)
+        product_block(R, V, depth, a + r * lda, lda, w, ldw, c + r * ldc, ldc, accumulate, width);
     int left = (int)(n - r);
     const float *ar = a + r * lda;
     float *cr = c + r * ldc;
     switch (left) {
-    case 11: product_block(11, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 10: product_block(10, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 9: product_block(9, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 8: product_block(8, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 7: product_block(7, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 6: product_block(6, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 5: product_block(5, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 4: product_block(4, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 3: product_block(3, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 2: product_block(2, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
-    case 1: product_block(1, V, depth, ar, lda, w, ldw, cr, ldc, accumulate); break;
+    case 11: product_block(11, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 10: product_block(10, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 9: product_block(9, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 8: product_block(8, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 7: product_block(7, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 6: product_block(6, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 5: product_block(5, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 4: product_block(4, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 3: product_block(3, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 2: product_block(2, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
+    case 1: product_block(1, V, depth, ar, lda, w, ldw, cr, ldc, accumulate, width); break;
     default: break;
     }
 }
 
+/* The row blocks of a product 16 columns wide: blocks of 5 rows, then of 6, then what is left. */
+#define MADE_ROW_BLOCKS(n, BLOCK)                                                                              \
+    do {                                                                                                       \
+        size_t r_ = 0;                                                                                         \
+        for (int s_ = shorter_blocks((n), 6); s_ > 0; s_--, r_ += 5) BLOCK(5, r_);                            \
+        for (; r_ + 6 <= (n); r_ += 6) BLOCK(6, r_);                                                           \
+        switch ((n) - r_) {                                                                                    \
+        case 5: BLOCK(5, r_); break;                                                                           \
+        case 4: BLOCK(4, r_); break;                                                                           \
+        case 3: BLOCK(3, r_); break;                                                                           \
+        case 2: BLOCK(2, r_); break;                                                                           \
+        case 1: BLOCK(1, r_); break;                                                                           \
+        default: break;                                                                                        \
+        }                                                                                                      \
+    } while (0)
+
+/* a (n x rows) packed by row blocks: the block of R rows at r holds a[r + t, k] at packed[r * rows + k R + t]. */
+MADE_AVX2 static void pack_rows(size_t n, size_t rows, const float *a, float *packed) {
+#define MADE_PACK_BLOCK(R, r)                                                                                  \
+    for (size_t k = 0; k < rows; k++)                                                                          \
+        for (int t = 0; t < (R); t++) packed[(r) * rows + k * (R) + (size_t)t] = a[((r) + (size_t)t) * rows + k]
+    MADE_ROW_BLOCKS(n, MADE_PACK_BLOCK);
+#undef MADE_PACK_BLOCK
+}
+
 MADE_AVX2 static void product_avx2(size_t n, size_t rows, size_t cols, const float *a, const float *w,
                                    const int *active, const int *bands, size_t band_count, float *c,
-                                   int accumulate) {
+                                   int accumulate, float *scratch) {
+    float *packed = scratch, *tile = scratch + n * rows;
+    pack_rows(n, rows, a, packed);
     for (size_t b = 0; b < band_count; b++) {
         int end = bands[3 * b + 1];
         for (int j0 = bands[3 * b]; j0 < end; j0 += MADE_TILE) {
             int j1 = j0 + MADE_TILE < end ? j0 + MADE_TILE : end;
             int depth = tile_depth(active, j0, j1);
-            int j = j0;
-            if (j1 - j >= 16) {
-                product_columns(6, 2, n, depth, a, rows, w + j, cols, c + j, cols, accumulate);
-                j += 16;
+            int width = j1 - j0;
+            if (width > 8) {
+                pack_tile(2, (size_t)depth, w + j0, cols, width, tile);
+                float *cj = c + j0;
+#define MADE_PRODUCT_BLOCK(R, r)                                                                                \
+    product_block((R), 2, depth, packed + (r) * rows, 0, tile, 16, cj + (r) * cols, cols, accumulate, width)
+                MADE_ROW_BLOCKS(n, MADE_PRODUCT_BLOCK);
+#undef MADE_PRODUCT_BLOCK
+            } else {
+                pack_tile(1, (size_t)depth, w + j0, cols, width, tile);
+                product_columns(12, 1, n, depth, a, rows, tile, 8, c + j0, cols, accumulate, width);
             }
-            if (j1 - j >= 8) {
-                product_columns(12, 1, n, depth, a, rows, w + j, cols, c + j, cols, accumulate);
-                j += 8;
-            }
-            if (j < j1) product_elements(0, n, j, j1, depth, a, rows, w, cols, c, accumulate);
         }
     }
 }
@@ -149,7 +219,7 @@ MADE_AVX2 static void product_avx2(size_t n, size_t rows, size_t cols, const flo
 MADE_AVX2 static inline __attribute__((always_inline)) void weight_gradient_block(int R, int V, size_t n,
                                                                                  const float *a, size_t lda,
                                                                                  const float *delta, size_t ldd,
-                                                                                 float *dw, size_t ldw) {
+                                                                                 float *dw, size_t ldw, int width) {
     __m256 acc[12][2];
     for (int i = 0; i < R; i++)
         for (int v = 0; v < V; v++) acc[i][v] = _mm256_setzero_ps();
@@ -162,52 +232,56 @@ MADE_AVX2 static inline __attribute__((always_inline)) void weight_gradient_bloc
         }
     }
     for (int i = 0; i < R; i++)
-        for (int v = 0; v < V; v++) _mm256_storeu_ps(dw + (size_t)i * ldw + 8 * v, acc[i][v]);
+        for (int v = 0; v < V; v++) store_lanes(dw + (size_t)i * ldw + 8 * v, acc[i][v], width - 8 * v, 0);
 }
 
 /* Rows 0 ..< depth of dw, columns of width 8 V, R rows at a time. */
 MADE_AVX2 static inline __attribute__((always_inline)) void weight_gradient_columns(int R, int V, int depth, size_t n,
                                                                                    const float *a, size_t lda,
                                                                                    const float *delta, size_t ldd,
-                                                                                   float *dw, size_t ldw) {
+                                                                                   float *dw, size_t ldw, int width) {
     int i = 0;
-    for (; i + R <= depth; i += R) weight_gradient_block(R, V, n, a + i, lda, delta, ldd, dw + (size_t)i * ldw, ldw);
+    if (R == 6) {
+        for (int s = shorter_blocks((size_t)depth, 6); s > 0; s--, i += 5)
+            weight_gradient_block(5, V, n, a + i, lda, delta, ldd, dw + (size_t)i * ldw, ldw, width);
+    }
+    for (; i + R <= depth; i += R)
+        weight_gradient_block(R, V, n, a + i, lda, delta, ldd, dw + (size_t)i * ldw, ldw, width);
     const float *ai = a + i;
     float *di = dw + (size_t)i * ldw;
     switch (depth - i) {
-    case 11: weight_gradient_block(11, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 10: weight_gradient_block(10, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 9: weight_gradient_block(9, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 8: weight_gradient_block(8, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 7: weight_gradient_block(7, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 6: weight_gradient_block(6, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 5: weight_gradient_block(5, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 4: weight_gradient_block(4, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 3: weight_gradient_block(3, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 2: weight_gradient_block(2, V, n, ai, lda, delta, ldd, di, ldw); break;
-    case 1: weight_gradient_block(1, V, n, ai, lda, delta, ldd, di, ldw); break;
+    case 11: weight_gradient_block(11, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 10: weight_gradient_block(10, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 9: weight_gradient_block(9, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 8: weight_gradient_block(8, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 7: weight_gradient_block(7, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 6: weight_gradient_block(6, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 5: weight_gradient_block(5, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 4: weight_gradient_block(4, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 3: weight_gradient_block(3, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 2: weight_gradient_block(2, V, n, ai, lda, delta, ldd, di, ldw, width); break;
+    case 1: weight_gradient_block(1, V, n, ai, lda, delta, ldd, di, ldw, width); break;
     default: break;
     }
 }
 
 MADE_AVX2 static void weight_gradient_avx2(size_t n, size_t rows, size_t cols, const float *a, const float *delta,
-                                           const int *active, const int *bands, size_t band_count, float *dw) {
+                                           const int *active, const int *bands, size_t band_count, float *dw,
+                                           float *scratch) {
     for (size_t b = 0; b < band_count; b++) {
         int end = bands[3 * b + 1];
         int band_rows = bands[3 * b + 2];
         for (int j0 = bands[3 * b]; j0 < end; j0 += MADE_TILE) {
             int j1 = j0 + MADE_TILE < end ? j0 + MADE_TILE : end;
             int depth = tile_depth(active, j0, j1);
-            int j = j0;
-            if (j1 - j >= 16) {
-                weight_gradient_columns(6, 2, depth, n, a, rows, delta + j, cols, dw + j, cols);
-                j += 16;
+            int width = j1 - j0;
+            if (width > 8) {
+                pack_tile(2, n, delta + j0, cols, width, scratch);
+                weight_gradient_columns(6, 2, depth, n, a, rows, scratch, 16, dw + j0, cols, width);
+            } else {
+                pack_tile(1, n, delta + j0, cols, width, scratch);
+                weight_gradient_columns(12, 1, depth, n, a, rows, scratch, 8, dw + j0, cols, width);
             }
-            if (j1 - j >= 8) {
-                weight_gradient_columns(12, 1, depth, n, a, rows, delta + j, cols, dw + j, cols);
-                j += 8;
-            }
-            if (j < j1) weight_gradient_elements(0, depth, j, j1, n, a, rows, delta, cols, dw);
             for (int i = depth; i < band_rows; i++) memset(dw + (size_t)i * cols + j0, 0, (size_t)(j1 - j0) * sizeof(float));
         }
     }
@@ -216,9 +290,10 @@ MADE_AVX2 static void weight_gradient_avx2(size_t n, size_t rows, size_t cols, c
 /* ---- Entry points. ---- */
 
 void made_staircase_product_f32(size_t n, size_t rows, size_t cols, const float *a, const float *w,
-                                const int *active, const int *bands, size_t band_count, float *c, int accumulate) {
+                                const int *active, const int *bands, size_t band_count, float *c, int accumulate,
+                                float *scratch) {
     if (use_avx2()) {
-        product_avx2(n, rows, cols, a, w, active, bands, band_count, c, accumulate);
+        product_avx2(n, rows, cols, a, w, active, bands, band_count, c, accumulate, scratch);
         return;
     }
     for (size_t b = 0; b < band_count; b++) {
@@ -231,9 +306,10 @@ void made_staircase_product_f32(size_t n, size_t rows, size_t cols, const float 
 }
 
 void made_staircase_weight_gradient_f32(size_t n, size_t rows, size_t cols, const float *a, const float *delta,
-                                        const int *active, const int *bands, size_t band_count, float *dw) {
+                                        const int *active, const int *bands, size_t band_count, float *dw,
+                                        float *scratch) {
     if (use_avx2()) {
-        weight_gradient_avx2(n, rows, cols, a, delta, active, bands, band_count, dw);
+        weight_gradient_avx2(n, rows, cols, a, delta, active, bands, band_count, dw, scratch);
         return;
     }
     for (size_t b = 0; b < band_count; b++) {
@@ -292,6 +368,29 @@ static void input_gradient_elements(size_t n, size_t rows, size_t cols, const fl
     }
 }
 
+/* d[16 c + k] = s[k * ld + c] for k, c < 8: an 8 x 8 block transposed into a panel's columns. */
+MADE_AVX2 static inline __attribute__((always_inline)) void transpose8(const float *s, size_t ld, float *d) {
+    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ld), r2 = _mm256_loadu_ps(s + 2 * ld);
+    __m256 r3 = _mm256_loadu_ps(s + 3 * ld), r4 = _mm256_loadu_ps(s + 4 * ld), r5 = _mm256_loadu_ps(s + 5 * ld);
+    __m256 r6 = _mm256_loadu_ps(s + 6 * ld), r7 = _mm256_loadu_ps(s + 7 * ld);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + 16, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 32, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 48, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 64, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 80, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 96, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 112, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
 /* The panel of rows i0 ..< i0 + 16: for each column j of the tiles taking part, in order, 16 floats,
  * input_coefficient(i0 + t, j) (+0 past the matrix's rows). Returns the number of columns. */
 MADE_AVX2 static size_t pack_panel(size_t rows, size_t cols, const float *w, const int *tiles, size_t tile_count,
@@ -303,13 +402,26 @@ MADE_AVX2 static size_t pack_panel(size_t rows, size_t cols, const float *w, con
         if (depth <= i0) continue;
         int below = depth < i_end ? depth : i_end;
         int j0 = tiles[3 * t], j1 = tiles[3 * t + 1];
-        for (int j = j0; j < j1; j++) {
-            float *p = panel + 16 * (q + (size_t)(j - j0));
-            for (int t2 = 0; t2 < 16; t2++) p[t2] = 0.0f;
+        int j = j0;
+        if (below - i0 >= 8) {
+            /* Whole 8 x 8 blocks of the first 8 rows (and of the next 8 when they are all there). */
+            for (; j + 8 <= j1; j += 8) {
+                float *p = panel + 16 * (q + (size_t)(j - j0));
+                transpose8(w + (size_t)i0 * cols + (size_t)j, cols, p);
+                if (below - i0 == 16) {
+                    transpose8(w + (size_t)(i0 + 8) * cols + (size_t)j, cols, p + 8);
+                } else {
+                    for (int c = 0; c < 8; c++) {
+                        for (int k = 8; k < 16; k++) {
+                            p[16 * c + k] = i0 + k < below ? w[(size_t)(i0 + k) * cols + (size_t)(j + c)] : 0.0f;
+                        }
+                    }
+                }
+            }
         }
-        for (int i = i0; i < below; i++) {
-            const float *s = w + (size_t)i * cols;
-            for (int j = j0; j < j1; j++) panel[16 * (q + (size_t)(j - j0)) + (size_t)(i - i0)] = s[j];
+        for (; j < j1; j++) {
+            float *p = panel + 16 * (q + (size_t)(j - j0));
+            for (int k = 0; k < 16; k++) p[k] = i0 + k < below ? w[(size_t)(i0 + k) * cols + (size_t)j] : 0.0f;
         }
         q += (size_t)(j1 - j0);
     }
@@ -360,6 +472,9 @@ MADE_AVX2 static void input_gradient_avx2(size_t n, size_t rows, size_t cols, co
         int width = (int)rows - i0 < 16 ? (int)rows - i0 : 16;
         pack_panel(rows, cols, w, tiles, tile_count, i0, panel);
         size_t r = 0;
+        for (int s = shorter_blocks(n, 6); s > 0; s--, r += 5)
+            input_gradient_block(5, tiles, tile_count, i0, delta + r * cols, cols, panel, da + r * rows + i0, rows,
+                                 width, accumulate);
         for (; r + 6 <= n; r += 6)
             input_gradient_block(6, tiles, tile_count, i0, delta + r * cols, cols, panel, da + r * rows + i0, rows,
                                  width, accumulate);
@@ -378,7 +493,8 @@ MADE_AVX2 static void input_gradient_avx2(size_t n, size_t rows, size_t cols, co
 
 void made_staircase_input_gradient_f32(size_t n, size_t rows, size_t cols, const float *delta, const float *w,
                                        const int *active, const int *bands, size_t band_count, float *da,
-                                       int accumulate, float *panel, int *tiles) {
+                                       int accumulate, float *scratch, int *tiles) {
+    float *panel = scratch;
     size_t tile_count = list_tiles(active, bands, band_count, tiles);
     if (use_avx2()) {
         input_gradient_avx2(n, rows, cols, delta, w, tiles, tile_count, da, accumulate, panel);
@@ -388,4 +504,10 @@ void made_staircase_input_gradient_f32(size_t n, size_t rows, size_t cols, const
         int i1 = i0 + 16 < (int)rows ? i0 + 16 : (int)rows;
         input_gradient_elements(n, rows, cols, delta, w, tiles, tile_count, i0, i1, da, accumulate);
     }
+}
+
+size_t made_staircase_scratch_floats(size_t n, size_t rows, size_t cols) {
+    size_t widest = rows > cols ? rows : cols;
+    widest = widest > n ? widest : n;
+    return n * rows + 16 * widest;
 }

@@ -207,6 +207,18 @@ extension NetworkWorkspace {
         }
     }
 
+    /// The float staircase products' scratch, for any matrix of the network and up to ``capacity`` rows.
+    private func staircaseBuffers() -> UnsafeMutablePointer<Float> {
+        if let scratch = staircaseScratch { return scratch.baseAddress! }
+        let widest = configuration.layerWidths.max() ?? 0
+        let count = made_staircase_scratch_floats(capacity, widest, widest)
+        staircaseScratch = .allocate(capacity: max(count, 1))
+        staircaseScratch!.initialize(repeating: 0)
+        staircaseTiles = .allocate(capacity: 3 * max(widest, 1))
+        staircaseTiles!.initialize(repeating: 0)
+        return staircaseScratch!.baseAddress!
+    }
+
     /// `c = a W (+ c with beta 1)` band by band: `c[:, band] = a[:, 0..<band.rows] W[0..<band.rows, band]`
     /// (in float, tile by tile inside the bands: `made_staircase_product_f32`).
     private func bandProduct(
@@ -228,7 +240,8 @@ extension NetworkWorkspace {
                 b.bandTable,
                 b.bands.count,
                 float(c),
-                beta == 0 ? 0 : 1
+                beta == 0 ? 0 : 1,
+                staircaseBuffers()
             )
         }
         for band in b.bands {
@@ -401,7 +414,8 @@ extension NetworkWorkspace {
                 b.activeRows,
                 b.bandTable,
                 b.bands.count,
-                float(dw)
+                float(dw),
+                staircaseBuffers()
             )
         }
         for band in b.bands where band.rows > 0 {
@@ -437,13 +451,6 @@ extension NetworkWorkspace {
     ) {
         let n = rows
         if isFloat {
-            if panel == nil {
-                let widest = configuration.layerWidths.max() ?? 0
-                panel = .allocate(capacity: 16 * max(widest, 1))
-                panel!.initialize(repeating: 0)
-                tiles = .allocate(capacity: 3 * max(widest, 1))
-                tiles!.initialize(repeating: 0)
-            }
             return made_staircase_input_gradient_f32(
                 n,
                 b.rows,
@@ -455,8 +462,8 @@ extension NetworkWorkspace {
                 b.bands.count,
                 float(da),
                 accumulate ? 1 : 0,
-                panel!.baseAddress!,
-                tiles!.baseAddress!
+                staircaseBuffers(),
+                staircaseTiles!.baseAddress!
             )
         }
         guard let widest = b.bands.indices.max(by: { b.bands[$0].rows < b.bands[$1].rows }) else { return }

@@ -69,10 +69,10 @@ public final class NetworkWorkspace<T: BLASScalar> {
     var inputRows: UnsafeMutableBufferPointer<Int32>?
     /// Sparse kernel: input gradients in compute order, made when first asked for.
     var inputScratch: UnsafeMutableBufferPointer<T>?
-    /// Sparse kernel, float: a panel of 16 rows of a weight matrix and its tiles for the input
-    /// gradient (see `made_staircase_input_gradient_f32`), made on the first backward pass.
-    var panel: UnsafeMutableBufferPointer<Float>?
-    var tiles: UnsafeMutableBufferPointer<Int32>?
+    /// Sparse kernel, float: the staircase products' scratch (packed rows and tiles of a weight
+    /// matrix, see `made_staircase_scratch_floats`), made on the first product.
+    var staircaseScratch: UnsafeMutableBufferPointer<Float>?
+    var staircaseTiles: UnsafeMutableBufferPointer<Int32>?
     /// Where the passes read the masked parameters: ``prepared``, or memory the caller lent
     /// with ``prepare(inPlace:)``.
     var parameters: UnsafePointer<T>
@@ -135,8 +135,8 @@ public final class NetworkWorkspace<T: BLASScalar> {
         inputStart?.deallocate()
         inputRows?.deallocate()
         inputScratch?.deallocate()
-        panel?.deallocate()
-        tiles?.deallocate()
+        staircaseScratch?.deallocate()
+        staircaseTiles?.deallocate()
         rowLosses.deallocate()
     }
 

@@ -162,25 +162,31 @@ void made_binary_weight_gradient_f32(size_t cols, const int *restrict active, co
  * columns go in tiles of 16 (the last one of a band narrower); a tile's depth is the largest
  * active[j] among its columns, and w (rows x cols) is read only inside the bands. Every output
  * element is one sum that starts at +0 and adds fmaf terms in ascending order of the summed index,
- * then is stored (or added to the output): the same bits with AVX2 and FMA or without.
+ * then is stored (or added to the output): the same bits with AVX2 and FMA or without. Each takes
+ * made_staircase_scratch_floats(n, rows, cols) floats of scratch.
  *
  * c (n x cols) = (c +, with accumulate) a (n x rows) w: c[r, j] = sum over k below j's tile's depth
  * of a[r, k] w[k, j]. */
 void made_staircase_product_f32(size_t n, size_t rows, size_t cols, const float *a, const float *w,
-                                const int *active, const int *bands, size_t band_count, float *c, int accumulate);
+                                const int *active, const int *bands, size_t band_count, float *c, int accumulate,
+                                float *scratch);
 
 /* dw (rows x cols) = a^T delta inside the staircase: for each tile, dw[i, j] = sum over the data rows r
  * of a[r, i] delta[r, j] for i below the tile's depth, +0 from there to the band's rows; entries
  * outside the bands are not written. a is n x rows, delta n x cols. */
 void made_staircase_weight_gradient_f32(size_t n, size_t rows, size_t cols, const float *a, const float *delta,
-                                        const int *active, const int *bands, size_t band_count, float *dw);
+                                        const int *active, const int *bands, size_t band_count, float *dw,
+                                        float *scratch);
 
 /* da (n x rows) = (da +, with accumulate) delta w^T: da[r, i] sums, over the tiles in column order whose
  * depth is beyond 16 * (i / 16) and their columns j in order, delta[r, j] times w[i, j] below the tile's
- * depth and +0 from there. panel holds 16 * cols floats, tiles 3 * cols ints (scratch). */
+ * depth and +0 from there. tiles holds 3 * cols ints (scratch). */
 void made_staircase_input_gradient_f32(size_t n, size_t rows, size_t cols, const float *delta, const float *w,
                                        const int *active, const int *bands, size_t band_count, float *da,
-                                       int accumulate, float *panel, int *tiles);
+                                       int accumulate, float *scratch, int *tiles);
+
+/* The scratch the staircase products take for n data rows and a rows x cols matrix. */
+size_t made_staircase_scratch_floats(size_t n, size_t rows, size_t cols);
 
 /* With generic != 0 the staircase products take their portable path (one element at a time) even
  * where AVX2 and FMA are there: for tests, which check that both give the same bits. */
