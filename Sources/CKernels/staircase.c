@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* The sparse kernel's products over a staircase, tile by tile (see made_kernels.h).
@@ -15,17 +16,21 @@
 
 #define MADE_TILE 16
 
-static int staircase_generic_only;
+static _Atomic int staircase_generic_only;
 
-void made_staircase_force_generic(int generic) { staircase_generic_only = generic; }
+void made_staircase_force_generic(int generic) {
+    atomic_store_explicit(&staircase_generic_only, generic, memory_order_relaxed);
+}
 
 static int use_avx2(void) {
-    static int supported = -1;
-    if (supported < 0) {
+    static _Atomic int supported = -1;
+    int s = atomic_load_explicit(&supported, memory_order_relaxed);
+    if (s < 0) {
         __builtin_cpu_init();
-        supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        s = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        atomic_store_explicit(&supported, s, memory_order_relaxed);
     }
-    return supported && !staircase_generic_only;
+    return s && !atomic_load_explicit(&staircase_generic_only, memory_order_relaxed);
 }
 
 /* The largest active[j] for j in [j0, j1). */
