@@ -109,7 +109,8 @@ MADE_AVX2 static inline __attribute__((always_inline)) void pack_tile(int V, siz
         __m256i m[2];
         for (int v = 0; v < V; v++) m[v] = lanes_below(width - 8 * v < 0 ? 0 : width - 8 * v);
         for (size_t k = 0; k < count; k++)
-            for (int v = 0; v < V; v++) _mm256_storeu_ps(d + 8 * V * k + 8 * v, _mm256_maskload_ps(s + k * ld + 8 * v, m[v]));
+            for (int v = 0; v < V; v++)
+                _mm256_storeu_ps(d + 8 * V * k + 8 * v, _mm256_maskload_ps(s + k * ld + 8 * v, m[v]));
     }
 }
 
@@ -287,7 +288,8 @@ MADE_AVX2 static void weight_gradient_avx2(size_t n, size_t rows, size_t cols, c
                 pack_tile(1, n, delta + j0, cols, width, scratch);
                 weight_gradient_columns(12, 1, depth, n, a, rows, scratch, 8, dw + j0, cols, width);
             }
-            for (int i = depth; i < band_rows; i++) memset(dw + (size_t)i * cols + j0, 0, (size_t)(j1 - j0) * sizeof(float));
+            for (int i = depth; i < band_rows; i++)
+                memset(dw + (size_t)i * cols + j0, 0, (size_t)(j1 - j0) * sizeof(float));
         }
     }
 }
@@ -324,7 +326,8 @@ void made_staircase_weight_gradient_f32(size_t n, size_t rows, size_t cols, cons
             int j1 = j0 + MADE_TILE < end ? j0 + MADE_TILE : end;
             int depth = tile_depth(active, j0, j1);
             weight_gradient_elements(0, depth, j0, j1, n, a, rows, delta, cols, dw);
-            for (int i = depth; i < band_rows; i++) memset(dw + (size_t)i * cols + j0, 0, (size_t)(j1 - j0) * sizeof(float));
+            for (int i = depth; i < band_rows; i++)
+                memset(dw + (size_t)i * cols + j0, 0, (size_t)(j1 - j0) * sizeof(float));
         }
     }
 }

@@ -87,25 +87,79 @@ struct StaircaseKernelTests {
         var inputAccumulated = (0..<c.n * c.rows).map { Float($0 % 5) - 2 }
         product.withUnsafeMutableBufferPointer { p in
             made_staircase_product_f32(
-                c.n, c.rows, c.columns, c.a, c.w, c.active, c.bandTable, c.bands.count, p.baseAddress, 0, &scratch)
+                c.n,
+                c.rows,
+                c.columns,
+                c.a,
+                c.w,
+                c.active,
+                c.bandTable,
+                c.bands.count,
+                p.baseAddress,
+                0,
+                &scratch
+            )
         }
         accumulated.withUnsafeMutableBufferPointer { p in
             made_staircase_product_f32(
-                c.n, c.rows, c.columns, c.a, c.w, c.active, c.bandTable, c.bands.count, p.baseAddress, 1, &scratch)
+                c.n,
+                c.rows,
+                c.columns,
+                c.a,
+                c.w,
+                c.active,
+                c.bandTable,
+                c.bands.count,
+                p.baseAddress,
+                1,
+                &scratch
+            )
         }
         weightGradient.withUnsafeMutableBufferPointer { p in
             made_staircase_weight_gradient_f32(
-                c.n, c.rows, c.columns, c.a, c.delta, c.active, c.bandTable, c.bands.count, p.baseAddress, &scratch)
+                c.n,
+                c.rows,
+                c.columns,
+                c.a,
+                c.delta,
+                c.active,
+                c.bandTable,
+                c.bands.count,
+                p.baseAddress,
+                &scratch
+            )
         }
         inputGradient.withUnsafeMutableBufferPointer { p in
             made_staircase_input_gradient_f32(
-                c.n, c.rows, c.columns, c.delta, c.w, c.active, c.bandTable, c.bands.count, p.baseAddress, 0,
-                &scratch, &tiles)
+                c.n,
+                c.rows,
+                c.columns,
+                c.delta,
+                c.w,
+                c.active,
+                c.bandTable,
+                c.bands.count,
+                p.baseAddress,
+                0,
+                &scratch,
+                &tiles
+            )
         }
         inputAccumulated.withUnsafeMutableBufferPointer { p in
             made_staircase_input_gradient_f32(
-                c.n, c.rows, c.columns, c.delta, c.w, c.active, c.bandTable, c.bands.count, p.baseAddress, 1,
-                &scratch, &tiles)
+                c.n,
+                c.rows,
+                c.columns,
+                c.delta,
+                c.w,
+                c.active,
+                c.bandTable,
+                c.bands.count,
+                p.baseAddress,
+                1,
+                &scratch,
+                &tiles
+            )
         }
         return Results(
             product: product,
