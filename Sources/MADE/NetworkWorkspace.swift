@@ -30,7 +30,7 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// The default is the measured crossover of `made bench --density` (see README).
     public var sparseInputLimit: Double = NetworkWorkspace.defaultSparseInputLimit
     /// The measured crossover density of the binary first-layer path.
-    public static var defaultSparseInputLimit: Double { 0.45 }
+    public static var defaultSparseInputLimit: Double { 0.35 }
     /// ``ParameterLayout/matrices``, kept: the passes look them up every step.
     let matrices: [ParameterLayout.Matrix]
 
