@@ -195,27 +195,37 @@ MADE_AVX2 static void pack_rows(size_t n, size_t rows, const float *a, float *pa
 #undef MADE_PACK_BLOCK
 }
 
+/* The forward product takes the data rows MADE_PANEL at a time: their rows packed stay in L2 while
+ * every tile passes over them, and the scratch does not grow with the batch. */
+#define MADE_PANEL 120
+
 MADE_AVX2 static void product_avx2(size_t n, size_t rows, size_t cols, const float *a, const float *w,
                                    const int *active, const int *bands, size_t band_count, float *c,
                                    int accumulate, float *scratch) {
-    float *packed = scratch, *tile = scratch + n * rows;
-    pack_rows(n, rows, a, packed);
-    for (size_t b = 0; b < band_count; b++) {
-        int end = bands[3 * b + 1];
-        for (int j0 = bands[3 * b]; j0 < end; j0 += MADE_TILE) {
-            int j1 = j0 + MADE_TILE < end ? j0 + MADE_TILE : end;
-            int depth = tile_depth(active, j0, j1);
-            int width = j1 - j0;
-            if (width > 8) {
-                pack_tile(2, (size_t)depth, w + j0, cols, width, tile);
-                float *cj = c + j0;
+    size_t panel_rows = n < MADE_PANEL ? n : MADE_PANEL;
+    float *packed = scratch, *tile = scratch + panel_rows * rows;
+    for (size_t p0 = 0; p0 < n; p0 += MADE_PANEL) {
+        size_t m = n - p0 < MADE_PANEL ? n - p0 : MADE_PANEL;
+        const float *ap = a + p0 * rows;
+        float *cp = c + p0 * cols;
+        pack_rows(m, rows, ap, packed);
+        for (size_t b = 0; b < band_count; b++) {
+            int end = bands[3 * b + 1];
+            for (int j0 = bands[3 * b]; j0 < end; j0 += MADE_TILE) {
+                int j1 = j0 + MADE_TILE < end ? j0 + MADE_TILE : end;
+                int depth = tile_depth(active, j0, j1);
+                int width = j1 - j0;
+                if (width > 8) {
+                    pack_tile(2, (size_t)depth, w + j0, cols, width, tile);
+                    float *cj = cp + j0;
 #define MADE_PRODUCT_BLOCK(R, r)                                                                                \
     product_block((R), 2, depth, packed + (r) * rows, 0, tile, 16, cj + (r) * cols, cols, accumulate, width)
-                MADE_ROW_BLOCKS(n, MADE_PRODUCT_BLOCK);
+                    MADE_ROW_BLOCKS(m, MADE_PRODUCT_BLOCK);
 #undef MADE_PRODUCT_BLOCK
-            } else {
-                pack_tile(1, (size_t)depth, w + j0, cols, width, tile);
-                product_columns(12, 1, n, depth, a, rows, tile, 8, c + j0, cols, accumulate, width);
+                } else {
+                    pack_tile(1, (size_t)depth, w + j0, cols, width, tile);
+                    product_columns(12, 1, m, depth, ap, rows, tile, 8, cp + j0, cols, accumulate, width);
+                }
             }
         }
     }
@@ -517,5 +527,5 @@ void made_staircase_input_gradient_f32(size_t n, size_t rows, size_t cols, const
 size_t made_staircase_scratch_floats(size_t n, size_t rows, size_t cols) {
     size_t widest = rows > cols ? rows : cols;
     widest = widest > n ? widest : n;
-    return n * rows + 16 * widest;
+    return (n < MADE_PANEL ? n : MADE_PANEL) * rows + 16 * widest;
 }

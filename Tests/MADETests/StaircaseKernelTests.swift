@@ -173,6 +173,7 @@ struct StaircaseKernelTests {
     static let shapes: [(n: Int, rows: Int, columns: Int, chunk: Int)] = [
         (100, 500, 784, 784), (100, 500, 500, 500), (7, 37, 53, 53), (13, 40, 90, 30), (1, 1, 1, 1),
         (5, 3, 17, 17), (11, 19, 8, 8), (6, 64, 120, 40), (0, 9, 12, 12), (4, 0, 10, 10), (3, 16, 33, 11),
+        (251, 21, 45, 45),
     ]
 
     @Test("agree with Double sums over the staircase, ragged tiles, row edges and empty bands")
