@@ -6,8 +6,9 @@ import Dispatch
 /// Inside the workspace every buffer is in compute order: the inputs by their place in the order,
 /// every hidden layer by degree, the outputs chunk by chunk like the inputs. So a mask's non-zeros
 /// in column `j` are the rows `0..<activeRows[j]`, and a band of columns is one `?gemm` over a
-/// prefix of the rows: the forward product, the input gradient and the weight gradient each skip
-/// what the masks zero. Binary inputs with few ones enter the first layer (and the direct
+/// prefix of the rows (in float, tiles of 16 columns in C, each over the rows its longest column
+/// needs): the forward product, the input gradient and the weight gradient each skip what the
+/// masks zero. Binary inputs with few ones enter the first layer (and the direct
 /// connections) as sums of the weight rows they select, and its weight gradient as sums of the
 /// delta rows that select each input, in ascending row order.
 ///
