@@ -524,8 +524,17 @@ void made_staircase_input_gradient_f32(size_t n, size_t rows, size_t cols, const
     }
 }
 
-size_t made_staircase_scratch_floats(size_t n, size_t rows, size_t cols) {
+size_t made_staircase_product_scratch_floats(size_t n, size_t rows) {
+    return (n < MADE_PANEL ? n : MADE_PANEL) * rows + 16 * rows;
+}
+
+size_t made_staircase_gradient_scratch_floats(size_t n, size_t rows, size_t cols) {
     size_t widest = rows > cols ? rows : cols;
-    widest = widest > n ? widest : n;
-    return (n < MADE_PANEL ? n : MADE_PANEL) * rows + 16 * widest;
+    return 16 * (widest > n ? widest : n);
+}
+
+size_t made_staircase_scratch_floats(size_t n, size_t rows, size_t cols) {
+    size_t product = made_staircase_product_scratch_floats(n, rows);
+    size_t gradient = made_staircase_gradient_scratch_floats(n, rows, cols);
+    return product > gradient ? product : gradient;
 }

@@ -208,16 +208,28 @@ extension NetworkWorkspace {
         }
     }
 
-    /// The float staircase products' scratch, for any matrix of the network and up to ``capacity`` rows.
-    private func staircaseBuffers() -> UnsafeMutablePointer<Float> {
-        if let scratch = staircaseScratch { return scratch.baseAddress! }
-        let widest = configuration.layerWidths.max() ?? 0
-        let count = made_staircase_scratch_floats(capacity, widest, widest)
+    /// The float staircase products' scratch of the workspace's own, grown to `count` floats.
+    private func staircaseBuffers(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if let scratch = staircaseScratch, scratch.count >= count { return scratch.baseAddress! }
+        staircaseScratch?.deallocate()
         staircaseScratch = .allocate(capacity: max(count, 1))
         staircaseScratch!.initialize(repeating: 0)
+        return staircaseScratch!.baseAddress!
+    }
+
+    /// The two gradients' scratch.
+    private func staircaseGradientBuffers() -> UnsafeMutablePointer<Float> {
+        let widest = configuration.layerWidths.max() ?? 0
+        return staircaseBuffers(made_staircase_gradient_scratch_floats(rows, widest, widest))
+    }
+
+    /// The input gradient's list of tiles, `3 x` the widest layer.
+    private func staircaseTileList() -> UnsafeMutablePointer<Int32> {
+        if let tiles = staircaseTiles { return tiles.baseAddress! }
+        let widest = configuration.layerWidths.max() ?? 0
         staircaseTiles = .allocate(capacity: 3 * max(widest, 1))
         staircaseTiles!.initialize(repeating: 0)
-        return staircaseScratch!.baseAddress!
+        return staircaseTiles!.baseAddress!
     }
 
     /// `c = a W (+ c with beta 1)` band by band: `c[:, band] = a[:, 0..<band.rows] W[0..<band.rows, band]`
@@ -231,19 +243,30 @@ extension NetworkWorkspace {
     ) {
         let n = rows
         if isFloat {
-            return made_staircase_product_f32(
-                n,
-                b.rows,
-                b.columns,
-                float(a),
-                float(w),
-                b.activeRows,
-                b.bandTable,
-                b.bands.count,
-                float(c),
-                beta == 0 ? 0 : 1,
-                staircaseBuffers()
-            )
+            // The output gradient's buffer is the scratch (the loss writes it only after the forward
+            // pass), for as many data rows per call as it holds; rows are summed apart, so the split
+            // moves no bits.
+            let whole = made_staircase_product_scratch_floats(n, b.rows)
+            let room = outputGradient.count - made_staircase_product_scratch_floats(0, b.rows)
+            let step = whole <= outputGradient.count ? n : room / max(b.rows, 1)
+            let scratch = step >= 1 ? float(outputGradient.baseAddress!) : staircaseBuffers(whole)
+            let piece = step >= 1 ? step : n
+            for r0 in stride(from: 0, to: n, by: max(piece, 1)) {
+                made_staircase_product_f32(
+                    min(piece, n - r0),
+                    b.rows,
+                    b.columns,
+                    float(a + r0 * b.rows),
+                    float(w),
+                    b.activeRows,
+                    b.bandTable,
+                    b.bands.count,
+                    float(c + r0 * b.columns),
+                    beta == 0 ? 0 : 1,
+                    scratch
+                )
+            }
+            return
         }
         for band in b.bands {
             let width = band.end - band.start
@@ -416,7 +439,7 @@ extension NetworkWorkspace {
                 b.bandTable,
                 b.bands.count,
                 float(dw),
-                staircaseBuffers()
+                staircaseGradientBuffers()
             )
         }
         for band in b.bands where band.rows > 0 {
@@ -463,8 +486,8 @@ extension NetworkWorkspace {
                 b.bands.count,
                 float(da),
                 accumulate ? 1 : 0,
-                staircaseBuffers(),
-                staircaseTiles!.baseAddress!
+                staircaseGradientBuffers(),
+                staircaseTileList()
             )
         }
         guard let widest = b.bands.indices.max(by: { b.bands[$0].rows < b.bands[$1].rows }) else { return }

@@ -70,7 +70,8 @@ public final class NetworkWorkspace<T: BLASScalar> {
     /// Sparse kernel: input gradients in compute order, made when first asked for.
     var inputScratch: UnsafeMutableBufferPointer<T>?
     /// Sparse kernel, float: the staircase products' scratch (packed rows and tiles of a weight
-    /// matrix, see `made_staircase_scratch_floats`), made on the first product.
+    /// matrix, see `made_staircase_scratch_floats`) when the output gradient's buffer does not
+    /// serve, made when first asked for, and the input gradient's list of tiles.
     var staircaseScratch: UnsafeMutableBufferPointer<Float>?
     var staircaseTiles: UnsafeMutableBufferPointer<Int32>?
     /// Where the passes read the masked parameters: ``prepared``, or memory the caller lent

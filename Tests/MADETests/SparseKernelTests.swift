@@ -257,6 +257,35 @@ struct SparseKernelTests {
         #expect(gradient(b, 1, rows) == first)
     }
 
+    @Test("the forward products give the same bits whether their scratch takes the batch whole or in pieces")
+    func scratchPieces() {
+        // Dense enough inputs take the bands in the first layer too. With capacity 40 the output
+        // gradient's buffer holds the first layer's product 24 rows at a time and the second's 10 at
+        // a time, with 56 the first's whole and the second's 21 at a time, with 200 both whole.
+        let c = ModelConfiguration(inputCount: 20, hiddenSizes: [30], naturalOrdering: false, directConnections: true)
+        var rng = RandomStream(seed: 4, domain: .sampling)
+        let bits = (0..<(20 * 40)).map { _ in UInt8(rng.uniform(below: 5) < 3 ? 1 : 0) }
+        let data = DataMatrix(binary: bits, count: 40, dimension: 20)
+        let parameters = ParameterLayout(c).initialParameters(seed: 2, as: Float.self)
+        func gradient(capacity: Int) -> [Float] {
+            let engine = GradientEngine(
+                configuration: c,
+                distribution: .bernoulli,
+                runSeed: 3,
+                capacity: capacity,
+                kernel: .sparse
+            )
+            var g = [Float](repeating: 0, count: parameters.count)
+            engine.begin(parameters: parameters, maskSeed: 1)
+            _ = engine.gradient(data: data, indices: (0..<40).map { Int32($0) }[...], into: &g)
+            return g
+        }
+        let whole = gradient(capacity: 200)
+        #expect(whole.contains { $0 != 0 })
+        #expect(gradient(capacity: 40).map(\.bitPattern) == whole.map(\.bitPattern))
+        #expect(gradient(capacity: 56).map(\.bitPattern) == whole.map(\.bitPattern))
+    }
+
     @Test("a run configuration keeps its kernel; one saved before the choice existed reads as dense")
     func configurationKernel() throws {
         let c = TrainingConfiguration(model: ModelConfiguration(inputCount: 5, hiddenSizes: [4]))

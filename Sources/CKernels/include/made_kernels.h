@@ -185,8 +185,11 @@ void made_staircase_input_gradient_f32(size_t n, size_t rows, size_t cols, const
                                        const int *active, const int *bands, size_t band_count, float *da,
                                        int accumulate, float *scratch, int *tiles);
 
-/* The scratch the staircase products take for n data rows and a rows x cols matrix. */
+/* The scratch the staircase products take for n data rows and a rows x cols matrix: any of the three
+ * (made_staircase_scratch_floats), the forward product alone, or the two gradients alone. */
 size_t made_staircase_scratch_floats(size_t n, size_t rows, size_t cols);
+size_t made_staircase_product_scratch_floats(size_t n, size_t rows);
+size_t made_staircase_gradient_scratch_floats(size_t n, size_t rows, size_t cols);
 
 /* With generic != 0 the staircase products take their portable path (one element at a time) even
  * where AVX2 and FMA are there: for tests, which check that both give the same bits. */
