@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <errno.h>
 #include <sched.h>
@@ -118,11 +119,124 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
     for (size_t i = 0; i < rows; i++) adam_copy_row(i, cols, p, g, m, v, active, bands, band_count, compute, c);
 }
 
-/* made_adam_copy_f32 taken row by row in a further mask's compute order, each updated row copied at once,
- * masked, into that mask's order: its row r is held row row_from[r] (updated, then copied as in
- * made_adam_copy_f32), read through col_from into other inside the further mask's bands (other_bands,
- * other_active) as made_gather_staircase_f32 would write it. Adam is elementwise, so the row order does not
- * change the bits. */
+/* ---- Column permutations eight rows at a time. ----
+ * A row read through a column permutation costs a load per value from anywhere in the row. Eight rows at
+ * once are turned into their columns (8 x 8 transposes), a column of the eight is then one 32-byte load,
+ * and eight such columns transposed back are eight row segments: values are only moved, never computed,
+ * so a kernel that reads them so has the bits of one that reads them one by one. Written with clang's
+ * vector extensions: each clone gets its own instructions (ymm registers with AVX2, pairs of xmm without). */
+
+typedef float made_v8f __attribute__((vector_size(32), aligned(4)));
+typedef int made_v8i __attribute__((vector_size(32), aligned(4)));
+
+/* Vectors go through memory as bytes (any alignment, no aliasing question), and never by value through a
+ * function: the clone without AVX has no ABI for them. */
+#define MADE_LOAD8(x, p) memcpy(&(x), (p), sizeof(made_v8f))
+#define MADE_STORE8(p, x) memcpy((p), &(x), sizeof(made_v8f))
+
+/* The 8 x 8 transpose of r[0..7] in place: afterwards r[j][k] is what r[k][j] was. */
+static inline __attribute__((always_inline)) void transpose8(made_v8f r[8]) {
+    made_v8f t0 = __builtin_shufflevector(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);
+    made_v8f t1 = __builtin_shufflevector(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);
+    made_v8f t2 = __builtin_shufflevector(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);
+    made_v8f t3 = __builtin_shufflevector(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);
+    made_v8f t4 = __builtin_shufflevector(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13);
+    made_v8f t5 = __builtin_shufflevector(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15);
+    made_v8f t6 = __builtin_shufflevector(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13);
+    made_v8f t7 = __builtin_shufflevector(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15);
+    made_v8f u0 = __builtin_shufflevector(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);
+    made_v8f u1 = __builtin_shufflevector(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    made_v8f u2 = __builtin_shufflevector(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);
+    made_v8f u3 = __builtin_shufflevector(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+    made_v8f u4 = __builtin_shufflevector(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);
+    made_v8f u5 = __builtin_shufflevector(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
+    made_v8f u6 = __builtin_shufflevector(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);
+    made_v8f u7 = __builtin_shufflevector(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
+    r[0] = __builtin_shufflevector(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11);
+    r[1] = __builtin_shufflevector(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11);
+    r[2] = __builtin_shufflevector(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11);
+    r[3] = __builtin_shufflevector(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11);
+    r[4] = __builtin_shufflevector(u0, u4, 4, 5, 6, 7, 12, 13, 14, 15);
+    r[5] = __builtin_shufflevector(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15);
+    r[6] = __builtin_shufflevector(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15);
+    r[7] = __builtin_shufflevector(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* The columns of the eight rows s[0..7] (cols values each): t[8 c + k] = s[k][c]. */
+static inline __attribute__((always_inline)) void columns8(size_t cols, const float *const s[8], float *restrict t) {
+    size_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        made_v8f r[8];
+        for (int k = 0; k < 8; k++) MADE_LOAD8(r[k], s[k] + c);
+        transpose8(r);
+        for (int j = 0; j < 8; j++) MADE_STORE8(t + 8 * (c + (size_t)j), r[j]);
+    }
+    for (; c < cols; c++) {
+        for (int k = 0; k < 8; k++) t[8 * c + (size_t)k] = s[k][c];
+    }
+}
+
+/* Columns col_from[j ..< j + 8] of the eight rows whose columns t holds (columns8), as row segments:
+ * afterwards r[k][x] = t[8 col_from[j + x] + k]. */
+static inline __attribute__((always_inline)) void gathered8(const float *restrict t, const int *restrict col_from,
+                                                            size_t j, made_v8f r[8]) {
+    for (int x = 0; x < 8; x++) MADE_LOAD8(r[x], t + 8 * (size_t)col_from[j + (size_t)x]);
+    transpose8(r);
+}
+
+/* made_gather_staircase_f32 with a column order: eight rows at a time through their columns (columns8), the
+ * rows left one by one. dst row i is src row row_order[i] read through col_order, masked, inside the bands that
+ * reach it; the eight rows of a tile reach the same bands but for the last few rows of each. */
+static inline __attribute__((always_inline)) void gather_staircase_columns(size_t rows, size_t cols,
+                                                                           const float *restrict src,
+                                                                           const int *restrict row_order,
+                                                                           const int *restrict col_order,
+                                                                           const int *restrict active,
+                                                                           const int *restrict bands,
+                                                                           size_t band_count, float *restrict dst) {
+    size_t i = 0;
+    float *t = rows >= 8 ? malloc(cols * 8 * sizeof(float)) : NULL;
+    if (t) {
+        for (; i + 8 <= rows; i += 8) {
+            const float *s[8];
+            for (int k = 0; k < 8; k++) s[k] = src + (size_t)row_order[i + (size_t)k] * cols;
+            columns8(cols, s, t);
+            for (size_t b = 0; b < band_count; b++) {
+                const int *band = bands + 3 * b;
+                int reach = band[2] - (int)i; /* rows of the eight inside the band */
+                if (reach <= 0) continue;
+                if (reach > 8) reach = 8;
+                size_t j = (size_t)band[0];
+                for (; j + 8 <= (size_t)band[1]; j += 8) {
+                    made_v8f x[8];
+                    gathered8(t, col_order, j, x);
+                    made_v8i keep;
+                    memcpy(&keep, active + j, sizeof keep);
+                    for (int k = 0; k < reach; k++) {
+                        /* row < active[j] ? x : +0, on the bits: +0 is all zeros. */
+                        made_v8i bits = (made_v8i)x[k] & ((made_v8i){0} + ((int)i + k) < keep);
+                        MADE_STORE8(dst + (i + (size_t)k) * cols + j, bits);
+                    }
+                }
+                for (; j < (size_t)band[1]; j++) {
+                    const float *column = t + 8 * (size_t)col_order[j];
+                    for (int k = 0; k < reach; k++) {
+                        dst[(i + (size_t)k) * cols + j] = (int)i + k < active[j] ? column[k] : 0.0f;
+                    }
+                }
+            }
+        }
+        free(t);
+    }
+    for (; i < rows; i++) {
+        staircase_row((int)i, src + (size_t)row_order[i] * cols, col_order, active, bands, band_count, dst + i * cols);
+    }
+}
+
+/* made_adam_copy_f32, then the updated weights written, masked, into a further mask's compute order as
+ * made_gather_staircase_f32 writes them: row r of other is held row row_from[r] read through col_from, inside
+ * the further mask's bands (other_bands, other_active). Two passes: Adam over the rows in order streams, and
+ * the copy reads the rows it has just written. */
 MADE_CLONES
 void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
                                float *restrict m, float *restrict v, const int *restrict active,
@@ -130,10 +244,8 @@ void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, cons
                                made_adam_constants c, float *restrict other, const int *restrict row_from,
                                const int *restrict col_from, const int *restrict other_active,
                                const int *restrict other_bands, size_t other_band_count) {
-    for (size_t r = 0; r < rows; r++) {
-        const float *pr = adam_copy_row((size_t)row_from[r], cols, p, g, m, v, active, bands, band_count, compute, c);
-        staircase_row((int)r, pr, col_from, other_active, other_bands, other_band_count, other + r * cols);
-    }
+    for (size_t i = 0; i < rows; i++) adam_copy_row(i, cols, p, g, m, v, active, bands, band_count, compute, c);
+    gather_staircase_columns(rows, cols, p, row_from, col_from, other_active, other_bands, other_band_count, other);
 }
 
 /* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]], every entry; src and dst never overlap. */
@@ -154,13 +266,46 @@ MADE_CLONES
 int made_add_gather_matrix_f32(size_t rows, size_t cols, const float *a, const float *restrict b,
                                const int *restrict row_from, const int *restrict col_from, float *out) {
     uint32_t special = 0;
-    for (size_t i = 0; i < rows; i++) {
+    size_t i = 0;
+    float *t = rows >= 8 ? malloc(cols * 8 * sizeof(float)) : NULL;
+    if (t) {
+        made_v8i seen = {0};
+        const made_v8i exponent = (made_v8i){0} + 0x7f800000;
+        for (; i + 8 <= rows; i += 8) {
+            const float *s[8];
+            for (int k = 0; k < 8; k++) s[k] = b + (size_t)row_from[i + (size_t)k] * cols;
+            columns8(cols, s, t);
+            size_t j = 0;
+            for (; j + 8 <= cols; j += 8) {
+                made_v8f x[8];
+                gathered8(t, col_from, j, x);
+                for (size_t k = 0; k < 8; k++) {
+                    made_v8f sum;
+                    MADE_LOAD8(sum, a + (i + k) * cols + j);
+                    sum += x[k];
+                    seen |= ((made_v8i)sum & exponent) == exponent;
+                    MADE_STORE8(out + (i + k) * cols + j, sum);
+                }
+            }
+            for (; j < cols; j++) {
+                const float *column = t + 8 * (size_t)col_from[j];
+                for (size_t k = 0; k < 8; k++) {
+                    float sum = a[(i + k) * cols + j] + column[k];
+                    special |= (uint32_t)((float_bits(sum) & 0x7f800000u) == 0x7f800000u);
+                    out[(i + k) * cols + j] = sum;
+                }
+            }
+        }
+        for (int k = 0; k < 8; k++) special |= (uint32_t)(seen[k] != 0);
+        free(t);
+    }
+    for (; i < rows; i++) {
         const float *ar = a + i * cols, *br = b + (size_t)row_from[i] * cols;
         float *o = out + i * cols;
         for (size_t j = 0; j < cols; j++) {
-            float v = ar[j] + br[col_from[j]];
-            special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
-            o[j] = v;
+            float sum = ar[j] + br[col_from[j]];
+            special |= (uint32_t)((float_bits(sum) & 0x7f800000u) == 0x7f800000u);
+            o[j] = sum;
         }
     }
     return special == 0;
@@ -393,8 +538,12 @@ MADE_CLONES
 void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
                                const int *restrict col_order, const int *restrict active, const int *restrict bands,
                                size_t band_count, float *restrict dst) {
+    if (col_order) {
+        gather_staircase_columns(rows, cols, src, row_order, col_order, active, bands, band_count, dst);
+        return;
+    }
     for (size_t i = 0; i < rows; i++) {
-        staircase_row((int)i, src + (size_t)row_order[i] * cols, col_order, active, bands, band_count, dst + i * cols);
+        staircase_row((int)i, src + (size_t)row_order[i] * cols, NULL, active, bands, band_count, dst + i * cols);
     }
 }
 

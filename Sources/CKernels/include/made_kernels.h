@@ -33,9 +33,9 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
                         float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
                         float *restrict compute, made_adam_constants c);
 
-/* made_adam_copy_f32 taken row by row in a further mask's compute order: its row r is held row row_from[r],
- * updated and copied as made_adam_copy_f32 does, then read through col_from into row r of other inside the
- * further mask's bands, +0 where r >= other_active[j] (made_gather_staircase_f32's form). The same bits. */
+/* made_adam_copy_f32, then the updated weights written into a further mask's compute order: row r of other is
+ * held row row_from[r] read through col_from, inside the further mask's bands, +0 where r >= other_active[j]
+ * (made_gather_staircase_f32's form). The same bits as the two calls. */
 void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
                                float *restrict m, float *restrict v, const int *restrict active,
                                const int *restrict bands, size_t band_count, float *restrict compute,
