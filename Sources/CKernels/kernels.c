@@ -233,6 +233,13 @@ static inline __attribute__((always_inline)) void gather_staircase_columns(size_
     }
 }
 
+/* Asks for the cache lines of a row of cols floats: for a row read next out of order, which the hardware does
+ * not see coming. */
+static inline __attribute__((always_inline)) void prefetch_row(const float *row, size_t cols) {
+    const char *bytes = (const char *)row;
+    for (size_t offset = 0; offset < cols * sizeof(float); offset += 64) __builtin_prefetch(bytes + offset);
+}
+
 /* made_adam_copy_f32, then the updated weights written, masked, into a further mask's compute order as
  * made_gather_staircase_f32 writes them: row r of other is held row row_from[r] read through col_from, inside
  * the further mask's bands (other_bands, other_active). Two passes: Adam over the rows in order streams, and
@@ -266,46 +273,15 @@ MADE_CLONES
 int made_add_gather_matrix_f32(size_t rows, size_t cols, const float *a, const float *restrict b,
                                const int *restrict row_from, const int *restrict col_from, float *out) {
     uint32_t special = 0;
-    size_t i = 0;
-    float *t = rows >= 8 ? malloc(cols * 8 * sizeof(float)) : NULL;
-    if (t) {
-        made_v8i seen = {0};
-        const made_v8i exponent = (made_v8i){0} + 0x7f800000;
-        for (; i + 8 <= rows; i += 8) {
-            const float *s[8];
-            for (int k = 0; k < 8; k++) s[k] = b + (size_t)row_from[i + (size_t)k] * cols;
-            columns8(cols, s, t);
-            size_t j = 0;
-            for (; j + 8 <= cols; j += 8) {
-                made_v8f x[8];
-                gathered8(t, col_from, j, x);
-                for (size_t k = 0; k < 8; k++) {
-                    made_v8f sum;
-                    MADE_LOAD8(sum, a + (i + k) * cols + j);
-                    sum += x[k];
-                    seen |= ((made_v8i)sum & exponent) == exponent;
-                    MADE_STORE8(out + (i + k) * cols + j, sum);
-                }
-            }
-            for (; j < cols; j++) {
-                const float *column = t + 8 * (size_t)col_from[j];
-                for (size_t k = 0; k < 8; k++) {
-                    float sum = a[(i + k) * cols + j] + column[k];
-                    special |= (uint32_t)((float_bits(sum) & 0x7f800000u) == 0x7f800000u);
-                    out[(i + k) * cols + j] = sum;
-                }
-            }
-        }
-        for (int k = 0; k < 8; k++) special |= (uint32_t)(seen[k] != 0);
-        free(t);
-    }
-    for (; i < rows; i++) {
+    for (size_t i = 0; i < rows; i++) {
         const float *ar = a + i * cols, *br = b + (size_t)row_from[i] * cols;
+        /* b's rows come out of order: the next one is asked for while this one is summed. */
+        if (i + 1 < rows) prefetch_row(b + (size_t)row_from[i + 1] * cols, cols);
         float *o = out + i * cols;
         for (size_t j = 0; j < cols; j++) {
-            float sum = ar[j] + br[col_from[j]];
-            special |= (uint32_t)((float_bits(sum) & 0x7f800000u) == 0x7f800000u);
-            o[j] = sum;
+            float v = ar[j] + br[col_from[j]];
+            special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
+            o[j] = v;
         }
     }
     return special == 0;
