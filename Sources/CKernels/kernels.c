@@ -240,19 +240,61 @@ static inline __attribute__((always_inline)) void prefetch_row(const float *row,
     for (size_t offset = 0; offset < cols * sizeof(float); offset += 64) __builtin_prefetch(bytes + offset);
 }
 
-/* made_adam_copy_f32, then the updated weights written, masked, into a further mask's compute order as
- * made_gather_staircase_f32 writes them: row r of other is held row row_from[r] read through col_from, inside
- * the further mask's bands (other_bands, other_active). Two passes: Adam over the rows in order streams, and
- * the copy reads the rows it has just written. */
+/* made_adam_copy_f32, each updated row also written, masked, into a further mask's compute order as
+ * made_gather_staircase_f32 would write it there: held row i is row row_to[i] of other, read through col_from,
+ * inside the further mask's bands (other_bands, other_active). Eight held rows at a time, in order (Adam's four
+ * arrays stream): updated, turned into their columns (columns8) while in cache, and the segments of each
+ * further band written to their eight rows of other, each row where the band reaches it. */
 MADE_CLONES
 void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
                                float *restrict m, float *restrict v, const int *restrict active,
                                const int *restrict bands, size_t band_count, float *restrict compute,
-                               made_adam_constants c, float *restrict other, const int *restrict row_from,
+                               made_adam_constants c, float *restrict other, const int *restrict row_to,
                                const int *restrict col_from, const int *restrict other_active,
                                const int *restrict other_bands, size_t other_band_count) {
-    for (size_t i = 0; i < rows; i++) adam_copy_row(i, cols, p, g, m, v, active, bands, band_count, compute, c);
-    gather_staircase_columns(rows, cols, p, row_from, col_from, other_active, other_bands, other_band_count, other);
+    size_t i = 0;
+    float *t = rows >= 8 ? malloc(cols * 8 * sizeof(float)) : NULL;
+    if (t) {
+        for (; i + 8 <= rows; i += 8) {
+            const float *s[8];
+            int to[8], lowest = INT32_MAX;
+            for (int k = 0; k < 8; k++) {
+                s[k] = adam_copy_row(i + (size_t)k, cols, p, g, m, v, active, bands, band_count, compute, c);
+                to[k] = row_to[i + (size_t)k];
+                if (to[k] < lowest) lowest = to[k];
+            }
+            columns8(cols, s, t);
+            for (size_t b = 0; b < other_band_count; b++) {
+                const int *band = other_bands + 3 * b;
+                if (lowest >= band[2]) continue; /* none of the eight rows inside the band */
+                size_t j = (size_t)band[0];
+                for (; j + 8 <= (size_t)band[1]; j += 8) {
+                    made_v8f x[8];
+                    gathered8(t, col_from, j, x);
+                    made_v8i keep;
+                    memcpy(&keep, other_active + j, sizeof keep);
+                    for (int k = 0; k < 8; k++) {
+                        if (to[k] >= band[2]) continue;
+                        /* row < active[j] ? x : +0, on the bits: +0 is all zeros. */
+                        made_v8i bits = (made_v8i)x[k] & ((made_v8i){0} + to[k] < keep);
+                        MADE_STORE8(other + (size_t)to[k] * cols + j, bits);
+                    }
+                }
+                for (; j < (size_t)band[1]; j++) {
+                    const float *column = t + 8 * (size_t)col_from[j];
+                    for (int k = 0; k < 8; k++) {
+                        if (to[k] < band[2]) other[(size_t)to[k] * cols + j] = to[k] < other_active[j] ? column[k] : 0.0f;
+                    }
+                }
+            }
+        }
+        free(t);
+    }
+    for (; i < rows; i++) {
+        const float *pr = adam_copy_row(i, cols, p, g, m, v, active, bands, band_count, compute, c);
+        staircase_row(row_to[i], pr, col_from, other_active, other_bands, other_band_count,
+                      other + (size_t)row_to[i] * cols);
+    }
 }
 
 /* dst[i * cols + j] = src[row_from[i] * cols + col_from[j]], every entry; src and dst never overlap. */

@@ -414,7 +414,7 @@ public final class GradientEngine {
                     out + o,
                     constants,
                     values + o,
-                    order.otherRows[k],
+                    order.heldRows[k],
                     order.otherColumns[k],
                     order.other.matrices[k].activeRows,
                     order.other.matrices[k].bandTable,

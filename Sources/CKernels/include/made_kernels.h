@@ -33,13 +33,13 @@ void made_adam_copy_f32(size_t rows, size_t cols, float *restrict p, const float
                         float *restrict v, const int *restrict active, const int *restrict bands, size_t band_count,
                         float *restrict compute, made_adam_constants c);
 
-/* made_adam_copy_f32, then the updated weights written into a further mask's compute order: row r of other is
- * held row row_from[r] read through col_from, inside the further mask's bands, +0 where r >= other_active[j]
- * (made_gather_staircase_f32's form). The same bits as the two calls. */
+/* made_adam_copy_f32, the updated weights also written into a further mask's compute order: held row i is row
+ * row_to[i] of other, read through col_from, inside the further mask's bands, +0 where row_to[i] >=
+ * other_active[j] (made_gather_staircase_f32's form). The same bits as the two calls. */
 void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, const float *restrict g,
                                float *restrict m, float *restrict v, const int *restrict active,
                                const int *restrict bands, size_t band_count, float *restrict compute,
-                               made_adam_constants c, float *restrict other, const int *restrict row_from,
+                               made_adam_constants c, float *restrict other, const int *restrict row_to,
                                const int *restrict col_from, const int *restrict other_active,
                                const int *restrict other_bands, size_t other_band_count);
 
