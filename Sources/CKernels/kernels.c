@@ -240,6 +240,15 @@ static inline __attribute__((always_inline)) void prefetch_row(const float *row,
     for (size_t offset = 0; offset < cols * sizeof(float); offset += 64) __builtin_prefetch(bytes + offset);
 }
 
+/* Whether order[j] == j for every j < n: a permutation that keeps every column where it is (two masks of the
+ * same input order keep the outputs' columns), so that rows are copied or added as they lie. */
+static inline int is_identity(const int *order, size_t n) {
+    for (size_t j = 0; j < n; j++) {
+        if (order[j] != (int)j) return 0;
+    }
+    return 1;
+}
+
 /* made_adam_copy_f32, each updated row also written, masked, into a further mask's compute order as
  * made_gather_staircase_f32 would write it there: held row i is row row_to[i] of other, read through col_from,
  * inside the further mask's bands (other_bands, other_active). Eight held rows at a time, in order (Adam's four
@@ -253,7 +262,9 @@ void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, cons
                                const int *restrict col_from, const int *restrict other_active,
                                const int *restrict other_bands, size_t other_band_count) {
     size_t i = 0;
-    float *t = rows >= 8 ? malloc(cols * 8 * sizeof(float)) : NULL;
+    /* Columns kept where they are: each row straight from Adam's output (below). */
+    int kept = is_identity(col_from, cols);
+    float *t = rows >= 8 && !kept ? malloc(cols * 8 * sizeof(float)) : NULL;
     if (t) {
         for (; i + 8 <= rows; i += 8) {
             const float *s[8];
@@ -292,7 +303,7 @@ void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, cons
     }
     for (; i < rows; i++) {
         const float *pr = adam_copy_row(i, cols, p, g, m, v, active, bands, band_count, compute, c);
-        staircase_row(row_to[i], pr, col_from, other_active, other_bands, other_band_count,
+        staircase_row(row_to[i], pr, kept ? NULL : col_from, other_active, other_bands, other_band_count,
                       other + (size_t)row_to[i] * cols);
     }
 }
@@ -301,10 +312,15 @@ void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, cons
 MADE_CLONES
 void made_gather_matrix_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_from,
                             const int *restrict col_from, float *restrict dst) {
+    int kept = is_identity(col_from, cols);
     for (size_t i = 0; i < rows; i++) {
         const float *s = src + (size_t)row_from[i] * cols;
         float *d = dst + i * cols;
-        for (size_t j = 0; j < cols; j++) d[j] = s[col_from[j]];
+        if (kept) {
+            memcpy(d, s, cols * sizeof(float));
+        } else {
+            for (size_t j = 0; j < cols; j++) d[j] = s[col_from[j]];
+        }
     }
 }
 
@@ -315,15 +331,24 @@ MADE_CLONES
 int made_add_gather_matrix_f32(size_t rows, size_t cols, const float *a, const float *restrict b,
                                const int *restrict row_from, const int *restrict col_from, float *out) {
     uint32_t special = 0;
+    int kept = is_identity(col_from, cols);
     for (size_t i = 0; i < rows; i++) {
         const float *ar = a + i * cols, *br = b + (size_t)row_from[i] * cols;
         /* b's rows come out of order: the next one is asked for while this one is summed. */
         if (i + 1 < rows) prefetch_row(b + (size_t)row_from[i + 1] * cols, cols);
         float *o = out + i * cols;
-        for (size_t j = 0; j < cols; j++) {
-            float v = ar[j] + br[col_from[j]];
-            special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
-            o[j] = v;
+        if (kept) {
+            for (size_t j = 0; j < cols; j++) {
+                float v = ar[j] + br[j];
+                special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
+                o[j] = v;
+            }
+        } else {
+            for (size_t j = 0; j < cols; j++) {
+                float v = ar[j] + br[col_from[j]];
+                special |= (uint32_t)((float_bits(v) & 0x7f800000u) == 0x7f800000u);
+                o[j] = v;
+            }
         }
     }
     return special == 0;
@@ -556,7 +581,7 @@ MADE_CLONES
 void made_gather_staircase_f32(size_t rows, size_t cols, const float *restrict src, const int *restrict row_order,
                                const int *restrict col_order, const int *restrict active, const int *restrict bands,
                                size_t band_count, float *restrict dst) {
-    if (col_order) {
+    if (col_order && !is_identity(col_order, cols)) {
         gather_staircase_columns(rows, cols, src, row_order, col_order, active, bands, band_count, dst);
         return;
     }
