@@ -294,7 +294,8 @@ void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, cons
                 for (; j < (size_t)band[1]; j++) {
                     const float *column = t + 8 * (size_t)col_from[j];
                     for (int k = 0; k < 8; k++) {
-                        if (to[k] < band[2]) other[(size_t)to[k] * cols + j] = to[k] < other_active[j] ? column[k] : 0.0f;
+                        if (to[k] < band[2])
+                            other[(size_t)to[k] * cols + j] = to[k] < other_active[j] ? column[k] : 0.0f;
                     }
                 }
             }

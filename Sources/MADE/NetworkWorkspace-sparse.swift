@@ -220,7 +220,7 @@ extension NetworkWorkspace {
     /// The two gradients' scratch.
     private func staircaseGradientBuffers() -> UnsafeMutablePointer<Float> {
         let widest = configuration.layerWidths.max() ?? 0
-        return staircaseBuffers(made_staircase_gradient_scratch_floats(rows, widest, widest))
+        return staircaseBuffers(made_staircase_gradient_scratch_floats(capacity, widest, widest))
     }
 
     /// The input gradient's list of tiles, `3 x` the widest layer.
@@ -249,7 +249,9 @@ extension NetworkWorkspace {
             let whole = made_staircase_product_scratch_floats(n, b.rows)
             let room = outputGradient.count - made_staircase_product_scratch_floats(0, b.rows)
             let step = whole <= outputGradient.count ? n : room / max(b.rows, 1)
-            let scratch = step >= 1 ? float(outputGradient.baseAddress!) : staircaseBuffers(whole)
+            let scratch = step >= 1
+                ? float(outputGradient.baseAddress!)
+                : staircaseBuffers(made_staircase_product_scratch_floats(capacity, b.rows))
             let piece = step >= 1 ? step : n
             for r0 in stride(from: 0, to: n, by: max(piece, 1)) {
                 made_staircase_product_f32(

@@ -11,7 +11,9 @@ import CKernels
 /// 3. ``loadRows(from:indices:)`` then ``forward()`` then a loss pass such as
 ///    ``bernoulliLossAndGradient()`` and ``backward(into:inputGradient:)``, once per shard.
 ///
-/// Hidden units are ReLUs. Nothing here allocates after `init`; every buffer is owned by the
+/// Hidden units are ReLUs. Nothing here allocates after the first pass of each kind (the sparse
+/// kernel makes its scratch when first asked for, and grows the forward product's only when the
+/// output gradient's buffer cannot hold one row of it); every buffer is owned by the
 /// workspace and reached only inside its methods, except parameters lent by
 /// ``prepare(inPlace:)``. Weights are row-major `in x out`, so a batch
 /// `X` (rows x in) maps to `X W`, one `?gemm` per layer.
@@ -310,6 +312,9 @@ public final class NetworkWorkspace<T: BLASScalar> {
     ///
     /// `h_l = relu(h_{l-1} (W_l * M_l) + b_l)`, `out = h_L (W * M) + b + x (A * M_A)`.
     /// - Complexity: one `?gemm` per matrix plus O(rows x units) elementwise work.
+    ///
+    /// The sparse kernel's float products use the output gradient's buffer as scratch: set the
+    /// output gradient (a loss pass or ``setOutputGradient(_:)``) after this, not before.
     public func forward() {
         let n = rows
         guard n > 0 else { return }
@@ -530,7 +535,8 @@ public final class NetworkWorkspace<T: BLASScalar> {
         }
     }
 
-    /// Sets `d loss / d out` directly, for checks of the network alone (`rows x nout`).
+    /// Sets `d loss / d out` directly, for checks of the network alone (`rows x nout`), after
+    /// ``forward()``, which may use the buffer as scratch.
     public func setOutputGradient(_ values: [T]) {
         precondition(values.count == rows * configuration.outputCount, "setOutputGradient: wrong size")
         if kernel == .sparse {

@@ -99,6 +99,23 @@ struct ClusterProcessTests {
         }
     }
 
+    @Test("natural input order, 4 masks per step through 4 workers: the single-process checksum")
+    func masksPerStepNaturalOrder() throws {
+        let folder = EndToEnd.folder("masksnatural")
+        let data = try EndToEnd.writeData(to: folder)
+        // One shard per worker: each mask reads its own region, which the coordinator writes and
+        // sums through the columns the orders keep in place.
+        let flags = ["--natural-ordering"] + Self.runFlags(data: data, epochs: 2, masksPerStep: 4)
+        let (code, out, err) = try EndToEnd.run(["train"] + flags, folder: folder, name: "reference")
+        #expect(code == 0, "\(err)")
+        let expected = try #require(EndToEnd.checksum(out))
+        let (c, o, e) = try EndToEnd.run(["train", "--workers", "4"] + flags, folder: folder, name: "w4")
+        #expect(c == 0, "\(e)")
+        #expect(EndToEnd.checksum(o) == expected)
+        let counters = EndToEnd.clusterCounters(o)
+        #expect(counters["workers_joined"] == 4 && counters["mask_mismatches"] == 0 && counters["rejected"] == 0)
+    }
+
     @Test("a step of more masks than the wire names for packing (80) travels dense, with the single-process checksum")
     func manyMasksPerStep() throws {
         let folder = EndToEnd.folder("manymasks")
