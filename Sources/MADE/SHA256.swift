@@ -1,5 +1,13 @@
+import CKernels
+
 /// SHA-256 (FIPS 180-4), for parameter checksums, data fingerprints and checkpoint integrity.
+///
+/// On a CPU with the x86 SHA extensions the blocks go through them (`made_sha256_blocks`), else
+/// through the portable compression below: the same digest either way.
 public struct SHA256: Sendable {
+    /// Whether this CPU has the SHA extensions.
+    static let hardwareAvailable = made_sha256_hardware() != 0
+    private let hardware: Bool
     private var h: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32) =
         (0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19)
     private var block = [UInt8](repeating: 0, count: 64)
@@ -18,7 +26,10 @@ public struct SHA256: Sendable {
         0x748f_82ee, 0x78a5_636f, 0x84c8_7814, 0x8cc7_0208, 0x90be_fffa, 0xa450_6ceb, 0xbef9_a3f7, 0xc671_78f2,
     ]
 
-    public init() {}
+    public init() { hardware = SHA256.hardwareAvailable }
+
+    /// With `portable`, the portable compression whatever the CPU (to check one against the other).
+    init(portable: Bool) { hardware = !portable && SHA256.hardwareAvailable }
 
     /// The digest of `bytes`.
     public static func hash<C: Collection>(_ bytes: C) -> [UInt8] where C.Element == UInt8 {
@@ -87,6 +98,11 @@ public struct SHA256: Sendable {
                 blockCount = 0
             }
         }
+        if hardware, raw.count - index >= 64 {
+            let blocks = (raw.count - index) / 64
+            compressInHardware(raw.baseAddress! + index, blocks: blocks)
+            index += 64 * blocks
+        }
         while raw.count - index >= 64 {
             compress(raw.baseAddress! + index)
             index += 64
@@ -120,7 +136,16 @@ public struct SHA256: Sendable {
         return out
     }
 
+    private mutating func compressInHardware(_ p: UnsafeRawPointer, blocks: Int) {
+        var state: [UInt32] = [h.0, h.1, h.2, h.3, h.4, h.5, h.6, h.7]
+        state.withUnsafeMutableBufferPointer { s in
+            made_sha256_blocks(s.baseAddress!, p.assumingMemoryBound(to: UInt8.self), blocks)
+        }
+        h = (state[0], state[1], state[2], state[3], state[4], state[5], state[6], state[7])
+    }
+
     private mutating func compress(_ p: UnsafeRawPointer) {
+        if hardware { return compressInHardware(p, blocks: 1) }
         var state = h
         schedule.withUnsafeMutableBufferPointer { w in
             SHA256.k.withUnsafeBufferPointer { k in

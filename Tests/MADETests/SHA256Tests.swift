@@ -30,6 +30,25 @@ struct SHA256Tests {
         #expect(s.finalize() == SHA256.hash(message))
     }
 
+    @Test("the SHA extensions and the portable compression give the same digests, every length and split")
+    func hardwareAgainstPortable() {
+        var rng = RandomStream(seed: 12, domain: .sampling)
+        let message = (0..<5000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        for length in Array(0...200) + [447, 448, 512, 1000, 4096, 5000] {
+            var portable = SHA256(portable: true)
+            var either = SHA256()
+            portable.update(message[0..<length])
+            // Split where the blocks do not fall: a part block, then the rest in one call.
+            let cut = min(length, 37)
+            either.update(message[0..<cut])
+            either.update(message[cut..<length])
+            #expect(either.finalize() == portable.finalize(), "length \(length)")
+        }
+        var portable = SHA256(portable: true)
+        portable.update([UInt8](repeating: 0x61, count: 1_000_000))
+        #expect(portable.finalize().hexString == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    }
+
     @Test("floats hash as little-endian bytes")
     func floats() {
         let v: [Float] = [1, -2.5, .infinity]

@@ -226,4 +226,10 @@ void made_guard_unregister(int handle);
  * grown back under the mappings that hold it. Returns 0, or the errno (ENOSPC when full). */
 int made_allocate_in_place(int fd, int64_t offset, int64_t length);
 
+/* SHA-256 with the x86 SHA extensions: whether this CPU has them (and SSSE3, SSE4.1), and the compression of
+ * `blocks` 64-byte blocks into state[0..<8] (a, b, ..., h), as FIPS 180-4 defines it. Call it only when
+ * made_sha256_hardware() returned 1. */
+int made_sha256_hardware(void);
+void made_sha256_blocks(uint32_t state[8], const unsigned char *data, size_t blocks);
+
 #endif
