@@ -184,6 +184,43 @@ static inline __attribute__((always_inline)) void gathered8(const float *restric
     transpose8(r);
 }
 
+/* Eight rows whose columns t holds (columns8), written masked into rows to[0..<8] of dst (cols wide) through
+ * col_from, inside the bands: row to[k] where a band reaches it (to[k] < its rows), +0 from active[j] down, as
+ * staircase_row writes a row. */
+static inline __attribute__((always_inline)) void staircase_rows8(size_t cols, const float *restrict t,
+                                                                  const int to[8], const int *restrict col_from,
+                                                                  const int *restrict active,
+                                                                  const int *restrict bands, size_t band_count,
+                                                                  float *restrict dst) {
+    int lowest = INT32_MAX;
+    for (int k = 0; k < 8; k++) {
+        if (to[k] < lowest) lowest = to[k];
+    }
+    for (size_t b = 0; b < band_count; b++) {
+        const int *band = bands + 3 * b;
+        if (lowest >= band[2]) continue; /* none of the eight rows inside the band */
+        size_t j = (size_t)band[0];
+        for (; j + 8 <= (size_t)band[1]; j += 8) {
+            made_v8f x[8];
+            gathered8(t, col_from, j, x);
+            made_v8i keep;
+            memcpy(&keep, active + j, sizeof keep);
+            for (int k = 0; k < 8; k++) {
+                if (to[k] >= band[2]) continue;
+                /* row < active[j] ? x : +0, on the bits: +0 is all zeros. */
+                made_v8i bits = (made_v8i)x[k] & ((made_v8i){0} + to[k] < keep);
+                MADE_STORE8(dst + (size_t)to[k] * cols + j, bits);
+            }
+        }
+        for (; j < (size_t)band[1]; j++) {
+            const float *column = t + 8 * (size_t)col_from[j];
+            for (int k = 0; k < 8; k++) {
+                if (to[k] < band[2]) dst[(size_t)to[k] * cols + j] = to[k] < active[j] ? column[k] : 0.0f;
+            }
+        }
+    }
+}
+
 /* made_gather_staircase_f32 with a column order: eight rows at a time through their columns (columns8), the
  * rows left one by one. dst row i is src row row_order[i] read through col_order, masked, inside the bands that
  * reach it; the eight rows of a tile reach the same bands but for the last few rows of each. */
@@ -199,32 +236,13 @@ static inline __attribute__((always_inline)) void gather_staircase_columns(size_
     if (t) {
         for (; i + 8 <= rows; i += 8) {
             const float *s[8];
-            for (int k = 0; k < 8; k++) s[k] = src + (size_t)row_order[i + (size_t)k] * cols;
-            columns8(cols, s, t);
-            for (size_t b = 0; b < band_count; b++) {
-                const int *band = bands + 3 * b;
-                int reach = band[2] - (int)i; /* rows of the eight inside the band */
-                if (reach <= 0) continue;
-                if (reach > 8) reach = 8;
-                size_t j = (size_t)band[0];
-                for (; j + 8 <= (size_t)band[1]; j += 8) {
-                    made_v8f x[8];
-                    gathered8(t, col_order, j, x);
-                    made_v8i keep;
-                    memcpy(&keep, active + j, sizeof keep);
-                    for (int k = 0; k < reach; k++) {
-                        /* row < active[j] ? x : +0, on the bits: +0 is all zeros. */
-                        made_v8i bits = (made_v8i)x[k] & ((made_v8i){0} + ((int)i + k) < keep);
-                        MADE_STORE8(dst + (i + (size_t)k) * cols + j, bits);
-                    }
-                }
-                for (; j < (size_t)band[1]; j++) {
-                    const float *column = t + 8 * (size_t)col_order[j];
-                    for (int k = 0; k < reach; k++) {
-                        dst[(i + (size_t)k) * cols + j] = (int)i + k < active[j] ? column[k] : 0.0f;
-                    }
-                }
+            int to[8];
+            for (int k = 0; k < 8; k++) {
+                s[k] = src + (size_t)row_order[i + (size_t)k] * cols;
+                to[k] = (int)i + k;
             }
+            columns8(cols, s, t);
+            staircase_rows8(cols, t, to, col_order, active, bands, band_count, dst);
         }
         free(t);
     }
@@ -268,37 +286,13 @@ void made_adam_copy_gather_f32(size_t rows, size_t cols, float *restrict p, cons
     if (t) {
         for (; i + 8 <= rows; i += 8) {
             const float *s[8];
-            int to[8], lowest = INT32_MAX;
+            int to[8];
             for (int k = 0; k < 8; k++) {
                 s[k] = adam_copy_row(i + (size_t)k, cols, p, g, m, v, active, bands, band_count, compute, c);
                 to[k] = row_to[i + (size_t)k];
-                if (to[k] < lowest) lowest = to[k];
             }
             columns8(cols, s, t);
-            for (size_t b = 0; b < other_band_count; b++) {
-                const int *band = other_bands + 3 * b;
-                if (lowest >= band[2]) continue; /* none of the eight rows inside the band */
-                size_t j = (size_t)band[0];
-                for (; j + 8 <= (size_t)band[1]; j += 8) {
-                    made_v8f x[8];
-                    gathered8(t, col_from, j, x);
-                    made_v8i keep;
-                    memcpy(&keep, other_active + j, sizeof keep);
-                    for (int k = 0; k < 8; k++) {
-                        if (to[k] >= band[2]) continue;
-                        /* row < active[j] ? x : +0, on the bits: +0 is all zeros. */
-                        made_v8i bits = (made_v8i)x[k] & ((made_v8i){0} + to[k] < keep);
-                        MADE_STORE8(other + (size_t)to[k] * cols + j, bits);
-                    }
-                }
-                for (; j < (size_t)band[1]; j++) {
-                    const float *column = t + 8 * (size_t)col_from[j];
-                    for (int k = 0; k < 8; k++) {
-                        if (to[k] < band[2])
-                            other[(size_t)to[k] * cols + j] = to[k] < other_active[j] ? column[k] : 0.0f;
-                    }
-                }
-            }
+            staircase_rows8(cols, t, to, col_from, other_active, other_bands, other_band_count, other);
         }
         free(t);
     }

@@ -82,7 +82,7 @@ struct Bench: ParsableCommand {
         help:
             """
             Density of binary inputs up to which the sparse kernel sums selected rows in the first layer (a \
-            measurement aid). (default: the built-in crossover, 0.35)
+            measurement aid). (default: the built-in crossover, \(NetworkWorkspace<Float>.defaultSparseInputLimit))
             """
     )
     var sparseInputLimit: Double?

@@ -85,36 +85,25 @@ struct StaircaseKernelTests {
         var weightGradient = [Float](repeating: 42, count: c.rows * c.columns)
         var inputGradient = [Float](repeating: .nan, count: c.n * c.rows)
         var inputAccumulated = (0..<c.n * c.rows).map { Float($0 % 5) - 2 }
-        product.withUnsafeMutableBufferPointer { p in
-            made_staircase_product_f32(
-                c.n,
-                c.rows,
-                c.columns,
-                c.a,
-                c.w,
-                c.active,
-                c.bandTable,
-                c.bands.count,
-                p.baseAddress,
-                0,
-                &scratch
-            )
+        func products(into out: inout [Float], accumulate: Int32) {
+            out.withUnsafeMutableBufferPointer { p in
+                made_staircase_product_f32(
+                    c.n,
+                    c.rows,
+                    c.columns,
+                    c.a,
+                    c.w,
+                    c.active,
+                    c.bandTable,
+                    c.bands.count,
+                    p.baseAddress,
+                    accumulate,
+                    &scratch
+                )
+            }
         }
-        accumulated.withUnsafeMutableBufferPointer { p in
-            made_staircase_product_f32(
-                c.n,
-                c.rows,
-                c.columns,
-                c.a,
-                c.w,
-                c.active,
-                c.bandTable,
-                c.bands.count,
-                p.baseAddress,
-                1,
-                &scratch
-            )
-        }
+        products(into: &product, accumulate: 0)
+        products(into: &accumulated, accumulate: 1)
         weightGradient.withUnsafeMutableBufferPointer { p in
             made_staircase_weight_gradient_f32(
                 c.n,
@@ -129,38 +118,26 @@ struct StaircaseKernelTests {
                 &scratch
             )
         }
-        inputGradient.withUnsafeMutableBufferPointer { p in
-            made_staircase_input_gradient_f32(
-                c.n,
-                c.rows,
-                c.columns,
-                c.delta,
-                c.w,
-                c.active,
-                c.bandTable,
-                c.bands.count,
-                p.baseAddress,
-                0,
-                &scratch,
-                &tiles
-            )
+        func inputGradients(into out: inout [Float], accumulate: Int32) {
+            out.withUnsafeMutableBufferPointer { p in
+                made_staircase_input_gradient_f32(
+                    c.n,
+                    c.rows,
+                    c.columns,
+                    c.delta,
+                    c.w,
+                    c.active,
+                    c.bandTable,
+                    c.bands.count,
+                    p.baseAddress,
+                    accumulate,
+                    &scratch,
+                    &tiles
+                )
+            }
         }
-        inputAccumulated.withUnsafeMutableBufferPointer { p in
-            made_staircase_input_gradient_f32(
-                c.n,
-                c.rows,
-                c.columns,
-                c.delta,
-                c.w,
-                c.active,
-                c.bandTable,
-                c.bands.count,
-                p.baseAddress,
-                1,
-                &scratch,
-                &tiles
-            )
-        }
+        inputGradients(into: &inputGradient, accumulate: 0)
+        inputGradients(into: &inputAccumulated, accumulate: 1)
         return Results(
             product: product,
             accumulated: accumulated,
